@@ -1,0 +1,1 @@
+"""Data sources, class-disjoint splits, samplers and loaders."""
