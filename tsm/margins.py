@@ -1,0 +1,593 @@
+"""Margin schedules for margin-based metric-learning losses.
+
+Each schedule is a :class:`MarginSchedule`, a triple of pure functions in the style of
+optax's ``GradientTransformation``, acting on a :class:`MarginState` pytree::
+
+  schedule = tsm.margins.dams(initial_margin=0.2, threshold=0.95, increment=0.05)
+  state = schedule.init()
+  for epoch in range(num_epochs):
+    for batch in batches:
+      loss, stats = tsm.losses.triplet_margin_loss(emb, labels, state.margin)
+      state = schedule.accumulate(state, stats)   # add the batch's triplet counts
+    state = schedule.update(state)                # apply the rule, reset the counts
+
+``state.margin`` is always a float32 scalar array, so a jitted train step that takes the
+state as an argument compiles once, whatever the margin; ``init``, ``accumulate`` and
+``update`` are themselves jittable and can run inside the train step or a ``lax.scan``.
+
+Schedules:
+
+* :func:`constant`: a fixed margin.
+* :func:`linear` and :func:`exponential`: the monotonic baselines of Tomchak et al. (2026).
+* :func:`stepwise`: margin raised at given epoch boundaries (LITM-style, Zhang et al. 2019).
+* :func:`dams`: the Difficulty Adaptive Margin Scheduler of Tomchak et al. (2026).
+* :func:`controller`: a two-sided, bounded variant of DAMS (ours) that raises or lowers the
+  margin to hold the easy-triplet share near a target.
+
+Easy share. A triplet ``(a, p, n)`` is *easy* at margin ``mu`` when
+``d(a, n) >= d(a, p) + mu`` (zero loss). The easy share of an epoch is
+``sum(num_easy) / sum(num_triplets)`` over the batches accumulated since the last update,
+counted over *all* valid triplets of each batch at the margin in force, on the training
+embeddings before the batch's optimiser step (the counts ``tsm.losses`` reports for every
+mining mode).
+
+Time-based and adaptive schedules. ``constant``, ``linear``, ``exponential`` and
+``stepwise`` are functions of ``state.epoch`` (the number of ``update`` calls so far) only:
+they ignore the counts and advance on every ``update``, including after an epoch without
+valid triplets. ``dams`` and ``controller`` act on the counts; an epoch with no valid
+triplets (``num_triplets == 0``) carries no information about difficulty, so it leaves
+the margin unchanged (the epoch counter still advances and the counts are reset).
+
+Per-step updating. ``update`` may be called after every step instead of every epoch: the
+rule then sees one batch's counts. Time-based schedules then count steps, so pass
+``num_epochs`` / ``boundaries`` in steps; for ``dams`` and ``controller`` use a smaller
+``increment`` / ``gain`` (a batch's easy share is noisier than an epoch's).
+
+Counts are float32: exact integers up to 2**24 (about 1.7e7) per accumulation period, and
+beyond that accurate to a relative 6e-8, which is immaterial for a share.
+
+References:
+  Tomchak, Marques, Pedroso, Oliveira, Lisboa de Almeida, "Maintaining Difficulty: A Margin
+  Scheduler for Triplet Loss in Siamese Networks Training", arXiv:2603.26389, 2026.
+  Code: https://github.com/robertotomchak/maintaining-difficulty
+
+  Zhang, Zhong, Zhou, Liu, Feng, "Learning Incremental Triplet Margin for Person
+  Re-identification", AAAI 2019, arXiv:1812.06576.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+SCHEDULES = ("constant", "linear", "exponential", "stepwise", "dams", "controller")
+
+# Defaults of the controller (see `controller`): the maximum margin is the diameter of the
+# unit sphere, beyond which every triplet of L2-normalised embeddings under Euclidean or
+# cosine distance is violating.
+_CONTROLLER_MAX_MARGIN = 2.0
+
+
+class MarginState(NamedTuple):
+  """State of a margin schedule; every field a scalar array.
+
+  Attributes:
+    margin: float32, the margin in force.
+    epoch: int32, the number of ``update`` calls so far.
+    num_triplets: float32, valid triplets accumulated since the last ``update``.
+    num_easy: float32, easy triplets (``d_an >= d_ap + margin``) accumulated since the last
+      ``update``.
+  """
+  margin: chex.Array
+  epoch: chex.Array
+  num_triplets: chex.Array
+  num_easy: chex.Array
+
+
+class MarginSchedule(NamedTuple):
+  """A margin schedule as a triple of pure, jittable functions.
+
+  Attributes:
+    init: ``() -> MarginState``, the state before the first epoch.
+    accumulate: ``(state, stats) -> state``, adds ``stats.num_triplets`` and
+      ``stats.num_easy`` (a ``tsm.losses.TripletStats``, or any object or mapping with
+      these two scalar fields) to the running counts.
+    update: ``(state) -> state``, applies the schedule's rule to the accumulated counts,
+      resets them and increments ``epoch``. Call it once per epoch (or once per step).
+  """
+  init: Callable[[], MarginState]
+  accumulate: Callable[[MarginState, Any], MarginState]
+  update: Callable[[MarginState], MarginState]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _f32(x: Any) -> chex.Array:
+  return jnp.asarray(x, dtype=jnp.float32)
+
+
+def _stat(stats: Any, name: str) -> chex.Array:
+  if isinstance(stats, Mapping):
+    value = stats[name]
+  else:
+    value = getattr(stats, name)
+  value = _f32(value)
+  chex.assert_rank(value, 0)
+  return value
+
+
+def _check_state(state: MarginState) -> None:
+  chex.assert_rank([state.margin, state.epoch, state.num_triplets, state.num_easy], 0)
+  chex.assert_type([state.margin, state.num_triplets, state.num_easy], jnp.float32)
+  chex.assert_type(state.epoch, jnp.int32)
+
+
+def easy_share(state: MarginState) -> chex.Array:
+  """Share of easy triplets among those accumulated since the last ``update``.
+
+  Args:
+    state: a :class:`MarginState`.
+
+  Returns:
+    float32 scalar ``num_easy / num_triplets`` in ``[0, 1]``; 0 when no triplet has been
+    accumulated (check ``state.num_triplets`` to tell an empty period apart).
+  """
+  _check_state(state)
+  return state.num_easy / jnp.maximum(state.num_triplets, 1.0)
+
+
+def _accumulate(state: MarginState, stats: Any) -> MarginState:
+  _check_state(state)
+  return state._replace(num_triplets=state.num_triplets + _stat(stats, "num_triplets"),
+                        num_easy=state.num_easy + _stat(stats, "num_easy"))
+
+
+def _make(initial_margin: float,
+          rule: Callable[[MarginState], chex.Array]) -> MarginSchedule:
+  """Builds a schedule from ``rule(state) -> margin for the next epoch``."""
+  initial_margin = float(initial_margin)
+
+  def init() -> MarginState:
+    return MarginState(margin=_f32(initial_margin), epoch=jnp.asarray(0, jnp.int32),
+                       num_triplets=_f32(0.0), num_easy=_f32(0.0))
+
+  def update(state: MarginState) -> MarginState:
+    _check_state(state)
+    margin = _f32(rule(state))
+    return MarginState(margin=margin, epoch=state.epoch + 1,
+                       num_triplets=jnp.zeros_like(state.num_triplets),
+                       num_easy=jnp.zeros_like(state.num_easy))
+
+  return MarginSchedule(init=init, accumulate=_accumulate, update=update)
+
+
+def _err(name: str, value: Any, requirement: str, fix: str) -> ValueError:
+  return ValueError(f"{name} must be {requirement}, got {value!r}; {fix}.")
+
+
+def _check_margin(name: str, value: Any, *, positive: bool = False) -> float:
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise _err(name, value, "a number", "pass a float such as 0.2") from None
+  if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    requirement = "a finite number > 0" if positive else "a finite number >= 0"
+    raise _err(name, value, requirement, "pass a margin such as 0.2")
+  return value
+
+
+def _check_unit(name: str, value: Any) -> float:
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise _err(name, value, "a number in [0, 1]", "pass a share such as 0.9") from None
+  if not 0.0 <= value <= 1.0:
+    raise _err(name, value, "in [0, 1]", "pass a share of triplets such as 0.9")
+  return value
+
+
+def _check_num_epochs(num_epochs: Any) -> int:
+  if (isinstance(num_epochs, bool) or not isinstance(num_epochs, numbers.Integral)
+      or num_epochs < 1):
+    raise _err("num_epochs", num_epochs, "an int >= 1",
+               "pass the number of update() calls of the run (epochs, or steps if updating "
+               "per step)")
+  return int(num_epochs)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def constant(margin: float) -> MarginSchedule:
+  """A fixed margin.
+
+  Args:
+    margin: the margin, ``>= 0``.
+
+  Returns:
+    A :class:`MarginSchedule` whose margin never changes.
+  """
+  margin = _check_margin("margin", margin)
+  return _make(margin, lambda state: state.margin)
+
+
+def linear(initial_margin: float, final_margin: float, num_epochs: int) -> MarginSchedule:
+  """Margin changed by a fixed amount per update, as in Tomchak et al.'s code.
+
+  ``mu_{e+1} = mu_e + (final_margin - initial_margin) / num_epochs``, clamped at
+  ``final_margin``. It is computed in closed form from the epoch counter,
+  ``mu_e = initial + min(e, num_epochs) * (final - initial) / num_epochs``, which equals the
+  recurrence in exact arithmetic and does not accumulate rounding errors.
+
+  Following the authors' code, the margin reaches ``final_margin`` after ``num_epochs``
+  updates, i.e. only *after* the last of ``num_epochs`` training epochs (the last epoch
+  trains at ``initial + (num_epochs - 1) / num_epochs * (final - initial)``). To train the
+  last epoch at ``final_margin``, pass ``num_epochs - 1``.
+
+  Args:
+    initial_margin: margin of epoch 0, ``>= 0``.
+    final_margin: margin after ``num_epochs`` updates, ``>= 0`` (may be below
+      ``initial_margin`` for a decreasing schedule).
+    num_epochs: number of updates from ``initial_margin`` to ``final_margin``, ``>= 1``.
+
+  Returns:
+    A :class:`MarginSchedule`.
+
+  References:
+    Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
+    Networks Training", arXiv:2603.26389, 2026 (``create_linear_margin`` in ``Loss.py``).
+  """
+  initial_margin = _check_margin("initial_margin", initial_margin)
+  final_margin = _check_margin("final_margin", final_margin)
+  num_epochs = _check_num_epochs(num_epochs)
+  step = (final_margin - initial_margin) / num_epochs
+
+  def rule(state: MarginState) -> chex.Array:
+    e = state.epoch + 1  # the epoch the new margin is for
+    ramp = initial_margin + e.astype(jnp.float32) * step
+    return jnp.where(e >= num_epochs, final_margin, ramp)
+
+  return _make(initial_margin, rule)
+
+
+def exponential(initial_margin: float, final_margin: float,
+                num_epochs: int) -> MarginSchedule:
+  """Margin multiplied by a fixed ratio per update, as in Tomchak et al.'s code.
+
+  ``mu_{e+1} = mu_e * (final_margin / initial_margin) ** (1 / (num_epochs - 1))``, clamped at
+  ``final_margin``; computed in closed form, ``mu_e = initial * (final / initial) **
+  (min(e, num_epochs - 1) / (num_epochs - 1))``. Unlike :func:`linear` (and as in the
+  authors' code) the margin reaches ``final_margin`` at the last epoch, ``e = num_epochs - 1``.
+  With ``num_epochs == 1`` there is a single epoch and the margin stays ``initial_margin``.
+
+  Args:
+    initial_margin: margin of epoch 0, ``> 0``.
+    final_margin: margin of epoch ``num_epochs - 1`` and after, ``> 0``.
+    num_epochs: number of epochs of the run (of update calls plus one), ``>= 1``.
+
+  Returns:
+    A :class:`MarginSchedule`.
+
+  References:
+    Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
+    Networks Training", arXiv:2603.26389, 2026 (``create_exp_margin`` in ``Loss.py``).
+  """
+  initial_margin = _check_margin("initial_margin", initial_margin, positive=True)
+  final_margin = _check_margin("final_margin", final_margin, positive=True)
+  num_epochs = _check_num_epochs(num_epochs)
+  last = max(num_epochs - 1, 1)
+  log_ratio = math.log(final_margin / initial_margin)
+
+  def rule(state: MarginState) -> chex.Array:
+    if num_epochs == 1:
+      return _f32(initial_margin)
+    e = state.epoch + 1
+    ramp = initial_margin * jnp.exp(e.astype(jnp.float32) * (log_ratio / last))
+    return jnp.where(e >= last, final_margin, ramp)
+
+  return _make(initial_margin, rule)
+
+
+def stepwise(initial_margin: float, boundaries: Sequence[int],
+             values: Sequence[float] | None = None,
+             increment: float | None = None) -> MarginSchedule:
+  """Piecewise-constant margin raised at given epochs (LITM-style stages).
+
+  Epoch ``e`` (0-based: the value of ``state.epoch`` while it trains) uses
+  ``initial_margin`` while ``e < boundaries[0]``, and stage ``k``'s margin while
+  ``boundaries[k] <= e < boundaries[k + 1]``. Stage ``k``'s margin is ``values[k]``, or
+  ``initial_margin + (k + 1) * increment``. Give exactly one of ``values`` and
+  ``increment``.
+
+  Args:
+    initial_margin: margin before the first boundary, ``>= 0``.
+    boundaries: strictly increasing epochs ``>= 1`` at which a new stage begins.
+    values: margins of the stages, one per boundary, each ``>= 0``.
+    increment: margin added at each boundary (may be negative as long as every stage's
+      margin stays ``>= 0``).
+
+  Returns:
+    A :class:`MarginSchedule`.
+
+  References:
+    Zhang, Zhong, Zhou, Liu, Feng, "Learning Incremental Triplet Margin for Person
+    Re-identification", AAAI 2019, arXiv:1812.06576.
+  """
+  initial_margin = _check_margin("initial_margin", initial_margin)
+  boundaries = tuple(boundaries)
+  if (not boundaries
+      or any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in boundaries)
+      or boundaries[0] < 1
+      or any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:]))):
+    raise _err("boundaries", boundaries, "a non-empty, strictly increasing sequence of "
+               "ints >= 1", "pass the epochs at which the margin changes, e.g. (10, 20)")
+  if (values is None) == (increment is None):
+    raise ValueError("stepwise needs exactly one of values and increment, got "
+                     f"values={values!r}, increment={increment!r}; pass one of them.")
+  if values is not None:
+    values = tuple(values)
+    if len(values) != len(boundaries):
+      raise _err("values", values, f"one margin per boundary ({len(boundaries)})",
+                 "pass as many values as boundaries")
+    stages = tuple(_check_margin(f"values[{k}]", v) for k, v in enumerate(values))
+  else:
+    try:
+      increment = float(increment)
+    except (TypeError, ValueError):
+      raise _err("increment", increment, "a number", "pass a float such as 0.1") from None
+    stages = tuple(initial_margin + (k + 1) * increment for k in range(len(boundaries)))
+    if not math.isfinite(increment) or min(stages) < 0:
+      raise _err("increment", increment, "finite and keep every stage's margin >= 0",
+                 "pass a smaller negative or a positive increment")
+  boundaries = tuple(int(b) for b in boundaries)
+  table = np.asarray((initial_margin,) + stages, np.float32)
+  bounds = np.asarray(boundaries, np.int32)
+
+  def rule(state: MarginState) -> chex.Array:
+    stage = jnp.sum((state.epoch + 1 >= bounds).astype(jnp.int32))
+    return jnp.asarray(table)[stage]
+
+  return _make(initial_margin, rule)
+
+
+def dams(initial_margin: float = 0.2, threshold: float = 0.95, increment: float = 0.05,
+         max_margin: float | None = None) -> MarginSchedule:
+  """DAMS: raise the margin when an epoch's triplets were mostly easy.
+
+  After each epoch with ``num_triplets > 0``: if ``easy_share >= threshold`` then
+  ``margin <- margin + increment`` (capped at ``max_margin`` when given). The margin never
+  decreases. An epoch without valid triplets leaves it unchanged. The comparison is made
+  in float32 on ``num_easy / num_triplets`` (correctly rounded), so a share exactly at the
+  threshold, e.g. 19/20 for 0.95, counts as reaching it, as in the authors' code.
+
+  Args:
+    initial_margin: margin of epoch 0, ``>= 0``. Authors' default 0.2.
+    threshold: easy share in ``[0, 1]`` at or above which the margin is raised. Authors'
+      default 0.95.
+    increment: amount added, ``>= 0``. Authors' default 0.05.
+    max_margin: optional cap, ``>= initial_margin``; ``None`` (the paper) means unbounded.
+
+  Returns:
+    A :class:`MarginSchedule`.
+
+  References:
+    Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
+    Networks Training", arXiv:2603.26389, 2026 (``AdaptiveTripletMarginLoss.step``).
+  """
+  initial_margin = _check_margin("initial_margin", initial_margin)
+  threshold = _check_unit("threshold", threshold)
+  increment = _check_margin("increment", increment)
+  if max_margin is not None:
+    max_margin = _check_margin("max_margin", max_margin)
+    if max_margin < initial_margin:
+      raise _err("max_margin", max_margin, f">= initial_margin ({initial_margin})",
+                 "raise max_margin or lower initial_margin")
+
+  def rule(state: MarginState) -> chex.Array:
+    raise_it = (state.num_triplets > 0) & (easy_share(state) >= threshold)
+    raised = state.margin + increment
+    if max_margin is not None:
+      raised = jnp.minimum(raised, max_margin)
+    return jnp.where(raise_it, raised, state.margin)
+
+  return _make(initial_margin, rule)
+
+
+def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0.5,
+               min_margin: float = 0.0, max_margin: float = _CONTROLLER_MAX_MARGIN,
+               deadband: float = 0.02) -> MarginSchedule:
+  """Two-sided margin controller holding the easy-triplet share near a target (ours).
+
+  After each epoch with ``num_triplets > 0``, with ``error = easy_share - target``::
+
+    margin <- clip(margin + gain * error, min_margin, max_margin)   if |error| > deadband
+    margin <- margin                                                otherwise
+
+  Why this rule. The easy share falls as the margin grows, so the margin is the integral
+  of the share's error and the rule is an integral controller: it settles where the share
+  equals ``target`` (within the dead band) for any small enough ``gain``. It is DAMS made
+  symmetric: DAMS only raises (by a fixed step when the share reaches its threshold) and so
+  cannot back off when the task becomes too hard (e.g. after a learning-rate drop or a
+  harder data stage); the controller lowers the margin when the share falls below target,
+  by a step proportional to how far it is off. The dead band keeps the margin still when
+  the share is on target up to sampling noise. The step is at most ``gain`` per update
+  (``|error| <= 1``), and the margin stays in ``[min_margin, max_margin]``. With the
+  defaults, a share of 1.0 raises the margin by 0.05 (DAMS's increment) and a share of 0.8
+  lowers it by 0.05. An epoch without valid triplets leaves the margin unchanged.
+
+  Args:
+    initial_margin: margin of epoch 0, in ``[min_margin, max_margin]``.
+    target: easy share to hold, in ``[0, 1]``.
+    gain: margin change per unit of share error, ``>= 0``.
+    min_margin: lower bound, ``>= 0``.
+    max_margin: upper bound, ``>= min_margin``. Default 2.0, the diameter of the unit
+      sphere: for L2-normalised embeddings under Euclidean or cosine distance every triplet
+      is violating beyond it (use 4.0 for squared Euclidean).
+    deadband: half-width of the band around ``target`` in which the margin is held, in
+      ``[0, 1)``.
+
+  Returns:
+    A :class:`MarginSchedule`.
+
+  References:
+    Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
+    Networks Training", arXiv:2603.26389, 2026 (DAMS, the one-sided rule this extends).
+  """
+  initial_margin = _check_margin("initial_margin", initial_margin)
+  target = _check_unit("target", target)
+  gain = _check_margin("gain", gain)
+  min_margin = _check_margin("min_margin", min_margin)
+  max_margin = _check_margin("max_margin", max_margin)
+  deadband = _check_unit("deadband", deadband)
+  if deadband >= 1.0:
+    raise _err("deadband", deadband, "in [0, 1)", "pass a small band such as 0.02")
+  if max_margin < min_margin:
+    raise _err("max_margin", max_margin, f">= min_margin ({min_margin})",
+               "raise max_margin or lower min_margin")
+  if not min_margin <= initial_margin <= max_margin:
+    raise _err("initial_margin", initial_margin,
+               f"in [min_margin, max_margin] = [{min_margin}, {max_margin}]",
+               "pass a margin inside the bounds")
+
+  def rule(state: MarginState) -> chex.Array:
+    error = easy_share(state) - target
+    act = (state.num_triplets > 0) & (jnp.abs(error) > deadband)
+    moved = jnp.clip(state.margin + gain * error, min_margin, max_margin)
+    return jnp.where(act, moved, state.margin)
+
+  return _make(initial_margin, rule)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Default margin configuration; ``schedule`` picks which fields are used.
+
+  Returns:
+    A ConfigDict with fields ``schedule`` (one of ``SCHEDULES``), ``initial_margin``,
+    ``final_margin`` (linear, exponential), ``threshold``, ``increment`` (dams; increment
+    also stepwise), ``max_margin`` (dams: ``None`` = unbounded; controller: ``None`` = 2.0),
+    ``min_margin``, ``target``, ``gain``, ``deadband`` (controller), ``boundaries`` and
+    ``values`` (stepwise; ``values=None`` raises by ``increment`` at each boundary).
+  """
+  return ml_collections.ConfigDict({
+      "schedule": "constant",
+      "initial_margin": 0.2,
+      "final_margin": 1.0,
+      "threshold": 0.95,
+      "increment": 0.05,
+      "max_margin": config_dict.placeholder(float),
+      "min_margin": 0.0,
+      "target": 0.9,
+      "gain": 0.5,
+      "deadband": 0.02,
+      "boundaries": (),
+      "values": config_dict.placeholder(tuple),
+  })
+
+
+_FIELDS = tuple(default_config().keys())
+
+
+class _Fields:
+  """Attribute view of a plain dict (a config merged over the defaults, untyped)."""
+
+  def __init__(self, values: dict[str, Any]):
+    self.__dict__.update(values)
+
+
+def _merged(margin_config: Any) -> _Fields:
+  """Defaults overridden by ``margin_config``'s fields; raises on unknown fields."""
+  values = dict(default_config().items())
+  for key in margin_config.keys():
+    if key not in _FIELDS:
+      raise ValueError(f"margin.{key} is not a margin config field; use one of "
+                       f"{', '.join(_FIELDS)}.")
+    values[key] = margin_config[key]
+  return _Fields(values)
+
+
+def _build(cfg: _Fields, num_epochs: int) -> MarginSchedule:
+  name = cfg.schedule
+  if name == "constant":
+    return constant(cfg.initial_margin)
+  if name == "linear":
+    return linear(cfg.initial_margin, cfg.final_margin, num_epochs)
+  if name == "exponential":
+    return exponential(cfg.initial_margin, cfg.final_margin, num_epochs)
+  if name == "stepwise":
+    if cfg.values is not None:
+      return stepwise(cfg.initial_margin, cfg.boundaries, values=cfg.values)
+    return stepwise(cfg.initial_margin, cfg.boundaries, increment=cfg.increment)
+  if name == "dams":
+    return dams(cfg.initial_margin, cfg.threshold, cfg.increment, cfg.max_margin)
+  max_margin = cfg.max_margin
+  return controller(cfg.initial_margin, cfg.target, cfg.gain, cfg.min_margin,
+                    _CONTROLLER_MAX_MARGIN if max_margin is None else max_margin,
+                    cfg.deadband)
+
+
+def check_config(margin_config: ml_collections.ConfigDict,
+                 num_epochs: int | None = None) -> None:
+  """Validates a margin config without compiling anything.
+
+  Only the fields the chosen schedule uses are checked (plus that every field is a known
+  one, which catches misspellings).
+
+  Args:
+    margin_config: a ConfigDict (or mapping) like :func:`default_config`'s; missing fields
+      take the defaults.
+    num_epochs: optional number of ``update`` calls of the run, checked for ``linear`` and
+      ``exponential`` when given.
+
+  Raises:
+    ValueError: one line naming the bad field (``margin.<field>``) and the fix.
+  """
+  cfg = _merged(margin_config)
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"margin.schedule must be one of {', '.join(SCHEDULES)}, got "
+                     f"{cfg.schedule!r}; pick one of these.")
+  try:
+    _build(cfg, 2 if num_epochs is None else num_epochs)
+  except ValueError as e:
+    message = str(e)
+    if not message.startswith(("num_epochs", "stepwise")):
+      message = "margin." + message
+    raise ValueError(message) from None
+
+
+def from_config(margin_config: ml_collections.ConfigDict, num_epochs: int) -> MarginSchedule:
+  """Builds the schedule named by ``margin_config.schedule``.
+
+  Args:
+    margin_config: a ConfigDict like :func:`default_config`'s; fields other than
+      ``schedule`` are the constructor's arguments (unused ones are ignored; missing ones
+      take the defaults).
+    num_epochs: number of ``update`` calls in the run (epochs, or steps when updating per
+      step), used by ``linear`` and ``exponential``.
+
+  Returns:
+    A :class:`MarginSchedule`.
+
+  Raises:
+    ValueError: one line naming the bad field and the fix, before any compilation.
+  """
+  check_config(margin_config, num_epochs)
+  return _build(_merged(margin_config), num_epochs)
+
+
+__all__ = [
+    "MarginSchedule", "MarginState", "SCHEDULES", "check_config", "constant", "controller",
+    "dams", "default_config", "easy_share", "exponential", "from_config", "linear",
+    "stepwise",
+]
