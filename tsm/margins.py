@@ -520,7 +520,7 @@ def _merged(margin_config: Any) -> _Fields:
 def _build(cfg: _Fields, num_epochs: int) -> MarginSchedule:
   name = cfg.schedule
   if name == "constant":
-    return constant(cfg.initial_margin)
+    return constant(_check_margin("initial_margin", cfg.initial_margin))
   if name == "linear":
     return linear(cfg.initial_margin, cfg.final_margin, num_epochs)
   if name == "exponential":

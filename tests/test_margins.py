@@ -1,0 +1,311 @@
+"""Tests of tsm.margins: every schedule driven through scripted epochs.
+
+Each script is a list of epochs; each epoch a list of batches ``(num_triplets, num_easy)``
+that are accumulated one by one before the epoch's ``update``. The expected margins (the
+margin after each update, i.e. the margin of the next epoch) are written out by hand from
+the rule in the docstring of each test case, never computed with the code under test.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tsm import margins
+
+_EMPTY = []  # an epoch without valid triplets (no batch at all)
+
+
+class _Stats(NamedTuple):  # any object with these two fields will do
+  num_triplets: float
+  num_easy: float
+
+
+# (name, schedule, script, expected margin after each update)
+CASES = [
+    # Constant: counts are ignored.
+    ("constant", margins.constant(0.3),
+     [[(10, 10)], [(10, 0)], _EMPTY],
+     [0.3, 0.3, 0.3]),
+    # Linear, paper's code: step (1.0 - 0.2) / 4 = 0.2 per update, clamped at 1.0; time-based,
+    # so the empty epoch advances too.
+    ("linear", margins.linear(0.2, 1.0, 4),
+     [[(10, 10)], _EMPTY, [(5, 1)], [(5, 5)], [(5, 5)], [(5, 5)]],
+     [0.4, 0.6, 0.8, 1.0, 1.0, 1.0]),
+    # Decreasing linear: step -0.2, clamped at 0.2.
+    ("linear_decreasing", margins.linear(1.0, 0.2, 4),
+     [[(1, 1)]] * 5,
+     [0.8, 0.6, 0.4, 0.2, 0.2]),
+    # Exponential: ratio 5 ** (1/4); epochs 0..4 = 0.2 * 5 ** (e/4); 1.0 at the last epoch (4).
+    ("exponential", margins.exponential(0.2, 1.0, 5),
+     [[(3, 1)], [(3, 3)], _EMPTY, [(3, 0)], [(3, 3)]],
+     [0.2990697562442441, 0.447213595499958, 0.668740304976422, 1.0, 1.0]),
+    # A single epoch: nothing to schedule.
+    ("exponential_one_epoch", margins.exponential(0.2, 1.0, 1),
+     [[(3, 3)], [(3, 3)]],
+     [0.2, 0.2]),
+    # Stepwise with values: epochs 0-1 at 0.2, 2-4 at 0.5, 5+ at 1.0.
+    ("stepwise_values", margins.stepwise(0.2, (2, 5), values=(0.5, 1.0)),
+     [[(4, 4)]] * 6,
+     [0.2, 0.5, 0.5, 0.5, 1.0, 1.0]),
+    # Stepwise with an increment: epoch 0 at 0.1, 1-2 at 0.35, 3+ at 0.6.
+    ("stepwise_increment", margins.stepwise(0.1, (1, 3), increment=0.25),
+     [[(4, 0)], _EMPTY, [(4, 4)], [(4, 4)], [(4, 4)]],
+     [0.35, 0.35, 0.6, 0.6, 0.6]),
+    # DAMS, paper defaults (0.2, tau 0.95, delta 0.05):
+    #   95/100 = tau -> raise 0.25; 94/100 below -> 0.25; 39/40 = 0.975 above -> 0.30;
+    #   empty epoch -> 0.30; 20/20 -> 0.35; 0/10 -> 0.35.
+    ("dams", margins.dams(),
+     [[(40, 38), (60, 57)], [(50, 47), (50, 47)], [(10, 10), (30, 29)], _EMPTY,
+      [(5, 5), (0, 0), (15, 15)], [(10, 0)]],
+     [0.25, 0.25, 0.30, 0.30, 0.35, 0.35]),
+    # DAMS with an empty epoch made of batches without triplets, threshold 0.75 (exact in f32):
+    #   6/8 = 0.75 -> 0.5 + 0.1 = 0.6; (0, 0) batches -> 0.6; 5/8 -> 0.6; 8/8 -> 0.7.
+    ("dams_threshold", margins.dams(0.5, threshold=0.75, increment=0.1),
+     [[(4, 3), (4, 3)], [(0, 0), (0, 0)], [(8, 5)], [(2, 2), (6, 6)]],
+     [0.6, 0.6, 0.6, 0.7]),
+    # DAMS capped at 0.45: 0.2 -> 0.35 -> 0.45 (0.5 capped) -> 0.45; empty -> 0.45.
+    ("dams_max_margin", margins.dams(0.2, threshold=0.5, increment=0.15, max_margin=0.45),
+     [[(2, 2)], [(2, 1)], [(2, 2)], _EMPTY],
+     [0.35, 0.45, 0.45, 0.45]),
+    # Controller: target 0.8, gain 0.5, bounds [0.3, 0.7], dead band 0.05; starts at 0.5.
+    #   share 1.0: err +0.2 -> 0.5 + 0.1 = 0.6
+    #   share 0.84: err +0.04, inside the band -> 0.6
+    #   share 0.4: err -0.4 -> 0.6 - 0.2 = 0.4
+    #   empty -> 0.4
+    #   share 0.5: err -0.3 -> 0.4 - 0.15 = 0.25, clipped to 0.3
+    #   share 0.7: err -0.1 -> 0.3 - 0.05 = 0.25, clipped to 0.3
+    #   share 1.0 four times: 0.4, 0.5, 0.6, 0.7
+    #   share 1.0: 0.8 clipped to 0.7
+    #   share 0.7: err -0.1 -> 0.65
+    ("controller", margins.controller(0.5, target=0.8, gain=0.5, min_margin=0.3,
+                                      max_margin=0.7, deadband=0.05),
+     [[(10, 10), (30, 30)], [(60, 50), (40, 34)], [(50, 20)], _EMPTY, [(10, 5)],
+      [(10, 7)], [(4, 4)], [(4, 4)], [(4, 4)], [(4, 4)], [(4, 4)], [(20, 14)]],
+     [0.6, 0.6, 0.4, 0.4, 0.3, 0.3, 0.4, 0.5, 0.6, 0.7, 0.7, 0.65]),
+]
+_IDS = [case[0] for case in CASES]
+
+
+def _run_eager(schedule, script, accumulate, update):
+  state = schedule.init()
+  out = []
+  for epoch in script:
+    for t, e in epoch:
+      state = accumulate(state, _Stats(jnp.float32(t), jnp.float32(e)))
+    state = update(state)
+    out.append(float(state.margin))
+  return out, state
+
+
+def _padded(script):
+  """Script as a [epochs, max_batches, 2] array; (0, 0) batches add nothing."""
+  width = max(1, max(len(epoch) for epoch in script))
+  array = np.zeros((len(script), width, 2), np.float32)
+  for i, epoch in enumerate(script):
+    for j, batch in enumerate(epoch):
+      array[i, j] = batch
+  return jnp.asarray(array)
+
+
+@pytest.mark.parametrize("name,schedule,script,expected", CASES, ids=_IDS)
+def test_schedule_eager(name, schedule, script, expected):
+  del name
+  out, state = _run_eager(schedule, script, schedule.accumulate, schedule.update)
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+  assert int(state.epoch) == len(script)
+  assert float(state.num_triplets) == 0.0 and float(state.num_easy) == 0.0
+
+
+@pytest.mark.parametrize("name,schedule,script,expected", CASES, ids=_IDS)
+def test_schedule_jit_and_scan(name, schedule, script, expected):
+  del name
+  # jit of accumulate and update separately.
+  out, _ = _run_eager(schedule, script, jax.jit(schedule.accumulate),
+                      jax.jit(schedule.update))
+  np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+  # The whole run as one jitted lax.scan over epochs (and batches within each epoch).
+  @jax.jit
+  def run(counts):
+    def epoch_fn(state, epoch_counts):
+      def batch_fn(s, c):
+        return schedule.accumulate(s, {"num_triplets": c[0], "num_easy": c[1]}), None
+      state, _ = jax.lax.scan(batch_fn, state, epoch_counts)
+      state = schedule.update(state)
+      return state, state.margin
+    return jax.lax.scan(epoch_fn, schedule.init(), counts)
+
+  final, traj = run(_padded(script))
+  np.testing.assert_allclose(np.asarray(traj), expected, rtol=1e-6, atol=1e-6)
+  assert int(final.epoch) == len(script)
+
+
+@pytest.mark.parametrize("name,schedule,script,expected", CASES, ids=_IDS)
+def test_state_structure_is_stable(name, schedule, script, expected):
+  """Same shapes, dtypes and weak types before and after updates: no retracing."""
+  del name, script, expected
+  def avals(state):
+    return [(x.shape, x.dtype, x.weak_type) for x in jax.tree.leaves(state)]
+  state = schedule.init()
+  chex.assert_type([state.margin, state.num_triplets, state.num_easy], jnp.float32)
+  chex.assert_type(state.epoch, jnp.int32)
+  before = avals(state)
+  state = schedule.update(schedule.accumulate(state, _Stats(3.0, 2.0)))
+  assert avals(state) == before
+  state = jax.jit(schedule.update)(jax.jit(schedule.accumulate)(state, _Stats(3.0, 2.0)))
+  assert avals(state) == before
+
+
+def test_initial_margins():
+  assert float(margins.dams().init().margin) == pytest.approx(0.2)
+  assert float(margins.controller().init().margin) == pytest.approx(0.2)
+  assert float(margins.linear(0.1, 0.5, 3).init().margin) == pytest.approx(0.1)
+  assert float(margins.stepwise(0.7, (3,), values=(0.9,)).init().margin) == pytest.approx(0.7)
+
+
+def test_easy_share_and_accumulate():
+  schedule = margins.dams()
+  state = schedule.init()
+  assert float(margins.easy_share(state)) == 0.0  # empty period
+  state = schedule.accumulate(state, _Stats(40.0, 10.0))
+  state = schedule.accumulate(state, {"num_triplets": np.float32(60), "num_easy": 20})
+  assert float(state.num_triplets) == 100.0 and float(state.num_easy) == 30.0
+  assert float(margins.easy_share(state)) == pytest.approx(0.3)
+  assert float(jax.jit(margins.easy_share)(state)) == pytest.approx(0.3)
+
+
+def test_dams_per_step_updates():
+  """update() after every step: the rule sees one batch's share."""
+  schedule = margins.dams(0.2, threshold=0.9, increment=0.1)
+  state = schedule.init()
+  out = []
+  for t, e in [(10, 10), (10, 5), (10, 9), (0, 0)]:  # shares 1.0, 0.5, 0.9, empty
+    state = schedule.update(schedule.accumulate(state, _Stats(t, e)))
+    out.append(float(state.margin))
+  np.testing.assert_allclose(out, [0.3, 0.3, 0.4, 0.4], rtol=1e-6)
+  assert int(state.epoch) == 4
+
+
+def test_margin_is_traced_under_grad_and_vmap():
+  """Schedules work on batched states (vmap), e.g. several runs side by side."""
+  schedule = margins.controller(0.5, target=0.5, gain=1.0, min_margin=0.0,
+                                max_margin=1.0, deadband=0.0)
+  states = jax.vmap(lambda _: schedule.init())(jnp.arange(3))
+  stats = _Stats(jnp.array([10.0, 10.0, 0.0]), jnp.array([10.0, 0.0, 0.0]))
+  states = jax.vmap(schedule.accumulate)(states, stats)
+  states = jax.vmap(schedule.update)(states)
+  # shares 1.0, 0.0, empty: 0.5 + 0.5, 0.5 - 0.5, unchanged.
+  np.testing.assert_allclose(states.margin, [1.0, 0.0, 0.5], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _config(**fields):
+  cfg = margins.default_config()
+  cfg.update(fields)
+  return cfg
+
+
+def test_default_config_builds_every_schedule():
+  cfg = margins.default_config()
+  assert cfg.schedule in margins.SCHEDULES
+  for name in margins.SCHEDULES:
+    fields = {"schedule": name}
+    if name == "stepwise":
+      fields["boundaries"] = (2,)
+    margins.check_config(_config(**fields), 10)
+    schedule = margins.from_config(_config(**fields), 10)
+    state = schedule.update(schedule.accumulate(schedule.init(), _Stats(4.0, 4.0)))
+    assert np.isfinite(float(state.margin))
+
+
+@pytest.mark.parametrize("fields,constructed", [
+    ({"schedule": "constant", "initial_margin": 0.4}, margins.constant(0.4)),
+    ({"schedule": "linear", "initial_margin": 0.2, "final_margin": 1.0},
+     margins.linear(0.2, 1.0, 4)),
+    ({"schedule": "exponential", "initial_margin": 0.2, "final_margin": 1.0},
+     margins.exponential(0.2, 1.0, 4)),
+    ({"schedule": "stepwise", "boundaries": (1, 3), "values": (0.4, 0.6)},
+     margins.stepwise(0.2, (1, 3), values=(0.4, 0.6))),
+    ({"schedule": "stepwise", "boundaries": (2,), "increment": 0.3},
+     margins.stepwise(0.2, (2,), increment=0.3)),
+    ({"schedule": "dams", "threshold": 0.5, "increment": 0.1, "max_margin": 0.35},
+     margins.dams(0.2, 0.5, 0.1, 0.35)),
+    ({"schedule": "controller", "target": 0.5, "gain": 1.0, "max_margin": None},
+     margins.controller(0.2, 0.5, 1.0, 0.0, 2.0, 0.02)),
+], ids=lambda x: x["schedule"] if isinstance(x, dict) else "")
+def test_from_config_matches_constructor(fields, constructed):
+  script = [[(4, 4)], [(4, 1)], [(4, 4)], [(4, 4)], [(4, 3)]]
+  built = margins.from_config(_config(**fields), 4)
+  expected, _ = _run_eager(constructed, script, constructed.accumulate, constructed.update)
+  out, _ = _run_eager(built, script, built.accumulate, built.update)
+  np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_from_config_accepts_partial_config():
+  cfg = ml_collections.ConfigDict({"schedule": "dams"})
+  schedule = margins.from_config(cfg, 10)
+  assert float(schedule.init().margin) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("fields,num_epochs,match", [
+    ({"schedule": "cosine"}, 10, r"margin\.schedule .*constant"),
+    ({"initial_margin": -0.1}, 10, r"margin\.initial_margin .*>= 0"),
+    ({"schedule": "dams", "threshold": 1.5}, 10, r"margin\.threshold .*\[0, 1\]"),
+    ({"schedule": "dams", "threshold": -0.1}, 10, r"margin\.threshold"),
+    ({"schedule": "dams", "increment": -0.05}, 10, r"margin\.increment"),
+    ({"schedule": "dams", "max_margin": 0.1}, 10, r"margin\.max_margin .*initial_margin"),
+    ({"schedule": "controller", "target": 2.0}, 10, r"margin\.target"),
+    ({"schedule": "controller", "gain": -1.0}, 10, r"margin\.gain"),
+    ({"schedule": "controller", "min_margin": 0.5}, 10, r"margin\.initial_margin .*bounds"),
+    ({"schedule": "controller", "min_margin": 0.5, "max_margin": 0.4,
+      "initial_margin": 0.45}, 10, r"margin\.max_margin .*min_margin"),
+    ({"schedule": "controller", "deadband": 1.0}, 10, r"margin\.deadband"),
+    ({"schedule": "exponential", "initial_margin": 0.0}, 10, r"margin\.initial_margin .*> 0"),
+    ({"schedule": "linear", "final_margin": -1.0}, 10, r"margin\.final_margin"),
+    ({"schedule": "linear"}, 0, r"num_epochs"),
+    ({"schedule": "stepwise"}, 10, r"margin\.boundaries"),
+    ({"schedule": "stepwise", "boundaries": (3, 2)}, 10, r"margin\.boundaries"),
+    ({"schedule": "stepwise", "boundaries": (0, 2)}, 10, r"margin\.boundaries"),
+    ({"schedule": "stepwise", "boundaries": (1, 2), "values": (0.3,)}, 10,
+     r"margin\.values .*one margin per boundary"),
+    ({"schedule": "stepwise", "boundaries": (1,), "values": (-0.3,)}, 10,
+     r"margin\.values\[0\]"),
+    ({"schedule": "stepwise", "boundaries": (1, 2), "increment": -0.15}, 10,
+     r"margin\.increment"),
+    ({"initial_margin": "big"}, 10, r"margin\.initial_margin .*number"),
+])
+def test_check_config_errors(fields, num_epochs, match):
+  cfg = ml_collections.ConfigDict(fields)  # missing fields take the defaults
+  with pytest.raises(ValueError, match=match) as info:
+    margins.check_config(cfg, num_epochs)
+  assert "\n" not in str(info.value)
+  with pytest.raises(ValueError, match=match):
+    margins.from_config(cfg, num_epochs)
+
+
+def test_check_config_unknown_field():
+  cfg = ml_collections.ConfigDict({"schedule": "dams", "treshold": 0.9})
+  with pytest.raises(ValueError, match=r"margin\.treshold is not a margin config field"):
+    margins.check_config(cfg)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: margins.constant(-1.0), r"^margin must be"),
+    (lambda: margins.linear(0.2, 1.0, 2.5), r"^num_epochs"),
+    (lambda: margins.stepwise(0.2, (2,)), r"exactly one of values and increment"),
+    (lambda: margins.stepwise(0.2, (2,), values=(0.3,), increment=0.1),
+     r"exactly one of values and increment"),
+    (lambda: margins.dams(threshold=float("nan")), r"^threshold"),
+])
+def test_constructor_errors(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
