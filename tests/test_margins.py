@@ -309,3 +309,85 @@ def test_check_config_unknown_field():
 def test_constructor_errors(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+# ----------------------------------------------------------------------------- compilation
+
+
+_COMPILE_SCHEDULES = [
+    ("constant", margins.constant(0.2)),
+    ("linear", margins.linear(0.2, 1.0, 3)),
+    ("exponential", margins.exponential(0.2, 1.0, 3)),
+    ("stepwise", margins.stepwise(0.2, (1, 2), values=(0.4, 0.8))),
+    ("dams", margins.dams(0.2, threshold=0.0, increment=0.1)),
+    ("controller", margins.controller(0.2, target=0.0, gain=0.5, deadband=0.0)),
+]
+
+
+@pytest.mark.parametrize("name,schedule", _COMPILE_SCHEDULES,
+                         ids=[n for n, _ in _COMPILE_SCHEDULES])
+def test_changing_margin_never_recompiles(name, schedule):
+  """Issue item 7: the margin is a traced argument, so a new margin never recompiles.
+
+  Compilations are counted three ways: a Python side effect in the traced function (runs
+  once per trace), the jitted function's executable cache size, and JAX's backend-compile
+  monitoring events for this function. A change of batch shape is the positive control
+  showing that the counters do see a recompilation.
+  """
+  from tsm import distances, losses  # pylint: disable=g-import-not-at-top
+
+  traces = [0]
+
+  def margin_step(state, weights, inputs, labels):
+    traces[0] += 1  # runs only while tracing
+
+    def loss_fn(w):
+      embeddings = distances.l2_normalize(inputs @ w)
+      return losses.triplet_margin_loss(embeddings, labels, state.margin)
+
+    (loss, stats), grad = jax.value_and_grad(loss_fn, has_aux=True)(weights)
+    state = schedule.accumulate(state, stats)
+    state = schedule.update(state)
+    return state, loss, grad
+
+  margin_step.__name__ = f"margin_step_{name}"
+  step = jax.jit(margin_step)
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if (event == "/jax/core/compile/backend_compile_duration"
+        and kwargs.get("fun_name") == f"jit({margin_step.__name__})"):
+      compiles.append(event)
+
+  rng = np.random.default_rng(0)
+  weights = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+  inputs = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+  labels = jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3], jnp.int32)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    state = schedule.init()
+    seen = []
+    for _ in range(3):  # margins produced by the schedule itself
+      seen.append(float(state.margin))
+      state, loss, grad = step(state, weights, inputs, labels)
+      assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
+    for margin in (0.0, 0.7, 1.5):  # margins set from outside
+      state = state._replace(margin=jnp.asarray(margin, jnp.float32))
+      seen.append(margin)
+      state, loss, _ = step(state, weights, inputs, labels)
+    assert len(set(np.round(seen, 6))) >= 4
+    assert traces[0] == 1
+    assert step._cache_size() == 1  # pylint: disable=protected-access
+    persistent_cache = bool(jax.config.jax_compilation_cache_dir)
+    assert len(compiles) == 1 or (persistent_cache and len(compiles) <= 1)
+
+    if name == "dams":
+      # Positive control: a new batch shape does recompile, and the counters see it.
+      step(state, weights, inputs[:6], labels[:6])
+      assert traces[0] == 2
+      assert step._cache_size() == 2  # pylint: disable=protected-access
+      assert len(compiles) == 2 or persistent_cache
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
