@@ -1,0 +1,197 @@
+"""Tests of tsm.data: offline sets, splits, config checks, preprocessing, loader, TFDS."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tsm.data as data
+from tsm.data import loader
+from tsm.data import preprocess
+
+
+def _cfg(**kw):
+  cfg = data.default_config()
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+# ----------------------------------------------------------------------------- offline
+
+@pytest.mark.parametrize("name,shape", [("digits", (8, 8, 1)), ("mnist1d", (40, 1)),
+                                        ("synthetic", (128,))])
+def test_offline_shapes_and_determinism(name, shape):
+  ds = data.load(_cfg(name=name), seed=0)
+  assert ds.input_shape == shape and ds.num_classes == 10
+  for split in (ds.train, ds.val, ds.test):
+    assert split.input_shape == shape
+    assert split.labels.dtype == np.int32
+    x = split.get(np.arange(min(5, len(split))))
+    assert x.dtype == np.float32 and x.shape == (min(5, len(split)),) + shape
+  again = data.load(_cfg(name=name), seed=0)
+  np.testing.assert_array_equal(ds.train.labels, again.train.labels)
+  np.testing.assert_array_equal(ds.train.get([0, 3]), again.train.get([0, 3]))
+  other = data.load(_cfg(name=name), seed=1)   # the run seed moves validation only
+  np.testing.assert_array_equal(np.sort(np.concatenate([ds.train.labels, ds.val.labels])),
+                                np.sort(np.concatenate([other.train.labels,
+                                                        other.val.labels])))
+  np.testing.assert_array_equal(ds.test.labels, other.test.labels)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d", "synthetic"])
+def test_offline_class_disjoint(name):
+  ds = data.load(_cfg(name=name, split="class_disjoint"), seed=0)
+  train = set(ds.train.classes) | set(ds.val.classes)
+  assert train == {0, 1, 2, 3, 4} and set(ds.test.classes) == {5, 6, 7, 8, 9}
+  by_class = data.load(_cfg(name=name, split="class_disjoint", val_split="by_class"),
+                       seed=0)
+  assert not set(by_class.train.classes) & set(by_class.val.classes)
+  assert len(by_class.val.classes) == 1
+
+
+def test_digits_values_and_raw_pixel_recall():
+  ds = data.load(_cfg(name="digits", split="class_disjoint"), seed=0)
+  x = ds.test.get(np.arange(len(ds.test))).reshape(len(ds.test), -1)
+  assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
+  d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+  np.fill_diagonal(d, np.inf)
+  recall_at_1 = (ds.test.labels[d.argmin(1)] == ds.test.labels).mean()
+  assert recall_at_1 > 0.97, recall_at_1
+
+
+def test_mnist1d_standard_split_and_no_global_rng_change():
+  np.random.seed(123)
+  before = np.random.random()
+  np.random.seed(123)
+  ds = data.load(_cfg(name="mnist1d", split="standard", val_fraction=0.0), seed=0)
+  assert np.random.random() == before
+  assert len(ds.train) == 4000 and len(ds.test) == 1000 and len(ds.val) == 0
+  assert ds.val.get([]).shape == (0, 40, 1)
+
+
+def test_synthetic_recipe():
+  ds = data.load(_cfg(name="synthetic", split="standard", val_fraction=0.0), seed=0)
+  assert len(ds.train) == 2100 and len(ds.test) == 2100
+  x = ds.train.get(np.arange(2100))
+  np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+  labels = ds.train.labels
+  assert (labels == -1).sum() == 100
+  counts = np.bincount(labels[labels >= 0], minlength=10)
+  assert counts.sum() == 2000 and counts.min() > 150     # ~200 each after label noise
+  other = data.load(_cfg(name="synthetic", split="standard", val_fraction=0.0,
+                         data_seed=1), seed=0)
+  assert not np.allclose(other.train.get([0]), x[:1])
+
+
+def test_num_examples_cap_and_image_options():
+  ds = data.load(_cfg(name="digits", split="by_image", num_examples=50, image_size=16,
+                      channels=3, normalize="symmetric"), seed=0)
+  assert len(ds.train) == 50 and len(ds.test) == 50
+  assert ds.input_shape == (16, 16, 3)
+  x = ds.train.get(np.arange(4))
+  assert x.shape == (4, 16, 16, 3) and x.min() >= -1.0 and x.max() <= 1.0
+  np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
+# ------------------------------------------------------------------------------ config
+
+@pytest.mark.parametrize("fields,match", [
+    ({"name": "imagenet"}, "known dataset.*digits.*lfw"),
+    ({"split": "random"}, "data.split"),
+    ({"name": "lfw", "split": "standard"}, "not available for lfw"),
+    ({"name": "digits", "split": "standard"}, "not available for digits"),
+    ({"val_fraction": 1.5}, "data.val_fraction"),
+    ({"name": "mnist1d", "image_size": 32}, "data.image_size"),
+    ({"name": "synthetic", "augment": True}, "data.augment"),
+    ({"name": "cars196"}, "image_size must be set for cars196"),
+    ({"channels": 2}, "data.channels"),
+    ({"normalize": "zscore"}, "data.normalize"),
+    ({"val_split": "foo"}, "data.val_split"),
+    ({"num_examples": 1}, "data.num_examples"),
+])
+def test_check_data_config(fields, match):
+  with pytest.raises(ValueError, match=match) as err:
+    data.check_data_config(_cfg(**fields))
+  assert "\n" not in str(err.value)
+  data.check_data_config(data.default_config())
+
+
+# -------------------------------------------------------------------------- preprocess
+
+def test_prepare_images_resize_and_channels():
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, (30, 50, 3), dtype=np.uint8),
+            rng.integers(0, 256, (64, 40, 3), dtype=np.uint8)]
+  x = preprocess.prepare_images(images, image_size=24, channels=None, method="unit")
+  assert x.shape == (2, 24, 24, 3) and x.dtype == np.float32
+  assert 0.0 <= x.min() and x.max() <= 1.0
+  grey = preprocess.prepare_images(images, image_size=24, channels=1, method="imagenet")
+  assert grey.shape == (2, 24, 24, 1)
+  same = preprocess.prepare_images([images[0][:24, :24]], image_size=24, channels=None)
+  np.testing.assert_allclose(same[0] * 255.0, images[0][:24, :24], atol=1e-3)
+
+
+def test_augment_images_seeded():
+  x = np.random.default_rng(0).random((6, 16, 16, 3), dtype=np.float32)
+  a = preprocess.augment_images(x, np.random.default_rng(1))
+  b = preprocess.augment_images(x, np.random.default_rng(1))
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == x.shape and not np.array_equal(a, x)
+  same = preprocess.augment_images(x, np.random.default_rng(1), flip=False,
+                                   crop_padding=0)
+  np.testing.assert_array_equal(same, x)
+
+
+# ------------------------------------------------------------------------------ loader
+
+def test_loader_order_determinism_and_prefetch():
+  ds = data.load(_cfg(name="digits", split="by_image"), seed=0)
+  index_batches = data.PKSampler(ds.train.labels, 4, 2, seed=0).epoch(0)[:6]
+  out = list(data.batches(ds.train, index_batches, augment=True, seed=(0, 1)))
+  assert len(out) == 6
+  for b, idx in zip(out, index_batches):
+    assert b["inputs"].shape == (8, 8, 8, 1) and b["inputs"].dtype == np.float32
+    np.testing.assert_array_equal(b["labels"], ds.train.labels[idx])
+  again = list(data.batches(ds.train, index_batches, augment=True, seed=(0, 1),
+                            prefetch=4, num_workers=3))
+  for a, b in zip(out, again):
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  plain = next(data.batches(ds.train, index_batches[:1]))
+  np.testing.assert_array_equal(plain["inputs"], ds.train.get(index_batches[0]))
+
+
+def test_loader_runs_ahead_in_background():
+  started = []
+  lock = threading.Lock()
+
+  class SlowSplit:
+    labels = np.zeros(100, np.int32)
+
+    def get(self, idx):
+      with lock:
+        started.append(int(idx[0]))
+      time.sleep(0.05)
+      return np.zeros((len(idx), 2), np.float32)
+
+  index_batches = [np.asarray([i]) for i in range(10)]
+  it = loader.batches(SlowSplit(), index_batches, prefetch=3, num_workers=3)
+  first = next(it)
+  time.sleep(0.2)
+  assert first["inputs"].shape == (1, 2)
+  assert len(started) == 4            # batch 0 consumed, 3 more in flight, no more
+  rest = list(it)
+  assert len(rest) == 9 and sorted(started) == list(range(10))
+
+
+def test_loader_stops_cleanly_on_break():
+  ds = data.load(_cfg(name="synthetic"), seed=0)
+  index_batches = data.RandomBatchSampler(len(ds.train), 16, seed=0).epoch(0)
+  for i, _ in enumerate(data.batches(ds.train, index_batches)):
+    if i == 2:
+      break
+  time.sleep(0.1)
+  assert not [t for t in threading.enumerate() if t.name.startswith("tsm-data")]

@@ -1,0 +1,128 @@
+"""Image preprocessing and augmentation in numpy (off the train step's path).
+
+``prepare_images`` turns decoded uint8 images (any sizes) into a float32 batch of one
+shape: resize (shorter side to ``image_size``, then centre crop), grey <-> colour,
+scale and normalise. ``augment_images`` applies a random crop (zero-padded shift) and
+an optional horizontal flip, per example, from a numpy ``Generator`` (seeded per batch
+by the loader, so augmentation is deterministic).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes the shorter side to ``size`` (bilinear) and centre-crops to a square.
+
+  Args:
+    image: ``[H, W, C]`` uint8.
+    size: output side.
+
+  Returns:
+    ``[size, size, C]`` uint8.
+  """
+  h, w, c = image.shape
+  if (h, w) == (size, size):
+    return image
+  scale = size / min(h, w)
+  new_h, new_w = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+  pil = Image.fromarray(image[..., 0] if c == 1 else image)
+  pil = pil.resize((new_w, new_h), Image.BILINEAR)
+  out = np.asarray(pil)
+  if out.ndim == 2:
+    out = out[..., None]
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return out[top:top + size, left:left + size]
+
+
+def set_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
+  """Repeats grey to 3 channels or converts colour to grey (luma); None keeps them."""
+  have = images.shape[-1]
+  if channels is None or channels == have:
+    return images
+  if channels == 3 and have == 1:
+    return np.repeat(images, 3, axis=-1)
+  if channels == 1 and have == 3:
+    return (images.astype(np.float32) @ _LUMA)[..., None]
+  raise ValueError(f"channels={channels} cannot be made from {have}-channel images; "
+                   "use 1, 3 or None.")
+
+
+def normalize(images: np.ndarray, method: str) -> np.ndarray:
+  """Scales ``[0, 255]`` values: ``unit`` -> [0, 1], ``symmetric`` -> [-1, 1],
+  ``imagenet`` -> ImageNet mean / std per channel (grey uses the luma-weighted mean)."""
+  x = images.astype(np.float32) / 255.0
+  if method == "unit":
+    return x
+  if method == "symmetric":
+    return 2.0 * x - 1.0
+  if method == "imagenet":
+    if x.shape[-1] == 3:
+      return (x - IMAGENET_MEAN) / IMAGENET_STD
+    return (x - IMAGENET_MEAN @ _LUMA) / (IMAGENET_STD @ _LUMA)
+  raise ValueError(f"normalize={method!r} is unknown; use unit, symmetric or imagenet.")
+
+
+def prepare_images(images: Sequence[np.ndarray] | np.ndarray, *, image_size: int | None,
+                   channels: int | None, method: str = "unit") -> np.ndarray:
+  """Decoded uint8 images (any sizes) -> float32 ``[n, S, S, C]`` batch.
+
+  Args:
+    images: ``n`` arrays ``[H, W]`` or ``[H, W, C]`` (uint8, 0..255), or one array.
+    image_size: output side (None keeps the native size; all must then agree).
+    channels: 1, 3 or None (native).
+    method: normalisation, see ``normalize``.
+
+  Returns:
+    float32 ``[n, S, S, C]``.
+  """
+  out = []
+  for image in images:
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    if image_size is not None:
+      image = resize_image(image, image_size)
+    out.append(image)
+  batch = np.stack(out)
+  return normalize(set_channels(batch, channels), method)
+
+
+def augment_images(batch: np.ndarray, rng: np.random.Generator, *, flip: bool = True,
+                   crop_padding: int | None = None) -> np.ndarray:
+  """Random shift (a crop of the zero-padded image) and horizontal flip, per example.
+
+  Args:
+    batch: float32 ``[B, H, W, C]``.
+    rng: numpy Generator (the loader seeds one per batch).
+    flip: flip each image left-right with probability 1/2.
+    crop_padding: maximum shift in pixels (default ``max(1, H // 8)``); 0 disables.
+
+  Returns:
+    Augmented float32 ``[B, H, W, C]`` (the padding value is 0 after normalisation).
+  """
+  batch = np.asarray(batch, np.float32)
+  if batch.ndim != 4:
+    return batch
+  b, h, w, _ = batch.shape
+  pad = max(1, h // 8) if crop_padding is None else int(crop_padding)
+  out = batch
+  if pad > 0:
+    padded = np.pad(batch, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = rng.integers(0, 2 * pad + 1, size=b)
+    dx = rng.integers(0, 2 * pad + 1, size=b)
+    rows = dy[:, None] + np.arange(h)[None, :]
+    cols = dx[:, None] + np.arange(w)[None, :]
+    out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  if flip:
+    flips = rng.random(b) < 0.5
+    out = np.where(flips[:, None, None, None], out[:, :, ::-1], out)
+  return np.ascontiguousarray(out, dtype=np.float32)
