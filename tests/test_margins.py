@@ -193,7 +193,7 @@ def test_dams_per_step_updates():
   assert int(state.epoch) == 4
 
 
-def test_margin_is_traced_under_grad_and_vmap():
+def test_vmap_over_states():
   """Schedules work on batched states (vmap), e.g. several runs side by side."""
   schedule = margins.controller(0.5, target=0.5, gain=1.0, min_margin=0.0,
                                 max_margin=1.0, deadband=0.0)
