@@ -195,3 +195,110 @@ def test_loader_stops_cleanly_on_break():
       break
   time.sleep(0.1)
   assert not [t for t in threading.enumerate() if t.name.startswith("tsm-data")]
+
+
+# -------------------------------------------------------------------------------- TFDS
+# tfds.testing.mock_data works with tfds.data_source without TensorFlow as long as no
+# `decoders` are passed (the mock then encodes images with tf.image.encode_png);
+# tsm's label pass reads the mocked raw layer, which the mock returns decoded.
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+_TFDS_SIZES = {"caltech_birds2011": 32, "cars196": 32, "lfw": 16}
+
+
+def _tfds_cfg(tmp_path, name, split, **kw):
+  kw.setdefault("image_size", _TFDS_SIZES.get(name))
+  return _cfg(name=name, split=split, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "caltech_birds2011",
+                                  "cars196"])
+def test_tfds_sources_under_mock_data(tmp_path, name):
+  with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
+    for split in ("class_disjoint", "standard", "by_image"):
+      ds = data.load(_tfds_cfg(tmp_path, name, split), seed=0)
+      assert len(ds.train) + len(ds.val) + len(ds.test) == 120   # TFDS train + test
+      if split == "class_disjoint":
+        half = ds.num_classes // 2
+        assert set(ds.train.classes) | set(ds.val.classes) <= set(range(half))
+        assert set(ds.test.classes) <= set(range(half, ds.num_classes))
+      if split == "standard":
+        assert len(ds.test) == 60
+      x = ds.train.get(np.arange(4))
+      assert x.shape == (4,) + ds.input_shape and x.dtype == np.float32
+      assert 0.0 <= x.min() and x.max() <= 1.0
+      np.testing.assert_array_equal(x, ds.train.get(np.arange(4)))
+      batch = next(data.batches(ds.train, [np.arange(4)], augment=True, seed=0))
+      assert batch["inputs"].shape == x.shape
+  assert ds.num_classes == {"caltech_birds2011": 200, "cars196": 196}.get(name, 10)
+  assert list((tmp_path / "cache" / name).glob("*/tsm_labels_train_60.npy"))
+
+
+def test_tfds_channels_and_label_cache(tmp_path, monkeypatch):
+  from tsm.data import tfds_sources
+  with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = data.load(_tfds_cfg(tmp_path, "mnist", "by_image", channels=3, image_size=32),
+                   seed=0)
+    assert ds.input_shape == (32, 32, 3) and ds.train.get([0]).shape == (1, 32, 32, 3)
+
+    def fail(source):
+      raise AssertionError("labels should come from the cache")
+
+    monkeypatch.setattr(tfds_sources, "_label_pass", fail)
+    again = data.load(_tfds_cfg(tmp_path, "mnist", "by_image"), seed=0)
+  np.testing.assert_array_equal(ds.train.labels, again.train.labels)
+
+
+def _fake_lfw(names):
+  """An ``as_data_source_fn`` serving LFW-like examples with repeated identities."""
+
+  class Source:
+
+    def __init__(self, info):
+      self.dataset_info = info
+
+    def __len__(self):
+      return len(names)
+
+    def __getitem__(self, i):
+      rng = np.random.default_rng(i)
+      return {"image": rng.integers(0, 256, (250, 250, 3), dtype=np.uint8),
+              "label": names[i].encode()}
+
+  def as_data_source(self, split=None, **kwargs):
+    del kwargs
+    if isinstance(split, (list, tuple)):
+      return [Source(self.info) for _ in split]
+    return Source(self.info)
+
+  return as_data_source
+
+
+def test_lfw_identity_disjoint(tmp_path):
+  names = [f"person_{i % 10:02d}" for i in range(50)] + [f"single_{i}" for i in range(8)]
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                              as_data_source_fn=_fake_lfw(names)):
+    ds = data.load(_tfds_cfg(tmp_path, "lfw", "class_disjoint", test_fraction=0.3,
+                             val_fraction=0.2, val_split="by_class"), seed=0)
+    x = ds.test.get(np.arange(3))
+  assert ds.num_classes == 18 and ds.input_shape == (16, 16, 3) and x.shape[1:] == (16, 16, 3)
+  train, val, test = set(ds.train.classes), set(ds.val.classes), set(ds.test.classes)
+  assert not (train & test) and not (train & val) and not (val & test)
+  assert len(test) == 3 and len(val) == 1
+  # Test and validation identities have >= 2 images; the single-image ones stay in train.
+  for split in (ds.val, ds.test):
+    assert np.bincount(split.labels).max() >= 5
+  single_ids = set(range(10, 18))       # sorted names: person_* then single_*
+  assert single_ids <= train
+  assert len(ds.train) + len(ds.val) + len(ds.test) == 58
+
+
+def test_tfds_not_prepared_is_one_line(tmp_path):
+  empty = tmp_path / "empty"
+  with pytest.raises(data.DatasetNotPreparedError) as err:
+    data.load(_cfg(name="mnist", data_dir=str(empty)), seed=0)
+  message = str(err.value)
+  assert "\n" not in message
+  assert f"tsm-prepare mnist --data_dir {empty}" in message
+  assert err.value.__cause__ is None and err.value.__suppress_context__
