@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import threading
 import time
 
@@ -302,3 +303,43 @@ def test_tfds_not_prepared_is_one_line(tmp_path):
   assert "\n" not in message
   assert f"tsm-prepare mnist --data_dir {empty}" in message
   assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def test_prepare_without_tensorflow_or_bad_name_is_one_line(capsys):
+  from tsm.data import prepare
+  with pytest.raises(SystemExit) as err:
+    prepare.main(["digits"])
+  assert "not a TFDS dataset" in str(err.value) and "\n" not in str(err.value)
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    with pytest.raises(SystemExit) as err:
+      prepare.main(["mnist", "--data_dir", "/nonexistent"])
+    assert 'pip install -e ".[data]"' in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prepare_local_mirror(tmp_path):
+  from tsm.data import prepare
+  (tmp_path / "cars_train.tgz").write_bytes(b"x")
+
+  class FakeManager:
+
+    def download(self, urls):
+      return f"net:{urls}"
+
+    def download_and_extract(self, urls):
+      return f"net+x:{urls}"
+
+    def extract(self, path):
+      return f"extracted:{pathlib.Path(path).name}"
+
+  urls = {"train": "http://host/car196/cars_train.tgz", "test": "http://host/cars_test.tgz"}
+  with prepare.local_mirror(FakeManager, tmp_path):
+    got = FakeManager().download_and_extract(urls)
+    plain = FakeManager().download("http://host/a/cars_train.tgz?dl=1")
+  assert got == {"train": "extracted:cars_train.tgz",
+                 "test": "net+x:http://host/cars_test.tgz"}
+  assert plain == tmp_path / "cars_train.tgz"
+  assert FakeManager().download("u") == "net:u"     # restored on exit

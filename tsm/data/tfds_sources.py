@@ -64,6 +64,7 @@ def _not_prepared(name: str, data_dir: str | None, error: Exception) -> Exceptio
     prepared = builder.is_prepared()
     where = str(builder.data_dir)
     file_format = builder.info.file_format if prepared else None
+    file_format = getattr(file_format, "value", file_format)
   except Exception:  # pylint: disable=broad-except
     return error
   extra = 'needs TensorFlow: pip install -e ".[data]"'
