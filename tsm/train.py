@@ -19,7 +19,7 @@ A batch is a dict ``{"inputs": float32 [N, ...], "labels": int32 [N]}``; the lay
   labels (``tsm.losses.contrastive_loss_from_pairs``; paper B's random pairs).
 
 Metrics (float32 scalars, left on the device: the fit loop fetches them in bulk):
-``loss``, ``grad_norm`` (``optax.global_norm`` of the gradient), ``margin`` (the margin
+``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin`` (the margin
 this step used), ``active_ratio``, ``mean_pos_dist``, ``mean_neg_dist``, ``easy_share``,
 plus for triplet losses ``num_triplets``, ``num_easy``, ``num_semihard``, ``num_hard``, and
 for the contrastive loss ``num_pairs``, ``num_positive``, ``num_negative``, ``num_active``,
@@ -273,7 +273,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
     if per_step_update:
       margin_state = schedule.update(margin_state)
     metrics = _with_easy_share(dict(metrics, loss=loss, margin=margin,
-                                    grad_norm=optax.global_norm(grads)))
+                                    grad_norm=optax.tree.norm(grads)))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, margin_state=margin_state)
     return new_state, metrics
