@@ -129,3 +129,20 @@ def test_host_share():
   np.testing.assert_array_equal(np.concatenate(shares, axis=1), batches)
   with pytest.raises(ValueError, match="process_count"):
     samplers.host_share(batches, 0, 5)
+
+
+def test_verification_pairs():
+  from tsm.data import pairs
+  labels = np.asarray([0] * 10 + [1] * 10 + [2] + [-1] * 3 + [3] * 6)
+  i, j, same = pairs.verification_pairs(labels, 60, seed=0)
+  assert i.shape == j.shape == same.shape == (60,) and same.sum() == 30
+  np.testing.assert_array_equal(labels[i] == labels[j], same)
+  assert (labels[i] >= 0).all() and (labels[j] >= 0).all() and (i != j).all()
+  assert len({(min(a, b), max(a, b)) for a, b in zip(i, j)}) == 60     # distinct
+  again = pairs.verification_pairs(labels, 60, seed=0)
+  for x, y in zip((i, j, same), again):
+    np.testing.assert_array_equal(x, y)
+  # More same pairs asked than exist (1 possible): repeats allowed, labels still right.
+  i, j, same = pairs.verification_pairs(np.asarray([0, 0, 1, 2]), 8, seed=1)
+  np.testing.assert_array_equal(np.asarray([0, 0, 1, 2])[i] == np.asarray([0, 0, 1, 2])[j],
+                                same)
