@@ -547,6 +547,23 @@ def create_model(model_config: ml_collections.ConfigDict,
                         pretrained_path=_get(model_config, "pretrained_path") or None)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_init(model: nn.Module, shape: tuple[int, ...], rng_aval: jax.ShapeDtypeStruct,
+                   backend: str) -> Callable[[chex.PRNGKey], Any]:
+  """Compiled ``rng -> variables`` for one model, input shape and key type (cached).
+
+  Initialisation runs once per model, so on CPU it is compiled at XLA optimisation
+  level 0: a ResNet-50 init then compiles about twice as fast (and runs a little
+  slower, which matters less).
+  """
+  def init(rng):
+    return model.init({"params": rng}, jnp.zeros((1,) + shape, jnp.float32), train=False)
+  lowered = jax.jit(init).lower(rng_aval)
+  if backend == "cpu":
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+  return lowered.compile()
+
+
 def init_variables(model: nn.Module, rng: chex.PRNGKey,
                    input_shape: Sequence[int]) -> dict[str, Any]:
   """Initialises a model's variables (and loads its pretrained trunk, if any).
@@ -562,9 +579,11 @@ def init_variables(model: nn.Module, rng: chex.PRNGKey,
     (:func:`load_pretrained`).
   """
   shape = _check_input_shape(input_shape)
-  init = jax.jit(functools.partial(model.init, train=False))
-  variables = dict(init({"params": rng}, jnp.zeros((1,) + shape, jnp.float32)))
+  rng_aval = jax.ShapeDtypeStruct(jnp.shape(rng), rng.dtype)
   path = getattr(model, "pretrained_path", None)
+  if path:  # The file only matters after initialisation: share the compiled init.
+    model = model.clone(pretrained_path=None)
+  variables = dict(_compiled_init(model, shape, rng_aval, jax.default_backend())(rng))
   if path:
     variables = load_pretrained(variables, path)
   return variables
