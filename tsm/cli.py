@@ -20,6 +20,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -69,6 +70,8 @@ def _parse(argv: list[str]) -> list[str]:
 
 def _main(argv: list[str]) -> None:
   del argv
+  if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
   try:
