@@ -68,13 +68,17 @@ class MetricsLog:
       return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
+def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
+                  val_label: str = "validation",
+                  easy_threshold: float | None = None) -> None:
   """Draws loss (train, validation), margin and easy share per epoch to ``path`` (PNG).
 
   Args:
     epochs: the ``"epoch"`` records of ``metrics.jsonl``.
     path: output file; written via a temporary file and a rename.
     title: figure title.
+    val_label: legend label of the validation loss (e.g. its margin).
+    easy_threshold: optional horizontal line on the easy-share panel (DAMS's tau).
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -86,14 +90,17 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "") 
   ax.plot(x, [r["loss"] for r in epochs], "o-", label="train")
   if any("val_loss" in r for r in epochs):
     ax.plot([r["epoch"] + 1 for r in epochs if "val_loss" in r],
-            [r["val_loss"] for r in epochs if "val_loss" in r], "s--", label="validation")
-  ax.set_title("loss")
+            [r["val_loss"] for r in epochs if "val_loss" in r], "s--", label=val_label)
+  ax.set_title("loss (train: at the epoch's margin)")
   ax.legend()
   ax = axes[1]
   ax.plot(x, [r["margin"] for r in epochs], "o-", color="C2")
   ax.set_title("margin $\\mu$ (in force during the epoch)")
   ax = axes[2]
   ax.plot(x, [r["easy_share"] for r in epochs], "o-", color="C3")
+  if easy_threshold is not None:
+    ax.axhline(easy_threshold, color="0.4", ls=":", label=f"threshold {easy_threshold:g}")
+    ax.legend(loc="lower right")
   ax.set_ylim(-0.02, 1.02)
   ax.set_title("easy share")
   for ax in axes:

@@ -425,8 +425,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
     progress.close()
     ckpt.close()
   artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  artifacts.plot_training(epoch_records, os.path.join(workdir, "training.png"),
-                          title=_title(config))
+  val_margin = config.eval.val_margin
+  artifacts.plot_training(
+      epoch_records, os.path.join(workdir, "training.png"), title=_title(config),
+      val_label="validation" + ("" if val_margin is None else f" (margin {val_margin:g})"),
+      easy_threshold=config.margin.threshold if config.margin.schedule == "dams" else None)
   print(format_summary(summary))
   return summary
 
