@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
 from tsm import distances, losses, margins, models
@@ -114,7 +115,8 @@ def eval_config() -> ml_collections.ConfigDict:
   Fields:
     every_epochs: retrieval and verification metrics on the validation split every that
       many epochs (and after the last); the validation loss is computed every epoch.
-    val_margin: margin of the validation loss; None = the current training margin. The
+    val_margin: margin of the validation loss; None = the margin in force during the
+      epoch. The
       default 1.0 follows paper A's code (a fixed margin, so that validation losses of
       epochs with different training margins compare).
     val_batches: cap on the number of validation-loss batches (None = one pass).
@@ -361,7 +363,6 @@ def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
   Raises:
     ConfigError: one line naming the bad field and the fix.
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
   train = cfg.train
   labels = np.asarray(splits.train.labels)
   counts = np.bincount(labels) if labels.size else np.zeros(0, int)

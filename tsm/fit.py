@@ -398,12 +398,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
 
       step = (epoch + 1) * steps_per_epoch
       record = _epoch_record(epoch, step, run.epoch_steps)
+      if val_indices is not None:   # at eval.val_margin, or the epoch's own margin
+        margin = state.margin_state.margin if val_margin is None else jnp.float32(val_margin)
+        record.update(_val_loss(eval_step, state, margin, splits, val_indices))
       if end_of_epoch is not None:
         state = end_of_epoch(state)
       record["margin_next"] = float(jax.device_get(state.margin_state.margin))
-      if val_indices is not None:
-        margin = state.margin_state.margin if val_margin is None else jnp.float32(val_margin)
-        record.update(_val_loss(eval_step, state, margin, splits, val_indices))
       if ((epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == epochs) and len(
           splits.val):
         val_metrics, _, _ = evaluate_split(
