@@ -116,9 +116,8 @@ def eval_config() -> ml_collections.ConfigDict:
     every_epochs: retrieval and verification metrics on the validation split every that
       many epochs (and after the last); the validation loss is computed every epoch.
     val_margin: margin of the validation loss; None = the margin in force during the
-      epoch. The
-      default 1.0 follows paper A's code (a fixed margin, so that validation losses of
-      epochs with different training margins compare).
+      epoch. The default 1.0 follows paper A's code (a fixed margin, so that validation
+      losses of epochs with different training margins compare).
     val_batches: cap on the number of validation-loss batches (None = one pass).
     batch_size: batch size for embedding a split.
     num_pairs: verification pairs per split (paper A: 1000, half same-class).
