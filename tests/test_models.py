@@ -327,6 +327,69 @@ def test_convert_torchvision_resnet_layout():
     np.testing.assert_array_equal(converted[k], flat[k])
 
 
+def _torchvision_efficientnet_b0_state_dict(rng):
+  """Random arrays under torchvision's efficientnet_b0 names and shapes."""
+  sd = {}
+
+  def conv_bn(prefix, out, inp, k):
+    sd[f"{prefix}.0.weight"] = rng.normal(size=(out, inp, k, k)) / np.sqrt(inp * k * k)
+    for leaf in ("weight", "bias", "running_mean"):
+      sd[f"{prefix}.1.{leaf}"] = rng.normal(size=(out,)) * 0.1
+    sd[f"{prefix}.1.running_var"] = rng.uniform(0.5, 1.5, size=(out,))
+    sd[f"{prefix}.1.num_batches_tracked"] = np.array(3)
+
+  conv_bn("features.0", 32, 3, 3)
+  stages = ((1, 3, 16, 1), (6, 3, 24, 2), (6, 5, 40, 2), (6, 3, 80, 3), (6, 5, 112, 3),
+            (6, 5, 192, 4), (6, 3, 320, 1))
+  inp = 32
+  for s, (expand, k, out, blocks) in enumerate(stages, start=1):
+    for b in range(blocks):
+      prefix, hid, i = f"features.{s}.{b}.block", inp * expand, 0
+      if expand != 1:
+        conv_bn(f"{prefix}.0", hid, inp, 1)
+        i = 1
+      conv_bn(f"{prefix}.{i}", hid, 1, k)  # depthwise: [hid, 1, k, k]
+      sq = max(1, inp // 4)
+      sd[f"{prefix}.{i + 1}.fc1.weight"] = rng.normal(size=(sq, hid, 1, 1))
+      sd[f"{prefix}.{i + 1}.fc1.bias"] = rng.normal(size=(sq,))
+      sd[f"{prefix}.{i + 1}.fc2.weight"] = rng.normal(size=(hid, sq, 1, 1))
+      sd[f"{prefix}.{i + 1}.fc2.bias"] = rng.normal(size=(hid,))
+      conv_bn(f"{prefix}.{i + 2}", out, hid, 1)
+      inp = out
+  conv_bn("features.8", 1280, 320, 1)
+  sd["classifier.1.weight"] = rng.normal(size=(1000, 1280))
+  sd["classifier.1.bias"] = rng.normal(size=(1000,))
+  return {k: v.astype(np.float32) for k, v in sd.items()}
+
+
+def test_efficientnet_b0(tmp_path):
+  shape = (16, 16, 3)
+  model = models.create_model(_config("efficientnet_b0", "paper_a", embedding_dim=128),
+                              shape)
+  variables = _numpy_variables(model, shape)
+  trunk = variables["params"]["trunk"]
+  # torchvision efficientnet_b0: 5,288,548 parameters, 1,281,000 of them in the classifier.
+  assert sum(x.size for x in jax.tree_util.tree_leaves(trunk)) == 5_288_548 - 1_281_000
+  assert trunk["features_2_0"]["dw_conv"]["kernel"].shape == (3, 3, 1, 96)
+  torch_sd = _torchvision_efficientnet_b0_state_dict(np.random.default_rng(0))
+  converted = models.convert_torchvision_efficientnet_b0(torch_sd)
+  path = str(tmp_path / "effnet.npz")
+  np.savez(path, **converted)
+  loaded = models.load_pretrained(variables, path)  # strict: every key and shape matches
+  np.testing.assert_array_equal(
+      loaded["params"]["trunk"]["features_3_1"]["se_fc2"]["kernel"],
+      torch_sd["features.3.1.block.2.fc2.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      loaded["batch_stats"]["trunk"]["features_1_0"]["project_bn"]["var"],
+      torch_sd["features.1.0.block.2.1.running_var"])
+  x = _inputs(shape, 2)
+  y = _jit_o0(lambda v, x: model.apply(v, x, train=False))(loaded, x)
+  _assert_unit_rows(y, 2, 128)
+  with pytest.raises(Exception, match="dropout"):  # stochastic depth needs the rng
+    jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]),
+                   loaded)
+
+
 def test_freeze_trunk():
   shape = (32,)
   cfg = _config("mlp", "linear", freeze_trunk=True)
@@ -360,6 +423,8 @@ def test_freeze_trunk():
     ({"name": "conv1d"}, (8, 8, 1), r"model.name='conv1d' needs 1-D inputs"),
     ({"name": "resnet18"}, (40,), r"model.name='resnet18' needs image inputs"),
     ({"name": "resnet18", "head": "none"}, (8, 8, 3), r"use model.head='linear'"),
+    ({"name": "efficientnet_b0"}, (40,), r"needs image inputs"),
+    ({"drop_path_rate": 1.0}, (8,), r"model.drop_path_rate=1.0 must be in"),
     ({"hidden_sizes": (64, 0)}, (8,), r"model.hidden_sizes must be a sequence"),
     ({"head": "paper_a", "head_dropout": (0.5,)}, (8,), r"model.head_dropout="),
     ({"freeze_trunk": True}, (8,), r"model.freeze_trunk=True with model.head='none'"),

@@ -21,12 +21,16 @@ Trunks (``model_config.name``):
   weights give the same features). ``model_config.stem``: ``"imagenet"`` (7x7/2 conv +
   3x3/2 max-pool), ``"cifar"`` (3x3/1 conv, no max-pool) or ``"auto"`` (``cifar`` when
   the input side is at most 64 pixels).
+* ``"efficientnet_b0"``: paper A's trunk, torchvision-compatible EfficientNet-B0
+  (MBConv blocks with squeeze-and-excitation, SiLU, BatchNorm, stochastic depth
+  ``model_config.drop_path_rate`` drawn from the ``'dropout'`` rng in training),
+  1280-d pooled features.
 
 Heads (``model_config.head``):
 
 * ``"none"``: the trunk's own output layer gives the embedding (small models end with
-  ``Dense(embedding_dim)``; a ResNet only when ``embedding_dim`` equals its feature
-  width).
+  ``Dense(embedding_dim)``; a ResNet / EfficientNet only when ``embedding_dim`` equals
+  its feature width).
 * ``"linear"``: one ``Dense(embedding_dim)`` on the trunk features.
 * ``"paper_a"``: paper A's head, ``Dense(512), ReLU, Dropout(0.5), Dense(256), ReLU,
   Dropout(0.3), Dense(embedding_dim)`` (sizes and rates configurable). Dropout draws
@@ -41,8 +45,8 @@ variable paths of the trunk, joined by ``/`` and prefixed by the collection:
 ``params/trunk/conv1/kernel``, ``batch_stats/trunk/bn1/mean``, ... Kernels use Flax
 layouts (conv ``[kh, kw, in, out]``, dense ``[in, out]``). :func:`save_trunk_weights`
 writes this format from a tsm model, :func:`load_pretrained` reads it, and
-:func:`convert_torchvision_resnet` converts a torchvision ResNet ``state_dict`` (as numpy
-arrays) into it.
+:func:`convert_torchvision_resnet` / :func:`convert_torchvision_efficientnet_b0`
+convert a torchvision ``state_dict`` (as numpy arrays) into it.
 
 Freezing the trunk (``model_config.freeze_trunk``): the trunk runs in inference mode
 (BatchNorm uses and keeps its running statistics) and its output goes through
@@ -69,7 +73,7 @@ from flax import traverse_util
 
 from tsm.distances import l2_normalize
 
-MODELS = ("mlp", "convnet", "conv1d", "resnet18", "resnet50")
+MODELS = ("mlp", "convnet", "conv1d", "resnet18", "resnet50", "efficientnet_b0")
 HEADS = ("none", "linear", "paper_a")
 DTYPES = ("float32", "bfloat16")
 STEMS = ("auto", "imagenet", "cifar")
@@ -79,6 +83,7 @@ _DEFAULT_HIDDEN = {"mlp": (64,), "convnet": (128,), "conv1d": ()}
 _DEFAULT_CONV = {"convnet": (32, 64), "conv1d": (32, 32, 32)}
 _CONV1D_KERNELS = (5, 3, 3)
 _RESNET_FEATURES = {"resnet18": 512, "resnet50": 2048}
+_IMAGE_FEATURES = {**_RESNET_FEATURES, "efficientnet_b0": 1280}
 _RESNET_STAGES = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
 
 NPZ_FORMAT = "tsm-trunk-npz-v1"
@@ -99,6 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
     head_hidden: hidden sizes of the ``paper_a`` head.
     head_dropout: dropout rate after each hidden layer of the ``paper_a`` head.
     stem: ResNet stem, ``"auto"`` | ``"imagenet"`` | ``"cifar"``.
+    drop_path_rate: EfficientNet-B0 stochastic depth (torchvision's 0.2).
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters and the
       returned embeddings stay float32).
     pretrained_path: optional ``.npz`` of trunk variables (see module docstring);
@@ -117,6 +123,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.head_hidden = (512, 256)
   cfg.head_dropout = (0.5, 0.3)
   cfg.stem = "auto"
+  cfg.drop_path_rate = 0.2
   cfg.dtype = "float32"
   cfg.pretrained_path = ml_collections.config_dict.placeholder(str)
   cfg.freeze_trunk = False
@@ -228,15 +235,18 @@ def check_model_config(model_config: ml_collections.ConfigDict,
       raise ValueError(f"model.name='conv1d' needs 1-D inputs [L] or [L, C], got "
                        f"input_shape={shape}; use model.name='convnet' or a resnet for "
                        "images.")
-  elif name in _RESNET_FEATURES:
+  elif name in _IMAGE_FEATURES:
     if rank not in (2, 3):
       raise ValueError(f"model.name={name!r} needs image inputs [H, W] or [H, W, C], got "
                        f"input_shape={shape}; use model.name='mlp' or 'conv1d' for 1-D "
                        "inputs.")
-    if head == "none" and emb != _RESNET_FEATURES[name]:
-      raise ValueError(f"model.head='none' with {name} gives {_RESNET_FEATURES[name]}-d "
+    if head == "none" and emb != _IMAGE_FEATURES[name]:
+      raise ValueError(f"model.head='none' with {name} gives {_IMAGE_FEATURES[name]}-d "
                        f"features, not model.embedding_dim={emb}; use model.head='linear' "
                        "or 'paper_a'.")
+  rate = _get(model_config, "drop_path_rate", 0.2)
+  if not 0.0 <= float(rate) < 1.0:
+    raise ValueError(f"model.drop_path_rate={rate!r} must be in [0, 1); pass e.g. 0.2.")
   if head == "none" and _get(model_config, "freeze_trunk", False):
     raise ValueError("model.freeze_trunk=True with model.head='none' leaves nothing to "
                      "train; use model.head='linear' or 'paper_a'.")
@@ -436,6 +446,109 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
+# EfficientNet-B0 stages: (expand ratio, kernel, stride, output channels, blocks).
+_EFFICIENTNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2),
+                    (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4),
+                    (6, 3, 1, 320, 1))
+
+
+class ConvBNSiLU(nn.Module):
+  """``conv`` (no bias, torch padding) + ``bn`` + SiLU, torchvision's Conv2dNormActivation."""
+  features: int
+  kernel: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
+                padding=_pad(self.kernel), use_bias=False, dtype=self.dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, name="bn")(x)
+    return nn.silu(x)
+
+
+class MBConv(nn.Module):
+  """Inverted-residual block with squeeze-and-excitation (EfficientNet), torchvision form.
+
+  Attributes:
+    expand_ratio: channel expansion of the 1x1 expansion conv (1: no expansion conv).
+    kernel: depthwise kernel size.
+    strides: depthwise stride.
+    features: output channels.
+    drop_path: stochastic-depth rate of the residual branch (training only; draws from
+      the ``'dropout'`` rng).
+    dtype: computation dtype.
+  """
+  expand_ratio: int
+  kernel: int
+  strides: int
+  features: int
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    in_features = x.shape[-1]
+    hidden = in_features * self.expand_ratio
+    y = x
+    if self.expand_ratio != 1:
+      y = conv(hidden, (1, 1), padding="VALID", name="expand_conv")(y)
+      y = nn.silu(norm(name="expand_bn")(y))
+    s = (self.strides, self.strides)
+    y = conv(hidden, (self.kernel, self.kernel), s, padding=_pad(self.kernel),
+             feature_group_count=hidden, name="dw_conv")(y)
+    y = nn.silu(norm(name="dw_bn")(y))
+    squeeze = max(1, in_features // 4)
+    se = jnp.mean(y, axis=(1, 2), keepdims=True)
+    se = nn.silu(nn.Conv(squeeze, (1, 1), dtype=self.dtype, name="se_fc1")(se))
+    se = nn.sigmoid(nn.Conv(hidden, (1, 1), dtype=self.dtype, name="se_fc2")(se))
+    y = y * se
+    y = conv(self.features, (1, 1), padding="VALID", name="project_conv")(y)
+    y = norm(name="project_bn")(y)
+    if self.strides == 1 and in_features == self.features:
+      if train and self.drop_path > 0:
+        keep = 1.0 - self.drop_path
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0], 1, 1, 1))
+        y = jnp.where(mask, y / keep, 0.0).astype(y.dtype)
+      y = x + y
+    return y
+
+
+class EfficientNetB0(nn.Module):
+  """EfficientNet-B0 trunk (torchvision layout) returning pooled ``[B, 1280]`` features.
+
+  Names: ``features_0/{conv,bn}`` (stem), ``features_{stage}_{block}/...`` (MBConv),
+  ``features_8/{conv,bn}`` (final 1x1 conv), mirroring torchvision's ``features.*``.
+
+  Attributes:
+    drop_path_rate: stochastic-depth rate of the last block (torchvision: 0.2), scaled
+      linearly with the block index.
+    dtype: computation dtype.
+  """
+  drop_path_rate: float = 0.2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if x.ndim == 3:
+      x = x[..., None]
+    x = ConvBNSiLU(32, 3, 2, dtype=self.dtype, name="features_0")(x, train)
+    total = sum(stage[-1] for stage in _EFFICIENTNET_B0)
+    index = 0
+    for s, (expand, kernel, stride, features, blocks) in enumerate(_EFFICIENTNET_B0):
+      for b in range(blocks):
+        x = MBConv(expand, kernel, stride if b == 0 else 1, features,
+                   drop_path=self.drop_path_rate * index / total, dtype=self.dtype,
+                   name=f"features_{s + 1}_{b}")(x, train)
+        index += 1
+    x = ConvBNSiLU(1280, 1, 1, dtype=self.dtype, name="features_8")(x, train)
+    return jnp.mean(x, axis=(1, 2))
+
+
 # ---------------------------------------------------------------------------
 # Heads and the full model
 # ---------------------------------------------------------------------------
@@ -535,6 +648,8 @@ def create_model(model_config: ml_collections.ConfigDict,
     trunk = ConvNet(conv, hidden, output_dim, dtype)
   elif name == "conv1d":
     trunk = Conv1DNet(conv, _CONV1D_KERNELS, hidden, output_dim, dtype)
+  elif name == "efficientnet_b0":
+    trunk = EfficientNetB0(float(_get(model_config, "drop_path_rate", 0.2)), dtype)
   else:
     trunk = ResNet(_RESNET_STAGES[name], bottleneck=name == "resnet50",
                    stem=_resolve_stem(_get(model_config, "stem", "auto"), shape),
@@ -685,13 +800,29 @@ def load_pretrained(variables: Mapping[str, Any], path: str, *,
   return out
 
 
+def _torch_leaf(module: Sequence[str], leaf: str, value: Any) -> tuple[str, np.ndarray]:
+  """Maps one torch tensor to its ``<collection>/trunk/<module>/<name>`` key and layout."""
+  value = np.asarray(value)
+  path = "/".join(module)
+  if leaf == "weight" and value.ndim == 4:  # conv [out, in, kh, kw] -> [kh, kw, in, out]
+    return f"params/trunk/{path}/kernel", value.transpose(2, 3, 1, 0)
+  if leaf == "weight" and value.ndim == 2:  # linear [out, in] -> [in, out]
+    return f"params/trunk/{path}/kernel", value.T
+  collection, name = {
+      "weight": ("params", "scale"), "bias": ("params", "bias"),
+      "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var"),
+  }[leaf]
+  return f"{collection}/trunk/{path}/{name}", value
+
+
 def convert_torchvision_resnet(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Converts a torchvision ResNet ``state_dict`` to the trunk ``.npz`` key layout.
+  """Converts a torchvision ResNet-18/50 ``state_dict`` to the trunk ``.npz`` key layout.
 
   Pass numpy arrays (``{k: v.numpy() for k, v in torch_model.state_dict().items()}``);
-  save the result with ``np.savez(path, **converted)``. The classifier (``fc.*``) and
-  ``num_batches_tracked`` entries are dropped. Conv weights go from ``[out, in, kh, kw]``
-  to ``[kh, kw, in, out]``; BatchNorm ``weight``/``bias`` become ``scale``/``bias`` and
+  save the result with ``np.savez(path, **converted)`` and use it with
+  ``model.stem="imagenet"``. The classifier (``fc.*``) and ``num_batches_tracked``
+  entries are dropped. Conv weights go from ``[out, in, kh, kw]`` to ``[kh, kw, in,
+  out]``; BatchNorm ``weight``/``bias`` become ``scale``/``bias`` and
   ``running_mean``/``running_var`` become ``batch_stats`` ``mean``/``var``.
 
   Args:
@@ -705,23 +836,48 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any]) -> dict[str, np.nd
     parts = key.split(".")
     if parts[0] == "fc" or parts[-1] == "num_batches_tracked":
       continue
-    value = np.asarray(value)
     module, leaf = parts[:-1], parts[-1]
-    if module[0].startswith("layer"):
-      block = f"{module[0]}_{module[1]}"
+    if module[0].startswith("layer"):  # layer1.0.conv1 -> layer1_0/conv1
       rest = module[2:]
-      if rest[0] == "downsample":
+      if rest[0] == "downsample":  # downsample.0 / .1 -> downsample_conv / _bn
         rest = ["downsample_conv" if rest[1] == "0" else "downsample_bn"]
-      module = [block] + rest
-    module_path = "/".join(module)
-    if module[-1].endswith("conv") or module[-1].startswith("conv"):
-      out[f"params/trunk/{module_path}/kernel"] = value.transpose(2, 3, 1, 0)
-    else:
-      collection, name = {
-          "weight": ("params", "scale"), "bias": ("params", "bias"),
-          "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var"),
-      }[leaf]
-      out[f"{collection}/trunk/{module_path}/{name}"] = value
+      module = [f"{module[0]}_{module[1]}"] + rest
+    k, v = _torch_leaf(module, leaf, value)
+    out[k] = v
+  return out
+
+
+def convert_torchvision_efficientnet_b0(
+    state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Converts a torchvision ``efficientnet_b0`` ``state_dict`` to the trunk ``.npz`` layout.
+
+  Like :func:`convert_torchvision_resnet` (numpy arrays in, ``np.savez`` the result);
+  the classifier is dropped. ``features.0.{0,1}`` -> ``features_0/{conv,bn}``,
+  ``features.8.{0,1}`` -> ``features_8/{conv,bn}``, and in block
+  ``features.<s>.<b>.block.<i>`` the sub-layers map to ``expand_*`` (absent in stage 1,
+  whose blocks do not expand), ``dw_*``, ``se_fc1``/``se_fc2`` and ``project_*``.
+
+  Args:
+    state_dict: mapping from torchvision parameter names to arrays.
+
+  Returns:
+    ``{"params/trunk/...": array, "batch_stats/trunk/...": array}``.
+  """
+  out = {}
+  for key, value in state_dict.items():
+    parts = key.split(".")
+    if parts[0] != "features" or parts[-1] == "num_batches_tracked":
+      continue
+    stage, leaf = int(parts[1]), parts[-1]
+    if stage in (0, 8):  # features.0.0.weight -> features_0/conv
+      module = [f"features_{stage}", "conv" if parts[2] == "0" else "bn"]
+    else:  # features.2.1.block.3.1.weight -> features_2_1/project_bn
+      layers = ("dw", "se", "project") if stage == 1 else ("expand", "dw", "se", "project")
+      layer = layers[int(parts[4])]
+      sub = parts[5] if layer == "se" else ("conv" if parts[5] == "0" else "bn")
+      module = [f"features_{stage}_{parts[2]}", f"{layer}_{sub}"]
+    k, v = _torch_leaf(module, leaf, value)
+    out[k] = v
   return out
 
 
