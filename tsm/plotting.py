@@ -1,0 +1,237 @@
+"""Matplotlib helpers shared by the study scripts (papers A and B).
+
+Every ``plot_*`` function draws on an ``Axes`` the caller owns and returns it, so a
+script composes figures with ``plt.subplots`` and saves them with :func:`save_figure`
+(atomic: a reader never sees half a PNG). Inputs may be numpy or jax arrays; nothing
+here is jitted. Scripts that run without a display should select a non-interactive
+backend first (``matplotlib.use("Agg")``).
+
+* :func:`plot_effective_margins`: paper A's histogram of ``d_an - d_ap`` with the
+  fitted Gaussian mixture and the margin ``mu``.
+* :func:`plot_curves`: per-epoch curves (loss, active ratio, gradient norm, margin...).
+* :func:`plot_pca`: 2-D PCA scatter of embeddings coloured by class (paper B's figure).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tsm import diagnostics
+
+__all__ = ["pca_2d", "plot_curves", "plot_effective_margins", "plot_pca", "save_figure"]
+
+
+def plot_effective_margins(ax: Any, values: Any,
+                           mixture: diagnostics.GaussianMixture | None = None,
+                           margin: float | None = None, *, mask: Any = None,
+                           bins: int = 60, title: str | None = None,
+                           show_components: bool = True) -> Any:
+  """Histogram of effective margins with the mixture's density and the margin line.
+
+  Args:
+    ax: a matplotlib ``Axes``.
+    values: ``[M]`` effective margins ``d_an - d_ap`` (e.g.
+      ``diagnostics.effective_margins(...).values``), or an
+      :class:`tsm.diagnostics.EffectiveMargins` (its ``mask`` is then used).
+    mixture: optional :class:`tsm.diagnostics.GaussianMixture` fitted to the values;
+      its total density (and each weighted component) is drawn over the histogram.
+    margin: optional margin ``mu``: a dashed vertical line (triplets left of it are
+      violating: semi-hard or hard).
+    mask: optional ``[M]`` bool; only these entries are drawn.
+    bins: histogram bins.
+    title: axes title.
+    show_components: draw each weighted component besides the total density.
+
+  Returns:
+    ``ax``.
+  """
+  if isinstance(values, diagnostics.EffectiveMargins):
+    mask = values.mask if mask is None else mask
+    values = values.values
+  values = np.asarray(values, dtype=np.float64).reshape(-1)
+  if mask is not None:
+    values = values[np.asarray(mask, dtype=bool).reshape(-1)]
+  values = values[np.isfinite(values)]
+  if values.size:
+    ax.hist(values, bins=bins, density=True, color="C0", alpha=0.45,
+            label=f"d_an - d_ap ({values.size:,} triplets)")
+  if mixture is not None:
+    lo, hi = (values.min(), values.max()) if values.size else (-1.0, 1.0)
+    means = np.asarray(mixture.means, dtype=np.float64)
+    stds = np.asarray(mixture.stds, dtype=np.float64)
+    lo = min(lo, float(np.min(means - 3 * stds)))
+    hi = max(hi, float(np.max(means + 3 * stds)))
+    grid = np.linspace(lo, hi, 400)
+    parts = np.asarray(diagnostics.mixture_pdf(grid, mixture, components=True))
+    ax.plot(grid, parts.sum(axis=-1), color="k", lw=1.8,
+            label=f"GMM ({parts.shape[-1]} components)")
+    if show_components and parts.shape[-1] > 1:
+      weights = np.asarray(mixture.weights)
+      for k in range(parts.shape[-1]):
+        ax.plot(grid, parts[:, k], lw=1.2, ls="--", color=f"C{k + 1}",
+                label=f"w={weights[k]:.2f}, mean={means[k]:.3f}, sd={stds[k]:.3f}")
+  if margin is not None:
+    ax.axvline(float(margin), color="C3", lw=1.5, ls=":",
+               label=f"margin mu={float(margin):g}")
+  ax.set_xlabel("effective margin d(a,n) - d(a,p)")
+  ax.set_ylabel("density")
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize="small")
+  return ax
+
+
+def plot_curves(ax: Any, epochs: Sequence[float] | None,
+                series: Mapping[str, Sequence[float]], *, xlabel: str = "epoch",
+                ylabel: str | None = None, title: str | None = None,
+                logy: bool = False, markers: bool = True,
+                hline: float | None = None) -> Any:
+  """One line per named series against epochs (loss, active ratio, gradient norm...).
+
+  Args:
+    ax: a matplotlib ``Axes``.
+    epochs: x values shared by every series, or None for ``1..len(series)``.
+    series: ``{label: values}``; each ``values`` has one entry per epoch (NaN leaves a
+      gap). Series of different lengths are allowed when ``epochs`` is None.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: axes title.
+    logy: logarithmic y axis.
+    markers: mark each point.
+    hline: optional horizontal reference line (e.g. a target share).
+
+  Returns:
+    ``ax``.
+  """
+  for i, (label, values) in enumerate(series.items()):
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = np.arange(1, y.size + 1) if epochs is None else np.asarray(epochs).reshape(-1)
+    if x.size != y.size:
+      raise ValueError(f"series {label!r} has {y.size} values for {x.size} epochs; pass "
+                       "one value per epoch.")
+    ax.plot(x, y, marker="o" if markers else None, ms=3, lw=1.5, color=f"C{i}",
+            label=label)
+  if hline is not None:
+    ax.axhline(hline, color="0.4", lw=1, ls=":")
+  if logy:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  if ylabel:
+    ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if len(series) > 1:
+    ax.legend(fontsize="small")
+  return ax
+
+
+def pca_2d(embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Projects embeddings on their first two principal axes (numpy SVD).
+
+  Args:
+    embeddings: ``[N, D]`` array, ``N >= 1``.
+
+  Returns:
+    ``(points, explained)``: ``[N, 2]`` coordinates (zero-padded when ``D < 2`` or
+    ``N < 2``) and ``[2]`` share of the total variance each axis explains (0 when
+    the points do not vary). Axis signs are fixed so that the largest-magnitude
+    loading of each axis is positive (deterministic across runs).
+  """
+  x = np.asarray(embeddings, dtype=np.float64)
+  if x.ndim != 2 or x.shape[0] < 1:
+    raise ValueError(f"embeddings must be [N, D] with N >= 1, got shape {x.shape}.")
+  x = x - x.mean(axis=0, keepdims=True)
+  _, s, vt = np.linalg.svd(x, full_matrices=False)
+  signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
+  vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+  k = min(2, vt.shape[0])
+  points = np.zeros((x.shape[0], 2))
+  points[:, :k] = x @ vt[:k].T
+  var = s ** 2
+  explained = np.zeros(2)
+  if var.sum() > 0:
+    explained[:k] = var[:k] / var.sum()
+  return points, explained
+
+
+def plot_pca(ax: Any, embeddings: Any, labels: Any, *, max_points: int | None = 5000,
+             seed: int = 0, title: str | None = None, point_size: float = 6.0,
+             legend: bool | None = None) -> Any:
+  """2-D PCA scatter of embeddings, one colour per class (outliers, label < 0, grey x).
+
+  PCA is fitted on all points; at most ``max_points`` (a seeded uniform subset) are
+  drawn.
+
+  Args:
+    ax: a matplotlib ``Axes``.
+    embeddings: ``[N, D]`` array.
+    labels: ``[N]`` int labels.
+    max_points: cap on the points drawn (None: all).
+    seed: seed of the subset.
+    title: axes title.
+    point_size: marker size.
+    legend: draw a class legend (default: when there are at most 20 classes).
+
+  Returns:
+    ``ax``.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  labels = np.asarray(labels).reshape(-1)
+  points, explained = pca_2d(embeddings)
+  if labels.shape[0] != points.shape[0]:
+    raise ValueError(f"labels has {labels.shape[0]} entries for {points.shape[0]} "
+                     "embeddings; pass one label per row.")
+  idx = np.arange(points.shape[0])
+  if max_points is not None and idx.size > max_points:
+    idx = np.sort(np.random.default_rng(seed).choice(idx.size, max_points, replace=False))
+  classes = np.unique(labels[labels >= 0])
+  cmap = matplotlib.colormaps["tab10" if classes.size <= 10 else "tab20" if
+                              classes.size <= 20 else "viridis"]
+  for i, c in enumerate(classes):
+    sel = idx[labels[idx] == c]
+    color = cmap(i % cmap.N) if classes.size <= 20 else cmap(i / max(classes.size - 1, 1))
+    ax.scatter(points[sel, 0], points[sel, 1], s=point_size, color=color, alpha=0.7,
+               label=str(c), linewidths=0)
+  outliers = idx[labels[idx] < 0]
+  if outliers.size:
+    ax.scatter(points[outliers, 0], points[outliers, 1], s=point_size * 1.5, c="0.5",
+               marker="x", alpha=0.7, label="outlier", linewidths=0.8)
+  ax.set_xlabel(f"PC1 ({100 * explained[0]:.1f}%)")
+  ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}%)")
+  if title:
+    ax.set_title(title)
+  if legend if legend is not None else classes.size <= 20:
+    ax.legend(fontsize="x-small", markerscale=2, ncol=2 if classes.size > 10 else 1)
+  return ax
+
+
+def save_figure(fig: Any, path: str, *, dpi: int = 120) -> None:
+  """Saves ``fig`` to ``path`` via a temporary file and a rename, then closes it.
+
+  The format follows the extension of ``path`` (``.png``, ``.pdf``, ``.svg``...).
+
+  Args:
+    fig: a matplotlib ``Figure``.
+    path: output file; its directory is created if missing.
+    dpi: resolution of raster formats.
+  """
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  suffix = os.path.splitext(path)[1] or ".png"
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=dpi, format=suffix[1:])
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
