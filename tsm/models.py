@@ -352,6 +352,11 @@ class Conv1DNet(nn.Module):
     return x
 
 
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for ResNet and
+# EfficientNet convolutions, so from-scratch runs start like their PyTorch counterparts.
+_TORCH_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """Symmetric torch-style padding for a k x k convolution."""
   p = (k - 1) // 2
@@ -366,7 +371,8 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=_TORCH_CONV_INIT)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     s = (self.strides, self.strides)
@@ -389,7 +395,8 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=_TORCH_CONV_INIT)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     out = self.features * self.expansion
@@ -429,10 +436,10 @@ class ResNet(nn.Module):
       x = x[..., None]
     if self.stem == "imagenet":
       x = nn.Conv(64, (7, 7), (2, 2), padding=_pad(7), use_bias=False, dtype=self.dtype,
-                  name="conv1")(x)
+                  kernel_init=_TORCH_CONV_INIT, name="conv1")(x)
     else:
       x = nn.Conv(64, (3, 3), padding=_pad(3), use_bias=False, dtype=self.dtype,
-                  name="conv1")(x)
+                  kernel_init=_TORCH_CONV_INIT, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
@@ -462,7 +469,8 @@ class ConvBNSiLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
-                padding=_pad(self.kernel), use_bias=False, dtype=self.dtype, name="conv")(x)
+                padding=_pad(self.kernel), use_bias=False, dtype=self.dtype,
+                kernel_init=_TORCH_CONV_INIT, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="bn")(x)
     return nn.silu(x)
@@ -489,7 +497,8 @@ class MBConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=_TORCH_CONV_INIT)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     in_features = x.shape[-1]
@@ -504,8 +513,10 @@ class MBConv(nn.Module):
     y = nn.silu(norm(name="dw_bn")(y))
     squeeze = max(1, in_features // 4)
     se = jnp.mean(y, axis=(1, 2), keepdims=True)
-    se = nn.silu(nn.Conv(squeeze, (1, 1), dtype=self.dtype, name="se_fc1")(se))
-    se = nn.sigmoid(nn.Conv(hidden, (1, 1), dtype=self.dtype, name="se_fc2")(se))
+    se_conv = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
+                                kernel_init=_TORCH_CONV_INIT)
+    se = nn.silu(se_conv(squeeze, name="se_fc1")(se))
+    se = nn.sigmoid(se_conv(hidden, name="se_fc2")(se))
     y = y * se
     y = conv(self.features, (1, 1), padding="VALID", name="project_conv")(y)
     y = norm(name="project_bn")(y)
@@ -675,7 +686,10 @@ def _compiled_init(model: nn.Module, shape: tuple[int, ...], rng_aval: jax.Shape
     return model.init({"params": rng}, jnp.zeros((1,) + shape, jnp.float32), train=False)
   lowered = jax.jit(init).lower(rng_aval)
   if backend == "cpu":
-    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+    try:
+      return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+    except Exception:  # pylint: disable=broad-except  # An XLA without the option.
+      pass
   return lowered.compile()
 
 
