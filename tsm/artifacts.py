@@ -6,7 +6,8 @@
   writes exactly the lines an uninterrupted run writes.
 * ``summary.json``, ``config.json``: written to a temporary file and renamed, so a reader
   never sees half a file.
-* ``training.png``: loss, margin and easy-triplet share per epoch (matplotlib, Agg).
+* ``training.png``: loss, margin and easy-triplet share per epoch (matplotlib, Agg, via
+  ``tsm.plotting``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
                   easy_threshold: float | None = None) -> None:
   """Draws loss (train, validation), margin and easy share per epoch to ``path`` (PNG).
 
+  Uses :func:`tsm.plotting.plot_curves` and the atomic :func:`tsm.plotting.save_figure`.
+
   Args:
     epochs: the ``"epoch"`` records of ``metrics.jsonl``.
-    path: output file; written via a temporary file and a rename.
+    path: output file.
     title: figure title.
     val_label: legend label of the validation loss (e.g. its margin).
     easy_threshold: optional horizontal line on the easy-share panel (DAMS's tau).
@@ -83,38 +86,21 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  from tsm import plotting  # pylint: disable=import-outside-toplevel
 
   x = [r["epoch"] + 1 for r in epochs]
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
-  ax = axes[0]
-  ax.plot(x, [r["loss"] for r in epochs], "o-", label="train")
+  losses = {"train": [r["loss"] for r in epochs]}
   if any("val_loss" in r for r in epochs):
-    ax.plot([r["epoch"] + 1 for r in epochs if "val_loss" in r],
-            [r["val_loss"] for r in epochs if "val_loss" in r], "s--", label=val_label)
-  ax.set_title("loss (train: at the epoch's margin)")
-  ax.legend()
-  ax = axes[1]
-  ax.plot(x, [r["margin"] for r in epochs], "o-", color="C2")
-  ax.set_title("margin $\\mu$ (in force during the epoch)")
-  ax = axes[2]
-  ax.plot(x, [r["easy_share"] for r in epochs], "o-", color="C3")
-  if easy_threshold is not None:
-    ax.axhline(easy_threshold, color="0.4", ls=":", label=f"threshold {easy_threshold:g}")
-    ax.legend(loc="lower right")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title("easy share")
-  for ax in axes:
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
+    losses[val_label] = [r.get("val_loss", float("nan")) for r in epochs]
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+  plotting.plot_curves(axes[0], x, losses, title="loss (train: at the epoch's margin)")
+  plotting.plot_curves(axes[1], x, {"margin": [r["margin"] for r in epochs]},
+                       title="margin $\\mu$ (in force during the epoch)")
+  plotting.plot_curves(axes[2], x, {"easy share": [r["easy_share"] for r in epochs]},
+                       title="easy share" if easy_threshold is None else
+                       f"easy share (dotted: DAMS threshold {easy_threshold:g})",
+                       hline=easy_threshold)
+  axes[2].set_ylim(-0.02, 1.02)
   if title:
     fig.suptitle(title)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  plotting.save_figure(fig, path, dpi=100)
