@@ -24,6 +24,7 @@ before the workdir is created.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -40,9 +41,12 @@ from tsm import checkpoint as checkpoint_lib
 from tsm import config as config_lib
 from tsm import data as data_lib
 from tsm import distances
+from tsm import evaluation
 from tsm import margins as margins_lib
+from tsm import metrics
 from tsm import models
 from tsm import train as train_lib
+from tsm.data import pairs
 
 # Config fields that control one process, not the training: a resumed run may change them.
 _RUN_CONTROL_FIELDS = (("train", "stop_after_steps"), ("train", "progress"))
@@ -188,18 +192,16 @@ def _val_loss_batches(config, splits) -> np.ndarray | None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _embed(model, state, split, batch_size: int) -> np.ndarray:
-  from tsm import evaluation  # pylint: disable=import-outside-toplevel
+def _embed(apply_fn, state, split, batch_size: int) -> np.ndarray:
+  """Embeddings of a split; ``apply_fn`` is built once per run (embed caches its jit)."""
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
   return np.asarray(evaluation.embed(apply_fn, variables, split, batch_size))
 
 
 def _pair_distances(config, embeddings: np.ndarray, labels: np.ndarray,
                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-  from tsm.data import pairs  # pylint: disable=import-outside-toplevel
   i, j, same = pairs.verification_pairs(labels, config.eval.num_pairs, seed)
   d = distances.paired_distances(jnp.asarray(embeddings[i]), jnp.asarray(embeddings[j]),
                                  distance=config.loss.distance)
@@ -222,7 +224,6 @@ def evaluate_split(config: ml_collections.ConfigDict, embeddings: np.ndarray,
     (``recall@K``, ``precision@1``, ``r_precision``, ``map@r``) and the verification keys
     (``auc``, ``eer``, ``tar@far=...``).
   """
-  from tsm import metrics  # pylint: disable=import-outside-toplevel
   keep = labels >= 0
   out = dict(metrics.retrieval_metrics(embeddings[keep], labels[keep],
                                        ks=tuple(config.eval.ks),
@@ -310,6 +311,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   mesh = (train_lib.data_mesh()
           if tc.data_parallel and jax.local_device_count() > 1 else None)
   model = models.create_model(config.model, splits.input_shape)
+  apply_fn = functools.partial(model.apply, train=False)   # one object: one jit in embed
   # A typed key for the model init; the state keeps raw uint32 key data (plain arrays
   # for orbax).
   init_rng, state_rng = jax.random.split(jax.random.key(seed))
@@ -381,9 +383,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
       for pos, batch in enumerate(stream):
         if pos < pos0:
           continue
-        state, metrics = train_step(state, batch)
+        state, step_metrics = train_step(state, batch)
         step = epoch * steps_per_epoch + pos + 1
-        run.pending.append((epoch, step, metrics))
+        run.pending.append((epoch, step, step_metrics))
         progress.update(1)
         steps_this_run += 1
         if len(run.pending) >= tc.log_every:
@@ -407,7 +409,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
       if ((epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == epochs) and len(
           splits.val):
         val_metrics, _, _ = evaluate_split(
-            config, _embed(model, state, splits.val, config.eval.batch_size),
+            config, _embed(apply_fn, state, splits.val, config.eval.batch_size),
             np.asarray(splits.val.labels), seed)
         record.update({f"val_{k}": v for k, v in val_metrics.items()})
       record["time_s"] = round(time.time() - t0, 3)
@@ -420,7 +422,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
         progress.write(_epoch_line(record))
     progress.close()
 
-    summary = _summarise(config, model, state, ckpt, splits, epoch_records, best_key)
+    summary = _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key)
   finally:
     progress.close()
     ckpt.close()
@@ -448,7 +450,7 @@ def _epoch_line(r: dict[str, Any]) -> str:
   return "  ".join(parts)
 
 
-def _summarise(config, model, state, ckpt, splits, epoch_records, best_key):
+def _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key):
   """Test metrics of the best checkpoint (or the final state without one)."""
   best_step = ckpt.best_step()
   if best_step is not None:
@@ -458,7 +460,7 @@ def _summarise(config, model, state, ckpt, splits, epoch_records, best_key):
     best_record = epoch_records[-1]
   data_seed = int(config.data.get("data_seed", 0))
   test_labels = np.asarray(splits.test.labels)
-  test_emb = _embed(model, state, splits.test, config.eval.batch_size)
+  test_emb = _embed(apply_fn, state, splits.test, config.eval.batch_size)
   test_metrics, test_d, test_same = evaluate_split(config, test_emb, test_labels, data_seed)
   summary: dict[str, Any] = {
       "dataset": config.data.name, "split": config.data.split, "loss": config.loss.name,
@@ -469,10 +471,9 @@ def _summarise(config, model, state, ckpt, splits, epoch_records, best_key):
       "final_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
       "test": test_metrics,
   }
-  from tsm import metrics  # pylint: disable=import-outside-toplevel
   if len(splits.val):
     val_labels = np.asarray(splits.val.labels)
-    val_emb = _embed(model, state, splits.val, config.eval.batch_size)
+    val_emb = _embed(apply_fn, state, splits.val, config.eval.batch_size)
     val_metrics, val_d, val_same = evaluate_split(config, val_emb, val_labels,
                                                   int(config.seed))
     threshold = float(metrics.choose_threshold_closest_to_corner(val_d, val_same))
@@ -481,7 +482,7 @@ def _summarise(config, model, state, ckpt, splits, epoch_records, best_key):
     summary["test"]["accuracy"] = float(
         metrics.accuracy_at_threshold(test_d, test_same, threshold))
   if config.eval.knn_k and config.data.split != "class_disjoint":
-    train_emb = _embed(model, state, splits.train, config.eval.batch_size)
+    train_emb = _embed(apply_fn, state, splits.train, config.eval.batch_size)
     summary["test"][f"knn@{config.eval.knn_k}"] = float(metrics.knn_accuracy(
         train_emb, np.asarray(splits.train.labels), test_emb, test_labels,
         k=config.eval.knn_k))
