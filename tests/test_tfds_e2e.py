@@ -42,6 +42,7 @@ def _mock(name):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*no other member of their class")   # tiny mock splits
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_one_epoch_under_mock_data(tmp_path, name):
   image_size, _, classes = CASES[name]

@@ -494,7 +494,7 @@ def format_summary(summary: dict[str, Any]) -> str:
   lines = [f"== {summary['dataset']} ({summary['split']}): {summary['loss']} loss, "
            f"{summary['margin_schedule']} margin, {summary['model']}; best epoch "
            f"{summary['best_epoch']} by {summary['best_metric']}, final margin "
-           f"{summary['final_margin']}"]
+           f"{summary['final_margin']:.4g}"]
   test = summary["test"]
   keys = [k for k in test if k.startswith("recall@")] + [
       k for k in ("precision@1", "r_precision", "map@r", "auc", "eer", "tar@far=1e-3",
