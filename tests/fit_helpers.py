@@ -1,9 +1,9 @@
 """Shared helpers of the training tests (not a test module).
 
-``compilation_cache``: a module fixture that points JAX's persistent compilation cache at
+``jax_compilation_cache``: a module fixture that points JAX's persistent compilation cache at
 a per-session directory, so that the many small ``fit`` runs of the tests compile each
 program once (a repeated run then takes a few seconds instead of tens on two cores).
-Import it into a test module to use it: ``from fit_helpers import compilation_cache``.
+Import it into a test module to use it: ``from fit_helpers import jax_compilation_cache``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import os
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from tsm import config as config_lib
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
+def jax_compilation_cache(tmp_path_factory):
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
            "jax_persistent_cache_min_entry_size_bytes")
   saved = {name: getattr(jax.config, name) for name in names}
@@ -26,9 +27,11 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()   # re-read the settings at the next compile
   yield directory
   for name, value in saved.items():
     jax.config.update(name, value)
+  compilation_cache.reset_cache()   # other test modules run without the cache
 
 
 def tiny_config(name: str = "digits", **train) -> config_lib.ml_collections.ConfigDict:

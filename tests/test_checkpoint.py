@@ -18,7 +18,7 @@ from tsm import fit as fit_lib
 from tsm import margins
 from tsm import train as train_lib
 
-from fit_helpers import compilation_cache  # noqa: F401  pylint: disable=unused-import
+from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from fit_helpers import read_lines
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tsm import fit as fit_lib
 
-from fit_helpers import compilation_cache  # noqa: F401  pylint: disable=unused-import
+from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from fit_helpers import read_lines
 from fit_helpers import tiny_config
 
