@@ -137,6 +137,33 @@ def test_sortable_codes_order_like_floats():
   np.testing.assert_array_equal(neighbors._unsortable(codes), v)  # pylint: disable=protected-access
 
 
+def test_kth_smallest_bound_sampled_and_fallback():
+  rng = np.random.default_rng(8)
+  mins = rng.random((6, 4096)).astype(np.float32)
+  mins[0, ::4] = -1.0 - rng.random(1024)  # the every-4th sample holds the smallest: fallback
+  for k in (1, 50, 300):
+    tau = neighbors._kth_smallest_bound(mins, k)  # pylint: disable=protected-access
+    exact = np.sort(mins, axis=1)[:, k - 1]
+    assert np.all(np.count_nonzero(mins <= tau[:, None], axis=1) >= k)
+    assert np.all(tau >= exact)
+    if k > 12:  # the sample's quantile covers too few entries: exact fallback
+      assert tau[0] == exact[0]
+    assert np.all(np.count_nonzero(mins <= tau[:, None], axis=1) <= 1.6 * k + 64)
+
+
+@pytest.mark.parametrize("k", [1, 7, 120])
+def test_neighbors_large_reference_set(k):
+  # 20,000 references: enough blocks for the sampled bound of the "blocks" method.
+  rng = np.random.default_rng(9)
+  r = rng.integers(-3, 4, size=(20000, 3)).astype(np.float32)
+  q = rng.integers(-3, 4, size=(17, 3)).astype(np.float32)
+  order = brute_order(brute_distances(q, r, "squared_euclidean"), False)
+  for method in METHODS:
+    idx, _ = metrics.nearest_neighbors(q, r, k=k, distance="squared_euclidean",
+                                       chunk_size=8, method=method)
+    np.testing.assert_array_equal(idx, order[:, :k])
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(k=0), "k=0"),
     (dict(k=5), r"k=5 must be in \[1, 3\]"),

@@ -112,20 +112,22 @@ def retrieval_metrics(query_embeddings, query_labels, reference_embeddings=None,
     return {name: float("nan") for name in names}
 
   k = min(num_r - 1 if self_mode else num_r, max(max(ks), int(r_count.max())))
+  inverse_rank = (1.0 / np.arange(1, k + 1)).astype(np.float32)
+  r_ids = r_ids.astype(np.int32)
   for chunk in iter_nearest_neighbors(queries, references, k=k, distance=distance,
                                       chunk_size=chunk_size, method=method):
     stop = chunk.start + chunk.indices.shape[0]
     r = r_count[chunk.start:stop]
-    rel = r_ids[chunk.indices] == q_ids[chunk.start:stop, None]  # [n, k]
     ok = r > 0
-    rel, r = rel[ok], r[ok]
-    within_r = np.arange(k) < r[:, None]
-    hits = rel & within_r
-    precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+    r = r[ok]
+    rel = r_ids[chunk.indices[ok]] == q_ids[chunk.start:stop][ok, None]  # [n, k]
+    hits = rel & (np.arange(k) < r[:, None])  # relevant within the first R
+    cum_hits = np.cumsum(hits, axis=1, dtype=np.int32)  # = cumsum(rel) within the first R
+    cum_hits *= hits  # P(i) * i where rel_i, else 0
     columns = [rel[:, :kk].any(axis=1) for kk in ks] + [
         rel[:, 0],
-        hits.sum(axis=1) / r,
-        np.where(hits, precision_at_i, 0.0).sum(axis=1) / r,
+        cum_hits.max(axis=1) / r,
+        (cum_hits.astype(np.float32) @ inverse_rank) / r,
     ]
     totals += [np.sum(c, dtype=np.float64) for c in columns]
   return {name: float(t / evaluated) for name, t in zip(names, totals)}
