@@ -237,14 +237,11 @@ def evaluate_split(config: ml_collections.ConfigDict, embeddings: np.ndarray,
 # ----------------------------------------------------------------------------- the loop
 
 
-class _Run:
-  """Mutable bookkeeping of one ``fit`` call (host side)."""
+class _StepLog:
+  """Step metrics waiting on the device, and the current epoch's fetched records."""
 
-  def __init__(self, config, workdir: str, splits):
-    self.config = config
-    self.workdir = workdir
-    self.splits = splits
-    self.log = artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  def __init__(self, log: artifacts.MetricsLog):
+    self.log = log
     self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []
     self.epoch_steps: list[dict[str, Any]] = []
 
@@ -262,11 +259,16 @@ class _Run:
     return records
 
 
+def _counts(steps: list[dict[str, Any]]) -> tuple[str, float, float]:
+  """``(name of the total count, total, easy)`` summed over step records."""
+  total_key = "num_triplets" if "num_triplets" in steps[0] else "num_pairs"
+  return (total_key, sum(r[total_key] for r in steps),
+          sum(r["num_easy"] for r in steps))
+
+
 def _epoch_record(epoch: int, step: int, steps: list[dict[str, Any]]) -> dict[str, Any]:
   """Aggregates an epoch's step records (host floats; identical on resume)."""
-  total_key = "num_triplets" if "num_triplets" in steps[0] else "num_pairs"
-  total = sum(r[total_key] for r in steps)
-  easy = sum(r["num_easy"] for r in steps)
+  total_key, total, easy = _counts(steps)
   mean = lambda key: float(np.mean([r[key] for r in steps]))  # noqa: E731
   return {
       "kind": "epoch", "epoch": epoch, "step": step,
@@ -323,15 +325,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   tx = models.maybe_freeze_trunk(train_lib.make_optimizer(tc, total_steps), config.model)
   schedule = margins_lib.from_config(config_lib.schedule_config(config),
                                      config_lib.schedule_length(config, steps_per_epoch))
-  state = train_lib.replicate(
-      train_lib.create_train_state(variables, tx, schedule, jax.random.key_data(state_rng)), mesh)
+  state = train_lib.create_train_state(variables, tx, schedule,
+                                       jax.random.key_data(state_rng))
+  state = train_lib.replicate(state, mesh)
   del variables
 
   best_key, best_mode = config_lib.best_metric_key(tc.best_metric)
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=best_key, best_mode=best_mode, async_save=config.checkpoint.async_save)
-  run = _Run(config, workdir, splits)
+  run = _StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
   start_epoch, start_pos = 0, 0
   latest = ckpt.latest_step()
   if latest is not None:
@@ -361,11 +364,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
 
   def show(records: list[dict[str, Any]]) -> None:
     if records and tc.progress:
-      last = records[-1]
-      easy = sum(r["num_easy"] for r in run.epoch_steps) / max(
-          sum(r.get("num_triplets", r.get("num_pairs", 0.0)) for r in run.epoch_steps), 1.0)
-      progress.set_postfix(loss=f"{last['loss']:.4f}", mu=f"{last['margin']:.3f}",
-                           easy=f"{easy:.2f}", refresh=False)
+      _, total, easy = _counts(run.epoch_steps)
+      progress.set_postfix(loss=f"{records[-1]['loss']:.4f}",
+                           mu=f"{records[-1]['margin']:.3f}",
+                           easy=f"{easy / max(total, 1.0):.2f}", refresh=False)
 
   steps_this_run = 0
   stop_after = int(tc.stop_after_steps)
@@ -406,8 +408,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
       if end_of_epoch is not None:
         state = end_of_epoch(state)
       record["margin_next"] = float(jax.device_get(state.margin_state.margin))
-      if ((epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == epochs) and len(
-          splits.val):
+      if len(splits.val) and ((epoch + 1) % config.eval.every_epochs == 0
+                              or epoch + 1 == epochs):
         val_metrics, _, _ = evaluate_split(
             config, _embed(apply_fn, state, splits.val, config.eval.batch_size),
             np.asarray(splits.val.labels), seed)
@@ -427,7 +429,6 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
     progress.close()
     ckpt.close()
   artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  val_margin = config.eval.val_margin
   artifacts.plot_training(
       epoch_records, os.path.join(workdir, "training.png"), title=_title(config),
       val_label="validation" + ("" if val_margin is None else f" (margin {val_margin:g})"),

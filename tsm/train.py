@@ -19,8 +19,8 @@ A batch is a dict ``{"inputs": float32 [N, ...], "labels": int32 [N]}``; the lay
   labels (``tsm.losses.contrastive_loss_from_pairs``; paper B's random pairs).
 
 Metrics (float32 scalars, left on the device: the fit loop fetches them in bulk):
-``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin`` (the margin
-this step used), ``active_ratio``, ``mean_pos_dist``, ``mean_neg_dist``, ``easy_share``,
+``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin``
+(the margin this step used), ``active_ratio``, ``mean_pos_dist``, ``mean_neg_dist``, ``easy_share``,
 plus for triplet losses ``num_triplets``, ``num_easy``, ``num_semihard``, ``num_hard``, and
 for the contrastive loss ``num_pairs``, ``num_positive``, ``num_negative``, ``num_active``,
 ``num_easy`` (pairs with zero loss). The margin schedule accumulates ``(num_triplets,
