@@ -18,8 +18,8 @@ the same way on sorted thresholds, so it equals the gradient of the brute-force 
 
 Floating-point convention: a triplet's loss is ``max(0, t - d_an)`` with
 ``t = d_ap + mu`` rounded first; it is active (non-zero) iff ``d_an < t``. Triplet types
-use the same ``t`` (see :mod:`tsm.mining`). The prefix-sum form rounds differently from
-summing the hinge terms one by one; the two agree to float32 precision (relative
+use the same ``t`` (see :mod:`tsm.mining`). The prefix-sum form (sort path) rounds differently
+from summing the hinge terms one by one; the two agree to float32 precision (relative
 error of order ``1e-7 * B`` of ``c t``, reduced by measuring distances from the row's
 closest negative).
 
@@ -137,49 +137,33 @@ def _check_margin(margin) -> None:
   chex.assert_rank(margin, 0)
 
 
-# --- all triplets: exact sum of hinges in O(B^2 log B), closed-form gradient. ---
+# --- all triplets: exact hinge sum in O(B^2 min(K, log B)), closed-form gradient. ---
 
 
-def _all_triplets_forward(dist, margin, positive, negative):
-  sorted_negatives, _ = mining_lib.sort_masked_rows(dist, negative)
-  thresholds, active, hard = mining_lib.triplet_type_counts_per_pair(
-      dist, positive, sorted_negatives, margin)
-  finite = jnp.isfinite(sorted_negatives)
-  # Distances measured from the closest negative of the row reduce cancellation in
-  # c * t - prefix[c].
-  closest = jnp.where(finite[:, :1], sorted_negatives[:, :1], 0.0)
-  offsets = jnp.where(finite, sorted_negatives - closest, 0.0)
-  prefix = jnp.concatenate(
-      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
-  below = jnp.take_along_axis(prefix, active, axis=1)
-  per_pair = active.astype(dist.dtype) * (thresholds - closest) - below
-  per_pair = jnp.where(positive & (active > 0), jnp.maximum(per_pair, 0.0), 0.0)
-  total = jnp.sum(per_pair)
+def _all_triplets_counts(dist, margin, positive, negative, with_pushes):
+  pair = mining_lib.triplet_pair_counts(dist, positive, negative, margin,
+                                        with_pushes=with_pushes)
   num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
-  counts = mining_lib.counts_from_pairs(num_negatives, positive, active, hard)
-  return (total, counts), active
+  counts = mining_lib.counts_from_pairs(num_negatives, positive, pair.active, pair.hard)
+  return (pair.hinge_sum, counts), pair
 
 
 @jax.custom_vjp
 def _all_triplets_hinge(dist, margin, positive, negative):
   """``(sum over valid (a,p,n) of relu(d_ap + margin - d_an), TripletCounts)``."""
-  return _all_triplets_forward(dist, margin, positive, negative)[0]
+  return _all_triplets_counts(dist, margin, positive, negative, False)[0]
 
 
 def _all_triplets_fwd(dist, margin, positive, negative):
-  out, active = _all_triplets_forward(dist, margin, positive, negative)
-  return out, (dist, margin, positive, negative, active)
+  out, pair = _all_triplets_counts(dist, margin, positive, negative, True)
+  return out, (pair.active, pair.pushes, margin)
 
 
 def _all_triplets_bwd(residuals, cotangents):
-  dist, margin, positive, negative, active = residuals
+  active, pushes, margin = residuals
   g = cotangents[0]  # The counts carry no gradient.
-  thresholds = dist + margin
-  # #{p: d_an < t_ap} = B - #{p: t_ap <= d_an}; non-positives sort first at -inf.
-  sorted_thresholds, _ = mining_lib.sort_masked_rows(thresholds, positive, -jnp.inf)
-  not_above = mining_lib.row_searchsorted(sorted_thresholds, dist, side="right")
-  pushed = jnp.where(negative, dist.shape[1] - not_above, 0)
-  grad_dist = g * (active - pushed).astype(dist.dtype)
+  # d/d d_ap = #{n: d_an < t_ap}; d/d d_an = -#{p: d_an < t_ap} (relu'(0) = 0).
+  grad_dist = g * (active - pushes).astype(g.dtype)
   grad_margin = (g * mining_lib.count_sum(active)).astype(margin.dtype)
   return grad_dist, grad_margin, None, None
 

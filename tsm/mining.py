@@ -2,9 +2,18 @@
 
 Helpers shared by the losses in :mod:`tsm.losses`. Everything here works on a
 precomputed ``[B, B]`` distance matrix and boolean label masks, is pure, fixed-shape
-and jit/grad/vmap-safe, and never materialises a ``[B, B, B]`` tensor: counting
-over all ``O(B^3)`` triplets is done per anchor on sorted rows with binary search,
-in ``O(B^2 log B)`` time and ``O(B^2)`` memory.
+and jit/grad/vmap-safe, and never materialises a ``[B, B, B]`` tensor. Counting
+over all ``O(B^3)`` triplets (:func:`triplet_pair_counts`) uses one of two exact
+algorithms, chosen at run time by ``jax.lax.cond``:
+
+  * ``"dense"`` when every anchor has at most ``DENSE_MAX_POSITIVES`` positives (the
+    usual P x K batches): a loop over the k-th positive of every anchor, each step
+    one vectorised pass over the ``[B, B]`` matrix: ``O(B^2 K)`` time, ``O(B^2)``
+    memory, no sorting.
+  * ``"sort"`` otherwise: per anchor the negative distances are sorted and every
+    threshold is located by binary search: ``O(B^2 log B)`` time, ``O(B^2)`` memory.
+    Sorting works on uint32 keys that order like the floats (XLA's CPU sort is
+    several times faster on integers than on floats).
 
 Conventions:
   * ``positive[a, p]`` is true for ``a != p`` with the same label (both rows valid).
@@ -30,8 +39,15 @@ import jax
 import jax.numpy as jnp
 
 # jnp.searchsorted implementation used on the sorted rows. "scan" (binary search) was
-# the fastest on CPU for B in [256, 4096] (see notes/losses.md and bench/losses.py).
+# the fastest on CPU for B in [256, 4096]: "sort" sorts with a payload (several times
+# slower on XLA:CPU), "compare_all" needs O(B^3) memory.
 SEARCHSORTED_METHOD = "scan"
+
+# Largest number of positives per anchor for which the dense O(B^2 K) counting loop
+# is used instead of sorting (see bench/losses.py for the crossover).
+DENSE_MAX_POSITIVES = 32
+
+COUNT_METHODS = ("auto", "dense", "sort")
 
 
 class TripletCounts(NamedTuple):
@@ -103,6 +119,28 @@ def row_searchsorted(sorted_rows: chex.Array, queries: chex.Array,
   return jax.vmap(fn)(sorted_rows, queries).astype(jnp.int32)
 
 
+def float_sort_key(x: chex.Array) -> chex.Array:
+  """uint32 keys that order exactly like the float32 values (``-0.0`` equals ``0.0``).
+
+  Args:
+    x: float32 array without NaNs.
+
+  Returns:
+    uint32 array with ``key(x) < key(y)`` iff ``x < y``.
+  """
+  x = jnp.where(x == 0, jnp.zeros_like(x), x).astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  sign = jnp.uint32(0x80000000)
+  return jnp.where(bits >= sign, ~bits, bits | sign)
+
+
+def float_from_sort_key(key: chex.Array) -> chex.Array:
+  """Inverse of :func:`float_sort_key`."""
+  sign = jnp.uint32(0x80000000)
+  bits = jnp.where(key >= sign, key ^ sign, ~key)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def sort_masked_rows(dist: chex.Array, mask: chex.Array,
                      fill: float = jnp.inf) -> tuple[chex.Array, chex.Array]:
   """Sorts each row of ``where(mask, dist, fill)`` ascending, with the permutation.
@@ -124,29 +162,133 @@ def sort_masked_rows(dist: chex.Array, mask: chex.Array,
   return sorted_values, indices
 
 
-def triplet_type_counts_per_pair(
-    dist: chex.Array, positive: chex.Array, sorted_negatives: chex.Array,
-    margin: chex.Array) -> tuple[chex.Array, chex.Array, chex.Array]:
-  """Per anchor-positive pair counts of active and hard negatives.
+class PairCounts(NamedTuple):
+  """Per anchor-positive pair counts over the negatives of the anchor.
 
-  Args:
-    dist: ``[B, B]`` distances.
-    positive: ``[B, B]`` positive mask.
-    sorted_negatives: ``[B, B]`` rows of negative distances sorted ascending with
-      ``+inf`` for non-negatives (``sort_masked_rows(dist, negative)[0]``).
-    margin: scalar margin.
-
-  Returns:
-    ``(thresholds, active, hard)``: ``thresholds = d_ap + margin`` ``[B, B]``,
-    ``active[a, p] = #{n: d_an < d_ap + margin}`` and
-    ``hard[a, p] = #{n: d_an <= d_ap}``, both int32 and zero where not ``positive``.
+  Attributes:
+    active: ``[B, B]`` int32, ``#{n: d_an < d_ap + mu}`` at positive ``(a, p)``, else 0.
+    hard: ``[B, B]`` int32, ``#{n: d_an <= d_ap}`` at positive ``(a, p)``, else 0.
+    pushes: ``[B, B]`` int32, ``#{p: d_an < d_ap + mu}`` at negative ``(a, n)``, else 0
+      (the gradient of the hinge sum with respect to ``d_an``, negated); zeros unless
+      requested.
+    hinge_sum: scalar, ``sum over valid (a, p, n) of max(0, (d_ap + mu) - d_an)``.
   """
+  active: chex.Array
+  hard: chex.Array
+  pushes: chex.Array
+  hinge_sum: chex.Array
+
+
+def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k):
+  """Loop over the k-th positive of every anchor; each step is O(B^2)."""
+  n = dist.shape[1]
+  num_positives = jnp.sum(positive, axis=1, dtype=jnp.int32)
+  # Columns of the first max_k positives of each row, in index order (top_k on
+  # floats is fast on CPU; integers are not).
+  column = jax.lax.broadcasted_iota(jnp.int32, dist.shape, 1).astype(jnp.float32)
+  _, slots = jax.lax.top_k(jnp.where(positive, -column, -float(n + 1)), max_k)
+  slot_dist = jnp.take_along_axis(dist, slots, axis=1)
+  slot_thresholds = slot_dist + margin
+  b = dist.shape[0]
+
+  def body(k, carry):
+    active, hard, pushes, hinge = carry
+    used = (k < num_positives)[:, None] & negative
+    t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
+    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
+    below = used & (dist < t)
+    active = jax.lax.dynamic_update_slice_in_dim(
+        active, jnp.sum(below, axis=1, dtype=jnp.int32)[:, None], k, axis=1)
+    hard = jax.lax.dynamic_update_slice_in_dim(
+        hard, jnp.sum(used & (dist <= d_ap), axis=1, dtype=jnp.int32)[:, None], k,
+        axis=1)
+    hinge = hinge + jnp.sum(jnp.where(below, t - dist, 0.0))
+    if with_pushes:
+      pushes = pushes + below.astype(jnp.int32)
+    return active, hard, pushes, hinge
+
+  init = (jnp.zeros((b, max_k), jnp.int32), jnp.zeros((b, max_k), jnp.int32),
+          jnp.zeros(dist.shape if with_pushes else (), jnp.int32),
+          jnp.zeros((), dist.dtype))
+  active_k, hard_k, pushes, hinge = jax.lax.fori_loop(
+      0, jnp.max(num_positives, initial=0), body, init)
+  # Back to [B, B]; unused slots point past the end and are dropped.
+  slot_used = jnp.arange(max_k)[None, :] < num_positives[:, None]
+  target = jnp.where(slot_used, slots, n)
+  rows = jnp.arange(b)[:, None]
+  active = jnp.zeros(dist.shape, jnp.int32).at[rows, target].set(active_k, mode="drop")
+  hard = jnp.zeros(dist.shape, jnp.int32).at[rows, target].set(hard_k, mode="drop")
+  if not with_pushes:
+    pushes = jnp.zeros(dist.shape, jnp.int32)
+  return PairCounts(active, hard, pushes, hinge)
+
+
+def _sort_pair_counts(dist, positive, negative, margin, with_pushes):
+  """Sorted negatives per anchor and binary search; O(B^2 log B)."""
   thresholds = dist + margin
-  active = row_searchsorted(sorted_negatives, thresholds, side="left")
-  hard = row_searchsorted(sorted_negatives, dist, side="right")
+  inf = jnp.asarray(jnp.inf, jnp.float32)
+  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  active = row_searchsorted(neg_keys, float_sort_key(thresholds), side="left")
+  hard = row_searchsorted(neg_keys, float_sort_key(dist), side="right")
   active = jnp.where(positive, active, 0)
   hard = jnp.where(positive, hard, 0)
-  return thresholds, active, hard
+  # sum_{n: d_an < t} (t - d_an) = c t - (prefix sum of the c closest negatives),
+  # with distances measured from the row's closest negative to limit cancellation.
+  sorted_neg = float_from_sort_key(neg_keys)
+  finite = jnp.isfinite(sorted_neg)
+  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
+  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
+  prefix = jnp.concatenate(
+      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  below = jnp.take_along_axis(prefix, active, axis=1)
+  per_pair = active.astype(dist.dtype) * (thresholds - closest) - below
+  hinge = jnp.sum(jnp.where(active > 0, jnp.maximum(per_pair, 0.0), 0.0))
+  if with_pushes:
+    # #{p: d_an < t_ap} = B - #{p: t_ap <= d_an}; non-positives sort first at -inf.
+    t_keys = jnp.sort(float_sort_key(jnp.where(positive, thresholds, -inf)), axis=1)
+    not_above = row_searchsorted(t_keys, float_sort_key(dist), side="right")
+    pushes = jnp.where(negative, dist.shape[1] - not_above, 0)
+  else:
+    pushes = jnp.zeros(dist.shape, jnp.int32)
+  return PairCounts(active, hard, pushes, hinge.astype(dist.dtype))
+
+
+def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
+                        margin: chex.Array, *, with_pushes: bool = False,
+                        method: str = "auto") -> PairCounts:
+  """Exact per-pair counts and hinge sum over all valid triplets of a batch.
+
+  Args:
+    dist: ``[B, B]`` float32 distances (no gradient is taken through this function).
+    positive: ``[B, B]`` positive mask (see :func:`label_masks`).
+    negative: ``[B, B]`` negative mask.
+    margin: scalar margin ``mu``.
+    with_pushes: also compute :attr:`PairCounts.pushes` (for the gradient).
+    method: ``"dense"`` (``O(B^2 K)``, K the largest number of positives of an
+      anchor; requires ``K <= DENSE_MAX_POSITIVES``, more are ignored), ``"sort"``
+      (``O(B^2 log B)``) or ``"auto"`` (dense when ``K <= DENSE_MAX_POSITIVES``,
+      decided at run time by ``jax.lax.cond``; under ``vmap`` both branches run).
+
+  Returns:
+    :class:`PairCounts`.
+  """
+  if method not in COUNT_METHODS:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(COUNT_METHODS)}.")
+  chex.assert_rank([dist, positive, negative], 2)
+  dist = jax.lax.stop_gradient(dist)
+  margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
+  max_k = min(DENSE_MAX_POSITIVES, dist.shape[1])
+  dense = lambda: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
+                                     max_k)
+  sort = lambda: _sort_pair_counts(dist, positive, negative, margin, with_pushes)
+  if method == "dense":
+    return dense()
+  if method == "sort" or max_k < 1:
+    return sort()
+  if dist.shape[1] - 1 <= max_k:  # No anchor can have more positives than that.
+    return dense()
+  most = jnp.max(jnp.sum(positive, axis=1, dtype=jnp.int32), initial=0)
+  return jax.lax.cond(most <= max_k, dense, sort)
 
 
 def counts_from_pairs(num_negatives: chex.Array, positive: chex.Array,
@@ -175,27 +317,24 @@ def counts_from_pairs(num_negatives: chex.Array, positive: chex.Array,
 
 
 def triplet_type_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
-                        margin: chex.Array) -> TripletCounts:
+                        margin: chex.Array, *, method: str = "auto") -> TripletCounts:
   """Exact easy / semi-hard / hard counts over all valid triplets of a batch.
 
-  ``O(B^2 log B)`` time, ``O(B^2)`` memory (sorted negative rows and binary search).
+  ``O(B^2 min(K, log B))`` time, ``O(B^2)`` memory (see :func:`triplet_pair_counts`).
 
   Args:
     dist: ``[B, B]`` distance matrix.
     positive: ``[B, B]`` positive mask (see :func:`label_masks`).
     negative: ``[B, B]`` negative mask.
     margin: scalar margin ``mu``.
+    method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
 
   Returns:
     :class:`TripletCounts` (float32 scalars; no gradient).
   """
-  chex.assert_rank([dist, positive, negative], 2)
-  dist = jax.lax.stop_gradient(dist)
-  margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
-  sorted_negatives, _ = sort_masked_rows(dist, negative)
-  _, active, hard = triplet_type_counts_per_pair(dist, positive, sorted_negatives, margin)
+  counts = triplet_pair_counts(dist, positive, negative, margin, method=method)
   num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
-  return counts_from_pairs(num_negatives, positive, active, hard)
+  return counts_from_pairs(num_negatives, positive, counts.active, counts.hard)
 
 
 def batch_hard(dist: chex.Array, positive: chex.Array,
