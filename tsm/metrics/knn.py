@@ -52,7 +52,7 @@ def knn_predict(train_embeddings, train_labels, test_embeddings, k: int = 5, *,
   predictions = np.empty(test.shape[0], dtype=labels.dtype)
   for chunk in iter_nearest_neighbors(test, train, k=min(k, train.shape[0]),
                                       distance=distance, chunk_size=chunk_size,
-                                      method=method):
+                                      method=method, with_distances=False):
     stop = chunk.start + chunk.indices.shape[0]
     predictions[chunk.start:stop] = vote(labels[chunk.indices])
   return predictions

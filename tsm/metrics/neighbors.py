@@ -69,7 +69,8 @@ class NeighborChunk(NamedTuple):
   Attributes:
     start: index of the chunk's first query.
     indices: ``[n, k]`` int64 reference indices, nearest first (ranking rule above).
-    distances: ``[n, k]`` float32 distances to those references (``distance`` units).
+    distances: ``[n, k]`` float32 distances to those references (``distance`` units),
+      or None when not asked for.
   """
   start: int
   indices: np.ndarray
@@ -174,7 +175,8 @@ def _kth_smallest_bound(mins: np.ndarray, k: int) -> np.ndarray:
 
 
 def _select_from_blocks(key: np.ndarray, mins: np.ndarray, k: int, block: int,
-                        original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                        original: np.ndarray,
+                        with_keys: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
   """Exact k smallest of each row of ``key`` by (value, original index); see module doc.
 
   Args:
@@ -183,6 +185,7 @@ def _select_from_blocks(key: np.ndarray, mins: np.ndarray, k: int, block: int,
     k: number of neighbours, at most the number of finite entries of each row.
     block: block size.
     original: ``[M]`` uint64 original index of each column.
+    with_keys: also decode the keys of the k selected (else None).
 
   Returns:
     ``(indices [n, k] int64, keys [n, k] float32)``, sorted by (key, index).
@@ -205,16 +208,17 @@ def _select_from_blocks(key: np.ndarray, mins: np.ndarray, k: int, block: int,
   table[cand_rows, np.arange(cand_rows.size) - starts[cand_rows]] = codes
   top = np.sort(table, axis=1)[:, :k]
   indices = (top & np.uint64(0xFFFFFFFF)).astype(np.int64)
-  return indices, _unsortable(top >> np.uint64(32))
+  return indices, _unsortable(top >> np.uint64(32)) if with_keys else None
 
 
-def _drop_self(indices: np.ndarray, keys: np.ndarray,
-               self_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _drop_self(indices: np.ndarray, keys: np.ndarray | None,
+               self_index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
   """Removes each row's own index from ``k + 1`` neighbours (else its last one)."""
   n, k1 = indices.shape
   keep = indices != self_index[:, None]
   keep[keep.all(axis=1), k1 - 1] = False
-  return indices[keep].reshape(n, k1 - 1), keys[keep].reshape(n, k1 - 1)
+  return (indices[keep].reshape(n, k1 - 1),
+          None if keys is None else keys[keep].reshape(n, k1 - 1))
 
 
 def _key_to_distance(keys: np.ndarray, queries: np.ndarray, distance: str) -> np.ndarray:
@@ -226,7 +230,8 @@ def _key_to_distance(keys: np.ndarray, queries: np.ndarray, distance: str) -> np
 
 def iter_nearest_neighbors(queries, references=None, *, k: int,
                            distance: str = "euclidean", chunk_size: int | None = None,
-                           method: str = "auto") -> Iterator[NeighborChunk]:
+                           method: str = "auto",
+                           with_distances: bool = True) -> Iterator[NeighborChunk]:
   """Yields the exact k nearest references of each chunk of queries, in query order.
 
   Args:
@@ -239,6 +244,7 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
       ``default_chunk_size`` (key blocks of ~128 MiB).
     method: ``"top_k"``, ``"blocks"`` or ``"auto"`` (``"blocks"`` on CPU, else
       ``"top_k"``); all give the same result.
+    with_distances: False skips the distances (``NeighborChunk.distances`` is None).
 
   Yields:
     ``NeighborChunk(start, indices [n, k], distances [n, k])`` per chunk.
@@ -294,13 +300,15 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
     n = stop - start
     if method == "blocks":
       key, mins = (np.asarray(a)[:n] for a in out)
-      indices, keys = _select_from_blocks(key, mins, k_search, block, original)
+      indices, keys = _select_from_blocks(key, mins, k_search, block, original,
+                                          with_keys=with_distances)
     else:
       keys, indices = (np.asarray(a)[:n] for a in out)
       indices = indices.astype(np.int64)
     if self_mode:
       indices, keys = _drop_self(indices, keys, np.arange(start, stop))
-    values = _key_to_distance(keys, queries[start:stop], distance)
+    values = (_key_to_distance(keys, queries[start:stop], distance)
+              if with_distances else None)
     yield NeighborChunk(start, indices, values)
 
 

@@ -115,7 +115,8 @@ def retrieval_metrics(query_embeddings, query_labels, reference_embeddings=None,
   inverse_rank = (1.0 / np.arange(1, k + 1)).astype(np.float32)
   r_ids = r_ids.astype(np.int32)
   for chunk in iter_nearest_neighbors(queries, references, k=k, distance=distance,
-                                      chunk_size=chunk_size, method=method):
+                                      chunk_size=chunk_size, method=method,
+                                      with_distances=False):
     stop = chunk.start + chunk.indices.shape[0]
     r = r_count[chunk.start:stop]
     ok = r > 0
