@@ -67,7 +67,10 @@ class TripletStats(NamedTuple):
       over valid rows (for explicit triplets: the number of valid triplets given).
     num_easy: valid triplets with ``d_an >= d_ap + margin``.
     num_semihard: valid triplets with ``d_ap < d_an < d_ap + margin``.
-    num_hard: valid triplets with ``d_an <= d_ap``.
+    num_hard: valid triplets with ``d_an <= d_ap``. (With ``t = d_ap + margin`` rounded
+      first; the three types partition the triplets when ``t > d_ap``, e.g. any
+      margin > 0 that survives rounding; at margin 0 a tie ``d_an = d_ap`` is both easy
+      and hard. ``num_triplets - num_easy = num_active`` in ``"all"`` mode.)
     num_mined: triplets the loss is taken over in this mining mode (``"all"``:
       ``num_triplets``; ``"hard"``: anchors; ``"semihard"``: anchor-positive pairs).
     num_active: mined triplets with non-zero loss.

@@ -24,8 +24,11 @@ Conventions:
     floating point first, then compared with ``d_an``: easy ``d_an >= t``, semi-hard
     ``d_ap < d_an < t``, hard ``d_an <= d_ap``. A triplet's hinge loss is
     ``max(0, t - d_an)``, positive exactly when ``d_an < t``, so "active" (non-zero
-    loss) is the same as semi-hard or hard. For ``mu >= 0`` the three types partition
-    the valid triplets; for ``mu < 0`` semi-hard is empty and easy and hard may overlap.
+    loss) is the same as semi-hard or hard. Whenever ``t > d_ap`` (``mu > 0`` not lost
+    to rounding) the three types partition the valid triplets. Otherwise semi-hard is
+    empty and a triplet may be both easy and hard (at ``mu = 0``: exactly the ties
+    ``d_an = d_ap``); the counts follow the definitions literally, and
+    ``num_easy = num_triplets - num_active`` always holds.
   * Ties in selections (hardest positive/negative, semi-hard negative) go to the
     lowest index.
 """
@@ -119,47 +122,64 @@ def row_searchsorted(sorted_rows: chex.Array, queries: chex.Array,
   return jax.vmap(fn)(sorted_rows, queries).astype(jnp.int32)
 
 
+def _key_types(dtype) -> tuple[jnp.dtype, int]:
+  if jnp.dtype(dtype) == jnp.float64:
+    return jnp.uint64, 1 << 63
+  return jnp.uint32, 1 << 31
+
+
 def float_sort_key(x: chex.Array) -> chex.Array:
-  """uint32 keys that order exactly like the float32 values (``-0.0`` equals ``0.0``).
+  """Unsigned integer keys that order exactly like the float values.
+
+  ``-0.0`` and ``0.0`` get the same key. float32 (and narrower, upcast) gives uint32
+  keys, float64 uint64 keys.
 
   Args:
-    x: float32 array without NaNs.
+    x: float array without NaNs.
 
   Returns:
-    uint32 array with ``key(x) < key(y)`` iff ``x < y``.
+    Unsigned array with ``key(x) < key(y)`` iff ``x < y``.
   """
-  x = jnp.where(x == 0, jnp.zeros_like(x), x).astype(jnp.float32)
-  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  sign = jnp.uint32(0x80000000)
+  if jnp.dtype(x.dtype).itemsize < 4:
+    x = x.astype(jnp.float32)
+  utype, sign = _key_types(x.dtype)
+  x = jnp.where(x == 0, jnp.zeros_like(x), x)
+  bits = jax.lax.bitcast_convert_type(x, utype)
+  sign = jnp.asarray(sign, utype)
   return jnp.where(bits >= sign, ~bits, bits | sign)
 
 
 def float_from_sort_key(key: chex.Array) -> chex.Array:
-  """Inverse of :func:`float_sort_key`."""
-  sign = jnp.uint32(0x80000000)
+  """Inverse of :func:`float_sort_key` (float32 for uint32 keys, float64 for uint64)."""
+  ftype = jnp.float64 if key.dtype == jnp.uint64 else jnp.float32
+  utype, sign = _key_types(ftype)
+  sign = jnp.asarray(sign, utype)
   bits = jnp.where(key >= sign, key ^ sign, ~key)
-  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+  return jax.lax.bitcast_convert_type(bits, ftype)
 
 
-def sort_masked_rows(dist: chex.Array, mask: chex.Array,
-                     fill: float = jnp.inf) -> tuple[chex.Array, chex.Array]:
-  """Sorts each row of ``where(mask, dist, fill)`` ascending, with the permutation.
+def _positive_slots(positive: chex.Array, max_k: int) -> tuple[chex.Array, chex.Array]:
+  """Columns of the first ``max_k`` positives of each row, in index order.
 
-  Args:
-    dist: ``[B, N]`` distances.
-    mask: ``[B, N]`` bool; entries outside it are replaced by ``fill`` (``+inf`` puts
-      them at the end, ``-inf`` at the start).
-    fill: replacement value.
-
-  Returns:
-    ``(sorted_values, indices)``: ``[B, N]`` sorted rows and the ``int32`` column
-    index each came from (stable: ties keep index order).
+  Returns ``(num_positives [B] int32, slots [B, max_k] int32)``; slots past a row's
+  number of positives hold arbitrary columns. (``top_k`` on floats is fast on CPU;
+  on integers it is not.)
   """
-  values = jnp.where(mask, dist, fill)
-  iota = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
-  sorted_values, indices = jax.lax.sort((values, iota), dimension=-1, num_keys=1,
-                                        is_stable=True)
-  return sorted_values, indices
+  n = positive.shape[1]
+  num_positives = jnp.sum(positive, axis=1, dtype=jnp.int32)
+  column = jax.lax.broadcasted_iota(jnp.int32, positive.shape, 1).astype(jnp.float32)
+  _, slots = jax.lax.top_k(jnp.where(positive, -column, -float(n + 1)), max_k)
+  return num_positives, slots
+
+
+def _from_slots(values: chex.Array, slots: chex.Array, num_positives: chex.Array,
+                shape: tuple[int, int]) -> chex.Array:
+  """Scatters per-slot ``values [B, K]`` back to ``[B, N]`` (zeros elsewhere)."""
+  max_k = slots.shape[1]
+  used = jnp.arange(max_k)[None, :] < num_positives[:, None]
+  target = jnp.where(used, slots, shape[1])  # Unused slots fall off the end.
+  rows = jnp.arange(shape[0])[:, None]
+  return jnp.zeros(shape, values.dtype).at[rows, target].set(values, mode="drop")
 
 
 class PairCounts(NamedTuple):
@@ -181,12 +201,7 @@ class PairCounts(NamedTuple):
 
 def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k):
   """Loop over the k-th positive of every anchor; each step is O(B^2)."""
-  n = dist.shape[1]
-  num_positives = jnp.sum(positive, axis=1, dtype=jnp.int32)
-  # Columns of the first max_k positives of each row, in index order (top_k on
-  # floats is fast on CPU; integers are not).
-  column = jax.lax.broadcasted_iota(jnp.int32, dist.shape, 1).astype(jnp.float32)
-  _, slots = jax.lax.top_k(jnp.where(positive, -column, -float(n + 1)), max_k)
+  num_positives, slots = _positive_slots(positive, max_k)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
   b = dist.shape[0]
@@ -212,12 +227,8 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k):
           jnp.zeros((), dist.dtype))
   active_k, hard_k, pushes, hinge = jax.lax.fori_loop(
       0, jnp.max(num_positives, initial=0), body, init)
-  # Back to [B, B]; unused slots point past the end and are dropped.
-  slot_used = jnp.arange(max_k)[None, :] < num_positives[:, None]
-  target = jnp.where(slot_used, slots, n)
-  rows = jnp.arange(b)[:, None]
-  active = jnp.zeros(dist.shape, jnp.int32).at[rows, target].set(active_k, mode="drop")
-  hard = jnp.zeros(dist.shape, jnp.int32).at[rows, target].set(hard_k, mode="drop")
+  active = _from_slots(active_k, slots, num_positives, dist.shape)
+  hard = _from_slots(hard_k, slots, num_positives, dist.shape)
   if not with_pushes:
     pushes = jnp.zeros(dist.shape, jnp.int32)
   return PairCounts(active, hard, pushes, hinge)
@@ -226,7 +237,7 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k):
 def _sort_pair_counts(dist, positive, negative, margin, with_pushes):
   """Sorted negatives per anchor and binary search; O(B^2 log B)."""
   thresholds = dist + margin
-  inf = jnp.asarray(jnp.inf, jnp.float32)
+  inf = jnp.asarray(jnp.inf, dist.dtype)
   neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
   active = row_searchsorted(neg_keys, float_sort_key(thresholds), side="left")
   hard = row_searchsorted(neg_keys, float_sort_key(dist), side="right")
@@ -357,8 +368,43 @@ def batch_hard(dist: chex.Array, positive: chex.Array,
   return pos_index, neg_index, anchor_mask
 
 
-def semihard_negatives(dist: chex.Array, positive: chex.Array,
-                       negative: chex.Array) -> tuple[chex.Array, chex.Array]:
+def _semihard_sort(dist, negative, farthest):
+  """Sorted negatives (integer keys, with their columns) and binary search."""
+  inf = jnp.asarray(jnp.inf, dist.dtype)
+  keys = float_sort_key(jnp.where(negative, dist, inf))
+  iota = jax.lax.broadcasted_iota(jnp.int32, keys.shape, 1)
+  sorted_keys, order = jax.lax.sort((keys, iota), dimension=1, num_keys=1,
+                                    is_stable=True)
+  num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
+  # First sorted position with d_an > d_ap; the stable sort makes it the lowest index
+  # among equal distances.
+  first_outside = row_searchsorted(sorted_keys, float_sort_key(dist), side="right")
+  has_outside = first_outside < num_negatives[:, None]
+  outside_index = jnp.take_along_axis(
+      order, jnp.minimum(first_outside, dist.shape[1] - 1), axis=1)
+  return jnp.where(has_outside, outside_index, farthest[:, None])
+
+
+def _semihard_dense(dist, positive, negative, farthest, max_k):
+  """Loop over the k-th positive of every anchor; each step is O(B^2)."""
+  b = dist.shape[0]
+  num_positives, slots = _positive_slots(positive, max_k)
+  slot_dist = jnp.take_along_axis(dist, slots, axis=1)
+
+  def body(k, chosen):
+    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
+    outside = negative & (dist > d_ap)
+    closest = jnp.argmin(jnp.where(outside, dist, jnp.inf), axis=1).astype(jnp.int32)
+    pick = jnp.where(jnp.any(outside, axis=1), closest, farthest)
+    return jax.lax.dynamic_update_slice_in_dim(chosen, pick[:, None], k, axis=1)
+
+  chosen = jax.lax.fori_loop(0, jnp.max(num_positives, initial=0), body,
+                             jnp.zeros((b, max_k), jnp.int32))
+  return _from_slots(chosen, slots, num_positives, dist.shape)
+
+
+def semihard_negatives(dist: chex.Array, positive: chex.Array, negative: chex.Array,
+                       *, method: str = "auto") -> tuple[chex.Array, chex.Array]:
   """Semi-hard negative of every anchor-positive pair (FaceNet / TF-addons rule).
 
   For each pair ``(a, p)`` the negative is the closest one strictly farther from the
@@ -372,22 +418,30 @@ def semihard_negatives(dist: chex.Array, positive: chex.Array,
     dist: ``[B, B]`` distances.
     positive: ``[B, B]`` positive mask.
     negative: ``[B, B]`` negative mask.
+    method: ``"dense"`` (loop over the k-th positive, ``O(B^2 K)``), ``"sort"``
+      (sorted negatives and binary search, ``O(B^2 log B)``) or ``"auto"``, as in
+      :func:`triplet_pair_counts`.
 
   Returns:
     ``(neg_index, pair_mask)``: ``[B, B]`` int32 column index of the chosen negative
-    for each ``(a, p)``, and the ``[B, B]`` bool mask of pairs that are positive and
-    whose anchor has at least one negative.
+    for each ``(a, p)`` (0 where ``pair_mask`` is false), and the ``[B, B]`` bool mask
+    of pairs that are positive and whose anchor has at least one negative.
   """
+  if method not in COUNT_METHODS:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(COUNT_METHODS)}.")
+  chex.assert_rank([dist, positive, negative], 2)
   sdist = jax.lax.stop_gradient(dist)
-  sorted_negatives, order = sort_masked_rows(sdist, negative)
-  num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
-  # First sorted position with d_an > d_ap; the stable sort makes it the lowest index
-  # among equal distances.
-  first_outside = row_searchsorted(sorted_negatives, sdist, side="right")
-  has_outside = first_outside < num_negatives[:, None]
-  outside_index = jnp.take_along_axis(
-      order, jnp.minimum(first_outside, dist.shape[1] - 1), axis=1)
   farthest = jnp.argmax(jnp.where(negative, sdist, -jnp.inf), axis=1).astype(jnp.int32)
-  neg_index = jnp.where(has_outside, outside_index, farthest[:, None])
+  num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
   pair_mask = positive & (num_negatives > 0)[:, None]
-  return neg_index, pair_mask
+  max_k = min(DENSE_MAX_POSITIVES, dist.shape[1])
+  dense = lambda: _semihard_dense(sdist, positive, negative, farthest, max_k)
+  sort = lambda: _semihard_sort(sdist, negative, farthest)
+  if method == "sort" or max_k < 1:
+    neg_index = sort()
+  elif method == "dense" or dist.shape[1] - 1 <= max_k:
+    neg_index = dense()
+  else:
+    most = jnp.max(jnp.sum(positive, axis=1, dtype=jnp.int32), initial=0)
+    neg_index = jax.lax.cond(most <= max_k, dense, sort)
+  return jnp.where(pair_mask, neg_index, 0), pair_mask
