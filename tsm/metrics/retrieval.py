@@ -17,6 +17,9 @@ absent from the reference set) have no correct answer; like Musgrave et al.'s
 pytorch-metric-learning they are left out of every metric (recall@K included), and a
 warning says how many. If no query is left the metrics are NaN.
 
+Labels are compared as given: a negative label (the synthetic set's -1 outliers) is a
+class like any other here, so drop unlabelled points before calling (``tsm.fit`` does).
+
 The ``max_r`` option caps R at ``min(R, max_r)`` for MAP@R and R-precision (both then use
 the first ``min(R, max_r)`` references), which bounds the neighbours searched per query to
 ``max(max(ks), max_r)``; the default (None) is the exact definition, which needs the
