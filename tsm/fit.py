@@ -28,7 +28,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -290,12 +290,23 @@ def _val_loss(eval_step, state, margin, splits, indices) -> dict[str, float]:
           "val_easy_share": mean("easy_share")}
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+EpochHook = Callable[[int, Any, Callable[..., Any], Any], "dict[str, Any] | None"]
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, *,
+        epoch_hook: EpochHook | None = None) -> dict[str, Any] | None:
   """Trains, evaluates and summarises one run (resuming ``workdir`` if it holds one).
 
   Args:
     config: the full config (see :func:`tsm.config.default_config`).
     workdir: run directory; created after the config has been validated.
+    epoch_hook: optional ``hook(epoch, state, apply_fn, splits) -> dict | None`` called
+      after each epoch's evaluation, before its checkpoint, with the 0-based epoch, the
+      :class:`tsm.train.TrainState` (after the margin update), the model's eval-mode
+      ``apply_fn(variables, x)`` and the :class:`tsm.data.DatasetSplits`. A returned dict
+      of JSON-able scalars is merged into the epoch's ``metrics.jsonl`` record. Studies use
+      it for per-epoch analyses (effective margins, embedding variances). It must not
+      modify ``state``.
 
   Returns:
     The summary dict (also in ``workdir/summary.json``), or None when the process
@@ -414,6 +425,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
             config, _embed(apply_fn, state, splits.val, config.eval.batch_size),
             np.asarray(splits.val.labels), seed)
         record.update({f"val_{k}": v for k, v in val_metrics.items()})
+      if epoch_hook is not None:
+        record.update(epoch_hook(epoch, state, apply_fn, splits) or {})
       record["time_s"] = round(time.time() - t0, 3)
       run.log.append([record])
       epoch_records.append(record)
