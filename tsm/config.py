@@ -364,6 +364,7 @@ def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
   """
   train = cfg.train
   labels = np.asarray(splits.train.labels)
+  labels = labels[labels >= 0]   # unlabelled points (synthetic outliers, -1) form no class
   counts = np.bincount(labels) if labels.size else np.zeros(0, int)
   num_classes = int(np.count_nonzero(counts))
   with_pairs = int(np.count_nonzero(counts >= 2))
