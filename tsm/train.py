@@ -27,9 +27,11 @@ for the contrastive loss ``num_pairs``, ``num_positive``, ``num_negative``, ``nu
 num_easy)`` (for the contrastive loss ``(num_pairs, num_easy)``), so DAMS on a
 contrastive loss raises the margin on the share of zero-loss pairs.
 
-Data parallelism (one host): pass a ``jax.sharding.Mesh`` with a ``"data"`` axis; the
-batch is sharded along it and the state replicated. The loss is still one global jit
-program, so in-batch mining sees the whole global batch (XLA inserts the all-gathers).
+Data parallelism (one or several hosts): pass a ``jax.sharding.Mesh`` with a ``"data"``
+axis (``data_mesh()``); the batch is sharded along it and the state replicated. The loss is
+still one global jit program, so in-batch mining sees the whole global batch (XLA inserts
+the all-gathers). Multi-host batches are global arrays built from each host's share
+(:mod:`tsm.distributed`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tsm import losses
 from tsm import margins as margins_lib
+from tsm.distributed import data_mesh, replicate  # pylint: disable=unused-import  # re-exported
 
 Metrics = dict[str, jax.Array]
 
@@ -287,7 +289,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
-                   mesh: Mesh | None = None
+                   mesh: Mesh | None = None, *, batch_sharded: bool = True
                    ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], Metrics]:
   """Builds the jitted ``eval_step(state, batch, margin) -> metrics`` (validation loss).
 
@@ -300,6 +302,8 @@ def make_eval_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
     config: the full config.
     model: the embedding model.
     mesh: optional mesh with a ``"data"`` axis (see :func:`make_train_step`).
+    batch_sharded: with a mesh, whether the batch is sharded along ``"data"`` (False:
+      replicated, for batches whose size does not divide the device count).
 
   Returns:
     The compiled eval function.
@@ -316,6 +320,8 @@ def make_eval_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
   state_sharding, batch_sharding = _shardings(mesh)
   if mesh is None:
     return jax.jit(eval_step)
+  if not batch_sharded:
+    batch_sharding = state_sharding
   return jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding, state_sharding),
                  out_shardings=state_sharding)
 
@@ -343,19 +349,6 @@ def make_end_of_epoch(schedule: margins_lib.MarginSchedule, mesh: Mesh | None = 
     return jax.jit(end_of_epoch, donate_argnums=0)
   return jax.jit(end_of_epoch, donate_argnums=0, in_shardings=state_sharding,
                  out_shardings=state_sharding)
-
-
-def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh ``("data",)`` over ``devices`` (default: every local device)."""
-  devices = jax.local_devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ("data",))
-
-
-def replicate(tree: Any, mesh: Mesh | None) -> Any:
-  """Places ``tree`` replicated on ``mesh`` (no-op without a mesh)."""
-  if mesh is None:
-    return tree
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 __all__ = ["TrainState", "create_train_state", "data_mesh",
