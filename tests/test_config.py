@@ -28,7 +28,7 @@ def test_default_config_is_valid_and_has_every_section():
   cfg = config_lib.default_config()
   config_lib.check_config(cfg)
   assert set(cfg.keys()) == {"seed", "data", "model", "loss", "margin", "train", "eval",
-                             "checkpoint"}
+                             "checkpoint", "distributed"}
   for field in ("name", "split"):
     assert field in cfg.data
   assert {"name", "mining", "distance"} <= set(cfg.loss.keys())
