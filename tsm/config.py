@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from tsm import distances, losses, margins, models
+from tsm import distances, distributed, losses, margins, models
 from tsm.data import config as data_config
 
 LOSSES = ("triplet", "contrastive")
@@ -81,7 +81,8 @@ def train_config() -> ml_collections.ConfigDict:
       ``"precision@1"``, ``"recall@K"``, ``"auc"`` (highest).
     stop_after_steps: stop this process after that many steps without saving anything
       more, as a kill would (0 = off); for testing resumption.
-    data_parallel: with several local devices, shard each batch over all of them.
+    data_parallel: with several devices, shard each batch over all of them (a 1-D
+      ``"data"`` mesh; the state is replicated). Multi-host runs always shard.
     progress: show a tqdm progress bar.
 
   Returns:
@@ -160,7 +161,8 @@ def default_config() -> ml_collections.ConfigDict:
   Returns:
     A ConfigDict with sections ``data``, ``model``, ``loss``, ``margin`` (plus
     ``margin.update_every``: ``"epoch"`` or ``"step"``), ``train``, ``eval``,
-    ``checkpoint`` and the field ``seed``.
+    ``checkpoint``, ``distributed`` (multi-host start-up, :mod:`tsm.distributed`) and
+    the field ``seed``.
   """
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0
@@ -172,6 +174,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.train = train_config()
   cfg.eval = eval_config()
   cfg.checkpoint = checkpoint_config()
+  cfg.distributed = distributed.default_config()
   return cfg
 
 
@@ -244,7 +247,7 @@ def _unknown_fields(cfg: ml_collections.ConfigDict) -> None:
     if key not in defaults:
       raise _fail(f"{key} is not a config section; use one of "
                   f"{', '.join(defaults.keys())}.")
-  for section in ("loss", "train", "eval", "checkpoint", "data", "model"):
+  for section in ("loss", "train", "eval", "checkpoint", "data", "model", "distributed"):
     for key in cfg[section].keys():
       if key not in defaults[section]:
         raise _fail(f"{section}.{key} is not a {section} field; use one of "
@@ -350,6 +353,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   if not isinstance(cfg.checkpoint.async_save, bool):
     raise _fail(f"checkpoint.async_save={cfg.checkpoint.async_save!r} must be True or "
                 "False.")
+  try:
+    distributed.check_config(cfg.distributed)
+  except ValueError as e:
+    raise _wrap("distributed", e) from None
 
 
 def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
