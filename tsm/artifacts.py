@@ -38,25 +38,36 @@ class MetricsLog:
 
   Args:
     path: the ``.jsonl`` file (created on the first append).
+    write: False for the other processes of a multi-host run: nothing is written, the
+      length the file would have is tracked in memory (``size``, ``truncate``,
+      ``append``), and ``read`` returns the records within that length of the file that
+      process 0 writes (the workdir is shared).
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, write: bool = True):
     self.path = path
+    self.write = write
+    self._size = self._file_size()
+
+  def _file_size(self) -> int:
+    return os.path.getsize(self.path) if os.path.exists(self.path) else 0
 
   def size(self) -> int:
     """Current length of the file in bytes (0 when it does not exist)."""
-    return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+    return self._file_size() if self.write else self._size
 
   def truncate(self, size: int) -> None:
     """Cuts the file back to ``size`` bytes (a length :meth:`size` returned earlier)."""
-    if os.path.exists(self.path):
+    self._size = int(size)
+    if self.write and os.path.exists(self.path):
       with open(self.path, "r+b") as f:
         f.truncate(size)
 
   def append(self, records: Iterable[dict[str, Any]]) -> None:
     """Appends one line per record and flushes."""
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    if lines:
+    self._size += len(lines.encode())
+    if lines and self.write:
       with open(self.path, "a") as f:
         f.write(lines)
         f.flush()
@@ -65,8 +76,9 @@ class MetricsLog:
     """Every record, in order."""
     if not os.path.exists(self.path):
       return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    with open(self.path, "rb") as f:
+      data = f.read() if self.write else f.read(self._size)
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
 def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
