@@ -41,6 +41,7 @@ from tsm import checkpoint as checkpoint_lib
 from tsm import config as config_lib
 from tsm import data as data_lib
 from tsm import distances
+from tsm import distributed
 from tsm import evaluation
 from tsm import margins as margins_lib
 from tsm import metrics
@@ -49,7 +50,9 @@ from tsm import train as train_lib
 from tsm.data import pairs
 
 # Config fields that control one process, not the training: a resumed run may change them.
-_RUN_CONTROL_FIELDS = (("train", "stop_after_steps"), ("train", "progress"))
+_RUN_CONTROL_FIELDS = (("train", "stop_after_steps"), ("train", "progress"),
+                       ("distributed", "initialize"), ("distributed", "coordinator_address"),
+                       ("distributed", "num_processes"), ("distributed", "process_id"))
 
 
 # ----------------------------------------------------------------------------- setup
@@ -142,6 +145,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Any:
     ConfigError: one line naming the bad field (or the missing dataset) and the fix.
   """
   config_lib.check_config(config)
+  try:   # multi-host start-up, before anything touches a device
+    distributed.initialize(config.distributed)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   try:
     splits = data_lib.load(config.data, seed=config.seed)
   except data_lib.DatasetNotPreparedError as e:
@@ -151,8 +158,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Any:
     raise config_lib.ConfigError(
         message if message.startswith("data.") else f"data: {message}") from None
   config_lib.check_config_with_data(config, splits)
-  devices = jax.local_device_count()
-  if config.train.data_parallel and devices > 1:
+  devices = jax.device_count()
+  if distributed.use_mesh(config.train.data_parallel):
     sampler = make_sampler(config, splits.train.labels, config.seed)
     size = sampler.epoch(0).shape[1]
     if size % devices:
@@ -197,6 +204,7 @@ def _embed(apply_fn, state, split, batch_size: int) -> np.ndarray:
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
+  variables = distributed.local_copy(variables)   # each host embeds on its own device
   return np.asarray(evaluation.embed(apply_fn, variables, split, batch_size))
 
 
@@ -280,10 +288,11 @@ def _epoch_record(epoch: int, step: int, steps: list[dict[str, Any]]) -> dict[st
   }
 
 
-def _val_loss(eval_step, state, margin, splits, indices) -> dict[str, float]:
+def _val_loss(eval_step, state, margin, splits, indices,
+              place=lambda batch: batch) -> dict[str, float]:
   """Mean validation loss (and active ratio, easy share) over fixed batches."""
-  outputs = [eval_step(state, batch, margin) for batch in data_lib.batches(splits.val,
-                                                                          indices)]
+  outputs = [eval_step(state, place(batch), margin)
+             for batch in data_lib.batches(splits.val, indices)]
   host = jax.device_get(outputs)
   mean = lambda key: float(np.mean([m[key] for m in host]))  # noqa: E731
   return {"val_loss": mean("loss"), "val_active_ratio": mean("active_ratio"),
@@ -316,13 +325,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
     tsm.config.ConfigError: a bad config value, before anything is created.
   """
   splits = prepare(config, workdir)
+  primary = distributed.is_primary()   # only process 0 writes files (orbax aside)
   os.makedirs(workdir, exist_ok=True)
-  artifacts.write_json_atomic(os.path.join(workdir, "config.json"), _config_json(config))
+  if primary:
+    artifacts.write_json_atomic(os.path.join(workdir, "config.json"), _config_json(config))
 
   tc = config.train
   seed = int(config.seed)
-  mesh = (train_lib.data_mesh()
-          if tc.data_parallel and jax.local_device_count() > 1 else None)
+  mesh = train_lib.data_mesh() if distributed.use_mesh(tc.data_parallel) else None
   model = models.create_model(config.model, splits.input_shape)
   apply_fn = functools.partial(model.apply, train=False)   # one object: one jit in embed
   # A typed key for the model init; the state keeps raw uint32 key data (plain arrays
@@ -345,7 +355,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       best_metric=best_key, best_mode=best_mode, async_save=config.checkpoint.async_save)
-  run = _StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
+  run = _StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
+                                      write=primary))
   start_epoch, start_pos = 0, 0
   latest = ckpt.latest_step()
   if latest is not None:
@@ -359,10 +370,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
   run.epoch_steps = [r for r in history if r["kind"] == "step" and r["epoch"] == start_epoch]
 
   train_step = train_lib.make_train_step(config, model, schedule, tx, mesh)
-  eval_step = train_lib.make_eval_step(config, model, mesh)
   end_of_epoch = (None if config.margin.get("update_every", "epoch") == "step"
                   else train_lib.make_end_of_epoch(schedule, mesh))
   val_indices = _val_loss_batches(config, splits)
+  # Validation batches that do not split over the devices are loaded whole by every host
+  # and replicated; the others are sharded like the train batches.
+  val_sharded = val_indices is not None and distributed.divides(val_indices.shape[1], mesh)
+  eval_step = train_lib.make_eval_step(config, model, mesh, batch_sharded=val_sharded)
+  if val_sharded:
+    val_indices = distributed.host_batches(val_indices, mesh)
+  val_place = functools.partial(distributed.shard_batch, mesh=mesh if val_sharded else None)
   val_margin = config.eval.val_margin
 
   def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
@@ -370,11 +387,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
             "metrics_bytes": run.log.size(), "steps_per_epoch": steps_per_epoch}
 
   progress = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + start_pos,
-                  disable=not tc.progress, dynamic_ncols=True, unit="step",
+                  disable=not (tc.progress and primary), dynamic_ncols=True, unit="step",
                   desc=f"{config.data.name} {config.loss.name}/{config.margin.schedule}")
 
   def show(records: list[dict[str, Any]]) -> None:
-    if records and tc.progress:
+    if records and tc.progress and primary:
       _, total, easy = _counts(run.epoch_steps)
       progress.set_postfix(loss=f"{records[-1]['loss']:.4f}",
                            mu=f"{records[-1]['margin']:.3f}",
@@ -389,14 +406,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
       pos0 = start_pos if epoch == start_epoch else 0
       if pos0 == 0:
         run.epoch_steps = []
-      indices = _epoch_indices(config, sampler, epoch)
+      # This host's share of the epoch's global batches (all of them on one host).
+      indices = distributed.host_batches(_epoch_indices(config, sampler, epoch), mesh)
+      hosts = jax.process_count()
       stream: Iterator[dict[str, np.ndarray]] = data_lib.batches(
           splits.train, _skip_to(indices, pos0), augment=bool(config.data.augment),
-          seed=(seed, epoch))
+          seed=(seed, epoch) if hosts == 1 else (seed, epoch, jax.process_index()))
       for pos, batch in enumerate(stream):
         if pos < pos0:
           continue
-        state, step_metrics = train_step(state, batch)
+        state, step_metrics = train_step(state, distributed.shard_batch(batch, mesh))
         step = epoch * steps_per_epoch + pos + 1
         run.pending.append((epoch, step, step_metrics))
         progress.update(1)
@@ -415,7 +434,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
       record = _epoch_record(epoch, step, run.epoch_steps)
       if val_indices is not None:   # at eval.val_margin, or the epoch's own margin
         margin = state.margin_state.margin if val_margin is None else jnp.float32(val_margin)
-        record.update(_val_loss(eval_step, state, margin, splits, val_indices))
+        record.update(_val_loss(eval_step, state, margin, splits, val_indices, val_place))
       if end_of_epoch is not None:
         state = end_of_epoch(state)
       record["margin_next"] = float(jax.device_get(state.margin_state.margin))
@@ -433,7 +452,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
       run.epoch_steps = []
       ckpt.save(step, state, meta(epoch + 1, 0, step),
                 metrics={best_key: record[best_key]} if best_key in record else None)
-      if tc.progress:
+      if tc.progress and primary:
         progress.write(_epoch_line(record))
     progress.close()
 
@@ -441,6 +460,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     progress.close()
     ckpt.close()
+  if not primary:
+    return summary
   artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   artifacts.plot_training(
       epoch_records, os.path.join(workdir, "training.png"), title=_title(config),
