@@ -89,7 +89,9 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
                 series: Mapping[str, Sequence[float]], *, xlabel: str = "epoch",
                 ylabel: str | None = None, title: str | None = None,
                 logy: bool = False, markers: bool = True,
-                hline: float | None = None) -> Any:
+                hline: float | None = None,
+                bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None
+                ) -> Any:
   """One line per named series against epochs (loss, active ratio, gradient norm...).
 
   Args:
@@ -103,10 +105,13 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
     logy: logarithmic y axis.
     markers: mark each point.
     hline: optional horizontal reference line (e.g. a target share).
+    bands: optional ``{label: (lower, upper)}``: a shaded band in the series' colour
+      (e.g. mean ± std over seeds), one value per epoch each.
 
   Returns:
     ``ax``.
   """
+  bands = bands or {}
   for i, (label, values) in enumerate(series.items()):
     y = np.asarray(values, dtype=np.float64).reshape(-1)
     x = np.arange(1, y.size + 1) if epochs is None else np.asarray(epochs).reshape(-1)
@@ -115,6 +120,12 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
                        "one value per epoch.")
     ax.plot(x, y, marker="o" if markers else None, ms=3, lw=1.5, color=f"C{i}",
             label=label)
+    if label in bands:
+      lower, upper = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bands[label])
+      if lower.size != x.size or upper.size != x.size:
+        raise ValueError(f"band of {label!r} has {lower.size}/{upper.size} values for "
+                         f"{x.size} epochs; pass one lower and one upper value per epoch.")
+      ax.fill_between(x, lower, upper, color=f"C{i}", alpha=0.2, lw=0)
   if hline is not None:
     ax.axhline(hline, color="0.4", lw=1, ls=":")
   if logy:
