@@ -146,13 +146,17 @@ def checkpoint_config() -> ml_collections.ConfigDict:
   Fields:
     every_steps: also checkpoint every that many steps within epochs (0 = only at the end
       of each epoch).
+    every_epochs: checkpoint at the end of every that many epochs, and always after the
+      last (0 = after the last epoch only). The best model is picked among the saved
+      epochs. Short runs of small models (the studies) save seconds per run with 0.
     keep: number of most recent checkpoints kept (the best one is kept besides).
     async_save: write checkpoints in a background thread.
 
   Returns:
     A ConfigDict.
   """
-  return ml_collections.ConfigDict({"every_steps": 0, "keep": 2, "async_save": True})
+  return ml_collections.ConfigDict({"every_steps": 0, "every_epochs": 1, "keep": 2,
+                                    "async_save": True})
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -349,6 +353,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _int(cfg, "eval", "knn_k", 0, "0 turns k-NN off")
 
   _int(cfg, "checkpoint", "every_steps", 0, "0 checkpoints at epoch ends only")
+  _int(cfg, "checkpoint", "every_epochs", 0, "0 checkpoints after the last epoch only")
   _int(cfg, "checkpoint", "keep", 1)
   if not isinstance(cfg.checkpoint.async_save, bool):
     raise _fail(f"checkpoint.async_save={cfg.checkpoint.async_save!r} must be True or "

@@ -400,6 +400,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
   steps_this_run = 0
   stop_after = int(tc.stop_after_steps)
   every_steps = int(config.checkpoint.every_steps)
+  every_epochs = int(config.checkpoint.get("every_epochs", 1))
   try:
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
@@ -450,8 +451,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
       run.log.append([record])
       epoch_records.append(record)
       run.epoch_steps = []
-      ckpt.save(step, state, meta(epoch + 1, 0, step),
-                metrics={best_key: record[best_key]} if best_key in record else None)
+      if epoch + 1 == epochs or (every_epochs and (epoch + 1) % every_epochs == 0):
+        ckpt.save(step, state, meta(epoch + 1, 0, step),
+                  metrics={best_key: record[best_key]} if best_key in record else None)
       if tc.progress and primary:
         progress.write(_epoch_line(record))
     progress.close()
