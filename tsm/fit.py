@@ -10,6 +10,9 @@ One call trains a model as ``config`` describes, evaluates it, and leaves in ``w
   ``train.best_metric`` (see :mod:`tsm.checkpoint`);
 * ``summary.json``: test-split retrieval and verification metrics of the best model, with
   paper A's decision threshold chosen on the validation pairs;
+* ``pairs.npz``: the best model's verification pair distances and same-class flags
+  (``test_distances``, ``test_same``, and ``val_distances``, ``val_same`` when there is a
+  validation split), for ROC curves;
 * ``training.png``: loss, margin and easy share per epoch.
 
 Resumption: a rerun with the same ``workdir`` (and the same config) restores the latest
@@ -458,13 +461,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
         progress.write(_epoch_line(record))
     progress.close()
 
-    summary = _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key)
+    pairs_out: dict[str, np.ndarray] = {}
+    summary = _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key,
+                         pairs_out)
   finally:
     progress.close()
     ckpt.close()
   if not primary:
     return summary
   artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  np.savez(os.path.join(workdir, "pairs.npz"), **pairs_out)
   artifacts.plot_training(
       epoch_records, os.path.join(workdir, "training.png"), title=_title(config),
       val_label="validation" + ("" if val_margin is None else f" (margin {val_margin:g})"),
@@ -487,8 +493,12 @@ def _epoch_line(r: dict[str, Any]) -> str:
   return "  ".join(parts)
 
 
-def _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key):
-  """Test metrics of the best checkpoint (or the final state without one)."""
+def _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key,
+               pairs_out=None):
+  """Test metrics of the best checkpoint (or the final state without one).
+
+  ``pairs_out``, when given, receives the verification pair arrays (see ``pairs.npz``).
+  """
   best_step = ckpt.best_step()
   if best_step is not None:
     state, _ = ckpt.restore(best_step, state)
@@ -499,6 +509,8 @@ def _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key):
   test_labels = np.asarray(splits.test.labels)
   test_emb = _embed(apply_fn, state, splits.test, config.eval.batch_size)
   test_metrics, test_d, test_same = evaluate_split(config, test_emb, test_labels, data_seed)
+  pairs_out = {} if pairs_out is None else pairs_out
+  pairs_out.update(test_distances=test_d, test_same=test_same)
   summary: dict[str, Any] = {
       "dataset": config.data.name, "split": config.data.split, "loss": config.loss.name,
       "margin_schedule": config.margin.schedule, "model": config.model.name,
@@ -513,6 +525,7 @@ def _summarise(config, apply_fn, state, ckpt, splits, epoch_records, best_key):
     val_emb = _embed(apply_fn, state, splits.val, config.eval.batch_size)
     val_metrics, val_d, val_same = evaluate_split(config, val_emb, val_labels,
                                                   int(config.seed))
+    pairs_out.update(val_distances=val_d, val_same=val_same)
     threshold = float(metrics.choose_threshold_closest_to_corner(val_d, val_same))
     summary["val"] = val_metrics
     summary["test"]["threshold"] = threshold
