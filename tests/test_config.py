@@ -43,12 +43,31 @@ def test_required_experiment_files_exist():
           "cifar10_triplet", "caltech_birds2011_dams", "lfw_dams"} <= names
 
 
+def _run_configs(cfg):
+  """The tsm run configs of an experiment file; a study config (with a ``study`` section)
+  holds one per dataset section, or is one run config plus ``study``."""
+  if "study" not in cfg:
+    return [cfg]
+  rest = [cfg[k] for k in cfg.keys() if k != "study"]
+  if rest and all(hasattr(v, "keys") and "data" in v for v in rest):
+    return rest
+  run = config_lib.ml_collections.ConfigDict(cfg.to_dict())
+  del run["study"]
+  return [run]
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])
 def test_experiment_configs_are_valid_and_document_their_command(path):
   module = _load(path)
-  config_lib.check_config(module.get_config())
+  cfg = module.get_config()
+  for run in _run_configs(cfg):
+    config_lib.check_config(run)
   name = os.path.basename(path)
-  assert f"tsm-train --config=experiments/configs/{name}" in module.__doc__
+  if "study" in cfg:   # run by a study's runner: python -m experiments.<study>.run
+    assert "python -m experiments." in module.__doc__
+    assert f"--config=experiments/configs/{name}" in module.__doc__
+  else:
+    assert f"tsm-train --config=experiments/configs/{name}" in module.__doc__
 
 
 def test_lfw_config_follows_paper_a():

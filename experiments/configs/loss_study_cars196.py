@@ -1,0 +1,22 @@
+r"""Paper B's loss study on Cars196 (TFDS): ResNet-50 trunk + linear head to 512-d.
+
+  tsm-prepare cars196
+  python -m experiments.loss_comparison.run \
+      --config=experiments/configs/loss_study_cars196.py --workdir=runs/loss_study_cars196
+
+Paper B trains a linear head on a frozen ViT-B/32 and reports Recall@1. tsm has no ViT:
+the trunk is a ResNet-50 (224 px, ImageNet stem), trained end to end from scratch unless
+ImageNet weights are given as a local ``.npz`` (``tsm.models`` format, e.g. from
+``convert_torchvision_resnet``):
+``--config.cars196.model.pretrained_path=/path/resnet50.npz`` (the trunk is then frozen,
+as in paper B). Class-disjoint split (classes 1-98 train, 99-196 test; Musgrave et al.),
+so k-NN accuracy is not reported. 30 epochs, 5 seeds; a GPU is needed.
+"""
+
+from experiments.loss_comparison import study_config
+
+
+def get_config():
+  cfg = study_config.study_config(("cars196",))
+  cfg.study.processes = 1
+  return cfg

@@ -1,0 +1,224 @@
+"""One run of the loss study: train with ``tsm.fit``, then measure the final model.
+
+:func:`train_and_analyse` trains one (dataset, loss, seed) run with :func:`tsm.fit.fit`
+and, through fit's ``epoch_hook`` at the last epoch, measures the final model:
+
+* on the L2-normalised TRAINING embeddings: paper B's intra-class variance (mean, std and
+  per class) and inter-class centroid distances (plain, as the authors' code; squared
+  mean too), and the effective margins ``d_an - d_ap`` of the valid training triplets
+  (all of them, or a uniform sample of ``study.max_triplets``) with a Gaussian mixture
+  fitted to them;
+* on the test split: k-NN accuracy (k = ``study.knn_k``, training embeddings as the
+  reference set; NaN when the test classes are not training classes), Recall@1/5/10 and
+  MAP@R (test embeddings as queries and gallery, each query excluded);
+* from fit's per-epoch records (``metrics.jsonl``): the curves of loss, active ratio and
+  gradient norm, paper B's loss-decay epochs (first epoch whose loss is at most 10% of
+  the first epoch's; ``-1`` when never), and their means over epochs.
+
+Unlabelled points (label -1, the synthetic set's outliers) take part in training as the
+samplers allow but in no class statistic, query or k-NN reference.
+
+Each run directory holds fit's files plus ``analysis.json`` (every number above) and
+``analysis.npz`` (per-class variances, effective margins; test embeddings for the first
+seed, for the PCA figure). A run whose ``analysis.json`` exists is not retrained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import warnings
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from tsm import artifacts
+from tsm import diagnostics
+from tsm import distances
+from tsm import evaluation
+from tsm import fit as fit_lib
+from tsm import metrics
+
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_NPZ = "analysis.npz"
+CURVES = ("loss", "active_ratio", "grad_norm")
+
+
+def _normalised_embeddings(apply_fn, state, split, batch_size: int) -> np.ndarray:
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  emb = evaluation.embed(apply_fn, variables, split, batch_size)
+  return np.asarray(distances.l2_normalize(jax.numpy.asarray(emb)))
+
+
+def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
+                       test_emb: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                       *, knn_k: int = 5, max_triplets: int = 20_000,
+                       gmm_components: int = 2, margin: float = 1.0, seed: int = 0,
+                       distance: str = "euclidean") -> tuple[dict[str, Any],
+                                                             dict[str, np.ndarray]]:
+  """Paper B's embedding measurements of one final model.
+
+  Args:
+    train_emb: ``[N, D]`` L2-normalised training embeddings.
+    train_labels: ``[N]`` labels (-1 = unlabelled, left out).
+    test_emb: ``[Q, D]`` L2-normalised test embeddings.
+    test_labels: ``[Q]`` labels (-1 = unlabelled, left out).
+    num_classes: number of classes of the dataset.
+    knn_k: k of the k-NN accuracy.
+    max_triplets: size of the effective-margin buffer (exact below, sampled above).
+    gmm_components: Gaussian mixture components.
+    margin: the training margin (share of triplets below it is reported).
+    seed: seed of the effective-margin sample.
+    distance: distance of retrieval, k-NN and effective margins.
+
+  Returns:
+    ``(scalars, arrays)``: a dict of JSON-able numbers and a dict of numpy arrays
+    (``per_class_variance``, ``class_present``, ``effective_margins``).
+  """
+  train_keep = train_labels >= 0
+  test_keep = test_labels >= 0
+  tr_emb, tr_lab = train_emb[train_keep], train_labels[train_keep]
+  te_emb, te_lab = test_emb[test_keep], test_labels[test_keep]
+  intra = diagnostics.intra_class_variance(tr_emb, tr_lab, num_classes)
+  inter = diagnostics.inter_class_distances(tr_emb, tr_lab, num_classes)
+  out: dict[str, Any] = {
+      "intra_var": float(intra.mean), "intra_var_std_over_classes": float(intra.std),
+      "inter_dist": float(inter.mean), "inter_dist_std_over_pairs": float(inter.std),
+      "inter_dist_sq": float(inter.mean_squared),
+  }
+  with warnings.catch_warnings():   # a query class of one member is left out: fine
+    warnings.simplefilter("ignore")
+    out.update(metrics.retrieval_metrics(te_emb, te_lab, ks=(1, 5, 10),
+                                         distance=distance))
+  seen = np.isin(te_lab, np.unique(tr_lab))
+  out[f"knn@{knn_k}"] = (float(metrics.knn_accuracy(tr_emb, tr_lab, te_emb, te_lab,
+                                                    k=knn_k, distance=distance))
+                         if seen.all() and te_lab.size else math.nan)
+  em = diagnostics.effective_margins(tr_emb, tr_lab, distance=distance,
+                                     max_triplets=max_triplets, seed=seed)
+  values = np.asarray(em.values)[np.asarray(em.mask)]
+  mix = diagnostics.fit_gaussian_mixture(em.values, gmm_components, weights=em.mask)
+  out.update({
+      "eff_margin_mean": float(values.mean()) if values.size else math.nan,
+      "eff_margin_std": float(values.std()) if values.size else math.nan,
+      "eff_margin_below_margin": (float(np.mean(values < margin)) if values.size
+                                  else math.nan),
+      "eff_margin_exact": bool(em.exact), "eff_margin_count": int(values.size),
+      "num_valid_triplets": float(em.num_triplets),
+      "gmm": {"weights": np.asarray(mix.weights).tolist(),
+              "means": np.asarray(mix.means).tolist(),
+              "stds": np.asarray(mix.stds).tolist(),
+              "log_likelihood": float(mix.log_likelihood),
+              "converged": bool(mix.converged)},
+  })
+  arrays = {"per_class_variance": np.asarray(intra.per_class),
+            "class_present": np.asarray(intra.present),
+            "effective_margins": values.astype(np.float32)}
+  return out, arrays
+
+
+def curve_summary(epoch_records: list[dict[str, Any]],
+                  decay_fraction: float = 0.1) -> dict[str, Any]:
+  """Per-epoch curves and paper B's greediness numbers from fit's epoch records.
+
+  Args:
+    epoch_records: the ``{"kind": "epoch"}`` records of ``metrics.jsonl``, in order.
+    decay_fraction: loss-decay target share of the first epoch's loss.
+
+  Returns:
+    ``{"curves": {name: [E floats]}, "loss_decay_epochs": int (-1: never),
+    "loss_decay_reached": bool, "mean_active_ratio", "mean_grad_norm", "final_loss",
+    "epochs"}``.
+  """
+  curves = {k: [float(r[k]) for r in epoch_records] for k in CURVES}
+  decay = int(diagnostics.loss_decay_epochs(np.asarray(curves["loss"], np.float32),
+                                            decay_fraction))
+  return {
+      "curves": curves, "epochs": len(epoch_records),
+      "loss_decay_epochs": decay, "loss_decay_reached": decay > 0,
+      "mean_active_ratio": float(np.mean(curves["active_ratio"])),
+      "mean_grad_norm": float(np.mean(curves["grad_norm"])),
+      "final_loss": curves["loss"][-1],
+  }
+
+
+def _json_safe(obj: Any) -> Any:
+  """NaN / inf floats as None (strict JSON), recursively."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  return obj
+
+
+def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
+                      study: ml_collections.ConfigDict,
+                      keep_embeddings: bool = False) -> dict[str, Any]:
+  """Trains one run with :func:`tsm.fit.fit` and writes its ``analysis.json``.
+
+  Args:
+    config: the run's full tsm config (loss, sampling and seed already set).
+    rundir: the run directory (fit's workdir).
+    study: the ``study`` section (``knn_k``, ``max_triplets``, ``gmm_components``,
+      ``decay_fraction``).
+    keep_embeddings: also store the test embeddings in ``analysis.npz`` (PCA figure).
+
+  Returns:
+    The analysis dict (as written to ``analysis.json``).
+  """
+  path = os.path.join(rundir, ANALYSIS_JSON)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  if os.path.isdir(rundir):   # a run stopped before its analysis: train it again
+    shutil.rmtree(rundir)
+  epochs = int(config.train.epochs)
+  found: dict[str, Any] = {}
+
+  def hook(epoch, state, apply_fn, splits):
+    if epoch + 1 != epochs:
+      return None
+    batch_size = int(config.eval.batch_size)
+    train_emb = _normalised_embeddings(apply_fn, state, splits.train, batch_size)
+    test_emb = _normalised_embeddings(apply_fn, state, splits.test, batch_size)
+    test_labels = np.asarray(splits.test.labels)
+    scalars, arrays = measure_embeddings(
+        train_emb, np.asarray(splits.train.labels), test_emb, test_labels,
+        int(splits.num_classes), knn_k=int(study.knn_k),
+        max_triplets=int(study.max_triplets), gmm_components=int(study.gmm_components),
+        margin=float(config.margin.initial_margin), seed=int(config.seed),
+        distance=config.loss.distance)
+    if keep_embeddings:
+      arrays["test_embeddings"] = test_emb.astype(np.float32)
+      arrays["test_labels"] = test_labels
+    found.update(scalars=scalars, arrays=arrays)
+    return {"study_intra_var": scalars["intra_var"],
+            "study_inter_dist": scalars["inter_dist"]}
+
+  os.makedirs(rundir, exist_ok=True)
+  with open(os.path.join(rundir, "fit.log"), "w") as log, contextlib.redirect_stdout(log):
+    summary = fit_lib.fit(config, rundir, epoch_hook=hook)
+  if "scalars" not in found:
+    raise RuntimeError(f"{rundir}: the last epoch's analysis did not run (resumed a "
+                       "finished run?); delete the directory and run again.")
+  records = [r for r in artifacts.MetricsLog(os.path.join(rundir, "metrics.jsonl")).read()
+             if r["kind"] == "epoch"]
+  result = {
+      "dataset": config.data.name, "loss": config.loss.name, "seed": int(config.seed),
+      "sampling": config.train.sampling, "model": config.model.name,
+      "margin": float(config.margin.initial_margin),
+      **found["scalars"], **curve_summary(records, float(study.decay_fraction)),
+      "fit_test": None if summary is None else summary.get("test"),
+  }
+  np.savez_compressed(os.path.join(rundir, ANALYSIS_NPZ), **found["arrays"])
+  artifacts.write_json_atomic(path, _json_safe(result))
+  return _json_safe(result)

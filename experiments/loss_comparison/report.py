@@ -1,0 +1,342 @@
+"""Tables, verdicts and figures of the loss study, from the runs' ``analysis.json``.
+
+Per dataset (``<workdir>/<dataset>/``): ``table.md`` / ``table.csv`` (paper B's rows,
+mean ± std over seeds for each loss, paper B's reported numbers beside them, and the
+verdict of the paper's claim on that row), ``curves.png`` (loss, active ratio and
+gradient norm per epoch, mean over seeds with a ± std band), ``intra_class_variance.png``
+(per class, mean ± std over seeds), ``pca.png`` (2-D PCA of the first seed's test
+embeddings), ``effective_margins.png`` (histogram of ``d_an - d_ap`` over the training
+triplets of every seed, with a Gaussian mixture fitted to them).
+
+Over all datasets: ``verdicts.md`` / ``verdicts.csv`` (each claim of paper B per dataset,
+decided by :func:`tsm.reporting.verdict`) and ``report.md`` (everything, for reading).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from tsm import diagnostics
+from tsm import plotting
+from tsm import reporting
+
+# (key in analysis.json, row label, decimals)
+ROWS = (
+    ("intra_var", "intra-class variance (train; ± over seeds)", 4),
+    ("intra_var_std_over_classes", "intra-class variance: std over classes", 4),
+    ("inter_dist", "inter-class centroid distance (train)", 4),
+    ("inter_dist_std_over_pairs", "inter-class distance: std over class pairs", 4),
+    ("loss_decay_epochs", "loss-decay epochs (loss <= 10% of epoch 1)", 1),
+    ("mean_active_ratio", "active ratio (mean over epochs)", 3),
+    ("mean_grad_norm", "gradient norm (mean over epochs)", 3),
+    ("knn@5", "k-NN accuracy (k=5, test)", 4),
+    ("recall@1", "Recall@1 (test)", 4),
+    ("recall@5", "Recall@5 (test)", 4),
+    ("recall@10", "Recall@10 (test)", 4),
+    ("map@r", "MAP@R (test)", 4),
+    ("eff_margin_mean", "effective margin d_an - d_ap (train, mean)", 4),
+    ("final_loss", "final epoch loss", 4),
+)
+
+# Paper B's reported numbers (PAPERS.md), (contrastive, triplet), as printed. Its ± of
+# the variance rows is over classes (ours, in the same column, is over seeds; the
+# "std over classes" rows are comparable to it).
+PAPER_B = {
+    "synthetic": {
+        "intra_var": ("0.0118 ± 0.0113", "0.0329 ± 0.0084"),
+        "intra_var_std_over_classes": ("0.0113", "0.0084"),
+        "inter_dist": ("1.2611 ± 0.3073", "1.4418 ± 0.1992"),
+        "inter_dist_std_over_pairs": ("0.3073", "0.1992"),
+        "loss_decay_epochs": ("27", "43"),
+        "mean_active_ratio": ("0.65", "0.38"),
+        "mean_grad_norm": ("0.12", "0.27"),
+    },
+    "mnist": {
+        "intra_var": ("0.0030 ± 0.0014", "0.0059 ± 0.0022"),
+        "intra_var_std_over_classes": ("0.0014", "0.0022"),
+        "inter_dist": ("1.0347 ± 0.0800", "1.4840 ± 0.0685"),
+        "inter_dist_std_over_pairs": ("0.0800", "0.0685"),
+    },
+    "cifar10": {"knn@5": ("0.8998", "0.9371"), "recall@1": ("0.8433", "0.9192")},
+    "cars196": {"recall@1": ("0.2542", "0.2982")},
+    "caltech_birds2011": {"recall@1": ("0.3154", "0.3421")},
+}
+
+# Paper B's claims: (claim, key, the loss the claim favours, higher_is_better).
+CLAIMS = (
+    ("triplet keeps more intra-class variance", "intra_var", "triplet", True),
+    ("triplet keeps larger inter-class distances", "inter_dist", "triplet", True),
+    ("contrastive's loss decays faster (fewer epochs)", "loss_decay_epochs", "contrastive",
+     False),
+    ("contrastive has a higher active ratio (many small updates)", "mean_active_ratio",
+     "contrastive", True),
+    ("triplet has larger gradient norms (fewer, stronger updates)", "mean_grad_norm",
+     "triplet", True),
+    ("triplet wins k-NN accuracy", "knn@5", "triplet", True),
+    ("triplet wins Recall@1", "recall@1", "triplet", True),
+    ("triplet wins retrieval (MAP@R)", "map@r", "triplet", True),
+)
+NOT_MEASURED = "n/a (not measured)"
+
+
+def load_runs(workdir: str, dataset: str, loss: str,
+              seeds: Sequence[int]) -> list[dict[str, Any]]:
+  """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
+  out = []
+  for seed in seeds:
+    path = os.path.join(run_dir(workdir, dataset, loss, seed), "analysis.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f))
+  return out
+
+
+def run_dir(workdir: str, dataset: str, loss: str, seed: int) -> str:
+  """``<workdir>/<dataset>/<loss>/seed<seed>``."""
+  return os.path.join(workdir, dataset, loss, f"seed{seed}")
+
+
+def row_values(runs: Sequence[dict[str, Any]], key: str) -> list[float | None]:
+  """Per-seed values of a row. Loss-decay never reached counts as ``epochs + 1``."""
+  if key == "loss_decay_epochs":
+    return [float(r["loss_decay_epochs"]) if r["loss_decay_epochs"] > 0
+            else float(r["epochs"] + 1) for r in runs]
+  return reporting.per_seed(runs, key)
+
+
+def _cell(runs: Sequence[dict[str, Any]], key: str, digits: int) -> str:
+  text = reporting.summarize(row_values(runs, key)).format(digits)
+  if key == "loss_decay_epochs" and runs:
+    never = sum(1 for r in runs if r["loss_decay_epochs"] <= 0)
+    if never:
+      text += f" ({never}/{len(runs)} never reached: counted as {runs[0]['epochs'] + 1})"
+  return text
+
+
+def claim_verdicts(by_loss: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+  """``{key: verdict}`` of every claim, by :func:`tsm.reporting.verdict`."""
+  other = {"triplet": "contrastive", "contrastive": "triplet"}
+  out = {}
+  for _, key, favoured, higher in CLAIMS:
+    a = row_values(by_loss.get(favoured, []), key)
+    b = row_values(by_loss.get(other[favoured], []), key)
+    measured = reporting.summarize(a).n and reporting.summarize(b).n
+    out[key] = (reporting.verdict(a, b, higher_is_better=higher) if measured
+                else NOT_MEASURED)
+  return out
+
+
+def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]],
+                  losses: Sequence[str]) -> str:
+  """Writes ``<dataset>/table.md`` and ``table.csv``; returns the Markdown."""
+  paper = PAPER_B.get(dataset, {})
+  verdicts = claim_verdicts(by_loss)
+  claim_of = {key: claim for claim, key, _, _ in CLAIMS}
+  header = (["quantity"] + [f"{loss} (ours)" for loss in losses]
+            + [f"{loss} (paper B)" for loss in losses] + ["paper B's claim", "verdict"])
+  rows = []
+  for key, label, digits in ROWS:
+    cells = [label] + [_cell(by_loss.get(loss, []), key, digits) for loss in losses]
+    ref = paper.get(key)
+    cells += [ref[("contrastive", "triplet").index(loss)] if ref and loss in (
+        "contrastive", "triplet") else "" for loss in losses]
+    cells += [claim_of.get(key, ""), verdicts.get(key, "")]
+    rows.append(cells)
+  n = {loss: len(by_loss.get(loss, [])) for loss in losses}
+  title = (f"{dataset}: contrastive vs triplet loss (mean ± std over seeds; "
+           + ", ".join(f"{loss} n={n[loss]}" for loss in losses) + ")")
+  return reporting.write_table(header, rows, os.path.join(workdir, dataset, "table.md"),
+                               os.path.join(workdir, dataset, "table.csv"), title=title)
+
+
+def verdict_table(workdir: str, verdicts: dict[str, dict[str, str]]) -> str:
+  """Writes ``verdicts.md`` / ``verdicts.csv``: claims x datasets."""
+  datasets = list(verdicts)
+  header = ["paper B's claim", "metric"] + datasets
+  rows = [[claim, key] + [verdicts[d][key] for d in datasets]
+          for claim, key, _, _ in CLAIMS]
+  return reporting.write_table(
+      header, rows, os.path.join(workdir, "verdicts.md"),
+      os.path.join(workdir, "verdicts.csv"),
+      title="Paper B's claims on this run's data (tsm.reporting.verdict: held / did not "
+            "hold when the means differ by more than std_A + std_B over seeds)")
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(ncols: int, width: float = 5.0, height: float = 3.8):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+
+
+def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]]) -> None:
+  """Loss, active ratio and gradient norm per epoch: mean over seeds, ± std band."""
+  fig, axes = _figure(3)
+  names = (("loss", "loss"), ("active_ratio", "active ratio"),
+           ("grad_norm", "gradient norm"))
+  for ax, (key, label) in zip(axes[0], names):
+    series, bands = {}, {}
+    for loss, runs in by_loss.items():
+      if not runs:
+        continue
+      length = min(len(r["curves"][key]) for r in runs)
+      values = np.asarray([r["curves"][key][:length] for r in runs], np.float64)
+      mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else 0 * values[0]
+      name = f"{loss} (n={len(runs)})"
+      series[name], bands[name] = mean, (mean - std, mean + std)
+    plotting.plot_curves(ax, None, series, ylabel=label, title=f"{dataset}: {label}",
+                         markers=False, bands=bands)
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+
+
+def plot_intra_class_variance(path: str, dataset: str,
+                              arrays: dict[str, list[dict[str, np.ndarray]]]) -> None:
+  """Per-class intra-class variance (training embeddings), mean ± std over seeds."""
+  fig, axes = _figure(1, width=7.0)
+  ax = axes[0, 0]
+  losses = [loss for loss, runs in arrays.items() if runs]
+  width = 0.8 / max(len(losses), 1)
+  for i, loss in enumerate(losses):
+    present = np.all([a["class_present"] for a in arrays[loss]], axis=0)
+    classes = np.flatnonzero(present)
+    values = np.asarray([a["per_class_variance"][classes] for a in arrays[loss]])
+    std = values.std(0, ddof=1) if len(values) > 1 else None
+    ax.bar(np.arange(classes.size) + (i - (len(losses) - 1) / 2) * width,
+           values.mean(0), width, yerr=std, color=f"C{i}", capsize=2,
+           label=f"{loss} (n={len(values)})")
+    ax.set_xticks(np.arange(classes.size), [str(c) for c in classes],
+                  fontsize="small" if classes.size <= 20 else "xx-small")
+  ax.set_xlabel("class")
+  ax.set_ylabel("intra-class variance")
+  ax.set_title(f"{dataset}: per-class variance of training embeddings")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+
+
+def plot_pca(path: str, dataset: str, embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
+             seed: int) -> None:
+  """2-D PCA of the test embeddings, one panel per loss (the first seed's run)."""
+  fig, axes = _figure(len(embeddings))
+  for ax, (loss, (emb, labels)) in zip(axes[0], embeddings.items()):
+    plotting.plot_pca(ax, emb, labels, title=f"{dataset}, {loss} (seed {seed}): test PCA")
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+
+
+def plot_effective_margins(path: str, dataset: str,
+                           arrays: dict[str, list[dict[str, np.ndarray]]], margin: float,
+                           components: int) -> dict[str, dict[str, list[float]]]:
+  """Histograms of effective margins (all seeds pooled) with a fitted Gaussian mixture.
+
+  Returns:
+    ``{loss: {"weights", "means", "stds"}}`` of the pooled fits.
+  """
+  losses = [loss for loss, runs in arrays.items() if runs]
+  fig, axes = _figure(max(len(losses), 1))
+  fits = {}
+  for ax, loss in zip(axes[0], losses):
+    values = np.concatenate([a["effective_margins"] for a in arrays[loss]])
+    mix = diagnostics.fit_gaussian_mixture(values, components) if values.size else None
+    plotting.plot_effective_margins(
+        ax, values, mix, margin=margin,
+        title=f"{dataset}, {loss}: effective margins (train, {len(arrays[loss])} seeds)")
+    if mix is not None:
+      fits[loss] = {k: np.asarray(getattr(mix, k)).tolist()
+                    for k in ("weights", "means", "stds")}
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+  return fits
+
+
+def _load_arrays(workdir: str, dataset: str, loss: str,
+                 runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+  out = []
+  for r in runs:
+    path = os.path.join(run_dir(workdir, dataset, loss, r["seed"]), "analysis.npz")
+    with np.load(path) as data:
+      out.append({k: data[k] for k in data.files})
+  return out
+
+
+def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
+                   seeds: Sequence[int], *, gmm_components: int = 2) -> dict[str, Any]:
+  """Table and figures of one dataset.
+
+  Returns:
+    ``{"table": markdown, "verdicts": {key: verdict}, "figures": [paths],
+    "gmm": pooled fits, "runs": {loss: n}}``.
+  """
+  by_loss = {loss: load_runs(workdir, dataset, loss, seeds) for loss in losses}
+  directory = os.path.join(workdir, dataset)
+  table = dataset_table(workdir, dataset, by_loss, losses)
+  figures = []
+  if any(by_loss.values()):
+    path = os.path.join(directory, "curves.png")
+    plot_curves(path, dataset, by_loss)
+    figures.append(path)
+    arrays = {loss: _load_arrays(workdir, dataset, loss, runs)
+              for loss, runs in by_loss.items()}
+    path = os.path.join(directory, "intra_class_variance.png")
+    plot_intra_class_variance(path, dataset, arrays)
+    figures.append(path)
+    first = {loss: (a[0]["test_embeddings"], a[0]["test_labels"])
+             for loss, a in arrays.items() if a and "test_embeddings" in a[0]}
+    if first:
+      path = os.path.join(directory, "pca.png")
+      plot_pca(path, dataset, first, seeds[0])
+      figures.append(path)
+    margin = next(r["margin"] for runs in by_loss.values() for r in runs)
+    path = os.path.join(directory, "effective_margins.png")
+    gmm = plot_effective_margins(path, dataset, arrays, margin, gmm_components)
+    figures.append(path)
+  else:
+    gmm = {}
+  return {"table": table, "verdicts": claim_verdicts(by_loss), "figures": figures,
+          "gmm": gmm, "runs": {loss: len(runs) for loss, runs in by_loss.items()}}
+
+
+def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
+                 seeds: Sequence[int], *, gmm_components: int = 2,
+                 preamble: str = "") -> dict[str, Any]:
+  """Every dataset's table and figures, the verdict table and ``report.md``.
+
+  Returns:
+    ``{"datasets": {name: report_dataset(...)}, "verdicts": markdown}``.
+  """
+  per = {d: report_dataset(workdir, d, losses, seeds, gmm_components=gmm_components)
+         for d in datasets}
+  verdicts_md = verdict_table(workdir, {d: per[d]["verdicts"] for d in datasets})
+  parts = ["# Loss study: contrastive vs triplet (paper B, arXiv 2510.02161)\n", preamble,
+           verdicts_md]
+  for d in datasets:
+    parts.append(per[d]["table"])
+    if per[d]["gmm"]:
+      parts.append("Gaussian mixture of the pooled effective margins: " + "; ".join(
+          f"{loss}: " + ", ".join(
+              f"w={w:.2f} mean={m:.3f} sd={s:.3f}"
+              for w, m, s in zip(g["weights"], g["means"], g["stds"]))
+          for loss, g in per[d]["gmm"].items()) + "\n")
+    parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
+                                         for p in per[d]["figures"]) + "\n")
+  text = "\n".join(p for p in parts if p)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(text)
+  return {"datasets": per, "verdicts": verdicts_md}
+
+
+def is_finite_number(text: str) -> bool:
+  """Whether a table cell starts with a finite number (``"0.1234 ± 0.0100"``)."""
+  try:
+    return math.isfinite(float(text.split()[0]))
+  except (ValueError, IndexError):
+    return False
