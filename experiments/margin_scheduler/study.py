@@ -1,0 +1,436 @@
+"""The margin-scheduler study: its config, the schedules compared, one run, the epoch hook.
+
+A study config is a full tsm config (:func:`tsm.config.default_config`) plus a ``study``
+section (:func:`study_config`). Every run of the study trains the same model with the same
+data, optimiser and seed list; only ``margin`` differs (:func:`schedule_margin`):
+
+* ``constant_<mu>`` for each ``study.constant_margins`` (paper A's baseline);
+* ``linear`` and ``exponential`` increase from ``margin.initial_margin`` to
+  ``margin.final_margin`` (the formulas of paper A's code, :mod:`tsm.margins`);
+* ``stepwise``: LITM-style stages (Zhang et al., AAAI 2019): ``study.stepwise_stages``
+  equal stretches of the run whose margins go in equal steps from ``initial_margin`` to
+  ``final_margin``;
+* ``dams``: paper A's scheduler (``margin.threshold``, ``margin.increment``);
+* ``controller``: tsm's two-sided controller (``margin.target``, ``margin.gain``,
+  ``margin.min_margin``, ``margin.max_margin``, ``margin.deadband``).
+
+The epoch hook (:class:`EffectiveMarginHook`) records paper A's effective margins
+``d(a, n) - d(a, p)`` of a seeded sample of training triplets (eval-mode embeddings of a
+fixed sample of training examples) at the first, middle and last epoch, with a
+two-component Gaussian mixture fitted to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from tsm import config as config_lib
+
+CONSTANT_PREFIX = "constant_"
+MONOTONIC = ("linear", "exponential", "stepwise")
+ADAPTIVE = ("dams", "controller")
+# Config fields a resumed or repeated run may change (they do not change the training).
+_RUN_CONTROL = (("train", "progress"), ("train", "stop_after_steps"))
+
+
+def study_config() -> ml_collections.ConfigDict:
+  """Default ``study`` section.
+
+  Fields:
+    seeds: number of seeds (runs use ``seed = 0 .. seeds - 1``).
+    schedules: ``"all"`` or a comma-separated list of schedule names (see the module
+      docstring; e.g. ``"constant_0.2,dams,controller"``).
+    constant_margins: the constant margins compared.
+    stepwise_stages: number of stages of the ``stepwise`` schedule (including the first).
+    workers: processes running the study in parallel (one per CPU core on a CPU machine,
+      1 on a single accelerator); ``<= 1`` runs everything in this process.
+    xla_threads: with ``workers > 1``, XLA CPU threads of each worker (1 = single-threaded
+      Eigen, so that the workers do not compete for cores; 0 = XLA's default).
+    compilation_cache: JAX persistent compilation cache directory; ``"auto"`` =
+      ``<workdir>/jax_cache``, ``""`` = off. Every run of the study compiles the same
+      train / eval / embed programs (the margin is a traced value; only the tiny
+      end-of-epoch update differs between schedules), so all but the first run of each
+      process load them from the cache.
+    em_examples: training examples whose embeddings give the effective margins.
+    em_triplets: triplets sampled among them (all when fewer exist).
+    plot_seed: the seed whose effective-margin histograms are drawn.
+
+  Returns:
+    A ConfigDict.
+  """
+  return ml_collections.ConfigDict({
+      "seeds": 5,
+      "schedules": "all",
+      "constant_margins": (0.1, 0.2, 0.5, 1.0),
+      "stepwise_stages": 4,
+      "workers": 2,
+      "xla_threads": 1,
+      "compilation_cache": "auto",
+      "em_examples": 1000,
+      "em_triplets": 20000,
+      "plot_seed": 0,
+  })
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Paper A's setup, the starting point of every study config file.
+
+  L2-normalised 128-d embeddings (paper A's head: Dense 512, ReLU, Dropout 0.5, Dense 256,
+  ReLU, Dropout 0.3, Dense 128), plain Euclidean distance, the triplet loss over all valid
+  triplets of P x K = 32 x 2 batches, Adam 1e-4, the model of the lowest validation loss
+  (at the fixed margin 1.0 of the authors' code), 1,000 verification pairs per split. The
+  margins: mu0 = 0.2, mu_last = 1.0, DAMS tau = 0.95, delta = 0.05; the controller holds
+  the easy share at 0.9 with its floor at mu0 (see :func:`schedule_margin`).
+
+  Returns:
+    A full tsm config with a ``study`` section.
+  """
+  cfg = config_lib.default_config()
+  cfg.model.head = "paper_a"
+  cfg.model.embedding_dim = 128
+  cfg.loss.name = "triplet"
+  cfg.loss.mining = "all"
+  cfg.loss.distance = "euclidean"
+  cfg.loss.reduction = "mean"
+  cfg.margin.schedule = "constant"
+  cfg.margin.initial_margin = 0.2
+  cfg.margin.final_margin = 1.0
+  cfg.margin.threshold = 0.95
+  cfg.margin.increment = 0.05
+  cfg.margin.target = 0.9
+  cfg.margin.gain = 0.5
+  cfg.margin.min_margin = 0.2
+  cfg.train.epochs = 50
+  cfg.train.sampling = "pk"
+  cfg.train.classes_per_batch = 32
+  cfg.train.samples_per_class = 2
+  cfg.train.optimizer = "adam"
+  cfg.train.learning_rate = 1e-4
+  cfg.train.best_metric = "val_loss"
+  cfg.eval.val_margin = 1.0
+  cfg.eval.num_pairs = 1000
+  cfg.eval.every_epochs = 5
+  cfg.study = study_config()
+  return cfg
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def _constant_name(margin: float) -> str:
+  return f"{CONSTANT_PREFIX}{float(margin)}"
+
+
+def all_schedules(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Every schedule name of the study, constants first."""
+  return ([_constant_name(m) for m in cfg.study.constant_margins] + list(MONOTONIC)
+          + list(ADAPTIVE))
+
+
+def schedule_names(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The schedules ``study.schedules`` selects, in the study's order.
+
+  Raises:
+    ValueError: an unknown name (one line listing the known ones).
+  """
+  known = all_schedules(cfg)
+  wanted = str(cfg.study.schedules).strip()
+  if wanted == "all":
+    return known
+  names = [n.strip() for n in wanted.split(",") if n.strip()]
+  for name in names:
+    if name not in known:
+      raise ValueError(f"study.schedules names {name!r}, not a schedule of this study; use "
+                       f"'all' or a comma-separated list of {', '.join(known)}.")
+  if not names:
+    raise ValueError("study.schedules is empty; use 'all' or e.g. 'constant_0.2,dams'.")
+  return [n for n in known if n in names]
+
+
+def stepwise_stages(initial: float, final: float, epochs: int,
+                    stages: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+  """Boundaries and margins of the LITM-style ``stepwise`` schedule.
+
+  ``min(stages, epochs)`` equal stretches of the run; the margin of stretch ``k`` is
+  ``initial + k (final - initial) / (stages - 1)``, so the last stretch trains at
+  ``final``.
+
+  Args:
+    initial: margin of the first stretch.
+    final: margin of the last stretch.
+    epochs: epochs of the run.
+    stages: number of stretches, ``>= 2``.
+
+  Returns:
+    ``(boundaries, values)`` for :func:`tsm.margins.stepwise`.
+  """
+  n = max(2, min(int(stages), int(epochs)))
+  if epochs < 2:   # one epoch: a single stage (the boundary is never reached)
+    return (1,), (float(final),)
+  boundaries = tuple(int(round(k * epochs / n)) for k in range(1, n))
+  values = tuple(float(initial + k * (final - initial) / (n - 1)) for k in range(1, n))
+  return boundaries, values
+
+
+def schedule_margin(name: str, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The ``margin`` fields of schedule ``name`` (merged over ``cfg.margin``).
+
+  Args:
+    name: a name from :func:`all_schedules`.
+    cfg: the study config (its ``margin`` section holds the shared parameters).
+
+  Returns:
+    A dict of margin fields.
+  """
+  m = cfg.margin
+  if name.startswith(CONSTANT_PREFIX):
+    return {"schedule": "constant", "initial_margin": float(name[len(CONSTANT_PREFIX):])}
+  if name in ("linear", "exponential", "dams", "controller"):
+    return {"schedule": name}
+  if name == "stepwise":
+    boundaries, values = stepwise_stages(m.initial_margin, m.final_margin,
+                                         cfg.train.epochs, cfg.study.stepwise_stages)
+    return {"schedule": "stepwise", "boundaries": boundaries, "values": values}
+  raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(all_schedules(cfg))}.")
+
+
+def split_config(cfg: ml_collections.ConfigDict
+                 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """``(training config without the study section, study section)``, both copies."""
+  full = cfg.to_dict()
+  study = ml_collections.ConfigDict(full.pop("study", study_config().to_dict()))
+  return ml_collections.ConfigDict(full), study
+
+
+def run_config(cfg: ml_collections.ConfigDict, name: str,
+               seed: int) -> ml_collections.ConfigDict:
+  """The tsm config of one run: schedule ``name``, ``seed``, no progress bar.
+
+  Args:
+    cfg: the study config.
+    name: the schedule.
+    seed: the run's seed.
+
+  Returns:
+    A full tsm config (no ``study`` section).
+  """
+  run, _ = split_config(cfg)
+  run.margin.update(schedule_margin(name, cfg))
+  run.seed = int(seed)
+  run.train.progress = False
+  return run
+
+
+def run_dir(workdir: str, name: str, seed: int) -> str:
+  """``<workdir>/runs/<schedule>/seed<k>``."""
+  return os.path.join(workdir, "runs", name, f"seed{seed}")
+
+
+def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Validates the study section and every run's config (nothing is loaded or compiled).
+
+  Returns:
+    The schedule names.
+
+  Raises:
+    tsm.config.ConfigError: one line naming the bad field and the fix.
+  """
+  s = cfg.study
+  unknown = sorted(set(s.keys()) - set(study_config().keys()))
+  if unknown:
+    raise config_lib.ConfigError(f"study.{unknown[0]} is not a study field; use one of "
+                                 f"{', '.join(study_config().keys())}.")
+  for field, minimum in (("seeds", 1), ("stepwise_stages", 2), ("em_examples", 3),
+                         ("em_triplets", 1), ("xla_threads", 0)):
+    value = s[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise config_lib.ConfigError(f"study.{field}={value!r} must be an integer >= "
+                                   f"{minimum}.")
+  if isinstance(s.workers, bool) or not isinstance(s.workers, int):
+    raise config_lib.ConfigError(f"study.workers={s.workers!r} must be an integer (<= 1 "
+                                 "runs in this process).")
+  if not (isinstance(s.plot_seed, int) and 0 <= s.plot_seed < s.seeds):
+    raise config_lib.ConfigError(f"study.plot_seed={s.plot_seed!r} must be a seed of the "
+                                 f"study, in [0, {s.seeds}).")
+  if cfg.loss.name != "triplet" or cfg.train.sampling != "pk":
+    raise config_lib.ConfigError("the margin study trains the triplet loss on P x K "
+                                 "batches; set loss.name=triplet and train.sampling=pk.")
+  if cfg.margin.get("update_every", "epoch") != "epoch":
+    raise config_lib.ConfigError("the margin study updates margins once per epoch (paper "
+                                 "A); set margin.update_every=epoch.")
+  try:
+    names = schedule_names(cfg)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  for name in names:
+    config_lib.check_config(run_config(cfg, name, 0))
+  return names
+
+
+def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
+  out = json.loads(json.dumps(config_json))
+  for section, field in _RUN_CONTROL:
+    out.get(section, {}).pop(field, None)
+  return out
+
+
+def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether ``workdir`` holds a finished run of ``config`` (summary and pairs written).
+
+  Raises:
+    tsm.config.ConfigError: the directory holds a run of another config.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    saved = json.load(f)
+  if _comparable(saved) != _comparable(json.loads(config.to_json())):
+    raise config_lib.ConfigError(
+        f"{workdir} holds a run of another config; use a new --workdir for a changed "
+        "study (or delete that run directory).")
+  return all(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json",
+                                                                "pairs.npz"))
+
+
+# ----------------------------------------------------------------------------- the hook
+
+
+def hook_epochs(epochs: int) -> tuple[int, ...]:
+  """The 0-based epochs whose effective margins are recorded: first, middle, last."""
+  return tuple(sorted({0, (epochs - 1) // 2, epochs - 1}))
+
+
+class EffectiveMarginHook:
+  """``fit`` epoch hook: effective margins of a training sample at chosen epochs.
+
+  At each recorded epoch it embeds a fixed, seeded sample of ``num_examples`` training
+  examples (eval mode, the parameters after the epoch), takes ``d(a, n) - d(a, p)`` over
+  ``num_triplets`` triplets drawn uniformly among their valid triplets (all of them when
+  fewer exist; :func:`tsm.diagnostics.effective_margins`), fits a two-component Gaussian
+  mixture (:func:`tsm.diagnostics.fit_gaussian_mixture`), writes
+  ``<workdir>/effective_margins/epoch<e>.npz`` (``values``, ``margin``: the margin
+  trained with during the epoch, ``weights``, ``means``, ``stds``) and adds to the epoch
+  record ``em_margin``, ``em_mean``, ``em_share_above_margin`` (share of the sampled
+  triplets whose effective margin exceeds that margin: paper A's observation is that it
+  grows past mu), ``em_gmm_mean_low`` / ``em_gmm_mean_high`` and ``em_gmm_weight_high``.
+
+  Args:
+    workdir: the run directory.
+    config: the run's config.
+    epochs: 0-based epochs to record (default :func:`hook_epochs`).
+    num_examples: training examples sampled (seeded by ``config.seed``).
+    num_triplets: triplets sampled among them.
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
+               epochs: tuple[int, ...] | None = None, *, num_examples: int = 1000,
+               num_triplets: int = 20000):
+    self.workdir = workdir
+    self.config = config
+    self.epochs = hook_epochs(int(config.train.epochs)) if epochs is None else epochs
+    self.num_examples = int(num_examples)
+    self.num_triplets = int(num_triplets)
+    self._margin_next: tuple[int, float] | None = None   # (epoch, margin after it)
+
+  def _margin_used(self, epoch: int) -> float:
+    """The margin of epoch ``epoch``: the previous epoch's ``margin_next``."""
+    if epoch == 0:   # every schedule starts at initial_margin
+      return float(self.config.margin.initial_margin)
+    if self._margin_next is not None and self._margin_next[0] == epoch - 1:
+      return self._margin_next[1]
+    from tsm import artifacts  # pylint: disable=import-outside-toplevel
+    log = artifacts.MetricsLog(os.path.join(self.workdir, "metrics.jsonl"))
+    records = [r for r in log.read() if r["kind"] == "epoch" and r["epoch"] == epoch - 1]
+    return float(records[-1]["margin_next"])
+
+  def __call__(self, epoch: int, state: Any, apply_fn: Any, splits: Any
+               ) -> dict[str, Any] | None:
+    # pylint: disable=import-outside-toplevel
+    import jax
+    from tsm import diagnostics, distributed, evaluation
+
+    used = self._margin_used(epoch)
+    self._margin_next = (epoch, float(jax.device_get(state.margin_state.margin)))
+    if epoch not in self.epochs:
+      return None
+    labels_all = np.asarray(splits.train.labels)
+    rng = np.random.default_rng([int(self.config.seed), 20260326])
+    n = min(self.num_examples, labels_all.size)
+    idx = np.sort(rng.choice(labels_all.size, n, replace=False))
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    variables = distributed.local_copy(variables)
+    emb = evaluation.embed(apply_fn, variables, splits.train.subset(idx),
+                           int(self.config.eval.batch_size))
+    em = diagnostics.effective_margins(
+        emb, labels_all[idx], distance=self.config.loss.distance,
+        max_triplets=self.num_triplets, seed=int(self.config.seed))
+    gmm = diagnostics.fit_gaussian_mixture(em.values, 2, weights=em.mask)
+    em, gmm = jax.device_get((em, gmm))
+    values = np.asarray(em.values)[np.asarray(em.mask, bool)].astype(np.float32)
+    if distributed.is_primary():
+      out = os.path.join(self.workdir, "effective_margins")
+      os.makedirs(out, exist_ok=True)
+      np.savez(os.path.join(out, f"epoch{epoch:03d}.npz"), values=values,
+               margin=np.float32(used), epoch=np.int32(epoch),
+               weights=np.asarray(gmm.weights), means=np.asarray(gmm.means),
+               stds=np.asarray(gmm.stds), exact=np.asarray(em.exact))
+    finite = values.size > 0
+    return {
+        "em_margin": used,
+        "em_mean": float(values.mean()) if finite else float("nan"),
+        "em_share_above_margin": float(np.mean(values > used)) if finite else float("nan"),
+        "em_gmm_mean_low": float(gmm.means[0]),
+        "em_gmm_mean_high": float(gmm.means[-1]),
+        "em_gmm_weight_high": float(gmm.weights[-1]),
+    }
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def run_one(cfg: ml_collections.ConfigDict, workdir: str, name: str, seed: int
+            ) -> dict[str, Any]:
+  """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
+
+  Args:
+    cfg: the study config.
+    workdir: the study's directory.
+    name: the schedule.
+    seed: the seed.
+
+  Returns:
+    ``{"schedule", "seed", "workdir", "seconds", "reused", "summary"}``.
+  """
+  from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
+
+  config = run_config(cfg, name, seed)
+  directory = run_dir(workdir, name, seed)
+  t0 = time.time()
+  reused = finished(directory, config)
+  if not reused:
+    os.makedirs(directory, exist_ok=True)
+    hook = EffectiveMarginHook(directory, config, num_examples=cfg.study.em_examples,
+                               num_triplets=cfg.study.em_triplets)
+    with open(os.path.join(directory, "fit.log"), "a") as log, \
+        contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+      fit_lib.fit(config, directory, epoch_hook=hook)
+  with open(os.path.join(directory, "summary.json")) as f:
+    summary = json.load(f)
+  return {"schedule": name, "seed": int(seed), "workdir": directory,
+          "seconds": time.time() - t0, "reused": reused, "summary": summary}
+
+
+def log(message: str) -> None:
+  """Progress line on stdout (flushed; the study's only console output)."""
+  print(message, file=sys.stdout, flush=True)
