@@ -1,0 +1,41 @@
+r"""Paper A's margin-scheduler study on LFW (TFDS): identity-disjoint face verification.
+
+  tsm-prepare lfw
+  python -m experiments.margin_scheduler.run \
+      --config=experiments/configs/margin_study_lfw.py --workdir=runs/margin_study_lfw \
+      --config.model.pretrained_path=efficientnet_b0.npz
+
+Identity-disjoint train / validation / test: 20 % of the identities with at least two
+images form the test set, 10 % of the training identities the validation set (by class).
+224 px RGB with ImageNet normalisation and crop / flip augmentation, an
+ImageNet-pretrained EfficientNet-B0 trunk (``tsm.models.convert_torchvision_efficientnet_b0``
+makes the ``.npz``; without it the trunk starts from scratch) with paper A's head,
+P x K = 32 identities x 2 images, Adam 1e-4, 50 epochs, the model of the lowest
+validation loss; 1,000 test pairs, half same-identity, threshold from the validation
+pairs. Wants a GPU (one worker).
+"""
+
+from experiments.margin_scheduler import study
+
+
+def get_config():
+  cfg = study.base_config()
+  cfg.data.name = "lfw"
+  cfg.data.split = "class_disjoint"
+  cfg.data.val_fraction = 0.1
+  cfg.data.test_fraction = 0.2
+  cfg.data.image_size = 224
+  cfg.data.channels = 3
+  cfg.data.normalize = "imagenet"
+  cfg.data.augment = True
+  cfg.model.name = "efficientnet_b0"
+  cfg.model.head = "paper_a"
+  cfg.model.embedding_dim = 128
+  cfg.train.epochs = 50
+  cfg.train.classes_per_batch = 32
+  cfg.train.samples_per_class = 2
+  cfg.train.learning_rate = 1e-4
+  cfg.eval.batch_size = 128
+  cfg.eval.every_epochs = 5
+  cfg.study.workers = 1
+  return cfg

@@ -1,0 +1,42 @@
+r"""Paper A's margin-scheduler study on MNIST (TFDS): EfficientNet-B0 + paper A's head.
+
+Prepare the data once (needs the ``data`` extra, i.e. TensorFlow, for the download), then
+run the study (wants a GPU; one worker process per accelerator):
+
+  tsm-prepare mnist
+  python -m experiments.margin_scheduler.run \
+      --config=experiments/configs/margin_study_mnist.py --workdir=runs/margin_study_mnist \
+      --config.model.pretrained_path=efficientnet_b0.npz
+
+Paper A's MNIST setup: grey digits repeated to 3 channels at 224 px with ImageNet
+normalisation, an ImageNet-pretrained EfficientNet-B0 trunk (convert torchvision's
+weights with ``tsm.models.convert_torchvision_efficientnet_b0`` and pass the ``.npz``;
+without it the trunk starts from scratch), paper A's head, Adam 1e-4, 50 epochs, the
+model of the lowest validation loss. MNIST has 10 classes, so the verification split is
+by image within them (the official 60,000 / 10,000 split, ``standard``, 10 % of train
+held out for validation) and P is capped at 10: P x K = 10 x 6 = 60 rows, close to paper
+A's 32 x 2 = 64. Every schedule of the study, 5 seeds.
+"""
+
+from experiments.margin_scheduler import study
+
+
+def get_config():
+  cfg = study.base_config()
+  cfg.data.name = "mnist"
+  cfg.data.split = "standard"
+  cfg.data.val_fraction = 0.1
+  cfg.data.image_size = 224
+  cfg.data.channels = 3
+  cfg.data.normalize = "imagenet"
+  cfg.model.name = "efficientnet_b0"
+  cfg.model.head = "paper_a"
+  cfg.model.embedding_dim = 128
+  cfg.train.epochs = 50
+  cfg.train.classes_per_batch = 10
+  cfg.train.samples_per_class = 6
+  cfg.train.learning_rate = 1e-4
+  cfg.eval.batch_size = 128
+  cfg.eval.every_epochs = 5
+  cfg.study.workers = 1
+  return cfg
