@@ -1,4 +1,5 @@
-"""The jitted train step, the margin bookkeeping, data parallelism and end-to-end fits."""
+"""The jitted train step, the margin bookkeeping and end-to-end fits (data parallelism:
+test_scale.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -140,44 +140,7 @@ def test_eval_step_is_the_loss_in_inference_mode():
   np.testing.assert_allclose(out["loss"], loss, rtol=1e-5)
 
 
-_MESH_SCRIPT = textwrap.dedent("""
-    import jax, numpy as np
-    from tsm import config as config_lib, margins, models, train as train_lib
-    assert jax.device_count() == 4
-    cfg = config_lib.default_config()
-    cfg.model.hidden_sizes = (8,); cfg.model.embedding_dim = 4
-    model = models.create_model(cfg.model, (6,))
-    schedule = margins.from_config(config_lib.schedule_config(cfg), 10)
-    tx = train_lib.make_optimizer(cfg.train, 100)
-    batch = {"inputs": np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32),
-             "labels": np.repeat(np.arange(4), 4).astype(np.int32)}
-    def run(mesh):
-      variables = models.init_variables(model, jax.random.key(0), (6,))
-      state = train_lib.replicate(train_lib.create_train_state(
-          variables, tx, schedule, jax.random.PRNGKey(1)), mesh)
-      step = train_lib.make_train_step(cfg, model, schedule, tx, mesh)
-      for _ in range(3):
-        state, metrics = step(state, batch)
-      return state, metrics
-    mesh = train_lib.data_mesh()
-    sharded, m_sharded = run(mesh)
-    single, m_single = run(None)
-    # The loss is over the global batch: every triplet count is the single-device one.
-    assert float(m_sharded["num_triplets"]) == float(m_single["num_triplets"]) == 4 * 4 * 3 * 12
-    for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-      assert a.sharding.is_fully_replicated
-    print("OK")
-""")
-
-
-@pytest.mark.slow
-def test_data_parallel_step_on_four_host_devices_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], capture_output=True,
-                        text=True, env=env, cwd=ROOT, timeout=300)
-  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+# The 4-device data-parallel checks (step and fit against 1 device) are in test_scale.py.
 
 
 # ---------------------------------------------------------------------- end-to-end fits
