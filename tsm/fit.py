@@ -21,6 +21,13 @@ length at that checkpoint and goes on; samplers and augmentation are pure functi
 ``(seed, epoch, step)``, so the resumed run computes exactly what an uninterrupted one
 does. A finished run's workdir just gets its summary recomputed.
 
+Scale (:mod:`tsm.distributed`): with several devices (``train.data_parallel``) or hosts
+(``distributed.initialize``) each batch is sharded over a ``("data",)`` mesh of every
+device and the state replicated; each host decodes only its share of every global batch,
+all hosts take part in the orbax checkpoints (the workdir must be shared), and only
+process 0 writes the other files. Results do not depend on the device count (up to float
+rounding), except that augmentation draws differ per host on several hosts.
+
 Config errors (and a dataset that is not prepared) raise :class:`tsm.config.ConfigError`
 before the workdir is created.
 """
