@@ -7,21 +7,26 @@ scalar, so a margin schedule never triggers a recompilation. Every loss returns
 batch at the given margin, used by :mod:`tsm.margins` and the studies.
 
 Triplet loss over all valid triplets (``mining="all"``) is exact but never builds the
-``[B, B, B]`` tensor of triplets: per anchor, the negative distances are sorted once;
-for each anchor-positive pair with threshold ``t = d_ap + mu`` the number ``c`` of
-negatives with ``d_an < t`` is found by binary search and the sum of their distances
-from prefix sums, so ``sum_n max(0, t - d_an) = c t - sum_{k<c} d_(k)``. That is
-``O(B^2 log B)`` time and ``O(B^2)`` memory. The gradient is written in closed form
-(a ``jax.custom_vjp``): ``dL/dd_ap = c`` and ``dL/dd_an = -#{p: d_an < t_ap}``, found
-the same way on sorted thresholds, so it equals the gradient of the brute-force sum
-(with ``relu'(0) = 0``, as ``jax.nn.relu``) exactly.
+``[B, B, B]`` tensor of triplets (see :func:`tsm.mining.triplet_pair_counts`):
+  * when no anchor has more than ``tsm.mining.DENSE_MAX_POSITIVES`` positives (P x K
+    batches), a loop over the k-th positive of every anchor, one vectorised pass over
+    the ``[B, B]`` distances per step: ``O(B^2 K)`` time, no sorting;
+  * otherwise, per anchor the negative distances are sorted once; for each
+    anchor-positive pair with threshold ``t = d_ap + mu`` the number ``c`` of negatives
+    with ``d_an < t`` is found by binary search and the sum of their distances from
+    prefix sums, ``sum_n max(0, t - d_an) = c t - sum_{k<c} d_(k)``:
+    ``O(B^2 log B)`` time.
+Both use ``O(B^2)`` memory. The gradient is written in closed form (a
+``jax.custom_vjp``): ``dL/dd_ap = c`` and ``dL/dd_an = -#{p: d_an < t_ap}``, counted in
+the forward pass, so it equals the gradient of the brute-force sum (with
+``relu'(0) = 0``, as ``jax.nn.relu``) exactly.
 
 Floating-point convention: a triplet's loss is ``max(0, t - d_an)`` with
 ``t = d_ap + mu`` rounded first; it is active (non-zero) iff ``d_an < t``. Triplet types
-use the same ``t`` (see :mod:`tsm.mining`). The prefix-sum form (sort path) rounds differently
-from summing the hinge terms one by one; the two agree to float32 precision (relative
-error of order ``1e-7 * B`` of ``c t``, reduced by measuring distances from the row's
-closest negative).
+use the same ``t`` (see :mod:`tsm.mining`). The prefix-sum form (sort path) rounds
+differently from summing the hinge terms one by one; the two agree to float32
+precision (relative error of order ``1e-7 * B`` of ``c t``, reduced by measuring
+distances from the row's closest negative). Counts and gradients are exact.
 
 Counts in the stats are float32: exact integers up to ``2^24`` per batch, float32
 rounded above (a batch of 4096 can hold ~7e10 triplets).
@@ -192,7 +197,8 @@ def triplet_margin_loss(
 
   Mining modes:
     * ``"all"``: every valid triplet ``(a, p, n)`` (``a != p`` same label, ``n`` another
-      label), computed exactly in ``O(B^2 log B)`` time and ``O(B^2)`` memory.
+      label), computed exactly in ``O(B^2 min(K, log B))`` time (K: most positives of
+      an anchor) and ``O(B^2)`` memory.
     * ``"hard"``: batch-hard (Hermans et al.): per anchor, its farthest positive and
       closest negative; anchors without a positive or a negative are left out.
     * ``"semihard"``: per anchor-positive pair, the closest negative farther than the
