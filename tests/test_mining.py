@@ -197,3 +197,22 @@ def test_loss_sort_path_gradient_matches_bruteforce(monkeypatch, mining_mode):
       np.testing.assert_allclose(loss, loss_b, rtol=2e-5)
       np.testing.assert_allclose(gx, gx_b, rtol=1e-4, atol=1e-5)
       np.testing.assert_allclose(gm, gm_b, rtol=1e-6)
+
+
+def test_auto_branches_under_vmap():
+  """vmap turns the dense/sort lax.cond into a select: still exact per batch."""
+  x1, labels1, valid1 = _batch(9, 5)  # few positives per anchor: dense
+  x2, labels2, valid2 = _batch(2, 6)
+  labels2[:36] = 0  # 35 positives per anchor: sort
+  xs = jnp.asarray(np.stack([x1, x2]))
+  ys = jnp.asarray(np.stack([labels1, labels2]))
+  vs = jnp.asarray(np.stack([valid1, valid2]))
+  fn = jax.value_and_grad(
+      lambda x, y, v: losses.triplet_margin_loss(x, y, 0.5, valid=v), has_aux=True)
+  (loss, stats), grads = jax.jit(jax.vmap(fn))(xs, ys, vs)
+  for i in range(2):
+    (loss_i, stats_i), grads_i = fn(xs[i], ys[i], vs[i])
+    np.testing.assert_allclose(loss[i], loss_i, rtol=1e-5)
+    np.testing.assert_allclose(grads[i], grads_i, rtol=1e-4, atol=1e-6)
+    for a, b in zip(stats, stats_i):
+      np.testing.assert_allclose(a[i], b, rtol=1e-6)
