@@ -18,7 +18,7 @@ more than one), then measures:
 Setups (global batch ``--batch``, P = 8 classes x K = batch / 8):
   ``mlp``: paper B's MLP on the synthetic 128-d set;
   ``convnet``: paper B's MNIST ConvNet on digits resized to 28 x 28;
-  ``resnet18``: ResNet-18 (CIFAR stem) on digits at 32 x 32 x 3 with augmentation (random
+  ``resnet18``: ResNet-18 (CIFAR stem, linear head to 128-d) on digits at 32 x 32 x 3 with augmentation (random
   crop); run with ``--resnet-steps`` steps only, as it is slow on a CPU.
 
 The report starts with ``jax.devices()[0].device_kind`` and the device count: rerun on
@@ -54,7 +54,7 @@ SETUPS = {
                 {"name": "convnet"}),
     "resnet18": ({"name": "digits", "split": "by_image", "image_size": 32, "channels": 3,
                   "augment": True},
-                 {"name": "resnet18", "stem": "cifar", "embedding_dim": 128}),
+                 {"name": "resnet18", "stem": "cifar", "head": "linear", "embedding_dim": 128}),
 }
 
 
