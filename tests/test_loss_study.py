@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 import pytest
@@ -86,6 +87,25 @@ def test_each_run_is_analysed_once_and_checkpointed_at_the_end(study_dir):
   # A rerun reuses every finished run.
   out = study_run.run_study(tiny_study(), workdir)
   assert all(r["reused"] for r in out["runs"])
+
+
+@pytest.mark.slow
+def test_epoch_curves_are_the_means_of_the_jitted_steps_metrics(study_dir):
+  """Issue 5 item 2: loss, active ratio and gradient norm come out of the train step per
+  step, and fit's epoch records (the study's curves) are their per-epoch means."""
+  workdir, _ = study_dir
+  for loss in ("contrastive", "triplet"):
+    rundir = report.run_dir(workdir, "digits", loss, 1)
+    with open(os.path.join(rundir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+    with open(os.path.join(rundir, "analysis.json")) as f:
+      curves = json.load(f)["curves"]
+    for key in ("loss", "active_ratio", "grad_norm"):
+      for epoch in range(2):
+        steps = [r[key] for r in records if r["kind"] == "step" and r["epoch"] == epoch]
+        assert len(steps) == 8 and all(math.isfinite(v) for v in steps)
+        assert min(steps) >= 0 and (key != "active_ratio" or max(steps) <= 1)
+        assert curves[key][epoch] == pytest.approx(sum(steps) / len(steps), rel=1e-6)
 
 
 @pytest.mark.parametrize("field,value,message", [

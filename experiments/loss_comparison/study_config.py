@@ -138,13 +138,22 @@ def digits() -> ml_collections.ConfigDict:
 
 
 def mnist1d() -> ml_collections.ConfigDict:
-  """MNIST-1D (4,000 / 1,000 official split), the conv1d trunk, 32-d, 40 epochs."""
+  """MNIST-1D (4,000 / 1,000 official split), a wider conv1d, 32-d, 80 epochs.
+
+  Three convolutions of 64 channels and a Dense(128) hidden layer before the 32-d
+  embedding: with the default conv1d (32 channels, no hidden layer) neither loss fell to
+  10% of its first epoch within 120 epochs, so paper B's loss-decay was undefined; with
+  this one the contrastive loss gets there after 54-60 epochs, the triplet loss after
+  34-38 (measured at 60 epochs, 5 seeds; 3 contrastive seeds had not yet).
+  """
   cfg = _paper_b_base()
   cfg.data.name = "mnist1d"
   cfg.data.split = "standard"
   cfg.model.name = "conv1d"
+  cfg.model.conv_features = (64, 64, 64)
+  cfg.model.hidden_sizes = (128,)
   cfg.model.embedding_dim = 32
-  cfg.train.epochs = 40
+  cfg.train.epochs = 80
   return cfg
 
 
