@@ -74,8 +74,7 @@ def _np_pair_counts(dist, pos, neg, margin):
   return active, hard, pushes, hinge
 
 
-@functools.partial(jax.jit, static_argnames=("method", "distance"))
-def _pair_counts(x, labels, valid, margin, *, method, distance):
+def _pair_counts_impl(x, labels, valid, margin, *, method, distance):
   dist = pairwise_distances(x, distance=distance)
   pos, neg = mining.label_masks(labels, valid)
   counts = mining.triplet_pair_counts(dist, pos, neg, margin, with_pushes=True,
@@ -84,8 +83,16 @@ def _pair_counts(x, labels, valid, margin, *, method, distance):
   return dist, counts, types
 
 
-@pytest.mark.parametrize("method", mining.COUNT_METHODS)
-def test_triplet_pair_counts_against_loops(method):
+_pair_counts = jax.jit(_pair_counts_impl, static_argnames=("method", "distance"))
+
+
+@pytest.mark.parametrize("method", mining.COUNT_METHODS + ("compact",))
+def test_triplet_pair_counts_against_loops(method, monkeypatch):
+  pair_counts = _pair_counts
+  if method == "compact":  # auto, with the sort branch on positives gathered in slots
+    monkeypatch.setattr(mining, "_sort_widths", lambda n, max_k: [36])
+    pair_counts = jax.jit(functools.partial(_pair_counts_impl, method="auto"),
+                          static_argnames=("distance",))
   # 2 classes: ~19 positives per anchor (dense fits); 2 classes with B=40 and
   # DENSE_MAX_POSITIVES=32 still dense; force the sort branch of "auto" with one class
   # holding most of the batch.
@@ -96,9 +103,10 @@ def test_triplet_pair_counts_against_loops(method):
     x, labels, valid = _batch(num_classes, seed, grid=distance != "cosine")
     if num_classes == 2 and seed == 0:
       labels[:36] = 0  # 35 positives per anchor > DENSE_MAX_POSITIVES: sort under auto
-    dist, counts, types = _pair_counts(jnp.asarray(x), jnp.asarray(labels),
-                                       jnp.asarray(valid), jnp.float32(margin),
-                                       method=method, distance=distance)
+    kwargs = {} if method == "compact" else {"method": method}
+    dist, counts, types = pair_counts(jnp.asarray(x), jnp.asarray(labels),
+                                      jnp.asarray(valid), jnp.float32(margin),
+                                      distance=distance, **kwargs)
     dist = np.asarray(dist)
     pos, neg = _np_masks(labels, valid)
     if method == "dense" and pos.sum(1).max() > mining.DENSE_MAX_POSITIVES:

@@ -234,15 +234,27 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k):
   return PairCounts(active, hard, pushes, hinge)
 
 
-def _sort_pair_counts(dist, positive, negative, margin, with_pushes):
-  """Sorted negatives per anchor and binary search; O(B^2 log B)."""
-  thresholds = dist + margin
+def _sort_pair_counts(dist, positive, negative, margin, with_pushes, width=None):
+  """Sorted negatives per anchor and binary search; O(B^2 log B).
+
+  With ``width`` the positives of each row are first gathered into ``width`` slots
+  (requires at most ``width`` positives per anchor), so that the two forward searches
+  run over ``[B, width]`` queries instead of ``[B, B]``.
+  """
+  shape = dist.shape
   inf = jnp.asarray(jnp.inf, dist.dtype)
+  if width is None:
+    query_dist, query_used = dist, positive
+  else:
+    num_positives, slots = _positive_slots(positive, width)
+    query_dist = jnp.take_along_axis(dist, slots, axis=1)
+    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  thresholds = query_dist + margin
   neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
   active = row_searchsorted(neg_keys, float_sort_key(thresholds), side="left")
-  hard = row_searchsorted(neg_keys, float_sort_key(dist), side="right")
-  active = jnp.where(positive, active, 0)
-  hard = jnp.where(positive, hard, 0)
+  hard = row_searchsorted(neg_keys, float_sort_key(query_dist), side="right")
+  active = jnp.where(query_used, active, 0)
+  hard = jnp.where(query_used, hard, 0)
   # sum_{n: d_an < t} (t - d_an) = c t - (prefix sum of the c closest negatives),
   # with distances measured from the row's closest negative to limit cancellation.
   sorted_neg = float_from_sort_key(neg_keys)
@@ -255,13 +267,21 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes):
   per_pair = active.astype(dist.dtype) * (thresholds - closest) - below
   hinge = jnp.sum(jnp.where(active > 0, jnp.maximum(per_pair, 0.0), 0.0))
   if with_pushes:
-    # #{p: d_an < t_ap} = B - #{p: t_ap <= d_an}; non-positives sort first at -inf.
-    t_keys = jnp.sort(float_sort_key(jnp.where(positive, thresholds, -inf)), axis=1)
+    # #{p: d_an < t_ap} = (#slots) - #{slots: t <= d_an}; unused slots sort first at -inf.
+    t_keys = jnp.sort(float_sort_key(jnp.where(query_used, thresholds, -inf)), axis=1)
     not_above = row_searchsorted(t_keys, float_sort_key(dist), side="right")
-    pushes = jnp.where(negative, dist.shape[1] - not_above, 0)
+    pushes = jnp.where(negative, t_keys.shape[1] - not_above, 0)
   else:
-    pushes = jnp.zeros(dist.shape, jnp.int32)
+    pushes = jnp.zeros(shape, jnp.int32)
+  if width is not None:
+    active = _from_slots(active, slots, num_positives, shape)
+    hard = _from_slots(hard, slots, num_positives, shape)
   return PairCounts(active, hard, pushes, hinge.astype(dist.dtype))
+
+
+def _sort_widths(n: int, max_k: int) -> list[int]:
+  """Static slot widths of the compacted sort branches for rows of length ``n``."""
+  return [w for w in (n // 16, n // 4) if max_k < w < n - 1]
 
 
 def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
@@ -277,8 +297,10 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     with_pushes: also compute :attr:`PairCounts.pushes` (for the gradient).
     method: ``"dense"`` (``O(B^2 K)``, K the largest number of positives of an
       anchor; requires ``K <= DENSE_MAX_POSITIVES``, more are ignored), ``"sort"``
-      (``O(B^2 log B)``) or ``"auto"`` (dense when ``K <= DENSE_MAX_POSITIVES``,
-      decided at run time by ``jax.lax.cond``; under ``vmap`` both branches run).
+      (``O(B^2 log B)``) or ``"auto"``: dense when ``K <= DENSE_MAX_POSITIVES``, else
+      sort, with the positives first gathered into ``B/16`` or ``B/4`` slots when they
+      fit (fewer binary searches); decided at run time by ``jax.lax.switch`` (under
+      ``vmap`` all branches run).
 
   Returns:
     :class:`PairCounts`.
@@ -288,18 +310,23 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   chex.assert_rank([dist, positive, negative], 2)
   dist = jax.lax.stop_gradient(dist)
   margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
-  max_k = min(DENSE_MAX_POSITIVES, dist.shape[1])
+  n = dist.shape[1]
+  max_k = min(DENSE_MAX_POSITIVES, n)
   dense = lambda: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
                                      max_k)
-  sort = lambda: _sort_pair_counts(dist, positive, negative, margin, with_pushes)
+  sort = lambda width=None: _sort_pair_counts(dist, positive, negative, margin,
+                                              with_pushes, width)
   if method == "dense":
     return dense()
   if method == "sort" or max_k < 1:
     return sort()
-  if dist.shape[1] - 1 <= max_k:  # No anchor can have more positives than that.
+  if n - 1 <= max_k:  # No anchor can have more positives than that.
     return dense()
+  widths = _sort_widths(n, max_k)
+  branches = [dense] + [lambda w=w: sort(w) for w in widths] + [sort]
+  capacities = jnp.array([max_k] + widths, jnp.int32)
   most = jnp.max(jnp.sum(positive, axis=1, dtype=jnp.int32), initial=0)
-  return jax.lax.cond(most <= max_k, dense, sort)
+  return jax.lax.switch(jnp.sum(most > capacities), branches)
 
 
 def counts_from_pairs(num_negatives: chex.Array, positive: chex.Array,
