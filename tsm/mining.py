@@ -13,7 +13,9 @@ algorithms, chosen at run time by ``jax.lax.cond``:
   * ``"sort"`` otherwise: per anchor the negative distances are sorted and every
     threshold is located by binary search: ``O(B^2 log B)`` time, ``O(B^2)`` memory.
     Sorting works on uint32 keys that order like the floats (XLA's CPU sort is
-    several times faster on integers than on floats).
+    several times faster on integers than on floats). When every anchor's positives
+    fit in ``B/16`` or ``B/4`` slots, they are gathered there first, so the searches
+    run over fewer queries.
 
 Conventions:
   * ``positive[a, p]`` is true for ``a != p`` with the same label (both rows valid).
