@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from absl import app
@@ -148,6 +149,10 @@ def setup_process(cache_dir: str | None) -> None:
   """Per-process JAX settings: the persistent compilation cache, quiet logs."""
   import jax  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
+  # Two workers compiling the same program may both write its cache entry; one can read
+  # the other's half-written file, which JAX reports and then compiles itself. Benign.
+  warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
+                          category=UserWarning)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
