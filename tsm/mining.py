@@ -4,7 +4,7 @@ Helpers shared by the losses in :mod:`tsm.losses`. Everything here works on a
 precomputed ``[B, B]`` distance matrix and boolean label masks, is pure, fixed-shape
 and jit/grad/vmap-safe, and never materialises a ``[B, B, B]`` tensor. Counting
 over all ``O(B^3)`` triplets (:func:`triplet_pair_counts`) uses one of two exact
-algorithms, chosen at run time by ``jax.lax.cond``:
+algorithms, chosen at run time by ``jax.lax.switch``:
 
   * ``"dense"`` when every anchor has at most ``DENSE_MAX_POSITIVES`` positives (the
     usual P x K batches): a loop over the k-th positive of every anchor, each step
