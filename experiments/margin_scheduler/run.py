@@ -13,9 +13,13 @@ exponential and stepwise increase, DAMS, tsm's controller; see
 finished run.
 
 Runs are spread over ``study.workers`` processes (forked after the data are loaded, so
-they share it; XLA single-threaded per process with ``study.xla_threads=1``). The JAX
+they share it; ``study.xla_threads=1`` makes XLA single-threaded in each). The JAX
 persistent compilation cache (``study.compilation_cache``) lets every run after the
-first of each process load its compiled programs instead of compiling them. A rerun with
+first of each process load its compiled programs instead of compiling them: the margin
+is a traced value and the schedule enters only the small end-of-epoch update, so one
+train step, eval step and embedding program serve every schedule and seed. Its keys
+hash the program, the XLA flags, the compile options and (through them) the cache's own
+path, so only identical programs share an entry. A rerun with
 the same workdir reuses finished runs (same config) and trains the missing ones, so an
 interrupted study resumes; a changed config needs a new workdir.
 
