@@ -448,8 +448,9 @@ def semihard_negatives(dist: chex.Array, positive: chex.Array, negative: chex.Ar
     positive: ``[B, B]`` positive mask.
     negative: ``[B, B]`` negative mask.
     method: ``"dense"`` (loop over the k-th positive, ``O(B^2 K)``), ``"sort"``
-      (sorted negatives and binary search, ``O(B^2 log B)``) or ``"auto"``, as in
-      :func:`triplet_pair_counts`.
+      (stable sort of the negatives with their columns and binary search,
+      ``O(B^2 log B)``) or ``"auto"``: dense when ``K <= DENSE_MAX_POSITIVES``, else
+      sort (``jax.lax.cond``; under ``vmap`` both run).
 
   Returns:
     ``(neg_index, pair_mask)``: ``[B, B]`` int32 column index of the chosen negative
