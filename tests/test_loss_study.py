@@ -135,3 +135,7 @@ def test_run_config_follows_the_sampling_choice():
   run = study_run.run_config(cfg, "synthetic", "triplet", 0)
   assert (run.train.sampling, run.loss.mining) == ("pk", "semihard")
   assert study_run.run_config(cfg, "synthetic", "contrastive", 0).loss.mining == "all"
+  gpu = study_config.study_config(("cifar10",))
+  assert not study_run.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
+  gpu.cifar10.model.pretrained_path = "/weights/resnet18.npz"   # paper B: frozen trunk
+  assert study_run.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
