@@ -183,6 +183,19 @@ def _line(i: int, n: int, r: dict[str, Any]) -> str:
           f"loss-decay {r['loss_decay_epochs']}")
 
 
+def _describe(run: ml_collections.ConfigDict) -> str:
+  m, t = run.model, run.train
+  parts = [f"model {m.name}" + (f" + {m.head} head" if m.head != "none" else "")
+           + f", {m.embedding_dim}-d",
+           f"{t.epochs} epochs", f"batch {t.batch_size}" if t.sampling != "pk" else
+           f"batch {t.classes_per_batch} x {t.samples_per_class}",
+           f"lr {t.learning_rate:g}", f"split {run.data.split}"]
+  if m.get("pretrained_path"):
+    parts.append(f"pretrained trunk {m.pretrained_path}"
+                 + (" (frozen)" if m.freeze_trunk else ""))
+  return ", ".join(parts)
+
+
 def _order(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Costliest first (epochs x batch rows as a proxy), so parallel workers end together."""
   def cost(task):
@@ -231,8 +244,10 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   seeds = list(range(s.first_seed, s.first_seed + s.seeds))
   preamble = (f"Settings: losses {', '.join(s.losses)}; sampling "
               f"{'paper B random triplets / pairs' if s.sampling == 'paper' else s.sampling}"
-              f"; seeds {seeds}; datasets {', '.join(s.datasets)}. Per-dataset model, epochs "
-              "and split: see each run's config.json.\n")
+              f"; seeds {seeds}; margin 1.0, Euclidean distance on L2-normalised "
+              "embeddings, Adam. Per dataset:\n\n" + "".join(
+                  f"* {d}: {_describe(run_config(cfg, d, s.losses[0], seeds[0]))}\n"
+                  for d in s.datasets))
   rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
                             gmm_components=int(s.gmm_components), preamble=preamble)
   wall = time.time() - t0
