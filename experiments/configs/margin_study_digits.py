@@ -1,4 +1,4 @@
-r"""Paper A's margin-scheduler study on scikit-learn's digits (offline, a CPU minute or two).
+r"""Paper A's margin-scheduler study on scikit-learn's digits (offline, ~3 CPU minutes).
 
   python -m experiments.margin_scheduler.run \
       --config=experiments/configs/margin_study_digits.py --workdir=runs/margin_study_digits
@@ -7,7 +7,8 @@ The smallest offline set (1,797 8x8 images, 10 classes): verification split by i
 within the same classes (``by_image``: 20 % test, then 20 % of the rest for validation),
 an MLP trunk (128) with paper A's head (512-256-128, dropout off as in the mnist1d study),
 P x K = 10 x 4 (P capped by the 10 classes), Adam 1e-3, 20 epochs, every schedule and
-seed as in ``margin_study_mnist1d.py``.
+seed as in ``margin_study_mnist1d.py`` (45 runs: 173 s measured on 2 shared cores). Digits
+is nearly solved by every schedule (test AUC ~0.997), so it separates them less than mnist1d.
 """
 
 from experiments.margin_scheduler import study
