@@ -36,22 +36,15 @@ import time
 import warnings
 from typing import Any
 
-from absl import app
-from absl import flags
 from absl import logging
 import ml_collections
-from ml_collections import config_flags
 
 from experiments.loss_comparison import analysis
 from experiments.loss_comparison import report
 from experiments.loss_comparison import study_config
+from tsm import cli as cli_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Study config file (experiments/configs/loss_study_*.py).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumed if it exists).")
-
-USAGE_ERROR = 2
+USAGE_ERROR = cli_lib.USAGE_ERROR
 # The in-batch samplings: triplet mining applies; the contrastive loss takes all pairs.
 _SAMPLING = {"triplet": "triplets", "contrastive": "pairs"}
 
@@ -259,29 +252,20 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"runs": records, "wall_seconds": wall, "report": rep}
 
 
-def _main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}; pass options as --name=value.")
-  if _WORKDIR.value is None:
-    _fail("--workdir is required, e.g. --workdir=runs/loss_study.")
-  if _CONFIG.value is None:
-    _fail("--config is required, e.g. --config=experiments/configs/loss_study_offline.py.")
+def main(argv: list[str] | None = None) -> None:
+  """Command-line entry point (see the module docstring)."""
+  cli = cli_lib.ConfigCommand(
+      "loss_comparison", "experiments/configs/loss_study_offline.py", "runs/loss_study",
+      config_help="Study config file (experiments/configs/loss_study_*.py).")
+  cli.parse(sys.argv if argv is None else argv)
+  logging.set_verbosity(logging.WARNING)
   try:
-    out = run_study(_CONFIG.value, _WORKDIR.value)
+    out = run_study(cli.config, cli.workdir)
   except StudyError as e:
-    _fail(str(e))
+    cli.fail(str(e))
   print()
   print(out["report"]["verdicts"])
-  print(f"wrote {os.path.join(_WORKDIR.value, 'report.md')} in {out['wall_seconds']:.1f} s")
-
-
-def _fail(message: str) -> None:
-  print(f"loss_comparison: error: {message}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
-
-
-def main() -> None:
-  app.run(_main)
+  print(f"wrote {os.path.join(cli.workdir, 'report.md')} in {out['wall_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -35,14 +35,13 @@ import sys
 import time
 from typing import Any, Sequence
 
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from experiments.margin_scheduler import report
 from experiments.margin_scheduler import study
+from tsm import cli as cli_lib
 
-USAGE_ERROR = 2
+USAGE_ERROR = cli_lib.USAGE_ERROR
 _CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                   "jax_persistent_cache_min_entry_size_bytes")
 
@@ -176,39 +175,16 @@ def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
   return text
 
 
-def _fail(message: str) -> None:
-  print(f"margin study: error: {message}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
-
-
-def _flags(argv: list[str]) -> tuple[Any, str]:
-  """Parses ``--config`` / ``--workdir`` (own FlagValues: tsm-train's flags stay apart)."""
-  values = flags.FlagValues()
-  config = config_flags.DEFINE_config_file(
-      "config", None, "Study config file (a .py with get_config()), e.g. "
-      "experiments/configs/margin_study_mnist1d.py.", flag_values=values, lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Study directory (created; finished runs "
-                                "in it are reused).", flag_values=values)
-  try:
-    rest = values(argv)
-  except flags.Error as e:
-    _fail(str(e).strip().splitlines()[0])
-  except (AttributeError, KeyError) as e:
-    _fail(f"a --config.* override names no config field: {e}")
-  except Exception as e:  # pylint: disable=broad-except  # raised by the config file
-    _fail(f"--config failed: {type(e).__name__}: {e}")
-  if len(rest) > 1:
-    _fail(f"unexpected arguments {rest[1:]}; pass options as --name=value.")
-  if workdir.value is None or config.value is None:
-    _fail("--config and --workdir are required, e.g. --config=experiments/configs/"
-          "margin_study_mnist1d.py --workdir=runs/margin_study.")
-  return config.value, workdir.value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point (see the module docstring)."""
   argv = list(sys.argv if argv is None else argv)
-  cfg, workdir = _flags(argv)
+  cli = cli_lib.ConfigCommand(
+      "margin study", "experiments/configs/margin_study_mnist1d.py", "runs/margin_study",
+      config_help="Study config file (a .py with get_config()), e.g. "
+      "experiments/configs/margin_study_mnist1d.py.",
+      workdir_help="Study directory (created; finished runs in it are reused).")
+  cli.parse(argv)
+  cfg, workdir = cli.config, cli.workdir
   logging.set_verbosity(logging.WARNING)
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   command = "python -m experiments.margin_scheduler.run " + " ".join(
@@ -216,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     text = run_study(cfg, workdir, command=command)
   except config_lib.ConfigError as e:
-    _fail(str(e))
+    cli.fail(str(e))
   print(text)
 
 
