@@ -428,7 +428,11 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
     initial_margin: margin of epoch 0, in ``[min_margin, max_margin]``.
     target: easy share to hold, in ``[0, 1]``.
     gain: margin change per unit of share error, ``>= 0``.
-    min_margin: lower bound, ``>= 0``.
+    min_margin: lower bound, ``>= 0``. Early in training the easy share is far below any
+      high target, so with a floor of 0 the controller first drives the margin to 0 and
+      only raises it once the model has caught up; to keep the first epochs at least as
+      hard as a constant ``initial_margin`` (as DAMS does), set ``min_margin =
+      initial_margin`` — the margin study does (``experiments/margin_scheduler``).
     max_margin: upper bound, ``>= min_margin``. Default 2.0, the diameter of the unit
       sphere: for L2-normalised embeddings under Euclidean or cosine distance every triplet
       is violating beyond it (use 4.0 for squared Euclidean).
