@@ -27,10 +27,12 @@ Pools and splits:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from typing import Any, Sequence
 
+from absl import logging as absl_logging
 import numpy as np
 
 from tsm.data import config as config_lib
@@ -54,6 +56,17 @@ def prepare_command(name: str, data_dir: str | None, overwrite: bool = False) ->
   if overwrite:
     cmd += " --overwrite"
   return cmd
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """Holds absl's log output at ERROR, so a missing dataset reads as one line."""
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)
 
 
 def _not_prepared(name: str, data_dir: str | None, error: Exception) -> Exception:
@@ -85,10 +98,12 @@ def open_sources(name: str, data_dir: str | None) -> dict[str, Any]:
   tfds = _tfds()
   split_names = TFDS_SPLITS.get(name, _DEFAULT_SPLITS)
   try:
-    sources = tfds.data_source(name, split=list(split_names), data_dir=data_dir,
-                               download=False)
+    with _quiet_absl():   # tfds warns about an empty data dir before failing
+      sources = tfds.data_source(name, split=list(split_names), data_dir=data_dir,
+                                 download=False)
   except Exception as e:  # pylint: disable=broad-except
-    raise _not_prepared(name, data_dir, e) from None
+    with _quiet_absl():
+      raise _not_prepared(name, data_dir, e) from None
   return dict(zip(split_names, sources))
 
 
