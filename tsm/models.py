@@ -265,6 +265,20 @@ def check_model_config(model_config: ml_collections.ConfigDict,
 # ---------------------------------------------------------------------------
 
 
+def _dense_stack(x: jax.Array, hidden_sizes: Sequence[int], output_dim: int | None,
+                 dtype: Any) -> jax.Array:
+  """Flatten, ``Dense(h), ReLU`` per hidden size (``dense{i}``), optional linear ``out``.
+
+  Called from a trunk's compact ``__call__``, so the layers are that trunk's submodules.
+  """
+  x = x.reshape((x.shape[0], -1))
+  for i, h in enumerate(hidden_sizes):
+    x = nn.relu(nn.Dense(h, dtype=dtype, name=f"dense{i}")(x))
+  if output_dim is not None:
+    x = nn.Dense(output_dim, dtype=dtype, name="out")(x)
+  return x
+
+
 class MLP(nn.Module):
   """Dense trunk: flatten, ``Dense(h), ReLU`` per hidden size, optional output layer.
 
@@ -280,12 +294,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    x = x.reshape((x.shape[0], -1))
-    for i, h in enumerate(self.hidden_sizes):
-      x = nn.relu(nn.Dense(h, dtype=self.dtype, name=f"dense{i}")(x))
-    if self.output_dim is not None:
-      x = nn.Dense(self.output_dim, dtype=self.dtype, name="out")(x)
-    return x
+    return _dense_stack(x, self.hidden_sizes, self.output_dim, self.dtype)
 
 
 class ConvNet(nn.Module):
@@ -310,12 +319,7 @@ class ConvNet(nn.Module):
     for i, f in enumerate(self.conv_features):
       x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))
-    for i, h in enumerate(self.hidden_sizes):
-      x = nn.relu(nn.Dense(h, dtype=self.dtype, name=f"dense{i}")(x))
-    if self.output_dim is not None:
-      x = nn.Dense(self.output_dim, dtype=self.dtype, name="out")(x)
-    return x
+    return _dense_stack(x, self.hidden_sizes, self.output_dim, self.dtype)
 
 
 class Conv1DNet(nn.Module):
@@ -344,12 +348,7 @@ class Conv1DNet(nn.Module):
       x = nn.Conv(f, (k,), strides=(2,), padding="SAME", dtype=self.dtype,
                   name=f"conv{i}")(x)
       x = nn.relu(x)
-    x = x.reshape((x.shape[0], -1))
-    for i, h in enumerate(self.hidden_sizes):
-      x = nn.relu(nn.Dense(h, dtype=self.dtype, name=f"dense{i}")(x))
-    if self.output_dim is not None:
-      x = nn.Dense(self.output_dim, dtype=self.dtype, name="out")(x)
-    return x
+    return _dense_stack(x, self.hidden_sizes, self.output_dim, self.dtype)
 
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for ResNet and
