@@ -342,13 +342,11 @@ def triplet_margin_loss_from_triplets(
   return _reduce(total, num, num_active, reduction), _no_grad(stats)
 
 
-def _contrastive_terms(dist, same, margin, positive_margin):
-  pull = jnp.square(jax.nn.relu(dist - positive_margin))
-  push = jnp.square(jax.nn.relu(margin - dist))
-  return jnp.where(same, pull, push)
-
-
-def _pair_stats(dist, same, mask, losses, reduction):
+def _contrastive(dist, same, mask, margin, positive_margin, reduction):
+  """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``."""
+  pull = jnp.square(jax.nn.relu(dist - jnp.asarray(positive_margin, dist.dtype)))
+  push = jnp.square(jax.nn.relu(jnp.asarray(margin, dist.dtype) - dist))
+  losses = jnp.where(same, pull, push)
   sdist = jax.lax.stop_gradient(dist)
   num_pairs = mining_lib.count_sum(mask)
   num_active = mining_lib.count_sum(mask & (jax.lax.stop_gradient(losses) > 0))
@@ -414,9 +412,7 @@ def contrastive_loss(
     chex.assert_shape(valid, labels.shape)
     valid = valid.astype(bool)
     mask = mask & valid[:, None] & valid[None, :]
-  losses = _contrastive_terms(dist, same, jnp.asarray(margin, dtype),
-                              jnp.asarray(positive_margin, dtype))
-  return _pair_stats(dist, same, mask, losses, reduction)
+  return _contrastive(dist, same, mask, margin, positive_margin, reduction)
 
 
 def contrastive_loss_from_pairs(
@@ -461,6 +457,5 @@ def contrastive_loss_from_pairs(
   chex.assert_shape(valid, same.shape)
   same = same.astype(bool)
   dist = paired_distances(x1.astype(dtype), x2.astype(dtype), distance=distance)
-  losses = _contrastive_terms(dist, same, jnp.asarray(margin, dtype),
-                              jnp.asarray(positive_margin, dtype))
-  return _pair_stats(dist, same, valid.astype(bool), losses, reduction)
+  return _contrastive(dist, same, valid.astype(bool), margin, positive_margin,
+                      reduction)
