@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tsm import config as config_lib
+from tsm import evaluation
 from tsm import fit as fit_lib
 from tsm import losses
 from tsm import margins
@@ -179,6 +180,24 @@ def test_fit_end_to_end_loss_decreases(tmp_path, dataset, model):
   assert epoch_records[-1]["loss"] < epoch_records[0]["loss"]
   assert epoch_records[-1]["val_loss"] < epoch_records[0]["val_loss"]
   assert "val_map@r" in epoch_records[1] and "val_map@r" not in epoch_records[0]
+
+
+def test_fit_embeds_every_split_with_one_apply_fn(tmp_path, monkeypatch):
+  # One apply_fn object for the whole run: evaluation.embed's jit cache then compiles the
+  # forward pass once per batch shape, not once per evaluation.
+  seen = []
+  jitted = evaluation._jitted  # pylint: disable=protected-access
+
+  def spy(apply_fn):
+    seen.append(apply_fn)
+    return jitted(apply_fn)
+
+  monkeypatch.setattr(evaluation, "_jitted", spy)
+  hooked = []
+  fit_lib.fit(tiny_config(epochs=2, steps_per_epoch=2), str(tmp_path),
+              epoch_hook=lambda epoch, state, apply_fn, splits: hooked.append(apply_fn))
+  assert len(seen) >= 3    # validation after each epoch, then the summary's splits
+  assert all(fn is seen[0] for fn in seen + hooked)
 
 
 @pytest.mark.slow
