@@ -9,7 +9,7 @@ their modules' ``default_config()``, plus ``loss``, ``train``, ``eval`` and
 :func:`check_config` validates every value before anything is loaded or compiled and
 raises :class:`ConfigError`, a ``ValueError`` whose message is one line naming the field
 and the fix. :func:`check_config_with_data` adds the checks that need the loaded dataset
-(batch shape against the split sizes, model against the input shape); ``tsm.train.fit``
+(batch shape against the split sizes, model against the input shape); ``tsm.fit.fit``
 runs both before it creates the workdir.
 """
 

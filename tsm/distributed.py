@@ -228,13 +228,6 @@ def divides(batch_rows: int, mesh: Mesh | None) -> bool:
   return mesh is None or batch_rows % mesh.devices.size == 0
 
 
-def sync(name: str) -> None:
-  """Barrier across processes (no-op with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
-
-
 __all__ = ["DATA_AXIS", "check_config", "data_mesh", "default_config", "divides",
            "host_batches", "initialize", "is_primary", "local_copy", "replicate",
-           "shard_batch", "sync", "use_mesh"]
+           "shard_batch", "use_mesh"]
