@@ -100,6 +100,11 @@ def _get(cfg: Any, field: str, default: Any = None) -> Any:
     return getattr(cfg, field, default)
 
 
+def field(cfg: Any, name: str) -> Any:
+  """``cfg``'s field ``name``, or its ``default_config()`` value where it is missing."""
+  return _get(cfg, name, default_config()[name])
+
+
 def check_data_config(cfg: Any) -> None:
   """Validates a ``data`` config section.
 

@@ -16,24 +16,21 @@ from tsm.data import splits as splits_lib
 FLIP_DATASETS = ("cifar10", "caltech_birds2011", "cars196", "lfw", "fashion_mnist")
 
 
-def _field(cfg: Any, name: str) -> Any:
-  return config_lib._get(cfg, name, config_lib.default_config()[name])  # pylint: disable=protected-access
-
-
 def image_augmenter(name: str):
   """The augmentation of an image dataset: random shift, and flip for natural images."""
   return functools.partial(preprocess.augment_images, flip=name in FLIP_DATASETS)
 
 
-def _array_splits(name: str, pool: offline.ArrayPool, cfg: Any, seed: int,
+def _array_splits(name: str, pool: offline.ArrayPool, cfg: Any,
                   part: splits_lib.Partition, test_is_all: bool = False
                   ) -> splits_lib.DatasetSplits:
   """Splits of an in-memory pool (offline datasets)."""
   x = pool.inputs
   augment_fn = None
   if name in config_lib.IMAGE_DATASETS:
-    image_size, channels = _field(cfg, "image_size"), _field(cfg, "channels")
-    method = _field(cfg, "normalize")
+    image_size = config_lib.field(cfg, "image_size")
+    channels = config_lib.field(cfg, "channels")
+    method = config_lib.field(cfg, "normalize")
     if image_size is not None or channels is not None or method != "unit":
       # Offline images are already in [0, 1]: back to 0..255 for the shared pipeline.
       x = preprocess.prepare_images(np.round(x * 255.0).astype(np.uint8),
@@ -47,8 +44,8 @@ def _array_splits(name: str, pool: offline.ArrayPool, cfg: Any, seed: int,
     return splits_lib.Split(pool.labels[indices], lambda i: inputs[i], input_shape,
                             name=f"{name}/{split_name}", augment_fn=augment_fn)
 
-  cap = _field(cfg, "num_examples")
-  data_seed = _field(cfg, "data_seed")
+  cap = config_lib.field(cfg, "num_examples")
+  data_seed = config_lib.field(cfg, "data_seed")
   train = splits_lib.cap(part.train, cap, seed=data_seed)
   val = splits_lib.cap(part.val, cap, seed=data_seed + 1)
   test = splits_lib.cap(np.arange(len(pool.labels)) if test_is_all else part.test, cap,
@@ -77,12 +74,12 @@ def load(data_config: Any, *, seed: int) -> splits_lib.DatasetSplits:
       ``tsm-prepare`` command).
   """
   config_lib.check_data_config(data_config)
-  name = _field(data_config, "name")
-  split = _field(data_config, "split")
+  name = config_lib.field(data_config, "name")
+  split = config_lib.field(data_config, "split")
   if name in config_lib.TFDS_DATASETS:
     from tsm.data import tfds_sources  # pylint: disable=g-import-not-at-top
     return tfds_sources.load_tfds(data_config, seed=seed)
-  data_seed = _field(data_config, "data_seed")
+  data_seed = config_lib.field(data_config, "data_seed")
   if name == "digits":
     pool = offline.digits()
   elif name == "mnist1d":
@@ -95,8 +92,9 @@ def load(data_config: Any, *, seed: int) -> splits_lib.DatasetSplits:
     official_test = np.zeros(len(pool.labels), bool)
   part = splits_lib.partition(
       pool.labels, split, num_classes=pool.num_classes,
-      val_fraction=_field(data_config, "val_fraction"),
-      test_fraction=_field(data_config, "test_fraction"), data_seed=data_seed, seed=seed,
-      official_test=official_test, val_split=_field(data_config, "val_split"),
+      val_fraction=config_lib.field(data_config, "val_fraction"),
+      test_fraction=config_lib.field(data_config, "test_fraction"), data_seed=data_seed,
+      seed=seed,
+      official_test=official_test, val_split=config_lib.field(data_config, "val_split"),
       min_classes_for_class_val=config_lib.MIN_CLASSES_FOR_CLASS_VAL)
-  return _array_splits(name, pool, data_config, seed, part, test_is_all=test_is_all)
+  return _array_splits(name, pool, data_config, part, test_is_all=test_is_all)

@@ -234,7 +234,7 @@ def _lfw_test_identities(labels: np.ndarray, fraction: float, seed: int) -> np.n
 
 def load_tfds(cfg: Any, *, seed: int) -> splits_lib.DatasetSplits:
   """``tsm.data.load`` for the TFDS datasets (config already checked)."""
-  get = lambda f: config_lib._get(cfg, f, config_lib.default_config()[f])  # pylint: disable=protected-access
+  get = lambda f: config_lib.field(cfg, f)
   name, split = get("name"), get("split")
   data_dir, cache_dir = get("data_dir"), get("cache_dir")
   image_size, channels = get("image_size"), get("channels")
