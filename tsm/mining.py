@@ -55,6 +55,11 @@ DENSE_MAX_POSITIVES = 32
 COUNT_METHODS = ("auto", "dense", "sort")
 
 
+def _check_method(method: str) -> None:
+  if method not in COUNT_METHODS:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(COUNT_METHODS)}.")
+
+
 class TripletCounts(NamedTuple):
   """Exact counts of the valid triplets of a batch by type (float32 scalars)."""
   num_triplets: chex.Array
@@ -307,8 +312,7 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   Returns:
     :class:`PairCounts`.
   """
-  if method not in COUNT_METHODS:
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(COUNT_METHODS)}.")
+  _check_method(method)
   chex.assert_rank([dist, positive, negative], 2)
   dist = jax.lax.stop_gradient(dist)
   margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
@@ -457,8 +461,7 @@ def semihard_negatives(dist: chex.Array, positive: chex.Array, negative: chex.Ar
     for each ``(a, p)`` (0 where ``pair_mask`` is false), and the ``[B, B]`` bool mask
     of pairs that are positive and whose anchor has at least one negative.
   """
-  if method not in COUNT_METHODS:
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(COUNT_METHODS)}.")
+  _check_method(method)
   chex.assert_rank([dist, positive, negative], 2)
   sdist = jax.lax.stop_gradient(dist)
   farthest = jnp.argmax(jnp.where(negative, sdist, -jnp.inf), axis=1).astype(jnp.int32)
