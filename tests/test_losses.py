@@ -514,3 +514,34 @@ def test_contrastive_from_pairs_matches_all_pairs():
   g = jax.grad(lambda a: losses.contrastive_loss_from_pairs(
       a, a, jnp.ones(9, bool), 1.0)[0])(jnp.asarray(x))
   assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_contrastive_from_pairs_valid_mask_against_loop():
+  rng = np.random.default_rng(11)
+  x1 = rng.integers(0, 3, size=(12, 3)).astype(np.float32)
+  x2 = rng.integers(0, 3, size=(12, 3)).astype(np.float32)
+  x2[0] = x1[0]                                  # a duplicate pair at zero distance
+  same = rng.random(12) < 0.5
+  valid = np.ones(12, bool)
+  valid[[3, 7, 11]] = False
+  margin, positive_margin = 1.5, 0.5
+  d = np.sqrt(((x1.astype(np.float64) - x2) ** 2).sum(-1))
+  per = np.where(same, np.maximum(d - positive_margin, 0) ** 2,
+                 np.maximum(margin - d, 0) ** 2)[valid]
+  for reduction in REDUCTIONS:
+    want, _ = ref_reduce(per, int(valid.sum()), reduction)
+    loss, stats = losses.contrastive_loss_from_pairs(
+        jnp.asarray(x1), jnp.asarray(x2), jnp.asarray(same), margin,
+        reduction=reduction, positive_margin=positive_margin, valid=jnp.asarray(valid))
+    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-7)
+    assert float(stats.num_pairs) == valid.sum()
+    assert float(stats.num_positive) == (same & valid).sum()
+    assert float(stats.num_negative) == (~same & valid).sum()
+    assert float(stats.num_active) == (per > 0).sum()
+    np.testing.assert_allclose(stats.mean_pos_dist, d[same & valid].mean(), rtol=1e-5)
+    np.testing.assert_allclose(stats.mean_neg_dist, d[~same & valid].mean(), rtol=1e-5)
+  g = jax.grad(lambda a: losses.contrastive_loss_from_pairs(
+      a, jnp.asarray(x2), jnp.asarray(same), margin, valid=jnp.asarray(valid))[0])(
+          jnp.asarray(x1))
+  assert np.all(np.isfinite(np.asarray(g)))
+  assert np.all(np.asarray(g)[~valid] == 0)    # masked pairs get no gradient
