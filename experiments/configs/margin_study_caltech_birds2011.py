@@ -17,22 +17,4 @@ from experiments.margin_scheduler import study
 
 
 def get_config():
-  cfg = study.base_config()
-  cfg.data.name = "caltech_birds2011"
-  cfg.data.split = "class_disjoint"
-  cfg.data.val_fraction = 0.1
-  cfg.data.image_size = 224
-  cfg.data.channels = 3
-  cfg.data.normalize = "imagenet"
-  cfg.data.augment = True
-  cfg.model.name = "efficientnet_b0"
-  cfg.model.head = "paper_a"
-  cfg.model.embedding_dim = 128
-  cfg.train.epochs = 50
-  cfg.train.classes_per_batch = 32
-  cfg.train.samples_per_class = 2
-  cfg.train.learning_rate = 1e-4
-  cfg.eval.batch_size = 128
-  cfg.eval.every_epochs = 5
-  cfg.study.workers = 1
-  return cfg
+  return study.paper_a_images("caltech_birds2011")

@@ -124,6 +124,34 @@ def base_config() -> ml_collections.ConfigDict:
   return cfg
 
 
+def paper_a_images(name: str) -> ml_collections.ConfigDict:
+  """:func:`base_config` on paper A's image setup, identity- (class-) disjoint.
+
+  ``name``'s classes split into training and test classes, 10 % of the training classes
+  held out for validation; 224 px RGB with ImageNet normalisation and crop / flip
+  augmentation; an EfficientNet-B0 trunk (ImageNet weights via
+  ``--config.model.pretrained_path``) under paper A's head; one worker (a GPU study).
+
+  Args:
+    name: the dataset (``lfw``, ``caltech_birds2011``).
+
+  Returns:
+    A full tsm config with a ``study`` section.
+  """
+  cfg = base_config()
+  cfg.data.name = name
+  cfg.data.split = "class_disjoint"
+  cfg.data.val_fraction = 0.1
+  cfg.data.image_size = 224
+  cfg.data.channels = 3
+  cfg.data.normalize = "imagenet"
+  cfg.data.augment = True
+  cfg.model.name = "efficientnet_b0"
+  cfg.eval.batch_size = 128
+  cfg.study.workers = 1
+  return cfg
+
+
 # ----------------------------------------------------------------------------- schedules
 
 
