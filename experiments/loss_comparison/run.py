@@ -39,6 +39,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from experiments import common
 from experiments.loss_comparison import analysis
 from experiments.loss_comparison import report
 from experiments.loss_comparison import study_config
@@ -140,16 +141,12 @@ def check_data(tasks: list[dict[str, Any]], workdir: str) -> None:
 
 def setup_process(cache_dir: str | None) -> None:
   """Per-process JAX settings: the persistent compilation cache, quiet logs."""
-  import jax  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
   # Two workers compiling the same program may both write its cache entry; one can read
   # the other's half-written file, which JAX reports and then compiles itself. Benign.
   warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
                           category=UserWarning)
-  if cache_dir:
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  common.use_compilation_cache(cache_dir)
 
 
 def run_task(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str, Any]:

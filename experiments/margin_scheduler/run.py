@@ -37,25 +37,20 @@ from typing import Any, Sequence
 
 from absl import logging
 
+from experiments import common
 from experiments.margin_scheduler import report
 from experiments.margin_scheduler import study
 from tsm import cli as cli_lib
 
 USAGE_ERROR = cli_lib.USAGE_ERROR
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
 
 
 def _set_compilation_cache(directory: str | None) -> dict[str, Any]:
   """Points JAX's persistent compilation cache at ``directory``; returns the old values."""
-  import jax  # pylint: disable=import-outside-toplevel
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top,import-outside-toplevel
 
-  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  saved = common.use_compilation_cache(directory)
   if directory:
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     compilation_cache.reset_cache()
   return saved
 
