@@ -113,10 +113,11 @@ def ref_triplets(dist, labels, margin, mining, valid=None):
   stats = dict(
       counts,
       num_mined=len(mined),
-      num_active=int((per > 0).sum()),
+      num_mined_active=int((per > 0).sum()),
+      num_active=counts["num_triplets"] - counts["num_easy"],
       mean_pos_dist=dist[pos_mask].mean() if pos_mask.any() else 0.0,
       mean_neg_dist=dist[neg_mask].mean() if neg_mask.any() else 0.0)
-  stats["active_ratio"] = stats["num_active"] / max(stats["num_mined"], 1)
+  stats["active_ratio"] = stats["num_active"] / max(stats["num_triplets"], 1)
   return np.array(mined, np.int32).reshape(-1, 3), per, stats
 
 

@@ -1,6 +1,6 @@
 """Tests of tsm.margins: every schedule driven through scripted epochs.
 
-Each script is a list of epochs; each epoch a list of batches ``(num_triplets, num_easy)``
+Each script is a list of epochs; each epoch a list of batches ``(num_total, num_easy)``
 that are accumulated one by one before the epoch's ``update``. The expected margins (the
 margin after each update, i.e. the margin of the next epoch) are written out by hand from
 the rule in the docstring of each test case, never computed with the code under test.
@@ -23,7 +23,7 @@ _EMPTY = []  # an epoch without valid triplets (no batch at all)
 
 
 class _Stats(NamedTuple):  # any object with these two fields will do
-  num_triplets: float
+  num_total: float
   num_easy: float
 
 
@@ -120,7 +120,7 @@ def test_schedule_eager(name, schedule, script, expected):
   out, state = _run_eager(schedule, script, schedule.accumulate, schedule.update)
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
   assert int(state.epoch) == len(script)
-  assert float(state.num_triplets) == 0.0 and float(state.num_easy) == 0.0
+  assert float(state.num_total) == 0.0 and float(state.num_easy) == 0.0
 
 
 @pytest.mark.parametrize("name,schedule,script,expected", CASES, ids=_IDS)
@@ -136,7 +136,7 @@ def test_schedule_jit_and_scan(name, schedule, script, expected):
   def run(counts):
     def epoch_fn(state, epoch_counts):
       def batch_fn(s, c):
-        return schedule.accumulate(s, {"num_triplets": c[0], "num_easy": c[1]}), None
+        return schedule.accumulate(s, {"num_total": c[0], "num_easy": c[1]}), None
       state, _ = jax.lax.scan(batch_fn, state, epoch_counts)
       state = schedule.update(state)
       return state, state.margin
@@ -154,7 +154,7 @@ def test_state_structure_is_stable(name, schedule, script, expected):
   def avals(state):
     return [(x.shape, x.dtype, x.weak_type) for x in jax.tree.leaves(state)]
   state = schedule.init()
-  chex.assert_type([state.margin, state.num_triplets, state.num_easy], jnp.float32)
+  chex.assert_type([state.margin, state.num_total, state.num_easy], jnp.float32)
   chex.assert_type(state.epoch, jnp.int32)
   before = avals(state)
   state = schedule.update(schedule.accumulate(state, _Stats(3.0, 2.0)))
@@ -175,8 +175,8 @@ def test_easy_share_and_accumulate():
   state = schedule.init()
   assert float(margins.easy_share(state)) == 0.0  # empty period
   state = schedule.accumulate(state, _Stats(40.0, 10.0))
-  state = schedule.accumulate(state, {"num_triplets": np.float32(60), "num_easy": 20})
-  assert float(state.num_triplets) == 100.0 and float(state.num_easy) == 30.0
+  state = schedule.accumulate(state, {"num_total": np.float32(60), "num_easy": 20})
+  assert float(state.num_total) == 100.0 and float(state.num_easy) == 30.0
   assert float(margins.easy_share(state)) == pytest.approx(0.3)
   assert float(jax.jit(margins.easy_share)(state)) == pytest.approx(0.3)
 

@@ -92,12 +92,12 @@ def test_metrics_and_margin_accumulation_match_the_loss():
   # The step added its counts to the margin state; end_of_epoch applies DAMS and resets.
   state, metrics2 = step(state, batch)
   ms = state.margin_state
-  assert float(ms.num_triplets) == 2 * float(metrics["num_triplets"])
+  assert float(ms.num_total) == 2 * float(metrics["num_triplets"])
   assert float(ms.num_easy) == float(metrics["num_easy"] + metrics2["num_easy"])
   end = train_lib.make_end_of_epoch(schedule)
   state = end(state)
   np.testing.assert_allclose(state.margin_state.margin, margin + 0.1, rtol=1e-6)
-  assert float(state.margin_state.num_triplets) == 0 and int(state.margin_state.epoch) == 1
+  assert float(state.margin_state.num_total) == 0 and int(state.margin_state.epoch) == 1
   del cfg
 
 
@@ -126,7 +126,7 @@ def test_every_loss_and_sampling_gives_finite_metrics(loss, sampling, rows):
     assert {"num_pairs", "num_positive", "num_negative", "num_active"} <= set(metrics)
     assert float(metrics["num_easy"]) == float(metrics["num_pairs"] - metrics["num_active"])
     # The margin schedule counts pairs (zero-loss pairs as easy).
-    assert float(state.margin_state.num_triplets) == float(metrics["num_pairs"])
+    assert float(state.margin_state.num_total) == float(metrics["num_pairs"])
   if sampling == "triplets":
     assert float(metrics["num_triplets"]) == 4
 

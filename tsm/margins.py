@@ -26,7 +26,7 @@ Schedules:
 
 Easy share. A triplet ``(a, p, n)`` is *easy* at margin ``mu`` when
 ``d(a, n) >= d(a, p) + mu`` (zero loss). The easy share of an epoch is
-``sum(num_easy) / sum(num_triplets)`` over the batches accumulated since the last update,
+``sum(num_easy) / sum(num_total)`` over the batches accumulated since the last update,
 counted over *all* valid triplets of each batch at the margin in force, on the training
 embeddings before the batch's optimiser step (the counts ``tsm.losses`` reports for every
 mining mode).
@@ -35,7 +35,7 @@ Time-based and adaptive schedules. ``constant``, ``linear``, ``exponential`` and
 ``stepwise`` are functions of ``state.epoch`` (the number of ``update`` calls so far) only:
 they ignore the counts and advance on every ``update``, including after an epoch without
 valid triplets. ``dams`` and ``controller`` act on the counts; an epoch with no valid
-triplets (``num_triplets == 0``) carries no information about difficulty, so it leaves
+triplets (``num_total == 0``) carries no information about difficulty, so it leaves
 the margin unchanged (the epoch counter still advances and the counts are reset).
 
 Per-step updating. ``update`` may be called after every step instead of every epoch: the
@@ -82,13 +82,14 @@ class MarginState(NamedTuple):
   Attributes:
     margin: float32, the margin in force.
     epoch: int32, the number of ``update`` calls so far.
-    num_triplets: float32, valid triplets accumulated since the last ``update``.
+    num_total: float32, loss terms (valid triplets, pairs, ...: the loss's ``num_total``)
+      accumulated since the last ``update``.
     num_easy: float32, easy triplets (``d_an >= d_ap + margin``) accumulated since the last
       ``update``.
   """
   margin: chex.Array
   epoch: chex.Array
-  num_triplets: chex.Array
+  num_total: chex.Array
   num_easy: chex.Array
 
 
@@ -97,9 +98,10 @@ class MarginSchedule(NamedTuple):
 
   Attributes:
     init: ``() -> MarginState``, the state before the first epoch.
-    accumulate: ``(state, stats) -> state``, adds ``stats.num_triplets`` and
-      ``stats.num_easy`` (a ``tsm.losses.TripletStats``, or any object or mapping with
-      these two scalar fields) to the running counts.
+    accumulate: ``(state, stats) -> state``, adds ``stats.num_total`` and
+      ``stats.num_easy`` to the running counts. ``stats`` is the statistics of any tsm
+      loss (the common statistics shape, see :mod:`tsm.losses`), or any object or
+      mapping with these two scalar fields.
     update: ``(state) -> state``, applies the schedule's rule to the accumulated counts,
       resets them and increments ``epoch``. Call it once per epoch (or once per step).
   """
@@ -126,8 +128,8 @@ def _stat(stats: Any, name: str) -> chex.Array:
 
 
 def _check_state(state: MarginState) -> None:
-  chex.assert_rank([state.margin, state.epoch, state.num_triplets, state.num_easy], 0)
-  chex.assert_type([state.margin, state.num_triplets, state.num_easy], jnp.float32)
+  chex.assert_rank([state.margin, state.epoch, state.num_total, state.num_easy], 0)
+  chex.assert_type([state.margin, state.num_total, state.num_easy], jnp.float32)
   chex.assert_type(state.epoch, jnp.int32)
 
 
@@ -138,16 +140,16 @@ def easy_share(state: MarginState) -> chex.Array:
     state: a :class:`MarginState`.
 
   Returns:
-    float32 scalar ``num_easy / num_triplets`` in ``[0, 1]``; 0 when no triplet has been
-    accumulated (check ``state.num_triplets`` to tell an empty period apart).
+    float32 scalar ``num_easy / num_total`` in ``[0, 1]``; 0 when no triplet has been
+    accumulated (check ``state.num_total`` to tell an empty period apart).
   """
   _check_state(state)
-  return state.num_easy / jnp.maximum(state.num_triplets, 1.0)
+  return state.num_easy / jnp.maximum(state.num_total, 1.0)
 
 
 def _accumulate(state: MarginState, stats: Any) -> MarginState:
   _check_state(state)
-  return state._replace(num_triplets=state.num_triplets + _stat(stats, "num_triplets"),
+  return state._replace(num_total=state.num_total + _stat(stats, "num_total"),
                         num_easy=state.num_easy + _stat(stats, "num_easy"))
 
 
@@ -158,13 +160,13 @@ def _make(initial_margin: float,
 
   def init() -> MarginState:
     return MarginState(margin=_f32(initial_margin), epoch=jnp.asarray(0, jnp.int32),
-                       num_triplets=_f32(0.0), num_easy=_f32(0.0))
+                       num_total=_f32(0.0), num_easy=_f32(0.0))
 
   def update(state: MarginState) -> MarginState:
     _check_state(state)
     margin = _f32(rule(state))
     return MarginState(margin=margin, epoch=state.epoch + 1,
-                       num_triplets=jnp.zeros_like(state.num_triplets),
+                       num_total=jnp.zeros_like(state.num_total),
                        num_easy=jnp.zeros_like(state.num_easy))
 
   return MarginSchedule(init=init, accumulate=_accumulate, update=update)
@@ -363,10 +365,10 @@ def dams(initial_margin: float = 0.2, threshold: float = 0.95, increment: float 
          max_margin: float | None = None) -> MarginSchedule:
   """DAMS: raise the margin when an epoch's triplets were mostly easy.
 
-  After each epoch with ``num_triplets > 0``: if ``easy_share >= threshold`` then
+  After each epoch with ``num_total > 0``: if ``easy_share >= threshold`` then
   ``margin <- margin + increment`` (capped at ``max_margin`` when given). The margin never
   decreases. An epoch without valid triplets leaves it unchanged. The comparison is made
-  in float32 on ``num_easy / num_triplets`` (correctly rounded), so a share exactly at the
+  in float32 on ``num_easy / num_total`` (correctly rounded), so a share exactly at the
   threshold, e.g. 19/20 for 0.95, counts as reaching it, as in the authors' code.
 
   Args:
@@ -393,7 +395,7 @@ def dams(initial_margin: float = 0.2, threshold: float = 0.95, increment: float 
                  "raise max_margin or lower initial_margin")
 
   def rule(state: MarginState) -> chex.Array:
-    raise_it = (state.num_triplets > 0) & (easy_share(state) >= threshold)
+    raise_it = (state.num_total > 0) & (easy_share(state) >= threshold)
     raised = state.margin + increment
     if max_margin is not None:
       raised = jnp.minimum(raised, max_margin)
@@ -407,7 +409,7 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
                deadband: float = 0.02) -> MarginSchedule:
   """Two-sided margin controller holding the easy-triplet share near a target (ours).
 
-  After each epoch with ``num_triplets > 0``, with ``error = easy_share - target``::
+  After each epoch with ``num_total > 0``, with ``error = easy_share - target``::
 
     margin <- clip(margin + gain * error, min_margin, max_margin)   if |error| > deadband
     margin <- margin                                                otherwise
@@ -464,7 +466,7 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
 
   def rule(state: MarginState) -> chex.Array:
     error = easy_share(state) - target
-    act = (state.num_triplets > 0) & (jnp.abs(error) > deadband)
+    act = (state.num_total > 0) & (jnp.abs(error) > deadband)
     moved = jnp.clip(state.margin + gain * error, min_margin, max_margin)
     return jnp.where(act, moved, state.margin)
 

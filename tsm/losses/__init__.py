@@ -1,0 +1,65 @@
+"""Triplet margin and contrastive losses with exact in-batch mining and statistics.
+
+All losses take embeddings as given (normalising is the model's job), are pure,
+fixed-shape and jit/grad/vmap-safe, and take the margin as a (possibly traced)
+scalar, so a margin schedule never triggers a recompilation. Every loss returns
+``(loss, stats)``; ``stats`` holds float32 scalars (with no gradient) that describe the
+batch at the given margin, used by :mod:`tsm.margins` and the studies.
+
+Triplet loss over all valid triplets (``mining="all"``) is exact but never builds the
+``[B, B, B]`` tensor of triplets (see :func:`tsm.mining.triplet_pair_counts`):
+  * when no anchor has more than ``tsm.mining.DENSE_MAX_POSITIVES`` positives (P x K
+    batches), a loop over the k-th positive of every anchor, one vectorised pass over
+    the ``[B, B]`` distances per step: ``O(B^2 K)`` time, no sorting;
+  * otherwise, per anchor the negative distances are sorted once; for each
+    anchor-positive pair with threshold ``t = d_ap + mu`` the number ``c`` of negatives
+    with ``d_an < t`` is found by binary search and the sum of their distances from
+    prefix sums, ``sum_n max(0, t - d_an) = c t - sum_{k<c} d_(k)``:
+    ``O(B^2 log B)`` time.
+Both use ``O(B^2)`` memory. The gradient is written in closed form (a
+``jax.custom_vjp``): ``dL/dd_ap = c`` and ``dL/dd_an = -#{p: d_an < t_ap}``, counted in
+the forward pass, so it equals the gradient of the brute-force sum (with
+``relu'(0) = 0``, as ``jax.nn.relu``) exactly.
+
+Floating-point convention: a triplet's loss is ``max(0, t - d_an)`` with
+``t = d_ap + mu`` rounded first; it is active (non-zero) iff ``d_an < t``. Triplet types
+use the same ``t`` (see :mod:`tsm.mining`). The prefix-sum form (sort path) rounds
+differently from summing the hinge terms one by one; the two agree to float32
+precision (relative error of order ``1e-7 * B`` of ``c t``, reduced by measuring
+distances from the row's closest negative). Counts and gradients are exact.
+
+Counts in the stats are float32: exact integers up to ``2^24`` per batch, float32
+rounded above (a batch of 4096 can hold ~7e10 triplets).
+
+References:
+  Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face Recognition
+  and Clustering", CVPR 2015 (triplet loss, semi-hard mining).
+  Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person
+  Re-Identification", arXiv 1703.07737 (batch-hard mining).
+  Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant
+  Mapping", CVPR 2006 (contrastive loss).
+  Tomchak et al., arXiv 2603.26389 (triplet types, DAMS); Zeng, arXiv 2510.02161
+  (contrastive vs triplet, active ratio).
+
+Families live in private modules and are re-exported here (optax's layout):
+``_triplet`` (triplet margin losses), ``_contrastive`` (contrastive losses) and
+``_base`` (reductions, the statistics contract, :class:`ParametricLoss`).
+
+Statistics contract: every in-batch loss's stats expose ``num_total`` (the terms the loss
+is taken over), ``num_active`` (terms with non-zero loss) and ``num_easy``
+(``num_total - num_active``), so any margin schedule accumulates from any loss.
+"""
+
+from tsm.distances import check_distance
+from tsm.losses._base import (REDUCTIONS, LossVariables, ParametricLoss, as_parametric,
+                              check_reduction, common_stats)
+from tsm.losses._contrastive import PairStats, contrastive_loss, contrastive_loss_from_pairs
+from tsm.losses._triplet import (MINING, TripletStats, check_mining, triplet_margin_loss,
+                                 triplet_margin_loss_from_triplets)
+
+__all__ = [
+    "MINING", "REDUCTIONS", "LossVariables", "ParametricLoss", "PairStats",
+    "TripletStats", "as_parametric", "check_distance", "check_mining", "check_reduction",
+    "common_stats", "contrastive_loss", "contrastive_loss_from_pairs",
+    "triplet_margin_loss", "triplet_margin_loss_from_triplets",
+]

@@ -1,0 +1,110 @@
+"""Shared pieces of the loss families: reductions, dtype rules, the statistics contract
+and the interface of losses with their own parameters and state."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+REDUCTIONS = ("mean", "mean_nonzero", "sum")
+
+
+def check_reduction(reduction: str) -> None:
+  """Raises a one-line ValueError unless ``reduction`` is a known reduction name."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+        f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}.")
+
+
+def _float_dtype(x: chex.Array) -> jnp.dtype:
+  """Working float dtype: at least float32 (bf16/f16 inputs are upcast)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _reduce(total: chex.Array, num_mined: chex.Array, num_active: chex.Array,
+            reduction: str) -> chex.Array:
+  if reduction == "sum":
+    return total
+  denominator = num_mined if reduction == "mean" else num_active
+  return total / jnp.maximum(denominator, 1.0).astype(total.dtype)
+
+
+def _check_margin(margin) -> None:
+  chex.assert_rank(margin, 0)
+
+
+def _no_grad(tree):
+  return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
+
+
+
+class LossVariables(NamedTuple):
+  """A loss's own variables, kept in the train state beside the model's.
+
+  Attributes:
+    params: trainable parameters (a pytree; ``{}`` for none), updated by the optimiser
+      together with the model's parameters (ArcFace class weights, ProxyAnchor proxies).
+    state: non-gradient state (a pytree; ``{}`` for none), updated by the loss's own rule
+      inside the train step (a bank of class centres).
+  """
+  params: Any
+  state: Any
+
+
+class ParametricLoss(NamedTuple):
+  """A loss with trainable parameters and/or a running state, as a pair of pure functions.
+
+  Plain in-batch losses are functions ``(embeddings, labels, margin) -> (loss, stats)``;
+  :func:`as_parametric` lifts them into this form, so the train step handles both alike.
+
+  Attributes:
+    init: ``(rng, embedding_dim) -> LossVariables``.
+    apply: ``(params, state, embeddings, labels, margin) -> (loss, stats, new_state)``;
+      ``loss`` is differentiated with respect to ``embeddings`` and ``params``;
+      ``new_state`` replaces ``state`` after the step (its gradient is ignored).
+  """
+  init: Callable[[chex.PRNGKey, int], LossVariables]
+  apply: Callable[..., tuple[chex.Array, Any, Any]]
+
+
+def as_parametric(loss_fn: Callable[..., tuple[chex.Array, Any]] | ParametricLoss
+                  ) -> ParametricLoss:
+  """``loss_fn`` as a :class:`ParametricLoss` with no parameters and no state.
+
+  Args:
+    loss_fn: ``(embeddings, labels, margin) -> (loss, stats)``, or a
+      :class:`ParametricLoss` (returned as it is).
+
+  Returns:
+    A :class:`ParametricLoss` whose ``init`` gives ``LossVariables({}, {})``.
+  """
+  if isinstance(loss_fn, ParametricLoss):
+    return loss_fn
+
+  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+    del rng, embedding_dim
+    return LossVariables(params={}, state={})
+
+  def apply(params, state, embeddings, labels, margin):
+    del params
+    loss, stats = loss_fn(embeddings, labels, margin)
+    return loss, stats, state
+
+  return ParametricLoss(init=init, apply=apply)
+
+
+def common_stats(stats: Any) -> dict[str, chex.Array]:
+  """The contract counts of any loss's stats: ``num_total``, ``num_active``, ``num_easy``.
+
+  Args:
+    stats: a loss's statistics (a NamedTuple with these attributes, or a mapping).
+
+  Returns:
+    A dict with the three float32 scalars.
+  """
+  get = (lambda k: stats[k]) if isinstance(stats, dict) else (lambda k: getattr(stats, k))
+  return {k: jnp.asarray(get(k), jnp.float32) for k in ("num_total", "num_active",
+                                                           "num_easy")}

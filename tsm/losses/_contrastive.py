@@ -1,0 +1,166 @@
+"""Contrastive losses: in-batch over every pair, and over explicit pairs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from tsm import mining as mining_lib
+from tsm.distances import check_distance, paired_distances, pairwise_distances
+from tsm.losses._base import _check_margin, _float_dtype, _no_grad, _reduce, check_reduction
+
+
+class PairStats(NamedTuple):
+  """Batch statistics of a contrastive loss at its margin (float32 scalars).
+
+  Attributes:
+    num_pairs: valid pairs the loss is taken over.
+    num_positive: same-class pairs among them.
+    num_negative: different-class pairs among them.
+    num_active: pairs with non-zero loss.
+    active_ratio: ``num_active / max(num_pairs, 1)``.
+    mean_pos_dist: mean distance over positive pairs.
+    mean_neg_dist: mean distance over negative pairs.
+
+  The common statistics shape of every tsm loss is exposed too: ``num_total`` (=
+  ``num_pairs``), ``num_active`` and ``num_easy`` (pairs with zero loss).
+  """
+  num_pairs: chex.Array
+  num_positive: chex.Array
+  num_negative: chex.Array
+  num_active: chex.Array
+  active_ratio: chex.Array
+  mean_pos_dist: chex.Array
+  mean_neg_dist: chex.Array
+
+  @property
+  def num_total(self) -> chex.Array:
+    """The terms of the common statistics shape: every valid pair."""
+    return self.num_pairs
+
+  @property
+  def num_easy(self) -> chex.Array:
+    """Pairs with zero loss, ``num_pairs - num_active``."""
+    return self.num_pairs - self.num_active
+
+
+def _contrastive(dist, same, mask, margin, positive_margin, reduction):
+  """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``."""
+  pull = jnp.square(jax.nn.relu(dist - jnp.asarray(positive_margin, dist.dtype)))
+  push = jnp.square(jax.nn.relu(jnp.asarray(margin, dist.dtype) - dist))
+  losses = jnp.where(same, pull, push)
+  sdist = jax.lax.stop_gradient(dist)
+  num_pairs = mining_lib.count_sum(mask)
+  num_active = mining_lib.count_sum(mask & (jax.lax.stop_gradient(losses) > 0))
+  stats = PairStats(
+      num_pairs=num_pairs,
+      num_positive=mining_lib.count_sum(mask & same),
+      num_negative=mining_lib.count_sum(mask & ~same),
+      num_active=num_active,
+      active_ratio=num_active / jnp.maximum(num_pairs, 1.0),
+      mean_pos_dist=mining_lib.masked_mean(sdist, mask & same).astype(jnp.float32),
+      mean_neg_dist=mining_lib.masked_mean(sdist, mask & ~same).astype(jnp.float32),
+  )
+  total = jnp.sum(jnp.where(mask, losses, 0.0))
+  return _reduce(total, num_pairs, num_active, reduction), _no_grad(stats)
+
+
+def contrastive_loss(
+    embeddings: chex.Array,
+    labels: chex.Array,
+    margin: chex.Numeric,
+    *,
+    distance: str = "euclidean",
+    reduction: str = "mean",
+    positive_margin: chex.Numeric = 0.0,
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, PairStats]:
+  """Contrastive loss over all pairs ``i < j`` of a labelled batch.
+
+  ``y max(0, d - m_pos)^2 + (1 - y) max(0, m - d)^2`` with ``y = 1`` for same-class
+  pairs; with ``positive_margin = 0`` (default) this is paper B's / Hadsell et al.'s
+  ``y d^2 + (1 - y) max(0, m - d)^2``. ``d`` is the chosen distance (for
+  ``"squared_euclidean"`` the squared distance is squared again).
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings.
+    labels: ``[B]`` integer labels.
+    margin: scalar negative margin ``m`` (may be traced).
+    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    reduction: ``"mean"`` over pairs, ``"mean_nonzero"`` over pairs with non-zero
+      loss, or ``"sum"``.
+    positive_margin: scalar ``m_pos``: positive pairs closer than this cost nothing.
+    valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+
+  Returns:
+    ``(loss, stats)`` with :class:`PairStats`.
+
+  References:
+    Hadsell, Chopra, LeCun, CVPR 2006; Zeng, arXiv 2510.02161.
+  """
+  check_distance(distance)
+  check_reduction(reduction)
+  chex.assert_rank([embeddings, labels], [2, 1])
+  chex.assert_type(labels, int)
+  chex.assert_equal_shape_prefix([embeddings, labels], 1)
+  _check_margin(margin)
+  _check_margin(positive_margin)
+  dtype = _float_dtype(embeddings)
+  dist = pairwise_distances(embeddings.astype(dtype), distance=distance)
+  same = labels[:, None] == labels[None, :]
+  b = labels.shape[0]
+  mask = jnp.triu(jnp.ones((b, b), bool), k=1)
+  if valid is not None:
+    chex.assert_shape(valid, labels.shape)
+    valid = valid.astype(bool)
+    mask = mask & valid[:, None] & valid[None, :]
+  return _contrastive(dist, same, mask, margin, positive_margin, reduction)
+
+
+def contrastive_loss_from_pairs(
+    x1: chex.Array,
+    x2: chex.Array,
+    same: chex.Array,
+    margin: chex.Numeric,
+    *,
+    distance: str = "euclidean",
+    reduction: str = "mean",
+    positive_margin: chex.Numeric = 0.0,
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, PairStats]:
+  """Contrastive loss over explicit pairs ``(x1[i], x2[i])`` with ``same[i]`` labels.
+
+  Same loss as :func:`contrastive_loss`, for users who sample their own pairs (paper
+  B flips a coin between a random positive and a random negative per anchor).
+
+  Args:
+    x1: ``[N, D]`` first elements.
+    x2: ``[N, D]`` second elements.
+    same: ``[N]`` bool (or 0/1), true for same-class pairs.
+    margin: scalar negative margin (may be traced).
+    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
+    positive_margin: scalar positive margin (default 0).
+    valid: optional ``[N]`` bool mask of rows to use.
+
+  Returns:
+    ``(loss, stats)`` with :class:`PairStats`.
+  """
+  check_distance(distance)
+  check_reduction(reduction)
+  chex.assert_rank([x1, x2, same], [2, 2, 1])
+  chex.assert_equal_shape([x1, x2])
+  chex.assert_equal_shape_prefix([x1, same], 1)
+  _check_margin(margin)
+  _check_margin(positive_margin)
+  dtype = _float_dtype(x1)
+  if valid is None:
+    valid = jnp.ones(same.shape, bool)
+  chex.assert_shape(valid, same.shape)
+  same = same.astype(bool)
+  dist = paired_distances(x1.astype(dtype), x2.astype(dtype), distance=distance)
+  return _contrastive(dist, same, valid.astype(bool), margin, positive_margin,
+                      reduction)
