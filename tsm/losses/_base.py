@@ -108,3 +108,45 @@ def common_stats(stats: Any) -> dict[str, chex.Array]:
   get = (lambda k: stats[k]) if isinstance(stats, dict) else (lambda k: getattr(stats, k))
   return {k: jnp.asarray(get(k), jnp.float32) for k in ("num_total", "num_active",
                                                            "num_easy")}
+
+
+def check_inputs(embeddings: Any, labels: Any = None, margin: Any = None, *,
+                 embeddings_name: str = "embeddings", labels_name: str = "labels",
+                 margin_name: str = "margin") -> None:
+  """Validates a loss's inputs before tracing, with one-line errors naming the argument.
+
+  Checks only static properties (rank, dtype, shape), so it is free under ``jit``.
+
+  Args:
+    embeddings: must be a rank-2 floating array ``[B, D]``.
+    labels: if given, a rank-1 integer array ``[B]``.
+    margin: if given, a scalar (Python number or rank-0 array).
+    embeddings_name: the argument's name in the messages.
+    labels_name: the argument's name in the messages.
+    margin_name: the argument's name in the messages.
+
+  Raises:
+    ValueError: one line naming the argument, what is wrong and how to fix it.
+  """
+  shape = getattr(embeddings, "shape", None)
+  dtype = getattr(embeddings, "dtype", None)
+  if shape is None or len(shape) != 2:
+    raise ValueError(f"{embeddings_name} must be a [batch, dim] array; got shape "
+                     f"{shape}. Reshape it to 2-D (one row per example).")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{embeddings_name} must be floating point; got {dtype}. Cast it, "
+                     "e.g. embeddings.astype(jnp.float32).")
+  if labels is not None:
+    lshape = getattr(labels, "shape", None)
+    ldtype = getattr(labels, "dtype", None)
+    if lshape is None or len(lshape) != 1:
+      raise ValueError(f"{labels_name} must be a rank-1 [batch] array of class ids; got "
+                       f"shape {lshape}.")
+    if not jnp.issubdtype(ldtype, jnp.integer):
+      raise ValueError(f"{labels_name} must be integer class ids; got {ldtype}. Cast it, "
+                       "e.g. labels.astype(jnp.int32).")
+    if lshape[0] != shape[0]:
+      raise ValueError(f"{labels_name} has {lshape[0]} entries but {embeddings_name} has "
+                       f"{shape[0]} rows; give one label per row.")
+  if margin is not None and jnp.ndim(margin) != 0:
+    raise ValueError(f"{margin_name} must be a scalar; got shape {jnp.shape(margin)}.")
