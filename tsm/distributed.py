@@ -8,10 +8,11 @@ depend on how many devices or hosts run the step (up to float summation order).
 
 Multi-host (several processes, one per host, e.g. GPU servers or a TPU pod slice):
 
-* :func:`initialize` calls ``jax.distributed.initialize`` from the ``distributed`` config
-  section (coordinator address, number of processes, process id), or with no arguments,
-  which lets JAX detect them (TPU pods, SLURM, Open MPI, Kubernetes ...). It must run before
-  anything touches a device; ``tsm.fit.fit`` calls it first thing after checking the config.
+* :func:`initialize` calls ``jax.distributed.initialize`` with a coordinator address,
+  number of processes and process id, or with no arguments, which lets JAX detect them
+  (TPU pods, SLURM, Open MPI, Kubernetes ...). It must run before anything touches a
+  device; ``tsm.config.train_and_evaluate`` calls it (config section ``distributed``)
+  right after checking the config.
 * Every process builds the same global index batches (samplers are pure functions of
   ``(seed, epoch)``); each one decodes only its share (:func:`host_batches`, contiguous
   columns ``[i * B / n, (i + 1) * B / n)`` of process ``i``), and :func:`shard_batch` turns
@@ -30,7 +31,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -39,84 +39,32 @@ from tsm.data import samplers
 DATA_AXIS = "data"
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Default ``distributed`` section.
+def initialize(*, coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Starts multi-host JAX (``jax.distributed.initialize``); idempotent.
 
-  Fields:
-    initialize: call ``jax.distributed.initialize`` before training (multi-host runs).
-      Leave False on one host, however many devices it has.
-    coordinator_address: ``"host:port"`` of process 0; None lets JAX detect it from the
-      environment (TPU pod slices, SLURM, Open MPI, ...).
-    num_processes: number of processes (hosts); None = detected.
-    process_id: this process's index in ``[0, num_processes)``; None = detected.
-
-  Returns:
-    A ConfigDict.
-  """
-  placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict({
-      "initialize": False,
-      "coordinator_address": placeholder(str),
-      "num_processes": placeholder(int),
-      "process_id": placeholder(int),
-  })
-
-
-def check_config(cfg: ml_collections.ConfigDict) -> None:
-  """Validates the ``distributed`` section without touching a device.
+  Call it on every host before any JAX computation. Arguments left None are detected by
+  JAX's cluster auto-detection (TPU pod slices, SLURM, Open MPI, ...). Does nothing when
+  JAX's distributed runtime is already up.
 
   Args:
-    cfg: the ``distributed`` section.
-
-  Raises:
-    ValueError: one line naming the bad field and the fix.
-  """
-  if not isinstance(cfg.initialize, bool):
-    raise ValueError(f"distributed.initialize={cfg.initialize!r} must be True or False.")
-  address = cfg.coordinator_address
-  if address is not None and (not isinstance(address, str) or ":" not in address):
-    raise ValueError(f"distributed.coordinator_address={address!r} must be 'host:port' "
-                     "(e.g. '10.0.0.1:1234') or None to detect it.")
-  for field, minimum in (("num_processes", 1), ("process_id", 0)):
-    value = cfg[field]
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                              or value < minimum):
-      raise ValueError(f"distributed.{field}={value!r} must be an integer >= {minimum} "
-                       "or None to detect it.")
-  if (cfg.num_processes is not None and cfg.process_id is not None
-      and cfg.process_id >= cfg.num_processes):
-    raise ValueError(f"distributed.process_id={cfg.process_id} must be below "
-                     f"distributed.num_processes={cfg.num_processes}.")
-  explicit = [f for f in ("coordinator_address", "num_processes", "process_id")
-              if cfg[f] is not None]
-  if explicit and not cfg.initialize:
-    raise ValueError(f"distributed.{explicit[0]} is set but distributed.initialize=False; "
-                     "set distributed.initialize=True for a multi-host run.")
-
-
-def initialize(cfg: ml_collections.ConfigDict) -> None:
-  """Starts multi-host JAX as ``cfg`` asks (``jax.distributed.initialize``); idempotent.
-
-  Does nothing when ``cfg.initialize`` is False or JAX's distributed runtime is already up.
-  Unset fields are left to JAX's cluster auto-detection.
-
-  Args:
-    cfg: the ``distributed`` section.
+    coordinator_address: ``"host:port"`` of process 0, or None to detect it.
+    num_processes: number of processes (hosts), or None to detect it.
+    process_id: this process's index in ``[0, num_processes)``, or None to detect it.
 
   Raises:
     ValueError: ``jax.distributed.initialize`` refused (e.g. a device was used before it).
   """
-  if not cfg.initialize or jax.distributed.is_initialized():
+  if jax.distributed.is_initialized():
     return
   try:
-    jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
-                               num_processes=cfg.num_processes,
-                               process_id=cfg.process_id)
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
   except (RuntimeError, ValueError) as e:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"distributed.initialize: jax.distributed.initialize failed "
-                     f"({message}); start it before any JAX computation and check "
-                     "distributed.coordinator_address / num_processes / process_id.") from None
+    raise ValueError(f"jax.distributed.initialize failed ({message}); start it before any "
+                     "JAX computation and check coordinator_address / num_processes / "
+                     "process_id.") from None
 
 
 def is_primary() -> bool:
@@ -228,6 +176,6 @@ def divides(batch_rows: int, mesh: Mesh | None) -> bool:
   return mesh is None or batch_rows % mesh.devices.size == 0
 
 
-__all__ = ["DATA_AXIS", "check_config", "data_mesh", "default_config", "divides",
+__all__ = ["DATA_AXIS", "data_mesh", "divides",
            "host_batches", "initialize", "is_primary", "local_copy", "replicate",
            "shard_batch", "use_mesh"]

@@ -64,9 +64,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from ml_collections import config_dict
 
 SCHEDULES = ("constant", "linear", "exponential", "stepwise", "dams", "controller")
 
@@ -473,127 +471,7 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
   return _make(initial_margin, rule)
 
 
-# ----------------------------------------------------------------------------- configs
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Default margin configuration; ``schedule`` picks which fields are used.
-
-  Returns:
-    A ConfigDict with fields ``schedule`` (one of ``SCHEDULES``), ``initial_margin``,
-    ``final_margin`` (linear, exponential), ``threshold``, ``increment`` (dams; increment
-    also stepwise), ``max_margin`` (dams: ``None`` = unbounded; controller: ``None`` = 2.0),
-    ``min_margin``, ``target``, ``gain``, ``deadband`` (controller), ``boundaries`` and
-    ``values`` (stepwise; ``values=None`` raises by ``increment`` at each boundary).
-  """
-  return ml_collections.ConfigDict({
-      "schedule": "constant",
-      "initial_margin": 0.2,
-      "final_margin": 1.0,
-      "threshold": 0.95,
-      "increment": 0.05,
-      "max_margin": config_dict.placeholder(float),
-      "min_margin": 0.0,
-      "target": 0.9,
-      "gain": 0.5,
-      "deadband": 0.02,
-      "boundaries": (),
-      "values": config_dict.placeholder(tuple),
-  })
-
-
-_FIELDS = tuple(default_config().keys())
-
-
-class _Fields:
-  """Attribute view of a plain dict (a config merged over the defaults, untyped)."""
-
-  def __init__(self, values: dict[str, Any]):
-    self.__dict__.update(values)
-
-
-def _merged(margin_config: Any) -> _Fields:
-  """Defaults overridden by ``margin_config``'s fields; raises on unknown fields."""
-  values = dict(default_config().items())
-  for key in margin_config.keys():
-    if key not in _FIELDS:
-      raise ValueError(f"margin.{key} is not a margin config field; use one of "
-                       f"{', '.join(_FIELDS)}.")
-    values[key] = margin_config[key]
-  return _Fields(values)
-
-
-def _build(cfg: _Fields, num_epochs: int) -> MarginSchedule:
-  name = cfg.schedule
-  if name == "constant":
-    return constant(_check_margin("initial_margin", cfg.initial_margin))
-  if name == "linear":
-    return linear(cfg.initial_margin, cfg.final_margin, num_epochs)
-  if name == "exponential":
-    return exponential(cfg.initial_margin, cfg.final_margin, num_epochs)
-  if name == "stepwise":
-    if cfg.values is not None:
-      return stepwise(cfg.initial_margin, cfg.boundaries, values=cfg.values)
-    return stepwise(cfg.initial_margin, cfg.boundaries, increment=cfg.increment)
-  if name == "dams":
-    return dams(cfg.initial_margin, cfg.threshold, cfg.increment, cfg.max_margin)
-  max_margin = cfg.max_margin
-  return controller(cfg.initial_margin, cfg.target, cfg.gain, cfg.min_margin,
-                    _CONTROLLER_MAX_MARGIN if max_margin is None else max_margin,
-                    cfg.deadband)
-
-
-def check_config(margin_config: ml_collections.ConfigDict,
-                 num_epochs: int | None = None) -> None:
-  """Validates a margin config without compiling anything.
-
-  Only the fields the chosen schedule uses are checked (plus that every field is a known
-  one, which catches misspellings).
-
-  Args:
-    margin_config: a ConfigDict (or mapping) like :func:`default_config`'s; missing fields
-      take the defaults.
-    num_epochs: optional number of ``update`` calls of the run, checked for ``linear`` and
-      ``exponential`` when given.
-
-  Raises:
-    ValueError: one line naming the bad field (``margin.<field>``) and the fix.
-  """
-  cfg = _merged(margin_config)
-  if cfg.schedule not in SCHEDULES:
-    raise ValueError(f"margin.schedule must be one of {', '.join(SCHEDULES)}, got "
-                     f"{cfg.schedule!r}; pick one of these.")
-  try:
-    _build(cfg, 2 if num_epochs is None else num_epochs)
-  except ValueError as e:
-    message = str(e)
-    if not message.startswith(("num_epochs", "stepwise")):
-      message = "margin." + message
-    raise ValueError(message) from None
-
-
-def from_config(margin_config: ml_collections.ConfigDict, num_epochs: int) -> MarginSchedule:
-  """Builds the schedule named by ``margin_config.schedule``.
-
-  Args:
-    margin_config: a ConfigDict like :func:`default_config`'s; fields other than
-      ``schedule`` are the constructor's arguments (unused ones are ignored; missing ones
-      take the defaults).
-    num_epochs: number of ``update`` calls in the run (epochs, or steps when updating per
-      step), used by ``linear`` and ``exponential``.
-
-  Returns:
-    A :class:`MarginSchedule`.
-
-  Raises:
-    ValueError: one line naming the bad field and the fix, before any compilation.
-  """
-  check_config(margin_config, num_epochs)
-  return _build(_merged(margin_config), num_epochs)
-
-
 __all__ = [
-    "MarginSchedule", "MarginState", "SCHEDULES", "check_config", "constant", "controller",
-    "dams", "default_config", "easy_share", "exponential", "from_config", "linear",
-    "stepwise",
+    "MarginSchedule", "MarginState", "SCHEDULES", "constant", "controller", "dams",
+    "easy_share", "exponential", "linear", "stepwise",
 ]

@@ -1,42 +1,30 @@
-"""``load(data_config, seed=...)``: a dataset's train / val / test splits."""
+"""``load(spec, seed=...)``: a dataset's train / val / test splits; ``from_arrays``."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 
-from tsm.data import config as config_lib
 from tsm.data import offline
 from tsm.data import preprocess
 from tsm.data import splits as splits_lib
+from tsm.data import spec as spec_lib
 
-# Natural images are flipped by augmentation; digits are not (a mirrored 2 is no 2).
-FLIP_DATASETS = ("cifar10", "caltech_birds2011", "cars196", "lfw", "fashion_mnist")
-
-
-def image_augmenter(name: str):
-  """The augmentation of an image dataset: random shift, and flip for natural images."""
-  return functools.partial(preprocess.augment_images, flip=name in FLIP_DATASETS)
-
-
-def _array_splits(name: str, pool: offline.ArrayPool, cfg: Any,
+def _array_splits(name: str, pool: offline.ArrayPool, spec: spec_lib.DataSpec,
                   part: splits_lib.Partition, test_is_all: bool = False
                   ) -> splits_lib.DatasetSplits:
   """Splits of an in-memory pool (offline datasets)."""
   x = pool.inputs
   augment_fn = None
-  if name in config_lib.IMAGE_DATASETS:
-    image_size = config_lib.field(cfg, "image_size")
-    channels = config_lib.field(cfg, "channels")
-    method = config_lib.field(cfg, "normalize")
+  if name in spec_lib.IMAGE_DATASETS:
+    image_size, channels, method = spec.image_size, spec.channels, spec.normalize
     if image_size is not None or channels is not None or method != "unit":
       # Offline images are already in [0, 1]: back to 0..255 for the shared pipeline.
       x = preprocess.prepare_images(np.round(x * 255.0).astype(np.uint8),
                                     image_size=image_size, channels=channels,
                                     method=method)
-    augment_fn = image_augmenter(name)
+    augment_fn = preprocess.image_augmenter(name)
   input_shape = x.shape[1:]
 
   def make(indices: np.ndarray, split_name: str) -> splits_lib.Split:
@@ -44,8 +32,7 @@ def _array_splits(name: str, pool: offline.ArrayPool, cfg: Any,
     return splits_lib.Split(pool.labels[indices], lambda i: inputs[i], input_shape,
                             name=f"{name}/{split_name}", augment_fn=augment_fn)
 
-  cap = config_lib.field(cfg, "num_examples")
-  data_seed = config_lib.field(cfg, "data_seed")
+  cap, data_seed = spec.num_examples, spec.data_seed
   train = splits_lib.cap(part.train, cap, seed=data_seed)
   val = splits_lib.cap(part.val, cap, seed=data_seed + 1)
   test = splits_lib.cap(np.arange(len(pool.labels)) if test_is_all else part.test, cap,
@@ -55,31 +42,29 @@ def _array_splits(name: str, pool: offline.ArrayPool, cfg: Any,
                                   pool.num_classes)
 
 
-def load(data_config: Any, *, seed: int) -> splits_lib.DatasetSplits:
+def load(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
   """Loads a dataset's train / validation / test splits.
 
   Labels are in memory at once; inputs are decoded lazily by ``Split.get`` (TFDS
   images) or sliced from memory (offline sets).
 
   Args:
-    data_config: the ``data`` config section (see ``tsm.data.default_config``).
+    spec: what to load (:class:`tsm.data.DataSpec`).
     seed: the run's seed; it picks the validation split only.
 
   Returns:
     ``DatasetSplits(name, train, val, test, input_shape, num_classes)``.
 
   Raises:
-    ValueError: bad config (one line).
+    ValueError: a bad spec (one line starting with the field's name).
     tsm.data.DatasetNotPreparedError: a TFDS dataset is not prepared (one line with the
       ``tsm-prepare`` command).
   """
-  config_lib.check_data_config(data_config)
-  name = config_lib.field(data_config, "name")
-  split = config_lib.field(data_config, "split")
-  if name in config_lib.TFDS_DATASETS:
-    from tsm.data import tfds_sources  # pylint: disable=g-import-not-at-top
-    return tfds_sources.load_tfds(data_config, seed=seed)
-  data_seed = config_lib.field(data_config, "data_seed")
+  spec.check()
+  name, split, data_seed = spec.name, spec.split, spec.data_seed
+  if name in spec_lib.TFDS_DATASETS:
+    from tsm.data import tfds_sources  # pylint: disable=g-import-not-at-top  # optional tfds
+    return tfds_sources.load_tfds(spec, seed=seed)
   if name == "digits":
     pool = offline.digits()
   elif name == "mnist1d":
@@ -91,10 +76,63 @@ def load(data_config: Any, *, seed: int) -> splits_lib.DatasetSplits:
   if test_is_all:   # paper B: train on all points, evaluate on the same points
     official_test = np.zeros(len(pool.labels), bool)
   part = splits_lib.partition(
-      pool.labels, split, num_classes=pool.num_classes,
-      val_fraction=config_lib.field(data_config, "val_fraction"),
-      test_fraction=config_lib.field(data_config, "test_fraction"), data_seed=data_seed,
-      seed=seed,
-      official_test=official_test, val_split=config_lib.field(data_config, "val_split"),
-      min_classes_for_class_val=config_lib.MIN_CLASSES_FOR_CLASS_VAL)
-  return _array_splits(name, pool, data_config, part, test_is_all=test_is_all)
+      pool.labels, split, num_classes=pool.num_classes, val_fraction=spec.val_fraction,
+      test_fraction=spec.test_fraction, data_seed=data_seed, seed=seed,
+      official_test=official_test, val_split=spec.val_split,
+      min_classes_for_class_val=spec_lib.MIN_CLASSES_FOR_CLASS_VAL)
+  return _array_splits(name, pool, spec, part, test_is_all=test_is_all)
+
+
+def from_arrays(train: tuple[Any, Any], test: tuple[Any, Any] | None = None,
+                val: tuple[Any, Any] | None = None, *, name: str = "arrays",
+                num_classes: int | None = None) -> splits_lib.DatasetSplits:
+  """Splits of in-memory arrays, for training on your own data with ``tsm.fit.fit``.
+
+  Args:
+    train: ``(inputs [N, ...], labels [N])`` of the training split; labels are integer
+      class ids (negative = unlabelled, never drawn as an anchor or a class).
+    test: optional ``(inputs, labels)`` of the test split (same per-example shape).
+    val: optional ``(inputs, labels)`` of the validation split.
+    name: a name shown in logs and summaries.
+    num_classes: number of classes (default: 1 + the largest label seen).
+
+  Returns:
+    A :class:`tsm.data.DatasetSplits`; missing splits are empty.
+
+  Raises:
+    ValueError: one line naming the split whose arrays disagree or are not arrays of the
+      same per-example shape.
+  """
+  parts = {"train": train, "val": val, "test": test}
+  arrays = {}
+  for split_name, pair in parts.items():
+    if pair is None:
+      continue
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+      raise ValueError(f"{split_name} must be a pair (inputs, labels); got "
+                       f"{type(pair).__name__}.")
+    inputs, labels = np.asarray(pair[0]), np.asarray(pair[1])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"{split_name} labels must be a 1-D integer array; got shape "
+                       f"{labels.shape} and dtype {labels.dtype} (cast with "
+                       ".astype(np.int32)).")
+    if inputs.ndim < 2 or inputs.shape[0] != labels.shape[0]:
+      raise ValueError(f"{split_name} inputs of shape {inputs.shape} do not match its "
+                       f"{labels.shape[0]} labels; give one row per label.")
+    arrays[split_name] = (inputs.astype(np.float32, copy=False), labels.astype(np.int32))
+  input_shape = arrays["train"][0].shape[1:]
+  for split_name, (inputs, _) in arrays.items():
+    if inputs.shape[1:] != input_shape:
+      raise ValueError(f"{split_name} examples have shape {inputs.shape[1:]}, the train "
+                       f"examples {input_shape}; give every split the same shape.")
+  if num_classes is None:
+    num_classes = 1 + max(int(labels.max(initial=-1)) for _, labels in arrays.values())
+
+  def make(split_name: str) -> splits_lib.Split:
+    inputs, labels = arrays.get(split_name, (np.zeros((0,) + input_shape, np.float32),
+                                             np.zeros((0,), np.int32)))
+    return splits_lib.Split(labels, lambda i: inputs[i], tuple(input_shape),
+                            name=f"{name}/{split_name}")
+
+  return splits_lib.DatasetSplits(name, make("train"), make("val"), make("test"),
+                                  tuple(input_shape), int(num_classes))

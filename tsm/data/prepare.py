@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Iterator, Sequence
 
-from tsm.data import config as config_lib
+from tsm.data import spec as spec_lib
 
 _EXTRA = 'pip install -e ".[data]"'
 
@@ -93,7 +93,7 @@ def prepare(name: str, data_dir: str | None = None, *, overwrite: bool = False,
   """Downloads and prepares one TFDS dataset as ArrayRecord, and caches its labels.
 
   Args:
-    name: a TFDS dataset of ``tsm.data.config.TFDS_DATASETS``.
+    name: a TFDS dataset of ``tsm.data.spec.TFDS_DATASETS``.
     data_dir: TFDS data directory (None = ``~/tensorflow_datasets``).
     overwrite: regenerate an existing preparation (e.g. one in TFRecord format).
     download_dir: where raw downloads go (default ``data_dir/downloads``).
@@ -104,9 +104,9 @@ def prepare(name: str, data_dir: str | None = None, *, overwrite: bool = False,
   Returns:
     The prepared dataset's directory.
   """
-  if name not in config_lib.TFDS_DATASETS:
+  if name not in spec_lib.TFDS_DATASETS:
     raise SystemExit(f"tsm-prepare: {name!r} is not a TFDS dataset of tsm; use one of "
-                     f"{', '.join(config_lib.TFDS_DATASETS)} (the offline sets need no "
+                     f"{', '.join(spec_lib.TFDS_DATASETS)} (the offline sets need no "
                      "preparation).")
   _require_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       description="Download and prepare TFDS datasets as ArrayRecord for tsm "
       f"(needs TensorFlow: {_EXTRA}).")
   parser.add_argument("names", nargs="+", metavar="NAME",
-                      help=f"one or more of {', '.join(config_lib.TFDS_DATASETS)}")
+                      help=f"one or more of {', '.join(spec_lib.TFDS_DATASETS)}")
   parser.add_argument("--data_dir", default=None,
                       help="TFDS data directory (default ~/tensorflow_datasets)")
   parser.add_argument("--download_dir", default=None,

@@ -9,7 +9,8 @@ by the loader, so augmentation is deterministic).
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -123,3 +124,13 @@ def augment_images(batch: np.ndarray, rng: np.random.Generator, *, flip: bool = 
     crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
     out[i] = crop[:, ::-1] if flips[i] else crop
   return out
+
+
+# Natural images are flipped by augmentation; digits are not (a mirrored 2 is no 2).
+FLIP_DATASETS = ("cifar10", "caltech_birds2011", "cars196", "lfw", "fashion_mnist")
+
+
+def image_augmenter(name: str) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+  """The augmentation of an image dataset: random shift, and flip for natural images."""
+  return functools.partial(augment_images, flip=name in FLIP_DATASETS)
+

@@ -1,8 +1,10 @@
 """Batch samplers: index batches for one epoch, deterministic from (seed, epoch).
 
-Every sampler has ``epoch(epoch) -> np.ndarray int64 [steps, batch]`` of indices into
-a split, a pure function of the constructor arguments and ``epoch`` (a fresh
-``np.random.default_rng((seed, epoch))`` each call), and ``steps_per_epoch``.
+Every sampler implements :class:`Sampler`: ``epoch(epoch) -> np.ndarray int64 [steps,
+rows]`` of indices into a split, a pure function of the constructor arguments and
+``epoch`` (a fresh ``np.random.default_rng((seed, epoch))`` each call), and
+``steps_per_epoch`` (each sampler's own pass over the split, or the
+``steps_per_epoch`` given to its constructor). :func:`make_sampler` builds one by name.
 The batches are *global*; on several hosts each host loads its share with
 ``host_share(batches, process_index, process_count)``.
 
@@ -13,7 +15,30 @@ the P x K sampler never draws them.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
+
+SAMPLINGS = ("pk", "random", "triplets", "pairs")
+
+
+@runtime_checkable
+class Sampler(Protocol):
+  """What the fit loop needs of a sampler.
+
+  Attributes:
+    steps_per_epoch: number of batches of every epoch.
+  """
+  steps_per_epoch: int
+
+  def epoch(self, epoch: int) -> np.ndarray:
+    """int64 ``[steps_per_epoch, rows]`` index batches of ``epoch`` (deterministic)."""
+
+
+def _capped(steps: int, cap: int | None) -> int:
+  if cap is not None and (isinstance(cap, bool) or int(cap) < 1):
+    raise ValueError(f"steps_per_epoch={cap!r} must be an integer >= 1 or None.")
+  return steps if cap is None else min(steps, int(cap))
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
@@ -185,20 +210,23 @@ class RandomBatchSampler:
   first indices of the permutation (so every example appears, a few twice).
   """
 
-  def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True):
+  def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True,
+               steps_per_epoch: int | None = None):
     if batch_size < 1 or (drop_last and n < batch_size):
       raise ValueError(f"batch_size={batch_size} must be in [1, {n}] (the split size).")
     self.n, self.batch_size, self.seed, self.drop_last = int(n), int(batch_size), int(
         seed), drop_last
-    self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    self._full_steps = n // batch_size if drop_last else -(-n // batch_size)
+    self.steps_per_epoch = _capped(self._full_steps, steps_per_epoch)
 
   def epoch(self, epoch: int) -> np.ndarray:
     """int64 ``[steps_per_epoch, batch_size]``."""
     perm = _rng(self.seed, epoch).permutation(self.n)
-    total = self.steps_per_epoch * self.batch_size
+    total = self._full_steps * self.batch_size
     if total > self.n:
       perm = np.concatenate([perm, perm[:total - self.n]])
-    return perm[:total].reshape(self.steps_per_epoch, self.batch_size).astype(np.int64)
+    out = perm[:total].reshape(self._full_steps, self.batch_size).astype(np.int64)
+    return out[:self.steps_per_epoch]
 
 
 class RandomTripletSampler:
@@ -210,7 +238,8 @@ class RandomTripletSampler:
   ``[anchors (B), positives (B), negatives (B)]`` concatenated.
   """
 
-  def __init__(self, labels, batch_size: int, seed: int):
+  def __init__(self, labels, batch_size: int, seed: int,
+               steps_per_epoch: int | None = None):
     self._index = _ClassIndex(labels)
     self._anchors = self._index.anchors()
     if len(self._index.classes) < 2:
@@ -219,18 +248,20 @@ class RandomTripletSampler:
       raise ValueError(f"batch_size={batch_size} must be in [1, {self._anchors.size}] "
                        "(the examples that have a positive).")
     self.batch_size, self.seed = int(batch_size), int(seed)
-    self.steps_per_epoch = self._anchors.size // self.batch_size
+    self._full_steps = self._anchors.size // self.batch_size
+    self.steps_per_epoch = _capped(self._full_steps, steps_per_epoch)
 
   def epoch(self, epoch: int) -> np.ndarray:
     """int64 ``[steps_per_epoch, 3 * batch_size]``."""
     rng = _rng(self.seed, epoch)
-    n = self.steps_per_epoch * self.batch_size
+    n = self._full_steps * self.batch_size
     a = rng.permutation(self._anchors)[:n]
     p = self._index.positives(a, rng)
     neg = self._index.negatives(a, rng)
-    shape = (self.steps_per_epoch, self.batch_size)
-    return np.concatenate([a.reshape(shape), p.reshape(shape), neg.reshape(shape)],
-                          axis=1).astype(np.int64)
+    shape = (self._full_steps, self.batch_size)
+    out = np.concatenate([a.reshape(shape), p.reshape(shape), neg.reshape(shape)],
+                         axis=1).astype(np.int64)
+    return out[:self.steps_per_epoch]
 
 
 class RandomPairSampler:
@@ -240,10 +271,11 @@ class RandomPairSampler:
   Batches are ``[x1 (B), x2 (B)]``; ``same = labels[b[:B]] == labels[b[B:]]``.
   """
 
-  def __init__(self, labels, batch_size: int, seed: int):
+  def __init__(self, labels, batch_size: int, seed: int,
+               steps_per_epoch: int | None = None):
     self._triplets = RandomTripletSampler(labels, batch_size, seed)
     self.batch_size, self.seed = int(batch_size), int(seed)
-    self.steps_per_epoch = self._triplets.steps_per_epoch
+    self.steps_per_epoch = _capped(self._triplets.steps_per_epoch, steps_per_epoch)
 
   def epoch(self, epoch: int) -> np.ndarray:
     """int64 ``[steps_per_epoch, 2 * batch_size]``."""
@@ -251,4 +283,42 @@ class RandomPairSampler:
     b = self.batch_size
     anchors, pos, neg = t[:, :b], t[:, b:2 * b], t[:, 2 * b:]
     coin = np.random.default_rng((self.seed, int(epoch), 1)).random(anchors.shape) < 0.5
-    return np.concatenate([anchors, np.where(coin, pos, neg)], axis=1)
+    out = np.concatenate([anchors, np.where(coin, pos, neg)], axis=1)
+    return out[:self.steps_per_epoch]
+
+
+def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8,
+                 samples_per_class: int = 4, batch_size: int = 64,
+                 steps_per_epoch: int | None = None,
+                 max_classes: int | None = None) -> Sampler:
+  """The sampler named ``sampling`` over ``labels``.
+
+  Args:
+    sampling: ``"pk"`` (:class:`PKSampler`), ``"random"`` (:class:`RandomBatchSampler`),
+      ``"triplets"`` (:class:`RandomTripletSampler`) or ``"pairs"``
+      (:class:`RandomPairSampler`).
+    labels: the split's labels.
+    seed: sampler seed (batches are a function of ``(seed, epoch)``).
+    classes_per_batch: P of ``"pk"``.
+    samples_per_class: K of ``"pk"``.
+    batch_size: B of the other samplers (capped at the split size).
+    steps_per_epoch: batches per epoch; None = the sampler's own pass over the split.
+    max_classes: cap on P (P x K sampling on a split with fewer classes).
+
+  Returns:
+    A :class:`Sampler`.
+  """
+  if sampling == "pk":
+    p = classes_per_batch if max_classes is None else min(classes_per_batch, max_classes)
+    return PKSampler(labels, p, samples_per_class, seed, steps_per_epoch=steps_per_epoch)
+  labels = np.asarray(labels)
+  batch_size = min(batch_size, len(labels))
+  if sampling == "random":
+    return RandomBatchSampler(len(labels), batch_size, seed,
+                              steps_per_epoch=steps_per_epoch)
+  if sampling == "triplets":
+    return RandomTripletSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch)
+  if sampling == "pairs":
+    return RandomPairSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch)
+  raise ValueError(f"sampling={sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}.")
+

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from absl import logging as absl_logging
 import numpy as np
 
-from tsm.data import config as config_lib
+from tsm.data import spec as spec_lib
 from tsm.data import preprocess
 from tsm.data import splits as splits_lib
 
@@ -82,11 +82,11 @@ def _not_prepared(name: str, data_dir: str | None, error: Exception) -> Exceptio
     return error
   extra = 'needs TensorFlow: pip install -e ".[data]"'
   if not prepared:
-    return config_lib.DatasetNotPreparedError(
+    return spec_lib.DatasetNotPreparedError(
         f"dataset {name} is not prepared in {where}; prepare it once with "
         f"`{prepare_command(name, data_dir)}` ({extra}).")
   if file_format is not None and "array_record" not in str(file_format).lower():
-    return config_lib.DatasetNotPreparedError(
+    return spec_lib.DatasetNotPreparedError(
         f"dataset {name} in {where} is prepared as {file_format}, but tsm reads "
         f"ArrayRecord; re-prepare it with `{prepare_command(name, data_dir, True)}` "
         f"({extra}).")
@@ -232,9 +232,9 @@ def _lfw_test_identities(labels: np.ndarray, fraction: float, seed: int) -> np.n
   return np.random.default_rng(seed).permutation(multi)[:num_test]
 
 
-def load_tfds(cfg: Any, *, seed: int) -> splits_lib.DatasetSplits:
-  """``tsm.data.load`` for the TFDS datasets (config already checked)."""
-  get = lambda f: config_lib.field(cfg, f)
+def load_tfds(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
+  """``tsm.data.load`` for the TFDS datasets (``spec`` already checked)."""
+  get = lambda f: getattr(spec, f)  # noqa: E731
   name, split = get("name"), get("split")
   data_dir, cache_dir = get("data_dir"), get("cache_dir")
   image_size, channels = get("image_size"), get("channels")
@@ -260,11 +260,10 @@ def load_tfds(cfg: Any, *, seed: int) -> splits_lib.DatasetSplits:
       test_fraction=get("test_fraction"), data_seed=data_seed, seed=seed,
       official_test=official_test if len(sources) > 1 else None,
       train_classes=train_classes, val_split=get("val_split"),
-      min_classes_for_class_val=config_lib.MIN_CLASSES_FOR_CLASS_VAL)
+      min_classes_for_class_val=spec_lib.MIN_CLASSES_FOR_CLASS_VAL)
   pool = _Pool(sources, image_size, channels, get("normalize"))
   input_shape = _input_shape(first, image_size, channels)
-  from tsm.data import datasets  # pylint: disable=g-import-not-at-top
-  augment_fn = datasets.image_augmenter(name)
+  augment_fn = preprocess.image_augmenter(name)
   cap = get("num_examples")
 
   def make(indices: np.ndarray, split_name: str, cap_seed: int) -> splits_lib.Split:

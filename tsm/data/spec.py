@@ -1,0 +1,147 @@
+"""What to load: :class:`DataSpec`, the typed description of a dataset and its split.
+
+``tsm.data.load(spec, seed=...)`` reads it; ``tsm.config`` builds it from the ``data``
+section of an experiment config (field names are the same). ``spec.check()`` raises a
+one-line ``ValueError`` whose message starts with the bad field's name, before anything
+is read from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Built-in offline sets (no download, no TFDS).
+OFFLINE_DATASETS = ("digits", "mnist1d", "synthetic")
+# TFDS sets, read from prepared ArrayRecord files through ``tfds.data_source``.
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "caltech_birds2011", "cars196",
+                 "lfw")
+DATASETS = OFFLINE_DATASETS + TFDS_DATASETS
+SPLITS = ("class_disjoint", "standard", "by_image")
+NORMALIZATIONS = ("unit", "symmetric", "imagenet")
+VAL_SPLITS = ("auto", "by_class", "by_image")
+# "auto" validation: by class for class-disjoint splits whose training part has at
+# least this many classes (CUB, Cars196, LFW); by image otherwise (the 10-class sets,
+# where holding out a class would leave 4 training classes).
+MIN_CLASSES_FOR_CLASS_VAL = 20
+
+# Splits each dataset supports ("standard" needs an official train/test split).
+SUPPORTED_SPLITS = {
+    "digits": ("class_disjoint", "by_image"),
+    "mnist1d": SPLITS,
+    "synthetic": SPLITS,
+    "mnist": SPLITS,
+    "fashion_mnist": SPLITS,
+    "cifar10": SPLITS,
+    "caltech_birds2011": SPLITS,
+    "cars196": SPLITS,
+    "lfw": ("class_disjoint", "by_image"),
+}
+# Datasets whose inputs are images (image_size / channels / augment apply).
+IMAGE_DATASETS = ("digits",) + TFDS_DATASETS
+# Images of varying size: image_size must be set.
+VARIABLE_SIZE_DATASETS = ("caltech_birds2011", "cars196")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """A dataset, how it is split and how its inputs are prepared.
+
+  Attributes:
+    name: dataset name, one of ``DATASETS``.
+    split: ``"class_disjoint"`` (train and test classes disjoint; the field's
+      standard for metric learning), ``"standard"`` (the dataset's own train/test
+      split, image-level) or ``"by_image"`` (all images pooled and split at random).
+    val_fraction: share of the training part held out for validation. 0 gives an
+      empty validation split.
+    val_split: ``"by_class"``, ``"by_image"`` or ``"auto"``: by class for
+      class-disjoint splits with at least ``MIN_CLASSES_FOR_CLASS_VAL`` (20) training
+      classes (CUB, Cars196, LFW), by image otherwise (the 10-class sets).
+    test_fraction: share held out for test by ``"by_image"`` splits, and share of the
+      identities with at least two images held out by LFW's class-disjoint split.
+    data_seed: seed of the dataset itself (synthetic points, by-image test split, LFW
+      identity split); fixed across runs so that test sets are comparable. The run's
+      ``seed`` (argument of ``load``) only picks the validation split.
+    image_size: side of the square images fed to the model (None = native size;
+      required for caltech_birds2011 and cars196, whose images vary in size).
+    channels: 1 or 3 (None = native; 3 repeats grey images, 1 converts colour to grey).
+    normalize: ``"unit"`` ([0, 1]), ``"symmetric"`` ([-1, 1]) or ``"imagenet"``
+      (ImageNet channel mean / std, for ImageNet-pretrained trunks).
+    augment: random crop (pad by size / 8) and, for natural images, horizontal flip
+      on training batches.
+    data_dir: TFDS data directory (None = TFDS default, ``~/tensorflow_datasets``).
+    cache_dir: where the label cache (.npy) goes (None = next to the prepared data,
+      or ``~/.cache/tsm`` when that is not writable).
+    num_examples: cap on the number of examples of each split (None = all), for quick
+      runs.
+  """
+  name: str = "digits"
+  split: str = "class_disjoint"
+  val_fraction: float = 0.1
+  val_split: str = "auto"
+  test_fraction: float = 0.2
+  data_seed: int = 0
+  image_size: int | None = None
+  channels: int | None = None
+  normalize: str = "unit"
+  augment: bool = False
+  data_dir: str | None = None
+  cache_dir: str | None = None
+  num_examples: int | None = None
+
+  def check(self) -> None:
+    """Raises a one-line ``ValueError`` starting with the bad field's name."""
+    name = self.name
+    if name not in DATASETS:
+      raise ValueError(f"name={name!r} is not a known dataset; use one of "
+                       f"{', '.join(DATASETS)}.")
+    split = self.split
+    if split not in SPLITS:
+      raise ValueError(f"split={split!r} is unknown; use one of {', '.join(SPLITS)}.")
+    if split not in SUPPORTED_SPLITS[name]:
+      raise ValueError(f"split={split!r} is not available for {name} (it has no "
+                       f"official train/test split); use one of "
+                       f"{', '.join(SUPPORTED_SPLITS[name])}.")
+    for field, value in (("val_fraction", self.val_fraction),
+                         ("test_fraction", self.test_fraction)):
+      if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{field}={value!r} must be a number in [0, 1); e.g. 0.1.")
+    val_split = self.val_split
+    if val_split not in VAL_SPLITS:
+      raise ValueError(f"val_split={val_split!r} is unknown; use one of "
+                       f"{', '.join(VAL_SPLITS)}.")
+    image_size = self.image_size
+    channels = self.channels
+    augment = self.augment
+    if not isinstance(augment, bool):
+      raise ValueError(f"augment={augment!r} must be True or False.")
+    if not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool) or (
+        self.data_seed < 0):
+      raise ValueError(f"data_seed={self.data_seed!r} must be an integer >= 0.")
+    if name not in IMAGE_DATASETS:
+      for field, value in (("image_size", image_size), ("channels", channels)):
+        if value is not None:
+          raise ValueError(f"{field}={value!r} does not apply to {name} (not images);"
+                           " leave it None.")
+      if augment:
+        raise ValueError(f"augment=True does not apply to {name} (not images); set "
+                         "it False.")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 4):
+      raise ValueError(f"image_size={image_size!r} must be an integer >= 4 or None "
+                       "(native size).")
+    if image_size is None and name in VARIABLE_SIZE_DATASETS:
+      raise ValueError(f"image_size must be set for {name} (its images vary in "
+                       "size); e.g. 224.")
+    if channels not in (None, 1, 3):
+      raise ValueError(f"channels={channels!r} must be 1, 3 or None (native).")
+    normalize = self.normalize
+    if normalize not in NORMALIZATIONS:
+      raise ValueError(f"normalize={normalize!r} is unknown; use one of "
+                       f"{', '.join(NORMALIZATIONS)}.")
+    num_examples = self.num_examples
+    if num_examples is not None and (not isinstance(num_examples, int) or num_examples < 2):
+      raise ValueError(f"num_examples={num_examples!r} must be an integer >= 2 or "
+                       "None (all examples).")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A TFDS dataset has no prepared ArrayRecord files; the message says how to fix it."""
