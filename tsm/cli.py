@@ -117,11 +117,14 @@ def _main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-  from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
+  from tsm import history  # pylint: disable=import-outside-toplevel
   try:
-    fit_lib.fit(_COMMAND.config, _COMMAND.workdir)
+    config_lib.train_and_evaluate(_COMMAND.config, _COMMAND.workdir)
   except config_lib.ConfigError as e:
     _COMMAND.fail(str(e))
+  except history.NonFiniteError as e:
+    print(f"tsm-train: {e}", file=sys.stderr)
+    sys.exit(3)
 
 
 def main(argv: list[str] | None = None) -> None:

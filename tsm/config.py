@@ -1,233 +1,229 @@
-"""The full experiment config and its validation.
+"""Experiment configs: the only module that reads a ConfigDict.
 
-:func:`default_config` assembles every section: ``data``, ``model`` and ``margin`` from
-their modules' ``default_config()``, plus ``loss``, ``train``, ``eval`` and
-``checkpoint`` defined here, and ``seed``. Experiment files under
-``experiments/configs/`` start from it and override what they need (big_vision style
-``get_config()``).
+Three jobs, in this order (big_vision / Flax-examples style ``get_config()`` files under
+``experiments/configs/`` start from :func:`default_config` and override what they need):
 
-:func:`check_config` validates every value before anything is loaded or compiled and
-raises :class:`ConfigError`, a ``ValueError`` whose message is one line naming the field
-and the fix. :func:`check_config_with_data` adds the checks that need the loaded dataset
-(batch shape against the split sizes, model against the input shape); ``tsm.fit.fit``
-runs both before it creates the workdir.
+1. **Defaults**: :func:`default_config` holds every section and its defaults
+   (``data``, ``model``, ``loss``, ``margin``, ``train``, ``eval``, ``checkpoint``,
+   ``distributed``, ``seed``). Every field is documented in :data:`FIELD_HELP`, which
+   ``tsm-train --helpfull_config`` lists with its default.
+2. **One validation pass**: :func:`check_config` reads and checks each field in exactly
+   one place, before anything is loaded or compiled, and raises :class:`ConfigError`, a
+   ``ValueError`` whose message is one line naming the field (``section.field``) and the
+   fix. The typed objects below validate their own arguments with messages that start
+   with the argument's name; the pass prefixes the section. :func:`check_config_with_data`
+   adds the checks that need the loaded dataset (batch shape against the split sizes,
+   model against the input shape).
+3. **Builders**: config → typed objects (a ``tsm.data.DataSpec``, a Flax model, a loss
+   function, a margin schedule, an optax optimizer, a sampler, evaluators), and
+   :func:`train_and_evaluate`, which builds them and calls ``tsm.fit.fit``. Below this
+   module nothing takes a config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import math
-from typing import Any
+import os
+from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
+import optax
 from ml_collections import config_dict
 
-from tsm import distances, distributed, losses, margins, models
-from tsm.data import config as data_config
+from tsm import distances, distributed, evaluation, losses, margins, models
+from tsm import train as train_lib
+from tsm.data import datasets as datasets_lib
+from tsm.data import samplers as samplers_lib
+from tsm.data import spec as spec_lib
 
 LOSSES = ("triplet", "contrastive")
-SAMPLINGS = ("pk", "random", "triplets", "pairs")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+SAMPLINGS = samplers_lib.SAMPLINGS
 MARGIN_UPDATES = ("epoch", "step")
+NONFINITE = ("stop", "skip")
 # Validation metrics a run can keep its best checkpoint by; lower is better for these:
 MINIMISED_METRICS = ("val_loss", "eer")
 RANKING_METRICS = ("val_loss", "map@r", "r_precision", "precision@1", "recall@1",
                    "recall@5", "recall@10", "auc", "eer")
+# Config fields that control one process, not the training: a resumed run may change them.
+RUN_CONTROL_FIELDS = (("train", "stop_after_steps"), ("train", "progress"),
+                      ("train", "print_every_steps"), ("distributed", "initialize"),
+                      ("distributed", "coordinator_address"),
+                      ("distributed", "num_processes"), ("distributed", "process_id"))
 
 
 class ConfigError(ValueError):
   """A bad config value; the message is one line naming the field and the fix."""
 
 
-def loss_config() -> ml_collections.ConfigDict:
-  """Default ``loss`` section.
+# ----------------------------------------------------------------------------- defaults
 
-  Fields:
-    name: ``"triplet"`` or ``"contrastive"``.
-    mining: triplet mining, ``"all"``, ``"hard"`` (batch-hard) or ``"semihard"``.
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-    reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
-    positive_margin: contrastive only: the positive margin of the two-margin variant
-      (0 = paper B's ``y d^2 + (1 - y) max(0, m - d)^2``).
-
-  Returns:
-    A ConfigDict.
-  """
-  return ml_collections.ConfigDict({
-      "name": "triplet", "mining": "all", "distance": "euclidean", "reduction": "mean",
-      "positive_margin": 0.0})
-
-
-def train_config() -> ml_collections.ConfigDict:
-  """Default ``train`` section.
-
-  Fields:
-    epochs: number of epochs.
-    sampling: ``"pk"`` (P classes x K examples, in-batch loss), ``"random"`` (plain random
-      batches of ``batch_size``, in-batch loss), ``"triplets"`` (paper B: ``batch_size``
-      random (anchor, positive, negative) triplets; triplet loss only) or ``"pairs"``
-      (paper B: ``batch_size`` random pairs, each anchor with a random positive or
-      negative; contrastive loss only).
-    classes_per_batch, samples_per_class: P and K of ``"pk"`` sampling.
-    batch_size: B of ``"random"``, ``"triplets"`` and ``"pairs"`` sampling.
-    steps_per_epoch: None = one pass over the training split (as the sampler defines it).
-    optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; learning_rate, lr_schedule
-      (``"constant"`` / ``"cosine"``), warmup_steps, weight_decay, momentum (sgd),
-      grad_clip_norm (None = no clipping).
-    log_every: steps between host transfers of the step metrics (and progress updates).
-    best_metric: the validation metric that picks the kept model: ``"val_loss"`` (lowest
-      wins; paper A), ``"eer"`` (lowest) or ``"map@r"``, ``"r_precision"``,
-      ``"precision@1"``, ``"recall@K"``, ``"auc"`` (highest).
-    stop_after_steps: stop this process after that many steps without saving anything
-      more, as a kill would (0 = off); for testing resumption.
-    data_parallel: with several devices, shard each batch over all of them (a 1-D
-      ``"data"`` mesh; the state is replicated). Multi-host runs always shard.
-    progress: show a tqdm progress bar.
-
-  Returns:
-    A ConfigDict.
-  """
-  return ml_collections.ConfigDict({
-      "epochs": 10,
-      "sampling": "pk",
-      "classes_per_batch": 8,
-      "samples_per_class": 4,
-      "batch_size": 64,
-      "steps_per_epoch": config_dict.placeholder(int),
-      "optimizer": "adam",
-      "learning_rate": 1e-3,
-      "lr_schedule": "constant",
-      "warmup_steps": 0,
-      "weight_decay": 0.0,
-      "momentum": 0.9,
-      "grad_clip_norm": config_dict.placeholder(float),
-      "log_every": 20,
-      "best_metric": "val_loss",
-      "stop_after_steps": 0,
-      "data_parallel": True,
-      "progress": True,
-  })
-
-
-def eval_config() -> ml_collections.ConfigDict:
-  """Default ``eval`` section.
-
-  Fields:
-    every_epochs: retrieval and verification metrics on the validation split every that
-      many epochs (and after the last); the validation loss is computed every epoch.
-    val_margin: margin of the validation loss; None = the margin in force during the
-      epoch. The default 1.0 follows paper A's code (a fixed margin, so that validation
-      losses of epochs with different training margins compare).
-    val_batches: cap on the number of validation-loss batches (None = one pass).
-    batch_size: batch size for embedding a split.
-    num_pairs: verification pairs per split (paper A: 1000, half same-class).
-    ks: the K of Recall@K.
-    knn_k: k of the k-NN accuracy reported in the test summary for ``"standard"`` splits
-      (train classes = test classes); 0 = off.
-
-  Returns:
-    A ConfigDict.
-  """
-  return ml_collections.ConfigDict({
-      "every_epochs": 1,
-      "val_margin": config_dict.FieldReference(1.0, field_type=float),
-      "val_batches": config_dict.placeholder(int),
-      "batch_size": 256,
-      "num_pairs": 1000,
-      "ks": (1, 5, 10),
-      "knn_k": 5,
-  })
+FIELD_HELP: dict[str, str] = {
+    "seed": "seed of the model initialisation, the sampler, dropout, augmentation and "
+            "the validation split",
+    "data.name": f"dataset: {', '.join(spec_lib.DATASETS)}",
+    "data.split": "class_disjoint (train/test classes disjoint), standard (the dataset's "
+                  "own split) or by_image (pooled, split at random)",
+    "data.val_fraction": "share of the training part held out for validation (0: none)",
+    "data.val_split": "by_class, by_image or auto (by class for class-disjoint splits "
+                      "with >= 20 training classes)",
+    "data.test_fraction": "share held out for test by by_image splits (and LFW's test "
+                          "identities)",
+    "data.data_seed": "seed of the dataset itself (synthetic points, by-image test split)",
+    "data.image_size": "side of the square images fed to the model (None: native)",
+    "data.channels": "1 or 3 (None: native)",
+    "data.normalize": "unit ([0, 1]), symmetric ([-1, 1]) or imagenet",
+    "data.augment": "random crop and (natural images) flip on training batches",
+    "data.data_dir": "TFDS data directory (None: ~/tensorflow_datasets)",
+    "data.cache_dir": "where TFDS label caches go (None: next to the data)",
+    "data.num_examples": "cap on the examples of each split (None: all)",
+    "model.name": f"model: {', '.join(models.MODELS)}",
+    "model.embedding_dim": "size of the L2-normalised embedding",
+    "model.head": "none, linear or paper_a (MLP head with dropout)",
+    "model.hidden_sizes": "dense hidden sizes of mlp / convnet / conv1d (None: default)",
+    "model.conv_features": "channels of the convolutions of convnet / conv1d",
+    "model.head_hidden": "hidden sizes of the paper_a head",
+    "model.head_dropout": "dropout after each paper_a head layer",
+    "model.stem": "ResNet stem: auto, imagenet or cifar",
+    "model.drop_path_rate": "EfficientNet-B0 stochastic depth",
+    "model.dtype": "computation dtype: float32 or bfloat16",
+    "model.pretrained_path": ".npz of trunk variables (tsm.models.save_trunk_weights)",
+    "model.freeze_trunk": "train the head only",
+    "loss.name": f"loss: {', '.join(LOSSES)}",
+    "loss.mining": f"triplet mining: {', '.join(losses.MINING)}",
+    "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
+    "loss.reduction": f"reduction: {', '.join(losses.REDUCTIONS)}",
+    "loss.positive_margin": "contrastive: positive margin (0: paper B's y d^2)",
+    "margin.schedule": f"margin schedule: {', '.join(margins.SCHEDULES)}",
+    "margin.initial_margin": "margin of the first epoch",
+    "margin.final_margin": "linear / exponential: margin of the last epoch",
+    "margin.threshold": "dams: easy share at which the margin is raised",
+    "margin.increment": "dams / stepwise: margin step",
+    "margin.max_margin": "dams: cap (None: none); controller: upper bound (None: 2.0)",
+    "margin.min_margin": "controller: lower bound",
+    "margin.target": "controller: easy share to hold",
+    "margin.gain": "controller: margin change per unit of share error",
+    "margin.deadband": "controller: band around the target where the margin holds",
+    "margin.boundaries": "stepwise: epochs at which the margin steps",
+    "margin.values": "stepwise: margins after each boundary (None: + increment)",
+    "margin.update_every": "epoch or step: when the schedule's rule is applied",
+    "train.epochs": "number of epochs",
+    "train.sampling": "pk (P x K in-batch), random, triplets or pairs (paper B)",
+    "train.classes_per_batch": "P of pk sampling",
+    "train.samples_per_class": "K of pk sampling",
+    "train.batch_size": "B of random / triplets / pairs sampling",
+    "train.steps_per_epoch": "batches per epoch (None: one pass)",
+    "train.optimizer": f"optimizer: {', '.join(train_lib.OPTIMIZERS)}",
+    "train.learning_rate": "peak learning rate",
+    "train.lr_schedule": f"learning-rate schedule: {', '.join(train_lib.LR_SCHEDULES)}",
+    "train.warmup_steps": "linear warm-up steps",
+    "train.weight_decay": "decoupled weight decay (adamw, sgd)",
+    "train.momentum": "sgd momentum",
+    "train.grad_clip_norm": "clip the global gradient norm (None: no clipping)",
+    "train.log_every": "steps between host transfers of the step metrics",
+    "train.best_metric": f"metric that picks the kept model: {', '.join(RANKING_METRICS)}",
+    "train.stop_after_steps": "stop the process after that many steps (tests; 0: off)",
+    "train.data_parallel": "shard each batch over all devices",
+    "train.progress": "progress bar (shown only when stderr is a terminal)",
+    "train.print_every_steps": "also print a plain line every that many steps (0: off)",
+    "train.nonfinite": "stop (default) or skip steps whose loss or gradient is not finite",
+    "eval.every_epochs": "validation retrieval / verification every that many epochs",
+    "eval.val_margin": "margin of the validation loss (None: the epoch's margin)",
+    "eval.val_batches": "cap on the validation-loss batches (None: one pass)",
+    "eval.batch_size": "batch size for embedding a split",
+    "eval.num_pairs": "verification pairs per split (paper A: 1000)",
+    "eval.ks": "the K of Recall@K",
+    "eval.knn_k": "k of the test k-NN accuracy on standard / by_image splits (0: off)",
+    "checkpoint.every_steps": "also checkpoint every that many steps (0: epoch ends)",
+    "checkpoint.every_epochs": "checkpoint every that many epochs (0: the last only)",
+    "checkpoint.keep": "most recent checkpoints kept (the best one besides)",
+    "checkpoint.async_save": "write checkpoints in a background thread",
+    "distributed.initialize": "call jax.distributed.initialize (multi-host runs)",
+    "distributed.coordinator_address": "host:port of process 0 (None: detected)",
+    "distributed.num_processes": "number of processes (None: detected)",
+    "distributed.process_id": "this process's index (None: detected)",
+}
 
 
-def checkpoint_config() -> ml_collections.ConfigDict:
-  """Default ``checkpoint`` section.
-
-  Fields:
-    every_steps: also checkpoint every that many steps within epochs (0 = only at the end
-      of each epoch).
-    every_epochs: checkpoint at the end of every that many epochs, and always after the
-      last (0 = after the last epoch only). The best model is picked among the saved
-      epochs. Short runs of small models (the studies) save seconds per run with 0.
-    keep: number of most recent checkpoints kept (the best one is kept besides).
-    async_save: write checkpoints in a background thread.
-
-  Returns:
-    A ConfigDict.
-  """
-  return ml_collections.ConfigDict({"every_steps": 0, "every_epochs": 1, "keep": 2,
-                                    "async_save": True})
+def _placeholders(values: dict[str, Any], types: dict[str, type]) -> dict[str, Any]:
+  """``values`` with each None replaced by a typed ml_collections placeholder."""
+  return {k: config_dict.placeholder(types[k]) if v is None else v
+          for k, v in values.items()}
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full default config: every section with its defaults.
-
-  Returns:
-    A ConfigDict with sections ``data``, ``model``, ``loss``, ``margin`` (plus
-    ``margin.update_every``: ``"epoch"`` or ``"step"``), ``train``, ``eval``,
-    ``checkpoint``, ``distributed`` (multi-host start-up, :mod:`tsm.distributed`) and
-    the field ``seed``.
-  """
+  """The full default config: every section with its defaults (see :data:`FIELD_HELP`)."""
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0
-  cfg.data = data_config.default_config()
-  cfg.model = models.default_config()
-  cfg.loss = loss_config()
-  cfg.margin = margins.default_config()
-  cfg.margin.update_every = "epoch"
-  cfg.train = train_config()
-  cfg.eval = eval_config()
-  cfg.checkpoint = checkpoint_config()
-  cfg.distributed = distributed.default_config()
+  data = dataclasses.asdict(spec_lib.DataSpec())
+  cfg.data = _placeholders(data, {"image_size": int, "channels": int, "data_dir": str,
+                                  "cache_dir": str, "num_examples": int})
+  cfg.model = _placeholders(
+      dict(name="mlp", embedding_dim=32, **models.MODEL_DEFAULTS),
+      {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str})
+  cfg.loss = {"name": "triplet", "mining": "all", "distance": "euclidean",
+              "reduction": "mean", "positive_margin": 0.0}
+  cfg.margin = {
+      "schedule": "constant", "initial_margin": 0.2, "final_margin": 1.0,
+      "threshold": 0.95, "increment": 0.05,
+      "max_margin": config_dict.placeholder(float), "min_margin": 0.0, "target": 0.9,
+      "gain": 0.5, "deadband": 0.02, "boundaries": (),
+      "values": config_dict.placeholder(tuple), "update_every": "epoch"}
+  cfg.train = {
+      "epochs": 10, "sampling": "pk", "classes_per_batch": 8, "samples_per_class": 4,
+      "batch_size": 64, "steps_per_epoch": config_dict.placeholder(int),
+      "optimizer": "adam", "learning_rate": 1e-3, "lr_schedule": "constant",
+      "warmup_steps": 0, "weight_decay": 0.0, "momentum": 0.9,
+      "grad_clip_norm": config_dict.placeholder(float), "log_every": 20,
+      "best_metric": "val_loss", "stop_after_steps": 0, "data_parallel": True,
+      "progress": True, "print_every_steps": 0, "nonfinite": "stop"}
+  cfg.eval = {
+      "every_epochs": 1, "val_margin": config_dict.FieldReference(1.0, field_type=float),
+      "val_batches": config_dict.placeholder(int), "batch_size": 256, "num_pairs": 1000,
+      "ks": (1, 5, 10), "knn_k": 5}
+  cfg.checkpoint = {"every_steps": 0, "every_epochs": 1, "keep": 2, "async_save": True}
+  cfg.distributed = {"initialize": False,
+                     "coordinator_address": config_dict.placeholder(str),
+                     "num_processes": config_dict.placeholder(int),
+                     "process_id": config_dict.placeholder(int)}
   return cfg
 
 
-def schedule_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The ``margin`` section without the train-loop field ``update_every``."""
-  out = ml_collections.ConfigDict(cfg.margin.to_dict())
-  if "update_every" in out:
-    del out["update_every"]
-  return out
-
-
-def schedule_length(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """Number of ``update`` calls of the margin schedule over the run."""
-  if cfg.margin.get("update_every", "epoch") == "step":
-    return int(cfg.train.epochs) * int(steps_per_epoch)
-  return int(cfg.train.epochs)
-
-
-def best_metric_key(name: str) -> tuple[str, str]:
-  """``(key in the epoch records, "min" | "max")`` for ``config.train.best_metric``."""
-  key = name if name == "val_loss" else f"val_{name}"
-  return key, "min" if name in MINIMISED_METRICS else "max"
+def describe_fields() -> str:
+  """Every config field with its default and meaning, one per line."""
+  cfg = default_config()
+  lines = []
+  for key, meaning in FIELD_HELP.items():
+    value = cfg
+    for part in key.split("."):
+      value = value[part]
+    lines.append(f"  {key} = {value!r}\n      {meaning}")
+  return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _fail(message: str) -> ConfigError:
-  return ConfigError(message)
 
 
 def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int(cfg: Any, section: str, field: str, minimum: int, hint: str = "",
+def _int(value: Any, name: str, minimum: int, hint: str = "",
          optional: bool = False) -> None:
-  value = cfg[section][field]
   if optional and value is None:
     return
   if not _is_int(value) or value < minimum:
     none = " or None" if optional else ""
-    raise _fail(f"{section}.{field}={value!r} must be an integer >= {minimum}{none}"
-                f"{'; ' + hint if hint else ''}.")
+    raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}{none}"
+                      f"{'; ' + hint if hint else ''}.")
 
 
-def _number(cfg: Any, section: str, field: str, *, minimum: float = 0.0,
-            strict: bool = False, optional: bool = False, hint: str = "") -> None:
-  value = cfg[section][field]
+def _number(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False,
+            optional: bool = False, hint: str = "") -> None:
   if optional and value is None:
     return
   ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -235,34 +231,39 @@ def _number(cfg: Any, section: str, field: str, *, minimum: float = 0.0,
   if not ok:
     relation = ">" if strict else ">="
     none = " or None" if optional else ""
-    raise _fail(f"{section}.{field}={value!r} must be a finite number {relation} "
-                f"{minimum}{none}{'; ' + hint if hint else ''}.")
+    raise ConfigError(f"{name}={value!r} must be a finite number {relation} {minimum}"
+                      f"{none}{'; ' + hint if hint else ''}.")
 
 
-def _choice(cfg: Any, section: str, field: str, choices: tuple[str, ...]) -> None:
-  value = cfg[section][field]
+def _choice(value: Any, name: str, choices: Sequence[str]) -> None:
   if value not in choices:
-    raise _fail(f"{section}.{field}={value!r} is unknown; use one of {', '.join(choices)}.")
+    raise ConfigError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}.")
+
+
+def _bool(value: Any, name: str) -> None:
+  if not isinstance(value, bool):
+    raise ConfigError(f"{name}={value!r} must be True or False.")
+
+
+def _section_error(section: str, error: ValueError) -> ConfigError:
+  """A typed object's one-line error (it starts with the argument) as ``section.arg``."""
+  message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+  return ConfigError(f"{section}.{message}")
 
 
 def _unknown_fields(cfg: ml_collections.ConfigDict) -> None:
   defaults = default_config()
   for key in cfg.keys():
     if key not in defaults:
-      raise _fail(f"{key} is not a config section; use one of "
-                  f"{', '.join(defaults.keys())}.")
-  for section in ("loss", "train", "eval", "checkpoint", "data", "model", "distributed"):
+      raise ConfigError(f"{key} is not a config section; use one of "
+                        f"{', '.join(defaults.keys())}.")
+  for section in defaults.keys():
+    if section == "seed":
+      continue
     for key in cfg[section].keys():
       if key not in defaults[section]:
-        raise _fail(f"{section}.{key} is not a {section} field; use one of "
-                    f"{', '.join(defaults[section].keys())}.")
-
-
-def _wrap(section: str, error: ValueError) -> ConfigError:
-  message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-  if not message.startswith(section + "."):
-    message = f"{section}: {message}"
-  return ConfigError(message)
+        raise ConfigError(f"{section}.{key} is not a {section} field; use one of "
+                          f"{', '.join(defaults[section].keys())}.")
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -275,93 +276,110 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     ConfigError: one line naming the bad field and the fix.
   """
   _unknown_fields(cfg)
-  if not _is_int(cfg.seed) or cfg.seed < 0:
-    raise _fail(f"seed={cfg.seed!r} must be an integer >= 0.")
+  _int(cfg.seed, "seed", 0)
   try:
-    data_config.check_data_config(cfg.data)
+    data_spec(cfg).check()
   except ValueError as e:
-    raise _wrap("data", e) from None
+    raise _section_error("data", e) from None
 
-  _choice(cfg, "loss", "name", LOSSES)
+  loss = cfg.loss
+  _choice(loss.name, "loss.name", LOSSES)
   for field, check in (("mining", losses.check_mining),
                        ("reduction", losses.check_reduction),
                        ("distance", distances.check_distance)):
     try:
-      check(cfg.loss[field])
+      check(loss[field])
     except ValueError as e:
-      raise _fail(f"loss.{field}: {e}") from None
-  _number(cfg, "loss", "positive_margin")
-  if cfg.loss.name == "contrastive" and cfg.loss.mining != "all":
-    raise _fail(f"loss.mining={cfg.loss.mining!r} applies to the triplet loss only; "
-                "set loss.mining=all with loss.name=contrastive.")
-  if cfg.loss.name == "triplet" and cfg.loss.positive_margin:
-    raise _fail("loss.positive_margin applies to the contrastive loss only; set it to 0 "
-                "with loss.name=triplet.")
+      raise ConfigError(f"loss.{field}: {e}") from None
+  _number(loss.positive_margin, "loss.positive_margin")
+  if loss.name == "contrastive" and loss.mining != "all":
+    raise ConfigError(f"loss.mining={loss.mining!r} applies to the triplet loss only; "
+                      "set loss.mining=all with loss.name=contrastive.")
+  if loss.name == "triplet" and loss.positive_margin:
+    raise ConfigError("loss.positive_margin applies to the contrastive loss only; set it "
+                      "to 0 with loss.name=triplet.")
 
-  train = cfg.train
-  _int(cfg, "train", "epochs", 1)
-  _choice(cfg, "train", "sampling", SAMPLINGS)
-  if train.sampling == "triplets" and cfg.loss.name != "triplet":
-    raise _fail("train.sampling='triplets' needs loss.name=triplet; use sampling "
-                "pairs, pk or random with the contrastive loss.")
-  if train.sampling == "pairs" and cfg.loss.name != "contrastive":
-    raise _fail("train.sampling='pairs' needs loss.name=contrastive; use sampling "
-                "triplets, pk or random with the triplet loss.")
-  if train.sampling == "pk":
-    _int(cfg, "train", "classes_per_batch", 2, "a batch needs negatives")
-    _int(cfg, "train", "samples_per_class", 2,
-         f"a {cfg.loss.name} batch needs two examples of a class for a positive pair")
+  t = cfg.train
+  _int(t.epochs, "train.epochs", 1)
+  _choice(t.sampling, "train.sampling", SAMPLINGS)
+  if t.sampling == "triplets" and loss.name != "triplet":
+    raise ConfigError("train.sampling='triplets' needs loss.name=triplet; use sampling "
+                      "pairs, pk or random with the contrastive loss.")
+  if t.sampling == "pairs" and loss.name != "contrastive":
+    raise ConfigError("train.sampling='pairs' needs loss.name=contrastive; use sampling "
+                      "triplets, pk or random with the triplet loss.")
+  if t.sampling == "pk":
+    _int(t.classes_per_batch, "train.classes_per_batch", 2, "a batch needs negatives")
+    _int(t.samples_per_class, "train.samples_per_class", 2,
+         f"a {loss.name} batch needs two examples of a class for a positive pair")
   else:
-    _int(cfg, "train", "batch_size", 2)
-  _int(cfg, "train", "steps_per_epoch", 1, optional=True)
-  _choice(cfg, "train", "optimizer", OPTIMIZERS)
-  _number(cfg, "train", "learning_rate", strict=True, hint="e.g. 1e-3")
-  _choice(cfg, "train", "lr_schedule", LR_SCHEDULES)
-  _int(cfg, "train", "warmup_steps", 0)
-  _number(cfg, "train", "weight_decay")
-  _number(cfg, "train", "momentum")
-  _number(cfg, "train", "grad_clip_norm", strict=True, optional=True)
-  _int(cfg, "train", "log_every", 1)
-  _choice(cfg, "train", "best_metric", RANKING_METRICS)
-  _int(cfg, "train", "stop_after_steps", 0, "0 turns it off")
+    _int(t.batch_size, "train.batch_size", 2)
+  _int(t.steps_per_epoch, "train.steps_per_epoch", 1, optional=True)
+  _choice(t.optimizer, "train.optimizer", train_lib.OPTIMIZERS)
+  _number(t.learning_rate, "train.learning_rate", strict=True, hint="e.g. 1e-3")
+  _choice(t.lr_schedule, "train.lr_schedule", train_lib.LR_SCHEDULES)
+  _int(t.warmup_steps, "train.warmup_steps", 0)
+  _number(t.weight_decay, "train.weight_decay")
+  _number(t.momentum, "train.momentum")
+  _number(t.grad_clip_norm, "train.grad_clip_norm", strict=True, optional=True)
+  _int(t.log_every, "train.log_every", 1)
+  _choice(t.best_metric, "train.best_metric", RANKING_METRICS)
+  _int(t.stop_after_steps, "train.stop_after_steps", 0, "0 turns it off")
+  _int(t.print_every_steps, "train.print_every_steps", 0, "0 turns it off")
+  _choice(t.nonfinite, "train.nonfinite", NONFINITE)
   for field in ("data_parallel", "progress"):
-    if not isinstance(train[field], bool):
-      raise _fail(f"train.{field}={train[field]!r} must be True or False.")
+    _bool(t[field], f"train.{field}")
 
-  if cfg.margin.get("update_every", "epoch") not in MARGIN_UPDATES:
-    raise _fail(f"margin.update_every={cfg.margin.update_every!r} is unknown; use one of "
-                f"{', '.join(MARGIN_UPDATES)}.")
+  _choice(cfg.margin.update_every, "margin.update_every", MARGIN_UPDATES)
+  if cfg.margin.schedule not in margins.SCHEDULES:
+    raise ConfigError(f"margin.schedule={cfg.margin.schedule!r} is unknown; use one of "
+                      f"{', '.join(margins.SCHEDULES)}.")
   try:
-    margins.check_config(schedule_config(cfg), max(int(train.epochs), 2))
+    build_schedule(cfg, steps_per_epoch=1)
   except ValueError as e:
-    raise _wrap("margin", e) from None
+    message = str(e).strip().splitlines()[0]
+    raise ConfigError(message if message.startswith(("num_epochs", "stepwise")) else
+                      f"margin.{message}") from None
 
-  _int(cfg, "eval", "every_epochs", 1)
-  _number(cfg, "eval", "val_margin", optional=True,
+  e = cfg.eval
+  _int(e.every_epochs, "eval.every_epochs", 1)
+  _number(e.val_margin, "eval.val_margin", optional=True,
           hint="None uses the current training margin")
-  _int(cfg, "eval", "val_batches", 1, optional=True)
-  _int(cfg, "eval", "batch_size", 1)
-  _int(cfg, "eval", "num_pairs", 2)
-  ks = cfg.eval.ks
-  if (not isinstance(ks, (tuple, list)) or not ks
-      or not all(_is_int(k) and k >= 1 for k in ks)):
-    raise _fail(f"eval.ks={ks!r} must be a non-empty tuple of integers >= 1, e.g. "
-                "(1, 5, 10).")
-  if train.best_metric.startswith("recall@") and int(train.best_metric[7:]) not in ks:
-    raise _fail(f"train.best_metric={train.best_metric!r} is not computed; add "
-                f"{train.best_metric[7:]} to eval.ks or pick another metric.")
-  _int(cfg, "eval", "knn_k", 0, "0 turns k-NN off")
+  _int(e.val_batches, "eval.val_batches", 1, optional=True)
+  _int(e.batch_size, "eval.batch_size", 1)
+  _int(e.num_pairs, "eval.num_pairs", 2)
+  if (not isinstance(e.ks, (tuple, list)) or not e.ks
+      or not all(_is_int(k) and k >= 1 for k in e.ks)):
+    raise ConfigError(f"eval.ks={e.ks!r} must be a non-empty tuple of integers >= 1, e.g. "
+                      "(1, 5, 10).")
+  if t.best_metric.startswith("recall@") and int(t.best_metric[7:]) not in e.ks:
+    raise ConfigError(f"train.best_metric={t.best_metric!r} is not computed; add "
+                      f"{t.best_metric[7:]} to eval.ks or pick another metric.")
+  _int(e.knn_k, "eval.knn_k", 0, "0 turns k-NN off")
 
-  _int(cfg, "checkpoint", "every_steps", 0, "0 checkpoints at epoch ends only")
-  _int(cfg, "checkpoint", "every_epochs", 0, "0 checkpoints after the last epoch only")
-  _int(cfg, "checkpoint", "keep", 1)
-  if not isinstance(cfg.checkpoint.async_save, bool):
-    raise _fail(f"checkpoint.async_save={cfg.checkpoint.async_save!r} must be True or "
-                "False.")
-  try:
-    distributed.check_config(cfg.distributed)
-  except ValueError as e:
-    raise _wrap("distributed", e) from None
+  c = cfg.checkpoint
+  _int(c.every_steps, "checkpoint.every_steps", 0, "0 checkpoints at epoch ends only")
+  _int(c.every_epochs, "checkpoint.every_epochs", 0, "0 checkpoints after the last epoch")
+  _int(c.keep, "checkpoint.keep", 1)
+  _bool(c.async_save, "checkpoint.async_save")
+
+  d = cfg.distributed
+  _bool(d.initialize, "distributed.initialize")
+  if d.coordinator_address is not None and (not isinstance(d.coordinator_address, str)
+                                            or ":" not in d.coordinator_address):
+    raise ConfigError(f"distributed.coordinator_address={d.coordinator_address!r} must be "
+                      "'host:port' (e.g. '10.0.0.1:1234') or None to detect it.")
+  _int(d.num_processes, "distributed.num_processes", 1, "or None to detect it", True)
+  _int(d.process_id, "distributed.process_id", 0, "or None to detect it", True)
+  if (d.num_processes is not None and d.process_id is not None
+      and d.process_id >= d.num_processes):
+    raise ConfigError(f"distributed.process_id={d.process_id} must be below "
+                      f"distributed.num_processes={d.num_processes}.")
+  explicit = [f for f in ("coordinator_address", "num_processes", "process_id")
+              if d[f] is not None]
+  if explicit and not d.initialize:
+    raise ConfigError(f"distributed.{explicit[0]} is set but distributed.initialize="
+                      "False; set distributed.initialize=True for a multi-host run.")
 
 
 def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
@@ -374,35 +392,293 @@ def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
   Raises:
     ConfigError: one line naming the bad field and the fix.
   """
-  train = cfg.train
+  t = cfg.train
   labels = np.asarray(splits.train.labels)
   labels = labels[labels >= 0]   # unlabelled points (synthetic outliers, -1) form no class
   counts = np.bincount(labels) if labels.size else np.zeros(0, int)
   num_classes = int(np.count_nonzero(counts))
-  with_pairs = int(np.count_nonzero(counts >= 2))
-  if with_pairs == 0:
-    raise _fail(f"the train split of data.name={cfg.data.name!r} has no class with two "
-                "examples; raise data.num_examples or lower data.val_fraction.")
-  if train.sampling == "pk":
-    if train.classes_per_batch > num_classes:
-      raise _fail(f"train.classes_per_batch={train.classes_per_batch} exceeds the "
-                  f"{num_classes} classes of the train split; set "
-                  f"train.classes_per_batch<={num_classes}.")
-  elif train.batch_size > len(labels):
-    raise _fail(f"train.batch_size={train.batch_size} exceeds the {len(labels)} examples "
-                f"of the train split; set train.batch_size<={len(labels)}.")
+  if int(np.count_nonzero(counts >= 2)) == 0:
+    raise ConfigError(f"the train split of data.name={cfg.data.name!r} has no class with "
+                      "two examples; raise data.num_examples or lower data.val_fraction.")
+  if t.sampling == "pk":
+    if t.classes_per_batch > num_classes:
+      raise ConfigError(f"train.classes_per_batch={t.classes_per_batch} exceeds the "
+                        f"{num_classes} classes of the train split; set "
+                        f"train.classes_per_batch<={num_classes}.")
+  elif t.batch_size > len(labels):
+    raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(labels)} "
+                      f"examples of the train split; set train.batch_size<={len(labels)}.")
   if num_classes < 2:
-    raise _fail(f"the train split of data.name={cfg.data.name!r} has {num_classes} "
-                "class; a metric-learning run needs at least 2 (check data.split).")
+    raise ConfigError(f"the train split of data.name={cfg.data.name!r} has {num_classes} "
+                      "class; a metric-learning run needs at least 2 (check data.split).")
   for name in ("val", "test"):
     split = getattr(splits, name)
     if len(split) and len(np.unique(np.asarray(split.labels))) < 2:
-      raise _fail(f"the {name} split of data.name={cfg.data.name!r} has fewer than 2 "
-                  "classes; change data.val_fraction / data.split.")
-  if len(splits.val) == 0 and train.best_metric != "val_loss":
-    raise _fail(f"train.best_metric={train.best_metric!r} needs a validation split; set "
-                "data.val_fraction > 0.")
+      raise ConfigError(f"the {name} split of data.name={cfg.data.name!r} has fewer than "
+                        "2 classes; change data.val_fraction / data.split.")
+  if len(splits.val) == 0 and t.best_metric != "val_loss":
+    raise ConfigError(f"train.best_metric={t.best_metric!r} needs a validation split; set "
+                      "data.val_fraction > 0.")
+  m = dict(cfg.model)
   try:
-    models.check_model_config(cfg.model, splits.input_shape)
+    models.check_model(m.pop("name"), input_shape=splits.input_shape, **m)
   except ValueError as e:
-    raise _wrap("model", e) from None
+    raise _section_error("model", e) from None
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def data_spec(cfg: ml_collections.ConfigDict) -> spec_lib.DataSpec:
+  """The ``data`` section as a :class:`tsm.data.DataSpec`."""
+  return spec_lib.DataSpec(**cfg.data)
+
+
+def build_model(cfg: ml_collections.ConfigDict, input_shape: Sequence[int]) -> Any:
+  """The embedding model of the ``model`` section for inputs of ``input_shape``."""
+  m = dict(cfg.model)
+  return models.create_model(m.pop("name"), input_shape=input_shape, **m)
+
+
+def build_loss(cfg: ml_collections.ConfigDict) -> train_lib.LossFn:
+  """``(embeddings, labels, margin) -> (loss, stats)`` of the ``loss`` section, in the
+  batch layout of ``train.sampling`` (explicit triplets / pairs for paper B's samplers)."""
+  loss, sampling = cfg.loss, cfg.train.sampling
+  if loss.name == "triplet":
+    if sampling == "triplets":
+      return train_lib.explicit_triplets_loss(distance=loss.distance,
+                                              reduction=loss.reduction)
+    return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
+                             mining=loss.mining, reduction=loss.reduction)
+  if sampling == "pairs":
+    return train_lib.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
+                                         positive_margin=loss.positive_margin)
+  return functools.partial(losses.contrastive_loss, distance=loss.distance,
+                           reduction=loss.reduction, positive_margin=loss.positive_margin)
+
+
+def schedule_length(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Number of ``update`` calls of the margin schedule over the run."""
+  if cfg.margin.update_every == "step":
+    return int(cfg.train.epochs) * int(steps_per_epoch)
+  return int(cfg.train.epochs)
+
+
+def build_schedule(cfg: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> margins.MarginSchedule:
+  """The margin schedule of the ``margin`` section (its constructors check the values)."""
+  m = cfg.margin
+  length = schedule_length(cfg, steps_per_epoch)
+  if m.schedule == "constant":
+    return margins.constant(m.initial_margin)
+  if m.schedule == "linear":
+    return margins.linear(m.initial_margin, m.final_margin, length)
+  if m.schedule == "exponential":
+    return margins.exponential(m.initial_margin, m.final_margin, length)
+  if m.schedule == "stepwise":
+    if m.values is not None:
+      return margins.stepwise(m.initial_margin, m.boundaries, values=m.values)
+    return margins.stepwise(m.initial_margin, m.boundaries, increment=m.increment)
+  if m.schedule == "dams":
+    return margins.dams(m.initial_margin, m.threshold, m.increment, m.max_margin)
+  return margins.controller(m.initial_margin, m.target, m.gain, m.min_margin,
+                            2.0 if m.max_margin is None else m.max_margin, m.deadband)
+
+
+def build_optimizer(cfg: ml_collections.ConfigDict,
+                    total_steps: int) -> optax.GradientTransformation:
+  """The optimiser of the ``train`` section, over ``(model params, loss params)``; with
+  ``model.freeze_trunk`` the trunk's parameters get zero updates and no optimiser state."""
+  t = cfg.train
+  tx = train_lib.make_optimizer(
+      optimizer=t.optimizer, learning_rate=t.learning_rate, lr_schedule=t.lr_schedule,
+      warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, momentum=t.momentum,
+      grad_clip_norm=t.grad_clip_norm, total_steps=total_steps)
+  if not cfg.model.freeze_trunk:
+    return tx
+
+  def labels(trainable):
+    params, loss_params = trainable
+    return (jax.tree_util.tree_map(lambda frozen: "frozen" if frozen else "train",
+                                   models.trunk_mask(params)),
+            jax.tree_util.tree_map(lambda _: "train", loss_params))
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def build_sampler(cfg: ml_collections.ConfigDict, labels: np.ndarray, seed: int, *,
+                  max_classes: int | None = None) -> samplers_lib.Sampler:
+  """The sampler of the ``train`` section over ``labels``."""
+  t = cfg.train
+  return samplers_lib.make_sampler(
+      t.sampling, labels, seed=seed, classes_per_batch=t.classes_per_batch,
+      samples_per_class=t.samples_per_class, batch_size=t.batch_size,
+      steps_per_epoch=t.steps_per_epoch, max_classes=max_classes)
+
+
+def _val_loss_batches(cfg: ml_collections.ConfigDict, splits: Any) -> np.ndarray | None:
+  """Fixed validation-loss index batches (epoch 0 of a sampler over val), or None."""
+  labels = np.asarray(splits.val.labels)
+  counts = np.bincount(labels[labels >= 0]) if labels.size else np.zeros(0, int)
+  with_pairs = int(np.count_nonzero(counts >= 2))
+  if with_pairs < 2:
+    return None
+  indices = build_sampler(cfg, labels, cfg.seed + 1, max_classes=with_pairs).epoch(0)
+  return indices[:cfg.eval.val_batches] if cfg.eval.val_batches else indices
+
+
+def build_evaluators(cfg: ml_collections.ConfigDict, splits: Any
+                     ) -> tuple[list[Any], list[Any]]:
+  """``(epoch evaluators, final evaluators)`` of the ``eval`` section.
+
+  Every epoch: the validation loss (at ``eval.val_margin``); every ``eval.every_epochs``:
+  validation retrieval and verification. Final (on the best state, into the summary):
+  test retrieval and verification (pairs seeded by ``data.data_seed``, the threshold
+  chosen on validation pairs seeded by ``seed``), validation retrieval and verification,
+  and the test k-NN accuracy on splits whose test classes are training classes.
+  """
+  e, distance, seed = cfg.eval, cfg.loss.distance, int(cfg.seed)
+  epoch: list[Any] = []
+  val_batches = _val_loss_batches(cfg, splits)
+  if val_batches is not None:
+    epoch.append(evaluation.ValidationLoss(val_batches, margin=e.val_margin))
+  every = int(e.every_epochs)
+  epoch += [evaluation.Retrieval("val", e.ks, distance, every_epochs=every),
+            evaluation.Verification("val", e.num_pairs, seed, distance, every_epochs=every)]
+  final: list[Any] = [
+      evaluation.Retrieval("test", e.ks, distance),
+      evaluation.Verification("test", e.num_pairs, int(cfg.data.data_seed), distance,
+                              threshold_split="val", threshold_seed=seed),
+      evaluation.Retrieval("val", e.ks, distance),
+      evaluation.Verification("val", e.num_pairs, seed, distance)]
+  if e.knn_k and cfg.data.split != "class_disjoint":
+    final.append(evaluation.KNN(e.knn_k, "train", "test", distance))
+  return epoch, final
+
+
+def best_metric_key(name: str) -> tuple[str, str]:
+  """``(key in the epoch records, "min" | "max")`` for ``train.best_metric``."""
+  key = name if name == "val_loss" else f"val_{name}"
+  return key, "min" if name in MINIMISED_METRICS else "max"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON types (what ``config.json`` holds)."""
+  return json.loads(cfg.to_json())
+
+
+def check_same_run(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError when ``workdir`` holds a run whose config differs in a training
+  field (the :data:`RUN_CONTROL_FIELDS` may differ)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = to_json(cfg)
+  for section, field in RUN_CONTROL_FIELDS:
+    for c in (saved, current):
+      c.get(section, {}).pop(field, None)
+
+  def first_difference(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        diff = first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+        if diff:
+          return diff
+      return None
+    return None if a == b else f"{prefix[:-1]} ({a!r} there, {b!r} now)"
+
+  diff = first_difference(saved, current, "")
+  if diff:
+    raise ConfigError(f"workdir {workdir} holds a run with a different config ({diff}); "
+                      "use a new --workdir, or the same config to resume it.")
+
+
+def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
+  """Validates ``cfg``, starts multi-host JAX if asked, loads the data and checks
+  ``workdir``; creates nothing.
+
+  Returns:
+    The ``tsm.data.DatasetSplits``.
+
+  Raises:
+    ConfigError: one line naming the bad field (or the missing dataset) and the fix.
+  """
+  check_config(cfg)
+  d = cfg.distributed
+  if d.initialize:   # multi-host start-up, before anything touches a device
+    try:
+      distributed.initialize(coordinator_address=d.coordinator_address,
+                             num_processes=d.num_processes, process_id=d.process_id)
+    except ValueError as e:
+      raise _section_error("distributed", e) from None
+  try:
+    splits = datasets_lib.load(data_spec(cfg), seed=cfg.seed)
+  except spec_lib.DatasetNotPreparedError as e:
+    raise ConfigError(str(e).strip().splitlines()[0]) from None
+  except ValueError as e:
+    raise _section_error("data", e) from None
+  check_config_with_data(cfg, splits)
+  if distributed.use_mesh(cfg.train.data_parallel):
+    rows = build_sampler(cfg, splits.train.labels, cfg.seed).epoch(0).shape[1]
+    if rows % jax.device_count():
+      raise ConfigError(
+          f"a train batch of {rows} rows does not split over {jax.device_count()} "
+          "devices; make it a multiple of the device count (train.classes_per_batch x "
+          "train.samples_per_class or train.batch_size) or set train.data_parallel=False.")
+  check_same_run(workdir, cfg)
+  return splits
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
+                       evaluators: Sequence[Any] = ()) -> Any:
+  """Builds every object ``cfg`` describes and trains with ``tsm.fit.fit``.
+
+  Args:
+    cfg: a full config (see :func:`default_config`).
+    workdir: the run directory (resumed when it holds a run of the same config).
+    evaluators: extra epoch evaluators (a study's analyses), run after the built-in ones.
+
+  Returns:
+    The ``tsm.fit.FitResult`` (None when ``train.stop_after_steps`` stopped it early).
+
+  Raises:
+    ConfigError: a bad config value, before anything is created.
+  """
+  from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
+  splits = prepare(cfg, workdir)
+  seed = int(cfg.seed)
+  model = build_model(cfg, splits.input_shape)
+  sampler = build_sampler(cfg, splits.train.labels, seed)
+  schedule = build_schedule(cfg, sampler.steps_per_epoch)
+  optimizer = build_optimizer(cfg, int(cfg.train.epochs) * sampler.steps_per_epoch)
+  epoch_evaluators, final_evaluators = build_evaluators(cfg, splits)
+  best_key, best_mode = best_metric_key(cfg.train.best_metric)
+  t, c = cfg.train, cfg.checkpoint
+  val_margin = cfg.eval.val_margin
+  return fit_lib.fit(
+      model, build_loss(cfg), schedule, optimizer, splits, workdir=workdir,
+      epochs=int(t.epochs), sampler=sampler, seed=seed,
+      evaluators=epoch_evaluators + list(evaluators), final_evaluators=final_evaluators,
+      best_metric=best_key, best_mode=best_mode,
+      checkpoint=fit_lib.CheckpointOptions(c.every_steps, c.every_epochs, c.keep,
+                                           c.async_save),
+      augment=bool(cfg.data.augment), margin_update=cfg.margin.update_every,
+      mesh=train_lib.data_mesh() if distributed.use_mesh(t.data_parallel) else None,
+      log_every=t.log_every, progress=t.progress, print_every_steps=t.print_every_steps,
+      stop_after_steps=t.stop_after_steps, nonfinite=t.nonfinite,
+      embed_batch_size=cfg.eval.batch_size,
+      init_fn=functools.partial(models.init_variables, model), run_config=to_json(cfg),
+      summary_extra={"dataset": cfg.data.name, "split": cfg.data.split,
+                     "loss": cfg.loss.name, "margin_schedule": cfg.margin.schedule,
+                     "model": cfg.model.name},
+      figure={"title": f"{cfg.data.name}: {cfg.loss.name} loss, {cfg.margin.schedule} "
+                       f"margin, {cfg.model.name}",
+              "val_label": "validation" + ("" if val_margin is None else
+                                           f" (margin {val_margin:g})"),
+              "easy_threshold": cfg.margin.threshold if cfg.margin.schedule == "dams"
+              else None})

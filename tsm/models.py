@@ -624,8 +624,8 @@ class EmbeddingModel(nn.Module):
     return l2_normalize(out.astype(jnp.float32))
 
 
-def create_model(model_config: ml_collections.ConfigDict,
-                 input_shape: Sequence[int]) -> EmbeddingModel:
+def _create_model_cfg(model_config: ml_collections.ConfigDict,
+                      input_shape: Sequence[int]) -> EmbeddingModel:
   """Builds the embedding model a config describes.
 
   Args:
@@ -920,3 +920,21 @@ def maybe_freeze_trunk(tx: optax.GradientTransformation,
   labels: Callable[[Any], Any] = lambda params: jax.tree_util.tree_map(
       lambda frozen: "frozen" if frozen else "train", trunk_mask(params))
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# TEMPORARY shim (replaced by the tsm.models package): the typed API config.py calls.
+MODEL_DEFAULTS = dict(head="none", hidden_sizes=None, conv_features=None,
+                      head_hidden=(512, 256), head_dropout=(0.5, 0.3), stem="auto",
+                      drop_path_rate=0.2, dtype="float32", pretrained_path=None,
+                      freeze_trunk=False)
+
+
+def check_model(name, *, embedding_dim, input_shape, **kw):
+  try:
+    check_model_config(ml_collections.ConfigDict(dict(name=name, embedding_dim=embedding_dim, **kw)), input_shape)
+  except ValueError as e:
+    raise ValueError(str(e).replace("model.", "")) from None
+
+
+def create_model(name, *, embedding_dim, input_shape, **kw):
+  return _create_model_cfg(ml_collections.ConfigDict(dict(name=name, embedding_dim=embedding_dim, **kw)), input_shape)

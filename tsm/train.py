@@ -1,31 +1,29 @@
 """Training state, the jitted train / eval steps, the end-of-epoch margin update.
 
 The whole training state is one pytree, :class:`TrainState`: step, model parameters,
-BatchNorm statistics, optax state, the margin schedule's :class:`tsm.margins.MarginState`
-(the current margin and the running triplet counts) and a PRNG key. One compiled
-``train_step(state, batch) -> (state, metrics)`` does forward, loss, backward, the
-optimiser update and the margin bookkeeping; the margin is read from the state (a traced
-value), so a new margin never recompiles it. ``state`` is donated: its buffers are reused
-for the new state.
+BatchNorm statistics, the loss's own parameters and state (``{}`` for plain losses),
+optax state, the margin schedule's :class:`tsm.margins.MarginState` (the current margin
+and the running counts) and a PRNG key. One compiled ``train_step(state, batch) ->
+(state, metrics)`` does forward, loss, backward, the optimiser update (of the model's
+and the loss's parameters together), the loss's own state update and the margin
+bookkeeping; the margin is read from the state (a traced value), so a new margin never
+recompiles it. ``state`` is donated: its buffers are reused for the new state.
 
-A batch is a dict ``{"inputs": float32 [N, ...], "labels": int32 [N]}``; the layout of
-``N`` depends on ``config.train.sampling``:
-
-* ``"pk"``, ``"random"``: ``N = B`` examples; the loss is taken in-batch over every
-  valid triplet / pair (``tsm.losses.triplet_margin_loss`` / ``contrastive_loss``).
-* ``"triplets"``: ``N = 3B``, anchors, positives and negatives concatenated
-  (``tsm.losses.triplet_margin_loss_from_triplets``; paper B's random triplets).
-* ``"pairs"``: ``N = 2B``, first and second members concatenated, ``same`` from the
-  labels (``tsm.losses.contrastive_loss_from_pairs``; paper B's random pairs).
+Everything here takes built objects: a Flax module, a loss, a margin schedule and an
+optax transform. A loss is either a function ``(embeddings, labels, margin) -> (loss,
+stats)`` or a :class:`tsm.losses.ParametricLoss`; ``stats`` has the common statistics
+shape (``num_total``, ``num_active``, ``num_easy``), so any schedule accumulates from any
+loss. A batch is a dict ``{"inputs": float32 [N, ...], "labels": int32 [N]}``; losses
+over explicit tuples take the batch layouts of :func:`explicit_triplets_loss` and
+:func:`explicit_pairs_loss`.
 
 Metrics (float32 scalars, left on the device: the fit loop fetches them in bulk):
 ``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin``
-(the margin this step used), ``active_ratio``, ``mean_pos_dist``, ``mean_neg_dist``, ``easy_share``,
-plus for triplet losses ``num_triplets``, ``num_easy``, ``num_semihard``, ``num_hard``, and
-for the contrastive loss ``num_pairs``, ``num_positive``, ``num_negative``, ``num_active``,
-``num_easy`` (pairs with zero loss). The margin schedule accumulates ``(num_triplets,
-num_easy)`` (for the contrastive loss ``(num_pairs, num_easy)``), so DAMS on a
-contrastive loss raises the margin on the share of zero-loss pairs.
+(the margin this step used), ``easy_share`` (``num_easy / num_total``), ``nonfinite``
+(1.0 when the loss or the gradient is not finite), and every scalar field of the loss's
+stats (``num_total``, ``num_active``, ``num_easy``, ``active_ratio``, ``mean_pos_dist``,
+``mean_neg_dist``, and the loss's own counts such as ``num_triplets``, ``num_semihard``,
+``num_hard`` or ``num_pairs``, ``num_positive``, ``num_negative``).
 
 Data parallelism (one or several hosts): pass a ``jax.sharding.Mesh`` with a ``"data"``
 axis (``data_mesh()``); the batch is sharded along it and the state replicated. The loss is
@@ -42,15 +40,17 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tsm import losses
+from tsm import losses as losses_lib
 from tsm import margins as margins_lib
 from tsm.distributed import data_mesh, replicate  # pylint: disable=unused-import  # re-exported
 
 Metrics = dict[str, jax.Array]
+LossFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -60,57 +60,81 @@ class TrainState(flax.struct.PyTreeNode):
     step: int32 scalar, optimiser steps taken.
     params: model parameters.
     batch_stats: BatchNorm running statistics (``{}`` for models without BatchNorm).
-    opt_state: optax state.
+    loss_params: the loss's trainable parameters (``{}`` for plain losses), optimised
+      with ``params``.
+    loss_state: the loss's non-gradient state (``{}`` for plain losses), updated by the
+      loss's own rule in every step.
+    opt_state: optax state of ``(params, loss_params)``.
     margin_state: the margin schedule's state (``margin_state.margin`` is the margin).
-    rng: PRNG key (``jax.random.PRNGKey``); step ``s`` uses ``fold_in(rng, s)``.
+    rng: PRNG key data; step ``s`` uses ``fold_in(rng, s)``.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
+  loss_params: Any
+  loss_state: Any
   opt_state: Any
   margin_state: margins_lib.MarginState
   rng: jax.Array
 
 
 def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformation,
-                       schedule: margins_lib.MarginSchedule,
-                       rng: chex.PRNGKey) -> TrainState:
+                       schedule: margins_lib.MarginSchedule, rng: chex.PRNGKey,
+                       loss_variables: losses_lib.LossVariables | None = None
+                       ) -> TrainState:
   """Builds the initial state from model variables, an optimiser and a margin schedule.
 
   Args:
-    variables: ``{"params": ..., ["batch_stats": ...]}`` from ``tsm.models.init_variables``.
-    tx: the optimiser.
+    variables: ``{"params": ..., ["batch_stats": ...]}`` from ``tsm.models.init_variables``
+      (or ``model.init``).
+    tx: the optimiser, applied to the pair ``(params, loss_params)``.
     schedule: the margin schedule.
     rng: PRNG key for dropout and other per-step randomness.
+    loss_variables: the loss's parameters and state (``ParametricLoss.init``); None for
+      a plain loss.
 
   Returns:
     A :class:`TrainState` at step 0.
   """
   params = variables["params"]
+  if loss_variables is None:
+    loss_variables = losses_lib.LossVariables(params={}, state={})
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), margin_state=schedule.init(), rng=rng)
+                    loss_params=loss_variables.params, loss_state=loss_variables.state,
+                    opt_state=tx.init((params, loss_variables.params)),
+                    margin_state=schedule.init(), rng=rng)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict,
-                   total_steps: int) -> optax.GradientTransformation:
-  """The optax optimiser a ``config.train`` section describes.
-
-  Fields: ``optimizer`` (``"adam"``, ``"adamw"``, ``"sgd"``), ``learning_rate``,
-  ``lr_schedule`` (``"constant"`` or ``"cosine"`` decay to 0 over ``total_steps``),
-  ``warmup_steps`` (linear warm-up), ``weight_decay`` (adamw, sgd), ``momentum`` (sgd),
-  ``grad_clip_norm`` (None: no clipping).
+def make_optimizer(*, optimizer: str = "adam", learning_rate: float = 1e-3,
+                   lr_schedule: str = "constant", warmup_steps: int = 0,
+                   weight_decay: float = 0.0, momentum: float = 0.9,
+                   grad_clip_norm: float | None = None,
+                   total_steps: int = 1) -> optax.GradientTransformation:
+  """An optax optimiser by name, with an optional warm-up, cosine decay and clipping.
 
   Args:
-    train_config: the ``train`` section of the config.
+    optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+    learning_rate: peak learning rate.
+    lr_schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over ``total_steps``).
+    warmup_steps: linear warm-up steps from 0.
+    weight_decay: decoupled weight decay (adamw, sgd).
+    momentum: sgd momentum (0 = none).
+    grad_clip_norm: clip the global gradient norm to this (None: no clipping).
     total_steps: optimiser steps of the whole run (for the cosine schedule).
 
   Returns:
     An ``optax.GradientTransformation``.
   """
-  lr = float(train_config.learning_rate)
-  warmup = int(train_config.warmup_steps)
-  if train_config.lr_schedule == "cosine":
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f"optimizer={optimizer!r} is unknown; use one of "
+                     f"{', '.join(OPTIMIZERS)}.")
+  if lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; use one of "
+                     f"{', '.join(LR_SCHEDULES)}.")
+  lr = float(learning_rate)
+  warmup = int(warmup_steps)
+  if lr_schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
         0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1))
   elif warmup:
@@ -118,87 +142,75 @@ def make_optimizer(train_config: ml_collections.ConfigDict,
         [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
   else:
     schedule = lr
-  name = train_config.optimizer
-  if name == "adam":
+  if optimizer == "adam":
     tx = optax.adam(schedule)
-  elif name == "adamw":
-    tx = optax.adamw(schedule, weight_decay=float(train_config.weight_decay))
+  elif optimizer == "adamw":
+    tx = optax.adamw(schedule, weight_decay=float(weight_decay))
   else:
-    tx = optax.chain(optax.add_decayed_weights(float(train_config.weight_decay)),
-                     optax.sgd(schedule, momentum=float(train_config.momentum) or None))
-  if train_config.grad_clip_norm is not None:
-    tx = optax.chain(optax.clip_by_global_norm(float(train_config.grad_clip_norm)), tx)
+    tx = optax.chain(optax.add_decayed_weights(float(weight_decay)),
+                     optax.sgd(schedule, momentum=float(momentum) or None))
+  if grad_clip_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(float(grad_clip_norm)), tx)
   return tx
 
 
-def make_loss_fn(config: ml_collections.ConfigDict
-                 ) -> Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Metrics]]:
-  """``(embeddings [N, D], labels [N], margin) -> (loss, metrics)`` for the config.
-
-  The batch layout ``N`` follows ``config.train.sampling`` (see the module docstring).
-  The metrics hold the loss statistics (counts, active ratio, mean distances) and
-  ``num_easy`` plus ``num_triplets`` or ``num_pairs``, which the margin schedule
-  accumulates.
+def explicit_triplets_loss(*, distance: str = "euclidean", reduction: str = "mean"
+                           ) -> LossFn:
+  """The triplet loss over batches ``[anchors; positives; negatives]`` (paper B's).
 
   Args:
-    config: the full config (``loss`` and ``train.sampling`` are read).
+    distance: see :func:`tsm.losses.triplet_margin_loss_from_triplets`.
+    reduction: see :func:`tsm.losses.triplet_margin_loss_from_triplets`.
 
   Returns:
-    The loss function.
+    ``(embeddings [3B, D], labels [3B], margin) -> (loss, TripletStats)``.
   """
-  loss_cfg = config.loss
-  sampling = config.train.sampling
-  distance = loss_cfg.distance
-  reduction = loss_cfg.reduction
-
-  def triplet_metrics(stats: losses.TripletStats) -> Metrics:
-    return {k: getattr(stats, k) for k in (
-        "num_triplets", "num_easy", "num_semihard", "num_hard", "active_ratio",
-        "mean_pos_dist", "mean_neg_dist")}
-
-  def pair_metrics(stats: losses.PairStats) -> Metrics:
-    out = {k: getattr(stats, k) for k in (
-        "num_pairs", "num_positive", "num_negative", "num_active", "active_ratio",
-        "mean_pos_dist", "mean_neg_dist")}
-    out["num_easy"] = stats.num_pairs - stats.num_active
-    return out
-
-  def loss_fn(embeddings: jax.Array, labels: jax.Array,
-              margin: jax.Array) -> tuple[jax.Array, Metrics]:
-    if loss_cfg.name == "triplet":
-      if sampling == "triplets":
-        anchor, positive, negative = jnp.split(embeddings, 3)
-        loss, stats = losses.triplet_margin_loss_from_triplets(
-            anchor, positive, negative, margin, distance=distance, reduction=reduction)
-      else:
-        loss, stats = losses.triplet_margin_loss(
-            embeddings, labels, margin, distance=distance, mining=loss_cfg.mining,
-            reduction=reduction)
-      return loss, triplet_metrics(stats)
-    if sampling == "pairs":
-      x1, x2 = jnp.split(embeddings, 2)
-      l1, l2 = jnp.split(labels, 2)
-      loss, stats = losses.contrastive_loss_from_pairs(
-          x1, x2, l1 == l2, margin, distance=distance, reduction=reduction,
-          positive_margin=loss_cfg.positive_margin)
-    else:
-      loss, stats = losses.contrastive_loss(
-          embeddings, labels, margin, distance=distance, reduction=reduction,
-          positive_margin=loss_cfg.positive_margin)
-    return loss, pair_metrics(stats)
-
+  def loss_fn(embeddings, labels, margin):
+    del labels
+    anchor, positive, negative = jnp.split(embeddings, 3)
+    return losses_lib.triplet_margin_loss_from_triplets(
+        anchor, positive, negative, margin, distance=distance, reduction=reduction)
   return loss_fn
 
 
-def _schedule_counts(metrics: Metrics) -> dict[str, jax.Array]:
-  total = metrics["num_triplets"] if "num_triplets" in metrics else metrics["num_pairs"]
-  return {"num_triplets": total, "num_easy": metrics["num_easy"]}
+def explicit_pairs_loss(*, distance: str = "euclidean", reduction: str = "mean",
+                        positive_margin: float = 0.0) -> LossFn:
+  """The contrastive loss over batches ``[first members; second members]`` (paper B's).
+
+  ``same`` comes from the labels of the two halves.
+
+  Args:
+    distance: see :func:`tsm.losses.contrastive_loss_from_pairs`.
+    reduction: see :func:`tsm.losses.contrastive_loss_from_pairs`.
+    positive_margin: see :func:`tsm.losses.contrastive_loss_from_pairs`.
+
+  Returns:
+    ``(embeddings [2B, D], labels [2B], margin) -> (loss, PairStats)``.
+  """
+  def loss_fn(embeddings, labels, margin):
+    x1, x2 = jnp.split(embeddings, 2)
+    l1, l2 = jnp.split(labels, 2)
+    return losses_lib.contrastive_loss_from_pairs(
+        x1, x2, l1 == l2, margin, distance=distance, reduction=reduction,
+        positive_margin=positive_margin)
+  return loss_fn
 
 
-def _with_easy_share(metrics: Metrics) -> Metrics:
-  counts = _schedule_counts(metrics)
-  metrics["easy_share"] = counts["num_easy"] / jnp.maximum(counts["num_triplets"], 1.0)
-  return metrics
+def stats_metrics(stats: Any) -> Metrics:
+  """Every scalar field of a loss's stats as float32 metrics, plus the contract counts.
+
+  Args:
+    stats: a loss's statistics (NamedTuple or mapping).
+
+  Returns:
+    A dict with ``num_total``, ``num_active``, ``num_easy``, ``easy_share`` and every
+    scalar field of ``stats``.
+  """
+  fields = stats._asdict() if hasattr(stats, "_asdict") else dict(stats)
+  out = {k: jnp.asarray(v, jnp.float32) for k, v in fields.items() if jnp.ndim(v) == 0}
+  out.update(losses_lib.common_stats(stats))
+  out["easy_share"] = out["num_easy"] / jnp.maximum(out["num_total"], 1.0)
+  return out
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
@@ -217,33 +229,46 @@ def _shardings(mesh: Mesh | None):
   return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
-                    schedule: margins_lib.MarginSchedule,
-                    tx: optax.GradientTransformation, mesh: Mesh | None = None
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.ParametricLoss,
+                    schedule: margins_lib.MarginSchedule, tx: optax.GradientTransformation,
+                    *, mesh: Mesh | None = None, margin_update: str = "epoch",
+                    skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, dict[str, jax.Array]],
                                   tuple[TrainState, Metrics]]:
   """Builds the jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
 
   The step embeds the batch in training mode (dropout from ``fold_in(state.rng,
   state.step)``, BatchNorm statistics updated), takes the loss at
-  ``state.margin_state.margin``, applies ``tx``, and adds the batch's triplet counts to
-  the margin state (``schedule.accumulate``); with ``config.margin.update_every ==
-  "step"`` it also applies ``schedule.update`` (otherwise call :func:`make_end_of_epoch`'s
-  function once per epoch).
+  ``state.margin_state.margin``, applies ``tx`` to the model's and the loss's
+  parameters, stores the loss's new state, and adds the batch's counts to the margin
+  state (``schedule.accumulate``); with ``margin_update == "step"`` it also applies
+  ``schedule.update`` (otherwise call :func:`make_end_of_epoch`'s function once per
+  epoch).
 
   Args:
-    config: the full config.
     model: the embedding model (``model.apply(variables, x, train=...)``).
+    loss: ``(embeddings, labels, margin) -> (loss, stats)`` or a
+      :class:`tsm.losses.ParametricLoss`.
     schedule: the margin schedule.
     tx: the optimiser ``state.opt_state`` belongs to.
     mesh: optional mesh with a ``"data"`` axis: the batch is sharded along it, the state
       replicated. The global batch must divide evenly over the axis.
+    margin_update: ``"epoch"`` or ``"step"``.
+    skip_nonfinite: when the loss or the gradient is not finite, keep the old state
+      (the step counter still advances) instead of applying the update.
 
   Returns:
     The compiled step function.
   """
-  loss_fn = make_loss_fn(config)
-  per_step_update = config.margin.get("update_every", "epoch") == "step"
+  if margin_update not in ("epoch", "step"):
+    raise ValueError(f"margin_update={margin_update!r} is unknown; use 'epoch' or 'step'.")
+  loss = losses_lib.as_parametric(loss)
+  per_step_update = margin_update == "step"
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]
                  ) -> tuple[TrainState, Metrics]:
@@ -253,7 +278,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     margin = state.margin_state.margin
 
-    def objective(params):
+    def objective(trainable):
+      params, loss_params = trainable
       variables = _variables(params, state.batch_stats)
       if state.batch_stats:
         embeddings, updates = model.apply(variables, inputs, train=True,
@@ -264,20 +290,30 @@ def make_train_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
         embeddings = model.apply(variables, inputs, train=True,
                                  rngs={"dropout": dropout_rng})
         new_batch_stats = state.batch_stats
-      loss, metrics = loss_fn(embeddings, labels, margin)
-      return loss, (metrics, new_batch_stats)
+      value, stats, new_loss_state = loss.apply(loss_params, state.loss_state, embeddings,
+                                                labels, margin)
+      return value, (stats, new_batch_stats, new_loss_state)
 
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    margin_state = schedule.accumulate(state.margin_state, _schedule_counts(metrics))
+    trainable = (state.params, state.loss_params)
+    (value, (stats, batch_stats, loss_state)), grads = jax.value_and_grad(
+        objective, has_aux=True)(trainable)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    params, loss_params = optax.apply_updates(trainable, updates)
+    loss_state = jax.lax.stop_gradient(loss_state)
+    margin_state = schedule.accumulate(state.margin_state, stats)
     if per_step_update:
       margin_state = schedule.update(margin_state)
-    metrics = _with_easy_share(dict(metrics, loss=loss, margin=margin,
-                                    grad_norm=optax.tree.norm(grads)))
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    metrics = dict(stats_metrics(stats), loss=value, margin=margin, grad_norm=grad_norm,
+                   nonfinite=(~finite).astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              loss_params=loss_params, loss_state=loss_state,
                               opt_state=opt_state, margin_state=margin_state)
+    if skip_nonfinite:
+      kept = state.replace(step=state.step + 1)
+      new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
+                                         new_state, kept)
     return new_state, metrics
 
   state_sharding, batch_sharding = _shardings(mesh)
@@ -288,19 +324,18 @@ def make_train_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
                  out_shardings=(state_sharding, state_sharding))
 
 
-def make_eval_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
-                   mesh: Mesh | None = None, *, batch_sharded: bool = True
+def make_eval_step(model: flax.linen.Module, loss: LossFn | losses_lib.ParametricLoss,
+                   *, mesh: Mesh | None = None, batch_sharded: bool = True
                    ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], Metrics]:
   """Builds the jitted ``eval_step(state, batch, margin) -> metrics`` (validation loss).
 
   Embeds the batch in inference mode and returns the loss and its statistics at
-  ``margin`` (a float32 scalar: the fit loop passes ``config.eval.val_margin``, or the
-  current margin when that is None), with the same loss, sampling and reduction as
-  training. Nothing is donated.
+  ``margin`` (a float32 scalar), with the loss's current parameters and state (the state
+  is not updated). Nothing is donated.
 
   Args:
-    config: the full config.
     model: the embedding model.
+    loss: the training loss (see :func:`make_train_step`).
     mesh: optional mesh with a ``"data"`` axis (see :func:`make_train_step`).
     batch_sharded: with a mesh, whether the batch is sharded along ``"data"`` (False:
       replicated, for batches whose size does not divide the device count).
@@ -308,14 +343,15 @@ def make_eval_step(config: ml_collections.ConfigDict, model: flax.linen.Module,
   Returns:
     The compiled eval function.
   """
-  loss_fn = make_loss_fn(config)
+  loss = losses_lib.as_parametric(loss)
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array],
                 margin: jax.Array) -> Metrics:
     embeddings = model.apply(_variables(state.params, state.batch_stats),
                              batch["inputs"], train=False)
-    loss, metrics = loss_fn(embeddings, batch["labels"], margin)
-    return _with_easy_share(dict(metrics, loss=loss))
+    value, stats, _ = loss.apply(state.loss_params, state.loss_state, embeddings,
+                                 batch["labels"], margin)
+    return dict(stats_metrics(stats), loss=value)
 
   state_sharding, batch_sharding = _shardings(mesh)
   if mesh is None:
@@ -330,8 +366,8 @@ def make_end_of_epoch(schedule: margins_lib.MarginSchedule, mesh: Mesh | None = 
                       ) -> Callable[[TrainState], TrainState]:
   """Builds the jitted ``end_of_epoch(state) -> state``: applies ``schedule.update``.
 
-  Donates ``state``. Call it after an epoch's last train step (not when
-  ``config.margin.update_every == "step"``: the train step then updates itself).
+  Donates ``state``. Call it after an epoch's last train step (not with
+  ``margin_update="step"``: the train step then updates itself).
 
   Args:
     schedule: the margin schedule of the train step.
@@ -351,6 +387,7 @@ def make_end_of_epoch(schedule: margins_lib.MarginSchedule, mesh: Mesh | None = 
                  out_shardings=state_sharding)
 
 
-__all__ = ["TrainState", "create_train_state", "data_mesh",
-           "make_end_of_epoch", "make_eval_step", "make_loss_fn", "make_optimizer",
-           "make_train_step", "replicate"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainState", "create_train_state", "data_mesh",
+           "explicit_pairs_loss", "explicit_triplets_loss", "make_end_of_epoch",
+           "make_eval_step", "make_optimizer", "make_train_step", "replicate",
+           "stats_metrics"]

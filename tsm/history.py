@@ -1,0 +1,136 @@
+"""The records of a run: step metrics fetched in blocks, epoch aggregates, log lines.
+
+``metrics.jsonl`` holds a ``{"kind": "step", ...}`` line per optimiser step and a
+``{"kind": "epoch", ...}`` line per epoch. Step metrics stay on the device until
+:meth:`StepLog.flush` fetches a block of them in one host transfer (never inside the
+jitted step); :func:`epoch_record` aggregates an epoch's step records on the host, so a
+resumed run computes exactly the record an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from tsm import artifacts
+
+# Step metrics that are counts: summed over an epoch (the others are averaged).
+_COUNT_PREFIX = "num_"
+# Step metrics that are not averaged into the epoch record.
+_NOT_AVERAGED = ("margin", "nonfinite", "easy_share")
+
+
+class NonFiniteError(RuntimeError):
+  """A train step produced a non-finite loss or gradient; the message is one line."""
+
+  def __init__(self, step: int, quantity: str):
+    self.step, self.quantity = step, quantity
+    super().__init__(
+        f"step {step}: the {quantity} is not finite (diverged); lower the learning rate or "
+        "add train.grad_clip_norm, then rerun: it resumes from the last good checkpoint "
+        "(train.nonfinite=skip skips such steps instead).")
+
+
+class StepLog:
+  """Step metrics waiting on the device, and the current epoch's fetched records.
+
+  Args:
+    log: the run's ``metrics.jsonl``.
+    stop_on_nonfinite: raise :class:`NonFiniteError` when a fetched step reports a
+      non-finite loss or gradient (its ``nonfinite`` metric).
+  """
+
+  def __init__(self, log: artifacts.MetricsLog, *, stop_on_nonfinite: bool = True):
+    self.log = log
+    self.stop_on_nonfinite = stop_on_nonfinite
+    self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []
+    self.epoch_steps: list[dict[str, Any]] = []
+
+  def flush(self) -> list[dict[str, Any]]:
+    """Fetches the pending step metrics (one host transfer) and appends them to the log.
+
+    Raises:
+      NonFiniteError: a fetched step diverged (before anything of it is logged).
+    """
+    if not self.pending:
+      return []
+    fetched = jax.device_get([m for _, _, m in self.pending])
+    records = [dict({k: float(v) for k, v in m.items()}, kind="step", epoch=epoch,
+                    step=step)
+               for (epoch, step, _), m in zip(self.pending, fetched)]
+    self.pending = []
+    if self.stop_on_nonfinite:
+      for r in records:
+        if r.get("nonfinite", 0.0) > 0:
+          quantity = "loss" if not np.isfinite(r["loss"]) else "gradient"
+          raise NonFiniteError(r["step"], quantity)
+    self.log.append(records)
+    self.epoch_steps.extend(records)
+    return records
+
+
+def epoch_record(epoch: int, step: int, steps: list[dict[str, Any]]) -> dict[str, Any]:
+  """Aggregates an epoch's step records: counts summed, the other metrics averaged.
+
+  Args:
+    epoch: 0-based epoch.
+    step: global step at the end of the epoch.
+    steps: the epoch's step records.
+
+  Returns:
+    ``{"kind": "epoch", "epoch", "step", "margin"`` (the margin the epoch's first step
+    trained at), ``"easy_share"`` (summed easy terms over summed terms), the means of
+    ``loss``, ``grad_norm``, ``active_ratio``, ... and the sums of the ``num_*`` counts;
+    ``num_skipped``: steps with a non-finite loss or gradient}.
+  """
+  record: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": step,
+                            "margin": steps[0]["margin"]}
+  keys = [k for k in steps[0] if k not in ("kind", "epoch", "step") + _NOT_AVERAGED]
+  for key in keys:
+    values = [r[key] for r in steps]
+    record[key] = float(sum(values)) if key.startswith(_COUNT_PREFIX) else float(
+        np.mean(values))
+  record["easy_share"] = record["num_easy"] / max(record["num_total"], 1.0)
+  record["num_skipped"] = float(sum(r.get("nonfinite", 0.0) for r in steps))
+  return record
+
+
+def epoch_line(r: dict[str, Any], epochs: int | None = None) -> str:
+  """One plain line of an epoch record (for logs and batch jobs)."""
+  of = f"/{epochs}" if epochs else ""
+  parts = [f"epoch {r['epoch'] + 1}{of}", f"loss {r['loss']:.4f}", f"mu {r['margin']:.3f}",
+           f"easy {r['easy_share']:.3f}"]
+  for key in ("val_loss", "val_map@r", "val_auc"):
+    if key in r:
+      parts.append(f"{key} {r[key]:.4f}")
+  if r.get("num_skipped"):
+    parts.append(f"skipped {int(r['num_skipped'])}")
+  if "time_s" in r:
+    parts.append(f"{r['time_s']:.1f}s")
+  return "  ".join(parts)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A short human-readable block of a summary's test metrics."""
+  head = [f"== {summary.get('dataset', 'data')}"]
+  if "split" in summary:
+    head[0] += f" ({summary['split']})"
+  described = ", ".join(f"{summary[k]} {k.replace('_', ' ')}" if k != "model" else
+                        str(summary[k]) for k in ("loss", "margin_schedule", "model")
+                        if k in summary)
+  if described:
+    head.append(described.replace("margin schedule", "margin"))
+  best = f"best epoch {summary.get('best_epoch')} by {summary.get('best_metric')}"
+  if summary.get("final_margin") is not None:
+    best += f", final margin {summary['final_margin']:.4g}"
+  lines = [": ".join(head) + "; " + best]
+  test = summary.get("test", {})
+  keys = [k for k in test if k.startswith("recall@")] + [
+      k for k in ("precision@1", "r_precision", "map@r", "auc", "eer", "tar@far=1e-3",
+                  "tar@far=1e-2", "accuracy", "threshold") if k in test] + [
+      k for k in test if k.startswith("knn@")]
+  if keys:
+    lines.append("test: " + "  ".join(f"{k} {test[k]:.4f}" for k in keys))
+  return "\n".join(lines)
