@@ -125,6 +125,14 @@ def test_truncated_header(tmp_path, gz):
 
 
 @pytest.mark.parametrize("gz", [False, True])
+def test_huge_claimed_shape_is_truncated_not_allocated(tmp_path, gz):
+  # A corrupt header claiming ~2**124 bytes must not reach an allocation.
+  header = bytes([0, 0, 0x0E, 4]) + struct.pack(">4i", *[2**31 - 1] * 4)
+  message = _error(_write(tmp_path / ("big.gz" if gz else "big"), header + bytes(64)))
+  assert f"truncated: expected {20 + 8 * (2**31 - 1)**4} bytes, got 84" in message
+
+
+@pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize("code", [0x08, 0x0E])
 def test_trailing_bytes(tmp_path, code, gz):
   data = _encode(_values(code, (2, 3)), code)
@@ -145,6 +153,14 @@ def test_corrupt_and_cut_gzip_streams(tmp_path):
   bad = tmp_path / "bad.gz"
   bad.write_bytes(bytes(flipped))
   _error(bad)
+
+
+def test_concatenated_gzip_members(tmp_path):
+  # Valid gzip (as `cat a.gz b.gz` makes); the trailer's size is the last member's.
+  data = _encode(_values(0x0C, (6, 7)), 0x0C)
+  path = tmp_path / "two.gz"
+  path.write_bytes(gzip.compress(data[:50]) + gzip.compress(data[50:]))
+  np.testing.assert_array_equal(idx.read_idx(path), _values(0x0C, (6, 7)))
 
 
 def test_missing_file(tmp_path):

@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pathlib
 import struct
@@ -156,7 +157,7 @@ def _read_plain(path: PathLike) -> np.ndarray:
   with open(path, "rb") as f:
     dtype, shape, offset = _parse_header(f, path)
     size = os.fstat(f.fileno()).st_size
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = offset + math.prod(shape) * dtype.itemsize
     _check_length(path, expected, size)
     if expected == offset:
       return np.zeros(shape, dtype.newbyteorder("="))
@@ -169,10 +170,35 @@ def _read_plain(path: PathLike) -> np.ndarray:
     return _native(out)
 
 
+def _drain(f) -> int:
+  """Bytes left in a stream, read in chunks (nothing kept)."""
+  n = 0
+  while chunk := f.read(_CHUNK):
+    n += len(chunk)
+  return n
+
+
+def _gzip_isize(path: PathLike) -> int | None:
+  """The gzip trailer's ISIZE: the (last member's) uncompressed size mod 2**32."""
+  with open(path, "rb") as raw:
+    if raw.seek(0, os.SEEK_END) < 18:   # shorter than an empty gzip member
+      return None
+    raw.seek(-4, os.SEEK_END)
+    return struct.unpack("<I", raw.read(4))[0]
+
+
 def _read_gzip(path: PathLike) -> np.ndarray:
+  isize = _gzip_isize(path)
   with gzip.open(path, "rb") as f:
     dtype, shape, offset = _parse_header(f, path)
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if isize != expected % 2**32:
+      # Header and trailer disagree: measure the stream instead of allocating what a
+      # corrupt header may claim. (Concatenated gzip members can disagree and still
+      # be whole; then read on.)
+      _check_length(path, expected, offset + _drain(f))
+  with gzip.open(path, "rb") as f:
+    _parse_header(f, path)
     # Decompress straight into the result: one buffer, the size the header promises.
     out = np.empty(shape, dtype)
     view = _bytes_view(out)
@@ -182,12 +208,7 @@ def _read_gzip(path: PathLike) -> np.ndarray:
       if not n:
         break
       got += n
-    if got < view.nbytes:
-      _check_length(path, expected, offset + got)
-    extra = 0
-    while chunk := f.read(_CHUNK):
-      extra += len(chunk)
-    _check_length(path, expected, expected + extra)
+    _check_length(path, expected, offset + got + _drain(f))
     return _native(out)
 
 
