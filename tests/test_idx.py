@@ -124,6 +124,11 @@ def test_truncated_header(tmp_path, gz):
   assert "truncated" in _error(_write(tmp_path / ("s.gz" if gz else "s"), b"\x00\x00"))
 
 
+def test_negative_dimension(tmp_path):
+  header = bytes([0, 0, 0x08, 2]) + struct.pack(">2i", 3, -1)
+  assert "negative dimension in shape (3, -1)" in _error(_write(tmp_path / "neg", header))
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_huge_claimed_shape_is_truncated_not_allocated(tmp_path, gz):
   # A corrupt header claiming ~2**124 bytes must not reach an allocation.

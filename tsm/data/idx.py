@@ -440,12 +440,13 @@ def standard_split(train_images: np.ndarray, train_labels: np.ndarray,
     ValueError: mismatched counts, non-integer or negative labels, or a bad
       ``val_fraction`` (one line naming the argument).
   """
+  train_images, test_images = np.asarray(train_images), np.asarray(test_images)
   train_labels = _check_pair(train_images, train_labels, "train_images", "train_labels")
   test_labels = _check_pair(test_images, test_labels, "test_images", "test_labels")
   _check_fraction(val_fraction)
   keep, val = stratified_holdout(train_labels, val_fraction, seed=seed)
   return ArraySplits(train_images[keep], train_labels[keep], train_images[val],
-                     train_labels[val], np.asarray(test_images), test_labels)
+                     train_labels[val], test_images, test_labels)
 
 
 def class_disjoint_split(train_images: np.ndarray, train_labels: np.ndarray,
@@ -487,6 +488,7 @@ def class_disjoint_split(train_images: np.ndarray, train_labels: np.ndarray,
     ValueError: mismatched counts, bad labels, a bad ``val_fraction``, or
       ``train_classes`` that leave no class on one side (one line naming the argument).
   """
+  train_images, test_images = np.asarray(train_images), np.asarray(test_images)
   train_labels = _check_pair(train_images, train_labels, "train_images", "train_labels")
   test_labels = _check_pair(test_images, test_labels, "test_images", "test_labels")
   _check_fraction(val_fraction)
