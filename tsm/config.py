@@ -81,6 +81,9 @@ FIELD_HELP: dict[str, str] = {
     "data.data_dir": "TFDS data directory (None: ~/tensorflow_datasets)",
     "data.cache_dir": "where TFDS label caches go (None: next to the data)",
     "data.num_examples": "cap on the examples of each split (None: all)",
+    "data.path": "directory of IDX files (None: Debian's Fashion-MNIST, from "
+                 "apt-get install dataset-fashion-mnist)",
+    "data.source": "auto, idx or tfds: where fashion_mnist / mnist / kmnist are read from",
     "model.name": f"model: {', '.join(models.MODELS)}",
     "model.embedding_dim": "size of the L2-normalised embedding",
     "model.head": "none, linear or paper_a (MLP head with dropout)",
@@ -161,7 +164,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.seed = 0
   data = dataclasses.asdict(spec_lib.DataSpec())
   cfg.data = _placeholders(data, {"image_size": int, "channels": int, "data_dir": str,
-                                  "cache_dir": str, "num_examples": int})
+                                  "cache_dir": str, "num_examples": int, "path": str})
   cfg.model = _placeholders(
       dict(name="mlp", embedding_dim=32, **models.MODEL_DEFAULTS),
       {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str})
@@ -620,8 +623,8 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
     splits = datasets_lib.load(data_spec(cfg), seed=cfg.seed)
   except spec_lib.DatasetNotPreparedError as e:
     raise ConfigError(str(e).strip().splitlines()[0]) from None
-  except ValueError as e:
-    raise _section_error("data", e) from None
+  except ValueError as e:   # the spec passed check_config: a fault of the files
+    raise ConfigError(f"data: {str(e).strip().splitlines()[0]}") from None
   check_config_with_data(cfg, splits)
   if distributed.use_mesh(cfg.train.data_parallel):
     rows = build_sampler(cfg, splits.train.labels, cfg.seed).epoch(0).shape[1]

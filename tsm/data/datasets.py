@@ -62,6 +62,8 @@ def load(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
   """
   spec.check()
   name, split, data_seed = spec.name, spec.split, spec.data_seed
+  if spec.uses_idx():
+    return _idx_splits(spec, seed=seed)
   if name in spec_lib.TFDS_DATASETS:
     from tsm.data import tfds_sources  # pylint: disable=g-import-not-at-top  # optional tfds
     return tfds_sources.load_tfds(spec, seed=seed)
@@ -81,6 +83,41 @@ def load(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
       official_test=official_test, val_split=spec.val_split,
       min_classes_for_class_val=spec_lib.MIN_CLASSES_FOR_CLASS_VAL)
   return _array_splits(name, pool, spec, part, test_is_all=test_is_all)
+
+
+def _idx_splits(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
+  """Splits of an IDX set (Fashion-MNIST by default): official train / test pooled and
+  split as ``spec.split`` says, like the TFDS sets (``splits.partition``)."""
+  from tsm.data import idx as idx_lib  # pylint: disable=g-import-not-at-top
+  ds = idx_lib.load_idx_dataset(spec.path or idx_lib.DEFAULT_FASHION_MNIST_DIR)
+  images = np.concatenate([ds.train_images, ds.test_images])   # uint8 [N, H, W]
+  labels = np.concatenate([ds.train_labels, ds.test_labels]).astype(np.int32)
+  num_classes = int(labels.max()) + 1
+  official_test = np.arange(labels.size) >= ds.train_labels.size
+  part = splits_lib.partition(
+      labels, spec.split, num_classes=num_classes, val_fraction=spec.val_fraction,
+      test_fraction=spec.test_fraction, data_seed=spec.data_seed, seed=seed,
+      official_test=official_test, val_split=spec.val_split,
+      min_classes_for_class_val=spec_lib.MIN_CLASSES_FOR_CLASS_VAL)
+  native_channels = 1 if images.ndim == 3 else images.shape[-1]
+  side = spec.image_size or images.shape[1]
+  input_shape = (side, side, spec.channels or native_channels)
+  augment_fn = preprocess.image_augmenter(spec.name)
+
+  def make(indices: np.ndarray, split_name: str, cap_seed: int) -> splits_lib.Split:
+    indices = splits_lib.cap(indices, spec.num_examples, seed=cap_seed)
+
+    def fetch(i):
+      return preprocess.prepare_images(images[indices[i]], image_size=spec.image_size,
+                                       channels=spec.channels, method=spec.normalize)
+
+    return splits_lib.Split(labels[indices], fetch, input_shape,
+                            name=f"{spec.name}/{split_name}", augment_fn=augment_fn)
+
+  return splits_lib.DatasetSplits(
+      spec.name, make(part.train, "train", spec.data_seed),
+      make(part.val, "val", spec.data_seed + 1), make(part.test, "test", spec.data_seed + 2),
+      input_shape, num_classes)
 
 
 def from_arrays(train: tuple[Any, Any], test: tuple[Any, Any] | None = None,

@@ -15,7 +15,11 @@ OFFLINE_DATASETS = ("digits", "mnist1d", "synthetic")
 # TFDS sets, read from prepared ArrayRecord files through ``tfds.data_source``.
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "caltech_birds2011", "cars196",
                  "lfw")
-DATASETS = OFFLINE_DATASETS + TFDS_DATASETS
+# Sets read from IDX files in a directory (``path``): Fashion-MNIST from Debian's
+# ``dataset-fashion-mnist`` package by default; MNIST / KMNIST where a user has them.
+IDX_DATASETS = ("fashion_mnist", "mnist", "kmnist")
+DATASETS = OFFLINE_DATASETS + TFDS_DATASETS + ("kmnist",)
+SOURCES = ("auto", "idx", "tfds")
 SPLITS = ("class_disjoint", "standard", "by_image")
 NORMALIZATIONS = ("unit", "symmetric", "imagenet")
 VAL_SPLITS = ("auto", "by_class", "by_image")
@@ -35,9 +39,10 @@ SUPPORTED_SPLITS = {
     "caltech_birds2011": SPLITS,
     "cars196": SPLITS,
     "lfw": ("class_disjoint", "by_image"),
+    "kmnist": SPLITS,
 }
 # Datasets whose inputs are images (image_size / channels / augment apply).
-IMAGE_DATASETS = ("digits",) + TFDS_DATASETS
+IMAGE_DATASETS = ("digits", "kmnist") + TFDS_DATASETS
 # Images of varying size: image_size must be set.
 VARIABLE_SIZE_DATASETS = ("caltech_birds2011", "cars196")
 
@@ -73,6 +78,13 @@ class DataSpec:
       or ``~/.cache/tsm`` when that is not writable).
     num_examples: cap on the number of examples of each split (None = all), for quick
       runs.
+    path: directory of IDX files (``train-images-idx3-ubyte[.gz]``,
+      ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``,
+      ``t10k-labels-idx1-ubyte[.gz]``); None = Debian's Fashion-MNIST directory
+      (``apt-get install dataset-fashion-mnist``).
+    source: where ``IDX_DATASETS`` are read from: ``"idx"`` (the files in ``path``),
+      ``"tfds"`` (prepared TFDS data) or ``"auto"``: IDX for fashion_mnist and kmnist,
+      and for mnist when ``path`` is set; TFDS otherwise.
   """
   name: str = "digits"
   split: str = "class_disjoint"
@@ -87,6 +99,14 @@ class DataSpec:
   data_dir: str | None = None
   cache_dir: str | None = None
   num_examples: int | None = None
+  path: str | None = None
+  source: str = "auto"
+
+  def uses_idx(self) -> bool:
+    """Whether the dataset is read from IDX files (see ``source``)."""
+    if self.name not in IDX_DATASETS or self.source == "tfds":
+      return False
+    return (self.source == "idx" or self.name != "mnist" or self.path is not None)
 
   def check(self) -> None:
     """Raises a one-line ``ValueError`` starting with the bad field's name."""
@@ -137,6 +157,17 @@ class DataSpec:
     if normalize not in NORMALIZATIONS:
       raise ValueError(f"normalize={normalize!r} is unknown; use one of "
                        f"{', '.join(NORMALIZATIONS)}.")
+    if self.source not in SOURCES:
+      raise ValueError(f"source={self.source!r} is unknown; use one of "
+                       f"{', '.join(SOURCES)}.")
+    if self.source == "idx" and self.name not in IDX_DATASETS:
+      raise ValueError(f"source='idx' does not apply to {name}; IDX files serve "
+                       f"{', '.join(IDX_DATASETS)}.")
+    if self.name == "kmnist" and self.source == "tfds":
+      raise ValueError("source='tfds' is not available for kmnist here; give its IDX "
+                       "files with path=DIR.")
+    if self.path is not None and not isinstance(self.path, str):
+      raise ValueError(f"path={self.path!r} must be a directory name or None.")
     num_examples = self.num_examples
     if num_examples is not None and (not isinstance(num_examples, int) or num_examples < 2):
       raise ValueError(f"num_examples={num_examples!r} must be an integer >= 2 or "
