@@ -4,33 +4,85 @@
   appended in blocks (one host transfer per block, never inside the jitted step). On
   resume the file is cut back to its length at the restored checkpoint, so a resumed run
   writes exactly the lines an uninterrupted run writes.
-* ``summary.json``, ``config.json``: written to a temporary file and renamed, so a reader
-  never sees half a file.
-* ``training.png``: loss, margin and easy-triplet share per epoch (matplotlib, Agg, via
-  ``tsm.plotting``).
+* ``summary.json``, ``config.json``, figures, indexes: written to a temporary file and
+  renamed, so a reader never sees half a file (:func:`write_atomic`,
+  :func:`write_json_atomic`, and :func:`atomic_path` for writers that want a file name).
+  The temporary file is created with mode ``0o666`` minus the umask, like ``open``, so
+  every file of a run is as readable as the user's other files (0644 under umask 022);
+  ``tempfile.mkstemp`` would make them 0600.
+* ``training.png``: loss, validation metrics, margin, easy-triplet share and the
+  easy / semi-hard / hard shares per epoch (matplotlib, Agg, via ``tsm.plotting``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
-from typing import Any, Iterable, Sequence
+import secrets
+from typing import Any, Iterable, Iterator, Sequence
+
+
+def _create_temporary(path: str) -> str:
+  """Creates an empty file beside ``path`` (mode 0o666 minus the umask); returns its name.
+
+  ``os.open`` applies the umask like ``open`` does; ``O_EXCL`` makes the name ours alone.
+  """
+  directory, name = os.path.split(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  while True:
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}-{name}")
+    try:
+      os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      return tmp
+    except FileExistsError:
+      continue
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary file name beside ``path``; renames it to ``path`` on success.
+
+  For writers that take a file name (``fig.savefig``, ``np.savez``): what they write
+  appears at ``path`` all at once, with the umask's permissions, and on any error the
+  temporary file is removed and ``path`` is left as it was. The directory of ``path`` is
+  created if missing.
+
+  Args:
+    path: the final file.
+
+  Yields:
+    The temporary file's name (it exists, empty; write over it).
+  """
+  tmp = _create_temporary(path)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+  """Writes ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see atomic_path).
+
+  Args:
+    path: the final file.
+    data: its whole content.
+  """
+  if not isinstance(data, (str, bytes)):
+    raise ValueError(f"data must be str or bytes, got {type(data).__name__}; encode it "
+                     "first (write_json_atomic for objects).")
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())  # the rename must not land before the data on a crash
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class MetricsLog:

@@ -15,12 +15,11 @@ backend first (``matplotlib.use("Agg")``).
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tsm import diagnostics
+from tsm import artifacts, diagnostics
 
 __all__ = ["pca_2d", "plot_curves", "plot_effective_margins", "plot_pca", "save_figure"]
 
@@ -234,15 +233,9 @@ def save_figure(fig: Any, path: str, *, dpi: int = 120) -> None:
   """
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   suffix = os.path.splitext(path)[1] or ".png"
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=dpi, format=suffix[1:])
-    os.replace(tmp, path)
+    with artifacts.atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=dpi, format=suffix[1:], bbox_inches="tight")
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
