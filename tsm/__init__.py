@@ -34,7 +34,7 @@ __all__ = ["__version__", *_SUBMODULES]
 # Top-level packages of the optional extras (import name -> extra).
 _EXTRA_PACKAGES = {
     **dict.fromkeys(
-        ("flax", "optax", "orbax", "ml_collections", "absl", "tqdm", "matplotlib",
+        ("flax", "optax", "orbax", "ml_collections", "absl", "tqdm", "matplotlib", "PIL",
          "sklearn", "scipy", "tensorflow_datasets", "array_record", "mnist1d",
          "tensorboardX"), "train"),
     "tensorflow": "data",
@@ -60,8 +60,10 @@ def _missing_extra(fullname: str, error: ModuleNotFoundError) -> MissingExtraErr
   if extra is None:
     return None
   what = "training" if extra == "train" else extra
+  # ``name`` stays the missing package: Python's ``from package import submodule`` treats
+  # a ModuleNotFoundError named after the submodule itself as "no such submodule".
   out = MissingExtraError(f"{fullname} needs the {what} extra: pip install 'tsm[{extra}]'",
-                          name=fullname)
+                          name=error.name)
   out.extra = extra
   return out
 

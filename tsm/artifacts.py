@@ -133,19 +133,34 @@ class MetricsLog:
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
+def _numeric_keys(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
+  """Keys starting with ``prefix`` whose values are numbers in some record, in order."""
+  keys: dict[str, None] = {}
+  for r in records:
+    for k, v in r.items():
+      if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        keys[k] = None
+  return list(keys)
+
+
 def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
                   val_label: str = "validation",
                   easy_threshold: float | None = None) -> None:
-  """Draws loss (train, validation), margin and easy share per epoch to ``path`` (PNG).
+  """Draws the per-epoch training figure to ``path`` (PNG).
 
-  Uses :func:`tsm.plotting.plot_curves` and the atomic :func:`tsm.plotting.save_figure`.
+  Panels: loss (train, and ``val_loss`` when present); validation metrics (every other
+  numeric ``val_*`` key of the records: MAP@R, AUC, recall@K..., skipped when there is
+  none); the margin, drawn as steps since it holds for a whole epoch; and the easy /
+  semi-hard / hard shares of the triplets when the records carry ``num_easy``,
+  ``num_semihard``, ``num_hard`` and ``num_total`` (or ``num_triplets``), else the easy
+  share alone.
 
   Args:
     epochs: the ``"epoch"`` records of ``metrics.jsonl``.
     path: output file.
     title: figure title.
     val_label: legend label of the validation loss (e.g. its margin).
-    easy_threshold: optional horizontal line on the easy-share panel (DAMS's tau).
+    easy_threshold: optional horizontal line on the easy-share panel (DAMS's threshold).
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -153,18 +168,39 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
   from tsm import plotting  # pylint: disable=import-outside-toplevel
 
   x = [r["epoch"] + 1 for r in epochs]
+  nan = float("nan")
   losses = {"train": [r["loss"] for r in epochs]}
   if any("val_loss" in r for r in epochs):
-    losses[val_label] = [r.get("val_loss", float("nan")) for r in epochs]
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
-  plotting.plot_curves(axes[0], x, losses, title="loss (train: at the epoch's margin)")
-  plotting.plot_curves(axes[1], x, {"margin": [r["margin"] for r in epochs]},
-                       title="margin $\\mu$ (in force during the epoch)")
-  plotting.plot_curves(axes[2], x, {"easy share": [r["easy_share"] for r in epochs]},
-                       title="easy share" if easy_threshold is None else
-                       f"easy share (dotted: DAMS threshold {easy_threshold:g})",
-                       hline=easy_threshold)
-  axes[2].set_ylim(-0.02, 1.02)
+    losses[val_label] = [r.get("val_loss", nan) for r in epochs]
+  val_keys = [k for k in _numeric_keys(epochs, "val_") if k != "val_loss"]
+  shares = plotting.triplet_shares(epochs)
+  panels = ["loss"] + (["val"] if val_keys else []) + ["margin", "shares"]
+  cols = 2 if len(panels) == 4 else len(panels)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(12.5 if cols == 2 else 4.6 * cols, 3.6 * rows),
+                           constrained_layout=True, squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  axes = dict(zip(panels, axes.flat))
+  plotting.plot_curves(axes["loss"], x, losses, title="loss (train: at the epoch's margin)")
+  if len(losses) > 1:
+    plotting.legend_outside(axes["loss"])
+  if val_keys:
+    plotting.plot_curves(axes["val"], x,
+                         {k[len("val_"):]: [r.get(k, nan) for r in epochs] for k in val_keys},
+                         title="validation metrics")
+    plotting.legend_outside(axes["val"])
+  plotting.plot_steps(axes["margin"], x, {"margin": [r["margin"] for r in epochs]},
+                      title="margin $\\mu$ (held for the whole epoch)", legend=None)
+  threshold_note = "" if easy_threshold is None else f" (dotted: DAMS threshold {easy_threshold:g})"
+  if shares is not None:
+    plotting.plot_triplet_shares(axes["shares"], x, shares, threshold=easy_threshold,
+                                 title="triplets by kind, at the epoch's margin")
+  else:
+    plotting.plot_curves(axes["shares"], x,
+                         {"easy share": [r.get("easy_share", nan) for r in epochs]},
+                         title="easy share" + threshold_note, hline=easy_threshold)
+    axes["shares"].set_ylim(-0.02, 1.02)
   if title:
     fig.suptitle(title)
   plotting.save_figure(fig, path, dpi=100)
