@@ -4,33 +4,85 @@
   appended in blocks (one host transfer per block, never inside the jitted step). On
   resume the file is cut back to its length at the restored checkpoint, so a resumed run
   writes exactly the lines an uninterrupted run writes.
-* ``summary.json``, ``config.json``: written to a temporary file and renamed, so a reader
-  never sees half a file.
-* ``training.png``: loss, margin and easy-triplet share per epoch (matplotlib, Agg, via
-  ``tsm.plotting``).
+* ``summary.json``, ``config.json``, figures, indexes: written to a temporary file and
+  renamed, so a reader never sees half a file (:func:`write_atomic`,
+  :func:`write_json_atomic`, and :func:`atomic_path` for writers that want a file name).
+  The temporary file is created with mode ``0o666`` minus the umask, like ``open``, so
+  every file of a run is as readable as the user's other files (0644 under umask 022);
+  ``tempfile.mkstemp`` would make them 0600.
+* ``training.png``: loss, validation metrics, margin, easy-triplet share and the
+  easy / semi-hard / hard shares per epoch (matplotlib, Agg, via ``tsm.plotting``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
-from typing import Any, Iterable, Sequence
+import secrets
+from typing import Any, Iterable, Iterator, Sequence
+
+
+def _create_temporary(path: str) -> str:
+  """Creates an empty file beside ``path`` (mode 0o666 minus the umask); returns its name.
+
+  ``os.open`` applies the umask like ``open`` does; ``O_EXCL`` makes the name ours alone.
+  """
+  directory, name = os.path.split(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  while True:
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(6)}-{name}")
+    try:
+      os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      return tmp
+    except FileExistsError:
+      continue
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary file name beside ``path``; renames it to ``path`` on success.
+
+  For writers that take a file name (``fig.savefig``, ``np.savez``): what they write
+  appears at ``path`` all at once, with the umask's permissions, and on any error the
+  temporary file is removed and ``path`` is left as it was. The directory of ``path`` is
+  created if missing.
+
+  Args:
+    path: the final file.
+
+  Yields:
+    The temporary file's name (it exists, empty; write over it).
+  """
+  tmp = _create_temporary(path)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+  """Writes ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see atomic_path).
+
+  Args:
+    path: the final file.
+    data: its whole content.
+  """
+  if not isinstance(data, (str, bytes)):
+    raise ValueError(f"data must be str or bytes, got {type(data).__name__}; encode it "
+                     "first (write_json_atomic for objects).")
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())  # the rename must not land before the data on a crash
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class MetricsLog:
@@ -81,19 +133,34 @@ class MetricsLog:
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
+def _numeric_keys(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
+  """Keys starting with ``prefix`` whose values are numbers in some record, in order."""
+  keys: dict[str, None] = {}
+  for r in records:
+    for k, v in r.items():
+      if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        keys[k] = None
+  return list(keys)
+
+
 def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
                   val_label: str = "validation",
                   easy_threshold: float | None = None) -> None:
-  """Draws loss (train, validation), margin and easy share per epoch to ``path`` (PNG).
+  """Draws the per-epoch training figure to ``path`` (PNG).
 
-  Uses :func:`tsm.plotting.plot_curves` and the atomic :func:`tsm.plotting.save_figure`.
+  Panels: loss (train, and ``val_loss`` when present); validation metrics (every other
+  numeric ``val_*`` key of the records: MAP@R, AUC, recall@K..., skipped when there is
+  none); the margin, drawn as steps since it holds for a whole epoch; and the easy /
+  semi-hard / hard shares of the triplets when the records carry ``num_easy``,
+  ``num_semihard``, ``num_hard`` and ``num_total`` (or ``num_triplets``), else the easy
+  share alone.
 
   Args:
     epochs: the ``"epoch"`` records of ``metrics.jsonl``.
     path: output file.
     title: figure title.
     val_label: legend label of the validation loss (e.g. its margin).
-    easy_threshold: optional horizontal line on the easy-share panel (DAMS's tau).
+    easy_threshold: optional horizontal line on the easy-share panel (DAMS's threshold).
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -101,18 +168,39 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
   from tsm import plotting  # pylint: disable=import-outside-toplevel
 
   x = [r["epoch"] + 1 for r in epochs]
+  nan = float("nan")
   losses = {"train": [r["loss"] for r in epochs]}
   if any("val_loss" in r for r in epochs):
-    losses[val_label] = [r.get("val_loss", float("nan")) for r in epochs]
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
-  plotting.plot_curves(axes[0], x, losses, title="loss (train: at the epoch's margin)")
-  plotting.plot_curves(axes[1], x, {"margin": [r["margin"] for r in epochs]},
-                       title="margin $\\mu$ (in force during the epoch)")
-  plotting.plot_curves(axes[2], x, {"easy share": [r["easy_share"] for r in epochs]},
-                       title="easy share" if easy_threshold is None else
-                       f"easy share (dotted: DAMS threshold {easy_threshold:g})",
-                       hline=easy_threshold)
-  axes[2].set_ylim(-0.02, 1.02)
+    losses[val_label] = [r.get("val_loss", nan) for r in epochs]
+  val_keys = [k for k in _numeric_keys(epochs, "val_") if k != "val_loss"]
+  shares = plotting.triplet_shares(epochs)
+  panels = ["loss"] + (["val"] if val_keys else []) + ["margin", "shares"]
+  cols = 2 if len(panels) == 4 else len(panels)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(12.5 if cols == 2 else 4.6 * cols, 3.6 * rows),
+                           constrained_layout=True, squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  axes = dict(zip(panels, axes.flat))
+  plotting.plot_curves(axes["loss"], x, losses, title="loss (train: at the epoch's margin)")
+  if len(losses) > 1:
+    plotting.legend_outside(axes["loss"])
+  if val_keys:
+    plotting.plot_curves(axes["val"], x,
+                         {k[len("val_"):]: [r.get(k, nan) for r in epochs] for k in val_keys},
+                         title="validation metrics")
+    plotting.legend_outside(axes["val"])
+  plotting.plot_steps(axes["margin"], x, {"margin": [r["margin"] for r in epochs]},
+                      title="margin $\\mu$ (held for the whole epoch)", legend=None)
+  threshold_note = "" if easy_threshold is None else f" (dotted: DAMS threshold {easy_threshold:g})"
+  if shares is not None:
+    plotting.plot_triplet_shares(axes["shares"], x, shares, threshold=easy_threshold,
+                                 title="triplets by kind, at the epoch's margin")
+  else:
+    plotting.plot_curves(axes["shares"], x,
+                         {"easy share": [r.get("easy_share", nan) for r in epochs]},
+                         title="easy share" + threshold_note, hline=easy_threshold)
+    axes["shares"].set_ylim(-0.02, 1.02)
   if title:
     fig.suptitle(title)
   plotting.save_figure(fig, path, dpi=100)

@@ -8,21 +8,49 @@ backend first (``matplotlib.use("Agg")``).
 
 * :func:`plot_effective_margins`: paper A's histogram of ``d_an - d_ap`` with the
   fitted Gaussian mixture and the margin ``mu``.
-* :func:`plot_curves`: per-epoch curves (loss, active ratio, gradient norm, margin...).
+* :func:`plot_curves`: per-epoch curves (loss, active ratio, gradient norm...).
+* :func:`plot_steps`: per-epoch values that hold for a whole epoch (margins), drawn as
+  steps, with overlapping series kept visible.
+* :func:`plot_triplet_shares`: easy / semi-hard / hard shares of the triplets per epoch.
 * :func:`plot_pca`: 2-D PCA scatter of embeddings coloured by class (paper B's figure).
+* :func:`plot_roc`: ROC of test pairs (linear and log FPR) to a file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tsm import diagnostics
+from tsm import artifacts, diagnostics
 
-__all__ = ["pca_2d", "plot_curves", "plot_effective_margins", "plot_pca", "save_figure"]
+__all__ = ["legend_outside", "pca_2d", "plot_curves", "plot_effective_margins", "plot_pca",
+           "plot_roc", "plot_steps", "plot_triplet_shares", "save_figure"]
+
+# Line styles and markers cycled with the colours, so series stay apart in grey print and
+# where they overlap.
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> Any:
+  """A legend to the right of the axes, so it never hides lines or points.
+
+  :func:`save_figure` saves with ``bbox_inches="tight"``, which keeps it in the file.
+
+  Args:
+    ax: a matplotlib ``Axes``.
+    **kwargs: passed to ``ax.legend`` (e.g. ``fontsize``, ``ncol``).
+
+  Returns:
+    The legend, or None when nothing is labelled.
+  """
+  if not ax.get_legend_handles_labels()[0]:
+    return None
+  kwargs = {"fontsize": "small", "loc": "upper left", "bbox_to_anchor": (1.02, 1.0),
+            "borderaxespad": 0.0, "frameon": False, **kwargs}
+  return ax.legend(**kwargs)
 
 
 def plot_effective_margins(ax: Any, values: Any,
@@ -141,6 +169,139 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
   return ax
 
 
+def plot_steps(ax: Any, epochs: Sequence[float] | None,
+               series: Mapping[str, Sequence[float]], *, xlabel: str = "epoch",
+               ylabel: str | None = None, title: str | None = None,
+               hline: float | None = None,
+               bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+               legend: str | None = "outside") -> Any:
+  """Per-epoch values that hold for the whole epoch (a margin), drawn as steps.
+
+  A margin is set at the start of an epoch and holds until the next, so the value of
+  epoch ``e`` is drawn flat over ``[e, e + 1)`` (``drawstyle="steps-post"``), never as
+  a ramp between epochs. Schedules often coincide (all start at the same margin; a
+  constant equals a schedule that never moves), so overlapping series stay visible:
+  each has its own colour, dash pattern and marker; lines drawn first are wider, so a
+  later line on top of them leaves their edges showing; and each series' markers sit
+  at its own offset inside the epoch (still on its step, since the value holds for the
+  whole epoch).
+
+  Args:
+    ax: a matplotlib ``Axes``.
+    epochs: x values (epoch numbers, equally spaced) shared by every series, or None
+      for ``1..len(series)``.
+    series: ``{label: values}``, one value per epoch (NaN leaves a gap).
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: axes title.
+    hline: optional horizontal reference line.
+    bands: optional ``{label: (lower, upper)}``: a shaded step band (e.g. the range over
+      seeds), one value per epoch each.
+    legend: ``"outside"`` (right of the axes), ``"inside"`` or None.
+
+  Returns:
+    ``ax``.
+  """
+  bands = bands or {}
+  n = len(series)
+  for i, (label, values) in enumerate(series.items()):
+    y = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = (np.arange(1, y.size + 1, dtype=np.float64) if epochs is None else
+         np.asarray(epochs, dtype=np.float64).reshape(-1))
+    if x.size != y.size:
+      raise ValueError(f"series {label!r} has {y.size} values for {x.size} epochs; pass "
+                       "one value per epoch.")
+    if not y.size:
+      continue
+    width = float(np.median(np.diff(x))) if x.size > 1 else 1.0
+    # One more point at the end, so the last epoch's value is drawn over its whole epoch.
+    xs, ys = np.r_[x, x[-1] + width], np.r_[y, y[-1]]
+    color = f"C{i % 10}"
+    style = {"color": color, "ls": _LINESTYLES[i % 4],
+             "lw": 1.4 + 1.6 * (n - 1 - i) / max(n - 1, 1)}
+    marker = {"marker": _MARKERS[i % len(_MARKERS)], "ms": 4.5, "mec": "white", "mew": 0.5}
+    ax.plot(xs, ys, drawstyle="steps-post", alpha=0.85, zorder=2 + i, **style)
+    offset = width * (0.1 + 0.8 * i / max(n, 1))
+    ax.plot(x + offset, y, ls="none", color=color, zorder=2 + n + i, **marker)
+    ax.plot([], [], label=label, **style, **marker)  # legend entry: line and marker
+    if label in bands:
+      lower, upper = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bands[label])
+      if lower.size != x.size or upper.size != x.size:
+        raise ValueError(f"band of {label!r} has {lower.size}/{upper.size} values for "
+                         f"{x.size} epochs; pass one lower and one upper value per epoch.")
+      ax.fill_between(xs, np.r_[lower, lower[-1]], np.r_[upper, upper[-1]], step="post",
+                      color=color, alpha=0.15, lw=0)
+  if hline is not None:
+    ax.axhline(hline, color="0.4", lw=1, ls=":")
+  ax.set_xlabel(xlabel)
+  if ylabel:
+    ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if legend == "outside":
+    legend_outside(ax)
+  elif legend == "inside" and n:
+    ax.legend(fontsize="small")
+  return ax
+
+
+def triplet_shares(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray] | None:
+  """Easy, semi-hard and hard shares per record, or None when the counts are missing.
+
+  Args:
+    records: per-epoch records with ``num_easy``, ``num_semihard``, ``num_hard`` and a
+      total (``num_total``, else ``num_triplets``); a triplet loss's epoch records.
+
+  Returns:
+    ``{"easy": [E], "semi-hard": [E], "hard": [E]}`` (NaN where the total is 0), or None
+    if some record lacks a count (e.g. a contrastive loss).
+  """
+  keys = ("num_easy", "num_semihard", "num_hard")
+  if not records or not all(all(k in r for k in keys) and
+                            ("num_total" in r or "num_triplets" in r) for r in records):
+    return None
+  total = np.array([r.get("num_total", r.get("num_triplets")) for r in records], np.float64)
+  total = np.where(total > 0, total, np.nan)
+  return {name: np.array([r[k] for r in records], np.float64) / total
+          for name, k in zip(("easy", "semi-hard", "hard"), keys)}
+
+
+def plot_triplet_shares(ax: Any, epochs: Sequence[float] | None,
+                        shares: Mapping[str, Sequence[float]], *,
+                        threshold: float | None = None, title: str | None = None) -> Any:
+  """Easy / semi-hard / hard shares of the triplets per epoch, stacked (they sum to 1).
+
+  Args:
+    ax: a matplotlib ``Axes``.
+    epochs: x values, or None for ``1..E``.
+    shares: ``{"easy": [E], "semi-hard": [E], "hard": [E]}`` (see :func:`triplet_shares`).
+    threshold: optional easy-share line (DAMS's threshold), drawn dotted.
+    title: axes title.
+
+  Returns:
+    ``ax``.
+  """
+  names = list(shares)
+  ys = [np.asarray(shares[k], dtype=np.float64).reshape(-1) for k in names]
+  x = (np.arange(1, ys[0].size + 1) if epochs is None else
+       np.asarray(epochs, dtype=np.float64).reshape(-1))
+  colors = {"easy": "#4c9a2a", "semi-hard": "#e6a817", "hard": "#c0392b"}
+  ax.stackplot(x, *ys, labels=names, colors=[colors.get(k, f"C{i}") for i, k in
+                                             enumerate(names)], alpha=0.8, lw=0)
+  if threshold is not None:
+    ax.axhline(threshold, color="k", lw=1, ls=":", label=f"DAMS threshold {threshold:g}")
+  ax.set_ylim(0, 1)
+  if x.size > 1:
+    ax.set_xlim(x.min(), x.max())
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("share of triplets")
+  if title:
+    ax.set_title(title)
+  legend_outside(ax)
+  return ax
+
+
 def pca_2d(embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
   """Projects embeddings on their first two principal axes (numpy SVD).
 
@@ -218,8 +379,63 @@ def plot_pca(ax: Any, embeddings: Any, labels: Any, *, max_points: int | None = 
   if title:
     ax.set_title(title)
   if legend if legend is not None else classes.size <= 20:
-    ax.legend(fontsize="x-small", markerscale=2, ncol=2 if classes.size > 10 else 1)
+    # Outside the axes: a legend inside always covers some of the points.
+    legend_outside(ax, fontsize="x-small", markerscale=2,
+                   ncol=2 if classes.size > 10 else 1, title="class")
   return ax
+
+
+def plot_roc(distances: Any, same: Any, path: str, title: str = "") -> dict[str, float]:
+  """ROC of test pairs (linear and log FPR), with AUC and EER, saved to ``path``.
+
+  Numbers from :func:`tsm.metrics.roc_curve` and :func:`tsm.metrics.verification_metrics`
+  (rule "same iff distance <= threshold").
+
+  Args:
+    distances: ``[P]`` pair distances.
+    same: ``[P]`` booleans, True for same-class pairs (both kinds must occur).
+    path: output file (``.png``, ``.pdf``...), written atomically.
+    title: figure title.
+
+  Returns:
+    The verification metrics drawn (``auc``, ``eer``, ``tar@far=...``).
+  """
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  from tsm import metrics  # pylint: disable=import-outside-toplevel
+
+  fpr, tpr, _ = metrics.roc_curve(distances, same)
+  numbers = metrics.verification_metrics(distances, same)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+  label = f"AUC {numbers['auc']:.4f}, EER {numbers['eer']:.4f}"
+  for ax, log in zip(axes, (False, True)):
+    # A step ROC: between two thresholds the rates do not change.
+    ax.plot(fpr, tpr, drawstyle="steps-post", color="C0", lw=1.6, label=label)
+    if not log:  # FNR = 1 - TPR: the EER lies on this line (a curve on a log axis)
+      ax.plot([0, 1], [1, 0], color="0.6", lw=0.8, ls="--", label="FPR = FNR")
+    chance = np.logspace(-6, 0, 200)  # dense: TPR = FPR is a curve on a log axis
+    ax.plot(chance, chance, color="0.6", lw=0.8, ls=":", label="chance")
+    eer_value = numbers["eer"]
+    ax.plot([eer_value], [1 - eer_value], "o", color="C3", ms=6,
+            label=f"EER point ({eer_value:.3f}, {1 - eer_value:.3f})")
+    ax.set_xlabel("false positive rate" + (" (log)" if log else ""))
+    ax.set_ylabel("true positive rate")
+    ax.grid(alpha=0.3)
+    ax.set_ylim(-0.01, 1.01)
+    if log:
+      positive = fpr[fpr > 0]
+      ax.set_xscale("log")
+      ax.set_xlim(max(positive.min() if positive.size else 1e-3, 1e-5) / 2, 1)
+    else:
+      ax.set_xlim(-0.01, 1.01)
+  axes[0].set_title("ROC")
+  axes[1].set_title("ROC, log false positive rate")
+  handles, labels = axes[0].get_legend_handles_labels()
+  legend_outside(axes[1], handles=handles, labels=labels)
+  same = np.asarray(same, dtype=bool)
+  pairs = f"{same.size:,} pairs ({np.count_nonzero(same):,} same)"
+  fig.suptitle(f"{title}: {pairs}" if title else f"test {pairs}")
+  save_figure(fig, path, dpi=110)
+  return numbers
 
 
 def save_figure(fig: Any, path: str, *, dpi: int = 120) -> None:
@@ -234,15 +450,9 @@ def save_figure(fig: Any, path: str, *, dpi: int = 120) -> None:
   """
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   suffix = os.path.splitext(path)[1] or ".png"
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=dpi, format=suffix[1:])
-    os.replace(tmp, path)
+    with artifacts.atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=dpi, format=suffix[1:], bbox_inches="tight")
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)

@@ -1,0 +1,152 @@
+"""tsm.plotting figure functions and tsm.artifacts.plot_training: what is drawn.
+
+Each figure is captured before it is saved and its artists are checked against the
+numbers they must show (scikit-learn's ROC, hand-computed shares).
+"""
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402  # pylint: disable=wrong-import-position
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402  # pylint: disable=wrong-import-position
+from sklearn import metrics as sk_metrics  # noqa: E402  # pylint: disable=wrong-import-position
+
+from tsm import artifacts, plotting  # noqa: E402  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def saved(monkeypatch):
+  """Figures passed to save_figure, kept (and drawn) for inspection after saving."""
+  figures = []
+  original = plotting.save_figure
+
+  def keep(fig, path, **kwargs):
+    original(fig, path, **kwargs)  # closes the pyplot window; the Figure stays readable
+    FigureCanvasAgg(fig).draw()  # a canvas again, so legends have positions
+    figures.append(fig)
+
+  monkeypatch.setattr(plotting, "save_figure", keep)
+  yield figures
+  plt.close("all")
+
+
+def _legend_is_outside(ax):
+  legend = ax.get_legend()
+  assert legend is not None
+  renderer = ax.figure.canvas.get_renderer()
+  return legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_plot_steps_draws_steps_and_keeps_overlaps_visible():
+  fig, ax = plt.subplots()
+  series = {"constant": [0.2, 0.2, 0.2], "dams": [0.2, 0.25, 0.25], "same": [0.2, 0.25, 0.25]}
+  plotting.plot_steps(ax, [1, 2, 3], series)
+  fig.canvas.draw()
+  steps = [line for line in ax.lines if line.get_drawstyle() == "steps-post"]
+  assert len(steps) == 3
+  for line, values in zip(steps, series.values()):
+    # the last epoch is held up to its end: one extra point at epoch 4
+    np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_array_equal(line.get_ydata(), values + values[-1:])
+  assert len({line.get_linestyle() for line in steps}) == 3
+  widths = [line.get_linewidth() for line in steps]
+  assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+  marks = [line for line in ax.lines if line.get_linestyle() == "None"]
+  assert len({line.get_marker() for line in marks}) == 3
+  for i, (line, values) in enumerate(zip(marks, series.values())):
+    x = line.get_xdata()
+    assert np.all((x > [1, 2, 3]) & (x < [2, 3, 4]))  # inside its epoch, on its step
+    np.testing.assert_array_equal(line.get_ydata(), values)
+    if i:
+      assert np.all(x > marks[i - 1].get_xdata())  # offset from the previous series
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == list(series)
+  assert _legend_is_outside(ax)
+  plt.close(fig)
+  with pytest.raises(ValueError, match="series 'a' has 2 values for 3 epochs"):
+    plotting.plot_steps(plt.subplots()[1], [1, 2, 3], {"a": [1, 2]})
+
+
+def test_triplet_shares_by_hand():
+  records = [{"num_easy": 6, "num_semihard": 3, "num_hard": 1, "num_total": 10},
+             {"num_easy": 0, "num_semihard": 0, "num_hard": 0, "num_triplets": 0}]
+  shares = plotting.triplet_shares(records)
+  np.testing.assert_array_equal(shares["easy"], [0.6, np.nan])
+  np.testing.assert_array_equal(shares["semi-hard"], [0.3, np.nan])
+  np.testing.assert_array_equal(shares["hard"], [0.1, np.nan])
+  assert plotting.triplet_shares([{"num_easy": 1, "num_pairs": 2}]) is None
+  assert plotting.triplet_shares([]) is None
+
+
+def test_plot_roc_matches_sklearn(tmp_path, saved):
+  rng = np.random.default_rng(0)
+  same = rng.random(300) < 0.4
+  distances = np.round(np.where(same, rng.normal(0.5, 0.3, 300), rng.normal(1.2, 0.3, 300)), 2)
+  numbers = plotting.plot_roc(distances, same, str(tmp_path / "roc.png"), "test")
+  assert (tmp_path / "roc.png").exists()
+  fpr, tpr, _ = sk_metrics.roc_curve(same, -distances, drop_intermediate=False)
+  assert numbers["auc"] == pytest.approx(sk_metrics.roc_auc_score(same, -distances))
+  (fig,) = saved
+  for ax in fig.axes:
+    curve = next(line for line in ax.lines if line.get_drawstyle() == "steps-post")
+    np.testing.assert_allclose(curve.get_xdata(), fpr)
+    np.testing.assert_allclose(curve.get_ydata(), tpr)
+  assert fig.axes[1].get_xscale() == "log"
+  assert _legend_is_outside(fig.axes[1])
+  assert f"{numbers['auc']:.4f}" in fig.axes[1].get_legend().get_texts()[0].get_text()
+  assert "300 pairs (" in fig._suptitle.get_text()  # pylint: disable=protected-access
+
+
+def _epochs(with_val=True, with_kinds=True):
+  records = []
+  for e in range(4):
+    r = {"kind": "epoch", "epoch": e, "loss": 1.0 / (e + 1), "margin": 0.2 + 0.05 * (e // 2),
+         "num_easy": 2.0 * e, "num_triplets": 10.0, "easy_share": 0.2 * e}
+    if with_kinds:
+      r.update(num_semihard=8.0 - 2.0 * e, num_hard=2.0)
+    if with_val:
+      r.update({"val_loss": 1.1 / (e + 1), "val_map@r": 0.1 * e, "val_auc": 0.5 + 0.1 * e,
+                "val_note": "text is skipped"})
+    records.append(r)
+  return records
+
+
+def test_plot_training_panels(tmp_path, saved):
+  artifacts.plot_training(_epochs(), str(tmp_path / "training.png"), "run", easy_threshold=0.9)
+  (fig,) = saved
+  axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.axison}
+  assert len(axes) == 4
+  val = next(ax for t, ax in axes.items() if t.startswith("validation"))
+  labels = [t.get_text() for t in val.get_legend().get_texts()]
+  assert labels == ["map@r", "auc"]  # every numeric val_* key but the loss
+  np.testing.assert_allclose(val.lines[0].get_ydata(), [0.0, 0.1, 0.2, 0.3])
+  margin = next(ax for t, ax in axes.items() if t.startswith("margin"))
+  assert margin.lines[0].get_drawstyle() == "steps-post"
+  np.testing.assert_allclose(margin.lines[0].get_ydata(), [0.2, 0.2, 0.25, 0.25, 0.25])
+  kinds = next(ax for t, ax in axes.items() if t.startswith("triplets"))
+  tops = [c.get_paths()[0].vertices[:, 1].max() for c in kinds.collections]
+  assert tops[-1] == pytest.approx(1.0)  # easy + semi-hard + hard stack to 1
+  assert [t.get_text() for t in kinds.get_legend().get_texts()][:3] == [
+      "easy", "semi-hard", "hard"]
+  loss = next(ax for t, ax in axes.items() if t.startswith("loss"))
+  np.testing.assert_allclose(loss.lines[1].get_ydata(), [1.1, 0.55, 1.1 / 3, 0.275])
+
+
+def test_plot_training_without_validation_or_kinds(tmp_path, saved):
+  artifacts.plot_training(_epochs(with_val=False, with_kinds=False),
+                          str(tmp_path / "training.png"))
+  (fig,) = saved
+  titles = [ax.get_title() for ax in fig.axes if ax.axison]
+  assert len(titles) == 3 and titles[2] == "easy share"
+  assert not any(t.startswith(("validation", "triplets")) for t in titles)
+  np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), [0.0, 0.2, 0.4, 0.6])
+
+
+def test_pca_legend_is_outside():
+  fig, ax = plt.subplots()
+  x = np.random.default_rng(0).normal(size=(30, 4))
+  plotting.plot_pca(ax, x, np.repeat([0, 1, 2], 10))
+  fig.canvas.draw()
+  assert _legend_is_outside(ax)
+  plt.close(fig)
