@@ -148,8 +148,8 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
                   easy_threshold: float | None = None) -> None:
   """Draws the per-epoch training figure to ``path`` (PNG).
 
-  Panels: loss (train, and ``val_loss`` when present); validation metrics (every other
-  numeric ``val_*`` key of the records: MAP@R, AUC, recall@K..., skipped when there is
+  Panels: loss (train, and ``val_loss`` when present); validation metrics (the headline
+  ``val_*`` keys present: MAP@R, Recall@1, AUC, EER, active ratio; skipped when there is
   none); the margin, drawn as steps since it holds for a whole epoch; and the easy /
   semi-hard / hard shares of the triplets when the records carry ``num_easy``,
   ``num_semihard``, ``num_hard`` and ``num_total`` (or ``num_triplets``), else the easy
@@ -172,7 +172,10 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
   losses = {"train": [r["loss"] for r in epochs]}
   if any("val_loss" in r for r in epochs):
     losses[val_label] = [r.get("val_loss", nan) for r in epochs]
-  val_keys = [k for k in _numeric_keys(epochs, "val_") if k != "val_loss"]
+  # The headline validation metrics (all of them would crowd the panel; metrics.jsonl and
+  # TensorBoard have every one).
+  shown = ("val_map@r", "val_recall@1", "val_auc", "val_eer", "val_active_ratio")
+  val_keys = [k for k in _numeric_keys(epochs, "val_") if k in shown]
   shares = plotting.triplet_shares(epochs)
   panels = ["loss"] + (["val"] if val_keys else []) + ["margin", "shares"]
   cols = 2 if len(panels) == 4 else len(panels)

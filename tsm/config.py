@@ -51,7 +51,7 @@ RANKING_METRICS = ("val_loss", "map@r", "r_precision", "precision@1", "recall@1"
                    "recall@5", "recall@10", "auc", "eer")
 # Config fields that control one process, not the training: a resumed run may change them.
 RUN_CONTROL_FIELDS = (("train", "stop_after_steps"), ("train", "progress"),
-                      ("train", "print_every_steps"), ("distributed", "initialize"),
+                      ("train", "print_every_steps"), ("train", "tensorboard"), ("distributed", "initialize"),
                       ("distributed", "coordinator_address"),
                       ("distributed", "num_processes"), ("distributed", "process_id"))
 
@@ -134,6 +134,7 @@ FIELD_HELP: dict[str, str] = {
     "train.progress": "progress bar (shown only when stderr is a terminal)",
     "train.print_every_steps": "also print a plain line every that many steps (0: off)",
     "train.nonfinite": "stop (default) or skip steps whose loss or gradient is not finite",
+    "train.tensorboard": "write TensorBoard event files to <workdir>/tensorboard",
     "eval.every_epochs": "validation retrieval / verification every that many epochs",
     "eval.val_margin": "margin of the validation loss (None: the epoch's margin)",
     "eval.val_batches": "cap on the validation-loss batches (None: one pass)",
@@ -183,7 +184,7 @@ def default_config() -> ml_collections.ConfigDict:
       "warmup_steps": 0, "weight_decay": 0.0, "momentum": 0.9,
       "grad_clip_norm": config_dict.placeholder(float), "log_every": 20,
       "best_metric": "val_loss", "stop_after_steps": 0, "data_parallel": True,
-      "progress": True, "print_every_steps": 0, "nonfinite": "stop"}
+      "progress": True, "print_every_steps": 0, "nonfinite": "stop", "tensorboard": True}
   cfg.eval = {
       "every_epochs": 1, "val_margin": config_dict.FieldReference(1.0, field_type=float),
       "val_batches": config_dict.placeholder(int), "batch_size": 256, "num_pairs": 1000,
@@ -330,7 +331,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _int(t.stop_after_steps, "train.stop_after_steps", 0, "0 turns it off")
   _int(t.print_every_steps, "train.print_every_steps", 0, "0 turns it off")
   _choice(t.nonfinite, "train.nonfinite", NONFINITE)
-  for field in ("data_parallel", "progress"):
+  for field in ("data_parallel", "progress", "tensorboard"):
     _bool(t[field], f"train.{field}")
 
   _choice(cfg.margin.update_every, "margin.update_every", MARGIN_UPDATES)
@@ -673,7 +674,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
       augment=bool(cfg.data.augment), margin_update=cfg.margin.update_every,
       mesh=train_lib.data_mesh() if distributed.use_mesh(t.data_parallel) else None,
       log_every=t.log_every, progress=t.progress, print_every_steps=t.print_every_steps,
-      stop_after_steps=t.stop_after_steps, nonfinite=t.nonfinite,
+      stop_after_steps=t.stop_after_steps, nonfinite=t.nonfinite, tensorboard=t.tensorboard,
       embed_batch_size=cfg.eval.batch_size,
       init_fn=functools.partial(models.init_variables, model), run_config=to_json(cfg),
       summary_extra={"dataset": cfg.data.name, "split": cfg.data.split,

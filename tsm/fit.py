@@ -44,6 +44,8 @@ from tsm import evaluation
 from tsm import history
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
+from tsm import plotting
+from tsm import tensorboard as tensorboard_lib
 from tsm import train as train_lib
 from tsm.data import datasets as datasets_lib
 from tsm.data import loader
@@ -115,7 +117,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         nonfinite: str = "stop", embed_batch_size: int = 256,
         init_fn: Callable[[Any, tuple[int, ...]], Any] | None = None,
         run_config: dict[str, Any] | None = None, summary_extra: dict[str, Any] | None = None,
-        figure: dict[str, Any] | None = None) -> FitResult | None:
+        figure: dict[str, Any] | None = None, tensorboard: bool = True
+        ) -> FitResult | None:
   """Trains ``model`` with ``loss`` and ``schedule``, evaluating and checkpointing.
 
   Args:
@@ -150,8 +153,10 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       (``tsm.models.init_variables`` also loads pretrained trunks).
     run_config: JSON-able description of the run, written to ``config.json``.
     summary_extra: entries added to the summary (dataset, loss, ... names).
-    figure: keyword arguments of ``tsm.artifacts.plot_training`` (None: defaults;
-      ``False`` in a dict key ``"skip"`` to draw nothing).
+    figure: keyword arguments of ``tsm.artifacts.plot_training`` (None: defaults; a key
+      ``"skip": True`` draws nothing).
+    tensorboard: also write TensorBoard event files (scalars per step and epoch, the
+      figures, the test embeddings for the projector) to ``workdir/tensorboard``.
 
   Returns:
     A :class:`FitResult`, or None when ``stop_after_steps`` stopped the process early.
@@ -190,6 +195,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=checkpoint.keep, best_metric=best_metric,
       best_mode=best_mode, async_save=checkpoint.async_save)
+  board = tensorboard_lib.make_writer(os.path.join(workdir, "tensorboard"),
+                                     enabled=tensorboard and primary)
   run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
                                              write=primary),
                         stop_on_nonfinite=nonfinite == "stop")
@@ -223,6 +230,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
                       desc=str((summary_extra or {}).get("dataset", "train")))
 
   def show(fetched: list[dict[str, Any]]) -> None:
+    for r in fetched:
+      board.scalars(r["step"], r, prefix="train/")
     if fetched and bar:
       progress_bar.set_postfix(loss=f"{fetched[-1]['loss']:.4f}",
                                mu=f"{fetched[-1]['margin']:.3f}", refresh=False)
@@ -277,6 +286,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
       record["time_s"] = round(time.time() - t0, 3)
       run.log.append([record])
+      board.scalars(record["step"], record, prefix="epoch/")
       epoch_records.append(record)
       run.epoch_steps = []
       if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
@@ -302,20 +312,38 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         "final_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
     })
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
+    if primary:
+      _write_outputs(workdir, summary, epoch_records, ctx, board, dict(figure or {}))
   finally:
     progress_bar.close()
+    board.close()
     ckpt.close()
   if primary:
-    artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    np.savez(os.path.join(workdir, "pairs.npz"), **ctx.artifacts)
-    figure = dict(figure or {})
-    if not figure.pop("skip", False):
-      artifacts.plot_training(epoch_records, os.path.join(workdir, "training.png"),
-                              **figure)
     print(history.format_summary(summary), flush=True)
   return FitResult(state=state, best_state=best_state, summary=summary,
                    history=epoch_records,
                    embed=lambda inputs: embed_fn(best_state, inputs))
+
+
+def _write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[Any],
+                   ctx: evaluation.EvalContext, board: Any, figure: dict[str, Any]) -> None:
+  """summary.json, pairs.npz, training.png, roc.png and their TensorBoard copies."""
+  artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  with artifacts.atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, **ctx.artifacts)
+  step = epoch_records[-1]["step"] if epoch_records else 0
+  if not figure.pop("skip", False) and epoch_records:
+    path = os.path.join(workdir, "training.png")
+    artifacts.plot_training(epoch_records, path, **figure)
+    board.image("training", path, step)
+    if "test_distances" in ctx.artifacts:
+      path = os.path.join(workdir, "roc.png")
+      plotting.plot_roc(ctx.artifacts["test_distances"], ctx.artifacts["test_same"], path,
+                        title=figure.get("title", ""))
+      board.image("roc", path, step)
+  if len(ctx.splits.test):
+    board.embeddings(ctx.embeddings("test"), ctx.labels("test"), tag="test", step=step)
 
 
 def _eval_apply(model: nn.Module) -> Callable[[Any, Any], Any]:
