@@ -1,7 +1,7 @@
 """One run of the loss study: train with ``tsm.fit``, then measure the final model.
 
 :func:`train_and_analyse` trains one (dataset, loss, seed) run with :func:`tsm.fit.fit`
-and, through fit's ``epoch_hook`` at the last epoch, measures the final model:
+and, through an evaluator at the last epoch, measures the final model:
 
 * on the L2-normalised TRAINING embeddings: paper B's intra-class variance (mean, std and
   per class) and inter-class centroid distances (plain, as the authors' code; squared
@@ -41,8 +41,7 @@ import numpy as np
 from tsm import artifacts
 from tsm import diagnostics
 from tsm import distances
-from tsm import evaluation
-from tsm import fit as fit_lib
+from tsm import config as config_lib
 from tsm import metrics
 
 ANALYSIS_JSON = "analysis.json"
@@ -50,11 +49,7 @@ ANALYSIS_NPZ = "analysis.npz"
 CURVES = ("loss", "active_ratio", "grad_norm")
 
 
-def _normalised_embeddings(apply_fn, state, split, batch_size: int) -> np.ndarray:
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  emb = evaluation.embed(apply_fn, variables, split, batch_size)
+def _normalised(emb: np.ndarray) -> np.ndarray:
   return np.asarray(distances.l2_normalize(jax.numpy.asarray(emb)))
 
 
@@ -195,29 +190,34 @@ def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
   epochs = int(config.train.epochs)
   found: dict[str, Any] = {}
 
-  def hook(epoch, state, apply_fn, splits):
-    if epoch + 1 != epochs:
-      return None
-    batch_size = int(config.eval.batch_size)
-    train_emb = _normalised_embeddings(apply_fn, state, splits.train, batch_size)
-    test_emb = _normalised_embeddings(apply_fn, state, splits.test, batch_size)
-    test_labels = np.asarray(splits.test.labels)
-    scalars, arrays = measure_embeddings(
-        train_emb, np.asarray(splits.train.labels), test_emb, test_labels,
-        int(splits.num_classes), knn_k=int(study.knn_k),
-        max_triplets=int(study.max_triplets), gmm_components=int(study.gmm_components),
-        margin=float(config.margin.initial_margin), seed=int(config.seed),
-        distance=config.loss.distance)
-    if keep_embeddings:
-      arrays["test_embeddings"] = test_emb.astype(np.float32)
-      arrays["test_labels"] = test_labels
-    found.update(scalars=scalars, arrays=arrays)
-    return {"study_intra_var": scalars["intra_var"],
-            "study_inter_dist": scalars["inter_dist"]}
+  class FinalModel:
+    """Evaluator at the last epoch: paper B's measurements of the final model."""
+    every_epochs = epochs
+
+    def __call__(self, ctx):
+      if ctx.epoch + 1 != epochs:
+        return {}
+      splits = ctx.splits
+      train_emb = _normalised(ctx.embeddings("train"))
+      test_emb = _normalised(ctx.embeddings("test"))
+      test_labels = ctx.labels("test")
+      scalars, arrays = measure_embeddings(
+          train_emb, ctx.labels("train"), test_emb, test_labels,
+          int(splits.num_classes), knn_k=int(study.knn_k),
+          max_triplets=int(study.max_triplets), gmm_components=int(study.gmm_components),
+          margin=float(config.margin.initial_margin), seed=int(config.seed),
+          distance=config.loss.distance)
+      if keep_embeddings:
+        arrays["test_embeddings"] = test_emb.astype(np.float32)
+        arrays["test_labels"] = test_labels
+      found.update(scalars=scalars, arrays=arrays)
+      return {"study": {"intra_var": scalars["intra_var"],
+                        "inter_dist": scalars["inter_dist"]}}
 
   os.makedirs(rundir, exist_ok=True)
   with open(os.path.join(rundir, "fit.log"), "w") as log, contextlib.redirect_stdout(log):
-    summary = fit_lib.fit(config, rundir, epoch_hook=hook)
+    result = config_lib.train_and_evaluate(config, rundir, evaluators=[FinalModel()])
+  summary = None if result is None else result.summary
   if "scalars" not in found:
     raise RuntimeError(f"{rundir}: the last epoch's analysis did not run (resumed a "
                        "finished run?); delete the directory and run again.")

@@ -125,16 +125,15 @@ def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
 
 
 def check_data(tasks: list[dict[str, Any]], workdir: str) -> None:
-  """Loads each dataset once (tsm.fit.prepare): a missing TFDS set fails here, in one line."""
+  """Loads each dataset once (tsm.config.prepare): a missing TFDS set fails here, in one line."""
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-  from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
   seen = set()
   for task in tasks:
     if task["dataset"] in seen:
       continue
     seen.add(task["dataset"])
     try:
-      fit_lib.prepare(task["config"], task["rundir"])
+      config_lib.prepare(task["config"], task["rundir"])
     except config_lib.ConfigError as e:
       raise StudyError(f"{task['dataset']}: {e}") from None
 

@@ -6,7 +6,7 @@
 Modules:
 
 * :mod:`~experiments.margin_scheduler.study`: the study's config section, the schedules
-  compared, the per-run config and the effective-margin epoch hook.
+  compared, the per-run config and the effective-margin evaluator.
 * :mod:`~experiments.margin_scheduler.report`: tables, verdicts and figures from the run
   directories.
 * :mod:`~experiments.margin_scheduler.run`: the command (runs in parallel processes, then

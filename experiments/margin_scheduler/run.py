@@ -97,9 +97,10 @@ def _progress(done: int, total: int, result: dict[str, Any], start: float) -> No
 
 def _preload(cfg: Any, names: Sequence[str]) -> None:
   """Loads the dataset once (offline sets are cached per process; forks share it)."""
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   from tsm import data as data_lib  # pylint: disable=import-outside-toplevel
   try:
-    data_lib.load(study.run_config(cfg, names[0], 0).data, seed=0)
+    data_lib.load(config_lib.data_spec(study.run_config(cfg, names[0], 0)), seed=0)
   except Exception:  # pylint: disable=broad-except  # fit reports data errors itself
     pass
 

@@ -1,4 +1,4 @@
-"""The margin-scheduler study: its config, the schedules compared, one run, the epoch hook.
+"""The margin-scheduler study: its config, the schedules compared, one run, the effective-margin evaluator.
 
 A study config is a full tsm config (:func:`tsm.config.default_config`) plus a ``study``
 section (:func:`study_config`). Every run of the study trains the same model with the same
@@ -14,7 +14,7 @@ data, optimiser and seed list; only ``margin`` differs (:func:`schedule_margin`)
 * ``controller``: tsm's two-sided controller (``margin.target``, ``margin.gain``,
   ``margin.min_margin``, ``margin.max_margin``, ``margin.deadband``).
 
-The epoch hook (:class:`EffectiveMarginHook`) records paper A's effective margins
+The evaluator :class:`EffectiveMargins` records paper A's effective margins
 ``d(a, n) - d(a, p)`` of a seeded sample of training triplets (eval-mode embeddings of a
 fixed sample of training examples) at the first, middle and last epoch, with a
 two-component Gaussian mixture fitted to them.
@@ -331,7 +331,7 @@ def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
                                                                 "pairs.npz"))
 
 
-# ----------------------------------------------------------------------------- the hook
+# ----------------------------------------------------------------------------- the evaluator
 
 
 def hook_epochs(epochs: int) -> tuple[int, ...]:
@@ -339,8 +339,8 @@ def hook_epochs(epochs: int) -> tuple[int, ...]:
   return tuple(sorted({0, (epochs - 1) // 2, epochs - 1}))
 
 
-class EffectiveMarginHook:
-  """``fit`` epoch hook: effective margins of a training sample at chosen epochs.
+class EffectiveMargins:
+  """Evaluator: effective margins of a training sample at chosen epochs.
 
   At each recorded epoch it embeds a fixed, seeded sample of ``num_examples`` training
   examples (eval mode, the parameters after the epoch), takes ``d(a, n) - d(a, p)`` over
@@ -348,10 +348,11 @@ class EffectiveMarginHook:
   fewer exist; :func:`tsm.diagnostics.effective_margins`), fits a two-component Gaussian
   mixture (:func:`tsm.diagnostics.fit_gaussian_mixture`), writes
   ``<workdir>/effective_margins/epoch<e>.npz`` (``values``, ``margin``: the margin
-  trained with during the epoch, ``weights``, ``means``, ``stds``) and adds to the epoch
-  record ``em_margin``, ``em_mean``, ``em_share_above_margin`` (share of the sampled
-  triplets whose effective margin exceeds that margin: paper A's observation is that it
-  grows past mu), ``em_gmm_mean_low`` / ``em_gmm_mean_high`` and ``em_gmm_weight_high``.
+  trained with during the epoch, from the epoch's record, ``weights``, ``means``,
+  ``stds``) and adds to the epoch record ``em_margin``, ``em_mean``,
+  ``em_share_above_margin`` (share of the sampled triplets whose effective margin exceeds
+  that margin: paper A's observation is that it grows past mu), ``em_gmm_mean_low`` /
+  ``em_gmm_mean_high`` and ``em_gmm_weight_high``.
 
   Args:
     workdir: the run directory.
@@ -360,6 +361,7 @@ class EffectiveMarginHook:
     num_examples: training examples sampled (seeded by ``config.seed``).
     num_triplets: triplets sampled among them.
   """
+  every_epochs = 1
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict,
                epochs: tuple[int, ...] | None = None, *, num_examples: int = 1000,
@@ -369,39 +371,22 @@ class EffectiveMarginHook:
     self.epochs = hook_epochs(int(config.train.epochs)) if epochs is None else epochs
     self.num_examples = int(num_examples)
     self.num_triplets = int(num_triplets)
-    self._margin_next: tuple[int, float] | None = None   # (epoch, margin after it)
 
-  def _margin_used(self, epoch: int) -> float:
-    """The margin of epoch ``epoch``: the previous epoch's ``margin_next``."""
-    if epoch == 0:   # every schedule starts at initial_margin
-      return float(self.config.margin.initial_margin)
-    if self._margin_next is not None and self._margin_next[0] == epoch - 1:
-      return self._margin_next[1]
-    from tsm import artifacts  # pylint: disable=import-outside-toplevel
-    log = artifacts.MetricsLog(os.path.join(self.workdir, "metrics.jsonl"))
-    records = [r for r in log.read() if r["kind"] == "epoch" and r["epoch"] == epoch - 1]
-    return float(records[-1]["margin_next"])
-
-  def __call__(self, epoch: int, state: Any, apply_fn: Any, splits: Any
-               ) -> dict[str, Any] | None:
+  def __call__(self, ctx: Any) -> dict[str, dict[str, float]]:
     # pylint: disable=import-outside-toplevel
     import jax
-    from tsm import diagnostics, distributed, evaluation
+    from tsm import diagnostics, distributed
 
-    used = self._margin_used(epoch)
-    self._margin_next = (epoch, float(jax.device_get(state.margin_state.margin)))
+    epoch = ctx.epoch
     if epoch not in self.epochs:
-      return None
-    labels_all = np.asarray(splits.train.labels)
+      return {}
+    used = float(ctx.record["margin"])   # the margin the epoch trained at
+    train = ctx.split("train")
+    labels_all = np.asarray(train.labels)
     rng = np.random.default_rng([int(self.config.seed), 20260326])
     n = min(self.num_examples, labels_all.size)
     idx = np.sort(rng.choice(labels_all.size, n, replace=False))
-    variables = {"params": state.params}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
-    variables = distributed.local_copy(variables)
-    emb = evaluation.embed(apply_fn, variables, splits.train.subset(idx),
-                           int(self.config.eval.batch_size))
+    emb = ctx.embed_fn(ctx.state, train.subset(idx))
     em = diagnostics.effective_margins(
         emb, labels_all[idx], distance=self.config.loss.distance,
         max_triplets=self.num_triplets, seed=int(self.config.seed))
@@ -416,14 +401,14 @@ class EffectiveMarginHook:
                weights=np.asarray(gmm.weights), means=np.asarray(gmm.means),
                stds=np.asarray(gmm.stds), exact=np.asarray(em.exact))
     finite = values.size > 0
-    return {
-        "em_margin": used,
-        "em_mean": float(values.mean()) if finite else float("nan"),
-        "em_share_above_margin": float(np.mean(values > used)) if finite else float("nan"),
-        "em_gmm_mean_low": float(gmm.means[0]),
-        "em_gmm_mean_high": float(gmm.means[-1]),
-        "em_gmm_weight_high": float(gmm.weights[-1]),
-    }
+    return {"em": {
+        "margin": used,
+        "mean": float(values.mean()) if finite else float("nan"),
+        "share_above_margin": float(np.mean(values > used)) if finite else float("nan"),
+        "gmm_mean_low": float(gmm.means[0]),
+        "gmm_mean_high": float(gmm.means[-1]),
+        "gmm_weight_high": float(gmm.weights[-1]),
+    }}
 
 
 # ----------------------------------------------------------------------------- one run
@@ -459,7 +444,6 @@ def run_one(cfg: ml_collections.ConfigDict, workdir: str, name: str, seed: int
   Returns:
     ``{"schedule", "seed", "workdir", "seconds", "reused", "summary"}``.
   """
-  from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
 
   config = run_config(cfg, name, seed)
   directory = run_dir(workdir, name, seed)
@@ -467,12 +451,13 @@ def run_one(cfg: ml_collections.ConfigDict, workdir: str, name: str, seed: int
   reused = finished(directory, config)
   if not reused:
     os.makedirs(directory, exist_ok=True)
-    hook = EffectiveMarginHook(directory, config, num_examples=cfg.study.em_examples,
-                               num_triplets=cfg.study.em_triplets)
+    margins_evaluator = EffectiveMargins(directory, config,
+                                         num_examples=cfg.study.em_examples,
+                                         num_triplets=cfg.study.em_triplets)
     with open(os.path.join(directory, "fit.log"), "a") as log, \
         contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
         _absl_to(log):
-      fit_lib.fit(config, directory, epoch_hook=hook)
+      config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
   with open(os.path.join(directory, "summary.json")) as f:
     summary = json.load(f)
   return {"schedule": name, "seed": int(seed), "workdir": directory,
