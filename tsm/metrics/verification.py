@@ -105,7 +105,7 @@ def pair_distances(embeddings, i, j, *, distance: str = "euclidean",
     chunk: pairs per device call (memory ``2 * chunk * D`` floats).
 
   Returns:
-    ``[P]`` float numpy distances (NaN where an embedding has NaN).
+    ``[P]`` float numpy distances (NaN for a pair with a NaN or inf embedding).
   """
   distances_lib.check_distance(distance)
   i, j = np.asarray(i), np.asarray(j)
@@ -132,6 +132,11 @@ def pair_distances(embeddings, i, j, *, distance: str = "euclidean",
     d = _chunk_distances(emb, jnp.asarray(ci, jnp.int32), jnp.asarray(cj, jnp.int32),
                          distance)
     out[s:s + chunk] = np.asarray(d)[:chunk - pad]
+  # tsm.distances maps a NaN squared distance to 0 through its zero-distance branch;
+  # a pair with a non-finite embedding must read NaN, never a plausible distance.
+  bad = ~np.all(np.isfinite(np.asarray(embeddings)), axis=1)
+  if np.any(bad):
+    out[bad[i] | bad[j]] = np.nan
   return out
 
 
