@@ -167,6 +167,12 @@ def test_fewer_than_two_pairs_is_inconclusive(a, b):
   assert c.format() in ("n/a", "+0.100 (n=1)")
 
 
+def test_generators_and_empty_family():
+  a, b = [0.9, 0.8, 0.85], [0.7, 0.65, 0.6]
+  assert reporting.compare(iter(a), (x for x in b)) == reporting.compare(a, b)
+  assert reporting.decide([]) == []
+
+
 def test_compare_errors():
   with pytest.raises(ValueError, match="paired=False"):
     reporting.compare([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -173,6 +173,8 @@ class Comparison:
 
 def _finite_or_nan(values: Iterable[float | None], name: str) -> np.ndarray:
   """Values as float64 with ``None`` and inf mapped to NaN (missing)."""
+  if not isinstance(values, (str, bytes, np.ndarray)):
+    values = list(values)   # generators too
   if isinstance(values, (str, bytes)) or np.ndim(values) != 1:
     raise ValueError(f"{name} must be a 1-D sequence of per-seed values, got "
                      f"{type(values).__name__}; pass one number (or None) per seed.")
