@@ -418,6 +418,17 @@ def test_verification_errors(d, same, match):
     metrics.verification_metrics(d, same)
 
 
+def test_balanced_accuracy_hand_computed():
+  # same 1, 3; different 2, 4, 5, 6 at threshold 3: TPR 2/2, TNR 3/4 -> 0.875
+  # (plain accuracy 5/6).
+  d = [1.0, 3.0, 2.0, 4.0, 5.0, 6.0]
+  same = [True, True, False, False, False, False]
+  assert verification.balanced_accuracy_at_threshold(d, same, 3.0) == pytest.approx(0.875)
+  assert metrics.accuracy_at_threshold(d, same, 3.0) == pytest.approx(5 / 6)
+  with pytest.raises(ValueError, match="both"):
+    verification.balanced_accuracy_at_threshold([1.0], [True], 1.0)
+
+
 def test_min_negatives_for_far_and_reason():
   assert verification.min_negatives_for_far(1e-3) == 10_000   # not 10,001 from 1e-3 rounding
   assert verification.min_negatives_for_far(1e-2) == 1_000

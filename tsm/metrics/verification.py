@@ -270,3 +270,25 @@ def accuracy_at_threshold(distances, same, threshold: float) -> float:
   if distances.shape[0] == 0:
     raise ValueError("distances is empty; pass at least one pair.")
   return float(np.mean((distances <= threshold) == same))
+
+
+def balanced_accuracy_at_threshold(distances, same, threshold: float) -> float:
+  """Mean of TPR and TNR of "same iff distance <= threshold".
+
+  The accuracy of paper A's balanced pairs (half same, half different), in expectation,
+  on any pair set: with every positive and 100,000 negatives the plain accuracy would be
+  dominated by whichever kind is more numerous.
+
+  Args:
+    distances: ``[P]`` pair distances.
+    same: ``[P]`` booleans, True for same-class pairs; both kinds must occur.
+    threshold: accept pairs at distance at most this.
+
+  Returns:
+    ``(TPR + TNR) / 2`` in ``[0, 1]``.
+  """
+  distances, same = _check_pairs(distances, same)
+  if not np.any(same) or np.all(same):
+    raise ValueError("same needs both same and different pairs for a balanced accuracy.")
+  accept = distances <= threshold
+  return float((np.mean(accept[same]) + np.mean(~accept[~same])) / 2.0)
