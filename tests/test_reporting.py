@@ -290,3 +290,16 @@ def test_decide_applies_holm_in_both_directions():
   # The weak claim is chosen to pass alone but not after Holm over three claims.
   assert 0.05 / 3 < weak.p_value <= 0.05 and weak.verdict == "held"
   assert decided[2].verdict == "inconclusive"
+
+
+def test_comparison_cells_and_tar_cell():
+  c = reporting.decide([reporting.compare([0.9, 0.92, 0.95], [0.8, 0.85, 0.86]),
+                        reporting.compare([0.5, 0.6], [0.5, 0.6])])[0]
+  cells = c.cells()
+  assert len(cells) == len(reporting.COMPARISON_HEADER)
+  assert cells[0] == c.format() and cells[1] == "3" and cells[-1] == c.verdict
+  assert cells[2] == f"{c.p_value:.3f}" and cells[3] == f"{c.p_adjusted:.3f}"
+  assert cells[4] == f"{c.mde:.3f}"
+  assert reporting.tar_cell([0.5, 0.7], 10_000, 1e-3, digits=2) == "0.60 ± 0.14"
+  assert (reporting.tar_cell([float("nan")] * 2, 500, 1e-3)
+          == "— (500 different pairs < 10/FAR = 10,000)")

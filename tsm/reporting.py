@@ -161,6 +161,15 @@ class Comparison:
   p_adjusted: float
   p_reverse_adjusted: float
 
+  def cells(self, digits: int = 3) -> list[str]:
+    """The claim's cells under :data:`COMPARISON_HEADER`, for a verdict table."""
+    def num(x: float) -> str:
+      return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
+    def prob(x: float) -> str:
+      return "n/a" if not math.isfinite(x) else f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
+    return [self.format(digits), str(self.n), prob(self.p_value), prob(self.p_adjusted),
+            num(self.mde), self.verdict]
+
   def format(self, digits: int = 3) -> str:
     """Table cell: ``"+0.012 [0.004, 0.020]"`` (``"n/a"`` with no data)."""
     if not math.isfinite(self.mean_diff):
@@ -169,6 +178,10 @@ class Comparison:
     if math.isfinite(self.ci_low) and math.isfinite(self.ci_high):
       return f"{text} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
     return f"{text} (n={self.n})"
+
+
+COMPARISON_HEADER = ("A better by [95% CI]", "seeds", "p (one-sided)", "p (Holm)",
+                     "MDE (80% power)", "verdict")
 
 
 def _finite_or_nan(values: Iterable[float | None], name: str) -> np.ndarray:
@@ -412,6 +425,29 @@ def verdict(a: Iterable[float | None], b: Iterable[float | None], *,
   if -diff > spread:
     return NOT_HELD
   return UNCLEAR
+
+
+def tar_cell(values: Iterable[float | None], num_different: int, far: float, *,
+             digits: int = 4) -> str:
+  """Table cell of TAR at ``far`` over seeds: mean ± std, or "—" and why not measured.
+
+  Args:
+    values: per-seed ``tar@far=...`` values (NaN where it was not measured).
+    num_different: different-class pairs each seed was evaluated on
+      (``verification_metrics``' ``num_different``; the smallest over seeds).
+    far: the false accept rate.
+    digits: decimals of the mean and std.
+
+  Returns:
+    ``Summary.format`` of the values, or ``"— (500 different pairs < 10/FAR = 10,000)"``
+    when the pairs cannot resolve ``far`` (``tsm.metrics.verification``'s rule).
+  """
+  # Imported here: tsm.metrics pulls in jax, which reading run directories never needs.
+  from tsm.metrics import verification  # pylint: disable=import-outside-toplevel
+  reason = verification.tar_unmeasurable_reason(num_different, far)
+  if reason is not None:
+    return f"— ({reason})"
+  return summarize(values).format(digits)
 
 
 def best_index(summaries: Sequence[Summary], *, higher_is_better: bool) -> int | None:
