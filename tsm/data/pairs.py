@@ -17,7 +17,9 @@ Two protocols:
 Both are seeded and deterministic, and return indices into the split. Pairs are
 enumerated without materialising the ``N × N`` matrix: examples are grouped by class, and
 the ``k``-th pair is decoded from ``k`` through per-example cumulative counts (``O(N)``
-memory, plus ``O(num_pairs)`` for the output), so a 70,000-example split costs megabytes.
+memory, plus ``O(num_pairs)`` for the output and the draw): on a 70,000-example split the
+default 10M positives and 100k negatives peak at about 360 MB (an ``N × N`` boolean
+matrix alone would be 4.9 GB).
 """
 
 from __future__ import annotations
