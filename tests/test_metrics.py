@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from tsm import distances as tsm_distances
 from tsm import metrics
-from tsm.metrics import neighbors
+from tsm.data import pairs
+from tsm.metrics import neighbors, verification
 
 METHODS = ("top_k", "blocks")
 
@@ -332,7 +334,9 @@ def test_roc_curve_and_auc_match_sklearn(seed):
   assert thr[0] == -np.inf
   got = metrics.verification_metrics(d, same)
   assert got["auc"] == pytest.approx(skm.roc_auc_score(same, -d))
-  assert set(got) == {"auc", "eer", "tar@far=1e-3", "tar@far=1e-2"}
+  assert set(got) == {"auc", "eer", "tar@far=1e-3", "tar@far=1e-2", "num_same",
+                      "num_different"}
+  assert got["num_same"] == same.sum() and got["num_different"] == (~same).sum()
 
 
 def test_eer_and_tar_hand_computed():
@@ -345,8 +349,12 @@ def test_eer_and_tar_hand_computed():
   np.testing.assert_allclose(thr, [-np.inf, 1, 2, 3, 4])
   got = metrics.verification_metrics(d, same)
   # FNR - FPR: 1, .5, 0 (at t=2) -> EER 0.5; AUC = 0.75.
-  assert got == pytest.approx({"auc": 0.75, "eer": 0.5, "tar@far=1e-3": 0.5,
-                               "tar@far=1e-2": 0.5})
+  # Two different pairs cannot resolve FAR 1e-3 or 1e-2: NaN, never a number.
+  assert got == pytest.approx({"auc": 0.75, "eer": 0.5, "tar@far=1e-3": np.nan,
+                               "tar@far=1e-2": np.nan, "num_same": 2,
+                               "num_different": 2}, nan_ok=True)
+  # Even FAR 0.5 needs 20 negatives.
+  assert np.isnan(metrics.verification_metrics(d, same, fars=(0.5,))["tar@far=5e-1"])
   assert metrics.choose_threshold_eer(d, same) == 2.0
   # Corner distances^2: 1, .25, .5, .25, 1 -> first minimum at t=1.
   assert metrics.choose_threshold_closest_to_corner(d, same) == 1.0
@@ -367,12 +375,13 @@ def test_eer_interpolates_between_roc_points():
 def test_verification_separable_and_reversed():
   d_sep, same = [0.1, 0.2, 0.8, 0.9], [True, True, False, False]
   good = metrics.verification_metrics(d_sep, same)
-  assert good == pytest.approx({"auc": 1.0, "eer": 0.0, "tar@far=1e-3": 1.0,
-                                "tar@far=1e-2": 1.0})
+  assert good == pytest.approx({"auc": 1.0, "eer": 0.0, "tar@far=1e-3": np.nan,
+                                "tar@far=1e-2": np.nan, "num_same": 2,
+                                "num_different": 2}, nan_ok=True)
   threshold = metrics.choose_threshold_closest_to_corner(d_sep, same)
   assert threshold == 0.2 and metrics.accuracy_at_threshold(d_sep, same, threshold) == 1.0
   bad = metrics.verification_metrics(d_sep, [False, False, True, True])
-  assert bad["auc"] == 0.0 and bad["eer"] == 1.0 and bad["tar@far=1e-2"] == 0.0
+  assert bad["auc"] == 0.0 and bad["eer"] == 1.0 and np.isnan(bad["tar@far=1e-2"])
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -383,8 +392,9 @@ def test_verification_against_brute_force_definitions(seed):
     accept = d <= t
     assert f == pytest.approx(np.mean(accept[~same]))
     assert p == pytest.approx(np.mean(accept[same]))
-  got = metrics.verification_metrics(d, same)
-  for far in (1e-3, 1e-2):
+  got = metrics.verification_metrics(d, same, fars=(1e-2, 0.1, 0.2))
+  assert np.isnan(got["tar@far=1e-2"])   # ~150 negatives < 1,000
+  for far in (0.1, 0.2):   # 100 and 50 negatives needed
     best = max(np.mean((d <= t)[same]) for t in np.r_[-np.inf, d]
                if np.mean((d <= t)[~same]) <= far)
     assert got[f"tar@far={far:.0e}".replace("e-0", "e-")] == pytest.approx(best)
@@ -406,6 +416,126 @@ def test_verification_against_brute_force_definitions(seed):
 def test_verification_errors(d, same, match):
   with pytest.raises(ValueError, match=match):
     metrics.verification_metrics(d, same)
+
+
+def test_balanced_accuracy_hand_computed():
+  # same 1, 3; different 2, 4, 5, 6 at threshold 3: TPR 2/2, TNR 3/4 -> 0.875
+  # (plain accuracy 5/6).
+  d = [1.0, 3.0, 2.0, 4.0, 5.0, 6.0]
+  same = [True, True, False, False, False, False]
+  assert verification.balanced_accuracy_at_threshold(d, same, 3.0) == pytest.approx(0.875)
+  assert metrics.accuracy_at_threshold(d, same, 3.0) == pytest.approx(5 / 6)
+  with pytest.raises(ValueError, match="both"):
+    verification.balanced_accuracy_at_threshold([1.0], [True], 1.0)
+
+
+def test_min_negatives_for_far_and_reason():
+  assert verification.min_negatives_for_far(1e-3) == 10_000   # not 10,001 from 1e-3 rounding
+  assert verification.min_negatives_for_far(1e-2) == 1_000
+  assert verification.min_negatives_for_far(1e-4) == 100_000
+  assert verification.min_negatives_for_far(3e-3) == 3_334
+  assert verification.tar_unmeasurable_reason(10_000, 1e-3) is None
+  assert verification.tar_unmeasurable_reason(500, 1e-3) == "500 different pairs < 10/FAR = 10,000"
+  with pytest.raises(ValueError, match="far=0"):
+    verification.min_negatives_for_far(0.0)
+  with pytest.raises(ValueError, match="far=2"):
+    metrics.verification_metrics([0.1, 0.2], [True, False], fars=(2.0,))
+
+
+@pytest.mark.parametrize("num_neg", [9_999, 10_000])
+def test_tar_reported_exactly_from_ten_per_far(num_neg):
+  rng = np.random.default_rng(num_neg)
+  same = np.r_[np.ones(400, bool), np.zeros(num_neg, bool)]
+  d = np.round(rng.random(same.size) + 0.5 * ~same, 2)   # few distinct thresholds
+  got = metrics.verification_metrics(d, same)
+  tar = metrics.tar_at_far(d, same, 1e-3)
+  if num_neg < 10_000:
+    assert np.isnan(got["tar@far=1e-3"]) and np.isnan(tar)
+    assert got["tar@far=1e-2"] == pytest.approx(metrics.tar_at_far(d, same, 1e-2))
+    return
+  # Brute force over every threshold: the largest TPR whose FPR is at most 1e-3.
+  thresholds = np.r_[-np.inf, np.unique(d)]
+  fpr = np.array([np.mean(d[~same] <= t) for t in thresholds])
+  tpr = np.array([np.mean(d[same] <= t) for t in thresholds])
+  assert got["tar@far=1e-3"] == tar == pytest.approx(np.max(tpr[fpr <= 1e-3]))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_pair_distances_match_brute_force(distance, chunk):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(30, 5)).astype(np.float32)
+  x[3] = x[4]   # a duplicate: distance exactly zero
+  i, j = rng.integers(0, 30, 53), rng.integers(0, 30, 53)
+  i[0], j[0] = 3, 4
+  got = verification.pair_distances(x, i, j, distance=distance, chunk=chunk)
+  xi, xj = x[i].astype(np.float64), x[j].astype(np.float64)
+  if distance == "cosine":
+    ref = 1 - np.sum(xi * xj, 1) / np.linalg.norm(xi, axis=1) / np.linalg.norm(xj, axis=1)
+  else:
+    ref = np.sum((xi - xj) ** 2, 1)
+    ref = ref if distance == "squared_euclidean" else np.sqrt(ref)
+  assert got.shape == (53,) and got[0] == pytest.approx(0.0, abs=1e-6)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+  # The library's own paired distances, up to float32 rounding (jit fuses differently).
+  np.testing.assert_allclose(got, np.asarray(tsm_distances.paired_distances(
+      x[i], x[j], distance=distance)), rtol=1e-6, atol=1e-7)
+
+
+def test_pair_distances_nan_in_nan_out():
+  x = np.ones((4, 3), np.float32)
+  x[2, 1] = np.nan
+  d = verification.pair_distances(x, [0, 2, 1], [1, 3, 2])
+  assert d[0] == 0.0 and np.isnan(d[1]) and np.isnan(d[2])
+  with pytest.raises(ValueError, match="NaN"):   # and the metrics refuse it
+    metrics.verification_metrics(d, [True, False, False])
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((np.zeros((3, 2)), [0, 1], [1]), {}, "1-D integer"),
+    ((np.zeros((3, 2)), [0.0], [1.0]), {}, "1-D integer"),
+    ((np.zeros((3, 2)), [0, 3], [1, 1]), {}, r"\[0, 3\)"),
+    ((np.zeros(3), [0], [1]), {}, r"\[N, D\]"),
+    ((np.zeros((3, 2)), [0], [1]), {"chunk": 0}, "chunk"),
+    ((np.zeros((3, 2)), [0], [1]), {"distance": "l1"}, "unknown distance"),
+])
+def test_pair_distances_errors(args, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    verification.pair_distances(*args, **kwargs)
+
+
+def test_evaluation_pairs_metrics_against_all_pairs_brute_force():
+  # Small split, every pair: AUC equals the Mann-Whitney statistic over all positive x
+  # negative pairs (brute force) and sklearn's roc_auc_score on the same pairs.
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 4, 40)
+  x = rng.normal(size=(40, 3)) + labels[:, None] * 0.7
+  i, j, same = pairs.evaluation_pairs(labels, num_negatives=10_000)
+  num_pos, num_neg = pairs.pair_counts(labels)
+  assert (same.sum(), (~same).sum()) == (num_pos, num_neg)   # all of them
+  d = verification.pair_distances(x, i, j)
+  got = metrics.verification_metrics(d, same)
+  assert got["num_same"] == num_pos and got["num_different"] == num_neg
+  full = np.linalg.norm(x[:, None] - x[None], axis=-1)
+  pos = [full[a, b] for a in range(40) for b in range(a + 1, 40) if labels[a] == labels[b]]
+  neg = [full[a, b] for a in range(40) for b in range(a + 1, 40) if labels[a] != labels[b]]
+  wins = sum((p < q) + 0.5 * (p == q) for p in pos for q in neg)
+  assert got["auc"] == pytest.approx(wins / (len(pos) * len(neg)), rel=1e-9)
+  assert got["auc"] == pytest.approx(skm.roc_auc_score(same, -d))
+  assert np.isnan(got["tar@far=1e-3"])   # 600 negatives < 10,000
+
+
+def test_many_pairs_auc_matches_sklearn():
+  # A 2,000-example split: all 200k positives and 100k sampled negatives.
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 10, 2000)
+  x = (rng.normal(size=(2000, 8)) + 0.3 * np.eye(10, 8)[labels]).astype(np.float32)
+  i, j, same = pairs.evaluation_pairs(labels, seed=3)
+  assert same.sum() == pairs.pair_counts(labels)[0] and (~same).sum() == 100_000
+  d = verification.pair_distances(x, i, j)
+  got = metrics.verification_metrics(d, same)
+  assert got["auc"] == pytest.approx(skm.roc_auc_score(same, -d), rel=1e-9)
+  assert np.isfinite(got["tar@far=1e-3"]) and np.isfinite(got["tar@far=1e-2"])
 
 
 # ----------------------------------------------------------------------------- clustering

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scipy import stats
+
+from tsm.data import pairs
 from tsm.data.pairs import verification_pairs
 
 
@@ -60,3 +63,109 @@ def test_error_when_no_class_has_two_members():
 def test_error_when_only_one_class():
   with pytest.raises(ValueError, match="fewer than two classes"):
     verification_pairs(np.zeros(10, int), 10, seed=0)
+
+
+# ----------------------------------------------------------------------------- evaluation_pairs
+
+
+def _brute_force(labels):
+  """Every unordered labelled pair (i < j), split into same- and different-class sets."""
+  pos, neg = set(), set()
+  for i in range(len(labels)):
+    for j in range(i + 1, len(labels)):
+      if labels[i] >= 0 and labels[j] >= 0:
+        (pos if labels[i] == labels[j] else neg).add((i, j))
+  return pos, neg
+
+
+def _as_set(i, j):
+  return set(zip(i.tolist(), j.tolist()))
+
+
+LABELS = np.array([3, 0, 1, 0, -1, 3, 3, 2, 1, 0, -1, 5, 3, 1, 0, 7])
+
+
+def test_pair_counts_match_brute_force():
+  for labels in (LABELS, np.random.default_rng(0).integers(-1, 6, 60)):
+    pos, neg = _brute_force(labels)
+    assert pairs.pair_counts(labels) == (len(pos), len(neg))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_all_pairs_when_few(seed):
+  labels = np.random.default_rng(seed).permutation(np.r_[LABELS, LABELS])
+  pos, neg = _brute_force(labels)
+  i, j, same = pairs.evaluation_pairs(labels, num_negatives=10_000, seed=seed)
+  assert i.dtype == j.dtype == np.int32 and same.dtype == bool
+  assert np.all(i < j)
+  np.testing.assert_array_equal(same, labels[i] == labels[j])
+  assert _as_set(i[same], j[same]) == pos and int(same.sum()) == len(pos)
+  assert _as_set(i[~same], j[~same]) == neg and int((~same).sum()) == len(neg)
+
+
+@pytest.mark.parametrize("num_negatives", [7, 300])   # both sampling branches of _draw
+def test_sampled_negatives_and_capped_positives_are_distinct_and_valid(num_negatives):
+  labels = np.random.default_rng(3).integers(-1, 8, 60)
+  pos, neg = _brute_force(labels)
+  assert num_negatives < len(neg) < 4 * 300
+  i, j, same = pairs.evaluation_pairs(labels, num_negatives=num_negatives,
+                                      max_positives=25, seed=5)
+  got_pos, got_neg = _as_set(i[same], j[same]), _as_set(i[~same], j[~same])
+  assert int(same.sum()) == len(got_pos) == 25 and got_pos <= pos
+  assert int((~same).sum()) == len(got_neg) == num_negatives and got_neg <= neg
+
+
+def test_seeded_and_independent_streams():
+  labels = np.random.default_rng(4).integers(0, 6, 80)
+  a = pairs.evaluation_pairs(labels, num_negatives=50, max_positives=40, seed=1)
+  b = pairs.evaluation_pairs(labels, num_negatives=50, max_positives=40, seed=1)
+  c = pairs.evaluation_pairs(labels, num_negatives=50, max_positives=40, seed=2)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a[0], c[0])
+  # Capping the positives differently leaves the negatives unchanged.
+  d = pairs.evaluation_pairs(labels, num_negatives=50, max_positives=None, seed=1)
+  np.testing.assert_array_equal(a[0][~a[2]], d[0][~d[2]])
+  np.testing.assert_array_equal(a[1][~a[2]], d[1][~d[2]])
+
+
+@pytest.mark.parametrize("num_negatives", [4, 16])   # unique-draw and permutation branches
+def test_negatives_uniform_over_pairs(num_negatives):
+  # Every negative pair equally likely: chi-square of inclusion counts over seeds.
+  labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])   # 24 negative pairs
+  _, neg = _brute_force(labels)
+  keys = {p: k for k, p in enumerate(sorted(neg))}
+  counts = np.zeros(len(neg))
+  trials = 1500
+  for seed in range(trials):
+    i, j, same = pairs.evaluation_pairs(labels, num_negatives=num_negatives, seed=seed)
+    for p in zip(i[~same].tolist(), j[~same].tolist()):
+      counts[keys[p]] += 1
+  assert counts.sum() == trials * num_negatives
+  # Inclusion counts of a uniform k-subset: expected k/24 per pair, and with fixed total
+  # the chi-square over-disperses by at most a factor 1 - k/24 < 1 (conservative).
+  assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_large_split_is_memory_bounded():
+  # 70,000 examples: 245M positive and 2.2G negative pairs, never materialised.
+  labels = np.random.default_rng(0).permutation(np.arange(70_000) % 10)
+  num_pos, num_neg = pairs.pair_counts(labels)
+  assert num_pos == 10 * 7000 * 6999 // 2 and num_neg == 70_000 * 69_999 // 2 - num_pos
+  i, j, same = pairs.evaluation_pairs(labels, num_negatives=5000, max_positives=3000)
+  assert int(same.sum()) == 3000 and int((~same).sum()) == 5000
+  assert np.all(i < j) and np.all((labels[i] == labels[j]) == same)
+  assert np.unique(i.astype(np.int64) * 70_000 + j).size == 8000
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(labels=np.arange(5)), "no class with two"),
+    (dict(labels=np.zeros(5, int)), "fewer than two classes"),
+    (dict(labels=np.zeros((2, 3), int)), "1-D integer"),
+    (dict(labels=np.array([0.5, 1.0])), "1-D integer"),
+    (dict(labels=np.array([0, 0, 1]), num_negatives=0), "num_negatives"),
+    (dict(labels=np.array([0, 0, 1]), max_positives=0), "max_positives"),
+])
+def test_evaluation_pairs_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    pairs.evaluation_pairs(**kwargs)

@@ -1,9 +1,13 @@
-"""tsm.reporting: summaries, verdicts and tables against hand-computed cases."""
+"""tsm.reporting: summaries, tables, claim tests against scipy and hand-computed cases."""
 
 import csv
+import dataclasses
+import itertools
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from tsm import reporting
 
@@ -25,8 +29,9 @@ def test_summarize_hand_computed():
     ([0.5], [0.4], True, "held"),                                  # one seed: the sign
     ([None], [0.4], True, "not distinguishable"),
 ])
-def test_verdict(a, b, higher, expected):
-  assert reporting.verdict(a, b, higher_is_better=higher) == expected
+def test_deprecated_verdict(a, b, higher, expected):
+  with pytest.deprecated_call():
+    assert reporting.verdict(a, b, higher_is_better=higher) == expected
 
 
 def test_verdict_boundary_is_not_distinguishable():
@@ -35,7 +40,8 @@ def test_verdict_boundary_is_not_distinguishable():
   sa, sb = reporting.summarize(a), reporting.summarize(b)
   assert sa.mean - sb.mean == pytest.approx(1.0)
   assert sa.std + sb.std == pytest.approx(2 * math.sqrt(0.5))
-  assert reporting.verdict(a, b) == "not distinguishable"
+  with pytest.deprecated_call():
+    assert reporting.verdict(a, b) == "not distinguishable"
 
 
 def test_best_index():
@@ -58,3 +64,242 @@ def test_write_table(tmp_path):
 def test_per_seed():
   results = [{"test": {"map@r": 0.5}}, {"test": {}}, {"test": {"map@r": 0.7}}]
   assert reporting.per_seed(results, "test.map@r") == [0.5, None, 0.7]
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _arms(seed, n=8, shift=0.3):
+  rng = np.random.default_rng(seed)
+  shared = rng.normal(size=n)   # the seed's own effect, common to both arms
+  return shared + shift + rng.normal(0, 0.5, n), shared + rng.normal(0, 0.5, n)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("higher", [True, False])
+def test_paired_matches_scipy_ttest_rel(seed, higher):
+  a, b = _arms(seed)
+  c = reporting.compare(a, b, higher_is_better=higher)
+  x, y = (a, b) if higher else (b, a)   # the claim's favour first
+  greater = stats.ttest_rel(x, y, alternative="greater")
+  less = stats.ttest_rel(x, y, alternative="less")
+  ci = stats.ttest_rel(x, y).confidence_interval(0.95)
+  assert c.paired and c.n == c.n_a == c.n_b == len(a)
+  assert c.mean_diff == pytest.approx(np.mean(x - y), rel=1e-12)
+  assert c.p_value == pytest.approx(greater.pvalue, rel=1e-9)
+  assert c.p_reverse == pytest.approx(less.pvalue, rel=1e-9)
+  assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+  assert c.df == greater.df and c.se == pytest.approx(np.std(x - y, ddof=1) / np.sqrt(8))
+  expected = ("held" if greater.pvalue <= 0.05 else
+              "contradicted" if less.pvalue <= 0.05 else "inconclusive")
+  assert c.verdict == expected and c.p_adjusted == c.p_value
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_welch_matches_scipy_ttest_ind(seed):
+  rng = np.random.default_rng(seed)
+  a, b = rng.normal(0.4, 1.0, 7), rng.normal(0.0, 0.3, 5)
+  c = reporting.compare(a, b, paired=False)
+  greater = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+  less = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+  ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  assert not c.paired and (c.n_a, c.n_b, c.n) == (7, 5, 5)
+  assert c.p_value == pytest.approx(greater.pvalue, rel=1e-9)
+  assert c.p_reverse == pytest.approx(less.pvalue, rel=1e-9)
+  assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+  assert c.df == pytest.approx(greater.df, rel=1e-12)
+  assert np.isnan(c.p_permutation)
+
+
+def test_mde_definition_and_scaling():
+  # 80 % power of the one-sided paired test at the MDE, by the noncentral t distribution.
+  a, b = _arms(5, n=10)
+  c = reporting.compare(a, b)
+  t_crit = stats.t.ppf(0.95, 9)
+  assert stats.nct.sf(t_crit, 9, c.mde / c.se) == pytest.approx(0.8, abs=1e-8)
+  # Normal approximation (z_{1-a} + z_{0.8}) * se is a lower bound for small n.
+  assert c.mde > (stats.norm.ppf(0.95) + stats.norm.ppf(0.8)) * c.se
+  # Four times the seeds, same per-seed spread: about half the MDE.
+  d = np.asarray(a) - np.asarray(b)
+  d = (d - d.mean()) / d.std(ddof=1)
+  d40 = np.tile(d, 4)
+  d40 = (d40 - d40.mean()) / d40.std(ddof=1)
+  small = reporting.compare(d, np.zeros(10))
+  big = reporting.compare(d40, np.zeros(40))
+  assert 0.4 < big.mde / small.mde < 0.55
+
+
+def test_zero_spread_is_exact_not_nan():
+  # Differences all 0.1 (up to float rounding: 0.7 - 0.6 != 0.8 - 0.7 in binary).
+  up = reporting.compare([0.7, 0.8, 0.9], [0.6, 0.7, 0.8])
+  assert up.verdict == "held" and up.p_value == 0.0 and up.p_reverse == 1.0
+  assert up.se == 0.0 and up.mde == 0.0
+  assert up.ci_low == up.ci_high == up.mean_diff == pytest.approx(0.1, rel=1e-12)
+  noise = reporting.compare([0.3, 0.7, 0.9], [0.1 + 0.2, 0.7, 0.9])   # 0.30000000000000004
+  assert noise.mean_diff == 0.0 and noise.p_value == noise.p_reverse == 1.0
+  down = reporting.compare([0.7, 0.8, 0.9], [0.6, 0.7, 0.8], higher_is_better=False)
+  assert down.verdict == "contradicted" and down.p_value == 1.0 and down.p_reverse == 0.0
+  same = reporting.compare([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+  assert same.verdict == "inconclusive" and same.p_value == same.p_reverse == 1.0
+  assert same.p_permutation == 1.0 and same.format() == "+0.000 [0.000, 0.000]"
+  welch = reporting.compare([2.0, 2.0, 2.0], [1.0, 1.0], paired=False)
+  assert welch.verdict == "held" and welch.p_value == 0.0 and welch.ci_low == 1.0
+
+
+def test_missing_values_dropped_pairwise():
+  a = [0.9, None, 0.8, float("nan"), 0.85, 0.7]
+  b = [0.7, 0.6, None, 0.5, 0.65, 0.6]
+  c = reporting.compare(a, b)
+  ref = reporting.compare([0.9, 0.85, 0.7], [0.7, 0.65, 0.6])
+  assert c == ref and c.n == 3
+  w = reporting.compare(a, b, paired=False)
+  assert (w.n_a, w.n_b) == (4, 5)
+  assert w.p_value == pytest.approx(stats.ttest_ind(
+      [0.9, 0.8, 0.85, 0.7], [0.7, 0.6, 0.5, 0.65, 0.6], equal_var=False,
+      alternative="greater").pvalue)
+
+
+@pytest.mark.parametrize("a, b", [([0.5], [0.4]), ([0.5, None], [0.4, 0.3]), ([], [])])
+def test_fewer_than_two_pairs_is_inconclusive(a, b):
+  c = reporting.compare(a, b)
+  assert c.verdict == "inconclusive" and c.n < 2
+  assert np.isnan(c.p_value) and np.isnan(c.ci_low) and np.isnan(c.mde)
+  assert c.format() in ("n/a", "+0.100 (n=1)")
+
+
+def test_generators_and_empty_family():
+  a, b = [0.9, 0.8, 0.85], [0.7, 0.65, 0.6]
+  assert reporting.compare(iter(a), (x for x in b)) == reporting.compare(a, b)
+  assert reporting.decide([]) == []
+
+
+def test_compare_errors():
+  with pytest.raises(ValueError, match="paired=False"):
+    reporting.compare([1.0, 2.0, 3.0], [1.0, 2.0])
+  with pytest.raises(ValueError, match="alpha"):
+    reporting.compare([1.0, 2.0], [1.0, 2.0], alpha=0.7)
+  with pytest.raises(ValueError, match="1-D"):
+    reporting.compare([[1.0, 2.0]], [[1.0, 2.0]])
+
+
+def test_format():
+  c = reporting.compare([0.512, 0.520, 0.528], [0.500, 0.508, 0.512])
+  lo, hi = c.ci_low, c.ci_high
+  assert c.format() == f"+{c.mean_diff:.3f} [{lo:.3f}, {hi:.3f}]"
+  assert c.format().startswith("+0.013 [")
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    c.verdict = "held"
+
+
+# ----------------------------------------------------------------------------- sign flip
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sign_flip_matches_brute_force_enumeration(seed):
+  d = np.random.default_rng(seed).normal(0.3, 1.0, 9)
+  observed = d.sum()
+  count = sum(np.dot(s, d) >= observed - 1e-12
+              for s in itertools.product((1.0, -1.0), repeat=d.size))
+  assert reporting.sign_flip_p_value(d) == pytest.approx(count / 2 ** d.size)
+  exact = stats.permutation_test((d,), np.mean, permutation_type="samples",
+                                 alternative="greater", n_resamples=np.inf)
+  assert reporting.sign_flip_p_value(d) == pytest.approx(exact.pvalue)
+  assert reporting.compare(d, np.zeros_like(d)).p_permutation == pytest.approx(count / 512)
+
+
+def test_sign_flip_hand_computed_and_ties():
+  # d = (1, 2, 3): sums of the 8 patterns 6, 4, 2, 0, 0, -2, -4, -6 -> only 6 >= 6.
+  assert reporting.sign_flip_p_value([1.0, 2.0, 3.0]) == 1 / 8
+  # d = (1, 1): sums 2, 0, 0, -2 -> p(>= 2) = 1/4.
+  assert reporting.sign_flip_p_value([1.0, 1.0]) == 0.25
+  # d = (0.3, -0.1, -0.2): observed sum 0; sums 0.6, 0.4, 0.2, 0, -0.3+0.1+0.2 (0 up to
+  # rounding: a tie), -0.2, -0.4, -0.6 -> 5/8.
+  assert reporting.sign_flip_p_value([0.3, -0.1, -0.2]) == 5 / 8
+  with pytest.raises(ValueError, match="1 to 16"):
+    reporting.sign_flip_p_value(np.ones(17))
+
+
+# ----------------------------------------------------------------------------- holm
+
+
+def _statsmodels_holm(p, alpha):
+  """statsmodels.stats.multitest.multipletests(method="holm"), written out."""
+  p = np.asarray(p, float)
+  order = np.argsort(p)
+  ps = p[order]
+  m = len(p)
+  notreject = ps > alpha / np.arange(m, 0, -1)
+  nr = np.nonzero(notreject)[0]
+  notreject[(np.min(nr) if nr.size else m):] = True
+  corrected = np.minimum(np.maximum.accumulate(ps * np.arange(m, 0, -1)), 1.0)
+  adj, rej = np.empty(m), np.empty(m, bool)
+  adj[order], rej[order] = corrected, ~notreject
+  return adj, rej
+
+
+def test_holm_hand_computed():
+  # sorted 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 -> max 0.06).
+  adj, rej = reporting.holm([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+  np.testing.assert_allclose(adj, [0.03, 0.06, 0.06, 0.02])
+  np.testing.assert_array_equal(rej, [True, False, False, True])
+  # Step-down stops at the first failure even if a later p passes its own bound.
+  adj, rej = reporting.holm([0.02, 0.026, 0.04], alpha=0.05)   # 0.02 > 0.05/3
+  np.testing.assert_array_equal(rej, [False, False, False])
+  np.testing.assert_allclose(adj, [0.06, 0.06, 0.06])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_matches_statsmodels_definition(seed):
+  rng = np.random.default_rng(seed)
+  p = np.concatenate([rng.uniform(0, 0.03, 4), rng.uniform(0, 1, 6)])
+  for alpha in (0.05, 0.1):
+    adj, rej = reporting.holm(p, alpha)
+    ref_adj, ref_rej = _statsmodels_holm(p, alpha)
+    np.testing.assert_allclose(adj, ref_adj)
+    np.testing.assert_array_equal(rej, ref_rej)
+
+
+def test_holm_nan_counts_in_family_and_never_rejects():
+  adj, rej = reporting.holm([0.01, float("nan"), 0.02], alpha=0.05)
+  # m = 3: 0.01 x 3 = 0.03, 0.02 x 2 = 0.04.
+  np.testing.assert_allclose(adj[[0, 2]], [0.03, 0.04])
+  assert np.isnan(adj[1]) and list(rej) == [True, False, True]
+  with pytest.raises(ValueError, match="0, 1"):
+    reporting.holm([0.5, 1.5])
+
+
+def test_decide_applies_holm_in_both_directions():
+  rng = np.random.default_rng(0)
+  shared = rng.normal(size=8)
+  noise = lambda: rng.normal(0, 0.05, 8)  # noqa: E731
+  strong = reporting.compare(shared + 0.2 + noise(), shared + noise())
+  against = reporting.compare(shared + noise(), shared + 0.2 + noise())
+  # one-sided paired p = 0.029 (scipy.stats.ttest_1samp of these differences).
+  d = np.array([0.1, 0.3, -0.05, 0.2, 0.15, -0.1, 0.25, 0.05])
+  weak = reporting.compare(shared + d, shared)
+  family = [strong, against, weak]
+  decided = reporting.decide(family)
+  adj, _ = reporting.holm([c.p_value for c in family])
+  adj_rev, _ = reporting.holm([c.p_reverse for c in family])
+  for c, d, p, q in zip(family, decided, adj, adj_rev):
+    assert d.p_adjusted == pytest.approx(p) and d.p_reverse_adjusted == pytest.approx(q)
+    assert d.verdict == ("held" if p <= 0.05 else "contradicted" if q <= 0.05
+                         else "inconclusive")
+    assert d.mean_diff == c.mean_diff
+  assert [d.verdict for d in decided][:2] == ["held", "contradicted"]
+  # The weak claim is chosen to pass alone but not after Holm over three claims.
+  assert 0.05 / 3 < weak.p_value <= 0.05 and weak.verdict == "held"
+  assert decided[2].verdict == "inconclusive"
+
+
+def test_comparison_cells_and_tar_cell():
+  c = reporting.decide([reporting.compare([0.9, 0.92, 0.95], [0.8, 0.85, 0.86]),
+                        reporting.compare([0.5, 0.6], [0.5, 0.6])])[0]
+  cells = c.cells()
+  assert len(cells) == len(reporting.COMPARISON_HEADER)
+  assert cells[0] == c.format() and cells[1] == "3" and cells[-1] == c.verdict
+  assert cells[2] == f"{c.p_value:.3f}" and cells[3] == f"{c.p_adjusted:.3f}"
+  assert cells[4] == f"{c.mde:.3f}"
+  assert reporting.tar_cell([0.5, 0.7], 10_000, 1e-3, digits=2) == "0.60 ± 0.14"
+  assert (reporting.tar_cell([float("nan")] * 2, 500, 1e-3)
+          == "— (500 different pairs < 10/FAR = 10,000)")
