@@ -45,6 +45,7 @@ LOSSES = ("triplet", "contrastive")
 SAMPLINGS = samplers_lib.SAMPLINGS
 MARGIN_UPDATES = ("epoch", "step")
 NONFINITE = ("stop", "skip")
+PAIR_PROTOCOLS = ("all", "paper_a")
 # Validation metrics a run can keep its best checkpoint by; lower is better for these:
 MINIMISED_METRICS = ("val_loss", "eer")
 RANKING_METRICS = ("val_loss", "map@r", "r_precision", "precision@1", "recall@1",
@@ -139,7 +140,11 @@ FIELD_HELP: dict[str, str] = {
     "eval.val_margin": "margin of the validation loss (None: the epoch's margin)",
     "eval.val_batches": "cap on the validation-loss batches (None: one pass)",
     "eval.batch_size": "batch size for embedding a split",
-    "eval.num_pairs": "verification pairs per split (paper A: 1000)",
+    "eval.num_pairs": "verification pairs per split under eval.pairs=paper_a (paper A: 1000)",
+    "eval.pairs": "verification pairs: all (every same-class pair + eval.num_negatives "
+                  "different-class pairs) or paper_a (eval.num_pairs pairs, half same)",
+    "eval.num_negatives": "different-class verification pairs under eval.pairs=all",
+    "eval.max_positives": "cap on the same-class verification pairs under eval.pairs=all",
     "eval.ks": "the K of Recall@K",
     "eval.knn_k": "k of the test k-NN accuracy on standard / by_image splits (0: off)",
     "checkpoint.every_steps": "also checkpoint every that many steps (0: epoch ends)",
@@ -188,7 +193,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.eval = {
       "every_epochs": 1, "val_margin": config_dict.FieldReference(1.0, field_type=float),
       "val_batches": config_dict.placeholder(int), "batch_size": 256, "num_pairs": 1000,
-      "ks": (1, 5, 10), "knn_k": 5}
+      "ks": (1, 5, 10), "knn_k": 5, "pairs": "all", "num_negatives": 100_000,
+      "max_positives": 10_000_000}
   cfg.checkpoint = {"every_steps": 0, "every_epochs": 1, "keep": 2, "async_save": True}
   cfg.distributed = {"initialize": False,
                      "coordinator_address": config_dict.placeholder(str),
@@ -352,6 +358,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _int(e.val_batches, "eval.val_batches", 1, optional=True)
   _int(e.batch_size, "eval.batch_size", 1)
   _int(e.num_pairs, "eval.num_pairs", 2)
+  _choice(e.pairs, "eval.pairs", PAIR_PROTOCOLS)
+  _int(e.num_negatives, "eval.num_negatives", 1)
+  _int(e.max_positives, "eval.max_positives", 1)
   if (not isinstance(e.ks, (tuple, list)) or not e.ks
       or not all(_is_int(k) and k >= 1 for k in e.ks)):
     raise ConfigError(f"eval.ks={e.ks!r} must be a non-empty tuple of integers >= 1, e.g. "
@@ -542,19 +551,21 @@ def build_evaluators(cfg: ml_collections.ConfigDict, splits: Any
   and the test k-NN accuracy on splits whose test classes are training classes.
   """
   e, distance, seed = cfg.eval, cfg.loss.distance, int(cfg.seed)
+  pairs = dict(num_pairs=e.num_pairs, distance=distance, protocol=e.pairs,
+               num_negatives=e.num_negatives, max_positives=e.max_positives)
   epoch: list[Any] = []
   val_batches = _val_loss_batches(cfg, splits)
   if val_batches is not None:
     epoch.append(evaluation.ValidationLoss(val_batches, margin=e.val_margin))
   every = int(e.every_epochs)
   epoch += [evaluation.Retrieval("val", e.ks, distance, every_epochs=every),
-            evaluation.Verification("val", e.num_pairs, seed, distance, every_epochs=every)]
+            evaluation.Verification("val", seed=seed, every_epochs=every, **pairs)]
   final: list[Any] = [
       evaluation.Retrieval("test", e.ks, distance),
-      evaluation.Verification("test", e.num_pairs, int(cfg.data.data_seed), distance,
-                              threshold_split="val", threshold_seed=seed),
+      evaluation.Verification("test", seed=int(cfg.data.data_seed), threshold_split="val",
+                              threshold_seed=seed, **pairs),
       evaluation.Retrieval("val", e.ks, distance),
-      evaluation.Verification("val", e.num_pairs, seed, distance)]
+      evaluation.Verification("val", seed=seed, **pairs)]
   if e.knn_k and cfg.data.split != "class_disjoint":
     final.append(evaluation.KNN(e.knn_k, "train", "test", distance))
   return epoch, final

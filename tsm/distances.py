@@ -49,7 +49,8 @@ def safe_norm(x: chex.Array, axis: int = -1, keepdims: bool = False,
   """
   sq = jnp.sum(jnp.square(x), axis=axis, keepdims=keepdims)
   positive = sq > eps
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  # `sq * 0` (not 0) keeps NaN in -> NaN out; its gradient is 0, as the constant's.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq * 0.0)
 
 
 def l2_normalize(x: chex.Array, axis: int = -1, eps: float = 1e-12) -> chex.Array:
@@ -94,7 +95,8 @@ def pairwise_euclidean(x: chex.Array, y: chex.Array | None = None) -> chex.Array
   """
   sq = pairwise_squared_euclidean(x, y)
   positive = sq > 0.0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  # `sq * 0` (not 0) keeps NaN in -> NaN out; its gradient is 0, as the constant's.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq * 0.0)
 
 
 def pairwise_cosine(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
@@ -166,4 +168,5 @@ def paired_distances(x: chex.Array, y: chex.Array, *,
   if distance == "squared_euclidean":
     return sq
   positive = sq > 0.0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  # `sq * 0` (not 0) keeps NaN in -> NaN out; its gradient is 0, as the constant's.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq * 0.0)

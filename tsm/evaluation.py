@@ -42,10 +42,8 @@ import weakref
 from typing import Any, Callable, Protocol, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from tsm import distances as distances_lib
 from tsm import metrics as metrics_lib
 from tsm.data import loader
 from tsm.data import pairs as pairs_lib
@@ -226,21 +224,30 @@ class Retrieval:
 class Verification:
   """AUC, EER and TAR@FAR of seeded same / different pairs of a split.
 
-  Pairs come from :func:`tsm.data.pairs.verification_pairs` (paper A: ``num_pairs``
-  pairs, half of them same-class). With ``threshold_split`` the decision threshold is
-  paper A's (closest ROC point to the corner) on that split's pairs (seeded with
-  ``threshold_seed``), and the accuracy of this split's pairs at it is reported. The pair
+  Pairs (``protocol``): ``"all"`` — every same-class pair of the split (up to
+  ``max_positives``, drawn uniformly beyond) and ``num_negatives`` random different-class
+  pairs (all of them when fewer; :func:`tsm.data.pairs.evaluation_pairs`), so that AUC and
+  EER do not carry the sampling noise of a few hundred pairs; ``"paper_a"`` — paper A's
+  ``num_pairs`` pairs, half of them same-class (:func:`tsm.data.pairs.verification_pairs`).
+  TAR@FAR=x is NaN where the negatives number fewer than 10/x (reports print "—").
+  With ``threshold_split`` the decision threshold is paper A's (closest ROC point to the
+  corner) on that split's pairs (seeded with ``threshold_seed``), and the accuracy of this
+  split's pairs at it is reported (``accuracy``: balanced, the mean of the true-positive
+  and true-negative rates, which paper A's half-and-half pairs estimate). The pair
   distances and labels are left in ``ctx.artifacts`` as ``<split>_distances`` and
   ``<split>_same``.
 
   Attributes:
     split: the split whose pairs are scored.
-    num_pairs: pairs per split.
+    num_pairs: pairs per split under ``"paper_a"``.
     seed: seed of the pairs.
     distance: the distance of the embedding space.
     threshold_split: the split the threshold is chosen on, or None.
     threshold_seed: seed of that split's pairs.
     every_epochs: see :class:`Evaluator`.
+    protocol: ``"all"`` or ``"paper_a"``.
+    num_negatives: different-class pairs under ``"all"``.
+    max_positives: cap on the same-class pairs under ``"all"``.
   """
   split: str = "val"
   num_pairs: int = 1000
@@ -249,14 +256,20 @@ class Verification:
   threshold_split: str | None = None
   threshold_seed: int = 0
   every_epochs: int = 1
+  protocol: str = "all"
+  num_negatives: int = 100_000
+  max_positives: int = 10_000_000
 
   def pair_distances(self, ctx: EvalContext, split: str, seed: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``(distances, same)`` of ``split``'s seeded pairs (also left in artifacts)."""
-    i, j, same = pairs_lib.verification_pairs(ctx.labels(split), self.num_pairs, seed)
-    emb = ctx.embeddings(split)
-    d = np.asarray(distances_lib.paired_distances(
-        jnp.asarray(emb[i]), jnp.asarray(emb[j]), distance=self.distance))
+    labels = ctx.labels(split)
+    if self.protocol == "paper_a":
+      i, j, same = pairs_lib.verification_pairs(labels, self.num_pairs, seed)
+    else:
+      i, j, same = pairs_lib.evaluation_pairs(labels, num_negatives=self.num_negatives,
+                                              max_positives=self.max_positives, seed=seed)
+    d = metrics_lib.pair_distances(ctx.embeddings(split), i, j, distance=self.distance)
     same = np.asarray(same, bool)
     ctx.artifacts[f"{split}_distances"], ctx.artifacts[f"{split}_same"] = d, same
     return d, same
@@ -270,7 +283,8 @@ class Verification:
       td, tsame = self.pair_distances(ctx, self.threshold_split, self.threshold_seed)
       threshold = float(metrics_lib.choose_threshold_closest_to_corner(td, tsame))
       out["threshold"] = threshold
-      out["accuracy"] = float(metrics_lib.accuracy_at_threshold(d, same, threshold))
+      out["accuracy"] = float(metrics_lib.balanced_accuracy_at_threshold(d, same,
+                                                                         threshold))
     return {self.split: out}
 
 

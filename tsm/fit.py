@@ -331,7 +331,7 @@ def _write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[An
   artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   with artifacts.atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
     with open(tmp, "wb") as f:
-      np.savez(f, **ctx.artifacts)
+      np.savez_compressed(f, **ctx.artifacts)
   step = epoch_records[-1]["step"] if epoch_records else 0
   if not figure.pop("skip", False) and epoch_records:
     path = os.path.join(workdir, "training.png")
