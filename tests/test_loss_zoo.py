@@ -350,6 +350,17 @@ def test_degenerate_batches_learn_nothing_where_nothing_can_be_learnt(kind, name
   assert float(stats.num_active) == 0.0
 
 
+def test_supcon_averages_over_anchors_with_non_zero_loss_like_pml():
+  # Class 0 (two copies of e1) is solved: its anchors' loss log(1 + 2 e^-100) rounds to
+  # exactly 0 and PML's AvgNonZeroReducer leaves them out of the mean. Class 1 (e2,
+  # -e2): each anchor's softmax is over {e1, e1, -e2} with logits 0, 0, -100.
+  x = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+  y = jnp.array([0, 0, 1, 1])
+  loss, stats = jax.jit(lambda a: losses.supcon_loss(a, y, temperature=0.01))(x)
+  np.testing.assert_allclose(float(loss), 100.0 + math.log(2.0), rtol=1e-6)
+  assert float(stats.num_total) == 4 and float(stats.num_active) == 2
+
+
 @pytest.mark.parametrize("name", ["ntxent", "supcon", "npair", "multi_similarity"])
 def test_identical_embeddings_have_zero_gradient_through_the_normalisation(name):
   # All rows equal: every cosine is 1 and stays 1 under any common move of the rows.
