@@ -114,7 +114,8 @@ def ref_supcon(x, y, temperature=0.1):
     if not has_neg:
       continue
     stats["num_total"] += 1
-    stats["num_active"] += bool(ns) and max(z[a][k] for k in ns) > min(z[a][p] for p in ps) - 1
+    stats["num_active"] += (bool(ns) and
+                            max(z[a][k] for k in ns) > min(z[a][p] for p in ps) - 1)
     denom = lse([z[a][j] for j in range(n) if j != a])
     la = sum(denom - z[a][p] for p in ps) / len(ps)
     if la > 0:
@@ -536,6 +537,8 @@ def test_arcface_continuation_beyond_pi_minus_margin():
     (lambda: losses.update_centers(jnp.ones((3, 2)), jnp.ones((4, 2)), jnp.zeros(4, int),
                                    momentum=1.5), "momentum"),
     (lambda: losses.arcface(0), "num_classes"),
+    (lambda: losses.arcface_loss(jnp.ones((4, 2)), jnp.zeros(4, int), jnp.ones((3, 2)),
+                                 margin=28.6), "radians"),
 ])
 def test_bad_inputs_raise_one_line_value_errors(call, match):
   with pytest.raises(ValueError, match=match) as info:

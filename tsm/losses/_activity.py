@@ -103,7 +103,7 @@ def valid_rows(labels: chex.Array, valid: chex.Array | None) -> chex.Array:
 
 
 def pair_masks(labels: chex.Array, valid: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """Ordered positive (``i != j``, same class) and negative ``[B, B]`` masks of valid rows."""
+  """Ordered positive (``i != j``, same class) and negative ``[B, B]`` masks, valid rows."""
   both = valid[:, None] & valid[None, :]
   same = labels[:, None] == labels[None, :]
   eye = jnp.eye(labels.shape[0], dtype=bool)
@@ -150,13 +150,13 @@ def masked_logsumexp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Array:
 
 
 def nan_guard(loss: chex.Array, embeddings: chex.Array, valid: chex.Array) -> chex.Array:
-  """``loss``, or NaN when a used row of ``embeddings`` holds a NaN (zero gradient).
+  """``loss``, or NaN when a used row of ``embeddings`` holds a NaN.
 
   The masks of these losses can leave a row out of every term (a singleton class in
   N-pair); NaN in must still give NaN out rather than a plausible number.
   """
-  poison = jnp.sum(jnp.where(valid[:, None], embeddings, 0.0)) * 0.0
-  return loss + jax.lax.stop_gradient(poison).astype(loss.dtype)
+  has_nan = jnp.any(jnp.isnan(embeddings) & valid[:, None])
+  return jnp.where(has_nan, jnp.nan, loss)
 
 
 def activity_stats(*, terms: chex.Array, active: chex.Array, neg_terms: chex.Array,

@@ -86,6 +86,9 @@ def arcface_loss(
   """
   if not scale > 0:
     raise ValueError(f"scale must be > 0; got {scale}.")
+  if isinstance(margin, (int, float)) and not 0.0 <= margin < math.pi:
+    raise ValueError(f"margin is an angle in radians in [0, pi); got {margin} (PML's "
+                     "degrees: use math.radians).")
   x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
   chex.assert_rank(margin, 0)
   cos = cosine_similarity(x, w)

@@ -90,7 +90,8 @@ def _pair_softmax_stats(z, pos, neg, x, labels, v, per_anchor=False):
     active = jnp.any(pair_active, axis=1)
   else:
     terms, active = pos, pair_active
-  return activity_stats(terms=terms, active=active, neg_terms=neg & jnp.any(pos, 1)[:, None],
+  neg_terms = neg & jnp.any(pos, axis=1)[:, None]  # negatives of anchors with a positive
+  return activity_stats(terms=terms, active=active, neg_terms=neg_terms,
                         neg_active=neg_active, embeddings=x, labels=labels, valid=v)
 
 
