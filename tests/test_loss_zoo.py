@@ -339,6 +339,16 @@ def test_float32_matches_reference(name):
   np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-3, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_float32_finite_on_every_batch_kind_and_a_zero_row(name):
+  for kind in KINDS:
+    x, y = make_batch(kind)
+    x[4] = 0.0  # no direction: cosine 0 to everything, finite gradients
+    (loss, stats), (gx, gw) = run(name, x, y)
+    for value in (loss, gx, gw, *stats):
+      assert np.all(np.isfinite(np.asarray(value))), kind
+
+
 @pytest.mark.parametrize("kind,name", [
     (kind, name) for kind in ("singletons", "one_class") for name in ("ntxent", "supcon",
                                                                        "npair")])
@@ -391,6 +401,18 @@ def test_padding_rows_are_ignored(name):
   pos = [np.linalg.norm(x[i] - x[j]) for i in range(B) for j in range(i + 1, B)
          if keep[i] and keep[j] and y[i] == y[j]]
   np.testing.assert_allclose(float(stats.mean_pos_dist), np.mean(pos), rtol=1e-5)
+
+
+def test_margin_schedules_accumulate_the_new_stats():
+  from tsm import margins
+  sched = margins.dams(initial_margin=0.2, threshold=0.95, increment=0.05)
+  state, total, easy = sched.init(), 0.0, 0.0
+  for name in ("ntxent", "arcface", "proxy_anchor"):
+    (_, stats), _ = run(name, *make_batch("random"))
+    state = sched.accumulate(state, stats)
+    total += float(stats.num_total)
+    easy += float(stats.num_total) - float(stats.num_active)
+  assert float(state.num_total) == total and float(state.num_easy) == easy
 
 
 def test_mean_pair_distances_are_euclidean_over_the_batch_pairs():
@@ -514,6 +536,10 @@ def test_arcface_continuation_beyond_pi_minus_margin():
   np.testing.assert_allclose(float(loss), math.log(math.exp(target) + 1.0) - target,
                              rtol=1e-6)
   g = jax.jit(jax.grad(lambda a: losses.arcface_loss(a, jnp.array([0]), w, margin=m)[0]))(x)
+  assert np.all(np.isfinite(g))
+  # A sample exactly on its class weight (cos = 1, where d acos / d cos is infinite).
+  xw = jnp.array([[-3.0, 0.0]])
+  g = jax.jit(jax.grad(lambda a: losses.arcface_loss(a, jnp.array([0]), w, margin=m)[0]))(xw)
   assert np.all(np.isfinite(g))
 
 
