@@ -15,14 +15,17 @@ cosine; ``s`` = cosine similarity; ``P(a)``, ``N(a)`` = positives / negatives of
 =======================  ============================  ==================================
 loss                     terms (``num_total``)          active (``num_active``)
 =======================  ============================  ==================================
-triplet_margin_loss      valid triplets ``(a, p, n)``   ``d_an < d_ap + mu`` (hinge > 0)
-  (batch-hard/semi-hard)  anchors with a mined triplet   the mined triplet's hinge > 0
+triplet_margin_loss      valid triplets ``(a, p, n)``   ``d_an < d_ap + mu`` (hinge > 0),
+                         whatever the mining mode       whatever the mining mode (the
+                                                        mined ones: ``num_mined``,
+                                                        ``num_mined_active``)
 contrastive_loss         pairs ``i < j``                pair loss > 0: positive with
                                                         ``d > m_pos``, negative ``d < m``
 ntxent_loss              positive pairs ``(a, p)``,     ``max_{n in N(a)} z_an > z_ap - 1``
                          ``a != p`` (PML's terms)
-supcon_loss              anchors with a positive        some ``p in P(a)`` active as in
-                                                        ntxent
+supcon_loss              anchors with a positive (none  some ``p in P(a)`` active as in
+                         if the batch has no negative:  ntxent
+                         the loss is 0 there, as PML)
 npair_loss               one anchor per class with      ``max_c z(a, p_c) > z(a, p_y) - 1``
                          >= 2 samples (PML's pairs)     over the other classes' positives
 multi_similarity_loss    valid anchors (PML's terms)    the anchor has an informative pair
@@ -47,6 +50,9 @@ anchor-negative pairs (or sample / wrong-class pairs) of the same losses, active
 that negative alone passes the criterion above: ntxent and supcon ``z_an > min_P z_ap
 - 1``; npair ``z(a, p_c) > z(a, p_y) - 1``; multi-similarity ``s_an > min_P s_ap - eps``;
 arcface and centre ``z_k > z_y - 1``; proxy-anchor the negative pairs' exponent rule.
+(Every triplet term holds a negative, so the triplet loss has no separate companion;
+for the contrastive loss it would be the negative pairs with ``d < m``, not yet in
+:class:`tsm.losses.PairStats`.)
 
 ``mean_pos_dist`` and ``mean_neg_dist`` are Euclidean distances between the embeddings
 as given, over the positive / negative pairs ``i < j`` of the batch (as
