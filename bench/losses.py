@@ -203,3 +203,196 @@ def main() -> None:
 
 if __name__ == "__main__":
   main()
+
+
+# ---------------------------------------------------------------------------------------
+# The follow-up study's losses (issue 12.6): each loss + its gradient vs brute force.
+#
+# Usage (this section has its own entry point, so the triplet section's CLI is as it was):
+#   PYTHONPATH=$PWD python -c "from bench import losses; losses.zoo_main()" [--sizes 1024]
+#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute]
+#
+# Every case is jitted ``value_and_grad`` (with respect to the embeddings and, where the
+# loss has them, the class weights / proxies), the stats returned as in training; the
+# time is the median steady-state wall time over ``--repeats`` runs after one warm-up.
+# Labels are P x K with K = 4 (B / 4 classes; the class-vector losses get C = B / 4).
+# "brute" is the textbook transcription: ``lax.map`` over anchors (or proxies) of the
+# definition's per-pair terms, e.g. NT-Xent builds, per anchor, the [positives x negatives]
+# matrix of ``exp(z_an - z_ap)``: O(B^3) time, O(B^2) memory, no log-sum-exp sharing.
+# ---------------------------------------------------------------------------------------
+
+ZOO_LOSSES = ("ntxent", "supcon", "npair", "multi_similarity", "arcface", "proxy_anchor",
+              "center_contrastive")
+
+
+def _zoo_cases(b: int, d: int):
+  """name -> (tsm fn, brute fn, needs class vectors); fns map (x, y, w) to (loss, aux)."""
+  import math as _math
+
+  import jax
+  import jax.numpy as jnp
+
+  from tsm import losses
+
+  def unit(v):
+    return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+
+  def brute_ntxent(x, y, w, t=0.07):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      z = xn @ xn[a] / t
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      ratio = jnp.where(neg[None, :], jnp.exp(z[None, :] - z[:, None]), 0.0)  # [p, n]
+      per_pos = jnp.log1p(jnp.sum(ratio, axis=1))
+      return jnp.sum(jnp.where(pos & jnp.any(neg), per_pos, 0.0)), jnp.sum(pos)
+    tot, cnt = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(tot) / jnp.sum(cnt), cnt
+
+  def brute_supcon(x, y, w, t=0.1):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      z = xn @ xn[a] / t
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      others = jnp.arange(n) != a
+      ratio = jnp.where(others[None, :], jnp.exp(z[None, :] - z[:, None]), 0.0)  # [p, j]
+      per_pos = jnp.log(jnp.sum(ratio, axis=1))
+      la = jnp.sum(jnp.where(pos, per_pos, 0.0)) / jnp.maximum(jnp.sum(pos), 1)
+      return la, la > 0
+    la, nz = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(jnp.where(nz, la, 0.0)) / jnp.maximum(jnp.sum(nz), 1), nz
+
+  def brute_npair(x, y, w):
+    xn = unit(x)
+    n = x.shape[0]
+    idx = jnp.arange(n)
+    same = y[:, None] == y[None, :]
+    rank = jnp.sum(same & (idx[None, :] < idx[:, None]), axis=1)
+    first, second = rank == 0, rank == 1
+    def anchor(a):
+      s = xn @ xn[a]
+      target = jnp.sum(jnp.where(second & (y == y[a]), s, 0.0))
+      denom = jnp.sum(jnp.where(second, jnp.exp(s), 0.0))
+      return jnp.where(first[a], jnp.log(denom) - target, 0.0)
+    la = jax.lax.map(anchor, idx)
+    return jnp.sum(la) / jnp.sum(first), la
+
+  def brute_ms(x, y, w, alpha=2.0, beta=50.0, base=0.5):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      s = xn @ xn[a]
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      return (jnp.log1p(jnp.sum(jnp.where(pos, jnp.exp(-alpha * (s - base)), 0.0))) / alpha
+              + jnp.log1p(jnp.sum(jnp.where(neg, jnp.exp(beta * (s - base)), 0.0))) / beta)
+    la = jax.lax.map(anchor, jnp.arange(n))
+    return jnp.mean(la), la
+
+  def brute_arcface(x, y, w, m=_math.radians(28.6), scale=64.0):
+    wn = unit(w)
+    xn = unit(x)
+    def sample(i):
+      c = wn @ xn[i]
+      theta = jnp.arccos(jnp.clip(c[y[i]], -1.0 + 1e-7, 1.0 - 1e-7))
+      target = jnp.where(theta <= _math.pi - m, jnp.cos(theta + m),
+                         jnp.cos(theta) - m * _math.sin(m))
+      logits = scale * c.at[y[i]].set(target)
+      return jax.nn.logsumexp(logits) - logits[y[i]]
+    li = jax.lax.map(sample, jnp.arange(x.shape[0]))
+    return jnp.mean(li), li
+
+  def brute_proxy_anchor(x, y, w, delta=0.1, alpha=32.0):
+    wn = unit(w)
+    xn = unit(x)
+    def proxy(c):
+      s = xn @ wn[c]
+      pos = y == c
+      pos_t = jnp.log1p(jnp.sum(jnp.where(pos, jnp.exp(-alpha * (s - delta)), 0.0)))
+      neg_t = jnp.log1p(jnp.sum(jnp.where(~pos, jnp.exp(alpha * (s + delta)), 0.0)))
+      return pos_t, neg_t, jnp.any(pos)
+    pt, nt, has = jax.lax.map(proxy, jnp.arange(w.shape[0]))
+    return jnp.sum(pt) / jnp.sum(has) + jnp.mean(nt), has
+
+  def brute_center(x, y, w, scale=16.0):
+    wn = unit(w)  # the bank: every class has a centre here
+    xn = unit(x)
+    def sample(i):
+      logits = scale * (wn @ xn[i])
+      return jax.nn.logsumexp(logits) - logits[y[i]]
+    li = jax.lax.map(sample, jnp.arange(x.shape[0]))
+    return jnp.mean(li), li
+
+  sg = jax.lax.stop_gradient
+  return {
+      "ntxent": (lambda x, y, w: losses.ntxent_loss(x, y), brute_ntxent, False),
+      "supcon": (lambda x, y, w: losses.supcon_loss(x, y), brute_supcon, False),
+      "npair": (lambda x, y, w: losses.npair_loss(x, y), brute_npair, False),
+      "multi_similarity": (lambda x, y, w: losses.multi_similarity_loss(x, y), brute_ms,
+                           False),
+      "arcface": (lambda x, y, w: losses.arcface_loss(x, y, w), brute_arcface, True),
+      "proxy_anchor": (lambda x, y, w: losses.proxy_anchor_loss(x, y, w),
+                       brute_proxy_anchor, True),
+      # The bank is state, not a parameter: no gradient with respect to it.
+      "center_contrastive": (
+          lambda x, y, w: losses.center_contrastive_loss(x, y, sg(unit(w))),
+          lambda x, y, w: brute_center(x, y, sg(w)), False),
+  }
+
+
+def _zoo_time(fn, args, repeats: int) -> tuple[float, float, float]:
+  """(compile s, median s, loss) of a jitted value_and_grad over ``args``."""
+  import jax
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    (value, _), _ = jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return compile_s, statistics.median(times), float(value)
+
+
+def zoo_main(argv: list[str] | None = None) -> None:
+  """Times each study loss + gradient (B x D) and its brute-force version."""
+  parser = argparse.ArgumentParser(description=zoo_main.__doc__)
+  parser.add_argument("--sizes", type=int, nargs="+", default=[1024])
+  parser.add_argument("--dim", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--losses", nargs="+", default=list(ZOO_LOSSES), choices=ZOO_LOSSES)
+  parser.add_argument("--no-brute", action="store_true")
+  args = parser.parse_args(argv)
+
+  import jax
+  import jax.numpy as jnp
+
+  uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+  print(f"loss + grad (jit), D={args.dim}, {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs; uptime: {uptime}")
+  header = (f"{'loss':18} {'B':>5} {'tsm s':>9} {'brute s':>9} {'ratio':>7} "
+            f"{'compile s':>9} {'tsm loss':>10} {'brute loss':>10}")
+  print(header)
+  print("-" * len(header))
+  for b in args.sizes:
+    cases = _zoo_cases(b, args.dim)
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (b, args.dim), jnp.float32)
+    y = jnp.arange(b, dtype=jnp.int32) % (b // 4)
+    w = jax.random.normal(kw, (b // 4, args.dim), jnp.float32)
+    for name in args.losses:
+      tsm_fn, brute_fn, with_w = cases[name]
+      argnums = (0, 2) if with_w else 0
+      fast = jax.jit(jax.value_and_grad(tsm_fn, argnums=argnums, has_aux=True))
+      compile_s, tsm_s, tsm_loss = _zoo_time(fast, (x, y, w), args.repeats)
+      brute_s, brute_loss = float("nan"), float("nan")
+      if not args.no_brute:
+        slow = jax.jit(jax.value_and_grad(brute_fn, argnums=argnums, has_aux=True))
+        _, brute_s, brute_loss = _zoo_time(slow, (x, y, w), args.repeats)
+      print(f"{name:18} {b:5d} {tsm_s:9.4f} {brute_s:9.4f} {brute_s / tsm_s:7.1f} "
+            f"{compile_s:9.2f} {tsm_loss:10.5f} {brute_loss:10.5f}", flush=True)
+  uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+  print(f"uptime after: {uptime}")
