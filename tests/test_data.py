@@ -15,10 +15,7 @@ from tsm.data import preprocess
 
 
 def _cfg(**kw):
-  cfg = data.default_config()
-  for k, v in kw.items():
-    cfg[k] = v
-  return cfg
+  return data.DataSpec(**kw)
 
 
 # ----------------------------------------------------------------------------- offline
@@ -102,23 +99,23 @@ def test_num_examples_cap_and_image_options():
 
 @pytest.mark.parametrize("fields,match", [
     ({"name": "imagenet"}, "known dataset.*digits.*lfw"),
-    ({"split": "random"}, "data.split"),
+    ({"split": "random"}, "^split"),
     ({"name": "lfw", "split": "standard"}, "not available for lfw"),
     ({"name": "digits", "split": "standard"}, "not available for digits"),
-    ({"val_fraction": 1.5}, "data.val_fraction"),
-    ({"name": "mnist1d", "image_size": 32}, "data.image_size"),
-    ({"name": "synthetic", "augment": True}, "data.augment"),
+    ({"val_fraction": 1.5}, "^val_fraction"),
+    ({"name": "mnist1d", "image_size": 32}, "^image_size"),
+    ({"name": "synthetic", "augment": True}, "^augment"),
     ({"name": "cars196"}, "image_size must be set for cars196"),
-    ({"channels": 2}, "data.channels"),
-    ({"normalize": "zscore"}, "data.normalize"),
-    ({"val_split": "foo"}, "data.val_split"),
-    ({"num_examples": 1}, "data.num_examples"),
+    ({"channels": 2}, "^channels"),
+    ({"normalize": "zscore"}, "^normalize"),
+    ({"val_split": "foo"}, "^val_split"),
+    ({"num_examples": 1}, "^num_examples"),
 ])
-def test_check_data_config(fields, match):
+def test_data_spec_check(fields, match):
   with pytest.raises(ValueError, match=match) as err:
-    data.check_data_config(_cfg(**fields))
+    _cfg(**fields).check()
   assert "\n" not in str(err.value)
-  data.check_data_config(data.default_config())
+  data.DataSpec().check()
 
 
 # -------------------------------------------------------------------------- preprocess

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tsm import config as config_lib
 from tsm import margins
 
 _EMPTY = []  # an epoch without valid triplets (no batch at all)
@@ -205,24 +206,29 @@ def test_vmap_over_states():
   np.testing.assert_allclose(states.margin, [1.0, 0.0, 0.5], rtol=1e-6)
 
 
-# ----------------------------------------------------------------------------- configs
+# ------------------------------------------------------- schedules built from a config
 
 
-def _config(**fields):
-  cfg = margins.default_config()
-  cfg.update(fields)
-  return cfg
+def _config(num_epochs: int = 10, **fields):
+  """A full tsm config whose ``margin`` section has ``fields`` (types unchecked)."""
+  values = config_lib.default_config().to_dict()
+  values["margin"].update(fields)
+  values["train"]["epochs"] = num_epochs
+  return ml_collections.ConfigDict(values)
+
+
+def _build(cfg):
+  return config_lib.build_schedule(cfg, steps_per_epoch=1)
 
 
 def test_default_config_builds_every_schedule():
-  cfg = margins.default_config()
-  assert cfg.schedule in margins.SCHEDULES
+  assert config_lib.default_config().margin.schedule in margins.SCHEDULES
   for name in margins.SCHEDULES:
     fields = {"schedule": name}
     if name == "stepwise":
       fields["boundaries"] = (2,)
-    margins.check_config(_config(**fields), 10)
-    schedule = margins.from_config(_config(**fields), 10)
+    config_lib.check_config(_config(**fields))
+    schedule = _build(_config(**fields))
     state = schedule.update(schedule.accumulate(schedule.init(), _Stats(4.0, 4.0)))
     assert np.isfinite(float(state.margin))
 
@@ -242,22 +248,16 @@ def test_default_config_builds_every_schedule():
     ({"schedule": "controller", "target": 0.5, "gain": 1.0, "max_margin": None},
      margins.controller(0.2, 0.5, 1.0, 0.0, 2.0, 0.02)),
 ], ids=lambda x: x["schedule"] if isinstance(x, dict) else "")
-def test_from_config_matches_constructor(fields, constructed):
+def test_config_builds_the_constructed_schedule(fields, constructed):
   script = [[(4, 4)], [(4, 1)], [(4, 4)], [(4, 4)], [(4, 3)]]
-  built = margins.from_config(_config(**fields), 4)
+  built = _build(_config(num_epochs=4, **fields))
   expected, _ = _run_eager(constructed, script, constructed.accumulate, constructed.update)
   out, _ = _run_eager(built, script, built.accumulate, built.update)
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
-def test_from_config_accepts_partial_config():
-  cfg = ml_collections.ConfigDict({"schedule": "dams"})
-  schedule = margins.from_config(cfg, 10)
-  assert float(schedule.init().margin) == pytest.approx(0.2)
-
-
 @pytest.mark.parametrize("fields,num_epochs,match", [
-    ({"schedule": "cosine"}, 10, r"margin\.schedule .*constant"),
+    ({"schedule": "cosine"}, 10, r"margin\.schedule.*constant"),
     ({"initial_margin": -0.1}, 10, r"margin\.initial_margin .*>= 0"),
     ({"schedule": "dams", "threshold": 1.5}, 10, r"margin\.threshold .*\[0, 1\]"),
     ({"schedule": "dams", "threshold": -0.1}, 10, r"margin\.threshold"),
@@ -271,7 +271,7 @@ def test_from_config_accepts_partial_config():
     ({"schedule": "controller", "deadband": 1.0}, 10, r"margin\.deadband"),
     ({"schedule": "exponential", "initial_margin": 0.0}, 10, r"margin\.initial_margin .*> 0"),
     ({"schedule": "linear", "final_margin": -1.0}, 10, r"margin\.final_margin"),
-    ({"schedule": "linear"}, 0, r"num_epochs"),
+    ({"schedule": "linear"}, 0, r"train\.epochs"),
     ({"schedule": "stepwise"}, 10, r"margin\.boundaries"),
     ({"schedule": "stepwise", "boundaries": (3, 2)}, 10, r"margin\.boundaries"),
     ({"schedule": "stepwise", "boundaries": (0, 2)}, 10, r"margin\.boundaries"),
@@ -283,19 +283,17 @@ def test_from_config_accepts_partial_config():
      r"margin\.increment"),
     ({"initial_margin": "big"}, 10, r"margin\.initial_margin .*number"),
 ])
-def test_check_config_errors(fields, num_epochs, match):
-  cfg = ml_collections.ConfigDict(fields)  # missing fields take the defaults
-  with pytest.raises(ValueError, match=match) as info:
-    margins.check_config(cfg, num_epochs)
+def test_config_errors_name_the_margin_field(fields, num_epochs, match):
+  with pytest.raises(config_lib.ConfigError, match=match) as info:
+    config_lib.check_config(_config(num_epochs, **fields))
   assert "\n" not in str(info.value)
-  with pytest.raises(ValueError, match=match):
-    margins.from_config(cfg, num_epochs)
 
 
-def test_check_config_unknown_field():
-  cfg = ml_collections.ConfigDict({"schedule": "dams", "treshold": 0.9})
-  with pytest.raises(ValueError, match=r"margin\.treshold is not a margin config field"):
-    margins.check_config(cfg)
+def test_config_unknown_margin_field():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"margin\.treshold is not a margin field"):
+    config_lib.check_config(_config(schedule="dams", treshold=0.9))
+
 
 
 @pytest.mark.parametrize("make,match", [

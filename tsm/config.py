@@ -489,8 +489,8 @@ def build_schedule(cfg: ml_collections.ConfigDict,
   if m.schedule == "exponential":
     return margins.exponential(m.initial_margin, m.final_margin, length)
   if m.schedule == "stepwise":
-    if m.values is not None:
-      return margins.stepwise(m.initial_margin, m.boundaries, values=m.values)
+    if m["values"] is not None:   # item access: ConfigDict has a values() method
+      return margins.stepwise(m.initial_margin, m.boundaries, values=m["values"])
     return margins.stepwise(m.initial_margin, m.boundaries, increment=m.increment)
   if m.schedule == "dams":
     return margins.dams(m.initial_margin, m.threshold, m.increment, m.max_margin)
