@@ -288,6 +288,9 @@ def test_pretrained_small_model_round_trip(tmp_path):
   ta = _embed(model, a, x)
   tb = _embed(model, merged, x)
   assert not np.allclose(ta, tb)  # heads differ, trunks equal
+  with pytest.raises(ValueError, match=r"^path='.*missing\.npz' does not exist") as err:
+    models.load_pretrained(b, str(tmp_path / "missing.npz"))
+  assert "\n" not in str(err.value)
 
 
 def test_convert_torchvision_resnet_layout():
