@@ -137,9 +137,9 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any]) -> dict[str, np.nd
   Pass numpy arrays (``{k: v.numpy() for k, v in torch_model.state_dict().items()}``);
   save the result with ``np.savez(path, **converted)`` and use it with
   ``create_model(..., stem="imagenet")``. The classifier (``fc.*``) and
-  ``num_batches_tracked`` entries are dropped. Conv weights go from ``[out, in, kh, kw]`` to ``[kh, kw, in,
-  out]``; BatchNorm ``weight``/``bias`` become ``scale``/``bias`` and
-  ``running_mean``/``running_var`` become ``batch_stats`` ``mean``/``var``.
+  ``num_batches_tracked`` entries are dropped. Conv weights go from ``[out, in, kh,
+  kw]`` to ``[kh, kw, in, out]``; BatchNorm ``weight``/``bias`` become ``scale``/``bias``
+  and ``running_mean``/``running_var`` become ``batch_stats`` ``mean``/``var``.
 
   Args:
     state_dict: mapping from torchvision parameter names to arrays.
