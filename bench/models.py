@@ -48,9 +48,8 @@ def main() -> None:
         f"load average {os.getloadavg()}")
   for name in args.models.split(","):
     shape, head, emb = SETUPS[name]
-    cfg = models.default_config()
-    cfg.name, cfg.head, cfg.embedding_dim, cfg.dtype = name, head, emb, args.dtype
-    model = models.create_model(cfg, shape)
+    model = models.create_model(name, embedding_dim=emb, input_shape=shape, head=head,
+                                dtype=args.dtype)
     t = time.perf_counter()
     variables = jax.block_until_ready(models.init_variables(model, jax.random.key(0), shape))
     init_s = time.perf_counter() - t

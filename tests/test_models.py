@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -13,14 +17,9 @@ import pytest
 from tsm import models
 
 
-def _config(name, head="none", embedding_dim=16, **kwargs):
-  cfg = models.default_config()
-  cfg.name = name
-  cfg.head = head
-  cfg.embedding_dim = embedding_dim
-  for k, v in kwargs.items():
-    cfg[k] = v
-  return cfg
+def _create(name, shape, head="none", embedding_dim=16, **kwargs):
+  return models.create_model(name, embedding_dim=embedding_dim, input_shape=shape,
+                             head=head, **kwargs)
 
 
 def _inputs(shape, batch=3, seed=0):
@@ -80,7 +79,7 @@ SMALL = [
 
 @pytest.mark.parametrize("name,shape,head", SMALL)
 def test_small_models_shapes_and_unit_norm(name, shape, head):
-  model = models.create_model(_config(name, head), shape)
+  model = _create(name, shape, head)
   variables = models.init_variables(model, jax.random.key(0), shape)
   assert set(variables) == {"params"}
   x = _inputs(shape)
@@ -90,12 +89,12 @@ def test_small_models_shapes_and_unit_norm(name, shape, head):
 
 
 def test_paper_b_layer_sizes():
-  mlp = models.init_variables(models.create_model(_config("mlp", embedding_dim=32), (128,)),
+  mlp = models.init_variables(_create("mlp", (128,), embedding_dim=32),
                               jax.random.key(0), (128,))["params"]["trunk"]
   assert mlp["dense0"]["kernel"].shape == (128, 64)
   assert mlp["out"]["kernel"].shape == (64, 32)
   conv = models.init_variables(
-      models.create_model(_config("convnet", embedding_dim=64), (28, 28, 1)),
+      _create("convnet", (28, 28, 1), embedding_dim=64),
       jax.random.key(0), (28, 28, 1))["params"]["trunk"]
   assert conv["conv0"]["kernel"].shape == (3, 3, 1, 32)
   assert conv["conv1"]["kernel"].shape == (3, 3, 32, 64)
@@ -105,7 +104,7 @@ def test_paper_b_layer_sizes():
 
 def test_paper_a_head_layout_and_dropout():
   shape = (20,)
-  model = models.create_model(_config("mlp", "paper_a", embedding_dim=128), shape)
+  model = _create("mlp", shape, "paper_a", embedding_dim=128)
   variables = models.init_variables(model, jax.random.key(0), shape)
   head = variables["params"]["head"]
   assert head["dense0"]["kernel"].shape == (64, 512)
@@ -125,7 +124,7 @@ def test_paper_a_head_layout_and_dropout():
 
 def test_zero_output_stays_finite_with_finite_grads():
   shape = (8,)
-  model = models.create_model(_config("mlp", hidden_sizes=(4,)), shape)
+  model = _create("mlp", shape, hidden_sizes=(4,))
   variables = models.init_variables(model, jax.random.key(0), shape)
   zeros = jax.tree_util.tree_map(jnp.zeros_like, variables)
   y = _embed(model, zeros, _inputs(shape))
@@ -137,7 +136,7 @@ def test_zero_output_stays_finite_with_finite_grads():
 
 @pytest.mark.parametrize("name,shape,head", SMALL[1:4])
 def test_small_models_finite_nonzero_grads(name, shape, head):
-  model = models.create_model(_config(name, head), shape)
+  model = _create(name, shape, head)
   variables = models.init_variables(model, jax.random.key(0), shape)
   x = _inputs(shape, batch=4)
 
@@ -154,7 +153,7 @@ def test_small_models_finite_nonzero_grads(name, shape, head):
 @pytest.fixture(scope="module")
 def resnet18():
   shape = (16, 16, 3)
-  model = models.create_model(_config("resnet18", "linear"), shape)
+  model = _create("resnet18", shape, "linear")
   return model, shape, models.init_variables(model, jax.random.key(0), shape)
 
 
@@ -195,7 +194,7 @@ def test_resnet18_cifar_train_and_eval(resnet18):
 
 def test_resnet50_light():
   shape = (8, 8, 3)
-  model = models.create_model(_config("resnet50", "paper_a", embedding_dim=128), shape)
+  model = _create("resnet50", shape, "paper_a", embedding_dim=128)
   variables = _numpy_variables(model, shape)
   trunk = variables["params"]["trunk"]
   assert trunk["layer4_2"]["conv3"]["kernel"].shape == (1, 1, 512, 2048)
@@ -208,18 +207,18 @@ def test_resnet50_light():
 
 def test_imagenet_stem_shapes():
   shape = (64, 64, 3)
-  cfg = _config("resnet18", "linear", stem="imagenet")
-  abstract = jax.eval_shape(lambda: models.create_model(cfg, shape).init(
+  model = _create("resnet18", shape, "linear", stem="imagenet")
+  abstract = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0)}, jnp.zeros((1,) + shape), train=False))
   assert abstract["params"]["trunk"]["conv1"]["kernel"].shape == (7, 7, 3, 64)
-  out = jax.eval_shape(lambda v: models.create_model(cfg, shape).apply(
-      v, jnp.zeros((2,) + shape), train=False), abstract)
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2,) + shape), train=False),
+                       abstract)
   assert out.shape == (2, 16)
 
 
 def test_bfloat16_compute_returns_float32():
   shape = (40,)
-  model = models.create_model(_config("conv1d", "paper_a", dtype="bfloat16"), shape)
+  model = _create("conv1d", shape, "paper_a", dtype="bfloat16")
   variables = models.init_variables(model, jax.random.key(0), shape)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
   y = _embed(model, variables, _inputs(shape))
@@ -235,8 +234,7 @@ def test_pretrained_round_trip_and_errors(tmp_path, resnet18):
     assert "params/trunk/layer1_0/conv1/kernel" in data.files
     assert "batch_stats/trunk/bn1/var" in data.files
     assert str(data["__format__"]) == models.NPZ_FORMAT
-  cfg = _config("resnet18", "linear", pretrained_path=path)
-  loaded_model = models.create_model(cfg, shape)
+  loaded_model = _create("resnet18", shape, "linear", pretrained_path=path)
   loaded = models.init_variables(loaded_model, jax.random.key(7), shape)
   fresh = models.init_variables(model, jax.random.key(7), shape)
   for collection in ("params", "batch_stats"):
@@ -248,7 +246,7 @@ def test_pretrained_round_trip_and_errors(tmp_path, resnet18):
                          source["params"]["trunk"]["conv1"]["kernel"])
 
   # A file from another architecture: shape mismatch named in one line.
-  other = models.create_model(_config("resnet18", "linear", stem="imagenet"), shape)
+  other = _create("resnet18", shape, "linear", stem="imagenet")
   other_vars = _numpy_variables(other, shape)
   bad = str(tmp_path / "imagenet_stem.npz")
   models.save_trunk_weights(other_vars, bad)
@@ -276,7 +274,7 @@ def test_pretrained_round_trip_and_errors(tmp_path, resnet18):
 
 def test_pretrained_small_model_round_trip(tmp_path):
   shape = (28, 28, 1)
-  model = models.create_model(_config("convnet", "paper_a"), shape)
+  model = _create("convnet", shape, "paper_a")
   a = models.init_variables(model, jax.random.key(0), shape)
   b = models.init_variables(model, jax.random.key(1), shape)
   path = str(tmp_path / "convnet.npz")
@@ -290,14 +288,17 @@ def test_pretrained_small_model_round_trip(tmp_path):
   ta = _embed(model, a, x)
   tb = _embed(model, merged, x)
   assert not np.allclose(ta, tb)  # heads differ, trunks equal
+  with pytest.raises(ValueError, match=r"^path='.*missing\.npz' does not exist") as err:
+    models.load_pretrained(b, str(tmp_path / "missing.npz"))
+  assert "\n" not in str(err.value)
 
 
 def test_convert_torchvision_resnet_layout():
   shape = (8, 8, 3)
-  model = models.create_model(_config("resnet18", "linear", stem="imagenet"), shape)
+  model = _create("resnet18", shape, "linear", stem="imagenet")
   variables = _numpy_variables(model, shape)
   flat = {}
-  for k, v in models._flat_trunk(variables).items():  # pylint: disable=protected-access
+  for k, v in models.pretrained._flat_trunk(variables).items():  # pylint: disable=protected-access
     flat[k] = np.asarray(v)
   # Build the torchvision state_dict this trunk corresponds to.
   torch_sd = {"fc.weight": np.zeros((1000, 512)), "fc.bias": np.zeros(1000),
@@ -364,8 +365,7 @@ def _torchvision_efficientnet_b0_state_dict(rng):
 
 def test_efficientnet_b0(tmp_path):
   shape = (16, 16, 3)
-  model = models.create_model(_config("efficientnet_b0", "paper_a", embedding_dim=128),
-                              shape)
+  model = _create("efficientnet_b0", shape, "paper_a", embedding_dim=128)
   variables = _numpy_variables(model, shape)
   trunk = variables["params"]["trunk"]
   # torchvision efficientnet_b0: 5,288,548 parameters, 1,281,000 of them in the classifier.
@@ -392,8 +392,7 @@ def test_efficientnet_b0(tmp_path):
 
 def test_freeze_trunk():
   shape = (32,)
-  cfg = _config("mlp", "linear", freeze_trunk=True)
-  model = models.create_model(cfg, shape)
+  model = _create("mlp", shape, "linear", freeze_trunk=True)
   variables = models.init_variables(model, jax.random.key(0), shape)
   x = _inputs(shape, batch=4)
   grads = _jit_o0(jax.grad(lambda p: model.apply({"params": p}, x, train=True)[0, 0]))(
@@ -403,47 +402,145 @@ def test_freeze_trunk():
   mask = models.trunk_mask(variables["params"])
   assert all(jax.tree_util.tree_leaves(mask["trunk"]))
   assert not any(jax.tree_util.tree_leaves(mask["head"]))
-  tx = models.maybe_freeze_trunk(optax.adamw(1e-2, weight_decay=0.1), cfg)
+  tx = models.maybe_freeze_trunk(optax.adamw(1e-2, weight_decay=0.1), freeze_trunk=True)
   state = tx.init(variables["params"])
   ones = jax.tree_util.tree_map(jnp.ones_like, variables["params"])
   updates, _ = tx.update(ones, state, variables["params"])
   assert all((u == 0).all() for u in jax.tree_util.tree_leaves(updates["trunk"]))
   assert all((u != 0).any() for u in jax.tree_util.tree_leaves(updates["head"]))
   plain = optax.sgd(1.0)
-  assert models.maybe_freeze_trunk(plain, _config("mlp")) is plain
+  assert models.maybe_freeze_trunk(plain, freeze_trunk=False) is plain
+  with pytest.raises(ValueError, match=r"^freeze_trunk=.* must be a bool"):
+    models.maybe_freeze_trunk(plain, {"freeze_trunk": True})  # the old config argument
 
 
-@pytest.mark.parametrize("overrides,shape,match", [
-    ({"name": "vgg"}, (8,), r"model.name='vgg' is unknown"),
-    ({"embedding_dim": 0}, (8,), r"model.embedding_dim must be a positive int"),
-    ({"head": "mlp"}, (8,), r"model.head='mlp' is unknown"),
-    ({"dtype": "float16"}, (8,), r"model.dtype='float16' is unknown"),
-    ({"name": "convnet"}, (40,), r"model.name='convnet' needs image inputs"),
+_ERROR_CASES = [
+    ({"name": "vgg"}, (8,), r"^name='vgg' is unknown"),
+    ({"embedding_dim": 0}, (8,), r"^embedding_dim=0 must be a positive int"),
+    ({"embedding_dim": 16.0}, (8,), r"^embedding_dim=16.0 must be a positive int"),
+    ({"head": "mlp"}, (8,), r"^head='mlp' is unknown"),
+    ({"dtype": "float16"}, (8,), r"^dtype='float16' is unknown"),
+    ({"stem": "tiny"}, (8,), r"^stem='tiny' is unknown"),
+    ({"name": "convnet"}, (40,), r"^name='convnet' needs image inputs"),
     ({"name": "convnet"}, (2, 2), r"at least 4x4"),
-    ({"name": "conv1d"}, (8, 8, 1), r"model.name='conv1d' needs 1-D inputs"),
-    ({"name": "resnet18"}, (40,), r"model.name='resnet18' needs image inputs"),
-    ({"name": "resnet18", "head": "none"}, (8, 8, 3), r"use model.head='linear'"),
+    ({"name": "conv1d"}, (8, 8, 1), r"^name='conv1d' needs 1-D inputs"),
+    ({"name": "resnet18"}, (40,), r"^name='resnet18' needs image inputs"),
+    ({"name": "resnet18"}, (8, 8, 3), r"^head='none' with resnet18 .* use head='linear'"),
     ({"name": "efficientnet_b0"}, (40,), r"needs image inputs"),
-    ({"drop_path_rate": 1.0}, (8,), r"model.drop_path_rate=1.0 must be in"),
-    ({"hidden_sizes": (64, 0)}, (8,), r"model.hidden_sizes must be a sequence"),
-    ({"head": "paper_a", "head_dropout": (0.5,)}, (8,), r"model.head_dropout="),
-    ({"freeze_trunk": True}, (8,), r"model.freeze_trunk=True with model.head='none'"),
-    ({"pretrained_path": "/nonexistent/trunk.npz"}, (8,), r"does not exist"),
-    ({"pretrained_path": "trunk.msgpack"}, (8,), r"must be a .npz file"),
-    ({}, (0,), r"input_shape must be a tuple of positive ints"),
-])
-def test_config_errors(overrides, shape, match):
-  cfg = _config("mlp")
-  for k, v in overrides.items():
-    cfg[k] = v
+    ({"drop_path_rate": 1.0}, (8,), r"^drop_path_rate=1.0 must be in"),
+    ({"drop_path_rate": "0.2"}, (8,), r"^drop_path_rate='0.2' must be in"),
+    ({"hidden_sizes": (64, 0)}, (8,), r"^hidden_sizes=\(64, 0\) must be a sequence"),
+    ({"hidden_sizes": 64}, (8,), r"^hidden_sizes=64 must be a sequence"),
+    ({"name": "convnet", "conv_features": ()}, (8, 8), r"^conv_features=\(\) must be"),
+    ({"head": "paper_a", "head_dropout": (0.5,)}, (8,), r"^head_dropout="),
+    ({"head": "paper_a", "head_hidden": (512, -1)}, (8,), r"^head_hidden="),
+    ({"freeze_trunk": True}, (8,), r"^freeze_trunk=True with head='none'"),
+    ({"freeze_trunk": "yes", "head": "linear"}, (8,), r"^freeze_trunk='yes' must be a bool"),
+    ({"pretrained_path": "/nonexistent/trunk.npz"}, (8,), r"^pretrained_path=.*does not exist"),
+    ({"pretrained_path": "trunk.msgpack"}, (8,), r"^pretrained_path=.*must be a .npz file"),
+    ({}, (0,), r"^input_shape must be a tuple of positive ints"),
+    ({}, None, r"^input_shape must be a tuple of positive ints"),
+]
+
+
+@pytest.mark.parametrize("overrides,shape,match", _ERROR_CASES)
+def test_argument_errors(overrides, shape, match):
+  kwargs = {"name": "mlp", "embedding_dim": 16, **overrides}
   with pytest.raises(ValueError, match=match) as err:
-    models.create_model(cfg, shape)
+    models.check_model(input_shape=shape, **kwargs)
   assert "\n" not in str(err.value)
+  with pytest.raises(ValueError, match=match):
+    models.create_model(input_shape=shape, **kwargs)
 
 
-def test_default_config_builds():
-  cfg = models.default_config()
-  models.check_model_config(cfg, (128,))
-  model = models.create_model(cfg, (128,))
+def test_model_defaults_match_the_signatures_and_build():
+  signature = inspect.signature(models.create_model)
+  assert inspect.signature(models.check_model).parameters == signature.parameters
+  keyword_defaults = {k: p.default for k, p in signature.parameters.items()
+                      if p.default is not inspect.Parameter.empty}
+  assert models.MODEL_DEFAULTS == keyword_defaults
+  assert list(models.MODEL_DEFAULTS) == list(keyword_defaults)
+  models.check_model("mlp", embedding_dim=32, input_shape=(128,), **models.MODEL_DEFAULTS)
+  model = models.create_model("mlp", embedding_dim=32, input_shape=(128,),
+                              **models.MODEL_DEFAULTS)
   variables = models.init_variables(model, jax.random.key(0), (128,))
+  assert variables["params"]["trunk"]["dense0"]["kernel"].shape == (128, 64)
   _assert_unit_rows(_embed(model, variables, _inputs((128,))), 3, 32)
+
+
+# Regression against the config-driven API this package replaced. tests/
+# models_reference.json was computed on main at 86a0059 (the single-module
+# tsm/models.py) by _reference_entry, with each model built by
+# ``create_model(cfg, input_shape)`` from a ``default_config()`` whose fields were set
+# to the keywords below. It pins the variable tree (paths, shapes, dtypes: checkpoints
+# of that version load), the initial values (per-leaf sums: same initialisers and
+# rng use) and the embeddings (eval, and train with dropout for models without
+# BatchNorm). Regenerate it only for an intended change of parameters or outputs.
+_REFERENCE_SETUPS = [
+    # (id, name, input_shape, create_model keywords, slow)
+    ("mlp", "mlp", (128,), {"embedding_dim": 32}, False),
+    ("mlp_paper_a", "mlp", (8, 8), {"embedding_dim": 16, "head": "paper_a",
+                                     "head_hidden": (12, 10), "head_dropout": (0.5, 0.3)},
+     False),
+    ("convnet", "convnet", (28, 28, 1), {"embedding_dim": 64}, False),
+    ("convnet_linear", "convnet", (8, 8), {"embedding_dim": 16, "head": "linear",
+                                            "conv_features": (4, 8), "hidden_sizes": (12,)},
+     False),
+    ("conv1d", "conv1d", (40,), {"embedding_dim": 32}, False),
+    ("conv1d_bf16", "conv1d", (40, 1), {"embedding_dim": 16, "head": "paper_a",
+                                         "dtype": "bfloat16"}, False),
+    ("resnet18_cifar", "resnet18", (16, 16, 3), {"embedding_dim": 16, "head": "linear"},
+     False),
+    ("resnet18_imagenet", "resnet18", (32, 32, 3), {"embedding_dim": 512,
+                                                     "stem": "imagenet"}, True),
+    ("resnet50", "resnet50", (8, 8, 3), {"embedding_dim": 128, "head": "paper_a"}, True),
+    ("efficientnet_b0", "efficientnet_b0", (16, 16, 3),
+     {"embedding_dim": 128, "head": "paper_a", "drop_path_rate": 0.3}, True),
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _reference():
+  with open(os.path.join(os.path.dirname(__file__), "models_reference.json")) as f:
+    return json.load(f)
+
+
+def _flat(tree):
+  """``{"params/trunk/conv1/kernel": leaf, ...}`` for every leaf of a variables tree."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _reference_entry(model, shape):
+  """Variable tree, per-leaf init sums and embeddings of ``model`` (see above)."""
+  abstract = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0)}, jnp.zeros((1,) + shape), train=False))
+  entry = {"tree": {k: [list(v.shape), str(v.dtype)] for k, v in _flat(abstract).items()}}
+  variables = models.init_variables(model, jax.random.key(0), shape)
+  entry["init"] = {k: [float(np.sum(np.asarray(v, np.float64))),
+                       float(np.sum(np.abs(np.asarray(v, np.float64))))]
+                   for k, v in _flat(variables).items()}
+  x = _inputs(shape, batch=2)
+  if "batch_stats" in variables:  # Fresh BatchNorm models embed near zero in eval mode.
+    entry["eval"] = np.asarray(_embed(model, _numpy_variables(model, shape), x)).tolist()
+  else:
+    entry["eval"] = np.asarray(_embed(model, variables, x)).tolist()
+    entry["train"] = np.asarray(_embed(model, variables, x, True, jax.random.key(1))).tolist()
+  return entry
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(s, id=s[0], marks=[pytest.mark.slow] if s[-1] else [])
+    for s in _REFERENCE_SETUPS])
+def test_same_variables_and_outputs_as_the_config_api(setup):
+  sid, name, shape, kwargs, _ = setup
+  expected = _reference()[sid]
+  got = _reference_entry(models.create_model(name, input_shape=shape, **kwargs), shape)
+  assert got["tree"] == expected["tree"]
+  assert set(got["init"]) == set(expected["init"])
+  for key, sums in expected["init"].items():
+    np.testing.assert_allclose(got["init"][key], sums, rtol=1e-6, atol=1e-6, err_msg=key)
+  assert set(got) == set(expected)
+  for mode in ("eval", "train"):
+    if mode in expected:
+      np.testing.assert_allclose(got[mode], expected[mode], rtol=1e-5, atol=1e-6)

@@ -41,7 +41,7 @@ def _setup(loss="triplet", sampling="pk", schedule="constant", update_every="epo
   cfg.model.name = "mlp"
   cfg.model.hidden_sizes = (8,)
   cfg.model.embedding_dim = 4
-  model = models.create_model(cfg.model, INPUT_SHAPE)
+  model = models.create_model(input_shape=INPUT_SHAPE, **cfg.model.to_dict())
   variables = models.init_variables(model, jax.random.key(0), INPUT_SHAPE)
   schedule_fn = margins.from_config(config_lib.schedule_config(cfg), 10)
   tx = train_lib.make_optimizer(cfg.train, 100)

@@ -1,0 +1,35 @@
+"""Layer settings shared by the torchvision-compatible trunks (ResNet, EfficientNet).
+
+Converted torchvision weights must give the same features, and from-scratch runs should
+start like their PyTorch counterparts, so both trunks use torch's initialiser, explicit
+symmetric paddings and torch's BatchNorm constants.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for ResNet and
+# EfficientNet convolutions.
+TORCH_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Symmetric torch-style padding for a k x k convolution (SAME differs at stride 2)."""
+  p = (k - 1) // 2
+  return ((p, p), (p, p))
+
+
+def conv(dtype: Any) -> Any:
+  """``nn.Conv`` without bias and with torch's init (pass features, kernel, ...)."""
+  return functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                           kernel_init=TORCH_CONV_INIT)
+
+
+def batch_norm(train: bool, dtype: Any) -> Any:
+  """``nn.BatchNorm`` with torch's constants (momentum 0.1 is Flax's 0.9, eps 1e-5)."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, dtype=dtype)
