@@ -63,3 +63,9 @@ def read_lines(workdir, drop=("time_s",)) -> list[dict]:
         record.pop(key, None)
       out.append(record)
   return out
+
+
+def run_config(cfg, workdir, evaluators=()) -> dict | None:
+  """``tsm.config.train_and_evaluate``'s summary (None when stopped early)."""
+  result = config_lib.train_and_evaluate(cfg, str(workdir), evaluators=evaluators)
+  return None if result is None else result.summary

@@ -14,10 +14,10 @@ import pytest
 
 from tsm import checkpoint as checkpoint_lib
 from tsm import config as config_lib
-from tsm import fit as fit_lib
 from tsm import margins
 from tsm import train as train_lib
 
+from fit_helpers import run_config  # noqa: E402
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from fit_helpers import read_lines
 
@@ -118,17 +118,17 @@ def _final_state(workdir):
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
   whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-  summary_whole = fit_lib.fit(_resume_config(), whole)
+  summary_whole = run_config(_resume_config(), whole)
 
   killed = _resume_config()
   killed.train.stop_after_steps = 11       # epoch 1, step 4 of 7: after the checkpoint at 9
-  assert fit_lib.fit(killed, broken) is None
+  assert run_config(killed, broken) is None
   assert not os.path.exists(os.path.join(broken, "summary.json"))
   # The killed process wrote step lines past its last checkpoint (step 9): 11 steps, 1 epoch.
   assert [r["step"] for r in read_lines(broken) if r["kind"] == "step"][-1] == 11
   killed.train.stop_after_steps = 5        # a second kill, inside the resumed run
-  assert fit_lib.fit(killed, broken) is None
-  summary_broken = fit_lib.fit(_resume_config(), broken)
+  assert run_config(killed, broken) is None
+  summary_broken = run_config(_resume_config(), broken)
 
   lines_whole, lines_broken = read_lines(whole), read_lines(broken)
   steps = [r["step"] for r in lines_broken if r["kind"] == "step"]
@@ -149,5 +149,5 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
                       summary_whole["final_margin"], rel_tol=1e-6)
 
   # A rerun of a finished workdir trains no further and reports the same summary.
-  assert fit_lib.fit(_resume_config(), broken) == summary_whole
+  assert run_config(_resume_config(), broken) == summary_whole
   assert read_lines(broken) == lines_whole

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from tsm import config as config_lib
-from tsm import fit as fit_lib
+
+from fit_helpers import run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "*.py")))
@@ -141,7 +142,7 @@ def _digits(**train):
 def test_more_classes_per_batch_than_the_split_has(tmp_path):
   workdir = tmp_path / "run"
   with pytest.raises(config_lib.ConfigError, match="train.classes_per_batch") as info:
-    fit_lib.fit(_digits(classes_per_batch=50), str(workdir))
+    run_config(_digits(classes_per_batch=50), str(workdir))
   assert "\n" not in str(info.value)
   assert not workdir.exists()
 
@@ -150,10 +151,10 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
   cfg = _digits(classes_per_batch=4)
   (tmp_path / "config.json").write_text(cfg.to_json())
   cfg.train.stop_after_steps = 3      # run control: may change between runs
-  fit_lib.prepare(cfg, str(tmp_path))
+  config_lib.prepare(cfg, str(tmp_path))
   cfg.train.epochs += 1
   with pytest.raises(config_lib.ConfigError, match=r"different config \(train.epochs"):
-    fit_lib.prepare(cfg, str(tmp_path))
+    config_lib.prepare(cfg, str(tmp_path))
 
 
 def test_cli_config_error_exits_2_with_one_line_and_no_workdir(tmp_path):

@@ -24,8 +24,8 @@ import pytest
 from tsm import artifacts
 from tsm import config as config_lib
 from tsm import distributed
-from tsm import fit as fit_lib
 
+from fit_helpers import run_config  # noqa: E402
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from fit_helpers import read_lines
 from fit_helpers import tiny_config
@@ -147,7 +147,7 @@ def one_device_run(tmp_path_factory):
   """The reference: the fit of ``_fit_config()`` in this (1-device) process."""
   assert jax.device_count() == 1
   workdir = tmp_path_factory.mktemp("one_device")
-  fit_lib.fit(_fit_config(), str(workdir))
+  run_config(_fit_config(), str(workdir))
   return workdir
 
 
@@ -155,8 +155,8 @@ _FOUR_DEVICES = textwrap.dedent("""
     import json, os, sys
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
-    from tsm import config as config_lib, distances, fit as fit_lib, margins, train as train_lib
-    from fit_helpers import tiny_config
+    from tsm import config as config_lib, distances, margins, train as train_lib
+    from fit_helpers import run_config, tiny_config
     from test_scale import _fit_config
     assert jax.device_count() == 4, jax.devices()
 
@@ -177,12 +177,14 @@ _FOUR_DEVICES = textwrap.dedent("""
       x = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
       labels = np.repeat(np.arange(4), 4).astype(np.int32)
       variables = model.init(jax.random.key(0), x[:2])
-      schedule = margins.from_config(config_lib.schedule_config(cfg), 10)
-      tx = train_lib.make_optimizer(cfg.train, 10)
+      cfg.train.epochs = 10
+      schedule = config_lib.build_schedule(cfg, steps_per_epoch=1)
+      tx = config_lib.build_optimizer(cfg, 10)
       state = train_lib.replicate(train_lib.create_train_state(
           variables, tx, schedule, jax.random.PRNGKey(1)), mesh)
       before = jax.device_get(state.params)
-      step = train_lib.make_train_step(cfg, model, schedule, tx, mesh)
+      step = train_lib.make_train_step(model, config_lib.build_loss(cfg), schedule, tx,
+                                       mesh=mesh)
       end = train_lib.make_end_of_epoch(schedule, mesh)
       batch = {"inputs": x, "labels": labels}
       if mesh is not None:
@@ -213,7 +215,7 @@ _FOUR_DEVICES = textwrap.dedent("""
       key = "num_triplets" if loss == "triplet" else "num_pairs"
       assert one[0][key] > 0
 
-    fit_lib.fit(_fit_config(), sys.argv[1])    # data_parallel: the 4-device mesh
+    run_config(_fit_config(), sys.argv[1])    # data_parallel: the 4-device mesh
     print("OK")
 """)
 
@@ -234,7 +236,7 @@ def test_four_devices_step_and_fit_match_one_device(tmp_path, jax_compilation_ca
 _HOST = textwrap.dedent("""
     import sys
     import jax
-    from tsm import fit as fit_lib
+    from fit_helpers import run_config
     from test_scale import _fit_config
     process_id, port, workdir = sys.argv[1:4]
     cfg = _fit_config()
@@ -242,7 +244,7 @@ _HOST = textwrap.dedent("""
     cfg.distributed.coordinator_address = f"localhost:{port}"
     cfg.distributed.num_processes = 2
     cfg.distributed.process_id = int(process_id)
-    summary = fit_lib.fit(cfg, workdir)
+    summary = run_config(cfg, workdir)
     assert jax.process_count() == 2 and jax.device_count() == 4
     assert jax.local_device_count() == 2
     print("DONE", summary is not None)
@@ -294,4 +296,4 @@ def test_config_fields_of_the_distributed_section_do_not_block_a_resume(tmp_path
   other = ml_collections.ConfigDict(cfg.to_dict())
   other.distributed.process_id = 1      # another host of the same run
   other.distributed.initialize = True
-  fit_lib._check_same_run(str(tmp_path / "config.json"), other)  # pylint: disable=protected-access
+  config_lib.check_same_run(str(tmp_path), other)  # pylint: disable=protected-access

@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from tsm import fit as fit_lib
 
+from fit_helpers import run_config  # noqa: E402
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from fit_helpers import read_lines
 from fit_helpers import tiny_config
@@ -55,7 +55,7 @@ def test_one_epoch_under_mock_data(tmp_path, name):
   cfg.eval.num_pairs = 20
   workdir = tmp_path / "run"
   with _mock(name):
-    summary = fit_lib.fit(cfg, str(workdir))
+    summary = run_config(cfg, str(workdir))
   steps = [r for r in read_lines(workdir) if r["kind"] == "step"]
   assert [r["step"] for r in steps] == [1, 2]
   assert all(math.isfinite(r["loss"]) for r in steps)

@@ -16,12 +16,11 @@ import pytest
 
 from tsm import config as config_lib
 from tsm import evaluation
-from tsm import fit as fit_lib
 from tsm import losses
-from tsm import margins
 from tsm import models
 from tsm import train as train_lib
 
+from fit_helpers import run_config  # noqa: E402
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from fit_helpers import read_lines
 from fit_helpers import tiny_config
@@ -41,12 +40,14 @@ def _setup(loss="triplet", sampling="pk", schedule="constant", update_every="epo
   cfg.model.name = "mlp"
   cfg.model.hidden_sizes = (8,)
   cfg.model.embedding_dim = 4
-  model = models.create_model(input_shape=INPUT_SHAPE, **cfg.model.to_dict())
+  cfg.train.epochs = 10
+  model = config_lib.build_model(cfg, INPUT_SHAPE)
   variables = models.init_variables(model, jax.random.key(0), INPUT_SHAPE)
-  schedule_fn = margins.from_config(config_lib.schedule_config(cfg), 10)
-  tx = train_lib.make_optimizer(cfg.train, 100)
+  schedule_fn = config_lib.build_schedule(cfg, steps_per_epoch=1)
+  tx = config_lib.build_optimizer(cfg, 100)
   state = train_lib.create_train_state(variables, tx, schedule_fn, jax.random.PRNGKey(1))
-  step = train_lib.make_train_step(cfg, model, schedule_fn, tx)
+  step = train_lib.make_train_step(model, config_lib.build_loss(cfg), schedule_fn, tx,
+                                   margin_update=update_every)
   return cfg, model, schedule_fn, tx, state, step
 
 
@@ -134,7 +135,7 @@ def test_every_loss_and_sampling_gives_finite_metrics(loss, sampling, rows):
 def test_eval_step_is_the_loss_in_inference_mode():
   cfg, model, _, _, state, _ = _setup()
   batch = _batch()
-  eval_step = train_lib.make_eval_step(cfg, model)
+  eval_step = train_lib.make_eval_step(model, config_lib.build_loss(cfg))
   out = eval_step(state, batch, jnp.float32(1.0))
   embeddings = model.apply({"params": state.params}, batch["inputs"], train=False)
   loss, _ = losses.triplet_margin_loss(embeddings, batch["labels"], 1.0)
@@ -174,7 +175,7 @@ def test_fit_end_to_end_loss_decreases(tmp_path, dataset, model):
   cfg.train.learning_rate = 3e-3
   cfg.margin.schedule = "constant"     # a constant margin: the loss is comparable
   cfg.eval.every_epochs = 2
-  summary = fit_lib.fit(cfg, str(tmp_path))
+  summary = run_config(cfg, str(tmp_path))
   epoch_records, saved = _check_run(tmp_path, 4)
   assert saved == summary
   assert epoch_records[-1]["loss"] < epoch_records[0]["loss"]
@@ -193,11 +194,9 @@ def test_fit_embeds_every_split_with_one_apply_fn(tmp_path, monkeypatch):
     return jitted(apply_fn)
 
   monkeypatch.setattr(evaluation, "_jitted", spy)
-  hooked = []
-  fit_lib.fit(tiny_config(epochs=2, steps_per_epoch=2), str(tmp_path),
-              epoch_hook=lambda epoch, state, apply_fn, splits: hooked.append(apply_fn))
+  run_config(tiny_config(epochs=2, steps_per_epoch=2), str(tmp_path))
   assert len(seen) >= 3    # validation after each epoch, then the summary's splits
-  assert all(fn is seen[0] for fn in seen + hooked)
+  assert all(fn is seen[0] for fn in seen)
 
 
 @pytest.mark.slow

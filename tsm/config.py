@@ -482,8 +482,8 @@ def build_schedule(cfg: ml_collections.ConfigDict,
   """The margin schedule of the ``margin`` section (its constructors check the values)."""
   m = cfg.margin
   length = schedule_length(cfg, steps_per_epoch)
-  if m.schedule == "constant":
-    return margins.constant(m.initial_margin)
+  if m.schedule == "constant":   # checked under the field's name (constant's arg: margin)
+    return margins.constant(margins._check_margin("initial_margin", m.initial_margin))  # pylint: disable=protected-access
   if m.schedule == "linear":
     return margins.linear(m.initial_margin, m.final_margin, length)
   if m.schedule == "exponential":
