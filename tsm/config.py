@@ -41,7 +41,23 @@ from tsm.data import datasets as datasets_lib
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
 
-LOSSES = ("triplet", "contrastive")
+LOSSES = ("triplet", "contrastive", "npair", "ntxent", "supcon", "multi_similarity",
+          "arcface", "proxy_anchor", "center_contrastive")
+# The ``loss`` fields each loss takes (besides ``name`` and ``distance``); a field left
+# None takes the loss's own default (pytorch-metric-learning's, see tsm.losses).
+LOSS_FIELDS = {
+    "triplet": ("mining", "reduction"),
+    "contrastive": ("reduction", "positive_margin"),
+    "npair": (),
+    "ntxent": ("temperature",),
+    "supcon": ("temperature",),
+    "multi_similarity": ("alpha", "beta", "base"),
+    "arcface": ("loss_margin", "scale", "margin_from_schedule"),
+    "proxy_anchor": ("loss_margin", "alpha", "margin_from_schedule"),
+    "center_contrastive": ("loss_margin", "scale", "momentum", "margin_from_schedule"),
+}
+# Losses with trainable class vectors or a centre bank: built with the number of classes.
+CLASS_LOSSES = ("arcface", "proxy_anchor", "center_contrastive")
 SAMPLINGS = samplers_lib.SAMPLINGS
 MARGIN_UPDATES = ("epoch", "step")
 NONFINITE = ("stop", "skip")
@@ -102,6 +118,19 @@ FIELD_HELP: dict[str, str] = {
     "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
     "loss.reduction": f"reduction: {', '.join(losses.REDUCTIONS)}",
     "loss.positive_margin": "contrastive: positive margin (0: paper B's y d^2)",
+    "loss.temperature": "ntxent / supcon: softmax temperature (None: 0.07 / 0.1)",
+    "loss.alpha": "multi_similarity: positive scale (None: 2); proxy_anchor: alpha "
+                  "(None: 32)",
+    "loss.beta": "multi_similarity: negative scale (None: 50)",
+    "loss.base": "multi_similarity: similarity offset (None: 0.5)",
+    "loss.scale": "arcface: logit scale (None: 64); center_contrastive: scale (None: 16)",
+    "loss.loss_margin": "arcface: angular margin in radians (None: 28.6 degrees); "
+                        "proxy_anchor: delta (None: 0.1); center_contrastive: cosine "
+                        "margin (None: 0)",
+    "loss.momentum": "center_contrastive: momentum of the centre bank's moving average "
+                     "(None: 0.9)",
+    "loss.margin_from_schedule": "arcface / proxy_anchor / center_contrastive: use the "
+                                 "margin schedule's margin as the loss's margin",
     "margin.schedule": f"margin schedule: {', '.join(margins.SCHEDULES)}",
     "margin.initial_margin": "margin of the first epoch",
     "margin.final_margin": "linear / exponential: margin of the last epoch",
@@ -175,7 +204,15 @@ def default_config() -> ml_collections.ConfigDict:
       dict(name="mlp", embedding_dim=32, **models.MODEL_DEFAULTS),
       {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str})
   cfg.loss = {"name": "triplet", "mining": "all", "distance": "euclidean",
-              "reduction": "mean", "positive_margin": 0.0}
+              "reduction": "mean", "positive_margin": 0.0,
+              "temperature": config_dict.placeholder(float),
+              "alpha": config_dict.placeholder(float),
+              "beta": config_dict.placeholder(float),
+              "base": config_dict.placeholder(float),
+              "scale": config_dict.placeholder(float),
+              "loss_margin": config_dict.placeholder(float),
+              "momentum": config_dict.placeholder(float),
+              "margin_from_schedule": False}
   cfg.margin = {
       "schedule": "constant", "initial_margin": 0.2, "final_margin": 1.0,
       "threshold": 0.95, "increment": 0.05,
@@ -302,16 +339,31 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     except ValueError as e:
       raise ConfigError(f"loss.{field}: {e}") from None
   _number(loss.positive_margin, "loss.positive_margin")
-  if loss.name == "contrastive" and loss.mining != "all":
-    raise ConfigError(f"loss.mining={loss.mining!r} applies to the triplet loss only; "
-                      "set loss.mining=all with loss.name=contrastive.")
-  if loss.name == "triplet" and loss.positive_margin:
-    raise ConfigError("loss.positive_margin applies to the contrastive loss only; set it "
-                      "to 0 with loss.name=triplet.")
+  takes = LOSS_FIELDS[loss.name]
+  defaults = default_config().loss
+  for field in ("mining", "reduction", "positive_margin", "temperature", "alpha", "beta",
+                "base", "scale", "loss_margin", "momentum", "margin_from_schedule"):
+    if field not in takes and loss[field] != defaults[field]:
+      users = [name for name, fields in LOSS_FIELDS.items() if field in fields]
+      raise ConfigError(f"loss.{field}={loss[field]!r} does not apply to loss.name="
+                        f"{loss.name} (only to {', '.join(users)}); leave it at "
+                        f"{defaults[field]!r}.")
+  for field in ("temperature", "alpha", "beta", "scale"):
+    _number(loss[field], f"loss.{field}", strict=True, optional=True)
+  _number(loss.loss_margin, "loss.loss_margin", optional=True)
+  _number(loss.base, "loss.base", minimum=-math.inf, optional=True)
+  if loss.momentum is not None and not (isinstance(loss.momentum, (int, float))
+                                        and 0.0 <= loss.momentum < 1.0):
+    raise ConfigError(f"loss.momentum={loss.momentum!r} must be in [0, 1); e.g. 0.9.")
+  _bool(loss.margin_from_schedule, "loss.margin_from_schedule")
 
   t = cfg.train
   _int(t.epochs, "train.epochs", 1)
   _choice(t.sampling, "train.sampling", SAMPLINGS)
+  if t.sampling in ("triplets", "pairs") and loss.name not in ("triplet", "contrastive"):
+    raise ConfigError(f"train.sampling={t.sampling!r} draws explicit tuples for the triplet "
+                      f"/ contrastive losses; loss.name={loss.name} is in-batch: use "
+                      "sampling pk or random.")
   if t.sampling == "triplets" and loss.name != "triplet":
     raise ConfigError("train.sampling='triplets' needs loss.name=triplet; use sampling "
                       "pairs, pk or random with the contrastive loss.")
@@ -453,21 +505,46 @@ def build_model(cfg: ml_collections.ConfigDict, input_shape: Sequence[int]) -> A
   return models.create_model(m.pop("name"), input_shape=input_shape, **m)
 
 
-def build_loss(cfg: ml_collections.ConfigDict) -> train_lib.LossFn:
-  """``(embeddings, labels, margin) -> (loss, stats)`` of the ``loss`` section, in the
-  batch layout of ``train.sampling`` (explicit triplets / pairs for paper B's samplers)."""
+def build_loss(cfg: ml_collections.ConfigDict, num_classes: int | None = None) -> Any:
+  """The loss of the ``loss`` section: ``(embeddings, labels, margin) -> (loss, stats)``
+  in the batch layout of ``train.sampling`` (explicit triplets / pairs for paper B's
+  samplers), or a ``tsm.losses.ParametricLoss`` for the losses with class vectors or a
+  centre bank (they need ``num_classes``). Losses without a margin ignore the schedule's.
+  """
   loss, sampling = cfg.loss, cfg.train.sampling
+  given = {f: loss[f] for f in LOSS_FIELDS[loss.name] if loss[f] is not None}
+  if "loss_margin" in given:
+    given["margin"] = given.pop("loss_margin")
   if loss.name == "triplet":
     if sampling == "triplets":
       return train_lib.explicit_triplets_loss(distance=loss.distance,
                                               reduction=loss.reduction)
     return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
                              mining=loss.mining, reduction=loss.reduction)
-  if sampling == "pairs":
-    return train_lib.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
-                                         positive_margin=loss.positive_margin)
-  return functools.partial(losses.contrastive_loss, distance=loss.distance,
-                           reduction=loss.reduction, positive_margin=loss.positive_margin)
+  if loss.name == "contrastive":
+    if sampling == "pairs":
+      return train_lib.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
+                                           positive_margin=loss.positive_margin)
+    return functools.partial(losses.contrastive_loss, distance=loss.distance,
+                             reduction=loss.reduction, positive_margin=loss.positive_margin)
+  if loss.name in CLASS_LOSSES:
+    if num_classes is None:
+      raise ValueError(f"loss.name={loss.name} needs the number of classes.")
+    constructor = {"arcface": losses.arcface, "proxy_anchor": losses.proxy_anchor,
+                   "center_contrastive": losses.center_contrastive}[loss.name]
+    return constructor(int(num_classes), **given)
+  fn = {"npair": losses.npair_loss, "ntxent": losses.ntxent_loss,
+        "supcon": losses.supcon_loss,
+        "multi_similarity": losses.multi_similarity_loss}[loss.name]
+  return _without_margin(functools.partial(fn, **given))
+
+
+def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn(embeddings, labels)`` as a loss of the train step (the margin is unused)."""
+  def loss_fn(embeddings, labels, margin):
+    del margin
+    return fn(embeddings, labels)
+  return loss_fn
 
 
 def schedule_length(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -676,7 +753,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   t, c = cfg.train, cfg.checkpoint
   val_margin = cfg.eval.val_margin
   return fit_lib.fit(
-      model, build_loss(cfg), schedule, optimizer, splits, workdir=workdir,
+      model, build_loss(cfg, splits.num_classes), schedule, optimizer, splits,
+      workdir=workdir,
       epochs=int(t.epochs), sampler=sampler, seed=seed,
       evaluators=epoch_evaluators + list(evaluators), final_evaluators=final_evaluators,
       best_metric=best_key, best_mode=best_mode,
