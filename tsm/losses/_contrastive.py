@@ -51,10 +51,11 @@ class PairStats(NamedTuple):
     return self.num_pairs - self.num_active
 
 
-def _contrastive(dist, same, mask, margin, positive_margin, reduction, bad_rows):
+def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs):
   """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``.
 
-  ``bad_rows`` is a bool scalar (or array) true where a used input is not finite.
+  ``inputs``: the embedding arrays ``dist`` was computed from, with padding rows zeroed
+  (for NaN in, NaN out).
   """
   margin = jnp.asarray(margin, dist.dtype)
   positive_margin = jnp.asarray(positive_margin, dist.dtype)
@@ -75,9 +76,10 @@ def _contrastive(dist, same, mask, margin, positive_margin, reduction, bad_rows)
   )
   total = jnp.sum(jnp.where(mask, losses, 0.0))
   loss = _reduce(total, num_pairs, num_active, reduction)
-  bad = (jnp.any(bad_rows) | jnp.any(~jnp.isfinite(sdist) & mask)
+  bad = (jnp.any(jnp.stack([jnp.any(_nonfinite_rows(x)) for x in inputs]))
+         | jnp.any(~jnp.isfinite(sdist) & mask)
          | ~jnp.isfinite(margin) | ~jnp.isfinite(positive_margin))
-  dependents = jnp.sum(jnp.where(mask, dist, 0.0)) + margin + positive_margin
+  dependents = sum(jnp.sum(x) for x in inputs) + margin + positive_margin
   return _nan_out(loss, _no_grad(stats), bad, dependents)
 
 
@@ -98,6 +100,12 @@ def contrastive_loss(
   ``y d^2 + (1 - y) max(0, m - d)^2``. ``d`` is the chosen distance (for
   ``"squared_euclidean"`` the squared distance is squared again).
 
+  NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf or overflows
+  (squared norm above the float32 range, ``|x| > ~1.8e19``), a distance between valid
+  rows is not finite, or a margin is not finite, the loss, its gradients and every
+  stat are NaN. Padding rows (``valid`` false) are zeroed first, so a NaN there
+  changes nothing.
+
   Args:
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
@@ -114,11 +122,6 @@ def contrastive_loss(
   Raises:
     ValueError: (before tracing) on an unknown name or malformed input.
 
-  NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf or overflows
-  (squared norm above the float32 range, ``|x| > ~1.8e19``), a distance between valid
-  rows is not finite, or a margin is not finite, the loss, its gradients and every
-  stat are NaN.
-
   References:
     Hadsell, Chopra, LeCun, CVPR 2006; Zeng, arXiv 2510.02161.
   """
@@ -129,15 +132,16 @@ def contrastive_loss(
   check_valid(valid, embeddings.shape[0])
   chex.assert_rank([embeddings, labels], [2, 1])
   dtype = _float_dtype(embeddings)
-  embeddings = embeddings.astype(dtype)
+  b = labels.shape[0]
+  rows = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
+  # Padding rows take part in no pair; zeroing them keeps a NaN there out of the
+  # gradient (the distance matrix's backward pass would multiply it by zero).
+  embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
   dist = pairwise_distances(embeddings, distance=distance)
   same = labels[:, None] == labels[None, :]
-  b = labels.shape[0]
-  mask = jnp.triu(jnp.ones((b, b), bool), k=1)
-  rows = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
-  mask = mask & rows[:, None] & rows[None, :]
+  mask = jnp.triu(jnp.ones((b, b), bool), k=1) & rows[:, None] & rows[None, :]
   return _contrastive(dist, same, mask, margin, positive_margin, reduction,
-                      _nonfinite_rows(embeddings) & rows)
+                      (embeddings,))
 
 
 def contrastive_loss_from_pairs(
@@ -186,7 +190,6 @@ def contrastive_loss_from_pairs(
     valid = jnp.ones(same.shape, bool)
   valid = valid.astype(bool)
   same = same.astype(bool)
-  x1, x2 = x1.astype(dtype), x2.astype(dtype)
+  x1, x2 = (jnp.where(valid[:, None], x.astype(dtype), 0) for x in (x1, x2))
   dist = paired_distances(x1, x2, distance=distance)
-  bad_rows = (_nonfinite_rows(x1) | _nonfinite_rows(x2)) & valid
-  return _contrastive(dist, same, valid, margin, positive_margin, reduction, bad_rows)
+  return _contrastive(dist, same, valid, margin, positive_margin, reduction, (x1, x2))

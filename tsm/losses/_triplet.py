@@ -219,7 +219,8 @@ def triplet_margin_loss(
   NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf, or is so large
   that its squared norm overflows (``|x| > ~1.8e19`` in float32), or a distance between
   valid rows is not finite (overflow), or ``margin`` is not finite, then the loss, its
-  gradients and every field of the stats are NaN.
+  gradients and every field of the stats are NaN. Padding rows (``valid`` false) are
+  zeroed first, so a NaN there changes nothing.
 
   Args:
     embeddings: ``[B, D]`` float embeddings.
@@ -252,7 +253,10 @@ def triplet_margin_loss(
     valid = valid.astype(bool)
 
   dtype = _float_dtype(embeddings)
-  embeddings = embeddings.astype(dtype)
+  rows = jnp.ones(labels.shape, bool) if valid is None else valid
+  # Padding rows take part in no term; zeroing them keeps a NaN there out of the
+  # gradient (the distance matrix's backward pass would multiply it by zero).
+  embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
   dist = pairwise_distances(embeddings, distance=distance)
   margin = jnp.asarray(margin, dtype)
   positive, negative = mining_lib.label_masks(labels, valid)
@@ -296,11 +300,10 @@ def triplet_margin_loss(
       mean_pos_dist=mining_lib.masked_mean(sdist, positive).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(sdist, negative).astype(jnp.float32),
   )
-  rows = jnp.ones(labels.shape, bool) if valid is None else valid
   pairs = rows[:, None] & rows[None, :]
-  bad = (jnp.any(_nonfinite_rows(embeddings) & rows)
+  bad = (jnp.any(_nonfinite_rows(embeddings))
          | jnp.any(~jnp.isfinite(sdist) & pairs) | ~jnp.isfinite(margin))
-  dependents = jnp.sum(jnp.where(pairs, dist, 0.0)) + margin
+  dependents = jnp.sum(embeddings) + margin
   return _nan_out(loss, _no_grad(stats), bad, dependents)
 
 
@@ -352,7 +355,8 @@ def triplet_margin_loss_from_triplets(
   if valid is None:
     valid = jnp.ones(anchor.shape[:1], bool)
   valid = valid.astype(bool)
-  anchor, positive, negative = (x.astype(dtype) for x in (anchor, positive, negative))
+  anchor, positive, negative = (jnp.where(valid[:, None], x.astype(dtype), 0)
+                                for x in (anchor, positive, negative))
   margin = jnp.asarray(margin, dtype)
   d_ap = paired_distances(anchor, positive, distance=distance)
   d_an = paired_distances(anchor, negative, distance=distance)
@@ -378,5 +382,5 @@ def triplet_margin_loss_from_triplets(
   rows_bad = (_nonfinite_rows(anchor) | _nonfinite_rows(positive)
               | _nonfinite_rows(negative) | ~jnp.isfinite(s_ap) | ~jnp.isfinite(s_an))
   bad = jnp.any(rows_bad & valid) | ~jnp.isfinite(margin)
-  dependents = jnp.sum(jnp.where(valid, d_ap + d_an, 0.0)) + margin
+  dependents = jnp.sum(anchor) + jnp.sum(positive) + jnp.sum(negative) + margin
   return _nan_out(loss, _no_grad(stats), bad, dependents)
