@@ -17,6 +17,13 @@ algorithms, chosen at run time by ``jax.lax.switch``:
     fit in ``B/16`` or ``B/4`` slots, they are gathered there first, so the searches
     run over fewer queries.
 
+The same two algorithms give exact hinge sums, counts and gradient counts over a band
+of the triplets (:func:`triplet_band_counts`: pytorch-metric-learning's and paper A's
+"semihard" ``d_ap < d_an < t`` and "hard" ``d_an < d_ap``): in the sorted row a band's
+non-zero terms are the positions ``[c_lo, c_hi)`` found by two binary searches, so its
+hinge sum is ``(c_hi - c_lo) t - (prefix[c_hi] - prefix[c_lo])``, the difference of two
+"negatives below a threshold" sums.
+
 Conventions:
   * ``positive[a, p]`` is true for ``a != p`` with the same label (both rows valid).
   * ``negative[a, n]`` is true for different labels (both rows valid).

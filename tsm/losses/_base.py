@@ -32,10 +32,6 @@ def _reduce(total: chex.Array, num_mined: chex.Array, num_active: chex.Array,
   return total / jnp.maximum(denominator, 1.0).astype(total.dtype)
 
 
-def _check_margin(margin) -> None:
-  chex.assert_rank(margin, 0)
-
-
 def _no_grad(tree):
   return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
 
