@@ -183,6 +183,11 @@ def curriculum_mining(epoch: int, semihard_until: int, hard_until: int, *,
   return stages[2]
 
 
+def _no_grad_counts(out):
+  total, counts, num_mined, num_mined_active = out
+  return total, _no_grad(counts), *_no_grad((num_mined, num_mined_active))
+
+
 def triplet_margin_loss(
     embeddings: chex.Array,
     labels: chex.Array,
@@ -305,11 +310,6 @@ def triplet_margin_loss(
          | jnp.any(~jnp.isfinite(sdist) & pairs) | ~jnp.isfinite(margin))
   dependents = jnp.sum(embeddings) + margin
   return _nan_out(loss, _no_grad(stats), bad, dependents)
-
-
-def _no_grad_counts(out):
-  total, counts, num_mined, num_mined_active = out
-  return total, _no_grad(counts), *_no_grad((num_mined, num_mined_active))
 
 
 def triplet_margin_loss_from_triplets(
