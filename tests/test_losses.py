@@ -334,11 +334,13 @@ def test_triplet_jit_vmap_traced_margin(mining):
   assert fast_triplet_all_reductions._cache_size() == before
 
 
-def test_triplet_all_never_builds_cubic_tensors():
+@pytest.mark.parametrize("mining", ["all", "semihard", "hard", "easy"])
+def test_triplet_all_never_builds_cubic_tensors(mining):
   b = 48
   x, labels = make_batch("unit", b=b, seed=5)
   fn = jax.value_and_grad(
-      lambda x: losses.triplet_margin_loss(x, jnp.asarray(labels), 0.2)[0])
+      lambda x: losses.triplet_margin_loss(x, jnp.asarray(labels), 0.2,
+                                           mining=mining)[0])
   jaxpr = jax.make_jaxpr(fn)(jnp.asarray(x))
   sizes = []
 
