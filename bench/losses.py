@@ -4,6 +4,9 @@ Usage:
   python bench/losses.py                      # B = 256, 1024, 4096; D = 128
   python bench/losses.py --sizes 256 1024 --repeats 3
   python bench/losses.py --mining semihard --impls tsm tsm-sort --sizes 4096
+  # paper A's band modes beside "all" (one row per mode; brute force is "all" only):
+  python bench/losses.py --sizes 1024 --impls tsm tsm-sort \
+      --mining all semihard hard easy
 
 Every case runs in a fresh subprocess (``--worker``) so that its memory high-water
 mark is its own. In the worker:
@@ -50,6 +53,14 @@ GIB = 2**30
 def _rss_bytes() -> int:
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _uptime() -> str:
+  try:
+    return subprocess.run(["uptime"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "load average %.2f, %.2f, %.2f" % os.getloadavg()
 
 
 def _maxrss_bytes() -> int:
@@ -138,8 +149,10 @@ def main() -> None:
   parser.add_argument("--impls", nargs="+",
                       default=["tsm", "tsm-sort", "brute", "brute-map"])
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--mining", default="all", choices=["all", "hard", "semihard"],
-                      help="mining mode of the tsm implementations (brute is 'all')")
+  parser.add_argument("--mining", nargs="+", default=["all"],
+                      choices=["all", "semihard", "hard", "easy", "batch_hard",
+                               "batch_semihard"],
+                      help="mining modes of the tsm implementations (brute is 'all')")
   parser.add_argument("--brute-limit-gib", type=float, default=8.0,
                       help="skip a case whose compiled buffers exceed this")
   parser.add_argument("--brute-map-max-b", type=int, default=1024,
@@ -149,20 +162,24 @@ def main() -> None:
   args = parser.parse_args()
   if args.worker:
     impl, b, d, regime = args.worker
-    print(json.dumps(_worker(impl, int(b), int(d), regime, args.repeats, args.mining,
+    print(json.dumps(_worker(impl, int(b), int(d), regime, args.repeats, args.mining[0],
                              args.brute_limit_gib)))
     return
 
-  print(f"triplet loss + grad, mining={args.mining!r}, D={args.dim}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}")
-  header = (f"{'regime':6} {'impl':9} {'B':>5} {'compile s':>9} {'median s':>9} "
+  # The machine is shared: the load, before and after, says how far to trust the times.
+  print(f"triplet loss + grad, D={args.dim}, {os.cpu_count()} CPUs, median of "
+        f"{args.repeats} runs; uptime: {_uptime()}")
+  header = (f"{'regime':6} {'impl':9} {'mining':14} {'B':>5} {'compile s':>9} "
+            f"{'median s':>9} "
             f"{'cpu s':>7} {'peak MiB':>9} {'XLA MiB':>8} {'loss':>8}  note")
   print(header)
   print("-" * len(header))
   results = []
+  cases = [(impl, mode) for impl in args.impls
+           for mode in (args.mining if impl.startswith("tsm") else ["all"])]
   for regime in args.regimes:
     for b in args.sizes:
-      for impl in args.impls:
+      for impl, mode in cases:
         if impl == "tsm-sort" and regime == "c4":
           continue  # c4 always takes the sort path.
         note = ""
@@ -171,29 +188,32 @@ def main() -> None:
         if impl == "brute-map" and b > args.brute_map_max_b:
           note = f"skipped: O(B^3) time, ~{(b / args.brute_map_max_b)**3:.0f}x B={args.brute_map_max_b}"
         if note:
-          print(f"{regime:6} {impl:9} {b:5d} {'':>9} {'':>9} {'':>7} {'':>9} {'':>8} "
-                f"{'':>8}  {note}")
+          print(f"{regime:6} {impl:9} {mode:14} {b:5d} {'':>9} {'':>9} {'':>7} {'':>9} "
+                f"{'':>8} {'':>8}  {note}")
           continue
         cmd = [sys.executable, __file__, "--repeats", str(args.repeats),
-               "--mining", args.mining, "--worker",
+               "--mining", mode, "--worker",
                impl, str(b), str(args.dim), regime]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
           last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-          print(f"{regime:6} {impl:9} {b:5d}  failed: {last[:100]}")
+          print(f"{regime:6} {impl:9} {mode:14} {b:5d}  failed: {last[:100]}")
           continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         if "skipped" in r:
-          print(f"{regime:6} {impl:9} {b:5d} {'':>9} {'':>9} {'':>7} {'':>9} {'':>8} "
-                f"{'':>8}  skipped: {r['skipped']}")
+          print(f"{regime:6} {impl:9} {mode:14} {b:5d} {'':>9} {'':>9} {'':>7} {'':>9} "
+                f"{'':>8} {'':>8}  skipped: {r['skipped']}")
           continue
+        r["mining"] = mode
         results.append(r)
-        print(f"{regime:6} {impl:9} {b:5d} {r['compile_s']:9.2f} {r['median_s']:9.3f} "
+        print(f"{regime:6} {impl:9} {mode:14} {b:5d} {r['compile_s']:9.2f} "
+              f"{r['median_s']:9.3f} "
               f"{r['cpu_s']:7.3f} {r['peak_mib']:9.0f} {r['xla_mib']:8.0f} "
               f"{r['loss']:8.4f}", flush=True)
+  print(f"uptime after: {_uptime()}")
   # Speed-ups over brute force.
   for r in results:
-    if r["impl"] != "tsm":
+    if r["impl"] != "tsm" or r["mining"] != "all":
       continue
     for q in results:
       if q["impl"].startswith("brute") and q["b"] == r["b"] and q["regime"] == r["regime"]:

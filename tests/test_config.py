@@ -80,7 +80,7 @@ def test_lfw_config_follows_paper_a():
 
 
 BAD_VALUES = [
-    ("loss.name", "arcface", "loss.name"),
+    ("loss.name", "softtriple", "loss.name"),
     ("loss.mining", "hardest", "loss.mining"),
     ("loss.distance", "manhattan", "loss.distance"),
     ("loss.reduction", "median", "loss.reduction"),

@@ -79,9 +79,17 @@ def ref_triplets(dist, labels, margin, mining, valid=None):
         counts["num_semihard"] += dist[a, p] < dist[a, n] < t
         counts["num_hard"] += dist[a, n] <= dist[a, p]
         all_triplets.append((a, p, n))
+  d = lambda i, j: dist[i, j]
+  t = lambda a, p: np.float32(dist[a, p] + mu)
   if mining == "all":
     mined = all_triplets
-  elif mining == "hard":
+  elif mining == "semihard":  # The authors' filter: d_ap < d_an < d_ap + mu.
+    mined = [(a, p, n) for a, p, n in all_triplets if d(a, p) < d(a, n) < t(a, p)]
+  elif mining == "hard":  # The authors' "superhard": d_an < d_ap.
+    mined = [(a, p, n) for a, p, n in all_triplets if d(a, n) < d(a, p)]
+  elif mining == "easy":
+    mined = [(a, p, n) for a, p, n in all_triplets if d(a, n) >= t(a, p)]
+  elif mining == "batch_hard":
     mined = []
     for a in range(b):
       pos = [p for p in range(b) if v[a] and v[p] and p != a and labels[p] == labels[a]]
@@ -90,7 +98,7 @@ def ref_triplets(dist, labels, margin, mining, valid=None):
         p = pos[int(np.argmax(dist[a, pos]))]  # First (lowest) index among ties.
         n = neg[int(np.argmin(dist[a, neg]))]
         mined.append((a, p, n))
-  elif mining == "semihard":
+  elif mining == "batch_semihard":
     mined = []
     for a in range(b):
       neg = [n for n in range(b) if v[a] and v[n] and labels[n] != labels[a]]
@@ -292,7 +300,11 @@ def test_triplet_degenerate_batches(distance, mining):
         # Every valid triplet sits at d_ap = d_an: hard, loss = margin each.
         assert float(stats.num_hard) == float(stats.num_triplets) == 4 * 4 * 3 * 12
         assert float(stats.num_easy) == float(stats.num_semihard) == 0.0
-        if reduction != "sum":
+        if mining in ("semihard", "hard", "easy"):
+          # Exact ties d_an = d_ap < t lie in none of the strict bands.
+          assert float(stats.num_mined) == 0.0 and float(loss) == 0.0, case
+          np.testing.assert_array_equal(gm, 0.0)
+        elif reduction != "sum":
           np.testing.assert_allclose(loss, 0.5, rtol=1e-6, err_msg=case)
         if distance != "cosine":  # Zero distance: zero (sub)gradient, not NaN.
           np.testing.assert_allclose(gx, 0.0, atol=1e-6)
@@ -322,11 +334,13 @@ def test_triplet_jit_vmap_traced_margin(mining):
   assert fast_triplet_all_reductions._cache_size() == before
 
 
-def test_triplet_all_never_builds_cubic_tensors():
+@pytest.mark.parametrize("mining", ["all", "semihard", "hard", "easy"])
+def test_triplet_all_never_builds_cubic_tensors(mining):
   b = 48
   x, labels = make_batch("unit", b=b, seed=5)
   fn = jax.value_and_grad(
-      lambda x: losses.triplet_margin_loss(x, jnp.asarray(labels), 0.2)[0])
+      lambda x: losses.triplet_margin_loss(x, jnp.asarray(labels), 0.2,
+                                           mining=mining)[0])
   jaxpr = jax.make_jaxpr(fn)(jnp.asarray(x))
   sizes = []
 
@@ -355,13 +369,16 @@ def test_bad_names_and_shapes_raise_before_compilation():
     losses.contrastive_loss_from_pairs(x, x, y == 0, 1.0, distance="dot")
   with pytest.raises(ValueError, match="unknown reduction"):
     losses.triplet_margin_loss_from_triplets(x, x, x, 0.2, reduction="max")
-  with pytest.raises(AssertionError):  # chex shape checks
+  # Malformed arrays: see test_loss_semantics.py for every argument.
+  with pytest.raises(ValueError, match="labels has 3 entries"):
     losses.triplet_margin_loss(x, jnp.zeros(3, jnp.int32), 0.2)
-  with pytest.raises(AssertionError):
+  with pytest.raises(ValueError, match="embeddings must be a"):
     losses.triplet_margin_loss(x[0], y, 0.2)
-  with pytest.raises(AssertionError):
+  with pytest.raises(ValueError, match="margin must be a scalar"):
     losses.triplet_margin_loss(x, y, jnp.ones(2))
-  for name in ("hard", "semihard", "all"):
+  assert losses.MINING == ("all", "semihard", "hard", "easy", "batch_hard",
+                           "batch_semihard")
+  for name in losses.MINING:
     losses.check_mining(name)
   for name in REDUCTIONS:
     losses.check_reduction(name)

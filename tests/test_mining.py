@@ -125,6 +125,77 @@ def test_triplet_pair_counts_against_loops(method, monkeypatch):
       assert types.num_easy + types.num_semihard + types.num_hard == total
 
 
+def _np_band_counts(dist, pos, neg, margin, band):
+  """Loops over (a, p, n): per-pair band sizes, non-zero terms, pushes, hinge sum."""
+  mu = np.float32(margin)
+  t = (dist + mu).astype(np.float32)
+  mined = np.zeros(dist.shape, np.int64)
+  hot = np.zeros(dist.shape, np.int64)
+  pushes = np.zeros(dist.shape, np.int64)
+  hinge = 0.0
+  for a in range(len(dist)):
+    for p in np.flatnonzero(pos[a]):
+      for n in np.flatnonzero(neg[a]):
+        d_ap, d_an = dist[a, p], dist[a, n]
+        in_band = (d_ap < d_an < t[a, p]) if band == "semihard" else d_an < d_ap
+        if not in_band:
+          continue
+        mined[a, p] += 1
+        if d_an < t[a, p]:
+          hot[a, p] += 1
+          pushes[a, n] += 1
+          hinge += float(t[a, p] - d_an)
+  return mined, hot, pushes, hinge
+
+
+def _band_counts_impl(x, labels, valid, margin, *, band, method, distance):
+  dist = pairwise_distances(x, distance=distance)
+  pos, neg = mining.label_masks(labels, valid)
+  return dist, mining.triplet_band_counts(dist, pos, neg, margin, band,
+                                          with_pushes=True, method=method)
+
+
+_band_counts = jax.jit(_band_counts_impl, static_argnames=("band", "method", "distance"))
+
+
+@pytest.mark.parametrize("band", mining.BANDS)
+@pytest.mark.parametrize("method", mining.COUNT_METHODS + ("compact",))
+def test_triplet_band_counts_against_loops(method, band, monkeypatch):
+  band_counts = _band_counts
+  if method == "compact":  # auto, with the sort branch on positives gathered in slots
+    monkeypatch.setattr(mining, "_sort_widths", lambda n, max_k: [36])
+    band_counts = jax.jit(functools.partial(_band_counts_impl, method="auto"),
+                          static_argnames=("band", "distance"))
+  # Integer grids give exact ties d_an = d_ap and d_an = t; negative margins make the
+  # semi-hard band empty and leave zero-hinge terms in the hard band.
+  cases = [(2, 0), (9, 1)]
+  seen = 0
+  for (num_classes, seed), distance, margin in zip(
+      cases * 3, ["squared_euclidean"] * 2 + ["euclidean"] * 2 + ["cosine"] * 2,
+      [1.0, 0.0, 0.5, -0.5, 0.3, 2.0]):
+    x, labels, valid = _batch(num_classes, seed, grid=distance != "cosine")
+    if num_classes == 2 and seed == 0:
+      labels[:36] = 0  # 35 positives per anchor > DENSE_MAX_POSITIVES: sort under auto
+    kwargs = {} if method == "compact" else {"method": method}
+    dist, counts = band_counts(jnp.asarray(x), jnp.asarray(labels), jnp.asarray(valid),
+                               jnp.float32(margin), band=band, distance=distance,
+                               **kwargs)
+    dist = np.asarray(dist)
+    pos, neg = _np_masks(labels, valid)
+    if method == "dense" and pos.sum(1).max() > mining.DENSE_MAX_POSITIVES:
+      continue  # dense requires few positives
+    mined, hot, pushes, hinge = _np_band_counts(dist, pos, neg, margin, band)
+    active, hard, _, _ = _np_pair_counts(dist, pos, neg, margin)
+    seen += int(mined.sum())
+    np.testing.assert_array_equal(counts.mined, mined)
+    np.testing.assert_array_equal(counts.band_active, hot)
+    np.testing.assert_array_equal(counts.pushes, pushes)
+    np.testing.assert_array_equal(counts.active, active)
+    np.testing.assert_array_equal(counts.hard, hard)
+    np.testing.assert_allclose(counts.hinge_sum, hinge, rtol=2e-5, atol=1e-4)
+  assert seen > 0  # The bands were not all empty.
+
+
 def _np_semihard(dist, pos, neg):
   want = np.zeros(dist.shape, np.int64)
   for a in range(len(dist)):
@@ -172,9 +243,11 @@ def test_unknown_method_raises():
     mining.triplet_pair_counts(d, m, m, 0.1, method="fast")
   with pytest.raises(ValueError, match="unknown method"):
     mining.semihard_negatives(d, m, m, method="fast")
+  with pytest.raises(ValueError, match="unknown band"):
+    mining.triplet_band_counts(d, m, m, 0.1, "easy")
 
 
-@pytest.mark.parametrize("mining_mode", ["all", "semihard"])
+@pytest.mark.parametrize("mining_mode", ["all", "semihard", "hard", "batch_semihard"])
 def test_loss_sort_path_gradient_matches_bruteforce(monkeypatch, mining_mode):
   """The triplet loss with the sort branch forced, against jax.grad of the B^3 sum."""
   monkeypatch.setattr(mining, "DENSE_MAX_POSITIVES", 0)
@@ -195,12 +268,18 @@ def test_loss_sort_path_gradient_matches_bruteforce(monkeypatch, mining_mode):
     np.testing.assert_allclose(loss, loss_d, rtol=2e-5)
     np.testing.assert_allclose(gx, gx_d, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gm, gm_d, rtol=1e-6)
-    if mining_mode == "all":
+    if mining_mode in ("all", "semihard", "hard"):
       def brute(x, m):
         d = pairwise_distances(x)
         pos, neg = mining.label_masks(labels, valid)
-        hinge = jax.nn.relu((d[:, :, None] + m) - d[:, None, :])
-        return jnp.sum(jnp.where(pos[:, :, None] & neg[:, None, :], hinge, 0.0))
+        d_ap, d_an = d[:, :, None], d[:, None, :]
+        t = d_ap + m
+        band = pos[:, :, None] & neg[:, None, :]
+        if mining_mode == "semihard":
+          band &= jax.lax.stop_gradient((d_ap < d_an) & (d_an < t))
+        elif mining_mode == "hard":
+          band &= jax.lax.stop_gradient(d_an < d_ap)
+        return jnp.sum(jnp.where(band, jax.nn.relu(t - d_an), 0.0))
       loss_b, (gx_b, gm_b) = jax.value_and_grad(brute, (0, 1))(x, jnp.float32(margin))
       np.testing.assert_allclose(loss, loss_b, rtol=2e-5)
       np.testing.assert_allclose(gx, gx_b, rtol=1e-4, atol=1e-5)

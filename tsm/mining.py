@@ -17,6 +17,13 @@ algorithms, chosen at run time by ``jax.lax.switch``:
     fit in ``B/16`` or ``B/4`` slots, they are gathered there first, so the searches
     run over fewer queries.
 
+The same two algorithms give exact hinge sums, counts and gradient counts over a band
+of the triplets (:func:`triplet_band_counts`: pytorch-metric-learning's and paper A's
+"semihard" ``d_ap < d_an < t`` and "hard" ``d_an < d_ap``): in the sorted row a band's
+non-zero terms are the positions ``[c_lo, c_hi)`` found by two binary searches, so its
+hinge sum is ``(c_hi - c_lo) t - (prefix[c_hi] - prefix[c_lo])``, the difference of two
+"negatives below a threshold" sums.
+
 Conventions:
   * ``positive[a, p]`` is true for ``a != p`` with the same label (both rows valid).
   * ``negative[a, n]`` is true for different labels (both rows valid).
@@ -328,11 +335,204 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     return sort()
   if n - 1 <= max_k:  # No anchor can have more positives than that.
     return dense()
+  return _auto_switch(dense, sort, positive, n, max_k)
+
+
+def _auto_switch(dense, sort, positive, n, max_k):
+  """Runs ``dense()`` or ``sort(width)`` by the most positives of an anchor (run time)."""
   widths = _sort_widths(n, max_k)
   branches = [dense] + [lambda w=w: sort(w) for w in widths] + [sort]
   capacities = jnp.array([max_k] + widths, jnp.int32)
   most = jnp.max(jnp.sum(positive, axis=1, dtype=jnp.int32), initial=0)
   return jax.lax.switch(jnp.sum(most > capacities), branches)
+
+
+# --- bands of triplets (pytorch-metric-learning's TripletMarginMiner types). ---
+
+BANDS = ("semihard", "hard")
+
+
+class BandCounts(NamedTuple):
+  """Per anchor-positive pair counts of a band of triplets (see :func:`triplet_band_counts`).
+
+  Attributes:
+    active: ``[B, B]`` int32, ``#{n: d_an < t}`` at positive ``(a, p)`` (all negatives,
+      for the batch statistics), else 0.
+    hard: ``[B, B]`` int32, ``#{n: d_an <= d_ap}`` at positive ``(a, p)``, else 0.
+    mined: ``[B, B]`` int32, number of negatives in the band at positive ``(a, p)``.
+    band_active: ``[B, B]`` int32, those of them with non-zero hinge ``t - d_an > 0``.
+    pushes: ``[B, B]`` int32, at negative ``(a, n)``: ``#{p: (a, p, n) in the band and
+      d_an < t_ap}`` (the gradient of the band's hinge sum with respect to ``d_an``,
+      negated); zeros unless requested.
+    hinge_sum: scalar, ``sum over the band of max(0, t - d_an)``.
+  """
+  active: chex.Array
+  hard: chex.Array
+  mined: chex.Array
+  band_active: chex.Array
+  pushes: chex.Array
+  hinge_sum: chex.Array
+
+
+def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_k):
+  """Band counts, looping over the k-th positive of every anchor; each step O(B^2)."""
+  num_positives, slots = _positive_slots(positive, max_k)
+  slot_dist = jnp.take_along_axis(dist, slots, axis=1)
+  slot_thresholds = slot_dist + margin
+  b = dist.shape[0]
+
+  def body(k, carry):
+    active, hard, mined, band_active, pushes, hinge = carry
+    used = (k < num_positives)[:, None] & negative
+    t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
+    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
+    below = used & (dist < t)
+    if band == "semihard":
+      in_band = below & (dist > d_ap)
+      hot = in_band  # d_an < t: every term of the band is non-zero.
+    else:  # "hard"
+      in_band = used & (dist < d_ap)
+      hot = in_band & (dist < t)
+    put = lambda acc, mask: jax.lax.dynamic_update_slice_in_dim(
+        acc, jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None], k, axis=1)
+    active = put(active, below)
+    hard = put(hard, used & (dist <= d_ap))
+    mined = put(mined, in_band)
+    band_active = put(band_active, hot)
+    hinge = hinge + jnp.sum(jnp.where(hot, t - dist, 0.0))
+    if with_pushes:
+      pushes = pushes + hot.astype(jnp.int32)
+    return active, hard, mined, band_active, pushes, hinge
+
+  zeros_k = jnp.zeros((b, max_k), jnp.int32)
+  init = (zeros_k, zeros_k, zeros_k, zeros_k,
+          jnp.zeros(dist.shape if with_pushes else (), jnp.int32),
+          jnp.zeros((), dist.dtype))
+  *per_slot, pushes, hinge = jax.lax.fori_loop(
+      0, jnp.max(num_positives, initial=0), body, init)
+  active, hard, mined, band_active = (
+      _from_slots(v, slots, num_positives, dist.shape) for v in per_slot)
+  if not with_pushes:
+    pushes = jnp.zeros(dist.shape, jnp.int32)
+  return BandCounts(active, hard, mined, band_active, pushes, hinge)
+
+
+def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, width=None):
+  """Band counts from sorted negatives and binary search; O(B^2 log B).
+
+  Each band's non-zero terms are a half-open interval ``[lo, hi)`` of sort keys: the
+  keys order like the floats, so ``d_an > d_ap`` is ``key(d_an) >= key(d_ap) + 1``.
+  The hinge sum over positions ``[c_lo, c_hi)`` of the sorted negatives is
+  ``(c_hi - c_lo) t - (prefix[c_hi] - prefix[c_lo])``.
+  """
+  shape = dist.shape
+  inf = jnp.asarray(jnp.inf, dist.dtype)
+  if width is None:
+    query_dist, query_used = dist, positive
+  else:
+    num_positives, slots = _positive_slots(positive, width)
+    query_dist = jnp.take_along_axis(dist, slots, axis=1)
+    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  thresholds = query_dist + margin
+  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  t_keys = float_sort_key(thresholds)
+  ap_keys = float_sort_key(query_dist)
+  active = row_searchsorted(neg_keys, t_keys, side="left")      # d_an < t
+  hard = row_searchsorted(neg_keys, ap_keys, side="right")      # d_an <= d_ap
+  zero_key = jnp.zeros_like(t_keys)
+  if band == "semihard":  # d_ap < d_an < t
+    lo_keys = ap_keys + 1
+    hi_keys = jnp.maximum(t_keys, lo_keys)
+    c_lo, c_hi = hard, jnp.maximum(active, hard)
+    mined = c_hi - c_lo
+  else:  # "hard": d_an < d_ap, non-zero where also d_an < t
+    lo_keys = zero_key
+    hi_keys = jnp.minimum(t_keys, ap_keys)
+    strict = row_searchsorted(neg_keys, ap_keys, side="left")   # d_an < d_ap
+    c_lo, c_hi = jnp.zeros_like(active), jnp.minimum(active, strict)
+    mined = strict
+  zero = jnp.zeros_like(active)
+  active, hard, mined, c_lo, c_hi = (jnp.where(query_used, v, zero)
+                                     for v in (active, hard, mined, c_lo, c_hi))
+  band_active = c_hi - c_lo
+  # Distances measured from the row's closest negative to limit cancellation.
+  sorted_neg = float_from_sort_key(neg_keys)
+  finite = jnp.isfinite(sorted_neg)
+  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
+  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
+  prefix = jnp.concatenate(
+      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  inside = (jnp.take_along_axis(prefix, c_hi, axis=1)
+            - jnp.take_along_axis(prefix, c_lo, axis=1))
+  per_pair = band_active.astype(dist.dtype) * (thresholds - closest) - inside
+  hinge = jnp.sum(jnp.where(band_active > 0, jnp.maximum(per_pair, 0.0), 0.0))
+  if with_pushes:
+    # #{p: lo_p <= k < hi_p} = #{p: lo_p <= k} - #{p: hi_p <= k} as hi_p >= lo_p;
+    # unused slots get lo = hi = 0 and cancel.
+    keys = float_sort_key(dist)
+    hi_sorted = jnp.sort(jnp.where(query_used, jnp.maximum(hi_keys, lo_keys), zero_key),
+                         axis=1)
+    n_hi = row_searchsorted(hi_sorted, keys, side="right")
+    if band == "hard":
+      n_lo = jnp.full_like(n_hi, hi_sorted.shape[1])
+    else:
+      lo_sorted = jnp.sort(jnp.where(query_used, lo_keys, zero_key), axis=1)
+      n_lo = row_searchsorted(lo_sorted, keys, side="right")
+    pushes = jnp.where(negative, n_lo - n_hi, 0)
+  else:
+    pushes = jnp.zeros(shape, jnp.int32)
+  if width is not None:
+    active, hard, mined, band_active = (
+        _from_slots(v, slots, num_positives, shape)
+        for v in (active, hard, mined, band_active))
+  return BandCounts(active, hard, mined, band_active, pushes, hinge.astype(dist.dtype))
+
+
+def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
+                        margin: chex.Array, band: str, *, with_pushes: bool = False,
+                        method: str = "auto") -> BandCounts:
+  """Exact per-pair counts and hinge sum over a band of the valid triplets of a batch.
+
+  With ``t = d_ap + mu`` rounded first (the convention of this module), the bands are
+  those of the authors of paper A (``maintaining-difficulty``, ``run.py``):
+    * ``"semihard"``: ``d_ap < d_an < t`` (every term non-zero);
+    * ``"hard"``: ``d_an < d_ap`` (non-zero where also ``d_an < t``, i.e. all of them
+      when ``mu >= 0``).
+  Same cost as :func:`triplet_pair_counts`: ``O(B^2 min(K, log B))`` time and
+  ``O(B^2)`` memory; the per-pair counts of all triplets (``active``, ``hard``) come
+  with it for the batch statistics.
+
+  Args:
+    dist: ``[B, B]`` float32 distances (no gradient is taken through this function).
+    positive: ``[B, B]`` positive mask (see :func:`label_masks`).
+    negative: ``[B, B]`` negative mask.
+    margin: scalar margin ``mu``.
+    band: ``"semihard"`` or ``"hard"``.
+    with_pushes: also compute :attr:`BandCounts.pushes` (for the gradient).
+    method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
+
+  Returns:
+    :class:`BandCounts`.
+  """
+  _check_method(method)
+  if band not in BANDS:
+    raise ValueError(f"unknown band {band!r}; use one of {', '.join(BANDS)}.")
+  chex.assert_rank([dist, positive, negative], 2)
+  dist = jax.lax.stop_gradient(dist)
+  margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
+  n = dist.shape[1]
+  max_k = min(DENSE_MAX_POSITIVES, n)
+  dense = lambda: _dense_band_counts(dist, positive, negative, margin, band,
+                                     with_pushes, max_k)
+  sort = lambda width=None: _sort_band_counts(dist, positive, negative, margin, band,
+                                              with_pushes, width)
+  if method == "dense":
+    return dense()
+  if method == "sort" or max_k < 1:
+    return sort()
+  if n - 1 <= max_k:
+    return dense()
+  return _auto_switch(dense, sort, positive, n, max_k)
 
 
 def counts_from_pairs(num_negatives: chex.Array, positive: chex.Array,

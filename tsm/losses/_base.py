@@ -32,12 +32,34 @@ def _reduce(total: chex.Array, num_mined: chex.Array, num_active: chex.Array,
   return total / jnp.maximum(denominator, 1.0).astype(total.dtype)
 
 
-def _check_margin(margin) -> None:
-  chex.assert_rank(margin, 0)
-
-
 def _no_grad(tree):
   return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
+
+
+def _nonfinite_rows(x: chex.Array) -> chex.Array:
+  """``[N]`` bool: rows holding NaN or inf, or whose squared norm overflows.
+
+  One pass over ``x``: ``sum(x^2)`` is NaN or inf exactly when a row has a NaN or an
+  inf, or is so large that every distance built from it overflows (``|x| > ~1.8e19``
+  in float32).
+  """
+  return ~jnp.isfinite(jnp.sum(jnp.square(x), axis=-1))
+
+
+def _nan_out(loss: chex.Array, stats: Any, bad: chex.Array,
+             dependents: chex.Array) -> tuple[chex.Array, Any]:
+  """NaN in, NaN out: NaN loss, NaN stats and NaN gradients where ``bad``.
+
+  ``bad`` is a (traced) bool scalar, so there is no host sync. ``dependents`` is a
+  finite-when-not-bad scalar that depends on every differentiable input (e.g. the sum
+  of the used distances plus the margin); adding ``0 * dependents`` leaves the loss and
+  its gradient unchanged when nothing is bad, and ``NaN * dependents`` makes both NaN
+  otherwise (the counts of NaN comparisons are otherwise plausible numbers).
+  """
+  poison = jax.lax.stop_gradient(jnp.where(bad, jnp.nan, 0.0).astype(loss.dtype))
+  loss = loss + poison * dependents
+  stats = jax.tree_util.tree_map(lambda v: v + poison.astype(v.dtype), stats)
+  return loss, stats
 
 
 
@@ -150,3 +172,67 @@ def check_inputs(embeddings: Any, labels: Any = None, margin: Any = None, *,
                        f"{shape[0]} rows; give one label per row.")
   if margin is not None and jnp.ndim(margin) != 0:
     raise ValueError(f"{margin_name} must be a scalar; got shape {jnp.shape(margin)}.")
+
+
+def check_valid(valid: Any, num_rows: int, *, name: str = "valid",
+                rows_name: str = "embeddings") -> None:
+  """Validates an optional ``[N]`` row mask before tracing (one-line ValueError).
+
+  Args:
+    valid: ``None``, or a rank-1 bool (or integer 0/1) array with ``num_rows`` entries.
+    num_rows: the number of rows it masks.
+    name: the argument's name in the messages.
+    rows_name: the name of the rows' argument in the messages.
+
+  Raises:
+    ValueError: one line naming the argument, what is wrong and how to fix it.
+  """
+  if valid is None:
+    return
+  shape = getattr(valid, "shape", None)
+  dtype = getattr(valid, "dtype", None)
+  if shape is None or len(shape) != 1:
+    raise ValueError(f"{name} must be a rank-1 [batch] bool mask; got shape {shape}.")
+  if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
+    raise ValueError(f"{name} must be a bool mask; got {dtype}. Pass e.g. "
+                     f"{name}.astype(bool).")
+  if shape[0] != num_rows:
+    raise ValueError(f"{name} has {shape[0]} entries but {rows_name} has {num_rows} "
+                     "rows; give one flag per row.")
+
+
+def check_tuple_inputs(arrays: dict[str, Any], margin: Any = None, *,
+                       margin_name: str = "margin") -> None:
+  """Validates the explicit tuple forms (anchor/positive/negative, x1/x2) before tracing.
+
+  Args:
+    arrays: name -> array; each must be a rank-2 floating ``[N, D]`` array, all of the
+      same shape as the first.
+    margin: if given, a scalar.
+    margin_name: the margin's name in the messages.
+
+  Raises:
+    ValueError: one line naming the argument, what is wrong and how to fix it.
+  """
+  (first, ref), *rest = arrays.items()
+  check_inputs(ref, None, margin, embeddings_name=first, margin_name=margin_name)
+  for name, x in rest:
+    check_inputs(x, embeddings_name=name)
+    if x.shape != ref.shape:
+      raise ValueError(f"{name} has shape {tuple(x.shape)} but {first} has "
+                       f"{tuple(ref.shape)}; give one row per {first} row.")
+
+
+def check_pair_labels(same: Any, num_rows: int, *, name: str = "same",
+                      rows_name: str = "x1") -> None:
+  """Validates the ``[N]`` same-class flags of explicit pairs (one-line ValueError)."""
+  shape = getattr(same, "shape", None)
+  dtype = getattr(same, "dtype", None)
+  if shape is None or len(shape) != 1:
+    raise ValueError(f"{name} must be a rank-1 [pairs] bool array; got shape {shape}.")
+  if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
+    raise ValueError(f"{name} must be bool (or 0/1 integers); got {dtype}. Pass e.g. "
+                     f"{name} == 1.")
+  if shape[0] != num_rows:
+    raise ValueError(f"{name} has {shape[0]} entries but {rows_name} has {num_rows} "
+                     "rows; give one flag per pair.")

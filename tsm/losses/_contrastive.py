@@ -10,7 +10,9 @@ import jax.numpy as jnp
 
 from tsm import mining as mining_lib
 from tsm.distances import check_distance, paired_distances, pairwise_distances
-from tsm.losses._base import _check_margin, _float_dtype, _no_grad, _reduce, check_reduction
+from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
+                              check_inputs, check_pair_labels, check_reduction,
+                              check_tuple_inputs, check_valid)
 
 
 class PairStats(NamedTuple):
@@ -27,6 +29,8 @@ class PairStats(NamedTuple):
 
   The common statistics shape of every tsm loss is exposed too: ``num_total`` (=
   ``num_pairs``), ``num_active`` and ``num_easy`` (pairs with zero loss).
+
+  When an input is not finite (see :func:`contrastive_loss`) every field is NaN.
   """
   num_pairs: chex.Array
   num_positive: chex.Array
@@ -47,10 +51,16 @@ class PairStats(NamedTuple):
     return self.num_pairs - self.num_active
 
 
-def _contrastive(dist, same, mask, margin, positive_margin, reduction):
-  """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``."""
-  pull = jnp.square(jax.nn.relu(dist - jnp.asarray(positive_margin, dist.dtype)))
-  push = jnp.square(jax.nn.relu(jnp.asarray(margin, dist.dtype) - dist))
+def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs):
+  """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``.
+
+  ``inputs``: the embedding arrays ``dist`` was computed from, with padding rows zeroed
+  (for NaN in, NaN out).
+  """
+  margin = jnp.asarray(margin, dist.dtype)
+  positive_margin = jnp.asarray(positive_margin, dist.dtype)
+  pull = jnp.square(jax.nn.relu(dist - positive_margin))
+  push = jnp.square(jax.nn.relu(margin - dist))
   losses = jnp.where(same, pull, push)
   sdist = jax.lax.stop_gradient(dist)
   num_pairs = mining_lib.count_sum(mask)
@@ -65,7 +75,12 @@ def _contrastive(dist, same, mask, margin, positive_margin, reduction):
       mean_neg_dist=mining_lib.masked_mean(sdist, mask & ~same).astype(jnp.float32),
   )
   total = jnp.sum(jnp.where(mask, losses, 0.0))
-  return _reduce(total, num_pairs, num_active, reduction), _no_grad(stats)
+  loss = _reduce(total, num_pairs, num_active, reduction)
+  bad = (jnp.any(jnp.stack([jnp.any(_nonfinite_rows(x)) for x in inputs]))
+         | jnp.any(~jnp.isfinite(sdist) & mask)
+         | ~jnp.isfinite(margin) | ~jnp.isfinite(positive_margin))
+  dependents = sum(jnp.sum(x) for x in inputs) + margin + positive_margin
+  return _nan_out(loss, _no_grad(stats), bad, dependents)
 
 
 def contrastive_loss(
@@ -85,6 +100,12 @@ def contrastive_loss(
   ``y d^2 + (1 - y) max(0, m - d)^2``. ``d`` is the chosen distance (for
   ``"squared_euclidean"`` the squared distance is squared again).
 
+  NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf or overflows
+  (squared norm above the float32 range, ``|x| > ~1.8e19``), a distance between valid
+  rows is not finite, or a margin is not finite, the loss, its gradients and every
+  stat are NaN. Padding rows (``valid`` false) are zeroed first, so a NaN there
+  changes nothing.
+
   Args:
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
@@ -98,26 +119,29 @@ def contrastive_loss(
   Returns:
     ``(loss, stats)`` with :class:`PairStats`.
 
+  Raises:
+    ValueError: (before tracing) on an unknown name or malformed input.
+
   References:
     Hadsell, Chopra, LeCun, CVPR 2006; Zeng, arXiv 2510.02161.
   """
   check_distance(distance)
   check_reduction(reduction)
+  check_inputs(embeddings, labels, margin)
+  check_inputs(embeddings, margin=positive_margin, margin_name="positive_margin")
+  check_valid(valid, embeddings.shape[0])
   chex.assert_rank([embeddings, labels], [2, 1])
-  chex.assert_type(labels, int)
-  chex.assert_equal_shape_prefix([embeddings, labels], 1)
-  _check_margin(margin)
-  _check_margin(positive_margin)
   dtype = _float_dtype(embeddings)
-  dist = pairwise_distances(embeddings.astype(dtype), distance=distance)
-  same = labels[:, None] == labels[None, :]
   b = labels.shape[0]
-  mask = jnp.triu(jnp.ones((b, b), bool), k=1)
-  if valid is not None:
-    chex.assert_shape(valid, labels.shape)
-    valid = valid.astype(bool)
-    mask = mask & valid[:, None] & valid[None, :]
-  return _contrastive(dist, same, mask, margin, positive_margin, reduction)
+  rows = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
+  # Padding rows take part in no pair; zeroing them keeps a NaN there out of the
+  # gradient (the distance matrix's backward pass would multiply it by zero).
+  embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
+  dist = pairwise_distances(embeddings, distance=distance)
+  same = labels[:, None] == labels[None, :]
+  mask = jnp.triu(jnp.ones((b, b), bool), k=1) & rows[:, None] & rows[None, :]
+  return _contrastive(dist, same, mask, margin, positive_margin, reduction,
+                      (embeddings,))
 
 
 def contrastive_loss_from_pairs(
@@ -147,20 +171,25 @@ def contrastive_loss_from_pairs(
     valid: optional ``[N]`` bool mask of rows to use.
 
   Returns:
-    ``(loss, stats)`` with :class:`PairStats`.
+    ``(loss, stats)`` with :class:`PairStats` (NaN in, NaN out as
+    :func:`contrastive_loss`).
+
+  Raises:
+    ValueError: (before tracing) on an unknown name or malformed input.
   """
   check_distance(distance)
   check_reduction(reduction)
-  chex.assert_rank([x1, x2, same], [2, 2, 1])
+  check_tuple_inputs({"x1": x1, "x2": x2}, margin)
+  check_inputs(x1, margin=positive_margin, embeddings_name="x1",
+               margin_name="positive_margin")
+  check_pair_labels(same, x1.shape[0])
+  check_valid(valid, x1.shape[0], rows_name="x1")
   chex.assert_equal_shape([x1, x2])
-  chex.assert_equal_shape_prefix([x1, same], 1)
-  _check_margin(margin)
-  _check_margin(positive_margin)
   dtype = _float_dtype(x1)
   if valid is None:
     valid = jnp.ones(same.shape, bool)
-  chex.assert_shape(valid, same.shape)
+  valid = valid.astype(bool)
   same = same.astype(bool)
-  dist = paired_distances(x1.astype(dtype), x2.astype(dtype), distance=distance)
-  return _contrastive(dist, same, valid.astype(bool), margin, positive_margin,
-                      reduction)
+  x1, x2 = (jnp.where(valid[:, None], x.astype(dtype), 0) for x in (x1, x2))
+  dist = paired_distances(x1, x2, distance=distance)
+  return _contrastive(dist, same, valid, margin, positive_margin, reduction, (x1, x2))

@@ -1,7 +1,28 @@
-"""Triplet margin losses: in-batch with exact mining, and over explicit triplets."""
+"""Triplet margin losses: in-batch with exact mining, and over explicit triplets.
+
+Mining names (a breaking change, on purpose): ``"semihard"`` and ``"hard"`` now follow
+pytorch-metric-learning's ``TripletMarginMiner`` and the authors of paper A: every
+valid triplet of the batch in a band, ``d_ap < d_an < d_ap + mu`` and ``d_an < d_ap``.
+Until this change they named batch-level selections, now ``"batch_semihard"`` (one
+semi-hard negative per anchor-positive pair, TF-addons' rule) and ``"batch_hard"``
+(Hermans et al.'s hardest positive and negative per anchor). ``"easy"``
+(``d_an >= d_ap + mu``) completes pytorch-metric-learning's set.
+
+Band inequalities, with ``t = d_ap + mu`` rounded first (:mod:`tsm.mining`):
+``"semihard"`` ``d_ap < d_an < t``, ``"hard"`` ``d_an < d_ap``, ``"easy"``
+``d_an >= t``: strict as in the authors' ``getFilteredTriplets``, so an exact tie
+``d_an = d_ap`` (hinge ``mu``) is in neither band, only in ``"all"``.
+pytorch-metric-learning computes ``m = d_an - d_ap`` and mines ``0 < m <= mu``
+(semihard), ``m <= min(mu, 0)`` (hard) and ``m > mu`` (easy): it puts the ties
+``d_an = d_ap`` in "hard" and the boundary ``m = mu`` (zero hinge) in "semihard" rather
+than "easy", and its "all" mines only the violating ``m <= mu``. So tsm and
+pytorch-metric-learning differ only on exact ties and by the rounding of ``t`` versus
+``m``. The statistic ``num_hard`` keeps paper A's text, ``d_an <= d_ap``.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import chex
@@ -10,10 +31,13 @@ import jax.numpy as jnp
 
 from tsm import mining as mining_lib
 from tsm.distances import check_distance, paired_distances, pairwise_distances
-from tsm.losses._base import (_check_margin, _float_dtype, _no_grad, _reduce,
-                              check_reduction)
+from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
+                              check_inputs, check_reduction, check_tuple_inputs,
+                              check_valid)
 
-MINING = ("all", "hard", "semihard")
+# Band modes over every valid triplet (pytorch-metric-learning's TripletMarginMiner
+# names), then the batch-level selections.
+MINING = ("all", "semihard", "hard", "easy", "batch_hard", "batch_semihard")
 
 
 class TripletStats(NamedTuple):
@@ -29,17 +53,22 @@ class TripletStats(NamedTuple):
       margin > 0 that survives rounding; at margin 0 a tie ``d_an = d_ap`` is both easy
       and hard. ``num_triplets - num_easy = num_active``.)
     num_mined: triplets the loss is taken over in this mining mode (``"all"``:
-      ``num_triplets``; ``"hard"``: anchors; ``"semihard"``: anchor-positive pairs).
+      ``num_triplets``; ``"semihard"`` / ``"hard"`` / ``"easy"``: the triplets in the
+      band; ``"batch_hard"``: anchors; ``"batch_semihard"``: anchor-positive pairs);
+      the denominator of ``reduction="mean"``.
     num_active: valid triplets with non-zero loss at this margin
       (``num_triplets - num_easy``), whatever the mining mode.
-    num_mined_active: mined triplets with non-zero loss (equal to ``num_active`` in
-      ``"all"`` mode); the denominator of ``reduction="mean_nonzero"``.
+    num_mined_active: mined triplets with non-zero loss (``"all"``: ``num_active``;
+      ``"easy"``: 0); the denominator of ``reduction="mean_nonzero"``.
     active_ratio: ``num_active / max(num_triplets, 1)``.
     mean_pos_dist: mean distance over valid positive pairs.
     mean_neg_dist: mean distance over valid negative pairs.
 
   The common statistics shape of every tsm loss is exposed too: ``num_total`` (=
-  ``num_triplets``), ``num_active`` and ``num_easy``.
+  ``num_triplets``), ``num_active`` and ``num_easy``; they describe the whole batch, not
+  the mined band, so a margin schedule sees the same counts whatever the mining.
+
+  When an input is not finite (see :func:`triplet_margin_loss`) every field is NaN.
   """
   num_triplets: chex.Array
   num_easy: chex.Array
@@ -64,38 +93,99 @@ def check_mining(mining: str) -> None:
     raise ValueError(f"unknown mining {mining!r}; use one of {', '.join(MINING)}.")
 
 
-# --- all triplets: exact hinge sum in O(B^2 min(K, log B)), closed-form gradient. ---
+# --- all triplets / a band: exact hinge sum in O(B^2 min(K, log B)), closed-form
+# gradient. ---
 
 
-def _all_triplets_counts(dist, margin, positive, negative, with_pushes):
-  pair = mining_lib.triplet_pair_counts(dist, positive, negative, margin,
-                                        with_pushes=with_pushes)
+def _band_counts(dist, margin, positive, negative, band, with_pushes):
+  """``((hinge_sum, TripletCounts, num_mined, num_mined_active), (hot, pushes))``."""
   num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
-  counts = mining_lib.counts_from_pairs(num_negatives, positive, pair.active, pair.hard)
-  return (pair.hinge_sum, counts), pair
+  if band == "all":
+    pair = mining_lib.triplet_pair_counts(dist, positive, negative, margin,
+                                          with_pushes=with_pushes)
+    counts = mining_lib.counts_from_pairs(num_negatives, positive, pair.active,
+                                          pair.hard)
+    hot = pair.active
+    num_mined = counts.num_triplets
+  else:
+    pair = mining_lib.triplet_band_counts(dist, positive, negative, margin, band,
+                                          with_pushes=with_pushes)
+    counts = mining_lib.counts_from_pairs(num_negatives, positive, pair.active,
+                                          pair.hard)
+    hot = pair.band_active
+    num_mined = mining_lib.count_sum(pair.mined)
+  out = (pair.hinge_sum, counts, num_mined, mining_lib.count_sum(hot))
+  return out, (hot, pair.pushes)
 
 
-@jax.custom_vjp
-def _all_triplets_hinge(dist, margin, positive, negative):
-  """``(sum over valid (a,p,n) of relu(d_ap + margin - d_an), TripletCounts)``."""
-  return _all_triplets_counts(dist, margin, positive, negative, False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _band_hinge(dist, margin, positive, negative, band):
+  """``(sum over the band's (a,p,n) of relu(d_ap + margin - d_an), TripletCounts,
+  num_mined, num_mined_active)``; ``band`` is ``"all"`` (every valid triplet),
+  ``"semihard"`` or ``"hard"`` (see :func:`tsm.mining.triplet_band_counts`)."""
+  return _band_counts(dist, margin, positive, negative, band, False)[0]
 
 
-def _all_triplets_fwd(dist, margin, positive, negative):
-  out, pair = _all_triplets_counts(dist, margin, positive, negative, True)
-  return out, (pair.active, pair.pushes, margin)
+def _band_hinge_fwd(dist, margin, positive, negative, band):
+  out, (hot, pushes) = _band_counts(dist, margin, positive, negative, band, True)
+  return out, (hot, pushes, margin)
 
 
-def _all_triplets_bwd(residuals, cotangents):
-  active, pushes, margin = residuals
+def _band_hinge_bwd(band, residuals, cotangents):
+  del band
+  hot, pushes, margin = residuals
   g = cotangents[0]  # The counts carry no gradient.
-  # d/d d_ap = #{n: d_an < t_ap}; d/d d_an = -#{p: d_an < t_ap} (relu'(0) = 0).
-  grad_dist = g * (active - pushes).astype(g.dtype)
-  grad_margin = (g * mining_lib.count_sum(active)).astype(margin.dtype)
+  # d/d d_ap = #{n in band: d_an < t_ap}; d/d d_an = -#{p: same} (relu'(0) = 0).
+  grad_dist = g * (hot - pushes).astype(g.dtype)
+  grad_margin = (g * mining_lib.count_sum(hot)).astype(margin.dtype)
   return grad_dist, grad_margin, None, None
 
 
-_all_triplets_hinge.defvjp(_all_triplets_fwd, _all_triplets_bwd)
+_band_hinge.defvjp(_band_hinge_fwd, _band_hinge_bwd)
+
+
+def curriculum_mining(epoch: int, semihard_until: int, hard_until: int, *,
+                      stages: tuple[str, str, str] = ("semihard", "all", "hard")) -> str:
+  """The mining mode of paper A's curriculum at a (0-based) epoch.
+
+  The authors' code (``maintaining-difficulty``, ``Loss.TripletFiltering`` with
+  ``"scheduler a b"``) trains on their "semihard" band, then on all violating triplets
+  (their "hard"), then on ``d_an < d_ap`` (their "superhard"), each time taking the mean
+  over the mined triplets. In tsm names that is ``"semihard"``, ``"all"`` and
+  ``"hard"``; with ``reduction="mean_nonzero"`` each stage's loss is exactly the
+  authors' mean (every mined term of the first and last stage is non-zero at
+  ``mu >= 0``, and the non-zero terms of ``"all"`` are the violating triplets). Their
+  0-based epoch ``i`` is in the first stage while ``i < a - 1`` and in the second while
+  ``i < b - 1``: pass ``semihard_until = a - 1``, ``hard_until = b - 1``.
+
+  Args:
+    epoch: the current epoch, 0-based (as :func:`tsm.fit.fit` counts them).
+    semihard_until: first epoch of the second stage.
+    hard_until: first epoch of the third stage (``>= semihard_until``).
+    stages: the three mining names (default ``("semihard", "all", "hard")``).
+
+  Returns:
+    ``stages[0]`` while ``epoch < semihard_until``, ``stages[1]`` while
+    ``epoch < hard_until``, ``stages[2]`` after.
+
+  References:
+    Tomchak et al., arXiv 2603.26389; github.com/robertotomchak/maintaining-difficulty.
+  """
+  for stage in stages:
+    check_mining(stage)
+  if hard_until < semihard_until:
+    raise ValueError(f"hard_until={hard_until} is before semihard_until="
+                     f"{semihard_until}; pass hard_until >= semihard_until.")
+  if epoch < semihard_until:
+    return stages[0]
+  if epoch < hard_until:
+    return stages[1]
+  return stages[2]
+
+
+def _no_grad_counts(out):
+  total, counts, num_mined, num_mined_active = out
+  return total, _no_grad(counts), *_no_grad((num_mined, num_mined_active))
 
 
 def triplet_margin_loss(
@@ -110,66 +200,88 @@ def triplet_margin_loss(
 ) -> tuple[chex.Array, TripletStats]:
   """Triplet margin loss ``max(0, d(a,p) - d(a,n) + margin)`` over a labelled batch.
 
-  Mining modes:
-    * ``"all"``: every valid triplet ``(a, p, n)`` (``a != p`` same label, ``n`` another
-      label), computed exactly in ``O(B^2 min(K, log B))`` time (K: most positives of
-      an anchor) and ``O(B^2)`` memory.
-    * ``"hard"``: batch-hard (Hermans et al.): per anchor, its farthest positive and
-      closest negative; anchors without a positive or a negative are left out.
-    * ``"semihard"``: per anchor-positive pair, the closest negative farther than the
-      positive, or, if there is none, the anchor's farthest negative (the rule of
+  Mining modes over every valid triplet ``(a, p, n)`` (``a != p`` same label, ``n``
+  another label) of the batch, with ``t = d_ap + margin``, computed exactly in
+  ``O(B^2 min(K, log B))`` time (K: most positives of an anchor) and ``O(B^2)`` memory,
+  never building the ``[B, B, B]`` tensor:
+    * ``"all"``: every valid triplet (with ``reduction="mean_nonzero"``: the mean over
+      the violating ones, the authors' "hard" filter);
+    * ``"semihard"``: ``d_ap < d_an < t``;
+    * ``"hard"``: ``d_an < d_ap`` (the authors' "superhard");
+    * ``"easy"``: ``d_an >= t`` (all hinges are 0; for pytorch-metric-learning parity).
+  Batch-level selections:
+    * ``"batch_hard"`` (Hermans et al.): per anchor, its farthest positive and closest
+      negative; anchors without a positive or a negative are left out.
+    * ``"batch_semihard"``: per anchor-positive pair, the closest negative farther than
+      the positive, or, if there is none, the anchor's farthest negative (the rule of
       ``tfa.losses.triplet_semihard_loss``; see :func:`tsm.mining.semihard_negatives`).
       Pairs whose anchor has no negative are left out.
 
-  Reductions: ``"mean"`` over the mined triplets (for ``"all"``: all valid triplets),
-  ``"mean_nonzero"`` over the mined triplets with non-zero loss, ``"sum"``. A batch with
-  nothing to mine gives loss 0 with zero (finite) gradients.
+  Reductions: ``"mean"`` over the mined triplets, ``"mean_nonzero"`` over the mined
+  triplets with non-zero loss, ``"sum"``. A batch with nothing to mine gives loss 0
+  with zero (finite) gradients.
+
+  NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf, or is so large
+  that its squared norm overflows (``|x| > ~1.8e19`` in float32), or a distance between
+  valid rows is not finite (overflow), or ``margin`` is not finite, then the loss, its
+  gradients and every field of the stats are NaN. Padding rows (``valid`` false) are
+  zeroed first, so a NaN there changes nothing.
 
   Args:
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
     margin: scalar margin (may be traced; differentiable).
     distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-    mining: ``"all"``, ``"hard"`` or ``"semihard"``.
+    mining: one of :data:`MINING`.
     reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
-    ``(loss, stats)``: scalar loss and :class:`TripletStats` (counts over all valid
+    ``(loss, stats)``: scalar loss and :class:`TripletStats` (type counts over all valid
     triplets at this margin, whatever the mining mode).
 
+  Raises:
+    ValueError: (before tracing) on an unknown name or malformed input.
+
   References:
-    Schroff et al., CVPR 2015; Hermans et al., arXiv 1703.07737.
+    Schroff et al., CVPR 2015; Hermans et al., arXiv 1703.07737; Tomchak et al., arXiv
+    2603.26389 and github.com/robertotomchak/maintaining-difficulty (``run.py``,
+    ``getFilteredTriplets``); pytorch-metric-learning ``TripletMarginMiner``.
   """
   check_distance(distance)
   check_mining(mining)
   check_reduction(reduction)
+  check_inputs(embeddings, labels, margin)
+  check_valid(valid, embeddings.shape[0])
   chex.assert_rank([embeddings, labels], [2, 1])
-  chex.assert_type(labels, int)
-  chex.assert_equal_shape_prefix([embeddings, labels], 1)
-  _check_margin(margin)
   if valid is not None:
-    chex.assert_shape(valid, labels.shape)
     valid = valid.astype(bool)
 
   dtype = _float_dtype(embeddings)
-  dist = pairwise_distances(embeddings.astype(dtype), distance=distance)
+  rows = jnp.ones(labels.shape, bool) if valid is None else valid
+  # Padding rows take part in no term; zeroing them keeps a NaN there out of the
+  # gradient (the distance matrix's backward pass would multiply it by zero).
+  embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
+  dist = pairwise_distances(embeddings, distance=distance)
   margin = jnp.asarray(margin, dtype)
   positive, negative = mining_lib.label_masks(labels, valid)
 
-  if mining == "all":
-    total, counts = _all_triplets_hinge(dist, margin, positive, negative)
-    counts = _no_grad(counts)
-    num_mined = counts.num_triplets
-    num_mined_active = counts.num_triplets - counts.num_easy
+  if mining in ("all", "semihard", "hard"):
+    total, counts, num_mined, num_mined_active = _no_grad_counts(
+        _band_hinge(dist, margin, positive, negative, mining))
+  elif mining == "easy":
+    counts = mining_lib.triplet_type_counts(dist, positive, negative, margin)
+    total = jnp.zeros((), dtype)  # Every easy hinge is max(0, t - d_an) = 0.
+    num_mined = counts.num_easy
+    num_mined_active = jnp.zeros((), jnp.float32)
   else:
     counts = mining_lib.triplet_type_counts(dist, positive, negative, margin)
-    if mining == "hard":
+    if mining == "batch_hard":
       pos_index, neg_index, mask = mining_lib.batch_hard(
           jax.lax.stop_gradient(dist), positive, negative)
       d_ap = jnp.take_along_axis(dist, pos_index[:, None], axis=1)[:, 0]
       d_an = jnp.take_along_axis(dist, neg_index[:, None], axis=1)[:, 0]
-    else:
+    else:  # "batch_semihard"
       neg_index, mask = mining_lib.semihard_negatives(dist, positive, negative)
       d_ap = dist
       d_an = jnp.take_along_axis(dist, neg_index, axis=1)
@@ -193,7 +305,11 @@ def triplet_margin_loss(
       mean_pos_dist=mining_lib.masked_mean(sdist, positive).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(sdist, negative).astype(jnp.float32),
   )
-  return loss, _no_grad(stats)
+  pairs = rows[:, None] & rows[None, :]
+  bad = (jnp.any(_nonfinite_rows(embeddings))
+         | jnp.any(~jnp.isfinite(sdist) & pairs) | ~jnp.isfinite(margin))
+  dependents = jnp.sum(embeddings) + margin
+  return _nan_out(loss, _no_grad(stats), bad, dependents)
 
 
 def triplet_margin_loss_from_triplets(
@@ -211,7 +327,8 @@ def triplet_margin_loss_from_triplets(
   For users who sample their own triplets (paper B samples one random positive and
   negative per anchor). The stats count the given triplets (``num_triplets`` =
   ``num_mined`` = number of valid rows) by type with the conventions of
-  :mod:`tsm.mining`.
+  :mod:`tsm.mining`. NaN in, NaN out: a non-finite (or overflowing) valid row, distance
+  or margin makes the loss, its gradients and every stat NaN.
 
   Args:
     anchor: ``[N, D]`` anchors.
@@ -224,18 +341,22 @@ def triplet_margin_loss_from_triplets(
 
   Returns:
     ``(loss, stats)`` with :class:`TripletStats`.
+
+  Raises:
+    ValueError: (before tracing) on an unknown name or malformed input.
   """
   check_distance(distance)
   check_reduction(reduction)
-  chex.assert_rank([anchor, positive, negative], 2)
+  check_tuple_inputs({"anchor": anchor, "positive": positive, "negative": negative},
+                     margin)
+  check_valid(valid, anchor.shape[0], rows_name="anchor")
   chex.assert_equal_shape([anchor, positive, negative])
-  _check_margin(margin)
   dtype = _float_dtype(anchor)
   if valid is None:
     valid = jnp.ones(anchor.shape[:1], bool)
-  chex.assert_shape(valid, anchor.shape[:1])
   valid = valid.astype(bool)
-  anchor, positive, negative = (x.astype(dtype) for x in (anchor, positive, negative))
+  anchor, positive, negative = (jnp.where(valid[:, None], x.astype(dtype), 0)
+                                for x in (anchor, positive, negative))
   margin = jnp.asarray(margin, dtype)
   d_ap = paired_distances(anchor, positive, distance=distance)
   d_an = paired_distances(anchor, negative, distance=distance)
@@ -257,4 +378,9 @@ def triplet_margin_loss_from_triplets(
       mean_pos_dist=mining_lib.masked_mean(s_ap, valid).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(s_an, valid).astype(jnp.float32),
   )
-  return _reduce(total, num, num_active, reduction), _no_grad(stats)
+  loss = _reduce(total, num, num_active, reduction)
+  rows_bad = (_nonfinite_rows(anchor) | _nonfinite_rows(positive)
+              | _nonfinite_rows(negative) | ~jnp.isfinite(s_ap) | ~jnp.isfinite(s_an))
+  bad = jnp.any(rows_bad & valid) | ~jnp.isfinite(margin)
+  dependents = jnp.sum(anchor) + jnp.sum(positive) + jnp.sum(negative) + margin
+  return _nan_out(loss, _no_grad(stats), bad, dependents)
