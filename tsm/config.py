@@ -46,7 +46,7 @@ LOSSES = ("triplet", "contrastive", "npair", "ntxent", "supcon", "multi_similari
 # The ``loss`` fields each loss takes (besides ``name`` and ``distance``); a field left
 # None takes the loss's own default (pytorch-metric-learning's, see tsm.losses).
 LOSS_FIELDS = {
-    "triplet": ("mining", "reduction"),
+    "triplet": ("mining", "curriculum", "reduction"),
     "contrastive": ("reduction", "positive_margin"),
     "npair": (),
     "ntxent": ("temperature",),
@@ -114,7 +114,11 @@ FIELD_HELP: dict[str, str] = {
     "model.pretrained_path": ".npz of trunk variables (tsm.models.save_trunk_weights)",
     "model.freeze_trunk": "train the head only",
     "loss.name": f"loss: {', '.join(LOSSES)}",
-    "loss.mining": f"triplet mining: {', '.join(losses.MINING)}",
+    "loss.mining": f"triplet mining over the batch's triplets: {', '.join(losses.MINING)} "
+                   "(semihard: d_ap < d_an < d_ap + mu; hard: d_an < d_ap; batch_hard / "
+                   "batch_semihard: one negative per anchor / pair), or curriculum",
+    "loss.curriculum": "mining=curriculum: (a, b), paper A's schedule: semihard for "
+                       "epochs < a, all triplets for epochs < b, hard after (0-based)",
     "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
     "loss.reduction": f"reduction: {', '.join(losses.REDUCTIONS)}",
     "loss.positive_margin": "contrastive: positive margin (0: paper B's y d^2)",
@@ -203,7 +207,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.model = _placeholders(
       dict(name="mlp", embedding_dim=32, **models.MODEL_DEFAULTS),
       {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str})
-  cfg.loss = {"name": "triplet", "mining": "all", "distance": "euclidean",
+  cfg.loss = {"name": "triplet", "mining": "all", "curriculum": (),
+              "distance": "euclidean",
               "reduction": "mean", "positive_margin": 0.0,
               "temperature": config_dict.placeholder(float),
               "alpha": config_dict.placeholder(float),
@@ -331,7 +336,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 
   loss = cfg.loss
   _choice(loss.name, "loss.name", LOSSES)
-  for field, check in (("mining", losses.check_mining),
+  mining_check = (lambda value: None if value == "curriculum" else
+                  losses.check_mining(value))
+  for field, check in (("mining", mining_check),
                        ("reduction", losses.check_reduction),
                        ("distance", distances.check_distance)):
     try:
@@ -341,6 +348,16 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _number(loss.positive_margin, "loss.positive_margin")
   takes = LOSS_FIELDS[loss.name]
   defaults = default_config().loss
+  curriculum = loss.curriculum
+  if loss.mining == "curriculum":
+    if (not isinstance(curriculum, (tuple, list)) or len(curriculum) != 2
+        or not all(_is_int(c) and c >= 0 for c in curriculum)
+        or curriculum[0] > curriculum[1]):
+      raise ConfigError(f"loss.curriculum={curriculum!r} must be (a, b) with 0 <= a <= b "
+                        "(semihard before epoch a, all triplets before b, hard after).")
+  elif curriculum:
+    raise ConfigError(f"loss.curriculum={curriculum!r} applies to loss.mining=curriculum "
+                      "only; leave it ().")
   for field in ("mining", "reduction", "positive_margin", "temperature", "alpha", "beta",
                 "base", "scale", "loss_margin", "momentum", "margin_from_schedule"):
     if field not in takes and loss[field] != defaults[field]:
@@ -519,6 +536,8 @@ def build_loss(cfg: ml_collections.ConfigDict, num_classes: int | None = None) -
     if sampling == "triplets":
       return train_lib.explicit_triplets_loss(distance=loss.distance,
                                               reduction=loss.reduction)
+    if loss.mining == "curriculum":
+      return MiningCurriculum(tuple(loss.curriculum), loss.distance, loss.reduction)
     return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
                              mining=loss.mining, reduction=loss.reduction)
   if loss.name == "contrastive":
@@ -537,6 +556,30 @@ def build_loss(cfg: ml_collections.ConfigDict, num_classes: int | None = None) -
         "supcon": losses.supcon_loss,
         "multi_similarity": losses.multi_similarity_loss}[loss.name]
   return _without_margin(functools.partial(fn, **given))
+
+
+class MiningCurriculum:
+  """Paper A's curriculum as a loss that changes with the epoch (``tsm.fit`` asks
+  ``for_epoch``): the triplet loss mining ``tsm.losses.curriculum_mining(epoch, a, b)``.
+
+  Args:
+    until: ``(a, b)``: semi-hard triplets before epoch a, all triplets before b, hard
+      triplets after (the authors' "scheduler a b" stages, 0-based epochs).
+    distance: the triplet loss's distance.
+    reduction: its reduction (``mean_nonzero`` is the authors' mean over mined triplets).
+  """
+
+  def __init__(self, until: tuple[int, int], distance: str, reduction: str):
+    self.until, self.distance, self.reduction = until, distance, reduction
+    self._losses: dict[str, Any] = {}
+
+  def for_epoch(self, epoch: int) -> Any:
+    mining = losses.curriculum_mining(epoch, *self.until)
+    if mining not in self._losses:   # one object per mode: fit compiles each mode once
+      self._losses[mining] = functools.partial(
+          losses.triplet_margin_loss, distance=self.distance, mining=mining,
+          reduction=self.reduction)
+    return self._losses[mining]
 
 
 def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:

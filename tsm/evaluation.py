@@ -147,9 +147,9 @@ class EvalContext:
     epoch: the 0-based epoch just finished, or None in the final evaluation.
     record: the epoch's record so far (``loss``, ``margin`` — the margin the epoch
       trained at —, ``margin_next``, counts ...); ``{}`` in the final evaluation.
-    loss_fn: ``(state, split, index_batches, margin) -> list of metric dicts`` (host
-      floats) of the training loss on fixed batches of a split, in inference mode; None
-      when the loop has no loss to offer.
+    loss_fn: ``(state, split, index_batches, margin, epoch) -> list of metric dicts``
+      (host floats) of the epoch's training loss on fixed batches of a split, in
+      inference mode; None when the loop has no loss to offer.
     artifacts: arrays an evaluator leaves for the loop to save (``pairs.npz``).
   """
   state: Any
@@ -361,7 +361,7 @@ class ValidationLoss:
     margin = ctx.record.get("margin") if self.margin is None else self.margin
     if margin is None:
       margin = float(jax.device_get(ctx.state.margin_state.margin))
-    host = ctx.loss_fn(ctx.state, self.split, self.index_batches, margin)
+    host = ctx.loss_fn(ctx.state, self.split, self.index_batches, margin, ctx.epoch or 0)
     mean = lambda key: float(np.mean([m[key] for m in host]))  # noqa: E731
     return {self.split: {"loss": mean("loss"), "active_ratio": mean("active_ratio"),
                          "easy_share": mean("easy_share")}}

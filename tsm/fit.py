@@ -164,7 +164,10 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   if nonfinite not in ("stop", "skip"):
     raise ValueError(f"nonfinite={nonfinite!r} is unknown; use 'stop' or 'skip'.")
   splits = as_splits(data)
-  loss = losses_lib.as_parametric(loss)
+  # A loss that changes with the epoch (paper A's mining curriculum) has ``for_epoch``;
+  # each distinct loss it returns gets its own compiled step, built when first needed.
+  loss_of = loss.for_epoch if hasattr(loss, "for_epoch") else (lambda epoch: loss)
+  loss = losses_lib.as_parametric(loss_of(0))
   if sampler is None:
     classes = np.unique(splits.train.labels[splits.train.labels >= 0]).size
     sampler = samplers_lib.PKSampler(splits.train.labels, min(8, classes), 4, seed)
@@ -212,13 +215,20 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   epoch_records = [r for r in records if r["kind"] == "epoch"]
   run.epoch_steps = [r for r in records if r["kind"] == "step" and r["epoch"] == start_epoch]
 
-  train_step = train_lib.make_train_step(model, loss, schedule, optimizer, mesh=mesh,
-                                         margin_update=margin_update,
-                                         skip_nonfinite=nonfinite == "skip")
+  train_steps: dict[int, Any] = {}
+
+  def train_step_of(epoch: int) -> Any:
+    epoch_loss = loss_of(epoch)
+    if id(epoch_loss) not in train_steps:
+      train_steps[id(epoch_loss)] = train_lib.make_train_step(
+          model, epoch_loss, schedule, optimizer, mesh=mesh, margin_update=margin_update,
+          skip_nonfinite=nonfinite == "skip")
+    return train_steps[id(epoch_loss)]
+
   end_of_epoch = (None if margin_update == "step"
                   else train_lib.make_end_of_epoch(schedule, mesh))
   embed_fn = _embedder(apply_fn, embed_batch_size)
-  loss_fn = _loss_on_batches(model, loss, splits, mesh)
+  loss_fn = _loss_on_batches(model, loss_of, splits, mesh)
 
   def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
     return {"epoch": epoch, "step_in_epoch": pos, "global_step": step,
@@ -254,6 +264,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       stream: Iterator[dict[str, np.ndarray]] = loader.batches(
           splits.train, _skip_to(indices, pos0), augment=augment,
           seed=(seed, epoch) if hosts == 1 else (seed, epoch, jax.process_index()))
+      train_step = train_step_of(epoch)
       for pos, batch in enumerate(stream):
         if pos < pos0:
           continue
@@ -309,7 +320,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         "epochs": len(epoch_records), "best_metric": best_metric,
         "best_epoch": None if best_record is None else best_record["epoch"] + 1,
         "best_value": None if best_record is None else best_record.get(best_metric),
-        "final_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
+        # The margin the last epoch trained at, and the one the schedule would use next.
+        "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
+        "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
     })
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
     if primary:
@@ -366,22 +379,25 @@ def _embedder(apply_fn, batch_size: int) -> Callable[[Any, Any], np.ndarray]:
   return embed_fn
 
 
-def _loss_on_batches(model, loss, splits, mesh):
-  """``(state, split, index_batches, margin) -> [host metric dicts]`` (compiled once)."""
-  steps: dict[bool, Any] = {}
+def _loss_on_batches(model, loss_of, splits, mesh):
+  """``(state, split, index_batches, margin, epoch=0) -> [host metric dicts]``: the loss of
+  ``epoch`` (``loss_of(epoch)``) on fixed batches, one compiled step per loss and layout."""
+  steps: dict[tuple[int, bool], Any] = {}
 
-  def loss_fn(state, split_name: str, index_batches: np.ndarray, margin: float):
+  def loss_fn(state, split_name: str, index_batches: np.ndarray, margin: float,
+              epoch: int = 0):
     # Batches that do not split over the devices are loaded whole by every host and
     # replicated; the others are sharded like the train batches.
     sharded = distributed.divides(index_batches.shape[1], mesh)
-    if sharded not in steps:
-      steps[sharded] = train_lib.make_eval_step(model, loss, mesh=mesh,
-                                                batch_sharded=sharded)
+    loss = loss_of(epoch)
+    key = (id(loss), sharded)
+    if key not in steps:
+      steps[key] = train_lib.make_eval_step(model, loss, mesh=mesh, batch_sharded=sharded)
     if sharded:
       index_batches = distributed.host_batches(index_batches, mesh)
     margin = jax.numpy.float32(margin)
-    outputs = [steps[sharded](state, distributed.shard_batch(batch, mesh if sharded else
-                                                             None), margin)
+    outputs = [steps[key](state, distributed.shard_batch(batch, mesh if sharded else None),
+                          margin)
                for batch in loader.batches(getattr(splits, split_name), index_batches)]
     return jax.device_get(outputs)
 

@@ -124,7 +124,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     head.append(described.replace("margin schedule", "margin"))
   best = f"best epoch {summary.get('best_epoch')} by {summary.get('best_metric')}"
   if summary.get("final_margin") is not None:
-    best += f", final margin {summary['final_margin']:.4g}"
+    best += f", last epoch's margin {summary['final_margin']:.4g}"
+  if summary.get("next_margin") is not None:
+    best += f" (next {summary['next_margin']:.4g})"
   lines = [": ".join(head) + "; " + best]
   test = summary.get("test", {})
   keys = [k for k in test if k.startswith("recall@")] + [
