@@ -207,3 +207,27 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
   if title:
     fig.suptitle(title)
   plotting.save_figure(fig, path, dpi=100)
+
+
+def write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[Any],
+                   ctx: Any, board: Any, figure: dict[str, Any]) -> None:
+  """A finished run's files: summary.json, pairs.npz (the arrays the evaluators left in
+  ``ctx.artifacts``), training.png, roc.png, and their TensorBoard copies (``board``)."""
+  import numpy  # pylint: disable=import-outside-toplevel
+  from tsm import plotting  # pylint: disable=import-outside-toplevel
+  write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  with atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
+    with open(tmp, "wb") as f:
+      numpy.savez_compressed(f, **ctx.artifacts)
+  step = epoch_records[-1]["step"] if epoch_records else 0
+  if not figure.pop("skip", False) and epoch_records:
+    path = os.path.join(workdir, "training.png")
+    plot_training(epoch_records, path, **figure)
+    board.image("training", path, step)
+    if "test_distances" in ctx.artifacts:
+      path = os.path.join(workdir, "roc.png")
+      plotting.plot_roc(ctx.artifacts["test_distances"], ctx.artifacts["test_same"], path,
+                        title=figure.get("title", ""))
+      board.image("roc", path, step)
+  if len(ctx.splits.test):
+    board.embeddings(ctx.embeddings("test"), ctx.labels("test"), tag="test", step=step)

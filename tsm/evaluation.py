@@ -44,6 +44,7 @@ from typing import Any, Callable, Protocol, Sequence
 import jax
 import numpy as np
 
+from tsm import distributed
 from tsm import metrics as metrics_lib
 from tsm.data import loader
 from tsm.data import pairs as pairs_lib
@@ -379,4 +380,21 @@ def run_evaluators(evaluators: Sequence[Evaluator], ctx: EvalContext) -> Results
 def flatten(results: Results) -> dict[str, float]:
   """``{split: {metric: v}}`` as epoch-record keys ``<split>_<metric>``."""
   return {f"{split}_{k}": v for split, values in results.items() for k, v in values.items()}
+
+
+def make_embed_fn(model: Any, batch_size: int = 256) -> Callable[[Any, Any], np.ndarray]:
+  """``(state, split or array) -> [N, D]`` numpy embeddings with ``model`` in inference
+  mode, each host on its own devices; one jitted forward pass per input shape."""
+  cached = getattr(model, "_tsm_eval_apply", None)
+  if cached is None:   # one apply object per model: embed's jit cache then hits
+    cached = lambda variables, x: model.apply(variables, x, train=False)  # noqa: E731
+    object.__setattr__(model, "_tsm_eval_apply", cached)
+
+  def embed_fn(state, inputs) -> np.ndarray:
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    return np.asarray(embed(cached, distributed.local_copy(variables), inputs, batch_size))
+
+  return embed_fn
 

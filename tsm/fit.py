@@ -29,7 +29,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -44,13 +44,11 @@ from tsm import evaluation
 from tsm import history
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
-from tsm import plotting
 from tsm import tensorboard as tensorboard_lib
 from tsm import train as train_lib
 from tsm.data import datasets as datasets_lib
 from tsm.data import loader
 from tsm.data import samplers as samplers_lib
-from tsm.data import splits as splits_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,17 +83,6 @@ class FitResult:
   summary: dict[str, Any]
   history: list[dict[str, Any]]
   embed: Callable[[Any], np.ndarray]
-
-
-def as_splits(data: Any) -> splits_lib.DatasetSplits:
-  """``data`` as ``DatasetSplits``: given as such, or a mapping of ``(inputs, labels)``."""
-  if isinstance(data, splits_lib.DatasetSplits):
-    return data
-  if isinstance(data, Mapping) and "train" in data:
-    return datasets_lib.from_arrays(**{k: data[k] for k in ("train", "val", "test")
-                                       if data.get(k) is not None})
-  raise ValueError("data must be tsm.data.DatasetSplits or a dict with 'train' (and "
-                   "optionally 'val', 'test') pairs (inputs, labels).")
 
 
 def _skip_to(index_batches: np.ndarray, start: int) -> list[np.ndarray]:
@@ -163,7 +150,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   """
   if nonfinite not in ("stop", "skip"):
     raise ValueError(f"nonfinite={nonfinite!r} is unknown; use 'stop' or 'skip'.")
-  splits = as_splits(data)
+  splits = datasets_lib.as_splits(data)
   # A loss that changes with the epoch (paper A's mining curriculum) has ``for_epoch``;
   # each distinct loss it returns gets its own compiled step, built when first needed.
   loss_of = loss.for_epoch if hasattr(loss, "for_epoch") else (lambda epoch: loss)
@@ -178,7 +165,6 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
 
   steps_per_epoch = int(sampler.steps_per_epoch)
   total_steps = epochs * steps_per_epoch
-  apply_fn = _eval_apply(model)
   init_rng, state_rng = jax.random.split(jax.random.key(seed))
   loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
   shape = tuple(splits.input_shape)
@@ -227,8 +213,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
 
   end_of_epoch = (None if margin_update == "step"
                   else train_lib.make_end_of_epoch(schedule, mesh))
-  embed_fn = _embedder(apply_fn, embed_batch_size)
-  loss_fn = _loss_on_batches(model, loss_of, splits, mesh)
+  embed_fn = evaluation.make_embed_fn(model, embed_batch_size)
+  loss_fn = train_lib.make_loss_on_batches(model, loss_of, splits, mesh)
 
   def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
     return {"epoch": epoch, "step_in_epoch": pos, "global_step": step,
@@ -326,7 +312,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     })
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
     if primary:
-      _write_outputs(workdir, summary, epoch_records, ctx, board, dict(figure or {}))
+      artifacts.write_outputs(workdir, summary, epoch_records, ctx, board,
+                              dict(figure or {}))
   finally:
     progress_bar.close()
     board.close()
@@ -336,69 +323,3 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   return FitResult(state=state, best_state=best_state, summary=summary,
                    history=epoch_records,
                    embed=lambda inputs: embed_fn(best_state, inputs))
-
-
-def _write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[Any],
-                   ctx: evaluation.EvalContext, board: Any, figure: dict[str, Any]) -> None:
-  """summary.json, pairs.npz, training.png, roc.png and their TensorBoard copies."""
-  artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  with artifacts.atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez_compressed(f, **ctx.artifacts)
-  step = epoch_records[-1]["step"] if epoch_records else 0
-  if not figure.pop("skip", False) and epoch_records:
-    path = os.path.join(workdir, "training.png")
-    artifacts.plot_training(epoch_records, path, **figure)
-    board.image("training", path, step)
-    if "test_distances" in ctx.artifacts:
-      path = os.path.join(workdir, "roc.png")
-      plotting.plot_roc(ctx.artifacts["test_distances"], ctx.artifacts["test_same"], path,
-                        title=figure.get("title", ""))
-      board.image("roc", path, step)
-  if len(ctx.splits.test):
-    board.embeddings(ctx.embeddings("test"), ctx.labels("test"), tag="test", step=step)
-
-
-def _eval_apply(model: nn.Module) -> Callable[[Any, Any], Any]:
-  """The model's inference-mode apply, one object per model (one jit in ``embed``)."""
-  cached = getattr(model, "_tsm_eval_apply", None)
-  if cached is None:
-    cached = lambda variables, x: model.apply(variables, x, train=False)  # noqa: E731
-    object.__setattr__(model, "_tsm_eval_apply", cached)
-  return cached
-
-
-def _embedder(apply_fn, batch_size: int) -> Callable[[Any, Any], np.ndarray]:
-  """``(state, split or array) -> [N, D]`` numpy embeddings (each host on its device)."""
-  def embed_fn(state, inputs) -> np.ndarray:
-    variables = {"params": state.params}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
-    variables = distributed.local_copy(variables)
-    return np.asarray(evaluation.embed(apply_fn, variables, inputs, batch_size))
-  return embed_fn
-
-
-def _loss_on_batches(model, loss_of, splits, mesh):
-  """``(state, split, index_batches, margin, epoch=0) -> [host metric dicts]``: the loss of
-  ``epoch`` (``loss_of(epoch)``) on fixed batches, one compiled step per loss and layout."""
-  steps: dict[tuple[int, bool], Any] = {}
-
-  def loss_fn(state, split_name: str, index_batches: np.ndarray, margin: float,
-              epoch: int = 0):
-    # Batches that do not split over the devices are loaded whole by every host and
-    # replicated; the others are sharded like the train batches.
-    sharded = distributed.divides(index_batches.shape[1], mesh)
-    loss = loss_of(epoch)
-    key = (id(loss), sharded)
-    if key not in steps:
-      steps[key] = train_lib.make_eval_step(model, loss, mesh=mesh, batch_sharded=sharded)
-    if sharded:
-      index_batches = distributed.host_batches(index_batches, mesh)
-    margin = jax.numpy.float32(margin)
-    outputs = [steps[key](state, distributed.shard_batch(batch, mesh if sharded else None),
-                          margin)
-               for batch in loader.batches(getattr(splits, split_name), index_batches)]
-    return jax.device_get(outputs)
-
-  return loss_fn

@@ -43,8 +43,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tsm import distributed
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
+from tsm.data import loader
 from tsm.distributed import data_mesh, replicate  # pylint: disable=unused-import  # re-exported
 
 Metrics = dict[str, jax.Array]
@@ -387,7 +389,33 @@ def make_end_of_epoch(schedule: margins_lib.MarginSchedule, mesh: Mesh | None = 
                  out_shardings=state_sharding)
 
 
+def make_loss_on_batches(model: flax.linen.Module, loss_of: Callable[[int], Any],
+                         splits: Any, mesh: Mesh | None = None) -> Callable[..., Any]:
+  """``(state, split, index_batches, margin, epoch=0) -> [host metric dicts]``: the loss of
+  ``epoch`` (``loss_of(epoch)``) on fixed batches, one compiled step per loss and layout."""
+  steps: dict[tuple[int, bool], Any] = {}
+
+  def loss_fn(state, split_name: str, index_batches: Any, margin: float,
+              epoch: int = 0):
+    # Batches that do not split over the devices are loaded whole by every host and
+    # replicated; the others are sharded like the train batches.
+    sharded = distributed.divides(index_batches.shape[1], mesh)
+    loss = loss_of(epoch)
+    key = (id(loss), sharded)
+    if key not in steps:
+      steps[key] = make_eval_step(model, loss, mesh=mesh, batch_sharded=sharded)
+    if sharded:
+      index_batches = distributed.host_batches(index_batches, mesh)
+    margin = jnp.float32(margin)
+    outputs = [steps[key](state, distributed.shard_batch(batch, mesh if sharded else None),
+                          margin)
+               for batch in loader.batches(getattr(splits, split_name), index_batches)]
+    return jax.device_get(outputs)
+
+  return loss_fn
+
+
 __all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainState", "create_train_state", "data_mesh",
            "explicit_pairs_loss", "explicit_triplets_loss", "make_end_of_epoch",
-           "make_eval_step", "make_optimizer", "make_train_step", "replicate",
-           "stats_metrics"]
+           "make_eval_step", "make_loss_on_batches", "make_optimizer", "make_train_step",
+           "replicate", "stats_metrics"]

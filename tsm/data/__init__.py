@@ -6,6 +6,7 @@ wraps your own arrays the same way. Samplers (:class:`Sampler`) turn a split's l
 into index batches; ``batches`` decodes them on background threads.
 """
 
+from tsm.data.datasets import as_splits
 from tsm.data.datasets import from_arrays
 from tsm.data.datasets import load
 from tsm.data.loader import batches
@@ -24,7 +25,7 @@ from tsm.data.splits import DatasetSplits
 from tsm.data.splits import Split
 
 __all__ = [
-    "batches", "DatasetNotPreparedError", "DATASETS", "DatasetSplits", "DataSpec",
+    "as_splits", "batches", "DatasetNotPreparedError", "DATASETS", "DatasetSplits", "DataSpec",
     "from_arrays", "host_share", "load", "make_sampler", "PKSampler",
     "RandomBatchSampler", "RandomPairSampler", "RandomTripletSampler", "Sampler",
     "SAMPLINGS", "Split",

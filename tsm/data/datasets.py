@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -173,3 +173,14 @@ def from_arrays(train: tuple[Any, Any], test: tuple[Any, Any] | None = None,
 
   return splits_lib.DatasetSplits(name, make("train"), make("val"), make("test"),
                                   tuple(input_shape), int(num_classes))
+
+
+def as_splits(data: Any) -> splits_lib.DatasetSplits:
+  """``data`` as ``DatasetSplits``: given as such, or a mapping of ``(inputs, labels)``."""
+  if isinstance(data, splits_lib.DatasetSplits):
+    return data
+  if isinstance(data, Mapping) and "train" in data:
+    return from_arrays(**{k: data[k] for k in ("train", "val", "test")
+                                       if data.get(k) is not None})
+  raise ValueError("data must be tsm.data.DatasetSplits or a dict with 'train' (and "
+                   "optionally 'val', 'test') pairs (inputs, labels).")
