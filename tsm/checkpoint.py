@@ -16,6 +16,15 @@ validation metrics take part in the "best" ranking (by ``best_metric``, ``"min"`
 ``"max"``); mid-epoch checkpoints are saved without metrics and are kept only while they
 are among the last ``keep``.
 
+Faults: every error of orbax or of the filesystem (disk full, read-only file system, no
+permission, a truncated file) comes out of this module as one :class:`CheckpointError`
+with a one-line message, including the errors of a background save, which orbax raises
+at the next ``save``, ``wait`` or ``close``. :meth:`Checkpointer.restore_latest` falls
+back from an unreadable checkpoint to the next older one. Half-written
+``<step>.orbax-checkpoint-tmp*`` directories of a killed save are never listed as steps
+and are removed when a ``Checkpointer`` opens the directory (orbax's
+``cleanup_tmp_directories``).
+
 References:
   orbax-checkpoint 0.12 ``CheckpointManager``, ``CheckpointManagerOptions``,
   ``checkpoint_managers.{AnyPreservationPolicy, LatestN, BestN}``.
@@ -23,9 +32,14 @@ References:
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
+import re
+import sys
+import time
+import traceback
 from typing import Any
 
 import jax
@@ -34,6 +48,13 @@ from orbax.checkpoint import checkpoint_managers
 
 _STATE = "state"
 _META = "meta"
+_UNREADABLE = ".unreadable-"   # <step>.unreadable-<unix time>: not a step name to orbax
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read; the message is one line."""
 
 
 class _NoMetricsWarningFilter(logging.Filter):
@@ -43,7 +64,100 @@ class _NoMetricsWarningFilter(logging.Filter):
     return "did not provide metrics" not in record.getMessage()
 
 
+class _SurfacedErrorFilter(logging.Filter):
+  """Drops orbax's error tracebacks while a ``Checkpointer`` is open.
+
+  Orbax logs a failed background write with its traceback (tens of lines per thread)
+  and then raises the same exception at the next ``save`` / ``wait_until_finished``,
+  where ``Checkpointer`` turns it into one ``CheckpointError`` line: the log records are
+  duplicates. Only records from orbax's own files that carry a traceback are dropped.
+  """
+
+  open_checkpointers = 0
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+    return not (self.open_checkpointers and from_orbax and record.exc_info
+                and record.levelno >= logging.ERROR)
+
+
+_SURFACED = _SurfacedErrorFilter()
 logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
+logging.getLogger("absl").addFilter(_SURFACED)
+
+# The cause of a tensorstore error, from its long message: the OS's own words.
+_OS_CAUSES = ("No space left on device", "Read-only file system", "Permission denied",
+              "Disk quota exceeded", "Input/output error")
+
+
+def _cause(exc: BaseException) -> str:
+  """One short line saying why ``exc`` happened (no paths or specs of tensorstore)."""
+  if isinstance(exc, OSError) and exc.strerror:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror}{where}"
+  text = str(exc)
+  for cause in _OS_CAUSES:
+    if cause in text:
+      return cause
+  line = text.strip().splitlines()[0] if text.strip() else ""
+  line = re.sub(r"\s*\[tensorstore_spec.*", "", line)   # a JSON spec of hundreds of chars
+  status = re.match(r"([A-Z][A-Z_]{3,}): (.*)", line)
+  if status:   # tensorstore: "CODE: context: context: ...: the reason"
+    return f"{status.group(1)}: {status.group(2).split(': ')[-1].strip()}"
+  if len(line) > 160:
+    line = line[:157] + "..."
+  return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _without_tracebacks(exc: BaseException) -> BaseException:
+  """``exc`` and its chained causes without tracebacks (their frames hold orbax's reads)."""
+  seen = set()
+  link = exc
+  while link is not None and id(link) not in seen:
+    seen.add(id(link))
+    link.__traceback__ = None
+    link = link.__cause__ or link.__context__
+  return exc
+
+
+def _is_late_read(unraisable: Any) -> bool:
+  """Whether an unraisable exception is a read finishing after its event loop closed."""
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return any(frame.name == "call_soon_threadsafe" for frame in frames)
+
+
+def _drop_late_reads(previous_hook):
+  def hook(unraisable):
+    if not _is_late_read(unraisable):
+      previous_hook(unraisable)
+  hook.drops_late_reads = True
+  return hook
+
+
+def _collect_orphaned_reads() -> None:
+  """Quietly disposes of the reads that a failed restore left behind.
+
+  When one array of a restore fails, orbax closes its event loop with the other reads
+  still in flight. Two kinds of noise follow unless handled:
+
+  * tensorstore completes the in-flight reads later and schedules their callbacks on
+    the closed loop; the resulting "RuntimeError: Event loop is closed" goes to
+    ``sys.unraisablehook``, as a bare traceback per array. A hook that drops exactly
+    these (and passes everything else on) is installed, once, by the first restore.
+  * the suspended read coroutines, left to interpreter shutdown, import modules in
+    their finalisers after ``sys.meta_path`` is gone ("ImportError: sys.meta_path is
+    None" at exit); collected now, while the interpreter is alive, they end quietly.
+  """
+  gc.collect()
+
+
+def _install_late_read_hook() -> None:
+  """Installs (once) the ``sys.unraisablehook`` of :func:`_collect_orphaned_reads`."""
+  if not getattr(sys.unraisablehook, "drops_late_reads", False):
+    sys.unraisablehook = _drop_late_reads(sys.unraisablehook)
 
 
 def _metric_key(best_metric: str, best_mode: str):
@@ -61,7 +175,7 @@ class Checkpointer:
   """Saves and restores ``(state, meta)`` pairs; keeps the last ``keep`` and the best.
 
   Args:
-    directory: where the step directories go (created on the first save).
+    directory: where the step directories go (created here if missing).
     keep: how many of the most recent checkpoints to keep (>= 1).
     best_metric: name of the validation metric that ranks checkpoints saved with
       metrics, e.g. ``"val_loss"`` or ``"map@r"``.
@@ -69,6 +183,10 @@ class Checkpointer:
       better.
     async_save: write in a background thread (the device-to-host copy still happens
       before ``save`` returns, so the caller may donate the state right after).
+
+  Raises:
+    ValueError: a bad ``keep`` or ``best_mode``.
+    CheckpointError: the directory cannot be created or read (one line).
   """
 
   def __init__(self, directory: str | os.PathLike[str], *, keep: int = 2,
@@ -78,20 +196,36 @@ class Checkpointer:
       raise ValueError(f"checkpoint.keep must be >= 1, got {keep}; keep at least one.")
     if best_mode not in ("min", "max"):
       raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}.")
+    self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric = best_metric
     self.best_mode = best_mode
+    self._last_saved: int | None = None
     best_fn = _metric_key(best_metric, best_mode)
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
         checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=best_mode == "min",
                                   n=1, keep_checkpoints_without_metrics=False),
     ])
+    # cleanup_tmp_directories: a killed save leaves <step>.orbax-checkpoint-tmp*; orbax
+    # never lists it as a step, and removes it here (in the background, awaited by the
+    # first save).
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode=best_mode, preservation_policy=policy,
-        enable_async_checkpointing=async_save, create=True)
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), item_names=(_STATE, _META),
-        options=options)
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, item_names=(_STATE, _META), options=options)
+    except Exception as e:   # pylint: disable=broad-except
+      raise CheckpointError(
+          f"cannot open the checkpoint directory {self.directory}: {_cause(e)}.") from e
+    _SurfacedErrorFilter.open_checkpointers += 1
+    self._closed = False
+
+  def _save_error(self, e: BaseException, step: int | None) -> CheckpointError:
+    what = "a checkpoint" if step is None else f"checkpoint {step}"
+    return CheckpointError(
+        f"could not write {what} in {self.directory}: {_cause(e)}; free space or fix "
+        "the directory's permissions, then rerun to resume from the last checkpoint.")
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
@@ -103,13 +237,26 @@ class Checkpointer:
       meta: JSON-serialisable dict (python scalars, lists, dicts).
       metrics: validation metrics for the best-checkpoint ranking, or None for a
         checkpoint that only serves resumption.
+
+    Raises:
+      CheckpointError: this save, or an earlier background save, failed (one line).
     """
-    self._manager.save(
-        int(step),
-        args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
-                                   _META: ocp.args.JsonSave(meta)}),
-        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
-        force=True)
+    pending = self._last_saved
+    try:
+      # Orbax first waits for the previous background save: its error surfaces here.
+      self._manager.wait_until_finished()
+    except Exception as e:   # pylint: disable=broad-except
+      raise self._save_error(e, pending) from e
+    self._last_saved = int(step)
+    try:
+      self._manager.save(
+          int(step),
+          args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                     _META: ocp.args.JsonSave(meta)}),
+          metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+          force=True)
+    except Exception as e:   # pylint: disable=broad-except
+      raise self._save_error(e, step) from e
 
   def latest_step(self) -> int | None:
     """The most recent saved step, or None."""
@@ -117,7 +264,7 @@ class Checkpointer:
 
   def best_step(self) -> int | None:
     """The step with the best ``best_metric`` among those saved with metrics, or None."""
-    self._manager.wait_until_finished()
+    self.wait()
     return self._manager.best_step()
 
   def all_steps(self) -> list[int]:
@@ -133,25 +280,126 @@ class Checkpointer:
 
     Returns:
       ``(state, meta)``.
+
+    Raises:
+      CheckpointError: the checkpoint cannot be read (one line naming the step).
     """
-    self._manager.wait_until_finished()
+    self.wait()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._manager.restore(
-        int(step), args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
-                                             _META: ocp.args.JsonRestore()}))
-    return restored[_STATE], dict(restored[_META])
+    # Before the read: a failure closes orbax's loop, and the other reads report to the
+    # hook as they finish, possibly before this method regains control.
+    _install_late_read_hook()
+    try:
+      restored = self._manager.restore(
+          int(step), args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
+                                               _META: ocp.args.JsonRestore()}))
+      return restored[_STATE], dict(restored[_META])
+    except Exception as e:   # pylint: disable=broad-except
+      error = CheckpointError(
+          f"checkpoint {step} in {self.directory} is unreadable ({_cause(e)}).")
+      error.__cause__ = _without_tracebacks(e)
+    # Outside the handler, with the tracebacks dropped, orbax's orphaned reads are
+    # unreachable and can be collected now.
+    _collect_orphaned_reads()
+    raise error
+
+  def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any], int] | None:
+    """Restores the newest readable checkpoint, falling back to older ones.
+
+    Steps are tried newest first. A step that fails to restore, for any reason (a
+    truncated or missing file, bad JSON, a shape that does not fit ``template``), is
+    logged as one warning line naming it and renamed to ``<step>.unreadable-<time>``
+    once an older step has restored, so that the resumed run can save that step again;
+    nothing is renamed when no step restores.
+
+    Args:
+      template: a state pytree (concrete or ``jax.ShapeDtypeStruct`` leaves).
+
+    Returns:
+      ``(state, meta, step)``, or None when the directory holds no checkpoint.
+
+    Raises:
+      CheckpointError: no checkpoint restores (one line naming the directory to
+        remove).
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    bad = []
+    for step in reversed(steps):
+      try:
+        state, meta = self.restore(step, template)
+      except CheckpointError as e:
+        log.warning("%s Trying the previous checkpoint.", e)
+        bad.append(step)
+        continue
+      for unreadable in bad:
+        self._set_aside(unreadable)
+      if bad:
+        log.warning("resumed from checkpoint %d in %s.", step, self.directory)
+      return state, meta, step
+    raise CheckpointError(
+        f"none of the {len(steps)} checkpoints in {self.directory} (steps "
+        f"{', '.join(map(str, steps))}) can be restored; remove that directory to start "
+        "the run again from step 0, or use another --workdir.")
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step out of orbax's sight (kept for inspection)."""
+    source = os.path.join(self.directory, str(step))
+    target = f"{source}{_UNREADABLE}{int(time.time())}"
+    try:
+      os.rename(source, target)
+    except OSError as e:
+      raise CheckpointError(
+          f"checkpoint {step} in {self.directory} is unreadable and cannot be moved "
+          f"aside ({_cause(e)}); remove {source} and rerun.") from e
+    self._manager.reload()
 
   def wait(self) -> None:
-    """Blocks until background writes are done."""
-    self._manager.wait_until_finished()
+    """Blocks until background writes are done.
+
+    Raises:
+      CheckpointError: a background save failed (one line).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:   # pylint: disable=broad-except
+      raise self._save_error(e, self._last_saved) from e
 
   def close(self) -> None:
-    """Finishes pending writes and releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Finishes pending writes and releases the manager and its threads.
+
+    The manager is released even when the last background save failed; that failure
+    is then raised.
+
+    Raises:
+      CheckpointError: the last background save failed (one line).
+    """
+    if self._closed:
+      return
+    self._closed = True
+    error = None
+    try:
+      self.wait()
+    except CheckpointError as e:
+      error = e
+    try:
+      self._manager.close()
+    except Exception as e:   # pylint: disable=broad-except
+      error = error or self._save_error(e, self._last_saved)
+    finally:
+      _SurfacedErrorFilter.open_checkpointers -= 1
+    if error is not None:
+      raise error
 
   def __enter__(self) -> Checkpointer:
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+      return
+    try:   # an exception is on its way: release the manager without hiding it
+      self.close()
+    except CheckpointError:
+      pass
