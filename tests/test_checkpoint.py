@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import math
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -76,6 +81,243 @@ def test_restore_gives_back_structure_dtypes_and_values(tmp_path):
 def test_bad_keep_is_one_line():
   with pytest.raises(ValueError, match="checkpoint.keep"):
     checkpoint_lib.Checkpointer("/nonexistent", keep=0)
+
+
+# ------------------------------------------------------------- faults and the fallback
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _arrays(value: float) -> dict[str, jax.Array]:
+  """A small state of several arrays (orbax reads them concurrently)."""
+  return {"kernel": jnp.full((64, 48), value), "bias": jnp.full((48,), -value),
+          "head": {"w": jnp.full((48, 8), 2 * value)}, "step": jnp.asarray(int(value))}
+
+
+def _save_steps(directory, steps=(1, 2, 3)) -> None:
+  with checkpoint_lib.Checkpointer(directory, keep=len(steps), async_save=False) as ckpt:
+    for step in steps:
+      ckpt.save(step, _arrays(float(step)), {"epoch": step})
+
+
+def _truncate(path) -> None:
+  with open(path, "r+b") as f:
+    f.truncate(max(os.path.getsize(path) // 2, 1) - 1)
+
+
+def _state_files(directory, step):
+  root = os.path.join(directory, str(step), "state")
+  return sorted(os.path.join(r, n) for r, _, names in os.walk(root) for n in names)
+
+
+def _assert_tree_equal(a, b) -> None:
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("damage", ["manifest.ocdbt", "_METADATA", "every file"])
+def test_restore_latest_falls_back_past_a_truncated_checkpoint(tmp_path, caplog, damage):
+  _save_steps(tmp_path)
+  for path in _state_files(tmp_path, 3):
+    if damage == "every file" or os.path.basename(path) == damage:
+      _truncate(path)
+  with caplog.at_level(logging.WARNING, logger="tsm.checkpoint"):
+    with checkpoint_lib.Checkpointer(tmp_path, keep=3) as ckpt:
+      state, meta, step = ckpt.restore_latest(_arrays(0.0))
+      assert (step, meta) == (2, {"epoch": 2})
+      _assert_tree_equal(state, _arrays(2.0))
+      # The unreadable step is out of the way: the resumed run can save step 3 again.
+      assert ckpt.all_steps() == [1, 2]
+      ckpt.save(3, _arrays(3.0), {"epoch": 3})
+      ckpt.wait()
+      assert ckpt.all_steps() == [1, 2, 3]
+  lines = [r.getMessage() for r in caplog.records if r.name == "tsm.checkpoint"]
+  assert len(lines) == 1 and "\n" not in lines[0], lines
+  assert lines[0].startswith(f"checkpoint 3 in {tmp_path} is unreadable (")
+  assert "resuming from checkpoint 2" in lines[0]
+  kept = [name for name in os.listdir(tmp_path) if name.startswith("3.unreadable-")]
+  assert len(kept) == 1 and kept[0] in lines[0]
+
+
+def test_restore_latest_without_checkpoints_is_none(tmp_path):
+  with checkpoint_lib.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.restore_latest(_arrays(0.0)) is None
+
+
+def test_restore_latest_of_all_corrupt_checkpoints_is_one_line(tmp_path, caplog):
+  _save_steps(tmp_path, (1, 2))
+  for step in (1, 2):
+    _truncate(os.path.join(tmp_path, str(step), "state", "manifest.ocdbt"))
+  before = sorted(os.listdir(tmp_path))
+  with caplog.at_level(logging.WARNING, logger="tsm.checkpoint"):
+    with checkpoint_lib.Checkpointer(tmp_path) as ckpt:
+      with pytest.raises(checkpoint_lib.CheckpointError) as info:
+        ckpt.restore_latest(_arrays(0.0))
+  message = str(info.value)
+  assert "\n" not in message
+  assert message.startswith(f"none of the checkpoints in {tmp_path} (steps 1, 2) can be "
+                            "restored (step 2: ")
+  assert "remove that directory" in message
+  assert sorted(os.listdir(tmp_path)) == before   # nothing renamed or removed
+  assert not caplog.records
+
+
+def test_restore_of_a_template_that_does_not_fit_is_one_line(tmp_path):
+  _save_steps(tmp_path, (1,))
+  with checkpoint_lib.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoint_lib.CheckpointError, match="^checkpoint 1 in .* is "
+                       "unreadable"):
+      ckpt.restore(1, {"other": jnp.zeros(3)})
+
+
+_RESTORE_CORRUPT = """
+import glob, os, sys
+import jax.numpy as jnp
+from tsm import checkpoint
+directory = sys.argv[1]
+arrays = lambda v: {"kernel": jnp.full((64, 128), v), "bias": jnp.full((128, 32), v),
+                    "head": jnp.full((32,), v), "step": jnp.arange(4)}
+with checkpoint.Checkpointer(directory, keep=3, async_save=False) as ckpt:
+  for step in (1, 2, 3):
+    ckpt.save(step, arrays(float(step)), {"epoch": step})
+for path in glob.glob(os.path.join(directory, "3", "state", "d", "*")):
+  with open(path, "r+b") as f:
+    f.truncate(10)
+ckpt = checkpoint.Checkpointer(directory, keep=3)
+state, meta, step = ckpt.restore_latest(arrays(0.0))
+print(step, float(state["kernel"][0, 0]))
+"""
+
+
+def test_failed_restore_leaves_no_noise_at_exit(tmp_path):
+  # A restore failing in one array used to leave orbax's other reads to interpreter
+  # shutdown: "ImportError: sys.meta_path is None" and "Event loop is closed" tracebacks.
+  result = subprocess.run([sys.executable, "-c", _RESTORE_CORRUPT, str(tmp_path)],
+                          env=dict(os.environ, PYTHONPATH=_REPO), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ["2", "2.0"]
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1, result.stderr
+  assert "checkpoint 3 in" in lines[0] and "resuming from checkpoint 2" in lines[0]
+
+
+def test_half_written_temporary_directories_are_ignored_and_removed(tmp_path):
+  _save_steps(tmp_path, (1,))
+  # What a save killed mid-write leaves (orbax's names, with and without a timestamp).
+  for name in ("2.orbax-checkpoint-tmp", "3.orbax-checkpoint-tmp-1700000000"):
+    os.makedirs(tmp_path / name / "state.orbax-checkpoint-tmp" / "d")
+    (tmp_path / name / "state.orbax-checkpoint-tmp" / "d" / "x").write_bytes(b"\0" * 9)
+  with checkpoint_lib.Checkpointer(tmp_path, keep=3) as ckpt:
+    assert ckpt.all_steps() == [1]
+    state, _, step = ckpt.restore_latest(_arrays(0.0))
+    assert step == 1
+    ckpt.save(2, _arrays(2.0), {"epoch": 2})
+    ckpt.wait()
+    assert ckpt.all_steps() == [1, 2]
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+  with checkpoint_lib.Checkpointer(tmp_path) as ckpt:
+    _assert_tree_equal(ckpt.restore(2, _arrays(0.0))[0], _arrays(2.0))
+
+
+@pytest.mark.parametrize("number", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_save_errors_are_one_checkpoint_error(tmp_path, monkeypatch, number):
+  # Simulated at orbax's entry point (the real disk-full and read-only file systems are
+  # in the mount tests below, which need root).
+  ckpt = checkpoint_lib.Checkpointer(tmp_path, async_save=False)
+
+  def fail(*args, **kwargs):
+    raise OSError(number, os.strerror(number), str(tmp_path / "1.orbax-checkpoint-tmp"))
+  monkeypatch.setattr(ckpt._manager, "save", fail)   # pylint: disable=protected-access
+  with pytest.raises(checkpoint_lib.CheckpointError) as info:
+    ckpt.save(1, _arrays(1.0), {"epoch": 1})
+  assert "\n" not in str(info.value)
+  assert str(info.value).startswith(f"could not write checkpoint 1 in {tmp_path}: "
+                                    f"{os.strerror(number)}")
+  ckpt.close()
+
+
+def test_background_save_error_surfaces_at_wait_and_close_still_releases(tmp_path,
+                                                                        monkeypatch):
+  ckpt = checkpoint_lib.Checkpointer(tmp_path, async_save=True)
+  manager = ckpt._manager   # pylint: disable=protected-access
+  ckpt.save(1, _arrays(1.0), {"epoch": 1})
+  ckpt.wait()
+  tensorstore_text = ('RESOURCE_EXHAUSTED: Error writing "kernel/0.0" in OCDBT database '
+                      'at local file "x": Failed to write 205644 bytes to file 11: No '
+                      'space left on device [tensorstore_spec=\'{"driver": "zarr"}\']')
+  real_wait, calls = manager.wait_until_finished, []
+
+  def failed_background_save():
+    calls.append(1)
+    if len(calls) == 1:
+      raise ValueError(tensorstore_text)
+    real_wait()
+  closed = []
+  real_close = manager.close
+  monkeypatch.setattr(manager, "wait_until_finished", failed_background_save)
+  monkeypatch.setattr(manager, "close", lambda: (closed.append(1), real_close()))
+  with pytest.raises(checkpoint_lib.CheckpointError) as info:
+    ckpt.close()
+  assert str(info.value) == (
+      f"could not write checkpoint 1 in {tmp_path}: No space left on device; free space "
+      "or fix the directory's permissions, then rerun to resume from the last "
+      "checkpoint.")
+  assert info.value.cause == "No space left on device"
+  assert closed == [1]
+  ckpt.close()   # a second close does nothing
+  assert closed == [1]
+
+
+def _mount_namespace_available() -> bool:
+  if not shutil.which("unshare"):
+    return False
+  try:
+    return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                          capture_output=True, timeout=20).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+
+
+_SAVE_ON_MOUNT = """
+import os, sys
+import jax
+from tsm import checkpoint
+big = {"w": jax.random.normal(jax.random.PRNGKey(0), (256, 256)), "b": jax.numpy.arange(4)}
+try:
+  ckpt = checkpoint.Checkpointer(sys.argv[1], async_save=sys.argv[2] == "async")
+  ckpt.save(1, big, {"epoch": 1})
+  ckpt.close()
+  print("saved")
+except checkpoint.CheckpointError as e:
+  print(e)
+"""
+
+
+@pytest.mark.skipif(not _mount_namespace_available(),
+                    reason="needs `unshare -m` and mount (root or CAP_SYS_ADMIN)")
+@pytest.mark.parametrize("mode", ["sync", "async", "read-only"])
+def test_disk_full_and_read_only_file_system_are_one_line(tmp_path, mode):
+  # A private tmpfs of 64 KiB (the state is 256 KiB of random floats), or a read-only one.
+  options = "ro,size=64k" if mode == "read-only" else "size=64k"
+  command = (f"mount -t tmpfs -o {options} tmpfs {tmp_path} && "
+             f'exec "{sys.executable}" -c "$0" "$@"')
+  result = subprocess.run(
+      ["unshare", "-m", "--propagation", "private", "sh", "-c", command, _SAVE_ON_MOUNT,
+       str(tmp_path / "checkpoints"), mode],
+      env=dict(os.environ, PYTHONPATH=_REPO), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 1, result.stdout
+  if mode == "read-only":
+    assert lines[0] == (f"cannot open the checkpoint directory {tmp_path}/checkpoints: "
+                        f"Read-only file system: {tmp_path}/checkpoints.")
+  else:
+    assert lines[0].startswith(f"could not write checkpoint 1 in {tmp_path}/checkpoints: "
+                               "No space left on device; free space")
+  assert "Traceback" not in result.stderr, result.stderr
 
 
 # ------------------------------------------------------------------ resumption of a fit

@@ -54,7 +54,15 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint could not be written or read; the message is one line."""
+  """A checkpoint could not be written or read; the message is one line.
+
+  Attributes:
+    cause: the reason in a few words (the OS's or tensorstore's), also in the message.
+  """
+
+  def __init__(self, message: str, cause: str = ""):
+    super().__init__(message)
+    self.cause = cause
 
 
 class _NoMetricsWarningFilter(logging.Filter):
@@ -216,16 +224,19 @@ class Checkpointer:
       self._manager = ocp.CheckpointManager(
           self.directory, item_names=(_STATE, _META), options=options)
     except Exception as e:   # pylint: disable=broad-except
+      cause = _cause(e)
       raise CheckpointError(
-          f"cannot open the checkpoint directory {self.directory}: {_cause(e)}.") from e
+          f"cannot open the checkpoint directory {self.directory}: {cause}.", cause) from e
     _SurfacedErrorFilter.open_checkpointers += 1
     self._closed = False
 
   def _save_error(self, e: BaseException, step: int | None) -> CheckpointError:
     what = "a checkpoint" if step is None else f"checkpoint {step}"
+    cause = _cause(e)
     return CheckpointError(
-        f"could not write {what} in {self.directory}: {_cause(e)}; free space or fix "
-        "the directory's permissions, then rerun to resume from the last checkpoint.")
+        f"could not write {what} in {self.directory}: {cause}; free space or fix "
+        "the directory's permissions, then rerun to resume from the last checkpoint.",
+        cause)
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
@@ -295,8 +306,9 @@ class Checkpointer:
                                                _META: ocp.args.JsonRestore()}))
       return restored[_STATE], dict(restored[_META])
     except Exception as e:   # pylint: disable=broad-except
+      cause = _cause(e)
       error = CheckpointError(
-          f"checkpoint {step} in {self.directory} is unreadable ({_cause(e)}).")
+          f"checkpoint {step} in {self.directory} is unreadable ({cause}).", cause)
       error.__cause__ = _without_tracebacks(e)
     # Outside the handler, with the tracebacks dropped, orbax's orphaned reads are
     # unreachable and can be collected now.
@@ -308,9 +320,10 @@ class Checkpointer:
 
     Steps are tried newest first. A step that fails to restore, for any reason (a
     truncated or missing file, bad JSON, a shape that does not fit ``template``), is
-    logged as one warning line naming it and renamed to ``<step>.unreadable-<time>``
-    once an older step has restored, so that the resumed run can save that step again;
-    nothing is renamed when no step restores.
+    skipped; once an older step has restored, each skipped step gets one warning line
+    naming it and is renamed to ``<step>.unreadable-<unix time>`` (out of orbax's sight,
+    kept for inspection), so that the resumed run can save that step again. Nothing is
+    renamed when no step restores.
 
     Args:
       template: a state pytree (concrete or ``jax.ShapeDtypeStruct`` leaves).
@@ -320,7 +333,7 @@ class Checkpointer:
 
     Raises:
       CheckpointError: no checkpoint restores (one line naming the directory to
-        remove).
+        remove), or an unreadable one cannot be renamed.
     """
     steps = self.all_steps()
     if not steps:
@@ -330,21 +343,22 @@ class Checkpointer:
       try:
         state, meta = self.restore(step, template)
       except CheckpointError as e:
-        log.warning("%s Trying the previous checkpoint.", e)
-        bad.append(step)
+        bad.append((step, e.cause))
         continue
-      for unreadable in bad:
-        self._set_aside(unreadable)
-      if bad:
-        log.warning("resumed from checkpoint %d in %s.", step, self.directory)
+      for unreadable, cause in bad:
+        kept = self._set_aside(unreadable)
+        log.warning("checkpoint %d in %s is unreadable (%s); resuming from checkpoint %d "
+                    "(the unreadable one is kept as %s).", unreadable, self.directory,
+                    cause, step, os.path.basename(kept))
       return state, meta, step
+    newest, cause = bad[0]
     raise CheckpointError(
-        f"none of the {len(steps)} checkpoints in {self.directory} (steps "
-        f"{', '.join(map(str, steps))}) can be restored; remove that directory to start "
-        "the run again from step 0, or use another --workdir.")
+        f"none of the checkpoints in {self.directory} (steps "
+        f"{', '.join(map(str, steps))}) can be restored (step {newest}: {cause}); remove "
+        "that directory to train the run again from the start, or use another --workdir.")
 
-  def _set_aside(self, step: int) -> None:
-    """Renames an unreadable step out of orbax's sight (kept for inspection)."""
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step out of orbax's sight; returns the new path."""
     source = os.path.join(self.directory, str(step))
     target = f"{source}{_UNREADABLE}{int(time.time())}"
     try:
@@ -354,6 +368,7 @@ class Checkpointer:
           f"checkpoint {step} in {self.directory} is unreadable and cannot be moved "
           f"aside ({_cause(e)}); remove {source} and rerun.") from e
     self._manager.reload()
+    return target
 
   def wait(self) -> None:
     """Blocks until background writes are done.
