@@ -100,6 +100,10 @@ _OS_CAUSES = ("No space left on device", "Read-only file system", "Permission de
 
 def _cause(exc: BaseException) -> str:
   """One short line saying why ``exc`` happened (no paths or specs of tensorstore)."""
+  seen = {id(exc)}
+  while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+    exc = exc.__cause__   # orbax wraps tensorstore's error in a generic Exception
+    seen.add(id(exc))
   if isinstance(exc, OSError) and exc.strerror:
     where = f": {exc.filename}" if exc.filename else ""
     return f"{exc.strerror}{where}"
@@ -124,48 +128,94 @@ def _without_tracebacks(exc: BaseException) -> BaseException:
   while link is not None and id(link) not in seen:
     seen.add(id(link))
     link.__traceback__ = None
+    link.tsm_failed_restore = True   # for _raised_in_orbax, once the frames are gone
     link = link.__cause__ or link.__context__
   return exc
 
 
-def _is_late_read(unraisable: Any) -> bool:
-  """Whether an unraisable exception is a read finishing after its event loop closed."""
-  if not (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed"):
-    return False
-  frames = traceback.extract_tb(unraisable.exc_traceback)
-  return any(frame.name == "call_soon_threadsafe" for frame in frames)
+_ORBAX_DIR = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
 
 
-def _drop_late_reads(previous_hook):
+def _is_orphaned_read(unraisable: Any) -> bool:
+  """Whether an unraisable exception comes from a read that a failed restore orphaned."""
+  coroutine_code = getattr(unraisable.object, "cr_code", None)
+  if coroutine_code is not None and _ORBAX_DIR in coroutine_code.co_filename:
+    return True   # one of orbax's read coroutines, finalised after its loop closed
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"):
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return any(frame.name == "call_soon_threadsafe" for frame in frames)
+  return False
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  """Whether ``exc`` (or an exception it was raised from) went through orbax's code."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if getattr(exc, "tsm_failed_restore", False):
+      return True
+    if any(_ORBAX_DIR in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
+      return True
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+class _OrphanedReadLogFilter(logging.Filter):
+  """Drops asyncio's "exception was never retrieved" for the reads of a failed restore.
+
+  The third kind of noise of :func:`_install_orphaned_read_hook`: the futures of orbax's
+  reads (and tensorstore's under them) hold the failure, already raised by ``restore``,
+  and asyncio logs it again, with its traceback, when they are collected. Dropped: such
+  records whose exception went through orbax's code, and, once a restore has failed in
+  this process, those of tensorstore's futures (no Python frames, a "CODE: " message).
+  """
+
+  failed_restores = 0   # counted by Checkpointer.restore
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+      return True
+    exc = record.exc_info[1]
+    if _raised_in_orbax(exc):
+      return False
+    # tensorstore's own futures fail with "CODE: message" and no Python frames.
+    from_tensorstore = (exc is not None and exc.__traceback__ is None
+                        and re.match(r"[A-Z][A-Z_]{3,}: ", str(exc)) is not None)
+    return not (self.failed_restores and from_tensorstore)
+
+
+_ORPHANED_READS = _OrphanedReadLogFilter()
+logging.getLogger("asyncio").addFilter(_ORPHANED_READS)
+
+
+def _drop_orphaned_reads(previous_hook):
   def hook(unraisable):
-    if not _is_late_read(unraisable):
+    if not _is_orphaned_read(unraisable):
       previous_hook(unraisable)
-  hook.drops_late_reads = True
+  hook.drops_orphaned_reads = True
   return hook
 
 
-def _collect_orphaned_reads() -> None:
-  """Quietly disposes of the reads that a failed restore left behind.
+def _install_orphaned_read_hook() -> None:
+  """Installs (once, chained to the previous one) a ``sys.unraisablehook`` that drops
+  the noise of the reads a failed restore leaves behind.
 
   When one array of a restore fails, orbax closes its event loop with the other reads
-  still in flight. Two kinds of noise follow unless handled:
-
-  * tensorstore completes the in-flight reads later and schedules their callbacks on
-    the closed loop; the resulting "RuntimeError: Event loop is closed" goes to
-    ``sys.unraisablehook``, as a bare traceback per array. A hook that drops exactly
-    these (and passes everything else on) is installed, once, by the first restore.
-  * the suspended read coroutines, left to interpreter shutdown, import modules in
-    their finalisers after ``sys.meta_path`` is gone ("ImportError: sys.meta_path is
-    None" at exit); collected now, while the interpreter is alive, they end quietly.
+  still in flight, and they end as "unraisable" exceptions, each a traceback unrelated
+  to the cause: tensorstore completes a read and schedules its callback on the closed
+  loop ("RuntimeError: Event loop is closed"), and the suspended read coroutines raise
+  when they are finalised (at interpreter shutdown, "ImportError: sys.meta_path is
+  None"). The hook drops exactly those two kinds and passes everything else on.
   """
+  if not getattr(sys.unraisablehook, "drops_orphaned_reads", False):
+    sys.unraisablehook = _drop_orphaned_reads(sys.unraisablehook)
+
+
+def _collect_orphaned_reads() -> None:
+  """Finalises a failed restore's orphaned read coroutines now, not at shutdown, when
+  the hook above may already be gone."""
   gc.collect()
-
-
-def _install_late_read_hook() -> None:
-  """Installs (once) the ``sys.unraisablehook`` of :func:`_collect_orphaned_reads`."""
-  if not getattr(sys.unraisablehook, "drops_late_reads", False):
-    sys.unraisablehook = _drop_late_reads(sys.unraisablehook)
 
 
 def _metric_key(best_metric: str, best_mode: str):
@@ -297,9 +347,9 @@ class Checkpointer:
     """
     self.wait()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    # Before the read: a failure closes orbax's loop, and the other reads report to the
-    # hook as they finish, possibly before this method regains control.
-    _install_late_read_hook()
+    # Before the read: after a failure the other reads report to the hook as they
+    # finish, possibly before this method regains control.
+    _install_orphaned_read_hook()
     try:
       restored = self._manager.restore(
           int(step), args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
@@ -310,6 +360,7 @@ class Checkpointer:
       error = CheckpointError(
           f"checkpoint {step} in {self.directory} is unreadable ({cause}).", cause)
       error.__cause__ = _without_tracebacks(e)
+      _OrphanedReadLogFilter.failed_restores += 1
     # Outside the handler, with the tracebacks dropped, orbax's orphaned reads are
     # unreachable and can be collected now.
     _collect_orphaned_reads()

@@ -240,6 +240,7 @@ class WorkdirLock:
     if self._fd is not None:
       raise RuntimeError(f"the lock on {self.path} is already held by this object.")
     try:
+      # O_CLOEXEC: a program this run starts must not keep the lock alive after it.
       fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
       raise _fault(self.path, "create the lock file", e) from e
