@@ -302,6 +302,9 @@ def test_half_written_temporary_directories_are_ignored_and_removed(tmp_path):
   for name in ("2.orbax-checkpoint-tmp", "3.orbax-checkpoint-tmp-1700000000"):
     os.makedirs(tmp_path / name / "state.orbax-checkpoint-tmp" / "d")
     (tmp_path / name / "state.orbax-checkpoint-tmp" / "d" / "x").write_bytes(b"\0" * 9)
+  with checkpoint_lib.Checkpointer(tmp_path, cleanup_tmp=False) as reader:
+    assert reader.all_steps() == [1]     # ignored by a reader, and left in place
+  assert len(os.listdir(tmp_path)) == 3
   with checkpoint_lib.Checkpointer(tmp_path, keep=3) as ckpt:
     assert ckpt.all_steps() == [1]
     state, _, step = ckpt.restore_latest(_arrays(0.0))

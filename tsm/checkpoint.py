@@ -20,7 +20,10 @@ Faults: every error of orbax or of the filesystem (disk full, read-only file sys
 permission, a truncated file) comes out of this module as one :class:`CheckpointError`
 with a one-line message, including the errors of a background save, which orbax raises
 at the next ``save``, ``wait`` or ``close``. :meth:`Checkpointer.restore_latest` falls
-back from an unreadable checkpoint to the next older one. Half-written
+back from an unreadable checkpoint to the next older one, and a failed restore leaves no
+unrelated tracebacks behind (orbax abandons the restore's other reads, which used to end
+as "Event loop is closed", "exception was never retrieved" and, at exit, "ImportError:
+sys.meta_path is None" tracebacks; see ``_install_orphaned_read_hook``). Half-written
 ``<step>.orbax-checkpoint-tmp*`` directories of a killed save are never listed as steps
 and are removed when a ``Checkpointer`` opens the directory (orbax's
 ``cleanup_tmp_directories``).
@@ -128,7 +131,10 @@ def _without_tracebacks(exc: BaseException) -> BaseException:
   while link is not None and id(link) not in seen:
     seen.add(id(link))
     link.__traceback__ = None
-    link.tsm_failed_restore = True   # for _raised_in_orbax, once the frames are gone
+    try:
+      link.tsm_failed_restore = True   # for _raised_in_orbax, once the frames are gone
+    except AttributeError:   # an exception type without a __dict__
+      pass
     link = link.__cause__ or link.__context__
   return exc
 
@@ -241,6 +247,10 @@ class Checkpointer:
       better.
     async_save: write in a background thread (the device-to-host copy still happens
       before ``save`` returns, so the caller may donate the state right after).
+    cleanup_tmp: remove the half-written ``<step>.orbax-checkpoint-tmp*`` directories
+      of killed saves. Only for the one process that writes the directory (the fit loop,
+      under :class:`tsm.workdir.WorkdirLock`): it would delete the save in progress of a
+      live run. Readers of another run's checkpoints pass False.
 
   Raises:
     ValueError: a bad ``keep`` or ``best_mode``.
@@ -249,7 +259,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike[str], *, keep: int = 2,
                best_metric: str = "val_loss", best_mode: str = "min",
-               async_save: bool = True):
+               async_save: bool = True, cleanup_tmp: bool = True):
     if keep < 1:
       raise ValueError(f"checkpoint.keep must be >= 1, got {keep}; keep at least one.")
     if best_mode not in ("min", "max"):
@@ -264,12 +274,13 @@ class Checkpointer:
         checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=best_mode == "min",
                                   n=1, keep_checkpoints_without_metrics=False),
     ])
-    # cleanup_tmp_directories: a killed save leaves <step>.orbax-checkpoint-tmp*; orbax
-    # never lists it as a step, and removes it here (in the background, awaited by the
-    # first save).
+    # A killed save leaves <step>.orbax-checkpoint-tmp*: orbax never lists it as a step,
+    # and with cleanup_tmp_directories removes it here (in the background, awaited by
+    # the first save).
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode=best_mode, preservation_policy=policy,
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=bool(cleanup_tmp))
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, item_names=(_STATE, _META), options=options)
