@@ -173,11 +173,12 @@ class _OrphanedReadLogFilter(logging.Filter):
   The third kind of noise of :func:`_install_orphaned_read_hook`: the futures of orbax's
   reads (and tensorstore's under them) hold the failure, already raised by ``restore``,
   and asyncio logs it again, with its traceback, when they are collected. Dropped: such
-  records whose exception went through orbax's code, and, once a restore has failed in
-  this process, those of tensorstore's futures (no Python frames, a "CODE: " message).
+  records whose exception went through orbax's code, and, once a restore or a save has
+  failed in this process, those of tensorstore's futures (no Python frames, a "CODE: "
+  message).
   """
 
-  failed_restores = 0   # counted by Checkpointer.restore
+  failures = 0   # failed restores and saves, counted by Checkpointer
 
   def filter(self, record: logging.LogRecord) -> bool:
     if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
@@ -188,7 +189,7 @@ class _OrphanedReadLogFilter(logging.Filter):
     # tensorstore's own futures fail with "CODE: message" and no Python frames.
     from_tensorstore = (exc is not None and exc.__traceback__ is None
                         and re.match(r"[A-Z][A-Z_]{3,}: ", str(exc)) is not None)
-    return not (self.failed_restores and from_tensorstore)
+    return not (self.failures and from_tensorstore)
 
 
 _ORPHANED_READS = _OrphanedReadLogFilter()
@@ -207,10 +208,10 @@ def _install_orphaned_read_hook() -> None:
   """Installs (once, chained to the previous one) a ``sys.unraisablehook`` that drops
   the noise of the reads a failed restore leaves behind.
 
-  When one array of a restore fails, orbax closes its event loop with the other reads
-  still in flight, and they end as "unraisable" exceptions, each a traceback unrelated
-  to the cause: tensorstore completes a read and schedules its callback on the closed
-  loop ("RuntimeError: Event loop is closed"), and the suspended read coroutines raise
+  When one array of a restore (or a save) fails, orbax closes its event loop with the
+  other reads (writes) still in flight, and they end as "unraisable" exceptions, each a
+  traceback unrelated to the cause: tensorstore completes one and schedules its callback
+  on the closed loop ("RuntimeError: Event loop is closed"), and the suspended read coroutines raise
   when they are finalised (at interpreter shutdown, "ImportError: sys.meta_path is
   None"). The hook drops exactly those two kinds and passes everything else on.
   """
@@ -290,8 +291,11 @@ class Checkpointer:
           f"cannot open the checkpoint directory {self.directory}: {cause}.", cause) from e
     _SurfacedErrorFilter.open_checkpointers += 1
     self._closed = False
+    # A failed save abandons its other writes as a failed restore does its other reads.
+    _install_orphaned_read_hook()
 
   def _save_error(self, e: BaseException, step: int | None) -> CheckpointError:
+    _OrphanedReadLogFilter.failures += 1
     what = "a checkpoint" if step is None else f"checkpoint {step}"
     cause = _cause(e)
     return CheckpointError(
@@ -358,9 +362,6 @@ class Checkpointer:
     """
     self.wait()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    # Before the read: after a failure the other reads report to the hook as they
-    # finish, possibly before this method regains control.
-    _install_orphaned_read_hook()
     try:
       restored = self._manager.restore(
           int(step), args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
@@ -371,7 +372,7 @@ class Checkpointer:
       error = CheckpointError(
           f"checkpoint {step} in {self.directory} is unreadable ({cause}).", cause)
       error.__cause__ = _without_tracebacks(e)
-      _OrphanedReadLogFilter.failed_restores += 1
+      _OrphanedReadLogFilter.failures += 1
     # Outside the handler, with the tracebacks dropped, orbax's orphaned reads are
     # unreachable and can be collected now.
     _collect_orphaned_reads()
