@@ -4,13 +4,18 @@ Usage::
 
   tsm-train --config=experiments/configs/digits_dams.py --workdir=runs/digits_dams \\
       [--config.train.epochs=5 --config.margin.schedule=constant ...]
+  tsm-train --help          # usage, the bundled config files
+  tsm-train --list_fields   # every config field with its default and meaning
 
 ``--config`` is an ml_collections config file with a ``get_config()``; any field can be
 overridden with ``--config.<section>.<field>=<value>``. A rerun with the same
-``--workdir`` resumes the run from its latest checkpoint.
+``--workdir`` resumes the run from its latest checkpoint; a finished run is reported
+again without writing anything.
 
-A bad config value (or flag, or a dataset that is not prepared) prints one line to stderr
-naming the field and the fix, exits with status 2, and creates nothing.
+Exit status: 0 done; 2 a bad config value, flag, path or a workdir in use (one line naming
+the field or the path and the fix; nothing created); 1 an I/O fault (a full disk, an
+unreadable checkpoint); 3 the loss or the gradient became non-finite (the last good
+checkpoint stays the resume point); 130 interrupted (Ctrl-C; the same command resumes).
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from absl import logging
 from ml_collections import config_flags
 
 USAGE_ERROR = 2
+IO_ERROR = 1
+NONFINITE_ERROR = 3
+INTERRUPTED = 130
+CONFIG_DIR = "experiments/configs"
 
 
 def _one_line(error: BaseException) -> str:
@@ -57,6 +66,7 @@ class ConfigCommand:
                config_help: str = "Config file (a .py with get_config()).",
                workdir_help: str = "Output directory (resumed if it exists)."):
     self.program = program
+    self.config_help, self.workdir_help = config_help, workdir_help
     self.example_config = example_config
     self.example_workdir = example_workdir
     self.flag_values = flags.FlagValues() if flag_values is None else flag_values
@@ -73,15 +83,60 @@ class ConfigCommand:
   def workdir(self) -> str:
     return self._workdir.value
 
+  def _check_get_config(self, args: Sequence[str]) -> None:
+    """A config file that exists but defines no ``get_config`` gets its own line."""
+    import os  # pylint: disable=import-outside-toplevel
+    for a in args[1:]:
+      if a.startswith("--config="):
+        path = a.split("=", 1)[1].split(":", 1)[0]
+        if os.path.isfile(path):
+          with open(path, encoding="utf-8", errors="replace") as f:
+            if not re.search(r"^def get_config\(", f.read(), re.M):
+              self.fail(f"--config={path} defines no get_config(); a config file is a "
+                        f".py with def get_config() returning the config, such as "
+                        f"{self.example_config}.")
+
   def fail(self, message: str) -> NoReturn:
     """Prints ``PROGRAM: error: message`` to stderr and exits with status 2."""
     print(f"{self.program}: error: {message}", file=sys.stderr)
     sys.exit(USAGE_ERROR)
 
+  def usage(self) -> str:
+    """The ``--help`` text: the two flags, the bundled configs, how to list the fields."""
+    import glob  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+    configs = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
+    listed = "\n".join(f"  {c}" for c in configs) or f"  (none found under ./{CONFIG_DIR})"
+    return (f"usage: {self.program} --config=FILE --workdir=DIR "
+            "[--config.SECTION.FIELD=VALUE ...]\n\n"
+            f"  --config   {self.config_help}\n"
+            f"  --workdir  {self.workdir_help}\n"
+            "  --config.SECTION.FIELD=VALUE  override one field of the config, e.g. "
+            "--config.train.epochs=5\n"
+            "  --list_fields  print every field with its default and meaning, and exit\n\n"
+            f"config files under {CONFIG_DIR}/ (each with its command in its docstring):\n"
+            f"{listed}\n\n"
+            f"example: {self.program} --config={self.example_config} "
+            f"--workdir={self.example_workdir}")
+
   def parse(self, argv: Sequence[str]) -> list[str]:
-    """absl flag parsing with one-line errors and exit status 2; returns the rest."""
+    """absl flag parsing with one-line errors and exit status 2; returns the rest.
+
+    ``--help`` / ``-h`` print :meth:`usage` and ``--list_fields`` every config field,
+    then exit 0.
+    """
+    args = list(argv)
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in args[1:]):
+      print(self.usage())
+      sys.exit(0)
+    if "--list_fields" in args[1:]:
+      from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+      print("config fields (default, meaning); override with --config.SECTION.FIELD=VALUE")
+      print(config_lib.describe_fields())
+      sys.exit(0)
+    self._check_get_config(args)
     try:
-      rest = self.flag_values(list(argv))
+      rest = self.flag_values(args)
     except flags.Error as e:
       self.fail(str(e).strip().splitlines()[0])
     except (AttributeError, KeyError) as e:
@@ -117,14 +172,46 @@ def _main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-  from tsm import history  # pylint: disable=import-outside-toplevel
+  run_command(_COMMAND, lambda: config_lib.train_and_evaluate(_COMMAND.config,
+                                                              _COMMAND.workdir))
+
+
+def run_command(command: ConfigCommand, job: Any) -> Any:
+  """Runs ``job()`` with every foreseeable fault as one line and its exit status.
+
+  Args:
+    command: the command (its ``fail`` prints ``PROGRAM: error: ...``, exit 2).
+    job: the work, a callable without arguments.
+
+  Returns:
+    ``job()``'s result.
+  """
+  # pylint: disable=import-outside-toplevel
+  from tsm import checkpoint as checkpoint_lib
+  from tsm import config as config_lib
+  from tsm import history
+  from tsm import workdir as workdir_lib
+
+  def exit_with(status: int, message: str) -> NoReturn:
+    print(f"{command.program}: {message}", file=sys.stderr)
+    sys.exit(status)
+
   try:
-    config_lib.train_and_evaluate(_COMMAND.config, _COMMAND.workdir)
-  except config_lib.ConfigError as e:
-    _COMMAND.fail(str(e))
+    return job()
+  except (config_lib.ConfigError, workdir_lib.BadWorkdir, workdir_lib.WorkdirBusy) as e:
+    command.fail(str(e))
+  except (workdir_lib.WorkdirIOError, checkpoint_lib.CheckpointError) as e:
+    exit_with(IO_ERROR, f"error: {e}")
   except history.NonFiniteError as e:
-    print(f"tsm-train: {e}", file=sys.stderr)
-    sys.exit(3)
+    exit_with(NONFINITE_ERROR, f"error: {e}")
+  except history.Interrupted as e:
+    exit_with(INTERRUPTED, str(e))
+  except KeyboardInterrupt:
+    exit_with(INTERRUPTED, "interrupted; the same command resumes.")
+  except OSError as e:   # a write outside the checkpointer (a full disk, a lost mount)
+    where = f": {e.filename}" if e.filename else ""
+    exit_with(IO_ERROR, f"error: {e.strerror or e}{where}; fix it and rerun the same "
+                        "command to resume.")
 
 
 def main(argv: list[str] | None = None) -> None:

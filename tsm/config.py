@@ -779,12 +779,24 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     evaluators: extra epoch evaluators (a study's analyses), run after the built-in ones.
 
   Returns:
-    The ``tsm.fit.FitResult`` (None when ``train.stop_after_steps`` stopped it early).
+    The ``tsm.fit.FitResult`` (None when ``train.stop_after_steps`` stopped it early). For
+    a run that had already finished, nothing is trained or written: the result holds the
+    saved summary only (no state).
 
   Raises:
     ConfigError: a bad config value, before anything is created.
   """
   from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
+  from tsm import history  # pylint: disable=import-outside-toplevel
+  from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  check_config(cfg)
+  if workdir_lib.is_finished(workdir, to_json(cfg), ignore=RUN_CONTROL_FIELDS):
+    # A finished run: report it again and write nothing (a read-only workdir is fine).
+    with open(os.path.join(workdir, "summary.json")) as f:
+      summary = json.load(f)
+    print(history.format_summary(summary), flush=True)
+    return fit_lib.FitResult(state=None, best_state=None, summary=summary, history=[],
+                             embed=None)
   splits = prepare(cfg, workdir)
   seed = int(cfg.seed)
   model = build_model(cfg, splits.input_shape)

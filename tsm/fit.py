@@ -25,6 +25,7 @@ only process 0 writes files (orbax aside). See :mod:`tsm.distributed`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -46,6 +47,7 @@ from tsm import losses as losses_lib
 from tsm import margins as margins_lib
 from tsm import tensorboard as tensorboard_lib
 from tsm import train as train_lib
+from tsm import workdir as workdir_lib
 from tsm.data import datasets as datasets_lib
 from tsm.data import loader
 from tsm.data import samplers as samplers_lib
@@ -159,167 +161,181 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     classes = np.unique(splits.train.labels[splits.train.labels >= 0]).size
     sampler = samplers_lib.PKSampler(splits.train.labels, min(8, classes), 4, seed)
   primary = distributed.is_primary()   # only process 0 writes files (orbax aside)
-  os.makedirs(workdir, exist_ok=True)
-  if primary and run_config is not None:
-    artifacts.write_json_atomic(os.path.join(workdir, "config.json"), run_config)
+  if primary:   # one run per workdir: checked and locked before anything is written
+    workdir_lib.prepare_workdir(workdir)
+  lock = workdir_lib.WorkdirLock(workdir) if primary else contextlib.nullcontext()
+  with lock:
+    if primary and run_config is not None:
+      artifacts.write_json_atomic(os.path.join(workdir, "config.json"), run_config)
 
-  steps_per_epoch = int(sampler.steps_per_epoch)
-  total_steps = epochs * steps_per_epoch
-  init_rng, state_rng = jax.random.split(jax.random.key(seed))
-  loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
-  shape = tuple(splits.input_shape)
-  if init_fn is None:
-    variables = model.init({"params": init_rng}, np.zeros((1,) + shape, np.float32),
-                           train=False)
-  else:
-    variables = init_fn(init_rng, shape)
-  probe = jax.eval_shape(lambda v: model.apply(v, np.zeros((1,) + shape, np.float32),
-                                               train=False), variables)
-  loss_variables = loss.init(loss_rng, int(probe.shape[-1]))
-  state = train_lib.create_train_state(variables, optimizer, schedule,
-                                       jax.random.key_data(state_rng), loss_variables)
-  state = train_lib.replicate(state, mesh)
-  del variables
+    steps_per_epoch = int(sampler.steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    init_rng, state_rng = jax.random.split(jax.random.key(seed))
+    loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
+    shape = tuple(splits.input_shape)
+    if init_fn is None:
+      variables = model.init({"params": init_rng}, np.zeros((1,) + shape, np.float32),
+                             train=False)
+    else:
+      variables = init_fn(init_rng, shape)
+    probe = jax.eval_shape(lambda v: model.apply(v, np.zeros((1,) + shape, np.float32),
+                                                 train=False), variables)
+    loss_variables = loss.init(loss_rng, int(probe.shape[-1]))
+    state = train_lib.create_train_state(variables, optimizer, schedule,
+                                         jax.random.key_data(state_rng), loss_variables)
+    state = train_lib.replicate(state, mesh)
+    del variables
 
-  ckpt = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=checkpoint.keep, best_metric=best_metric,
-      best_mode=best_mode, async_save=checkpoint.async_save)
-  board = tensorboard_lib.make_writer(os.path.join(workdir, "tensorboard"),
-                                     enabled=tensorboard and primary)
-  run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
-                                             write=primary),
-                        stop_on_nonfinite=nonfinite == "stop")
-  start_epoch, start_pos = 0, 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, state)
-    start_epoch, start_pos = int(meta["epoch"]), int(meta["step_in_epoch"])
-    run.log.truncate(int(meta["metrics_bytes"]))
-  else:
-    run.log.truncate(0)   # lines of a run killed before its first checkpoint
-  records = run.log.read()
-  epoch_records = [r for r in records if r["kind"] == "epoch"]
-  run.epoch_steps = [r for r in records if r["kind"] == "step" and r["epoch"] == start_epoch]
+    ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=checkpoint.keep, best_metric=best_metric,
+        best_mode=best_mode, async_save=checkpoint.async_save)
+    board = tensorboard_lib.make_writer(os.path.join(workdir, "tensorboard"),
+                                       enabled=tensorboard and primary)
+    run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
+                                               write=primary),
+                          stop_on_nonfinite=nonfinite == "stop")
+    start_epoch, start_pos = 0, 0
+    restored = ckpt.restore_latest(state)   # newest readable checkpoint, if any
+    if restored is not None:
+      state, meta, _ = restored
+      start_epoch, start_pos = int(meta["epoch"]), int(meta["step_in_epoch"])
+      run.log.truncate(int(meta["metrics_bytes"]))
+    else:
+      run.log.truncate(0)   # lines of a run killed before its first checkpoint
+    records = run.log.read()
+    epoch_records = [r for r in records if r["kind"] == "epoch"]
+    run.epoch_steps = [r for r in records if r["kind"] == "step" and r["epoch"] == start_epoch]
 
-  train_steps: dict[int, Any] = {}
+    train_steps: dict[int, Any] = {}
 
-  def train_step_of(epoch: int) -> Any:
-    epoch_loss = loss_of(epoch)
-    if id(epoch_loss) not in train_steps:
-      train_steps[id(epoch_loss)] = train_lib.make_train_step(
-          model, epoch_loss, schedule, optimizer, mesh=mesh, margin_update=margin_update,
-          skip_nonfinite=nonfinite == "skip")
-    return train_steps[id(epoch_loss)]
+    def train_step_of(epoch: int) -> Any:
+      epoch_loss = loss_of(epoch)
+      if id(epoch_loss) not in train_steps:
+        train_steps[id(epoch_loss)] = train_lib.make_train_step(
+            model, epoch_loss, schedule, optimizer, mesh=mesh, margin_update=margin_update,
+            skip_nonfinite=nonfinite == "skip")
+      return train_steps[id(epoch_loss)]
 
-  end_of_epoch = (None if margin_update == "step"
-                  else train_lib.make_end_of_epoch(schedule, mesh))
-  embed_fn = evaluation.make_embed_fn(model, embed_batch_size)
-  loss_fn = train_lib.make_loss_on_batches(model, loss_of, splits, mesh)
+    end_of_epoch = (None if margin_update == "step"
+                    else train_lib.make_end_of_epoch(schedule, mesh))
+    embed_fn = evaluation.make_embed_fn(model, embed_batch_size)
+    loss_fn = train_lib.make_loss_on_batches(model, loss_of, splits, mesh)
 
-  def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
-    return {"epoch": epoch, "step_in_epoch": pos, "global_step": step,
-            "metrics_bytes": run.log.size(), "steps_per_epoch": steps_per_epoch}
+    def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
+      return {"epoch": epoch, "step_in_epoch": pos, "global_step": step,
+              "metrics_bytes": run.log.size(), "steps_per_epoch": steps_per_epoch}
 
-  bar = progress and primary and sys.stderr.isatty()
-  progress_bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + start_pos,
-                      disable=not bar, dynamic_ncols=True, unit="step",
-                      desc=str((summary_extra or {}).get("dataset", "train")))
+    bar = progress and primary and sys.stderr.isatty()
+    progress_bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + start_pos,
+                        disable=not bar, dynamic_ncols=True, unit="step",
+                        desc=str((summary_extra or {}).get("dataset", "train")))
 
-  def show(fetched: list[dict[str, Any]]) -> None:
-    for r in fetched:
-      board.scalars(r["step"], r, prefix="train/")
-    if fetched and bar:
-      progress_bar.set_postfix(loss=f"{fetched[-1]['loss']:.4f}",
-                               mu=f"{fetched[-1]['margin']:.3f}", refresh=False)
-    if primary and print_every_steps:
+    def show(fetched: list[dict[str, Any]]) -> None:
       for r in fetched:
-        if r["step"] % print_every_steps == 0:
-          print(f"step {r['step']}/{total_steps}  loss {r['loss']:.4f}  "
-                f"mu {r['margin']:.3f}  easy {r['easy_share']:.3f}", flush=True)
+        board.scalars(r["step"], r, prefix="train/")
+      if fetched and bar:
+        progress_bar.set_postfix(loss=f"{fetched[-1]['loss']:.4f}",
+                                 mu=f"{fetched[-1]['margin']:.3f}", refresh=False)
+      if primary and print_every_steps:
+        for r in fetched:
+          if r["step"] % print_every_steps == 0:
+            print(f"step {r['step']}/{total_steps}  loss {r['loss']:.4f}  "
+                  f"mu {r['margin']:.3f}  easy {r['easy_share']:.3f}", flush=True)
 
-  steps_this_run = 0
-  try:
-    for epoch in range(start_epoch, epochs):
-      t0 = time.time()
-      pos0 = start_pos if epoch == start_epoch else 0
-      if pos0 == 0:
+    steps_this_run = 0
+
+    def epoch_steps_done() -> int:   # the last step whose update was applied
+      return int(progress_bar.n)
+    try:
+      for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        pos0 = start_pos if epoch == start_epoch else 0
+        if pos0 == 0:
+          run.epoch_steps = []
+        # This host's share of the epoch's global batches (all of them on one host).
+        indices = distributed.host_batches(sampler.epoch(epoch), mesh)
+        hosts = jax.process_count()
+        stream: Iterator[dict[str, np.ndarray]] = loader.batches(
+            splits.train, _skip_to(indices, pos0), augment=augment,
+            seed=(seed, epoch) if hosts == 1 else (seed, epoch, jax.process_index()))
+        train_step = train_step_of(epoch)
+        for pos, batch in enumerate(stream):
+          if pos < pos0:
+            continue
+          state, step_metrics = train_step(state, distributed.shard_batch(batch, mesh))
+          step = epoch * steps_per_epoch + pos + 1
+          run.pending.append((epoch, step, step_metrics))
+          progress_bar.update(1)
+          steps_this_run += 1
+          if len(run.pending) >= log_every:
+            show(run.flush())
+          if (checkpoint.every_steps and step % checkpoint.every_steps == 0
+              and pos + 1 < steps_per_epoch):
+            show(run.flush())
+            ckpt.save(step, state, meta(epoch, pos + 1, step))
+          if stop_after_steps and steps_this_run >= stop_after_steps:
+            show(run.flush())
+            return None
+        show(run.flush())
+
+        step = (epoch + 1) * steps_per_epoch
+        record = history.epoch_record(epoch, step, run.epoch_steps)
+        if end_of_epoch is not None:
+          state = end_of_epoch(state)
+        record["margin_next"] = float(jax.device_get(state.margin_state.margin))
+        last = epoch + 1 == epochs
+        due = [e for e in evaluators if e.every_epochs and
+               ((epoch + 1) % e.every_epochs == 0 or last)]
+        ctx = evaluation.EvalContext(state=state, splits=splits, embed_fn=embed_fn,
+                                     epoch=epoch, record=record, loss_fn=loss_fn)
+        record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
+        record["time_s"] = round(time.time() - t0, 3)
+        run.log.append([record])
+        board.scalars(record["step"], record, prefix="epoch/")
+        epoch_records.append(record)
         run.epoch_steps = []
-      # This host's share of the epoch's global batches (all of them on one host).
-      indices = distributed.host_batches(sampler.epoch(epoch), mesh)
-      hosts = jax.process_count()
-      stream: Iterator[dict[str, np.ndarray]] = loader.batches(
-          splits.train, _skip_to(indices, pos0), augment=augment,
-          seed=(seed, epoch) if hosts == 1 else (seed, epoch, jax.process_index()))
-      train_step = train_step_of(epoch)
-      for pos, batch in enumerate(stream):
-        if pos < pos0:
-          continue
-        state, step_metrics = train_step(state, distributed.shard_batch(batch, mesh))
-        step = epoch * steps_per_epoch + pos + 1
-        run.pending.append((epoch, step, step_metrics))
-        progress_bar.update(1)
-        steps_this_run += 1
-        if len(run.pending) >= log_every:
-          show(run.flush())
-        if (checkpoint.every_steps and step % checkpoint.every_steps == 0
-            and pos + 1 < steps_per_epoch):
-          show(run.flush())
-          ckpt.save(step, state, meta(epoch, pos + 1, step))
-        if stop_after_steps and steps_this_run >= stop_after_steps:
-          show(run.flush())
-          return None
-      show(run.flush())
+        if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
+          ckpt.save(step, state, meta(epoch + 1, 0, step),
+                    metrics={best_metric: record[best_metric]} if best_metric in record
+                    else None)
+        if primary:
+          line = history.epoch_line(record, epochs)
+          progress_bar.write(line) if bar else print(line, flush=True)
+      progress_bar.close()
 
-      step = (epoch + 1) * steps_per_epoch
-      record = history.epoch_record(epoch, step, run.epoch_steps)
-      if end_of_epoch is not None:
-        state = end_of_epoch(state)
-      record["margin_next"] = float(jax.device_get(state.margin_state.margin))
-      last = epoch + 1 == epochs
-      due = [e for e in evaluators if e.every_epochs and
-             ((epoch + 1) % e.every_epochs == 0 or last)]
-      ctx = evaluation.EvalContext(state=state, splits=splits, embed_fn=embed_fn,
-                                   epoch=epoch, record=record, loss_fn=loss_fn)
-      record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
-      record["time_s"] = round(time.time() - t0, 3)
-      run.log.append([record])
-      board.scalars(record["step"], record, prefix="epoch/")
-      epoch_records.append(record)
-      run.epoch_steps = []
-      if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
-        ckpt.save(step, state, meta(epoch + 1, 0, step),
-                  metrics={best_metric: record[best_metric]} if best_metric in record
-                  else None)
+      best_step = ckpt.best_step()
+      best_state = state
+      if best_step is not None:
+        try:
+          best_state = ckpt.restore(best_step, state)[0]
+        except checkpoint_lib.CheckpointError as e:   # summarise the final state instead
+          best_step = None
+          print(f"warning: {e}; summarising the final state instead.", file=sys.stderr)
+      best_record = next((r for r in epoch_records if r["step"] == best_step),
+                         epoch_records[-1] if epoch_records else None)
+      ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
+                                   loss_fn=loss_fn)
+      summary: dict[str, Any] = dict(summary_extra or {})
+      summary.update({
+          "epochs": len(epoch_records), "best_metric": best_metric,
+          "best_epoch": None if best_record is None else best_record["epoch"] + 1,
+          "best_value": None if best_record is None else best_record.get(best_metric),
+          # The margin the last epoch trained at, and the one the schedule would use next.
+          "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
+          "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
+      })
+      summary.update(evaluation.run_evaluators(final_evaluators, ctx))
       if primary:
-        line = history.epoch_line(record, epochs)
-        progress_bar.write(line) if bar else print(line, flush=True)
-    progress_bar.close()
-
-    best_step = ckpt.best_step()
-    best_state = ckpt.restore(best_step, state)[0] if best_step is not None else state
-    best_record = next((r for r in epoch_records if r["step"] == best_step),
-                       epoch_records[-1] if epoch_records else None)
-    ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
-                                 loss_fn=loss_fn)
-    summary: dict[str, Any] = dict(summary_extra or {})
-    summary.update({
-        "epochs": len(epoch_records), "best_metric": best_metric,
-        "best_epoch": None if best_record is None else best_record["epoch"] + 1,
-        "best_value": None if best_record is None else best_record.get(best_metric),
-        # The margin the last epoch trained at, and the one the schedule would use next.
-        "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
-        "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
-    })
-    summary.update(evaluation.run_evaluators(final_evaluators, ctx))
+        artifacts.write_outputs(workdir, summary, epoch_records, ctx, board,
+                                dict(figure or {}))
+    except KeyboardInterrupt:
+      raise history.Interrupted(int(epoch_steps_done())) from None
+    finally:
+      progress_bar.close()
+      board.close()
+      ckpt.close()
     if primary:
-      artifacts.write_outputs(workdir, summary, epoch_records, ctx, board,
-                              dict(figure or {}))
-  finally:
-    progress_bar.close()
-    board.close()
-    ckpt.close()
-  if primary:
-    print(history.format_summary(summary), flush=True)
-  return FitResult(state=state, best_state=best_state, summary=summary,
-                   history=epoch_records,
-                   embed=lambda inputs: embed_fn(best_state, inputs))
+      print(history.format_summary(summary), flush=True)
+    return FitResult(state=state, best_state=best_state, summary=summary,
+                     history=epoch_records,
+                     embed=lambda inputs: embed_fn(best_state, inputs))

@@ -33,6 +33,14 @@ class NonFiniteError(RuntimeError):
         "(train.nonfinite=skip skips such steps instead).")
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during training; the message is one line naming the step."""
+
+  def __init__(self, step: int):
+    self.step = step
+    super().__init__(f"interrupted at step {step}; the same command resumes.")
+
+
 class StepLog:
   """Step metrics waiting on the device, and the current epoch's fetched records.
 

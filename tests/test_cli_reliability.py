@@ -1,0 +1,186 @@
+"""Runs that survive: the non-finite guard, checkpoint fallback through fit, Ctrl-C, a
+finished rerun that writes nothing, and the CLI's help (issue 13; the lock and the
+filesystem faults themselves: test_workdir.py, test_checkpoint.py)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tsm import config as config_lib
+from tsm import history
+
+from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
+from fit_helpers import read_lines
+from fit_helpers import run_config
+from fit_helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "experiments", "configs", "digits_dams.py")
+
+
+def _cli(*args, timeout=300, **kw):
+  return subprocess.run([sys.executable, "-m", "tsm.cli", *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=timeout, **kw)
+
+
+def _diverging(**train):
+  cfg = tiny_config(epochs=2, steps_per_epoch=4, log_every=1, **train)
+  cfg.train.optimizer, cfg.train.learning_rate = "sgd", 1e30
+  cfg.train.tensorboard = False
+  return cfg
+
+
+def test_divergence_stops_at_the_first_nonfinite_step(tmp_path):
+  with pytest.raises(history.NonFiniteError) as info:
+    run_config(_diverging(), tmp_path)
+  message = str(info.value)
+  assert "\n" not in message and message.startswith("step ") and "not finite" in message
+  step = info.value.step
+  logged = [r for r in read_lines(tmp_path) if r["kind"] == "step"]
+  # Nothing of the bad step (or after it) was logged; every logged step is finite.
+  assert all(r["step"] < step and np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"])
+             for r in logged)
+
+
+def test_skip_policy_skips_and_counts_the_nonfinite_steps(tmp_path):
+  # A loss that is NaN on the batches whose first label is 0: those updates are skipped
+  # and counted, the others applied; the run finishes with finite parameters.
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from tsm import fit as fit_lib, losses, margins  # pylint: disable=import-outside-toplevel
+  from tsm.data import samplers  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      return nn.Dense(4)(x)
+
+  def sometimes_nan(embeddings, labels, margin):
+    value, stats = losses.triplet_margin_loss(embeddings, labels, margin)
+    return jnp.where(labels[0] == 0, jnp.nan, value), stats
+
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(4), 10).astype(np.int32)
+  x = rng.normal(size=(40, 3)).astype(np.float32)
+  sampler = samplers.PKSampler(y, 2, 3, seed=0, steps_per_epoch=6)
+  expected_bad = sum(int(b[0] in np.flatnonzero(y == 0)) for e in range(2)
+                     for b in sampler.epoch(e))
+  assert 0 < expected_bad < 12
+  result = fit_lib.fit(Net(), sometimes_nan, margins.constant(0.2), optax.adam(1e-2),
+                       {"train": (x, y)}, workdir=str(tmp_path), epochs=2,
+                       sampler=sampler, nonfinite="skip", log_every=1, progress=False,
+                       tensorboard=False, figure={"skip": True})
+  epochs = [r for r in read_lines(tmp_path) if r["kind"] == "epoch"]
+  assert sum(r["num_skipped"] for r in epochs) == expected_bad
+  import jax  # pylint: disable=import-outside-toplevel
+  assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(result.state.params))
+  assert int(result.state.step) == 12
+
+
+@pytest.mark.slow
+def test_cli_divergence_is_one_line_with_status_3(tmp_path):
+  proc = _cli(f"--config={DIGITS}", f"--workdir={tmp_path / 'run'}",
+              "--config.train.optimizer=sgd", "--config.train.learning_rate=1e30",
+              "--config.train.epochs=2", "--config.train.steps_per_epoch=5",
+              "--config.train.log_every=1")
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert len(proc.stderr.strip().splitlines()) == 1 and "not finite" in proc.stderr
+
+
+def _resume_config():
+  cfg = tiny_config(epochs=3, steps_per_epoch=3)
+  cfg.checkpoint.keep = 3
+  cfg.checkpoint.async_save = False
+  cfg.train.tensorboard = False
+  return cfg
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  whole = run_config(_resume_config(), tmp_path / "whole")
+  broken = tmp_path / "broken"
+  stopped = _resume_config()
+  stopped.train.stop_after_steps = 7          # checkpoints at steps 3 and 6, then a kill
+  assert run_config(stopped, broken) is None
+  files = [f for f in glob.glob(str(broken / "checkpoints" / "6" / "state" / "**" / "*"),
+                                recursive=True) if os.path.isfile(f)]
+  assert files
+  for f in files:
+    with open(f, "r+b") as handle:
+      handle.truncate(max(os.path.getsize(f) // 2, 0))
+  caplog.clear()
+  resumed = run_config(_resume_config(), broken)
+  warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert any("checkpoint 6" in m and "resuming from checkpoint 3" in m for m in warned)
+  assert resumed == whole
+
+
+@pytest.mark.slow
+def test_finished_rerun_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  cfg = tiny_config(epochs=1, steps_per_epoch=2)
+  first = run_config(cfg, workdir)
+  stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(workdir / "**"),
+                                                         recursive=True)}
+  time.sleep(0.05)
+  again = run_config(tiny_config(epochs=1, steps_per_epoch=2), workdir)
+  assert again == first
+  assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(workdir / "**"),
+                                                       recursive=True)} == stamps
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_status_130_and_the_run_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  args = [f"--config={DIGITS}", f"--workdir={workdir}", "--config.train.epochs=400",
+          "--config.train.log_every=1", "--config.train.tensorboard=False"]
+  proc = subprocess.Popen([sys.executable, "-m", "tsm.cli", *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  log = workdir / "metrics.jsonl"
+  while time.time() < deadline and not (log.exists() and '"kind": "epoch"' in log.read_text()):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "interrupted at step" in lines[0]
+  assert "resumes" in lines[0]
+  assert glob.glob(str(workdir / "checkpoints" / "*"))
+
+
+def test_help_names_the_flags_the_configs_and_the_field_list():
+  proc = _cli("--help", timeout=120)
+  assert proc.returncode == 0
+  for text in ("--config", "--workdir", "experiments/configs/digits_dams.py",
+               "--list_fields"):
+    assert text in proc.stdout, text
+  fields = _cli("--list_fields", timeout=120)
+  assert fields.returncode == 0
+  for key in config_lib.FIELD_HELP:
+    assert f"  {key} = " in fields.stdout, key
+
+
+def test_config_file_without_get_config_gets_its_own_line(tmp_path):
+  path = tmp_path / "not_a_config.py"
+  path.write_text("x = 1\n")
+  proc = _cli(f"--config={path}", f"--workdir={tmp_path / 'w'}", timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.count("\n") == 1 and "defines no get_config()" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_every_field_has_help_and_every_help_a_field():
+  cfg = config_lib.default_config()
+  fields = {f"{s}.{k}" for s in cfg.keys() if s != "seed" for k in cfg[s].keys()}
+  assert fields | {"seed"} == set(config_lib.FIELD_HELP)
