@@ -98,8 +98,8 @@ def test_distributed_config_is_checked_before_anything_runs():
   bad.distributed.coordinator_address = "10.0.0.1:1234"
   with pytest.raises(config_lib.ConfigError, match="distributed.initialize=True"):
     config_lib.check_config(bad)
-  # Switched off, initialize() never starts the runtime.
-  distributed.initialize(distributed.default_config())
+  # Switched off (the default), train_and_evaluate never calls initialize().
+  assert not config_lib.default_config().distributed.initialize
   assert not jax.distributed.is_initialized()
 
 
