@@ -248,8 +248,8 @@ def test_epochs_knob_and_axes():
   cfg = margin_study_digits.get_config()
   cfg.study.epochs = 7
   cfg.study.schedules = "stepwise,dams"
-  cfg.study.reductions = ("mean_nonzero", "mean")
-  cfg.study.minings = ("all", "semihard")
+  cfg.study.reductions = "mean_nonzero, mean"
+  cfg.study.minings = "all,semihard"
   arms = study.check_study(cfg)
   assert [a.name for a in arms] == [
       "stepwise", "dams", "stepwise+semihard", "dams+semihard", "stepwise+mean",
@@ -264,7 +264,8 @@ def test_epochs_knob_and_axes():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("reductions", ("mean", "median")), ("minings", ()), ("epochs", 0),
+    ("reductions", "mean,median"), ("minings", ""), ("reductions", "mean,mean"),
+    ("epochs", 0),
     ("em_triplets", 0), ("seeds", 0), ("nope", 1)])
 def test_bad_study_fields_name_the_field(field, value):
   cfg = margin_study_digits.get_config()

@@ -252,11 +252,11 @@ def deviations(cfg: Any) -> list[list[str]]:
   dropout = tuple(m.get("head_dropout", ()) or ())
   return [
       ["loss reduction", "not stated", "mean over violating triplets",
-       f"{', '.join(s.reductions)} (study.reductions)",
+       f"{', '.join(study.axis(cfg, 'reductions'))} (study.reductions)",
        "default as the authors' code; 'mean' (over all valid triplets) scales the "
        "gradient by (1 - easy share), so a higher mu also acts as a larger step"],
       ["mining", "all / semi-hard / hard / curriculum", "all violating triplets",
-       f"{', '.join(s.minings)} (study.minings)",
+       f"{', '.join(study.axis(cfg, 'minings'))} (study.minings)",
        "the curriculum is not implemented; semihard / hard are an optional axis"],
       ["augmentation", "not stated", "resize only", "on" if d.augment else "none",
        "as the authors' code"],
@@ -451,8 +451,8 @@ def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
       f"{m.embedding_dim}-d L2-normalised, {cfg.loss.distance} distance; "
       + ("data drawn from each run's seed (data.data_seed = seed)" if cfg.study.vary_data
          else f"data.data_seed fixed at {d.data_seed}"),
-      f"- triplet loss, reductions {', '.join(cfg.study.reductions)}, minings "
-      f"{', '.join(cfg.study.minings)}, P x K = {t.classes_per_batch} x "
+      f"- triplet loss, reductions {', '.join(study.axis(cfg, 'reductions'))}, minings "
+      f"{', '.join(study.axis(cfg, 'minings'))}, P x K = {t.classes_per_batch} x "
       f"{t.samples_per_class}, {t.optimizer} lr {t.learning_rate:g}, "
       f"{study.run_epochs(cfg)} epochs, model kept at the lowest {t.best_metric} "
       f"(validation margin {cfg.eval.val_margin})",
