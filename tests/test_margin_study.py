@@ -356,3 +356,19 @@ def test_cli_rejects_a_bad_schedule(capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "study.schedules" in err
   assert not os.path.exists("/nonexistent/never")
+
+
+def test_results_mark_no_best_and_dash_unresolvable_tar():
+  def run(seed, auc, tar):
+    return {"seed": seed, "summary": {"test": {"auc": auc, "tar@far=1e-3": tar,
+                                               "tar@far=1e-2": tar, "num_different": 500}}}
+  fake = {"dams": [run(0, 0.9, 0.0), run(1, 0.92, 0.0)],
+          "linear": [run(0, 0.8, 0.0), run(1, 0.82, 0.0)]}
+  header, rows = report.results_table(fake)
+  far3, far2 = header.index("TAR@FAR=1e-3"), header.index("TAR@FAR=1e-2")
+  for row in rows:
+    # 500 negatives cannot resolve FAR 1e-3 (10/FAR = 10,000) nor 1e-2 (1,000).
+    assert row[far3].startswith("— (500 different pairs")
+    assert row[far2].startswith("— (500 different pairs")
+    assert not any("**" in cell for cell in row)
+  assert rows[0][header.index("AUC")] == "0.9100 ± 0.0141"
