@@ -9,7 +9,6 @@ import os
 
 import pytest
 
-import numpy as np
 
 from experiments.loss_comparison import analysis
 from experiments.loss_comparison import report

@@ -179,8 +179,8 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
       "mean_grad_norm": float(np.mean(curves["grad_norm"])),
       "mean_negative_active_ratio": (float(np.mean(neg)) if neg and np.all(np.isfinite(neg))
                                      else math.nan),
-      "mean_grad_norm_per_loss": (float(np.nanmean(per_loss)) if np.any(np.isfinite(per_loss))
-                                  else math.nan),
+      "mean_grad_norm_per_loss": (float(np.nanmean(per_loss))
+                                  if np.any(np.isfinite(per_loss)) else math.nan),
       "final_loss": curves["loss"][-1],
   }
 
@@ -259,7 +259,8 @@ def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
       "dataset": config.data.name, "loss": config.loss.name, "seed": int(config.seed),
       "sampling": config.train.sampling, "model": config.model.name,
       "margin": float(config.margin.initial_margin),
-      **found["scalars"], **curve_summary(records, first_step["loss"], float(study.decay_fraction),
+      **found["scalars"],
+      **curve_summary(records, first_step["loss"], float(study.decay_fraction),
                       config.loss.name),
       "fit_test": None if summary is None else summary.get("test"),
   }

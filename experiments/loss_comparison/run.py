@@ -20,7 +20,8 @@ verdicts of paper B's claims and the figures (:mod:`experiments.loss_comparison.
 
 Any config field can be overridden: ``--config.study.seeds=2``, ``--config.study.epochs=5``
 (every dataset's epochs), ``--config.study.sampling=pk`` (in-batch losses over P x K
-batches instead of paper B's random triplets / pairs), ``--config.synthetic.train.epochs=50``.
+batches instead of paper B's random triplets / pairs),
+``--config.synthetic.train.epochs=50``.
 The grid runs on :func:`experiments.runner.run_grid` (``study.workers`` forked processes,
 ``study.xla_threads``, the compilation cache ``study.compilation_cache``). A rerun with
 the same workdir reuses the finished runs of the same config (their ``analysis.json``
