@@ -9,19 +9,28 @@ import os
 
 import pytest
 
+
+from experiments.loss_comparison import analysis
 from experiments.loss_comparison import report
 from experiments.loss_comparison import run as study_run
-from experiments.loss_comparison import study_config
+from experiments.loss_comparison import study as study_config
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
+from tsm import losses
 from tsm import reporting
 
-VERDICTS = {reporting.HELD, reporting.NOT_HELD, reporting.UNCLEAR, report.NOT_MEASURED}
+VERDICTS = set(reporting.VERDICTS)
+# The contrastive loss's negative-term active count, once tsm's PairStats records it.
+NEGATIVE_COUNT = "num_negative_active" in losses.PairStats._fields
+
+
+def _measured(key):
+  return key != "mean_negative_active_ratio" or NEGATIVE_COUNT
 FIGURES = ("curves.png", "intra_class_variance.png", "pca.png", "effective_margins.png")
 
 
 def tiny_study(**study):
   cfg = study_config.study_config(("digits",))
-  cfg.study.update(dict(seeds=2, epochs=2, processes=1, cache_dir="",
+  cfg.study.update(dict(seeds=2, epochs=2, workers=1, compilation_cache="",
                         max_triplets=2000), **study)
   cfg.digits.model.hidden_sizes = (32,)
   cfg.digits.model.embedding_dim = 16
@@ -49,8 +58,12 @@ def test_table_has_every_row_with_finite_numbers(study_dir):
   header, body = rows[0], rows[1:]
   assert header[:3] == ["quantity", "contrastive (ours)", "triplet (ours)"]
   assert [r[0] for r in body] == [label for _, label, _ in report.ROWS]
+  labels = {label: key for key, label, _ in report.ROWS}
   for row in body:
-    for cell in row[1:3]:
+    for loss, cell in zip(("contrastive", "triplet"), row[1:3]):
+      if loss == "contrastive" and not _measured(labels[row[0]]):
+        assert cell == "n/a", (row[0], cell)   # NaN, never a plausible number
+        continue
       assert report.is_finite_number(cell), (row[0], cell)
       assert "±" in cell   # two seeds: mean ± std
   with open(os.path.join(workdir, "digits", "table.md")) as f:
@@ -63,12 +76,20 @@ def test_figures_verdicts_and_report_are_written(study_dir):
   for name in FIGURES:
     assert os.path.getsize(os.path.join(workdir, "digits", name)) > 1000, name
   rows = _csv(os.path.join(workdir, "verdicts.csv"))
-  assert rows[0] == ["paper B's claim", "metric", "digits"]
-  assert [r[1] for r in rows[1:]] == [key for _, key, _, _ in report.CLAIMS]
-  assert all(r[2] in VERDICTS for r in rows[1:])
+  header = rows[0]
+  assert header[:3] == ["dataset", "claim", "metric"] and header[-2:] == ["verdict", "note"]
+  # Every claim measured on digits (by-image split: k-NN too), in CLAIMS order.
+  assert [r[2] for r in rows[1:]] == [key for _, key, _, _ in report.CLAIMS
+                                      if _measured(key)]
+  assert all(r[0] == "digits" and r[header.index("verdict")] in VERDICTS
+             for r in rows[1:])
+  assert all(r[header.index("seeds")] == "2" for r in rows[1:])
+  notes = {r[2]: r[-1] for r in rows[1:]}
+  assert "by construction" in notes["mean_active_ratio"]
+  assert "scale" in notes["mean_grad_norm"] and notes["recall@1"] == ""
   with open(os.path.join(workdir, "report.md")) as f:
     text = f.read()
-  assert "paper B's claim" in text and "digits: contrastive vs triplet" in text
+  assert "Paper B's claims" in text and "digits: contrastive vs triplet" in text
 
 
 @pytest.mark.slow
@@ -79,6 +100,8 @@ def test_each_run_is_analysed_once_and_checkpointed_at_the_end(study_dir):
     with open(os.path.join(rundir, "analysis.json")) as f:
       result = json.load(f)
     assert result["loss"] == loss and result["epochs"] == 2
+    with open(os.path.join(rundir, "config.json")) as f:
+      assert json.load(f)["data"]["data_seed"] == 0   # study.vary_data: seed 0's data
     assert result["sampling"] == {"triplet": "triplets", "contrastive": "pairs"}[loss]
     assert len(result["curves"]["grad_norm"]) == 2
     assert result["eff_margin_count"] > 0 and len(result["gmm"]["means"]) == 2
@@ -113,6 +136,8 @@ def test_epoch_curves_are_the_means_of_the_jitted_steps_metrics(study_dir):
     ("seeds", 0, "study.seeds"),
     ("losses", ("arcface",), "study.losses"),
     ("datasets", ("mnist1d",), "study.datasets"),
+    ("xla_threads", 2, "study.xla_threads"),
+    ("compare_to", "/nonexistent/study", "study.compare_to"),
 ])
 def test_bad_study_settings_fail_in_one_line_before_running(tmp_path, field, value,
                                                              message):
@@ -139,3 +164,63 @@ def test_run_config_follows_the_sampling_choice():
   assert not study_run.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
   gpu.cifar10.model.pretrained_path = "/weights/resnet18.npz"   # paper B: frozen trunk
   assert study_run.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
+
+
+def test_study_defaults_and_the_epochs_knob():
+  cfg = study_config.study_config(("synthetic", "digits"))
+  assert cfg.study.seeds == 10 and cfg.study.vary_data
+  run = study_run.run_config(cfg, "synthetic", "triplet", 7)
+  assert run.data.data_seed == 7 and run.train.epochs == 100
+  cfg.study.epochs = 3
+  assert study_run.run_config(cfg, "digits", "contrastive", 0).train.epochs == 3
+  cfg.study.vary_data = False
+  assert study_run.run_config(cfg, "synthetic", "triplet", 7).data.data_seed == 0
+
+
+def _record(loss, grad, active, **extra):
+  return dict(kind="epoch", loss=loss, grad_norm=grad, active_ratio=active, **extra)
+
+
+def test_companions_of_the_by_construction_claims_by_hand():
+  triplet = [_record(2.0, 1.0, 0.5), _record(1.0, 0.8, 0.25)]
+  out = analysis.curve_summary(triplet, 4.0, 0.1, "triplet")
+  # Every triplet term holds a negative: its negative-term ratio is its active ratio.
+  assert out["mean_negative_active_ratio"] == (0.5 + 0.25) / 2
+  assert out["mean_grad_norm_per_loss"] == (1.0 / 2.0 + 0.8 / 1.0) / 2
+  pairs = [_record(1.0, 0.3, 0.9, num_negative=40.0, num_negative_active=10.0),
+           _record(0.0, 0.0, 0.5, num_negative=50.0, num_negative_active=5.0)]
+  out = analysis.curve_summary(pairs, 2.0, 0.1, "contrastive")
+  assert out["mean_negative_active_ratio"] == (10 / 40 + 5 / 50) / 2
+  assert out["mean_grad_norm_per_loss"] == 0.3   # a zero-loss epoch has no ratio
+  # Without the stats' negative-active count the companion is NaN, not a guess.
+  out = analysis.curve_summary([_record(1.0, 0.3, 0.9)], 2.0, 0.1, "contrastive")
+  assert math.isnan(out["mean_negative_active_ratio"])
+
+
+def test_claims_pair_by_seed_and_use_one_holm_family():
+  def runs(values, key="intra_var"):
+    return [{"seed": s, key: v, "epochs": 5} for s, v in values]
+  by_dataset = {
+      "a": {"triplet": runs([(0, 0.30), (1, 0.32), (2, 0.31)]),
+            "contrastive": runs([(0, 0.10), (2, 0.12)])},   # seed 1 missing
+      "b": {"triplet": runs([(0, 0.2), (1, 0.2), (2, 0.2)]),
+            "contrastive": runs([(0, 0.2), (1, 0.2), (2, 0.2)])},
+  }
+  claims = report.study_claims(by_dataset, [0, 1, 2])
+  assert [(c.group, c.metric) for c in claims] == [("a", "intra_var"), ("b", "intra_var")]
+  assert claims[0].b_values == [0.10, None, 0.12]
+  verdicts = report.decided(by_dataset, [0, 1, 2])
+  assert verdicts["b"]["intra_var"] == reporting.INCONCLUSIVE   # identical arms
+  assert verdicts["a"]["recall@1"] == report.NOT_MEASURED
+  comps = reporting.decide([reporting.compare(c.a_values, c.b_values) for c in claims])
+  assert verdicts["a"]["intra_var"] == comps[0].verdict
+
+
+def test_deviations_cover_paper_b_settings():
+  rows = report.deviations(study_config.study_config(study_config.OFFLINE_DATASETS))
+  settings = {r[0] for r in rows}
+  for needed in ("sampling", "outliers (label -1) as anchors", "positive = anchor allowed",
+                 "loss reduction", "learning rate", "epochs", "dropout", "trunk", "split",
+                 "augmentation / normalisation"):
+    assert needed in settings
+  assert all(all(cell for cell in r) for r in rows)

@@ -21,7 +21,10 @@ from experiments.configs import margin_study_digits
 from experiments.margin_scheduler import report
 from experiments.margin_scheduler import run as run_lib
 from experiments.margin_scheduler import study
+from experiments import verdicts as verdicts_lib
+from scipy import stats as sps
 from tsm import config as config_lib
+from tsm import reporting
 
 SCHEDULES = ("dams", "controller")
 SEEDS = 2
@@ -90,6 +93,7 @@ def test_outputs_exist_and_are_finite(tiny_study):
                "study.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert "Test metrics" in text and "our controller beats DAMS" in text
+  assert "Deviations from paper A" in text and "loss reduction" in text
   for csv_name in ("results.csv", "per_seed.csv", "effective_margins.csv"):
     values = _finite_cells(os.path.join(workdir, csv_name))
     assert values and all(math.isfinite(v) for v in values), csv_name
@@ -100,8 +104,8 @@ def test_outputs_exist_and_are_finite(tiny_study):
   with open(os.path.join(workdir, "verdicts.csv")) as f:
     verdicts = list(csv.DictReader(f))
   assert {v["metric"] for v in verdicts} == {"AUC", "EER"}
-  assert all(v["verdict"] in ("held", "did not hold", "not distinguishable")
-             for v in verdicts)
+  assert all(v["verdict"] in reporting.VERDICTS for v in verdicts)
+  assert all(v["seeds"] == str(SEEDS) for v in verdicts)
   hooked = study.hook_epochs(EPOCHS)
   for name in SCHEDULES:
     for seed in range(SEEDS):
@@ -111,9 +115,15 @@ def test_outputs_exist_and_are_finite(tiny_study):
       for key in ("auc", "eer", "accuracy", "threshold", "tar@far=1e-2", "recall@1",
                   "map@r"):
         assert math.isfinite(test[key]), (name, seed, key)
-      with np.load(os.path.join(directory, "pairs.npz")) as z:
-        assert z["test_distances"].shape == z["test_same"].shape == (200,)
+      with np.load(os.path.join(directory, "config.json").replace(
+          "config.json", "pairs.npz")) as z:
+        assert z["test_distances"].shape == z["test_same"].shape
         assert np.all(np.isfinite(z["test_distances"]))
+      with open(os.path.join(directory, "config.json")) as f:
+        saved = json.load(f)
+      # study.vary_data: the run's data are drawn from its seed; the authors' loss.
+      assert saved["data"]["data_seed"] == seed
+      assert saved["loss"]["reduction"] == "mean_nonzero"
       for epoch in hooked:
         with np.load(os.path.join(directory, "effective_margins",
                                   f"epoch{epoch:03d}.npz")) as z:
@@ -168,6 +178,41 @@ def test_rerun_reuses_finished_runs(tiny_study, capsys):
   assert out.count("reused") == len(SCHEDULES) * SEEDS
 
 
+@pytest.mark.slow
+def test_final_mu_is_the_margin_the_last_epoch_trained_at(tiny_study):
+  cfg, workdir, _ = tiny_study
+  runs = report.load_runs(workdir, SCHEDULES, SEEDS)
+  for name in SCHEDULES:
+    for run in runs[name]:
+      last = _epochs(workdir, name, run["seed"])[-1]
+      assert run["summary"]["final_mu"] == last["margin"]
+      assert run["summary"]["next_mu"] == last["margin_next"]
+  with open(os.path.join(workdir, "results.csv")) as f:
+    header = next(csv.reader(f))
+  assert "final mu" in header and "next mu" in header
+
+
+@pytest.mark.slow
+def test_compare_to_marks_differing_verdicts_unstable(tiny_study, tmp_path):
+  """A rerun whose verdicts differ: those claims read 'unstable', the others stay."""
+  cfg, workdir, _ = tiny_study
+  other = tmp_path / "rerun"
+  other.mkdir()
+  with open(os.path.join(workdir, "verdicts.csv")) as f:
+    rows = list(csv.reader(f))
+  flipped = rows[1][rows[0].index("verdict")]
+  rows[1][rows[0].index("verdict")] = "held" if flipped != "held" else "contradicted"
+  with open(other / "verdicts.csv", "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+  runs = report.load_runs(workdir, SCHEDULES, SEEDS)
+  header, marked, sentence = report.verdict_table(runs, SCHEDULES, SEEDS,
+                                                  compare_to=str(other))
+  col = header.index("verdict")
+  assert marked[0][col].startswith("unstable (" + flipped + " here")
+  assert all(not r[col].startswith("unstable") for r in marked[1:])
+  assert "1 of" in sentence
+
+
 def test_schedules_and_stepwise_stages():
   cfg = margin_study_digits.get_config()
   assert study.schedule_names(cfg) == [
@@ -187,25 +232,119 @@ def test_schedules_and_stepwise_stages():
     study.check_study(cfg)
 
 
-def test_verdict_table_best_constant_per_metric():
-  def runs(auc, eer):
-    return [{"summary": {"test": {"auc": a, "eer": e}}} for a, e in zip(auc, eer)]
-  fake = {
-      "constant_0.1": runs([0.90, 0.91], [0.20, 0.21]),
-      "constant_0.5": runs([0.95, 0.96], [0.30, 0.31]),
-      "linear": runs([0.93, 0.93], [0.10, 0.10]),
-      "dams": runs([0.97, 0.98], [0.15, 0.16]),
-      "controller": runs([0.97, 0.98], [0.15, 0.16]),
-  }
-  header, rows = report.verdict_table(fake)
+def test_study_defaults_follow_the_authors_code():
+  cfg = margin_study_digits.get_config()
+  assert cfg.study.seeds == 10 and cfg.study.vary_data
+  run = study.run_config(cfg, "dams", 4)
+  assert run.loss.reduction == "mean_nonzero" and run.loss.mining == "all"
+  assert run.data.data_seed == 4   # vary_data: the data follow the seed
+  cfg.study.vary_data = False
+  assert study.run_config(cfg, "dams", 4).data.data_seed == cfg.data.data_seed
+  images = study.paper_a_images("lfw")
+  assert not images.data.augment   # the authors' code: resize + normalise only
+
+
+def test_epochs_knob_and_axes():
+  cfg = margin_study_digits.get_config()
+  cfg.study.epochs = 7
+  cfg.study.schedules = "stepwise,dams"
+  cfg.study.reductions = "mean_nonzero, mean"
+  cfg.study.minings = "all,semihard"
+  arms = study.check_study(cfg)
+  assert [a.name for a in arms] == [
+      "stepwise", "dams", "stepwise+semihard", "dams+semihard", "stepwise+mean",
+      "dams+mean", "stepwise+mean+semihard", "dams+mean+semihard"]
+  run = study.run_config(cfg, arms[-1], 1)
+  assert (run.train.epochs, run.loss.reduction, run.loss.mining) == (7, "mean", "semihard")
+  # The stepwise stages follow study.epochs, not train.epochs.
+  assert study.run_config(cfg, arms[0], 0).margin.boundaries == study.stepwise_stages(
+      0.2, 1.0, 7, cfg.study.stepwise_stages)[0]
+  assert study.run_dir("w", arms[-1], 1) == os.path.join(
+      "w", "runs", "dams+mean+semihard", "seed1")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("reductions", "mean,median"), ("minings", ""), ("reductions", "mean,mean"),
+    ("epochs", 0),
+    ("em_triplets", 0), ("seeds", 0), ("nope", 1)])
+def test_bad_study_fields_name_the_field(field, value):
+  cfg = margin_study_digits.get_config()
+  with cfg.unlocked():
+    cfg.study[field] = value
+  with pytest.raises(config_lib.ConfigError, match=f"study.{field}") as e:
+    study.check_study(cfg)
+  assert "\n" not in str(e.value)
+
+
+def _fake_runs(values):
+  """``{arm: runs}`` from ``{arm: (val AUCs, test AUCs, val EERs, test EERs)}``."""
+  return {name: [{"seed": k, "summary": {"val": {"auc": va[k], "eer": ve[k]},
+                                         "test": {"auc": ta[k], "eer": te[k]}}}
+                 for k in range(len(va))]
+          for name, (va, ta, ve, te) in values.items()}
+
+
+def test_verdicts_pick_the_constant_on_validation_and_test_paired():
+  rng = np.random.default_rng(0)
+  n = 10
+  base = rng.normal(0.9, 0.01, n)
+  fake = _fake_runs({
+      # constant_0.1 wins on validation, constant_0.5 on test: the claim must use 0.1.
+      "constant_0.1": (base + 0.05, base, base * 0 + 0.2, base * 0 + 0.2 + rng.normal(
+          0, 0.01, n)),
+      "constant_0.5": (base, base + 0.03, base * 0 + 0.3, base * 0 + 0.1 + rng.normal(
+          0, 0.01, n)),
+      "linear": (base, base + 0.02 + rng.normal(0, 0.01, n), base * 0 + 0.2,
+                 base * 0 + 0.2 + rng.normal(0, 0.01, n)),
+      "dams": (base, base + 0.02 + rng.normal(0, 0.01, n), base * 0 + 0.2,
+               base * 0 + 0.2 + rng.normal(0, 0.01, n)),
+  })
+  header, rows, sentence = report.verdict_table(fake, list(fake), n)
+  assert sentence == ""
   table = {(r[0], r[1]): r for r in rows}
-  auc = table[("DAMS beats the best constant margin", "AUC")]
-  assert auc[3].startswith("constant_0.5") and auc[-1] == "held"
-  eer = table[("DAMS beats the best constant margin", "EER")]
-  assert eer[3].startswith("constant_0.1") and eer[-1] == "held"
-  assert table[("DAMS beats the linear increase", "EER")][-1] == "did not hold"
-  assert table[("our controller beats DAMS", "AUC")][-1] == "not distinguishable"
-  assert header[-1] == "verdict"
+  auc = table[("DAMS beats the best constant margin (chosen on validation)", "AUC")]
+  assert auc[3].startswith("constant_0.1")   # chosen on val.auc, not test.auc
+  eer = table[("DAMS beats the best constant margin (chosen on validation)", "EER")]
+  assert eer[3].startswith("constant_0.1")   # lowest validation EER
+  # Raw p = scipy's one-sided paired t-test; Holm over the 4 claims.
+  ps = []
+  for claim, metric in table:
+    b = "constant_0.1" if "constant" in claim else "linear"
+    key = {"AUC": "auc", "EER": "eer"}[metric]
+    a_vals = [r["summary"]["test"][key] for r in fake["dams"]]
+    b_vals = [r["summary"]["test"][key] for r in fake[b]]
+    alt = "greater" if metric == "AUC" else "less"
+    p = sps.ttest_rel(a_vals, b_vals, alternative=alt).pvalue
+    ps.append(p)
+    row = table[(claim, metric)]
+    assert float(row[header.index("p (one-sided)")]) == pytest.approx(p, rel=2e-3,
+                                                                         abs=1e-3)
+  p_sorted = sorted(ps)
+  holm_min = min(1.0, 4 * p_sorted[0])
+  assert min(float(r[header.index("p (Holm)")]) for r in rows) == pytest.approx(
+      holm_min, rel=2e-3, abs=1e-3)
+  assert auc[header.index("verdict")] == "held"   # +0.02 over 0.01 noise, 10 seeds
+
+
+def test_verdict_rows_pair_by_seed_when_a_run_is_missing():
+  fake = _fake_runs({"constant_0.2": ([0.9] * 4, [0.90, 0.91, 0.92, 0.93], [0.2] * 4,
+                                      [0.2] * 4),
+                     "dams": ([0.9] * 4, [0.95, 0.97, 0.96, 0.99], [0.2] * 4,
+                              [0.1, 0.11, 0.12, 0.1])})
+  del fake["dams"][1]   # seed 1 of dams did not finish
+  claims = report.claims(fake, list(fake), 4)
+  assert claims[0].a_values[1] is None and claims[0].b_values[1] == 0.91
+  header, rows, _ = report.verdict_table(fake, list(fake), 4)
+  assert rows[0][header.index("seeds")] == "3"
+
+
+def test_deviations_cover_the_required_settings():
+  rows = report.deviations(margin_study_digits.get_config())
+  settings = {r[0] for r in rows}
+  for needed in ("loss reduction", "mining", "augmentation", "normalisation",
+                 "learning rate", "epochs", "head dropout", "trunk", "split"):
+    assert needed in settings
+  assert all(len(r) == len(verdicts_lib.DEVIATION_HEADER) and all(r) for r in rows)
 
 
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
@@ -217,3 +356,19 @@ def test_cli_rejects_a_bad_schedule(capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "study.schedules" in err
   assert not os.path.exists("/nonexistent/never")
+
+
+def test_results_mark_no_best_and_dash_unresolvable_tar():
+  def run(seed, auc, tar):
+    return {"seed": seed, "summary": {"test": {"auc": auc, "tar@far=1e-3": tar,
+                                               "tar@far=1e-2": tar, "num_different": 500}}}
+  fake = {"dams": [run(0, 0.9, 0.0), run(1, 0.92, 0.0)],
+          "linear": [run(0, 0.8, 0.0), run(1, 0.82, 0.0)]}
+  header, rows = report.results_table(fake)
+  far3, far2 = header.index("TAR@FAR=1e-3"), header.index("TAR@FAR=1e-2")
+  for row in rows:
+    # 500 negatives cannot resolve FAR 1e-3 (10/FAR = 10,000) nor 1e-2 (1,000).
+    assert row[far3].startswith("— (500 different pairs")
+    assert row[far2].startswith("— (500 different pairs")
+    assert not any("**" in cell for cell in row)
+  assert rows[0][header.index("AUC")] == "0.9100 ± 0.0141"

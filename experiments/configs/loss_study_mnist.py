@@ -10,10 +10,10 @@ reference). Paper B reports intra-class variance and inter-class distances for M
 the table shows them beside ours. Minutes per run on a GPU.
 """
 
-from experiments.loss_comparison import study_config
+from experiments.loss_comparison import study
 
 
 def get_config():
-  cfg = study_config.study_config(("mnist",))
-  cfg.study.processes = 1
+  cfg = study.study_config(("mnist",))
+  cfg.study.workers = 1
   return cfg

@@ -6,14 +6,15 @@ r"""Paper B's loss study (contrastive vs triplet) on the offline sets; CPU minut
 Trains both losses under paper B's settings (margin 1.0, L2-normalised embeddings, Adam
 1e-3, 64 random triplets / pairs per batch) on ``synthetic`` (paper B's toy set, MLP
 128 -> 64 -> 32, 100 epochs), ``digits`` (MLP, 100 epochs) and ``mnist1d`` (conv1d, 80
-epochs), 5 seeds each: 30 runs, under 10 minutes on 2 CPU cores. Quick look:
+epochs), 10 seeds each (the data drawn from each seed): 60 runs, about 12 minutes on 2
+CPU cores. Quick look:
 ``--config.study.seeds=2 --config.study.epochs=10``. In-batch losses instead of paper B's
 random sampling: ``--config.study.sampling=pk`` (``--config.study.mining=semihard`` ...).
 See ``experiments/loss_comparison/run.py``.
 """
 
-from experiments.loss_comparison import study_config
+from experiments.loss_comparison import study
 
 
 def get_config():
-  return study_config.study_config(study_config.OFFLINE_DATASETS)
+  return study.study_config(study.OFFLINE_DATASETS)

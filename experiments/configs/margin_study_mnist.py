@@ -15,7 +15,7 @@ without it the trunk starts from scratch), paper A's head, Adam 1e-4, 50 epochs,
 model of the lowest validation loss. MNIST has 10 classes, so the verification split is
 by image within them (the official 60,000 / 10,000 split, ``standard``, 10 % of train
 held out for validation) and P is capped at 10: P x K = 10 x 6 = 60 rows, close to paper
-A's 32 x 2 = 64. Every schedule of the study, 5 seeds.
+A's 32 x 2 = 64. Every schedule of the study, 10 seeds (the study default).
 """
 
 from experiments.margin_scheduler import study

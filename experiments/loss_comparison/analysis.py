@@ -14,7 +14,11 @@ and, through an evaluator at the last epoch, measures the final model:
 * from fit's per-epoch records (``metrics.jsonl``): the curves of loss, active ratio and
   gradient norm, paper B's loss-decay epochs (first epoch whose loss is at most 10% of
   the first epoch's; ``-1`` when never; also from the first step's loss), and the means
-  of the active ratio and gradient norm over epochs.
+  of the active ratio and gradient norm over epochs; and two companions that do not
+  follow from the losses' forms: the active ratio of NEGATIVE terms only (contrastive:
+  active negative pairs / negative pairs, from the stats' ``num_negative_active`` where
+  tsm records it; triplet: every term holds a negative, so its active ratio) and the
+  gradient norm per unit of loss (the losses differ in scale).
 
 Unlabelled points (label -1, the synthetic set's outliers) take part in training as the
 samplers allow but in no class statistic, query or k-NN reference.
@@ -38,6 +42,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments import runner
 from tsm import artifacts
 from tsm import diagnostics
 from tsm import distances
@@ -120,8 +125,23 @@ def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
   return out, arrays
 
 
+def negative_active_ratio(record: dict[str, Any], loss: str) -> float:
+  """Active share of the negative terms in one epoch record (NaN where not recorded).
+
+  Under paper B's contrastive ``y d^2`` every positive pair with ``d > 0`` is active,
+  so its overall active ratio is at least the share of positive pairs by construction;
+  the negative terms' share does not follow from the form. Every triplet term holds a
+  negative, so the triplet loss's is its active ratio.
+  """
+  if loss == "triplet":
+    return float(record["active_ratio"])
+  if "num_negative_active" in record and record.get("num_negative", 0) > 0:
+    return float(record["num_negative_active"]) / float(record["num_negative"])
+  return math.nan
+
+
 def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
-                  decay_fraction: float = 0.1) -> dict[str, Any]:
+                  decay_fraction: float = 0.1, loss: str = "") -> dict[str, Any]:
   """Per-epoch curves and paper B's greediness numbers from fit's epoch records.
 
   Besides paper B's loss-decay (epochs until the epoch loss is at most ``decay_fraction``
@@ -133,13 +153,19 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
     epoch_records: the ``{"kind": "epoch"}`` records of ``metrics.jsonl``, in order.
     first_step_loss: the loss of the first optimiser step.
     decay_fraction: loss-decay target share of the first epoch's loss.
+    loss: the loss's name (for the negative-term active ratio).
 
   Returns:
     ``{"curves": {name: [E floats]}, "loss_decay_epochs": int (-1: never),
     "loss_decay_epochs_from_step1": int (-1: never), "first_step_loss",
-    "mean_active_ratio", "mean_grad_norm", "final_loss", "epochs"}``.
+    "mean_active_ratio", "mean_grad_norm", "mean_negative_active_ratio",
+    "mean_grad_norm_per_loss", "final_loss", "epochs"}``.
   """
   curves = {k: [float(r[k]) for r in epoch_records] for k in CURVES}
+  neg = [negative_active_ratio(r, loss) for r in epoch_records]
+  # Epochs whose loss is 0 have no defined ratio (NaN, left out of the mean).
+  per_loss = [r["grad_norm"] / r["loss"] if r["loss"] > 0 else math.nan
+              for r in epoch_records]
   losses = np.asarray(curves["loss"], np.float32)
   decay = int(diagnostics.loss_decay_epochs(losses, decay_fraction))
   from_step = int(diagnostics.loss_decay_epochs(
@@ -151,6 +177,10 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
       "first_step_loss": float(first_step_loss),
       "mean_active_ratio": float(np.mean(curves["active_ratio"])),
       "mean_grad_norm": float(np.mean(curves["grad_norm"])),
+      "mean_negative_active_ratio": (float(np.mean(neg)) if neg and np.all(np.isfinite(neg))
+                                     else math.nan),
+      "mean_grad_norm_per_loss": (float(np.nanmean(per_loss))
+                                  if np.any(np.isfinite(per_loss)) else math.nan),
       "final_loss": curves["loss"][-1],
   }
 
@@ -182,7 +212,8 @@ def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
     The analysis dict (as written to ``analysis.json``).
   """
   path = os.path.join(rundir, ANALYSIS_JSON)
-  if os.path.exists(path):
+  # A run of another config there raises (tsm.config.check_same_run) before anything.
+  if runner.finished(rundir, config, (ANALYSIS_JSON,)):
     with open(path) as f:
       return json.load(f)
   if os.path.isdir(rundir):   # a run stopped before its analysis: train it again
@@ -228,7 +259,9 @@ def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
       "dataset": config.data.name, "loss": config.loss.name, "seed": int(config.seed),
       "sampling": config.train.sampling, "model": config.model.name,
       "margin": float(config.margin.initial_margin),
-      **found["scalars"], **curve_summary(records, first_step["loss"], float(study.decay_fraction)),
+      **found["scalars"],
+      **curve_summary(records, first_step["loss"], float(study.decay_fraction),
+                      config.loss.name),
       "fit_test": None if summary is None else summary.get("test"),
   }
   np.savez_compressed(os.path.join(rundir, ANALYSIS_NPZ), **found["arrays"])

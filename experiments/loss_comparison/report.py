@@ -8,8 +8,17 @@ gradient norm per epoch, mean over seeds with a ± std band), ``intra_class_vari
 embeddings), ``effective_margins.png`` (histogram of ``d_an - d_ap`` over the training
 triplets of every seed, with a Gaussian mixture fitted to them).
 
-Over all datasets: ``verdicts.md`` / ``verdicts.csv`` (each claim of paper B per dataset,
-decided by :func:`tsm.reporting.verdict`) and ``report.md`` (everything, for reading).
+Over all datasets: ``verdicts.md`` / ``verdicts.csv`` (each claim of paper B per dataset:
+mean ± std per loss, the paired difference over seeds with its 95 % interval, raw and
+Holm p over the study's whole family of claims, MDE, verdict; :mod:`experiments.verdicts`),
+``deviations.md`` and ``report.md`` (everything, for reading).
+
+Two of paper B's claims hold by construction and are flagged: under the contrastive
+loss's ``y d^2`` every positive pair with ``d > 0`` is active (and half of paper B's
+pairs are positive), so its active ratio is high whatever training does; and gradient
+norms of losses of different scale are not comparable. Their fairer companions are
+tested beside them: the active ratio of negative terms only, and the gradient norm per
+unit of loss.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments import verdicts as verdicts_lib
 from tsm import diagnostics
 from tsm import plotting
 from tsm import reporting
@@ -35,6 +45,8 @@ ROWS = (
     ("loss_decay_epochs_from_step1", "loss-decay epochs (loss <= 10% of step 1)", 1),
     ("mean_active_ratio", "active ratio (mean over epochs)", 3),
     ("mean_grad_norm", "gradient norm (mean over epochs)", 3),
+    ("mean_negative_active_ratio", "active ratio of negative terms (mean over epochs)", 3),
+    ("mean_grad_norm_per_loss", "gradient norm / loss (mean over epochs)", 3),
     ("knn@5", "k-NN accuracy (k=5, test)", 4),
     ("recall@1", "Recall@1 (test)", 4),
     ("recall@5", "Recall@5 (test)", 4),
@@ -68,6 +80,13 @@ PAPER_B = {
     "caltech_birds2011": {"recall@1": ("0.3154", "0.3421")},
 }
 
+BY_CONSTRUCTION = {
+    "mean_active_ratio": "holds by construction under y·d²: every positive pair with "
+                         "d > 0 is active and half the pairs are positive; see the "
+                         "negative-term companion",
+    "mean_grad_norm": "losses of different scale: raw norms are not comparable; see the "
+                      "per-unit-loss companion",
+}
 # Paper B's claims: (claim, key, the loss the claim favours, higher_is_better).
 CLAIMS = (
     ("triplet keeps more intra-class variance", "intra_var", "triplet", True),
@@ -80,6 +99,10 @@ CLAIMS = (
      "contrastive", True),
     ("triplet has larger gradient norms (fewer, stronger updates)", "mean_grad_norm",
      "triplet", True),
+    ("companion: contrastive has a higher active ratio of negative terms",
+     "mean_negative_active_ratio", "contrastive", True),
+    ("companion: triplet has a larger gradient norm per unit of loss",
+     "mean_grad_norm_per_loss", "triplet", True),
     ("triplet wins k-NN accuracy", "knn@5", "triplet", True),
     ("triplet wins Recall@1", "recall@1", "triplet", True),
     ("triplet wins retrieval (MAP@R)", "map@r", "triplet", True),
@@ -103,13 +126,15 @@ def load_runs(workdir: str, dataset: str, loss: str,
 
 def run_dir(workdir: str, dataset: str, loss: str, seed: int) -> str:
   """``<workdir>/<dataset>/<loss>/seed<seed>``."""
-  return os.path.join(workdir, dataset, loss, f"seed{seed}")
+  from experiments.loss_comparison import study  # pylint: disable=import-outside-toplevel
+  return study.run_dir(workdir, dataset, loss, seed)
 
 
 def row_values(runs: Sequence[dict[str, Any]], key: str) -> list[float | None]:
   """Per-seed values of a row. Loss-decay never reached counts as ``epochs + 1``."""
   if key in DECAY_KEYS:
-    return [float(r[key]) if r[key] >= 0 else float(r["epochs"] + 1) for r in runs]
+    return [None if r.get(key) is None else float(r[key]) if r[key] >= 0
+            else float(r["epochs"] + 1) for r in runs]
   return reporting.per_seed(runs, key)
 
 
@@ -122,24 +147,61 @@ def _cell(runs: Sequence[dict[str, Any]], key: str, digits: int) -> str:
   return text
 
 
-def claim_verdicts(by_loss: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
-  """``{key: verdict}`` of every claim, by :func:`tsm.reporting.verdict`."""
-  other = {"triplet": "contrastive", "contrastive": "triplet"}
-  out = {}
-  for _, key, favoured, higher in CLAIMS:
-    a = row_values(by_loss.get(favoured, []), key)
-    b = row_values(by_loss.get(other[favoured], []), key)
-    measured = reporting.summarize(a).n and reporting.summarize(b).n
-    out[key] = (reporting.verdict(a, b, higher_is_better=higher) if measured
-                else NOT_MEASURED)
+def seed_values(runs: Sequence[dict[str, Any]], key: str,
+                seeds: Sequence[int]) -> list[float | None]:
+  """:func:`row_values` indexed by ``seeds`` (None where a run is missing), so that the
+  two losses' lists pair seed by seed."""
+  out: list[float | None] = [None] * len(seeds)
+  for r in runs:
+    if r["seed"] in seeds:
+      out[list(seeds).index(r["seed"])] = row_values([r], key)[0]
   return out
 
 
+def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                 seeds: Sequence[int]) -> list[verdicts_lib.Claim]:
+  """Every measured claim of paper B on every dataset (the study's family)."""
+  other = {"triplet": "contrastive", "contrastive": "triplet"}
+  out = []
+  for dataset, by_loss in by_dataset.items():
+    for claim, key, favoured, higher in CLAIMS:
+      a = seed_values(by_loss.get(favoured, []), key, seeds)
+      b = seed_values(by_loss.get(other[favoured], []), key, seeds)
+      if not (reporting.summarize(a).n and reporting.summarize(b).n):
+        continue   # not measured here (e.g. k-NN on unseen classes): not in the family
+      out.append(verdicts_lib.Claim(claim, key, favoured, other[favoured], a, b,
+                                    higher_is_better=higher,
+                                    note=BY_CONSTRUCTION.get(key, ""), group=dataset))
+  return out
+
+
+def decided(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+            seeds: Sequence[int]) -> dict[str, dict[str, str]]:
+  """``{dataset: {key: verdict}}`` of every claim, Holm over the whole study."""
+  claims = study_claims(by_dataset, seeds)
+  out = {d: {key: NOT_MEASURED for _, key, _, _ in CLAIMS} for d in by_dataset}
+  for c, comp in zip(claims, verdicts_lib.decide_claims(claims)):
+    out[c.group][c.metric] = comp.verdict
+  return out
+
+
+def claim_verdicts(by_loss: dict[str, list[dict[str, Any]]],
+                   seeds: Sequence[int] | None = None) -> dict[str, str]:
+  """``{key: verdict}`` of one dataset's claims (Holm over that dataset alone)."""
+  if seeds is None:
+    seeds = sorted({r["seed"] for runs in by_loss.values() for r in runs})
+  return decided({"_": by_loss}, seeds)["_"]
+
+
 def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]],
-                  losses: Sequence[str]) -> str:
-  """Writes ``<dataset>/table.md`` and ``table.csv``; returns the Markdown."""
+                  losses: Sequence[str], verdicts: dict[str, str] | None = None) -> str:
+  """Writes ``<dataset>/table.md`` and ``table.csv``; returns the Markdown.
+
+  ``verdicts``: the claims' verdicts decided over the whole study (default: over this
+  dataset alone).
+  """
   paper = PAPER_B.get(dataset, {})
-  verdicts = claim_verdicts(by_loss)
+  verdicts = claim_verdicts(by_loss) if verdicts is None else verdicts
   claim_of = {key: claim for claim, key, _, _ in CLAIMS}
   header = (["quantity"] + [f"{loss} (ours)" for loss in losses]
             + [f"{loss} (paper B)" for loss in losses] + ["paper B's claim", "verdict"])
@@ -158,17 +220,65 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
                                os.path.join(workdir, dataset, "table.csv"), title=title)
 
 
-def verdict_table(workdir: str, verdicts: dict[str, dict[str, str]]) -> str:
-  """Writes ``verdicts.md`` / ``verdicts.csv``: claims x datasets."""
-  datasets = list(verdicts)
-  header = ["paper B's claim", "metric"] + datasets
-  rows = [[claim, key] + [verdicts[d][key] for d in datasets]
-          for claim, key, _, _ in CLAIMS]
-  return reporting.write_table(
-      header, rows, os.path.join(workdir, "verdicts.md"),
-      os.path.join(workdir, "verdicts.csv"),
-      title="Paper B's claims on this run's data (tsm.reporting.verdict: held / did not "
-            "hold when the means differ by more than std_A + std_B over seeds)")
+def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                  seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
+  """Writes ``verdicts.md`` / ``verdicts.csv``: one row per (dataset, claim).
+
+  Returns:
+    ``(markdown, stability sentence)``.
+  """
+  claims = study_claims(by_dataset, seeds)
+  header, rows = verdicts_lib.verdict_table(claims, grouped=True)
+  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
+  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
+                             os.path.join(workdir, "verdicts.csv"),
+                             title="Paper B's claims on this study's runs")
+  return md, sentence
+
+
+def deviations(cfg: Any) -> list[list[str]]:
+  """Paper B vs its authors' code vs this study (read from ``cfg``)."""
+  from experiments.loss_comparison import study  # pylint: disable=import-outside-toplevel
+  s = cfg.study
+  first = s.datasets[0]
+  run = study.run_config(cfg, first, s.losses[0], s.first_seed)
+  options = study.sampler_options_available(run)
+  t, d = run.train, run.data
+  return [
+      ["sampling", "random triplets / pairs, no mining", "one random positive and "
+       "negative per anchor; pairs by a coin flip",
+       "paper B's random triplets / pairs" if s.sampling == "paper" else
+       f"in-batch {s.sampling}, mining {s.mining}", "as the authors' code by default"],
+      ["outliers (label -1) as anchors", "not stated", "yes",
+       ("yes" if s.outlier_anchors else "no") if options else
+       "no (tsm's sampler option is pending)",
+       "as the authors' code where tsm has the option (train.outlier_anchors)"],
+      ["positive = anchor allowed", "not stated", "yes",
+       ("yes" if s.positive_is_anchor else "no") if options else
+       "no (tsm's sampler option is pending)",
+       "as the authors' code where tsm has the option (train.positive_is_anchor)"],
+      ["loss reduction", "mean over the batch", "mean over the batch",
+       run.loss.reduction, "same"],
+      ["distance", "squared Euclidean (text)", "Euclidean", run.loss.distance,
+       "as the authors' code"],
+      ["learning rate", "Adam 1e-3", "Adam 1e-3", f"{t.optimizer} {t.learning_rate:g}",
+       "same"],
+      ["epochs", "100 (synthetic), 20 (MNIST)", "as the paper",
+       ", ".join(f"{n}: {study.run_config(cfg, n, s.losses[0], s.first_seed).train.epochs}"
+                 for n in s.datasets), "study.epochs overrides all"],
+      ["augmentation / normalisation", "none / raw", "none / raw",
+       f"augment {'on' if d.augment else 'off'}, normalize {d.normalize}", "same"],
+      ["dropout", "none", "none", "none", "same"],
+      ["trunk", "MLP (synthetic), ConvNet (MNIST), frozen ViT-B/32 (images)",
+       "as the paper", ", ".join(f"{n}: {cfg[n].model.name}" for n in s.datasets),
+       "no ViT in tsm; offline sets need small models"],
+      ["split", "train = evaluation set", "train = evaluation set",
+       ", ".join(f"{n}: {cfg[n].data.split}" for n in s.datasets),
+       "a held-out test split keeps k-NN and retrieval honest"],
+      ["seeds and data", "one run", "one run",
+       f"{s.seeds} seeds" + (", data drawn from each seed" if s.vary_data else ""),
+       "paired tests over seeds; the spread includes the data's variance"],
+  ]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -273,7 +383,8 @@ def _load_arrays(workdir: str, dataset: str, loss: str,
 
 
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
-                   seeds: Sequence[int], *, gmm_components: int = 2) -> dict[str, Any]:
+                   seeds: Sequence[int], *, gmm_components: int = 2,
+                   verdicts: dict[str, str] | None = None) -> dict[str, Any]:
   """Table and figures of one dataset.
 
   Returns:
@@ -282,7 +393,8 @@ def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
   """
   by_loss = {loss: load_runs(workdir, dataset, loss, seeds) for loss in losses}
   directory = os.path.join(workdir, dataset)
-  table = dataset_table(workdir, dataset, by_loss, losses)
+  verdicts = claim_verdicts(by_loss, seeds) if verdicts is None else verdicts
+  table = dataset_table(workdir, dataset, by_loss, losses, verdicts)
   figures = []
   if any(by_loss.values()):
     path = os.path.join(directory, "curves.png")
@@ -305,23 +417,45 @@ def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
     figures.append(path)
   else:
     gmm = {}
-  return {"table": table, "verdicts": claim_verdicts(by_loss), "figures": figures,
+  return {"table": table, "verdicts": verdicts, "figures": figures,
           "gmm": gmm, "runs": {loss: len(runs) for loss, runs in by_loss.items()}}
 
 
 def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
                  seeds: Sequence[int], *, gmm_components: int = 2,
-                 preamble: str = "") -> dict[str, Any]:
+                 preamble: str = "", cfg: Any = None) -> dict[str, Any]:
   """Every dataset's table and figures, the verdict table and ``report.md``.
+
+  Args:
+    workdir: the study directory.
+    datasets: the datasets.
+    losses: the losses.
+    seeds: the seeds.
+    gmm_components: components of the effective-margin mixtures.
+    preamble: text under the title.
+    cfg: the study config (deviations table, ``study.compare_to``); optional.
 
   Returns:
     ``{"datasets": {name: report_dataset(...)}, "verdicts": markdown}``.
   """
-  per = {d: report_dataset(workdir, d, losses, seeds, gmm_components=gmm_components)
+  by_dataset = {d: {loss: load_runs(workdir, d, loss, seeds) for loss in losses}
+                for d in datasets}
+  family = decided(by_dataset, seeds)
+  per = {d: report_dataset(workdir, d, losses, seeds, gmm_components=gmm_components,
+                           verdicts=family[d])
          for d in datasets}
-  verdicts_md = verdict_table(workdir, {d: per[d]["verdicts"] for d in datasets})
+  compare_to = (cfg.study.compare_to or None) if cfg is not None else None
+  verdicts_md, stability = verdict_table(workdir, by_dataset, seeds, compare_to)
   parts = ["# Loss study: contrastive vs triplet (paper B, arXiv 2510.02161)\n", preamble,
-           verdicts_md]
+           verdicts_md, verdicts_lib.RULE + " A verdict speaks for these settings only.\n"]
+  if stability:
+    parts.append(stability + "\n")
+  if cfg is not None:
+    deviation_md = verdicts_lib.deviations_markdown(
+        deviations(cfg), "Deviations from paper B and its authors' code")
+    with open(os.path.join(workdir, "deviations.md"), "w") as f:
+      f.write(deviation_md)
+    parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])
     if per[d]["gmm"]:

@@ -5,10 +5,10 @@
 
 Modules:
 
-* :mod:`~experiments.margin_scheduler.study`: the study's config section, the schedules
-  compared, the per-run config and the effective-margin evaluator.
+* :mod:`~experiments.margin_scheduler.study`: the study's config section, its arms
+  (schedule x reduction x mining), one run and the effective-margin evaluator.
 * :mod:`~experiments.margin_scheduler.report`: tables, verdicts and figures from the run
   directories.
-* :mod:`~experiments.margin_scheduler.run`: the command (runs in parallel processes, then
-  the report).
+* :mod:`~experiments.margin_scheduler.run`: the command (the grid on
+  :func:`experiments.runner.run_grid`, then the report).
 """

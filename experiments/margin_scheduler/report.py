@@ -3,13 +3,18 @@
 Everything here reads files only (``summary.json``, ``metrics.jsonl``, ``pairs.npz`` and
 ``effective_margins/*.npz`` of each ``runs/<schedule>/seed<k>``), so a finished study's
 report can be rebuilt at any time. Numbers are summarised with :mod:`tsm.reporting`
-(mean ± sample std over seeds; the verdict rule is documented there).
+(mean ± sample std over seeds) and :mod:`experiments.verdicts` (paired tests, Holm).
 
 Outputs in the study directory:
 
-* ``results.md`` / ``results.csv``: schedule x test metric, mean ± std over seeds, the
-  best mean of each column in bold;
-* ``verdicts.md`` / ``verdicts.csv``: paper A's claims decided from the numbers;
+* ``results.md`` / ``results.csv``: arm x test metric, mean ± std over seeds (no "best"
+  marks: a difference is a claim, tested in the verdict table); TAR@FAR cells read "—"
+  where the test pairs have too few negatives to resolve the FAR;
+* ``verdicts.md`` / ``verdicts.csv``: paper A's claims per reduction / mining: mean ±
+  std per arm, paired difference with its 95 % interval, raw and Holm p, MDE, verdict
+  (``unstable`` where the rerun named by ``study.compare_to`` disagrees); the best
+  constant margin is chosen on the validation split, per metric;
+* ``deviations.md``: the settings that differ from paper A and its authors' code;
 * ``effective_margins.md`` / ``.csv``: the share of sampled training triplets whose
   effective margin exceeds the epoch's margin, and the upper mixture component;
 * ``per_seed.csv`` / ``.md``: every run's numbers;
@@ -28,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments import verdicts as verdicts_lib
 from tsm import reporting
 
 # (summary key, column label, higher is better); the test metrics of paper A first.
@@ -40,9 +46,11 @@ METRICS = (
     ("test.recall@1", "R@1", True),
     ("test.map@r", "MAP@R", True),
 )
-# Reported, not ranked.
-EXTRAS = (("final_margin", "final mu"), ("best_epoch", "best epoch"))
+# Reported, not ranked. "final mu" is the margin the last epoch trained at (from its
+# epoch record), "next mu" the one the last update produced (never trained with).
+EXTRAS = (("final_mu", "final mu"), ("next_mu", "next mu"), ("best_epoch", "best epoch"))
 VERDICT_METRICS = (("test.auc", "AUC", True), ("test.eer", "EER", False))
+TAR_FARS = {"test.tar@far=1e-2": 1e-2, "test.tar@far=1e-3": 1e-3}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -60,32 +68,36 @@ def _read_jsonl_epochs(path: str) -> list[dict[str, Any]]:
   return out
 
 
-def load_runs(workdir: str, names: Sequence[str], seeds: int) -> dict[str, list[dict]]:
-  """Per schedule, the finished runs (seed order): summary, epoch records, paths.
+def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[dict]]:
+  """Per arm, the finished runs (seed order): summary, epoch records, paths.
 
   Args:
     workdir: the study directory.
-    names: schedules.
+    arms: the arms (:class:`~experiments.margin_scheduler.study.Arm` or schedule names).
     seeds: number of seeds.
 
   Returns:
-    ``{schedule: [{"seed", "dir", "summary", "epochs"}, ...]}`` (runs without a
-    ``summary.json`` are left out).
+    ``{arm name: [{"seed", "dir", "summary", "epochs"}, ...]}`` (runs without a
+    ``summary.json`` are left out). Each summary gains ``final_mu`` (the margin the
+    last epoch trained at) and ``next_mu`` (the margin after the last update).
   """
   from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   runs: dict[str, list[dict]] = {}
-  for name in names:
+  for arm in arms:
+    name = study._as_arm(arm).name  # pylint: disable=protected-access
     runs[name] = []
     for seed in range(seeds):
-      directory = study.run_dir(workdir, name, seed)
+      directory = study.run_dir(workdir, arm, seed)
       path = os.path.join(directory, "summary.json")
       if not os.path.exists(path):
         continue
       with open(path) as f:
         summary = json.load(f)
+      epochs = _read_jsonl_epochs(os.path.join(directory, "metrics.jsonl"))
+      summary["final_mu"] = epochs[-1]["margin"] if epochs else None
+      summary["next_mu"] = epochs[-1].get("margin_next") if epochs else None
       runs[name].append({"seed": seed, "dir": directory, "summary": summary,
-                         "epochs": _read_jsonl_epochs(os.path.join(directory,
-                                                                   "metrics.jsonl"))})
+                         "epochs": epochs})
   return runs
 
 
@@ -93,20 +105,42 @@ def _values(runs: list[dict], key: str) -> list[float | None]:
   return reporting.per_seed([r["summary"] for r in runs], key)
 
 
+def seed_values(runs: list[dict], key: str, seeds: int) -> list[float | None]:
+  """Values of ``key`` indexed by seed ``0 .. seeds - 1`` (None where a run is missing),
+  so that two arms' lists pair seed by seed."""
+  out: list[float | None] = [None] * seeds
+  for r in runs:
+    if r["seed"] < seeds:
+      out[r["seed"]] = reporting.per_seed([r["summary"]], key)[0]
+  return out
+
+
+def _num_different(runs: list[dict]) -> int:
+  """The fewest test different-class pairs over the runs (what TAR@FAR can resolve)."""
+  counts = [c for c in _values(runs, "test.num_different") if c is not None]
+  return int(min(counts)) if counts else 0
+
+
 # ----------------------------------------------------------------------------- tables
 
 
 def results_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-  """Schedule x metric cells ``mean ± std``, the best mean of each metric in bold."""
+  """Arm x metric cells ``mean ± std`` (TAR@FAR: "—" where the pairs cannot resolve it).
+
+  No cell is marked "best": which arm is better is a claim, and the verdict table tests
+  it with its interval and p-value.
+  """
   names = list(runs)
   header = ["schedule", "seeds"] + [label for _, label, _ in METRICS] + [
       label for _, label in EXTRAS]
   columns = []
-  for key, _, higher in METRICS:
-    summaries = [reporting.summarize(_values(runs[n], key)) for n in names]
-    best = reporting.best_index(summaries, higher_is_better=higher)
-    columns.append([f"**{s.format()}**" if i == best else s.format()
-                    for i, s in enumerate(summaries)])
+  for key, _, _ in METRICS:
+    if key in TAR_FARS:
+      columns.append([reporting.tar_cell(_values(runs[n], key), _num_different(runs[n]),
+                                         TAR_FARS[key]) if runs[n] else "n/a"
+                      for n in names])
+    else:
+      columns.append([reporting.summarize(_values(runs[n], key)).format() for n in names])
   for key, _ in EXTRAS:
     columns.append([reporting.summarize(_values(runs[n], key)).format(
         2 if key == "best_epoch" else 3) for n in names])
@@ -129,56 +163,134 @@ def per_seed_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[An
   return header, rows
 
 
-def _best_constant(runs: dict[str, list[dict]], key: str, higher: bool) -> str | None:
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
-  constants = [n for n in runs if n.startswith(study.CONSTANT_PREFIX) and runs[n]]
-  if not constants:
-    return None
-  summaries = [reporting.summarize(_values(runs[n], key)) for n in constants]
-  best = reporting.best_index(summaries, higher_is_better=higher)
-  return None if best is None else constants[best]
+def best_constant(runs: dict[str, list[dict]], constants: Sequence[str], key: str,
+                  higher: bool) -> str | None:
+  """The constant-margin arm with the best mean of ``key``'s VALIDATION twin.
 
-
-def claims(runs: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
-  """``(claim, a, b)`` triples of paper A's comparisons that the runs allow.
-
-  ``a`` is the schedule the claim favours. The best constant is chosen per metric (the
-  best test mean among the constants: an optimistic baseline, since the choice sees the
-  test numbers), written ``best-constant`` and resolved by :func:`verdict_table`.
+  ``test.auc`` is chosen on ``val.auc``: picking the baseline on the test numbers would
+  favour it by the selection's own noise.
   """
+  val_key = "val." + key.split(".", 1)[1]
+  present = [n for n in constants if runs.get(n)]
+  summaries = [reporting.summarize(_values(runs[n], val_key)) for n in present]
+  best = reporting.best_index(summaries, higher_is_better=higher)
+  return None if best is None else present[best]
+
+
+def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
+           ) -> list[verdicts_lib.Claim]:
+  """Paper A's claims the runs allow, per reduction / mining variant and metric.
+
+  DAMS beats the best constant margin (chosen on validation, per metric), the linear,
+  exponential and stepwise (LITM-style) increases; tsm's controller beats DAMS. On
+  test AUC and EER.
+  """
+  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
+  arms = [study._as_arm(a) for a in arms]  # pylint: disable=protected-access
+  variants = list(dict.fromkeys((a.reduction, a.mining) for a in arms))
+  grouped = len(variants) > 1
   out = []
-  have = {n for n, rs in runs.items() if rs}
-  if "dams" in have:
-    if any(n.startswith("constant_") for n in have):
-      out.append(("DAMS beats the best constant margin", "dams", "best-constant"))
-    for name in ("linear", "exponential", "stepwise"):
-      if name in have:
-        out.append((f"DAMS beats the {name} increase", "dams", name))
-    if "controller" in have:
-      out.append(("our controller beats DAMS", "controller", "dams"))
+  for reduction, mining in variants:
+    mine = {a.schedule: a.name for a in arms if (a.reduction, a.mining) == (reduction,
+                                                                            mining)}
+    have = {s for s, n in mine.items() if runs.get(n)}
+    constants = [mine[s] for s in mine if s.startswith(study.CONSTANT_PREFIX)]
+    group = study.Arm("x", reduction, mining).variant if grouped else ""
+    pairs = []
+    if "dams" in have:
+      pairs.append(("DAMS beats the best constant margin (chosen on validation)", "dams",
+                    None))
+      pairs += [(f"DAMS beats the {n} increase", "dams", n) for n in MONOTONIC_NAMES
+                if n in have]
+    if "controller" in have and "dams" in have:
+      pairs.append(("our controller beats DAMS", "controller", "dams"))
+    for text, a, b in pairs:
+      for key, label, higher in VERDICT_METRICS:
+        b_name = best_constant(runs, constants, key, higher) if b is None else mine[b]
+        if b_name is None:
+          continue
+        out.append(verdicts_lib.Claim(
+            text, label, mine[a], b_name, seed_values(runs[mine[a]], key, seeds),
+            seed_values(runs[b_name], key, seeds), higher_is_better=higher,
+            group=group))
   return out
 
 
-def verdict_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-  """Paper A's claims on AUC and EER, decided by :func:`tsm.reporting.verdict`.
+MONOTONIC_NAMES = ("linear", "exponential", "stepwise")
 
-  Columns: claim, metric, A and B (schedule: mean ± std), the difference of the means
-  in A's favour, the seed spread (``std_A + std_B``) and the verdict.
+
+def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None,
+                  seeds: int | None = None, *, compare_to: str | None = None
+                  ) -> tuple[list[str], list[list[str]], str]:
+  """Paper A's claims, tested by :mod:`experiments.verdicts` (paired, Holm).
+
+  Args:
+    runs: from :func:`load_runs`.
+    arms: the study's arms (default: every key of ``runs`` as a schedule).
+    seeds: number of seeds (default: the largest seed present + 1).
+    compare_to: a rerun's study directory: claims whose verdict differs are unstable.
+
+  Returns:
+    ``(header, rows, stability sentence)``.
   """
-  header = ["claim", "metric", "A", "B", "A better by", "seed spread", "verdict"]
-  rows = []
-  for claim, a, b in claims(runs):
-    for key, label, higher in VERDICT_METRICS:
-      b_name = _best_constant(runs, key, higher) if b == "best-constant" else b
-      if b_name is None:
-        continue
-      va, vb = _values(runs[a], key), _values(runs[b_name], key)
-      sa, sb = reporting.summarize(va), reporting.summarize(vb)
-      diff = (sa.mean - sb.mean) if higher else (sb.mean - sa.mean)
-      rows.append([claim, label, f"{a}: {sa.format()}", f"{b_name}: {sb.format()}",
-                   f"{diff:+.4f}", f"{sa.std + sb.std:.4f}",
-                   reporting.verdict(va, vb, higher_is_better=higher)])
-  return header, rows
+  arms = list(runs) if arms is None else arms
+  if seeds is None:
+    seeds = 1 + max((r["seed"] for rs in runs.values() for r in rs), default=-1)
+  study_claims = claims(runs, arms, seeds)
+  grouped = any(c.group for c in study_claims)
+  header, rows = verdicts_lib.verdict_table(study_claims, grouped=grouped)
+  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
+  return header, rows, sentence
+
+
+def deviations(cfg: Any) -> list[list[str]]:
+  """Paper A vs its authors' code vs this study's settings (read from ``cfg``)."""
+  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
+  t, d, m, s = cfg.train, cfg.data, cfg.model, cfg.study
+  epochs = study.run_epochs(cfg)
+  images = d.get("image_size") is not None and (d.get("channels") or 1) == 3
+  dropout = tuple(m.get("head_dropout", ()) or ())
+  return [
+      ["loss reduction", "not stated", "mean over violating triplets",
+       f"{', '.join(study.axis(cfg, 'reductions'))} (study.reductions)",
+       "default as the authors' code; 'mean' (over all valid triplets) scales the "
+       "gradient by (1 - easy share), so a higher mu also acts as a larger step"],
+      ["mining", "all / semi-hard / hard / curriculum", "all violating triplets",
+       f"{', '.join(study.axis(cfg, 'minings'))} (study.minings)",
+       "the curriculum is not implemented; semihard / hard are an optional axis"],
+      ["augmentation", "not stated", "resize only", "on" if d.augment else "none",
+       "as the authors' code"],
+      ["normalisation", "not stated", "dataset mean / std", d.normalize,
+       ("tsm has no dataset-statistics normalisation yet (requested)" if images else
+        "offline signals are used as provided")],
+      ["learning rate", "Adam 1e-4", "Adam 1e-4", f"{t.optimizer} {t.learning_rate:g}",
+       "same as the paper" if float(t.learning_rate) == 1e-4 else
+       "CPU budget: at 1e-4 no run learns much in the study's epochs"],
+      ["epochs", "50-100", "50-100", str(epochs),
+       "same range" if epochs >= 50 else "CPU budget (study.epochs)"],
+      ["head dropout", "0.5 / 0.3", "0.5 / 0.3", " / ".join(f"{x:g}" for x in dropout),
+       "same" if dropout == (0.5, 0.3) else
+       "with 0.5 / 0.3 the easy share reaches DAMS's tau only after the study's epochs"],
+      ["trunk", "EfficientNet-B0, ImageNet weights", "EfficientNet-B0, ImageNet weights",
+       m.name + (f" ({m.pretrained_path})" if m.get("pretrained_path") else ""),
+       "same" if m.name == "efficientnet_b0" else "an offline CPU set needs a small trunk"],
+      ["batch", "P x K = 32 x 2", "32 x 2", f"{t.classes_per_batch} x {t.samples_per_class}",
+       "same" if (t.classes_per_batch, t.samples_per_class) == (32, 2) else
+       "P is capped by the training classes; K keeps the batch near 64"],
+      ["split", "identity-disjoint train / val / test", "identity-disjoint",
+       f"{d.split}, validation {d.val_fraction:g} of train",
+       "same" if d.split == "class_disjoint" else
+       "a 10-class set leaves too few classes for a class-disjoint split"],
+      ["verification pairs", "1,000 test pairs, half same", "1,000",
+       (f"every same-class pair + {cfg.eval.num_negatives:,} different" if
+        cfg.eval.pairs == "all" else f"{cfg.eval.num_pairs:,}, half same"),
+       "1,000 pairs alone give AUC a sampling std of ~0.005, the size of the differences"],
+      ["best constant margin", "not stated", "not stated", "chosen on validation",
+       "choosing on test would favour the baseline by the selection's noise"],
+      ["seeds and data", "one run", "one run",
+       f"{s.seeds} seeds" + (", data drawn from each seed" if s.vary_data else ""),
+       "paired tests over seeds; the spread includes the data's variance"],
+  ]
 
 
 def effective_margin_table(runs: dict[str, list[dict]]
@@ -331,24 +443,36 @@ def plot_roc(path: str, runs: dict[str, list[dict]]) -> None:
 
 
 def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
+  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   t, d, m = cfg.train, cfg.data, cfg.model
   return [
       f"- data: {d.name}, split {d.split} (validation {d.val_fraction:g} of train, "
       f"{d.get('val_split', 'auto')}), model {m.name} + head {m.head}, "
-      f"{m.embedding_dim}-d L2-normalised, {cfg.loss.distance} distance",
-      f"- triplet loss, mining {cfg.loss.mining}, P x K = {t.classes_per_batch} x "
-      f"{t.samples_per_class}, {t.optimizer} lr {t.learning_rate:g}, {t.epochs} epochs, "
-      f"model kept at the lowest {t.best_metric} (validation margin "
-      f"{cfg.eval.val_margin})",
+      f"{m.embedding_dim}-d L2-normalised, {cfg.loss.distance} distance; "
+      + ("data drawn from each run's seed (data.data_seed = seed)" if cfg.study.vary_data
+         else f"data.data_seed fixed at {d.data_seed}"),
+      f"- triplet loss, reductions {', '.join(study.axis(cfg, 'reductions'))}, minings "
+      f"{', '.join(study.axis(cfg, 'minings'))}, P x K = {t.classes_per_batch} x "
+      f"{t.samples_per_class}, {t.optimizer} lr {t.learning_rate:g}, "
+      f"{study.run_epochs(cfg)} epochs, model kept at the lowest {t.best_metric} "
+      f"(validation margin {cfg.eval.val_margin})",
       f"- margins: mu0 {cfg.margin.initial_margin:g}, mu_last {cfg.margin.final_margin:g}, "
       f"DAMS tau {cfg.margin.threshold:g} delta {cfg.margin.increment:g}; controller "
       f"target {cfg.margin.target:g} gain {cfg.margin.gain:g} floor "
       f"{cfg.margin.min_margin:g}; stepwise {cfg.study.stepwise_stages} stages",
-      f"- schedules: {', '.join(names)}; seeds 0..{cfg.study.seeds - 1}",
+      f"- arms: {', '.join(names)}; seeds 0..{cfg.study.seeds - 1}",
   ]
 
 
-def write_report(workdir: str, cfg: Any, names: Sequence[str], *,
+REDUCTION_NOTE = (
+    "Reduction: under 'mean_nonzero' (the authors' code) the loss is averaged over the "
+    "violating triplets; under 'mean' over all valid triplets, so its gradient is that "
+    "of 'mean_nonzero' times (1 - easy share): raising mu, which lowers the easy share, "
+    "then also enlarges the step, and part of a schedule's effect is a learning-rate "
+    "effect.")
+
+
+def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                  timing: dict[str, Any] | None = None,
                  command: str | None = None) -> str:
   """Writes every table and figure of the study and returns ``report.md``'s text.
@@ -356,7 +480,7 @@ def write_report(workdir: str, cfg: Any, names: Sequence[str], *,
   Args:
     workdir: the study directory.
     cfg: the study config.
-    names: the schedules.
+    arms: the arms (:func:`experiments.margin_scheduler.study.arms`).
     timing: optional ``{"wall_s", "runs", "workers", ...}`` shown in the report.
     command: optional command line shown in the report.
 
@@ -366,14 +490,21 @@ def write_report(workdir: str, cfg: Any, names: Sequence[str], *,
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
 
-  runs = load_runs(workdir, names, int(cfg.study.seeds))
+  seeds = int(cfg.study.seeds)
+  runs = load_runs(workdir, arms, seeds)
+  names = list(runs)
   path = lambda name: os.path.join(workdir, name)  # noqa: E731
   results = reporting.write_table(*results_table(runs), path("results.md"),
                                   path("results.csv"),
-                                  title="Test metrics (mean ± std over seeds; best in bold)")
-  verdicts = reporting.write_table(*verdict_table(runs), path("verdicts.md"),
-                                   path("verdicts.csv"),
-                                   title="Paper A's claims (tsm.reporting.verdict)")
+                                  title="Test metrics (mean ± std over seeds)")
+  header, rows, stability = verdict_table(runs, arms, seeds,
+                                          compare_to=cfg.study.compare_to or None)
+  verdicts = reporting.write_table(header, rows, path("verdicts.md"), path("verdicts.csv"),
+                                   title="Paper A's claims")
+  deviation_md = verdicts_lib.deviations_markdown(
+      deviations(cfg), "Deviations from paper A and its authors' code")
+  with open(path("deviations.md"), "w") as f:
+    f.write(deviation_md)
   em = reporting.write_table(*effective_margin_table(runs), path("effective_margins.md"),
                              path("effective_margins.csv"),
                              title="Effective margins of training triplets (eval mode)")
@@ -394,14 +525,19 @@ def write_report(workdir: str, cfg: Any, names: Sequence[str], *,
   if timing:
     lines.append(f"- wall time {timing['wall_s']:.0f} s for {timing['runs']} runs "
                  f"({timing.get('trained', timing['runs'])} trained) with "
-                 f"{timing['workers']} worker process(es)")
-  lines += ["", results, "", verdicts, "",
-            "Verdict rule: 'held' when A's mean is better than B's by more than std_A + "
-            "std_B over seeds, 'did not hold' when worse by more, 'not distinguishable' "
-            "otherwise. The best constant is picked per metric on the test means "
-            "(optimistic for the baseline).", "", em, "",
+                 f"{timing['workers']} worker process(es), xla_threads "
+                 f"{timing.get('xla_threads', 0)}, load "
+                 f"{timing.get('load', float('nan')):.1f}")
+  lines += ["", results, "",
+            "final mu: the margin the last epoch trained at; next mu: the margin after "
+            "the last update (never trained with).", "", verdicts, "",
+            verdicts_lib.RULE + " The best constant is chosen per metric on the "
+            "validation split; a verdict speaks for these settings only."]
+  if stability:
+    lines += ["", stability]
+  lines += ["", REDUCTION_NOTE, "", deviation_md, "", em, "",
             "Figures: margin.png, easy_share.png, effective_margins.png, roc.png; "
-            "each run's files under runs/<schedule>/seed<k>/.", ""]
+            "each run's files under runs/<arm>/seed<k>/.", ""]
   text = "\n".join(lines)
   with open(path("report.md"), "w") as f:
     f.write(text)

@@ -1,8 +1,11 @@
-"""The margin-scheduler study: its config, the schedules compared, one run, the effective-margin evaluator.
+"""The margin-scheduler study: its config, its arms, one run, the effective-margin evaluator.
 
 A study config is a full tsm config (:func:`tsm.config.default_config`) plus a ``study``
-section (:func:`study_config`). Every run of the study trains the same model with the same
-data, optimiser and seed list; only ``margin`` differs (:func:`schedule_margin`):
+section (:func:`study_config`). An arm is a margin schedule under one loss reduction and
+one mining (``study.reductions`` x ``study.minings``; by default only the authors' code's
+``mean_nonzero`` and all triplets). Every run of the study trains the same model with
+the same optimiser and seed list; only ``margin`` (and the arm's reduction and mining)
+differ (:func:`schedule_margin`):
 
 * ``constant_<mu>`` for each ``study.constant_margins`` (paper A's baseline);
 * ``linear`` and ``exponential`` increase from ``margin.initial_margin`` to
@@ -25,29 +28,73 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
+from ml_collections import config_dict
 import numpy as np
 
+from experiments import runner
 from tsm import config as config_lib
+from tsm import losses as losses_lib
 
 CONSTANT_PREFIX = "constant_"
 MONOTONIC = ("linear", "exponential", "stepwise")
 ADAPTIVE = ("dams", "controller")
-# Config fields a resumed or repeated run may change (they do not change the training).
-_RUN_CONTROL = (("train", "progress"), ("train", "stop_after_steps"))
+# The authors' code's loss: the mean over the violating triplets, all of them.
+DEFAULT_REDUCTION = "mean_nonzero"
+DEFAULT_MINING = "all"
+RUN_FILES = ("summary.json", "pairs.npz")   # a finished run has written these
+log = runner.log
+
+
+class Arm(NamedTuple):
+  """One arm of the study: a schedule under a loss reduction and a mining."""
+  schedule: str
+  reduction: str = DEFAULT_REDUCTION
+  mining: str = DEFAULT_MINING
+
+  @property
+  def name(self) -> str:
+    """``dams``; ``dams+mean`` / ``dams+semihard`` off the authors' defaults."""
+    return self.schedule + self.suffix
+
+  @property
+  def suffix(self) -> str:
+    return ((f"+{self.reduction}" if self.reduction != DEFAULT_REDUCTION else "")
+            + (f"+{self.mining}" if self.mining != DEFAULT_MINING else ""))
+
+  @property
+  def variant(self) -> str:
+    """The arm's reduction and mining, as a table group."""
+    return f"reduction {self.reduction}, mining {self.mining}"
 
 
 def study_config() -> ml_collections.ConfigDict:
   """Default ``study`` section.
 
   Fields:
-    seeds: number of seeds (runs use ``seed = 0 .. seeds - 1``).
+    seeds: number of seeds (runs use ``seed = 0 .. seeds - 1``); ten by default, so
+      that the paired tests of the verdicts have power (``tsm.reporting.compare``).
+    epochs: if set, overrides ``train.epochs`` of every run (the same knob as the loss
+      study's).
+    vary_data: draw the data from the run's seed too (``data.data_seed = seed``: the
+      by-image test split, synthetic points, the test verification pairs; the
+      validation split and its pairs follow ``seed`` already), so that the spread over
+      seeds includes the variance of the data.
     schedules: ``"all"`` or a comma-separated list of schedule names (see the module
       docstring; e.g. ``"constant_0.2,dams,controller"``).
+    reductions: comma-separated loss reductions compared (an axis of the study; a
+      string, so that ``--config.study.reductions=mean_nonzero,mean`` works): the authors'
+      code's ``mean_nonzero`` (mean over violating triplets) and / or ``mean`` (over
+      all valid triplets: its gradient shrinks with the easy share, so raising mu then
+      also acts as a learning-rate boost).
+    minings: comma-separated triplet minings compared (an optional axis: ``all``,
+      ``semihard``,
+      ``hard``).
+    compare_to: a finished run of the same study (another workdir, e.g. the rerun with
+      another ``xla_threads``): claims whose verdict differs there are marked unstable.
     constant_margins: the constant margins compared.
     stepwise_stages: number of stages of the ``stepwise`` schedule (including the first).
     workers: processes running the study in parallel (one per CPU core on a CPU machine,
@@ -69,8 +116,13 @@ def study_config() -> ml_collections.ConfigDict:
     A ConfigDict.
   """
   return ml_collections.ConfigDict({
-      "seeds": 5,
+      "seeds": 10,
+      "epochs": config_dict.placeholder(int),
+      "vary_data": True,
       "schedules": "all",
+      "reductions": DEFAULT_REDUCTION,
+      "minings": DEFAULT_MINING,
+      "compare_to": "",
       "constant_margins": (0.1, 0.2, 0.5, 1.0),
       "stepwise_stages": 4,
       "workers": 2,
@@ -86,8 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Paper A's setup, the starting point of every study config file.
 
   L2-normalised 128-d embeddings (paper A's head: Dense 512, ReLU, Dropout 0.5, Dense 256,
-  ReLU, Dropout 0.3, Dense 128), plain Euclidean distance, the triplet loss over all valid
-  triplets of P x K = 32 x 2 batches, Adam 1e-4, the model of the lowest validation loss
+  ReLU, Dropout 0.3, Dense 128), plain Euclidean distance, the triplet loss averaged over
+  the violating triplets of P x K = 32 x 2 batches (``mean_nonzero``, as the authors'
+  code), Adam 1e-4, the model of the lowest validation loss
   (at the fixed margin 1.0 of the authors' code), 1,000 verification pairs per split. The
   margins: mu0 = 0.2, mu_last = 1.0, DAMS tau = 0.95, delta = 0.05; the controller holds
   the easy share at 0.9 with its floor at mu0 (see :func:`schedule_margin`).
@@ -101,7 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.loss.name = "triplet"
   cfg.loss.mining = "all"
   cfg.loss.distance = "euclidean"
-  cfg.loss.reduction = "mean"
+  cfg.loss.reduction = DEFAULT_REDUCTION
   cfg.margin.schedule = "constant"
   cfg.margin.initial_margin = 0.2
   cfg.margin.final_margin = 1.0
@@ -128,8 +181,9 @@ def paper_a_images(name: str) -> ml_collections.ConfigDict:
   """:func:`base_config` on paper A's image setup, identity- (class-) disjoint.
 
   ``name``'s classes split into training and test classes, 10 % of the training classes
-  held out for validation; 224 px RGB with ImageNet normalisation and crop / flip
-  augmentation; an EfficientNet-B0 trunk (ImageNet weights via
+  held out for validation; 224 px RGB, resized, no crop / flip augmentation (as the
+  authors' code), ImageNet normalisation (the authors' code uses the dataset's own mean
+  and std: a remaining deviation until tsm has that normalisation); an EfficientNet-B0 trunk (ImageNet weights via
   ``--config.model.pretrained_path``) under paper A's head; one worker (a GPU study).
 
   Args:
@@ -145,7 +199,7 @@ def paper_a_images(name: str) -> ml_collections.ConfigDict:
   cfg.data.image_size = 224
   cfg.data.channels = 3
   cfg.data.normalize = "imagenet"
-  cfg.data.augment = True
+  cfg.data.augment = False
   cfg.model.name = "efficientnet_b0"
   cfg.eval.batch_size = 128
   cfg.study.workers = 1
@@ -227,7 +281,7 @@ def schedule_margin(name: str, cfg: ml_collections.ConfigDict) -> dict[str, Any]
     return {"schedule": name}
   if name == "stepwise":
     boundaries, values = stepwise_stages(m.initial_margin, m.final_margin,
-                                         cfg.train.epochs, cfg.study.stepwise_stages)
+                                         run_epochs(cfg), cfg.study.stepwise_stages)
     return {"schedule": "stepwise", "boundaries": boundaries, "values": values}
   raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(all_schedules(cfg))}.")
 
@@ -240,35 +294,65 @@ def split_config(cfg: ml_collections.ConfigDict
   return ml_collections.ConfigDict(full), study
 
 
-def run_config(cfg: ml_collections.ConfigDict, name: str,
+def run_epochs(cfg: ml_collections.ConfigDict) -> int:
+  """Epochs of every run: ``study.epochs`` when set, else ``train.epochs``."""
+  epochs = cfg.study.get("epochs")
+  return int(cfg.train.epochs if epochs is None else epochs)
+
+
+def arms(cfg: ml_collections.ConfigDict) -> list[Arm]:
+  """Every arm of the study: reductions x minings x schedules, in the study's order."""
+  return [Arm(name, reduction, mining) for reduction in axis(cfg, "reductions")
+          for mining in axis(cfg, "minings") for name in schedule_names(cfg)]
+
+
+def axis(cfg: ml_collections.ConfigDict, field: str) -> list[str]:
+  """The names of a comma-separated axis field (``study.reductions``, ``study.minings``)."""
+  return [v.strip() for v in str(cfg.study[field]).split(",") if v.strip()]
+
+
+def _as_arm(arm: Arm | str) -> Arm:
+  return arm if isinstance(arm, Arm) else Arm(arm)
+
+
+def run_config(cfg: ml_collections.ConfigDict, arm: Arm | str,
                seed: int) -> ml_collections.ConfigDict:
-  """The tsm config of one run: schedule ``name``, ``seed``, no progress bar.
+  """The tsm config of one run: the arm's schedule, reduction and mining, ``seed``.
+
+  ``train.epochs`` is ``study.epochs`` when set; with ``study.vary_data``,
+  ``data.data_seed = seed``. No progress bar.
 
   Args:
     cfg: the study config.
-    name: the schedule.
+    arm: the arm (a bare schedule name: the authors' reduction and mining).
     seed: the run's seed.
 
   Returns:
     A full tsm config (no ``study`` section).
   """
+  arm = _as_arm(arm)
   run, _ = split_config(cfg)
-  run.margin.update(schedule_margin(name, cfg))
+  run.train.epochs = run_epochs(cfg)
+  run.margin.update(schedule_margin(arm.schedule, cfg))
+  run.loss.reduction = arm.reduction
+  run.loss.mining = arm.mining
   run.seed = int(seed)
+  if cfg.study.vary_data:
+    run.data.data_seed = int(seed)
   run.train.progress = False
   return run
 
 
-def run_dir(workdir: str, name: str, seed: int) -> str:
-  """``<workdir>/runs/<schedule>/seed<k>``."""
-  return os.path.join(workdir, "runs", name, f"seed{seed}")
+def run_dir(workdir: str, arm: Arm | str, seed: int) -> str:
+  """``<workdir>/runs/<arm name>/seed<k>``."""
+  return os.path.join(workdir, "runs", _as_arm(arm).name, f"seed{seed}")
 
 
-def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
+def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
   """Validates the study section and every run's config (nothing is loaded or compiled).
 
   Returns:
-    The schedule names.
+    The arms.
 
   Raises:
     tsm.config.ConfigError: one line naming the bad field and the fix.
@@ -290,6 +374,21 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
   if not (isinstance(s.plot_seed, int) and 0 <= s.plot_seed < s.seeds):
     raise config_lib.ConfigError(f"study.plot_seed={s.plot_seed!r} must be a seed of the "
                                  f"study, in [0, {s.seeds}).")
+  if not isinstance(s.vary_data, bool):
+    raise config_lib.ConfigError(f"study.vary_data={s.vary_data!r} must be True or False.")
+  if not isinstance(s.compare_to, str):
+    raise config_lib.ConfigError(f"study.compare_to={s.compare_to!r} must be a study "
+                                 "directory or ''.")
+  if s.epochs is not None and (isinstance(s.epochs, bool) or not isinstance(s.epochs, int)
+                              or s.epochs < 1):
+    raise config_lib.ConfigError(f"study.epochs={s.epochs!r} must be an integer >= 1 (or "
+                                 "None: train.epochs).")
+  for field, known in (("reductions", losses_lib.REDUCTIONS),
+                       ("minings", losses_lib.MINING)):
+    values = axis(cfg, field) if isinstance(s[field], str) else []
+    if not values or any(v not in known for v in values) or len(set(values)) < len(values):
+      raise config_lib.ConfigError(f"study.{field}={s[field]!r} must be a comma-separated "
+                                   f"list of distinct names from {', '.join(known)}.")
   if cfg.loss.name != "triplet" or cfg.train.sampling != "pk":
     raise config_lib.ConfigError("the margin study trains the triplet loss on P x K "
                                  "batches; set loss.name=triplet and train.sampling=pk.")
@@ -297,38 +396,21 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
     raise config_lib.ConfigError("the margin study updates margins once per epoch (paper "
                                  "A); set margin.update_every=epoch.")
   try:
-    names = schedule_names(cfg)
+    study_arms = arms(cfg)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  for name in names:
-    config_lib.check_config(run_config(cfg, name, 0))
-  return names
-
-
-def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
-  out = json.loads(json.dumps(config_json))
-  for section, field in _RUN_CONTROL:
-    out.get(section, {}).pop(field, None)
-  return out
+  for arm in study_arms:
+    config_lib.check_config(run_config(cfg, arm, 0))
+  return study_arms
 
 
 def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """Whether ``workdir`` holds a finished run of ``config`` (summary and pairs written).
+  """Whether ``workdir`` holds a finished run of ``config`` (:func:`runner.finished`).
 
   Raises:
     tsm.config.ConfigError: the directory holds a run of another config.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    saved = json.load(f)
-  if _comparable(saved) != _comparable(json.loads(config.to_json())):
-    raise config_lib.ConfigError(
-        f"{workdir} holds a run of another config; use a new --workdir for a changed "
-        "study (or delete that run directory).")
-  return all(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json",
-                                                                "pairs.npz"))
+  return runner.finished(workdir, config, RUN_FILES)
 
 
 # ----------------------------------------------------------------------------- the evaluator
@@ -431,22 +513,23 @@ def _absl_to(stream: Any):
     logger.propagate = saved
 
 
-def run_one(cfg: ml_collections.ConfigDict, workdir: str, name: str, seed: int
+def run_one(cfg: ml_collections.ConfigDict, workdir: str, arm: Arm | str, seed: int
             ) -> dict[str, Any]:
   """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
 
   Args:
     cfg: the study config.
     workdir: the study's directory.
-    name: the schedule.
+    arm: the arm (or a bare schedule name).
     seed: the seed.
 
   Returns:
-    ``{"schedule", "seed", "workdir", "seconds", "reused", "summary"}``.
+    ``{"schedule"`` (the arm's name), ``"seed", "workdir", "seconds", "reused",
+    "summary"}``.
   """
-
-  config = run_config(cfg, name, seed)
-  directory = run_dir(workdir, name, seed)
+  arm = _as_arm(arm)
+  config = run_config(cfg, arm, seed)
+  directory = run_dir(workdir, arm, seed)
   t0 = time.time()
   reused = finished(directory, config)
   if not reused:
@@ -460,10 +543,5 @@ def run_one(cfg: ml_collections.ConfigDict, workdir: str, name: str, seed: int
       config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
   with open(os.path.join(directory, "summary.json")) as f:
     summary = json.load(f)
-  return {"schedule": name, "seed": int(seed), "workdir": directory,
+  return {"schedule": arm.name, "seed": int(seed), "workdir": directory,
           "seconds": time.time() - t0, "reused": reused, "summary": summary}
-
-
-def log(message: str) -> None:
-  """Progress line on stdout (flushed; the study's only console output)."""
-  print(message, file=sys.stdout, flush=True)

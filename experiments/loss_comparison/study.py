@@ -1,4 +1,4 @@
-"""Configs of paper B's loss study: one tsm run config per dataset, plus a ``study`` section.
+"""Paper B's loss study: its config, its arms (dataset x loss x seed) and one run.
 
 A study config (``experiments/configs/loss_study_*.py``) is a ConfigDict with
 
@@ -20,9 +20,14 @@ training classes where k-NN accuracy is reported (``standard`` / ``by_image``).
 
 from __future__ import annotations
 
+import os
+import time
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
+from experiments import runner
 from tsm import config as tsm_config
 
 OFFLINE_DATASETS = ("synthetic", "digits", "mnist1d")
@@ -30,6 +35,13 @@ TFDS_DATASETS = ("mnist", "cifar10", "caltech_birds2011", "cars196")
 DATASETS = OFFLINE_DATASETS + TFDS_DATASETS
 LOSSES = ("contrastive", "triplet")
 SAMPLINGS = ("paper", "pk", "random")
+# The in-batch samplings of paper B: triplet mining applies; contrastive takes all pairs.
+_SAMPLING = {"triplet": "triplets", "contrastive": "pairs"}
+log = runner.log
+
+
+class StudyError(ValueError):
+  """A bad study setting; the message is one line naming the field and the fix."""
 
 
 def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
@@ -38,18 +50,31 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   Fields:
     datasets: datasets to run, each with its own config section.
     losses: losses compared (paper B: contrastive and triplet).
-    seeds: number of seeds per (dataset, loss); seeds are ``first_seed ...``.
+    seeds: number of seeds per (dataset, loss); seeds are ``first_seed ...``. Ten by
+      default, so that the paired tests of the verdicts have power.
     first_seed: the first seed.
+    vary_data: draw the data from the run's seed too (``data.data_seed = seed``: the
+      synthetic points, the by-image test split), so that the spread over seeds
+      includes the variance of the data. Both losses of a seed see the same data.
+    outlier_anchors: paper B's code lets the unlabelled outliers (label -1) anchor
+      triplets / pairs (``train.outlier_anchors``, where tsm has it).
+    positive_is_anchor: paper B's code draws the positive from the anchor's class
+      including the anchor itself (``train.positive_is_anchor``, where tsm has it).
     sampling: ``"paper"`` (paper B's random triplets / pairs: ``train.sampling``
       ``"triplets"`` for the triplet loss, ``"pairs"`` for the contrastive loss), or
       in-batch losses over ``"pk"`` (P x K) or ``"random"`` batches.
     mining: triplet mining of the in-batch triplet loss (``"all"``, ``"hard"``,
       ``"semihard"``); ignored with ``"paper"`` sampling.
-    epochs: if set, overrides ``train.epochs`` of every dataset (quick runs).
-    processes: runs trained at the same time (separate processes sharing JAX's
-      persistent compilation cache); 1 trains in this process.
-    cache_dir: JAX persistent compilation cache; None = ``<workdir>/jax_cache``,
-      ``""`` = off.
+    epochs: if set, overrides ``train.epochs`` of every dataset (the same knob as the
+      margin study's).
+    workers: processes running the study in parallel (forked after the data are
+      loaded; :func:`experiments.runner.run_grid`); ``<= 1`` runs in this process.
+    xla_threads: with ``workers > 1``, 1 makes each worker's XLA CPU runtime
+      single-threaded; 0 keeps XLA's default (the stability rerun changes it).
+    compilation_cache: JAX persistent compilation cache directory; ``"auto"`` =
+      ``<workdir>/jax_cache``, ``""`` = off.
+    compare_to: a finished run of the same study (another workdir, e.g. the rerun with
+      another ``xla_threads``): claims whose verdict differs there are marked unstable.
     freeze_pretrained: when a dataset's ``model.pretrained_path`` is set, freeze the
       trunk (paper B trains a linear head on a frozen ViT-B/32).
     knn_k: k of the k-NN accuracy (paper B: 5).
@@ -67,13 +92,18 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "datasets": tuple(datasets),
       "losses": LOSSES,
-      "seeds": 5,
+      "seeds": 10,
       "first_seed": 0,
+      "vary_data": True,
+      "outlier_anchors": True,
+      "positive_is_anchor": True,
       "sampling": "paper",
       "mining": "all",
       "epochs": config_dict.placeholder(int),
-      "processes": 2,
-      "cache_dir": config_dict.placeholder(str),
+      "workers": 2,
+      "xla_threads": 0,
+      "compilation_cache": "auto",
+      "compare_to": "",
       "freeze_pretrained": True,
       "knn_k": 5,
       "decay_fraction": 0.1,
@@ -245,3 +275,130 @@ def study_config(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   for name in datasets:
     cfg[name] = BUILDERS[name]()
   return cfg
+
+
+# ----------------------------------------------------------------------------- the arms
+
+
+def check_study(cfg: ml_collections.ConfigDict) -> None:
+  """Validates the ``study`` section (one-line :class:`StudyError`)."""
+  s = cfg.study
+  unknown = sorted(set(s.keys()) - set(study_section(()).keys()))
+  if unknown:
+    raise StudyError(f"study.{unknown[0]} is not a study field; use one of "
+                     f"{', '.join(study_section(()).keys())}.")
+  datasets = tuple(s.datasets)
+  if not datasets:
+    raise StudyError("study.datasets is empty; name at least one dataset.")
+  for name in datasets:
+    if name not in cfg:
+      raise StudyError(f"study.datasets names {name!r}, which has no config section; use "
+                       f"one of {', '.join(k for k in cfg.keys() if k != 'study')}.")
+  losses = tuple(s.losses)
+  if not losses or any(loss not in LOSSES for loss in losses):
+    raise StudyError(f"study.losses={losses!r} must be a non-empty subset of {LOSSES}.")
+  for field, minimum in (("seeds", 1), ("first_seed", 0), ("knn_k", 1),
+                         ("max_triplets", 1), ("gmm_components", 1), ("xla_threads", 0)):
+    value = s[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+      raise StudyError(f"study.{field}={value!r} must be an integer >= {minimum}.")
+  if s.xla_threads > 1:
+    raise StudyError(f"study.xla_threads={s.xla_threads} must be 0 (XLA's default) or 1 "
+                     "(single-threaded).")
+  if not isinstance(s.workers, int) or isinstance(s.workers, bool):
+    raise StudyError(f"study.workers={s.workers!r} must be an integer (<= 1 runs in this "
+                     "process).")
+  if s.epochs is not None and (not isinstance(s.epochs, int) or s.epochs < 1):
+    raise StudyError(f"study.epochs={s.epochs!r} must be an integer >= 1 or None.")
+  if s.sampling not in SAMPLINGS:
+    raise StudyError(f"study.sampling={s.sampling!r} is unknown; use one of "
+                     f"{', '.join(SAMPLINGS)}.")
+  if not 0 < float(s.decay_fraction) < 1:
+    raise StudyError(f"study.decay_fraction={s.decay_fraction!r} must be in (0, 1); "
+                     "paper B uses 0.1.")
+  if s.compare_to and not os.path.exists(os.path.join(s.compare_to, "verdicts.csv")):
+    raise StudyError(f"study.compare_to={s.compare_to!r} has no verdicts.csv; point it at "
+                     "a finished run of the same study.")
+
+
+def sampler_options_available(run: ml_collections.ConfigDict) -> bool:
+  """Whether this tsm has paper B's sampler options (``train.outlier_anchors``, ...)."""
+  return "outlier_anchors" in run.train and "positive_is_anchor" in run.train
+
+
+def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
+               seed: int) -> ml_collections.ConfigDict:
+  """The tsm config of one run: the dataset's section with the study's choices set.
+
+  ``loss.name``, ``train.sampling`` and ``loss.mining`` from the study's sampling;
+  ``train.epochs`` from ``study.epochs`` when set; ``data.data_seed = seed`` with
+  ``study.vary_data``; paper B's sampler options where tsm has them; no progress bar.
+  """
+  s = cfg.study
+  run = ml_collections.ConfigDict(cfg[dataset].to_dict())
+  run.seed = int(seed)
+  run.loss.name = loss
+  if s.sampling == "paper":
+    run.train.sampling = _SAMPLING[loss]
+    run.loss.mining = "all"
+  else:
+    run.train.sampling = s.sampling
+    run.loss.mining = s.mining if loss == "triplet" else "all"
+  if s.epochs is not None:
+    run.train.epochs = int(s.epochs)
+  if s.vary_data:
+    run.data.data_seed = int(seed)
+  if sampler_options_available(run):
+    run.train.outlier_anchors = bool(s.outlier_anchors)
+    run.train.positive_is_anchor = bool(s.positive_is_anchor)
+  if run.model.get("pretrained_path") and s.freeze_pretrained:
+    run.model.freeze_trunk = True
+  run.train.progress = False
+  return run
+
+
+def run_dir(workdir: str, dataset: str, loss: str, seed: int) -> str:
+  """``<workdir>/<dataset>/<loss>/seed<seed>``."""
+  return os.path.join(workdir, dataset, loss, f"seed{seed}")
+
+
+def seeds_of(cfg: ml_collections.ConfigDict) -> list[int]:
+  """The study's seeds, ``first_seed ... first_seed + seeds - 1``."""
+  return list(range(cfg.study.first_seed, cfg.study.first_seed + cfg.study.seeds))
+
+
+def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Every run of the study, validated (tsm.config.check_config) before any training."""
+  s = cfg.study
+  seeds = seeds_of(cfg)
+  tasks = []
+  for dataset in s.datasets:
+    for loss in s.losses:
+      for seed in seeds:
+        run = run_config(cfg, dataset, loss, seed)
+        try:
+          tsm_config.check_config(run)
+        except tsm_config.ConfigError as e:
+          raise StudyError(f"{dataset} ({loss}): {e}") from None
+        tasks.append({"dataset": dataset, "loss": loss, "seed": seed, "config": run,
+                      "rundir": run_dir(workdir, dataset, loss, seed),
+                      "keep_embeddings": seed == seeds[0]})
+  return tasks
+
+
+def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or reuses) and analyses one run; returns a short record.
+
+  Returns:
+    ``{"dataset", "loss", "seed", "seconds", "reused", "recall@1", "intra_var",
+    "loss_decay_epochs"}``.
+  """
+  from experiments.loss_comparison import analysis  # pylint: disable=import-outside-toplevel
+  t0 = time.time()
+  done = os.path.exists(os.path.join(task["rundir"], analysis.ANALYSIS_JSON))
+  result = analysis.train_and_analyse(task["config"], task["rundir"], study=study,
+                                      keep_embeddings=task["keep_embeddings"])
+  return {"dataset": task["dataset"], "loss": task["loss"], "seed": task["seed"],
+          "seconds": round(time.time() - t0, 2), "reused": done,
+          "recall@1": result.get("recall@1"), "intra_var": result.get("intra_var"),
+          "loss_decay_epochs": result.get("loss_decay_epochs")}

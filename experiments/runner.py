@@ -1,0 +1,243 @@
+"""The grid runner both studies share: arms x seeds in worker processes, resumable.
+
+A study is a list of jobs (one per arm and seed) and a function that trains (or reuses)
+one job's run and returns a small, picklable record. :func:`run_grid` runs them:
+
+* in ``workers`` processes forked after the caller has loaded the data (the children
+  share it and the imported modules); ``workers <= 1`` runs them in this process;
+* with JAX's persistent compilation cache (:func:`use_compilation_cache`): every run of
+  a study compiles the same train / eval / embed programs (margins and seeds are traced
+  values), so all but the first run of each process load them;
+* with ``xla_threads=1`` each worker's XLA CPU runtime is single-threaded (the knob the
+  stability check of the studies turns: see BUILD_NOTES.md);
+* printing one progress line per finished job;
+* on Ctrl-C: the pool is terminated (no orphan workers), one line
+  ``interrupted; the same command resumes`` is printed, and the process exits with
+  status 130. Finished runs are kept: :func:`finished` tells a study's ``run_one`` to
+  reuse a run directory whose ``config.json`` is the same run
+  (:func:`tsm.config.check_same_run`) and whose ``summary.json`` exists.
+
+Everything here takes plain arguments; the studies' ``run.py`` read them from their
+``study`` sections (``study.workers``, ``study.xla_threads``,
+``study.compilation_cache``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+INTERRUPTED = "interrupted; the same command resumes"
+INTERRUPTED_STATUS = 130
+CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                 "jax_persistent_cache_min_entry_size_bytes")
+_SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def log(message: str) -> None:
+  """A progress line on stdout (flushed: the studies' only console output)."""
+  print(message, file=sys.stdout, flush=True)
+
+
+def use_compilation_cache(directory: str | None) -> dict[str, Any]:
+  """Points JAX's persistent compilation cache at ``directory``, caching every program.
+
+  Args:
+    directory: the cache directory; None or ``""`` leaves JAX's settings alone.
+
+  Returns:
+    The previous values of :data:`CACHE_OPTIONS` (for :func:`restore_compilation_cache`).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+  saved = {name: getattr(jax.config, name) for name in CACHE_OPTIONS}
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()   # re-read the settings at the next compile
+  return saved
+
+
+def restore_compilation_cache(saved: dict[str, Any]) -> None:
+  """Undoes :func:`use_compilation_cache`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def cache_directory(setting: str | None, workdir: str) -> str | None:
+  """The cache directory of a ``study.compilation_cache`` value.
+
+  ``"auto"`` is ``<workdir>/jax_cache``, ``""`` / None is off, anything else a path.
+  """
+  setting = "" if setting is None else str(setting)
+  if setting == "auto":
+    return os.path.join(workdir, "jax_cache")
+  return setting or None
+
+
+def finished(run_dir: str, config: Any, required: Sequence[str] = ("summary.json",)
+             ) -> bool:
+  """Whether ``run_dir`` holds a finished run of ``config`` (reuse it).
+
+  Args:
+    run_dir: a run directory (may not exist).
+    config: the run's tsm config.
+    required: files a finished run has written.
+
+  Returns:
+    True when every ``required`` file exists (and the saved config is the same run).
+
+  Raises:
+    tsm.config.ConfigError: the directory holds a run of another config (one line
+      naming the first differing field).
+  """
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  config_lib.check_same_run(run_dir, config)
+  return all(os.path.exists(os.path.join(run_dir, name)) for name in required)
+
+
+# The forked workers' job function (set in the parent just before the fork).
+_RUN_ONE: Callable[[Any], Any] | None = None
+
+
+def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
+  """Pool initializer: Ctrl-C goes to the parent only; XLA threads; the cache."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the pool
+  if xla_threads == 1:
+    current = os.environ.get("XLA_FLAGS", "")
+    if _SINGLE_THREAD_FLAG not in current:
+      os.environ["XLA_FLAGS"] = f"{current} {_SINGLE_THREAD_FLAG}".strip()
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)
+  if cache_dir:
+    use_compilation_cache(cache_dir)
+
+
+def _jax_started() -> bool:
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  return xla_bridge.backends_are_initialized()
+
+
+def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int = 1,
+             xla_threads: int = 0, compilation_cache: str | None = None,
+             log: Callable[[str], None] = log,  # pylint: disable=redefined-outer-name
+             progress: Callable[[Any], str] | None = None) -> list[Any]:
+  """Runs ``run_one(job)`` for every job; returns the results in the jobs' order.
+
+  Args:
+    jobs: picklable job descriptions (e.g. ``(arm, seed)``).
+    run_one: trains or reuses one job's run (see :func:`finished`) and returns a
+      picklable record. With ``workers > 1`` it runs in forked children, so the caller
+      should load the data before calling (the children share it).
+    workers: processes; ``<= 1`` (or a caller whose JAX runtime has started: forking
+      it is unsafe) runs every job in this process.
+    xla_threads: ``1`` makes each worker's XLA CPU runtime single-threaded; ``0``
+      keeps XLA's default. Only applies to forked workers (a started runtime keeps its
+      threads).
+    compilation_cache: JAX persistent compilation cache directory (None: unchanged).
+    log: where progress lines go.
+    progress: formats a finished job's record for its progress line (default
+      ``str``).
+
+  Returns:
+    ``[run_one(job) for job in jobs]``.
+
+  Raises:
+    SystemExit: status 130 after Ctrl-C (the pool terminated, :data:`INTERRUPTED`
+      logged).
+  """
+  global _RUN_ONE
+  if xla_threads not in (0, 1):
+    raise ValueError(f"xla_threads={xla_threads!r} must be 0 (XLA's default threads) or "
+                     "1 (single-threaded XLA CPU runtime).")
+  jobs = list(jobs)
+  fmt = progress or str
+  width = len(str(len(jobs)))
+  results: list[Any] = [None] * len(jobs)
+  start = time.time()
+  workers = min(int(workers), len(jobs))
+  if workers > 1 and _jax_started():
+    log("JAX is already initialised in this process: running the runs here")
+    workers = 1
+
+  def report(done: int, result: Any) -> None:
+    log(f"[{done:>{width}}/{len(jobs)}] {fmt(result)}  (elapsed "
+        f"{time.time() - start:.0f} s)")
+
+  pool = None
+  try:
+    if workers <= 1:
+      saved = use_compilation_cache(compilation_cache)
+      try:
+        for i, job in enumerate(jobs):
+          results[i] = run_one(job)
+          report(i + 1, results[i])
+      finally:
+        restore_compilation_cache(saved)
+    else:
+      _RUN_ONE = run_one
+      ctx = multiprocessing.get_context("fork")
+      pool = ctx.Pool(workers, initializer=_init_worker,
+                      initargs=(compilation_cache, int(xla_threads)))
+      indexed = pool.imap_unordered(_call_indexed, list(enumerate(jobs)), chunksize=1)
+      for done, (i, result) in enumerate(indexed, 1):
+        results[i] = result
+        report(done, result)
+      pool.close()
+      pool.join()
+      pool = None
+  except KeyboardInterrupt:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+      pool = None
+    log(INTERRUPTED)
+    raise SystemExit(INTERRUPTED_STATUS) from None
+  finally:
+    if pool is not None:   # an error in a job: no orphan workers either
+      pool.terminate()
+      pool.join()
+    _RUN_ONE = None
+  return results
+
+
+def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:
+  i, job = item
+  return i, _RUN_ONE(job)
+
+
+HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
+
+
+def parse_command(cli: Any, argv: Sequence[str], usage: str) -> None:
+  """``cli.parse(argv)`` (a ``tsm.cli.ConfigCommand``), with ``--help`` / ``-h``.
+
+  ``ConfigCommand`` parses into a private ``FlagValues`` that has no ``--help``: here
+  ``--help`` prints ``usage`` (the command's docstring) and the two flags' help, and
+  exits with status 0 before anything else is read.
+  """
+  if any(a in HELP_FLAGS for a in list(argv)[1:]):
+    print(usage.strip("\n"))
+    print()
+    print(cli.flag_values.get_help())
+    raise SystemExit(0)
+  cli.parse(argv)
+
+
+def cli_main(run: Callable[[], Any]) -> Any:
+  """Runs a study command's body; Ctrl-C outside the grid also ends with status 130."""
+  try:
+    return run()
+  except KeyboardInterrupt:
+    log(INTERRUPTED)
+    raise SystemExit(INTERRUPTED_STATUS) from None

@@ -1,0 +1,171 @@
+"""Claim tables both studies share: per-claim tests, stability marks, deviations.
+
+A study states each paper claim as :class:`Claim` (the arm it favours, the arm it is
+compared with, their per-seed values in the same seed order). :func:`verdict_table`
+tests every claim of the study with :func:`tsm.reporting.compare` (paired over seeds)
+and decides them together with :func:`tsm.reporting.decide` (Holm over the study's
+family of claims), one row per claim: mean ± std of each arm, the paired difference in
+the claim's favour with its 95 % interval, raw and Holm-adjusted one-sided p, the
+minimum detectable effect and the verdict. A claim that holds by construction (it
+follows from the loss's form, not from training) keeps its test but is flagged in the
+``note`` column; the study reports a fairer companion claim beside it.
+
+Stability (issue 15 item 9): a study rerun with another XLA thread count (or on another
+machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two and
+replaces the verdict of every claim that differs by ``unstable (A here / B there)``.
+
+:func:`deviations_markdown` renders a study's table of deviations from the paper and
+its authors' code (setting | paper | authors' code | tsm | why).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Any, Sequence
+
+from tsm import reporting
+
+UNSTABLE = "unstable"
+HEADER = (("claim", "metric", "A (favoured): mean ± std", "B: mean ± std")
+          + tuple(reporting.COMPARISON_HEADER) + ("note",))
+RULE = ("Verdicts: paired one-sided t-test over seeds of the claim (A better than B) and "
+        "of its reverse, Holm-corrected over this study's claims at family-wise alpha = "
+        "0.05 each way (tsm.reporting.compare / decide): 'held' / 'contradicted' when "
+        "the corrected test rejects, else 'inconclusive'. 'A better by' is the mean "
+        "per-seed difference in the claim's favour with its two-sided 95 % t interval; "
+        "MDE is the true difference the test would detect with 80 % power at this "
+        "spread. 'unstable' marks a claim whose verdict differs in the rerun with "
+        "another XLA thread count (neither verdict is given).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One claim "A is better than B on metric".
+
+  Attributes:
+    claim: the claim in words.
+    metric: the metric's label.
+    a: name of the arm the claim favours.
+    b: name of the arm it is compared with.
+    a_values: A's per-seed values (None: missing), in seed order.
+    b_values: B's per-seed values, in the same seed order.
+    higher_is_better: whether larger values of the metric are better.
+    note: shown beside the verdict (e.g. why the claim holds by construction).
+    group: an optional first column (the dataset).
+  """
+  claim: str
+  metric: str
+  a: str
+  b: str
+  a_values: Sequence[float | None]
+  b_values: Sequence[float | None]
+  higher_is_better: bool = True
+  note: str = ""
+  group: str = ""
+
+
+def _key(group: str, claim: str, metric: str) -> tuple[str, str, str]:
+  return (group, claim, metric)
+
+
+def decide_claims(claims: Sequence[Claim], alpha: float = 0.05
+                  ) -> list[reporting.Comparison]:
+  """Paired comparisons of ``claims``, Holm-decided as one family."""
+  comparisons = [reporting.compare(c.a_values, c.b_values, paired=True,
+                                   higher_is_better=c.higher_is_better, alpha=alpha)
+                 for c in claims]
+  return reporting.decide(comparisons, alpha) if comparisons else []
+
+
+def verdict_table(claims: Sequence[Claim], *, alpha: float = 0.05, digits: int = 4,
+                  grouped: bool = False) -> tuple[list[str], list[list[str]]]:
+  """Header and rows of the verdict table (one row per claim, in order).
+
+  Args:
+    claims: the study's family of claims.
+    alpha: family-wise level.
+    digits: decimals of the means and differences.
+    grouped: add a first column with each claim's ``group``.
+
+  Returns:
+    ``(header, rows)`` for :func:`tsm.reporting.write_table`.
+  """
+  header = (["dataset"] if grouped else []) + list(HEADER)
+  rows = []
+  for c, comp in zip(claims, decide_claims(claims, alpha)):
+    sa, sb = reporting.summarize(c.a_values), reporting.summarize(c.b_values)
+    row = [c.claim, c.metric, f"{c.a}: {sa.format(digits)}", f"{c.b}: {sb.format(digits)}"]
+    row += comp.cells(digits) + [c.note]
+    rows.append(([c.group] if grouped else []) + row)
+  return header, rows
+
+
+def read_verdicts(path: str) -> dict[tuple[str, str, str], str]:
+  """``{(group, claim, metric): verdict}`` of a ``verdicts.csv`` written by a study."""
+  out = {}
+  with open(path, newline="") as f:
+    for row in csv.DictReader(f):
+      out[_key(row.get("dataset", ""), row["claim"], row["metric"])] = row["verdict"]
+  return out
+
+
+def mark_unstable(header: Sequence[str], rows: Sequence[Sequence[str]],
+                  other: dict[tuple[str, str, str], str], other_name: str = "rerun"
+                  ) -> tuple[list[list[str]], int]:
+  """Replaces the verdict of each claim that differs from ``other``'s.
+
+  Args:
+    header: the verdict table's header (from :func:`verdict_table`).
+    rows: its rows.
+    other: the rerun's verdicts (:func:`read_verdicts`); claims it lacks are left as
+      they are.
+    other_name: how the rerun is named in the cell.
+
+  Returns:
+    ``(rows, count)``: the rows with ``"unstable (held here / inconclusive in rerun)"``
+    where the verdicts differ, and how many differ.
+  """
+  col = list(header).index("verdict")
+  grouped = header[0] == "dataset"
+  out, count = [], 0
+  for row in rows:
+    row = list(row)
+    group, claim, metric = (row[0], row[1], row[2]) if grouped else ("", row[0], row[1])
+    there = other.get(_key(group, claim, metric))
+    if there is not None and there != row[col] and not row[col].startswith(UNSTABLE):
+      row[col] = f"{UNSTABLE} ({row[col]} here / {there} in {other_name})"
+      count += 1
+    out.append(row)
+  return out, count
+
+
+def stability_rows(header: Sequence[str], rows: Sequence[Sequence[str]],
+                   compare_to: str | None) -> tuple[list[list[str]], str]:
+  """Applies :func:`mark_unstable` against ``<compare_to>/verdicts.csv`` when given.
+
+  Returns:
+    ``(rows, sentence)``: the sentence says what was compared and how many claims are
+    unstable (``""`` when there is nothing to compare).
+
+  Raises:
+    ValueError: ``compare_to`` has no ``verdicts.csv``.
+  """
+  if not compare_to:
+    return [list(r) for r in rows], ""
+  path = os.path.join(compare_to, "verdicts.csv")
+  if not os.path.exists(path):
+    raise ValueError(f"study.compare_to={compare_to!r} has no verdicts.csv; point it at "
+                     "a finished run of the same study.")
+  marked, count = mark_unstable(header, rows, read_verdicts(path), "the rerun")
+  return marked, (f"Stability: verdicts compared with the rerun in {compare_to}: "
+                  f"{count} of {len(rows)} claims differ and are marked unstable.")
+
+
+DEVIATION_HEADER = ("setting", "paper", "authors' code", "tsm (this study)", "why")
+
+
+def deviations_markdown(rows: Sequence[Sequence[Any]], title: str) -> str:
+  """A study's deviations table as Markdown under ``title``."""
+  return f"## {title}\n\n" + reporting.markdown_table(DEVIATION_HEADER, rows)

@@ -1,0 +1,141 @@
+"""The shared study runner (experiments/runner.py): order, workers, reuse, Ctrl-C, --help.
+
+The forking checks run in a fresh interpreter (a test process whose JAX runtime has
+started must not fork, and run_grid then falls back to one process by design).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from experiments import runner
+from experiments.loss_comparison import run as loss_run
+from experiments.margin_scheduler import run as margin_run
+from tsm import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str, **kwargs) -> subprocess.Popen:
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **kwargs)
+
+
+def test_in_process_results_keep_the_jobs_order_and_log_one_line_each():
+  lines = []
+  out = runner.run_grid([3, 1, 2], lambda x: x * 10, workers=1, log=lines.append,
+                        progress=lambda r: f"got {r}")
+  assert out == [30, 10, 20]
+  assert [line.split("  (elapsed")[0] for line in lines] == [
+      "[1/3] got 30", "[2/3] got 10", "[3/3] got 20"]
+
+
+def test_bad_xla_threads_is_one_line():
+  with pytest.raises(ValueError, match="xla_threads=2") as e:
+    runner.run_grid([1], str, xla_threads=2)
+  assert "\n" not in str(e.value)
+
+
+def test_cache_directory_setting():
+  assert runner.cache_directory("auto", "w") == os.path.join("w", "jax_cache")
+  assert runner.cache_directory("", "w") is None
+  assert runner.cache_directory(None, "w") is None
+  assert runner.cache_directory("/c", "w") == "/c"
+
+
+def test_finished_reuses_only_a_same_config_run_with_its_files(tmp_path):
+  cfg = config_lib.default_config()
+  run_dir = str(tmp_path / "run")
+  assert not runner.finished(run_dir, cfg)   # nothing there
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    json.dump(config_lib.to_json(cfg), f)
+  assert not runner.finished(run_dir, cfg)   # started, not finished
+  open(os.path.join(run_dir, "summary.json"), "w").close()
+  assert runner.finished(run_dir, cfg)
+  assert not runner.finished(run_dir, cfg, ("summary.json", "pairs.npz"))
+  cfg.train.progress = False   # a run-control field may differ
+  assert runner.finished(run_dir, cfg)
+  cfg.train.learning_rate = 0.5
+  with pytest.raises(config_lib.ConfigError, match="train.learning_rate") as e:
+    runner.finished(run_dir, cfg)
+  assert "\n" not in str(e.value)
+
+
+def test_workers_are_forked_processes_and_results_keep_the_order():
+  proc = _python("""
+      import os
+      from experiments import runner
+      parent = os.getpid()
+      out = runner.run_grid(list(range(6)), lambda j: (j, os.getpid()), workers=2,
+                            log=lambda line: None)
+      assert [j for j, _ in out] == list(range(6)), out
+      pids = {p for _, p in out}
+      assert parent not in pids and 1 <= len(pids) <= 2, (parent, pids)
+      print("ok")
+  """)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert out.strip() == "ok"
+
+
+def test_ctrl_c_terminates_the_workers_and_exits_130(tmp_path):
+  pids = tmp_path / "pids"
+  pids.mkdir()
+  proc = _python(f"""
+      import os, time
+      from experiments import runner
+      def job(j):
+        open(os.path.join({str(pids)!r}, str(os.getpid())), "w").close()
+        time.sleep(60)
+      runner.run_grid(list(range(4)), job, workers=2)
+  """)
+  deadline = time.time() + 60
+  while len(os.listdir(pids)) < 2 and time.time() < deadline:
+    time.sleep(0.1)
+  workers = [int(p) for p in os.listdir(pids)]
+  assert len(workers) == 2
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == runner.INTERRUPTED_STATUS
+  assert out.strip().splitlines()[-1] == runner.INTERRUPTED
+  for pid in workers:   # terminated and reaped: no orphan left
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
+@pytest.mark.parametrize("main,command", [
+    (margin_run.main, "python -m experiments.margin_scheduler.run"),
+    (loss_run.main, "python -m experiments.loss_comparison.run"),
+])
+def test_help_prints_the_usage(main, command, capsys):
+  with pytest.raises(SystemExit) as e:
+    main(["run", "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert command in out and "--config" in out and "--workdir" in out
+  assert "study.epochs" in out   # the shared epoch knob is documented in both
+
+
+def test_both_studies_have_the_same_file_roles():
+  for package in ("margin_scheduler", "loss_comparison"):
+    for role in ("study.py", "run.py", "report.py"):
+      assert os.path.exists(os.path.join(ROOT, "experiments", package, role)), (package,
+                                                                              role)
+  from experiments.loss_comparison import study as loss_study
+  from experiments.margin_scheduler import study as margin_study
+  shared = {"seeds", "epochs", "vary_data", "workers", "xla_threads", "compilation_cache",
+            "compare_to"}
+  assert shared <= set(margin_study.study_config().keys())
+  assert shared <= set(loss_study.study_section(()).keys())
