@@ -169,6 +169,10 @@ FIELD_HELP: dict[str, str] = {
     "train.print_every_steps": "also print a plain line every that many steps (0: off)",
     "train.nonfinite": "stop (default) or skip steps whose loss or gradient is not finite",
     "train.tensorboard": "write TensorBoard event files to <workdir>/tensorboard",
+    "train.outlier_anchors": "triplets / pairs sampling: unlabelled points (label -1) may "
+                             "be anchors, as one class (paper B's code)",
+    "train.positive_is_anchor": "triplets / pairs sampling: the positive may be the anchor "
+                                "itself (paper B's code)",
     "eval.every_epochs": "validation retrieval / verification every that many epochs",
     "eval.val_margin": "margin of the validation loss (None: the epoch's margin)",
     "eval.val_batches": "cap on the validation-loss batches (None: one pass)",
@@ -231,7 +235,8 @@ def default_config() -> ml_collections.ConfigDict:
       "warmup_steps": 0, "weight_decay": 0.0, "momentum": 0.9,
       "grad_clip_norm": config_dict.placeholder(float), "log_every": 20,
       "best_metric": "val_loss", "stop_after_steps": 0, "data_parallel": True,
-      "progress": True, "print_every_steps": 0, "nonfinite": "stop", "tensorboard": True}
+      "progress": True, "print_every_steps": 0, "nonfinite": "stop", "tensorboard": True,
+      "outlier_anchors": False, "positive_is_anchor": False}
   cfg.eval = {
       "every_epochs": 1, "val_margin": config_dict.FieldReference(1.0, field_type=float),
       "val_batches": config_dict.placeholder(int), "batch_size": 256, "num_pairs": 1000,
@@ -406,7 +411,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _int(t.stop_after_steps, "train.stop_after_steps", 0, "0 turns it off")
   _int(t.print_every_steps, "train.print_every_steps", 0, "0 turns it off")
   _choice(t.nonfinite, "train.nonfinite", NONFINITE)
-  for field in ("data_parallel", "progress", "tensorboard"):
+  for field in ("data_parallel", "progress", "tensorboard", "outlier_anchors",
+                "positive_is_anchor"):
     _bool(t[field], f"train.{field}")
 
   _choice(cfg.margin.update_every, "margin.update_every", MARGIN_UPDATES)
@@ -646,7 +652,8 @@ def build_sampler(cfg: ml_collections.ConfigDict, labels: np.ndarray, seed: int,
   return samplers_lib.make_sampler(
       t.sampling, labels, seed=seed, classes_per_batch=t.classes_per_batch,
       samples_per_class=t.samples_per_class, batch_size=t.batch_size,
-      steps_per_epoch=t.steps_per_epoch, max_classes=max_classes)
+      steps_per_epoch=t.steps_per_epoch, max_classes=max_classes,
+      outlier_anchors=t.outlier_anchors, positive_is_anchor=t.positive_is_anchor)
 
 
 def _val_loss_batches(cfg: ml_collections.ConfigDict, splits: Any) -> np.ndarray | None:

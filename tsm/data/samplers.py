@@ -83,14 +83,26 @@ class _ClassIndex:
     self.rank[self.order] = np.arange(labels.size) - np.repeat(self.starts, self.counts)
     self.class_pos = np.searchsorted(self.classes, labels)
 
-  def anchors(self) -> np.ndarray:
-    """Examples that have a positive: label >= 0 and at least two in the class."""
-    ok = (self.labels >= 0) & (self.counts[self.class_pos] >= 2)
+  def anchors(self, outlier_anchors: bool = False,
+              positive_is_anchor: bool = False) -> np.ndarray:
+    """Examples that can anchor a triplet.
+
+    By default: label >= 0 and at least two in the class. ``outlier_anchors`` admits
+    label -1 (outliers form one class, as in paper B's code); ``positive_is_anchor``
+    admits singletons (their positive is themselves).
+    """
+    ok = np.ones(self.labels.size, bool) if outlier_anchors else self.labels >= 0
+    if not positive_is_anchor:
+      ok &= self.counts[self.class_pos] >= 2
     return np.flatnonzero(ok)
 
-  def positives(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random other example of each anchor's class (uniform)."""
+  def positives(self, anchors: np.ndarray, rng: np.random.Generator,
+                positive_is_anchor: bool = False) -> np.ndarray:
+    """A random example of each anchor's class (uniform): another one by default, or
+    any one, the anchor included, with ``positive_is_anchor`` (paper B's code)."""
     pos = self.class_pos[anchors]
+    if positive_is_anchor:
+      return self.order[self.starts[pos] + rng.integers(0, self.counts[pos])]
     u = rng.integers(0, self.counts[pos] - 1)
     u = u + (u >= self.rank[anchors])
     return self.order[self.starts[pos] + u]
@@ -236,12 +248,19 @@ class RandomTripletSampler:
   Anchors are the examples with a positive (label >= 0, class size >= 2), in random
   order; ``steps_per_epoch = num_anchors // batch_size``. Batches are
   ``[anchors (B), positives (B), negatives (B)]`` concatenated.
+
+  Paper B's code differs in two ways, each an option: ``outlier_anchors`` lets the
+  unlabelled points (label -1) anchor triplets, as one class of their own;
+  ``positive_is_anchor`` draws the positive uniformly from the anchor's class including
+  the anchor itself (so a singleton class anchors with itself as positive).
   """
 
   def __init__(self, labels, batch_size: int, seed: int,
-               steps_per_epoch: int | None = None):
+               steps_per_epoch: int | None = None, *, outlier_anchors: bool = False,
+               positive_is_anchor: bool = False):
     self._index = _ClassIndex(labels)
-    self._anchors = self._index.anchors()
+    self._positive_is_anchor = bool(positive_is_anchor)
+    self._anchors = self._index.anchors(outlier_anchors, positive_is_anchor)
     if len(self._index.classes) < 2:
       raise ValueError("labels must hold at least two classes to draw negatives.")
     if batch_size < 1 or self._anchors.size < batch_size:
@@ -256,7 +275,7 @@ class RandomTripletSampler:
     rng = _rng(self.seed, epoch)
     n = self._full_steps * self.batch_size
     a = rng.permutation(self._anchors)[:n]
-    p = self._index.positives(a, rng)
+    p = self._index.positives(a, rng, self._positive_is_anchor)
     neg = self._index.negatives(a, rng)
     shape = (self._full_steps, self.batch_size)
     out = np.concatenate([a.reshape(shape), p.reshape(shape), neg.reshape(shape)],
@@ -272,8 +291,11 @@ class RandomPairSampler:
   """
 
   def __init__(self, labels, batch_size: int, seed: int,
-               steps_per_epoch: int | None = None):
-    self._triplets = RandomTripletSampler(labels, batch_size, seed)
+               steps_per_epoch: int | None = None, *, outlier_anchors: bool = False,
+               positive_is_anchor: bool = False):
+    self._triplets = RandomTripletSampler(labels, batch_size, seed,
+                                          outlier_anchors=outlier_anchors,
+                                          positive_is_anchor=positive_is_anchor)
     self.batch_size, self.seed = int(batch_size), int(seed)
     self.steps_per_epoch = _capped(self._triplets.steps_per_epoch, steps_per_epoch)
 
@@ -290,7 +312,8 @@ class RandomPairSampler:
 def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8,
                  samples_per_class: int = 4, batch_size: int = 64,
                  steps_per_epoch: int | None = None,
-                 max_classes: int | None = None) -> Sampler:
+                 max_classes: int | None = None, outlier_anchors: bool = False,
+                 positive_is_anchor: bool = False) -> Sampler:
   """The sampler named ``sampling`` over ``labels``.
 
   Args:
@@ -304,6 +327,9 @@ def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8
     batch_size: B of the other samplers (capped at the split size).
     steps_per_epoch: batches per epoch; None = the sampler's own pass over the split.
     max_classes: cap on P (P x K sampling on a split with fewer classes).
+    outlier_anchors: ``"triplets"`` / ``"pairs"``: label -1 may anchor (paper B's code).
+    positive_is_anchor: ``"triplets"`` / ``"pairs"``: the positive may be the anchor
+      itself (paper B's code).
 
   Returns:
     A :class:`Sampler`.
@@ -316,9 +342,12 @@ def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8
   if sampling == "random":
     return RandomBatchSampler(len(labels), batch_size, seed,
                               steps_per_epoch=steps_per_epoch)
+  paper_b = dict(outlier_anchors=outlier_anchors, positive_is_anchor=positive_is_anchor)
   if sampling == "triplets":
-    return RandomTripletSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch)
+    return RandomTripletSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch,
+                                **paper_b)
   if sampling == "pairs":
-    return RandomPairSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch)
+    return RandomPairSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch,
+                             **paper_b)
   raise ValueError(f"sampling={sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}.")
 

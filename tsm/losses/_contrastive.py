@@ -26,6 +26,9 @@ class PairStats(NamedTuple):
     active_ratio: ``num_active / max(num_pairs, 1)``.
     mean_pos_dist: mean distance over positive pairs.
     mean_neg_dist: mean distance over negative pairs.
+    num_negative_active: negative pairs with non-zero loss (closer than the margin); the
+      active share of the negative terms, ``num_negative_active / num_negative``, does
+      not follow from the ``y d^2`` form the way the overall active ratio does.
 
   The common statistics shape of every tsm loss is exposed too: ``num_total`` (=
   ``num_pairs``), ``num_active`` and ``num_easy`` (pairs with zero loss).
@@ -39,6 +42,7 @@ class PairStats(NamedTuple):
   active_ratio: chex.Array
   mean_pos_dist: chex.Array
   mean_neg_dist: chex.Array
+  num_negative_active: chex.Array
 
   @property
   def num_total(self) -> chex.Array:
@@ -73,6 +77,8 @@ def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs):
       active_ratio=num_active / jnp.maximum(num_pairs, 1.0),
       mean_pos_dist=mining_lib.masked_mean(sdist, mask & same).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(sdist, mask & ~same).astype(jnp.float32),
+      num_negative_active=mining_lib.count_sum(
+          mask & ~same & (jax.lax.stop_gradient(losses) > 0)),
   )
   total = jnp.sum(jnp.where(mask, losses, 0.0))
   loss = _reduce(total, num_pairs, num_active, reduction)
