@@ -1,3 +1,4 @@
+# Over 500 lines: the comparison engine's rule, tests and tables are documented together.
 """Tables and claim tests over seeds, shared by the studies under ``experiments/``.
 
 A study trains each variant (a loss, a margin schedule, ...) under several seeds; this

@@ -1,3 +1,4 @@
+# Over 500 lines: the IDX format, its one-line errors and the two array splits belong together.
 """IDX files (the MNIST family's format) and Fashion-MNIST from Debian's package.
 
 ``read_idx`` reads one IDX file, plain or gzip-compressed; ``load_idx_dataset`` reads
