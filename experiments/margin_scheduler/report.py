@@ -1,3 +1,4 @@
+# Over 500 lines: the study's tables, verdicts, deviations and figures are one report.
 """Tables, verdicts and figures of the margin study, computed from its run directories.
 
 Everything here reads files only (``summary.json``, ``metrics.jsonl``, ``pairs.npz`` and

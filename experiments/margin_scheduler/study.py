@@ -1,3 +1,4 @@
+# Over 500 lines: the study config, its arms (schedule x reduction x mining), one run and its evaluator.
 """The margin-scheduler study: its config, its arms, one run, the effective-margin evaluator.
 
 A study config is a full tsm config (:func:`tsm.config.default_config`) plus a ``study``
