@@ -234,10 +234,30 @@ def parse_command(cli: Any, argv: Sequence[str], usage: str) -> None:
   cli.parse(argv)
 
 
-def cli_main(run: Callable[[], Any]) -> Any:
-  """Runs a study command's body; Ctrl-C outside the grid also ends with status 130."""
+def cli_main(run: Callable[[], Any], workdir: str | None = None,
+             program: str = "study") -> Any:
+  """Runs a study command's body: one study per workdir (the lock ``tsm-train`` takes;
+  each run directory inside is locked by its own ``fit``), every foreseeable fault as one
+  line (status 2 for a workdir in use or a bad path, 1 for an I/O fault), and Ctrl-C
+  outside the grid also ends with status 130."""
+  # pylint: disable=import-outside-toplevel
+  import contextlib
+  import sys
+  from tsm import workdir as workdir_lib
   try:
-    return run()
+    if workdir is None:
+      lock: Any = contextlib.nullcontext()
+    else:
+      workdir_lib.prepare_workdir(workdir)
+      lock = workdir_lib.WorkdirLock(workdir)
+    with lock:
+      return run()
+  except (workdir_lib.BadWorkdir, workdir_lib.WorkdirBusy) as e:
+    print(f"{program}: error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+  except workdir_lib.WorkdirIOError as e:
+    print(f"{program}: error: {e}", file=sys.stderr)
+    raise SystemExit(1) from None
   except KeyboardInterrupt:
     log(INTERRUPTED)
     raise SystemExit(INTERRUPTED_STATUS) from None

@@ -60,7 +60,6 @@ import functools
 import io
 import math
 import os
-import tempfile
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -462,17 +461,10 @@ def best_index(summaries: Sequence[Summary], *, higher_is_better: bool) -> int |
 
 
 def _atomic_write(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """``tsm.artifacts.write_atomic`` after creating the directory (honours the umask)."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  artifacts.write_atomic(path, text)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

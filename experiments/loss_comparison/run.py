@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
   runner.parse_command(cli, argv, __doc__)
   logging.set_verbosity(logging.WARNING)
   try:
-    out = runner.cli_main(lambda: run_study(cli.config, cli.workdir))
+    out = runner.cli_main(lambda: run_study(cli.config, cli.workdir), cli.workdir,
+                          "loss study")
   except StudyError as e:
     cli.fail(str(e))
   print()

@@ -330,28 +330,35 @@ def _per_epoch(rs: list[dict], key: str) -> np.ndarray:
 
 
 def _plot_band(path: str, runs: dict[str, list[dict]], key: str, ylabel: str,
-               title: str, hline: float | None = None) -> None:
+               title: str, hline: float | None = None, steps: bool = False) -> None:
+  """Mean over seeds per arm with a min..max band; ``steps`` draws values that hold for
+  a whole epoch (margins) as steps, with overlapping arms kept visible."""
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
   from tsm import plotting  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(8, 5))
-  series, bands = {}, []
+  series, bands = {}, {}
   for name, rs in runs.items():
     values = _per_epoch(rs, key)
     if values.size:
       series[name] = np.nanmean(values, axis=0)
-      bands.append((np.nanmin(values, axis=0), np.nanmax(values, axis=0)))
-  if series:
+      bands[name] = (np.nanmin(values, axis=0), np.nanmax(values, axis=0))
+  if series and steps:
+    plotting.plot_steps(ax, None, series, ylabel=ylabel, title=title, hline=hline,
+                        bands=bands)
+  elif series:
     plotting.plot_curves(ax, None, series, ylabel=ylabel, title=title, hline=hline,
                          markers=False)
-    for i, (lo, hi) in enumerate(bands):
+    for i, (lo, hi) in enumerate(bands.values()):
       ax.fill_between(np.arange(1, lo.size + 1), lo, hi, color=f"C{i}", alpha=0.15, lw=0)
+    plotting.legend_outside(ax)
   plotting.save_figure(fig, path)
 
 
 def plot_margins(path: str, runs: dict[str, list[dict]]) -> None:
   """Margin per epoch (mean over seeds, band min..max) for every schedule."""
-  _plot_band(path, runs, "margin", "margin mu", "margin per epoch (band: seed range)")
+  _plot_band(path, runs, "margin", "margin mu", "margin per epoch (band: seed range)",
+             steps=True)
 
 
 def plot_easy_share(path: str, runs: dict[str, list[dict]],

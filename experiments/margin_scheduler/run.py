@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   command = "python -m experiments.margin_scheduler.run " + " ".join(
       shlex.quote(a) for a in argv[1:])
   try:
-    text = runner.cli_main(lambda: run_study(cfg, workdir, command=command))
+    text = runner.cli_main(lambda: run_study(cfg, workdir, command=command), workdir,
+                           "margin study")
   except config_lib.ConfigError as e:
     cli.fail(str(e))
   print(text)
