@@ -4,6 +4,7 @@ Pure loss functions (``tsm.losses``), margin schedules (``tsm.margins``), distan
 (``tsm.distances``), evaluation metrics (``tsm.metrics``), diagnostics
 (``tsm.diagnostics``), exact k-NN search (``tsm.search``), and a training pipeline
 (``tsm.fit``, ``tsm.train``) used by the studies under ``experiments/``.
+``tsm.load(workdir)`` loads a trained run for inference (``tsm.export.load``).
 
 ``import tsm`` imports no submodule: each is imported on first access
 (``tsm.losses.triplet_margin_loss`` works after a bare ``import tsm``; PEP 562), so a
@@ -25,11 +26,15 @@ __version__ = "0.1.0"
 # Public submodules, reachable as attributes of the package.
 _SUBMODULES = (
     "artifacts", "checkpoint", "cli", "config", "data", "diagnostics", "distances",
-    "distributed", "evaluation", "fit", "losses", "margins", "metrics", "mining", "models",
-    "plotting", "reporting", "search", "tensorboard", "train",
+    "distributed", "embed_cli", "evaluation", "export", "fit", "losses", "margins",
+    "metrics", "mining", "models", "plotting", "reporting", "search", "tensorboard", "train",
 )
 
-__all__ = ["__version__", *_SUBMODULES]
+# Public functions of submodules, reachable as attributes (name -> submodule); the
+# submodule is imported on first access, like the submodules themselves.
+_FUNCTIONS = {"load": "export"}
+
+__all__ = ["__version__", *_FUNCTIONS, *_SUBMODULES]
 
 # Top-level packages of the optional extras (import name -> extra).
 _EXTRA_PACKAGES = {
@@ -110,6 +115,8 @@ if not any(isinstance(f, _ExtraFinder) for f in sys.meta_path):
 def __getattr__(name: str):
   if name in _SUBMODULES:
     return importlib.import_module(f"{__name__}.{name}")  # binds tsm.<name> as well
+  if name in _FUNCTIONS:
+    return getattr(importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

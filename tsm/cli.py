@@ -4,11 +4,14 @@ Usage::
 
   tsm-train --config=experiments/configs/digits_dams.py --workdir=runs/digits_dams \\
       [--config.train.epochs=5 --config.margin.schedule=constant ...]
+  tsm-train --config=digits_dams --workdir=runs/digits_dams   # a bundled config by name
   tsm-train --help          # usage, the bundled config files
   tsm-train --list_fields   # every config field with its default and meaning
 
-``--config`` is an ml_collections config file with a ``get_config()``; any field can be
-overridden with ``--config.<section>.<field>=<value>``. A rerun with the same
+``--config`` is an ml_collections config file with a ``get_config()``, or the NAME of a
+config bundled with tsm (``experiments/configs/NAME.py``, installed with the wheel, so a
+``pip install`` without a clone has them too); any field can be overridden with
+``--config.<section>.<field>=<value>``. A rerun with the same
 ``--workdir`` resumes the run from its latest checkpoint; a finished run is reported
 again without writing anything.
 
@@ -20,6 +23,7 @@ checkpoint stays the resume point); 130 interrupted (Ctrl-C; the same command re
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any, NoReturn, Sequence
@@ -34,6 +38,49 @@ IO_ERROR = 1
 NONFINITE_ERROR = 3
 INTERRUPTED = 130
 CONFIG_DIR = "experiments/configs"
+# The bundled configs: beside the tsm package both in a clone and in an installed wheel
+# (pyproject.toml ships the ``experiments`` package). Found by path, not by import, so a
+# user's own ``experiments`` directory on sys.path cannot stand in for it.
+BUNDLED_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), *CONFIG_DIR.split("/"))
+
+
+def bundled_configs() -> dict[str, str]:
+  """The bundled experiment configs: ``{NAME: path of experiments/configs/NAME.py}``."""
+  try:
+    names = sorted(os.listdir(BUNDLED_CONFIG_DIR))
+  except OSError:   # an install without the experiments package
+    return {}
+  return {n[:-3]: os.path.join(BUNDLED_CONFIG_DIR, n) for n in names
+          if n.endswith(".py") and not n.startswith("_")}
+
+
+def resolve_config(value: str) -> str:
+  """``--config``'s value with a bundled config NAME replaced by its file.
+
+  A value that names an existing path, ends in ``.py`` or holds a path separator is a
+  file and is returned unchanged (as is anything after ``:``, ml_collections' config
+  argument); a bare NAME becomes ``experiments/configs/NAME.py`` of the bundled configs.
+
+  Args:
+    value: the ``--config`` value, e.g. ``digits_dams`` or ``path/to/config.py``.
+
+  Returns:
+    The config file to load (with its ``:argument``, if any).
+
+  Raises:
+    ValueError: a bare name that is no bundled config (one line listing the names).
+  """
+  name, colon, argument = value.partition(":")
+  if (not name or os.path.exists(name) or name.endswith(".py") or "/" in name
+      or os.sep in name):
+    return value
+  configs = bundled_configs()
+  if name not in configs:
+    known = ", ".join(configs) or f"none: {BUNDLED_CONFIG_DIR} is missing"
+    raise ValueError(f"--config={name} is neither a file nor a bundled config ({known}); "
+                     "pass a config file path or one of those names.")
+  return configs[name] + colon + argument
 
 
 def _one_line(error: BaseException) -> str:
@@ -83,9 +130,22 @@ class ConfigCommand:
   def workdir(self) -> str:
     return self._workdir.value
 
+  def _resolve_config(self, args: list[str]) -> list[str]:
+    """``args`` with ``--config=NAME`` (or ``--config NAME``) of a bundled config
+    replaced by the file's path."""
+    out = list(args)
+    for i, a in enumerate(out[1:], start=1):
+      try:
+        if a.startswith("--config="):
+          out[i] = "--config=" + resolve_config(a.split("=", 1)[1])
+        elif a == "--config" and i + 1 < len(out):
+          out[i + 1] = resolve_config(out[i + 1])
+      except ValueError as e:
+        self.fail(str(e))
+    return out
+
   def _check_get_config(self, args: Sequence[str]) -> None:
     """A config file that exists but defines no ``get_config`` gets its own line."""
-    import os  # pylint: disable=import-outside-toplevel
     for a in args[1:]:
       if a.startswith("--config="):
         path = a.split("=", 1)[1].split(":", 1)[0]
@@ -103,10 +163,9 @@ class ConfigCommand:
 
   def usage(self) -> str:
     """The ``--help`` text: the two flags, the bundled configs, how to list the fields."""
-    import glob  # pylint: disable=import-outside-toplevel
-    import os  # pylint: disable=import-outside-toplevel
-    configs = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-    listed = "\n".join(f"  {c}" for c in configs) or f"  (none found under ./{CONFIG_DIR})"
+    configs = bundled_configs()
+    listed = ("\n".join(f"  {name:32s} {CONFIG_DIR}/{name}.py" for name in configs)
+              or f"  (none: {BUNDLED_CONFIG_DIR} is missing)")
     return (f"usage: {self.program} --config=FILE --workdir=DIR "
             "[--config.SECTION.FIELD=VALUE ...]\n\n"
             f"  --config   {self.config_help}\n"
@@ -114,8 +173,8 @@ class ConfigCommand:
             "  --config.SECTION.FIELD=VALUE  override one field of the config, e.g. "
             "--config.train.epochs=5\n"
             "  --list_fields  print every field with its default and meaning, and exit\n\n"
-            f"config files under {CONFIG_DIR}/ (each with its command in its docstring):\n"
-            f"{listed}\n\n"
+            f"bundled configs (--config=NAME, or the file's path in a clone; each with its "
+            f"command in its docstring):\n{listed}\n\n"
             f"example: {self.program} --config={self.example_config} "
             f"--workdir={self.example_workdir}")
 
@@ -134,6 +193,7 @@ class ConfigCommand:
       print("config fields (default, meaning); override with --config.SECTION.FIELD=VALUE")
       print(config_lib.describe_fields())
       sys.exit(0)
+    args = self._resolve_config(args)
     self._check_get_config(args)
     try:
       rest = self.flag_values(args)
@@ -161,7 +221,7 @@ class ConfigCommand:
 
 
 _COMMAND = ConfigCommand(
-    "tsm-train", "experiments/configs/digits_dams.py", "runs/digits_dams",
+    "tsm-train", "digits_dams", "runs/digits_dams",
     flag_values=flags.FLAGS,
     config_help="Experiment config file (a .py with get_config()).",
     workdir_help="Run directory (created; resumed if it holds a run of the same config).")
