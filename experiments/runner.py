@@ -24,12 +24,14 @@ Everything here takes plain arguments; the studies' ``run.py`` read them from th
 
 from __future__ import annotations
 
+import contextlib
+
 import multiprocessing
 import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 INTERRUPTED = "interrupted; the same command resumes"
 INTERRUPTED_STATUS = 130
@@ -234,24 +236,24 @@ def parse_command(cli: Any, argv: Sequence[str], usage: str) -> None:
   cli.parse(argv)
 
 
-def cli_main(run: Callable[[], Any], workdir: str | None = None,
-             program: str = "study") -> Any:
-  """Runs a study command's body: one study per workdir (the lock ``tsm-train`` takes;
-  each run directory inside is locked by its own ``fit``), every foreseeable fault as one
-  line (status 2 for a workdir in use or a bad path, 1 for an I/O fault), and Ctrl-C
-  outside the grid also ends with status 130."""
-  # pylint: disable=import-outside-toplevel
-  import contextlib
-  import sys
-  from tsm import workdir as workdir_lib
+@contextlib.contextmanager
+def study_lock(workdir: str) -> Iterator[None]:
+  """Creates ``workdir`` (one-line errors for a bad path) and holds the lock ``tsm-train``
+  takes, so one study runs per workdir; each run directory inside is locked by its own
+  ``fit``. Take it after the config has been validated: a bad config creates nothing."""
+  from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  workdir_lib.prepare_workdir(workdir)
+  with workdir_lib.WorkdirLock(workdir):
+    yield
+
+
+def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
+  """Runs a study command's body with every foreseeable fault as one line: status 2 for a
+  workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C outside the grid."""
+  import sys  # pylint: disable=import-outside-toplevel
+  from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
-    if workdir is None:
-      lock: Any = contextlib.nullcontext()
-    else:
-      workdir_lib.prepare_workdir(workdir)
-      lock = workdir_lib.WorkdirLock(workdir)
-    with lock:
-      return run()
+    return run()
   except (workdir_lib.BadWorkdir, workdir_lib.WorkdirBusy) as e:
     print(f"{program}: error: {e}", file=sys.stderr)
     raise SystemExit(2) from None

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -348,13 +349,17 @@ def test_deviations_cover_the_required_settings():
 
 
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
-def test_cli_rejects_a_bad_schedule(capsys):
+def test_cli_rejects_a_bad_schedule(capsys, monkeypatch):
+  argv = ["run", "--config=experiments/configs/margin_study_digits.py",
+          "--workdir=/nonexistent/never", "--config.study.schedules=dams,bogus"]
+  # ml_collections defines the --config.* override flags from sys.argv.
+  monkeypatch.setattr(sys, "argv", argv)
   with pytest.raises(SystemExit) as e:
-    run_lib.main(["run", "--config=experiments/configs/margin_study_digits.py",
-                  "--workdir=/nonexistent/never", "--config.study.schedules=dams,bogus"])
+    run_lib.main(argv)
   assert e.value.code == run_lib.USAGE_ERROR
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "study.schedules" in err
+  assert "bogus" in err and "Unknown command line flag" not in err
   assert not os.path.exists("/nonexistent/never")
 
 

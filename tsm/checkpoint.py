@@ -101,7 +101,7 @@ _OS_CAUSES = ("No space left on device", "Read-only file system", "Permission de
               "Disk quota exceeded", "Input/output error")
 
 
-def _cause(exc: BaseException) -> str:
+def cause_of(exc: BaseException) -> str:
   """One short line saying why ``exc`` happened (no paths or specs of tensorstore)."""
   seen = {id(exc)}
   while exc.__cause__ is not None and id(exc.__cause__) not in seen:
@@ -286,7 +286,7 @@ class Checkpointer:
       self._manager = ocp.CheckpointManager(
           self.directory, item_names=(_STATE, _META), options=options)
     except Exception as e:   # pylint: disable=broad-except
-      cause = _cause(e)
+      cause = cause_of(e)
       raise CheckpointError(
           f"cannot open the checkpoint directory {self.directory}: {cause}.", cause) from e
     _SurfacedErrorFilter.open_checkpointers += 1
@@ -297,7 +297,7 @@ class Checkpointer:
   def _save_error(self, e: BaseException, step: int | None) -> CheckpointError:
     _OrphanedReadLogFilter.failures += 1
     what = "a checkpoint" if step is None else f"checkpoint {step}"
-    cause = _cause(e)
+    cause = cause_of(e)
     return CheckpointError(
         f"could not write {what} in {self.directory}: {cause}; free space or fix "
         "the directory's permissions, then rerun to resume from the last checkpoint.",
@@ -368,7 +368,7 @@ class Checkpointer:
                                                _META: ocp.args.JsonRestore()}))
       return restored[_STATE], dict(restored[_META])
     except Exception as e:   # pylint: disable=broad-except
-      cause = _cause(e)
+      cause = cause_of(e)
       error = CheckpointError(
           f"checkpoint {step} in {self.directory} is unreadable ({cause}).", cause)
       error.__cause__ = _without_tracebacks(e)
@@ -429,7 +429,7 @@ class Checkpointer:
     except OSError as e:
       raise CheckpointError(
           f"checkpoint {step} in {self.directory} is unreadable and cannot be moved "
-          f"aside ({_cause(e)}); remove {source} and rerun.") from e
+          f"aside ({cause_of(e)}); remove {source} and rerun.") from e
     self._manager.reload()
     return target
 

@@ -219,7 +219,7 @@ def load(workdir: str | os.PathLike[str], *, which: str = "best") -> Loaded:
   try:
     variables = _restore_variables(path, abstract)
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
-    cause = checkpoint_lib._cause(e)  # pylint: disable=protected-access
+    cause = checkpoint_lib.cause_of(e)
     raise checkpoint_lib.CheckpointError(
         f"checkpoint {step} in {directory} does not restore into the model of its "
         f"config.json ({cause}).", cause) from None

@@ -150,37 +150,37 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       raise StudyError(str(e)) from None
   check_data(tasks)
   s = cfg.study
-  os.makedirs(workdir, exist_ok=True)
-  ordered = _order(tasks)
-  workers = max(1, min(int(s.workers), len(ordered)))
-  study.log(f"loss study: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
-            f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
-            f"{workdir}")
-  records = runner.run_grid(
-      ordered, _RunOne(s), workers=workers, xla_threads=int(s.xla_threads),
-      compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
-      log=study.log, progress=_line)
-  train_seconds = time.time() - t0
-  seeds = study.seeds_of(cfg)
-  preamble = (f"Settings: losses {', '.join(s.losses)}; sampling "
-              f"{'paper B random triplets / pairs' if s.sampling == 'paper' else s.sampling}"
-              f"; seeds {seeds}"
-              + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
-              + "; margin 1.0, Euclidean distance on L2-normalised embeddings, Adam; "
-              f"{workers} worker(s), xla_threads {s.xla_threads}, load "
-              f"{os.getloadavg()[0]:.1f}. Per dataset:\n\n" + "".join(
-                  f"* {d}: {_describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
-                  for d in s.datasets))
-  rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
-                            gmm_components=int(s.gmm_components), preamble=preamble,
-                            cfg=cfg)
-  wall = time.time() - t0
-  records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
-  with open(os.path.join(workdir, "study.json"), "w") as f:
-    json.dump({"config": json.loads(cfg.to_json()), "runs": records,
-               "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
-               "workers": workers, "xla_threads": int(s.xla_threads)}, f, indent=2)
-  return {"runs": records, "wall_seconds": wall, "report": rep}
+  with runner.study_lock(workdir):   # one study per workdir, after validation
+    ordered = _order(tasks)
+    workers = max(1, min(int(s.workers), len(ordered)))
+    study.log(f"loss study: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
+              f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
+              f"{workdir}")
+    records = runner.run_grid(
+        ordered, _RunOne(s), workers=workers, xla_threads=int(s.xla_threads),
+        compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
+        log=study.log, progress=_line)
+    train_seconds = time.time() - t0
+    seeds = study.seeds_of(cfg)
+    preamble = (f"Settings: losses {', '.join(s.losses)}; sampling "
+                f"{'paper B random triplets / pairs' if s.sampling == 'paper' else s.sampling}"
+                f"; seeds {seeds}"
+                + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
+                + "; margin 1.0, Euclidean distance on L2-normalised embeddings, Adam; "
+                f"{workers} worker(s), xla_threads {s.xla_threads}, load "
+                f"{os.getloadavg()[0]:.1f}. Per dataset:\n\n" + "".join(
+                    f"* {d}: {_describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
+                    for d in s.datasets))
+    rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
+                              gmm_components=int(s.gmm_components), preamble=preamble,
+                              cfg=cfg)
+    wall = time.time() - t0
+    records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
+    with open(os.path.join(workdir, "study.json"), "w") as f:
+      json.dump({"config": json.loads(cfg.to_json()), "runs": records,
+                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
+                 "workers": workers, "xla_threads": int(s.xla_threads)}, f, indent=2)
+    return {"runs": records, "wall_seconds": wall, "report": rep}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
   runner.parse_command(cli, argv, __doc__)
   logging.set_verbosity(logging.WARNING)
   try:
-    out = runner.cli_main(lambda: run_study(cli.config, cli.workdir), cli.workdir,
-                          "loss study")
+    out = runner.cli_main(lambda: run_study(cli.config, cli.workdir), "loss study")
   except StudyError as e:
     cli.fail(str(e))
   print()

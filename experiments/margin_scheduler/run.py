@@ -99,30 +99,30 @@ def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
     raise config_lib.ConfigError(
         f"study.compare_to={cfg.study.compare_to!r} has no verdicts.csv; point it at a "
         "finished run of the same study.")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "study_config.json"), "w") as f:
-    f.write(cfg.to_json(indent=1))
-  start = time.time()
-  _preload(cfg, arms[0])
-  workers = max(1, min(int(cfg.study.workers), len(jobs)))
-  study.log(f"margin study: {len(arms)} arms x {seeds} seeds = {len(jobs)} runs, "
-            f"{workers} process(es), workdir {workdir}")
-  results = runner.run_grid(
-      jobs, _RunOne(cfg, workdir), workers=workers,
-      xla_threads=int(cfg.study.xla_threads),
-      compilation_cache=runner.cache_directory(cfg.study.compilation_cache, workdir),
-      log=study.log, progress=_progress)
-  wall = time.time() - start
-  trained = [r for r in results if not r["reused"]]
-  timing = {"wall_s": wall, "runs": len(results), "trained": len(trained),
-            "workers": workers, "xla_threads": int(cfg.study.xla_threads),
-            "load": os.getloadavg()[0],
-            "mean_run_s": (sum(r["seconds"] for r in trained) / len(trained)
-                           if trained else 0.0)}
-  study.log(f"all runs done in {wall:.0f} s; writing the report")
-  text = report.write_report(workdir, cfg, arms, timing=timing, command=command)
-  study.log(f"report: {os.path.join(workdir, 'report.md')}")
-  return text
+  with runner.study_lock(workdir):   # one study per workdir, after validation
+    with open(os.path.join(workdir, "study_config.json"), "w") as f:
+      f.write(cfg.to_json(indent=1))
+    start = time.time()
+    _preload(cfg, arms[0])
+    workers = max(1, min(int(cfg.study.workers), len(jobs)))
+    study.log(f"margin study: {len(arms)} arms x {seeds} seeds = {len(jobs)} runs, "
+              f"{workers} process(es), workdir {workdir}")
+    results = runner.run_grid(
+        jobs, _RunOne(cfg, workdir), workers=workers,
+        xla_threads=int(cfg.study.xla_threads),
+        compilation_cache=runner.cache_directory(cfg.study.compilation_cache, workdir),
+        log=study.log, progress=_progress)
+    wall = time.time() - start
+    trained = [r for r in results if not r["reused"]]
+    timing = {"wall_s": wall, "runs": len(results), "trained": len(trained),
+              "workers": workers, "xla_threads": int(cfg.study.xla_threads),
+              "load": os.getloadavg()[0],
+              "mean_run_s": (sum(r["seconds"] for r in trained) / len(trained)
+                             if trained else 0.0)}
+    study.log(f"all runs done in {wall:.0f} s; writing the report")
+    text = report.write_report(workdir, cfg, arms, timing=timing, command=command)
+    study.log(f"report: {os.path.join(workdir, 'report.md')}")
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   command = "python -m experiments.margin_scheduler.run " + " ".join(
       shlex.quote(a) for a in argv[1:])
   try:
-    text = runner.cli_main(lambda: run_study(cfg, workdir, command=command), workdir,
+    text = runner.cli_main(lambda: run_study(cfg, workdir, command=command),
                            "margin study")
   except config_lib.ConfigError as e:
     cli.fail(str(e))
