@@ -317,3 +317,13 @@ def test_killed_run_of_a_loss_with_parameters_resumes_exactly(tmp_path, loss, le
     assert np.any(np.asarray(flat_whole[i][1]) != 0)
   for (path, a), (_, b) in zip(flat_whole, flat_broken):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def test_command_line_bad_setting_exits_2_before_running(tmp_path, capsys):
+  workdir = tmp_path / "zoo"
+  with pytest.raises(SystemExit) as e:
+    zoo_run.main(["loss_zoo", f"--config={zoo_run.EXAMPLE_CONFIG}",
+                  f"--workdir={workdir}", "--config.study.losses=('triplet','hinge')"])
+  assert e.value.code == 2
+  assert "study.losses" in capsys.readouterr().err
+  assert not workdir.exists()

@@ -2,7 +2,8 @@ r"""The loss zoo on CUB-200-2011 (TFDS): ResNet-50 trunk (224 px) + 128-d linear
 
   tsm-prepare caltech_birds2011
   python -m experiments.loss_zoo.run \
-      --config=experiments/configs/loss_zoo_caltech_birds2011.py --workdir=runs/loss_zoo_caltech_birds2011
+      --config=experiments/configs/loss_zoo_caltech_birds2011.py \
+      --workdir=runs/loss_zoo_caltech_birds2011
 
 The follow-up (arXiv 2601.21450) trains a 128-d L2-normalised projection head on a frozen
 ViT-B/32 with Adam 1e-4. tsm has no ViT: the trunk is a resnet50, trained end to end

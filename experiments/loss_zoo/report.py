@@ -237,6 +237,12 @@ def deviations(cfg: Any) -> list[list[str]]:
       ["CCL centre update", "real-time centre bank", "not released",
        "EMA of the class's batch mean, renormalised (tsm.losses.center_contrastive)",
        "the exact rule is not known"],
+      ["N-pair embeddings", "Sohn 2016: unnormalised, L2 penalty on norms",
+       "not released",
+       "tsm models output L2-normalised embeddings: logits are cosines in [-1, 1] "
+       "(no temperature), so the softmax is soft and nearly every term counts as "
+       "active (a competitor within one logit unit)",
+       "identical model for every loss; read N-pair's active ratio with that in mind"],
       ["active ratio", "not defined per loss", "not released",
        "per loss family (tsm.losses._activity)",
        "a softmax term is never exactly zero"],

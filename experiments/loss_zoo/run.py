@@ -45,6 +45,7 @@ from experiments.loss_zoo import study
 from tsm import cli as cli_lib
 
 StudyError = study.StudyError
+describe = pair_run._describe  # pylint: disable=protected-access  (model, epochs, batch)
 EXAMPLE_CONFIG = "experiments/configs/loss_zoo_offline.py"
 # Relative cost of one epoch per dataset (measured on 2 CPU cores), to start the
 # costliest runs first so that parallel workers end together.
@@ -121,7 +122,7 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               "other losses at pytorch-metric-learning's defaults; "
               f"{workers} worker(s), xla_threads {s.xla_threads}, load "
               f"{os.getloadavg()[0]:.1f}. Per dataset:\n\n" + "".join(
-                  f"* {d}: {pair_run._describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"  # pylint: disable=protected-access
+                  f"* {d}: {describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
                   for d in s.datasets))
   rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
                             preamble=preamble, cfg=cfg)
