@@ -9,6 +9,8 @@ by how greedily they learn:
 * :func:`inter_class_distances`: distances between class centroids over ``c != c'``,
   plain (the authors' code) and squared (the paper's formula);
 * :func:`loss_decay_epochs`: epochs until the loss first falls to 10% of its first value;
+  :func:`loss_fall_epochs`: its scale-free companion (epochs until 90% of the loss's own
+  fall), which losses with a floor also reach (the follow-up's claim D3);
 * active ratio and gradient norm come out of :func:`tsm.train.make_train_step` per step
   (``metrics["active_ratio"]``, ``metrics["grad_norm"]``) and :func:`tsm.fit.fit` already
   writes their per-epoch means to ``metrics.jsonl``; :func:`epoch_means` aggregates step
@@ -50,7 +52,8 @@ from tsm.distances import check_distance, paired_distances
 __all__ = [
     "ClassVariance", "InterClassDistances", "EffectiveMargins", "GaussianMixture",
     "class_centroids", "intra_class_variance", "inter_class_distances",
-    "loss_decay_epochs", "epoch_means", "effective_margins", "fit_gaussian_mixture",
+    "loss_decay_epochs", "loss_fall_epochs", "epoch_means", "effective_margins",
+    "fit_gaussian_mixture",
     "mixture_pdf",
 ]
 
@@ -284,6 +287,51 @@ def _loss_decay_epochs(losses, fraction):
   hit = losses <= fraction * losses[0]
   first = jnp.argmax(hit).astype(jnp.int32)
   return jnp.where(jnp.any(hit), first + 1, -1).astype(jnp.int32)
+
+
+def loss_fall_epochs(losses: chex.Array, fraction: float = 0.9) -> chex.Array:
+  """Epochs until the loss has made ``fraction`` of its fall (a scale-free loss decay).
+
+  Paper B's :func:`loss_decay_epochs` asks for a fall to 10 % of the first loss, which a
+  loss with a floor far above zero (a softmax over many negatives, a proxy loss) may
+  never reach, so losses of different forms cannot be ranked by it. This asks instead
+  how soon each loss covers ``fraction`` of the fall it makes at all:
+
+  ``e = min{e : losses[0] - losses[e-1] >= fraction * (losses[0] - min(losses))}``
+  (1-based), or ``-1`` when the loss never falls below its first value. It is invariant
+  to the loss's scale and offset (``a * loss + b`` with ``a > 0`` gives the same epoch).
+  A NaN anywhere gives ``-1`` (there is no honest epoch to report).
+
+  Example: ``losses = [2.0, 1.2, 1.05, 1.0]`` (fall 1.0) gives 3 with ``fraction=0.9``.
+
+  Args:
+    losses: ``[E]`` per-epoch losses (``E >= 1``).
+    fraction: the share of the total fall, in ``(0, 1]``; may be traced.
+
+  Returns:
+    int32 scalar (jittable; ``int(...)`` on the host).
+
+  References:
+    Zeng, Niu, Li, Taya, arXiv 2601.21450 (claim D3: faster convergence); paper B's
+    loss decay, Zeng, arXiv 2510.02161.
+  """
+  if jnp.ndim(losses) != 1 or jnp.shape(losses)[0] < 1:
+    raise ValueError(f"losses must be a non-empty [E] array, got shape "
+                     f"{jnp.shape(losses)}; pass one loss per epoch.")
+  if isinstance(fraction, (int, float)) and not 0 < fraction <= 1:
+    raise ValueError(f"fraction must be in (0, 1], got {fraction!r}; e.g. 0.9.")
+  return _loss_fall_epochs(losses, fraction)
+
+
+@jax.jit
+def _loss_fall_epochs(losses, fraction):
+  chex.assert_rank(losses, 1)
+  fallen = losses[0] - losses
+  total = jnp.max(fallen)
+  hit = fallen >= fraction * total
+  first = jnp.argmax(hit).astype(jnp.int32)
+  ok = (total > 0) & ~jnp.any(jnp.isnan(losses))
+  return jnp.where(ok, first + 1, -1).astype(jnp.int32)
 
 
 def epoch_means(values: chex.Array, epochs: chex.Array, num_epochs: int) -> chex.Array:

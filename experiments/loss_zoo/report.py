@@ -1,0 +1,411 @@
+"""Tables, verdicts and figures of the loss-zoo study, from the runs' ``zoo.json``.
+
+Per dataset (``<workdir>/<dataset>/``):
+
+* ``table.md`` / ``table.csv``: loss x metric, each cell the mean ± std over seeds with
+  the two-sided 95 % t interval of the mean;
+* ``curves.png``: loss, active ratio, gradient norm and gradient norm per unit of loss
+  per epoch, for every loss (mean over seeds, ± std band; loss and norms on a log axis,
+  since the losses differ in scale by orders of magnitude);
+* ``intra_class_variance.png``: the per-class intra-class variances of every loss
+  (training embeddings, every seed pooled), one box per loss;
+* ``centroid_distances.png``: the distribution of the inter-class centroid distances
+  of every loss (every class pair of every seed), one violin per loss.
+
+Over all datasets: ``verdicts.md`` / ``.csv`` (claims D1-D4 of the follow-up, each a
+paired test over seeds of the favoured loss against the per-seed mean of the other
+losses, Holm over the study's family: :mod:`experiments.verdicts`), ``deviations.md``
+and ``report.md`` (everything, for reading).
+
+The claims (PAPERS.md section D) as tested; "the others" is the per-seed mean of the
+study's losses outside the claim's group:
+
+* D1: triplet and SupCon (each) keep more intra-class variance than the others, and a
+  clearer separation (centroid distance / RMS class radius, ``separation``);
+* D2: triplet and SupCon (each) have a higher Recall@1, on fine-grained sets only
+  (cars196, caltech_birds2011; elsewhere not tested);
+* D3: contrastive and NT-Xent (each) converge faster (scale-free loss fall and paper B's
+  loss decay), end with lower intra-class variance, have a higher active ratio (and
+  negative-term active ratio) and smaller gradients (raw and per unit of loss);
+* D4: N-pair has a larger mean inter-class centroid distance AND a larger spread (std
+  over class pairs) of them.
+
+The active ratio's terms are defined per loss (``tsm.losses._activity``): a hinge term
+is active when its loss is non-zero, a softmax / proxy / centre term when a competitor
+is within one logit unit. The two definitions are not the same quantity, so the D3
+active-ratio claims carry a note; the negative-term ratio is the closer comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from experiments import verdicts as verdicts_lib
+from experiments.loss_comparison import report as pair_report
+from experiments.loss_zoo import study as zoo_study
+from tsm import plotting
+from tsm import reporting
+
+# (key in zoo.json, column label, decimals)
+COLUMNS = (
+    ("recall@1", "Recall@1", 4),
+    ("map@r", "MAP@R", 4),
+    ("knn@5", "k-NN acc. (k=5)", 4),
+    ("intra_var", "intra-class variance", 4),
+    ("inter_dist", "centroid distance (mean)", 4),
+    ("inter_dist_std_over_pairs", "centroid distance (std over pairs)", 4),
+    ("separation", "separation (centroid dist. / RMS radius)", 3),
+    ("mean_active_ratio", "active ratio", 3),
+    ("mean_negative_active_ratio", "active ratio, negative terms", 3),
+    ("mean_grad_norm", "gradient norm", 4),
+    ("mean_grad_norm_per_loss", "gradient norm / loss", 4),
+    ("loss_fall_epochs", "loss fall (epochs to 90 % of its fall)", 1),
+    ("loss_decay_epochs", "loss decay (epochs to 10 % of epoch 1)", 1),
+    ("final_loss", "final loss", 4),
+)
+# Epoch counts where -1 means "never": counted as epochs + 1 (as paper B's study).
+EPOCH_KEYS = ("loss_fall_epochs", "loss_decay_epochs")
+ACTIVE_NOTE = ("active terms are defined per loss family (hinge: loss > 0; softmax / "
+               "proxy / centre: a competitor within one logit unit), so this compares "
+               "different quantities; see the negative-term companion")
+GRAD_NOTE = "losses of different scale: raw norms are not comparable; see grad / loss"
+D1 = ("triplet", "supcon")
+D3 = ("contrastive", "ntxent")
+D4 = ("npair",)
+# (id, claim template, key, favoured losses, the claim's group, higher is better, note,
+#  fine-grained only)
+CLAIMS = (
+    ("D1", "{a} keeps more intra-class variance", "intra_var", D1, D1, True, "", False),
+    ("D1", "{a} has clearer inter-class margins", "separation", D1, D1, True, "", False),
+    ("D2", "{a} has a higher Recall@1 (fine-grained)", "recall@1", D1, D1, True, "", True),
+    ("D3", "{a} converges faster (loss fall)", "loss_fall_epochs", D3, D3, False, "",
+     False),
+    ("D3", "{a} converges faster (paper B's loss decay)", "loss_decay_epochs", D3, D3,
+     False, "", False),
+    ("D3", "{a} ends with lower intra-class variance", "intra_var", D3, D3, False, "",
+     False),
+    ("D3", "{a} has a higher active ratio", "mean_active_ratio", D3, D3, True,
+     ACTIVE_NOTE, False),
+    ("D3", "{a} has a higher active ratio of negative terms",
+     "mean_negative_active_ratio", D3, D3, True, "", False),
+    ("D3", "{a} has smaller gradients", "mean_grad_norm", D3, D3, False, GRAD_NOTE, False),
+    ("D3", "{a} has smaller gradients per unit of loss", "mean_grad_norm_per_loss", D3, D3,
+     False, "", False),
+    ("D4", "{a} has a larger mean class separation", "inter_dist", D4, D4, True, "",
+     False),
+    ("D4", "{a} spaces its classes unevenly (larger spread)", "inter_dist_std_over_pairs",
+     D4, D4, True, "", False),
+)
+
+
+def load_runs(workdir: str, dataset: str, loss: str,
+              seeds: Sequence[int]) -> list[dict[str, Any]]:
+  """The ``zoo.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
+  out = []
+  for seed in seeds:
+    path = os.path.join(zoo_study.run_dir(workdir, dataset, loss, seed), zoo_study.ZOO_JSON)
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f))
+  return out
+
+
+def seed_values(runs: Sequence[dict[str, Any]], key: str,
+                seeds: Sequence[int]) -> list[float | None]:
+  """Per-seed values indexed by ``seeds`` (None where missing); "never" epochs count as
+  ``epochs + 1``."""
+  out: list[float | None] = [None] * len(seeds)
+  for r in runs:
+    if r["seed"] not in seeds:
+      continue
+    value = r.get(key)
+    if value is not None and key in EPOCH_KEYS and value < 0:
+      value = r["epochs"] + 1
+    out[list(seeds).index(r["seed"])] = None if value is None else float(value)
+  return out
+
+
+def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str], key: str,
+                seeds: Sequence[int]) -> list[float | None]:
+  """Per seed, the mean of ``key`` over the ``others`` losses (None unless all have it)."""
+  columns = [seed_values(by_loss.get(loss, []), key, seeds) for loss in others]
+  out: list[float | None] = []
+  for i in range(len(seeds)):
+    values = [c[i] for c in columns]
+    ok = values and all(v is not None and math.isfinite(v) for v in values)
+    out.append(float(np.mean(values)) if ok else None)
+  return out
+
+
+def interval(values: Sequence[float | None]) -> tuple[float, float]:
+  """Two-sided 95 % t interval of the mean of the finite values (NaN under 2 values)."""
+  x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
+  if x.size < 2:
+    return math.nan, math.nan
+  half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+  return float(x.mean() - half), float(x.mean() + half)
+
+
+def cell(values: Sequence[float | None], digits: int) -> str:
+  """``"mean ± std [lo, hi]"`` (``"n/a"`` when nothing finite)."""
+  text = reporting.summarize(values).format(digits)
+  lo, hi = interval(values)
+  if math.isfinite(lo):
+    text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+  return text
+
+
+def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                 seeds: Sequence[int]) -> list[verdicts_lib.Claim]:
+  """Every testable claim D1-D4 on every dataset (the study's family)."""
+  out = []
+  for dataset, by_loss in by_dataset.items():
+    present = [loss for loss, runs in by_loss.items() if runs]
+    for cid, text, key, favoured, group, higher, note, fine in CLAIMS:
+      if fine and dataset not in zoo_study.FINE_GRAINED:
+        continue
+      others = [loss for loss in present if loss not in group]
+      for loss in favoured:
+        if loss not in present or not others:
+          continue
+        a = seed_values(by_loss[loss], key, seeds)
+        b = others_mean(by_loss, others, key, seeds)
+        if not (reporting.summarize(a).n and reporting.summarize(b).n):
+          continue
+        out.append(verdicts_lib.Claim(
+            f"{cid}: " + text.format(a=loss), key, loss,
+            f"others' mean ({len(others)})", a, b, higher_is_better=higher,
+            note="; ".join(p for p in (note, "others: " + ", ".join(others)) if p),
+            group=dataset))
+  return out
+
+
+def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]],
+                  seeds: Sequence[int]) -> str:
+  """Writes ``<dataset>/table.md`` and ``table.csv`` (loss x metric); returns Markdown."""
+  header = ["loss", "seeds"] + [label for _, label, _ in COLUMNS]
+  rows = []
+  for loss, runs in by_loss.items():
+    rows.append([loss, str(len(runs))] + [cell(seed_values(runs, key, seeds), digits)
+                                          for key, _, digits in COLUMNS])
+  title = (f"{dataset}: mean ± std over seeds [95 % t interval of the mean]; epoch "
+           "counts never reached count as epochs + 1")
+  return reporting.write_table(header, rows, os.path.join(workdir, dataset, "table.md"),
+                               os.path.join(workdir, dataset, "table.csv"), title=title)
+
+
+def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                  seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
+  """Writes ``verdicts.md`` / ``verdicts.csv``; returns ``(markdown, stability)``."""
+  claims = study_claims(by_dataset, seeds)
+  header, rows = verdicts_lib.verdict_table(claims, grouped=True)
+  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
+  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
+                             os.path.join(workdir, "verdicts.csv"),
+                             title="Claims D1-D4 of the follow-up on this study's runs")
+  return md, sentence
+
+
+def deviations(cfg: Any) -> list[list[str]]:
+  """The follow-up vs this study (no code of the follow-up is known)."""
+  s = cfg.study
+  return [
+      ["backbone", "frozen ViT-B/32 + 128-d L2-normalised projection head",
+       "not released",
+       "offline: small MLP / conv1d / ConvNet trained end to end, 32-d; TFDS sets: "
+       "ResNet-18 / -50 + 128-d linear head, frozen when model.pretrained_path is set",
+       "tsm has no ViT; CPU budget"],
+      ["optimiser", "Adam 1e-4, 100 epochs, batch 512", "not released",
+       "Adam 1e-3 (offline; 1e-4 with a head), P x K batches of 64 (offline) / 128-160, "
+       "tens of epochs", "models trained from scratch need the larger rate; CPU budget"],
+      ["losses", "seven", "not released",
+       f"{len(s.losses)}: " + ", ".join(s.losses),
+       "MultiSimilarity and ProxyAnchor as strong baselines (issue 12)"],
+      ["loss parameters", "not stated", "not released",
+       f"pytorch-metric-learning defaults; triplet margin {s.triplet_margin:g} "
+       f"(PML 0.05), contrastive margins 0 / {s.contrastive_margin:g}",
+       "the incumbent library's defaults are the reproducible choice"],
+      ["proxy / class-weight learning rate", "not stated", "not released",
+       "the model's rate (PML recipes often use x100 for proxies)",
+       "identical optimiser for every loss"],
+      ["CCL centre update", "real-time centre bank", "not released",
+       "EMA of the class's batch mean, renormalised (tsm.losses.center_contrastive)",
+       "the exact rule is not known"],
+      ["N-pair embeddings", "Sohn 2016: unnormalised, L2 penalty on norms",
+       "not released",
+       "tsm models output L2-normalised embeddings: logits are cosines in [-1, 1] "
+       "(no temperature), so the softmax is soft and nearly every term counts as "
+       "active (a competitor within one logit unit)",
+       "identical model for every loss; read N-pair's active ratio with that in mind"],
+      ["active ratio", "not defined per loss", "not released",
+       "per loss family (tsm.losses._activity)",
+       "a softmax term is never exactly zero"],
+      ["seeds / tests", "not stated", "not released",
+       f"{s.seeds} seeds; paired t-tests against the others' mean, Holm",
+       "claims are hypotheses on our runs"],
+  ]
+
+
+def _figure(ncols: int, width: float = 5.0, height: float = 3.8):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+
+
+CURVES = (("loss", "loss", True), ("active_ratio", "active ratio", False),
+          ("grad_norm", "gradient norm", True),
+          ("grad_norm_per_loss", "gradient norm / loss", True))
+
+
+def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]]) -> None:
+  """Per-epoch curves of every loss: mean over seeds, ± std band."""
+  fig, axes = _figure(len(CURVES), width=4.5)
+  for ax, (key, label, log_scale) in zip(axes[0], CURVES):
+    for i, (loss, runs) in enumerate(by_loss.items()):
+      if not runs:
+        continue
+      length = min(len(r["curves"][key]) for r in runs)
+      values = np.asarray([[np.nan if v is None else v for v in r["curves"][key][:length]]
+                           for r in runs], np.float64)
+      mean = np.nanmean(values, 0)
+      epochs = np.arange(1, length + 1)
+      ax.plot(epochs, mean, color=f"C{i % 10}", label=loss)
+      if len(runs) > 1:
+        std = np.nanstd(values, 0, ddof=1)
+        ax.fill_between(epochs, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15)
+    if log_scale:
+      ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title(f"{dataset}: {label}")
+  plotting.legend_outside(axes[0, -1])
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+
+
+def _pooled(arrays: dict[str, list[dict[str, np.ndarray]]], name: str
+            ) -> tuple[list[str], list[np.ndarray]]:
+  names, values = [], []
+  for loss, items in arrays.items():
+    parts = []
+    for a in items:
+      v = a[name]
+      if name == "per_class_variance":
+        v = v[a["class_present"].astype(bool)]
+      parts.append(v)
+    if parts and sum(p.size for p in parts):
+      names.append(loss)
+      values.append(np.concatenate(parts))
+  return names, values
+
+
+def plot_distributions(directory: str, dataset: str,
+                       arrays: dict[str, list[dict[str, np.ndarray]]]) -> list[str]:
+  """``intra_class_variance.png`` (boxes) and ``centroid_distances.png`` (violins)."""
+  paths = []
+  for name, file, label, violin in (
+      ("per_class_variance", "intra_class_variance.png", "intra-class variance", False),
+      ("centroid_distances", "centroid_distances.png",
+       "inter-class centroid distance", True)):
+    names, values = _pooled(arrays, name)
+    if not names:
+      continue
+    fig, axes = _figure(1, width=max(6.0, 0.9 * len(names)))
+    ax = axes[0, 0]
+    if violin:
+      ax.violinplot(values, showmeans=True, showextrema=True)
+    else:
+      ax.boxplot(values)
+    ax.set_xticks(np.arange(1, len(names) + 1), names, rotation=30, ha="right")
+    ax.set_ylabel(label)
+    ax.set_title(f"{dataset}: {label} per loss (training embeddings, seeds pooled)")
+    fig.tight_layout()
+    path = os.path.join(directory, file)
+    plotting.save_figure(fig, path)
+    paths.append(path)
+  return paths
+
+
+def _load_arrays(workdir: str, dataset: str, loss: str,
+                 runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+  out = []
+  for r in runs:
+    path = os.path.join(zoo_study.run_dir(workdir, dataset, loss, r["seed"]), "zoo.npz")
+    if os.path.exists(path):
+      with np.load(path) as z:
+        out.append({k: z[k] for k in z.files})
+  return out
+
+
+def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
+                   seeds: Sequence[int]) -> dict[str, Any]:
+  """Table and figures of one dataset: ``{"table", "figures", "runs"}``."""
+  by_loss = {loss: load_runs(workdir, dataset, loss, seeds) for loss in losses}
+  directory = os.path.join(workdir, dataset)
+  os.makedirs(directory, exist_ok=True)
+  table = dataset_table(workdir, dataset, by_loss, seeds)
+  figures = []
+  if any(by_loss.values()):
+    path = os.path.join(directory, "curves.png")
+    plot_curves(path, dataset, by_loss)
+    figures.append(path)
+    arrays = {loss: _load_arrays(workdir, dataset, loss, runs)
+              for loss, runs in by_loss.items()}
+    figures += plot_distributions(directory, dataset, arrays)
+  return {"table": table, "figures": figures,
+          "runs": {loss: len(runs) for loss, runs in by_loss.items()}}
+
+
+def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
+                 seeds: Sequence[int], *, preamble: str = "", cfg: Any = None
+                 ) -> dict[str, Any]:
+  """Every dataset's table and figures, the verdict table and ``report.md``.
+
+  Args:
+    workdir: the study directory.
+    datasets: the datasets.
+    losses: the losses.
+    seeds: the seeds.
+    preamble: text under the title.
+    cfg: the study config (deviations, ``study.compare_to``); optional.
+
+  Returns:
+    ``{"datasets": {name: report_dataset(...)}, "verdicts": markdown}``.
+  """
+  by_dataset = {d: {loss: load_runs(workdir, d, loss, seeds) for loss in losses}
+                for d in datasets}
+  per = {d: report_dataset(workdir, d, losses, seeds) for d in datasets}
+  compare_to = (cfg.study.compare_to or None) if cfg is not None else None
+  verdicts_md, stability = verdict_table(workdir, by_dataset, seeds, compare_to)
+  parts = ["# Loss zoo: variance and greediness of nine losses (arXiv 2601.21450)\n",
+           preamble, verdicts_md,
+           verdicts_lib.RULE + " A verdict speaks for these settings only.\n"]
+  if not any(d in zoo_study.FINE_GRAINED for d in datasets):
+    parts.append("D2 (fine-grained Recall@1) is not tested: no fine-grained set "
+                 f"({', '.join(zoo_study.FINE_GRAINED)}) in this study; Recall@1 of every "
+                 "loss is in the tables.\n")
+  if stability:
+    parts.append(stability + "\n")
+  if cfg is not None:
+    deviation_md = verdicts_lib.deviations_markdown(
+        deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
+    with open(os.path.join(workdir, "deviations.md"), "w") as f:
+      f.write(deviation_md)
+    parts.append(deviation_md)
+  for d in datasets:
+    parts.append(per[d]["table"])
+    parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
+                                         for p in per[d]["figures"]) + "\n")
+  text = "\n".join(p for p in parts if p)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(text)
+  return {"datasets": per, "verdicts": verdicts_md}
+
+
+is_finite_number = pair_report.is_finite_number
