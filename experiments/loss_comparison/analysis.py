@@ -185,14 +185,14 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
   }
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
   """NaN / inf floats as None (strict JSON), recursively."""
   if isinstance(obj, float):
     return obj if math.isfinite(obj) else None
   if isinstance(obj, dict):
-    return {k: _json_safe(v) for k, v in obj.items()}
+    return {k: json_safe(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
+    return [json_safe(v) for v in obj]
   return obj
 
 
@@ -265,5 +265,5 @@ def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
       "fit_test": None if summary is None else summary.get("test"),
   }
   np.savez_compressed(os.path.join(rundir, ANALYSIS_NPZ), **found["arrays"])
-  artifacts.write_json_atomic(path, _json_safe(result))
-  return _json_safe(result)
+  artifacts.write_json_atomic(path, json_safe(result))
+  return json_safe(result)

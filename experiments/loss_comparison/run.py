@@ -90,7 +90,7 @@ def _line(r: dict[str, Any]) -> str:
           f"loss-decay {r['loss_decay_epochs']}")
 
 
-def _describe(run: ml_collections.ConfigDict) -> str:
+def describe(run: ml_collections.ConfigDict) -> str:
   m, t = run.model, run.train
   parts = [f"model {m.name}" + (f" + {m.head} head" if m.head != "none" else "")
            + f", {m.embedding_dim}-d",
@@ -169,7 +169,7 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 + "; margin 1.0, Euclidean distance on L2-normalised embeddings, Adam; "
                 f"{workers} worker(s), xla_threads {s.xla_threads}, load "
                 f"{os.getloadavg()[0]:.1f}. Per dataset:\n\n" + "".join(
-                    f"* {d}: {_describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
+                    f"* {d}: {describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
                     for d in s.datasets))
     rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
                               gmm_components=int(s.gmm_components), preamble=preamble,

@@ -45,7 +45,7 @@ from experiments.loss_zoo import study
 from tsm import cli as cli_lib
 
 StudyError = study.StudyError
-describe = pair_run._describe  # pylint: disable=protected-access  (model, epochs, batch)
+describe = pair_run.describe   # (model, epochs, batch)
 EXAMPLE_CONFIG = "experiments/configs/loss_zoo_offline.py"
 # Relative cost of one epoch per dataset (measured on 2 CPU cores), to start the
 # costliest runs first so that parallel workers end together.

@@ -492,7 +492,7 @@ def train_and_measure(config: ml_collections.ConfigDict, rundir: str, *,
                      if found["scalars"]["intra_var"] > 0 else math.nan),
   }
   np.savez_compressed(os.path.join(rundir, "zoo.npz"), **found["arrays"])
-  safe = analysis._json_safe(result)  # pylint: disable=protected-access
+  safe = analysis.json_safe(result)
   artifacts.write_json_atomic(path, safe)
   return safe
 

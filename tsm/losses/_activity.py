@@ -51,8 +51,13 @@ that negative alone passes the criterion above: ntxent and supcon ``z_an > min_P
 - 1``; npair ``z(a, p_c) > z(a, p_y) - 1``; multi-similarity ``s_an > min_P s_ap - eps``;
 arcface and centre ``z_k > z_y - 1``; proxy-anchor the negative pairs' exponent rule.
 (Every triplet term holds a negative, so the triplet loss has no separate companion;
-for the contrastive loss it would be the negative pairs with ``d < m``, not yet in
-:class:`tsm.losses.PairStats`.)
+for the contrastive loss it is ``PairStats.num_negative_active``: negative pairs with
+``d < m``.)
+
+Caveat: N-pair on L2-normalised embeddings has cosine logits in ``[-1, 1]`` and no
+temperature, so a competitor is almost always within one logit unit of the target: its
+active ratio is about 1 by construction (measured 0.98-1.0 on the offline sets); compare
+it across losses only with that in mind.
 
 ``mean_pos_dist`` and ``mean_neg_dist`` are Euclidean distances between the embeddings
 as given, over the positive / negative pairs ``i < j`` of the batch (as
