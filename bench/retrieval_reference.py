@@ -12,9 +12,17 @@ Without PyTorch / pytorch-metric-learning / faiss the naive baseline is
 ``--baseline numpy``: the metrics from a full ``argsort`` of each chunk of exact distance
 rows (numpy), which needs no extra package.
 
+With ``--gallery N`` it measures a gallery of N embeddings (e.g. 1,000,000) written to
+a ``.npy`` file in chunks and memory-mapped back (``np.load(mmap_mode="r")``), searched by
+``--n`` separate queries of the same distribution (every metric needs the R ~ N / classes
+nearest gallery items of each query), once for tsm and once for the baseline, in the
+same process, each in a fresh child process so that its peak resident memory
+(``ru_maxrss``, reported with the baseline of the child after loading) is its own.
+
 Usage:
   taskset -c 0,1 python bench/retrieval_reference.py [--n 50000] [--dim 128]
       [--classes 100] [--rounds 3] [--baseline pml|numpy] [--json out.json]
+  taskset -c 0,1 python bench/retrieval_reference.py --gallery 1000000 --n 1000 --rounds 1
 """
 
 from __future__ import annotations
@@ -70,9 +78,90 @@ def numpy_metrics(x: np.ndarray, labels: np.ndarray, chunk: int = 512) -> dict[s
   return dict(zip(NAMES, (totals / x.shape[0]).tolist()))
 
 
-def tsm_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  m = retrieval_metrics(x, labels, ks=(1,))
+def tsm_metrics(x: np.ndarray, labels: np.ndarray, gallery=None,
+                gallery_labels=None) -> dict[str, float]:
+  m = retrieval_metrics(x, labels, gallery, gallery_labels, ks=(1,))
   return {k: m[k] for k in NAMES}
+
+
+def pml_gallery_metrics(x, labels, gallery, gallery_labels) -> dict[str, float]:
+  """PML's AccuracyCalculator with a separate reference set (faiss-cpu)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from pytorch_metric_learning.utils import accuracy_calculator  # pylint: disable=import-outside-toplevel
+  calc = accuracy_calculator.AccuracyCalculator(
+      include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+      k="max_bin_count")
+  out = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64)),
+                          torch.from_numpy(np.asarray(gallery)),
+                          torch.from_numpy(np.asarray(gallery_labels, np.int64)),
+                          ref_includes_query=False)
+  return {"precision@1": float(out["precision_at_1"]),
+          "r_precision": float(out["r_precision"]),
+          "map@r": float(out["mean_average_precision_at_r"])}
+
+
+_GALLERY_CHILD = r"""
+import json, os, resource, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import retrieval_reference as rr
+impl, xp, yp, qp, qlp = sys.argv[2:7]
+g = np.load(xp, mmap_mode="r"); gl = np.load(yp); q = np.load(qp); ql = np.load(qlp)
+if impl == "pml":
+  import faiss, torch
+  faiss.omp_set_num_threads(rr._THREADS); torch.set_num_threads(rr._THREADS)
+  fn = rr.pml_gallery_metrics
+else:
+  import jax, jax.numpy as jnp
+  jnp.zeros(8).block_until_ready()
+  fn = rr.tsm_metrics
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+m = fn(q, ql, g, gl)
+wall = time.perf_counter() - t
+print(json.dumps({"metrics": m, "wall_s": wall, "baseline_maxrss_mib": base / 1024,
+                  "peak_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def gallery_bench(args) -> dict:
+  """tsm and the baseline on a memory-mapped gallery, each in a child process."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  centers = rng.standard_normal((args.classes, args.dim)).astype(np.float32)
+
+  def draw(n):
+    y = rng.integers(0, args.classes, n).astype(np.int32)
+    x = centers[y] + 2.5 * rng.standard_normal((n, args.dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    paths = [os.path.join(tmp, f) for f in ("g.npy", "gl.npy", "q.npy", "ql.npy")]
+    g = np.lib.format.open_memmap(paths[0], "w+", np.float32, (args.gallery, args.dim))
+    gl = np.empty(args.gallery, np.int32)
+    for s in range(0, args.gallery, 100_000):
+      g[s:s + 100_000], gl[s:s + 100_000] = draw(min(100_000, args.gallery - s))
+    g.flush()
+    del g
+    np.save(paths[1], gl)
+    q, ql = draw(args.n)
+    np.save(paths[2], q)
+    np.save(paths[3], ql)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for _ in range(args.rounds):
+      for impl in ("tsm", args.baseline):
+        res = subprocess.run([sys.executable, "-c", _GALLERY_CHILD, here, impl] + paths,
+                             check=True, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                 [os.path.dirname(here), os.environ.get("PYTHONPATH", "")])))
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        out.setdefault(impl, []).append(r)
+        print(f"{impl:6s} {r['wall_s']:8.1f} s  peak RSS {r['peak_maxrss_mib']:.0f} MiB "
+              f"(after loading {r['baseline_maxrss_mib']:.0f} MiB)  " +
+              "  ".join(f"{k}={v:.6f}" for k, v in r["metrics"].items()), flush=True)
+  return out
 
 
 def main() -> None:
@@ -82,6 +171,8 @@ def main() -> None:
   parser.add_argument("--classes", type=int, default=100)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--baseline", default="pml", choices=("pml", "numpy"))
+  parser.add_argument("--gallery", type=int, default=None,
+                      help="memory-mapped gallery of this many embeddings; --n queries")
   parser.add_argument("--json", default=None)
   args = parser.parse_args()
   import jax  # pylint: disable=import-outside-toplevel
@@ -97,11 +188,19 @@ def main() -> None:
       args.baseline, baseline = "numpy", numpy_metrics
   else:
     baseline = numpy_metrics
-  x, labels = bench_metrics.make_embeddings(args.n, args.dim, args.classes)
   info = {"device_kind": jax.devices()[0].device_kind, "threads": _THREADS,
           "n": args.n, "dim": args.dim, "classes": args.classes, "baseline": args.baseline,
           "load_average": [round(v, 2) for v in os.getloadavg()]}
   print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+  if args.gallery:
+    if args.baseline == "numpy":
+      raise SystemExit("--gallery needs --baseline pml (PyTorch, PML and faiss-cpu).")
+    out = gallery_bench(args)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump({"header": info, "gallery": args.gallery, "runs": out}, f, indent=2)
+    return
+  x, labels = bench_metrics.make_embeddings(args.n, args.dim, args.classes)
   runners = {"tsm": tsm_metrics, args.baseline: baseline}
   times = {k: [] for k in runners}
   results = {}

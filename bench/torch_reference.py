@@ -189,10 +189,12 @@ def torch_step_fn(setup: str, inputs: np.ndarray, labels: np.ndarray):
   """PyTorch's eager CPU train step (PML triplet loss over all triplets, Adam)."""
   import torch  # pylint: disable=import-outside-toplevel
   from pytorch_metric_learning import losses as pml_losses  # pylint: disable=import-outside-toplevel
+  from pytorch_metric_learning import reducers as pml_reducers  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   model = torch_model(setup).train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-  loss_fn = pml_losses.TripletMarginLoss(margin=MARGIN)
+  loss_fn = pml_losses.TripletMarginLoss(
+      margin=MARGIN, reducer=pml_reducers.MeanReducer())  # tsm's reduction="mean"
   x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, -1, 1)))
   y = torch.from_numpy(labels.astype(np.int64))
 
