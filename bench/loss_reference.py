@@ -75,6 +75,8 @@ def main() -> None:
   parser.add_argument("--dim", type=int, default=128)
   parser.add_argument("--regimes", nargs="+", default=["pk", "c4"])
   parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--trace", default=None,
+                      help="write a jax.profiler trace of tsm's runs per case under this dir")
   parser.add_argument("--json", default=None)
   args = parser.parse_args()
   import jax  # pylint: disable=import-outside-toplevel
@@ -105,6 +107,9 @@ def main() -> None:
           f()
           times[k].append(time.perf_counter() - t)
       med = {k: statistics.median(v) for k, v in times.items()}
+      if args.trace:   # one traced run per case: TensorBoard / Perfetto per-op timing
+        with jax.profiler.trace(os.path.join(args.trace, f"{regime}_B{b}")):
+          runners["tsm"]()
       pml_ms = 1e3 * med.get("pml", float("nan"))
       row = {"batch": b, "regime": regime, "median_s": med, "loss": values,
              "speedup": med.get("pml", float("nan")) / med["tsm"]}

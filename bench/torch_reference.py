@@ -9,6 +9,9 @@ put on the shared cores falls on all three alike:
 * ``flax``: a plain Flax + optax step with no tsm code (the same architecture written
   here, Flax's own ``nn.Conv`` / ``nn.BatchNorm``, a naive ``[B, B, B]`` all-triplets
   loss, Adam): the part that is XLA's own;
+* ``flax-fastconv``: the same plain Flax step with ``nn.Conv(conv_general_dilated=
+  tsm.convolution.conv_general_dilated)``, only where ``bench/patches/conv_kernel_grad.patch``
+  is applied (the lever on its own, beside XLA's own convolution);
 * ``torch``: PyTorch's eager CPU step of the same architecture (NCHW, PyTorch's default
   layout), ``pytorch_metric_learning.losses.TripletMarginLoss(margin=0.2)`` over all
   triplets (its default miner-free form), ``torch.optim.Adam(lr=1e-3)``.
@@ -28,11 +31,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +51,11 @@ import optax  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train as bench_train  # pylint: disable=g-import-not-at-top
+
+try:  # the convolution of bench/patches/conv_kernel_grad.patch, where it is applied
+  from tsm.convolution import conv_general_dilated as fast_conv  # pylint: disable=g-import-not-at-top
+except ImportError:
+  fast_conv = None
 
 MARGIN = 0.2
 
@@ -63,13 +73,15 @@ def _have_torch() -> bool:
 
 
 class FlaxConvNet(nn.Module):
-  """Paper B's ConvNet with Flax's own layers (no tsm code)."""
+  """Paper B's ConvNet with Flax's own layers (no tsm code unless ``conv`` is given)."""
+  conv: Any = None  # nn.Conv's conv_general_dilated (None: lax's)
 
   @nn.compact
   def __call__(self, x, train=True):
     del train
     for f in (32, 64):
-      x = nn.max_pool(nn.relu(nn.Conv(f, (3, 3), padding="SAME")(x)), (2, 2), (2, 2))
+      x = nn.Conv(f, (3, 3), padding="SAME", conv_general_dilated=self.conv)(x)
+      x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
     x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
     x = nn.Dense(32)(x)
     return x / jnp.linalg.norm(x, axis=1, keepdims=True)
@@ -78,31 +90,35 @@ class FlaxConvNet(nn.Module):
 class FlaxBlock(nn.Module):
   features: int
   strides: int
+  conv: Any = None
 
   @nn.compact
   def __call__(self, x, train=True):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    conv = functools.partial(nn.Conv, use_bias=False, conv_general_dilated=self.conv)
     s = (self.strides, self.strides)
-    y = nn.Conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), use_bias=False)(x)
+    y = conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)))(x)
     y = nn.relu(norm()(y))
-    y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(y)
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)))(y)
     y = norm()(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = norm()(nn.Conv(self.features, (1, 1), s, use_bias=False)(x))
+      x = norm()(conv(self.features, (1, 1), s)(x))
     return nn.relu(x + y)
 
 
 class FlaxResNet18(nn.Module):
   """ResNet-18, CIFAR stem, linear head to 128-d, with Flax's own layers."""
+  conv: Any = None
 
   @nn.compact
   def __call__(self, x, train=True):
-    x = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
+    x = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                conv_general_dilated=self.conv)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
                              epsilon=1e-5)(x))
     for i in range(4):
       for j in range(2):
-        x = FlaxBlock(64 * 2**i, 2 if i and not j else 1)(x, train)
+        x = FlaxBlock(64 * 2**i, 2 if i and not j else 1, self.conv)(x, train)
     x = nn.Dense(128)(jnp.mean(x, axis=(1, 2)))
     return x / jnp.linalg.norm(x, axis=1, keepdims=True)
 
@@ -224,24 +240,27 @@ def compare(setup: str, batch: int, rounds: int) -> dict:
   dev_batch = jax.device_put(host)
   compiled = step_fn.lower(state, dev_batch).compile()
 
-  flax_model = FlaxConvNet() if setup == "convnet" else FlaxResNet18()
-  variables = flax_model.init(jax.random.key(0), jnp.asarray(inputs[:1]), train=False)
-  flax_step, flax_state = flax_step_fn(flax_model, variables, inputs)
   x_dev, y_dev = jax.device_put(inputs), jax.device_put(labels)
-  flax_compiled = flax_step.lower(flax_state, x_dev, y_dev).compile()
-
-  runners = {}
-  box = {"tsm": state, "flax": flax_state}
+  box = {"tsm": state}
 
   def run_tsm():
     box["tsm"], m = compiled(box["tsm"], dev_batch)
     return float(m["loss"])
 
-  def run_flax():
-    box["flax"], loss = flax_compiled(box["flax"], x_dev, y_dev)
-    return float(loss)
+  runners = {"tsm": run_tsm}
+  convs = {"flax": None}
+  if fast_conv is not None:   # bench/patches/conv_kernel_grad.patch applied
+    convs["flax-fastconv"] = fast_conv
+  for name, conv in convs.items():
+    flax_model = FlaxConvNet(conv) if setup == "convnet" else FlaxResNet18(conv)
+    variables = flax_model.init(jax.random.key(0), jnp.asarray(inputs[:1]), train=False)
+    flax_step, box[name] = flax_step_fn(flax_model, variables, inputs)
+    flax_compiled = flax_step.lower(box[name], x_dev, y_dev).compile()
 
-  runners["tsm"], runners["flax"] = run_tsm, run_flax
+    def run_flax(name=name, flax_compiled=flax_compiled):
+      box[name], loss = flax_compiled(box[name], x_dev, y_dev)
+      return float(loss)
+    runners[name] = run_flax
   if _have_torch():
     runners["torch"] = torch_step_fn(setup, inputs, labels)
   times = {k: [] for k in runners}
