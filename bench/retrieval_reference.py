@@ -16,8 +16,10 @@ With ``--gallery N`` it measures a gallery of N embeddings (e.g. 1,000,000) writ
 a ``.npy`` file in chunks and memory-mapped back (``np.load(mmap_mode="r")``), searched by
 ``--n`` separate queries of the same distribution (every metric needs the R ~ N / classes
 nearest gallery items of each query), once for tsm and once for the baseline, in the
-same process, each in a fresh child process so that its peak resident memory
-(``ru_maxrss``, reported with the baseline of the child after loading) is its own.
+same process, each in a fresh child process so that its peak resident memory (``VmHWM``
+of ``/proc/self/status``, reported with the child's own value after loading; not
+``ru_maxrss``, which Linux carries over from the parent) is its own. Pages of the
+memory-mapped gallery that are read count as resident.
 
 Usage:
   taskset -c 0,1 python bench/retrieval_reference.py [--n 50000] [--dim 128]
@@ -101,8 +103,13 @@ def pml_gallery_metrics(x, labels, gallery, gallery_labels) -> dict[str, float]:
 
 
 _GALLERY_CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import numpy as np
+def hwm_mib():  # VmHWM: peak resident size of this process image (reset by exec, unlike
+  # ru_maxrss, which would carry the parent's peak from generating the gallery)
+  for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 1024
 sys.path.insert(0, sys.argv[1])
 import retrieval_reference as rr
 impl, xp, yp, qp, qlp = sys.argv[2:7]
@@ -115,12 +122,12 @@ else:
   import jax, jax.numpy as jnp
   jnp.zeros(8).block_until_ready()
   fn = rr.tsm_metrics
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_mib()
 t = time.perf_counter()
 m = fn(q, ql, g, gl)
 wall = time.perf_counter() - t
-print(json.dumps({"metrics": m, "wall_s": wall, "baseline_maxrss_mib": base / 1024,
-                  "peak_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"metrics": m, "wall_s": wall, "baseline_maxrss_mib": base,
+                  "peak_maxrss_mib": hwm_mib()}))
 """
 
 
