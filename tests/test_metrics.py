@@ -174,7 +174,8 @@ def test_reference_rows_chunked_equal_augment_bit_for_bit(distance):
   r[7] = 0.0  # a zero vector (cosine: distance 1 to everything)
   order = rng.permutation(103)
   want = neighbors._augment(r[order], queries=False, distance=distance)
-  got = neighbors._reference_rows(r, order, 112, distance=distance, chunk_rows=10)
+  got = np.asarray(neighbors._reference_rows(r, order, 112, distance=distance,
+                                             chunk_rows=40))
   np.testing.assert_array_equal(got[:103], want)
   np.testing.assert_array_equal(got[103:], 0.0)
 
