@@ -157,6 +157,7 @@ def main() -> None:
                       help="skip a case whose compiled buffers exceed this")
   parser.add_argument("--brute-map-max-b", type=int, default=1024,
                       help="largest B for brute-map (O(B^3) time)")
+  parser.add_argument("--json", default=None, help="also write the results here")
   parser.add_argument("--worker", nargs=4, metavar=("IMPL", "B", "D", "REGIME"),
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -211,6 +212,9 @@ def main() -> None:
               f"{r['cpu_s']:7.3f} {r['peak_mib']:9.0f} {r['xla_mib']:8.0f} "
               f"{r['loss']:8.4f}", flush=True)
   print(f"uptime after: {_uptime()}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"load_average": os.getloadavg(), "results": results}, f, indent=2)
   # Speed-ups over brute force.
   for r in results:
     if r["impl"] != "tsm" or r["mining"] != "all":

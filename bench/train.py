@@ -42,8 +42,6 @@ import numpy as np
 from tsm import config as config_lib
 from tsm import data as data_lib
 from tsm import distributed
-from tsm import fit as fit_lib
-from tsm import margins as margins_lib
 from tsm import models
 from tsm import train as train_lib
 from tsm.data import loader
@@ -76,23 +74,30 @@ def make_config(setup: str, batch: int, data_parallel: bool):
   return cfg
 
 
+def build_step(cfg):
+  """(state, jitted step, splits, sampler, mesh) built from ``cfg`` as ``fit`` builds them."""
+  splits = data_lib.load(config_lib.data_spec(cfg), seed=cfg.seed)
+  config_lib.check_config_with_data(cfg, splits)
+  mesh = train_lib.data_mesh() if distributed.use_mesh(cfg.train.data_parallel) else None
+  model = config_lib.build_model(cfg, splits.input_shape)
+  variables = models.init_variables(model, jax.random.key(0), splits.input_shape)
+  sampler = config_lib.build_sampler(cfg, splits.train.labels, cfg.seed)
+  tx = config_lib.build_optimizer(cfg, 1000)
+  schedule = config_lib.build_schedule(cfg, sampler.steps_per_epoch)
+  state = train_lib.replicate(train_lib.create_train_state(
+      variables, tx, schedule, jax.random.key_data(jax.random.key(1))), mesh)
+  step_fn = train_lib.make_train_step(model, config_lib.build_loss(cfg), schedule, tx,
+                                      mesh=mesh, margin_update=cfg.margin.update_every)
+  return state, step_fn, splits, sampler, mesh
+
+
 def bench_setup(setup: str, batch: int, steps: int, prefetch: int,
                 data_parallel: bool) -> dict:
   """Measures one setup; returns a dict of the figures (see the module docstring)."""
   cfg = make_config(setup, batch, data_parallel)
-  splits = data_lib.load(cfg.data, seed=cfg.seed)
-  config_lib.check_config_with_data(cfg, splits)
-  mesh = train_lib.data_mesh() if distributed.use_mesh(data_parallel) else None
+  state, step_fn, splits, sampler, mesh = build_step(cfg)
   if not distributed.divides(batch, mesh):
     raise ValueError(f"--batch={batch} does not split over {jax.device_count()} devices.")
-  model = models.create_model(cfg.model, splits.input_shape)
-  variables = models.init_variables(model, jax.random.key(0), splits.input_shape)
-  sampler = fit_lib.make_sampler(cfg, splits.train.labels, cfg.seed)
-  tx = train_lib.make_optimizer(cfg.train, 1000)
-  schedule = margins_lib.from_config(config_lib.schedule_config(cfg), 10)
-  state = train_lib.replicate(train_lib.create_train_state(
-      variables, tx, schedule, jax.random.key_data(jax.random.key(1))), mesh)
-  step_fn = train_lib.make_train_step(cfg, model, schedule, tx, mesh)
 
   first = distributed.host_batches(sampler.epoch(0), mesh)[0]
   batch0 = distributed.shard_batch(loader.load_batch(splits.train, first), mesh)

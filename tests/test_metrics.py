@@ -166,6 +166,37 @@ def test_neighbors_large_reference_set(k):
     np.testing.assert_array_equal(idx, order[:, :k])
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_reference_rows_chunked_equal_augment_bit_for_bit(distance):
+  # The gallery is prepared in chunks; every row must be exactly _augment's row.
+  rng = np.random.default_rng(10)
+  r = rng.standard_normal((103, 5)).astype(np.float32)
+  r[7] = 0.0  # a zero vector (cosine: distance 1 to everything)
+  order = rng.permutation(103)
+  want = neighbors._augment(r[order], queries=False, distance=distance)
+  got = np.asarray(neighbors._reference_rows(r, order, 112, distance=distance,
+                                             chunk_rows=40))
+  np.testing.assert_array_equal(got[:103], want)
+  np.testing.assert_array_equal(got[103:], 0.0)
+
+
+def test_retrieval_memory_mapped_gallery_matches_in_memory(tmp_path):
+  rng = np.random.default_rng(11)
+  r = rng.integers(-2, 3, size=(3000, 4)).astype(np.float32)  # many exact ties
+  r_labels = rng.integers(0, 5, 3000)
+  q = rng.integers(-2, 3, size=(40, 4)).astype(np.float32)
+  q_labels = rng.integers(0, 5, 40)
+  np.save(tmp_path / "r.npy", r)
+  mapped = np.load(tmp_path / "r.npy", mmap_mode="r")
+  want = brute_retrieval(q, q_labels, r, r_labels, (1, 5))
+  for method in METHODS:
+    got = metrics.retrieval_metrics(q, q_labels, mapped, r_labels, ks=(1, 5),
+                                    method=method)
+    assert_metrics_close(got, want)
+    assert got == metrics.retrieval_metrics(q, q_labels, r, r_labels, ks=(1, 5),
+                                            method=method)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(k=0), "k=0"),
     (dict(k=5), r"k=5 must be in \[1, 3\]"),

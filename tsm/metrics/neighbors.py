@@ -5,7 +5,10 @@ padded to a fixed shape, so one compiled function serves every chunk, and its bl
 ranking keys against the whole reference set is reduced to the chunk's k nearest
 neighbours. The next chunk is dispatched before the current one is reduced, so the
 device and the host work at the same time and at most two blocks exist at once (on CPU
-the host reads the device arrays without a copy).
+the host reads the device arrays without a copy). The reference set (it may be a
+memory-mapped ``.npy``) is read once, in chunks, into one ``[N, D + 1]`` device array of
+ranking rows (no full-size host copy): memory is one O(N x D) copy of the gallery plus
+O(chunk_size x N) for the blocks, whatever the number of queries.
 
 Ranking key: one matrix product of augmented rows, no elementwise pass over the block.
 For ``"euclidean"`` and ``"squared_euclidean"`` the key of (q, r) is
@@ -113,6 +116,32 @@ def _augment(x: np.ndarray, *, queries: bool, distance: str) -> np.ndarray:
   if queries:
     return np.concatenate([-2.0 * x, np.ones((x.shape[0], 1), np.float32)], 1)
   return np.concatenate([x, np.sum(np.square(x), axis=1, keepdims=True)], 1)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_rows(rows, part, start):
+  return jax.lax.dynamic_update_slice_in_dim(rows, part, start, axis=0)
+
+
+def _reference_rows(references: np.ndarray, order: np.ndarray | None, padded: int, *,
+                    distance: str, chunk_rows: int | None = None) -> jax.Array:
+  """``_augment(references[order])`` padded with zero rows to ``padded``, on the device.
+
+  Filled chunk by chunk into one donated ``[padded, D + 1]`` device array: the
+  references (possibly a memory-mapped file) are read once and no full-size host copy
+  exists (``_augment`` followed by ``[order]``, padding and the device copy held four).
+  Each row is computed exactly as ``_augment`` computes it (a row's sums do not depend
+  on the other rows).
+  """
+  num_r, dim = references.shape
+  rows = jnp.zeros((padded, dim + 1), jnp.float32)
+  step = chunk_rows or max(1, (1 << 22) // max(dim, 1))   # ~16 MiB of references a time
+  for start in range(0, num_r, step):
+    stop = min(start + step, num_r)
+    part = references[order[start:stop]] if order is not None else references[start:stop]
+    rows = _set_rows(rows, jnp.asarray(_augment(np.asarray(part, np.float32), queries=False,
+                                                distance=distance)), start)
+  return rows
 
 
 def _ranking_key(queries, references, *, num_references):
@@ -271,7 +300,6 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
   # In self mode each query asks for one more neighbour and drops itself on the host.
   k_search = k + 1 if self_mode else k
   query_rows = _augment(queries, queries=True, distance=distance)
-  ref_rows = _augment(references, queries=False, distance=distance)
 
   if method == "blocks":
     block = int(min(_MAX_BLOCK, max(1, num_r // k_search)))
@@ -279,12 +307,11 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
     order = np.random.default_rng(0).permutation(num_r)
     original = np.arange(padded, dtype=np.uint64)
     original[:num_r] = order
-    ref_rows = np.concatenate(
-        [ref_rows[order], np.zeros((padded - num_r, ref_rows.shape[1]), np.float32)])
+    ref_dev = _reference_rows(references, order, padded, distance=distance)
     chunk_fn = functools.partial(_blocks_chunk, num_references=num_r, block=block)
   else:
+    ref_dev = _reference_rows(references, None, num_r, distance=distance)
     chunk_fn = functools.partial(_top_k_chunk, num_references=num_r, k=k_search)
-  ref_dev = jnp.asarray(ref_rows)
 
   def dispatch(start):
     stop = min(start + chunk_size, num_q)
