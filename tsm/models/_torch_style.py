@@ -12,6 +12,8 @@ from typing import Any
 
 import flax.linen as nn
 
+from tsm.convolution import conv_general_dilated as fast_conv
+
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for ResNet and
 # EfficientNet convolutions.
 TORCH_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -24,9 +26,11 @@ def torch_pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def conv(dtype: Any) -> Any:
-  """``nn.Conv`` without bias and with torch's init (pass features, kernel, ...)."""
+  """``nn.Conv`` without bias and with torch's init (pass features, kernel, ...); its
+  kernel gradient is :mod:`tsm.convolution`'s (XLA:CPU's backward-filter convolution is
+  the slow op of a CPU train step)."""
   return functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                           kernel_init=TORCH_CONV_INIT)
+                           kernel_init=TORCH_CONV_INIT, conv_general_dilated=fast_conv)
 
 
 def batch_norm(train: bool, dtype: Any) -> Any:

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tsm.convolution import conv_general_dilated as fast_conv
+
 # Per-model defaults of the size fields that ``create_model`` takes as None.
 DEFAULT_HIDDEN = {"mlp": (64,), "convnet": (128,), "conv1d": ()}
 DEFAULT_CONV = {"convnet": (32, 64), "conv1d": (32, 32, 32)}
@@ -95,7 +97,8 @@ class ConvNet(nn.Module):
     if x.ndim == 3:
       x = x[..., None]
     for i, f in enumerate(self.conv_features):
-      x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
+      x = nn.Conv(f, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i}",
+                  conv_general_dilated=fast_conv)(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     return dense_stack(x, self.hidden_sizes, self.output_dim, self.dtype)
 
@@ -124,6 +127,6 @@ class Conv1DNet(nn.Module):
     for i, f in enumerate(self.conv_features):
       k = self.kernel_sizes[min(i, len(self.kernel_sizes) - 1)]
       x = nn.Conv(f, (k,), strides=(2,), padding="SAME", dtype=self.dtype,
-                  name=f"conv{i}")(x)
+                  name=f"conv{i}", conv_general_dilated=fast_conv)(x)
       x = nn.relu(x)
     return dense_stack(x, self.hidden_sizes, self.output_dim, self.dtype)
