@@ -5,8 +5,9 @@ shortened ``experiments/configs/fashion_mnist_dams.py`` (paper B's ConvNet under
 A's head, triplet loss, DAMS) trains for 300 steps on a 3,000-image subsample of each
 split, and its test Recall@1 must beat that of the raw pixels on exactly the same test
 images (flattened, L2-normalised, same distance; PAPERS.md section E measures 0.815 on
-the full 10,000-image test set). Not marked slow: CI runs it (about 40 s of CPU time;
-see BUILD_NOTES.md for the measured wall time).
+the full 10,000-image test set). Measured: 0.829 trained vs 0.787 raw pixels. Not
+marked slow: CI runs it. Measured cost: 56 CPU-s in all (40 s user, 16 s system), i.e.
+well under a minute on 2 idle cores; 177 s of wall time on 2 cores shared at load 12.
 
 Skipped when Debian's ``dataset-fashion-mnist`` is not installed, except under CI
 (``CI=true``), which installs it: there a missing package is a failure.
