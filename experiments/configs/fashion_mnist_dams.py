@@ -19,10 +19,12 @@ loss. ``--config.data.split=class_disjoint`` trains on classes 0-4 and tests on 
 unseen 5-9.
 
 This CPU default trains on a 10,000-image subsample of each split
-(``data.num_examples``) for 10 epochs (166 steps each). Measured: see BUILD_NOTES.md /
-the module's test (tests/test_fashion_mnist_e2e.py trains a shorter version of it). All
-60,000 images: ``--config.data.num_examples=None`` (about 900 steps an epoch), or the
-GPU config ``fashion_mnist_dams_gpu.py``.
+(``data.num_examples``) for 10 epochs of 166 steps. Measured: a short version of it
+(tests/test_fashion_mnist_e2e.py: 3,000 images, 300 steps) costs 56 CPU-s in all (177 s
+of wall time on 2 cores at load 12) and reaches test Recall@1 0.829 against 0.787 for
+raw pixels on the same 3,000 test images; at about 0.1 CPU-s a step the default's 1,660
+steps come to about 3-4 minutes on 2 idle cores (extrapolated). All 60,000 images:
+``--config.data.num_examples=None`` (844 steps an epoch).
 """
 
 from tsm import config as tsm_config
