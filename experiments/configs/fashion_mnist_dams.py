@@ -24,7 +24,7 @@ This CPU default trains on a 10,000-image subsample of each split
 of wall time on 2 cores at load 12) and reaches test Recall@1 0.829 against 0.787 for
 raw pixels on the same 3,000 test images; at about 0.1 CPU-s a step the default's 1,660
 steps come to about 3-4 minutes on 2 idle cores (extrapolated). All 60,000 images:
-``--config.data.num_examples=None`` (844 steps an epoch).
+``--config.data.num_examples=None`` (900 steps an epoch).
 """
 
 from tsm import config as tsm_config
