@@ -258,7 +258,8 @@ def deviations(cfg: Any) -> list[list[str]]:
        "gradient by (1 - easy share), so a higher mu also acts as a larger step"],
       ["mining", "all / semi-hard / hard / curriculum", "all violating triplets",
        f"{', '.join(study.axis(cfg, 'minings'))} (study.minings)",
-       "the curriculum is not implemented; semihard / hard are an optional axis"],
+       "semihard / hard are an optional axis; the curriculum exists "
+       "(loss.mining=curriculum, loss.curriculum=(a, b)) but is not a study arm"],
       ["augmentation", "not stated", "resize only", "on" if d.augment else "none",
        "as the authors' code"],
       ["normalisation", "not stated", "dataset mean / std", d.normalize,
@@ -286,6 +287,15 @@ def deviations(cfg: Any) -> list[list[str]]:
        (f"every same-class pair + {cfg.eval.num_negatives:,} different" if
         cfg.eval.pairs == "all" else f"{cfg.eval.num_pairs:,}, half same"),
        "1,000 pairs alone give AUC a sampling std of ~0.005, the size of the differences"],
+      ["training images", "all", "all",
+       (f"{d.num_examples:,} per split" + (", drawn from each seed" if s.vary_data else "")
+        if d.get("num_examples") else "all"),
+       "same" if not d.get("num_examples") else "CPU budget: 60 minutes on 2 cores"],
+      ["input", "224 px RGB", "224 px RGB",
+       (f"{d.get('image_size') or 'native'} px, {d.get('channels') or 'native'} channel(s)"
+        if d.name not in ("mnist1d", "synthetic") else "1-D signals"),
+       "same" if d.get("image_size") == 224 else
+       "the small trunk runs on the native resolution"],
       ["best constant margin", "not stated", "not stated", "chosen on validation",
        "choosing on test would favour the baseline by the selection's noise"],
       ["seeds and data", "one run", "one run",
