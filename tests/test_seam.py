@@ -143,3 +143,18 @@ def test_fit_rejects_data_it_cannot_read(tmp_path):
     fit_lib.fit(_Net(), losses.triplet_margin_loss, margins.constant(0.2),
                 optax.adam(1e-3), [1, 2, 3], workdir=str(tmp_path), epochs=1)
   assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_batch_job_logs_have_plain_epoch_lines_and_no_progress_frames(tmp_path, capfd):
+  # Under pytest stderr is not a terminal: no tqdm frames, whatever `progress` says, and
+  # one plain line per epoch on stdout.
+  data = _data()
+  sampler = samplers.PKSampler(data["train"][1], 4, 3, seed=0, steps_per_epoch=2)
+  fit_lib.fit(_Net(), losses.triplet_margin_loss, margins.constant(0.2), optax.adam(1e-3),
+              data, workdir=str(tmp_path), epochs=2, sampler=sampler, progress=True,
+              print_every_steps=1, tensorboard=False, figure={"skip": True})
+  out, err = capfd.readouterr()
+  assert "\r" not in err and "\r" not in out
+  assert [l.split()[1] for l in out.splitlines() if l.startswith("epoch ")] == ["1/2", "2/2"]
+  assert [l.split()[1] for l in out.splitlines() if l.startswith("step ")] == [
+      "1/4", "2/4", "3/4", "4/4"]
