@@ -102,12 +102,22 @@ def verdict_table(claims: Sequence[Claim], *, alpha: float = 0.05, digits: int =
   return header, rows
 
 
+def own_verdict(cell: str) -> str:
+  """The verdict a study reached on its own runs: ``"unstable (held here / ...)"`` (a
+  table already compared with another rerun) reads as ``"held"``."""
+  if cell.startswith("unstable (") and " here" in cell:
+    return cell[len("unstable ("):cell.index(" here")]
+  return cell
+
+
 def read_verdicts(path: str) -> dict[tuple[str, str, str], str]:
-  """``{(group, claim, metric): verdict}`` of a ``verdicts.csv`` written by a study."""
+  """``{(group, claim, metric): verdict}`` of a ``verdicts.csv`` written by a study (each
+  study's own verdict, whether or not it was compared with a rerun)."""
   out = {}
   with open(path, newline="") as f:
     for row in csv.DictReader(f):
-      out[_key(row.get("dataset", ""), row["claim"], row["metric"])] = row["verdict"]
+      out[_key(row.get("dataset", ""), row["claim"], row["metric"])] = own_verdict(
+          row["verdict"])
   return out
 
 

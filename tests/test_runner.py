@@ -139,3 +139,10 @@ def test_both_studies_have_the_same_file_roles():
             "compare_to"}
   assert shared <= set(margin_study.study_config().keys())
   assert shared <= set(loss_study.study_section(()).keys())
+
+
+def test_a_compared_table_reads_as_its_own_verdicts():
+  from experiments import verdicts as verdicts_lib  # pylint: disable=import-outside-toplevel
+  assert verdicts_lib.own_verdict("held") == "held"
+  assert verdicts_lib.own_verdict(
+      "unstable (contradicted here / inconclusive in the rerun)") == "contradicted"
