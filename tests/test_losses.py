@@ -324,6 +324,7 @@ def test_triplet_jit_vmap_traced_margin(mining):
   fn = functools.partial(fast_triplet_all_reductions, distance="euclidean",
                          mining=mining)
   batched = jax.vmap(fn)(xs, ys, margins, valid)
+  fn(xs[0], ys[0], margins[0], valid[0])   # the unbatched signature, compiled once
   before = fast_triplet_all_reductions._cache_size()
   for i in range(3):
     single = fn(xs[i], ys[i], margins[i], valid[i])
