@@ -244,8 +244,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
 
     steps_this_run = 0
 
-    def epoch_steps_done() -> int:   # the last step whose update was applied
-      return int(progress_bar.n)
+    last_step = [start_epoch * steps_per_epoch + start_pos]   # the last step applied
     try:
       for epoch in range(start_epoch, epochs):
         t0 = time.time()
@@ -267,6 +266,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
           run.pending.append((epoch, step, step_metrics))
           progress_bar.update(1)
           steps_this_run += 1
+          last_step[0] = step
           if len(run.pending) >= log_every:
             show(run.flush())
           if (checkpoint.every_steps and step % checkpoint.every_steps == 0
@@ -329,7 +329,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         artifacts.write_outputs(workdir, summary, epoch_records, ctx, board,
                                 dict(figure or {}))
     except KeyboardInterrupt:
-      raise history.Interrupted(int(epoch_steps_done())) from None
+      _quiet_background_threads()   # the process is stopping; the checkpoints stay intact
+      raise history.Interrupted(last_step[0]) from None
     finally:
       progress_bar.close()
       board.close()
@@ -339,3 +340,14 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     return FitResult(state=state, best_state=best_state, summary=summary,
                      history=epoch_records,
                      embed=lambda inputs: embed_fn(best_state, inputs))
+
+
+def _quiet_background_threads() -> None:
+  """After Ctrl-C: orbax's background save threads may fail as the process winds down;
+  their log lines and thread tracebacks would bury the one line the CLI prints."""
+  import logging  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  for name in ("absl", "orbax", "jax", "asyncio"):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+  threading.excepthook = lambda args: None
+
