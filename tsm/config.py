@@ -741,6 +741,31 @@ def check_same_run(workdir: str, cfg: ml_collections.ConfigDict) -> None:
                       "use a new --workdir, or the same config to resume it.")
 
 
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """A run's ``config.json`` over the defaults (a run written before a field existed
+  still loads); one-line ValueError for a workdir without a readable one."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    what = "does not exist" if not os.path.isdir(workdir) else "holds no config.json"
+    raise ValueError(f"workdir {workdir} {what}; pass the --workdir of a tsm-train run.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"workdir {workdir}: config.json is unreadable ({e}); pass the "
+                     "--workdir of a finished tsm-train run.") from None
+  # The saved config over the defaults: a run written before a field existed still loads.
+  cfg = default_config()
+  cfg.unlock()
+  cfg.update(ml_collections.ConfigDict(saved))
+  return cfg
+
+
+def load_data(cfg: ml_collections.ConfigDict) -> Any:
+  """The run's ``tsm.data.DatasetSplits`` (the ``data`` section at the run's seed)."""
+  return datasets_lib.load(data_spec(cfg), seed=int(cfg.seed))
+
+
 def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
   """Validates ``cfg``, starts multi-host JAX if asked, loads the data and checks
   ``workdir``; creates nothing.
@@ -760,7 +785,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
     except ValueError as e:
       raise _section_error("distributed", e) from None
   try:
-    splits = datasets_lib.load(data_spec(cfg), seed=cfg.seed)
+    splits = load_data(cfg)
   except spec_lib.DatasetNotPreparedError as e:
     raise ConfigError(str(e).strip().splitlines()[0]) from None
   except ValueError as e:   # the spec passed check_config: a fault of the files

@@ -19,19 +19,20 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # the type of Loaded.config only: tsm.config reads it
+  import ml_collections
 import numpy as np
 
 from tsm import checkpoint as checkpoint_lib
 from tsm import config as config_lib
 from tsm import evaluation
-from tsm.data import datasets as datasets_lib
 from tsm.data import preprocess
 
 __all__ = ["Loaded", "load", "WHICH"]
@@ -79,7 +80,7 @@ class Loaded:
     """
     x = np.asarray(inputs)
     if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-      d = self.config.data
+      d = config_lib.data_spec(self.config)
       if x.ndim not in (3, 4):
         raise ValueError(f"inputs: integer images must be [N, H, W] or [N, H, W, C], got "
                          f"shape {x.shape}; pass float model inputs of shape "
@@ -123,24 +124,6 @@ def _apply_fn(model: Any):
     cached = lambda variables, x: model.apply(variables, x, train=False)  # noqa: E731
     object.__setattr__(model, "_tsm_export_apply", cached)
   return cached
-
-
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    what = "does not exist" if not os.path.isdir(workdir) else "holds no config.json"
-    raise ValueError(f"workdir {workdir} {what}; pass the --workdir of a tsm-train run.")
-  try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"workdir {workdir}: config.json is unreadable ({e}); pass the "
-                     "--workdir of a finished tsm-train run.") from None
-  # The saved config over the defaults: a run written before a field existed still loads.
-  cfg = config_lib.default_config()
-  cfg.unlock()
-  cfg.update(ml_collections.ConfigDict(saved))
-  return cfg
 
 
 def _pick_step(directory: str, which: str) -> int:
@@ -197,14 +180,14 @@ def load(workdir: str | os.PathLike[str], *, which: str = "best") -> Loaded:
   if which not in WHICH:
     raise ValueError(f"which={which!r} is unknown; use 'best' or 'last'.")
   workdir = os.fspath(workdir)
-  cfg = _read_config(workdir)
+  cfg = config_lib.read_run_config(workdir)
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise ValueError(f"workdir {workdir} holds no checkpoints/; train the run first "
                      "(tsm-train with the same --workdir resumes it).")
   step = _pick_step(directory, which)
   try:
-    splits = datasets_lib.load(config_lib.data_spec(cfg), seed=int(cfg.seed))
+    splits = config_lib.load_data(cfg)
   except ValueError as e:
     raise ValueError(f"workdir {workdir}: its dataset does not load "
                      f"({str(e).strip().splitlines()[0]})") from None
