@@ -88,6 +88,39 @@ def test_gradients_finite_at_identical_points_and_zero_vectors(distance):
   assert g.shape == stack.shape and np.all(np.isfinite(np.asarray(g)))
 
 
+def test_self_euclidean_closed_form_gradient_matches_autodiff_of_the_safe_form():
+  """The closed-form backward pass against autodiff of the safe square root."""
+  x = _batch(4, n=9)
+  x[7] = x[1]  # a duplicate of a duplicate
+  x = jnp.asarray(x)
+  weights = jnp.asarray(np.random.default_rng(5).normal(size=(9, 9)), jnp.float32)
+
+  def safe(x):
+    sq = distances.pairwise_squared_euclidean(x)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq * 0.0)
+
+  np.testing.assert_array_equal(distances.pairwise_euclidean(x), safe(x))
+  for fn in (lambda d: jnp.sum(d * weights), lambda d: jnp.sum(jnp.sin(d) ** 2)):
+    got = jax.grad(lambda x: fn(distances.pairwise_euclidean(x)))(x)
+    want = jax.grad(lambda x: fn(safe(x)))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Second order (reverse over reverse) and vmap work through the custom rule.
+  hvp = jax.grad(lambda x: jnp.sum(jax.grad(
+      lambda x: jnp.sum(distances.pairwise_euclidean(x) * weights))(x) ** 2))(x)
+  want = jax.grad(lambda x: jnp.sum(jax.grad(
+      lambda x: jnp.sum(safe(x) * weights))(x) ** 2))(x)
+  np.testing.assert_allclose(hvp, want, rtol=1e-4, atol=1e-5)
+  stack = jnp.stack([x, 2 * x])
+  np.testing.assert_allclose(jax.vmap(distances.pairwise_euclidean)(stack),
+                             jax.vmap(safe)(stack), rtol=1e-6)
+  # NaN in, NaN out (value and gradient).
+  bad = x.at[2, 0].set(jnp.nan)
+  assert np.isnan(np.asarray(distances.pairwise_euclidean(bad))[2, 0])
+  g = jax.grad(lambda x: jnp.sum(distances.pairwise_euclidean(x)))(bad)
+  assert np.isnan(np.asarray(g)).any()
+
+
 def test_euclidean_gradient_matches_numpy_away_from_zero():
   x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
   g = jax.grad(lambda x: jnp.sum(distances.pairwise_distances(x)))(jnp.asarray(x))

@@ -44,6 +44,37 @@ def test_label_masks():
   np.testing.assert_array_equal(neg, want_neg)
 
 
+@pytest.mark.parametrize("case", ["ties", "one_class", "singletons", "no_valid",
+                                  "negative_labels"])
+def test_label_groups_match_the_masks(case):
+  rng = np.random.default_rng(7)
+  labels = rng.integers(0, 5, size=B).astype(np.int32)
+  valid = rng.random(B) < 0.8
+  if case == "one_class":
+    labels[:] = 3
+  elif case == "singletons":
+    labels = rng.permutation(B).astype(np.int32)
+  elif case == "no_valid":
+    valid[:] = False
+  elif case == "negative_labels":
+    labels = labels - 3  # labels need not be non-negative
+  groups = jax.jit(mining.label_groups)(jnp.asarray(labels), jnp.asarray(valid))
+  pos, neg = _np_masks(labels, valid)
+  np.testing.assert_array_equal(groups.num_positives, pos.sum(1))
+  np.testing.assert_array_equal(groups.num_negatives, neg.sum(1))
+  # The slots hold each row's positives, in index order.
+  width = 12
+  num, slots = mining._positive_slots(jnp.asarray(pos), width, groups)
+  np.testing.assert_array_equal(num, pos.sum(1))
+  for a in range(B):
+    want = np.flatnonzero(pos[a])[:width]
+    np.testing.assert_array_equal(np.asarray(slots[a, :len(want)]), want)
+  no_valid = mining.label_groups(jnp.asarray(labels))
+  pos, neg = _np_masks(labels, np.ones(B, bool))
+  np.testing.assert_array_equal(no_valid.num_positives, pos.sum(1))
+  np.testing.assert_array_equal(no_valid.num_negatives, neg.sum(1))
+
+
 def test_float_sort_key_orders_like_floats():
   rng = np.random.default_rng(1)
   x = np.concatenate([rng.normal(size=200) * 10.0 ** rng.integers(-30, 30, size=200),
@@ -74,24 +105,29 @@ def _np_pair_counts(dist, pos, neg, margin):
   return active, hard, pushes, hinge
 
 
-def _pair_counts_impl(x, labels, valid, margin, *, method, distance):
+def _pair_counts_impl(x, labels, valid, margin, *, method, distance, groups=False):
   dist = pairwise_distances(x, distance=distance)
   pos, neg = mining.label_masks(labels, valid)
+  groups = mining.label_groups(labels, valid) if groups else None
   counts = mining.triplet_pair_counts(dist, pos, neg, margin, with_pushes=True,
-                                      method=method)
-  types = mining.triplet_type_counts(dist, pos, neg, margin, method=method)
+                                      method=method, groups=groups)
+  types = mining.triplet_type_counts(dist, pos, neg, margin, method=method,
+                                     groups=groups)
   return dist, counts, types
 
 
-_pair_counts = jax.jit(_pair_counts_impl, static_argnames=("method", "distance"))
+_pair_counts = jax.jit(_pair_counts_impl,
+                       static_argnames=("method", "distance", "groups"))
 
 
+@pytest.mark.parametrize("groups", [False, True], ids=["masks", "label_groups"])
 @pytest.mark.parametrize("method", mining.COUNT_METHODS + ("compact",))
-def test_triplet_pair_counts_against_loops(method, monkeypatch):
-  pair_counts = _pair_counts
+def test_triplet_pair_counts_against_loops(method, groups, monkeypatch):
+  pair_counts = functools.partial(_pair_counts, groups=groups)
   if method == "compact":  # auto, with the sort branch on positives gathered in slots
     monkeypatch.setattr(mining, "_sort_widths", lambda n, max_k: [36])
-    pair_counts = jax.jit(functools.partial(_pair_counts_impl, method="auto"),
+    pair_counts = jax.jit(functools.partial(_pair_counts_impl, method="auto",
+                                            groups=groups),
                           static_argnames=("distance",))
   # 2 classes: ~19 positives per anchor (dense fits); 2 classes with B=40 and
   # DENSE_MAX_POSITIVES=32 still dense; force the sort branch of "auto" with one class
@@ -148,23 +184,29 @@ def _np_band_counts(dist, pos, neg, margin, band):
   return mined, hot, pushes, hinge
 
 
-def _band_counts_impl(x, labels, valid, margin, *, band, method, distance):
+def _band_counts_impl(x, labels, valid, margin, *, band, method, distance,
+                      groups=False):
   dist = pairwise_distances(x, distance=distance)
   pos, neg = mining.label_masks(labels, valid)
+  groups = mining.label_groups(labels, valid) if groups else None
   return dist, mining.triplet_band_counts(dist, pos, neg, margin, band,
-                                          with_pushes=True, method=method)
+                                          with_pushes=True, method=method,
+                                          groups=groups)
 
 
-_band_counts = jax.jit(_band_counts_impl, static_argnames=("band", "method", "distance"))
+_band_counts = jax.jit(_band_counts_impl,
+                       static_argnames=("band", "method", "distance", "groups"))
 
 
+@pytest.mark.parametrize("groups", [False, True], ids=["masks", "label_groups"])
 @pytest.mark.parametrize("band", mining.BANDS)
 @pytest.mark.parametrize("method", mining.COUNT_METHODS + ("compact",))
-def test_triplet_band_counts_against_loops(method, band, monkeypatch):
-  band_counts = _band_counts
+def test_triplet_band_counts_against_loops(method, band, groups, monkeypatch):
+  band_counts = functools.partial(_band_counts, groups=groups)
   if method == "compact":  # auto, with the sort branch on positives gathered in slots
     monkeypatch.setattr(mining, "_sort_widths", lambda n, max_k: [36])
-    band_counts = jax.jit(functools.partial(_band_counts_impl, method="auto"),
+    band_counts = jax.jit(functools.partial(_band_counts_impl, method="auto",
+                                            groups=groups),
                           static_argnames=("band", "distance"))
   # Integer grids give exact ties d_an = d_ap and d_an = t; negative margins make the
   # semi-hard band empty and leave zero-hinge terms in the hard band.

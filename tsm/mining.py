@@ -51,6 +51,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from tsm.reductions import row_sums
+
 # jnp.searchsorted implementation used on the sorted rows. "scan" (binary search) was
 # the fastest on CPU for B in [256, 4096]: "sort" sorts with a payload (several times
 # slower on XLA:CPU), "compare_all" needs O(B^3) memory.
@@ -104,10 +106,16 @@ def label_masks(labels: chex.Array,
 
 
 def masked_mean(values: chex.Array, mask: chex.Array) -> chex.Array:
-  """Mean of ``values`` where ``mask``; 0 when the mask is empty."""
-  count = jnp.sum(mask, dtype=jnp.float32)
-  total = jnp.sum(jnp.where(mask, values, 0.0))
-  return total / jnp.maximum(count, 1.0)
+  """Mean of ``values`` where ``mask``; 0 when the mask is empty.
+
+  One fused pass per row (:func:`tsm.reductions.row_sums`), then the rows are summed.
+  """
+  if values.ndim == 0:
+    values, mask = values[None], mask[None]
+  count, total = row_sums(jnp.broadcast_to(mask, values.shape).astype(jnp.int32),
+                          jnp.where(mask, values, 0.0))
+  count = jnp.sum(count.astype(jnp.float32))
+  return jnp.sum(total) / jnp.maximum(count, 1.0)
 
 
 def count_sum(counts: chex.Array) -> chex.Array:
@@ -173,13 +181,82 @@ def float_from_sort_key(key: chex.Array) -> chex.Array:
   return jax.lax.bitcast_convert_type(bits, ftype)
 
 
-def _positive_slots(positive: chex.Array, max_k: int) -> tuple[chex.Array, chex.Array]:
+class LabelGroups(NamedTuple):
+  """Each row's class within a batch, from one sort of the labels (see :func:`label_groups`).
+
+  Attributes:
+    num_positives: ``[B]`` int32, the row's positives (0 for padding rows).
+    num_negatives: ``[B]`` int32, the row's negatives (0 for padding rows).
+    order: ``[B]`` int32, the rows sorted by (padding last, label, index).
+    start: ``[B]`` int32, where the row's class starts in ``order``.
+    position: ``[B]`` int32, the row's own place in ``order``.
+  """
+  num_positives: chex.Array
+  num_negatives: chex.Array
+  order: chex.Array
+  start: chex.Array
+  position: chex.Array
+
+
+def label_groups(labels: chex.Array, valid: chex.Array | None = None) -> LabelGroups:
+  """Row counts and class members of a batch in ``O(B log B)``, with no ``[B, B]`` pass.
+
+  The same facts as :func:`label_masks` gives row by row (``num_positives`` is the row
+  sum of ``positive``, ``num_negatives`` of ``negative``), for the counting functions
+  here: on CPU a reduction or top-k over a ``[B, B]`` mask costs as much as a pass of
+  the loss itself (XLA materialises the converted mask), a sort of ``B`` labels almost
+  nothing.
+
+  Args:
+    labels: ``[B]`` integer class labels.
+    valid: optional ``[B]`` bool mask of real (not padding) rows.
+
+  Returns:
+    :class:`LabelGroups`.
+  """
+  chex.assert_rank(labels, 1)
+  b = labels.shape[0]
+  rows = jnp.ones((b,), bool) if valid is None else jnp.asarray(valid, bool)
+  index = jnp.arange(b, dtype=jnp.int32)
+  padding = (~rows).astype(jnp.int32)
+  pad_s, label_s, order = jax.lax.sort((padding, labels, index), num_keys=3)
+  first = jnp.concatenate([jnp.ones((1,), bool),
+                           (pad_s[1:] != pad_s[:-1]) | (label_s[1:] != label_s[:-1])])
+  last = jnp.concatenate([first[1:], jnp.ones((1,), bool)])
+  start_s = jax.lax.cummax(jnp.where(first, index, 0))
+  end_s = jax.lax.cummin(jnp.where(last, index, b - 1), reverse=True)
+  position = jnp.zeros((b,), jnp.int32).at[order].set(index)
+  start = start_s[position]
+  size = end_s[position] - start + 1
+  num_valid = jnp.sum(rows, dtype=jnp.int32)
+  return LabelGroups(
+      num_positives=jnp.where(rows, size - 1, 0),
+      num_negatives=jnp.where(rows, num_valid - size, 0),
+      order=order, start=start, position=position)
+
+
+def _row_positives(positive: chex.Array, groups: LabelGroups | None) -> chex.Array:
+  """``[B]`` int32 positives per row, from ``groups`` when given (no ``[B, B]`` pass)."""
+  if groups is not None:
+    return groups.num_positives
+  return jnp.sum(positive, axis=1, dtype=jnp.int32)
+
+
+def _positive_slots(positive: chex.Array, max_k: int,
+                    groups: LabelGroups | None = None) -> tuple[chex.Array, chex.Array]:
   """Columns of the first ``max_k`` positives of each row, in index order.
 
   Returns ``(num_positives [B] int32, slots [B, max_k] int32)``; slots past a row's
-  number of positives hold arbitrary columns. (``top_k`` on floats is fast on CPU;
-  on integers it is not.)
+  number of positives hold arbitrary columns. With ``groups`` the columns are read
+  from the sorted labels (``O(B max_k)``); without, ``top_k`` over the mask (on CPU
+  ``top_k`` is fast on floats, not on integers).
   """
+  if groups is not None:
+    k = jnp.arange(max_k, dtype=jnp.int32)[None, :]
+    own = (groups.position - groups.start)[:, None]
+    place = groups.start[:, None] + k + (k >= own)  # Skips the row itself.
+    slots = groups.order[jnp.clip(place, 0, positive.shape[1] - 1)]
+    return groups.num_positives, slots
   n = positive.shape[1]
   num_positives = jnp.sum(positive, axis=1, dtype=jnp.int32)
   column = jax.lax.broadcasted_iota(jnp.int32, positive.shape, 1).astype(jnp.float32)
@@ -214,42 +291,50 @@ class PairCounts(NamedTuple):
   hinge_sum: chex.Array
 
 
-def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k):
-  """Loop over the k-th positive of every anchor; each step is O(B^2)."""
-  num_positives, slots = _positive_slots(positive, max_k)
+def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
+  """Loop over the k-th positive of every anchor; each step is one fused O(B^2) pass."""
+  num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
   b = dist.shape[0]
 
-  def body(k, carry):
-    active, hard, pushes, hinge = carry
+  def step(k):
     used = (k < num_positives)[:, None] & negative
     t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
     d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
     below = used & (dist < t)
-    active = jax.lax.dynamic_update_slice_in_dim(
-        active, jnp.sum(below, axis=1, dtype=jnp.int32)[:, None], k, axis=1)
-    hard = jax.lax.dynamic_update_slice_in_dim(
-        hard, jnp.sum(used & (dist <= d_ap), axis=1, dtype=jnp.int32)[:, None], k,
-        axis=1)
-    hinge = hinge + jnp.sum(jnp.where(below, t - dist, 0.0))
+    active, hard, hinge = row_sums(below.astype(jnp.int32),
+                                   (used & (dist <= d_ap)).astype(jnp.int32),
+                                   jnp.where(below, t - dist, 0.0))
+    return below, active, hard, hinge
+
+  def put(acc, k, column):
+    return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
+
+  def body(k, carry):
+    active, hard, pushes, hinge = carry
+    below, a, h, s = step(k)
     if with_pushes:
       pushes = pushes + below.astype(jnp.int32)
-    return active, hard, pushes, hinge
+    return put(active, k, a), put(hard, k, h), pushes, hinge + s
 
-  init = (jnp.zeros((b, max_k), jnp.int32), jnp.zeros((b, max_k), jnp.int32),
-          jnp.zeros(dist.shape if with_pushes else (), jnp.int32),
-          jnp.zeros((), dist.dtype))
+  # The first positive is taken outside the loop so that the pushes start from its
+  # mask, not from a [B, B] array of zeros (on CPU a whole extra pass).
+  below, a, h, s = step(0)
+  zeros_k = jnp.zeros((b, max_k), jnp.int32)
+  init = (put(zeros_k, 0, a), put(zeros_k, 0, h),
+          below.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
   active_k, hard_k, pushes, hinge = jax.lax.fori_loop(
-      0, jnp.max(num_positives, initial=0), body, init)
+      1, jnp.max(num_positives, initial=0), body, init)
   active = _from_slots(active_k, slots, num_positives, dist.shape)
   hard = _from_slots(hard_k, slots, num_positives, dist.shape)
   if not with_pushes:
     pushes = jnp.zeros(dist.shape, jnp.int32)
-  return PairCounts(active, hard, pushes, hinge)
+  return PairCounts(active, hard, pushes, jnp.sum(hinge))
 
 
-def _sort_pair_counts(dist, positive, negative, margin, with_pushes, width=None):
+def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
+                      width=None):
   """Sorted negatives per anchor and binary search; O(B^2 log B).
 
   With ``width`` the positives of each row are first gathered into ``width`` slots
@@ -261,7 +346,7 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, width=None)
   if width is None:
     query_dist, query_used = dist, positive
   else:
-    num_positives, slots = _positive_slots(positive, width)
+    num_positives, slots = _positive_slots(positive, width, groups)
     query_dist = jnp.take_along_axis(dist, slots, axis=1)
     query_used = jnp.arange(width)[None, :] < num_positives[:, None]
   thresholds = query_dist + margin
@@ -301,7 +386,8 @@ def _sort_widths(n: int, max_k: int) -> list[int]:
 
 def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
                         margin: chex.Array, *, with_pushes: bool = False,
-                        method: str = "auto") -> PairCounts:
+                        method: str = "auto",
+                        groups: LabelGroups | None = None) -> PairCounts:
   """Exact per-pair counts and hinge sum over all valid triplets of a batch.
 
   Args:
@@ -316,6 +402,9 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
       sort, with the positives first gathered into ``B/16`` or ``B/4`` slots when they
       fit (fewer binary searches); decided at run time by ``jax.lax.switch`` (under
       ``vmap`` all branches run).
+    groups: optional :func:`label_groups` of the labels the masks came from; row
+      counts and positive columns are then read from it instead of from passes over
+      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
 
   Returns:
     :class:`PairCounts`.
@@ -327,24 +416,24 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   n = dist.shape[1]
   max_k = min(DENSE_MAX_POSITIVES, n)
   dense = lambda: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
-                                     max_k)
+                                     max_k, groups)
   sort = lambda width=None: _sort_pair_counts(dist, positive, negative, margin,
-                                              with_pushes, width)
+                                              with_pushes, groups, width)
   if method == "dense":
     return dense()
   if method == "sort" or max_k < 1:
     return sort()
   if n - 1 <= max_k:  # No anchor can have more positives than that.
     return dense()
-  return _auto_switch(dense, sort, positive, n, max_k)
+  return _auto_switch(dense, sort, _row_positives(positive, groups), n, max_k)
 
 
-def _auto_switch(dense, sort, positive, n, max_k):
+def _auto_switch(dense, sort, num_positives, n, max_k):
   """Runs ``dense()`` or ``sort(width)`` by the most positives of an anchor (run time)."""
   widths = _sort_widths(n, max_k)
   branches = [dense] + [lambda w=w: sort(w) for w in widths] + [sort]
   capacities = jnp.array([max_k] + widths, jnp.int32)
-  most = jnp.max(jnp.sum(positive, axis=1, dtype=jnp.int32), initial=0)
+  most = jnp.max(num_positives, initial=0)
   return jax.lax.switch(jnp.sum(most > capacities), branches)
 
 
@@ -375,9 +464,10 @@ class BandCounts(NamedTuple):
   hinge_sum: chex.Array
 
 
-def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_k):
+def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_k,
+                       groups):
   """Band counts, looping over the k-th positive of every anchor; each step O(B^2)."""
-  num_positives, slots = _positive_slots(positive, max_k)
+  num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
   b = dist.shape[0]
@@ -418,7 +508,8 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
   return BandCounts(active, hard, mined, band_active, pushes, hinge)
 
 
-def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, width=None):
+def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, groups,
+                      width=None):
   """Band counts from sorted negatives and binary search; O(B^2 log B).
 
   Each band's non-zero terms are a half-open interval ``[lo, hi)`` of sort keys: the
@@ -431,7 +522,7 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, width
   if width is None:
     query_dist, query_used = dist, positive
   else:
-    num_positives, slots = _positive_slots(positive, width)
+    num_positives, slots = _positive_slots(positive, width, groups)
     query_dist = jnp.take_along_axis(dist, slots, axis=1)
     query_used = jnp.arange(width)[None, :] < num_positives[:, None]
   thresholds = query_dist + margin
@@ -491,7 +582,8 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, width
 
 def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
                         margin: chex.Array, band: str, *, with_pushes: bool = False,
-                        method: str = "auto") -> BandCounts:
+                        method: str = "auto",
+                        groups: LabelGroups | None = None) -> BandCounts:
   """Exact per-pair counts and hinge sum over a band of the valid triplets of a batch.
 
   With ``t = d_ap + mu`` rounded first (the convention of this module), the bands are
@@ -511,6 +603,9 @@ def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     band: ``"semihard"`` or ``"hard"``.
     with_pushes: also compute :attr:`BandCounts.pushes` (for the gradient).
     method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
+    groups: optional :func:`label_groups` of the labels the masks came from; row
+      counts and positive columns are then read from it instead of from passes over
+      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
 
   Returns:
     :class:`BandCounts`.
@@ -524,45 +619,45 @@ def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   n = dist.shape[1]
   max_k = min(DENSE_MAX_POSITIVES, n)
   dense = lambda: _dense_band_counts(dist, positive, negative, margin, band,
-                                     with_pushes, max_k)
+                                     with_pushes, max_k, groups)
   sort = lambda width=None: _sort_band_counts(dist, positive, negative, margin, band,
-                                              with_pushes, width)
+                                              with_pushes, groups, width)
   if method == "dense":
     return dense()
   if method == "sort" or max_k < 1:
     return sort()
   if n - 1 <= max_k:
     return dense()
-  return _auto_switch(dense, sort, positive, n, max_k)
+  return _auto_switch(dense, sort, _row_positives(positive, groups), n, max_k)
 
 
-def counts_from_pairs(num_negatives: chex.Array, positive: chex.Array,
+def counts_from_pairs(num_negatives: chex.Array, num_positives: chex.Array,
                       active: chex.Array, hard: chex.Array) -> TripletCounts:
   """Assembles :class:`TripletCounts` from per-pair active and hard counts.
 
   Args:
     num_negatives: ``[B]`` int32 number of negatives of each anchor.
-    positive: ``[B, B]`` positive mask.
+    num_positives: ``[B]`` int32 number of positives of each anchor.
     active: ``[B, B]`` int32 ``#{n: d_an < d_ap + mu}`` per pair.
     hard: ``[B, B]`` int32 ``#{n: d_an <= d_ap}`` per pair.
 
   Returns:
     The batch's :class:`TripletCounts`.
   """
-  num_positives = jnp.sum(positive, axis=1, dtype=jnp.int32)
   total = count_sum(num_positives * num_negatives)
-  num_active = count_sum(active)
   # #{d_ap < d_an < t}: the sets nest when t > d_ap and it is empty otherwise.
-  semihard = jnp.maximum(active - hard, 0)
+  num_active, num_hard, num_semihard = (
+      count_sum(rows) for rows in row_sums(active, hard, jnp.maximum(active - hard, 0)))
   return TripletCounts(
       num_triplets=total,
       num_easy=total - num_active,
-      num_semihard=count_sum(semihard),
-      num_hard=count_sum(hard))
+      num_semihard=num_semihard,
+      num_hard=num_hard)
 
 
 def triplet_type_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
-                        margin: chex.Array, *, method: str = "auto") -> TripletCounts:
+                        margin: chex.Array, *, method: str = "auto",
+                        groups: LabelGroups | None = None) -> TripletCounts:
   """Exact easy / semi-hard / hard counts over all valid triplets of a batch.
 
   ``O(B^2 min(K, log B))`` time, ``O(B^2)`` memory (see :func:`triplet_pair_counts`).
@@ -573,13 +668,21 @@ def triplet_type_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     negative: ``[B, B]`` negative mask.
     margin: scalar margin ``mu``.
     method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
+    groups: optional :func:`label_groups` of the labels the masks came from; row
+      counts and positive columns are then read from it instead of from passes over
+      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
 
   Returns:
     :class:`TripletCounts` (float32 scalars; no gradient).
   """
-  counts = triplet_pair_counts(dist, positive, negative, margin, method=method)
-  num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
-  return counts_from_pairs(num_negatives, positive, counts.active, counts.hard)
+  counts = triplet_pair_counts(dist, positive, negative, margin, method=method,
+                               groups=groups)
+  if groups is None:
+    num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
+  else:
+    num_negatives = groups.num_negatives
+  return counts_from_pairs(num_negatives, _row_positives(positive, groups),
+                           counts.active, counts.hard)
 
 
 def batch_hard(dist: chex.Array, positive: chex.Array,

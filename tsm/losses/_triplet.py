@@ -97,37 +97,36 @@ def check_mining(mining: str) -> None:
 # gradient. ---
 
 
-def _band_counts(dist, margin, positive, negative, band, with_pushes):
+def _band_counts(dist, margin, positive, negative, groups, band, with_pushes):
   """``((hinge_sum, TripletCounts, num_mined, num_mined_active), (hot, pushes))``."""
-  num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
+  rows = (groups.num_negatives, groups.num_positives)
   if band == "all":
     pair = mining_lib.triplet_pair_counts(dist, positive, negative, margin,
-                                          with_pushes=with_pushes)
-    counts = mining_lib.counts_from_pairs(num_negatives, positive, pair.active,
-                                          pair.hard)
+                                          with_pushes=with_pushes, groups=groups)
+    counts = mining_lib.counts_from_pairs(*rows, pair.active, pair.hard)
     hot = pair.active
     num_mined = counts.num_triplets
   else:
     pair = mining_lib.triplet_band_counts(dist, positive, negative, margin, band,
-                                          with_pushes=with_pushes)
-    counts = mining_lib.counts_from_pairs(num_negatives, positive, pair.active,
-                                          pair.hard)
+                                          with_pushes=with_pushes, groups=groups)
+    counts = mining_lib.counts_from_pairs(*rows, pair.active, pair.hard)
     hot = pair.band_active
     num_mined = mining_lib.count_sum(pair.mined)
   out = (pair.hinge_sum, counts, num_mined, mining_lib.count_sum(hot))
   return out, (hot, pair.pushes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _band_hinge(dist, margin, positive, negative, band):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _band_hinge(dist, margin, positive, negative, groups, band):
   """``(sum over the band's (a,p,n) of relu(d_ap + margin - d_an), TripletCounts,
   num_mined, num_mined_active)``; ``band`` is ``"all"`` (every valid triplet),
   ``"semihard"`` or ``"hard"`` (see :func:`tsm.mining.triplet_band_counts`)."""
-  return _band_counts(dist, margin, positive, negative, band, False)[0]
+  return _band_counts(dist, margin, positive, negative, groups, band, False)[0]
 
 
-def _band_hinge_fwd(dist, margin, positive, negative, band):
-  out, (hot, pushes) = _band_counts(dist, margin, positive, negative, band, True)
+def _band_hinge_fwd(dist, margin, positive, negative, groups, band):
+  out, (hot, pushes) = _band_counts(dist, margin, positive, negative, groups, band,
+                                    True)
   return out, (hot, pushes, margin)
 
 
@@ -138,7 +137,7 @@ def _band_hinge_bwd(band, residuals, cotangents):
   # d/d d_ap = #{n in band: d_an < t_ap}; d/d d_an = -#{p: same} (relu'(0) = 0).
   grad_dist = g * (hot - pushes).astype(g.dtype)
   grad_margin = (g * mining_lib.count_sum(hot)).astype(margin.dtype)
-  return grad_dist, grad_margin, None, None
+  return grad_dist, grad_margin, None, None, None
 
 
 _band_hinge.defvjp(_band_hinge_fwd, _band_hinge_bwd)
@@ -265,17 +264,20 @@ def triplet_margin_loss(
   dist = pairwise_distances(embeddings, distance=distance)
   margin = jnp.asarray(margin, dtype)
   positive, negative = mining_lib.label_masks(labels, valid)
+  groups = mining_lib.label_groups(labels, valid)
 
   if mining in ("all", "semihard", "hard"):
     total, counts, num_mined, num_mined_active = _no_grad_counts(
-        _band_hinge(dist, margin, positive, negative, mining))
+        _band_hinge(dist, margin, positive, negative, groups, mining))
   elif mining == "easy":
-    counts = mining_lib.triplet_type_counts(dist, positive, negative, margin)
+    counts = mining_lib.triplet_type_counts(dist, positive, negative, margin,
+                                            groups=groups)
     total = jnp.zeros((), dtype)  # Every easy hinge is max(0, t - d_an) = 0.
     num_mined = counts.num_easy
     num_mined_active = jnp.zeros((), jnp.float32)
   else:
-    counts = mining_lib.triplet_type_counts(dist, positive, negative, margin)
+    counts = mining_lib.triplet_type_counts(dist, positive, negative, margin,
+                                            groups=groups)
     if mining == "batch_hard":
       pos_index, neg_index, mask = mining_lib.batch_hard(
           jax.lax.stop_gradient(dist), positive, negative)
@@ -305,9 +307,11 @@ def triplet_margin_loss(
       mean_pos_dist=mining_lib.masked_mean(sdist, positive).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(sdist, negative).astype(jnp.float32),
   )
-  pairs = rows[:, None] & rows[None, :]
-  bad = (jnp.any(_nonfinite_rows(embeddings))
-         | jnp.any(~jnp.isfinite(sdist) & pairs) | ~jnp.isfinite(margin))
+  # A valid pair is positive, negative or on the diagonal (an exact 0), and a mean of
+  # finite distances is finite (each is below ~1.8e19), so the two means are not
+  # finite exactly when a distance between valid rows is not.
+  bad = (jnp.any(_nonfinite_rows(embeddings)) | ~jnp.isfinite(margin)
+         | ~jnp.isfinite(stats.mean_pos_dist) | ~jnp.isfinite(stats.mean_neg_dist))
   dependents = jnp.sum(embeddings) + margin
   return _nan_out(loss, _no_grad(stats), bad, dependents)
 
