@@ -235,6 +235,10 @@ def test_triplet_band_counts_against_loops(method, band, groups, monkeypatch):
     np.testing.assert_array_equal(counts.active, active)
     np.testing.assert_array_equal(counts.hard, hard)
     np.testing.assert_allclose(counts.hinge_sum, hinge, rtol=2e-5, atol=1e-4)
+    assert float(counts.num_mined) == mined.sum()
+    assert float(counts.num_mined_active) == hot.sum()
+    assert float(counts.counts.num_hard) == hard.sum()
+    assert float(counts.counts.num_easy) == (pos.sum(1) * neg.sum(1)).sum() - active.sum()
   assert seen > 0  # The bands were not all empty.
 
 

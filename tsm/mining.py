@@ -242,6 +242,21 @@ def _row_positives(positive: chex.Array, groups: LabelGroups | None) -> chex.Arr
   return jnp.sum(positive, axis=1, dtype=jnp.int32)
 
 
+def _row_negatives(negative: chex.Array, groups: LabelGroups | None) -> chex.Array:
+  """``[B]`` int32 negatives per row, from ``groups`` when given (no ``[B, B]`` pass)."""
+  if groups is not None:
+    return groups.num_negatives
+  return jnp.sum(negative, axis=1, dtype=jnp.int32)
+
+
+def _band_totals(negative, groups, num_positives, active, hard, mined, band_active):
+  """``(TripletCounts, num_mined, num_mined_active)`` from per-positive counts."""
+  counts = counts_from_pairs(_row_negatives(negative, groups), num_positives, active,
+                             hard)
+  mined_rows, band_active_rows = row_sums(mined, band_active)
+  return counts, count_sum(mined_rows), count_sum(band_active_rows)
+
+
 def _positive_slots(positive: chex.Array, max_k: int,
                     groups: LabelGroups | None = None) -> tuple[chex.Array, chex.Array]:
   """Columns of the first ``max_k`` positives of each row, in index order.
@@ -284,11 +299,15 @@ class PairCounts(NamedTuple):
       (the gradient of the hinge sum with respect to ``d_an``, negated); zeros unless
       requested.
     hinge_sum: scalar, ``sum over valid (a, p, n) of max(0, (d_ap + mu) - d_an)``.
+    counts: the batch's :class:`TripletCounts`, summed from the per-positive counts
+      before they are spread to ``[B, B]`` (so a caller that needs only these never
+      pays for ``hard``'s ``[B, B]`` array).
   """
   active: chex.Array
   hard: chex.Array
   pushes: chex.Array
   hinge_sum: chex.Array
+  counts: TripletCounts
 
 
 def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
@@ -326,11 +345,13 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
           below.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
   active_k, hard_k, pushes, hinge = jax.lax.fori_loop(
       1, jnp.max(num_positives, initial=0), body, init)
+  counts = counts_from_pairs(_row_negatives(negative, groups), num_positives,
+                             active_k, hard_k)
   active = _from_slots(active_k, slots, num_positives, dist.shape)
   hard = _from_slots(hard_k, slots, num_positives, dist.shape)
   if not with_pushes:
     pushes = jnp.zeros(dist.shape, jnp.int32)
-  return PairCounts(active, hard, pushes, jnp.sum(hinge))
+  return PairCounts(active, hard, pushes, jnp.sum(hinge), counts)
 
 
 def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
@@ -373,10 +394,12 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
     pushes = jnp.where(negative, t_keys.shape[1] - not_above, 0)
   else:
     pushes = jnp.zeros(shape, jnp.int32)
+  counts = counts_from_pairs(_row_negatives(negative, groups),
+                             _row_positives(positive, groups), active, hard)
   if width is not None:
     active = _from_slots(active, slots, num_positives, shape)
     hard = _from_slots(hard, slots, num_positives, shape)
-  return PairCounts(active, hard, pushes, hinge.astype(dist.dtype))
+  return PairCounts(active, hard, pushes, hinge.astype(dist.dtype), counts)
 
 
 def _sort_widths(n: int, max_k: int) -> list[int]:
@@ -455,6 +478,10 @@ class BandCounts(NamedTuple):
       d_an < t_ap}`` (the gradient of the band's hinge sum with respect to ``d_an``,
       negated); zeros unless requested.
     hinge_sum: scalar, ``sum over the band of max(0, t - d_an)``.
+    counts: the batch's :class:`TripletCounts` over all valid triplets.
+    num_mined: float32 scalar, the triplets of the band (``mined`` summed).
+    num_mined_active: float32 scalar, those with a non-zero hinge (``band_active``
+      summed).
   """
   active: chex.Array
   hard: chex.Array
@@ -462,18 +489,21 @@ class BandCounts(NamedTuple):
   band_active: chex.Array
   pushes: chex.Array
   hinge_sum: chex.Array
+  counts: TripletCounts
+  num_mined: chex.Array
+  num_mined_active: chex.Array
 
 
 def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_k,
                        groups):
-  """Band counts, looping over the k-th positive of every anchor; each step O(B^2)."""
+  """Band counts, looping over the k-th positive of every anchor; each step one fused
+  O(B^2) pass (see :func:`_dense_pair_counts`)."""
   num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
   b = dist.shape[0]
 
-  def body(k, carry):
-    active, hard, mined, band_active, pushes, hinge = carry
+  def step(k):
     used = (k < num_positives)[:, None] & negative
     t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
     d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
@@ -484,28 +514,34 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
     else:  # "hard"
       in_band = used & (dist < d_ap)
       hot = in_band & (dist < t)
-    put = lambda acc, mask: jax.lax.dynamic_update_slice_in_dim(
-        acc, jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None], k, axis=1)
-    active = put(active, below)
-    hard = put(hard, used & (dist <= d_ap))
-    mined = put(mined, in_band)
-    band_active = put(band_active, hot)
-    hinge = hinge + jnp.sum(jnp.where(hot, t - dist, 0.0))
+    count = lambda mask: mask.astype(jnp.int32)
+    sums = row_sums(count(below), count(used & (dist <= d_ap)), count(in_band),
+                    count(hot), jnp.where(hot, t - dist, 0.0))
+    return hot, sums
+
+  def put(acc, k, column):
+    return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
+
+  def body(k, carry):
+    per_slot, pushes, hinge = carry
+    hot, (*columns, s) = step(k)
     if with_pushes:
       pushes = pushes + hot.astype(jnp.int32)
-    return active, hard, mined, band_active, pushes, hinge
+    return tuple(put(acc, k, c) for acc, c in zip(per_slot, columns)), pushes, hinge + s
 
+  # First positive outside the loop: the pushes start from its mask (no zero pass).
+  hot, (*columns, s) = step(0)
   zeros_k = jnp.zeros((b, max_k), jnp.int32)
-  init = (zeros_k, zeros_k, zeros_k, zeros_k,
-          jnp.zeros(dist.shape if with_pushes else (), jnp.int32),
-          jnp.zeros((), dist.dtype))
-  *per_slot, pushes, hinge = jax.lax.fori_loop(
-      0, jnp.max(num_positives, initial=0), body, init)
+  init = (tuple(put(zeros_k, 0, c) for c in columns),
+          hot.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
+  per_slot, pushes, hinge = jax.lax.fori_loop(
+      1, jnp.max(num_positives, initial=0), body, init)
+  totals = _band_totals(negative, groups, num_positives, *per_slot)
   active, hard, mined, band_active = (
       _from_slots(v, slots, num_positives, dist.shape) for v in per_slot)
   if not with_pushes:
     pushes = jnp.zeros(dist.shape, jnp.int32)
-  return BandCounts(active, hard, mined, band_active, pushes, hinge)
+  return BandCounts(active, hard, mined, band_active, pushes, jnp.sum(hinge), *totals)
 
 
 def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, groups,
@@ -573,11 +609,14 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
     pushes = jnp.where(negative, n_lo - n_hi, 0)
   else:
     pushes = jnp.zeros(shape, jnp.int32)
+  totals = _band_totals(negative, groups, _row_positives(positive, groups), active,
+                        hard, mined, band_active)
   if width is not None:
     active, hard, mined, band_active = (
         _from_slots(v, slots, num_positives, shape)
         for v in (active, hard, mined, band_active))
-  return BandCounts(active, hard, mined, band_active, pushes, hinge.astype(dist.dtype))
+  return BandCounts(active, hard, mined, band_active, pushes, hinge.astype(dist.dtype),
+                    *totals)
 
 
 def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,
@@ -638,8 +677,9 @@ def counts_from_pairs(num_negatives: chex.Array, num_positives: chex.Array,
   Args:
     num_negatives: ``[B]`` int32 number of negatives of each anchor.
     num_positives: ``[B]`` int32 number of positives of each anchor.
-    active: ``[B, B]`` int32 ``#{n: d_an < d_ap + mu}`` per pair.
-    hard: ``[B, B]`` int32 ``#{n: d_an <= d_ap}`` per pair.
+    active: int32 ``#{n: d_an < d_ap + mu}`` per anchor-positive pair (``[B, B]``, or
+      ``[B, K]`` per positive slot; zeros elsewhere).
+    hard: int32 ``#{n: d_an <= d_ap}`` per pair, the same shape.
 
   Returns:
     The batch's :class:`TripletCounts`.
@@ -675,14 +715,8 @@ def triplet_type_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   Returns:
     :class:`TripletCounts` (float32 scalars; no gradient).
   """
-  counts = triplet_pair_counts(dist, positive, negative, margin, method=method,
-                               groups=groups)
-  if groups is None:
-    num_negatives = jnp.sum(negative, axis=1, dtype=jnp.int32)
-  else:
-    num_negatives = groups.num_negatives
-  return counts_from_pairs(num_negatives, _row_positives(positive, groups),
-                           counts.active, counts.hard)
+  return triplet_pair_counts(dist, positive, negative, margin, method=method,
+                             groups=groups).counts
 
 
 def batch_hard(dist: chex.Array, positive: chex.Array,

@@ -99,20 +99,18 @@ def check_mining(mining: str) -> None:
 
 def _band_counts(dist, margin, positive, negative, groups, band, with_pushes):
   """``((hinge_sum, TripletCounts, num_mined, num_mined_active), (hot, pushes))``."""
-  rows = (groups.num_negatives, groups.num_positives)
   if band == "all":
     pair = mining_lib.triplet_pair_counts(dist, positive, negative, margin,
                                           with_pushes=with_pushes, groups=groups)
-    counts = mining_lib.counts_from_pairs(*rows, pair.active, pair.hard)
     hot = pair.active
-    num_mined = counts.num_triplets
+    num_mined = pair.counts.num_triplets
+    num_mined_active = pair.counts.num_triplets - pair.counts.num_easy
   else:
     pair = mining_lib.triplet_band_counts(dist, positive, negative, margin, band,
                                           with_pushes=with_pushes, groups=groups)
-    counts = mining_lib.counts_from_pairs(*rows, pair.active, pair.hard)
     hot = pair.band_active
-    num_mined = mining_lib.count_sum(pair.mined)
-  out = (pair.hinge_sum, counts, num_mined, mining_lib.count_sum(hot))
+    num_mined, num_mined_active = pair.num_mined, pair.num_mined_active
+  out = (pair.hinge_sum, pair.counts, num_mined, num_mined_active)
   return out, (hot, pair.pushes)
 
 
