@@ -151,6 +151,7 @@ def test_triplet_pair_counts_against_loops(method, groups, monkeypatch):
     np.testing.assert_array_equal(counts.active, active)
     np.testing.assert_array_equal(counts.hard, hard)
     np.testing.assert_array_equal(counts.pushes, pushes)
+    np.testing.assert_array_equal(counts.hinge_grad, active - pushes)
     np.testing.assert_allclose(counts.hinge_sum, hinge, rtol=2e-5, atol=1e-4)
     total = int((pos.sum(1) * neg.sum(1)).sum())
     assert float(types.num_triplets) == total
@@ -232,6 +233,7 @@ def test_triplet_band_counts_against_loops(method, band, groups, monkeypatch):
     np.testing.assert_array_equal(counts.mined, mined)
     np.testing.assert_array_equal(counts.band_active, hot)
     np.testing.assert_array_equal(counts.pushes, pushes)
+    np.testing.assert_array_equal(counts.hinge_grad, hot - pushes)
     np.testing.assert_array_equal(counts.active, active)
     np.testing.assert_array_equal(counts.hard, hard)
     np.testing.assert_allclose(counts.hinge_sum, hinge, rtol=2e-5, atol=1e-4)

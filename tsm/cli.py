@@ -33,6 +33,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from tsm import hugepages
+
 USAGE_ERROR = 2
 IO_ERROR = 1
 NONFINITE_ERROR = 3
@@ -276,6 +278,8 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
   """Console-script entry point (``tsm-train``)."""
+  if argv is None:
+    hugepages.reexec()
   app.run(_main, argv=argv, flags_parser=_COMMAND.parse)
 
 

@@ -34,6 +34,8 @@ from typing import NoReturn, Sequence
 
 import numpy as np
 
+from tsm import hugepages
+
 USAGE_ERROR = 2
 IO_ERROR = 1
 PROGRAM = "tsm-embed"
@@ -169,6 +171,8 @@ def run(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Console-script entry point (``tsm-embed``)."""
+  if argv is None:
+    hugepages.reexec()  # Before anything is allocated (see tsm.hugepages).
   out = run(sys.argv[1:] if argv is None else argv)
   with np.load(out) as z:
     shape = z["embeddings"].shape

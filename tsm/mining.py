@@ -279,6 +279,21 @@ def _positive_slots(positive: chex.Array, max_k: int,
   return num_positives, slots
 
 
+def _slot_gradient(minus_pushes, per_slot, slots, num_positives, shape, with_pushes):
+  """``(hinge_grad, pushes)`` of the dense loops: the per-slot counts written into the
+  loop's ``-pushes`` array in place (positive and negative pairs never overlap), so the
+  backward pass reads one ``[B, B]`` array and no array of zeros is filled for it."""
+  if not with_pushes:
+    zeros = jnp.zeros(shape, jnp.int32)
+    return zeros, zeros
+  max_k = slots.shape[1]
+  used = jnp.arange(max_k)[None, :] < num_positives[:, None]
+  target = jnp.where(used, slots, shape[1])  # Unused slots fall off the end.
+  rows = jnp.arange(shape[0])[:, None]
+  hinge_grad = minus_pushes.at[rows, target].set(per_slot, mode="drop")
+  return hinge_grad, jnp.maximum(-hinge_grad, 0)
+
+
 def _from_slots(values: chex.Array, slots: chex.Array, num_positives: chex.Array,
                 shape: tuple[int, int]) -> chex.Array:
   """Scatters per-slot ``values [B, K]`` back to ``[B, N]`` (zeros elsewhere)."""
@@ -302,12 +317,16 @@ class PairCounts(NamedTuple):
     counts: the batch's :class:`TripletCounts`, summed from the per-positive counts
       before they are spread to ``[B, B]`` (so a caller that needs only these never
       pays for ``hard``'s ``[B, B]`` array).
+    hinge_grad: ``[B, B]`` int32, the gradient of ``hinge_sum`` with respect to the
+      distances: ``active`` at positive pairs, ``-pushes`` at negative pairs, 0
+      elsewhere (one array for the backward pass); zeros unless ``with_pushes``.
   """
   active: chex.Array
   hard: chex.Array
   pushes: chex.Array
   hinge_sum: chex.Array
   counts: TripletCounts
+  hinge_grad: chex.Array
 
 
 def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
@@ -331,27 +350,27 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
     return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
 
   def body(k, carry):
-    active, hard, pushes, hinge = carry
+    active, hard, minus_pushes, hinge = carry
     below, a, h, s = step(k)
     if with_pushes:
-      pushes = pushes + below.astype(jnp.int32)
-    return put(active, k, a), put(hard, k, h), pushes, hinge + s
+      minus_pushes = minus_pushes - below.astype(jnp.int32)
+    return put(active, k, a), put(hard, k, h), minus_pushes, hinge + s
 
   # The first positive is taken outside the loop so that the pushes start from its
   # mask, not from a [B, B] array of zeros (on CPU a whole extra pass).
   below, a, h, s = step(0)
   zeros_k = jnp.zeros((b, max_k), jnp.int32)
   init = (put(zeros_k, 0, a), put(zeros_k, 0, h),
-          below.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
-  active_k, hard_k, pushes, hinge = jax.lax.fori_loop(
+          -below.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
+  active_k, hard_k, minus_pushes, hinge = jax.lax.fori_loop(
       1, jnp.max(num_positives, initial=0), body, init)
   counts = counts_from_pairs(_row_negatives(negative, groups), num_positives,
                              active_k, hard_k)
   active = _from_slots(active_k, slots, num_positives, dist.shape)
   hard = _from_slots(hard_k, slots, num_positives, dist.shape)
-  if not with_pushes:
-    pushes = jnp.zeros(dist.shape, jnp.int32)
-  return PairCounts(active, hard, pushes, jnp.sum(hinge), counts)
+  hinge_grad, pushes = _slot_gradient(minus_pushes, active_k, slots, num_positives,
+                                      dist.shape, with_pushes)
+  return PairCounts(active, hard, pushes, jnp.sum(hinge), counts, hinge_grad)
 
 
 def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
@@ -399,7 +418,8 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
   if width is not None:
     active = _from_slots(active, slots, num_positives, shape)
     hard = _from_slots(hard, slots, num_positives, shape)
-  return PairCounts(active, hard, pushes, hinge.astype(dist.dtype), counts)
+  hinge_grad = active - pushes  # Positive and negative pairs never overlap.
+  return PairCounts(active, hard, pushes, hinge.astype(dist.dtype), counts, hinge_grad)
 
 
 def _sort_widths(n: int, max_k: int) -> list[int]:
@@ -482,6 +502,9 @@ class BandCounts(NamedTuple):
     num_mined: float32 scalar, the triplets of the band (``mined`` summed).
     num_mined_active: float32 scalar, those with a non-zero hinge (``band_active``
       summed).
+    hinge_grad: ``[B, B]`` int32, the gradient of ``hinge_sum`` with respect to the
+      distances: ``band_active`` at positive pairs, ``-pushes`` at negative pairs;
+      zeros unless ``with_pushes``.
   """
   active: chex.Array
   hard: chex.Array
@@ -492,6 +515,7 @@ class BandCounts(NamedTuple):
   counts: TripletCounts
   num_mined: chex.Array
   num_mined_active: chex.Array
+  hinge_grad: chex.Array
 
 
 def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_k,
@@ -523,25 +547,27 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
     return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
 
   def body(k, carry):
-    per_slot, pushes, hinge = carry
+    per_slot, minus_pushes, hinge = carry
     hot, (*columns, s) = step(k)
     if with_pushes:
-      pushes = pushes + hot.astype(jnp.int32)
-    return tuple(put(acc, k, c) for acc, c in zip(per_slot, columns)), pushes, hinge + s
+      minus_pushes = minus_pushes - hot.astype(jnp.int32)
+    return (tuple(put(acc, k, c) for acc, c in zip(per_slot, columns)), minus_pushes,
+            hinge + s)
 
   # First positive outside the loop: the pushes start from its mask (no zero pass).
   hot, (*columns, s) = step(0)
   zeros_k = jnp.zeros((b, max_k), jnp.int32)
   init = (tuple(put(zeros_k, 0, c) for c in columns),
-          hot.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
-  per_slot, pushes, hinge = jax.lax.fori_loop(
+          -hot.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
+  per_slot, minus_pushes, hinge = jax.lax.fori_loop(
       1, jnp.max(num_positives, initial=0), body, init)
   totals = _band_totals(negative, groups, num_positives, *per_slot)
+  hinge_grad, pushes = _slot_gradient(minus_pushes, per_slot[3], slots, num_positives,
+                                      dist.shape, with_pushes)
   active, hard, mined, band_active = (
       _from_slots(v, slots, num_positives, dist.shape) for v in per_slot)
-  if not with_pushes:
-    pushes = jnp.zeros(dist.shape, jnp.int32)
-  return BandCounts(active, hard, mined, band_active, pushes, jnp.sum(hinge), *totals)
+  return BandCounts(active, hard, mined, band_active, pushes, jnp.sum(hinge), *totals,
+                    hinge_grad)
 
 
 def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, groups,
@@ -615,8 +641,9 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
     active, hard, mined, band_active = (
         _from_slots(v, slots, num_positives, shape)
         for v in (active, hard, mined, band_active))
+  hinge_grad = band_active - pushes  # Positive and negative pairs never overlap.
   return BandCounts(active, hard, mined, band_active, pushes, hinge.astype(dist.dtype),
-                    *totals)
+                    *totals, hinge_grad)
 
 
 def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.Array,

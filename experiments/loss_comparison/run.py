@@ -47,6 +47,7 @@ from experiments import runner
 from experiments.loss_comparison import report
 from experiments.loss_comparison import study
 from tsm import cli as cli_lib
+from tsm import hugepages
 
 USAGE_ERROR = cli_lib.USAGE_ERROR
 StudyError = study.StudyError
@@ -185,6 +186,8 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
   """Command-line entry point (see the module docstring)."""
+  if argv is None:
+    hugepages.reexec()  # Before anything is allocated (see tsm.hugepages).
   argv = list(sys.argv if argv is None else argv)
   cli = cli_lib.ConfigCommand(
       "loss study", EXAMPLE_CONFIG, "runs/loss_study",

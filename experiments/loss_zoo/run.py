@@ -43,6 +43,7 @@ from experiments.loss_comparison import run as pair_run
 from experiments.loss_zoo import report
 from experiments.loss_zoo import study
 from tsm import cli as cli_lib
+from tsm import hugepages
 
 StudyError = study.StudyError
 describe = pair_run.describe   # (model, epochs, batch)
@@ -137,6 +138,8 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
   """Command-line entry point (see the module docstring)."""
+  if argv is None:
+    hugepages.reexec()  # Before anything is allocated (see tsm.hugepages).
   argv = list(sys.argv if argv is None else argv)
   cli = cli_lib.ConfigCommand(
       "loss zoo", EXAMPLE_CONFIG, "runs/loss_zoo",

@@ -40,6 +40,7 @@ from experiments import runner
 from experiments.margin_scheduler import report
 from experiments.margin_scheduler import study
 from tsm import cli as cli_lib
+from tsm import hugepages
 
 USAGE_ERROR = cli_lib.USAGE_ERROR
 EXAMPLE_CONFIG = "experiments/configs/margin_study_mnist1d.py"
@@ -127,6 +128,8 @@ def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point (see the module docstring)."""
+  if argv is None:
+    hugepages.reexec()  # Before anything is allocated (see tsm.hugepages).
   argv = list(sys.argv if argv is None else argv)
   cli = cli_lib.ConfigCommand(
       "margin study", EXAMPLE_CONFIG, "runs/margin_study",

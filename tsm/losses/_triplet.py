@@ -98,20 +98,18 @@ def check_mining(mining: str) -> None:
 
 
 def _band_counts(dist, margin, positive, negative, groups, band, with_pushes):
-  """``((hinge_sum, TripletCounts, num_mined, num_mined_active), (hot, pushes))``."""
+  """``((hinge_sum, TripletCounts, num_mined, num_mined_active), hinge_grad)``."""
   if band == "all":
     pair = mining_lib.triplet_pair_counts(dist, positive, negative, margin,
                                           with_pushes=with_pushes, groups=groups)
-    hot = pair.active
     num_mined = pair.counts.num_triplets
     num_mined_active = pair.counts.num_triplets - pair.counts.num_easy
   else:
     pair = mining_lib.triplet_band_counts(dist, positive, negative, margin, band,
                                           with_pushes=with_pushes, groups=groups)
-    hot = pair.band_active
     num_mined, num_mined_active = pair.num_mined, pair.num_mined_active
   out = (pair.hinge_sum, pair.counts, num_mined, num_mined_active)
-  return out, (hot, pair.pushes)
+  return out, pair.hinge_grad
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -123,18 +121,18 @@ def _band_hinge(dist, margin, positive, negative, groups, band):
 
 
 def _band_hinge_fwd(dist, margin, positive, negative, groups, band):
-  out, (hot, pushes) = _band_counts(dist, margin, positive, negative, groups, band,
-                                    True)
-  return out, (hot, pushes, margin)
+  out, hinge_grad = _band_counts(dist, margin, positive, negative, groups, band, True)
+  return out, (hinge_grad, out[3], margin)
 
 
 def _band_hinge_bwd(band, residuals, cotangents):
   del band
-  hot, pushes, margin = residuals
+  hinge_grad, num_mined_active, margin = residuals
   g = cotangents[0]  # The counts carry no gradient.
-  # d/d d_ap = #{n in band: d_an < t_ap}; d/d d_an = -#{p: same} (relu'(0) = 0).
-  grad_dist = g * (hot - pushes).astype(g.dtype)
-  grad_margin = (g * mining_lib.count_sum(hot)).astype(margin.dtype)
+  # d/d d_ap = #{n in band: d_an < t_ap}; d/d d_an = -#{p: same} (relu'(0) = 0);
+  # d/d margin = the number of non-zero terms.
+  grad_dist = g * hinge_grad.astype(g.dtype)
+  grad_margin = (g * num_mined_active).astype(margin.dtype)
   return grad_dist, grad_margin, None, None, None
 
 
