@@ -24,10 +24,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:   # the type of Loaded.config only: tsm.config reads it
-  import ml_collections
 import numpy as np
 
 from tsm import checkpoint as checkpoint_lib
@@ -45,7 +41,10 @@ class Loaded:
   """A trained model with its variables and the config it was trained with.
 
   Attributes:
-    config: the run's resolved config (``config.json``) as a ConfigDict.
+    config: the run's resolved config (``config.json``), for reading with
+      :mod:`tsm.config` (this module reads no field of it).
+    data: the run's :class:`tsm.data.DataSpec` (``tsm.config.data_spec`` of ``config``),
+      whose preprocessing :meth:`prepare` applies.
     model: the Flax module ``tsm.config.build_model`` builds from ``config``.
     variables: ``{"params": ...}`` (plus ``"batch_stats"`` for BatchNorm models), the
       restored checkpoint's.
@@ -55,7 +54,8 @@ class Loaded:
       ``.test``, each with ``.labels``), as training split it.
     workdir: the run directory.
   """
-  config: ml_collections.ConfigDict
+  config: Any
+  data: Any
   model: Any
   variables: dict[str, Any]
   step: int
@@ -80,7 +80,7 @@ class Loaded:
     """
     x = np.asarray(inputs)
     if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-      d = config_lib.data_spec(self.config)
+      d = self.data
       if x.ndim not in (3, 4):
         raise ValueError(f"inputs: integer images must be [N, H, W] or [N, H, W, C], got "
                          f"shape {x.shape}; pass float model inputs of shape "
@@ -207,5 +207,6 @@ def load(workdir: str | os.PathLike[str], *, which: str = "best") -> Loaded:
         f"checkpoint {step} in {directory} does not restore into the model of its "
         f"config.json ({cause}).", cause) from None
   variables = {k: v for k, v in variables.items() if k == "params" or v}
-  return Loaded(config=cfg, model=model, variables=variables, step=step,
-                input_shape=input_shape, splits=splits, workdir=workdir)
+  return Loaded(config=cfg, data=config_lib.data_spec(cfg), model=model,
+                variables=variables, step=step, input_shape=input_shape, splits=splits,
+                workdir=workdir)

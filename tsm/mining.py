@@ -279,6 +279,35 @@ def _positive_slots(positive: chex.Array, max_k: int,
   return num_positives, slots
 
 
+def _dense_slot_loop(step, num_positives, max_k, b, with_pushes):
+  """The dense loops' driver: ``step(k)`` for the k-th positive of every anchor.
+
+  ``step(k)`` returns ``(pushed [B, B] bool, columns: list of [B] int32, hinge [B])``.
+  Returns ``(per_slot, minus_pushes, hinge_sum)``: each column stacked as ``[B, max_k]``,
+  ``-sum_k pushed`` (``[B, B]`` int32 when ``with_pushes``, else a scalar 0) and the
+  summed hinge. The first positive is taken outside the loop so that the pushes start
+  from its mask, not from a ``[B, B]`` array of zeros (on CPU a whole extra pass).
+  """
+  def put(acc, k, column):
+    return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
+
+  def body(k, carry):
+    per_slot, minus_pushes, hinge = carry
+    pushed, columns, row_hinge = step(k)
+    if with_pushes:
+      minus_pushes = minus_pushes - pushed.astype(jnp.int32)
+    return (tuple(put(acc, k, c) for acc, c in zip(per_slot, columns)), minus_pushes,
+            hinge + row_hinge)
+
+  pushed, columns, hinge = step(0)
+  zeros_k = jnp.zeros((b, max_k), jnp.int32)
+  init = (tuple(put(zeros_k, 0, c) for c in columns),
+          -pushed.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), hinge)
+  per_slot, minus_pushes, hinge = jax.lax.fori_loop(
+      1, jnp.max(num_positives, initial=0), body, init)
+  return per_slot, minus_pushes, jnp.sum(hinge)
+
+
 def _slot_gradient(minus_pushes, per_slot, slots, num_positives, shape, with_pushes):
   """``(hinge_grad, pushes)`` of the dense loops: the per-slot counts written into the
   loop's ``-pushes`` array in place (positive and negative pairs never overlap), so the
@@ -334,43 +363,26 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
   num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
-  b = dist.shape[0]
 
   def step(k):
     used = (k < num_positives)[:, None] & negative
     t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
     d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
     below = used & (dist < t)
-    active, hard, hinge = row_sums(below.astype(jnp.int32),
-                                   (used & (dist <= d_ap)).astype(jnp.int32),
-                                   jnp.where(below, t - dist, 0.0))
-    return below, active, hard, hinge
+    *columns, hinge = row_sums(below.astype(jnp.int32),
+                               (used & (dist <= d_ap)).astype(jnp.int32),
+                               jnp.where(below, t - dist, 0.0))
+    return below, columns, hinge
 
-  def put(acc, k, column):
-    return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
-
-  def body(k, carry):
-    active, hard, minus_pushes, hinge = carry
-    below, a, h, s = step(k)
-    if with_pushes:
-      minus_pushes = minus_pushes - below.astype(jnp.int32)
-    return put(active, k, a), put(hard, k, h), minus_pushes, hinge + s
-
-  # The first positive is taken outside the loop so that the pushes start from its
-  # mask, not from a [B, B] array of zeros (on CPU a whole extra pass).
-  below, a, h, s = step(0)
-  zeros_k = jnp.zeros((b, max_k), jnp.int32)
-  init = (put(zeros_k, 0, a), put(zeros_k, 0, h),
-          -below.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
-  active_k, hard_k, minus_pushes, hinge = jax.lax.fori_loop(
-      1, jnp.max(num_positives, initial=0), body, init)
+  (active_k, hard_k), minus_pushes, hinge = _dense_slot_loop(
+      step, num_positives, max_k, dist.shape[0], with_pushes)
   counts = counts_from_pairs(_row_negatives(negative, groups), num_positives,
                              active_k, hard_k)
   active = _from_slots(active_k, slots, num_positives, dist.shape)
   hard = _from_slots(hard_k, slots, num_positives, dist.shape)
   hinge_grad, pushes = _slot_gradient(minus_pushes, active_k, slots, num_positives,
                                       dist.shape, with_pushes)
-  return PairCounts(active, hard, pushes, jnp.sum(hinge), counts, hinge_grad)
+  return PairCounts(active, hard, pushes, hinge, counts, hinge_grad)
 
 
 def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
@@ -525,7 +537,6 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
   num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
-  b = dist.shape[0]
 
   def step(k):
     used = (k < num_positives)[:, None] & negative
@@ -539,34 +550,18 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
       in_band = used & (dist < d_ap)
       hot = in_band & (dist < t)
     count = lambda mask: mask.astype(jnp.int32)
-    sums = row_sums(count(below), count(used & (dist <= d_ap)), count(in_band),
-                    count(hot), jnp.where(hot, t - dist, 0.0))
-    return hot, sums
+    *columns, hinge = row_sums(count(below), count(used & (dist <= d_ap)),
+                               count(in_band), count(hot), jnp.where(hot, t - dist, 0.0))
+    return hot, columns, hinge
 
-  def put(acc, k, column):
-    return jax.lax.dynamic_update_slice_in_dim(acc, column[:, None], k, axis=1)
-
-  def body(k, carry):
-    per_slot, minus_pushes, hinge = carry
-    hot, (*columns, s) = step(k)
-    if with_pushes:
-      minus_pushes = minus_pushes - hot.astype(jnp.int32)
-    return (tuple(put(acc, k, c) for acc, c in zip(per_slot, columns)), minus_pushes,
-            hinge + s)
-
-  # First positive outside the loop: the pushes start from its mask (no zero pass).
-  hot, (*columns, s) = step(0)
-  zeros_k = jnp.zeros((b, max_k), jnp.int32)
-  init = (tuple(put(zeros_k, 0, c) for c in columns),
-          -hot.astype(jnp.int32) if with_pushes else jnp.zeros((), jnp.int32), s)
-  per_slot, minus_pushes, hinge = jax.lax.fori_loop(
-      1, jnp.max(num_positives, initial=0), body, init)
+  per_slot, minus_pushes, hinge = _dense_slot_loop(step, num_positives, max_k,
+                                                   dist.shape[0], with_pushes)
   totals = _band_totals(negative, groups, num_positives, *per_slot)
   hinge_grad, pushes = _slot_gradient(minus_pushes, per_slot[3], slots, num_positives,
                                       dist.shape, with_pushes)
   active, hard, mined, band_active = (
       _from_slots(v, slots, num_positives, dist.shape) for v in per_slot)
-  return BandCounts(active, hard, mined, band_active, pushes, jnp.sum(hinge), *totals,
+  return BandCounts(active, hard, mined, band_active, pushes, hinge, *totals,
                     hinge_grad)
 
 
