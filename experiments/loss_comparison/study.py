@@ -367,15 +367,27 @@ def seeds_of(cfg: ml_collections.ConfigDict) -> list[int]:
   return list(range(cfg.study.first_seed, cfg.study.first_seed + cfg.study.seeds))
 
 
-def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Every run of the study, validated (tsm.config.check_config) before any training."""
+def plan(cfg: ml_collections.ConfigDict, workdir: str, *,
+         build=None) -> list[dict[str, Any]]:
+  """Every run of the study, validated (tsm.config.check_config) before any training.
+
+  Args:
+    cfg: the study config.
+    workdir: the study directory.
+    build: ``build(cfg, dataset, loss, seed)`` -> the run's config; this module's
+      :func:`run_config` by default (the loss zoo passes its own).
+
+  Returns:
+    One task per (dataset, loss, seed); the first seed keeps its embeddings.
+  """
+  build = run_config if build is None else build
   s = cfg.study
   seeds = seeds_of(cfg)
   tasks = []
   for dataset in s.datasets:
     for loss in s.losses:
       for seed in seeds:
-        run = run_config(cfg, dataset, loss, seed)
+        run = build(cfg, dataset, loss, seed)
         try:
           tsm_config.check_config(run)
         except tsm_config.ConfigError as e:

@@ -358,32 +358,14 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   return run
 
 
-def run_dir(workdir: str, dataset: str, loss: str, seed: int) -> str:
-  """``<workdir>/<dataset>/<loss>/seed<seed>``."""
-  return os.path.join(workdir, dataset, loss, f"seed{seed}")
-
-
-def seeds_of(cfg: ml_collections.ConfigDict) -> list[int]:
-  """The study's seeds, ``first_seed ... first_seed + seeds - 1``."""
-  return list(range(cfg.study.first_seed, cfg.study.first_seed + cfg.study.seeds))
+# The grid's layout and planning are the loss study's (same fields, same run directories).
+run_dir = pair_study.run_dir
+seeds_of = pair_study.seeds_of
 
 
 def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Every run of the study, validated (tsm.config.check_config) before any training."""
-  s = cfg.study
-  seeds = seeds_of(cfg)
-  tasks = []
-  for dataset in s.datasets:
-    for loss in s.losses:
-      for seed in seeds:
-        run = run_config(cfg, dataset, loss, seed)
-        try:
-          tsm_config.check_config(run)
-        except tsm_config.ConfigError as e:
-          raise StudyError(f"{dataset} ({loss}): {e}") from None
-        tasks.append({"dataset": dataset, "loss": loss, "seed": seed, "config": run,
-                      "rundir": run_dir(workdir, dataset, loss, seed)})
-  return tasks
+  """Every run of the study, validated before any training (see ``pair_study.plan``)."""
+  return pair_study.plan(cfg, workdir, build=run_config)
 
 
 # ----------------------------------------------------------------------------- one run
