@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 INTERRUPTED = "interrupted; the same command resumes"
@@ -263,3 +264,19 @@ def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   except KeyboardInterrupt:
     log(INTERRUPTED)
     raise SystemExit(INTERRUPTED_STATUS) from None
+
+
+class SectionRunOne:
+  """A grid's ``run_one``: ``run_one(task, section)`` with the study section bound
+  (picklable, fork-shared), quiet about the compilation cache's benign race: two workers
+  compiling the same program may both write its cache entry, and one can read the
+  other's half-written file, which JAX reports and then compiles again."""
+
+  def __init__(self, run_one: Callable[[Any, Any], Any], section: Any):
+    self.run_one = run_one
+    self.section = section
+
+  def __call__(self, task: Any) -> Any:
+    warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
+                            category=UserWarning)
+    return self.run_one(task, self.section)

@@ -37,7 +37,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from typing import Any
 
 from absl import logging
@@ -113,20 +112,6 @@ def _order(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return sorted(tasks, key=cost)
 
 
-class _RunOne:
-  """``run_one`` of the grid (picklable, fork-shared)."""
-
-  def __init__(self, section: ml_collections.ConfigDict):
-    self.section = section
-
-  def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
-    # Two workers compiling the same program may both write its cache entry; one can
-    # read the other's half-written file, which JAX reports and then compiles. Benign.
-    warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
-                            category=UserWarning)
-    return study.run_one(task, self.section)
-
-
 def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the whole study and writes its report.
 
@@ -158,7 +143,7 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
               f"{workdir}")
     records = runner.run_grid(
-        ordered, _RunOne(s), workers=workers, xla_threads=int(s.xla_threads),
+        ordered, runner.SectionRunOne(study.run_one, s), workers=workers, xla_threads=int(s.xla_threads),
         compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
         log=study.log, progress=_line)
     train_seconds = time.time() - t0
