@@ -95,6 +95,82 @@ def test_num_examples_cap_and_image_options():
   np.testing.assert_array_equal(x[..., 0], x[..., 2])
 
 
+# ------------------------------------------------------------ "dataset" normalisation
+
+def _numpy_channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Reference: numpy's mean / population std over every axis but the last, float64."""
+  flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+  return flat.mean(axis=0), flat.std(axis=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_channel_stats_match_numpy_whatever_the_chunking(chunk):
+  rng = np.random.default_rng(0)
+  # Far from zero with a small spread: naive sum-of-squares would cancel here.
+  x = (1e4 + rng.normal(size=(64, 5, 5, 3)) * [1.0, 0.01, 3.0]).astype(np.float32)
+  stats = preprocess.channel_stats(x[i:i + chunk] for i in range(0, len(x), chunk))
+  mean, std = _numpy_channel_stats(x)
+  assert stats.mean.dtype == np.float32 and stats.std.shape == (3,)
+  np.testing.assert_allclose(stats.mean, mean, rtol=1e-7)
+  np.testing.assert_allclose(stats.std, std, rtol=1e-5)
+
+
+def test_channel_stats_constant_channel_nan_and_bad_input():
+  x = np.zeros((4, 3, 3, 2), np.float32)
+  x[..., 1] = np.arange(4)[:, None, None]
+  stats = preprocess.channel_stats([x])
+  assert stats.std[0] == 1.0                                 # constant: std 1, not 0
+  np.testing.assert_allclose(stats.std[1], np.std(np.arange(4.0)), rtol=1e-7)
+  np.testing.assert_array_equal(preprocess.standardize(x, stats)[..., 0], 0.0)
+  x[2, 1, 1, 0] = np.nan
+  stats = preprocess.channel_stats([x])
+  assert np.isnan(stats.mean[0]) and np.isnan(stats.std[0])   # NaN in, NaN out
+  assert np.isfinite(stats.mean[1]) and np.isfinite(stats.std[1])
+  with pytest.raises(ValueError, match="no pixel"):
+    preprocess.channel_stats([np.zeros((0, 2, 2, 1))])
+  with pytest.raises(ValueError, match="channels"):
+    preprocess.channel_stats([np.zeros((1, 2, 2, 1)), np.zeros((1, 2, 2, 3))])
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_dataset_normalization_uses_the_training_splits_statistics(channels):
+  plain = data.load(_cfg(name="digits", channels=channels), seed=3)
+  ds = data.load(_cfg(name="digits", channels=channels, normalize="dataset"), seed=3)
+  assert plain.input_stats is None
+  train_x = plain.train.get(np.arange(len(plain.train)))    # fewer than 10,000: all
+  mean, std = _numpy_channel_stats(train_x)
+  np.testing.assert_allclose(ds.input_stats.mean, mean, rtol=1e-6)
+  np.testing.assert_allclose(ds.input_stats.std, std, rtol=1e-6)
+  got = ds.train.get(np.arange(len(ds.train)))
+  np.testing.assert_allclose(_numpy_channel_stats(got)[0], 0.0, atol=1e-5)
+  np.testing.assert_allclose(_numpy_channel_stats(got)[1], 1.0, rtol=1e-5)
+  for name in ("val", "test"):   # the other splits use the training statistics
+    raw = getattr(plain, name).get(np.arange(10))
+    np.testing.assert_allclose(getattr(ds, name).get(np.arange(10)),
+                               (raw - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(getattr(ds, name).labels, getattr(plain, name).labels)
+  batch = ds.train.get(np.arange(4))   # augmentation still applies after standardising
+  assert ds.train.augment(batch, np.random.default_rng(0)).shape == batch.shape
+
+
+def test_dataset_normalization_of_features_and_from_a_seeded_sample():
+  plain = data.load(_cfg(name="synthetic"), seed=0)
+  ds = data.load(_cfg(name="synthetic", normalize="dataset"), seed=0)
+  mean, std = _numpy_channel_stats(plain.train.get(np.arange(len(plain.train))))
+  assert ds.input_stats.mean.shape == (128,)          # one statistic per feature
+  np.testing.assert_allclose(ds.input_stats.std, std, rtol=1e-5)
+  from tsm.data import datasets  # pylint: disable=g-import-not-at-top
+  n = len(plain.train)
+  sample = datasets.training_stats(plain.train, max_examples=50, seed=4)
+  chosen = np.sort(np.random.default_rng(4).choice(n, 50, replace=False))
+  ref_mean, _ = _numpy_channel_stats(plain.train.get(chosen))
+  np.testing.assert_allclose(sample.mean, ref_mean, rtol=1e-5, atol=1e-7)
+  other = datasets.training_stats(plain.train, max_examples=50, seed=5)
+  assert not np.allclose(other.mean, sample.mean)
+  np.testing.assert_allclose(datasets.training_stats(plain.train).mean, mean, rtol=1e-5,
+                             atol=1e-7)
+
+
 # ------------------------------------------------------------------------------ config
 
 @pytest.mark.parametrize("fields,match", [
@@ -107,7 +183,7 @@ def test_num_examples_cap_and_image_options():
     ({"name": "synthetic", "augment": True}, "^augment"),
     ({"name": "cars196"}, "image_size must be set for cars196"),
     ({"channels": 2}, "^channels"),
-    ({"normalize": "zscore"}, "^normalize"),
+    ({"normalize": "zscore"}, "^normalize.*dataset"),
     ({"val_split": "foo"}, "^val_split"),
     ({"num_examples": 1}, "^num_examples"),
 ])

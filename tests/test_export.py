@@ -7,6 +7,7 @@ brute-force k-NN for the README example.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -123,6 +124,23 @@ def test_integer_images_get_the_runs_preprocessing(loaded):
   expected = images[..., None].astype(np.float32) / 255.0   # by hand: [0, 1], one channel
   np.testing.assert_allclose(loaded.prepare(images), expected, rtol=1e-7)
   np.testing.assert_allclose(loaded.embed(images), loaded.embed(expected), atol=1e-6)
+
+
+def test_dataset_normalization_is_applied_to_integer_images(tmp_path):
+  cfg = tiny_config(epochs=1, steps_per_epoch=1, tensorboard=False)
+  cfg.data.normalize = "dataset"
+  config_lib.train_and_evaluate(cfg, str(tmp_path))
+  run = tsm.load(str(tmp_path))
+  plain = tsm.data.load(dataclasses.replace(config_lib.data_spec(cfg), normalize="unit"),
+                        seed=int(cfg.seed))
+  train = plain.train.get(np.arange(len(plain.train)))
+  mean, std = train.mean(dtype=np.float64), train.std(dtype=np.float64)  # one channel
+  images = np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8)
+  expected = (images[..., None] / 255.0 - mean) / std        # by hand
+  np.testing.assert_allclose(run.prepare(images), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(run.embed(run.splits.test),
+                             run.embed(np.asarray(run.splits.test.get(
+                                 np.arange(len(run.splits.test))))), atol=1e-6)
 
 
 def test_nan_in_gives_nan_out(loaded):

@@ -169,3 +169,21 @@ def test_missing_package_skips_locally_and_fails_under_ci(monkeypatch, tmp_path)
   monkeypatch.setenv("CI", "false")
   with pytest.raises(pytest.skip.Exception, match="apt-get install dataset-fashion-mnist"):
     _require_files()
+
+
+def test_dataset_normalization_matches_the_published_statistics(dataset):
+  """``normalize="dataset"``: Fashion-MNIST's training pixels have mean 0.2860 and std
+  0.3530 (the values commonly published for ``transforms.Normalize``); tsm measures
+  them on a 10,000-image sample of its 54,000-image training split."""
+  import tsm.data as data  # pylint: disable=g-import-not-at-top
+  ds = data.load(data.DataSpec(name="fashion_mnist", split="standard",
+                               normalize="dataset"), seed=0)
+  full = dataset.train_images.astype(np.float64) / 255.0   # numpy, all 60,000
+  assert abs(full.mean() - 0.2860) < 5e-5 and abs(full.std() - 0.3530) < 5e-5
+  # Sampling error of a 10,000-image mean: std of the image means (~0.1) / 100.
+  np.testing.assert_allclose(ds.input_stats.mean, [full.mean()], atol=3e-3)
+  np.testing.assert_allclose(ds.input_stats.std, [full.std()], atol=3e-3)
+  x = ds.test.get(np.arange(3))
+  raw = dataset.test_images[:3, :, :, None] / 255.0   # standard split: test in order
+  np.testing.assert_allclose(x, (raw - ds.input_stats.mean) / ds.input_stats.std,
+                             rtol=1e-5, atol=1e-5)

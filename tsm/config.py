@@ -94,7 +94,8 @@ FIELD_HELP: dict[str, str] = {
     "data.data_seed": "seed of the dataset itself (synthetic points, by-image test split)",
     "data.image_size": "side of the square images fed to the model (None: native)",
     "data.channels": "1 or 3 (None: native)",
-    "data.normalize": "unit ([0, 1]), symmetric ([-1, 1]) or imagenet",
+    "data.normalize": "unit ([0, 1]), symmetric ([-1, 1]), imagenet, or dataset (the "
+                      "training split's channel mean / std)",
     "data.augment": "random crop and (natural images) flip on training batches",
     "data.data_dir": "TFDS data directory (None: ~/tensorflow_datasets)",
     "data.cache_dir": "where TFDS label caches go (None: next to the data)",

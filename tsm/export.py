@@ -66,7 +66,8 @@ class Loaded:
   def prepare(self, inputs: Any) -> np.ndarray:
     """Raw inputs as model inputs: integer arrays are images with values 0..255 and get
     the run's preprocessing (``data.image_size``, ``data.channels``,
-    ``data.normalize``), as the IDX and TFDS pipelines apply it; float arrays are taken
+    ``data.normalize``; ``"dataset"`` with the training split's statistics,
+    ``splits.input_stats``), as the IDX and TFDS pipelines apply it; float arrays are taken
     as already-prepared model inputs.
 
     Args:
@@ -85,8 +86,11 @@ class Loaded:
         raise ValueError(f"inputs: integer images must be [N, H, W] or [N, H, W, C], got "
                          f"shape {x.shape}; pass float model inputs of shape "
                          f"[N, {', '.join(map(str, self.input_shape))}].")
+      standardize = d.normalize == "dataset"
       x = preprocess.prepare_images(x, image_size=d.image_size, channels=d.channels,
-                                    method=d.normalize)
+                                    method="unit" if standardize else d.normalize)
+      if standardize:   # the training split's statistics, as tsm.data.load applied them
+        x = preprocess.standardize(x, self.splits.input_stats)
     elif not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"inputs has dtype {x.dtype}; pass float model inputs or uint8 "
                        "images.")

@@ -8,8 +8,8 @@ run the study (wants a GPU; one worker process per accelerator):
       --config=experiments/configs/margin_study_mnist.py --workdir=runs/margin_study_mnist \
       --config.model.pretrained_path=efficientnet_b0.npz
 
-Paper A's MNIST setup: grey digits repeated to 3 channels at 224 px with ImageNet
-normalisation, an ImageNet-pretrained EfficientNet-B0 trunk (convert torchvision's
+Paper A's MNIST setup: grey digits repeated to 3 channels at 224 px, standardised by the
+training split's channel mean / std (as the authors' code), an ImageNet-pretrained EfficientNet-B0 trunk (convert torchvision's
 weights with ``tsm.models.convert_torchvision_efficientnet_b0`` and pass the ``.npz``;
 without it the trunk starts from scratch), paper A's head, Adam 1e-4, 50 epochs, the
 model of the lowest validation loss. MNIST has 10 classes, so the verification split is
@@ -28,7 +28,7 @@ def get_config():
   cfg.data.val_fraction = 0.1
   cfg.data.image_size = 224
   cfg.data.channels = 3
-  cfg.data.normalize = "imagenet"
+  cfg.data.normalize = "dataset"
   cfg.model.name = "efficientnet_b0"
   cfg.model.head = "paper_a"
   cfg.model.embedding_dim = 128

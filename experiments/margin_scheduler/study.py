@@ -183,9 +183,10 @@ def paper_a_images(name: str) -> ml_collections.ConfigDict:
 
   ``name``'s classes split into training and test classes, 10 % of the training classes
   held out for validation; 224 px RGB, resized, no crop / flip augmentation (as the
-  authors' code), ImageNet normalisation (the authors' code uses the dataset's own mean
-  and std: a remaining deviation until tsm has that normalisation); an EfficientNet-B0 trunk (ImageNet weights via
-  ``--config.model.pretrained_path``) under paper A's head; one worker (a GPU study).
+  authors' code), standardised by the training split's own channel mean and std (as
+  the authors' code; ``data.normalize="dataset"``); an EfficientNet-B0 trunk (ImageNet
+  weights via ``--config.model.pretrained_path``) under paper A's head; one worker (a
+  GPU study).
 
   Args:
     name: the dataset (``lfw``, ``caltech_birds2011``).
@@ -199,7 +200,7 @@ def paper_a_images(name: str) -> ml_collections.ConfigDict:
   cfg.data.val_fraction = 0.1
   cfg.data.image_size = 224
   cfg.data.channels = 3
-  cfg.data.normalize = "imagenet"
+  cfg.data.normalize = "dataset"
   cfg.data.augment = False
   cfg.model.name = "efficientnet_b0"
   cfg.eval.batch_size = 128

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -46,7 +48,9 @@ def load(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
   """Loads a dataset's train / validation / test splits.
 
   Labels are in memory at once; inputs are decoded lazily by ``Split.get`` (TFDS
-  images) or sliced from memory (offline sets).
+  images) or sliced from memory (offline sets). With ``spec.normalize="dataset"`` the
+  training split's channel statistics are measured first (:func:`training_stats`) and
+  every split is standardised by them (``DatasetSplits.input_stats``).
 
   Args:
     spec: what to load (:class:`tsm.data.DataSpec`).
@@ -61,6 +65,55 @@ def load(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
       ``tsm-prepare`` command).
   """
   spec.check()
+  if spec.normalize == "dataset":
+    return standardized(_load(dataclasses.replace(spec, normalize="unit"), seed=seed),
+                        seed=spec.data_seed)
+  return _load(spec, seed=seed)
+
+
+def training_stats(train: splits_lib.Split, *,
+                   max_examples: int = spec_lib.STATS_EXAMPLES, seed: int = 0,
+                   chunk: int = 512) -> preprocess.ChannelStats:
+  """Channel mean / std of a training split's prepared inputs (``"dataset"``
+  normalisation).
+
+  Args:
+    train: the split (its inputs as the model would see them before standardising).
+    max_examples: examples used at most; larger splits give a seeded sample.
+    seed: seed of that sample.
+    chunk: examples decoded at a time (bounds the memory).
+
+  Returns:
+    :class:`tsm.data.preprocess.ChannelStats` over the last axis.
+  """
+  n = len(train)
+  indices = np.arange(n)
+  if n > max_examples:
+    indices = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
+  return preprocess.channel_stats(train.get(indices[i:i + chunk])
+                                  for i in range(0, indices.size, chunk))
+
+
+def standardized(splits: splits_lib.DatasetSplits, *, seed: int = 0
+                 ) -> splits_lib.DatasetSplits:
+  """Every split standardised by the training split's channel mean / std.
+
+  Args:
+    splits: splits whose inputs are not yet standardised.
+    seed: seed of the sample the statistics come from (see :func:`training_stats`).
+
+  Returns:
+    The splits, each mapped through :func:`tsm.data.preprocess.standardize`, with
+    ``input_stats`` set.
+  """
+  stats = training_stats(splits.train, seed=seed)
+  fn = functools.partial(preprocess.standardize, stats=stats)
+  return splits._replace(train=splits.train.map(fn), val=splits.val.map(fn),
+                         test=splits.test.map(fn), input_stats=stats)
+
+
+def _load(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits:
+  """``load`` before the ``"dataset"`` normalisation (``spec`` checked)."""
   name, split, data_seed = spec.name, spec.split, spec.data_seed
   if spec.uses_idx():
     return _idx_splits(spec, seed=seed)

@@ -2,7 +2,9 @@
 
 ``prepare_images`` turns decoded uint8 images (any sizes) into a float32 batch of one
 shape: resize (shorter side to ``image_size``, then centre crop), grey <-> colour,
-scale and normalise. ``augment_images`` applies a random crop (zero-padded shift) and
+scale and normalise. ``channel_stats`` and ``standardize`` give the ``"dataset"``
+normalisation (``tsm.data.load`` applies it: the training split's own channel mean and
+std). ``augment_images`` applies a random crop (zero-padded shift) and
 an optional horizontal flip, per example, from a numpy ``Generator`` (seeded per batch
 by the loader, so augmentation is deterministic).
 """
@@ -10,7 +12,7 @@ by the loader, so augmentation is deterministic).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -59,7 +61,12 @@ def set_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
 
 def normalize(images: np.ndarray, method: str) -> np.ndarray:
   """Scales ``[0, 255]`` values: ``unit`` -> [0, 1], ``symmetric`` -> [-1, 1],
-  ``imagenet`` -> ImageNet mean / std per channel (grey uses the luma-weighted mean)."""
+  ``imagenet`` -> ImageNet mean / std per channel (grey uses the luma-weighted mean).
+
+  ``"dataset"`` needs statistics of a training split, which one batch does not have:
+  ``tsm.data.load`` prepares such data with ``unit`` and then applies
+  :func:`standardize` with :func:`channel_stats` of the training split.
+  """
   x = images.astype(np.float32) / 255.0
   if method == "unit":
     return x
@@ -69,7 +76,67 @@ def normalize(images: np.ndarray, method: str) -> np.ndarray:
     if x.shape[-1] == 3:
       return (x - IMAGENET_MEAN) / IMAGENET_STD
     return (x - IMAGENET_MEAN @ _LUMA) / (IMAGENET_STD @ _LUMA)
-  raise ValueError(f"normalize={method!r} is unknown; use unit, symmetric or imagenet.")
+  raise ValueError(f"normalize={method!r} is unknown; use unit, symmetric or imagenet "
+                   "(dataset is applied by tsm.data.load).")
+
+
+class ChannelStats(NamedTuple):
+  """Per-channel mean and standard deviation of prepared inputs (``[C]`` float32)."""
+  mean: np.ndarray
+  std: np.ndarray
+
+
+def channel_stats(batches: Iterable[np.ndarray]) -> ChannelStats:
+  """Mean and standard deviation of each channel, pooled over every pixel of every image.
+
+  The pooled std includes the spread between images (paper A's code averages per-image
+  stds instead, which leaves it out). A constant channel gets std 1, so that it
+  standardises to 0 rather than to NaN.
+
+  Args:
+    batches: float arrays ``[n, ..., C]`` (channels last), e.g. ``split.get(indices)``
+      chunks; accumulated in float64, so the chunking does not change the result.
+
+  Returns:
+    :class:`ChannelStats` of float32 ``[C]`` arrays.
+
+  Raises:
+    ValueError: no pixel was given, or the chunks disagree in their channel count.
+  """
+  count, total, total_sq, channels = 0, None, None, None
+  for batch in batches:
+    x = np.asarray(batch, np.float64)
+    if x.ndim < 2:
+      raise ValueError(f"channel_stats takes [n, ..., C] arrays, got shape {x.shape}.")
+    if channels is not None and x.shape[-1] != channels:
+      raise ValueError(f"channel_stats: a chunk has {x.shape[-1]} channels, the first "
+                       f"{channels}; give chunks of one split.")
+    channels = x.shape[-1]
+    x = x.reshape(-1, channels)
+    if total is None:
+      total, total_sq = np.zeros(channels), np.zeros(channels)
+    # Shifted sums (by the first chunk's mean) keep the variance exact for data far
+    # from zero, where sum(x^2) - n mean^2 would cancel.
+    if count == 0:
+      shift = x.mean(axis=0) if x.shape[0] else np.zeros(channels)
+    count += x.shape[0]
+    d = x - shift
+    total += d.sum(axis=0)
+    total_sq += (d * d).sum(axis=0)
+  if not count:
+    raise ValueError("channel_stats got no pixel; the training split is empty (check "
+                     "data.num_examples and the split).")
+  mean_d = total / count
+  var = np.maximum(total_sq / count - mean_d * mean_d, 0.0)
+  std = np.sqrt(var)
+  std = np.where(std == 0, 1.0, std)   # NaN (from NaN inputs) stays NaN
+  return ChannelStats((mean_d + shift).astype(np.float32), std.astype(np.float32))
+
+
+def standardize(inputs: np.ndarray, stats: ChannelStats) -> np.ndarray:
+  """``(inputs - mean) / std`` per channel (the last axis), float32."""
+  x = np.asarray(inputs, np.float32)
+  return (x - stats.mean) / stats.std
 
 
 def prepare_images(images: Sequence[np.ndarray] | np.ndarray, *, image_size: int | None,

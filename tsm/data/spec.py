@@ -21,7 +21,10 @@ IDX_DATASETS = ("fashion_mnist", "mnist", "kmnist")
 DATASETS = OFFLINE_DATASETS + TFDS_DATASETS + ("kmnist",)
 SOURCES = ("auto", "idx", "tfds")
 SPLITS = ("class_disjoint", "standard", "by_image")
-NORMALIZATIONS = ("unit", "symmetric", "imagenet")
+NORMALIZATIONS = ("unit", "symmetric", "imagenet", "dataset")
+# "dataset" normalisation: the channel statistics come from at most this many training
+# examples (drawn with data_seed); the mean's error is then far below one grey level.
+STATS_EXAMPLES = 10_000
 VAL_SPLITS = ("auto", "by_class", "by_image")
 # "auto" validation: by class for class-disjoint splits whose training part has at
 # least this many classes (CUB, Cars196, LFW); by image otherwise (the 10-class sets,
@@ -69,8 +72,13 @@ class DataSpec:
     image_size: side of the square images fed to the model (None = native size;
       required for caltech_birds2011 and cars196, whose images vary in size).
     channels: 1 or 3 (None = native; 3 repeats grey images, 1 converts colour to grey).
-    normalize: ``"unit"`` ([0, 1]), ``"symmetric"`` ([-1, 1]) or ``"imagenet"``
-      (ImageNet channel mean / std, for ImageNet-pretrained trunks).
+    normalize: ``"unit"`` ([0, 1]), ``"symmetric"`` ([-1, 1]), ``"imagenet"``
+      (ImageNet channel mean / std, for ImageNet-pretrained trunks) or ``"dataset"``:
+      the training split's own channel mean / std (as paper A's code), measured on the
+      prepared inputs (after resize and channel conversion) of at most
+      ``STATS_EXAMPLES`` training examples and applied to every split; for non-image
+      sets it standardises each feature of the last axis. The first three apply to
+      images only.
     augment: random crop (pad by size / 8) and, for natural images, horizontal flip
       on training batches.
     data_dir: TFDS data directory (None = TFDS default, ``~/tensorflow_datasets``).

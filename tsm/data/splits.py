@@ -18,7 +18,7 @@ Split rules (``partition``):
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -96,6 +96,19 @@ class Split:
     """Random augmentation of a batch from ``get`` (identity for non-image data)."""
     return self._augment_fn(batch, rng)
 
+  def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "Split":
+    """The split with ``fn`` applied to every decoded batch (before augmentation).
+
+    Args:
+      fn: ``float32 [n, *input_shape] -> float32 [n, *input_shape]``, deterministic.
+
+    Returns:
+      A new ``Split`` with the same labels, name and augmentation.
+    """
+    fetch = self._fetch
+    return Split(self.labels, lambda i: fn(fetch(i)), self.input_shape, name=self.name,
+                 augment_fn=self._augment_fn)
+
   def subset(self, indices, name: str | None = None) -> "Split":
     """The split restricted to ``indices`` (split-local), in that order."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -112,6 +125,9 @@ class DatasetSplits(NamedTuple):
   test: Split
   input_shape: tuple
   num_classes: int
+  # ``tsm.data.preprocess.ChannelStats`` the inputs were standardised with
+  # (``normalize="dataset"``), for preparing new raw inputs the same way; else None.
+  input_stats: Any = None
 
 
 class Partition(NamedTuple):
