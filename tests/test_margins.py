@@ -171,6 +171,20 @@ def test_initial_margins():
   assert float(margins.stepwise(0.7, (3,), values=(0.9,)).init().margin) == pytest.approx(0.7)
 
 
+def test_controller_floor_defaults_to_the_initial_margin():
+  """Shares far below target (an untrained model) lower the margin only down to the
+  floor: by default the initial margin, so the controller never goes easier than it
+  started; with ``min_margin=0.0`` it falls to 0 (by hand: 0.3 - 0.5 * 0.9 < 0)."""
+  for floor, expected in ((None, [0.3, 0.3, 0.3]), (0.0, [0.0, 0.0, 0.0]),
+                          (0.1, [0.1, 0.1, 0.1])):
+    schedule = margins.controller(0.3, target=0.9, gain=0.5, min_margin=floor)
+    state, out = schedule.init(), []
+    for _ in range(3):
+      state = schedule.update(schedule.accumulate(state, _Stats(10.0, 0.0)))  # share 0
+      out.append(float(state.margin))
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_easy_share_and_accumulate():
   schedule = margins.dams()
   state = schedule.init()
@@ -246,7 +260,9 @@ def test_default_config_builds_every_schedule():
     ({"schedule": "dams", "threshold": 0.5, "increment": 0.1, "max_margin": 0.35},
      margins.dams(0.2, 0.5, 0.1, 0.35)),
     ({"schedule": "controller", "target": 0.5, "gain": 1.0, "max_margin": None},
-     margins.controller(0.2, 0.5, 1.0, 0.0, 2.0, 0.02)),
+     margins.controller(0.2, 0.5, 1.0, None, 2.0, 0.02)),
+    ({"schedule": "controller", "target": 0.9, "min_margin": 0.0},
+     margins.controller(0.2, 0.9, 0.5, 0.0, 2.0, 0.02)),
 ], ids=lambda x: x["schedule"] if isinstance(x, dict) else "")
 def test_config_builds_the_constructed_schedule(fields, constructed):
   script = [[(4, 4)], [(4, 1)], [(4, 4)], [(4, 4)], [(4, 3)]]

@@ -143,7 +143,7 @@ FIELD_HELP: dict[str, str] = {
     "margin.threshold": "dams: easy share at which the margin is raised",
     "margin.increment": "dams / stepwise: margin step",
     "margin.max_margin": "dams: cap (None: none); controller: upper bound (None: 2.0)",
-    "margin.min_margin": "controller: lower bound",
+    "margin.min_margin": "controller: lower bound (None: initial_margin)",
     "margin.target": "controller: easy share to hold",
     "margin.gain": "controller: margin change per unit of share error",
     "margin.deadband": "controller: band around the target where the margin holds",
@@ -227,7 +227,8 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.margin = {
       "schedule": "constant", "initial_margin": 0.2, "final_margin": 1.0,
       "threshold": 0.95, "increment": 0.05,
-      "max_margin": config_dict.placeholder(float), "min_margin": 0.0, "target": 0.9,
+      "max_margin": config_dict.placeholder(float),
+      "min_margin": config_dict.placeholder(float), "target": 0.9,
       "gain": 0.5, "deadband": 0.02, "boundaries": (),
       "values": config_dict.placeholder(tuple), "update_every": "epoch"}
   cfg.train = {

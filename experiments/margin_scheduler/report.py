@@ -460,6 +460,11 @@ def plot_roc(path: str, runs: dict[str, list[dict]]) -> None:
 # ----------------------------------------------------------------------------- report
 
 
+def _floor(margin: Any) -> float:
+  """The controller's floor: ``margin.min_margin``, None meaning the initial margin."""
+  return margin.initial_margin if margin.min_margin is None else margin.min_margin
+
+
 def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
   from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   t, d, m = cfg.train, cfg.data, cfg.model
@@ -477,7 +482,7 @@ def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
       f"- margins: mu0 {cfg.margin.initial_margin:g}, mu_last {cfg.margin.final_margin:g}, "
       f"DAMS tau {cfg.margin.threshold:g} delta {cfg.margin.increment:g}; controller "
       f"target {cfg.margin.target:g} gain {cfg.margin.gain:g} floor "
-      f"{cfg.margin.min_margin:g}; stepwise {cfg.study.stepwise_stages} stages",
+      f"{_floor(cfg.margin):g}; stepwise {cfg.study.stepwise_stages} stages",
       f"- arms: {', '.join(names)}; seeds 0..{cfg.study.seeds - 1}",
   ]
 
