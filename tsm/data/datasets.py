@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Mapping
 
 import numpy as np
@@ -12,6 +13,9 @@ from tsm.data import offline
 from tsm.data import preprocess
 from tsm.data import splits as splits_lib
 from tsm.data import spec as spec_lib
+
+log = logging.getLogger(__name__)
+
 
 def _array_splits(name: str, pool: offline.ArrayPool, spec: spec_lib.DataSpec,
                   part: splits_lib.Partition, test_is_all: bool = False
@@ -107,6 +111,9 @@ def standardized(splits: splits_lib.DatasetSplits, *, seed: int = 0
     ``input_stats`` set.
   """
   stats = training_stats(splits.train, seed=seed)
+  log.info("%s: inputs standardised by the training split's mean %s and std %s",
+           splits.name, np.array2string(stats.mean, precision=4, threshold=8),
+           np.array2string(stats.std, precision=4, threshold=8))
   fn = functools.partial(preprocess.standardize, stats=stats)
   return splits._replace(train=splits.train.map(fn), val=splits.val.map(fn),
                          test=splits.test.map(fn), input_stats=stats)
