@@ -11,6 +11,8 @@ one job's run and returns a small, picklable record. :func:`run_grid` runs them:
 * with ``xla_threads=1`` each worker's XLA CPU runtime is single-threaded (the knob the
   stability check of the studies turns: see BUILD_NOTES.md);
 * printing one progress line per finished job;
+* keeping the study's wall time over its invocations (:func:`study_timing`), so that a
+  resumed study or a rebuilt report still states what the training took;
 * on Ctrl-C: the pool is terminated (no orphan workers), one line
   ``interrupted; the same command resumes`` is printed, and the process exits with
   status 130. Finished runs are kept: :func:`finished` tells a study's ``run_one`` to
@@ -25,7 +27,7 @@ Everything here takes plain arguments; the studies' ``run.py`` read them from th
 from __future__ import annotations
 
 import contextlib
-
+import json
 import multiprocessing
 import os
 import signal
@@ -280,3 +282,57 @@ class SectionRunOne:
     warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
                             category=UserWarning)
     return self.run_one(task, self.section)
+
+
+TIMING_FILE = "timing.json"
+
+
+def study_timing(workdir: str, *, seconds: float, runs: int, trained: int, workers: int,
+                 xla_threads: int) -> dict[str, Any]:
+  """Records one invocation of a study in ``<workdir>/timing.json``; the study's timing.
+
+  An invocation that reuses every run (a rebuilt report) adds nothing to the wall time;
+  an interrupted and resumed study sums the invocations that trained.
+
+  Args:
+    seconds: this invocation's wall time (start-up, grid and report).
+    runs: runs in the study.
+    trained: runs this invocation trained (the others were reused).
+    workers: worker processes.
+    xla_threads: the grid's ``xla_threads``.
+
+  Returns:
+    ``{"wall_s", "runs", "trained", "invocations", "workers", "xla_threads", "load"}``:
+    totals over the invocations that trained (``invocations`` counts them; ``load`` is
+    the 1-minute load average at the end of the last one). When none trained (the file
+    was lost), this invocation's own figures.
+  """
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, TIMING_FILE)
+  history: list[dict[str, Any]] = []
+  try:
+    with open(path) as f:
+      history = list(json.load(f)["invocations"])
+  except (OSError, ValueError, KeyError, TypeError):
+    history = []   # none yet, or unreadable: start again (the reports say so)
+  history.append({"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "seconds": round(float(seconds), 1), "runs": int(runs),
+                  "trained": int(trained), "workers": int(workers),
+                  "xla_threads": int(xla_threads), "load": round(os.getloadavg()[0], 2)})
+  artifacts.write_json_atomic(path, {"invocations": history})
+  training = [h for h in history if h["trained"]] or history[-1:]
+  last = training[-1]
+  return {"wall_s": sum(h["seconds"] for h in training), "runs": int(runs),
+          "trained": sum(h["trained"] for h in training), "invocations": len(training),
+          "workers": last["workers"], "xla_threads": last["xla_threads"],
+          "load": last["load"]}
+
+
+def timing_line(timing: dict[str, Any]) -> str:
+  """:func:`study_timing`'s result in words, for a study's report."""
+  invocations = timing.get("invocations", 1)
+  return (f"wall time {timing['wall_s']:.0f} s for {timing['runs']} runs "
+          f"({timing['trained']} trained"
+          + (f", over {invocations} invocations" if invocations > 1 else "")
+          + f") with {timing['workers']} worker process(es), xla_threads "
+          f"{timing['xla_threads']}, load {timing['load']:.1f}")

@@ -10,8 +10,8 @@ minimum detectable effect and the verdict. A claim that holds by construction (i
 follows from the loss's form, not from training) keeps its test but is flagged in the
 ``note`` column; the study reports a fairer companion claim beside it.
 
-Stability (issue 15 item 9): a study rerun with another XLA thread count (or on another
-machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two and
+Stability (issue 15 item 9): a study rerun with another XLA thread count (or another
+code version, or on another machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two and
 replaces the verdict of every claim that differs by ``unstable (A here / B there)``.
 
 :func:`deviations_markdown` renders a study's table of deviations from the paper and
@@ -36,8 +36,9 @@ RULE = ("Verdicts: paired one-sided t-test over seeds of the claim (A better tha
         "the corrected test rejects, else 'inconclusive'. 'A better by' is the mean "
         "per-seed difference in the claim's favour with its two-sided 95 % t interval; "
         "MDE is the true difference the test would detect with 80 % power at this "
-        "spread. 'unstable' marks a claim whose verdict differs in the rerun with "
-        "another XLA thread count (neither verdict is given).")
+        "spread. 'unstable' marks a claim whose verdict differs in the rerun named by "
+        "study.compare_to (another XLA thread count, code version or machine; neither "
+        "verdict is given).")
 
 
 @dataclasses.dataclass(frozen=True)

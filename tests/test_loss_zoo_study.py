@@ -249,8 +249,13 @@ def test_run_records_match_fit_metrics_and_centroid_distances(zoo_dir):
 @pytest.mark.slow
 def test_rerun_reuses_every_run(zoo_dir):
   workdir, out = zoo_dir
+  with open(os.path.join(workdir, "study.json")) as f:
+    timing = json.load(f)["timing"]
   again = zoo_run.run_study(tiny_study(), workdir)
   assert all(r["reused"] for r in again["runs"])
+  with open(os.path.join(workdir, "study.json")) as f:   # the training's wall time kept
+    assert json.load(f)["timing"] == timing
+  assert timing["trained"] == len(out["runs"])
   assert [r["recall@1"] for r in again["runs"]] == [r["recall@1"] for r in out["runs"]]
 
 

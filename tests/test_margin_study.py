@@ -174,9 +174,14 @@ def test_adaptive_margins_follow_their_rules(tiny_study):
 @pytest.mark.slow
 def test_rerun_reuses_finished_runs(tiny_study, capsys):
   cfg, workdir, _ = tiny_study
+  with open(os.path.join(workdir, "report.md")) as f:
+    timing = [l for l in f if l.startswith("- wall time")]
   run_lib.run_study(cfg, workdir)
   out = capsys.readouterr().out
   assert out.count("reused") == len(SCHEDULES) * SEEDS
+  with open(os.path.join(workdir, "report.md")) as f:   # the training's wall time kept
+    assert [l for l in f if l.startswith("- wall time")] == timing
+  assert f"({len(SCHEDULES) * SEEDS} trained)" in timing[0]
 
 
 @pytest.mark.slow

@@ -146,3 +146,32 @@ def test_a_compared_table_reads_as_its_own_verdicts():
   assert verdicts_lib.own_verdict("held") == "held"
   assert verdicts_lib.own_verdict(
       "unstable (contradicted here / inconclusive in the rerun)") == "contradicted"
+
+
+def test_study_timing_sums_training_invocations_and_ignores_report_rebuilds(tmp_path):
+  workdir = str(tmp_path)
+  first = runner.study_timing(workdir, seconds=100.0, runs=5, trained=3, workers=2,
+                              xla_threads=0)
+  assert (first["wall_s"], first["trained"], first["invocations"]) == (100.0, 3, 1)
+  # Resumed after an interruption: the remaining 2 runs in 50 s.
+  resumed = runner.study_timing(workdir, seconds=50.0, runs=5, trained=2, workers=2,
+                                xla_threads=1)
+  assert (resumed["wall_s"], resumed["trained"], resumed["invocations"]) == (150.0, 5, 2)
+  assert resumed["xla_threads"] == 1          # the last training invocation's settings
+  # The report rebuilt: nothing trained, the study's timing unchanged.
+  rebuilt = runner.study_timing(workdir, seconds=2.0, runs=5, trained=0, workers=2,
+                                xla_threads=0)
+  assert rebuilt == resumed
+  line = runner.timing_line(rebuilt)
+  assert line.startswith("wall time 150 s for 5 runs (5 trained, over 2 invocations)")
+  with open(os.path.join(workdir, runner.TIMING_FILE)) as f:
+    assert [h["seconds"] for h in json.load(f)["invocations"]] == [100.0, 50.0, 2.0]
+
+
+def test_study_timing_starts_again_from_an_unreadable_file(tmp_path):
+  with open(os.path.join(tmp_path, runner.TIMING_FILE), "w") as f:
+    f.write("{not json")
+  only = runner.study_timing(str(tmp_path), seconds=7.0, runs=2, trained=0, workers=1,
+                             xla_threads=0)
+  assert (only["wall_s"], only["trained"], only["invocations"]) == (7.0, 0, 1)
+  assert runner.timing_line(only).startswith("wall time 7 s for 2 runs (0 trained)")

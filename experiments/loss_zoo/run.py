@@ -100,14 +100,17 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
       log=study.log, progress=_line)
   train_seconds = time.time() - t0
+  timing = runner.study_timing(
+      workdir, seconds=train_seconds, runs=len(records),
+      trained=sum(not r["reused"] for r in records), workers=workers,
+      xla_threads=int(s.xla_threads))
   seeds = study.seeds_of(cfg)
   preamble = (f"Settings: losses {', '.join(s.losses)}; seeds {seeds}"
               + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
               + f"; P x K batches, Adam, constant rate, identical for every loss; triplet "
               f"margin {s.triplet_margin:g}, contrastive margin {s.contrastive_margin:g}, "
               "other losses at pytorch-metric-learning's defaults; "
-              f"{workers} worker(s), xla_threads {s.xla_threads}, load "
-              f"{os.getloadavg()[0]:.1f}. Per dataset:\n\n" + "".join(
+              f"{runner.timing_line(timing)}. Per dataset:\n\n" + "".join(
                   f"* {d}: {describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
                   for d in s.datasets))
   rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
@@ -117,7 +120,8 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   with open(os.path.join(workdir, "study.json"), "w") as f:
     json.dump({"config": json.loads(cfg.to_json()), "runs": records,
                "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
-               "workers": workers, "xla_threads": int(s.xla_threads)}, f, indent=2)
+               "workers": workers, "xla_threads": int(s.xla_threads),
+               "timing": timing}, f, indent=2)
   return {"runs": records, "wall_seconds": wall, "report": rep}
 
 

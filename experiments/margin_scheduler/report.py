@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments import runner
 from experiments import verdicts as verdicts_lib
 from tsm import reporting
 
@@ -546,11 +547,7 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
     lines += ["```", command, "```", ""]
   lines += _setup_lines(cfg, names)
   if timing:
-    lines.append(f"- wall time {timing['wall_s']:.0f} s for {timing['runs']} runs "
-                 f"({timing.get('trained', timing['runs'])} trained) with "
-                 f"{timing['workers']} worker process(es), xla_threads "
-                 f"{timing.get('xla_threads', 0)}, load "
-                 f"{timing.get('load', float('nan')):.1f}")
+    lines.append(f"- {runner.timing_line(timing)}")
   lines += ["", results, "",
             "final mu: the margin the last epoch trained at; next mu: the margin after "
             "the last update (never trained with).", "", verdicts, "",

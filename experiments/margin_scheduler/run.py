@@ -115,11 +115,9 @@ def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
         log=study.log, progress=_progress)
     wall = time.time() - start
     trained = [r for r in results if not r["reused"]]
-    timing = {"wall_s": wall, "runs": len(results), "trained": len(trained),
-              "workers": workers, "xla_threads": int(cfg.study.xla_threads),
-              "load": os.getloadavg()[0],
-              "mean_run_s": (sum(r["seconds"] for r in trained) / len(trained)
-                             if trained else 0.0)}
+    timing = runner.study_timing(workdir, seconds=wall, runs=len(results),
+                                 trained=len(trained), workers=workers,
+                                 xla_threads=int(cfg.study.xla_threads))
     study.log(f"all runs done in {wall:.0f} s; writing the report")
     text = report.write_report(workdir, cfg, arms, timing=timing, command=command)
     study.log(f"report: {os.path.join(workdir, 'report.md')}")
