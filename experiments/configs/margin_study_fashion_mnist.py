@@ -25,13 +25,10 @@ each split (train / validation / test; ``data.num_examples``), drawn from the ru
 (``study.vary_data``), for 12 epochs of 83 steps (1,000 steps) at Adam 1e-3 (paper A:
 all images, 50-100 epochs, Adam 1e-4). The easy share at mu = 0.2 is 0.82 after the
 first epoch and 0.89 after the second, so DAMS (tau = 0.95) starts raising mu within
-the run. Measured (machine load 14-23 on 2 cores): training costs about 0.1 CPU-s a
-step (end-of-epoch validation included); a whole 2-epoch run (``dams``, 1 seed, with
-start-up, compilation, final evaluation and report) 57 CPU-s. So a 12-epoch run costs
-about 120-140 CPU-s and the 45 runs 45-53 minutes on 2 unloaded cores (extrapolated,
-not run). Quick look: ``--config.study.seeds=1 --config.study.schedules=dams
---config.study.epochs=2 --config.study.workers=1`` (57 CPU-s; 6 minutes of wall time at
-load 14).
+the run. Measured on 2 quiet cores: the 45 runs in 2405 s (40 minutes; 101-125 s a run,
+two runs at a time; BUILD_NOTES "The studies on Fashion-MNIST"). Quick look:
+``--config.study.seeds=1 --config.study.schedules=dams --config.study.epochs=2
+--config.study.workers=1`` (57 CPU-s).
 
 The full-size version (all images, 50 epochs, 10 seeds) is the GPU config
 ``margin_study_fashion_mnist_gpu.py``.
