@@ -89,40 +89,40 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       raise StudyError(str(e)) from None
   pair_run.check_data(tasks)
   s = cfg.study
-  os.makedirs(workdir, exist_ok=True)
-  ordered = _order(tasks)
-  workers = max(1, min(int(s.workers), len(ordered)))
-  study.log(f"loss zoo: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
-            f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
-            f"{workdir}")
-  records = runner.run_grid(
-      ordered, runner.SectionRunOne(study.run_one, s), workers=workers, xla_threads=int(s.xla_threads),
-      compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
-      log=study.log, progress=_line)
-  train_seconds = time.time() - t0
-  timing = runner.study_timing(
-      workdir, seconds=train_seconds, runs=len(records),
-      trained=sum(not r["reused"] for r in records), workers=workers,
-      xla_threads=int(s.xla_threads))
-  seeds = study.seeds_of(cfg)
-  preamble = (f"Settings: losses {', '.join(s.losses)}; seeds {seeds}"
-              + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
-              + f"; P x K batches, Adam, constant rate, identical for every loss; triplet "
-              f"margin {s.triplet_margin:g}, contrastive margin {s.contrastive_margin:g}, "
-              "other losses at pytorch-metric-learning's defaults; "
-              f"{runner.timing_line(timing)}. Per dataset:\n\n" + "".join(
-                  f"* {d}: {describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
-                  for d in s.datasets))
-  rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
-                            preamble=preamble, cfg=cfg)
-  wall = time.time() - t0
-  records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
-  with open(os.path.join(workdir, "study.json"), "w") as f:
-    json.dump({"config": json.loads(cfg.to_json()), "runs": records,
-               "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
-               "workers": workers, "xla_threads": int(s.xla_threads),
-               "timing": timing}, f, indent=2)
-  return {"runs": records, "wall_seconds": wall, "report": rep}
+  with runner.study_lock(workdir):   # one study per workdir, after validation
+    ordered = _order(tasks)
+    workers = max(1, min(int(s.workers), len(ordered)))
+    study.log(f"loss zoo: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
+              f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
+              f"{workdir}")
+    records = runner.run_grid(
+        ordered, runner.SectionRunOne(study.run_one, s), workers=workers, xla_threads=int(s.xla_threads),
+        compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
+        log=study.log, progress=_line)
+    train_seconds = time.time() - t0
+    timing = runner.study_timing(
+        workdir, seconds=train_seconds, runs=len(records),
+        trained=sum(not r["reused"] for r in records), workers=workers,
+        xla_threads=int(s.xla_threads))
+    seeds = study.seeds_of(cfg)
+    preamble = (f"Settings: losses {', '.join(s.losses)}; seeds {seeds}"
+                + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
+                + f"; P x K batches, Adam, constant rate, identical for every loss; triplet "
+                f"margin {s.triplet_margin:g}, contrastive margin {s.contrastive_margin:g}, "
+                "other losses at pytorch-metric-learning's defaults; "
+                f"{runner.timing_line(timing)}. Per dataset:\n\n" + "".join(
+                    f"* {d}: {describe(study.run_config(cfg, d, s.losses[0], seeds[0]))}\n"
+                    for d in s.datasets))
+    rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
+                              preamble=preamble, cfg=cfg)
+    wall = time.time() - t0
+    records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
+    with open(os.path.join(workdir, "study.json"), "w") as f:
+      json.dump({"config": json.loads(cfg.to_json()), "runs": records,
+                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
+                 "workers": workers, "xla_threads": int(s.xla_threads),
+                 "timing": timing}, f, indent=2)
+    return {"runs": records, "wall_seconds": wall, "report": rep}
 
 
 def main(argv: list[str] | None = None) -> None:
