@@ -95,7 +95,8 @@ def channel_stats(batches: Iterable[np.ndarray]) -> ChannelStats:
 
   Args:
     batches: float arrays ``[n, ..., C]`` (channels last), e.g. ``split.get(indices)``
-      chunks; accumulated in float64, so the chunking does not change the result.
+      chunks; accumulated in float64, so the chunking changes the result only by
+      rounding.
 
   Returns:
     :class:`ChannelStats` of float32 ``[C]`` arrays.
@@ -115,7 +116,7 @@ def channel_stats(batches: Iterable[np.ndarray]) -> ChannelStats:
     x = x.reshape(-1, channels)
     if total is None:
       total, total_sq = np.zeros(channels), np.zeros(channels)
-    # Shifted sums (by the first chunk's mean) keep the variance exact for data far
+    # Sums shifted by the first chunk's mean keep the variance accurate for data far
     # from zero, where sum(x^2) - n mean^2 would cancel.
     if count == 0:
       shift = x.mean(axis=0) if x.shape[0] else np.zeros(channels)
