@@ -295,7 +295,9 @@ def study_timing(workdir: str, *, seconds: float, runs: int, trained: int, worke
   an interrupted and resumed study sums the invocations that trained.
 
   Args:
-    seconds: this invocation's wall time (start-up, grid and report).
+    workdir: the study directory.
+    seconds: this invocation's wall time up to the end of the grid (the report comes
+      after).
     runs: runs in the study.
     trained: runs this invocation trained (the others were reused).
     workers: worker processes.
