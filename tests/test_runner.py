@@ -92,8 +92,11 @@ def test_workers_are_forked_processes_and_results_keep_the_order():
 def test_ctrl_c_terminates_the_workers_and_exits_130(tmp_path):
   pids = tmp_path / "pids"
   pids.mkdir()
+  # A shell's background jobs start with SIGINT ignored, and Python then installs no
+  # KeyboardInterrupt handler: restore it, as an interactive terminal would have it.
   proc = _python(f"""
-      import os, time
+      import os, signal, time
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       from experiments import runner
       def job(j):
         open(os.path.join({str(pids)!r}, str(os.getpid())), "w").close()
