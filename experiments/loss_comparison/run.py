@@ -112,6 +112,64 @@ def _order(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return sorted(tasks, key=cost)
 
 
+def check_tasks(tasks: list[dict[str, Any]]) -> None:
+  """Fails before any training when a run directory holds a run of another config, or
+  a run's data do not load (one line each)."""
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  for task in tasks:
+    try:
+      runner.finished(task["rundir"], task["config"])
+    except config_lib.ConfigError as e:
+      raise StudyError(str(e)) from None
+  check_data(tasks)
+
+
+def run_tasks(label: str, section: ml_collections.ConfigDict,
+              ordered: list[dict[str, Any]], workdir: str, *, run_one: Any,
+              progress: Any, start: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Runs a pair study's grid (this study's or the loss zoo's) and records its timing.
+
+  Args:
+    label: the study's name in the log line.
+    section: the config's ``study`` section (workers, XLA threads, cache, datasets).
+    ordered: the tasks, costliest first.
+    workdir: the study directory.
+    run_one: ``run_one(task, section)`` -> the run's record (with ``"reused"``).
+    progress: formats a record for its progress line.
+    start: the study's start time (``time.time()``), for its wall time.
+
+  Returns:
+    ``(records, timing)``: the records in ``ordered``'s order and
+    :func:`experiments.runner.study_timing`'s result.
+  """
+  s = section
+  workers = max(1, min(int(s.workers), len(ordered)))
+  study.log(f"{label}: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
+            f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
+            f"{workdir}")
+  records = runner.run_grid(
+      ordered, runner.SectionRunOne(run_one, s), workers=workers,
+      xla_threads=int(s.xla_threads),
+      compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
+      log=study.log, progress=progress)
+  timing = runner.study_timing(
+      workdir, seconds=time.time() - start, runs=len(records),
+      trained=sum(not r["reused"] for r in records), workers=workers,
+      xla_threads=int(s.xla_threads))
+  return records, timing
+
+
+def write_study_json(workdir: str, cfg: ml_collections.ConfigDict,
+                     records: list[dict[str, Any]], timing: dict[str, Any], *,
+                     wall_seconds: float) -> None:
+  """``<workdir>/study.json``: the config, the runs (sorted), this invocation's wall time
+  and the study's timing over its invocations."""
+  records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
+  with open(os.path.join(workdir, "study.json"), "w") as f:
+    json.dump({"config": json.loads(cfg.to_json()), "runs": records,
+               "wall_seconds": round(wall_seconds, 1), "timing": timing}, f, indent=2)
+
+
 def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the whole study and writes its report.
 
@@ -125,32 +183,14 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Raises:
     StudyError: a bad setting (before anything runs).
   """
-  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   t0 = time.time()
   study.check_study(cfg)
   tasks = study.plan(cfg, workdir)
-  for task in tasks:   # a run of another config in the workdir: fail before training
-    try:
-      runner.finished(task["rundir"], task["config"])
-    except config_lib.ConfigError as e:
-      raise StudyError(str(e)) from None
-  check_data(tasks)
+  check_tasks(tasks)
   s = cfg.study
   with runner.study_lock(workdir):   # one study per workdir, after validation
-    ordered = _order(tasks)
-    workers = max(1, min(int(s.workers), len(ordered)))
-    study.log(f"loss study: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
-              f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
-              f"{workdir}")
-    records = runner.run_grid(
-        ordered, runner.SectionRunOne(study.run_one, s), workers=workers, xla_threads=int(s.xla_threads),
-        compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
-        log=study.log, progress=_line)
-    train_seconds = time.time() - t0
-    timing = runner.study_timing(
-        workdir, seconds=train_seconds, runs=len(records),
-        trained=sum(not r["reused"] for r in records), workers=workers,
-        xla_threads=int(s.xla_threads))
+    records, timing = run_tasks("loss study", s, _order(tasks), workdir,
+                                run_one=study.run_one, progress=_line, start=t0)
     seeds = study.seeds_of(cfg)
     preamble = (f"Settings: losses {', '.join(s.losses)}; sampling "
                 f"{'paper B random triplets / pairs' if s.sampling == 'paper' else s.sampling}"
@@ -164,12 +204,7 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               gmm_components=int(s.gmm_components), preamble=preamble,
                               cfg=cfg)
     wall = time.time() - t0
-    records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
-    with open(os.path.join(workdir, "study.json"), "w") as f:
-      json.dump({"config": json.loads(cfg.to_json()), "runs": records,
-                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
-                 "workers": workers, "xla_threads": int(s.xla_threads),
-               "timing": timing}, f, indent=2)
+    write_study_json(workdir, cfg, records, timing, wall_seconds=wall)
     return {"runs": records, "wall_seconds": wall, "report": rep}
 
 

@@ -28,7 +28,6 @@ Bad settings print one line naming the field and exit with status 2 before anyth
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -78,32 +77,15 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Raises:
     StudyError: a bad setting (before anything runs).
   """
-  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   t0 = time.time()
   study.check_study(cfg)
   tasks = study.plan(cfg, workdir)
-  for task in tasks:   # a run of another config in the workdir: fail before training
-    try:
-      runner.finished(task["rundir"], task["config"])
-    except config_lib.ConfigError as e:
-      raise StudyError(str(e)) from None
-  pair_run.check_data(tasks)
+  pair_run.check_tasks(tasks)
   s = cfg.study
   with runner.study_lock(workdir):   # one study per workdir, after validation
-    ordered = _order(tasks)
-    workers = max(1, min(int(s.workers), len(ordered)))
-    study.log(f"loss zoo: {len(s.datasets)} dataset(s) x {len(s.losses)} losses x "
-              f"{s.seeds} seeds = {len(ordered)} runs, {workers} process(es), workdir "
-              f"{workdir}")
-    records = runner.run_grid(
-        ordered, runner.SectionRunOne(study.run_one, s), workers=workers, xla_threads=int(s.xla_threads),
-        compilation_cache=runner.cache_directory(s.compilation_cache, workdir),
-        log=study.log, progress=_line)
-    train_seconds = time.time() - t0
-    timing = runner.study_timing(
-        workdir, seconds=train_seconds, runs=len(records),
-        trained=sum(not r["reused"] for r in records), workers=workers,
-        xla_threads=int(s.xla_threads))
+    records, timing = pair_run.run_tasks("loss zoo", s, _order(tasks), workdir,
+                                         run_one=study.run_one, progress=_line,
+                                         start=t0)
     seeds = study.seeds_of(cfg)
     preamble = (f"Settings: losses {', '.join(s.losses)}; seeds {seeds}"
                 + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
@@ -116,12 +98,7 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rep = report.write_report(workdir, list(s.datasets), list(s.losses), seeds,
                               preamble=preamble, cfg=cfg)
     wall = time.time() - t0
-    records.sort(key=lambda r: (r["dataset"], r["loss"], r["seed"]))
-    with open(os.path.join(workdir, "study.json"), "w") as f:
-      json.dump({"config": json.loads(cfg.to_json()), "runs": records,
-                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(wall, 1),
-                 "workers": workers, "xla_threads": int(s.xla_threads),
-                 "timing": timing}, f, indent=2)
+    pair_run.write_study_json(workdir, cfg, records, timing, wall_seconds=wall)
     return {"runs": records, "wall_seconds": wall, "report": rep}
 
 
