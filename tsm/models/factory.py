@@ -13,13 +13,15 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from tsm.models.efficientnet import EFFICIENTNET_FEATURES, EfficientNetB0
+from tsm.models.efficientnet import (EFFICIENTNET_FEATURES, EfficientNetB0,
+                                     EfficientNetLite0)
 from tsm.models.heads import EmbeddingHead, EmbeddingModel
 from tsm.models.resnet import RESNET_FEATURES, RESNET_STAGES, ResNet
 from tsm.models.small import (CONV1D_KERNELS, DEFAULT_CONV, DEFAULT_HIDDEN, MLP,
                               Conv1DNet, ConvNet)
 
-MODELS = ("mlp", "convnet", "conv1d", "resnet18", "resnet50", "efficientnet_b0")
+MODELS = ("mlp", "convnet", "conv1d", "resnet18", "resnet50", "efficientnet_b0",
+          "efficientnet_lite0")
 HEADS = ("none", "linear", "paper_a")
 DTYPES = ("float32", "bfloat16")
 STEMS = ("auto", "imagenet", "cifar")
@@ -40,7 +42,8 @@ MODEL_DEFAULTS = {
     "freeze_trunk": False,
 }
 
-_IMAGE_FEATURES = {**RESNET_FEATURES, "efficientnet_b0": EFFICIENTNET_FEATURES}
+_IMAGE_FEATURES = {**RESNET_FEATURES, "efficientnet_b0": EFFICIENTNET_FEATURES,
+                   "efficientnet_lite0": EFFICIENTNET_FEATURES}
 
 
 def _is_int(value: Any) -> bool:
@@ -213,7 +216,7 @@ def create_model(name: str, *, embedding_dim: int, input_shape: Sequence[int],
     head_dropout: dropout rate after each hidden layer of the ``paper_a`` head.
     stem: ResNet stem, ``"auto"`` (``"cifar"`` when the input side is at most 64
       pixels) | ``"imagenet"`` | ``"cifar"``.
-    drop_path_rate: EfficientNet-B0 stochastic depth (torchvision's 0.2).
+    drop_path_rate: EfficientNet stochastic depth (torchvision's 0.2).
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters and the
       returned embeddings stay float32).
     pretrained_path: optional ``.npz`` of trunk variables
@@ -249,6 +252,8 @@ def create_model(name: str, *, embedding_dim: int, input_shape: Sequence[int],
     trunk = Conv1DNet(conv, CONV1D_KERNELS, hidden, output_dim, compute_dtype)
   elif name == "efficientnet_b0":
     trunk = EfficientNetB0(float(drop_path_rate), compute_dtype)
+  elif name == "efficientnet_lite0":
+    trunk = EfficientNetLite0(float(drop_path_rate), compute_dtype)
   else:
     trunk = ResNet(RESNET_STAGES[name], bottleneck=name == "resnet50",
                    stem=_resolve_stem(stem, shape), dtype=compute_dtype)

@@ -257,8 +257,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     raise TorchFileError(f"{path!r}: {e}") from None
   except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError,
           TypeError, struct.error) as e:
-    raise TorchFileError(f"{path!r} is not a readable torch state dict "
-                         f"({type(e).__name__}: {str(e)[:80]})") from None
+    detail = " ".join(str(e).split())[:80]
+    raise TorchFileError(f"{path!r} is not a readable torch state dict, or it is "
+                         f"truncated ({type(e).__name__}: {detail})") from None
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
   if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
