@@ -165,14 +165,32 @@ def test_missing_package_names_the_extra(monkeypatch):
 # ----------------------------------------------------------------------- fine-tuning
 
 
-def test_lite0_trains_in_an_embedding_model_with_the_pretrained_trunk(trunk):
+def _embedding_model(trunk):
   model = models.create_model("efficientnet_lite0", embedding_dim=8, input_shape=(32, 32, 3),
                               head="linear", pretrained_path=trunk.weights_path)
-  variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
+  return model, models.init_variables(model, jax.random.key(0), (32, 32, 3))
+
+
+def test_lite0_embedding_model_loads_the_pretrained_trunk(trunk):
+  model, variables = _embedding_model(trunk)
   # The loaded trunk is the package's: the stem kernel is the transposed torch weight.
   state = torch_file.read_state_dict(imagenet.weights_file("efficientnet_lite0"))
   np.testing.assert_array_equal(variables["params"]["trunk"]["stem_conv"]["kernel"],
                                 state["_conv_stem.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(variables["batch_stats"]["trunk"]["blocks_15"]["dw_bn"]["var"],
+                                state["_blocks.15._bn1.running_var"])
+  # In inference mode its trunk gives the PretrainedTrunk's features.
+  x = (np.arange(2 * 32 * 32 * 3) % 251).reshape(2, 32, 32, 3).astype(np.uint8)
+  feats = model.apply(variables, jnp.asarray(x) / 255.0, train=False,
+                      method=lambda m, v, train: m.trunk(v, train))
+  small = imagenet.PretrainedTrunk("efficientnet_lite0", 32, trunk.weights_path,
+                                   trunk.weights_sha256)
+  np.testing.assert_allclose(feats, small.features(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lite0_fine_tunes_with_finite_gradients(trunk):
+  model, variables = _embedding_model(trunk)
   x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
 
   def loss(params):
