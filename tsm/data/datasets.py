@@ -36,7 +36,8 @@ def _array_splits(name: str, pool: offline.ArrayPool, spec: spec_lib.DataSpec,
   def make(indices: np.ndarray, split_name: str) -> splits_lib.Split:
     inputs = x[indices]
     return splits_lib.Split(pool.labels[indices], lambda i: inputs[i], input_shape,
-                            name=f"{name}/{split_name}", augment_fn=augment_fn)
+                            name=f"{name}/{split_name}", augment_fn=augment_fn,
+                            ids=indices)
 
   cap, data_seed = spec.num_examples, spec.data_seed
   train = splits_lib.cap(part.train, cap, seed=data_seed)
@@ -172,7 +173,8 @@ def _idx_splits(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSpli
                                        channels=spec.channels, method=spec.normalize)
 
     return splits_lib.Split(labels[indices], fetch, input_shape,
-                            name=f"{spec.name}/{split_name}", augment_fn=augment_fn)
+                            name=f"{spec.name}/{split_name}", augment_fn=augment_fn,
+                            ids=indices)
 
   return splits_lib.DatasetSplits(
       spec.name, make(part.train, "train", spec.data_seed),

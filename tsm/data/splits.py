@@ -38,10 +38,15 @@ class Split:
     labels: ``[N]`` int32 class ids (negative = unlabelled).
     input_shape: shape of one preprocessed input.
     name: e.g. ``"mnist/train"``.
+    ids: ``[N]`` int64 ids of the examples in their dataset (the index in the pool the
+      splits are drawn from: the same example has the same id in every split of every
+      seed), or None when the split does not come from a pool; feature caches
+      (:mod:`tsm.data.features`) are keyed by them.
   """
 
   def __init__(self, labels: np.ndarray, fetch: Fetch, input_shape: tuple[int, ...], *,
-               name: str = "", augment_fn: Augment | None = None):
+               name: str = "", augment_fn: Augment | None = None,
+               ids: np.ndarray | None = None):
     """Builds a split.
 
     Args:
@@ -51,8 +56,13 @@ class Split:
       input_shape: shape of one input.
       name: a name for messages.
       augment_fn: ``(batch, rng) -> batch`` random augmentation (default: identity).
+      ids: ``[N]`` example ids in the dataset (see the class docstring), or None.
     """
     self.labels = np.asarray(labels, dtype=np.int32)
+    self.ids = None if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+    if self.ids is not None and self.ids.shape != self.labels.shape:
+      raise ValueError(f"ids has shape {self.ids.shape} but labels {self.labels.shape}; "
+                       "give one id per example.")
     self.input_shape = tuple(int(s) for s in input_shape)
     self.name = name
     self._fetch = fetch
@@ -107,14 +117,15 @@ class Split:
     """
     fetch = self._fetch
     return Split(self.labels, lambda i: fn(fetch(i)), self.input_shape, name=self.name,
-                 augment_fn=self._augment_fn)
+                 augment_fn=self._augment_fn, ids=self.ids)
 
   def subset(self, indices, name: str | None = None) -> "Split":
     """The split restricted to ``indices`` (split-local), in that order."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     fetch = self._fetch
     return Split(self.labels[indices], lambda i: fetch(indices[i]), self.input_shape,
-                 name=self.name if name is None else name, augment_fn=self._augment_fn)
+                 name=self.name if name is None else name, augment_fn=self._augment_fn,
+                 ids=None if self.ids is None else self.ids[indices])
 
 
 class DatasetSplits(NamedTuple):

@@ -270,7 +270,7 @@ def load_tfds(spec: spec_lib.DataSpec, *, seed: int) -> splits_lib.DatasetSplits
     indices = splits_lib.cap(indices, cap, seed=cap_seed)
     return splits_lib.Split(labels[indices], lambda i: pool.fetch(indices[i]),
                             input_shape, name=f"{name}/{split_name}",
-                            augment_fn=augment_fn)
+                            augment_fn=augment_fn, ids=indices)
 
   return splits_lib.DatasetSplits(
       name, make(part.train, "train", data_seed), make(part.val, "val", data_seed + 1),
