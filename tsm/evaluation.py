@@ -16,6 +16,8 @@ evaluators. The loop flattens the result into the epoch record as ``<split>_<met
 * :class:`KNN`: k-NN accuracy of a split's embeddings against another's.
 * :class:`Clustering`: NMI / AMI of k-means clusters.
 * :class:`ValidationLoss`: the training loss and its statistics on fixed batches.
+* :class:`InputBaseline`: retrieval and k-NN of the inputs themselves (raw pixels, a
+  frozen trunk's features), the model-free baseline.
 
 A study adds its own analyses the same way (an object with ``every_epochs`` and
 ``__call__(ctx)``); the context gives the train state, the epoch record so far (the loss,
@@ -315,6 +317,48 @@ class KNN:
         ctx.embeddings(self.reference), ctx.labels(self.reference),
         ctx.embeddings(self.query), ctx.labels(self.query), k=self.k,
         distance=self.distance))}}
+
+
+def _unit_inputs(state: Any, split: Any) -> np.ndarray:
+  """A split's inputs, flattened and L2-normalised (the model-free 'embedding')."""
+  del state
+  x = split.get(np.arange(len(split))).reshape(len(split), -1).astype(np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclasses.dataclass
+class InputBaseline:
+  """Retrieval (and k-NN) of a split's inputs themselves, with no model: what a trained
+  model has to beat (raw pixels, or a frozen trunk's features without a head).
+
+  The inputs are flattened and L2-normalised, as embeddings are, so the Euclidean
+  ranking is the cosine one; the metrics are :class:`Retrieval`'s and :class:`KNN`'s.
+
+  Attributes:
+    name: the key of the results (``"test_pixels"`` -> ``summary["test_pixels"]``).
+    ks: the K of Recall@K.
+    knn_k: neighbours of the k-NN accuracy of ``split`` against ``"train"`` (0: none;
+      meaningful when the splits share classes).
+    split: the split scored.
+    splits: None (the run's own splits) or a function returning other
+      ``DatasetSplits`` of the same examples (e.g. native-size pixels), called when the
+      evaluator runs.
+    every_epochs: see :class:`Evaluator` (default 0: final evaluation only).
+  """
+  name: str
+  ks: Sequence[int] = (1, 5, 10)
+  knn_k: int = 0
+  split: str = "test"
+  splits: Callable[[], Any] | None = None
+  every_epochs: int = 0
+
+  def __call__(self, ctx: EvalContext) -> Results:
+    splits = ctx.splits if self.splits is None else self.splits()
+    inputs = EvalContext(state=None, splits=splits, embed_fn=_unit_inputs)
+    out = Retrieval(self.split, self.ks, every_epochs=0)(inputs).get(self.split, {})
+    if self.knn_k:
+      out.update(KNN(self.knn_k, "train", self.split)(inputs).get(self.split, {}))
+    return {self.name: out} if out else {}
 
 
 @dataclasses.dataclass

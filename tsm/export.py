@@ -53,6 +53,8 @@ class Loaded:
     splits: the run's dataset (``tsm.data.DatasetSplits``: ``.train``, ``.val``,
       ``.test``, each with ``.labels``), as training split it.
     workdir: the run directory.
+    trunk: the frozen pretrained trunk whose cached features the model was trained on
+      (``tsm.models.PretrainedTrunk``; :meth:`prepare` runs it on raw images), or None.
   """
   config: Any
   data: Any
@@ -62,13 +64,15 @@ class Loaded:
   input_shape: tuple[int, ...]
   splits: Any
   workdir: str
+  trunk: Any = None
 
   def prepare(self, inputs: Any) -> np.ndarray:
     """Raw inputs as model inputs: integer arrays are images with values 0..255 and get
     the run's preprocessing (``data.image_size``, ``data.channels``,
     ``data.normalize``; ``"dataset"`` with the training split's statistics,
     ``splits.input_stats``), as the IDX and TFDS pipelines apply it; float arrays are taken
-    as already-prepared model inputs.
+    as already-prepared model inputs. For a run on a frozen pretrained trunk's cached
+    features, raw images are prepared the same way and then run through the trunk.
 
     Args:
       inputs: ``[N, ...]`` array.
@@ -91,6 +95,8 @@ class Loaded:
                                     method="unit" if standardize else d.normalize)
       if standardize:   # the training split's statistics, as tsm.data.load applied them
         x = preprocess.standardize(x, self.splits.input_stats)
+      if self.trunk is not None:   # as the feature cache made the training inputs
+        x = self.trunk.features(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
     elif not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"inputs has dtype {x.dtype}; pass float model inputs or uint8 "
                        "images.")
@@ -213,4 +219,4 @@ def load(workdir: str | os.PathLike[str], *, which: str = "best") -> Loaded:
   variables = {k: v for k, v in variables.items() if k == "params" or v}
   return Loaded(config=cfg, data=config_lib.data_spec(cfg), model=model,
                 variables=variables, step=step, input_shape=input_shape, splits=splits,
-                workdir=workdir)
+                workdir=workdir, trunk=config_lib.build_trunk(cfg))

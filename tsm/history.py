@@ -136,11 +136,20 @@ def format_summary(summary: dict[str, Any]) -> str:
   if summary.get("next_margin") is not None:
     best += f" (next {summary['next_margin']:.4g})"
   lines = [": ".join(head) + "; " + best]
-  test = summary.get("test", {})
-  keys = [k for k in test if k.startswith("recall@")] + [
-      k for k in ("precision@1", "r_precision", "map@r", "auc", "eer", "tar@far=1e-3",
-                  "tar@far=1e-2", "accuracy", "threshold") if k in test] + [
-      k for k in test if k.startswith("knn@")]
-  if keys:
-    lines.append("test: " + "  ".join(f"{k} {test[k]:.4f}" for k in keys))
+
+  def metrics(values: dict[str, Any]) -> str:
+    keys = [k for k in values if k.startswith("recall@")] + [
+        k for k in ("precision@1", "r_precision", "map@r", "auc", "eer", "tar@far=1e-3",
+                    "tar@far=1e-2", "accuracy", "threshold") if k in values] + [
+        k for k in values if k.startswith("knn@")]
+    return "  ".join(f"{k} {values[k]:.4f}" for k in keys)
+
+  test = metrics(summary.get("test", {}))
+  if test:
+    lines.append("test: " + test)
+  # Model-free baselines (evaluation.InputBaseline): "test_pixels", "test_trunk_features".
+  for key in sorted(k for k, v in summary.items()
+                    if k.startswith("test_") and isinstance(v, dict)):
+    if metrics(summary[key]):
+      lines.append(f"{key} (no model): " + metrics(summary[key]))
   return "\n".join(lines)
