@@ -94,3 +94,55 @@ def test_flax_conv_jit_and_vmap():
   got, want = loss(conv)(variables, x), loss(ref)(variables, x)
   jax.tree_util.tree_map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4,
                                                                  atol=1e-4), got, want)
+
+
+DEPTHWISE_CASES = [  # (spatial shape, kernel, channels, stride, padding)
+    ((9, 9), 3, 4, 1, "SAME"),
+    ((9, 8), 3, 3, 2, "SAME"),          # TensorFlow's asymmetric SAME at stride 2
+    ((10, 10), 5, 2, 2, "SAME"),
+    ((7, 7), 3, 5, 2, ((1, 1), (1, 1))),  # torch's symmetric padding
+    ((6, 6), 3, 2, 1, "VALID"),
+    ((11,), 5, 3, 2, "SAME"),           # 1-D
+]
+
+
+@pytest.mark.parametrize("spatial,k,c,stride,padding", DEPTHWISE_CASES)
+def test_depthwise_value_and_gradients_match_xla(spatial, k, c, stride, padding):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2,) + spatial + (c,)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k,) * len(spatial) + (1, c)), jnp.float32)
+  strides = (stride,) * len(spatial)
+  kw = dict(dimension_numbers=_dn(x.ndim), feature_group_count=c,
+            precision=lax.Precision.HIGHEST)
+
+  def objective(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding, **kw)))
+
+  np.testing.assert_allclose(convolution.conv_general_dilated(x, w, strides, padding, **kw),
+                             lax.conv_general_dilated(x, w, strides, padding, **kw),
+                             rtol=1e-5, atol=1e-5)
+  got = jax.jit(jax.grad(objective(convolution.conv_general_dilated), (0, 1)))(x, w)
+  want = jax.jit(jax.grad(objective(lax.conv_general_dilated), (0, 1)))(x, w)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_against_numpy_loops_and_nan():
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((1, 5, 6, 2))
+  w = rng.standard_normal((3, 3, 1, 2))
+  got = convolution.conv_general_dilated(
+      jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), (2, 2), ((0, 1), (0, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+  xp = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  want = np.zeros((1, 2, 3, 2))   # (6 - 3) // 2 + 1 rows, (7 - 3) // 2 + 1 columns
+  for oh in range(2):
+    for ow in range(3):
+      for ch in range(2):
+        want[0, oh, ow, ch] = np.sum(xp[0, 2 * oh:2 * oh + 3, 2 * ow:2 * ow + 3, ch]
+                                     * w[:, :, 0, ch])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  nan = convolution.conv_general_dilated(
+      jnp.asarray(x, jnp.float32).at[0, 0, 0, 0].set(jnp.nan), jnp.asarray(w, jnp.float32),
+      (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+  assert np.isnan(nan[0, 0, 0, 0]) and not np.isnan(nan[0, 0, 0, 1])
