@@ -23,7 +23,8 @@ features, read from a cache on disk:
   the dataset's (the data changed under the same name and path) is refused with one
   line saying which directory to delete.
 
-Building shows a progress bar with an ETA (tqdm) and logs the throughput. Images are
+Building shows a progress bar with an ETA (tqdm) on a terminal, and plain lines with the
+rate and the ETA elsewhere, and logs the throughput. Images are
 taken from the splits as prepared with ``normalize="unit"`` (``x / 255``) and given to
 the trunk as the uint8 pixels they were made from.
 """
@@ -35,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Iterator, Protocol
 
@@ -168,17 +170,31 @@ def _pixels(split: splits_lib.Split, indices: np.ndarray) -> np.ndarray:
 
 def _extract(split: splits_lib.Split, local: np.ndarray, extractor: FeatureExtractor,
              *, batch_size: int, progress: bool, out: np.ndarray) -> None:
-  """Features of split-local examples ``local`` into ``out`` (rows in that order)."""
+  """Features of split-local examples ``local`` into ``out`` (rows in that order).
+
+  Progress: a tqdm bar with an ETA on a terminal; elsewhere (a log file, a scheduler's
+  output) one plain line at every tenth of the work with the rate and the ETA.
+  """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  desc = f"{extractor.name} features of {split.name} ({extractor.image_size}px)"
+  terminal = progress and sys.stderr.isatty()
   start = time.perf_counter()
-  with tqdm(total=local.size, unit="img", disable=not progress, dynamic_ncols=True,
-            desc=f"{extractor.name} features of {split.name} "
-                 f"({extractor.image_size}px)") as bar:
+  next_report = 0.1
+  with tqdm(total=local.size, unit="img", disable=not terminal, dynamic_ncols=True,
+            desc=desc) as bar:
     for begin in range(0, local.size, BUILD_CHUNK):
       chunk = local[begin:begin + BUILD_CHUNK]
       out[begin:begin + chunk.size] = extractor.features(_pixels(split, chunk),
                                                          batch_size=batch_size)
       bar.update(chunk.size)
+      done = begin + chunk.size
+      if progress and not terminal and done >= next_report * local.size:
+        seconds = time.perf_counter() - start
+        rate = done / max(seconds, 1e-9)
+        print(f"{desc}: {done}/{local.size} ({100 * done // local.size}%), "
+              f"{rate:.1f} images/s, ETA {(local.size - done) / rate / 60:.1f} min",
+              file=sys.stderr, flush=True)
+        next_report = (int(10 * done / local.size) + 1) / 10
   seconds = time.perf_counter() - start
   log.info("%s: %d images through %s at %d px in %.1f s (%.1f images/s)", split.name,
            local.size, extractor.name, extractor.image_size, seconds,
