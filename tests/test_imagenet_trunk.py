@@ -8,6 +8,8 @@ scikit-learn's ``flower.jpg`` (a daisy) and ``china.jpg`` (a Chinese temple).
 
 import os
 import pathlib
+import re
+import subprocess
 import sys
 
 import jax
@@ -204,3 +206,18 @@ def test_lite0_fine_tunes_with_finite_gradients(trunk):
   assert float(jnp.abs(grads["trunk"]["stem_conv"]["kernel"]).sum()) > 0.0
   emb = model.apply(variables, x, train=False)
   np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_readme_snippet_runs_as_written(tmp_path):
+  pytest.importorskip("skimage")
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  block = re.search(r"<!-- pretrained:start -->\s*```python\n(.*?)```", readme, re.S)
+  assert block, "README lost its pretrained-trunk snippet markers"
+  script = tmp_path / "snippet.py"
+  script.write_text(block.group(1))
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
+             TSM_CACHE_DIR=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split("\n")[:2] == ["[285]", "(1, 1280)"], proc.stdout
