@@ -10,7 +10,8 @@ triplets of every seed, with a Gaussian mixture fitted to them).
 
 Over all datasets: ``verdicts.md`` / ``verdicts.csv`` (each claim of paper B per dataset:
 mean ± std per loss, the paired difference over seeds with its 95 % interval, raw and
-Holm p over the study's whole family of claims, MDE, verdict; :mod:`experiments.verdicts`),
+Holm p over the study's whole family of claims, MDE, verdict;
+:mod:`experiments.common.verdicts`),
 ``deviations.md`` and ``report.md`` (everything, for reading).
 
 Two of paper B's claims hold by construction and are flagged: under the contrastive
@@ -23,14 +24,17 @@ unit of loss.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import verdicts as verdicts_lib
+from experiments.common import figures
+from experiments.common import runs as runs_lib
+from experiments.common import tables
+from experiments.common import verdicts as verdicts_lib
+from experiments.loss_comparison import study
+from tsm import artifacts
 from tsm import diagnostics
 from tsm import plotting
 from tsm import reporting
@@ -115,27 +119,14 @@ DECAY_KEYS = ("loss_decay_epochs", "loss_decay_epochs_from_step1")
 def load_runs(workdir: str, dataset: str, loss: str,
               seeds: Sequence[int]) -> list[dict[str, Any]]:
   """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  out = []
-  for seed in seeds:
-    path = os.path.join(run_dir(workdir, dataset, loss, seed), "analysis.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
-
-
-def run_dir(workdir: str, dataset: str, loss: str, seed: int) -> str:
-  """``<workdir>/<dataset>/<loss>/seed<seed>``."""
-  from experiments.loss_comparison import study  # pylint: disable=import-outside-toplevel
-  return study.run_dir(workdir, dataset, loss, seed)
+  return tables.load_json_runs([
+      os.path.join(runs_lib.run_dir(workdir, dataset, loss, seed), study.RESULT_FILE)
+      for seed in seeds])
 
 
 def row_values(runs: Sequence[dict[str, Any]], key: str) -> list[float | None]:
   """Per-seed values of a row. Loss-decay never reached counts as ``epochs + 1``."""
-  if key in DECAY_KEYS:
-    return [None if r.get(key) is None else float(r[key]) if r[key] >= 0
-            else float(r["epochs"] + 1) for r in runs]
-  return reporting.per_seed(runs, key)
+  return [tables.run_value(r, key, DECAY_KEYS) for r in runs]
 
 
 def _cell(runs: Sequence[dict[str, Any]], key: str, digits: int) -> str:
@@ -151,11 +142,7 @@ def seed_values(runs: Sequence[dict[str, Any]], key: str,
                 seeds: Sequence[int]) -> list[float | None]:
   """:func:`row_values` indexed by ``seeds`` (None where a run is missing), so that the
   two losses' lists pair seed by seed."""
-  out: list[float | None] = [None] * len(seeds)
-  for r in runs:
-    if r["seed"] in seeds:
-      out[list(seeds).index(r["seed"])] = row_values([r], key)[0]
-  return out
+  return tables.seed_values(runs, key, seeds, DECAY_KEYS)
 
 
 def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
@@ -238,7 +225,6 @@ def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, A
 
 def deviations(cfg: Any) -> list[list[str]]:
   """Paper B vs its authors' code vs this study (read from ``cfg``)."""
-  from experiments.loss_comparison import study  # pylint: disable=import-outside-toplevel
   s = cfg.study
   first = s.datasets[0]
   run = study.run_config(cfg, first, s.losses[0], s.first_seed)
@@ -287,16 +273,9 @@ def deviations(cfg: Any) -> list[list[str]]:
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(ncols: int, width: float = 5.0, height: float = 3.8):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-
-
 def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]]) -> None:
   """Loss, active ratio and gradient norm per epoch: mean over seeds, ± std band."""
-  fig, axes = _figure(3)
+  fig, axes = figures.subplots(3)
   names = (("loss", "loss"), ("active_ratio", "active ratio"),
            ("grad_norm", "gradient norm"))
   for ax, (key, label) in zip(axes[0], names):
@@ -304,8 +283,7 @@ def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]
     for loss, runs in by_loss.items():
       if not runs:
         continue
-      length = min(len(r["curves"][key]) for r in runs)
-      values = np.asarray([r["curves"][key][:length] for r in runs], np.float64)
+      values = figures.curve_matrix(runs, key)
       mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else 0 * values[0]
       name = f"{loss} (n={len(runs)})"
       series[name], bands[name] = mean, (mean - std, mean + std)
@@ -318,7 +296,7 @@ def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]
 def plot_intra_class_variance(path: str, dataset: str,
                               arrays: dict[str, list[dict[str, np.ndarray]]]) -> None:
   """Per-class intra-class variance (training embeddings), mean ± std over seeds."""
-  fig, axes = _figure(1, width=7.0)
+  fig, axes = figures.subplots(1, width=7.0)
   ax = axes[0, 0]
   losses = [loss for loss, runs in arrays.items() if runs]
   width = 0.8 / max(len(losses), 1)
@@ -343,7 +321,7 @@ def plot_intra_class_variance(path: str, dataset: str,
 def plot_pca(path: str, dataset: str, embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
              seed: int) -> None:
   """2-D PCA of the test embeddings, one panel per loss (the first seed's run)."""
-  fig, axes = _figure(len(embeddings))
+  fig, axes = figures.subplots(len(embeddings))
   for ax, (loss, (emb, labels)) in zip(axes[0], embeddings.items()):
     plotting.plot_pca(ax, emb, labels, title=f"{dataset}, {loss} (seed {seed}): test PCA")
   fig.tight_layout()
@@ -359,7 +337,7 @@ def plot_effective_margins(path: str, dataset: str,
     ``{loss: {"weights", "means", "stds"}}`` of the pooled fits.
   """
   losses = [loss for loss, runs in arrays.items() if runs]
-  fig, axes = _figure(max(len(losses), 1))
+  fig, axes = figures.subplots(max(len(losses), 1))
   fits = {}
   for ax, loss in zip(axes[0], losses):
     values = np.concatenate([a["effective_margins"] for a in arrays[loss]])
@@ -379,7 +357,8 @@ def _load_arrays(workdir: str, dataset: str, loss: str,
                  runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
   out = []
   for r in runs:
-    path = os.path.join(run_dir(workdir, dataset, loss, r["seed"]), "analysis.npz")
+    path = os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]),
+                        study.ARRAYS_FILE)
     with np.load(path) as data:
       out.append({k: data[k] for k in data.files})
   return out
@@ -456,8 +435,7 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   if cfg is not None:
     deviation_md = verdicts_lib.deviations_markdown(
         deviations(cfg), "Deviations from paper B and its authors' code")
-    with open(os.path.join(workdir, "deviations.md"), "w") as f:
-      f.write(deviation_md)
+    artifacts.write_atomic(os.path.join(workdir, "deviations.md"), deviation_md)
     parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])
@@ -470,14 +448,6 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
     parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
                                          for p in per[d]["figures"]) + "\n")
   text = "\n".join(p for p in parts if p)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(text)
+  artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
   return {"datasets": per, "verdicts": verdicts_md}
 
-
-def is_finite_number(text: str) -> bool:
-  """Whether a table cell starts with a finite number (``"0.1234 ± 0.0100"``)."""
-  try:
-    return math.isfinite(float(text.split()[0]))
-  except (ValueError, IndexError):
-    return False

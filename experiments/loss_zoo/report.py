@@ -14,7 +14,8 @@ Per dataset (``<workdir>/<dataset>/``):
 
 Over all datasets: ``verdicts.md`` / ``.csv`` (claims D1-D4 of the follow-up, each a
 paired test over seeds of the favoured loss against the per-seed mean of the other
-losses, Holm over the study's family: :mod:`experiments.verdicts`), ``deviations.md``
+losses, Holm over the study's family: :mod:`experiments.common.verdicts`),
+``deviations.md``
 and ``report.md`` (everything, for reading).
 
 The claims (PAPERS.md section D) as tested; "the others" is the per-seed mean of the
@@ -38,17 +39,18 @@ active-ratio claims carry a note; the negative-term ratio is the closer comparis
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
-from experiments import verdicts as verdicts_lib
-from experiments.loss_comparison import report as pair_report
+from experiments.common import figures
+from experiments.common import runs as runs_lib
+from experiments.common import tables
+from experiments.common import verdicts as verdicts_lib
 from experiments.loss_zoo import study as zoo_study
+from tsm import artifacts
 from tsm import plotting
 from tsm import reporting
 
@@ -107,28 +109,16 @@ CLAIMS = (
 def load_runs(workdir: str, dataset: str, loss: str,
               seeds: Sequence[int]) -> list[dict[str, Any]]:
   """The ``zoo.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  out = []
-  for seed in seeds:
-    path = os.path.join(zoo_study.run_dir(workdir, dataset, loss, seed), zoo_study.ZOO_JSON)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
+  return tables.load_json_runs([
+      os.path.join(runs_lib.run_dir(workdir, dataset, loss, seed), zoo_study.RESULT_FILE)
+      for seed in seeds])
 
 
 def seed_values(runs: Sequence[dict[str, Any]], key: str,
                 seeds: Sequence[int]) -> list[float | None]:
   """Per-seed values indexed by ``seeds`` (None where missing); "never" epochs count as
   ``epochs + 1``."""
-  out: list[float | None] = [None] * len(seeds)
-  for r in runs:
-    if r["seed"] not in seeds:
-      continue
-    value = r.get(key)
-    if value is not None and key in EPOCH_KEYS and value < 0:
-      value = r["epochs"] + 1
-    out[list(seeds).index(r["seed"])] = None if value is None else float(value)
-  return out
+  return tables.seed_values(runs, key, seeds, EPOCH_KEYS)
 
 
 def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str], key: str,
@@ -141,24 +131,6 @@ def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str],
     ok = values and all(v is not None and math.isfinite(v) for v in values)
     out.append(float(np.mean(values)) if ok else None)
   return out
-
-
-def interval(values: Sequence[float | None]) -> tuple[float, float]:
-  """Two-sided 95 % t interval of the mean of the finite values (NaN under 2 values)."""
-  x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
-  if x.size < 2:
-    return math.nan, math.nan
-  half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-  return float(x.mean() - half), float(x.mean() + half)
-
-
-def cell(values: Sequence[float | None], digits: int) -> str:
-  """``"mean ± std [lo, hi]"`` (``"n/a"`` when nothing finite)."""
-  text = reporting.summarize(values).format(digits)
-  lo, hi = interval(values)
-  if math.isfinite(lo):
-    text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-  return text
 
 
 def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
@@ -192,8 +164,9 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
   header = ["loss", "seeds"] + [label for _, label, _ in COLUMNS]
   rows = []
   for loss, runs in by_loss.items():
-    rows.append([loss, str(len(runs))] + [cell(seed_values(runs, key, seeds), digits)
-                                          for key, _, digits in COLUMNS])
+    rows.append([loss, str(len(runs))]
+                + [tables.interval_cell(seed_values(runs, key, seeds), digits)
+                   for key, _, digits in COLUMNS])
   title = (f"{dataset}: mean ± std over seeds [95 % t interval of the mean]; epoch "
            "counts never reached count as epochs + 1")
   return reporting.write_table(header, rows, os.path.join(workdir, dataset, "table.md"),
@@ -226,7 +199,7 @@ def deviations(cfg: Any) -> list[list[str]]:
        "tens of epochs", "models trained from scratch need the larger rate; CPU budget"],
       ["losses", "seven", "not released",
        f"{len(s.losses)}: " + ", ".join(s.losses),
-       "MultiSimilarity and ProxyAnchor as strong baselines (issue 12)"],
+       "MultiSimilarity and ProxyAnchor as strong baselines"],
       ["loss parameters", "not stated", "not released",
        f"pytorch-metric-learning defaults; triplet margin {s.triplet_margin:g} "
        f"(PML 0.05), contrastive margins 0 / {s.contrastive_margin:g}",
@@ -252,13 +225,6 @@ def deviations(cfg: Any) -> list[list[str]]:
   ]
 
 
-def _figure(ncols: int, width: float = 5.0, height: float = 3.8):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-
-
 CURVES = (("loss", "loss", True), ("active_ratio", "active ratio", False),
           ("grad_norm", "gradient norm", True),
           ("grad_norm_per_loss", "gradient norm / loss", True))
@@ -266,16 +232,14 @@ CURVES = (("loss", "loss", True), ("active_ratio", "active ratio", False),
 
 def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]]) -> None:
   """Per-epoch curves of every loss: mean over seeds, ± std band."""
-  fig, axes = _figure(len(CURVES), width=4.5)
+  fig, axes = figures.subplots(len(CURVES), width=4.5)
   for ax, (key, label, log_scale) in zip(axes[0], CURVES):
     for i, (loss, runs) in enumerate(by_loss.items()):
       if not runs:
         continue
-      length = min(len(r["curves"][key]) for r in runs)
-      values = np.asarray([[np.nan if v is None else v for v in r["curves"][key][:length]]
-                           for r in runs], np.float64)
+      values = figures.curve_matrix(runs, key)
       mean = np.nanmean(values, 0)
-      epochs = np.arange(1, length + 1)
+      epochs = np.arange(1, values.shape[1] + 1)
       ax.plot(epochs, mean, color=f"C{i % 10}", label=loss)
       if len(runs) > 1:
         std = np.nanstd(values, 0, ddof=1)
@@ -316,7 +280,7 @@ def plot_distributions(directory: str, dataset: str,
     names, values = _pooled(arrays, name)
     if not names:
       continue
-    fig, axes = _figure(1, width=max(6.0, 0.9 * len(names)))
+    fig, axes = figures.subplots(1, width=max(6.0, 0.9 * len(names)))
     ax = axes[0, 0]
     if violin:
       ax.violinplot(values, showmeans=True, showextrema=True)
@@ -336,7 +300,8 @@ def _load_arrays(workdir: str, dataset: str, loss: str,
                  runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
   out = []
   for r in runs:
-    path = os.path.join(zoo_study.run_dir(workdir, dataset, loss, r["seed"]), "zoo.npz")
+    path = os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]),
+                        zoo_study.ARRAYS_FILE)
     if os.path.exists(path):
       with np.load(path) as z:
         out.append({k: z[k] for k in z.files})
@@ -395,17 +360,13 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   if cfg is not None:
     deviation_md = verdicts_lib.deviations_markdown(
         deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
-    with open(os.path.join(workdir, "deviations.md"), "w") as f:
-      f.write(deviation_md)
+    artifacts.write_atomic(os.path.join(workdir, "deviations.md"), deviation_md)
     parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])
     parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
                                          for p in per[d]["figures"]) + "\n")
   text = "\n".join(p for p in parts if p)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(text)
+  artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
   return {"datasets": per, "verdicts": verdicts_md}
 
-
-is_finite_number = pair_report.is_finite_number

@@ -1,10 +1,10 @@
-# Over 500 lines: the study's tables, verdicts, deviations and figures are one report.
 """Tables, verdicts and figures of the margin study, computed from its run directories.
 
 Everything here reads files only (``summary.json``, ``metrics.jsonl``, ``pairs.npz`` and
 ``effective_margins/*.npz`` of each ``runs/<schedule>/seed<k>``), so a finished study's
 report can be rebuilt at any time. Numbers are summarised with :mod:`tsm.reporting`
-(mean ± sample std over seeds) and :mod:`experiments.verdicts` (paired tests, Holm).
+(mean ± sample std over seeds) and :mod:`experiments.common.verdicts` (paired tests,
+Holm).
 
 Outputs in the study directory:
 
@@ -34,8 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import runner
-from experiments import verdicts as verdicts_lib
+from experiments.common import tables
+from experiments.common import timing as timing_lib
+from experiments.common import verdicts as verdicts_lib
+from tsm import artifacts
 from tsm import reporting
 
 # (summary key, column label, higher is better); the test metrics of paper A first.
@@ -110,11 +112,8 @@ def _values(runs: list[dict], key: str) -> list[float | None]:
 def seed_values(runs: list[dict], key: str, seeds: int) -> list[float | None]:
   """Values of ``key`` indexed by seed ``0 .. seeds - 1`` (None where a run is missing),
   so that two arms' lists pair seed by seed."""
-  out: list[float | None] = [None] * seeds
-  for r in runs:
-    if r["seed"] < seeds:
-      out[r["seed"]] = reporting.per_seed([r["summary"]], key)[0]
-  return out
+  return tables.by_seed(runs, range(seeds),
+                        lambda r: reporting.per_seed([r["summary"]], key)[0])
 
 
 def _num_different(runs: list[dict]) -> int:
@@ -527,8 +526,7 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                                    title="Paper A's claims")
   deviation_md = verdicts_lib.deviations_markdown(
       deviations(cfg), "Deviations from paper A and its authors' code")
-  with open(path("deviations.md"), "w") as f:
-    f.write(deviation_md)
+  artifacts.write_atomic(path("deviations.md"), deviation_md)
   em = reporting.write_table(*effective_margin_table(runs), path("effective_margins.md"),
                              path("effective_margins.csv"),
                              title="Effective margins of training triplets (eval mode)")
@@ -537,17 +535,16 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
   plot_easy_share(path("easy_share.png"), runs, float(cfg.margin.threshold))
   plot_effective_margins(path("effective_margins.png"), runs, int(cfg.study.plot_seed))
   plot_roc(path("roc.png"), runs)
-  with open(path("study.json"), "w") as f:
-    json.dump({"timing": timing, "runs": {n: [{"seed": r["seed"], "summary": r["summary"]}
-                                             for r in rs] for n, rs in runs.items()}},
-              f, indent=1, sort_keys=True)
+  artifacts.write_json_atomic(path("study.json"), {
+      "timing": timing, "runs": {n: [{"seed": r["seed"], "summary": r["summary"]}
+                                     for r in rs] for n, rs in runs.items()}})
 
   lines = ["# Margin-scheduler study (paper A)", ""]
   if command:
     lines += ["```", command, "```", ""]
   lines += _setup_lines(cfg, names)
   if timing:
-    lines.append(f"- {runner.timing_line(timing)}")
+    lines.append(f"- {timing_lib.timing_line(timing)}")
   lines += ["", results, "",
             "final mu: the margin the last epoch trained at; next mu: the margin after "
             "the last update (never trained with).", "", verdicts, "",
@@ -559,6 +556,5 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
             "Figures: margin.png, easy_share.png, effective_margins.png, roc.png; "
             "each run's files under runs/<arm>/seed<k>/.", ""]
   text = "\n".join(lines)
-  with open(path("report.md"), "w") as f:
-    f.write(text)
+  artifacts.write_atomic(path("report.md"), text)
   return text

@@ -1,8 +1,8 @@
-# Over 500 lines: the study config, its arms (schedule x reduction x mining), one run and its evaluator.
 """The margin-scheduler study: its config, its arms, one run, the effective-margin evaluator.
 
-A study config is a full tsm config (:func:`tsm.config.default_config`) plus a ``study``
-section (:func:`study_config`). An arm is a margin schedule under one loss reduction and
+A study config is a full tsm config (:func:`tsm.config.default_config`, paper A's setup
+in :mod:`experiments.configs.presets.paper_a`) plus a ``study`` section
+(:func:`study_section`). An arm is a margin schedule under one loss reduction and
 one mining (``study.reductions`` x ``study.minings``; by default only the authors' code's
 ``mean_nonzero`` and all triplets). Every run of the study trains the same model with
 the same optimiser and seed list; only ``margin`` (and the arm's reduction and mining)
@@ -36,7 +36,9 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
-from experiments import runner
+from experiments.common import checks
+from experiments.common import grid
+from tsm import artifacts
 from tsm import config as config_lib
 from tsm import losses as losses_lib
 
@@ -47,7 +49,7 @@ ADAPTIVE = ("dams", "controller")
 DEFAULT_REDUCTION = "mean_nonzero"
 DEFAULT_MINING = "all"
 RUN_FILES = ("summary.json", "pairs.npz")   # a finished run has written these
-log = runner.log
+StudyError = grid.StudyError
 
 
 class Arm(NamedTuple):
@@ -72,7 +74,7 @@ class Arm(NamedTuple):
     return f"reduction {self.reduction}, mining {self.mining}"
 
 
-def study_config() -> ml_collections.ConfigDict:
+def study_section() -> ml_collections.ConfigDict:
   """Default ``study`` section.
 
   Fields:
@@ -133,79 +135,6 @@ def study_config() -> ml_collections.ConfigDict:
       "em_triplets": 20000,
       "plot_seed": 0,
   })
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Paper A's setup, the starting point of every study config file.
-
-  L2-normalised 128-d embeddings (paper A's head: Dense 512, ReLU, Dropout 0.5, Dense 256,
-  ReLU, Dropout 0.3, Dense 128), plain Euclidean distance, the triplet loss averaged over
-  the violating triplets of P x K = 32 x 2 batches (``mean_nonzero``, as the authors'
-  code), Adam 1e-4, the model of the lowest validation loss
-  (at the fixed margin 1.0 of the authors' code), 1,000 verification pairs per split. The
-  margins: mu0 = 0.2, mu_last = 1.0, DAMS tau = 0.95, delta = 0.05; the controller holds
-  the easy share at 0.9 with its floor at mu0 (see :func:`schedule_margin`).
-
-  Returns:
-    A full tsm config with a ``study`` section.
-  """
-  cfg = config_lib.default_config()
-  cfg.model.head = "paper_a"
-  cfg.model.embedding_dim = 128
-  cfg.loss.name = "triplet"
-  cfg.loss.mining = "all"
-  cfg.loss.distance = "euclidean"
-  cfg.loss.reduction = DEFAULT_REDUCTION
-  cfg.margin.schedule = "constant"
-  cfg.margin.initial_margin = 0.2
-  cfg.margin.final_margin = 1.0
-  cfg.margin.threshold = 0.95
-  cfg.margin.increment = 0.05
-  cfg.margin.target = 0.9
-  cfg.margin.gain = 0.5
-  cfg.margin.min_margin = 0.2
-  cfg.train.epochs = 50
-  cfg.train.sampling = "pk"
-  cfg.train.classes_per_batch = 32
-  cfg.train.samples_per_class = 2
-  cfg.train.optimizer = "adam"
-  cfg.train.learning_rate = 1e-4
-  cfg.train.best_metric = "val_loss"
-  cfg.eval.val_margin = 1.0
-  cfg.eval.num_pairs = 1000
-  cfg.eval.every_epochs = 5
-  cfg.study = study_config()
-  return cfg
-
-
-def paper_a_images(name: str) -> ml_collections.ConfigDict:
-  """:func:`base_config` on paper A's image setup, identity- (class-) disjoint.
-
-  ``name``'s classes split into training and test classes, 10 % of the training classes
-  held out for validation; 224 px RGB, resized, no crop / flip augmentation (as the
-  authors' code), standardised by the training split's own channel mean and std (as
-  the authors' code; ``data.normalize="dataset"``); an EfficientNet-B0 trunk (ImageNet
-  weights via ``--config.model.pretrained_path``) under paper A's head; one worker (a
-  GPU study).
-
-  Args:
-    name: the dataset (``lfw``, ``caltech_birds2011``).
-
-  Returns:
-    A full tsm config with a ``study`` section.
-  """
-  cfg = base_config()
-  cfg.data.name = name
-  cfg.data.split = "class_disjoint"
-  cfg.data.val_fraction = 0.1
-  cfg.data.image_size = 224
-  cfg.data.channels = 3
-  cfg.data.normalize = "dataset"
-  cfg.data.augment = False
-  cfg.model.name = "efficientnet_b0"
-  cfg.eval.batch_size = 128
-  cfg.study.workers = 1
-  return cfg
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -292,7 +221,7 @@ def split_config(cfg: ml_collections.ConfigDict
                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """``(training config without the study section, study section)``, both copies."""
   full = cfg.to_dict()
-  study = ml_collections.ConfigDict(full.pop("study", study_config().to_dict()))
+  study = ml_collections.ConfigDict(full.pop("study", study_section().to_dict()))
   return ml_collections.ConfigDict(full), study
 
 
@@ -357,62 +286,50 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
     The arms.
 
   Raises:
-    tsm.config.ConfigError: one line naming the bad field and the fix.
+    StudyError: one line naming the bad field and the fix.
   """
   s = cfg.study
-  unknown = sorted(set(s.keys()) - set(study_config().keys()))
-  if unknown:
-    raise config_lib.ConfigError(f"study.{unknown[0]} is not a study field; use one of "
-                                 f"{', '.join(study_config().keys())}.")
-  for field, minimum in (("seeds", 1), ("stepwise_stages", 2), ("em_examples", 3),
-                         ("em_triplets", 1), ("xla_threads", 0)):
-    value = s[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-      raise config_lib.ConfigError(f"study.{field}={value!r} must be an integer >= "
-                                   f"{minimum}.")
-  if isinstance(s.workers, bool) or not isinstance(s.workers, int):
-    raise config_lib.ConfigError(f"study.workers={s.workers!r} must be an integer (<= 1 "
-                                 "runs in this process).")
+  checks.check_known(s, list(study_section().keys()))
+  checks.check_integers(s, (("seeds", 1), ("stepwise_stages", 2), ("em_examples", 3),
+                            ("em_triplets", 1)))
   if not (isinstance(s.plot_seed, int) and 0 <= s.plot_seed < s.seeds):
-    raise config_lib.ConfigError(f"study.plot_seed={s.plot_seed!r} must be a seed of the "
-                                 f"study, in [0, {s.seeds}).")
+    raise StudyError(f"study.plot_seed={s.plot_seed!r} must be a seed of the study, in "
+                     f"[0, {s.seeds}).")
   if not isinstance(s.vary_data, bool):
-    raise config_lib.ConfigError(f"study.vary_data={s.vary_data!r} must be True or False.")
-  if not isinstance(s.compare_to, str):
-    raise config_lib.ConfigError(f"study.compare_to={s.compare_to!r} must be a study "
-                                 "directory or ''.")
-  if s.epochs is not None and (isinstance(s.epochs, bool) or not isinstance(s.epochs, int)
-                              or s.epochs < 1):
-    raise config_lib.ConfigError(f"study.epochs={s.epochs!r} must be an integer >= 1 (or "
-                                 "None: train.epochs).")
+    raise StudyError(f"study.vary_data={s.vary_data!r} must be True or False.")
+  checks.check_grid(s)
   for field, known in (("reductions", losses_lib.REDUCTIONS),
                        ("minings", losses_lib.MINING)):
     values = axis(cfg, field) if isinstance(s[field], str) else []
     if not values or any(v not in known for v in values) or len(set(values)) < len(values):
-      raise config_lib.ConfigError(f"study.{field}={s[field]!r} must be a comma-separated "
-                                   f"list of distinct names from {', '.join(known)}.")
+      raise StudyError(f"study.{field}={s[field]!r} must be a comma-separated list of "
+                       f"distinct names from {', '.join(known)}.")
   if cfg.loss.name != "triplet" or cfg.train.sampling != "pk":
-    raise config_lib.ConfigError("the margin study trains the triplet loss on P x K "
-                                 "batches; set loss.name=triplet and train.sampling=pk.")
+    raise StudyError("the margin study trains the triplet loss on P x K batches; set "
+                     "loss.name=triplet and train.sampling=pk.")
   if cfg.margin.get("update_every", "epoch") != "epoch":
-    raise config_lib.ConfigError("the margin study updates margins once per epoch (paper "
-                                 "A); set margin.update_every=epoch.")
+    raise StudyError("the margin study updates margins once per epoch (paper A); set "
+                     "margin.update_every=epoch.")
   try:
     study_arms = arms(cfg)
   except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
+    raise StudyError(str(e)) from None
   for arm in study_arms:
-    config_lib.check_config(run_config(cfg, arm, 0))
+    try:
+      config_lib.check_config(run_config(cfg, arm, 0))
+    except config_lib.ConfigError as e:
+      raise StudyError(str(e)) from None
   return study_arms
 
 
 def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """Whether ``workdir`` holds a finished run of ``config`` (:func:`runner.finished`).
+  """Whether ``workdir`` holds a finished run of ``config``
+  (:func:`experiments.common.grid.finished` with :data:`RUN_FILES`).
 
   Raises:
     tsm.config.ConfigError: the directory holds a run of another config.
   """
-  return runner.finished(workdir, config, RUN_FILES)
+  return grid.finished(workdir, config, RUN_FILES)
 
 
 # ----------------------------------------------------------------------------- the evaluator
@@ -480,10 +397,10 @@ class EffectiveMargins:
     if distributed.is_primary():
       out = os.path.join(self.workdir, "effective_margins")
       os.makedirs(out, exist_ok=True)
-      np.savez(os.path.join(out, f"epoch{epoch:03d}.npz"), values=values,
-               margin=np.float32(used), epoch=np.int32(epoch),
-               weights=np.asarray(gmm.weights), means=np.asarray(gmm.means),
-               stds=np.asarray(gmm.stds), exact=np.asarray(em.exact))
+      with artifacts.atomic_path(os.path.join(out, f"epoch{epoch:03d}.npz")) as tmp:
+        np.savez(tmp, values=values, margin=np.float32(used), epoch=np.int32(epoch),
+                 weights=np.asarray(gmm.weights), means=np.asarray(gmm.means),
+                 stds=np.asarray(gmm.stds), exact=np.asarray(em.exact))
     finite = values.size > 0
     return {"em": {
         "margin": used,

@@ -1,4 +1,4 @@
-"""Claim tables both studies share: per-claim tests, stability marks, deviations.
+"""Claim tables every study shares: per-claim tests, stability marks, deviations.
 
 A study states each paper claim as :class:`Claim` (the arm it favours, the arm it is
 compared with, their per-seed values in the same seed order). :func:`verdict_table`
@@ -10,9 +10,9 @@ minimum detectable effect and the verdict. A claim that holds by construction (i
 follows from the loss's form, not from training) keeps its test but is flagged in the
 ``note`` column; the study reports a fairer companion claim beside it.
 
-Stability (issue 15 item 9): a study rerun with another XLA thread count (or another
-code version, or on another machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two and
-replaces the verdict of every claim that differs by ``unstable (A here / B there)``.
+Stability: a study rerun with another XLA thread count (or another code version, or on
+another machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two
+and replaces the verdict of every claim that differs by ``unstable (A here / B there)``.
 
 :func:`deviations_markdown` renders a study's table of deviations from the paper and
 its authors' code (setting | paper | authors' code | tsm | why).
