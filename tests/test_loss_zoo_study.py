@@ -233,7 +233,7 @@ def test_tiny_study_writes_table_figures_and_verdicts(zoo_dir):
 def test_run_records_match_fit_metrics_and_centroid_distances(zoo_dir):
   workdir, _ = zoo_dir
   rundir = runs.run_dir(workdir, "synthetic", "ntxent", 0)
-  with open(os.path.join(rundir, study.ZOO_JSON)) as f:
+  with open(os.path.join(rundir, study.RESULT_FILE)) as f:
     zoo = json.load(f)
   epochs = [r for r in read_lines(rundir) if r["kind"] == "epoch"]
   assert zoo["curves"]["neg_active_ratio"] == [r["neg_active_ratio"] for r in epochs]

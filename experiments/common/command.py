@@ -81,3 +81,11 @@ def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config
   except grid.StudyError as e:
     cli.fail(str(e))
   show(out, workdir)
+
+
+def show_verdicts(out: dict[str, Any], workdir: str) -> None:
+  """Prints a loss study's verdict table and where its report is."""
+  import os  # pylint: disable=import-outside-toplevel
+  print()
+  print(out["report"]["verdicts"])
+  print(f"wrote {os.path.join(workdir, 'report.md')} in {out['wall_seconds']:.1f} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,16 @@ def load_json_runs(paths: Sequence[str]) -> list[dict[str, Any]]:
     if os.path.exists(path):
       with open(path) as f:
         out.append(json.load(f))
+  return out
+
+
+def load_npz_runs(paths: Sequence[str]) -> list[dict[str, np.ndarray]]:
+  """The arrays of the ``.npz`` files at ``paths`` that exist, in order."""
+  out = []
+  for path in paths:
+    if os.path.exists(path):
+      with np.load(path) as z:
+        out.append({k: z[k] for k in z.files})
   return out
 
 
@@ -59,7 +70,9 @@ def mean_interval(values: Sequence[float | None],
   x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
   if x.size < 2:
     return math.nan, math.nan
-  ci = sps.ttest_1samp(x, 0.0).confidence_interval(confidence)
+  with warnings.catch_warnings():   # equal values: a zero-width interval, as it should be
+    warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+    ci = sps.ttest_1samp(x, 0.0).confidence_interval(confidence)
   return float(ci.low), float(ci.high)
 
 

@@ -180,3 +180,26 @@ DEVIATION_HEADER = ("setting", "paper", "authors' code", "tsm (this study)", "wh
 def deviations_markdown(rows: Sequence[Sequence[Any]], title: str) -> str:
   """A study's deviations table as Markdown under ``title``."""
   return f"## {title}\n\n" + reporting.markdown_table(DEVIATION_HEADER, rows)
+
+
+def write_deviations(workdir: str, rows: Sequence[Sequence[Any]], title: str) -> str:
+  """Writes ``<workdir>/deviations.md`` (:func:`deviations_markdown`); returns it."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  md = deviations_markdown(rows, title)
+  artifacts.write_atomic(os.path.join(workdir, "deviations.md"), md)
+  return md
+
+
+def write_verdicts(workdir: str, claims: Sequence[Claim], title: str,
+                   compare_to: str | None = None) -> tuple[str, str]:
+  """Writes ``verdicts.md`` / ``verdicts.csv`` of a study whose claims are grouped by
+  dataset (:func:`verdict_table`, then :func:`stability_rows` against ``compare_to``).
+
+  Returns:
+    ``(markdown, stability sentence)``.
+  """
+  header, rows = verdict_table(claims, grouped=True)
+  rows, sentence = stability_rows(header, rows, compare_to)
+  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
+                             os.path.join(workdir, "verdicts.csv"), title=title)
+  return md, sentence

@@ -214,13 +214,8 @@ def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, A
   Returns:
     ``(markdown, stability sentence)``.
   """
-  claims = study_claims(by_dataset, seeds)
-  header, rows = verdicts_lib.verdict_table(claims, grouped=True)
-  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
-  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
-                             os.path.join(workdir, "verdicts.csv"),
-                             title="Paper B's claims on this study's runs")
-  return md, sentence
+  return verdicts_lib.write_verdicts(workdir, study_claims(by_dataset, seeds),
+                                    "Paper B's claims on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
@@ -355,13 +350,9 @@ def plot_effective_margins(path: str, dataset: str,
 
 def _load_arrays(workdir: str, dataset: str, loss: str,
                  runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-  out = []
-  for r in runs:
-    path = os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]),
-                        study.ARRAYS_FILE)
-    with np.load(path) as data:
-      out.append({k: data[k] for k in data.files})
-  return out
+  return tables.load_npz_runs([
+      os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]), study.ARRAYS_FILE)
+      for r in runs])
 
 
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
@@ -433,9 +424,8 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   if stability:
     parts.append(stability + "\n")
   if cfg is not None:
-    deviation_md = verdicts_lib.deviations_markdown(
-        deviations(cfg), "Deviations from paper B and its authors' code")
-    artifacts.write_atomic(os.path.join(workdir, "deviations.md"), deviation_md)
+    deviation_md = verdicts_lib.write_deviations(
+        workdir, deviations(cfg), "Deviations from paper B and its authors' code")
     parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])

@@ -22,15 +22,11 @@ seed, for the PCA figure). A run whose ``analysis.json`` exists is not retrained
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import ml_collections
-from ml_collections import config_dict
 import numpy as np
 
-from experiments.common import checks
 from experiments.common import grid
 from experiments.common import measure as measure_lib
 from experiments.common import runs
@@ -45,17 +41,12 @@ StudyError = grid.StudyError
 
 
 def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
-  """The ``study`` section.
+  """The ``study`` section: :func:`experiments.common.runs.study_fields` (ten seeds by
+  default) and
 
   Fields:
     datasets: datasets to run, each with its own config section.
     losses: losses compared (paper B: contrastive and triplet).
-    seeds: number of seeds per (dataset, loss); seeds are ``first_seed ...``. Ten by
-      default, so that the paired tests of the verdicts have power.
-    first_seed: the first seed.
-    vary_data: draw the data from the run's seed too (``data.data_seed = seed``: the
-      synthetic points, the by-image test split), so that the spread over seeds
-      includes the variance of the data. Both losses of a seed see the same data.
     outlier_anchors: paper B's code lets the unlabelled outliers (label -1) anchor
       triplets / pairs (``train.outlier_anchors``, where tsm has it).
     positive_is_anchor: paper B's code draws the positive from the anchor's class
@@ -65,23 +56,6 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
       in-batch losses over ``"pk"`` (P x K) or ``"random"`` batches.
     mining: triplet mining of the in-batch triplet loss (``"all"``, ``"hard"``,
       ``"semihard"``); ignored with ``"paper"`` sampling.
-    epochs: if set, overrides ``train.epochs`` of every dataset (the same knob as the
-      margin study's).
-    workers: processes running the study in parallel (forked after the data are
-      loaded; :func:`experiments.common.grid.run_grid`); ``<= 1`` runs in this process.
-    xla_threads: with ``workers > 1``, 1 makes each worker's XLA CPU runtime
-      single-threaded; 0 keeps XLA's default (the stability rerun changes it).
-    compilation_cache: JAX persistent compilation cache directory; ``"auto"`` =
-      ``<workdir>/jax_cache``, ``""`` = off.
-    compare_to: a finished run of the same study (another workdir, e.g. the rerun with
-      another ``xla_threads``): claims whose verdict differs there are marked unstable.
-    freeze_pretrained: when a dataset's ``model.pretrained_path`` is set, freeze the
-      trunk (paper B trains a linear head on a frozen ViT-B/32).
-    knn_k: k of the k-NN accuracy (paper B: 5).
-    decay_fraction: loss-decay target share of the first epoch's loss (paper B: 0.1).
-    em_triplets: effective margins: every valid training triplet up to this many,
-      else a uniform sample of this size.
-    gmm_components: components of the Gaussian mixture fitted to effective margins.
 
   Args:
     datasets: the default ``datasets``.
@@ -92,41 +66,24 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "datasets": tuple(datasets),
       "losses": LOSSES,
-      "seeds": 10,
-      "first_seed": 0,
-      "vary_data": True,
       "outlier_anchors": True,
       "positive_is_anchor": True,
       "sampling": "paper",
       "mining": "all",
-      "epochs": config_dict.placeholder(int),
-      "workers": 2,
-      "xla_threads": 0,
-      "compilation_cache": "auto",
-      "compare_to": "",
-      "freeze_pretrained": True,
-      "knn_k": 5,
-      "decay_fraction": 0.1,
-      "em_triplets": 20_000,
-      "gmm_components": 2,
+      **runs.study_fields(seeds=10, em_triplets=20_000),
   })
 
 
 def check_study(cfg: ml_collections.ConfigDict) -> None:
   """Validates the ``study`` section (one-line :class:`StudyError`)."""
   s = cfg.study
-  checks.check_known(s, list(study_section(()).keys()))
-  checks.check_datasets(cfg)
+  runs.check_fields(cfg, list(study_section(()).keys()))
   losses = tuple(s.losses)
   if not losses or any(loss not in LOSSES for loss in losses):
     raise StudyError(f"study.losses={losses!r} must be a non-empty subset of {LOSSES}.")
-  checks.check_integers(s, (("seeds", 1), ("first_seed", 0), ("knn_k", 1),
-                            ("em_triplets", 1), ("gmm_components", 1)))
   if s.sampling not in SAMPLINGS:
     raise StudyError(f"study.sampling={s.sampling!r} is unknown; use one of "
                      f"{', '.join(SAMPLINGS)}.")
-  checks.check_fraction(s, "decay_fraction")
-  checks.check_grid(s)
 
 
 def sampler_options_available(run: ml_collections.ConfigDict) -> bool:
@@ -138,30 +95,21 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
                seed: int) -> ml_collections.ConfigDict:
   """The tsm config of one run: the dataset's section with the study's choices set.
 
-  ``loss.name``, ``train.sampling`` and ``loss.mining`` from the study's sampling;
-  ``train.epochs`` from ``study.epochs`` when set; ``data.data_seed = seed`` with
-  ``study.vary_data``; paper B's sampler options where tsm has them; no progress bar.
+  The shared choices of :func:`experiments.common.runs.dataset_run`; ``train.sampling``
+  and ``loss.mining`` from the study's sampling; paper B's sampler options where tsm
+  has them.
   """
   s = cfg.study
-  run = ml_collections.ConfigDict(cfg[dataset].to_dict())
-  run.seed = int(seed)
-  run.loss.name = loss
+  run = runs.dataset_run(cfg, dataset, loss, seed)
   if s.sampling == "paper":
     run.train.sampling = _SAMPLING[loss]
     run.loss.mining = "all"
   else:
     run.train.sampling = s.sampling
     run.loss.mining = s.mining if loss == "triplet" else "all"
-  if s.epochs is not None:
-    run.train.epochs = int(s.epochs)
-  if s.vary_data:
-    run.data.data_seed = int(seed)
   if sampler_options_available(run):
     run.train.outlier_anchors = bool(s.outlier_anchors)
     run.train.positive_is_anchor = bool(s.positive_is_anchor)
-  if run.model.get("pretrained_path") and s.freeze_pretrained:
-    run.model.freeze_trunk = True
-  run.train.progress = False
   return run
 
 
@@ -229,11 +177,8 @@ def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str,
     ``{"dataset", "loss", "seed", "seconds", "reused", "recall@1", "intra_var",
     "loss_decay_epochs"}``.
   """
-  t0 = time.time()
-  done = os.path.exists(os.path.join(task["rundir"], RESULT_FILE))
-  result = train_and_measure(task["config"], task["rundir"], study=study,
-                             keep_embeddings=task["keep_embeddings"])
-  return {"dataset": task["dataset"], "loss": task["loss"], "seed": task["seed"],
-          "seconds": round(time.time() - t0, 2), "reused": done,
-          "recall@1": result.get("recall@1"), "intra_var": result.get("intra_var"),
-          "loss_decay_epochs": result.get("loss_decay_epochs")}
+  return runs.run_record(
+      task, RESULT_FILE,
+      lambda: train_and_measure(task["config"], task["rundir"], study=study,
+                                keep_embeddings=task["keep_embeddings"]),
+      ("recall@1", "intra_var", "loss_decay_epochs"))

@@ -176,13 +176,8 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
 def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
                   seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
   """Writes ``verdicts.md`` / ``verdicts.csv``; returns ``(markdown, stability)``."""
-  claims = study_claims(by_dataset, seeds)
-  header, rows = verdicts_lib.verdict_table(claims, grouped=True)
-  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
-  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
-                             os.path.join(workdir, "verdicts.csv"),
-                             title="Claims D1-D4 of the follow-up on this study's runs")
-  return md, sentence
+  return verdicts_lib.write_verdicts(workdir, study_claims(by_dataset, seeds),
+                                    "Claims D1-D4 of the follow-up on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
@@ -298,14 +293,9 @@ def plot_distributions(directory: str, dataset: str,
 
 def _load_arrays(workdir: str, dataset: str, loss: str,
                  runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-  out = []
-  for r in runs:
-    path = os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]),
-                        zoo_study.ARRAYS_FILE)
-    if os.path.exists(path):
-      with np.load(path) as z:
-        out.append({k: z[k] for k in z.files})
-  return out
+  return tables.load_npz_runs([
+      os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]), zoo_study.ARRAYS_FILE)
+      for r in runs])
 
 
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
@@ -358,9 +348,8 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   if stability:
     parts.append(stability + "\n")
   if cfg is not None:
-    deviation_md = verdicts_lib.deviations_markdown(
-        deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
-    artifacts.write_atomic(os.path.join(workdir, "deviations.md"), deviation_md)
+    deviation_md = verdicts_lib.write_deviations(
+        workdir, deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
     parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])

@@ -37,8 +37,6 @@ PML's). Each run directory holds fit's files plus ``zoo.json`` (its measurements
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Any
 
 import ml_collections
@@ -76,32 +74,17 @@ def loss_options() -> ml_collections.ConfigDict:
 
 
 def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
-  """The ``study`` section.
+  """The ``study`` section: :func:`experiments.common.runs.study_fields` (five seeds by
+  default) and
 
   Fields:
     datasets: datasets to run, each with its own config section.
     losses: losses compared (default: all nine of ``tsm.config.LOSSES``).
-    seeds: seeds per (dataset, loss): ``first_seed ... first_seed + seeds - 1``.
-    first_seed: the first seed.
-    vary_data: draw the data from the run's seed too (``data.data_seed = seed``); every
-      loss of a seed sees the same data, so claims pair by seed.
-    epochs: if set, overrides ``train.epochs`` of every dataset.
     triplet_margin: the triplet loss's margin (``margin.initial_margin``, constant).
     contrastive_margin: the contrastive loss's negative margin (positive margin 0).
     loss_options: per loss, its own parameters (:func:`loss_options`).
-    workers: processes (:func:`experiments.common.grid.run_grid`); ``<= 1``: this process.
-    xla_threads: with ``workers > 1``, 1 makes each worker's XLA single-threaded.
-    compilation_cache: JAX compilation cache; ``"auto"`` = ``<workdir>/jax_cache``.
-    compare_to: a finished run of the same study: differing verdicts are marked unstable.
-    freeze_pretrained: freeze the trunk when a dataset's ``model.pretrained_path`` is set
-      (the follow-up trains a head on a frozen ViT-B/32).
-    knn_k: k of the k-NN accuracy.
-    decay_fraction: paper B's loss decay: epochs until the loss is at most this share of
-      the first epoch's.
     fall_fraction: the scale-free loss fall: epochs until the loss has made this share of
       its fall from the first epoch to its lowest (claim D3's convergence speed).
-    em_triplets: effective margins: a sample of at most this many training triplets.
-    gmm_components: Gaussian-mixture components fitted to the effective margins.
 
   Args:
     datasets: the default ``datasets``.
@@ -112,44 +95,27 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "datasets": tuple(datasets),
       "losses": LOSSES,
-      "seeds": 5,
-      "first_seed": 0,
-      "vary_data": True,
-      "epochs": config_dict.placeholder(int),
       "triplet_margin": 0.2,
       "contrastive_margin": 1.0,
       "loss_options": loss_options(),
-      "workers": 2,
-      "xla_threads": 0,
-      "compilation_cache": "auto",
-      "compare_to": "",
-      "freeze_pretrained": True,
-      "knn_k": 5,
-      "decay_fraction": 0.1,
       "fall_fraction": 0.9,
-      "em_triplets": 2_000,
-      "gmm_components": 2,
+      **runs.study_fields(seeds=5, em_triplets=2_000),
   })
 
 
 def check_study(cfg: ml_collections.ConfigDict) -> None:
   """Validates the ``study`` section (one-line :class:`StudyError`)."""
   s = cfg.study
-  checks.check_known(s, list(study_section(()).keys()))
-  checks.check_datasets(cfg)
+  runs.check_fields(cfg, list(study_section(()).keys()))
   losses = tuple(s.losses)
   if not losses or any(loss not in LOSSES for loss in losses) or len(set(losses)) != len(
       losses):
     raise StudyError(f"study.losses={losses!r} must be distinct names from "
                      f"{', '.join(LOSSES)}.")
-  checks.check_integers(s, (("seeds", 1), ("first_seed", 0), ("knn_k", 1),
-                            ("em_triplets", 1), ("gmm_components", 1)))
-  for field in ("decay_fraction", "fall_fraction"):
-    checks.check_fraction(s, field)
+  checks.check_fraction(s, "fall_fraction")
   for field in ("triplet_margin", "contrastive_margin"):
     if not float(s[field]) > 0:
       raise StudyError(f"study.{field}={s[field]!r} must be > 0.")
-  checks.check_grid(s)
 
 
 def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
@@ -158,12 +124,11 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
 
   Only the loss differs between the runs of a (dataset, seed): ``loss.name``, its
   options from ``study.loss_options``, and the margin the triplet / contrastive loss
-  reads from the (constant) schedule.
+  reads from the (constant) schedule; the shared choices are
+  :func:`experiments.common.runs.dataset_run`'s.
   """
   s = cfg.study
-  run = ml_collections.ConfigDict(cfg[dataset].to_dict())
-  run.seed = int(seed)
-  run.loss.name = loss
+  run = runs.dataset_run(cfg, dataset, loss, seed)
   run.loss.mining = "all"
   for field, value in s.loss_options[loss].items():
     if value is not None:
@@ -173,13 +138,6 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   elif loss == "contrastive":
     run.margin.initial_margin = float(s.contrastive_margin)
     run.loss.positive_margin = 0.0
-  if s.epochs is not None:
-    run.train.epochs = int(s.epochs)
-  if s.vary_data:
-    run.data.data_seed = int(seed)
-  if run.model.get("pretrained_path") and s.freeze_pretrained:
-    run.model.freeze_trunk = True
-  run.train.progress = False
   return run
 
 
@@ -274,10 +232,7 @@ def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str,
     ``{"dataset", "loss", "seed", "seconds", "reused", "recall@1", "intra_var",
     "mean_active_ratio"}``.
   """
-  t0 = time.time()
-  done = os.path.exists(os.path.join(task["rundir"], RESULT_FILE))
-  result = train_and_measure(task["config"], task["rundir"], study=study)
-  return {"dataset": task["dataset"], "loss": task["loss"], "seed": task["seed"],
-          "seconds": round(time.time() - t0, 2), "reused": done,
-          "recall@1": result.get("recall@1"), "intra_var": result.get("intra_var"),
-          "mean_active_ratio": result.get("mean_active_ratio")}
+  return runs.run_record(
+      task, RESULT_FILE,
+      lambda: train_and_measure(task["config"], task["rundir"], study=study),
+      ("recall@1", "intra_var", "mean_active_ratio"))

@@ -524,9 +524,8 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                                           compare_to=cfg.study.compare_to or None)
   verdicts = reporting.write_table(header, rows, path("verdicts.md"), path("verdicts.csv"),
                                    title="Paper A's claims")
-  deviation_md = verdicts_lib.deviations_markdown(
-      deviations(cfg), "Deviations from paper A and its authors' code")
-  artifacts.write_atomic(path("deviations.md"), deviation_md)
+  deviation_md = verdicts_lib.write_deviations(
+      workdir, deviations(cfg), "Deviations from paper A and its authors' code")
   em = reporting.write_table(*effective_margin_table(runs), path("effective_margins.md"),
                              path("effective_margins.csv"),
                              title="Effective margins of training triplets (eval mode)")

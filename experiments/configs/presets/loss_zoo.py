@@ -15,8 +15,8 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs.presets import datasets as dataset_presets
+from experiments.configs.presets import last_model
 from experiments.loss_zoo import study
-from tsm import config as config_lib
 
 OFFLINE_DATASETS = ("synthetic", "mnist1d", "fashion_mnist")
 TFDS_DATASETS = ("cifar10", "cars196", "caltech_birds2011")
@@ -25,50 +25,24 @@ DATASETS = OFFLINE_DATASETS + TFDS_DATASETS
 
 def base() -> ml_collections.ConfigDict:
   """Settings every dataset and every loss share (module docstring)."""
-  cfg = config_lib.default_config()
-  cfg.data.val_fraction = 0.0
-  cfg.data.test_fraction = 0.2
-  cfg.loss.distance = "euclidean"
-  cfg.loss.reduction = "mean"
-  cfg.margin.schedule = "constant"
+  cfg = last_model.base()
   cfg.train.sampling = "pk"
   cfg.train.classes_per_batch = 8
   cfg.train.samples_per_class = 8
-  cfg.train.optimizer = "adam"
-  cfg.train.learning_rate = 1e-3
-  cfg.train.lr_schedule = "constant"
-  cfg.train.best_metric = "val_loss"   # no validation split: the last model is used
-  cfg.train.progress = False
   cfg.train.tensorboard = False
-  cfg.train.log_every = 100
-  cfg.eval.knn_k = 5
-  cfg.eval.every_epochs = 1_000_000   # no validation metrics (there is no split)
-  cfg.checkpoint.keep = 1
-  cfg.checkpoint.every_epochs = 0   # only after the last epoch
   return cfg
 
 
 def synthetic() -> ml_collections.ConfigDict:
   """Paper B's synthetic set (10 classes, 128-d), MLP 128 -> 64 -> 32, 30 epochs."""
-  cfg = base()
-  cfg.data.name = "synthetic"
-  cfg.data.split = "by_image"
-  cfg.model.name = "mlp"
-  cfg.model.hidden_sizes = (64,)
-  cfg.model.embedding_dim = 32
+  cfg = dataset_presets.synthetic(base())
   cfg.train.epochs = 30
   return cfg
 
 
 def mnist1d() -> ml_collections.ConfigDict:
   """MNIST-1D (4,000 / 1,000), paper B's study's wider conv1d, 32-d, 20 epochs."""
-  cfg = base()
-  cfg.data.name = "mnist1d"
-  cfg.data.split = "standard"
-  cfg.model.name = "conv1d"
-  cfg.model.conv_features = (64, 64, 64)
-  cfg.model.hidden_sizes = (128,)
-  cfg.model.embedding_dim = 32
+  cfg = dataset_presets.mnist1d(base())
   cfg.train.epochs = 20
   return cfg
 
