@@ -83,7 +83,7 @@ def test_figures_verdicts_and_report_are_written(study_dir):
   header = rows[0]
   assert header[:3] == ["dataset", "claim", "metric"] and header[-2:] == ["verdict", "note"]
   # Every claim measured on digits (by-image split: k-NN too), in CLAIMS order.
-  assert [r[2] for r in rows[1:]] == [key for _, key, _, _ in report.CLAIMS
+  assert [r[2] for r in rows[1:]] == [key for _, key, _, _ in study.CLAIMS
                                       if _measured(key)]
   assert all(r[0] == "digits" and r[header.index("verdict")] in VERDICTS
              for r in rows[1:])

@@ -28,6 +28,12 @@ def load_json_runs(paths: Sequence[str]) -> list[dict[str, Any]]:
   return out
 
 
+def epoch_records(path: str) -> list[dict[str, Any]]:
+  """The ``{"kind": "epoch"}`` records of a run's ``metrics.jsonl`` (none if missing)."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  return [r for r in artifacts.MetricsLog(path).read() if r.get("kind") == "epoch"]
+
+
 def load_npz_runs(paths: Sequence[str]) -> list[dict[str, np.ndarray]]:
   """The arrays of the ``.npz`` files at ``paths`` that exist, in order."""
   out = []

@@ -84,33 +84,6 @@ PAPER_B = {
     "caltech_birds2011": {"recall@1": ("0.3154", "0.3421")},
 }
 
-BY_CONSTRUCTION = {
-    "mean_active_ratio": "holds by construction under y·d²: every positive pair with "
-                         "d > 0 is active and half the pairs are positive; see the "
-                         "negative-term companion",
-    "mean_grad_norm": "losses of different scale: raw norms are not comparable; see the "
-                      "per-unit-loss companion",
-}
-# Paper B's claims: (claim, key, the loss the claim favours, higher_is_better).
-CLAIMS = (
-    ("triplet keeps more intra-class variance", "intra_var", "triplet", True),
-    ("triplet keeps larger inter-class distances", "inter_dist", "triplet", True),
-    ("contrastive's loss decays faster (fewer epochs)", "loss_decay_epochs", "contrastive",
-     False),
-    ("contrastive's loss decays faster, counted from the first step's loss",
-     "loss_decay_epochs_from_step1", "contrastive", False),
-    ("contrastive has a higher active ratio (many small updates)", "mean_active_ratio",
-     "contrastive", True),
-    ("triplet has larger gradient norms (fewer, stronger updates)", "mean_grad_norm",
-     "triplet", True),
-    ("companion: contrastive has a higher active ratio of negative terms",
-     "mean_negative_active_ratio", "contrastive", True),
-    ("companion: triplet has a larger gradient norm per unit of loss",
-     "mean_grad_norm_per_loss", "triplet", True),
-    ("triplet wins k-NN accuracy", "knn@5", "triplet", True),
-    ("triplet wins Recall@1", "recall@1", "triplet", True),
-    ("triplet wins retrieval (MAP@R)", "map@r", "triplet", True),
-)
 NOT_MEASURED = "n/a (not measured)"
 # Loss-decay rows: -1 (never reached within E epochs) counts as E + 1.
 DECAY_KEYS = ("loss_decay_epochs", "loss_decay_epochs_from_step1")
@@ -151,14 +124,14 @@ def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
   other = {"triplet": "contrastive", "contrastive": "triplet"}
   out = []
   for dataset, by_loss in by_dataset.items():
-    for claim, key, favoured, higher in CLAIMS:
+    for claim, key, favoured, higher in study.CLAIMS:
       a = seed_values(by_loss.get(favoured, []), key, seeds)
       b = seed_values(by_loss.get(other[favoured], []), key, seeds)
       if not (reporting.summarize(a).n and reporting.summarize(b).n):
         continue   # not measured here (e.g. k-NN on unseen classes): not in the family
       out.append(verdicts_lib.Claim(claim, key, favoured, other[favoured], a, b,
                                     higher_is_better=higher,
-                                    note=BY_CONSTRUCTION.get(key, ""), group=dataset))
+                                    note=study.BY_CONSTRUCTION.get(key, ""), group=dataset))
   return out
 
 
@@ -166,7 +139,7 @@ def decided(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
             seeds: Sequence[int]) -> dict[str, dict[str, str]]:
   """``{dataset: {key: verdict}}`` of every claim, Holm over the whole study."""
   claims = study_claims(by_dataset, seeds)
-  out = {d: {key: NOT_MEASURED for _, key, _, _ in CLAIMS} for d in by_dataset}
+  out = {d: {key: NOT_MEASURED for _, key, _, _ in study.CLAIMS} for d in by_dataset}
   for c, comp in zip(claims, verdicts_lib.decide_claims(claims)):
     out[c.group][c.metric] = comp.verdict
   return out
@@ -189,7 +162,7 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
   """
   paper = PAPER_B.get(dataset, {})
   verdicts = claim_verdicts(by_loss) if verdicts is None else verdicts
-  claim_of = {key: claim for claim, key, _, _ in CLAIMS}
+  claim_of = {key: claim for claim, key, _, _ in study.CLAIMS}
   header = (["quantity"] + [f"{loss} (ours)" for loss in losses]
             + [f"{loss} (paper B)" for loss in losses] + ["paper B's claim", "verdict"])
   rows = []

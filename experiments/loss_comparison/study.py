@@ -39,6 +39,38 @@ RESULT_FILE = "analysis.json"
 ARRAYS_FILE = "analysis.npz"
 StudyError = grid.StudyError
 
+# ----------------------------------------------------------------------------- the claims
+
+# Claims that hold by construction (they follow from the losses' forms, not from
+# training); each has a fairer companion claim.
+BY_CONSTRUCTION = {
+    "mean_active_ratio": "holds by construction under y·d²: every positive pair with "
+                         "d > 0 is active and half the pairs are positive; see the "
+                         "negative-term companion",
+    "mean_grad_norm": "losses of different scale: raw norms are not comparable; see the "
+                      "per-unit-loss companion",
+}
+# Paper B's claims: (claim, key, the loss the claim favours, higher_is_better).
+CLAIMS = (
+    ("triplet keeps more intra-class variance", "intra_var", "triplet", True),
+    ("triplet keeps larger inter-class distances", "inter_dist", "triplet", True),
+    ("contrastive's loss decays faster (fewer epochs)", "loss_decay_epochs", "contrastive",
+     False),
+    ("contrastive's loss decays faster, counted from the first step's loss",
+     "loss_decay_epochs_from_step1", "contrastive", False),
+    ("contrastive has a higher active ratio (many small updates)", "mean_active_ratio",
+     "contrastive", True),
+    ("triplet has larger gradient norms (fewer, stronger updates)", "mean_grad_norm",
+     "triplet", True),
+    ("companion: contrastive has a higher active ratio of negative terms",
+     "mean_negative_active_ratio", "contrastive", True),
+    ("companion: triplet has a larger gradient norm per unit of loss",
+     "mean_grad_norm_per_loss", "triplet", True),
+    ("triplet wins k-NN accuracy", "knn@5", "triplet", True),
+    ("triplet wins Recall@1", "recall@1", "triplet", True),
+    ("triplet wins retrieval (MAP@R)", "map@r", "triplet", True),
+)
+
 
 def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   """The ``study`` section: :func:`experiments.common.runs.study_fields` (ten seeds by

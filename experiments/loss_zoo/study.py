@@ -73,6 +73,43 @@ def loss_options() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+# ----------------------------------------------------------------------------- the claims
+
+# The claims (PAPERS.md section D) as tested: the favoured losses against the per-seed
+# mean of the study's losses outside the claim's group (experiments.loss_zoo.report).
+ACTIVE_NOTE = ("active terms are defined per loss family (hinge: loss > 0; softmax / "
+               "proxy / centre: a competitor within one logit unit), so this compares "
+               "different quantities; see the negative-term companion")
+GRAD_NOTE = "losses of different scale: raw norms are not comparable; see grad / loss"
+D1 = ("triplet", "supcon")
+D3 = ("contrastive", "ntxent")
+D4 = ("npair",)
+# (id, claim template, key, favoured losses, the claim's group, higher is better, note,
+#  fine-grained only)
+CLAIMS = (
+    ("D1", "{a} keeps more intra-class variance", "intra_var", D1, D1, True, "", False),
+    ("D1", "{a} has clearer inter-class margins", "separation", D1, D1, True, "", False),
+    ("D2", "{a} has a higher Recall@1 (fine-grained)", "recall@1", D1, D1, True, "", True),
+    ("D3", "{a} converges faster (loss fall)", "loss_fall_epochs", D3, D3, False, "",
+     False),
+    ("D3", "{a} converges faster (paper B's loss decay)", "loss_decay_epochs", D3, D3,
+     False, "", False),
+    ("D3", "{a} ends with lower intra-class variance", "intra_var", D3, D3, False, "",
+     False),
+    ("D3", "{a} has a higher active ratio", "mean_active_ratio", D3, D3, True,
+     ACTIVE_NOTE, False),
+    ("D3", "{a} has a higher active ratio of negative terms",
+     "mean_negative_active_ratio", D3, D3, True, "", False),
+    ("D3", "{a} has smaller gradients", "mean_grad_norm", D3, D3, False, GRAD_NOTE, False),
+    ("D3", "{a} has smaller gradients per unit of loss", "mean_grad_norm_per_loss", D3, D3,
+     False, "", False),
+    ("D4", "{a} has a larger mean class separation", "inter_dist", D4, D4, True, "",
+     False),
+    ("D4", "{a} spaces its classes unevenly (larger spread)", "inter_dist_std_over_pairs",
+     D4, D4, True, "", False),
+)
+
+
 def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   """The ``study`` section: :func:`experiments.common.runs.study_fields` (five seeds by
   default) and

@@ -34,9 +34,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments.common import figures
 from experiments.common import tables
 from experiments.common import timing as timing_lib
 from experiments.common import verdicts as verdicts_lib
+from experiments.margin_scheduler import study
 from tsm import artifacts
 from tsm import reporting
 
@@ -53,23 +55,10 @@ METRICS = (
 # Reported, not ranked. "final mu" is the margin the last epoch trained at (from its
 # epoch record), "next mu" the one the last update produced (never trained with).
 EXTRAS = (("final_mu", "final mu"), ("next_mu", "next mu"), ("best_epoch", "best epoch"))
-VERDICT_METRICS = (("test.auc", "AUC", True), ("test.eer", "EER", False))
 TAR_FARS = {"test.tar@far=1e-2": 1e-2, "test.tar@far=1e-3": 1e-3}
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def _read_jsonl_epochs(path: str) -> list[dict[str, Any]]:
-  out = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        if line.strip():
-          record = json.loads(line)
-          if record.get("kind") == "epoch":
-            out.append(record)
-  return out
 
 
 def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[dict]]:
@@ -85,7 +74,6 @@ def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[d
     ``summary.json`` are left out). Each summary gains ``final_mu`` (the margin the
     last epoch trained at) and ``next_mu`` (the margin after the last update).
   """
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   runs: dict[str, list[dict]] = {}
   for arm in arms:
     name = study._as_arm(arm).name  # pylint: disable=protected-access
@@ -97,7 +85,7 @@ def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[d
         continue
       with open(path) as f:
         summary = json.load(f)
-      epochs = _read_jsonl_epochs(os.path.join(directory, "metrics.jsonl"))
+      epochs = tables.epoch_records(os.path.join(directory, "metrics.jsonl"))
       summary["final_mu"] = epochs[-1]["margin"] if epochs else None
       summary["next_mu"] = epochs[-1].get("margin_next") if epochs else None
       runs[name].append({"seed": seed, "dir": directory, "summary": summary,
@@ -180,13 +168,9 @@ def best_constant(runs: dict[str, list[dict]], constants: Sequence[str], key: st
 
 def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
            ) -> list[verdicts_lib.Claim]:
-  """Paper A's claims the runs allow, per reduction / mining variant and metric.
-
-  DAMS beats the best constant margin (chosen on validation, per metric), the linear,
-  exponential and stepwise (LITM-style) increases; tsm's controller beats DAMS. On
-  test AUC and EER.
-  """
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
+  """Paper A's claims (:data:`~experiments.margin_scheduler.study.CLAIMS`) the runs
+  allow, per reduction / mining variant and metric; the best constant margin is chosen on
+  validation, per metric."""
   arms = [study._as_arm(a) for a in arms]  # pylint: disable=protected-access
   variants = list(dict.fromkeys((a.reduction, a.mining) for a in arms))
   grouped = len(variants) > 1
@@ -197,16 +181,10 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
     have = {s for s, n in mine.items() if runs.get(n)}
     constants = [mine[s] for s in mine if s.startswith(study.CONSTANT_PREFIX)]
     group = study.Arm("x", reduction, mining).variant if grouped else ""
-    pairs = []
-    if "dams" in have:
-      pairs.append(("DAMS beats the best constant margin (chosen on validation)", "dams",
-                    None))
-      pairs += [(f"DAMS beats the {n} increase", "dams", n) for n in MONOTONIC_NAMES
-                if n in have]
-    if "controller" in have and "dams" in have:
-      pairs.append(("our controller beats DAMS", "controller", "dams"))
+    pairs = [(text, a, b) for text, a, b in study.CLAIMS
+             if a in have and (b is None or b in have)]
     for text, a, b in pairs:
-      for key, label, higher in VERDICT_METRICS:
+      for key, label, higher in study.CLAIM_METRICS:
         b_name = best_constant(runs, constants, key, higher) if b is None else mine[b]
         if b_name is None:
           continue
@@ -217,13 +195,10 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
   return out
 
 
-MONOTONIC_NAMES = ("linear", "exponential", "stepwise")
-
-
 def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None,
                   seeds: int | None = None, *, compare_to: str | None = None
                   ) -> tuple[list[str], list[list[str]], str]:
-  """Paper A's claims, tested by :mod:`experiments.verdicts` (paired, Holm).
+  """Paper A's claims, tested by :mod:`experiments.common.verdicts` (paired, Holm).
 
   Args:
     runs: from :func:`load_runs`.
@@ -246,7 +221,6 @@ def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None
 
 def deviations(cfg: Any) -> list[list[str]]:
   """Paper A vs its authors' code vs this study's settings (read from ``cfg``)."""
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   t, d, m, s = cfg.train, cfg.data, cfg.model, cfg.study
   epochs = study.run_epochs(cfg)
   images = d.get("image_size") is not None and (d.get("channels") or 1) == 3
@@ -329,52 +303,16 @@ def effective_margin_table(runs: dict[str, list[dict]]
 # ----------------------------------------------------------------------------- figures
 
 
-def _per_epoch(rs: list[dict], key: str) -> np.ndarray:
-  """``[seeds, epochs]`` of an epoch-record field (NaN-padded to the longest run)."""
-  length = max((len(r["epochs"]) for r in rs), default=0)
-  out = np.full((len(rs), length), np.nan)
-  for i, r in enumerate(rs):
-    for j, rec in enumerate(r["epochs"]):
-      out[i, j] = rec.get(key, np.nan)
-  return out
-
-
-def _plot_band(path: str, runs: dict[str, list[dict]], key: str, ylabel: str,
-               title: str, hline: float | None = None, steps: bool = False) -> None:
-  """Mean over seeds per arm with a min..max band; ``steps`` draws values that hold for
-  a whole epoch (margins) as steps, with overlapping arms kept visible."""
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  from tsm import plotting  # pylint: disable=import-outside-toplevel
-
-  fig, ax = plt.subplots(figsize=(8, 5))
-  series, bands = {}, {}
-  for name, rs in runs.items():
-    values = _per_epoch(rs, key)
-    if values.size:
-      series[name] = np.nanmean(values, axis=0)
-      bands[name] = (np.nanmin(values, axis=0), np.nanmax(values, axis=0))
-  if series and steps:
-    plotting.plot_steps(ax, None, series, ylabel=ylabel, title=title, hline=hline,
-                        bands=bands)
-  elif series:
-    plotting.plot_curves(ax, None, series, ylabel=ylabel, title=title, hline=hline,
-                         markers=False)
-    for i, (lo, hi) in enumerate(bands.values()):
-      ax.fill_between(np.arange(1, lo.size + 1), lo, hi, color=f"C{i}", alpha=0.15, lw=0)
-    plotting.legend_outside(ax)
-  plotting.save_figure(fig, path)
-
-
 def plot_margins(path: str, runs: dict[str, list[dict]]) -> None:
   """Margin per epoch (mean over seeds, band min..max) for every schedule."""
-  _plot_band(path, runs, "margin", "margin mu", "margin per epoch (band: seed range)",
+  figures.plot_band(path, runs, "margin", "margin mu", "margin per epoch (band: seed range)",
              steps=True)
 
 
 def plot_easy_share(path: str, runs: dict[str, list[dict]],
                     threshold: float | None) -> None:
   """Easy-triplet share per epoch (training batches, the epoch's margin)."""
-  _plot_band(path, runs, "easy_share", "easy share",
+  figures.plot_band(path, runs, "easy_share", "easy share",
              "easy-triplet share per epoch (dotted: DAMS threshold)", hline=threshold)
 
 
@@ -413,14 +351,6 @@ def plot_effective_margins(path: str, runs: dict[str, list[dict]], seed: int) ->
   plotting.save_figure(fig, path)
 
 
-def _roc_at(fpr_grid: np.ndarray, distances: np.ndarray, same: np.ndarray) -> np.ndarray:
-  """Largest TPR among ROC points with FPR <= each grid value (a step ROC)."""
-  from tsm import metrics  # pylint: disable=import-outside-toplevel
-  fpr, tpr, _ = metrics.roc_curve(distances, same)
-  idx = np.searchsorted(fpr, fpr_grid, side="right") - 1
-  return tpr[np.clip(idx, 0, tpr.size - 1)]
-
-
 def plot_roc(path: str, runs: dict[str, list[dict]]) -> None:
   """Test-pair ROC per schedule, vertically averaged over seeds (linear and log FPR)."""
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -434,7 +364,7 @@ def plot_roc(path: str, runs: dict[str, list[dict]]) -> None:
       pairs = os.path.join(r["dir"], "pairs.npz")
       if os.path.exists(pairs):
         with np.load(pairs) as z:
-          curves.append(_roc_at(grid, z["test_distances"], z["test_same"]))
+          curves.append(figures.roc_at(grid, z["test_distances"], z["test_same"]))
     if not curves:
       continue
     tpr = np.mean(curves, axis=0)
@@ -466,7 +396,6 @@ def _floor(margin: Any) -> float:
 
 
 def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   t, d, m = cfg.train, cfg.data, cfg.model
   return [
       f"- data: {d.name}, split {d.split} (validation {d.val_fraction:g} of train, "

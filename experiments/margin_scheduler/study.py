@@ -49,6 +49,13 @@ ADAPTIVE = ("dams", "controller")
 DEFAULT_REDUCTION = "mean_nonzero"
 DEFAULT_MINING = "all"
 RUN_FILES = ("summary.json", "pairs.npz")   # a finished run has written these
+# Paper A's claims, each on every metric of CLAIM_METRICS: (claim, the favoured
+# schedule, the schedule it is compared with; None: the best constant margin).
+CLAIMS = (("DAMS beats the best constant margin (chosen on validation)", "dams", None),
+          *((f"DAMS beats the {n} increase", "dams", n) for n in MONOTONIC),
+          ("our controller beats DAMS", "controller", "dams"))
+# (summary key, label, higher is better) of the claims' test metrics.
+CLAIM_METRICS = (("test.auc", "AUC", True), ("test.eer", "EER", False))
 StudyError = grid.StudyError
 
 
