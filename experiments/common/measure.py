@@ -126,11 +126,15 @@ def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
 def negative_active_ratio(record: dict[str, Any], loss: str) -> float:
   """Active share of the negative terms in one epoch record (NaN where not recorded).
 
-  Under paper B's contrastive ``y d^2`` every positive pair with ``d > 0`` is active,
-  so its overall active ratio is at least the share of positive pairs by construction;
-  the negative terms' share does not follow from the form. Every triplet term holds a
-  negative, so the triplet loss's is its active ratio.
+  The softmax / proxy / centre losses record it (``neg_active_ratio``,
+  ``tsm.losses._activity``). Under paper B's contrastive ``y d^2`` every positive pair
+  with ``d > 0`` is active, so its overall active ratio is at least the share of
+  positive pairs by construction; the negative terms' share
+  (``num_negative_active / num_negative``) does not follow from the form. Every triplet
+  term holds a negative, so the triplet loss's is its active ratio.
   """
+  if "neg_active_ratio" in record:
+    return float(record["neg_active_ratio"])
   if loss == "triplet":
     return float(record["active_ratio"])
   if "num_negative_active" in record and record.get("num_negative", 0) > 0:

@@ -9,10 +9,8 @@ model with :func:`experiments.common.measure.measure_embeddings` and its curves 
 :func:`experiments.common.measure.curve_summary`, plus what this study adds:
 
 * the inter-class centroid distances of every class pair (claim D4's distribution);
-* the active share of the NEGATIVE terms per epoch (:func:`negative_active_ratio`:
-  ``neg_active_ratio`` of the softmax / proxy / centre losses,
-  ``num_negative_active / num_negative`` of the contrastive loss, the active ratio of
-  the triplet loss);
+* the active share of the NEGATIVE terms per epoch
+  (:func:`experiments.common.measure.negative_active_ratio`) as a curve;
 * the scale-free loss fall (:func:`tsm.diagnostics.loss_fall_epochs`): the softmax
   losses have a floor far above 10 % of their first loss, so paper B's loss decay is
   often undefined for them.
@@ -187,18 +185,6 @@ def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- one run
 
 
-def negative_active_ratio(record: dict[str, Any], loss: str) -> float:
-  """Active share of the negative terms in one epoch record (NaN where not recorded).
-
-  The softmax / proxy / centre losses record ``neg_active_ratio``
-  (``tsm.losses._activity``); the contrastive and triplet losses as paper B's study
-  reads them (:func:`experiments.common.measure.negative_active_ratio`).
-  """
-  if "neg_active_ratio" in record:
-    return float(record["neg_active_ratio"])
-  return measure_lib.negative_active_ratio(record, loss)
-
-
 def measure(ctx: Any, config: ml_collections.ConfigDict, study: ml_collections.ConfigDict
             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """The final model's measurements (an evaluator's context ``ctx``): paper B's, plus
@@ -232,11 +218,9 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
   loss = config.loss.name
   curves = measure_lib.curve_summary(records, first_step["loss"],
                                      float(study.decay_fraction), loss)
-  neg = [negative_active_ratio(r, loss) for r in records]
-  curves["curves"]["neg_active_ratio"] = neg
+  curves["curves"]["neg_active_ratio"] = [measure_lib.negative_active_ratio(r, loss)
+                                          for r in records]
   curves["curves"]["grad_norm_per_loss"] = measure_lib.grad_norm_per_loss(records)
-  curves["mean_negative_active_ratio"] = (float(np.mean(neg)) if np.all(np.isfinite(neg))
-                                          else math.nan)
   fall = int(diagnostics.loss_fall_epochs(np.asarray(curves["curves"]["loss"], np.float32),
                                           float(study.fall_fraction)))
   d = arrays["centroid_distances"]

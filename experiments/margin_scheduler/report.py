@@ -76,7 +76,7 @@ def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[d
   """
   runs: dict[str, list[dict]] = {}
   for arm in arms:
-    name = study._as_arm(arm).name  # pylint: disable=protected-access
+    name = study.as_arm(arm).name
     runs[name] = []
     for seed in range(seeds):
       directory = study.run_dir(workdir, arm, seed)
@@ -171,7 +171,7 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
   """Paper A's claims (:data:`~experiments.margin_scheduler.study.CLAIMS`) the runs
   allow, per reduction / mining variant and metric; the best constant margin is chosen on
   validation, per metric."""
-  arms = [study._as_arm(a) for a in arms]  # pylint: disable=protected-access
+  arms = [study.as_arm(a) for a in arms]
   variants = list(dict.fromkeys((a.reduction, a.mining) for a in arms))
   grouped = len(variants) > 1
   out = []

@@ -18,7 +18,7 @@ differ (:func:`schedule_margin`):
 * ``controller``: tsm's two-sided controller (``margin.target``, ``margin.gain``,
   ``margin.min_margin``, ``margin.max_margin``, ``margin.deadband``).
 
-The evaluator :class:`EffectiveMargins` records paper A's effective margins
+The evaluator :class:`EffectiveMarginEvaluator` records paper A's effective margins
 ``d(a, n) - d(a, p)`` of a seeded sample of training triplets (eval-mode embeddings of a
 fixed sample of training examples) at the first, middle and last epoch, with a
 two-component Gaussian mixture fitted to them.
@@ -249,7 +249,8 @@ def axis(cfg: ml_collections.ConfigDict, field: str) -> list[str]:
   return [v.strip() for v in str(cfg.study[field]).split(",") if v.strip()]
 
 
-def _as_arm(arm: Arm | str) -> Arm:
+def as_arm(arm: Arm | str) -> Arm:
+  """``arm``, or the arm of a bare schedule name (the authors' reduction and mining)."""
   return arm if isinstance(arm, Arm) else Arm(arm)
 
 
@@ -268,7 +269,7 @@ def run_config(cfg: ml_collections.ConfigDict, arm: Arm | str,
   Returns:
     A full tsm config (no ``study`` section).
   """
-  arm = _as_arm(arm)
+  arm = as_arm(arm)
   run, _ = split_config(cfg)
   run.train.epochs = run_epochs(cfg)
   run.margin.update(schedule_margin(arm.schedule, cfg))
@@ -283,7 +284,7 @@ def run_config(cfg: ml_collections.ConfigDict, arm: Arm | str,
 
 def run_dir(workdir: str, arm: Arm | str, seed: int) -> str:
   """``<workdir>/runs/<arm name>/seed<k>``."""
-  return os.path.join(workdir, "runs", _as_arm(arm).name, f"seed{seed}")
+  return os.path.join(workdir, "runs", as_arm(arm).name, f"seed{seed}")
 
 
 def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
@@ -347,7 +348,7 @@ def hook_epochs(epochs: int) -> tuple[int, ...]:
   return tuple(sorted({0, (epochs - 1) // 2, epochs - 1}))
 
 
-class EffectiveMargins:
+class EffectiveMarginEvaluator:
   """Evaluator: effective margins of a training sample at chosen epochs.
 
   At each recorded epoch it embeds a fixed, seeded sample of ``num_examples`` training
@@ -453,16 +454,16 @@ def run_one(cfg: ml_collections.ConfigDict, workdir: str, arm: Arm | str, seed: 
     ``{"schedule"`` (the arm's name), ``"seed", "workdir", "seconds", "reused",
     "summary"}``.
   """
-  arm = _as_arm(arm)
+  arm = as_arm(arm)
   config = run_config(cfg, arm, seed)
   directory = run_dir(workdir, arm, seed)
   t0 = time.time()
   reused = finished(directory, config)
   if not reused:
     os.makedirs(directory, exist_ok=True)
-    margins_evaluator = EffectiveMargins(directory, config,
-                                         num_examples=cfg.study.em_examples,
-                                         num_triplets=cfg.study.em_triplets)
+    margins_evaluator = EffectiveMarginEvaluator(directory, config,
+                                                 num_examples=cfg.study.em_examples,
+                                                 num_triplets=cfg.study.em_triplets)
     with open(os.path.join(directory, "fit.log"), "a") as log, \
         contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
         _absl_to(log):
