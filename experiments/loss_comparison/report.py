@@ -196,7 +196,6 @@ def deviations(cfg: Any) -> list[list[str]]:
   s = cfg.study
   first = s.datasets[0]
   run = study.run_config(cfg, first, s.losses[0], s.first_seed)
-  options = study.sampler_options_available(run)
   t, d = run.train, run.data
   return [
       ["sampling", "random triplets / pairs, no mining", "one random positive and "
@@ -204,12 +203,10 @@ def deviations(cfg: Any) -> list[list[str]]:
        "paper B's random triplets / pairs" if s.sampling == "paper" else
        f"in-batch {s.sampling}, mining {s.mining}", "as the authors' code by default"],
       ["outliers (label -1) as anchors", "not stated", "yes",
-       ("yes" if s.outlier_anchors else "no") if options else
-       "no (tsm's sampler option is pending)",
+       "yes" if s.outlier_anchors else "no",
        "as the authors' code where tsm has the option (train.outlier_anchors)"],
       ["positive = anchor allowed", "not stated", "yes",
-       ("yes" if s.positive_is_anchor else "no") if options else
-       "no (tsm's sampler option is pending)",
+       "yes" if s.positive_is_anchor else "no",
        "as the authors' code where tsm has the option (train.positive_is_anchor)"],
       ["loss reduction", "mean over the batch", "mean over the batch",
        run.loss.reduction, "same"],

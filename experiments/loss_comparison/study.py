@@ -80,9 +80,9 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
     datasets: datasets to run, each with its own config section.
     losses: losses compared (paper B: contrastive and triplet).
     outlier_anchors: paper B's code lets the unlabelled outliers (label -1) anchor
-      triplets / pairs (``train.outlier_anchors``, where tsm has it).
+      triplets / pairs (``train.outlier_anchors``).
     positive_is_anchor: paper B's code draws the positive from the anchor's class
-      including the anchor itself (``train.positive_is_anchor``, where tsm has it).
+      including the anchor itself (``train.positive_is_anchor``).
     sampling: ``"paper"`` (paper B's random triplets / pairs: ``train.sampling``
       ``"triplets"`` for the triplet loss, ``"pairs"`` for the contrastive loss), or
       in-batch losses over ``"pk"`` (P x K) or ``"random"`` batches.
@@ -118,18 +118,13 @@ def check_study(cfg: ml_collections.ConfigDict) -> None:
                      f"{', '.join(SAMPLINGS)}.")
 
 
-def sampler_options_available(run: ml_collections.ConfigDict) -> bool:
-  """Whether this tsm has paper B's sampler options (``train.outlier_anchors``, ...)."""
-  return "outlier_anchors" in run.train and "positive_is_anchor" in run.train
-
-
 def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
                seed: int) -> ml_collections.ConfigDict:
   """The tsm config of one run: the dataset's section with the study's choices set.
 
   The shared choices of :func:`experiments.common.runs.dataset_run`; ``train.sampling``
-  and ``loss.mining`` from the study's sampling; paper B's sampler options where tsm
-  has them.
+  and ``loss.mining`` from the study's sampling; paper B's sampler options
+  (``train.outlier_anchors``, ``train.positive_is_anchor``).
   """
   s = cfg.study
   run = runs.dataset_run(cfg, dataset, loss, seed)
@@ -139,9 +134,8 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   else:
     run.train.sampling = s.sampling
     run.loss.mining = s.mining if loss == "triplet" else "all"
-  if sampler_options_available(run):
-    run.train.outlier_anchors = bool(s.outlier_anchors)
-    run.train.positive_is_anchor = bool(s.positive_is_anchor)
+  run.train.outlier_anchors = bool(s.outlier_anchors)
+  run.train.positive_is_anchor = bool(s.positive_is_anchor)
   return run
 
 
