@@ -19,6 +19,7 @@ import pytest
 from experiments.common import grid as runner
 from experiments.common import timing
 from experiments.loss_comparison import run as loss_run
+from experiments.loss_zoo import run as zoo_run
 from experiments.margin_scheduler import run as margin_run
 from tsm import config as config_lib
 
@@ -122,6 +123,7 @@ def test_ctrl_c_terminates_the_workers_and_exits_130(tmp_path):
 @pytest.mark.parametrize("main,command", [
     (margin_run.main, "python -m experiments.margin_scheduler.run"),
     (loss_run.main, "python -m experiments.loss_comparison.run"),
+    (zoo_run.main, "python -m experiments.loss_zoo.run"),
 ])
 def test_help_prints_the_usage(main, command, capsys):
   with pytest.raises(SystemExit) as e:
@@ -129,7 +131,7 @@ def test_help_prints_the_usage(main, command, capsys):
   assert e.value.code == 0
   out = capsys.readouterr().out
   assert command in out and "--config" in out and "--workdir" in out
-  assert "study.epochs" in out   # the shared epoch knob is documented in both
+  assert "study.epochs" in out   # the shared epoch knob is documented in each
 
 
 STUDIES = ("margin_scheduler", "loss_comparison", "loss_zoo")

@@ -22,7 +22,8 @@ def check_known(section: Any, known: Sequence[str]) -> None:
 
 
 def check_integers(section: Any, minimums: Iterable[tuple[str, int]]) -> None:
-  """Each ``(field, minimum)``: ``section[field]`` is an integer (not a bool) >= minimum."""
+  """Each ``(field, minimum)``: ``section[field]`` is an integer (not a bool), at least
+  ``minimum``."""
   for field, minimum in minimums:
     value = section[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

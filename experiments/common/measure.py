@@ -183,8 +183,8 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
       "first_step_loss": float(first_step_loss),
       "mean_active_ratio": float(np.mean(curves["active_ratio"])),
       "mean_grad_norm": float(np.mean(curves["grad_norm"])),
-      "mean_negative_active_ratio": (float(np.mean(neg)) if neg and np.all(np.isfinite(neg))
-                                     else math.nan),
+      "mean_negative_active_ratio": (float(np.mean(neg))
+                                     if neg and np.all(np.isfinite(neg)) else math.nan),
       "mean_grad_norm_per_loss": (float(np.nanmean(per_loss))
                                   if np.any(np.isfinite(per_loss)) else math.nan),
       "final_loss": curves["loss"][-1],

@@ -80,7 +80,8 @@ def study_fields(*, seeds: int, em_triplets: int) -> dict[str, Any]:
 
 def check_fields(cfg: Any, known: Sequence[str]) -> None:
   """Checks the fields of :func:`study_fields` and ``study.datasets``; every field of
-  the section is one of ``known`` (one-line :class:`~experiments.common.grid.StudyError`)."""
+  the section is one of ``known`` (one-line
+  :class:`~experiments.common.grid.StudyError`)."""
   s = cfg.study
   checks.check_known(s, known)
   checks.check_datasets(cfg)
@@ -154,6 +155,22 @@ def plan(cfg: Any, workdir: str, build: Build) -> list[dict[str, Any]]:
   return tasks
 
 
+def load_results(workdir: str, dataset: str, loss: str, seeds: Sequence[int],
+                 result_file: str) -> list[dict[str, Any]]:
+  """The result records of one (dataset, loss), in seed order (missing runs skipped)."""
+  from experiments.common import tables  # pylint: disable=import-outside-toplevel
+  return tables.load_json_runs([os.path.join(run_dir(workdir, dataset, loss, seed),
+                                             result_file) for seed in seeds])
+
+
+def load_arrays(workdir: str, dataset: str, loss: str, records: Sequence[dict[str, Any]],
+                arrays_file: str) -> list[dict[str, Any]]:
+  """The measured arrays of each run in ``records`` (those whose file exists)."""
+  from experiments.common import tables  # pylint: disable=import-outside-toplevel
+  return tables.load_npz_runs([os.path.join(run_dir(workdir, dataset, loss, r["seed"]),
+                                            arrays_file) for r in records])
+
+
 def check_data(tasks: Sequence[dict[str, Any]]) -> None:
   """Loads each run's data once: a missing TFDS set fails here, in one line.
 
@@ -183,7 +200,8 @@ def check_data(tasks: Sequence[dict[str, Any]]) -> None:
 
 def check_tasks(tasks: Sequence[dict[str, Any]]) -> None:
   """Fails before any training when a run directory holds a run of another config, or
-  a run's data do not load (one line each, :class:`~experiments.common.grid.StudyError`)."""
+  a run's data do not load (one line each,
+  :class:`~experiments.common.grid.StudyError`)."""
   grid.check_runs([(task["rundir"], task["config"]) for task in tasks])
   check_data(tasks)
 
@@ -321,8 +339,8 @@ def run_study(cfg: Any, workdir: str, *, study: Any, label: str,
     records, timing = run_tasks(
         label, s, costliest_first(tasks, cost, default_cost), workdir,
         run_one=grid.SectionRunOne(study.run_one, s), progress=progress, start=t0)
-    preamble = (f"Settings: {settings()}; {timing_lib.timing_line(timing)}. Per dataset:\n\n"
-                + per_dataset_lines(cfg, study.run_config))
+    preamble = (f"Settings: {settings()}; {timing_lib.timing_line(timing)}. Per "
+                "dataset:\n\n" + per_dataset_lines(cfg, study.run_config))
     rep = write_report(preamble)
     wall = time.time() - t0
     write_study_json(workdir, cfg, records, timing, wall_seconds=wall)

@@ -91,10 +91,9 @@ DECAY_KEYS = ("loss_decay_epochs", "loss_decay_epochs_from_step1")
 
 def load_runs(workdir: str, dataset: str, loss: str,
               seeds: Sequence[int]) -> list[dict[str, Any]]:
-  """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  return tables.load_json_runs([
-      os.path.join(runs_lib.run_dir(workdir, dataset, loss, seed), study.RESULT_FILE)
-      for seed in seeds])
+  """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing
+  skipped)."""
+  return runs_lib.load_results(workdir, dataset, loss, seeds, study.RESULT_FILE)
 
 
 def row_values(runs: Sequence[dict[str, Any]], key: str) -> list[float | None]:
@@ -318,13 +317,6 @@ def plot_effective_margins(path: str, dataset: str,
   return fits
 
 
-def _load_arrays(workdir: str, dataset: str, loss: str,
-                 runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-  return tables.load_npz_runs([
-      os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]), study.ARRAYS_FILE)
-      for r in runs])
-
-
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
                    seeds: Sequence[int], *, gmm_components: int = 2,
                    verdicts: dict[str, str] | None = None) -> dict[str, Any]:
@@ -343,7 +335,7 @@ def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
     path = os.path.join(directory, "curves.png")
     plot_curves(path, dataset, by_loss)
     figures.append(path)
-    arrays = {loss: _load_arrays(workdir, dataset, loss, runs)
+    arrays = {loss: runs_lib.load_arrays(workdir, dataset, loss, runs, study.ARRAYS_FILE)
               for loss, runs in by_loss.items()}
     path = os.path.join(directory, "intra_class_variance.png")
     plot_intra_class_variance(path, dataset, arrays)

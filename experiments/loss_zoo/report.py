@@ -78,9 +78,7 @@ EPOCH_KEYS = ("loss_fall_epochs", "loss_decay_epochs")
 def load_runs(workdir: str, dataset: str, loss: str,
               seeds: Sequence[int]) -> list[dict[str, Any]]:
   """The ``zoo.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  return tables.load_json_runs([
-      os.path.join(runs_lib.run_dir(workdir, dataset, loss, seed), zoo_study.RESULT_FILE)
-      for seed in seeds])
+  return runs_lib.load_results(workdir, dataset, loss, seeds, zoo_study.RESULT_FILE)
 
 
 def seed_values(runs: Sequence[dict[str, Any]], key: str,
@@ -145,8 +143,9 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
 def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
                   seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
   """Writes ``verdicts.md`` / ``verdicts.csv``; returns ``(markdown, stability)``."""
-  return verdicts_lib.write_verdicts(workdir, study_claims(by_dataset, seeds),
-                                    "Claims D1-D4 of the follow-up on this study's runs", compare_to)
+  return verdicts_lib.write_verdicts(
+      workdir, study_claims(by_dataset, seeds),
+      "Claims D1-D4 of the follow-up on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
@@ -260,13 +259,6 @@ def plot_distributions(directory: str, dataset: str,
   return paths
 
 
-def _load_arrays(workdir: str, dataset: str, loss: str,
-                 runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-  return tables.load_npz_runs([
-      os.path.join(runs_lib.run_dir(workdir, dataset, loss, r["seed"]), zoo_study.ARRAYS_FILE)
-      for r in runs])
-
-
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
                    seeds: Sequence[int]) -> dict[str, Any]:
   """Table and figures of one dataset: ``{"table", "figures", "runs"}``."""
@@ -279,7 +271,8 @@ def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
     path = os.path.join(directory, "curves.png")
     plot_curves(path, dataset, by_loss)
     figures.append(path)
-    arrays = {loss: _load_arrays(workdir, dataset, loss, runs)
+    arrays = {loss: runs_lib.load_arrays(workdir, dataset, loss, runs,
+                                         zoo_study.ARRAYS_FILE)
               for loss, runs in by_loss.items()}
     figures += plot_distributions(directory, dataset, arrays)
   return {"table": table, "figures": figures,
