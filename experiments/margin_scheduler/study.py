@@ -451,7 +451,7 @@ def run_one(cfg: ml_collections.ConfigDict, workdir: str, arm: Arm | str, seed: 
     seed: the seed.
 
   Returns:
-    ``{"schedule"`` (the arm's name), ``"seed", "workdir", "seconds", "reused",
+    ``{"schedule"`` (the arm's name), ``"seed", "rundir", "seconds", "reused",
     "summary"}``.
   """
   arm = as_arm(arm)
@@ -470,5 +470,5 @@ def run_one(cfg: ml_collections.ConfigDict, workdir: str, arm: Arm | str, seed: 
       config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
   with open(os.path.join(directory, "summary.json")) as f:
     summary = json.load(f)
-  return {"schedule": arm.name, "seed": int(seed), "workdir": directory,
+  return {"schedule": arm.name, "seed": int(seed), "rundir": directory,
           "seconds": time.time() - t0, "reused": reused, "summary": summary}
