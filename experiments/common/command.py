@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config
     usage: the command's help text (its ``run.py`` docstring).
     example_config: a config file named in the flags' help.
     default_workdir: the workdir the flags' help suggests.
-    run_study: ``run_study(cfg, workdir, argv)`` -> what :func:`show` prints.
+    run_study: ``run_study(cfg, workdir, argv)`` -> what ``show`` prints.
     show: ``show(result, workdir)`` prints the study's result.
   """
   from absl import logging  # pylint: disable=import-outside-toplevel

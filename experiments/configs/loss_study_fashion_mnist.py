@@ -33,7 +33,8 @@ DATASET = "fashion_mnist"
 
 
 def fashion_mnist_section(num_examples=6_000):
-  """Paper B's MNIST section (:func:`study.mnist`) on Fashion-MNIST's IDX files.
+  """Paper B's MNIST section (:func:`experiments.configs.presets.paper_b.mnist`) on
+  Fashion-MNIST's IDX files.
 
   Args:
     num_examples: cap on the images of each split (None: all 60,000 / 10,000).
