@@ -254,17 +254,18 @@ def study_lock(workdir: str) -> Iterator[None]:
     yield
 
 
-class SectionRunOne:
-  """A grid's ``run_one``: ``run_one(task, section)`` with the study section bound
-  (picklable, fork-shared), quiet about the compilation cache's benign race: two workers
-  compiling the same program may both write its cache entry, and one can read the
-  other's half-written file, which JAX reports and then compiles again."""
+class BoundRunOne:
+  """A grid's ``run_one``: a study's ``run_one(task, settings)`` with its settings (the
+  study config or its ``study`` section) bound (picklable, fork-shared), quiet about
+  the compilation cache's benign race: two workers compiling the same program may both
+  write its cache entry, and one can read the other's half-written file, which JAX
+  reports and then compiles again."""
 
-  def __init__(self, run_one: Callable[[Any, Any], Any], section: Any):
+  def __init__(self, run_one: Callable[[Any, Any], Any], settings: Any):
     self.run_one = run_one
-    self.section = section
+    self.settings = settings
 
   def __call__(self, task: Any) -> Any:
     warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
                             category=UserWarning)
-    return self.run_one(task, self.section)
+    return self.run_one(task, self.settings)

@@ -338,7 +338,7 @@ def run_study(cfg: Any, workdir: str, *, study: Any, label: str,
   with grid.study_lock(workdir):   # one study per workdir, after validation
     records, timing = run_tasks(
         label, s, costliest_first(tasks, cost, default_cost), workdir,
-        run_one=grid.SectionRunOne(study.run_one, s), progress=progress, start=t0)
+        run_one=grid.BoundRunOne(study.run_one, s), progress=progress, start=t0)
     preamble = (f"Settings: {settings()}; {timing_lib.timing_line(timing)}. Per "
                 "dataset:\n\n" + per_dataset_lines(cfg, study.run_config))
     rep = write_report(preamble)

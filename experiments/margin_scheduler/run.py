@@ -62,16 +62,6 @@ def _preload(cfg: Any, first: study.Arm) -> None:
     pass
 
 
-class _RunOne:
-  """``run_one`` of the grid: one (arm, seed) of this study (picklable, fork-shared)."""
-
-  def __init__(self, cfg: Any, workdir: str):
-    self.cfg, self.workdir = cfg, workdir
-
-  def __call__(self, job: tuple[study.Arm, int]) -> dict[str, Any]:
-    return study.run_one(self.cfg, self.workdir, *job)
-
-
 def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
   """Runs (or resumes) the whole study and writes its report.
 
@@ -88,18 +78,17 @@ def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
       or run).
   """
   arms = study.check_study(cfg)
-  seeds = int(cfg.study.seeds)
-  jobs = [(arm, seed) for seed in range(seeds) for arm in arms]
-  grid.check_runs([(study.run_dir(workdir, arm, seed), study.run_config(cfg, arm, seed))
-                   for arm, seed in jobs])
+  tasks = study.plan(cfg, workdir, arms)
+  grid.check_runs([(task["rundir"], task["config"]) for task in tasks])
   with grid.study_lock(workdir):   # one study per workdir, after validation
     artifacts.write_atomic(os.path.join(workdir, "study_config.json"),
                            cfg.to_json(indent=1))
     start = time.time()
     _preload(cfg, arms[0])
     results, timing = runs.run_tasks(
-        "margin study", cfg.study, jobs, workdir, run_one=_RunOne(cfg, workdir),
-        progress=_progress, start=start, shape=f"{len(arms)} arms x {seeds} seeds")
+        "margin study", cfg.study, tasks, workdir,
+        run_one=grid.BoundRunOne(study.run_one, cfg), progress=_progress, start=start,
+        shape=f"{len(arms)} arms x {cfg.study.seeds} seeds")
     grid.log(f"all runs done in {time.time() - start:.0f} s; writing the report")
     text = report.write_report(workdir, cfg, arms, timing=timing, command=command)
     grid.log(f"report: {os.path.join(workdir, 'report.md')}")

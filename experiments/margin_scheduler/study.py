@@ -440,23 +440,36 @@ def _absl_to(stream: Any):
     logger.propagate = saved
 
 
-def run_one(cfg: ml_collections.ConfigDict, workdir: str, arm: Arm | str, seed: int
-            ) -> dict[str, Any]:
-  """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
+def plan(cfg: ml_collections.ConfigDict, workdir: str,
+         study_arms: list[Arm] | None = None) -> list[dict[str, Any]]:
+  """Every run of the study: one task per (arm, seed), seeds outermost.
 
   Args:
     cfg: the study config.
     workdir: the study's directory.
-    arm: the arm (or a bare schedule name).
-    seed: the seed.
+    study_arms: the arms (default :func:`arms`).
+
+  Returns:
+    ``{"arm", "seed", "config", "rundir"}`` per run.
+  """
+  study_arms = arms(cfg) if study_arms is None else study_arms
+  return [{"arm": arm, "seed": seed, "config": run_config(cfg, arm, seed),
+           "rundir": run_dir(workdir, arm, seed)}
+          for seed in range(int(cfg.study.seeds)) for arm in study_arms]
+
+
+def run_one(task: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
+
+  Args:
+    task: a task of :func:`plan`.
+    cfg: the study config.
 
   Returns:
     ``{"schedule"`` (the arm's name), ``"seed", "rundir", "seconds", "reused",
     "summary"}``.
   """
-  arm = as_arm(arm)
-  config = run_config(cfg, arm, seed)
-  directory = run_dir(workdir, arm, seed)
+  arm, seed, config, directory = task["arm"], task["seed"], task["config"], task["rundir"]
   t0 = time.time()
   reused = finished(directory, config)
   if not reused:
