@@ -45,11 +45,11 @@ from experiments.common import checks
 from experiments.common import grid
 from experiments.common import measure as measure_lib
 from experiments.common import runs
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 # Claim D2 is about fine-grained retrieval: many visually close classes.
 FINE_GRAINED = ("cars196", "caltech_birds2011")
-LOSSES = tuple(tsm_config.LOSSES)
+LOSSES = tuple(config_lib.LOSSES)
 # The options a loss takes from ``study.loss_options.<loss>`` (None: the loss's default).
 _OPTION_TYPES = {"temperature": float, "alpha": float, "beta": float, "base": float,
                  "scale": float, "loss_margin": float, "momentum": float}
@@ -66,7 +66,7 @@ def loss_options() -> ml_collections.ConfigDict:
   """
   out = {}
   for name in LOSSES:
-    fields = [f for f in tsm_config.LOSS_FIELDS[name] if f in _OPTION_TYPES]
+    fields = [f for f in config_lib.LOSS_FIELDS[name] if f in _OPTION_TYPES]
     out[name] = {f: config_dict.placeholder(_OPTION_TYPES[f]) for f in fields}
   return ml_collections.ConfigDict(out)
 
