@@ -10,10 +10,14 @@ import os
 import pytest
 
 
-from experiments.loss_comparison import analysis
+from experiments.common import grid
+from experiments.common import measure as analysis
+from experiments.common import runs
+from experiments.common import tables
+from experiments.configs.presets import paper_b as study_config
 from experiments.loss_comparison import report
 from experiments.loss_comparison import run as study_run
-from experiments.loss_comparison import study as study_config
+from experiments.loss_comparison import study
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
 from tsm import losses
 from tsm import reporting
@@ -31,7 +35,7 @@ FIGURES = ("curves.png", "intra_class_variance.png", "pca.png", "effective_margi
 def tiny_study(**study):
   cfg = study_config.study_config(("digits",))
   cfg.study.update(dict(seeds=2, epochs=2, workers=1, compilation_cache="",
-                        max_triplets=2000), **study)
+                        em_triplets=2000), **study)
   cfg.digits.model.hidden_sizes = (32,)
   cfg.digits.model.embedding_dim = 16
   cfg.digits.train.steps_per_epoch = 8
@@ -64,7 +68,7 @@ def test_table_has_every_row_with_finite_numbers(study_dir):
       if loss == "contrastive" and not _measured(labels[row[0]]):
         assert cell == "n/a", (row[0], cell)   # NaN, never a plausible number
         continue
-      assert report.is_finite_number(cell), (row[0], cell)
+      assert tables.is_finite_number(cell), (row[0], cell)
       assert "±" in cell   # two seeds: mean ± std
   with open(os.path.join(workdir, "digits", "table.md")) as f:
     assert f.read().count("\n|") == len(report.ROWS) + 2   # + header rule
@@ -79,7 +83,7 @@ def test_figures_verdicts_and_report_are_written(study_dir):
   header = rows[0]
   assert header[:3] == ["dataset", "claim", "metric"] and header[-2:] == ["verdict", "note"]
   # Every claim measured on digits (by-image split: k-NN too), in CLAIMS order.
-  assert [r[2] for r in rows[1:]] == [key for _, key, _, _ in report.CLAIMS
+  assert [r[2] for r in rows[1:]] == [key for _, key, _, _ in study.CLAIMS
                                       if _measured(key)]
   assert all(r[0] == "digits" and r[header.index("verdict")] in VERDICTS
              for r in rows[1:])
@@ -96,7 +100,7 @@ def test_figures_verdicts_and_report_are_written(study_dir):
 def test_each_run_is_analysed_once_and_checkpointed_at_the_end(study_dir):
   workdir, _ = study_dir
   for loss in ("contrastive", "triplet"):
-    rundir = report.run_dir(workdir, "digits", loss, 0)
+    rundir = runs.run_dir(workdir, "digits", loss, 0)
     with open(os.path.join(rundir, "analysis.json")) as f:
       result = json.load(f)
     assert result["loss"] == loss and result["epochs"] == 2
@@ -118,7 +122,7 @@ def test_epoch_curves_are_the_means_of_the_jitted_steps_metrics(study_dir):
   step, and fit's epoch records (the study's curves) are their per-epoch means."""
   workdir, _ = study_dir
   for loss in ("contrastive", "triplet"):
-    rundir = report.run_dir(workdir, "digits", loss, 1)
+    rundir = runs.run_dir(workdir, "digits", loss, 1)
     with open(os.path.join(rundir, "metrics.jsonl")) as f:
       records = [json.loads(line) for line in f]
     with open(os.path.join(rundir, "analysis.json")) as f:
@@ -144,7 +148,7 @@ def test_bad_study_settings_fail_in_one_line_before_running(tmp_path, field, val
   cfg = tiny_study()
   cfg.study[field] = value
   workdir = str(tmp_path / "w")
-  with pytest.raises(study_run.StudyError, match=message) as e:
+  with pytest.raises(grid.StudyError, match=message) as e:
     study_run.run_study(cfg, workdir)
   assert "\n" not in str(e.value)
   assert not os.path.exists(workdir)
@@ -152,29 +156,29 @@ def test_bad_study_settings_fail_in_one_line_before_running(tmp_path, field, val
 
 def test_run_config_follows_the_sampling_choice():
   cfg = study_config.study_config(("synthetic",))
-  run = study_run.run_config(cfg, "synthetic", "contrastive", 3)
+  run = study.run_config(cfg, "synthetic", "contrastive", 3)
   assert (run.seed, run.loss.name, run.train.sampling) == (3, "contrastive", "pairs")
   assert run.margin.initial_margin == 1.0 and run.train.batch_size == 64
   cfg.study.sampling = "pk"
   cfg.study.mining = "semihard"
-  run = study_run.run_config(cfg, "synthetic", "triplet", 0)
+  run = study.run_config(cfg, "synthetic", "triplet", 0)
   assert (run.train.sampling, run.loss.mining) == ("pk", "semihard")
-  assert study_run.run_config(cfg, "synthetic", "contrastive", 0).loss.mining == "all"
+  assert study.run_config(cfg, "synthetic", "contrastive", 0).loss.mining == "all"
   gpu = study_config.study_config(("cifar10",))
-  assert not study_run.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
+  assert not study.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
   gpu.cifar10.model.pretrained_path = "/weights/resnet18.npz"   # paper B: frozen trunk
-  assert study_run.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
+  assert study.run_config(gpu, "cifar10", "triplet", 0).model.freeze_trunk
 
 
 def test_study_defaults_and_the_epochs_knob():
   cfg = study_config.study_config(("synthetic", "digits"))
   assert cfg.study.seeds == 10 and cfg.study.vary_data
-  run = study_run.run_config(cfg, "synthetic", "triplet", 7)
+  run = study.run_config(cfg, "synthetic", "triplet", 7)
   assert run.data.data_seed == 7 and run.train.epochs == 100
   cfg.study.epochs = 3
-  assert study_run.run_config(cfg, "digits", "contrastive", 0).train.epochs == 3
+  assert study.run_config(cfg, "digits", "contrastive", 0).train.epochs == 3
   cfg.study.vary_data = False
-  assert study_run.run_config(cfg, "synthetic", "triplet", 7).data.data_seed == 0
+  assert study.run_config(cfg, "synthetic", "triplet", 7).data.data_seed == 0
 
 
 def _record(loss, grad, active, **extra):

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from experiments.common import runs
+from experiments.common import tables
+from experiments.configs.presets import loss_zoo as presets
 from experiments.loss_zoo import report
 from experiments.loss_zoo import run as zoo_run
 from experiments.loss_zoo import study
@@ -72,9 +75,9 @@ def test_loss_fall_epochs_is_scale_free_jittable_and_honest():
 
 
 def test_runs_differ_only_in_the_loss():
-  cfg = study.study_config(study.OFFLINE_DATASETS)
+  cfg = presets.study_config(presets.OFFLINE_DATASETS)
   cfg.study.loss_options.ntxent.temperature = 0.2
-  for dataset in study.OFFLINE_DATASETS:
+  for dataset in presets.OFFLINE_DATASETS:
     runs = {loss: study.run_config(cfg, dataset, loss, 3) for loss in study.LOSSES}
     shared = None
     for loss, run in runs.items():
@@ -100,7 +103,7 @@ def test_runs_differ_only_in_the_loss():
     ("xla_threads", 2, "study.xla_threads"),
 ])
 def test_bad_study_settings_fail_in_one_line(field, value, match):
-  cfg = study.study_config(("synthetic",))
+  cfg = presets.study_config(("synthetic",))
   cfg.study[field] = value
   with pytest.raises(study.StudyError, match=match) as e:
     study.check_study(cfg)
@@ -108,7 +111,7 @@ def test_bad_study_settings_fail_in_one_line(field, value, match):
 
 
 def test_bad_loss_option_names_the_dataset_and_field():
-  cfg = study.study_config(("synthetic",))
+  cfg = presets.study_config(("synthetic",))
   cfg.study.loss_options.arcface.scale = -1.0
   with pytest.raises(study.StudyError, match=r"synthetic \(arcface\).*loss.scale"):
     study.plan(cfg, "/nonexistent")
@@ -162,12 +165,12 @@ def test_table_cell_interval_matches_scipy():
   values = [0.5, 0.7, 0.65, None, 0.6]
   x = np.asarray([0.5, 0.7, 0.65, 0.6])
   lo, hi = sps.t.interval(0.95, x.size - 1, loc=x.mean(), scale=sps.sem(x))
-  got = report.interval(values)
+  got = tables.mean_interval(values)
   np.testing.assert_allclose(got, (lo, hi), rtol=1e-12)
-  assert report.cell(values, 3) == (f"{x.mean():.3f} ± {x.std(ddof=1):.3f} "
+  assert tables.interval_cell(values, 3) == (f"{x.mean():.3f} ± {x.std(ddof=1):.3f} "
                                     f"[{lo:.3f}, {hi:.3f}]")
-  assert report.cell([None, math.nan], 3) == "n/a"
-  assert math.isnan(report.interval([1.0])[0])
+  assert tables.interval_cell([None, math.nan], 3) == "n/a"
+  assert math.isnan(tables.mean_interval([1.0])[0])
 
 
 # ----------------------------------------------------------------------------- tiny run
@@ -176,9 +179,9 @@ LOSSES = ("triplet", "ntxent")
 
 
 def tiny_study(**fields):
-  cfg = study.study_config(("synthetic",))
+  cfg = presets.study_config(("synthetic",))
   cfg.study.update(dict(losses=LOSSES, seeds=2, epochs=2, workers=1, compilation_cache="",
-                        max_triplets=500), **fields)
+                        em_triplets=500), **fields)
   cfg.synthetic.model.hidden_sizes = (16,)
   cfg.synthetic.model.embedding_dim = 8
   cfg.synthetic.train.steps_per_epoch = 4
@@ -212,7 +215,7 @@ def test_tiny_study_writes_table_figures_and_verdicts(zoo_dir):
     for label, text in zip(labels, row[2:]):
       if label.startswith("loss decay"):
         continue   # may be "never" (then epochs + 1): still a number
-      assert report.is_finite_number(text), (row[0], label, text)
+      assert tables.is_finite_number(text), (row[0], label, text)
       assert "±" in text and "[" in text, (label, text)   # two seeds: std and interval
   for name in ("curves.png", "intra_class_variance.png", "centroid_distances.png"):
     assert os.path.getsize(os.path.join(workdir, "synthetic", name)) > 1000, name
@@ -229,8 +232,8 @@ def test_tiny_study_writes_table_figures_and_verdicts(zoo_dir):
 @pytest.mark.slow
 def test_run_records_match_fit_metrics_and_centroid_distances(zoo_dir):
   workdir, _ = zoo_dir
-  rundir = study.run_dir(workdir, "synthetic", "ntxent", 0)
-  with open(os.path.join(rundir, study.ZOO_JSON)) as f:
+  rundir = runs.run_dir(workdir, "synthetic", "ntxent", 0)
+  with open(os.path.join(rundir, study.RESULT_FILE)) as f:
     zoo = json.load(f)
   epochs = [r for r in read_lines(rundir) if r["kind"] == "epoch"]
   assert zoo["curves"]["neg_active_ratio"] == [r["neg_active_ratio"] for r in epochs]

@@ -22,8 +22,11 @@ from experiments.configs import margin_study_digits
 from experiments.margin_scheduler import report
 from experiments.margin_scheduler import run as run_lib
 from experiments.margin_scheduler import study
-from experiments import verdicts as verdicts_lib
+from experiments.common import grid
+from experiments.common import verdicts as verdicts_lib
+from experiments.configs.presets import paper_a
 from scipy import stats as sps
+from tsm import cli as cli_lib
 from tsm import config as config_lib
 from tsm import reporting
 
@@ -234,7 +237,7 @@ def test_schedules_and_stepwise_stages():
   assert run.margin.schedule == "constant" and run.margin.initial_margin == 0.5
   assert run.seed == 3 and "study" not in run
   cfg.study.schedules = "dams,nope"
-  with pytest.raises(config_lib.ConfigError, match="study.schedules"):
+  with pytest.raises(grid.StudyError, match="study.schedules"):
     study.check_study(cfg)
 
 
@@ -246,7 +249,7 @@ def test_study_defaults_follow_the_authors_code():
   assert run.data.data_seed == 4   # vary_data: the data follow the seed
   cfg.study.vary_data = False
   assert study.run_config(cfg, "dams", 4).data.data_seed == cfg.data.data_seed
-  images = study.paper_a_images("lfw")
+  images = paper_a.images("lfw")
   assert not images.data.augment   # the authors' code: resize + normalise only
 
 
@@ -277,7 +280,7 @@ def test_bad_study_fields_name_the_field(field, value):
   cfg = margin_study_digits.get_config()
   with cfg.unlocked():
     cfg.study[field] = value
-  with pytest.raises(config_lib.ConfigError, match=f"study.{field}") as e:
+  with pytest.raises(grid.StudyError, match=f"study.{field}") as e:
     study.check_study(cfg)
   assert "\n" not in str(e.value)
 
@@ -361,7 +364,7 @@ def test_cli_rejects_a_bad_schedule(capsys, monkeypatch):
   monkeypatch.setattr(sys, "argv", argv)
   with pytest.raises(SystemExit) as e:
     run_lib.main(argv)
-  assert e.value.code == run_lib.USAGE_ERROR
+  assert e.value.code == cli_lib.USAGE_ERROR
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "study.schedules" in err
   assert "bogus" in err and "Unknown command line flag" not in err

@@ -1,4 +1,4 @@
-"""The shared study runner (experiments/runner.py): order, workers, reuse, Ctrl-C, --help.
+"""The studies' shared layer (experiments/common): order, workers, reuse, Ctrl-C, --help.
 
 The forking checks run in a fresh interpreter (a test process whose JAX runtime has
 started must not fork, and run_grid then falls back to one process by design).
@@ -16,8 +16,10 @@ import time
 
 import pytest
 
-from experiments import runner
+from experiments.common import grid as runner
+from experiments.common import timing
 from experiments.loss_comparison import run as loss_run
+from experiments.loss_zoo import run as zoo_run
 from experiments.margin_scheduler import run as margin_run
 from tsm import config as config_lib
 
@@ -75,7 +77,7 @@ def test_finished_reuses_only_a_same_config_run_with_its_files(tmp_path):
 def test_workers_are_forked_processes_and_results_keep_the_order():
   proc = _python("""
       import os
-      from experiments import runner
+      from experiments.common import grid as runner
       parent = os.getpid()
       out = runner.run_grid(list(range(6)), lambda j: (j, os.getpid()), workers=2,
                             log=lambda line: None)
@@ -97,7 +99,7 @@ def test_ctrl_c_terminates_the_workers_and_exits_130(tmp_path):
   proc = _python(f"""
       import os, signal, time
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      from experiments import runner
+      from experiments.common import grid as runner
       def job(j):
         open(os.path.join({str(pids)!r}, str(os.getpid())), "w").close()
         time.sleep(60)
@@ -121,6 +123,7 @@ def test_ctrl_c_terminates_the_workers_and_exits_130(tmp_path):
 @pytest.mark.parametrize("main,command", [
     (margin_run.main, "python -m experiments.margin_scheduler.run"),
     (loss_run.main, "python -m experiments.loss_comparison.run"),
+    (zoo_run.main, "python -m experiments.loss_zoo.run"),
 ])
 def test_help_prints_the_usage(main, command, capsys):
   with pytest.raises(SystemExit) as e:
@@ -128,24 +131,51 @@ def test_help_prints_the_usage(main, command, capsys):
   assert e.value.code == 0
   out = capsys.readouterr().out
   assert command in out and "--config" in out and "--workdir" in out
-  assert "study.epochs" in out   # the shared epoch knob is documented in both
+  assert "study.epochs" in out   # the shared epoch knob is documented in each
 
 
-def test_both_studies_have_the_same_file_roles():
-  for package in ("margin_scheduler", "loss_comparison"):
+STUDIES = ("margin_scheduler", "loss_comparison", "loss_zoo")
+
+
+def test_every_study_has_the_same_file_roles_and_fields():
+  for package in STUDIES:
     for role in ("study.py", "run.py", "report.py"):
       assert os.path.exists(os.path.join(ROOT, "experiments", package, role)), (package,
                                                                               role)
+  from experiments.common import grid  # pylint: disable=import-outside-toplevel
   from experiments.loss_comparison import study as loss_study
+  from experiments.loss_zoo import study as zoo_study
   from experiments.margin_scheduler import study as margin_study
   shared = {"seeds", "epochs", "vary_data", "workers", "xla_threads", "compilation_cache",
-            "compare_to"}
-  assert shared <= set(margin_study.study_config().keys())
+            "compare_to", "em_triplets"}
+  assert shared <= set(margin_study.study_section().keys())
   assert shared <= set(loss_study.study_section(()).keys())
+  assert shared <= set(zoo_study.study_section(()).keys())
+  for module in (margin_study, loss_study, zoo_study):
+    assert module.StudyError is grid.StudyError
+
+
+def test_no_study_imports_another_study():
+  import ast  # pylint: disable=import-outside-toplevel
+  for package in STUDIES:
+    folder = os.path.join(ROOT, "experiments", package)
+    for name in os.listdir(folder):
+      if not name.endswith(".py"):
+        continue
+      with open(os.path.join(folder, name)) as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        for imported in names:
+          for other in STUDIES:
+            if other != package:
+              assert not imported.startswith(f"experiments.{other}"), (package, name,
+                                                                       imported)
 
 
 def test_a_compared_table_reads_as_its_own_verdicts():
-  from experiments import verdicts as verdicts_lib  # pylint: disable=import-outside-toplevel
+  from experiments.common import verdicts as verdicts_lib  # pylint: disable=import-outside-toplevel
   assert verdicts_lib.own_verdict("held") == "held"
   assert verdicts_lib.own_verdict(
       "unstable (contradicted here / inconclusive in the rerun)") == "contradicted"
@@ -153,28 +183,28 @@ def test_a_compared_table_reads_as_its_own_verdicts():
 
 def test_study_timing_sums_training_invocations_and_ignores_report_rebuilds(tmp_path):
   workdir = str(tmp_path)
-  first = runner.study_timing(workdir, seconds=100.0, runs=5, trained=3, workers=2,
+  first = timing.study_timing(workdir, seconds=100.0, runs=5, trained=3, workers=2,
                               xla_threads=0)
   assert (first["wall_s"], first["trained"], first["invocations"]) == (100.0, 3, 1)
   # Resumed after an interruption: the remaining 2 runs in 50 s.
-  resumed = runner.study_timing(workdir, seconds=50.0, runs=5, trained=2, workers=2,
+  resumed = timing.study_timing(workdir, seconds=50.0, runs=5, trained=2, workers=2,
                                 xla_threads=1)
   assert (resumed["wall_s"], resumed["trained"], resumed["invocations"]) == (150.0, 5, 2)
   assert resumed["xla_threads"] == 1          # the last training invocation's settings
   # The report rebuilt: nothing trained, the study's timing unchanged.
-  rebuilt = runner.study_timing(workdir, seconds=2.0, runs=5, trained=0, workers=2,
+  rebuilt = timing.study_timing(workdir, seconds=2.0, runs=5, trained=0, workers=2,
                                 xla_threads=0)
   assert rebuilt == resumed
-  line = runner.timing_line(rebuilt)
+  line = timing.timing_line(rebuilt)
   assert line.startswith("wall time 150 s for 5 runs (5 trained, over 2 invocations)")
-  with open(os.path.join(workdir, runner.TIMING_FILE)) as f:
+  with open(os.path.join(workdir, timing.TIMING_FILE)) as f:
     assert [h["seconds"] for h in json.load(f)["invocations"]] == [100.0, 50.0, 2.0]
 
 
 def test_study_timing_starts_again_from_an_unreadable_file(tmp_path):
-  with open(os.path.join(tmp_path, runner.TIMING_FILE), "w") as f:
+  with open(os.path.join(tmp_path, timing.TIMING_FILE), "w") as f:
     f.write("{not json")
-  only = runner.study_timing(str(tmp_path), seconds=7.0, runs=2, trained=0, workers=1,
+  only = timing.study_timing(str(tmp_path), seconds=7.0, runs=2, trained=0, workers=1,
                              xla_threads=0)
   assert (only["wall_s"], only["trained"], only["invocations"]) == (7.0, 0, 1)
-  assert runner.timing_line(only).startswith("wall time 7 s for 2 runs (0 trained)")
+  assert timing.timing_line(only).startswith("wall time 7 s for 2 runs (0 trained)")

@@ -12,11 +12,11 @@ ImageNet weights with ``--config.model.pretrained_path=resnet50.npz`` (see
 ``tsm.models.convert_torchvision_resnet``). Wants a GPU.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.data.name = "caltech_birds2011"
   cfg.data.split = "class_disjoint"
   cfg.data.val_fraction = 0.1

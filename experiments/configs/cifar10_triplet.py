@@ -12,11 +12,11 @@ with cosine decay, random crop + flip augmentation. Contrastive counterpart:
 ``--config.loss.name=contrastive --config.train.sampling=pairs``. Wants a GPU.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.data.name = "cifar10"
   cfg.data.split = "standard"
   cfg.data.val_fraction = 0.1

@@ -13,11 +13,11 @@ same 10 digits (train / validation / test images disjoint), as for MNIST in pape
 loss (paper A). About 10-20 s on two CPU cores.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.seed = 0
   cfg.data.name = "digits"
   cfg.data.split = "by_image"

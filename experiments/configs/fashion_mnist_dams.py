@@ -27,11 +27,11 @@ steps come to about 3-4 minutes on 2 idle cores (extrapolated). All 60,000 image
 ``fashion_mnist_dams_gpu.py`` (900 steps an epoch, 50 epochs).
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.seed = 0
   cfg.data.name = "fashion_mnist"
   cfg.data.split = "standard"

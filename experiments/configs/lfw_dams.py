@@ -14,11 +14,11 @@ ImageNet-pretrained EfficientNet-B0; tsm offers ResNets (pass converted ImageNet
 with ``--config.model.pretrained_path=...``). Wants a GPU.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.data.name = "lfw"
   cfg.data.split = "class_disjoint"
   cfg.data.val_fraction = 0.1

@@ -13,10 +13,10 @@ as in paper B). Class-disjoint split (classes 1-100 train, 101-200 test; Musgrav
 so k-NN accuracy is not reported. 30 epochs, 5 seeds; a GPU is needed.
 """
 
-from experiments.loss_comparison import study
+from experiments.configs.presets import paper_b
 
 
 def get_config():
-  cfg = study.study_config(("caltech_birds2011",))
+  cfg = paper_b.study_config(("caltech_birds2011",))
   cfg.study.workers = 1
   return cfg

@@ -13,10 +13,10 @@ as in paper B). Class-disjoint split (classes 1-98 train, 99-196 test; Musgrave 
 so k-NN accuracy is not reported. 30 epochs, 5 seeds; a GPU is needed.
 """
 
-from experiments.loss_comparison import study
+from experiments.configs.presets import paper_b
 
 
 def get_config():
-  cfg = study.study_config(("cars196",))
+  cfg = paper_b.study_config(("cars196",))
   cfg.study.workers = 1
   return cfg

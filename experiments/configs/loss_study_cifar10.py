@@ -14,10 +14,10 @@ With ImageNet-pretrained weights in a local ``.npz`` (``tsm.models`` format, e.g
 5 seeds; a GPU is needed.
 """
 
-from experiments.loss_comparison import study
+from experiments.configs.presets import paper_b
 
 
 def get_config():
-  cfg = study.study_config(("cifar10",))
+  cfg = paper_b.study_config(("cifar10",))
   cfg.study.workers = 1
   return cfg

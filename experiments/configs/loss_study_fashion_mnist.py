@@ -12,7 +12,7 @@ triplets (triplet loss) or pairs (contrastive loss), the model after the last ep
 (k = 5) on test with the training set as reference. The official split by image
 (``standard``: the same ten classes in train and test).
 
-CPU budget (issue 11: each offline study within 60 minutes on 2 CPU cores, at least 5
+CPU budget (each offline study within 60 minutes on 2 CPU cores, at least 5
 seeds): every run sees a 6,000-image subsample of each split (train from the 60,000
 training images, test from the 10,000 test images; ``data.num_examples``), drawn from
 the run's seed (``study.vary_data``; both losses of a seed see the same images), for
@@ -27,13 +27,14 @@ The full-size version (all 60,000 training images, 20 epochs, 10 seeds) is the G
 config ``loss_study_fashion_mnist_gpu.py``.
 """
 
-from experiments.loss_comparison import study
+from experiments.configs.presets import paper_b
 
 DATASET = "fashion_mnist"
 
 
 def fashion_mnist_section(num_examples=6_000):
-  """Paper B's MNIST section (:func:`study.mnist`) on Fashion-MNIST's IDX files.
+  """Paper B's MNIST section (:func:`experiments.configs.presets.paper_b.mnist`) on
+  Fashion-MNIST's IDX files.
 
   Args:
     num_examples: cap on the images of each split (None: all 60,000 / 10,000).
@@ -41,7 +42,7 @@ def fashion_mnist_section(num_examples=6_000):
   Returns:
     A full tsm config.
   """
-  cfg = study.mnist()
+  cfg = paper_b.mnist()
   cfg.data.name = DATASET
   cfg.data.source = "idx"
   cfg.data.split = "standard"
@@ -50,7 +51,7 @@ def fashion_mnist_section(num_examples=6_000):
 
 
 def get_config():
-  cfg = study.study_config(())
+  cfg = paper_b.study_config(())
   cfg.study.datasets = (DATASET,)
   cfg[DATASET] = fashion_mnist_section()
   cfg.study.seeds = 5

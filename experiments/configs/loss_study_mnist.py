@@ -10,10 +10,10 @@ reference). Paper B reports intra-class variance and inter-class distances for M
 the table shows them beside ours. Minutes per run on a GPU.
 """
 
-from experiments.loss_comparison import study
+from experiments.configs.presets import paper_b
 
 
 def get_config():
-  cfg = study.study_config(("mnist",))
+  cfg = paper_b.study_config(("mnist",))
   cfg.study.workers = 1
   return cfg

@@ -13,8 +13,8 @@ random sampling: ``--config.study.sampling=pk`` (``--config.study.mining=semihar
 See ``experiments/loss_comparison/run.py``.
 """
 
-from experiments.loss_comparison import study
+from experiments.configs.presets import paper_b
 
 
 def get_config():
-  return study.study_config(study.OFFLINE_DATASETS)
+  return paper_b.study_config(paper_b.OFFLINE_DATASETS)

@@ -16,10 +16,10 @@ Class-disjoint split (classes 1-100 train, 101-200 test), P x K = 32 x 4, 30 epo
 5 seeds: 45 runs; a GPU is needed. Fine-grained: D2 is tested.
 """
 
-from experiments.loss_zoo import study
+from experiments.configs.presets import loss_zoo
 
 
 def get_config():
-  cfg = study.study_config(("caltech_birds2011",))
+  cfg = loss_zoo.study_config(("caltech_birds2011",))
   cfg.study.workers = 1
   return cfg

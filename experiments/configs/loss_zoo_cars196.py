@@ -15,10 +15,10 @@ Class-disjoint split (classes 1-98 train, 99-196 test), P x K = 32 x 4, 30 epoch
 seeds: 45 runs; a GPU is needed. Fine-grained: D2 is tested.
 """
 
-from experiments.loss_zoo import study
+from experiments.configs.presets import loss_zoo
 
 
 def get_config():
-  cfg = study.study_config(("cars196",))
+  cfg = loss_zoo.study_config(("cars196",))
   cfg.study.workers = 1
   return cfg

@@ -15,10 +15,10 @@ Standard 50,000 / 10,000 split, P x K = 10 x 16, 20 epochs, 5 seeds: 45 runs; a 
 needed. D2 is not tested (CIFAR-10 is not fine-grained).
 """
 
-from experiments.loss_zoo import study
+from experiments.configs.presets import loss_zoo
 
 
 def get_config():
-  cfg = study.study_config(("cifar10",))
+  cfg = loss_zoo.study_config(("cifar10",))
   cfg.study.workers = 1
   return cfg

@@ -11,8 +11,8 @@ small ConvNet, 10 epochs), 5 seeds: 135 runs. Quick look:
 ``--config.study.seeds=2 --config.study.epochs=3``. See ``experiments/loss_zoo/run.py``.
 """
 
-from experiments.loss_zoo import study
+from experiments.configs.presets import loss_zoo
 
 
 def get_config():
-  return study.study_config(study.OFFLINE_DATASETS)
+  return loss_zoo.study_config(loss_zoo.OFFLINE_DATASETS)

@@ -13,8 +13,8 @@ augmentation (both as the authors' code), an ImageNet-pretrained EfficientNet-B0
 Adam 1e-4, 50 epochs, the model of the lowest validation loss. Wants a GPU (one worker).
 """
 
-from experiments.margin_scheduler import study
+from experiments.configs.presets import paper_a
 
 
 def get_config():
-  return study.paper_a_images("caltech_birds2011")
+  return paper_a.images("caltech_birds2011")

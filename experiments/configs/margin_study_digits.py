@@ -12,11 +12,11 @@ on 2 shared cores). Digits
 is nearly solved by every schedule (test AUC ~0.997), so it separates them less than mnist1d.
 """
 
-from experiments.margin_scheduler import study
+from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = study.base_config()
+  cfg = paper_a.base()
   cfg.data.name = "digits"
   cfg.data.split = "by_image"
   cfg.data.test_fraction = 0.2

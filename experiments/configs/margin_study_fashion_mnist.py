@@ -7,7 +7,7 @@ Needs ``apt-get install dataset-fashion-mnist`` (Debian's IDX files; offline), t
       --workdir=runs/margin_study_fashion_mnist
 
 Fashion-MNIST is the standard drop-in for paper A's MNIST. Paper A's setup (see
-``experiments.margin_scheduler.study.base_config``) where it fits a 10-class set:
+``experiments.configs.presets.paper_a.base``) where it fits a 10-class set:
 
 * verification split by image within the same 10 classes: the official 60,000 / 10,000
   split (``standard``), 10 % of train held out (by image) for validation, as paper A's
@@ -19,7 +19,7 @@ Fashion-MNIST is the standard drop-in for paper A's MNIST. Paper A's setup (see
 * P x K = 10 x 6 = 60 rows (P is capped by the 10 classes; paper A: 32 x 2 = 64);
 * the authors' loss (``mean_nonzero``), all valid triplets, every schedule of the study.
 
-CPU budget (issue 11: within 60 minutes on 2 CPU cores, at least 5 seeds): 9 schedules
+CPU budget (within 60 minutes on 2 CPU cores, at least 5 seeds): 9 schedules
 x 5 seeds = 45 runs on 2 worker processes; each run sees a 5,000-image subsample of
 each split (train / validation / test; ``data.num_examples``), drawn from the run's seed
 (``study.vary_data``), for 12 epochs of 83 steps (1,000 steps) at Adam 1e-3 (paper A:
@@ -34,11 +34,11 @@ The full-size version (all images, 50 epochs, 10 seeds) is the GPU config
 ``margin_study_fashion_mnist_gpu.py``.
 """
 
-from experiments.margin_scheduler import study
+from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = study.base_config()
+  cfg = paper_a.base()
   cfg.data.name = "fashion_mnist"
   cfg.data.source = "idx"
   cfg.data.split = "standard"

@@ -16,10 +16,10 @@ validation loss; every same-identity test pair and 100,000 different ones (eval.
 pairs. Wants a GPU (one worker).
 """
 
-from experiments.margin_scheduler import study
+from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = study.paper_a_images("lfw")
+  cfg = paper_a.images("lfw")
   cfg.data.test_fraction = 0.2
   return cfg

@@ -18,11 +18,11 @@ held out for validation) and P is capped at 10: P x K = 10 x 6 = 60 rows, close 
 A's 32 x 2 = 64. Every schedule of the study, 10 seeds (the study default).
 """
 
-from experiments.margin_scheduler import study
+from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = study.base_config()
+  cfg = paper_a.base()
   cfg.data.name = "mnist"
   cfg.data.split = "standard"
   cfg.data.val_fraction = 0.1

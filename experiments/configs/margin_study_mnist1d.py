@@ -5,7 +5,7 @@ r"""Paper A's margin-scheduler study on mnist1d: the offline default (CPU, minut
 
 9 schedules x 10 seeds = 90 runs (about 10 minutes on 2 CPU cores). Each run draws its
 data from its seed (``study.vary_data``). Paper A's setup (see
-``experiments.margin_scheduler.study.base_config``) where it fits a 10-class offline set:
+``experiments.configs.presets.paper_a.base``) where it fits a 10-class offline set:
 
 * verification split by image within the same 10 classes: mnist1d's own 4,000 / 1,000
   train / test split (``standard``), 20 % of train held out (by image) for validation;
@@ -22,11 +22,11 @@ data from its seed (``study.vary_data``). Paper A's setup (see
   ~25 epochs, so DAMS would never move; without it DAMS starts raising mu near epoch 12.
 """
 
-from experiments.margin_scheduler import study
+from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = study.base_config()
+  cfg = paper_a.base()
   cfg.data.name = "mnist1d"
   cfg.data.split = "standard"
   cfg.data.val_fraction = 0.2

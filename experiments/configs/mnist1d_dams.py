@@ -6,11 +6,11 @@ Class-disjoint split (classes 0-4 train, 5-9 test), the small 1-D ConvNet, P x K
 of 5 classes x 16 signals, all valid triplets, DAMS from mu = 0.2. A few minutes on CPU.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.data.name = "mnist1d"
   cfg.data.split = "class_disjoint"
   cfg.data.val_fraction = 0.2

@@ -14,11 +14,11 @@ mu = 0.2. Paper A ran MNIST with an EfficientNet-B0 on 224 px 3-channel inputs; 
 ``--config.data.image_size=224 --config.data.channels=3`` and a ResNet trunk to follow it.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.data.name = "mnist"
   cfg.data.split = "class_disjoint"
   cfg.data.val_fraction = 0.1

@@ -16,11 +16,11 @@ References: Zeng, "Comparing Contrastive and Triplet Loss: Variance Analysis and
 Optimization Behavior", arXiv:2510.02161.
 """
 
-from tsm import config as tsm_config
+from tsm import config as config_lib
 
 
 def get_config():
-  cfg = tsm_config.default_config()
+  cfg = config_lib.default_config()
   cfg.data.name = "synthetic"
   cfg.data.split = "standard"
   cfg.data.val_fraction = 0.1

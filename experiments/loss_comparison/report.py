@@ -10,7 +10,8 @@ triplets of every seed, with a Gaussian mixture fitted to them).
 
 Over all datasets: ``verdicts.md`` / ``verdicts.csv`` (each claim of paper B per dataset:
 mean ± std per loss, the paired difference over seeds with its 95 % interval, raw and
-Holm p over the study's whole family of claims, MDE, verdict; :mod:`experiments.verdicts`),
+Holm p over the study's whole family of claims, MDE, verdict;
+:mod:`experiments.common.verdicts`),
 ``deviations.md`` and ``report.md`` (everything, for reading).
 
 Two of paper B's claims hold by construction and are flagged: under the contrastive
@@ -23,14 +24,17 @@ unit of loss.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import verdicts as verdicts_lib
+from experiments.common import figures
+from experiments.common import runs as runs_lib
+from experiments.common import tables
+from experiments.common import verdicts as verdicts_lib
+from experiments.loss_comparison import study
+from tsm import artifacts
 from tsm import diagnostics
 from tsm import plotting
 from tsm import reporting
@@ -80,33 +84,6 @@ PAPER_B = {
     "caltech_birds2011": {"recall@1": ("0.3154", "0.3421")},
 }
 
-BY_CONSTRUCTION = {
-    "mean_active_ratio": "holds by construction under y·d²: every positive pair with "
-                         "d > 0 is active and half the pairs are positive; see the "
-                         "negative-term companion",
-    "mean_grad_norm": "losses of different scale: raw norms are not comparable; see the "
-                      "per-unit-loss companion",
-}
-# Paper B's claims: (claim, key, the loss the claim favours, higher_is_better).
-CLAIMS = (
-    ("triplet keeps more intra-class variance", "intra_var", "triplet", True),
-    ("triplet keeps larger inter-class distances", "inter_dist", "triplet", True),
-    ("contrastive's loss decays faster (fewer epochs)", "loss_decay_epochs", "contrastive",
-     False),
-    ("contrastive's loss decays faster, counted from the first step's loss",
-     "loss_decay_epochs_from_step1", "contrastive", False),
-    ("contrastive has a higher active ratio (many small updates)", "mean_active_ratio",
-     "contrastive", True),
-    ("triplet has larger gradient norms (fewer, stronger updates)", "mean_grad_norm",
-     "triplet", True),
-    ("companion: contrastive has a higher active ratio of negative terms",
-     "mean_negative_active_ratio", "contrastive", True),
-    ("companion: triplet has a larger gradient norm per unit of loss",
-     "mean_grad_norm_per_loss", "triplet", True),
-    ("triplet wins k-NN accuracy", "knn@5", "triplet", True),
-    ("triplet wins Recall@1", "recall@1", "triplet", True),
-    ("triplet wins retrieval (MAP@R)", "map@r", "triplet", True),
-)
 NOT_MEASURED = "n/a (not measured)"
 # Loss-decay rows: -1 (never reached within E epochs) counts as E + 1.
 DECAY_KEYS = ("loss_decay_epochs", "loss_decay_epochs_from_step1")
@@ -114,28 +91,14 @@ DECAY_KEYS = ("loss_decay_epochs", "loss_decay_epochs_from_step1")
 
 def load_runs(workdir: str, dataset: str, loss: str,
               seeds: Sequence[int]) -> list[dict[str, Any]]:
-  """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  out = []
-  for seed in seeds:
-    path = os.path.join(run_dir(workdir, dataset, loss, seed), "analysis.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
-
-
-def run_dir(workdir: str, dataset: str, loss: str, seed: int) -> str:
-  """``<workdir>/<dataset>/<loss>/seed<seed>``."""
-  from experiments.loss_comparison import study  # pylint: disable=import-outside-toplevel
-  return study.run_dir(workdir, dataset, loss, seed)
+  """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing
+  skipped)."""
+  return runs_lib.load_results(workdir, dataset, loss, seeds, study.RESULT_FILE)
 
 
 def row_values(runs: Sequence[dict[str, Any]], key: str) -> list[float | None]:
   """Per-seed values of a row. Loss-decay never reached counts as ``epochs + 1``."""
-  if key in DECAY_KEYS:
-    return [None if r.get(key) is None else float(r[key]) if r[key] >= 0
-            else float(r["epochs"] + 1) for r in runs]
-  return reporting.per_seed(runs, key)
+  return [tables.run_value(r, key, DECAY_KEYS) for r in runs]
 
 
 def _cell(runs: Sequence[dict[str, Any]], key: str, digits: int) -> str:
@@ -151,11 +114,7 @@ def seed_values(runs: Sequence[dict[str, Any]], key: str,
                 seeds: Sequence[int]) -> list[float | None]:
   """:func:`row_values` indexed by ``seeds`` (None where a run is missing), so that the
   two losses' lists pair seed by seed."""
-  out: list[float | None] = [None] * len(seeds)
-  for r in runs:
-    if r["seed"] in seeds:
-      out[list(seeds).index(r["seed"])] = row_values([r], key)[0]
-  return out
+  return tables.seed_values(runs, key, seeds, DECAY_KEYS)
 
 
 def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
@@ -164,14 +123,14 @@ def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
   other = {"triplet": "contrastive", "contrastive": "triplet"}
   out = []
   for dataset, by_loss in by_dataset.items():
-    for claim, key, favoured, higher in CLAIMS:
+    for claim, key, favoured, higher in study.CLAIMS:
       a = seed_values(by_loss.get(favoured, []), key, seeds)
       b = seed_values(by_loss.get(other[favoured], []), key, seeds)
       if not (reporting.summarize(a).n and reporting.summarize(b).n):
         continue   # not measured here (e.g. k-NN on unseen classes): not in the family
       out.append(verdicts_lib.Claim(claim, key, favoured, other[favoured], a, b,
                                     higher_is_better=higher,
-                                    note=BY_CONSTRUCTION.get(key, ""), group=dataset))
+                                    note=study.BY_CONSTRUCTION.get(key, ""), group=dataset))
   return out
 
 
@@ -179,7 +138,7 @@ def decided(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
             seeds: Sequence[int]) -> dict[str, dict[str, str]]:
   """``{dataset: {key: verdict}}`` of every claim, Holm over the whole study."""
   claims = study_claims(by_dataset, seeds)
-  out = {d: {key: NOT_MEASURED for _, key, _, _ in CLAIMS} for d in by_dataset}
+  out = {d: {key: NOT_MEASURED for _, key, _, _ in study.CLAIMS} for d in by_dataset}
   for c, comp in zip(claims, verdicts_lib.decide_claims(claims)):
     out[c.group][c.metric] = comp.verdict
   return out
@@ -202,7 +161,7 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
   """
   paper = PAPER_B.get(dataset, {})
   verdicts = claim_verdicts(by_loss) if verdicts is None else verdicts
-  claim_of = {key: claim for claim, key, _, _ in CLAIMS}
+  claim_of = {key: claim for claim, key, _, _ in study.CLAIMS}
   header = (["quantity"] + [f"{loss} (ours)" for loss in losses]
             + [f"{loss} (paper B)" for loss in losses] + ["paper B's claim", "verdict"])
   rows = []
@@ -227,22 +186,15 @@ def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, A
   Returns:
     ``(markdown, stability sentence)``.
   """
-  claims = study_claims(by_dataset, seeds)
-  header, rows = verdicts_lib.verdict_table(claims, grouped=True)
-  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
-  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
-                             os.path.join(workdir, "verdicts.csv"),
-                             title="Paper B's claims on this study's runs")
-  return md, sentence
+  return verdicts_lib.write_verdicts(workdir, study_claims(by_dataset, seeds),
+                                    "Paper B's claims on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
   """Paper B vs its authors' code vs this study (read from ``cfg``)."""
-  from experiments.loss_comparison import study  # pylint: disable=import-outside-toplevel
   s = cfg.study
   first = s.datasets[0]
   run = study.run_config(cfg, first, s.losses[0], s.first_seed)
-  options = study.sampler_options_available(run)
   t, d = run.train, run.data
   return [
       ["sampling", "random triplets / pairs, no mining", "one random positive and "
@@ -250,12 +202,10 @@ def deviations(cfg: Any) -> list[list[str]]:
        "paper B's random triplets / pairs" if s.sampling == "paper" else
        f"in-batch {s.sampling}, mining {s.mining}", "as the authors' code by default"],
       ["outliers (label -1) as anchors", "not stated", "yes",
-       ("yes" if s.outlier_anchors else "no") if options else
-       "no (tsm's sampler option is pending)",
+       "yes" if s.outlier_anchors else "no",
        "as the authors' code where tsm has the option (train.outlier_anchors)"],
       ["positive = anchor allowed", "not stated", "yes",
-       ("yes" if s.positive_is_anchor else "no") if options else
-       "no (tsm's sampler option is pending)",
+       "yes" if s.positive_is_anchor else "no",
        "as the authors' code where tsm has the option (train.positive_is_anchor)"],
       ["loss reduction", "mean over the batch", "mean over the batch",
        run.loss.reduction, "same"],
@@ -287,16 +237,9 @@ def deviations(cfg: Any) -> list[list[str]]:
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(ncols: int, width: float = 5.0, height: float = 3.8):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-
-
 def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]]) -> None:
   """Loss, active ratio and gradient norm per epoch: mean over seeds, ± std band."""
-  fig, axes = _figure(3)
+  fig, axes = figures.subplots(3)
   names = (("loss", "loss"), ("active_ratio", "active ratio"),
            ("grad_norm", "gradient norm"))
   for ax, (key, label) in zip(axes[0], names):
@@ -304,8 +247,7 @@ def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]
     for loss, runs in by_loss.items():
       if not runs:
         continue
-      length = min(len(r["curves"][key]) for r in runs)
-      values = np.asarray([r["curves"][key][:length] for r in runs], np.float64)
+      values = figures.curve_matrix(runs, key)
       mean, std = values.mean(0), values.std(0, ddof=1) if len(runs) > 1 else 0 * values[0]
       name = f"{loss} (n={len(runs)})"
       series[name], bands[name] = mean, (mean - std, mean + std)
@@ -318,7 +260,7 @@ def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]
 def plot_intra_class_variance(path: str, dataset: str,
                               arrays: dict[str, list[dict[str, np.ndarray]]]) -> None:
   """Per-class intra-class variance (training embeddings), mean ± std over seeds."""
-  fig, axes = _figure(1, width=7.0)
+  fig, axes = figures.subplots(1, width=7.0)
   ax = axes[0, 0]
   losses = [loss for loss, runs in arrays.items() if runs]
   width = 0.8 / max(len(losses), 1)
@@ -343,7 +285,7 @@ def plot_intra_class_variance(path: str, dataset: str,
 def plot_pca(path: str, dataset: str, embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
              seed: int) -> None:
   """2-D PCA of the test embeddings, one panel per loss (the first seed's run)."""
-  fig, axes = _figure(len(embeddings))
+  fig, axes = figures.subplots(len(embeddings))
   for ax, (loss, (emb, labels)) in zip(axes[0], embeddings.items()):
     plotting.plot_pca(ax, emb, labels, title=f"{dataset}, {loss} (seed {seed}): test PCA")
   fig.tight_layout()
@@ -359,7 +301,7 @@ def plot_effective_margins(path: str, dataset: str,
     ``{loss: {"weights", "means", "stds"}}`` of the pooled fits.
   """
   losses = [loss for loss, runs in arrays.items() if runs]
-  fig, axes = _figure(max(len(losses), 1))
+  fig, axes = figures.subplots(max(len(losses), 1))
   fits = {}
   for ax, loss in zip(axes[0], losses):
     values = np.concatenate([a["effective_margins"] for a in arrays[loss]])
@@ -373,16 +315,6 @@ def plot_effective_margins(path: str, dataset: str,
   fig.tight_layout()
   plotting.save_figure(fig, path)
   return fits
-
-
-def _load_arrays(workdir: str, dataset: str, loss: str,
-                 runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-  out = []
-  for r in runs:
-    path = os.path.join(run_dir(workdir, dataset, loss, r["seed"]), "analysis.npz")
-    with np.load(path) as data:
-      out.append({k: data[k] for k in data.files})
-  return out
 
 
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
@@ -403,7 +335,7 @@ def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
     path = os.path.join(directory, "curves.png")
     plot_curves(path, dataset, by_loss)
     figures.append(path)
-    arrays = {loss: _load_arrays(workdir, dataset, loss, runs)
+    arrays = {loss: runs_lib.load_arrays(workdir, dataset, loss, runs, study.ARRAYS_FILE)
               for loss, runs in by_loss.items()}
     path = os.path.join(directory, "intra_class_variance.png")
     plot_intra_class_variance(path, dataset, arrays)
@@ -454,10 +386,8 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   if stability:
     parts.append(stability + "\n")
   if cfg is not None:
-    deviation_md = verdicts_lib.deviations_markdown(
-        deviations(cfg), "Deviations from paper B and its authors' code")
-    with open(os.path.join(workdir, "deviations.md"), "w") as f:
-      f.write(deviation_md)
+    deviation_md = verdicts_lib.write_deviations(
+        workdir, deviations(cfg), "Deviations from paper B and its authors' code")
     parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])
@@ -470,14 +400,6 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
     parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
                                          for p in per[d]["figures"]) + "\n")
   text = "\n".join(p for p in parts if p)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(text)
+  artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
   return {"datasets": per, "verdicts": verdicts_md}
 
-
-def is_finite_number(text: str) -> bool:
-  """Whether a table cell starts with a finite number (``"0.1234 ± 0.0100"``)."""
-  try:
-    return math.isfinite(float(text.split()[0]))
-  except (ValueError, IndexError):
-    return False

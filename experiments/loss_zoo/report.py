@@ -14,7 +14,8 @@ Per dataset (``<workdir>/<dataset>/``):
 
 Over all datasets: ``verdicts.md`` / ``.csv`` (claims D1-D4 of the follow-up, each a
 paired test over seeds of the favoured loss against the per-seed mean of the other
-losses, Holm over the study's family: :mod:`experiments.verdicts`), ``deviations.md``
+losses, Holm over the study's family: :mod:`experiments.common.verdicts`),
+``deviations.md``
 and ``report.md`` (everything, for reading).
 
 The claims (PAPERS.md section D) as tested; "the others" is the per-seed mean of the
@@ -38,17 +39,18 @@ active-ratio claims carry a note; the negative-term ratio is the closer comparis
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
-from experiments import verdicts as verdicts_lib
-from experiments.loss_comparison import report as pair_report
+from experiments.common import figures
+from experiments.common import runs as runs_lib
+from experiments.common import tables
+from experiments.common import verdicts as verdicts_lib
 from experiments.loss_zoo import study as zoo_study
+from tsm import artifacts
 from tsm import plotting
 from tsm import reporting
 
@@ -71,64 +73,19 @@ COLUMNS = (
 )
 # Epoch counts where -1 means "never": counted as epochs + 1 (as paper B's study).
 EPOCH_KEYS = ("loss_fall_epochs", "loss_decay_epochs")
-ACTIVE_NOTE = ("active terms are defined per loss family (hinge: loss > 0; softmax / "
-               "proxy / centre: a competitor within one logit unit), so this compares "
-               "different quantities; see the negative-term companion")
-GRAD_NOTE = "losses of different scale: raw norms are not comparable; see grad / loss"
-D1 = ("triplet", "supcon")
-D3 = ("contrastive", "ntxent")
-D4 = ("npair",)
-# (id, claim template, key, favoured losses, the claim's group, higher is better, note,
-#  fine-grained only)
-CLAIMS = (
-    ("D1", "{a} keeps more intra-class variance", "intra_var", D1, D1, True, "", False),
-    ("D1", "{a} has clearer inter-class margins", "separation", D1, D1, True, "", False),
-    ("D2", "{a} has a higher Recall@1 (fine-grained)", "recall@1", D1, D1, True, "", True),
-    ("D3", "{a} converges faster (loss fall)", "loss_fall_epochs", D3, D3, False, "",
-     False),
-    ("D3", "{a} converges faster (paper B's loss decay)", "loss_decay_epochs", D3, D3,
-     False, "", False),
-    ("D3", "{a} ends with lower intra-class variance", "intra_var", D3, D3, False, "",
-     False),
-    ("D3", "{a} has a higher active ratio", "mean_active_ratio", D3, D3, True,
-     ACTIVE_NOTE, False),
-    ("D3", "{a} has a higher active ratio of negative terms",
-     "mean_negative_active_ratio", D3, D3, True, "", False),
-    ("D3", "{a} has smaller gradients", "mean_grad_norm", D3, D3, False, GRAD_NOTE, False),
-    ("D3", "{a} has smaller gradients per unit of loss", "mean_grad_norm_per_loss", D3, D3,
-     False, "", False),
-    ("D4", "{a} has a larger mean class separation", "inter_dist", D4, D4, True, "",
-     False),
-    ("D4", "{a} spaces its classes unevenly (larger spread)", "inter_dist_std_over_pairs",
-     D4, D4, True, "", False),
-)
 
 
 def load_runs(workdir: str, dataset: str, loss: str,
               seeds: Sequence[int]) -> list[dict[str, Any]]:
   """The ``zoo.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  out = []
-  for seed in seeds:
-    path = os.path.join(zoo_study.run_dir(workdir, dataset, loss, seed), zoo_study.ZOO_JSON)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
+  return runs_lib.load_results(workdir, dataset, loss, seeds, zoo_study.RESULT_FILE)
 
 
 def seed_values(runs: Sequence[dict[str, Any]], key: str,
                 seeds: Sequence[int]) -> list[float | None]:
   """Per-seed values indexed by ``seeds`` (None where missing); "never" epochs count as
   ``epochs + 1``."""
-  out: list[float | None] = [None] * len(seeds)
-  for r in runs:
-    if r["seed"] not in seeds:
-      continue
-    value = r.get(key)
-    if value is not None and key in EPOCH_KEYS and value < 0:
-      value = r["epochs"] + 1
-    out[list(seeds).index(r["seed"])] = None if value is None else float(value)
-  return out
+  return tables.seed_values(runs, key, seeds, EPOCH_KEYS)
 
 
 def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str], key: str,
@@ -143,31 +100,13 @@ def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str],
   return out
 
 
-def interval(values: Sequence[float | None]) -> tuple[float, float]:
-  """Two-sided 95 % t interval of the mean of the finite values (NaN under 2 values)."""
-  x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
-  if x.size < 2:
-    return math.nan, math.nan
-  half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-  return float(x.mean() - half), float(x.mean() + half)
-
-
-def cell(values: Sequence[float | None], digits: int) -> str:
-  """``"mean ± std [lo, hi]"`` (``"n/a"`` when nothing finite)."""
-  text = reporting.summarize(values).format(digits)
-  lo, hi = interval(values)
-  if math.isfinite(lo):
-    text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-  return text
-
-
 def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
                  seeds: Sequence[int]) -> list[verdicts_lib.Claim]:
   """Every testable claim D1-D4 on every dataset (the study's family)."""
   out = []
   for dataset, by_loss in by_dataset.items():
     present = [loss for loss, runs in by_loss.items() if runs]
-    for cid, text, key, favoured, group, higher, note, fine in CLAIMS:
+    for cid, text, key, favoured, group, higher, note, fine in zoo_study.CLAIMS:
       if fine and dataset not in zoo_study.FINE_GRAINED:
         continue
       others = [loss for loss in present if loss not in group]
@@ -192,8 +131,9 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
   header = ["loss", "seeds"] + [label for _, label, _ in COLUMNS]
   rows = []
   for loss, runs in by_loss.items():
-    rows.append([loss, str(len(runs))] + [cell(seed_values(runs, key, seeds), digits)
-                                          for key, _, digits in COLUMNS])
+    rows.append([loss, str(len(runs))]
+                + [tables.interval_cell(seed_values(runs, key, seeds), digits)
+                   for key, _, digits in COLUMNS])
   title = (f"{dataset}: mean ± std over seeds [95 % t interval of the mean]; epoch "
            "counts never reached count as epochs + 1")
   return reporting.write_table(header, rows, os.path.join(workdir, dataset, "table.md"),
@@ -203,13 +143,9 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
 def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
                   seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
   """Writes ``verdicts.md`` / ``verdicts.csv``; returns ``(markdown, stability)``."""
-  claims = study_claims(by_dataset, seeds)
-  header, rows = verdicts_lib.verdict_table(claims, grouped=True)
-  rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
-  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
-                             os.path.join(workdir, "verdicts.csv"),
-                             title="Claims D1-D4 of the follow-up on this study's runs")
-  return md, sentence
+  return verdicts_lib.write_verdicts(
+      workdir, study_claims(by_dataset, seeds),
+      "Claims D1-D4 of the follow-up on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
@@ -226,7 +162,7 @@ def deviations(cfg: Any) -> list[list[str]]:
        "tens of epochs", "models trained from scratch need the larger rate; CPU budget"],
       ["losses", "seven", "not released",
        f"{len(s.losses)}: " + ", ".join(s.losses),
-       "MultiSimilarity and ProxyAnchor as strong baselines (issue 12)"],
+       "MultiSimilarity and ProxyAnchor as strong baselines"],
       ["loss parameters", "not stated", "not released",
        f"pytorch-metric-learning defaults; triplet margin {s.triplet_margin:g} "
        f"(PML 0.05), contrastive margins 0 / {s.contrastive_margin:g}",
@@ -252,13 +188,6 @@ def deviations(cfg: Any) -> list[list[str]]:
   ]
 
 
-def _figure(ncols: int, width: float = 5.0, height: float = 3.8):
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-
-
 CURVES = (("loss", "loss", True), ("active_ratio", "active ratio", False),
           ("grad_norm", "gradient norm", True),
           ("grad_norm_per_loss", "gradient norm / loss", True))
@@ -266,16 +195,14 @@ CURVES = (("loss", "loss", True), ("active_ratio", "active ratio", False),
 
 def plot_curves(path: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]]) -> None:
   """Per-epoch curves of every loss: mean over seeds, ± std band."""
-  fig, axes = _figure(len(CURVES), width=4.5)
+  fig, axes = figures.subplots(len(CURVES), width=4.5)
   for ax, (key, label, log_scale) in zip(axes[0], CURVES):
     for i, (loss, runs) in enumerate(by_loss.items()):
       if not runs:
         continue
-      length = min(len(r["curves"][key]) for r in runs)
-      values = np.asarray([[np.nan if v is None else v for v in r["curves"][key][:length]]
-                           for r in runs], np.float64)
+      values = figures.curve_matrix(runs, key)
       mean = np.nanmean(values, 0)
-      epochs = np.arange(1, length + 1)
+      epochs = np.arange(1, values.shape[1] + 1)
       ax.plot(epochs, mean, color=f"C{i % 10}", label=loss)
       if len(runs) > 1:
         std = np.nanstd(values, 0, ddof=1)
@@ -316,7 +243,7 @@ def plot_distributions(directory: str, dataset: str,
     names, values = _pooled(arrays, name)
     if not names:
       continue
-    fig, axes = _figure(1, width=max(6.0, 0.9 * len(names)))
+    fig, axes = figures.subplots(1, width=max(6.0, 0.9 * len(names)))
     ax = axes[0, 0]
     if violin:
       ax.violinplot(values, showmeans=True, showextrema=True)
@@ -332,17 +259,6 @@ def plot_distributions(directory: str, dataset: str,
   return paths
 
 
-def _load_arrays(workdir: str, dataset: str, loss: str,
-                 runs: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-  out = []
-  for r in runs:
-    path = os.path.join(zoo_study.run_dir(workdir, dataset, loss, r["seed"]), "zoo.npz")
-    if os.path.exists(path):
-      with np.load(path) as z:
-        out.append({k: z[k] for k in z.files})
-  return out
-
-
 def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
                    seeds: Sequence[int]) -> dict[str, Any]:
   """Table and figures of one dataset: ``{"table", "figures", "runs"}``."""
@@ -355,7 +271,8 @@ def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
     path = os.path.join(directory, "curves.png")
     plot_curves(path, dataset, by_loss)
     figures.append(path)
-    arrays = {loss: _load_arrays(workdir, dataset, loss, runs)
+    arrays = {loss: runs_lib.load_arrays(workdir, dataset, loss, runs,
+                                         zoo_study.ARRAYS_FILE)
               for loss, runs in by_loss.items()}
     figures += plot_distributions(directory, dataset, arrays)
   return {"table": table, "figures": figures,
@@ -393,19 +310,14 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   if stability:
     parts.append(stability + "\n")
   if cfg is not None:
-    deviation_md = verdicts_lib.deviations_markdown(
-        deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
-    with open(os.path.join(workdir, "deviations.md"), "w") as f:
-      f.write(deviation_md)
+    deviation_md = verdicts_lib.write_deviations(
+        workdir, deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
     parts.append(deviation_md)
   for d in datasets:
     parts.append(per[d]["table"])
     parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
                                          for p in per[d]["figures"]) + "\n")
   text = "\n".join(p for p in parts if p)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(text)
+  artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
   return {"datasets": per, "verdicts": verdicts_md}
 
-
-is_finite_number = pair_report.is_finite_number

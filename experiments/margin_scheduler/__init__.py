@@ -3,12 +3,13 @@
   python -m experiments.margin_scheduler.run \\
       --config=experiments/configs/margin_study_mnist1d.py --workdir=runs/margin_study
 
-Modules:
+The file roles every study has (on :mod:`experiments.common`):
 
-* :mod:`~experiments.margin_scheduler.study`: the study's config section, its arms
-  (schedule x reduction x mining), one run and the effective-margin evaluator.
-* :mod:`~experiments.margin_scheduler.report`: tables, verdicts and figures from the run
-  directories.
-* :mod:`~experiments.margin_scheduler.run`: the command (the grid on
-  :func:`experiments.runner.run_grid`, then the report).
+* :mod:`~experiments.margin_scheduler.study`: the study section, its arms (schedule x
+  reduction x mining), its checks, one run and the effective-margin evaluator;
+* :mod:`~experiments.margin_scheduler.report`: tables, claims and verdicts, deviations
+  and figures from the run directories;
+* :mod:`~experiments.margin_scheduler.run`: the command (the grid, then the report).
+
+Paper A's setup is :mod:`experiments.configs.presets.paper_a`.
 """

@@ -1,10 +1,10 @@
-# Over 500 lines: the study's tables, verdicts, deviations and figures are one report.
 """Tables, verdicts and figures of the margin study, computed from its run directories.
 
 Everything here reads files only (``summary.json``, ``metrics.jsonl``, ``pairs.npz`` and
 ``effective_margins/*.npz`` of each ``runs/<schedule>/seed<k>``), so a finished study's
 report can be rebuilt at any time. Numbers are summarised with :mod:`tsm.reporting`
-(mean ± sample std over seeds) and :mod:`experiments.verdicts` (paired tests, Holm).
+(mean ± sample std over seeds) and :mod:`experiments.common.verdicts` (paired tests,
+Holm).
 
 Outputs in the study directory:
 
@@ -34,8 +34,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import runner
-from experiments import verdicts as verdicts_lib
+from experiments.common import figures
+from experiments.common import tables
+from experiments.common import timing as timing_lib
+from experiments.common import verdicts as verdicts_lib
+from experiments.margin_scheduler import study
+from tsm import artifacts
 from tsm import reporting
 
 # (summary key, column label, higher is better); the test metrics of paper A first.
@@ -51,23 +55,10 @@ METRICS = (
 # Reported, not ranked. "final mu" is the margin the last epoch trained at (from its
 # epoch record), "next mu" the one the last update produced (never trained with).
 EXTRAS = (("final_mu", "final mu"), ("next_mu", "next mu"), ("best_epoch", "best epoch"))
-VERDICT_METRICS = (("test.auc", "AUC", True), ("test.eer", "EER", False))
 TAR_FARS = {"test.tar@far=1e-2": 1e-2, "test.tar@far=1e-3": 1e-3}
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def _read_jsonl_epochs(path: str) -> list[dict[str, Any]]:
-  out = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        if line.strip():
-          record = json.loads(line)
-          if record.get("kind") == "epoch":
-            out.append(record)
-  return out
 
 
 def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[dict]]:
@@ -83,10 +74,9 @@ def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[d
     ``summary.json`` are left out). Each summary gains ``final_mu`` (the margin the
     last epoch trained at) and ``next_mu`` (the margin after the last update).
   """
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   runs: dict[str, list[dict]] = {}
   for arm in arms:
-    name = study._as_arm(arm).name  # pylint: disable=protected-access
+    name = study.as_arm(arm).name
     runs[name] = []
     for seed in range(seeds):
       directory = study.run_dir(workdir, arm, seed)
@@ -95,7 +85,7 @@ def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[d
         continue
       with open(path) as f:
         summary = json.load(f)
-      epochs = _read_jsonl_epochs(os.path.join(directory, "metrics.jsonl"))
+      epochs = tables.epoch_records(os.path.join(directory, "metrics.jsonl"))
       summary["final_mu"] = epochs[-1]["margin"] if epochs else None
       summary["next_mu"] = epochs[-1].get("margin_next") if epochs else None
       runs[name].append({"seed": seed, "dir": directory, "summary": summary,
@@ -110,11 +100,8 @@ def _values(runs: list[dict], key: str) -> list[float | None]:
 def seed_values(runs: list[dict], key: str, seeds: int) -> list[float | None]:
   """Values of ``key`` indexed by seed ``0 .. seeds - 1`` (None where a run is missing),
   so that two arms' lists pair seed by seed."""
-  out: list[float | None] = [None] * seeds
-  for r in runs:
-    if r["seed"] < seeds:
-      out[r["seed"]] = reporting.per_seed([r["summary"]], key)[0]
-  return out
+  return tables.by_seed(runs, range(seeds),
+                        lambda r: reporting.per_seed([r["summary"]], key)[0])
 
 
 def _num_different(runs: list[dict]) -> int:
@@ -181,14 +168,10 @@ def best_constant(runs: dict[str, list[dict]], constants: Sequence[str], key: st
 
 def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
            ) -> list[verdicts_lib.Claim]:
-  """Paper A's claims the runs allow, per reduction / mining variant and metric.
-
-  DAMS beats the best constant margin (chosen on validation, per metric), the linear,
-  exponential and stepwise (LITM-style) increases; tsm's controller beats DAMS. On
-  test AUC and EER.
-  """
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
-  arms = [study._as_arm(a) for a in arms]  # pylint: disable=protected-access
+  """Paper A's claims (:data:`~experiments.margin_scheduler.study.CLAIMS`) the runs
+  allow, per reduction / mining variant and metric; the best constant margin is chosen on
+  validation, per metric."""
+  arms = [study.as_arm(a) for a in arms]
   variants = list(dict.fromkeys((a.reduction, a.mining) for a in arms))
   grouped = len(variants) > 1
   out = []
@@ -198,16 +181,10 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
     have = {s for s, n in mine.items() if runs.get(n)}
     constants = [mine[s] for s in mine if s.startswith(study.CONSTANT_PREFIX)]
     group = study.Arm("x", reduction, mining).variant if grouped else ""
-    pairs = []
-    if "dams" in have:
-      pairs.append(("DAMS beats the best constant margin (chosen on validation)", "dams",
-                    None))
-      pairs += [(f"DAMS beats the {n} increase", "dams", n) for n in MONOTONIC_NAMES
-                if n in have]
-    if "controller" in have and "dams" in have:
-      pairs.append(("our controller beats DAMS", "controller", "dams"))
+    pairs = [(text, a, b) for text, a, b in study.CLAIMS
+             if a in have and (b is None or b in have)]
     for text, a, b in pairs:
-      for key, label, higher in VERDICT_METRICS:
+      for key, label, higher in study.CLAIM_METRICS:
         b_name = best_constant(runs, constants, key, higher) if b is None else mine[b]
         if b_name is None:
           continue
@@ -218,13 +195,10 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
   return out
 
 
-MONOTONIC_NAMES = ("linear", "exponential", "stepwise")
-
-
 def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None,
                   seeds: int | None = None, *, compare_to: str | None = None
                   ) -> tuple[list[str], list[list[str]], str]:
-  """Paper A's claims, tested by :mod:`experiments.verdicts` (paired, Holm).
+  """Paper A's claims, tested by :mod:`experiments.common.verdicts` (paired, Holm).
 
   Args:
     runs: from :func:`load_runs`.
@@ -247,7 +221,6 @@ def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None
 
 def deviations(cfg: Any) -> list[list[str]]:
   """Paper A vs its authors' code vs this study's settings (read from ``cfg``)."""
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   t, d, m, s = cfg.train, cfg.data, cfg.model, cfg.study
   epochs = study.run_epochs(cfg)
   images = d.get("image_size") is not None and (d.get("channels") or 1) == 3
@@ -330,52 +303,16 @@ def effective_margin_table(runs: dict[str, list[dict]]
 # ----------------------------------------------------------------------------- figures
 
 
-def _per_epoch(rs: list[dict], key: str) -> np.ndarray:
-  """``[seeds, epochs]`` of an epoch-record field (NaN-padded to the longest run)."""
-  length = max((len(r["epochs"]) for r in rs), default=0)
-  out = np.full((len(rs), length), np.nan)
-  for i, r in enumerate(rs):
-    for j, rec in enumerate(r["epochs"]):
-      out[i, j] = rec.get(key, np.nan)
-  return out
-
-
-def _plot_band(path: str, runs: dict[str, list[dict]], key: str, ylabel: str,
-               title: str, hline: float | None = None, steps: bool = False) -> None:
-  """Mean over seeds per arm with a min..max band; ``steps`` draws values that hold for
-  a whole epoch (margins) as steps, with overlapping arms kept visible."""
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  from tsm import plotting  # pylint: disable=import-outside-toplevel
-
-  fig, ax = plt.subplots(figsize=(8, 5))
-  series, bands = {}, {}
-  for name, rs in runs.items():
-    values = _per_epoch(rs, key)
-    if values.size:
-      series[name] = np.nanmean(values, axis=0)
-      bands[name] = (np.nanmin(values, axis=0), np.nanmax(values, axis=0))
-  if series and steps:
-    plotting.plot_steps(ax, None, series, ylabel=ylabel, title=title, hline=hline,
-                        bands=bands)
-  elif series:
-    plotting.plot_curves(ax, None, series, ylabel=ylabel, title=title, hline=hline,
-                         markers=False)
-    for i, (lo, hi) in enumerate(bands.values()):
-      ax.fill_between(np.arange(1, lo.size + 1), lo, hi, color=f"C{i}", alpha=0.15, lw=0)
-    plotting.legend_outside(ax)
-  plotting.save_figure(fig, path)
-
-
 def plot_margins(path: str, runs: dict[str, list[dict]]) -> None:
   """Margin per epoch (mean over seeds, band min..max) for every schedule."""
-  _plot_band(path, runs, "margin", "margin mu", "margin per epoch (band: seed range)",
+  figures.plot_band(path, runs, "margin", "margin mu", "margin per epoch (band: seed range)",
              steps=True)
 
 
 def plot_easy_share(path: str, runs: dict[str, list[dict]],
                     threshold: float | None) -> None:
   """Easy-triplet share per epoch (training batches, the epoch's margin)."""
-  _plot_band(path, runs, "easy_share", "easy share",
+  figures.plot_band(path, runs, "easy_share", "easy share",
              "easy-triplet share per epoch (dotted: DAMS threshold)", hline=threshold)
 
 
@@ -414,14 +351,6 @@ def plot_effective_margins(path: str, runs: dict[str, list[dict]], seed: int) ->
   plotting.save_figure(fig, path)
 
 
-def _roc_at(fpr_grid: np.ndarray, distances: np.ndarray, same: np.ndarray) -> np.ndarray:
-  """Largest TPR among ROC points with FPR <= each grid value (a step ROC)."""
-  from tsm import metrics  # pylint: disable=import-outside-toplevel
-  fpr, tpr, _ = metrics.roc_curve(distances, same)
-  idx = np.searchsorted(fpr, fpr_grid, side="right") - 1
-  return tpr[np.clip(idx, 0, tpr.size - 1)]
-
-
 def plot_roc(path: str, runs: dict[str, list[dict]]) -> None:
   """Test-pair ROC per schedule, vertically averaged over seeds (linear and log FPR)."""
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -435,7 +364,7 @@ def plot_roc(path: str, runs: dict[str, list[dict]]) -> None:
       pairs = os.path.join(r["dir"], "pairs.npz")
       if os.path.exists(pairs):
         with np.load(pairs) as z:
-          curves.append(_roc_at(grid, z["test_distances"], z["test_same"]))
+          curves.append(figures.roc_at(grid, z["test_distances"], z["test_same"]))
     if not curves:
       continue
     tpr = np.mean(curves, axis=0)
@@ -467,7 +396,6 @@ def _floor(margin: Any) -> float:
 
 
 def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
-  from experiments.margin_scheduler import study  # pylint: disable=import-outside-toplevel
   t, d, m = cfg.train, cfg.data, cfg.model
   return [
       f"- data: {d.name}, split {d.split} (validation {d.val_fraction:g} of train, "
@@ -525,10 +453,8 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                                           compare_to=cfg.study.compare_to or None)
   verdicts = reporting.write_table(header, rows, path("verdicts.md"), path("verdicts.csv"),
                                    title="Paper A's claims")
-  deviation_md = verdicts_lib.deviations_markdown(
-      deviations(cfg), "Deviations from paper A and its authors' code")
-  with open(path("deviations.md"), "w") as f:
-    f.write(deviation_md)
+  deviation_md = verdicts_lib.write_deviations(
+      workdir, deviations(cfg), "Deviations from paper A and its authors' code")
   em = reporting.write_table(*effective_margin_table(runs), path("effective_margins.md"),
                              path("effective_margins.csv"),
                              title="Effective margins of training triplets (eval mode)")
@@ -537,17 +463,16 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
   plot_easy_share(path("easy_share.png"), runs, float(cfg.margin.threshold))
   plot_effective_margins(path("effective_margins.png"), runs, int(cfg.study.plot_seed))
   plot_roc(path("roc.png"), runs)
-  with open(path("study.json"), "w") as f:
-    json.dump({"timing": timing, "runs": {n: [{"seed": r["seed"], "summary": r["summary"]}
-                                             for r in rs] for n, rs in runs.items()}},
-              f, indent=1, sort_keys=True)
+  artifacts.write_json_atomic(path("study.json"), {
+      "timing": timing, "runs": {n: [{"seed": r["seed"], "summary": r["summary"]}
+                                     for r in rs] for n, rs in runs.items()}})
 
   lines = ["# Margin-scheduler study (paper A)", ""]
   if command:
     lines += ["```", command, "```", ""]
   lines += _setup_lines(cfg, names)
   if timing:
-    lines.append(f"- {runner.timing_line(timing)}")
+    lines.append(f"- {timing_lib.timing_line(timing)}")
   lines += ["", results, "",
             "final mu: the margin the last epoch trained at; next mu: the margin after "
             "the last update (never trained with).", "", verdicts, "",
@@ -559,6 +484,5 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
             "Figures: margin.png, easy_share.png, effective_margins.png, roc.png; "
             "each run's files under runs/<arm>/seed<k>/.", ""]
   text = "\n".join(lines)
-  with open(path("report.md"), "w") as f:
-    f.write(text)
+  artifacts.write_atomic(path("report.md"), text)
   return text

@@ -14,7 +14,7 @@ loss reduction of ``study.reductions`` and mining of ``study.minings``; see
 (:mod:`experiments.margin_scheduler.report`) and prints the report. One progress line
 per finished run.
 
-The grid runs on :func:`experiments.runner.run_grid`: ``study.workers`` processes forked
+The grid runs on :func:`experiments.common.grid.run_grid`: ``study.workers`` processes forked
 after the data are loaded, ``study.xla_threads`` (1: single-threaded XLA), the JAX
 persistent compilation cache (``study.compilation_cache``). A rerun with the same
 workdir reuses finished runs of the same config and trains the missing ones, so an
@@ -30,19 +30,16 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 from typing import Any, Sequence
 
-from absl import logging
-
-from experiments import runner
+from experiments.common import command as command_lib
+from experiments.common import grid
+from experiments.common import runs
 from experiments.margin_scheduler import report
 from experiments.margin_scheduler import study
-from tsm import cli as cli_lib
-from tsm import hugepages
+from tsm import artifacts
 
-USAGE_ERROR = cli_lib.USAGE_ERROR
 EXAMPLE_CONFIG = "experiments/configs/margin_study_mnist1d.py"
 
 
@@ -65,16 +62,6 @@ def _preload(cfg: Any, first: study.Arm) -> None:
     pass
 
 
-class _RunOne:
-  """``run_one`` of the grid: one (arm, seed) of this study (picklable, fork-shared)."""
-
-  def __init__(self, cfg: Any, workdir: str):
-    self.cfg, self.workdir = cfg, workdir
-
-  def __call__(self, job: tuple[study.Arm, int]) -> dict[str, Any]:
-    return study.run_one(self.cfg, self.workdir, *job)
-
-
 def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
   """Runs (or resumes) the whole study and writes its report.
 
@@ -87,64 +74,38 @@ def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:
     The report's Markdown.
 
   Raises:
-    tsm.config.ConfigError: a bad config value (before anything is created or run).
+    experiments.common.grid.StudyError: a bad config value (before anything is created
+      or run).
   """
   arms = study.check_study(cfg)
-  seeds = int(cfg.study.seeds)
-  jobs = [(arm, seed) for seed in range(seeds) for arm in arms]
-  for arm, seed in jobs:   # a run of another config in the workdir: fail before training
-    study.finished(study.run_dir(workdir, arm, seed), study.run_config(cfg, arm, seed))
-  if cfg.study.compare_to and not os.path.exists(
-      os.path.join(cfg.study.compare_to, "verdicts.csv")):
-    from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-    raise config_lib.ConfigError(
-        f"study.compare_to={cfg.study.compare_to!r} has no verdicts.csv; point it at a "
-        "finished run of the same study.")
-  with runner.study_lock(workdir):   # one study per workdir, after validation
-    with open(os.path.join(workdir, "study_config.json"), "w") as f:
-      f.write(cfg.to_json(indent=1))
+  tasks = study.plan(cfg, workdir, arms)
+  grid.check_runs([(task["rundir"], task["config"]) for task in tasks])
+  with grid.study_lock(workdir):   # one study per workdir, after validation
+    artifacts.write_atomic(os.path.join(workdir, "study_config.json"),
+                           cfg.to_json(indent=1))
     start = time.time()
     _preload(cfg, arms[0])
-    workers = max(1, min(int(cfg.study.workers), len(jobs)))
-    study.log(f"margin study: {len(arms)} arms x {seeds} seeds = {len(jobs)} runs, "
-              f"{workers} process(es), workdir {workdir}")
-    results = runner.run_grid(
-        jobs, _RunOne(cfg, workdir), workers=workers,
-        xla_threads=int(cfg.study.xla_threads),
-        compilation_cache=runner.cache_directory(cfg.study.compilation_cache, workdir),
-        log=study.log, progress=_progress)
-    wall = time.time() - start
-    trained = [r for r in results if not r["reused"]]
-    timing = runner.study_timing(workdir, seconds=wall, runs=len(results),
-                                 trained=len(trained), workers=workers,
-                                 xla_threads=int(cfg.study.xla_threads))
-    study.log(f"all runs done in {wall:.0f} s; writing the report")
+    results, timing = runs.run_tasks(
+        "margin study", cfg.study, tasks, workdir,
+        run_one=grid.BoundRunOne(study.run_one, cfg), progress=_progress, start=start,
+        shape=f"{len(arms)} arms x {cfg.study.seeds} seeds")
+    grid.log(f"all runs done in {time.time() - start:.0f} s; writing the report")
     text = report.write_report(workdir, cfg, arms, timing=timing, command=command)
-    study.log(f"report: {os.path.join(workdir, 'report.md')}")
+    grid.log(f"report: {os.path.join(workdir, 'report.md')}")
     return text
+
+
+def _run(cfg: Any, workdir: str, argv: Sequence[str]) -> str:
+  command = "python -m experiments.margin_scheduler.run " + " ".join(
+      shlex.quote(a) for a in argv[1:])
+  return run_study(cfg, workdir, command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point (see the module docstring)."""
-  if argv is None:
-    hugepages.reexec()  # Before anything is allocated (see tsm.hugepages).
-  argv = list(sys.argv if argv is None else argv)
-  cli = cli_lib.ConfigCommand(
-      "margin study", EXAMPLE_CONFIG, "runs/margin_study",
-      config_help=f"Study config file (a .py with get_config()), e.g. {EXAMPLE_CONFIG}.",
-      workdir_help="Study directory (created; finished runs in it are reused).")
-  runner.parse_command(cli, argv, __doc__)
-  cfg, workdir = cli.config, cli.workdir
-  logging.set_verbosity(logging.WARNING)
-  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-  command = "python -m experiments.margin_scheduler.run " + " ".join(
-      shlex.quote(a) for a in argv[1:])
-  try:
-    text = runner.cli_main(lambda: run_study(cfg, workdir, command=command),
-                           "margin study")
-  except config_lib.ConfigError as e:
-    cli.fail(str(e))
-  print(text)
+  command_lib.main(argv, program="margin study", usage=__doc__,
+                   example_config=EXAMPLE_CONFIG, default_workdir="runs/margin_study",
+                   run_study=_run, show=lambda text, _: print(text))
 
 
 if __name__ == "__main__":

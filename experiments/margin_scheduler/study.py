@@ -1,8 +1,8 @@
-# Over 500 lines: the study config, its arms (schedule x reduction x mining), one run and its evaluator.
 """The margin-scheduler study: its config, its arms, one run, the effective-margin evaluator.
 
-A study config is a full tsm config (:func:`tsm.config.default_config`) plus a ``study``
-section (:func:`study_config`). An arm is a margin schedule under one loss reduction and
+A study config is a full tsm config (:func:`tsm.config.default_config`, paper A's setup
+in :mod:`experiments.configs.presets.paper_a`) plus a ``study`` section
+(:func:`study_section`). An arm is a margin schedule under one loss reduction and
 one mining (``study.reductions`` x ``study.minings``; by default only the authors' code's
 ``mean_nonzero`` and all triplets). Every run of the study trains the same model with
 the same optimiser and seed list; only ``margin`` (and the arm's reduction and mining)
@@ -18,7 +18,7 @@ differ (:func:`schedule_margin`):
 * ``controller``: tsm's two-sided controller (``margin.target``, ``margin.gain``,
   ``margin.min_margin``, ``margin.max_margin``, ``margin.deadband``).
 
-The evaluator :class:`EffectiveMargins` records paper A's effective margins
+The evaluator :class:`EffectiveMarginEvaluator` records paper A's effective margins
 ``d(a, n) - d(a, p)`` of a seeded sample of training triplets (eval-mode embeddings of a
 fixed sample of training examples) at the first, middle and last epoch, with a
 two-component Gaussian mixture fitted to them.
@@ -36,7 +36,9 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
-from experiments import runner
+from experiments.common import checks
+from experiments.common import grid
+from tsm import artifacts
 from tsm import config as config_lib
 from tsm import losses as losses_lib
 
@@ -47,7 +49,14 @@ ADAPTIVE = ("dams", "controller")
 DEFAULT_REDUCTION = "mean_nonzero"
 DEFAULT_MINING = "all"
 RUN_FILES = ("summary.json", "pairs.npz")   # a finished run has written these
-log = runner.log
+# Paper A's claims, each on every metric of CLAIM_METRICS: (claim, the favoured
+# schedule, the schedule it is compared with; None: the best constant margin).
+CLAIMS = (("DAMS beats the best constant margin (chosen on validation)", "dams", None),
+          *((f"DAMS beats the {n} increase", "dams", n) for n in MONOTONIC),
+          ("our controller beats DAMS", "controller", "dams"))
+# (summary key, label, higher is better) of the claims' test metrics.
+CLAIM_METRICS = (("test.auc", "AUC", True), ("test.eer", "EER", False))
+StudyError = grid.StudyError
 
 
 class Arm(NamedTuple):
@@ -72,7 +81,7 @@ class Arm(NamedTuple):
     return f"reduction {self.reduction}, mining {self.mining}"
 
 
-def study_config() -> ml_collections.ConfigDict:
+def study_section() -> ml_collections.ConfigDict:
   """Default ``study`` section.
 
   Fields:
@@ -133,79 +142,6 @@ def study_config() -> ml_collections.ConfigDict:
       "em_triplets": 20000,
       "plot_seed": 0,
   })
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Paper A's setup, the starting point of every study config file.
-
-  L2-normalised 128-d embeddings (paper A's head: Dense 512, ReLU, Dropout 0.5, Dense 256,
-  ReLU, Dropout 0.3, Dense 128), plain Euclidean distance, the triplet loss averaged over
-  the violating triplets of P x K = 32 x 2 batches (``mean_nonzero``, as the authors'
-  code), Adam 1e-4, the model of the lowest validation loss
-  (at the fixed margin 1.0 of the authors' code), 1,000 verification pairs per split. The
-  margins: mu0 = 0.2, mu_last = 1.0, DAMS tau = 0.95, delta = 0.05; the controller holds
-  the easy share at 0.9 with its floor at mu0 (see :func:`schedule_margin`).
-
-  Returns:
-    A full tsm config with a ``study`` section.
-  """
-  cfg = config_lib.default_config()
-  cfg.model.head = "paper_a"
-  cfg.model.embedding_dim = 128
-  cfg.loss.name = "triplet"
-  cfg.loss.mining = "all"
-  cfg.loss.distance = "euclidean"
-  cfg.loss.reduction = DEFAULT_REDUCTION
-  cfg.margin.schedule = "constant"
-  cfg.margin.initial_margin = 0.2
-  cfg.margin.final_margin = 1.0
-  cfg.margin.threshold = 0.95
-  cfg.margin.increment = 0.05
-  cfg.margin.target = 0.9
-  cfg.margin.gain = 0.5
-  cfg.margin.min_margin = 0.2
-  cfg.train.epochs = 50
-  cfg.train.sampling = "pk"
-  cfg.train.classes_per_batch = 32
-  cfg.train.samples_per_class = 2
-  cfg.train.optimizer = "adam"
-  cfg.train.learning_rate = 1e-4
-  cfg.train.best_metric = "val_loss"
-  cfg.eval.val_margin = 1.0
-  cfg.eval.num_pairs = 1000
-  cfg.eval.every_epochs = 5
-  cfg.study = study_config()
-  return cfg
-
-
-def paper_a_images(name: str) -> ml_collections.ConfigDict:
-  """:func:`base_config` on paper A's image setup, identity- (class-) disjoint.
-
-  ``name``'s classes split into training and test classes, 10 % of the training classes
-  held out for validation; 224 px RGB, resized, no crop / flip augmentation (as the
-  authors' code), standardised by the training split's own channel mean and std (as
-  the authors' code; ``data.normalize="dataset"``); an EfficientNet-B0 trunk (ImageNet
-  weights via ``--config.model.pretrained_path``) under paper A's head; one worker (a
-  GPU study).
-
-  Args:
-    name: the dataset (``lfw``, ``caltech_birds2011``).
-
-  Returns:
-    A full tsm config with a ``study`` section.
-  """
-  cfg = base_config()
-  cfg.data.name = name
-  cfg.data.split = "class_disjoint"
-  cfg.data.val_fraction = 0.1
-  cfg.data.image_size = 224
-  cfg.data.channels = 3
-  cfg.data.normalize = "dataset"
-  cfg.data.augment = False
-  cfg.model.name = "efficientnet_b0"
-  cfg.eval.batch_size = 128
-  cfg.study.workers = 1
-  return cfg
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -292,7 +228,7 @@ def split_config(cfg: ml_collections.ConfigDict
                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """``(training config without the study section, study section)``, both copies."""
   full = cfg.to_dict()
-  study = ml_collections.ConfigDict(full.pop("study", study_config().to_dict()))
+  study = ml_collections.ConfigDict(full.pop("study", study_section().to_dict()))
   return ml_collections.ConfigDict(full), study
 
 
@@ -313,7 +249,8 @@ def axis(cfg: ml_collections.ConfigDict, field: str) -> list[str]:
   return [v.strip() for v in str(cfg.study[field]).split(",") if v.strip()]
 
 
-def _as_arm(arm: Arm | str) -> Arm:
+def as_arm(arm: Arm | str) -> Arm:
+  """``arm``, or the arm of a bare schedule name (the authors' reduction and mining)."""
   return arm if isinstance(arm, Arm) else Arm(arm)
 
 
@@ -332,7 +269,7 @@ def run_config(cfg: ml_collections.ConfigDict, arm: Arm | str,
   Returns:
     A full tsm config (no ``study`` section).
   """
-  arm = _as_arm(arm)
+  arm = as_arm(arm)
   run, _ = split_config(cfg)
   run.train.epochs = run_epochs(cfg)
   run.margin.update(schedule_margin(arm.schedule, cfg))
@@ -347,7 +284,7 @@ def run_config(cfg: ml_collections.ConfigDict, arm: Arm | str,
 
 def run_dir(workdir: str, arm: Arm | str, seed: int) -> str:
   """``<workdir>/runs/<arm name>/seed<k>``."""
-  return os.path.join(workdir, "runs", _as_arm(arm).name, f"seed{seed}")
+  return os.path.join(workdir, "runs", as_arm(arm).name, f"seed{seed}")
 
 
 def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
@@ -357,62 +294,50 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
     The arms.
 
   Raises:
-    tsm.config.ConfigError: one line naming the bad field and the fix.
+    StudyError: one line naming the bad field and the fix.
   """
   s = cfg.study
-  unknown = sorted(set(s.keys()) - set(study_config().keys()))
-  if unknown:
-    raise config_lib.ConfigError(f"study.{unknown[0]} is not a study field; use one of "
-                                 f"{', '.join(study_config().keys())}.")
-  for field, minimum in (("seeds", 1), ("stepwise_stages", 2), ("em_examples", 3),
-                         ("em_triplets", 1), ("xla_threads", 0)):
-    value = s[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-      raise config_lib.ConfigError(f"study.{field}={value!r} must be an integer >= "
-                                   f"{minimum}.")
-  if isinstance(s.workers, bool) or not isinstance(s.workers, int):
-    raise config_lib.ConfigError(f"study.workers={s.workers!r} must be an integer (<= 1 "
-                                 "runs in this process).")
+  checks.check_known(s, list(study_section().keys()))
+  checks.check_integers(s, (("seeds", 1), ("stepwise_stages", 2), ("em_examples", 3),
+                            ("em_triplets", 1)))
   if not (isinstance(s.plot_seed, int) and 0 <= s.plot_seed < s.seeds):
-    raise config_lib.ConfigError(f"study.plot_seed={s.plot_seed!r} must be a seed of the "
-                                 f"study, in [0, {s.seeds}).")
+    raise StudyError(f"study.plot_seed={s.plot_seed!r} must be a seed of the study, in "
+                     f"[0, {s.seeds}).")
   if not isinstance(s.vary_data, bool):
-    raise config_lib.ConfigError(f"study.vary_data={s.vary_data!r} must be True or False.")
-  if not isinstance(s.compare_to, str):
-    raise config_lib.ConfigError(f"study.compare_to={s.compare_to!r} must be a study "
-                                 "directory or ''.")
-  if s.epochs is not None and (isinstance(s.epochs, bool) or not isinstance(s.epochs, int)
-                              or s.epochs < 1):
-    raise config_lib.ConfigError(f"study.epochs={s.epochs!r} must be an integer >= 1 (or "
-                                 "None: train.epochs).")
+    raise StudyError(f"study.vary_data={s.vary_data!r} must be True or False.")
+  checks.check_grid(s)
   for field, known in (("reductions", losses_lib.REDUCTIONS),
                        ("minings", losses_lib.MINING)):
     values = axis(cfg, field) if isinstance(s[field], str) else []
     if not values or any(v not in known for v in values) or len(set(values)) < len(values):
-      raise config_lib.ConfigError(f"study.{field}={s[field]!r} must be a comma-separated "
-                                   f"list of distinct names from {', '.join(known)}.")
+      raise StudyError(f"study.{field}={s[field]!r} must be a comma-separated list of "
+                       f"distinct names from {', '.join(known)}.")
   if cfg.loss.name != "triplet" or cfg.train.sampling != "pk":
-    raise config_lib.ConfigError("the margin study trains the triplet loss on P x K "
-                                 "batches; set loss.name=triplet and train.sampling=pk.")
+    raise StudyError("the margin study trains the triplet loss on P x K batches; set "
+                     "loss.name=triplet and train.sampling=pk.")
   if cfg.margin.get("update_every", "epoch") != "epoch":
-    raise config_lib.ConfigError("the margin study updates margins once per epoch (paper "
-                                 "A); set margin.update_every=epoch.")
+    raise StudyError("the margin study updates margins once per epoch (paper A); set "
+                     "margin.update_every=epoch.")
   try:
     study_arms = arms(cfg)
   except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
+    raise StudyError(str(e)) from None
   for arm in study_arms:
-    config_lib.check_config(run_config(cfg, arm, 0))
+    try:
+      config_lib.check_config(run_config(cfg, arm, 0))
+    except config_lib.ConfigError as e:
+      raise StudyError(str(e)) from None
   return study_arms
 
 
 def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """Whether ``workdir`` holds a finished run of ``config`` (:func:`runner.finished`).
+  """Whether ``workdir`` holds a finished run of ``config``
+  (:func:`experiments.common.grid.finished` with :data:`RUN_FILES`).
 
   Raises:
     tsm.config.ConfigError: the directory holds a run of another config.
   """
-  return runner.finished(workdir, config, RUN_FILES)
+  return grid.finished(workdir, config, RUN_FILES)
 
 
 # ----------------------------------------------------------------------------- the evaluator
@@ -423,7 +348,7 @@ def hook_epochs(epochs: int) -> tuple[int, ...]:
   return tuple(sorted({0, (epochs - 1) // 2, epochs - 1}))
 
 
-class EffectiveMargins:
+class EffectiveMarginEvaluator:
   """Evaluator: effective margins of a training sample at chosen epochs.
 
   At each recorded epoch it embeds a fixed, seeded sample of ``num_examples`` training
@@ -480,10 +405,10 @@ class EffectiveMargins:
     if distributed.is_primary():
       out = os.path.join(self.workdir, "effective_margins")
       os.makedirs(out, exist_ok=True)
-      np.savez(os.path.join(out, f"epoch{epoch:03d}.npz"), values=values,
-               margin=np.float32(used), epoch=np.int32(epoch),
-               weights=np.asarray(gmm.weights), means=np.asarray(gmm.means),
-               stds=np.asarray(gmm.stds), exact=np.asarray(em.exact))
+      with artifacts.atomic_path(os.path.join(out, f"epoch{epoch:03d}.npz")) as tmp:
+        np.savez(tmp, values=values, margin=np.float32(used), epoch=np.int32(epoch),
+                 weights=np.asarray(gmm.weights), means=np.asarray(gmm.means),
+                 stds=np.asarray(gmm.stds), exact=np.asarray(em.exact))
     finite = values.size > 0
     return {"em": {
         "margin": used,
@@ -515,35 +440,48 @@ def _absl_to(stream: Any):
     logger.propagate = saved
 
 
-def run_one(cfg: ml_collections.ConfigDict, workdir: str, arm: Arm | str, seed: int
-            ) -> dict[str, Any]:
-  """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
+def plan(cfg: ml_collections.ConfigDict, workdir: str,
+         study_arms: list[Arm] | None = None) -> list[dict[str, Any]]:
+  """Every run of the study: one task per (arm, seed), seeds outermost.
 
   Args:
     cfg: the study config.
     workdir: the study's directory.
-    arm: the arm (or a bare schedule name).
-    seed: the seed.
+    study_arms: the arms (default :func:`arms`).
 
   Returns:
-    ``{"schedule"`` (the arm's name), ``"seed", "workdir", "seconds", "reused",
+    ``{"arm", "seed", "config", "rundir"}`` per run.
+  """
+  study_arms = arms(cfg) if study_arms is None else study_arms
+  return [{"arm": arm, "seed": seed, "config": run_config(cfg, arm, seed),
+           "rundir": run_dir(workdir, arm, seed)}
+          for seed in range(int(cfg.study.seeds)) for arm in study_arms]
+
+
+def run_one(task: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
+
+  Args:
+    task: a task of :func:`plan`.
+    cfg: the study config.
+
+  Returns:
+    ``{"schedule"`` (the arm's name), ``"seed", "rundir", "seconds", "reused",
     "summary"}``.
   """
-  arm = _as_arm(arm)
-  config = run_config(cfg, arm, seed)
-  directory = run_dir(workdir, arm, seed)
+  arm, seed, config, directory = task["arm"], task["seed"], task["config"], task["rundir"]
   t0 = time.time()
   reused = finished(directory, config)
   if not reused:
     os.makedirs(directory, exist_ok=True)
-    margins_evaluator = EffectiveMargins(directory, config,
-                                         num_examples=cfg.study.em_examples,
-                                         num_triplets=cfg.study.em_triplets)
+    margins_evaluator = EffectiveMarginEvaluator(directory, config,
+                                                 num_examples=cfg.study.em_examples,
+                                                 num_triplets=cfg.study.em_triplets)
     with open(os.path.join(directory, "fit.log"), "a") as log, \
         contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
         _absl_to(log):
       config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
   with open(os.path.join(directory, "summary.json")) as f:
     summary = json.load(f)
-  return {"schedule": arm.name, "seed": int(seed), "workdir": directory,
+  return {"schedule": arm.name, "seed": int(seed), "rundir": directory,
           "seconds": time.time() - t0, "reused": reused, "summary": summary}

@@ -1,4 +1,4 @@
-"""Claim tables both studies share: per-claim tests, stability marks, deviations.
+"""Claim tables every study shares: per-claim tests, stability marks, deviations.
 
 A study states each paper claim as :class:`Claim` (the arm it favours, the arm it is
 compared with, their per-seed values in the same seed order). :func:`verdict_table`
@@ -10,9 +10,9 @@ minimum detectable effect and the verdict. A claim that holds by construction (i
 follows from the loss's form, not from training) keeps its test but is flagged in the
 ``note`` column; the study reports a fairer companion claim beside it.
 
-Stability (issue 15 item 9): a study rerun with another XLA thread count (or another
-code version, or on another machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two and
-replaces the verdict of every claim that differs by ``unstable (A here / B there)``.
+Stability: a study rerun with another XLA thread count (or another code version, or on
+another machine) writes its own ``verdicts.csv``; :func:`mark_unstable` compares the two
+and replaces the verdict of every claim that differs by ``unstable (A here / B there)``.
 
 :func:`deviations_markdown` renders a study's table of deviations from the paper and
 its authors' code (setting | paper | authors' code | tsm | why).
@@ -180,3 +180,26 @@ DEVIATION_HEADER = ("setting", "paper", "authors' code", "tsm (this study)", "wh
 def deviations_markdown(rows: Sequence[Sequence[Any]], title: str) -> str:
   """A study's deviations table as Markdown under ``title``."""
   return f"## {title}\n\n" + reporting.markdown_table(DEVIATION_HEADER, rows)
+
+
+def write_deviations(workdir: str, rows: Sequence[Sequence[Any]], title: str) -> str:
+  """Writes ``<workdir>/deviations.md`` (:func:`deviations_markdown`); returns it."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  md = deviations_markdown(rows, title)
+  artifacts.write_atomic(os.path.join(workdir, "deviations.md"), md)
+  return md
+
+
+def write_verdicts(workdir: str, claims: Sequence[Claim], title: str,
+                   compare_to: str | None = None) -> tuple[str, str]:
+  """Writes ``verdicts.md`` / ``verdicts.csv`` of a study whose claims are grouped by
+  dataset (:func:`verdict_table`, then :func:`stability_rows` against ``compare_to``).
+
+  Returns:
+    ``(markdown, stability sentence)``.
+  """
+  header, rows = verdict_table(claims, grouped=True)
+  rows, sentence = stability_rows(header, rows, compare_to)
+  md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
+                             os.path.join(workdir, "verdicts.csv"), title=title)
+  return md, sentence

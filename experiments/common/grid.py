@@ -1,4 +1,4 @@
-"""The grid runner both studies share: arms x seeds in worker processes, resumable.
+"""The grid every study runs on: jobs in worker processes, resumable, one error type.
 
 A study is a list of jobs (one per arm and seed) and a function that trains (or reuses)
 one job's run and returns a small, picklable record. :func:`run_grid` runs them:
@@ -11,23 +11,22 @@ one job's run and returns a small, picklable record. :func:`run_grid` runs them:
 * with ``xla_threads=1`` each worker's XLA CPU runtime is single-threaded (the knob the
   stability check of the studies turns: see BUILD_NOTES.md);
 * printing one progress line per finished job;
-* keeping the study's wall time over its invocations (:func:`study_timing`), so that a
-  resumed study or a rebuilt report still states what the training took;
 * on Ctrl-C: the pool is terminated (no orphan workers), one line
   ``interrupted; the same command resumes`` is printed, and the process exits with
   status 130. Finished runs are kept: :func:`finished` tells a study's ``run_one`` to
   reuse a run directory whose ``config.json`` is the same run
-  (:func:`tsm.config.check_same_run`) and whose ``summary.json`` exists.
+  (:func:`tsm.config.check_same_run`) and whose result files exist;
+  :func:`check_runs` fails before any training when a run directory holds another run.
 
-Everything here takes plain arguments; the studies' ``run.py`` read them from their
-``study`` sections (``study.workers``, ``study.xla_threads``,
+Every bad study setting raises :class:`StudyError` (one line naming the field and the
+fix). Everything here takes plain arguments; the studies' ``run.py`` read them from
+their ``study`` sections (``study.workers``, ``study.xla_threads``,
 ``study.compilation_cache``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import signal
@@ -36,11 +35,17 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
+from tsm import cli as cli_lib
+
 INTERRUPTED = "interrupted; the same command resumes"
-INTERRUPTED_STATUS = 130
+INTERRUPTED_STATUS = cli_lib.INTERRUPTED
 CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                  "jax_persistent_cache_min_entry_size_bytes")
 _SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+class StudyError(ValueError):
+  """A bad study setting; the message is one line naming the field and the fix."""
 
 
 def log(message: str) -> None:
@@ -107,6 +112,23 @@ def finished(run_dir: str, config: Any, required: Sequence[str] = ("summary.json
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   config_lib.check_same_run(run_dir, config)
   return all(os.path.exists(os.path.join(run_dir, name)) for name in required)
+
+
+def check_runs(runs: Sequence[tuple[str, Any]]) -> None:
+  """Fails before any training when a run directory holds a run of another config.
+
+  Args:
+    runs: ``(run directory, run config)`` of every run of the study.
+
+  Raises:
+    StudyError: one line naming the directory and the first differing field.
+  """
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  for run_dir, config in runs:
+    try:
+      config_lib.check_same_run(run_dir, config)
+    except config_lib.ConfigError as e:
+      raise StudyError(str(e)) from None
 
 
 # The forked workers' job function (set in the parent just before the fork).
@@ -221,24 +243,6 @@ def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:
   return i, _RUN_ONE(job)
 
 
-HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
-
-
-def parse_command(cli: Any, argv: Sequence[str], usage: str) -> None:
-  """``cli.parse(argv)`` (a ``tsm.cli.ConfigCommand``), with ``--help`` / ``-h``.
-
-  ``ConfigCommand`` parses into a private ``FlagValues`` that has no ``--help``: here
-  ``--help`` prints ``usage`` (the command's docstring) and the two flags' help, and
-  exits with status 0 before anything else is read.
-  """
-  if any(a in HELP_FLAGS for a in list(argv)[1:]):
-    print(usage.strip("\n"))
-    print()
-    print(cli.flag_values.get_help())
-    raise SystemExit(0)
-  cli.parse(argv)
-
-
 @contextlib.contextmanager
 def study_lock(workdir: str) -> Iterator[None]:
   """Creates ``workdir`` (one-line errors for a bad path) and holds the lock ``tsm-train``
@@ -250,91 +254,18 @@ def study_lock(workdir: str) -> Iterator[None]:
     yield
 
 
-def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
-  """Runs a study command's body with every foreseeable fault as one line: status 2 for a
-  workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C outside the grid."""
-  import sys  # pylint: disable=import-outside-toplevel
-  from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  try:
-    return run()
-  except (workdir_lib.BadWorkdir, workdir_lib.WorkdirBusy) as e:
-    print(f"{program}: error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
-  except workdir_lib.WorkdirIOError as e:
-    print(f"{program}: error: {e}", file=sys.stderr)
-    raise SystemExit(1) from None
-  except KeyboardInterrupt:
-    log(INTERRUPTED)
-    raise SystemExit(INTERRUPTED_STATUS) from None
+class BoundRunOne:
+  """A grid's ``run_one``: a study's ``run_one(task, settings)`` with its settings (the
+  study config or its ``study`` section) bound (picklable, fork-shared), quiet about
+  the compilation cache's benign race: two workers compiling the same program may both
+  write its cache entry, and one can read the other's half-written file, which JAX
+  reports and then compiles again."""
 
-
-class SectionRunOne:
-  """A grid's ``run_one``: ``run_one(task, section)`` with the study section bound
-  (picklable, fork-shared), quiet about the compilation cache's benign race: two workers
-  compiling the same program may both write its cache entry, and one can read the
-  other's half-written file, which JAX reports and then compiles again."""
-
-  def __init__(self, run_one: Callable[[Any, Any], Any], section: Any):
+  def __init__(self, run_one: Callable[[Any, Any], Any], settings: Any):
     self.run_one = run_one
-    self.section = section
+    self.settings = settings
 
   def __call__(self, task: Any) -> Any:
     warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
                             category=UserWarning)
-    return self.run_one(task, self.section)
-
-
-TIMING_FILE = "timing.json"
-
-
-def study_timing(workdir: str, *, seconds: float, runs: int, trained: int, workers: int,
-                 xla_threads: int) -> dict[str, Any]:
-  """Records one invocation of a study in ``<workdir>/timing.json``; the study's timing.
-
-  An invocation that reuses every run (a rebuilt report) adds nothing to the wall time;
-  an interrupted and resumed study sums the invocations that trained.
-
-  Args:
-    workdir: the study directory.
-    seconds: this invocation's wall time up to the end of the grid (the report comes
-      after).
-    runs: runs in the study.
-    trained: runs this invocation trained (the others were reused).
-    workers: worker processes.
-    xla_threads: the grid's ``xla_threads``.
-
-  Returns:
-    ``{"wall_s", "runs", "trained", "invocations", "workers", "xla_threads", "load"}``:
-    totals over the invocations that trained (``invocations`` counts them; ``load`` is
-    the 1-minute load average at the end of the last one). When none trained (the file
-    was lost), this invocation's own figures.
-  """
-  from tsm import artifacts  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, TIMING_FILE)
-  history: list[dict[str, Any]] = []
-  try:
-    with open(path) as f:
-      history = list(json.load(f)["invocations"])
-  except (OSError, ValueError, KeyError, TypeError):
-    history = []   # none yet, or unreadable: start again (the reports say so)
-  history.append({"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "seconds": round(float(seconds), 1), "runs": int(runs),
-                  "trained": int(trained), "workers": int(workers),
-                  "xla_threads": int(xla_threads), "load": round(os.getloadavg()[0], 2)})
-  artifacts.write_json_atomic(path, {"invocations": history})
-  training = [h for h in history if h["trained"]] or history[-1:]
-  last = training[-1]
-  return {"wall_s": sum(h["seconds"] for h in training), "runs": int(runs),
-          "trained": sum(h["trained"] for h in training), "invocations": len(training),
-          "workers": last["workers"], "xla_threads": last["xla_threads"],
-          "load": last["load"]}
-
-
-def timing_line(timing: dict[str, Any]) -> str:
-  """:func:`study_timing`'s result in words, for a study's report."""
-  invocations = timing.get("invocations", 1)
-  return (f"wall time {timing['wall_s']:.0f} s for {timing['runs']} runs "
-          f"({timing['trained']} trained"
-          + (f", over {invocations} invocations" if invocations > 1 else "")
-          + f") with {timing['workers']} worker process(es), xla_threads "
-          f"{timing['xla_threads']}, load {timing['load']:.1f}")
+    return self.run_one(task, self.settings)

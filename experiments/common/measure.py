@@ -1,31 +1,29 @@
-"""One run of the loss study: train with ``tsm.fit``, then measure the final model.
+"""One train-and-measure step: train a run with ``tsm``, then measure its final model.
 
-:func:`train_and_analyse` trains one (dataset, loss, seed) run with :func:`tsm.fit.fit`
-and, through an evaluator at the last epoch, measures the final model:
+:func:`train_and_measure` trains one run with :func:`tsm.config.train_and_evaluate` and,
+through an evaluator at the last epoch, hands the final model to the study's
+``measure(ctx)``; it then reads fit's per-epoch records (``metrics.jsonl``) and lets the
+study's ``summarize`` build the run's record, written to ``<run dir>/<result_file>``
+(NaN as null) with the measured arrays in ``<run dir>/<arrays_file>``. A run whose
+result file exists (and whose ``config.json`` is the same run) is not retrained.
 
-* on the L2-normalised TRAINING embeddings: paper B's intra-class variance (mean, std and
-  per class) and inter-class centroid distances (plain, as the authors' code; squared
-  mean too), and the effective margins ``d_an - d_ap`` of the valid training triplets
-  (all of them, or a uniform sample of ``study.max_triplets``) with a Gaussian mixture
-  fitted to them;
-* on the test split: k-NN accuracy (k = ``study.knn_k``, training embeddings as the
-  reference set; NaN when the test classes are not training classes), Recall@1/5/10 and
-  MAP@R (test embeddings as queries and gallery, each query excluded);
-* from fit's per-epoch records (``metrics.jsonl``): the curves of loss, active ratio and
+The measurements the loss studies share:
+
+* :func:`measure_embeddings`: on the L2-normalised TRAINING embeddings, paper B's
+  intra-class variance (mean, std and per class) and inter-class centroid distances
+  (plain, as the authors' code; squared mean too), and the effective margins
+  ``d_an - d_ap`` of the valid training triplets (all of them, or a uniform sample of
+  ``em_triplets``) with a Gaussian mixture fitted to them; on the test split, k-NN
+  accuracy (training embeddings as the reference set; NaN when the test classes are not
+  training classes), Recall@1/5/10 and MAP@R (test embeddings as queries and gallery,
+  each query excluded). Unlabelled points (label -1) take part in no class statistic,
+  query or k-NN reference.
+* :func:`curve_summary`: from the epoch records, the curves of loss, active ratio and
   gradient norm, paper B's loss-decay epochs (first epoch whose loss is at most 10% of
-  the first epoch's; ``-1`` when never; also from the first step's loss), and the means
-  of the active ratio and gradient norm over epochs; and two companions that do not
-  follow from the losses' forms: the active ratio of NEGATIVE terms only (contrastive:
-  active negative pairs / negative pairs, from the stats' ``num_negative_active`` where
-  tsm records it; triplet: every term holds a negative, so its active ratio) and the
-  gradient norm per unit of loss (the losses differ in scale).
-
-Unlabelled points (label -1, the synthetic set's outliers) take part in training as the
-samplers allow but in no class statistic, query or k-NN reference.
-
-Each run directory holds fit's files plus ``analysis.json`` (every number above) and
-``analysis.npz`` (per-class variances, effective margins; test embeddings for the first
-seed, for the PCA figure). A run whose ``analysis.json`` exists is not retrained.
+  the first epoch's; ``-1`` when never; also from the first step's loss), the means of
+  the active ratio and gradient norm over epochs, the active ratio of NEGATIVE terms
+  only (:func:`negative_active_ratio`) and the gradient norm per unit of loss (losses
+  differ in scale).
 """
 
 from __future__ import annotations
@@ -36,31 +34,31 @@ import math
 import os
 import shutil
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 
-from experiments import runner
+from experiments.common import grid
 from tsm import artifacts
+from tsm import config as config_lib
 from tsm import diagnostics
 from tsm import distances
-from tsm import config as config_lib
 from tsm import metrics
 
-ANALYSIS_JSON = "analysis.json"
-ANALYSIS_NPZ = "analysis.npz"
 CURVES = ("loss", "active_ratio", "grad_norm")
+# Measure(ctx) -> (JSON-able scalars, numpy arrays) of the final model.
+Measure = Callable[[Any], "tuple[dict[str, Any], dict[str, np.ndarray]]"]
 
 
-def _normalised(emb: np.ndarray) -> np.ndarray:
+def normalised(emb: Any) -> np.ndarray:
+  """L2-normalised embeddings, as numpy."""
   return np.asarray(distances.l2_normalize(jax.numpy.asarray(emb)))
 
 
 def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
                        test_emb: np.ndarray, test_labels: np.ndarray, num_classes: int,
-                       *, knn_k: int = 5, max_triplets: int = 20_000,
+                       *, knn_k: int = 5, em_triplets: int = 20_000,
                        gmm_components: int = 2, margin: float = 1.0, seed: int = 0,
                        distance: str = "euclidean") -> tuple[dict[str, Any],
                                                              dict[str, np.ndarray]]:
@@ -73,7 +71,7 @@ def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
     test_labels: ``[Q]`` labels (-1 = unlabelled, left out).
     num_classes: number of classes of the dataset.
     knn_k: k of the k-NN accuracy.
-    max_triplets: size of the effective-margin buffer (exact below, sampled above).
+    em_triplets: size of the effective-margin buffer (exact below, sampled above).
     gmm_components: Gaussian mixture components.
     margin: the training margin (share of triplets below it is reported).
     seed: seed of the effective-margin sample.
@@ -103,7 +101,7 @@ def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
                                                     k=knn_k, distance=distance))
                          if seen.all() and te_lab.size else math.nan)
   em = diagnostics.effective_margins(tr_emb, tr_lab, distance=distance,
-                                     max_triplets=max_triplets, seed=seed)
+                                     max_triplets=em_triplets, seed=seed)
   values = np.asarray(em.values)[np.asarray(em.mask)]
   mix = diagnostics.fit_gaussian_mixture(em.values, gmm_components, weights=em.mask)
   out.update({
@@ -128,16 +126,25 @@ def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
 def negative_active_ratio(record: dict[str, Any], loss: str) -> float:
   """Active share of the negative terms in one epoch record (NaN where not recorded).
 
-  Under paper B's contrastive ``y d^2`` every positive pair with ``d > 0`` is active,
-  so its overall active ratio is at least the share of positive pairs by construction;
-  the negative terms' share does not follow from the form. Every triplet term holds a
-  negative, so the triplet loss's is its active ratio.
+  The softmax / proxy / centre losses record it (``neg_active_ratio``,
+  ``tsm.losses._activity``). Under paper B's contrastive ``y d^2`` every positive pair
+  with ``d > 0`` is active, so its overall active ratio is at least the share of
+  positive pairs by construction; the negative terms' share
+  (``num_negative_active / num_negative``) does not follow from the form. Every triplet
+  term holds a negative, so the triplet loss's is its active ratio.
   """
+  if "neg_active_ratio" in record:
+    return float(record["neg_active_ratio"])
   if loss == "triplet":
     return float(record["active_ratio"])
   if "num_negative_active" in record and record.get("num_negative", 0) > 0:
     return float(record["num_negative_active"]) / float(record["num_negative"])
   return math.nan
+
+
+def grad_norm_per_loss(records: list[dict[str, Any]]) -> list[float]:
+  """Per epoch, the gradient norm per unit of loss (NaN where the loss is 0)."""
+  return [r["grad_norm"] / r["loss"] if r["loss"] > 0 else math.nan for r in records]
 
 
 def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
@@ -164,8 +171,7 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
   curves = {k: [float(r[k]) for r in epoch_records] for k in CURVES}
   neg = [negative_active_ratio(r, loss) for r in epoch_records]
   # Epochs whose loss is 0 have no defined ratio (NaN, left out of the mean).
-  per_loss = [r["grad_norm"] / r["loss"] if r["loss"] > 0 else math.nan
-              for r in epoch_records]
+  per_loss = grad_norm_per_loss(epoch_records)
   losses = np.asarray(curves["loss"], np.float32)
   decay = int(diagnostics.loss_decay_epochs(losses, decay_fraction))
   from_step = int(diagnostics.loss_decay_epochs(
@@ -177,8 +183,8 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
       "first_step_loss": float(first_step_loss),
       "mean_active_ratio": float(np.mean(curves["active_ratio"])),
       "mean_grad_norm": float(np.mean(curves["grad_norm"])),
-      "mean_negative_active_ratio": (float(np.mean(neg)) if neg and np.all(np.isfinite(neg))
-                                     else math.nan),
+      "mean_negative_active_ratio": (float(np.mean(neg))
+                                     if neg and np.all(np.isfinite(neg)) else math.nan),
       "mean_grad_norm_per_loss": (float(np.nanmean(per_loss))
                                   if np.any(np.isfinite(per_loss)) else math.nan),
       "final_loss": curves["loss"][-1],
@@ -196,74 +202,70 @@ def json_safe(obj: Any) -> Any:
   return obj
 
 
-def train_and_analyse(config: ml_collections.ConfigDict, rundir: str, *,
-                      study: ml_collections.ConfigDict,
-                      keep_embeddings: bool = False) -> dict[str, Any]:
-  """Trains one run with :func:`tsm.fit.fit` and writes its ``analysis.json``.
+class FinalModel:
+  """Evaluator at the last epoch: ``measure(ctx)`` of the final model, kept in ``found``.
 
   Args:
-    config: the run's full tsm config (loss, sampling and seed already set).
-    rundir: the run directory (fit's workdir).
-    study: the ``study`` section (``knn_k``, ``max_triplets``, ``gmm_components``,
-      ``decay_fraction``).
-    keep_embeddings: also store the test embeddings in ``analysis.npz`` (PCA figure).
+    epochs: the run's epochs.
+    measure: ``measure(ctx)`` -> ``(scalars, arrays)``; ``scalars`` has ``intra_var``
+      and ``inter_dist``, which go into the epoch's record.
+  """
+
+  def __init__(self, epochs: int, measure: Measure):
+    self.every_epochs = epochs
+    self.measure = measure
+    self.found: dict[str, Any] = {}
+
+  def __call__(self, ctx: Any) -> dict[str, Any]:
+    if ctx.epoch + 1 != self.every_epochs:
+      return {}
+    scalars, arrays = self.measure(ctx)
+    self.found.update(scalars=scalars, arrays=arrays)
+    return {"study": {"intra_var": scalars["intra_var"],
+                      "inter_dist": scalars["inter_dist"]}}
+
+
+def train_and_measure(config: Any, rundir: str, *, result_file: str, arrays_file: str,
+                      measure: Measure,
+                      summarize: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+  """Trains one run and writes its measurements (or reads those of a finished run).
+
+  Args:
+    config: the run's full tsm config.
+    rundir: the run directory (fit's workdir); fit's output goes to its ``fit.log``.
+    result_file: the record's file name in ``rundir`` (its presence marks a finished run).
+    arrays_file: the ``.npz`` of the measured arrays.
+    measure: ``measure(ctx)`` at the last epoch -> ``(scalars, arrays)``.
+    summarize: ``summarize(epoch_records, first_step_record, scalars, arrays, summary)``
+      -> the run's record (``summary``: fit's summary dict, or None).
 
   Returns:
-    The analysis dict (as written to ``analysis.json``).
+    The run's record as written (NaN as None).
+
+  Raises:
+    tsm.config.ConfigError: ``rundir`` holds a run of another config.
+    RuntimeError: the last epoch's measurement did not run.
   """
-  path = os.path.join(rundir, ANALYSIS_JSON)
-  # A run of another config there raises (tsm.config.check_same_run) before anything.
-  if runner.finished(rundir, config, (ANALYSIS_JSON,)):
+  path = os.path.join(rundir, result_file)
+  if grid.finished(rundir, config, (result_file,)):
     with open(path) as f:
       return json.load(f)
-  if os.path.isdir(rundir):   # a run stopped before its analysis: train it again
+  if os.path.isdir(rundir):   # a run stopped before its measurements: train it again
     shutil.rmtree(rundir)
-  epochs = int(config.train.epochs)
-  found: dict[str, Any] = {}
-
-  class FinalModel:
-    """Evaluator at the last epoch: paper B's measurements of the final model."""
-    every_epochs = epochs
-
-    def __call__(self, ctx):
-      if ctx.epoch + 1 != epochs:
-        return {}
-      splits = ctx.splits
-      train_emb = _normalised(ctx.embeddings("train"))
-      test_emb = _normalised(ctx.embeddings("test"))
-      test_labels = ctx.labels("test")
-      scalars, arrays = measure_embeddings(
-          train_emb, ctx.labels("train"), test_emb, test_labels,
-          int(splits.num_classes), knn_k=int(study.knn_k),
-          max_triplets=int(study.max_triplets), gmm_components=int(study.gmm_components),
-          margin=float(config.margin.initial_margin), seed=int(config.seed),
-          distance=config.loss.distance)
-      if keep_embeddings:
-        arrays["test_embeddings"] = test_emb.astype(np.float32)
-        arrays["test_labels"] = test_labels
-      found.update(scalars=scalars, arrays=arrays)
-      return {"study": {"intra_var": scalars["intra_var"],
-                        "inter_dist": scalars["inter_dist"]}}
-
+  final = FinalModel(int(config.train.epochs), measure)
   os.makedirs(rundir, exist_ok=True)
   with open(os.path.join(rundir, "fit.log"), "w") as log, contextlib.redirect_stdout(log):
-    result = config_lib.train_and_evaluate(config, rundir, evaluators=[FinalModel()])
-  summary = None if result is None else result.summary
-  if "scalars" not in found:
-    raise RuntimeError(f"{rundir}: the last epoch's analysis did not run (resumed a "
+    result = config_lib.train_and_evaluate(config, rundir, evaluators=[final])
+  if "scalars" not in final.found:
+    raise RuntimeError(f"{rundir}: the last epoch's measurements did not run (resumed a "
                        "finished run?); delete the directory and run again.")
-  log = artifacts.MetricsLog(os.path.join(rundir, "metrics.jsonl")).read()
-  records = [r for r in log if r["kind"] == "epoch"]
-  first_step = next(r for r in log if r["kind"] == "step")
-  result = {
-      "dataset": config.data.name, "loss": config.loss.name, "seed": int(config.seed),
-      "sampling": config.train.sampling, "model": config.model.name,
-      "margin": float(config.margin.initial_margin),
-      **found["scalars"],
-      **curve_summary(records, first_step["loss"], float(study.decay_fraction),
-                      config.loss.name),
-      "fit_test": None if summary is None else summary.get("test"),
-  }
-  np.savez_compressed(os.path.join(rundir, ANALYSIS_NPZ), **found["arrays"])
-  artifacts.write_json_atomic(path, json_safe(result))
-  return json_safe(result)
+  lines = artifacts.MetricsLog(os.path.join(rundir, "metrics.jsonl")).read()
+  records = [r for r in lines if r["kind"] == "epoch"]
+  first_step = next(r for r in lines if r["kind"] == "step")
+  summary = None if result is None else result.summary
+  record = json_safe(summarize(records, first_step, final.found["scalars"],
+                               final.found["arrays"], summary))
+  with artifacts.atomic_path(os.path.join(rundir, arrays_file)) as tmp:
+    np.savez_compressed(tmp, **final.found["arrays"])
+  artifacts.write_json_atomic(path, record)
+  return record
