@@ -132,8 +132,12 @@ def _files(directory: str, number: int) -> dict[str, str]:
           for k in ("ids", "labels", "features")}
 
 
-def _read(directory: str) -> _Generation | None:
-  """The current generation of a store, memory-mapped; None when there is none."""
+def _read(directory: str, attempts: int = 2) -> _Generation | None:
+  """The current generation of a store, memory-mapped; None when there is none.
+
+  A writer removes the previous generation right after naming the new one, so a reader
+  that read ``current.json`` just before may find its files gone: it reads again.
+  """
   current = os.path.join(directory, "current.json")
   if not os.path.isfile(current):
     return None
@@ -144,6 +148,12 @@ def _read(directory: str) -> _Generation | None:
     ids = np.load(files["ids"])
     labels = np.load(files["labels"])
     features = np.load(files["features"], mmap_mode="r")
+  except FileNotFoundError:
+    if attempts > 1:
+      return _read(directory, attempts - 1)
+    raise FeatureCacheError(f"the feature cache {directory} is damaged (a file named by "
+                            "current.json is missing); delete that directory and "
+                            "rerun") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise FeatureCacheError(
         f"the feature cache {directory} is damaged ({type(e).__name__}); delete that "
