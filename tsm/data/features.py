@@ -232,11 +232,17 @@ def _extend(directory: str, splits: list[splits_lib.Split], extractor: FeatureEx
     log.info("feature cache %s: computing %d examples (%s)", directory, count,
              ", ".join(f"{ids.size} of {split.name}" for split, _, ids in todo))
     new = np.zeros((count, extractor.feature_dim), np.float32)
-    offset = 0
+    offset, start = 0, time.perf_counter()
     for split, local, ids in todo:
       _extract(split, local, extractor, batch_size=batch_size, progress=progress,
                out=new[offset:offset + ids.size])
       offset += ids.size
+    if progress:
+      seconds = time.perf_counter() - start
+      print(f"feature cache: {count} images through {extractor.name} at "
+            f"{extractor.image_size} px in {seconds / 60:.1f} min "
+            f"({count / max(seconds, 1e-9):.1f} images/s), into {directory}",
+            file=sys.stderr, flush=True)
     old_n = 0 if old is None else old.ids.size
     parts_ids = ([old.ids] if old is not None else []) + [ids for _, _, ids in todo]
     parts_labels = ([old.labels] if old is not None else []) + [
