@@ -1,4 +1,3 @@
-# Over 500 lines: the comparison engine's rule, tests and tables are documented together.
 """Tables and claim tests over seeds, shared by the studies under ``experiments/``.
 
 A study trains each variant (a loss, a margin schedule, ...) under several seeds; this
@@ -41,10 +40,6 @@ With 10 paired seeds a true difference of one standard deviation of the per-seed
 difference reads "held" in about 90 % of studies and a null difference in 5 % (tested by
 Monte Carlo in ``tests/test_compare_power.py``).
 
-The older :func:`verdict` (mean difference against ``std_A + std_B``) is deprecated: it
-uses standard deviations, not standard errors, so more seeds never add power, and it
-ignores pairing and multiplicity.
-
 References:
   Holm, S. (1979). A simple sequentially rejective multiple test procedure. Scandinavian
   Journal of Statistics, 6(2), 65–70.
@@ -60,7 +55,6 @@ import functools
 import io
 import math
 import os
-import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -71,10 +65,6 @@ HELD = "held"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive"
 VERDICTS = (HELD, CONTRADICTED, INCONCLUSIVE)
-
-# Deprecated verdicts of :func:`verdict`.
-NOT_HELD = "did not hold"
-UNCLEAR = "not distinguishable"
 
 CONFIDENCE = 0.95
 POWER = 0.8
@@ -394,37 +384,6 @@ def decide(comparisons: Sequence[Comparison], alpha: float = 0.05) -> list[Compa
     out.append(dataclasses.replace(c, verdict=decision, alpha=alpha, p_adjusted=float(pa),
                                    p_reverse_adjusted=float(pr)))
   return out
-
-
-def verdict(a: Iterable[float | None], b: Iterable[float | None], *,
-            higher_is_better: bool = True) -> str:
-  """Deprecated: use :func:`compare` (one claim) and :func:`decide` (a study's claims).
-
-  The old descriptive rule: ``"held"`` when A's mean beats B's by more than
-  ``std_A + std_B``, ``"did not hold"`` when B's beats A's by that much, else ``"not
-  distinguishable"`` (also when either side has no finite value).
-
-  Args:
-    a: per-seed values of the variant the claim favours.
-    b: per-seed values of the variant it is compared with.
-    higher_is_better: whether larger values of the metric are better.
-
-  Returns:
-    ``"held"``, ``"did not hold"`` or ``"not distinguishable"``.
-  """
-  warnings.warn("tsm.reporting.verdict is deprecated (standard deviations, no pairing, "
-                "no multiplicity correction); use tsm.reporting.compare and "
-                "tsm.reporting.decide.", DeprecationWarning, stacklevel=2)
-  sa, sb = summarize(a), summarize(b)
-  if sa.n == 0 or sb.n == 0:
-    return UNCLEAR
-  diff = sa.mean - sb.mean if higher_is_better else sb.mean - sa.mean
-  spread = sa.std + sb.std
-  if diff > spread:
-    return HELD
-  if -diff > spread:
-    return NOT_HELD
-  return UNCLEAR
 
 
 def tar_cell(values: Iterable[float | None], num_different: int, far: float, *,
