@@ -54,12 +54,13 @@ import dataclasses
 import functools
 import io
 import math
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import optimize
 from scipy import stats as sps
+
+from tsm import artifacts
 
 HELD = "held"
 CONTRADICTED = "contradicted"
@@ -419,13 +420,6 @@ def best_index(summaries: Sequence[Summary], *, higher_is_better: bool) -> int |
   return max(finite, key=key)
 
 
-def _atomic_write(path: str, text: str) -> None:
-  """``tsm.artifacts.write_atomic`` after creating the directory (honours the umask)."""
-  from tsm import artifacts  # pylint: disable=import-outside-toplevel
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  artifacts.write_atomic(path, text)
-
-
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """A GitHub-flavoured Markdown table; cells are converted with ``str``."""
   def line(cells: Sequence[Any]) -> str:
@@ -454,8 +448,8 @@ def write_table(header: Sequence[str], rows: Sequence[Sequence[Any]], md_path: s
   writer = csv.writer(buf)
   writer.writerow(header)
   writer.writerows(rows)
-  _atomic_write(md_path, md)
-  _atomic_write(csv_path, buf.getvalue())
+  artifacts.write_atomic(md_path, md)
+  artifacts.write_atomic(csv_path, buf.getvalue())
   return md
 
 
