@@ -9,8 +9,9 @@ Three pieces, called by the fit loop, the CLI and the study runner:
   exit status 1).
 * :class:`WorkdirLock` is an advisory lock, ``fcntl.flock`` on ``<workdir>/.lock``: one
   run per workdir. A second process gets :class:`WorkdirBusy`, naming the holder.
-* :func:`is_finished` says whether the workdir holds a finished run of a config, so that
-  a rerun can report it without writing anything.
+* :func:`is_finished` says whether the workdir holds a finished run of the same
+  settings (``config.json``), so that a rerun can report it without writing anything;
+  :func:`run_difference` names the first setting in which a run there differs.
 
 Stale locks: ``flock`` belongs to the open file, and the kernel drops it when the
 holder's process dies, however it dies (``kill -9`` included), so a lock that can be
@@ -37,7 +38,7 @@ import os
 import socket
 import tempfile
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 LOCK_NAME = ".lock"
 SUMMARY_NAME = "summary.json"
@@ -133,26 +134,78 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
-def _drop_fields(config: Mapping[str, Any], ignore: Iterable[tuple[str, str]]) -> dict:
-  config = json.loads(json.dumps(config))   # a deep copy of plain JSON values
-  for section, field in ignore:
-    if isinstance(config.get(section), dict):
-      config[section].pop(field, None)
-  return config
+KeyPath = Sequence[str]
+
+
+def _without(obj: Mapping[str, Any], ignore: Iterable[KeyPath]) -> dict:
+  obj = json.loads(json.dumps(obj))   # a deep copy of plain JSON values
+  for keys in ignore:
+    *parents, last = keys
+    node: Any = obj
+    for key in parents:
+      node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(last, None)
+  return obj
+
+
+def first_difference(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                     ignore: Iterable[KeyPath] = ()) -> str | None:
+  """Where two JSON objects first differ, in sorted key order, or None where they agree.
+
+  A key missing on one side reads as None there, so an object saved before a key with
+  the value None existed agrees with one that has it.
+
+  Args:
+    saved: the object found (e.g. a run's ``config.json``).
+    current: the object now.
+    ignore: key paths left out of the comparison, e.g. ``("train", "progress")``.
+
+  Returns:
+    ``"a.b (<saved value> there, <current value> now)"`` naming the dotted key path, or
+    None.
+  """
+  ignore = tuple(ignore)
+
+  def walk(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        diff = walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        if diff:
+          return diff
+      return None
+    return None if a == b else f"{prefix[:-1]} ({a!r} there, {b!r} now)"
+
+  return walk(_without(saved, ignore), _without(current, ignore), "")
+
+
+def run_difference(path: str | os.PathLike[str], config: Mapping[str, Any], *,
+                   ignore: Iterable[KeyPath] = ()) -> str | None:
+  """How the run in ``path`` differs from ``config`` (:func:`first_difference` of its
+  ``config.json``); None when they agree or ``path`` holds no ``config.json``.
+
+  Raises:
+    ValueError: ``config.json`` is not JSON.
+    OSError: it cannot be read.
+  """
+  saved = os.path.join(os.fspath(path), CONFIG_NAME)
+  if not os.path.exists(saved):
+    return None
+  return first_difference(_read_json(saved), config, ignore=ignore)
 
 
 def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,
-                ignore: Iterable[tuple[str, str]] = ()) -> bool:
+                ignore: Iterable[KeyPath] = ()) -> bool:
   """Whether ``path`` holds a finished run of ``config`` (reads, writes nothing).
 
-  Finished means: ``summary.json`` is there and readable, and ``config.json`` equals
-  ``config`` except for the ``(section, field)`` pairs in ``ignore`` (fields that only
-  control how a run is executed, such as a progress bar).
+  Finished means: ``summary.json`` is there and readable, and ``config.json`` agrees
+  with ``config`` (:func:`first_difference`) outside the key paths in ``ignore``
+  (settings that only control how a run is executed, such as a progress bar).
 
   Args:
     path: the workdir (need not exist).
-    config: the run's resolved config as JSON values (``json.loads(cfg.to_json())``).
-    ignore: ``(section, field)`` pairs left out of the comparison.
+    config: the run's settings as JSON values (what ``config.json`` holds).
+    ignore: key paths left out of the comparison, e.g. ``[("train", "progress")]``.
 
   Returns:
     True when a rerun has nothing to train or write.
@@ -165,7 +218,6 @@ def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,
   summary, saved = os.path.join(path, SUMMARY_NAME), os.path.join(path, CONFIG_NAME)
   if not (os.path.isfile(summary) and os.path.isfile(saved)):
     return False
-  ignore = tuple(ignore)
   try:
     _read_json(summary)
     saved_config = _read_json(saved)
@@ -175,7 +227,7 @@ def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,
     raise _fault(path, "read the finished run", e) from e
   if not isinstance(saved_config, dict):
     return False
-  return _drop_fields(saved_config, ignore) == _drop_fields(config, ignore)
+  return first_difference(saved_config, config, ignore=ignore) is None
 
 
 def _holder(text: str) -> tuple[int | None, str, str]:
