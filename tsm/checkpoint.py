@@ -262,7 +262,7 @@ class Checkpointer:
                best_metric: str = "val_loss", best_mode: str = "min",
                async_save: bool = True, cleanup_tmp: bool = True):
     if keep < 1:
-      raise ValueError(f"checkpoint.keep must be >= 1, got {keep}; keep at least one.")
+      raise ValueError(f"keep={keep} must be >= 1; keep at least one checkpoint.")
     if best_mode not in ("min", "max"):
       raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}.")
     self.directory = os.path.abspath(os.fspath(directory))

@@ -40,6 +40,10 @@ from tsm import hugepages
 from tsm.exit_codes import (  # noqa: F401  # pylint: disable=unused-import
     INTERRUPTED, IO_ERROR, NONFINITE_ERROR, USAGE_ERROR, exit_code)
 CONFIG_DIR = "experiments/configs"
+# The end of a diverged run's message, in the config's words.
+NONFINITE_FIX = ("lower the learning rate or add train.grad_clip_norm, then rerun: it "
+                 "resumes from the last good checkpoint (train.nonfinite=skip skips such "
+                 "steps instead).")
 # The bundled configs: beside the tsm package both in a clone and in an installed wheel
 # (pyproject.toml ships the ``experiments`` package). Found by path, not by import, so a
 # user's own ``experiments`` directory on sys.path cannot stand in for it.
@@ -258,6 +262,8 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
       raise
     if status == USAGE_ERROR:
       command.fail(str(e))
+    if isinstance(e, history.NonFiniteError):
+      e = history.NonFiniteError(e.step, e.quantity, fix=NONFINITE_FIX)
     if isinstance(e, history.Interrupted):
       message = str(e)
     elif isinstance(e, KeyboardInterrupt):
