@@ -19,7 +19,7 @@ import textwrap
 # install does not bring anyway (absl-py comes with chex, scipy with jax).
 TRAIN_PACKAGES = ("flax", "optax", "orbax", "ml_collections", "tqdm", "matplotlib", "PIL",
                   "sklearn", "tensorflow_datasets", "tensorflow", "array_record", "mnist1d",
-                  "tensorboardX")
+                  "tensorboardX", "filelock")
 
 
 def check_import_is_light():

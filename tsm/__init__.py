@@ -41,7 +41,7 @@ _EXTRA_PACKAGES = {
     **dict.fromkeys(
         ("flax", "optax", "orbax", "ml_collections", "absl", "tqdm", "matplotlib", "PIL",
          "sklearn", "scipy", "tensorflow_datasets", "array_record", "mnist1d",
-         "tensorboardX"), "train"),
+         "tensorboardX", "filelock"), "train"),
     "tensorflow": "data",
 }
 
