@@ -239,7 +239,16 @@ def _rounding_tolerance(xa: np.ndarray, xb: np.ndarray) -> float:
 
 def _t_result(mean: float, se: float, df: float, alpha: float
               ) -> tuple[float, float, float, float, float]:
-  """(p_value, p_reverse, ci_low, ci_high, mde) of a t statistic ``mean / se``."""
+  """(p_value, p_reverse, ci_low, ci_high, mde) of a t statistic ``mean / se``.
+
+  The t distribution is scipy's; the statistic is formed here rather than by
+  ``scipy.stats.ttest_rel`` / ``ttest_ind(equal_var=False)`` because the rule needs what
+  those do not give: the exact answer for equal differences (zero spread up to the
+  inputs' rounding, where scipy returns NaN or inf with a warning), and ``se`` and
+  ``df`` for the MDE. Over 3,000 random paired and Welch cases the two agree to 5e-13
+  (relative) in p-values and interval ends, but not to the last bit in a quarter of
+  them, so the studies' stored numbers would change.
+  """
   if se == 0.0:   # every difference equal: the answer is exact
     p = 0.0 if mean > 0 else 1.0
     p_rev = 0.0 if mean < 0 else 1.0
