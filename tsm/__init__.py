@@ -50,7 +50,7 @@ class MissingExtraError(ModuleNotFoundError):
   """A tsm module needs a package of an optional extra that is not installed.
 
   A ModuleNotFoundError (hence an ImportError), so ``pytest.importorskip`` and
-  ``except ImportError`` handle it as before.
+  ``except ImportError`` handle it as any missing module.
   """
 
   extra: str = "train"

@@ -1,4 +1,3 @@
-# Over 500 lines on purpose: every field's default, help line and check live in this one module.
 """Experiment configs: the only module that reads a ConfigDict.
 
 Three jobs, in this order (big_vision / Flax-examples style ``get_config()`` files under

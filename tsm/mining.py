@@ -1,4 +1,3 @@
-# Over 500 lines: the dense and sort paths of exact mining and their band variants share helpers.
 """In-batch label masks, exact triplet counting and triplet selection.
 
 Helpers shared by the losses in :mod:`tsm.losses`. Everything here works on a
