@@ -115,6 +115,19 @@ def plot_effective_margins(ax: Any, values: Any,
   return ax
 
 
+def _label_axes(ax: Any, xlabel: str, ylabel: str | None, title: str | None,
+                hline: float | None) -> None:
+  """The per-epoch panels' finish: a dotted reference line, labels, title, a light grid."""
+  if hline is not None:
+    ax.axhline(hline, color="0.4", lw=1, ls=":")
+  ax.set_xlabel(xlabel)
+  if ylabel:
+    ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+
+
 def plot_curves(ax: Any, epochs: Sequence[float] | None,
                 series: Mapping[str, Sequence[float]], *, xlabel: str = "epoch",
                 ylabel: str | None = None, title: str | None = None,
@@ -156,16 +169,9 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
         raise ValueError(f"band of {label!r} has {lower.size}/{upper.size} values for "
                          f"{x.size} epochs; pass one lower and one upper value per epoch.")
       ax.fill_between(x, lower, upper, color=f"C{i}", alpha=0.2, lw=0)
-  if hline is not None:
-    ax.axhline(hline, color="0.4", lw=1, ls=":")
   if logy:
     ax.set_yscale("log")
-  ax.set_xlabel(xlabel)
-  if ylabel:
-    ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title)
-  ax.grid(alpha=0.3)
+  _label_axes(ax, xlabel, ylabel, title, hline)
   if len(series) > 1:
     ax.legend(fontsize="small")
   return ax
@@ -233,14 +239,7 @@ def plot_steps(ax: Any, epochs: Sequence[float] | None,
                          f"{x.size} epochs; pass one lower and one upper value per epoch.")
       ax.fill_between(xs, np.r_[lower, lower[-1]], np.r_[upper, upper[-1]], step="post",
                       color=color, alpha=0.15, lw=0)
-  if hline is not None:
-    ax.axhline(hline, color="0.4", lw=1, ls=":")
-  ax.set_xlabel(xlabel)
-  if ylabel:
-    ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title)
-  ax.grid(alpha=0.3)
+  _label_axes(ax, xlabel, ylabel, title, hline)
   if legend == "outside":
     legend_outside(ax)
   elif legend == "inside" and n:
