@@ -357,6 +357,16 @@ class PairCounts(NamedTuple):
   hinge_grad: chex.Array
 
 
+def _kth_positive(k, dist, negative, num_positives, slot_dist, slot_thresholds):
+  """The dense paths' step ``k``: ``(used, t, d_ap, below)``, each anchor's k-th
+  positive as ``[B, 1]`` columns (``t = d_ap + margin``) and the ``[B, B]`` masks of its
+  negatives (``used``: the anchor has a k-th positive) and of those with ``d_an < t``."""
+  used = (k < num_positives)[:, None] & negative
+  t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
+  d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
+  return used, t, d_ap, used & (dist < t)
+
+
 def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
   """Loop over the k-th positive of every anchor; each step is one fused O(B^2) pass."""
   num_positives, slots = _positive_slots(positive, max_k, groups)
@@ -364,10 +374,8 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
   slot_thresholds = slot_dist + margin
 
   def step(k):
-    used = (k < num_positives)[:, None] & negative
-    t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
-    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
-    below = used & (dist < t)
+    used, t, d_ap, below = _kth_positive(k, dist, negative, num_positives, slot_dist,
+                                         slot_thresholds)
     *columns, hinge = row_sums(below.astype(jnp.int32),
                                (used & (dist <= d_ap)).astype(jnp.int32),
                                jnp.where(below, t - dist, 0.0))
@@ -384,6 +392,34 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
   return PairCounts(active, hard, pushes, hinge, counts, hinge_grad)
 
 
+def _sort_queries(dist, positive, groups, width):
+  """The sort paths' queries: ``(query_dist, query_used, num_positives, slots)``.
+
+  Without ``width`` the queries are the whole ``[B, B]`` rows (``query_used`` = the
+  positive pairs; ``num_positives``, ``slots`` None); with it, each row's positives
+  gathered into ``width`` slots (:func:`_positive_slots`).
+  """
+  if width is None:
+    return dist, positive, None, None
+  num_positives, slots = _positive_slots(positive, width, groups)
+  query_dist = jnp.take_along_axis(dist, slots, axis=1)
+  query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  return query_dist, query_used, num_positives, slots
+
+
+def _prefix_from_closest(neg_keys):
+  """``(closest, prefix)`` of each row's sorted negatives: the closest distance, and the
+  prefix sums of the distances measured from it (``[B, n + 1]``, from 0), which limits
+  cancellation in the hinge sums."""
+  sorted_neg = float_from_sort_key(neg_keys)
+  finite = jnp.isfinite(sorted_neg)
+  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
+  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
+  prefix = jnp.concatenate(
+      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  return closest, prefix
+
+
 def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
                       width=None):
   """Sorted negatives per anchor and binary search; O(B^2 log B).
@@ -394,12 +430,8 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
   """
   shape = dist.shape
   inf = jnp.asarray(jnp.inf, dist.dtype)
-  if width is None:
-    query_dist, query_used = dist, positive
-  else:
-    num_positives, slots = _positive_slots(positive, width, groups)
-    query_dist = jnp.take_along_axis(dist, slots, axis=1)
-    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  query_dist, query_used, num_positives, slots = _sort_queries(dist, positive, groups,
+                                                               width)
   thresholds = query_dist + margin
   neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
   active = row_searchsorted(neg_keys, float_sort_key(thresholds), side="left")
@@ -408,12 +440,7 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
   hard = jnp.where(query_used, hard, 0)
   # sum_{n: d_an < t} (t - d_an) = c t - (prefix sum of the c closest negatives),
   # with distances measured from the row's closest negative to limit cancellation.
-  sorted_neg = float_from_sort_key(neg_keys)
-  finite = jnp.isfinite(sorted_neg)
-  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
-  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
-  prefix = jnp.concatenate(
-      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  closest, prefix = _prefix_from_closest(neg_keys)
   below = jnp.take_along_axis(prefix, active, axis=1)
   per_pair = active.astype(dist.dtype) * (thresholds - closest) - below
   hinge = jnp.sum(jnp.where(active > 0, jnp.maximum(per_pair, 0.0), 0.0))
@@ -467,23 +494,27 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   chex.assert_rank([dist, positive, negative], 2)
   dist = jax.lax.stop_gradient(dist)
   margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
-  n = dist.shape[1]
+  return _by_method(
+      method, positive, groups,
+      lambda max_k: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
+                                       max_k, groups),
+      lambda width=None: _sort_pair_counts(dist, positive, negative, margin, with_pushes,
+                                           groups, width))
+
+
+def _by_method(method, positive, groups, dense_at, sort):
+  """Runs ``dense_at(max_k)`` or ``sort(width)`` as ``method`` says; for ``"auto"`` by
+  the most positives of an anchor (at run time, see :func:`triplet_pair_counts`)."""
+  n = positive.shape[1]
   max_k = min(DENSE_MAX_POSITIVES, n)
-  dense = lambda: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
-                                     max_k, groups)
-  sort = lambda width=None: _sort_pair_counts(dist, positive, negative, margin,
-                                              with_pushes, groups, width)
+  dense = lambda: dense_at(max_k)
   if method == "dense":
     return dense()
   if method == "sort" or max_k < 1:
     return sort()
   if n - 1 <= max_k:  # No anchor can have more positives than that.
     return dense()
-  return _auto_switch(dense, sort, _row_positives(positive, groups), n, max_k)
-
-
-def _auto_switch(dense, sort, num_positives, n, max_k):
-  """Runs ``dense()`` or ``sort(width)`` by the most positives of an anchor (run time)."""
+  num_positives = _row_positives(positive, groups)
   widths = _sort_widths(n, max_k)
   branches = [dense] + [lambda w=w: sort(w) for w in widths] + [sort]
   capacities = jnp.array([max_k] + widths, jnp.int32)
@@ -538,10 +569,8 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
   slot_thresholds = slot_dist + margin
 
   def step(k):
-    used = (k < num_positives)[:, None] & negative
-    t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
-    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
-    below = used & (dist < t)
+    used, t, d_ap, below = _kth_positive(k, dist, negative, num_positives, slot_dist,
+                                         slot_thresholds)
     if band == "semihard":
       in_band = below & (dist > d_ap)
       hot = in_band  # d_an < t: every term of the band is non-zero.
@@ -575,12 +604,8 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
   """
   shape = dist.shape
   inf = jnp.asarray(jnp.inf, dist.dtype)
-  if width is None:
-    query_dist, query_used = dist, positive
-  else:
-    num_positives, slots = _positive_slots(positive, width, groups)
-    query_dist = jnp.take_along_axis(dist, slots, axis=1)
-    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  query_dist, query_used, num_positives, slots = _sort_queries(dist, positive, groups,
+                                                               width)
   thresholds = query_dist + margin
   neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
   t_keys = float_sort_key(thresholds)
@@ -603,13 +628,7 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
   active, hard, mined, c_lo, c_hi = (jnp.where(query_used, v, zero)
                                      for v in (active, hard, mined, c_lo, c_hi))
   band_active = c_hi - c_lo
-  # Distances measured from the row's closest negative to limit cancellation.
-  sorted_neg = float_from_sort_key(neg_keys)
-  finite = jnp.isfinite(sorted_neg)
-  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
-  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
-  prefix = jnp.concatenate(
-      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  closest, prefix = _prefix_from_closest(neg_keys)
   inside = (jnp.take_along_axis(prefix, c_hi, axis=1)
             - jnp.take_along_axis(prefix, c_lo, axis=1))
   per_pair = band_active.astype(dist.dtype) * (thresholds - closest) - inside
@@ -676,19 +695,12 @@ def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   chex.assert_rank([dist, positive, negative], 2)
   dist = jax.lax.stop_gradient(dist)
   margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
-  n = dist.shape[1]
-  max_k = min(DENSE_MAX_POSITIVES, n)
-  dense = lambda: _dense_band_counts(dist, positive, negative, margin, band,
-                                     with_pushes, max_k, groups)
-  sort = lambda width=None: _sort_band_counts(dist, positive, negative, margin, band,
-                                              with_pushes, groups, width)
-  if method == "dense":
-    return dense()
-  if method == "sort" or max_k < 1:
-    return sort()
-  if n - 1 <= max_k:
-    return dense()
-  return _auto_switch(dense, sort, _row_positives(positive, groups), n, max_k)
+  return _by_method(
+      method, positive, groups,
+      lambda max_k: _dense_band_counts(dist, positive, negative, margin, band,
+                                       with_pushes, max_k, groups),
+      lambda width=None: _sort_band_counts(dist, positive, negative, margin, band,
+                                           with_pushes, groups, width))
 
 
 def counts_from_pairs(num_negatives: chex.Array, num_positives: chex.Array,
