@@ -357,25 +357,34 @@ class PairCounts(NamedTuple):
   hinge_grad: chex.Array
 
 
-def _kth_positive(k, dist, negative, num_positives, slot_dist, slot_thresholds):
-  """The dense paths' step ``k``: ``(used, t, d_ap, below)``, each anchor's k-th
-  positive as ``[B, 1]`` columns (``t = d_ap + margin``) and the ``[B, B]`` masks of its
-  negatives (``used``: the anchor has a k-th positive) and of those with ``d_an < t``."""
-  used = (k < num_positives)[:, None] & negative
-  t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
-  d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
-  return used, t, d_ap, used & (dist < t)
+def _dense_slots(dist, positive, negative, margin, max_k, groups):
+  """The dense paths' positives: ``(num_positives, slots, kth)``.
 
-
-def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
-  """Loop over the k-th positive of every anchor; each step is one fused O(B^2) pass."""
+  Each anchor's positives sit in ``max_k`` slots (:func:`_positive_slots`); ``kth(k)``
+  gives ``(used, t, d_ap, below)``: the k-th positive as ``[B, 1]`` columns (``t =
+  d_ap + margin``) and the ``[B, B]`` masks of the anchor's negatives (``used``: the
+  anchor has a k-th positive) and of those with ``d_an < t``.
+  """
   num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
 
+  def kth(k):
+    used = (k < num_positives)[:, None] & negative
+    t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
+    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
+    return used, t, d_ap, used & (dist < t)
+
+  return num_positives, slots, kth
+
+
+def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
+  """Loop over the k-th positive of every anchor; each step is one fused O(B^2) pass."""
+  num_positives, slots, kth = _dense_slots(dist, positive, negative, margin, max_k,
+                                           groups)
+
   def step(k):
-    used, t, d_ap, below = _kth_positive(k, dist, negative, num_positives, slot_dist,
-                                         slot_thresholds)
+    used, t, d_ap, below = kth(k)
     *columns, hinge = row_sums(below.astype(jnp.int32),
                                (used & (dist <= d_ap)).astype(jnp.int32),
                                jnp.where(below, t - dist, 0.0))
@@ -392,19 +401,26 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
   return PairCounts(active, hard, pushes, hinge, counts, hinge_grad)
 
 
-def _sort_queries(dist, positive, groups, width):
-  """The sort paths' queries: ``(query_dist, query_used, num_positives, slots)``.
+def _sort_queries(dist, positive, negative, margin, groups, width):
+  """The sort paths' queries and keys.
 
-  Without ``width`` the queries are the whole ``[B, B]`` rows (``query_used`` = the
+  Returns ``(query_dist, query_used, thresholds, neg_keys, num_positives, slots)``:
+  without ``width`` the queries are the whole ``[B, B]`` rows (``query_used`` = the
   positive pairs; ``num_positives``, ``slots`` None); with it, each row's positives
-  gathered into ``width`` slots (:func:`_positive_slots`).
+  gathered into ``width`` slots (:func:`_positive_slots`). ``thresholds = query_dist +
+  margin``; ``neg_keys``: each row's negative distances as sorted sort keys (the other
+  entries +inf, last).
   """
   if width is None:
-    return dist, positive, None, None
-  num_positives, slots = _positive_slots(positive, width, groups)
-  query_dist = jnp.take_along_axis(dist, slots, axis=1)
-  query_used = jnp.arange(width)[None, :] < num_positives[:, None]
-  return query_dist, query_used, num_positives, slots
+    query_dist, query_used, num_positives, slots = dist, positive, None, None
+  else:
+    num_positives, slots = _positive_slots(positive, width, groups)
+    query_dist = jnp.take_along_axis(dist, slots, axis=1)
+    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  thresholds = query_dist + margin
+  inf = jnp.asarray(jnp.inf, dist.dtype)
+  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  return query_dist, query_used, thresholds, neg_keys, num_positives, slots
 
 
 def _prefix_from_closest(neg_keys):
@@ -430,10 +446,8 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
   """
   shape = dist.shape
   inf = jnp.asarray(jnp.inf, dist.dtype)
-  query_dist, query_used, num_positives, slots = _sort_queries(dist, positive, groups,
-                                                               width)
-  thresholds = query_dist + margin
-  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  query_dist, query_used, thresholds, neg_keys, num_positives, slots = _sort_queries(
+      dist, positive, negative, margin, groups, width)
   active = row_searchsorted(neg_keys, float_sort_key(thresholds), side="left")
   hard = row_searchsorted(neg_keys, float_sort_key(query_dist), side="right")
   active = jnp.where(query_used, active, 0)
@@ -564,13 +578,11 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
                        groups):
   """Band counts, looping over the k-th positive of every anchor; each step one fused
   O(B^2) pass (see :func:`_dense_pair_counts`)."""
-  num_positives, slots = _positive_slots(positive, max_k, groups)
-  slot_dist = jnp.take_along_axis(dist, slots, axis=1)
-  slot_thresholds = slot_dist + margin
+  num_positives, slots, kth = _dense_slots(dist, positive, negative, margin, max_k,
+                                           groups)
 
   def step(k):
-    used, t, d_ap, below = _kth_positive(k, dist, negative, num_positives, slot_dist,
-                                         slot_thresholds)
+    used, t, d_ap, below = kth(k)
     if band == "semihard":
       in_band = below & (dist > d_ap)
       hot = in_band  # d_an < t: every term of the band is non-zero.
@@ -603,11 +615,8 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
   ``(c_hi - c_lo) t - (prefix[c_hi] - prefix[c_lo])``.
   """
   shape = dist.shape
-  inf = jnp.asarray(jnp.inf, dist.dtype)
-  query_dist, query_used, num_positives, slots = _sort_queries(dist, positive, groups,
-                                                               width)
-  thresholds = query_dist + margin
-  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  query_dist, query_used, thresholds, neg_keys, num_positives, slots = _sort_queries(
+      dist, positive, negative, margin, groups, width)
   t_keys = float_sort_key(thresholds)
   ap_keys = float_sort_key(query_dist)
   active = row_searchsorted(neg_keys, t_keys, side="left")      # d_an < t
@@ -682,9 +691,8 @@ def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     band: ``"semihard"`` or ``"hard"``.
     with_pushes: also compute :attr:`BandCounts.pushes` (for the gradient).
     method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
-    groups: optional :func:`label_groups` of the labels the masks came from; row
-      counts and positive columns are then read from it instead of from passes over
-      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
+    groups: optional :func:`label_groups` of the labels the masks came from (see
+      :func:`triplet_pair_counts`).
 
   Returns:
     :class:`BandCounts`.
@@ -741,9 +749,8 @@ def triplet_type_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     negative: ``[B, B]`` negative mask.
     margin: scalar margin ``mu``.
     method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
-    groups: optional :func:`label_groups` of the labels the masks came from; row
-      counts and positive columns are then read from it instead of from passes over
-      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
+    groups: optional :func:`label_groups` of the labels the masks came from (see
+      :func:`triplet_pair_counts`).
 
   Returns:
     :class:`TripletCounts` (float32 scalars; no gradient).
