@@ -39,6 +39,7 @@ from tsm import hugepages
 # the command module.
 from tsm.exit_codes import (  # noqa: F401  # pylint: disable=unused-import
     INTERRUPTED, IO_ERROR, NONFINITE_ERROR, USAGE_ERROR, exit_code)
+
 CONFIG_DIR = "experiments/configs"
 # The end of a diverged run's message, in the config's words.
 NONFINITE_FIX = ("lower the learning rate or add train.grad_clip_norm, then rerun: it "
