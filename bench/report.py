@@ -1,4 +1,4 @@
-"""One bench report: every performance figure of issue 16, tsm beside its baseline.
+"""One bench report: every performance figure of tsm, beside its baseline.
 
 Runs (or, with ``--from DIR``, reads the JSON files of an earlier run of) the benches and
 prints one table: per figure, tsm's number, the baseline's number, the ratio and the
@@ -78,7 +78,7 @@ def rows(folder: str) -> list[tuple[str, str, str, str, str]]:
                   f"torch {r['batch'] / base:.1f}" if base else "",
                   f"{base / med['flax']:.2f}x" if base else "", ""))
       if "flax-fastconv" in med:
-        out.append((f"  plain Flax + patched conv {r['setup']}",
+        out.append((f"  plain Flax + tsm.convolution {r['setup']}",
                     f"{r['batch'] / med['flax-fastconv']:.1f}",
                     f"flax {r['batch'] / med['flax']:.1f}",
                     f"{med['flax'] / med['flax-fastconv']:.2f}x", ""))

@@ -10,8 +10,8 @@ put on the shared cores falls on all three alike:
   here, Flax's own ``nn.Conv`` / ``nn.BatchNorm``, a naive ``[B, B, B]`` all-triplets
   loss, Adam): the part that is XLA's own;
 * ``flax-fastconv``: the same plain Flax step with ``nn.Conv(conv_general_dilated=
-  tsm.convolution.conv_general_dilated)``, only where ``bench/patches/conv_kernel_grad.patch``
-  is applied (the lever on its own, beside XLA's own convolution);
+  tsm.convolution.conv_general_dilated)`` (the lever on its own, beside XLA's own
+  convolution);
 * ``torch``: PyTorch's eager CPU step of the same architecture (NCHW, PyTorch's default
   layout), ``pytorch_metric_learning.losses.TripletMarginLoss(margin=0.2)`` over all
   triplets (its default miner-free form), ``torch.optim.Adam(lr=1e-3)``.
@@ -52,10 +52,7 @@ import optax  # pylint: disable=g-import-not-at-top
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train as bench_train  # pylint: disable=g-import-not-at-top
 
-try:  # the convolution of bench/patches/conv_kernel_grad.patch, where it is applied
-  from tsm.convolution import conv_general_dilated as fast_conv  # pylint: disable=g-import-not-at-top
-except ImportError:
-  fast_conv = None
+from tsm.convolution import conv_general_dilated as fast_conv  # pylint: disable=g-import-not-at-top
 
 MARGIN = 0.2
 
@@ -248,9 +245,7 @@ def compare(setup: str, batch: int, rounds: int) -> dict:
     return float(m["loss"])
 
   runners = {"tsm": run_tsm}
-  convs = {"flax": None}
-  if fast_conv is not None:   # bench/patches/conv_kernel_grad.patch applied
-    convs["flax-fastconv"] = fast_conv
+  convs = {"flax": None, "flax-fastconv": fast_conv}
   for name, conv in convs.items():
     flax_model = FlaxConvNet(conv) if setup == "convnet" else FlaxResNet18(conv)
     variables = flax_model.init(jax.random.key(0), jnp.asarray(inputs[:1]), train=False)

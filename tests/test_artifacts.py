@@ -1,4 +1,4 @@
-"""tsm.artifacts: atomic writes that honour the umask, and the training figure."""
+"""tsm.artifacts: atomic writes that honour the umask (figures saved through them too)."""
 
 import json
 import os

@@ -82,7 +82,7 @@ def test_restore_gives_back_structure_dtypes_and_values(tmp_path):
 
 
 def test_bad_keep_is_one_line():
-  with pytest.raises(ValueError, match="checkpoint.keep"):
+  with pytest.raises(ValueError, match="keep=0 must be >= 1"):
     checkpoint_lib.Checkpointer("/nonexistent", keep=0)
 
 

@@ -1,6 +1,6 @@
 """Runs that survive: the non-finite guard, checkpoint fallback through fit, Ctrl-C, a
-finished rerun that writes nothing, and the CLI's help (issue 13; the lock and the
-filesystem faults themselves: test_workdir.py, test_checkpoint.py)."""
+finished rerun that writes nothing, and the CLI's help (the lock and the filesystem
+faults themselves: test_workdir.py, test_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def test_divergence_stops_at_the_first_nonfinite_step(tmp_path):
     run_config(_diverging(), tmp_path)
   message = str(info.value)
   assert "\n" not in message and message.startswith("step ") and "not finite" in message
+  assert "train." not in message   # fit knows no config fields; the CLI names them
   step = info.value.step
   logged = [r for r in read_lines(tmp_path) if r["kind"] == "step"]
   # Nothing of the bad step (or after it) was logged; every logged step is finite.
@@ -94,6 +95,7 @@ def test_cli_divergence_is_one_line_with_status_3(tmp_path):
               "--config.train.log_every=1")
   assert proc.returncode == 3, proc.stderr[-2000:]
   assert len(proc.stderr.strip().splitlines()) == 1 and "not finite" in proc.stderr
+  assert "train.grad_clip_norm" in proc.stderr and "train.nonfinite=skip" in proc.stderr
 
 
 def _resume_config():

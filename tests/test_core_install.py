@@ -15,16 +15,11 @@ import subprocess
 import sys
 import textwrap
 
-try:
-  import pytest
-except ModuleNotFoundError:  # the core venv of .ci/run runs this file without pytest
-  pytest = None
-
 # Import names of the training extra's packages (pyproject.toml, [train]) that the core
 # install does not bring anyway (absl-py comes with chex, scipy with jax).
 TRAIN_PACKAGES = ("flax", "optax", "orbax", "ml_collections", "tqdm", "matplotlib", "PIL",
                   "sklearn", "tensorflow_datasets", "tensorflow", "array_record", "mnist1d",
-                  "tensorboardX")
+                  "tensorboardX", "filelock")
 
 
 def check_import_is_light():
@@ -95,18 +90,8 @@ def run_all():
 
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-with open(os.path.join(_REPO, "tsm", "margins.py"), encoding="utf-8") as _f:
-  # Known gap until tsm/margins.py drops its config functions' ml_collections import
-  # (scheduled, issue 14); the test runs normally, unmarked, once the import is gone.
-  _MARGINS_IMPORT_ML_COLLECTIONS = "import ml_collections" in _f.read()
 
 
-_known_gap = (lambda f: f) if pytest is None else pytest.mark.xfail(
-    _MARGINS_IMPORT_ML_COLLECTIONS, strict=True,
-    reason="tsm.margins still imports ml_collections (training extra)")
-
-
-@_known_gap
 def test_core_install_with_training_packages_blocked():
   code = textwrap.dedent(f"""
       import sys

@@ -111,56 +111,6 @@ def test_compressed_files_match_debian_md5sums():
   assert sum(str(p) in expected for p in files.values()) == 4
 
 
-def test_standard_split(dataset):
-  ids = np.arange(60000)
-  test_ids = np.arange(60000, 70000)
-  s = idx.standard_split(ids, dataset.train_labels, test_ids, dataset.test_labels,
-                         val_fraction=0.1, seed=0)
-  assert (s.train_images.size, s.val_images.size, s.test_images.size) == (54000, 6000,
-                                                                           10000)
-  assert not np.intersect1d(s.train_images, s.val_images).size
-  np.testing.assert_array_equal(np.sort(np.concatenate([s.train_images, s.val_images])),
-                                ids)
-  np.testing.assert_array_equal(s.test_images, test_ids)
-  np.testing.assert_array_equal(np.bincount(s.val_labels), [600] * 10)
-  np.testing.assert_array_equal(np.bincount(s.train_labels), [5400] * 10)
-  np.testing.assert_array_equal(s.val_labels, dataset.train_labels[s.val_images])
-  again = idx.standard_split(ids, dataset.train_labels, test_ids, dataset.test_labels,
-                             val_fraction=0.1, seed=0)
-  other = idx.standard_split(ids, dataset.train_labels, test_ids, dataset.test_labels,
-                             val_fraction=0.1, seed=1)
-  np.testing.assert_array_equal(again.val_images, s.val_images)
-  assert np.intersect1d(other.val_images, s.val_images).size < 6000
-  # The same split of the images themselves.
-  images = idx.standard_split(*dataset[:4], val_fraction=0.1, seed=0)
-  np.testing.assert_array_equal(images.val_images, dataset.train_images[s.val_images])
-  np.testing.assert_array_equal(images.test_images, dataset.test_images)
-
-
-def test_class_disjoint_split(dataset):
-  ids = np.arange(60000)
-  test_ids = np.arange(60000, 70000)
-  s = idx.class_disjoint_split(ids, dataset.train_labels, test_ids, dataset.test_labels,
-                               val_fraction=0.1, seed=0)
-  assert (s.train_images.size, s.val_images.size, s.test_images.size) == (31500, 3500,
-                                                                           35000)
-  all_ids = np.concatenate([s.train_images, s.val_images, s.test_images])
-  np.testing.assert_array_equal(np.sort(all_ids), np.arange(70000))   # disjoint, whole
-  np.testing.assert_array_equal(np.bincount(s.val_labels), [700] * 5)
-  np.testing.assert_array_equal(np.bincount(s.test_labels, minlength=10),
-                                [0] * 5 + [7000] * 5)
-  assert set(np.unique(s.train_labels)) == {0, 1, 2, 3, 4}
-  pool_labels = np.concatenate([dataset.train_labels, dataset.test_labels])
-  np.testing.assert_array_equal(s.test_labels, pool_labels[s.test_images])
-  again = idx.class_disjoint_split(ids, dataset.train_labels, test_ids,
-                                   dataset.test_labels, val_fraction=0.1, seed=0)
-  np.testing.assert_array_equal(again.val_images, s.val_images)
-  images = idx.class_disjoint_split(*dataset[:4], val_fraction=0.1, seed=0)
-  pool = np.concatenate([dataset.train_images, dataset.test_images])
-  np.testing.assert_array_equal(images.test_images, pool[s.test_images])
-  np.testing.assert_array_equal(images.val_images, pool[s.val_images])
-
-
 def test_missing_package_skips_locally_and_fails_under_ci(monkeypatch, tmp_path):
   monkeypatch.setattr(sys.modules[__name__], "DATA_DIR", tmp_path / "absent")
   monkeypatch.setenv("CI", "true")

@@ -1,4 +1,4 @@
-"""tsm.plotting figure functions and tsm.artifacts.plot_training: what is drawn.
+"""tsm.plotting figure functions and tsm.plotting.plot_training: what is drawn.
 
 Each figure is captured before it is saved and its artists are checked against the
 numbers they must show (scikit-learn's ROC, hand-computed shares).
@@ -13,7 +13,7 @@ from matplotlib import pyplot as plt  # noqa: E402  # pylint: disable=wrong-impo
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402  # pylint: disable=wrong-import-position
 from sklearn import metrics as sk_metrics  # noqa: E402  # pylint: disable=wrong-import-position
 
-from tsm import artifacts, plotting  # noqa: E402  # pylint: disable=wrong-import-position
+from tsm import plotting  # noqa: E402  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def _epochs(with_val=True, with_kinds=True):
 
 
 def test_plot_training_panels(tmp_path, saved):
-  artifacts.plot_training(_epochs(), str(tmp_path / "training.png"), "run", easy_threshold=0.9)
+  plotting.plot_training(_epochs(), str(tmp_path / "training.png"), "run", easy_threshold=0.9)
   (fig,) = saved
   axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.axison}
   assert len(axes) == 4
@@ -134,7 +134,7 @@ def test_plot_training_panels(tmp_path, saved):
 
 
 def test_plot_training_without_validation_or_kinds(tmp_path, saved):
-  artifacts.plot_training(_epochs(with_val=False, with_kinds=False),
+  plotting.plot_training(_epochs(with_val=False, with_kinds=False),
                           str(tmp_path / "training.png"))
   (fig,) = saved
   titles = [ax.get_title() for ax in fig.axes if ax.axison]

@@ -21,29 +21,6 @@ def test_summarize_hand_computed():
   assert empty.n == 0 and math.isnan(empty.mean) and empty.format() == "n/a"
 
 
-@pytest.mark.parametrize("a, b, higher, expected", [
-    ([0.9, 0.92, 0.94], [0.80, 0.81, 0.82], True, "held"),        # diff .11 > spread .03
-    ([0.80, 0.81, 0.82], [0.9, 0.92, 0.94], True, "did not hold"),
-    ([0.80, 0.90, 1.00], [0.85, 0.86, 0.87], True, "not distinguishable"),
-    ([0.10, 0.11, 0.12], [0.30, 0.31, 0.32], False, "held"),       # lower is better (EER)
-    ([0.5], [0.4], True, "held"),                                  # one seed: the sign
-    ([None], [0.4], True, "not distinguishable"),
-])
-def test_deprecated_verdict(a, b, higher, expected):
-  with pytest.deprecated_call():
-    assert reporting.verdict(a, b, higher_is_better=higher) == expected
-
-
-def test_verdict_boundary_is_not_distinguishable():
-  # means 1 apart, stds 0.707 each: the difference is inside the spread.
-  a, b = [1.5, 2.5], [0.5, 1.5]
-  sa, sb = reporting.summarize(a), reporting.summarize(b)
-  assert sa.mean - sb.mean == pytest.approx(1.0)
-  assert sa.std + sb.std == pytest.approx(2 * math.sqrt(0.5))
-  with pytest.deprecated_call():
-    assert reporting.verdict(a, b) == "not distinguishable"
-
-
 def test_best_index():
   s = [reporting.summarize(v) for v in ([1.0], [3.0], [None], [2.0])]
   assert reporting.best_index(s, higher_is_better=True) == 1

@@ -339,3 +339,32 @@ def test_without_flock_a_live_recorded_pid_is_busy(tmp_path, monkeypatch):
   (tmp_path / ".lock").write_text("1 some-other-host now\n")
   with pytest.raises(workdir_lib.WorkdirBusy, match="process 1 on some-other-host"):
     workdir_lib.WorkdirLock(tmp_path).acquire()
+
+
+def test_first_difference_names_the_key_path():
+  saved = {"seed": 0, "train": {"epochs": 3, "progress": True}, "data": {"name": "d"}}
+  assert workdir_lib.first_difference(saved, json.loads(json.dumps(saved))) is None
+  now = {**saved, "train": {"epochs": 4, "progress": False}}
+  assert workdir_lib.first_difference(saved, now) == "train.epochs (3 there, 4 now)"
+  assert workdir_lib.first_difference(saved, now, ignore=[("train", "epochs")]) == (
+      "train.progress (True there, False now)")
+  assert workdir_lib.first_difference(
+      saved, now, ignore=[("train", "epochs"), ("train", "progress")]) is None
+  # A field added since (with the value None) agrees with its absence.
+  assert workdir_lib.first_difference(saved, {**saved, "data": {"name": "d", "trunk": None}}
+                                      ) is None
+  assert workdir_lib.first_difference(saved, {**saved, "seed": 1}) == "seed (0 there, 1 now)"
+  assert workdir_lib.first_difference({"a": {"b": {"c": 1}}}, {"a": {"b": {"c": 2}}},
+                                      ignore=[("a", "b", "c")]) is None
+
+
+def test_run_difference_and_is_finished_agree(tmp_path):
+  config = {"seed": 0, "train": {"epochs": 3, "progress": False}}
+  run = tmp_path / "run"
+  assert workdir_lib.run_difference(run, config) is None   # nothing there
+  _finished_run(run, config)
+  changed = {**config, "train": {"epochs": 5, "progress": False}}
+  assert workdir_lib.run_difference(run, config) is None
+  assert workdir_lib.is_finished(run, config)
+  assert workdir_lib.run_difference(run, changed) == "train.epochs (3 there, 5 now)"
+  assert not workdir_lib.is_finished(run, changed)

@@ -41,7 +41,7 @@ _EXTRA_PACKAGES = {
     **dict.fromkeys(
         ("flax", "optax", "orbax", "ml_collections", "absl", "tqdm", "matplotlib", "PIL",
          "sklearn", "scipy", "tensorflow_datasets", "array_record", "mnist1d",
-         "tensorboardX"), "train"),
+         "tensorboardX", "filelock"), "train"),
     "tensorflow": "data",
 }
 
@@ -50,7 +50,7 @@ class MissingExtraError(ModuleNotFoundError):
   """A tsm module needs a package of an optional extra that is not installed.
 
   A ModuleNotFoundError (hence an ImportError), so ``pytest.importorskip`` and
-  ``except ImportError`` handle it as before.
+  ``except ImportError`` handle it as any missing module.
   """
 
   extra: str = "train"

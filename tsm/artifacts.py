@@ -1,4 +1,4 @@
-"""Files a training run writes: the metrics log, atomic JSON, the training figure.
+"""Files a training run writes: the metrics log and atomic writes.
 
 * ``metrics.jsonl``: one JSON object a line, ``{"kind": "step" | "epoch", ...}``,
   appended in blocks (one host transfer per block, never inside the jitted step). On
@@ -10,8 +10,6 @@
   The temporary file is created with mode ``0o666`` minus the umask, like ``open``, so
   every file of a run is as readable as the user's other files (0644 under umask 022);
   ``tempfile.mkstemp`` would make them 0600.
-* ``training.png``: loss, validation metrics, margin, easy-triplet share and the
-  easy / semi-hard / hard shares per epoch (matplotlib, Agg, via ``tsm.plotting``).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import contextlib
 import json
 import os
 import secrets
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 
 def _create_temporary(path: str) -> str:
@@ -131,103 +129,3 @@ class MetricsLog:
     with open(self.path, "rb") as f:
       data = f.read() if self.write else f.read(self._size)
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-
-
-def _numeric_keys(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
-  """Keys starting with ``prefix`` whose values are numbers in some record, in order."""
-  keys: dict[str, None] = {}
-  for r in records:
-    for k, v in r.items():
-      if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool):
-        keys[k] = None
-  return list(keys)
-
-
-def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
-                  val_label: str = "validation",
-                  easy_threshold: float | None = None) -> None:
-  """Draws the per-epoch training figure to ``path`` (PNG).
-
-  Panels: loss (train, and ``val_loss`` when present); validation metrics (the headline
-  ``val_*`` keys present: MAP@R, Recall@1, AUC, EER, active ratio; skipped when there is
-  none); the margin, drawn as steps since it holds for a whole epoch; and the easy /
-  semi-hard / hard shares of the triplets when the records carry ``num_easy``,
-  ``num_semihard``, ``num_hard`` and ``num_total`` (or ``num_triplets``), else the easy
-  share alone.
-
-  Args:
-    epochs: the ``"epoch"`` records of ``metrics.jsonl``.
-    path: output file.
-    title: figure title.
-    val_label: legend label of the validation loss (e.g. its margin).
-    easy_threshold: optional horizontal line on the easy-share panel (DAMS's threshold).
-  """
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  from tsm import plotting  # pylint: disable=import-outside-toplevel
-
-  x = [r["epoch"] + 1 for r in epochs]
-  nan = float("nan")
-  losses = {"train": [r["loss"] for r in epochs]}
-  if any("val_loss" in r for r in epochs):
-    losses[val_label] = [r.get("val_loss", nan) for r in epochs]
-  # The headline validation metrics (all of them would crowd the panel; metrics.jsonl and
-  # TensorBoard have every one).
-  shown = ("val_map@r", "val_recall@1", "val_auc", "val_eer", "val_active_ratio")
-  val_keys = [k for k in _numeric_keys(epochs, "val_") if k in shown]
-  shares = plotting.triplet_shares(epochs)
-  panels = ["loss"] + (["val"] if val_keys else []) + ["margin", "shares"]
-  cols = 2 if len(panels) == 4 else len(panels)
-  rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(12.5 if cols == 2 else 4.6 * cols, 3.6 * rows),
-                           constrained_layout=True, squeeze=False)
-  for ax in axes.flat[len(panels):]:
-    ax.axis("off")
-  axes = dict(zip(panels, axes.flat))
-  plotting.plot_curves(axes["loss"], x, losses, title="loss (train: at the epoch's margin)")
-  if len(losses) > 1:
-    plotting.legend_outside(axes["loss"])
-  if val_keys:
-    plotting.plot_curves(axes["val"], x,
-                         {k[len("val_"):]: [r.get(k, nan) for r in epochs] for k in val_keys},
-                         title="validation metrics")
-    plotting.legend_outside(axes["val"])
-  plotting.plot_steps(axes["margin"], x, {"margin": [r["margin"] for r in epochs]},
-                      title="margin $\\mu$ (held for the whole epoch)", legend=None)
-  threshold_note = "" if easy_threshold is None else f" (dotted: DAMS threshold {easy_threshold:g})"
-  if shares is not None:
-    plotting.plot_triplet_shares(axes["shares"], x, shares, threshold=easy_threshold,
-                                 title="triplets by kind, at the epoch's margin")
-  else:
-    plotting.plot_curves(axes["shares"], x,
-                         {"easy share": [r.get("easy_share", nan) for r in epochs]},
-                         title="easy share" + threshold_note, hline=easy_threshold)
-    axes["shares"].set_ylim(-0.02, 1.02)
-  if title:
-    fig.suptitle(title)
-  plotting.save_figure(fig, path, dpi=100)
-
-
-def write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[Any],
-                   ctx: Any, board: Any, figure: dict[str, Any]) -> None:
-  """A finished run's files: summary.json, pairs.npz (the arrays the evaluators left in
-  ``ctx.artifacts``), training.png, roc.png, and their TensorBoard copies (``board``)."""
-  import numpy  # pylint: disable=import-outside-toplevel
-  from tsm import plotting  # pylint: disable=import-outside-toplevel
-  write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  with atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
-    with open(tmp, "wb") as f:
-      numpy.savez_compressed(f, **ctx.artifacts)
-  step = epoch_records[-1]["step"] if epoch_records else 0
-  if not figure.pop("skip", False) and epoch_records:
-    path = os.path.join(workdir, "training.png")
-    plot_training(epoch_records, path, **figure)
-    board.image("training", path, step)
-    if "test_distances" in ctx.artifacts:
-      path = os.path.join(workdir, "roc.png")
-      plotting.plot_roc(ctx.artifacts["test_distances"], ctx.artifacts["test_same"], path,
-                        title=figure.get("title", ""))
-      board.image("roc", path, step)
-  if len(ctx.splits.test):
-    board.embeddings(ctx.embeddings("test"), ctx.labels("test"), tag="test", step=step)

@@ -21,9 +21,9 @@ permission, a truncated file) comes out of this module as one :class:`Checkpoint
 with a one-line message, including the errors of a background save, which orbax raises
 at the next ``save``, ``wait`` or ``close``. :meth:`Checkpointer.restore_latest` falls
 back from an unreadable checkpoint to the next older one, and a failed restore leaves no
-unrelated tracebacks behind (orbax abandons the restore's other reads, which used to end
-as "Event loop is closed", "exception was never retrieved" and, at exit, "ImportError:
-sys.meta_path is None" tracebacks; see ``_install_orphaned_read_hook``). Half-written
+unrelated tracebacks behind (orbax abandons the restore's other reads, which would
+otherwise end as "Event loop is closed", "exception was never retrieved" and, at exit,
+"ImportError: sys.meta_path is None" tracebacks; see ``_install_orphaned_read_hook``). Half-written
 ``<step>.orbax-checkpoint-tmp*`` directories of a killed save are never listed as steps
 and are removed when a ``Checkpointer`` opens the directory (orbax's
 ``cleanup_tmp_directories``).
@@ -262,7 +262,7 @@ class Checkpointer:
                best_metric: str = "val_loss", best_mode: str = "min",
                async_save: bool = True, cleanup_tmp: bool = True):
     if keep < 1:
-      raise ValueError(f"checkpoint.keep must be >= 1, got {keep}; keep at least one.")
+      raise ValueError(f"keep={keep} must be >= 1; keep at least one checkpoint.")
     if best_mode not in ("min", "max"):
       raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}.")
     self.directory = os.path.abspath(os.fspath(directory))

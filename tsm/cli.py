@@ -15,10 +15,11 @@ config bundled with tsm (``experiments/configs/NAME.py``, installed with the whe
 ``--workdir`` resumes the run from its latest checkpoint; a finished run is reported
 again without writing anything.
 
-Exit status: 0 done; 2 a bad config value, flag, path or a workdir in use (one line naming
-the field or the path and the fix; nothing created); 1 an I/O fault (a full disk, an
-unreadable checkpoint); 3 the loss or the gradient became non-finite (the last good
-checkpoint stays the resume point); 130 interrupted (Ctrl-C; the same command resumes).
+Exit status (:mod:`tsm.exit_codes`): 0 done; 2 a bad config value, flag, path or a workdir
+in use (one line naming the field or the path and the fix; nothing created); 1 an I/O
+fault (a full disk, an unreadable checkpoint); 3 the loss or the gradient became
+non-finite (the last good checkpoint stays the resume point); 130 interrupted (Ctrl-C;
+the same command resumes).
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ from absl import logging
 from ml_collections import config_flags
 
 from tsm import hugepages
+# The statuses are tsm.exit_codes'; named here too for the scripts that import them from
+# the command module.
+from tsm.exit_codes import (  # noqa: F401  # pylint: disable=unused-import
+    INTERRUPTED, IO_ERROR, NONFINITE_ERROR, USAGE_ERROR, exit_code)
 
-USAGE_ERROR = 2
-IO_ERROR = 1
-NONFINITE_ERROR = 3
-INTERRUPTED = 130
 CONFIG_DIR = "experiments/configs"
+# The end of a diverged run's message, in the config's words.
+NONFINITE_FIX = ("lower the learning rate or add train.grad_clip_norm, then rerun: it "
+                 "resumes from the last good checkpoint (train.nonfinite=skip skips such "
+                 "steps instead).")
 # The bundled configs: beside the tsm package both in a clone and in an installed wheel
 # (pyproject.toml ships the ``experiments`` package). Found by path, not by import, so a
 # user's own ``experiments`` directory on sys.path cannot stand in for it.
@@ -248,32 +253,30 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
   Returns:
     ``job()``'s result.
   """
-  # pylint: disable=import-outside-toplevel
-  from tsm import checkpoint as checkpoint_lib
-  from tsm import config as config_lib
-  from tsm import history
-  from tsm import workdir as workdir_lib
-
-  def exit_with(status: int, message: str) -> NoReturn:
-    print(f"{command.program}: {message}", file=sys.stderr)
-    sys.exit(status)
-
+  from tsm import history  # pylint: disable=import-outside-toplevel
+  from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
     return job()
-  except (config_lib.ConfigError, workdir_lib.BadWorkdir, workdir_lib.WorkdirBusy) as e:
-    command.fail(str(e))
-  except (workdir_lib.WorkdirIOError, checkpoint_lib.CheckpointError) as e:
-    exit_with(IO_ERROR, f"error: {e}")
-  except history.NonFiniteError as e:
-    exit_with(NONFINITE_ERROR, f"error: {e}")
-  except history.Interrupted as e:
-    exit_with(INTERRUPTED, str(e))
-  except KeyboardInterrupt:
-    exit_with(INTERRUPTED, "interrupted; the same command resumes.")
-  except OSError as e:   # a write outside the checkpointer (a full disk, a lost mount)
-    where = f": {e.filename}" if e.filename else ""
-    exit_with(IO_ERROR, f"error: {e.strerror or e}{where}; fix it and rerun the same "
-                        "command to resume.")
+  except BaseException as e:  # pylint: disable=broad-exception-caught
+    status = exit_code(e)
+    if status is None:   # unforeseen: its traceback
+      raise
+    if status == USAGE_ERROR:
+      command.fail(str(e))
+    if isinstance(e, history.NonFiniteError):
+      e = history.NonFiniteError(e.step, e.quantity, fix=NONFINITE_FIX)
+    if isinstance(e, history.Interrupted):
+      message = str(e)
+    elif isinstance(e, KeyboardInterrupt):
+      message = "interrupted; the same command resumes."
+    elif isinstance(e, OSError) and not isinstance(e, workdir_lib.WorkdirIOError):
+      # A write outside the checkpointer (a full disk, a lost mount).
+      where = f": {e.filename}" if e.filename else ""
+      message = f"error: {e.strerror or e}{where}; fix it and rerun the same command to resume."
+    else:
+      message = f"error: {e}"
+    print(f"{command.program}: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,3 @@
-# Over 500 lines on purpose: every field's default, help line and check live in this one module.
 """Experiment configs: the only module that reads a ConfigDict.
 
 Three jobs, in this order (big_vision / Flax-examples style ``get_config()`` files under
@@ -808,26 +807,8 @@ def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_same_run(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError when ``workdir`` holds a run whose config differs in a training
   field (the :data:`RUN_CONTROL_FIELDS` may differ)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  current = to_json(cfg)
-  for section, field in RUN_CONTROL_FIELDS:
-    for c in (saved, current):
-      c.get(section, {}).pop(field, None)
-
-  def first_difference(a: Any, b: Any, prefix: str) -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-      for key in sorted(set(a) | set(b)):
-        diff = first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-        if diff:
-          return diff
-      return None
-    return None if a == b else f"{prefix[:-1]} ({a!r} there, {b!r} now)"
-
-  diff = first_difference(saved, current, "")
+  from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  diff = workdir_lib.run_difference(workdir, to_json(cfg), ignore=RUN_CONTROL_FIELDS)
   if diff:
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({diff}); "
                       "use a new --workdir, or the same config to resume it.")

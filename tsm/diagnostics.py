@@ -1,4 +1,3 @@
-# Over 500 lines: variance, loss decay, effective margins and the EM mixture share one sampler.
 """Embedding-space and training diagnostics of the two source papers.
 
 Paper B (Zeng, arXiv 2510.02161) compares losses by the geometry they leave behind and
@@ -609,6 +608,16 @@ def fit_gaussian_mixture(values: chex.Array, num_components: int = 2, *,
   data variance is 0), and each component's responsibility mass gets ``10 eps`` (as
   sklearn), so a collapsed or empty component stays finite: all-equal data give finite
   means, stds and likelihood.
+
+  Why not scikit-learn's ``GaussianMixture``: on separated components both give the
+  same fit (to 1e-4, tested), but on the overlapping components that effective margins
+  usually are, sklearn's stop on the change of the log-likelihood (``tol=1e-3``) ends
+  after a few iterations at a worse fit: on 20,000 points of two normals 0.3 apart (sd
+  0.3), means -0.061 / 0.358 and log-likelihood -0.3393 against -0.3372 here, so the
+  studies' mixture numbers would change. sklearn also takes no sample weights (the
+  fixed-shape ``EffectiveMargins`` with its ``mask``), cannot run under ``jax.jit``
+  (``effective_margins`` and this fit compose in one jitted function), and is not in
+  the core install, which this module belongs to.
 
   Args:
     values: ``[N]`` float data.

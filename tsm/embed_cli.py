@@ -35,9 +35,8 @@ from typing import NoReturn, Sequence
 import numpy as np
 
 from tsm import hugepages
+from tsm.exit_codes import IO_ERROR, USAGE_ERROR
 
-USAGE_ERROR = 2
-IO_ERROR = 1
 PROGRAM = "tsm-embed"
 _INPUT_KEYS = ("inputs", "images", "x")
 _LABEL_KEYS = ("labels", "y")

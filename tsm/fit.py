@@ -45,6 +45,7 @@ from tsm import evaluation
 from tsm import history
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
+from tsm import plotting
 from tsm import tensorboard as tensorboard_lib
 from tsm import train as train_lib
 from tsm import workdir as workdir_lib
@@ -142,7 +143,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       (``tsm.models.init_variables`` also loads pretrained trunks).
     run_config: JSON-able description of the run, written to ``config.json``.
     summary_extra: entries added to the summary (dataset, loss, ... names).
-    figure: keyword arguments of ``tsm.artifacts.plot_training`` (None: defaults; a key
+    figure: keyword arguments of ``tsm.plotting.plot_training`` (None: defaults; a key
       ``"skip": True`` draws nothing).
     tensorboard: also write TensorBoard event files (scalars per step and epoch, the
       figures, the test embeddings for the projector) to ``workdir/tensorboard``.
@@ -326,8 +327,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       })
       summary.update(evaluation.run_evaluators(final_evaluators, ctx))
       if primary:
-        artifacts.write_outputs(workdir, summary, epoch_records, ctx, board,
-                                dict(figure or {}))
+        _write_outputs(workdir, summary, epoch_records, ctx, board, dict(figure or {}))
     except KeyboardInterrupt:
       _quiet_background_threads()   # the process is stopping; the checkpoints stay intact
       raise history.Interrupted(last_step[0]) from None
@@ -340,6 +340,28 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     return FitResult(state=state, best_state=best_state, summary=summary,
                      history=epoch_records,
                      embed=lambda inputs: embed_fn(best_state, inputs))
+
+
+def _write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[Any],
+                   ctx: Any, board: Any, figure: dict[str, Any]) -> None:
+  """A finished run's files: summary.json, pairs.npz (the arrays the evaluators left in
+  ``ctx.artifacts``), training.png, roc.png, and their TensorBoard copies (``board``)."""
+  artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  with artifacts.atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, **ctx.artifacts)
+  step = epoch_records[-1]["step"] if epoch_records else 0
+  if not figure.pop("skip", False) and epoch_records:
+    path = os.path.join(workdir, "training.png")
+    plotting.plot_training(epoch_records, path, **figure)
+    board.image("training", path, step)
+    if "test_distances" in ctx.artifacts:
+      path = os.path.join(workdir, "roc.png")
+      plotting.plot_roc(ctx.artifacts["test_distances"], ctx.artifacts["test_same"], path,
+                        title=figure.get("title", ""))
+      board.image("roc", path, step)
+  if len(ctx.splits.test):
+    board.embeddings(ctx.embeddings("test"), ctx.labels("test"), tag="test", step=step)
 
 
 def _quiet_background_threads() -> None:

@@ -23,14 +23,22 @@ _NOT_AVERAGED = ("margin", "nonfinite", "easy_share")
 
 
 class NonFiniteError(RuntimeError):
-  """A train step produced a non-finite loss or gradient; the message is one line."""
+  """A train step produced a non-finite loss or gradient; the message is one line.
 
-  def __init__(self, step: int, quantity: str):
+  Args:
+    step: the step.
+    quantity: what is not finite (``"loss"``, ``"gradient"``).
+    fix: the advice that ends the message, in the caller's words (a command names its
+      own settings); by default in terms of :func:`tsm.fit.fit`'s arguments.
+  """
+
+  def __init__(self, step: int, quantity: str, fix: str | None = None):
     self.step, self.quantity = step, quantity
     super().__init__(
-        f"step {step}: the {quantity} is not finite (diverged); lower the learning rate or "
-        "add train.grad_clip_norm, then rerun: it resumes from the last good checkpoint "
-        "(train.nonfinite=skip skips such steps instead).")
+        f"step {step}: the {quantity} is not finite (diverged); " + (fix or (
+            "lower the learning rate or clip the gradient norm, then rerun: it resumes "
+            "from the last good checkpoint (fit's nonfinite='skip' skips such steps "
+            "instead).")))
 
 
 class Interrupted(KeyboardInterrupt):

@@ -1,4 +1,3 @@
-# Over 500 lines: the dense and sort paths of exact mining and their band variants share helpers.
 """In-batch label masks, exact triplet counting and triplet selection.
 
 Helpers shared by the losses in :mod:`tsm.losses`. Everything here works on a
@@ -358,17 +357,34 @@ class PairCounts(NamedTuple):
   hinge_grad: chex.Array
 
 
-def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
-  """Loop over the k-th positive of every anchor; each step is one fused O(B^2) pass."""
+def _dense_slots(dist, positive, negative, margin, max_k, groups):
+  """The dense paths' positives: ``(num_positives, slots, kth)``.
+
+  Each anchor's positives sit in ``max_k`` slots (:func:`_positive_slots`); ``kth(k)``
+  gives ``(used, t, d_ap, below)``: the k-th positive as ``[B, 1]`` columns (``t =
+  d_ap + margin``) and the ``[B, B]`` masks of the anchor's negatives (``used``: the
+  anchor has a k-th positive) and of those with ``d_an < t``.
+  """
   num_positives, slots = _positive_slots(positive, max_k, groups)
   slot_dist = jnp.take_along_axis(dist, slots, axis=1)
   slot_thresholds = slot_dist + margin
 
-  def step(k):
+  def kth(k):
     used = (k < num_positives)[:, None] & negative
     t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
     d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
-    below = used & (dist < t)
+    return used, t, d_ap, used & (dist < t)
+
+  return num_positives, slots, kth
+
+
+def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, groups):
+  """Loop over the k-th positive of every anchor; each step is one fused O(B^2) pass."""
+  num_positives, slots, kth = _dense_slots(dist, positive, negative, margin, max_k,
+                                           groups)
+
+  def step(k):
+    used, t, d_ap, below = kth(k)
     *columns, hinge = row_sums(below.astype(jnp.int32),
                                (used & (dist <= d_ap)).astype(jnp.int32),
                                jnp.where(below, t - dist, 0.0))
@@ -385,6 +401,41 @@ def _dense_pair_counts(dist, positive, negative, margin, with_pushes, max_k, gro
   return PairCounts(active, hard, pushes, hinge, counts, hinge_grad)
 
 
+def _sort_queries(dist, positive, negative, margin, groups, width):
+  """The sort paths' queries and keys.
+
+  Returns ``(query_dist, query_used, thresholds, neg_keys, num_positives, slots)``:
+  without ``width`` the queries are the whole ``[B, B]`` rows (``query_used`` = the
+  positive pairs; ``num_positives``, ``slots`` None); with it, each row's positives
+  gathered into ``width`` slots (:func:`_positive_slots`). ``thresholds = query_dist +
+  margin``; ``neg_keys``: each row's negative distances as sorted sort keys (the other
+  entries +inf, last).
+  """
+  if width is None:
+    query_dist, query_used, num_positives, slots = dist, positive, None, None
+  else:
+    num_positives, slots = _positive_slots(positive, width, groups)
+    query_dist = jnp.take_along_axis(dist, slots, axis=1)
+    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
+  thresholds = query_dist + margin
+  inf = jnp.asarray(jnp.inf, dist.dtype)
+  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  return query_dist, query_used, thresholds, neg_keys, num_positives, slots
+
+
+def _prefix_from_closest(neg_keys):
+  """``(closest, prefix)`` of each row's sorted negatives: the closest distance, and the
+  prefix sums of the distances measured from it (``[B, n + 1]``, from 0), which limits
+  cancellation in the hinge sums."""
+  sorted_neg = float_from_sort_key(neg_keys)
+  finite = jnp.isfinite(sorted_neg)
+  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
+  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
+  prefix = jnp.concatenate(
+      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  return closest, prefix
+
+
 def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
                       width=None):
   """Sorted negatives per anchor and binary search; O(B^2 log B).
@@ -395,26 +446,15 @@ def _sort_pair_counts(dist, positive, negative, margin, with_pushes, groups,
   """
   shape = dist.shape
   inf = jnp.asarray(jnp.inf, dist.dtype)
-  if width is None:
-    query_dist, query_used = dist, positive
-  else:
-    num_positives, slots = _positive_slots(positive, width, groups)
-    query_dist = jnp.take_along_axis(dist, slots, axis=1)
-    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
-  thresholds = query_dist + margin
-  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  query_dist, query_used, thresholds, neg_keys, num_positives, slots = _sort_queries(
+      dist, positive, negative, margin, groups, width)
   active = row_searchsorted(neg_keys, float_sort_key(thresholds), side="left")
   hard = row_searchsorted(neg_keys, float_sort_key(query_dist), side="right")
   active = jnp.where(query_used, active, 0)
   hard = jnp.where(query_used, hard, 0)
   # sum_{n: d_an < t} (t - d_an) = c t - (prefix sum of the c closest negatives),
   # with distances measured from the row's closest negative to limit cancellation.
-  sorted_neg = float_from_sort_key(neg_keys)
-  finite = jnp.isfinite(sorted_neg)
-  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
-  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
-  prefix = jnp.concatenate(
-      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  closest, prefix = _prefix_from_closest(neg_keys)
   below = jnp.take_along_axis(prefix, active, axis=1)
   per_pair = active.astype(dist.dtype) * (thresholds - closest) - below
   hinge = jnp.sum(jnp.where(active > 0, jnp.maximum(per_pair, 0.0), 0.0))
@@ -468,23 +508,27 @@ def triplet_pair_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   chex.assert_rank([dist, positive, negative], 2)
   dist = jax.lax.stop_gradient(dist)
   margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
-  n = dist.shape[1]
+  return _by_method(
+      method, positive, groups,
+      lambda max_k: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
+                                       max_k, groups),
+      lambda width=None: _sort_pair_counts(dist, positive, negative, margin, with_pushes,
+                                           groups, width))
+
+
+def _by_method(method, positive, groups, dense_at, sort):
+  """Runs ``dense_at(max_k)`` or ``sort(width)`` as ``method`` says; for ``"auto"`` by
+  the most positives of an anchor (at run time, see :func:`triplet_pair_counts`)."""
+  n = positive.shape[1]
   max_k = min(DENSE_MAX_POSITIVES, n)
-  dense = lambda: _dense_pair_counts(dist, positive, negative, margin, with_pushes,
-                                     max_k, groups)
-  sort = lambda width=None: _sort_pair_counts(dist, positive, negative, margin,
-                                              with_pushes, groups, width)
+  dense = lambda: dense_at(max_k)
   if method == "dense":
     return dense()
   if method == "sort" or max_k < 1:
     return sort()
   if n - 1 <= max_k:  # No anchor can have more positives than that.
     return dense()
-  return _auto_switch(dense, sort, _row_positives(positive, groups), n, max_k)
-
-
-def _auto_switch(dense, sort, num_positives, n, max_k):
-  """Runs ``dense()`` or ``sort(width)`` by the most positives of an anchor (run time)."""
+  num_positives = _row_positives(positive, groups)
   widths = _sort_widths(n, max_k)
   branches = [dense] + [lambda w=w: sort(w) for w in widths] + [sort]
   capacities = jnp.array([max_k] + widths, jnp.int32)
@@ -534,15 +578,11 @@ def _dense_band_counts(dist, positive, negative, margin, band, with_pushes, max_
                        groups):
   """Band counts, looping over the k-th positive of every anchor; each step one fused
   O(B^2) pass (see :func:`_dense_pair_counts`)."""
-  num_positives, slots = _positive_slots(positive, max_k, groups)
-  slot_dist = jnp.take_along_axis(dist, slots, axis=1)
-  slot_thresholds = slot_dist + margin
+  num_positives, slots, kth = _dense_slots(dist, positive, negative, margin, max_k,
+                                           groups)
 
   def step(k):
-    used = (k < num_positives)[:, None] & negative
-    t = jax.lax.dynamic_slice_in_dim(slot_thresholds, k, 1, axis=1)
-    d_ap = jax.lax.dynamic_slice_in_dim(slot_dist, k, 1, axis=1)
-    below = used & (dist < t)
+    used, t, d_ap, below = kth(k)
     if band == "semihard":
       in_band = below & (dist > d_ap)
       hot = in_band  # d_an < t: every term of the band is non-zero.
@@ -575,15 +615,8 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
   ``(c_hi - c_lo) t - (prefix[c_hi] - prefix[c_lo])``.
   """
   shape = dist.shape
-  inf = jnp.asarray(jnp.inf, dist.dtype)
-  if width is None:
-    query_dist, query_used = dist, positive
-  else:
-    num_positives, slots = _positive_slots(positive, width, groups)
-    query_dist = jnp.take_along_axis(dist, slots, axis=1)
-    query_used = jnp.arange(width)[None, :] < num_positives[:, None]
-  thresholds = query_dist + margin
-  neg_keys = jnp.sort(float_sort_key(jnp.where(negative, dist, inf)), axis=1)
+  query_dist, query_used, thresholds, neg_keys, num_positives, slots = _sort_queries(
+      dist, positive, negative, margin, groups, width)
   t_keys = float_sort_key(thresholds)
   ap_keys = float_sort_key(query_dist)
   active = row_searchsorted(neg_keys, t_keys, side="left")      # d_an < t
@@ -604,13 +637,7 @@ def _sort_band_counts(dist, positive, negative, margin, band, with_pushes, group
   active, hard, mined, c_lo, c_hi = (jnp.where(query_used, v, zero)
                                      for v in (active, hard, mined, c_lo, c_hi))
   band_active = c_hi - c_lo
-  # Distances measured from the row's closest negative to limit cancellation.
-  sorted_neg = float_from_sort_key(neg_keys)
-  finite = jnp.isfinite(sorted_neg)
-  closest = jnp.where(finite[:, :1], sorted_neg[:, :1], 0.0)
-  offsets = jnp.where(finite, sorted_neg - closest, 0.0)
-  prefix = jnp.concatenate(
-      [jnp.zeros_like(offsets[:, :1]), jnp.cumsum(offsets, axis=1)], axis=1)
+  closest, prefix = _prefix_from_closest(neg_keys)
   inside = (jnp.take_along_axis(prefix, c_hi, axis=1)
             - jnp.take_along_axis(prefix, c_lo, axis=1))
   per_pair = band_active.astype(dist.dtype) * (thresholds - closest) - inside
@@ -664,9 +691,8 @@ def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     band: ``"semihard"`` or ``"hard"``.
     with_pushes: also compute :attr:`BandCounts.pushes` (for the gradient).
     method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
-    groups: optional :func:`label_groups` of the labels the masks came from; row
-      counts and positive columns are then read from it instead of from passes over
-      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
+    groups: optional :func:`label_groups` of the labels the masks came from (see
+      :func:`triplet_pair_counts`).
 
   Returns:
     :class:`BandCounts`.
@@ -677,19 +703,12 @@ def triplet_band_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
   chex.assert_rank([dist, positive, negative], 2)
   dist = jax.lax.stop_gradient(dist)
   margin = jax.lax.stop_gradient(jnp.asarray(margin, dist.dtype))
-  n = dist.shape[1]
-  max_k = min(DENSE_MAX_POSITIVES, n)
-  dense = lambda: _dense_band_counts(dist, positive, negative, margin, band,
-                                     with_pushes, max_k, groups)
-  sort = lambda width=None: _sort_band_counts(dist, positive, negative, margin, band,
-                                              with_pushes, groups, width)
-  if method == "dense":
-    return dense()
-  if method == "sort" or max_k < 1:
-    return sort()
-  if n - 1 <= max_k:
-    return dense()
-  return _auto_switch(dense, sort, _row_positives(positive, groups), n, max_k)
+  return _by_method(
+      method, positive, groups,
+      lambda max_k: _dense_band_counts(dist, positive, negative, margin, band,
+                                       with_pushes, max_k, groups),
+      lambda width=None: _sort_band_counts(dist, positive, negative, margin, band,
+                                           with_pushes, groups, width))
 
 
 def counts_from_pairs(num_negatives: chex.Array, num_positives: chex.Array,
@@ -730,9 +749,8 @@ def triplet_type_counts(dist: chex.Array, positive: chex.Array, negative: chex.A
     negative: ``[B, B]`` negative mask.
     margin: scalar margin ``mu``.
     method: ``"auto"``, ``"dense"`` or ``"sort"`` (see :func:`triplet_pair_counts`).
-    groups: optional :func:`label_groups` of the labels the masks came from; row
-      counts and positive columns are then read from it instead of from passes over
-      the ``[B, B]`` masks (the losses' fast path; it must match the masks).
+    groups: optional :func:`label_groups` of the labels the masks came from (see
+      :func:`triplet_pair_counts`).
 
   Returns:
     :class:`TripletCounts` (float32 scalars; no gradient).

@@ -14,6 +14,8 @@ backend first (``matplotlib.use("Agg")``).
 * :func:`plot_triplet_shares`: easy / semi-hard / hard shares of the triplets per epoch.
 * :func:`plot_pca`: 2-D PCA scatter of embeddings coloured by class (paper B's figure).
 * :func:`plot_roc`: ROC of test pairs (linear and log FPR) to a file.
+* :func:`plot_training`: a run's per-epoch figure (``training.png``) to a file: loss,
+  validation metrics, margin, and the easy / semi-hard / hard shares.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from tsm import artifacts, diagnostics
 
 __all__ = ["legend_outside", "pca_2d", "plot_curves", "plot_effective_margins", "plot_pca",
-           "plot_roc", "plot_steps", "plot_triplet_shares", "save_figure"]
+           "plot_roc", "plot_steps", "plot_training", "plot_triplet_shares", "save_figure"]
 
 # Line styles and markers cycled with the colours, so series stay apart in grey print and
 # where they overlap.
@@ -113,6 +115,19 @@ def plot_effective_margins(ax: Any, values: Any,
   return ax
 
 
+def _label_axes(ax: Any, xlabel: str, ylabel: str | None, title: str | None,
+                hline: float | None) -> None:
+  """The per-epoch panels' finish: a dotted reference line, labels, title, a light grid."""
+  if hline is not None:
+    ax.axhline(hline, color="0.4", lw=1, ls=":")
+  ax.set_xlabel(xlabel)
+  if ylabel:
+    ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+
+
 def plot_curves(ax: Any, epochs: Sequence[float] | None,
                 series: Mapping[str, Sequence[float]], *, xlabel: str = "epoch",
                 ylabel: str | None = None, title: str | None = None,
@@ -154,16 +169,9 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
         raise ValueError(f"band of {label!r} has {lower.size}/{upper.size} values for "
                          f"{x.size} epochs; pass one lower and one upper value per epoch.")
       ax.fill_between(x, lower, upper, color=f"C{i}", alpha=0.2, lw=0)
-  if hline is not None:
-    ax.axhline(hline, color="0.4", lw=1, ls=":")
   if logy:
     ax.set_yscale("log")
-  ax.set_xlabel(xlabel)
-  if ylabel:
-    ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title)
-  ax.grid(alpha=0.3)
+  _label_axes(ax, xlabel, ylabel, title, hline)
   if len(series) > 1:
     ax.legend(fontsize="small")
   return ax
@@ -231,14 +239,7 @@ def plot_steps(ax: Any, epochs: Sequence[float] | None,
                          f"{x.size} epochs; pass one lower and one upper value per epoch.")
       ax.fill_between(xs, np.r_[lower, lower[-1]], np.r_[upper, upper[-1]], step="post",
                       color=color, alpha=0.15, lw=0)
-  if hline is not None:
-    ax.axhline(hline, color="0.4", lw=1, ls=":")
-  ax.set_xlabel(xlabel)
-  if ylabel:
-    ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title)
-  ax.grid(alpha=0.3)
+  _label_axes(ax, xlabel, ylabel, title, hline)
   if legend == "outside":
     legend_outside(ax)
   elif legend == "inside" and n:
@@ -436,6 +437,81 @@ def plot_roc(distances: Any, same: Any, path: str, title: str = "") -> dict[str,
   fig.suptitle(f"{title}: {pairs}" if title else f"test {pairs}")
   save_figure(fig, path, dpi=110)
   return numbers
+
+
+def _numeric_keys(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
+  """Keys starting with ``prefix`` whose values are numbers in some record, in order."""
+  keys: dict[str, None] = {}
+  for r in records:
+    for k, v in r.items():
+      if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        keys[k] = None
+  return list(keys)
+
+
+def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
+                  val_label: str = "validation",
+                  easy_threshold: float | None = None) -> None:
+  """Draws the per-epoch training figure to ``path`` (PNG).
+
+  Panels: loss (train, and ``val_loss`` when present); validation metrics (the headline
+  ``val_*`` keys present: MAP@R, Recall@1, AUC, EER, active ratio; skipped when there is
+  none); the margin, drawn as steps since it holds for a whole epoch; and the easy /
+  semi-hard / hard shares of the triplets when the records carry ``num_easy``,
+  ``num_semihard``, ``num_hard`` and ``num_total`` (or ``num_triplets``), else the easy
+  share alone.
+
+  Args:
+    epochs: the ``"epoch"`` records of ``metrics.jsonl``.
+    path: output file.
+    title: figure title.
+    val_label: legend label of the validation loss (e.g. its margin).
+    easy_threshold: optional horizontal line on the easy-share panel (DAMS's threshold).
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  x = [r["epoch"] + 1 for r in epochs]
+  nan = float("nan")
+  losses = {"train": [r["loss"] for r in epochs]}
+  if any("val_loss" in r for r in epochs):
+    losses[val_label] = [r.get("val_loss", nan) for r in epochs]
+  # The headline validation metrics (all of them would crowd the panel; metrics.jsonl and
+  # TensorBoard have every one).
+  shown = ("val_map@r", "val_recall@1", "val_auc", "val_eer", "val_active_ratio")
+  val_keys = [k for k in _numeric_keys(epochs, "val_") if k in shown]
+  shares = triplet_shares(epochs)
+  panels = ["loss"] + (["val"] if val_keys else []) + ["margin", "shares"]
+  cols = 2 if len(panels) == 4 else len(panels)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(12.5 if cols == 2 else 4.6 * cols, 3.6 * rows),
+                           constrained_layout=True, squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  axes = dict(zip(panels, axes.flat))
+  plot_curves(axes["loss"], x, losses, title="loss (train: at the epoch's margin)")
+  if len(losses) > 1:
+    legend_outside(axes["loss"])
+  if val_keys:
+    plot_curves(axes["val"], x,
+                         {k[len("val_"):]: [r.get(k, nan) for r in epochs] for k in val_keys},
+                         title="validation metrics")
+    legend_outside(axes["val"])
+  plot_steps(axes["margin"], x, {"margin": [r["margin"] for r in epochs]},
+                      title="margin $\\mu$ (held for the whole epoch)", legend=None)
+  threshold_note = "" if easy_threshold is None else f" (dotted: DAMS threshold {easy_threshold:g})"
+  if shares is not None:
+    plot_triplet_shares(axes["shares"], x, shares, threshold=easy_threshold,
+                                 title="triplets by kind, at the epoch's margin")
+  else:
+    plot_curves(axes["shares"], x,
+                         {"easy share": [r.get("easy_share", nan) for r in epochs]},
+                         title="easy share" + threshold_note, hline=easy_threshold)
+    axes["shares"].set_ylim(-0.02, 1.02)
+  if title:
+    fig.suptitle(title)
+  save_figure(fig, path, dpi=100)
 
 
 def save_figure(fig: Any, path: str, *, dpi: int = 120) -> None:

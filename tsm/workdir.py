@@ -7,10 +7,12 @@ Three pieces, called by the fit loop, the CLI and the study runner:
   :class:`BadWorkdir` (a path the user should change: a file, no permission, a read-only
   file system; exit status 2) and :class:`WorkdirIOError` (the disk is full or failing;
   exit status 1).
-* :class:`WorkdirLock` is an advisory lock, ``fcntl.flock`` on ``<workdir>/.lock``: one
-  run per workdir. A second process gets :class:`WorkdirBusy`, naming the holder.
-* :func:`is_finished` says whether the workdir holds a finished run of a config, so that
-  a rerun can report it without writing anything.
+* :class:`WorkdirLock` is an advisory lock on ``<workdir>/.lock`` (the ``filelock``
+  package's ``FileLock``, which is ``fcntl.flock`` on Unix): one run per workdir. A
+  second process gets :class:`WorkdirBusy`, naming the holder.
+* :func:`is_finished` says whether the workdir holds a finished run of the same
+  settings (``config.json``), so that a rerun can report it without writing anything;
+  :func:`run_difference` names the first setting in which a run there differs.
 
 Stale locks: ``flock`` belongs to the open file, and the kernel drops it when the
 holder's process dies, however it dies (``kill -9`` included), so a lock that can be
@@ -18,9 +20,11 @@ taken is never held by a live process. The holder writes ``pid host time`` into 
 file and empties it on release; a lock taken over a non-empty file therefore means the
 previous holder died without releasing it, which is noted (one log line) and
 overwritten. The file itself is never deleted: deleting it would let two processes lock
-two different files of the same name. Where ``flock`` is not supported (some network
-and FUSE file systems), the lock falls back to the recorded pid: busy while that pid is
-alive on this host, or when it was recorded by another host (which cannot be checked).
+two different files of the same name (``preserve_lock_file``). Where ``flock`` is not
+supported (some network and FUSE file systems), the lock falls back to the recorded pid:
+busy while that pid is alive on this host, or when it was recorded by another host
+(which cannot be checked). filelock turns its own fallback (a soft marker file) off
+for a lock file that is kept, so this one is tsm's.
 
 References:
   flock(2), "NOTES" (locks belong to the open file description; released when it is
@@ -30,14 +34,16 @@ References:
 from __future__ import annotations
 
 import errno
-import fcntl
+import fcntl  # pylint: disable=unused-import  # filelock's flock; tests fake its absence
 import json
 import logging
 import os
 import socket
 import tempfile
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+import filelock
 
 LOCK_NAME = ".lock"
 SUMMARY_NAME = "summary.json"
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 _USER_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
                           errno.EEXIST, errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP))
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# errno values of a file system without flock (some network and FUSE file systems).
+_NO_FLOCK_ERRNOS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class BadWorkdir(ValueError):
@@ -133,26 +141,78 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
-def _drop_fields(config: Mapping[str, Any], ignore: Iterable[tuple[str, str]]) -> dict:
-  config = json.loads(json.dumps(config))   # a deep copy of plain JSON values
-  for section, field in ignore:
-    if isinstance(config.get(section), dict):
-      config[section].pop(field, None)
-  return config
+KeyPath = Sequence[str]
+
+
+def _without(obj: Mapping[str, Any], ignore: Iterable[KeyPath]) -> dict:
+  obj = json.loads(json.dumps(obj))   # a deep copy of plain JSON values
+  for keys in ignore:
+    *parents, last = keys
+    node: Any = obj
+    for key in parents:
+      node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(last, None)
+  return obj
+
+
+def first_difference(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                     ignore: Iterable[KeyPath] = ()) -> str | None:
+  """Where two JSON objects first differ, in sorted key order, or None where they agree.
+
+  A key missing on one side reads as None there, so an object saved before a key with
+  the value None existed agrees with one that has it.
+
+  Args:
+    saved: the object found (e.g. a run's ``config.json``).
+    current: the object now.
+    ignore: key paths left out of the comparison, e.g. ``("train", "progress")``.
+
+  Returns:
+    ``"a.b (<saved value> there, <current value> now)"`` naming the dotted key path, or
+    None.
+  """
+  ignore = tuple(ignore)
+
+  def walk(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        diff = walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        if diff:
+          return diff
+      return None
+    return None if a == b else f"{prefix[:-1]} ({a!r} there, {b!r} now)"
+
+  return walk(_without(saved, ignore), _without(current, ignore), "")
+
+
+def run_difference(path: str | os.PathLike[str], config: Mapping[str, Any], *,
+                   ignore: Iterable[KeyPath] = ()) -> str | None:
+  """How the run in ``path`` differs from ``config`` (:func:`first_difference` of its
+  ``config.json``); None when they agree or ``path`` holds no ``config.json``.
+
+  Raises:
+    ValueError: ``config.json`` is not JSON.
+    OSError: it cannot be read.
+  """
+  saved = os.path.join(os.fspath(path), CONFIG_NAME)
+  if not os.path.exists(saved):
+    return None
+  return first_difference(_read_json(saved), config, ignore=ignore)
 
 
 def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,
-                ignore: Iterable[tuple[str, str]] = ()) -> bool:
+                ignore: Iterable[KeyPath] = ()) -> bool:
   """Whether ``path`` holds a finished run of ``config`` (reads, writes nothing).
 
-  Finished means: ``summary.json`` is there and readable, and ``config.json`` equals
-  ``config`` except for the ``(section, field)`` pairs in ``ignore`` (fields that only
-  control how a run is executed, such as a progress bar).
+  Finished means: ``summary.json`` is there and readable, and ``config.json`` agrees
+  with ``config`` (:func:`first_difference`) outside the key paths in ``ignore``
+  (settings that only control how a run is executed, such as a progress bar).
 
   Args:
     path: the workdir (need not exist).
-    config: the run's resolved config as JSON values (``json.loads(cfg.to_json())``).
-    ignore: ``(section, field)`` pairs left out of the comparison.
+    config: the run's settings as JSON values (what ``config.json`` holds).
+    ignore: key paths left out of the comparison, e.g. ``[("train", "progress")]``.
 
   Returns:
     True when a rerun has nothing to train or write.
@@ -165,7 +225,6 @@ def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,
   summary, saved = os.path.join(path, SUMMARY_NAME), os.path.join(path, CONFIG_NAME)
   if not (os.path.isfile(summary) and os.path.isfile(saved)):
     return False
-  ignore = tuple(ignore)
   try:
     _read_json(summary)
     saved_config = _read_json(saved)
@@ -175,7 +234,7 @@ def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,
     raise _fault(path, "read the finished run", e) from e
   if not isinstance(saved_config, dict):
     return False
-  return _drop_fields(saved_config, ignore) == _drop_fields(config, ignore)
+  return first_difference(saved_config, config, ignore=ignore) is None
 
 
 def _holder(text: str) -> tuple[int | None, str, str]:
@@ -201,7 +260,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """One run per workdir: an advisory, non-blocking lock on ``<workdir>/.lock``.
+  """One run per workdir: a non-blocking ``filelock.FileLock`` on ``<workdir>/.lock``.
 
   Use as a context manager around everything a run writes::
 
@@ -226,7 +285,8 @@ class WorkdirLock:
     self.path = os.path.abspath(os.fspath(path))
     self.lock_path = os.path.join(self.path, LOCK_NAME)
     self.took_over: str | None = None
-    self._fd: int | None = None
+    self._lock: filelock.BaseFileLock | None = None
+    self._fd: int | None = None   # the lock file, where the file system has no flock
 
   def _busy(self, text: str) -> WorkdirBusy:
     pid, host, when = _holder(text)
@@ -235,26 +295,56 @@ class WorkdirLock:
         f"--workdir {self.path} is in use by {who} (since {when}); wait for it to "
         "finish or use another --workdir.")
 
+  def _record(self, fd: int) -> None:
+    """Notes a previous holder's record (one that died holding the lock), writes ours."""
+    previous = _read_fd(fd)
+    if previous.strip():
+      self.took_over = previous.strip()
+      pid, host, when = _holder(previous)
+      log.warning("--workdir %s: taking over the lock of process %s on %s (since %s), "
+                  "which is no longer running.", self.path, pid, host, when)
+    record = f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+    os.fsync(fd)
+
   def acquire(self) -> WorkdirLock:
     """Takes the lock (see the class); returns self."""
-    if self._fd is not None:
+    if self._lock is not None or self._fd is not None:
       raise RuntimeError(f"the lock on {self.path} is already held by this object.")
+    if not os.path.isdir(self.path):   # filelock would create it: that is prepare_workdir's
+      e = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.path)
+      raise _fault(self.path, "create the lock file", e)
+    # preserve_lock_file: the file is never deleted (deleting it would let two
+    # processes lock two different files of the same name); on_acquired writes our
+    # record while the lock is held.
+    lock = filelock.FileLock(self.lock_path, timeout=0, thread_local=False,
+                             preserve_lock_file=True, on_acquired=self._record)
     try:
-      # O_CLOEXEC: a program this run starts must not keep the lock alive after it.
+      lock.acquire()
+    except filelock.Timeout:
+      raise self._busy(_read_path(self.lock_path)) from None
+    except OSError as e:
+      if e.errno not in _NO_FLOCK_ERRNOS:
+        raise _fault(self.path, "take the lock file", e) from e
+      self._acquire_without_flock()
+      return self
+    self._lock = lock
+    return self
+
+  def _acquire_without_flock(self) -> None:
+    """Where ``flock`` is not supported: trust the recorded pid instead."""
+    try:
+      # O_CLOEXEC: a program this run starts must not keep the file open after it.
       fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
       raise _fault(self.path, "create the lock file", e) from e
     try:
-      previous = self._lock(fd)
-      if previous.strip():
-        self.took_over = previous.strip()
-        pid, host, when = _holder(previous)
-        log.warning("--workdir %s: taking over the lock of process %s on %s (since %s), "
-                    "which is no longer running.", self.path, pid, host, when)
-      record = f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, record.encode(), 0)
-      os.fsync(fd)
+      text = _read_fd(fd)
+      pid, host, _ = _holder(text)
+      if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+        raise self._busy(text)
+      self._record(fd)
     except OSError as e:
       os.close(fd)
       raise _fault(self.path, "write the lock file", e) from e
@@ -262,42 +352,35 @@ class WorkdirLock:
       os.close(fd)
       raise
     self._fd = fd
-    return self
-
-  def _lock(self, fd: int) -> str:
-    """Locks ``fd``; returns the previous holder's record (empty after a clean release)."""
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise self._busy(_read_fd(fd)) from None
-    except OSError as e:
-      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-        raise
-      # No flock on this file system: trust the recorded pid instead.
-      text = _read_fd(fd)
-      pid, host, _ = _holder(text)
-      if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
-        raise self._busy(text) from None
-      return text
-    return _read_fd(fd)
 
   def release(self) -> None:
     """Empties the lock file (a clean release) and releases the lock."""
-    if self._fd is None:
-      return
+    lock, self._lock = self._lock, None
     fd, self._fd = self._fd, None
     try:
-      os.ftruncate(fd, 0)
+      if lock is not None or fd is not None:
+        os.truncate(self.lock_path, 0) if fd is None else os.ftruncate(fd, 0)
     except OSError:   # the record then reads as a dead holder: taken over next time
       pass
     finally:
-      os.close(fd)   # closing the last descriptor releases the flock
+      if lock is not None:
+        lock.release()
+      if fd is not None:
+        os.close(fd)
 
   def __enter__(self) -> WorkdirLock:
     return self.acquire()
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _read_path(path: str) -> str:
+  try:
+    with open(path, "rb") as f:
+      return f.read(4096).decode(errors="replace")
+  except OSError:
+    return ""
 
 
 def _read_fd(fd: int) -> str:

@@ -1,12 +1,11 @@
-# Over 500 lines: the IDX format, its one-line errors and the two array splits belong together.
 """IDX files (the MNIST family's format) and Fashion-MNIST from Debian's package.
 
 ``read_idx`` reads one IDX file, plain or gzip-compressed; ``load_idx_dataset`` reads
 the four standard files of a directory (Fashion-MNIST by default, or MNIST, KMNIST
-or any set that ships them under the same names); ``standard_split`` and
-``class_disjoint_split`` turn the arrays into train / validation / test arrays.
-Nothing here downloads, and nothing needs TensorFlow or a config: the arguments are
-paths, arrays and numbers.
+or any set that ships them under the same names). Splitting the arrays into train /
+validation / test is ``tsm.data.splits``' job (``tsm.data.load`` does it for every
+source). Nothing here downloads, and nothing needs TensorFlow or a config: the
+arguments are paths, arrays and numbers.
 
 The IDX layout (LeCun et al., the MNIST page): a 4-byte magic number, two zero bytes,
 a dtype code and the number of dimensions ``d``; then ``d`` big-endian int32 sizes;
@@ -35,7 +34,6 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
-from tsm.data import splits as splits_lib
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -93,16 +91,6 @@ class IdxDataset(NamedTuple):
   test_images: np.ndarray
   test_labels: np.ndarray
   class_names: tuple[str, ...] | None
-
-
-class ArraySplits(NamedTuple):
-  """Train / validation / test arrays (labels int32, images as given)."""
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  val_images: np.ndarray
-  val_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
 
 
 # ----------------------------------------------------------------------------- reading
@@ -358,159 +346,3 @@ def load_idx_dataset(directory: PathLike = DEFAULT_FASHION_MNIST_DIR, *,
   return IdxDataset(arrays["train_images"], arrays["train_labels"].astype(np.int32),
                     arrays["test_images"], arrays["test_labels"].astype(np.int32),
                     class_names)
-
-
-# ----------------------------------------------------------------------------- splits
-
-def _check_pair(images: np.ndarray, labels: np.ndarray, images_name: str,
-                labels_name: str) -> np.ndarray:
-  labels = np.asarray(labels)
-  if labels.ndim != 1 or labels.dtype.kind not in "iu":
-    raise ValueError(f"{labels_name} must be a 1-D integer array, got shape "
-                     f"{labels.shape} and dtype {labels.dtype}.")
-  if np.shape(images)[:1] != labels.shape:
-    raise ValueError(f"{images_name} has {np.shape(images)[:1]} rows but {labels_name} "
-                     f"has {labels.shape[0]}; pass one label per image.")
-  if labels.size and labels.min() < 0:
-    raise ValueError(f"{labels_name} has negative labels; pass class ids 0..C-1.")
-  return labels.astype(np.int32)
-
-
-def _check_fraction(val_fraction: float) -> None:
-  if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-    raise ValueError(f"val_fraction={val_fraction!r} must be a number in [0, 1); "
-                     "e.g. 0.1.")
-
-
-def stratified_holdout(labels: np.ndarray, fraction: float, *,
-                       seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Holds out ``fraction`` of every class's examples, at random.
-
-  Each class ``c`` with ``n_c`` examples gives ``round(fraction * n_c)`` of them,
-  but never all of them (at least one stays), so every class keeps the same share
-  in both parts; ``tsm.data.splits.carve_validation(by_class=False)`` draws from
-  the pool as a whole instead.
-
-  Args:
-    labels: ``[N]`` class ids.
-    fraction: share held out, in ``[0, 1)``.
-    seed: seed of the draw.
-
-  Returns:
-    (kept, held_out) sorted indices into ``labels``.
-  """
-  labels = np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  held = []
-  for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
-    num_out = min(int(round(fraction * members.size)), members.size - 1)
-    held.append(rng.permutation(members)[:num_out])
-  held_out = np.sort(np.concatenate(held)) if held else np.zeros((0,), np.int64)
-  keep = np.ones(labels.shape[0], bool)
-  keep[held_out] = False
-  return np.flatnonzero(keep), held_out.astype(np.int64)
-
-
-def _take(first: np.ndarray, second: np.ndarray, indices: np.ndarray) -> np.ndarray:
-  """Rows ``indices`` (sorted) of ``concatenate([first, second])``, without building it."""
-  n = first.shape[0]
-  return np.concatenate([first[indices[indices < n]], second[indices[indices >= n] - n]])
-
-
-def standard_split(train_images: np.ndarray, train_labels: np.ndarray,
-                   test_images: np.ndarray, test_labels: np.ndarray, *,
-                   val_fraction: float = 0.1, seed: int = 0) -> ArraySplits:
-  """The dataset's own train / test split, validation held out from train by image.
-
-  Fashion-MNIST: 60,000 / 10,000 images; with ``val_fraction=0.1`` the validation
-  split takes 600 images of each class (stratified, seeded) and train keeps 54,000.
-
-  Args:
-    train_images: ``[N, ...]`` official training images.
-    train_labels: ``[N]`` class ids ``0..C-1``.
-    test_images: ``[M, ...]`` official test images (the test split, unchanged).
-    test_labels: ``[M]`` class ids.
-    val_fraction: share of each training class held out for validation, in [0, 1).
-    seed: seed of the validation draw.
-
-  Returns:
-    ``ArraySplits`` (rows in their original order within each split).
-
-  Raises:
-    ValueError: mismatched counts, non-integer or negative labels, or a bad
-      ``val_fraction`` (one line naming the argument).
-  """
-  train_images, test_images = np.asarray(train_images), np.asarray(test_images)
-  train_labels = _check_pair(train_images, train_labels, "train_images", "train_labels")
-  test_labels = _check_pair(test_images, test_labels, "test_images", "test_labels")
-  _check_fraction(val_fraction)
-  keep, val = stratified_holdout(train_labels, val_fraction, seed=seed)
-  return ArraySplits(train_images[keep], train_labels[keep], train_images[val],
-                     train_labels[val], test_images, test_labels)
-
-
-def class_disjoint_split(train_images: np.ndarray, train_labels: np.ndarray,
-                         test_images: np.ndarray, test_labels: np.ndarray, *,
-                         train_classes: Sequence[int] | None = None,
-                         val_fraction: float = 0.1, seed: int = 0) -> ArraySplits:
-  """Disjoint train and test classes (the metric-learning split), validation by image.
-
-  The official train and test images are pooled (as ``tsm.data`` does for the TFDS
-  sets, so the test classes bring all their images): ``train_classes`` (default the
-  first half, 0-4 of ten) go to train, the other classes to test. Fashion-MNIST:
-  35,000 images of 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat) and 35,000 of
-  5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot).
-
-  Validation is held out by image (stratified per class, seeded), not by class:
-  with five training classes, holding out one would leave four to train on and a
-  one-class validation set, where retrieval has no wrong class to confuse and is
-  trivially perfect; two would leave three. By image, validation keeps all five
-  classes and measures the embedding on unseen images (not unseen classes); the
-  test split stays class-disjoint. This is ``tsm.data``'s ``val_split="auto"`` for
-  ten-class sets. For a by-class validation, use
-  ``tsm.data.splits.carve_validation(..., by_class=True)``.
-
-  Args:
-    train_images: ``[N, ...]`` official training images.
-    train_labels: ``[N]`` class ids ``0..C-1``.
-    test_images: ``[M, ...]`` official test images.
-    test_labels: ``[M]`` class ids.
-    train_classes: classes of the training part (default ``0..C/2-1``, ``C`` = the
-      largest label + 1).
-    val_fraction: share of each training class's images held out, in [0, 1).
-    seed: seed of the validation draw (the class split itself is fixed).
-
-  Returns:
-    ``ArraySplits``; within each split, official training rows first, then official
-    test rows, each in their original order.
-
-  Raises:
-    ValueError: mismatched counts, bad labels, a bad ``val_fraction``, or
-      ``train_classes`` that leave no class on one side (one line naming the argument).
-  """
-  train_images, test_images = np.asarray(train_images), np.asarray(test_images)
-  train_labels = _check_pair(train_images, train_labels, "train_images", "train_labels")
-  test_labels = _check_pair(test_images, test_labels, "test_images", "test_labels")
-  _check_fraction(val_fraction)
-  if np.shape(train_images)[1:] != np.shape(test_images)[1:]:
-    raise ValueError(f"test_images rows have shape {np.shape(test_images)[1:]} but "
-                     f"train_images rows {np.shape(train_images)[1:]}; pass one dataset.")
-  labels = np.concatenate([train_labels, test_labels])
-  classes = np.unique(labels)
-  if train_classes is None:
-    num_classes = int(classes.max()) + 1 if classes.size else 0
-    train_classes = np.arange(num_classes // 2)
-  train_classes = np.asarray(list(train_classes), dtype=np.int64)
-  in_train = np.isin(classes, train_classes)
-  if not in_train.any() or in_train.all():
-    raise ValueError(f"train_classes={train_classes.tolist()} leave no class on one "
-                     f"side of the labels' classes {classes.tolist()}; pass a proper "
-                     "subset.")
-  # Labels are all >= 0, so the class partition needs no seed.
-  train, test = splits_lib.class_disjoint_indices(labels, train_classes, seed=0)
-  keep, val = stratified_holdout(labels[train], val_fraction, seed=seed)
-  train, val = train[keep], train[val]
-  return ArraySplits(_take(train_images, test_images, train), labels[train],
-                     _take(train_images, test_images, val), labels[val],
-                     _take(train_images, test_images, test), labels[test])

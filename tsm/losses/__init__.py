@@ -54,7 +54,7 @@ from tsm.distances import check_distance
 from tsm.losses._base import (REDUCTIONS, LossVariables, ParametricLoss, as_parametric,
                               check_reduction, common_stats)
 from tsm.losses._contrastive import PairStats, contrastive_loss, contrastive_loss_from_pairs
-from tsm.losses._activity import ActivityStats
+from tsm.losses._activity import ActivityStats, negative_active_ratio
 from tsm.losses._center import center_contrastive, center_contrastive_loss, update_centers
 from tsm.losses._multi_similarity import multi_similarity_loss
 from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_loss
@@ -70,6 +70,7 @@ __all__ = [
 ]
 __all__ += [
     "ActivityStats", "arcface", "arcface_loss", "center_contrastive",
-    "center_contrastive_loss", "multi_similarity_loss", "npair_loss", "ntxent_loss",
+    "center_contrastive_loss", "multi_similarity_loss", "negative_active_ratio",
+    "npair_loss", "ntxent_loss",
     "proxy_anchor", "proxy_anchor_loss", "supcon_loss", "update_centers",
 ]

@@ -44,8 +44,8 @@ center_contrastive_loss  valid samples of a class with  as arcface, over the cla
                          a centre                       have a centre
 =======================  ============================  ==================================
 
-Negative terms only (``num_neg_total``, ``num_neg_active``, ``neg_active_ratio``; the
-companion of issue 15, which does not follow from the loss's form): the
+Negative terms only (``num_neg_total``, ``num_neg_active``, ``neg_active_ratio``: a
+companion of the active ratio that does not follow from the loss's form): the
 anchor-negative pairs (or sample / wrong-class pairs) of the same losses, active when
 that negative alone passes the criterion above: ntxent and supcon ``z_an > min_P z_ap
 - 1``; npair ``z(a, p_c) > z(a, p_y) - 1``; multi-similarity ``s_an > min_P s_ap - eps``;
@@ -66,7 +66,8 @@ as given, over the positive / negative pairs ``i < j`` of the batch (as
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, Mapping, NamedTuple
 
 import chex
 import jax
@@ -204,3 +205,28 @@ def activity_stats(*, terms: chex.Array, active: chex.Array, neg_terms: chex.Arr
       mean_pos_dist=mining_lib.masked_mean(dist, pos & upper).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(dist, neg & upper).astype(jnp.float32),
   ))
+
+
+def negative_active_ratio(stats: Mapping[str, Any]) -> float:
+  """Active share of a loss's negative terms, from its statistics (host-side).
+
+  Reads the statistics as a mapping: an epoch or step record of ``metrics.jsonl``, or a
+  stats NamedTuple's ``_asdict()``. By the fields the loss reports (the module's
+  table): ``neg_active_ratio`` (:class:`ActivityStats`) as given; the triplet losses'
+  ``active_ratio`` (every triplet term holds a negative; :class:`TripletStats`, known
+  by ``num_triplets``); the contrastive loss's ``num_negative_active / num_negative``
+  (:class:`PairStats`; NaN without a negative pair).
+
+  Args:
+    stats: the loss's statistics by field name.
+
+  Returns:
+    The ratio, or NaN where the statistics do not say (none of those fields).
+  """
+  if "neg_active_ratio" in stats:
+    return float(stats["neg_active_ratio"])
+  if "num_triplets" in stats:
+    return float(stats["active_ratio"])
+  if "num_negative_active" in stats and stats.get("num_negative", 0) > 0:
+    return float(stats["num_negative_active"]) / float(stats["num_negative"])
+  return math.nan

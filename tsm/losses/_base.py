@@ -189,16 +189,25 @@ def check_valid(valid: Any, num_rows: int, *, name: str = "valid",
   """
   if valid is None:
     return
-  shape = getattr(valid, "shape", None)
-  dtype = getattr(valid, "dtype", None)
+  _check_flags(valid, num_rows, name, rows_name,
+               rank="a rank-1 [batch] bool mask", kind="a bool mask",
+               fix=f"{name}.astype(bool)", per="row")
+
+
+def _check_flags(flags: Any, num_rows: int, name: str, rows_name: str, *, rank: str,
+                 kind: str, fix: str, per: str) -> None:
+  """One bool (or 0/1 integer) flag per row of ``rows_name``; one-line ValueErrors
+  worded by the caller (``rank``, ``kind``: what the flags must be; ``fix``: an
+  expression that makes them so; ``per``: what one flag stands for)."""
+  shape = getattr(flags, "shape", None)
+  dtype = getattr(flags, "dtype", None)
   if shape is None or len(shape) != 1:
-    raise ValueError(f"{name} must be a rank-1 [batch] bool mask; got shape {shape}.")
+    raise ValueError(f"{name} must be {rank}; got shape {shape}.")
   if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
-    raise ValueError(f"{name} must be a bool mask; got {dtype}. Pass e.g. "
-                     f"{name}.astype(bool).")
+    raise ValueError(f"{name} must be {kind}; got {dtype}. Pass e.g. {fix}.")
   if shape[0] != num_rows:
     raise ValueError(f"{name} has {shape[0]} entries but {rows_name} has {num_rows} "
-                     "rows; give one flag per row.")
+                     f"rows; give one flag per {per}.")
 
 
 def check_tuple_inputs(arrays: dict[str, Any], margin: Any = None, *,
@@ -226,13 +235,5 @@ def check_tuple_inputs(arrays: dict[str, Any], margin: Any = None, *,
 def check_pair_labels(same: Any, num_rows: int, *, name: str = "same",
                       rows_name: str = "x1") -> None:
   """Validates the ``[N]`` same-class flags of explicit pairs (one-line ValueError)."""
-  shape = getattr(same, "shape", None)
-  dtype = getattr(same, "dtype", None)
-  if shape is None or len(shape) != 1:
-    raise ValueError(f"{name} must be a rank-1 [pairs] bool array; got shape {shape}.")
-  if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
-    raise ValueError(f"{name} must be bool (or 0/1 integers); got {dtype}. Pass e.g. "
-                     f"{name} == 1.")
-  if shape[0] != num_rows:
-    raise ValueError(f"{name} has {shape[0]} entries but {rows_name} has {num_rows} "
-                     "rows; give one flag per pair.")
+  _check_flags(same, num_rows, name, rows_name, rank="a rank-1 [pairs] bool array",
+               kind="bool (or 0/1 integers)", fix=f"{name} == 1", per="pair")
