@@ -1,4 +1,4 @@
-"""One bench report: every performance figure of issue 16, tsm beside its baseline.
+"""One bench report: every performance figure against a baseline, tsm beside it.
 
 Runs (or, with ``--from DIR``, reads the JSON files of an earlier run of) the benches and
 prints one table: per figure, tsm's number, the baseline's number, the ratio and the

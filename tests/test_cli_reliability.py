@@ -1,6 +1,6 @@
 """Runs that survive: the non-finite guard, checkpoint fallback through fit, Ctrl-C, a
-finished rerun that writes nothing, and the CLI's help (issue 13; the lock and the
-filesystem faults themselves: test_workdir.py, test_checkpoint.py)."""
+finished rerun that writes nothing, and the CLI's help (the lock and the filesystem
+faults themselves: test_workdir.py, test_checkpoint.py)."""
 
 from __future__ import annotations
 

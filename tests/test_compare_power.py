@@ -59,7 +59,7 @@ def test_power_size_and_direction_with_ten_paired_seeds():
 
 
 def test_pairing_adds_power_and_the_old_rule_had_none():
-  # The case: 5 seeds, seed correlation 0.7 between arms (arm sd 1), a true
+  # A typical small study: 5 seeds, seed correlation 0.7 between arms (arm sd 1), a true
   # difference of one arm standard deviation.
   rng = np.random.default_rng(7)
   rho = 0.7

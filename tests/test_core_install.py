@@ -97,7 +97,7 @@ def run_all():
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(_REPO, "tsm", "margins.py"), encoding="utf-8") as _f:
   # Known gap until tsm/margins.py drops its config functions' ml_collections import
-  # (scheduled, issue 14); the test runs normally, unmarked, once the import is gone.
+  # (a planned change); the test runs normally, unmarked, once the import is gone.
   _MARGINS_IMPORT_ML_COLLECTIONS = "import ml_collections" in _f.read()
 
 

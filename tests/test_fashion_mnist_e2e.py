@@ -1,6 +1,6 @@
 """End-to-end: the small ConvNet trained on real Fashion-MNIST beats raw pixels.
 
-CI's check that training on the real files learns something (issue 11, item 3): a
+CI's check that training on the real files learns something: a
 shortened ``experiments/configs/fashion_mnist_dams.py`` (paper B's ConvNet under paper
 A's head, triplet loss, DAMS) trains for 300 steps on a 3,000-image subsample of each
 split, and its test Recall@1 must beat that of the raw pixels on exactly the same test

@@ -341,7 +341,7 @@ _COMPILE_SCHEDULES = [
 @pytest.mark.parametrize("name,schedule", _COMPILE_SCHEDULES,
                          ids=[n for n, _ in _COMPILE_SCHEDULES])
 def test_changing_margin_never_recompiles(name, schedule):
-  """Issue item 7: the margin is a traced argument, so a new margin never recompiles.
+  """The margin is a traced argument, so a new margin never recompiles.
 
   Compilations are counted three ways: a Python side effect in the traced function (runs
   once per trace), the jitted function's executable cache size, and JAX's backend-compile

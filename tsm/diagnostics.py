@@ -1,4 +1,4 @@
-# Over 500 lines: variance, loss decay, effective margins and the EM mixture share one sampler.
+# Variance, loss decay, effective margins and the EM mixture: one module, one shared sampler.
 """Embedding-space and training diagnostics of the two source papers.
 
 Paper B (Zeng, arXiv 2510.02161) compares losses by the geometry they leave behind and

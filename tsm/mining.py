@@ -1,4 +1,4 @@
-# Over 500 lines: the dense and sort paths of exact mining and their band variants share helpers.
+# Exact mining: the dense and sort paths and their band variants, with the helpers they share.
 """In-batch label masks, exact triplet counting and triplet selection.
 
 Helpers shared by the losses in :mod:`tsm.losses`. Everything here works on a

@@ -45,7 +45,7 @@ center_contrastive_loss  valid samples of a class with  as arcface, over the cla
 =======================  ============================  ==================================
 
 Negative terms only (``num_neg_total``, ``num_neg_active``, ``neg_active_ratio``; the
-companion of issue 15, which does not follow from the loss's form): the
+companion measure, which does not follow from the loss's form): the
 anchor-negative pairs (or sample / wrong-class pairs) of the same losses, active when
 that negative alone passes the criterion above: ntxent and supcon ``z_an > min_P z_ap
 - 1``; npair ``z(a, p_c) > z(a, p_y) - 1``; multi-similarity ``s_an > min_P s_ap - eps``;

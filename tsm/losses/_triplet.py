@@ -1,12 +1,11 @@
 """Triplet margin losses: in-batch with exact mining, and over explicit triplets.
 
-Mining names (a breaking change, on purpose): ``"semihard"`` and ``"hard"`` now follow
-pytorch-metric-learning's ``TripletMarginMiner`` and the authors of paper A: every
-valid triplet of the batch in a band, ``d_ap < d_an < d_ap + mu`` and ``d_an < d_ap``.
-Until this change they named batch-level selections, now ``"batch_semihard"`` (one
-semi-hard negative per anchor-positive pair, TF-addons' rule) and ``"batch_hard"``
-(Hermans et al.'s hardest positive and negative per anchor). ``"easy"``
-(``d_an >= d_ap + mu``) completes pytorch-metric-learning's set.
+Mining names follow pytorch-metric-learning's ``TripletMarginMiner`` and the authors of
+paper A: ``"semihard"`` and ``"hard"`` are every valid triplet of the batch in a band,
+``d_ap < d_an < d_ap + mu`` and ``d_an < d_ap``, and ``"easy"`` (``d_an >= d_ap + mu``)
+completes pytorch-metric-learning's set. The batch-level selections are
+``"batch_semihard"`` (one semi-hard negative per anchor-positive pair, TF-addons' rule)
+and ``"batch_hard"`` (Hermans et al.'s hardest positive and negative per anchor).
 
 Band inequalities, with ``t = d_ap + mu`` rounded first (:mod:`tsm.mining`):
 ``"semihard"`` ``d_ap < d_an < t``, ``"hard"`` ``d_an < d_ap``, ``"easy"``
