@@ -173,3 +173,12 @@ def test_verdict_sentences_and_matrix_from_a_table():
   assert "| x wins | AUC | held | inconclusive |" in matrix
   assert "| y wins | EER | **unstable** (held here / inconclusive in the rerun) |  |" in matrix
   assert docs.verdict_matrix(header[1:], [r[1:] for r in rows]) == ""
+
+
+def test_pages_of_several_workdirs_merge_under_their_labels():
+  one = "# T\n\nabout\n\n## Measured results\n\nA\n\n## Verdicts\n\nB\n"
+  two = "# T\n\nabout\n\n## Measured results\n\nC\n\n## Verdicts\n\nD\n"
+  assert docs.merge([one], ["x"]) == one
+  merged = docs.merge([one, two], ["mnist1d", "Fashion-MNIST"])
+  assert merged.startswith("# T\n\nabout\n\n## mnist1d\n\n### Measured results\n\nA")
+  assert "## Fashion-MNIST\n\n### Measured results\n\nC\n\n### Verdicts\n\nD" in merged

@@ -24,6 +24,8 @@ a command line (:func:`main`)::
 
 ``--command='python -m ...'`` (repeatable) names the command(s) shown on the page;
 without it the page shows the command recorded in the workdir's ``report.md``, if any.
+Several workdirs before ``OUT.md`` (the study on other datasets, with ``--label`` for
+each) give one page with a section per workdir (:func:`merge`).
 """
 
 from __future__ import annotations
@@ -230,9 +232,28 @@ def page(workdir: str, *, title: str, about: str, tables: Sequence[str],
   return "\n".join(lines)
 
 
+def merge(pages: Sequence[str], labels: Sequence[str]) -> str:
+  """Pages of several workdirs of one study as one page: the first page's title and
+  introduction, then per workdir a ``## <label>`` section holding that page's sections
+  one level deeper."""
+  if len(pages) == 1:
+    return pages[0]
+  first = pages[0]
+  head = first[:first.index("\n## ")].rstrip()
+  parts = [head, ""]
+  for text, label in zip(pages, labels):
+    body = text[text.index("\n## ") + 1:]
+    parts += [f"## {label}", "", demote(body).rstrip(), ""]
+  return "\n".join(parts)
+
+
 def main(render: Callable[..., str], argv: Sequence[str] | None = None,
          program: str = "report") -> str:
-  """``python -m experiments.<study>.report WORKDIR OUT.md [--command=...]``.
+  """``python -m experiments.<study>.report WORKDIR [WORKDIR ...] OUT.md [--command=...]``.
+
+  Several workdirs (the study on other datasets or settings) give one page with a
+  section per workdir (:func:`merge`), headed by ``--label`` (one per workdir; default:
+  the workdir's name); ``--command`` then applies to the first workdir.
 
   Args:
     render: the study's ``docs_page(workdir, commands=...)``.
@@ -246,13 +267,23 @@ def main(render: Callable[..., str], argv: Sequence[str] | None = None,
   parser = argparse.ArgumentParser(
       prog=program, description="Writes the study's results page from a finished "
       "study's workdir (its verdicts.csv, tables and study.json).")
-  parser.add_argument("workdir", help="the finished study's directory")
-  parser.add_argument("out", help="the page to write, e.g. docs/results/<study>.md")
+  parser.add_argument("paths", nargs="+", metavar="WORKDIR ... OUT.md",
+                      help="the finished study's directory (or several), then the page "
+                      "to write, e.g. docs/results/<study>.md")
   parser.add_argument("--command", action="append", default=[],
                       help="a command line shown on the page (repeatable)")
+  parser.add_argument("--label", action="append", default=[],
+                      help="the section heading of each workdir (with several)")
   args = parser.parse_args(argv)
+  if len(args.paths) < 2:
+    parser.error("give a study's workdir and the page to write")
+  *workdirs, args.out = args.paths
+  labels = args.label or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(labels) != len(workdirs):
+    parser.error(f"{len(workdirs)} workdirs need {len(workdirs)} --label values")
   try:
-    text = render(args.workdir, commands=args.command)
+    text = merge([render(w, commands=args.command if i == 0 else ())
+                  for i, w in enumerate(workdirs)], labels)
   except FileNotFoundError as e:
     parser.exit(2, f"{program}: {e}\n")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
