@@ -2,15 +2,16 @@
 
 A tiny study of each kind runs (the configs of test_margin_study.py, test_loss_study.py
 and test_loss_zoo_study.py); its page is rendered by the study's ``report`` command and
-checked against the files the study wrote: the settings are report.md's, every verdict
-row of verdicts.csv is named under its verdict, the counts add up, the tables are the
-report's own, and a verdict changed in verdicts.csv changes the page (nothing on it is
-written by hand).
+checked against the files the study wrote: the settings are report.md's, the wall time
+is study.json's, every verdict row of verdicts.csv is named under its verdict, the
+counts add up, the tables are the report's own, and a verdict changed in verdicts.csv
+changes the page (nothing on it is written by hand).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -73,6 +74,10 @@ def _check_page(workdir, text, tables):
     body = table.split("\n", 2)[2] if table.startswith("## ") else table
     assert body.strip() in text
   assert verdicts_lib.RULE in text
+  # The wall time is study.json's.
+  with open(os.path.join(workdir, "study.json")) as f:
+    timing = json.load(f)["timing"]
+  assert f"wall time {timing['wall_s']:.0f} s for {timing['runs']} runs" in text
 
 
 def _flip_one_verdict_changes_the_page(workdir, render):
