@@ -101,8 +101,8 @@ def _flip_one_verdict_changes_the_page(workdir, render):
 @pytest.fixture(scope="module")
 def margin_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("margin_study"))
-  margin_run.run_study(test_margin_study._tiny_config(), workdir,  # pylint: disable=protected-access
-                       command="python -m experiments.margin_scheduler.run --tiny")
+  cfg = test_margin_study._tiny_config()  # pylint: disable=protected-access
+  margin_run.run_study(cfg, workdir, command="python -m experiments.margin_scheduler.run --tiny")
   return workdir
 
 
