@@ -232,7 +232,7 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------------------
 # The loss zoo's losses: each loss + its gradient vs brute force.
 #
-# Usage (this section has its own entry point, so the triplet section's CLI is as it was):
+# Usage (this section has its own entry point; the triplet section keeps its own CLI):
 #   PYTHONPATH=$PWD python -c "from bench import losses; losses.zoo_main()" [--sizes 1024]
 #       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute]
 #

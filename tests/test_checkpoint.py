@@ -200,9 +200,9 @@ for directory in sys.argv[2:]:
 
 @pytest.mark.slow   # two fresh interpreters importing jax and orbax
 def test_failed_restore_leaves_no_noise_at_exit(tmp_path):
-  # A restore failing in one array used to leave orbax's other reads in flight, to
+  # A restore failing in one array leaves orbax's other reads in flight, which would
   # print "Event loop is closed" tracebacks as they finish and "ImportError:
-  # sys.meta_path is None" ones at interpreter shutdown.
+  # sys.meta_path is None" ones at interpreter shutdown; none may reach stderr.
   def run(action, directories):
     return subprocess.run([sys.executable, "-c", _RESTORE_LATEST, action, *directories],
                           env=dict(os.environ, PYTHONPATH=_REPO), capture_output=True,

@@ -118,8 +118,8 @@ def test_each_run_is_analysed_once_and_checkpointed_at_the_end(study_dir):
 
 @pytest.mark.slow
 def test_epoch_curves_are_the_means_of_the_jitted_steps_metrics(study_dir):
-  """Issue 5 item 2: loss, active ratio and gradient norm come out of the train step per
-  step, and fit's epoch records (the study's curves) are their per-epoch means."""
+  """Loss, active ratio and gradient norm come out of the train step per step, and
+  fit's epoch records (the study's curves) are their per-epoch means."""
   workdir, _ = study_dir
   for loss in ("contrastive", "triplet"):
     rundir = runs.run_dir(workdir, "digits", loss, 1)

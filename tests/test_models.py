@@ -411,7 +411,7 @@ def test_freeze_trunk():
   plain = optax.sgd(1.0)
   assert models.maybe_freeze_trunk(plain, freeze_trunk=False) is plain
   with pytest.raises(ValueError, match=r"^freeze_trunk=.* must be a bool"):
-    models.maybe_freeze_trunk(plain, {"freeze_trunk": True})  # the old config argument
+    models.maybe_freeze_trunk(plain, {"freeze_trunk": True})  # a config dict is refused
 
 
 _ERROR_CASES = [

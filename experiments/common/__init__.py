@@ -15,4 +15,6 @@
 * :mod:`~experiments.common.figures`: figure plumbing;
 * :mod:`~experiments.common.command`: the shared command line (``--help``, exit
   statuses, the study's ``main``).
+* :mod:`~experiments.common.docs`: a study's results page (``docs/results/<study>.md``),
+  written from a finished study's workdir.
 """

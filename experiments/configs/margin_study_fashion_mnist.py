@@ -26,7 +26,7 @@ each split (train / validation / test; ``data.num_examples``), drawn from the ru
 all images, 50-100 epochs, Adam 1e-4). The easy share at mu = 0.2 is 0.82 after the
 first epoch and 0.89 after the second, so DAMS (tau = 0.95) starts raising mu within
 the run. Measured on 2 quiet cores: the 45 runs in 2405 s (40 minutes; 101-125 s a run,
-two runs at a time; BUILD_NOTES "The studies on Fashion-MNIST"). Quick look:
+two runs at a time; docs/results/margin_study.md). Quick look:
 ``--config.study.seeds=1 --config.study.schedules=dams --config.study.epochs=2
 --config.study.workers=1`` (57 CPU-s).
 

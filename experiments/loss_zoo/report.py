@@ -35,6 +35,10 @@ The active ratio's terms are defined per loss (``tsm.losses._activity``): a hing
 is active when its loss is non-zero, a softmax / proxy / centre term when a competitor
 is within one logit unit. The two definitions are not the same quantity, so the D3
 active-ratio claims carry a note; the negative-term ratio is the closer comparison.
+
+The study's results page is written from a finished workdir by :func:`docs_page`::
+
+  python -m experiments.loss_zoo.report runs/loss_zoo docs/results/loss_zoo.md
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments.common import docs
 from experiments.common import figures
 from experiments.common import runs as runs_lib
 from experiments.common import tables
@@ -321,3 +326,36 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
   return {"datasets": per, "verdicts": verdicts_md}
 
+
+# ----------------------------------------------------------------------------- docs page
+
+ABOUT = (
+    "The follow-up (Zeng 2026, \"Variance & Greediness\", arXiv 2601.21450) makes claims "
+    "D1-D4 about nine losses (triplet, contrastive, N-pair, NT-Xent, SupCon, "
+    "MultiSimilarity, ArcFace, ProxyAnchor, Center Contrastive): which keep within-class "
+    "variance and clear margins (D1), win fine-grained retrieval (D2), compact fast "
+    "through many small updates (D3), and separate classes widely but unevenly (D4). The "
+    "study trains every loss under identical settings over the same seeds and tests each "
+    "claim as the favoured loss against the per-seed mean of the others, Holm over the "
+    "study.")
+
+
+def _datasets(workdir: str) -> list[str]:
+  """The study's datasets, from its ``study.json``."""
+  record = docs.read_json(os.path.join(workdir, "study.json")) or {}
+  return list(record.get("config", {}).get("study", {}).get("datasets", []))
+
+
+def docs_page(workdir: str, commands: Sequence[str] = ()) -> str:
+  """The study's results page (:func:`experiments.common.docs.page`) from a finished
+  study's workdir: the settings of its ``report.md``, the verdict bullets and the
+  claim x dataset verdicts from ``verdicts.csv``, each dataset's table."""
+  return docs.page(
+      workdir, title="Loss zoo: variance and greediness of nine losses", about=ABOUT,
+      tables=[docs.read_text(workdir, os.path.join(d, "table.md"))
+              for d in _datasets(workdir)],
+      commands=commands, details=True)
+
+
+if __name__ == "__main__":
+  docs.main(docs_page, program="python -m experiments.loss_zoo.report")
