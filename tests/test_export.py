@@ -292,3 +292,19 @@ def test_cli_subprocess_entry_point(trained, tmp_path):
   assert "wrote" in proc.stdout and "with labels" in proc.stdout
   with np.load(out) as z:
     assert z["embeddings"].shape[1] == 16 and z["labels"].shape == z["embeddings"][:, 0].shape
+
+
+def test_relative_home_symlinked_and_moved_workdirs_load(trained, loaded, tmp_path,
+                                                         monkeypatch):
+  import shutil
+  workdir = trained[0]
+  want = loaded.embed(loaded.splits.test)
+  moved = tmp_path / "moved" / "run"
+  shutil.copytree(workdir, moved)
+  (tmp_path / "link").symlink_to(moved)
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  for form in ("moved/run", "./link", "~/moved/run", str(tmp_path / "link")):
+    run = tsm.load(form)
+    assert run.workdir == str(moved.resolve()), form
+    np.testing.assert_array_equal(run.embed(run.splits.test), want)

@@ -169,7 +169,9 @@ def load(workdir: str | os.PathLike[str], *, which: str = "best") -> Loaded:
 
   Args:
     workdir: a run directory of ``tsm-train`` / ``tsm.config.train_and_evaluate`` (it
-      holds ``config.json`` and ``checkpoints/``).
+      holds ``config.json`` and ``checkpoints/``): absolute, relative to the current
+      directory, with ``~``, or through a symlink; a workdir moved after training loads
+      from its new place.
     which: ``"best"``: the checkpoint with the best ``train.best_metric`` (the state the
       summary's test metrics were computed with; the last checkpoint when none carries
       a metric), or ``"last"``: the most recent checkpoint.
@@ -189,7 +191,8 @@ def load(workdir: str | os.PathLike[str], *, which: str = "best") -> Loaded:
   """
   if which not in WHICH:
     raise ValueError(f"which={which!r} is unknown; use 'best' or 'last'.")
-  workdir = os.fspath(workdir)
+  # orbax restores from absolute paths only; "~", relative paths and symlinks resolve here.
+  workdir = os.path.realpath(os.path.expanduser(os.fspath(workdir)))
   cfg = config_lib.read_run_config(workdir)
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
