@@ -47,7 +47,7 @@ class _Recorder(hooks.Hook):
     self.calls = []
 
   def on_start(self, run):
-    self.calls.append(("start", run.initial_step, run.total_steps, run.summary))
+    self.calls.append(("start", run.initial_step, run.total_steps, run.labels))
 
   def on_step(self, step):
     self.calls.append(("step", step))

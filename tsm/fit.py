@@ -378,7 +378,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   try:
     hooks_lib.call(hooks, "on_start", hooks_lib.RunStart(
         workdir=workdir, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        initial_step=last_step, primary=primary, summary=labels.entries()))
+        initial_step=last_step, primary=primary, labels=labels.entries()))
     steps_this_run = 0
     for epoch in range(start_epoch, epochs):
       t0 = time.time()

@@ -31,7 +31,7 @@ Built-in:
 * :class:`SummaryFiles`: ``summary.json`` and ``pairs.npz`` (the arrays the evaluators
   left).
 
-Example, a hook that stops nothing and records the margin of each epoch::
+Example, a hook that records the margin of each epoch::
 
   class Margins(tsm.hooks.Hook):
     def __init__(self):
@@ -50,6 +50,14 @@ import os
 import sys
 from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
+from tqdm import tqdm
+
+from tsm import artifacts
+from tsm import history
+from tsm import plotting
+from tsm import tensorboard as tensorboard_lib
+
 __all__ = ["Figures", "Hook", "LogLines", "ProgressBar", "RunEnd", "RunStart",
            "SummaryFiles", "TensorBoard", "call", "close", "standard"]
 
@@ -64,7 +72,7 @@ class RunStart:
     steps_per_epoch: optimiser steps per epoch.
     initial_step: steps already done (a resumed run), 0 for a fresh one.
     primary: whether this is process 0 (the one that writes files).
-    summary: the run's description entries (``fit``'s ``labels``): ``dataset``,
+    labels: the run's names (``fit``'s ``labels`` as summary entries): ``dataset``,
       ``split``, ``loss``, ... where given.
   """
   workdir: str
@@ -72,7 +80,7 @@ class RunStart:
   steps_per_epoch: int
   initial_step: int = 0
   primary: bool = True
-  summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+  labels: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def total_steps(self) -> int:
@@ -143,9 +151,8 @@ class ProgressBar(Hook):
     self.shown = False
 
   def on_start(self, run: RunStart) -> None:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     self.shown = run.primary and sys.stderr.isatty()
-    desc = self.desc if self.desc is not None else str(run.summary.get("dataset", "train"))
+    desc = self.desc if self.desc is not None else str(run.labels.get("dataset", "train"))
     self._bar = tqdm(total=run.total_steps, initial=run.initial_step,
                      disable=not self.shown, dynamic_ncols=True, unit="step", desc=desc)
 
@@ -199,14 +206,12 @@ class LogLines(Hook):
                    f"mu {r['margin']:.3f}  easy {r['easy_share']:.3f}")
 
   def on_epoch_end(self, record: dict[str, Any]) -> None:
-    from tsm import history  # pylint: disable=import-outside-toplevel
     if self._run.primary:
       self.write(history.epoch_line(record, self._run.epochs))
 
   def on_end(self, end: RunEnd) -> None:
-    from tsm import history  # pylint: disable=import-outside-toplevel
     if self._run.primary:
-      print(history.format_summary(end.summary), flush=True)
+      self.write(history.format_summary(end.summary))
 
 
 class TensorBoard(Hook):
@@ -225,9 +230,8 @@ class TensorBoard(Hook):
     self.writer = None
 
   def on_start(self, run: RunStart) -> None:
-    from tsm import tensorboard  # pylint: disable=import-outside-toplevel
-    self.writer = tensorboard.make_writer(os.path.join(run.workdir, self.subdir),
-                                          enabled=run.primary)
+    self.writer = tensorboard_lib.make_writer(os.path.join(run.workdir, self.subdir),
+                                              enabled=run.primary)
 
   def on_steps(self, records: list[dict[str, Any]]) -> None:
     for r in records:
@@ -279,9 +283,6 @@ class Figures(Hook):
     self._run = run
 
   def on_end(self, end: RunEnd) -> None:
-    # pylint: disable=import-outside-toplevel
-    from tsm import artifacts
-    from tsm import plotting
     if not (self._run.primary and end.epochs):
       return
     workdir = self._run.workdir
@@ -311,9 +312,6 @@ class SummaryFiles(Hook):
     self._run = run
 
   def on_end(self, end: RunEnd) -> None:
-    # pylint: disable=import-outside-toplevel
-    import numpy as np
-    from tsm import artifacts
     if not self._run.primary:
       return
     artifacts.write_json_atomic(os.path.join(self._run.workdir, "summary.json"),
