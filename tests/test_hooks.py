@@ -122,3 +122,33 @@ def test_loop_options_name_a_bad_value(tmp_path):
   with pytest.raises(ValueError, match="nonfinite='ignore'"):
     _fit(tmp_path, options=fit_lib.LoopOptions(nonfinite="ignore"))
   assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+class _CtrlC(hooks.Hook):
+  def on_step(self, step):
+    if step == 2:
+      raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_the_loop_leaves_global_state_alone(tmp_path):
+  import logging  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  from tsm import history  # pylint: disable=import-outside-toplevel
+  names = ("absl", "orbax", "jax", "asyncio")
+  levels = {n: logging.getLogger(n).level for n in names}
+  excepthook = threading.excepthook
+  with pytest.raises(history.Interrupted, match="interrupted at step 2"):
+    _fit(tmp_path, hooks=[_CtrlC()])
+  assert threading.excepthook is excepthook
+  assert {n: logging.getLogger(n).level for n in names} == levels
+
+
+def test_the_commands_quiet_interrupts_put_the_handler_back():
+  import signal  # pylint: disable=import-outside-toplevel
+  from tsm import cli  # pylint: disable=import-outside-toplevel
+  before = signal.getsignal(signal.SIGINT)
+  with cli.quiet_interrupts():
+    during = signal.getsignal(signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+  if before is signal.default_int_handler:
+    assert during is not before
