@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config
       workdir_help="Study directory (created; finished runs in it are reused).")
   parse_command(cli, argv, usage)
   cfg, workdir = cli.config, cli.workdir
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   try:
     out = cli_main(lambda: run_study(cfg, workdir, argv), program)
   except grid.StudyError as e:

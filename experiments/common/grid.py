@@ -143,7 +143,7 @@ def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
     if _SINGLE_THREAD_FLAG not in current:
       os.environ["XLA_FLAGS"] = f"{current} {_SINGLE_THREAD_FLAG}".strip()
   from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.WARNING)   # a worker of the study command: orbax's INFO off
   if cache_dir:
     use_compilation_cache(cache_dir)
 
