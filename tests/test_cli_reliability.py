@@ -55,7 +55,8 @@ def test_skip_policy_skips_and_counts_the_nonfinite_steps(tmp_path):
   # A loss that is NaN on the batches whose first label is 0: those updates are skipped
   # and counted, the others applied; the run finishes with finite parameters.
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from tsm import fit as fit_lib, losses, margins  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from tsm import fit as fit_lib, hooks, losses, margins
   from tsm.data import samplers  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
@@ -78,8 +79,10 @@ def test_skip_policy_skips_and_counts_the_nonfinite_steps(tmp_path):
   assert 0 < expected_bad < 12
   result = fit_lib.fit(Net(), sometimes_nan, margins.constant(0.2), optax.adam(1e-2),
                        {"train": (x, y)}, workdir=str(tmp_path), epochs=2,
-                       sampler=sampler, nonfinite="skip", log_every=1, progress=False,
-                       tensorboard=False, figure={"skip": True})
+                       sampler=sampler,
+                       options=fit_lib.LoopOptions(nonfinite="skip", log_every=1),
+                       hooks=hooks.standard(progress=False, tensorboard=False,
+                                            figures=None))
   epochs = [r for r in read_lines(tmp_path) if r["kind"] == "epoch"]
   assert sum(r["num_skipped"] for r in epochs) == expected_bad
   import jax  # pylint: disable=import-outside-toplevel

@@ -15,6 +15,7 @@ import pytest
 
 from tsm import distances, evaluation, losses, margins
 from tsm import fit as fit_lib
+from tsm import hooks
 from tsm.data import samplers
 
 from fit_helpers import jax_compilation_cache  # noqa: F401  pylint: disable=unused-import
@@ -103,7 +104,7 @@ def _fit(workdir, **kw):
       final_evaluators=[evaluation.Retrieval("test")], best_metric="val_map@r",
       best_mode="max", checkpoint=fit_lib.CheckpointOptions(every_steps=1, keep=3,
                                                             async_save=False),
-      progress=False, tensorboard=False, figure={"skip": True}, **kw)
+      hooks=hooks.standard(progress=False, tensorboard=False, figures=None), **kw)
 
 
 def test_loss_parameters_and_state_are_trained_checkpointed_and_resumed_exactly(tmp_path):
@@ -116,7 +117,7 @@ def test_loss_parameters_and_state_are_trained_checkpointed_and_resumed_exactly(
            if '"kind": "step"' in l]
   assert len(steps) == 12
   # A killed run (stopped after 5 steps: mid-epoch) resumes to the same final state.
-  assert _fit(tmp_path / "broken", stop_after_steps=5) is None
+  assert _fit(tmp_path / "broken", options=fit_lib.LoopOptions(stop_after_steps=5)) is None
   resumed = _fit(tmp_path / "broken")
   for a, b in zip(jax.tree.leaves((whole.state.params, whole.state.loss_params,
                                    whole.state.loss_state, whole.state.opt_state)),
@@ -151,8 +152,9 @@ def test_batch_job_logs_have_plain_epoch_lines_and_no_progress_frames(tmp_path, 
   data = _data()
   sampler = samplers.PKSampler(data["train"][1], 4, 3, seed=0, steps_per_epoch=2)
   fit_lib.fit(_Net(), losses.triplet_margin_loss, margins.constant(0.2), optax.adam(1e-3),
-              data, workdir=str(tmp_path), epochs=2, sampler=sampler, progress=True,
-              print_every_steps=1, tensorboard=False, figure={"skip": True})
+              data, workdir=str(tmp_path), epochs=2, sampler=sampler,
+              hooks=hooks.standard(progress=True, print_every_steps=1, tensorboard=False,
+                                   figures=None))
   out, err = capfd.readouterr()
   assert "\r" not in err and "\r" not in out
   assert [l.split()[1] for l in out.splitlines() if l.startswith("epoch ")] == ["1/2", "2/2"]

@@ -26,8 +26,9 @@ __version__ = "0.1.0"
 # Public submodules, reachable as attributes of the package.
 _SUBMODULES = (
     "artifacts", "checkpoint", "cli", "config", "data", "diagnostics", "distances",
-    "distributed", "embed_cli", "evaluation", "export", "fit", "losses", "margins",
-    "metrics", "mining", "models", "plotting", "reporting", "search", "tensorboard", "train",
+    "distributed", "embed_cli", "evaluation", "export", "fit", "hooks", "losses",
+    "margins", "metrics", "mining", "models", "plotting", "reporting", "search",
+    "tensorboard", "train",
 )
 
 # Public functions of submodules, reachable as attributes (name -> submodule); the

@@ -249,9 +249,9 @@ class Checkpointer:
     async_save: write in a background thread (the device-to-host copy still happens
       before ``save`` returns, so the caller may donate the state right after).
     cleanup_tmp: remove the half-written ``<step>.orbax-checkpoint-tmp*`` directories
-      of killed saves. Only for the one process that writes the directory (the fit loop,
-      under :class:`tsm.workdir.WorkdirLock`): it would delete the save in progress of a
-      live run. Readers of another run's checkpoints pass False.
+      of killed saves. Only for the one process that writes the directory (the fit
+      loop, under its caller's :class:`tsm.workdir.WorkdirLock`): it would delete the
+      save in progress of a live run. Readers of another run's checkpoints pass False.
 
   Raises:
     ValueError: a bad ``keep`` or ``best_mode``.

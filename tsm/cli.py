@@ -24,10 +24,13 @@ the same command resumes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
-from typing import Any, NoReturn, Sequence
+import threading
+from typing import Any, Iterator, NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -243,6 +246,42 @@ def _main(argv: list[str]) -> None:
                                                               _COMMAND.workdir))
 
 
+def _silence_background_threads() -> None:
+  """Drops the log lines and thread tracebacks of libraries' background threads."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  for name in ("absl", "orbax", "jax", "asyncio"):
+    std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
+  threading.excepthook = lambda args: None
+
+
+@contextlib.contextmanager
+def quiet_interrupts() -> Iterator[None]:
+  """While the block runs, Ctrl-C first silences the background threads, then raises
+  KeyboardInterrupt as usual.
+
+  After Ctrl-C the process is stopping: orbax's background save threads may fail as it
+  winds down, and their log lines and thread tracebacks would bury the one line the
+  command prints (the checkpoints stay intact). Only the main thread's default SIGINT
+  handler is replaced, and it is put back when the block ends; an ignored SIGINT (a
+  shell's background job) stays ignored.
+  """
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+
+  def on_interrupt(signum: int, frame: Any) -> None:
+    del signum, frame
+    _silence_background_threads()
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGINT, on_interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def run_command(command: ConfigCommand, job: Any) -> Any:
   """Runs ``job()`` with every foreseeable fault as one line and its exit status.
 
@@ -256,7 +295,9 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
   from tsm import history  # pylint: disable=import-outside-toplevel
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
-    return job()
+    # A command's process stops at Ctrl-C: its background threads' noise may go.
+    with quiet_interrupts():
+      return job()
   except BaseException as e:  # pylint: disable=broad-exception-caught
     status = exit_code(e)
     if status is None:   # unforeseen: its traceback

@@ -917,6 +917,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   """
   from tsm import fit as fit_lib  # pylint: disable=import-outside-toplevel
   from tsm import history  # pylint: disable=import-outside-toplevel
+  from tsm import hooks as hooks_lib  # pylint: disable=import-outside-toplevel
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   check_config(cfg)
   if workdir_lib.is_finished(workdir, to_json(cfg), ignore=RUN_CONTROL_FIELDS):
@@ -936,26 +937,28 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   best_key, best_mode = best_metric_key(cfg.train.best_metric)
   t, c = cfg.train, cfg.checkpoint
   val_margin = cfg.eval.val_margin
-  return fit_lib.fit(
-      model, build_loss(cfg, splits.num_classes), schedule, optimizer, splits,
-      workdir=workdir,
-      epochs=int(t.epochs), sampler=sampler, seed=seed,
-      evaluators=epoch_evaluators + list(evaluators), final_evaluators=final_evaluators,
-      best_metric=best_key, best_mode=best_mode,
-      checkpoint=fit_lib.CheckpointOptions(c.every_steps, c.every_epochs, c.keep,
-                                           c.async_save),
-      augment=bool(cfg.data.augment), margin_update=cfg.margin.update_every,
-      mesh=train_lib.data_mesh() if distributed.use_mesh(t.data_parallel) else None,
-      log_every=t.log_every, progress=t.progress, print_every_steps=t.print_every_steps,
-      stop_after_steps=t.stop_after_steps, nonfinite=t.nonfinite, tensorboard=t.tensorboard,
-      embed_batch_size=cfg.eval.batch_size,
-      init_fn=functools.partial(models.init_variables, model), run_config=to_json(cfg),
-      summary_extra={"dataset": cfg.data.name, "split": cfg.data.split,
-                     "loss": cfg.loss.name, "margin_schedule": cfg.margin.schedule,
-                     "model": model_label(cfg)},
-      figure={"title": f"{cfg.data.name}: {cfg.loss.name} loss, {cfg.margin.schedule} "
-                       f"margin, {model_label(cfg)}",
-              "val_label": "validation" + ("" if val_margin is None else
-                                           f" (margin {val_margin:g})"),
-              "easy_threshold": cfg.margin.threshold if cfg.margin.schedule == "dams"
-              else None})
+  figures = hooks_lib.Figures(
+      f"{cfg.data.name}: {cfg.loss.name} loss, {cfg.margin.schedule} margin, "
+      f"{model_label(cfg)}",
+      val_label="validation" + ("" if val_margin is None else f" (margin {val_margin:g})"),
+      easy_threshold=cfg.margin.threshold if cfg.margin.schedule == "dams" else None)
+  with fit_lib.run_directory(workdir, config=to_json(cfg)):
+    return fit_lib.fit(
+        model, build_loss(cfg, splits.num_classes), schedule, optimizer, splits,
+        workdir=workdir,
+        epochs=int(t.epochs), sampler=sampler, seed=seed,
+        evaluators=epoch_evaluators + list(evaluators), final_evaluators=final_evaluators,
+        best_metric=best_key, best_mode=best_mode,
+        checkpoint=fit_lib.CheckpointOptions(c.every_steps, c.every_epochs, c.keep,
+                                             c.async_save),
+        options=fit_lib.LoopOptions(
+            augment=bool(cfg.data.augment), margin_update=cfg.margin.update_every,
+            nonfinite=t.nonfinite, log_every=t.log_every,
+            embed_batch_size=cfg.eval.batch_size, stop_after_steps=t.stop_after_steps),
+        mesh=train_lib.data_mesh() if distributed.use_mesh(t.data_parallel) else None,
+        init_fn=functools.partial(models.init_variables, model),
+        labels=fit_lib.RunLabels(dataset=cfg.data.name, split=cfg.data.split,
+                                 loss=cfg.loss.name, margin_schedule=cfg.margin.schedule,
+                                 model=model_label(cfg)),
+        hooks=hooks_lib.standard(progress=t.progress, print_every_steps=t.print_every_steps,
+                                 tensorboard=t.tensorboard, figures=figures))

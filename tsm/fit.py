@@ -4,14 +4,18 @@
 -> (loss, stats)`` with the common statistics shape (or a ``tsm.losses.ParametricLoss``),
 any margin schedule, an optax transform, data as in-memory arrays or
 ``tsm.data.DatasetSplits``, a sampler and a list of evaluators — and runs the loop only:
-steps, epochs, evaluators, checkpoints, resume, logs. ``tsm.config.train_and_evaluate``
-builds those objects from a config and calls it; so can your own script.
+steps, epochs, evaluators, checkpoints, resume. How the run is shown and what it leaves
+besides its records are hooks the loop calls (:mod:`tsm.hooks`: the progress bar, log
+lines, TensorBoard, figures, the summary files). ``tsm.config.train_and_evaluate`` builds
+those objects from a config and calls it; so can your own script.
 
-It leaves in ``workdir``: ``metrics.jsonl`` (a line per step and per epoch, see
-:mod:`tsm.history`), ``checkpoints/`` (orbax: the last ``keep`` plus the best by
-``best_metric``), ``summary.json`` (the final evaluators on the best state),
-``pairs.npz`` (arrays the evaluators left, e.g. verification pair distances),
-``training.png``, and ``config.json`` when a ``run_config`` is given.
+The loop itself writes, in ``workdir``: ``metrics.jsonl`` (a line per step and per epoch,
+see :mod:`tsm.history`) and ``checkpoints/`` (orbax: the last ``keep`` plus the best by
+``best_metric``). The standard hooks (:func:`tsm.hooks.standard`, the default) add
+``summary.json`` (the final evaluators on the best state), ``pairs.npz`` (arrays the
+evaluators left, e.g. verification pair distances), ``training.png``, ``roc.png`` and
+``tensorboard/``. One run per workdir and its ``config.json`` are the caller's:
+:func:`run_directory` takes the lock and writes the config.
 
 Resumption: a rerun with the same ``workdir`` restores the latest checkpoint, including
 its position within the epoch, cuts ``metrics.jsonl`` back to its length at that
@@ -30,23 +34,21 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 import optax
 from flax import linen as nn
-from tqdm import tqdm
 
 from tsm import artifacts
 from tsm import checkpoint as checkpoint_lib
 from tsm import distributed
 from tsm import evaluation
 from tsm import history
+from tsm import hooks as hooks_lib
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
-from tsm import plotting
-from tsm import tensorboard as tensorboard_lib
 from tsm import train as train_lib
 from tsm import workdir as workdir_lib
 from tsm.data import datasets as datasets_lib
@@ -70,6 +72,58 @@ class CheckpointOptions:
   async_save: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """How the loop trains, beyond the model, the data and the optimiser.
+
+  Attributes:
+    augment: augment training batches (the splits' augmentation).
+    margin_update: ``"epoch"`` (the schedule updates at the end of each epoch) or
+      ``"step"``.
+    nonfinite: ``"stop"`` (raise :class:`tsm.history.NonFiniteError` at the first
+      non-finite loss or gradient) or ``"skip"`` (skip such updates and count them).
+    log_every: steps between host transfers of step metrics.
+    embed_batch_size: batch size for embedding splits.
+    stop_after_steps: stop this process after that many steps, as a kill would (tests;
+      0 = never).
+  """
+  augment: bool = False
+  margin_update: str = "epoch"
+  nonfinite: str = "stop"
+  log_every: int = 20
+  embed_batch_size: int = 256
+  stop_after_steps: int = 0
+
+  def check(self) -> None:
+    """Raises ValueError (one line naming the field) for a value the loop cannot use."""
+    if self.nonfinite not in ("stop", "skip"):
+      raise ValueError(f"nonfinite={self.nonfinite!r} is unknown; use 'stop' or 'skip'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLabels:
+  """What the run is, in words: entries of its summary (and of the console's lines).
+
+  Each field that is not None becomes a summary entry of that name.
+
+  Attributes:
+    dataset: the dataset's name (also the progress bar's label).
+    split: how the data was split.
+    loss: the loss's name.
+    margin_schedule: the margin schedule's name.
+    model: the model's name.
+  """
+  dataset: str | None = None
+  split: str | None = None
+  loss: str | None = None
+  margin_schedule: str | None = None
+  model: str | None = None
+
+  def entries(self) -> dict[str, Any]:
+    """The fields that are set, as summary entries."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 @dataclasses.dataclass
 class FitResult:
   """What ``fit`` returns.
@@ -88,11 +142,153 @@ class FitResult:
   embed: Callable[[Any], np.ndarray]
 
 
+@contextlib.contextmanager
+def run_directory(workdir: str, config: Mapping[str, Any] | None = None) -> Iterator[str]:
+  """One run at a time in ``workdir``, with its ``config.json``: wrap ``fit`` in it.
+
+  On process 0: creates ``workdir`` (one-line errors, :func:`tsm.workdir.prepare_workdir`),
+  holds its lock (:class:`tsm.workdir.WorkdirLock`) while the block runs, and first writes
+  ``config`` to ``config.json`` when given. The other processes of a multi-host run do
+  nothing here. ``fit`` itself takes no lock and writes no config::
+
+    with tsm.fit.run_directory(workdir, config={"lr": 1e-3}):
+      result = tsm.fit.fit(..., workdir=workdir)
+
+  Args:
+    workdir: the run directory.
+    config: a JSON-able description of the run, written to ``config.json``; None writes
+      none.
+
+  Yields:
+    ``workdir``.
+
+  Raises:
+    tsm.workdir.BadWorkdir, tsm.workdir.WorkdirIOError: ``workdir`` cannot be used.
+    tsm.workdir.WorkdirBusy: another live process holds the lock.
+  """
+  if not distributed.is_primary():   # only process 0 writes files
+    yield workdir
+    return
+  workdir_lib.prepare_workdir(workdir)   # checked and locked before anything is written
+  with workdir_lib.WorkdirLock(workdir):
+    if config is not None:
+      artifacts.write_json_atomic(os.path.join(workdir, workdir_lib.CONFIG_NAME),
+                                  dict(config))
+    yield workdir
+
+
+def default_sampler(labels: np.ndarray, seed: int) -> samplers_lib.Sampler:
+  """``fit``'s sampler when given none: P x K with P = min(8, classes), K = 4."""
+  classes = np.unique(labels[labels >= 0]).size
+  return samplers_lib.PKSampler(labels, min(8, classes), 4, seed)
+
+
 def _skip_to(index_batches: np.ndarray, start: int) -> list[np.ndarray]:
   """Index batches with the first ``start`` emptied (the loader still counts them, so the
   remaining batches keep their positions and hence their augmentation draws)."""
   empty = np.zeros((0,), np.int64)
   return [empty] * start + list(index_batches[start:])
+
+
+def _initial_state(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
+                   optimizer: optax.GradientTransformation, input_shape: Sequence[int],
+                   seed: int, init_fn: Callable[..., Any] | None, mesh: Any) -> Any:
+  """The fresh train state: the model's variables, the loss's (sized by the embedding
+  the model gives), the optimiser's and the schedule's state, replicated on ``mesh``."""
+  init_rng, state_rng = jax.random.split(jax.random.key(seed))
+  loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
+  shape = tuple(input_shape)
+  zeros = np.zeros((1,) + shape, np.float32)
+  if init_fn is None:
+    variables = model.init({"params": init_rng}, zeros, train=False)
+  else:
+    variables = init_fn(init_rng, shape)
+  probe = jax.eval_shape(lambda v: model.apply(v, zeros, train=False), variables)
+  loss_variables = losses_lib.as_parametric(loss).init(loss_rng, int(probe.shape[-1]))
+  state = train_lib.create_train_state(variables, optimizer, schedule,
+                                       jax.random.key_data(state_rng), loss_variables)
+  return train_lib.replicate(state, mesh)
+
+
+def _train_steps(model: nn.Module, loss_of: Callable[[int], Any],
+                 schedule: margins_lib.MarginSchedule,
+                 optimizer: optax.GradientTransformation, mesh: Any,
+                 options: LoopOptions) -> Callable[[int], Any]:
+  """``epoch -> train step``: one compiled step per distinct loss ``loss_of`` returns,
+  built when first needed."""
+  steps: dict[int, Any] = {}
+
+  def train_step_of(epoch: int) -> Any:
+    epoch_loss = loss_of(epoch)
+    if id(epoch_loss) not in steps:
+      steps[id(epoch_loss)] = train_lib.make_train_step(
+          model, epoch_loss, schedule, optimizer, mesh=mesh,
+          margin_update=options.margin_update, skip_nonfinite=options.nonfinite == "skip")
+    return steps[id(epoch_loss)]
+
+  return train_step_of
+
+
+def _resume(ckpt: checkpoint_lib.Checkpointer, state: Any, run: history.StepLog
+            ) -> tuple[Any, int, int, list[dict[str, Any]]]:
+  """Restores the newest readable checkpoint, if any, and cuts the log back to it.
+
+  Returns:
+    ``(state, epoch, position in the epoch, epoch records so far)``; ``run`` holds the
+    step records of that epoch logged so far.
+  """
+  epoch, pos = 0, 0
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, saved, _ = restored
+    epoch, pos = int(saved["epoch"]), int(saved["step_in_epoch"])
+    run.log.truncate(int(saved["metrics_bytes"]))
+  else:
+    run.log.truncate(0)   # lines of a run killed before its first checkpoint
+  records = run.log.read()
+  run.start_epoch([r for r in records if r["kind"] == "step" and r["epoch"] == epoch])
+  return state, epoch, pos, [r for r in records if r["kind"] == "epoch"]
+
+
+def _batches(splits: Any, sampler: samplers_lib.Sampler, epoch: int, start: int,
+             seed: int, mesh: Any, augment: bool) -> Iterator[dict[str, np.ndarray]]:
+  """This host's share of the epoch's global batches (all of them on one host), the
+  first ``start`` empty (see :func:`_skip_to`)."""
+  indices = distributed.host_batches(sampler.epoch(epoch), mesh)
+  one_host = jax.process_count() == 1
+  return loader.batches(
+      splits.train, _skip_to(indices, start), augment=augment,
+      seed=(seed, epoch) if one_host else (seed, epoch, jax.process_index()))
+
+
+def _best_state(ckpt: checkpoint_lib.Checkpointer, state: Any) -> tuple[Any, int | None]:
+  """The best checkpoint's state and step; the final state (and None) without one, or
+  when it cannot be read (with a warning on stderr)."""
+  best_step = ckpt.best_step()
+  if best_step is None:
+    return state, None
+  try:
+    return ckpt.restore(best_step, state)[0], best_step
+  except checkpoint_lib.CheckpointError as e:   # summarise the final state instead
+    print(f"warning: {e}; summarising the final state instead.", file=sys.stderr)
+    return state, None
+
+
+def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric: str,
+             best_step: int | None) -> dict[str, Any]:
+  """The summary's entries that come from the epoch records (the labels first)."""
+  best = next((r for r in epoch_records if r["step"] == best_step),
+              epoch_records[-1] if epoch_records else None)
+  summary = labels.entries()
+  summary.update({
+      "epochs": len(epoch_records), "best_metric": best_metric,
+      "best_epoch": None if best is None else best["epoch"] + 1,
+      "best_value": None if best is None else best.get(best_metric),
+      # The margin the last epoch trained at, and the one the schedule would use next.
+      "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
+      "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
+  })
+  return summary
 
 
 def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
@@ -101,27 +297,25 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         evaluators: Sequence[evaluation.Evaluator] = (),
         final_evaluators: Sequence[evaluation.Evaluator] = (),
         best_metric: str = "val_loss", best_mode: str = "min",
-        checkpoint: CheckpointOptions = CheckpointOptions(), augment: bool = False,
-        margin_update: str = "epoch", mesh: Any = None, log_every: int = 20,
-        progress: bool = True, print_every_steps: int = 0, stop_after_steps: int = 0,
-        nonfinite: str = "stop", embed_batch_size: int = 256,
+        checkpoint: CheckpointOptions = CheckpointOptions(),
+        options: LoopOptions = LoopOptions(), mesh: Any = None,
         init_fn: Callable[[Any, tuple[int, ...]], Any] | None = None,
-        run_config: dict[str, Any] | None = None, summary_extra: dict[str, Any] | None = None,
-        figure: dict[str, Any] | None = None, tensorboard: bool = True
-        ) -> FitResult | None:
+        labels: RunLabels = RunLabels(),
+        hooks: Sequence[hooks_lib.Hook] | None = None) -> FitResult | None:
   """Trains ``model`` with ``loss`` and ``schedule``, evaluating and checkpointing.
 
   Args:
     model: a Flax module; ``model.apply(variables, x, train=...)`` gives ``[B, D]``.
-    loss: ``(embeddings, labels, margin) -> (loss, stats)`` or a ParametricLoss.
       The model must take a ``train`` keyword (dropout / BatchNorm mode).
+    loss: ``(embeddings, labels, margin) -> (loss, stats)`` or a ParametricLoss; a loss
+      that changes with the epoch has ``for_epoch(epoch) -> loss`` (each distinct loss
+      it returns gets its own compiled step, built when first needed).
     schedule: a margin schedule (``tsm.margins``).
     optimizer: an optax transform; it updates the model's and the loss's parameters.
     data: ``tsm.data.DatasetSplits``, or ``{"train": (x, y), "val": ..., "test": ...}``.
     workdir: run directory (created; resumed when it holds a checkpoint).
     epochs: number of epochs.
-    sampler: index batches of the train split; default P x K with P = min(8, classes),
-      K = 4.
+    sampler: index batches of the train split; default :func:`default_sampler`.
     seed: seed of the model initialisation, dropout and augmentation.
     evaluators: run after epochs (each by its ``every_epochs``); results go into the epoch
       records as ``<split>_<metric>``.
@@ -129,247 +323,122 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     best_metric: the epoch-record key that picks the best checkpoint.
     best_mode: ``"min"`` or ``"max"``.
     checkpoint: :class:`CheckpointOptions`.
-    augment: augment training batches (the splits' augmentation).
-    margin_update: ``"epoch"`` or ``"step"``.
+    options: :class:`LoopOptions`.
     mesh: optional ``"data"`` mesh for data parallelism.
-    log_every: steps between host transfers of step metrics.
-    progress: show a progress bar (only when stderr is a terminal).
-    print_every_steps: also print a plain line every that many steps (0 = off).
-    stop_after_steps: stop this process after that many steps, as a kill would (tests).
-    nonfinite: ``"stop"`` (raise :class:`tsm.history.NonFiniteError` at the first
-      non-finite loss or gradient) or ``"skip"`` (skip such updates and count them).
-    embed_batch_size: batch size for embedding splits.
     init_fn: ``(rng, input_shape) -> variables``; default ``model.init`` on a zero batch
       (``tsm.models.init_variables`` also loads pretrained trunks).
-    run_config: JSON-able description of the run, written to ``config.json``.
-    summary_extra: entries added to the summary (dataset, loss, ... names).
-    figure: keyword arguments of ``tsm.plotting.plot_training`` (None: defaults; a key
-      ``"skip": True`` draws nothing).
-    tensorboard: also write TensorBoard event files (scalars per step and epoch, the
-      figures, the test embeddings for the projector) to ``workdir/tensorboard``.
+    labels: :class:`RunLabels`, the summary's description entries.
+    hooks: what the loop calls as it runs (:mod:`tsm.hooks`); None for
+      :func:`tsm.hooks.standard` (progress bar, log lines, TensorBoard, figures,
+      summary files), ``[]`` for none.
 
   Returns:
-    A :class:`FitResult`, or None when ``stop_after_steps`` stopped the process early.
+    A :class:`FitResult`, or None when ``options.stop_after_steps`` stopped the process
+    early.
+
+  Raises:
+    tsm.history.NonFiniteError: a non-finite loss or gradient under ``nonfinite="stop"``.
+    tsm.history.Interrupted: Ctrl-C (the checkpoints stay a valid resume point).
   """
-  if nonfinite not in ("stop", "skip"):
-    raise ValueError(f"nonfinite={nonfinite!r} is unknown; use 'stop' or 'skip'.")
+  options.check()
   splits = datasets_lib.as_splits(data)
-  # A loss that changes with the epoch (paper A's mining curriculum) has ``for_epoch``;
-  # each distinct loss it returns gets its own compiled step, built when first needed.
   loss_of = loss.for_epoch if hasattr(loss, "for_epoch") else (lambda epoch: loss)
-  loss = losses_lib.as_parametric(loss_of(0))
   if sampler is None:
-    classes = np.unique(splits.train.labels[splits.train.labels >= 0]).size
-    sampler = samplers_lib.PKSampler(splits.train.labels, min(8, classes), 4, seed)
+    sampler = default_sampler(splits.train.labels, seed)
+  hooks = hooks_lib.standard() if hooks is None else list(hooks)
   primary = distributed.is_primary()   # only process 0 writes files (orbax aside)
-  if primary:   # one run per workdir: checked and locked before anything is written
-    workdir_lib.prepare_workdir(workdir)
-  lock = workdir_lib.WorkdirLock(workdir) if primary else contextlib.nullcontext()
-  with lock:
-    if primary and run_config is not None:
-      artifacts.write_json_atomic(os.path.join(workdir, "config.json"), run_config)
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+  steps_per_epoch = int(sampler.steps_per_epoch)
+  state = _initial_state(model, loss_of(0), schedule, optimizer, splits.input_shape, seed,
+                         init_fn, mesh)
+  ckpt = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=checkpoint.keep, best_metric=best_metric,
+      best_mode=best_mode, async_save=checkpoint.async_save)
+  run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
+                                             write=primary),
+                        stop_on_nonfinite=options.nonfinite == "stop")
+  train_step_of = _train_steps(model, loss_of, schedule, optimizer, mesh, options)
+  end_of_epoch = (None if options.margin_update == "step"
+                  else train_lib.make_end_of_epoch(schedule, mesh))
+  embed_fn = evaluation.make_embed_fn(model, options.embed_batch_size)
+  loss_fn = train_lib.make_loss_on_batches(model, loss_of, splits, mesh)
 
-    steps_per_epoch = int(sampler.steps_per_epoch)
-    total_steps = epochs * steps_per_epoch
-    init_rng, state_rng = jax.random.split(jax.random.key(seed))
-    loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
-    shape = tuple(splits.input_shape)
-    if init_fn is None:
-      variables = model.init({"params": init_rng}, np.zeros((1,) + shape, np.float32),
-                             train=False)
-    else:
-      variables = init_fn(init_rng, shape)
-    probe = jax.eval_shape(lambda v: model.apply(v, np.zeros((1,) + shape, np.float32),
-                                                 train=False), variables)
-    loss_variables = loss.init(loss_rng, int(probe.shape[-1]))
-    state = train_lib.create_train_state(variables, optimizer, schedule,
-                                         jax.random.key_data(state_rng), loss_variables)
-    state = train_lib.replicate(state, mesh)
-    del variables
+  def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
+    return {"epoch": epoch, "step_in_epoch": pos, "global_step": step,
+            "metrics_bytes": run.log.size(), "steps_per_epoch": steps_per_epoch}
 
-    ckpt = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=checkpoint.keep, best_metric=best_metric,
-        best_mode=best_mode, async_save=checkpoint.async_save)
-    board = tensorboard_lib.make_writer(os.path.join(workdir, "tensorboard"),
-                                       enabled=tensorboard and primary)
-    run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
-                                               write=primary),
-                          stop_on_nonfinite=nonfinite == "stop")
-    start_epoch, start_pos = 0, 0
-    restored = ckpt.restore_latest(state)   # newest readable checkpoint, if any
-    if restored is not None:
-      state, meta, _ = restored
-      start_epoch, start_pos = int(meta["epoch"]), int(meta["step_in_epoch"])
-      run.log.truncate(int(meta["metrics_bytes"]))
-    else:
-      run.log.truncate(0)   # lines of a run killed before its first checkpoint
-    records = run.log.read()
-    epoch_records = [r for r in records if r["kind"] == "epoch"]
-    run.epoch_steps = [r for r in records if r["kind"] == "step" and r["epoch"] == start_epoch]
+  def flush() -> None:
+    records = run.flush()
+    if records:
+      hooks_lib.call(hooks, "on_steps", records)
 
-    train_steps: dict[int, Any] = {}
-
-    def train_step_of(epoch: int) -> Any:
-      epoch_loss = loss_of(epoch)
-      if id(epoch_loss) not in train_steps:
-        train_steps[id(epoch_loss)] = train_lib.make_train_step(
-            model, epoch_loss, schedule, optimizer, mesh=mesh, margin_update=margin_update,
-            skip_nonfinite=nonfinite == "skip")
-      return train_steps[id(epoch_loss)]
-
-    end_of_epoch = (None if margin_update == "step"
-                    else train_lib.make_end_of_epoch(schedule, mesh))
-    embed_fn = evaluation.make_embed_fn(model, embed_batch_size)
-    loss_fn = train_lib.make_loss_on_batches(model, loss_of, splits, mesh)
-
-    def meta(epoch: int, pos: int, step: int) -> dict[str, Any]:
-      return {"epoch": epoch, "step_in_epoch": pos, "global_step": step,
-              "metrics_bytes": run.log.size(), "steps_per_epoch": steps_per_epoch}
-
-    bar = progress and primary and sys.stderr.isatty()
-    progress_bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch + start_pos,
-                        disable=not bar, dynamic_ncols=True, unit="step",
-                        desc=str((summary_extra or {}).get("dataset", "train")))
-
-    def show(fetched: list[dict[str, Any]]) -> None:
-      for r in fetched:
-        board.scalars(r["step"], r, prefix="train/")
-      if fetched and bar:
-        progress_bar.set_postfix(loss=f"{fetched[-1]['loss']:.4f}",
-                                 mu=f"{fetched[-1]['margin']:.3f}", refresh=False)
-      if primary and print_every_steps:
-        for r in fetched:
-          if r["step"] % print_every_steps == 0:
-            print(f"step {r['step']}/{total_steps}  loss {r['loss']:.4f}  "
-                  f"mu {r['margin']:.3f}  easy {r['easy_share']:.3f}", flush=True)
-
+  state, start_epoch, start_pos, epoch_records = _resume(ckpt, state, run)
+  last_step = start_epoch * steps_per_epoch + start_pos   # the last step applied
+  try:
+    hooks_lib.call(hooks, "on_start", hooks_lib.RunStart(
+        workdir=workdir, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        initial_step=last_step, primary=primary, labels=labels.entries()))
     steps_this_run = 0
+    for epoch in range(start_epoch, epochs):
+      t0 = time.time()
+      pos0 = start_pos if epoch == start_epoch else 0
+      if pos0 == 0:
+        run.start_epoch()
+      train_step = train_step_of(epoch)
+      for pos, batch in enumerate(_batches(splits, sampler, epoch, pos0, seed, mesh,
+                                           options.augment)):
+        if pos < pos0:
+          continue
+        state, step_metrics = train_step(state, distributed.shard_batch(batch, mesh))
+        last_step = epoch * steps_per_epoch + pos + 1
+        waiting = run.add(epoch, last_step, step_metrics)
+        hooks_lib.call(hooks, "on_step", last_step)
+        steps_this_run += 1
+        if waiting >= options.log_every:
+          flush()
+        if (checkpoint.every_steps and last_step % checkpoint.every_steps == 0
+            and pos + 1 < steps_per_epoch):
+          flush()
+          ckpt.save(last_step, state, meta(epoch, pos + 1, last_step))
+        if options.stop_after_steps and steps_this_run >= options.stop_after_steps:
+          flush()
+          return None
+      flush()
 
-    last_step = [start_epoch * steps_per_epoch + start_pos]   # the last step applied
+      step = (epoch + 1) * steps_per_epoch
+      record = history.epoch_record(epoch, step, run.epoch_steps)
+      if end_of_epoch is not None:
+        state = end_of_epoch(state)
+      record["margin_next"] = float(jax.device_get(state.margin_state.margin))
+      last = epoch + 1 == epochs
+      due = [e for e in evaluators if e.every_epochs and
+             ((epoch + 1) % e.every_epochs == 0 or last)]
+      ctx = evaluation.EvalContext(state=state, splits=splits, embed_fn=embed_fn,
+                                   epoch=epoch, record=record, loss_fn=loss_fn)
+      record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
+      record["time_s"] = round(time.time() - t0, 3)
+      run.log.append([record])
+      epoch_records.append(record)
+      run.start_epoch()
+      if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
+        ckpt.save(step, state, meta(epoch + 1, 0, step),
+                  metrics={best_metric: record[best_metric]} if best_metric in record
+                  else None)
+      hooks_lib.call(hooks, "on_epoch_end", record)
+
+    best_state, best_step = _best_state(ckpt, state)
+    ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
+                                 loss_fn=loss_fn)
+    summary = _summary(labels, epoch_records, best_metric, best_step)
+    summary.update(evaluation.run_evaluators(final_evaluators, ctx))
+    hooks_lib.call(hooks, "on_end", hooks_lib.RunEnd(summary, epoch_records, ctx))
+  except KeyboardInterrupt:
+    raise history.Interrupted(last_step) from None
+  finally:
     try:
-      for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        pos0 = start_pos if epoch == start_epoch else 0
-        if pos0 == 0:
-          run.epoch_steps = []
-        # This host's share of the epoch's global batches (all of them on one host).
-        indices = distributed.host_batches(sampler.epoch(epoch), mesh)
-        hosts = jax.process_count()
-        stream: Iterator[dict[str, np.ndarray]] = loader.batches(
-            splits.train, _skip_to(indices, pos0), augment=augment,
-            seed=(seed, epoch) if hosts == 1 else (seed, epoch, jax.process_index()))
-        train_step = train_step_of(epoch)
-        for pos, batch in enumerate(stream):
-          if pos < pos0:
-            continue
-          state, step_metrics = train_step(state, distributed.shard_batch(batch, mesh))
-          step = epoch * steps_per_epoch + pos + 1
-          run.pending.append((epoch, step, step_metrics))
-          progress_bar.update(1)
-          steps_this_run += 1
-          last_step[0] = step
-          if len(run.pending) >= log_every:
-            show(run.flush())
-          if (checkpoint.every_steps and step % checkpoint.every_steps == 0
-              and pos + 1 < steps_per_epoch):
-            show(run.flush())
-            ckpt.save(step, state, meta(epoch, pos + 1, step))
-          if stop_after_steps and steps_this_run >= stop_after_steps:
-            show(run.flush())
-            return None
-        show(run.flush())
-
-        step = (epoch + 1) * steps_per_epoch
-        record = history.epoch_record(epoch, step, run.epoch_steps)
-        if end_of_epoch is not None:
-          state = end_of_epoch(state)
-        record["margin_next"] = float(jax.device_get(state.margin_state.margin))
-        last = epoch + 1 == epochs
-        due = [e for e in evaluators if e.every_epochs and
-               ((epoch + 1) % e.every_epochs == 0 or last)]
-        ctx = evaluation.EvalContext(state=state, splits=splits, embed_fn=embed_fn,
-                                     epoch=epoch, record=record, loss_fn=loss_fn)
-        record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
-        record["time_s"] = round(time.time() - t0, 3)
-        run.log.append([record])
-        board.scalars(record["step"], record, prefix="epoch/")
-        epoch_records.append(record)
-        run.epoch_steps = []
-        if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
-          ckpt.save(step, state, meta(epoch + 1, 0, step),
-                    metrics={best_metric: record[best_metric]} if best_metric in record
-                    else None)
-        if primary:
-          line = history.epoch_line(record, epochs)
-          progress_bar.write(line) if bar else print(line, flush=True)
-      progress_bar.close()
-
-      best_step = ckpt.best_step()
-      best_state = state
-      if best_step is not None:
-        try:
-          best_state = ckpt.restore(best_step, state)[0]
-        except checkpoint_lib.CheckpointError as e:   # summarise the final state instead
-          best_step = None
-          print(f"warning: {e}; summarising the final state instead.", file=sys.stderr)
-      best_record = next((r for r in epoch_records if r["step"] == best_step),
-                         epoch_records[-1] if epoch_records else None)
-      ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
-                                   loss_fn=loss_fn)
-      summary: dict[str, Any] = dict(summary_extra or {})
-      summary.update({
-          "epochs": len(epoch_records), "best_metric": best_metric,
-          "best_epoch": None if best_record is None else best_record["epoch"] + 1,
-          "best_value": None if best_record is None else best_record.get(best_metric),
-          # The margin the last epoch trained at, and the one the schedule would use next.
-          "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
-          "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
-      })
-      summary.update(evaluation.run_evaluators(final_evaluators, ctx))
-      if primary:
-        _write_outputs(workdir, summary, epoch_records, ctx, board, dict(figure or {}))
-    except KeyboardInterrupt:
-      _quiet_background_threads()   # the process is stopping; the checkpoints stay intact
-      raise history.Interrupted(last_step[0]) from None
+      hooks_lib.close(hooks)
     finally:
-      progress_bar.close()
-      board.close()
       ckpt.close()
-    if primary:
-      print(history.format_summary(summary), flush=True)
-    return FitResult(state=state, best_state=best_state, summary=summary,
-                     history=epoch_records,
-                     embed=lambda inputs: embed_fn(best_state, inputs))
-
-
-def _write_outputs(workdir: str, summary: dict[str, Any], epoch_records: list[Any],
-                   ctx: Any, board: Any, figure: dict[str, Any]) -> None:
-  """A finished run's files: summary.json, pairs.npz (the arrays the evaluators left in
-  ``ctx.artifacts``), training.png, roc.png, and their TensorBoard copies (``board``)."""
-  artifacts.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  with artifacts.atomic_path(os.path.join(workdir, "pairs.npz")) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez_compressed(f, **ctx.artifacts)
-  step = epoch_records[-1]["step"] if epoch_records else 0
-  if not figure.pop("skip", False) and epoch_records:
-    path = os.path.join(workdir, "training.png")
-    plotting.plot_training(epoch_records, path, **figure)
-    board.image("training", path, step)
-    if "test_distances" in ctx.artifacts:
-      path = os.path.join(workdir, "roc.png")
-      plotting.plot_roc(ctx.artifacts["test_distances"], ctx.artifacts["test_same"], path,
-                        title=figure.get("title", ""))
-      board.image("roc", path, step)
-  if len(ctx.splits.test):
-    board.embeddings(ctx.embeddings("test"), ctx.labels("test"), tag="test", step=step)
-
-
-def _quiet_background_threads() -> None:
-  """After Ctrl-C: orbax's background save threads may fail as the process winds down;
-  their log lines and thread tracebacks would bury the one line the CLI prints."""
-  import logging  # pylint: disable=import-outside-toplevel
-  import threading  # pylint: disable=import-outside-toplevel
-  for name in ("absl", "orbax", "jax", "asyncio"):
-    logging.getLogger(name).setLevel(logging.CRITICAL)
-  threading.excepthook = lambda args: None
-
+  return FitResult(state=state, best_state=best_state, summary=summary,
+                   history=epoch_records, embed=lambda inputs: embed_fn(best_state, inputs))

@@ -64,6 +64,15 @@ class StepLog:
     self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []
     self.epoch_steps: list[dict[str, Any]] = []
 
+  def add(self, epoch: int, step: int, metrics: dict[str, jax.Array]) -> int:
+    """Queues one step's metrics (still on the device); returns how many are waiting."""
+    self.pending.append((epoch, step, metrics))
+    return len(self.pending)
+
+  def start_epoch(self, records: list[dict[str, Any]] | None = None) -> None:
+    """Starts an epoch's records: empty, or a resumed epoch's records logged so far."""
+    self.epoch_steps = list(records or [])
+
   def flush(self) -> list[dict[str, Any]]:
     """Fetches the pending step metrics (one host transfer) and appends them to the log.
 

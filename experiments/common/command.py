@@ -38,7 +38,9 @@ def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C outside the grid."""
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
-    return run()
+    # A study's process stops at Ctrl-C: its background threads' noise may go.
+    with cli_lib.quiet_interrupts():
+      return run()
   except (workdir_lib.BadWorkdir, workdir_lib.WorkdirBusy) as e:
     print(f"{program}: error: {e}", file=sys.stderr)
     raise SystemExit(cli_lib.USAGE_ERROR) from None
@@ -75,7 +77,7 @@ def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config
       workdir_help="Study directory (created; finished runs in it are reused).")
   parse_command(cli, argv, usage)
   cfg, workdir = cli.config, cli.workdir
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   try:
     out = cli_main(lambda: run_study(cfg, workdir, argv), program)
   except grid.StudyError as e:

@@ -143,7 +143,7 @@ def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
     if _SINGLE_THREAD_FLAG not in current:
       os.environ["XLA_FLAGS"] = f"{current} {_SINGLE_THREAD_FLAG}".strip()
   from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.WARNING)   # a worker of the study command: orbax's INFO off
   if cache_dir:
     use_compilation_cache(cache_dir)
 
@@ -247,7 +247,7 @@ def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:
 def study_lock(workdir: str) -> Iterator[None]:
   """Creates ``workdir`` (one-line errors for a bad path) and holds the lock ``tsm-train``
   takes, so one study runs per workdir; each run directory inside is locked by its own
-  ``fit``. Take it after the config has been validated: a bad config creates nothing."""
+  ``tsm.config.train_and_evaluate`` (``tsm.fit.run_directory``). Take it after the config has been validated: a bad config creates nothing."""
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   workdir_lib.prepare_workdir(workdir)
   with workdir_lib.WorkdirLock(workdir):
@@ -266,6 +266,7 @@ class BoundRunOne:
     self.settings = settings
 
   def __call__(self, task: Any) -> Any:
-    warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
-                            category=UserWarning)
-    return self.run_one(task, self.settings)
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="Error reading persistent compilation "
+                              "cache", category=UserWarning)
+      return self.run_one(task, self.settings)
