@@ -180,6 +180,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 from tsm import checkpoint
+checkpoint.quiet_orbax()   # as a program's entry point does (tsm-train's)
 
 def arrays(step):   # random values: stored out of line, in ocdbt.process_0/d/
   rng = np.random.default_rng(step)
@@ -263,6 +264,26 @@ def test_orphaned_read_hook_drops_only_orbax_reads():
     other.close()
 
 
+def test_importing_and_checkpointing_leave_global_logging_and_hooks_alone(tmp_path):
+  script = (
+      "import logging, sys\n"
+      "hook = sys.unraisablehook\n"
+      "import jax.numpy as jnp\n"
+      "from tsm import checkpoint\n"
+      "names = ('absl', 'asyncio', 'orbax')\n"
+      "before = {n: list(logging.getLogger(n).filters) for n in names}\n"
+      f"with checkpoint.Checkpointer({str(tmp_path)!r}) as ckpt:\n"
+      "  ckpt.save(1, {'w': jnp.ones(3)}, {'epoch': 1})\n"
+      "assert {n: list(logging.getLogger(n).filters) for n in names} == before\n"
+      "assert before == {n: [] for n in names}, before\n"
+      "assert sys.unraisablehook is hook\n"
+      "print('clean')\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=_REPO), timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == "clean", result.stderr[-2000:]
+  assert "did not provide metrics" not in result.stderr
+
+
 def test_never_retrieved_log_of_orbax_reads_is_dropped(monkeypatch):
   orbax_file = os.path.join(os.sep, "x", "orbax", "checkpoint", "_src", "serialization.py")
   namespace = {}
@@ -282,8 +303,11 @@ def test_never_retrieved_log_of_orbax_reads_is_dropped(monkeypatch):
   assert not log_filter.filter(record(namespace["read"]))
   assert log_filter.filter(record(elsewhere))
   assert log_filter.filter(record(namespace["read"], "something else"))
-  assert any(isinstance(f, checkpoint_lib._OrphanedReadLogFilter)   # pylint: disable=protected-access
-             for f in logging.getLogger("asyncio").filters)
+  checkpoint_lib.quiet_orbax()   # what a program's entry point calls (twice: once)
+  checkpoint_lib.quiet_orbax()
+  installed = [f for f in logging.getLogger("asyncio").filters
+               if isinstance(f, checkpoint_lib._OrphanedReadLogFilter)]   # pylint: disable=protected-access
+  assert len(installed) == 1
   # A tensorstore future's error (no Python frames): dropped only after a failure.
   native = ValueError('OUT_OF_RANGE: Error reading "w3/0.0" in OCDBT database')
   record_native = logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
@@ -380,6 +404,7 @@ _SAVE_ON_MOUNTS = """
 import sys
 import jax
 from tsm import checkpoint
+checkpoint.quiet_orbax()   # as a program's entry point does (tsm-train's)
 big = {"w": jax.random.normal(jax.random.PRNGKey(0), (256, 256)), "b": jax.numpy.arange(4)}
 for directory, mode in [(sys.argv[1], "sync"), (sys.argv[2], "async"), (sys.argv[3], "sync")]:
   try:

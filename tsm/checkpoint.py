@@ -23,7 +23,8 @@ at the next ``save``, ``wait`` or ``close``. :meth:`Checkpointer.restore_latest`
 back from an unreadable checkpoint to the next older one, and a failed restore leaves no
 unrelated tracebacks behind (orbax abandons the restore's other reads, which would
 otherwise end as "Event loop is closed", "exception was never retrieved" and, at exit,
-"ImportError: sys.meta_path is None" tracebacks; see ``_install_orphaned_read_hook``). Half-written
+"ImportError: sys.meta_path is None" tracebacks: a program's entry point calls
+:func:`quiet_orbax` to keep them out of its output; the commands do). Half-written
 ``<step>.orbax-checkpoint-tmp*`` directories of a killed save are never listed as steps
 and are removed when a ``Checkpointer`` opens the directory (orbax's
 ``cleanup_tmp_directories``).
@@ -35,6 +36,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -43,7 +45,7 @@ import re
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -92,9 +94,19 @@ class _SurfacedErrorFilter(logging.Filter):
                 and record.levelno >= logging.ERROR)
 
 
+_NO_METRICS = _NoMetricsWarningFilter()
 _SURFACED = _SurfacedErrorFilter()
-logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
-logging.getLogger("absl").addFilter(_SURFACED)
+
+
+@contextlib.contextmanager
+def _filtered(logger: str, record_filter: logging.Filter) -> Iterator[None]:
+  """``record_filter`` on ``logger`` while the block runs (then removed)."""
+  log_ = logging.getLogger(logger)
+  log_.addFilter(record_filter)
+  try:
+    yield
+  finally:
+    log_.removeFilter(record_filter)
 
 # The cause of a tensorstore error, from its long message: the OS's own words.
 _OS_CAUSES = ("No space left on device", "Read-only file system", "Permission denied",
@@ -193,7 +205,6 @@ class _OrphanedReadLogFilter(logging.Filter):
 
 
 _ORPHANED_READS = _OrphanedReadLogFilter()
-logging.getLogger("asyncio").addFilter(_ORPHANED_READS)
 
 
 def _drop_orphaned_reads(previous_hook):
@@ -217,6 +228,31 @@ def _install_orphaned_read_hook() -> None:
   """
   if not getattr(sys.unraisablehook, "drops_orphaned_reads", False):
     sys.unraisablehook = _drop_orphaned_reads(sys.unraisablehook)
+
+
+_QUIETED = []
+
+
+def quiet_orbax() -> None:
+  """Keeps orbax's and asyncio's noise about a failure this module reports in one line
+  out of the process's output (once; later calls do nothing).
+
+  A failed background write is logged by orbax with its traceback before
+  :class:`Checkpointer` raises it as one :class:`CheckpointError`; a failed restore
+  leaves orbax's other reads in flight, which end as "Event loop is closed", "exception
+  was never retrieved" and, at exit, "ImportError: sys.meta_path is None" tracebacks.
+  This adds filters to the ``absl`` and ``asyncio`` loggers (dropping exactly those
+  records while a ``Checkpointer`` is open or after it failed) and chains a
+  ``sys.unraisablehook`` that drops exactly those unraisable exceptions. Both are
+  process-wide, so a program's entry point calls this, not the library: ``tsm-train``,
+  ``tsm-embed`` and the study commands do; a script of one's own may.
+  """
+  if _QUIETED:
+    return
+  _QUIETED.append(True)
+  logging.getLogger("absl").addFilter(_SURFACED)
+  logging.getLogger("asyncio").addFilter(_ORPHANED_READS)
+  _install_orphaned_read_hook()
 
 
 def _collect_orphaned_reads() -> None:
@@ -291,8 +327,6 @@ class Checkpointer:
           f"cannot open the checkpoint directory {self.directory}: {cause}.", cause) from e
     _SurfacedErrorFilter.open_checkpointers += 1
     self._closed = False
-    # A failed save abandons its other writes as a failed restore does its other reads.
-    _install_orphaned_read_hook()
 
   def _save_error(self, e: BaseException, step: int | None) -> CheckpointError:
     _OrphanedReadLogFilter.failures += 1
@@ -325,12 +359,14 @@ class Checkpointer:
       raise self._save_error(e, pending) from e
     self._last_saved = int(step)
     try:
-      self._manager.save(
-          int(step),
-          args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
-                                     _META: ocp.args.JsonSave(meta)}),
-          metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
-          force=True)
+      # Steps saved without metrics on purpose (mid-epoch) make orbax warn each time.
+      with _filtered("absl", _NO_METRICS):
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                       _META: ocp.args.JsonSave(meta)}),
+            metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+            force=True)
     except Exception as e:   # pylint: disable=broad-except
       raise self._save_error(e, step) from e
 

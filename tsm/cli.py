@@ -295,6 +295,8 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
   from tsm import history  # pylint: disable=import-outside-toplevel
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
+    from tsm import checkpoint  # pylint: disable=import-outside-toplevel
+    checkpoint.quiet_orbax()   # a command's entry point: its failures are one line each
     # A command's process stops at Ctrl-C: its background threads' noise may go.
     with quiet_interrupts():
       return job()

@@ -172,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Console-script entry point (``tsm-embed``)."""
   if argv is None:
     hugepages.reexec()  # Before anything is allocated (see tsm.hugepages).
+  from tsm import checkpoint  # pylint: disable=import-outside-toplevel
+  checkpoint.quiet_orbax()   # a command's entry point: a bad checkpoint is one line
   out = run(sys.argv[1:] if argv is None else argv)
   with np.load(out) as z:
     shape = z["embeddings"].shape

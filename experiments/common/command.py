@@ -38,6 +38,8 @@ def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C outside the grid."""
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
+    from tsm import checkpoint  # pylint: disable=import-outside-toplevel
+    checkpoint.quiet_orbax()   # a command's entry point: its failures are one line each
     # A study's process stops at Ctrl-C: its background threads' noise may go.
     with cli_lib.quiet_interrupts():
       return run()

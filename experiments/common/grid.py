@@ -144,6 +144,8 @@ def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
       os.environ["XLA_FLAGS"] = f"{current} {_SINGLE_THREAD_FLAG}".strip()
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)   # a worker of the study command: orbax's INFO off
+  from tsm import checkpoint  # pylint: disable=import-outside-toplevel
+  checkpoint.quiet_orbax()   # a worker of the study command: failures are one line each
   if cache_dir:
     use_compilation_cache(cache_dir)
 
