@@ -48,6 +48,10 @@ import traceback
 from typing import Any, Iterator
 
 import jax
+from tsm import _extras
+
+_extras.require(__name__, "orbax")   # else one line naming tsm[train]
+
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 

@@ -32,6 +32,10 @@ import sys
 import threading
 from typing import Any, Iterator, NoReturn, Sequence
 
+from tsm import _extras
+
+_extras.require(__name__, "absl", "ml_collections")   # else one line naming tsm[train]
+
 from absl import app
 from absl import flags
 from absl import logging

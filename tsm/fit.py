@@ -38,6 +38,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
+from tsm import _extras
+
+_extras.require(__name__, "flax", "optax", "orbax", "tqdm")   # else one line naming tsm[train]
+
 import optax
 from flax import linen as nn
 

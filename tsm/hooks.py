@@ -51,6 +51,10 @@ import sys
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from tsm import _extras
+
+_extras.require(__name__, "tqdm")   # else one line naming tsm[train]
+
 from tqdm import tqdm
 
 from tsm import artifacts

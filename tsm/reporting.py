@@ -57,6 +57,10 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from tsm import _extras
+
+_extras.require(__name__, "scipy")   # else one line naming tsm[train]
+
 from scipy import optimize
 from scipy import stats as sps
 

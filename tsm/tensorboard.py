@@ -31,6 +31,10 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+from tsm import _extras
+
+_extras.require(__name__, "tensorboardX")   # else one line naming tsm[train]
+
 import tensorboardX
 
 __all__ = ["NullWriter", "TensorBoardWriter", "make_writer"]

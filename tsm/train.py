@@ -37,6 +37,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import chex
+from tsm import _extras
+
+_extras.require(__name__, "flax", "optax")   # else one line naming tsm[train]
+
 import flax
 import jax
 import jax.numpy as jnp

@@ -43,6 +43,10 @@ import tempfile
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
+from tsm import _extras
+
+_extras.require(__name__, "filelock")   # else one line naming tsm[train]
+
 import filelock
 
 LOCK_NAME = ".lock"

@@ -15,6 +15,10 @@ import functools
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
+from tsm import _extras
+
+_extras.require(__name__, "PIL")   # else one line naming tsm[train]
+
 from PIL import Image
 
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)

@@ -32,6 +32,10 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+from tsm import _extras
+
+_extras.require(__name__, "absl")   # else one line naming tsm[train]
+
 from absl import logging as absl_logging
 import numpy as np
 

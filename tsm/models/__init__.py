@@ -59,6 +59,10 @@ References:
   Zeng, arXiv 2510.02161 (paper B: synthetic MLP, MNIST ConvNet).
 """
 
+from tsm import _extras
+
+_extras.require(__name__, "flax", "optax")   # else one line naming tsm[train]
+
 from tsm.models.efficientnet import ConvBNSiLU, EfficientNetB0, EfficientNetLite0, MBConv
 from tsm.models.factory import (DTYPES, HEADS, MODEL_DEFAULTS, MODELS, STEMS,
                                 check_input_shape, check_model, create_model)
