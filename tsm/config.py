@@ -628,16 +628,16 @@ def build_loss(cfg: ml_collections.ConfigDict, num_classes: int | None = None) -
     given["margin"] = given.pop("loss_margin")
   if loss.name == "triplet":
     if sampling == "triplets":
-      return train_lib.explicit_triplets_loss(distance=loss.distance,
-                                              reduction=loss.reduction)
+      return losses.explicit_triplets_loss(distance=loss.distance,
+                                           reduction=loss.reduction)
     if loss.mining == "curriculum":
-      return MiningCurriculum(tuple(loss.curriculum), loss.distance, loss.reduction)
+      return losses.MiningCurriculum(tuple(loss.curriculum), loss.distance, loss.reduction)
     return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
                              mining=loss.mining, reduction=loss.reduction)
   if loss.name == "contrastive":
     if sampling == "pairs":
-      return train_lib.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
-                                           positive_margin=loss.positive_margin)
+      return losses.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
+                                        positive_margin=loss.positive_margin)
     return functools.partial(losses.contrastive_loss, distance=loss.distance,
                              reduction=loss.reduction, positive_margin=loss.positive_margin)
   if loss.name in CLASS_LOSSES:
@@ -650,30 +650,6 @@ def build_loss(cfg: ml_collections.ConfigDict, num_classes: int | None = None) -
         "supcon": losses.supcon_loss,
         "multi_similarity": losses.multi_similarity_loss}[loss.name]
   return _without_margin(functools.partial(fn, **given))
-
-
-class MiningCurriculum:
-  """Paper A's curriculum as a loss that changes with the epoch (``tsm.fit`` asks
-  ``for_epoch``): the triplet loss mining ``tsm.losses.curriculum_mining(epoch, a, b)``.
-
-  Args:
-    until: ``(a, b)``: semi-hard triplets before epoch a, all triplets before b, hard
-      triplets after (the authors' "scheduler a b" stages, 0-based epochs).
-    distance: the triplet loss's distance.
-    reduction: its reduction (``mean_nonzero`` is the authors' mean over mined triplets).
-  """
-
-  def __init__(self, until: tuple[int, int], distance: str, reduction: str):
-    self.until, self.distance, self.reduction = until, distance, reduction
-    self._losses: dict[str, Any] = {}
-
-  def for_epoch(self, epoch: int) -> Any:
-    mining = losses.curriculum_mining(epoch, *self.until)
-    if mining not in self._losses:   # one object per mode: fit compiles each mode once
-      self._losses[mining] = functools.partial(
-          losses.triplet_margin_loss, distance=self.distance, mining=mining,
-          reduction=self.reduction)
-    return self._losses[mining]
 
 
 def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -697,7 +673,7 @@ def build_schedule(cfg: ml_collections.ConfigDict,
   m = cfg.margin
   length = schedule_length(cfg, steps_per_epoch)
   if m.schedule == "constant":   # checked under the field's name (constant's arg: margin)
-    return margins.constant(margins._check_margin("initial_margin", m.initial_margin))  # pylint: disable=protected-access
+    return margins.constant(margins.check_margin("initial_margin", m.initial_margin))
   if m.schedule == "linear":
     return margins.linear(m.initial_margin, m.final_margin, length)
   if m.schedule == "exponential":
