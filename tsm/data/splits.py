@@ -206,7 +206,7 @@ def carve_validation(labels: np.ndarray, train: np.ndarray, fraction: float, *,
   num_val = max(1, int(round(fraction * candidates.size)))
   if candidates.size - num_val < 2:
     raise ValueError(f"val_fraction={fraction} leaves {candidates.size - num_val} "
-                     "training classes; lower data.val_fraction (or set it to 0).")
+                     "training classes; lower val_fraction (or set it to 0).")
   val_classes = np.random.default_rng(seed).choice(candidates, num_val, replace=False)
   is_val = np.isin(labels[train], val_classes)
   return train[~is_val], train[is_val]
