@@ -1,11 +1,11 @@
 """Builders: a checked config to the typed objects of a run.
 
 Each builder reads its section(s) of a config that passed
-:func:`tsm.config.checks.check_config` and returns a library object that takes no config:
-a ``tsm.data.DataSpec`` and the loaded splits, a Flax model (or a frozen pretrained
-trunk), a loss function, a margin schedule, an optax optimiser, a sampler and the
-evaluators. The typed objects validate their own arguments; the checks call them first,
-so a builder here never meets a bad value.
+:func:`tsm.config.checks.check_config` and returns a library object that takes no
+config: a ``tsm.data.DataSpec`` and the loaded splits, a Flax model (or a frozen
+pretrained trunk), a loss function, a margin schedule, an optax optimiser, a sampler and
+the evaluators. The typed objects validate their own arguments; the checks call those
+validations before anything is loaded, so a builder meets no bad value.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tsm.config.defaults import CLASS_LOSSES, LOSS_FIELDS, MINIMISED_METRICS
 from tsm.data import datasets as datasets_lib
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
+
 
 def data_spec(cfg: ml_collections.ConfigDict) -> spec_lib.DataSpec:
   """The ``data`` section as a :class:`tsm.data.DataSpec`."""

@@ -22,12 +22,12 @@ import ml_collections
 import numpy as np
 
 from tsm import distances, losses, margins, models
-from tsm.config.builders import build_schedule, data_spec, _model_kwargs
+from tsm import train as train_lib
+from tsm.config.builders import _model_kwargs, build_schedule, data_spec
 from tsm.config.defaults import (LOSS_FIELDS, LOSSES, MARGIN_UPDATES, NONFINITE,
                                  PAIR_PROTOCOLS, RANKING_METRICS, default_config)
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
-from tsm import train as train_lib
 
 
 class ConfigError(ValueError):

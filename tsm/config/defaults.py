@@ -22,6 +22,7 @@ from tsm import train as train_lib
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
 
+
 LOSSES = ("triplet", "contrastive", "npair", "ntxent", "supcon", "multi_similarity",
           "arcface", "proxy_anchor", "center_contrastive")
 # The ``loss`` fields each loss takes (besides ``name`` and ``distance``); a field left

@@ -27,6 +27,7 @@ from tsm.config.checks import (ConfigError, _section_error, check_config,
 from tsm.config.defaults import RUN_CONTROL_FIELDS, default_config
 from tsm.data import spec as spec_lib
 
+
 def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as plain JSON types (what ``config.json`` holds)."""
   return json.loads(cfg.to_json())
