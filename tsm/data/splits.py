@@ -13,7 +13,7 @@ Split rules (``partition``):
   * ``by_image``: all examples pooled and split at random (``test_fraction``).
   Validation is carved from the training part, seeded by the run's seed: by class
   for class-disjoint splits with many classes (CUB, Cars196, LFW), by image otherwise
-  (``val_split`` in the config overrides this).
+  (the ``val_split`` argument overrides this).
 """
 
 from __future__ import annotations
