@@ -117,8 +117,16 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise _section_error("data", e) from None
   _check_trunk(cfg)
+  _check_loss(cfg.loss)
+  _check_train(cfg.train, cfg.loss.name)
+  _check_margin(cfg.margin, cfg)
+  _check_eval(cfg.eval, cfg.train.best_metric)
+  _check_checkpoint(cfg.checkpoint)
+  _check_distributed(cfg.distributed)
 
-  loss = cfg.loss
+
+def _check_loss(loss: ml_collections.ConfigDict) -> None:
+  """The ``loss`` section."""
   _choice(loss.name, "loss.name", LOSSES)
   mining_check = (lambda value: None if value == "curriculum" else
                   losses.check_mining(value))
@@ -154,23 +162,25 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"loss.momentum={loss.momentum!r} must be in [0, 1); e.g. 0.9.")
   _bool(loss.margin_from_schedule, "loss.margin_from_schedule")
 
-  t = cfg.train
+
+def _check_train(t: ml_collections.ConfigDict, loss_name: str) -> None:
+  """The ``train`` section (its sampling against ``loss.name``)."""
   _int(t.epochs, "train.epochs", 1)
   _owned("train", samplers_lib.check_sampling, t.sampling)
-  if t.sampling in ("triplets", "pairs") and loss.name not in ("triplet", "contrastive"):
+  if t.sampling in ("triplets", "pairs") and loss_name not in ("triplet", "contrastive"):
     raise ConfigError(f"train.sampling={t.sampling!r} draws explicit tuples for the triplet "
-                      f"/ contrastive losses; loss.name={loss.name} is in-batch: use "
+                      f"/ contrastive losses; loss.name={loss_name} is in-batch: use "
                       "sampling pk or random.")
-  if t.sampling == "triplets" and loss.name != "triplet":
+  if t.sampling == "triplets" and loss_name != "triplet":
     raise ConfigError("train.sampling='triplets' needs loss.name=triplet; use sampling "
                       "pairs, pk or random with the contrastive loss.")
-  if t.sampling == "pairs" and loss.name != "contrastive":
+  if t.sampling == "pairs" and loss_name != "contrastive":
     raise ConfigError("train.sampling='pairs' needs loss.name=contrastive; use sampling "
                       "triplets, pk or random with the triplet loss.")
   if t.sampling == "pk":
     _int(t.classes_per_batch, "train.classes_per_batch", 2, "a batch needs negatives")
     _int(t.samples_per_class, "train.samples_per_class", 2,
-         f"a {loss.name} batch needs two examples of a class for a positive pair")
+         f"a {loss_name} batch needs two examples of a class for a positive pair")
   else:
     _int(t.batch_size, "train.batch_size", 2)
   _int(t.steps_per_epoch, "train.steps_per_epoch", 1, optional=True)
@@ -189,9 +199,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                 "positive_is_anchor"):
     _bool(t[field], f"train.{field}")
 
-  _choice(cfg.margin.update_every, "margin.update_every", MARGIN_UPDATES)
-  if cfg.margin.schedule not in margins.SCHEDULES:
-    raise ConfigError(f"margin.schedule={cfg.margin.schedule!r} is unknown; use one of "
+
+def _check_margin(m: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> None:
+  """The ``margin`` section: its constructor checks its values (over ``train.epochs``)."""
+  _choice(m.update_every, "margin.update_every", MARGIN_UPDATES)
+  if m.schedule not in margins.SCHEDULES:
+    raise ConfigError(f"margin.schedule={m.schedule!r} is unknown; use one of "
                       f"{', '.join(margins.SCHEDULES)}.")
   try:
     build_schedule(cfg, steps_per_epoch=1)
@@ -200,7 +213,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(message if message.startswith(("num_epochs", "stepwise")) else
                       f"margin.{message}") from None
 
-  e = cfg.eval
+
+def _check_eval(e: ml_collections.ConfigDict, best_metric: str) -> None:
+  """The ``eval`` section (and ``train.best_metric`` against ``eval.ks``)."""
   _int(e.every_epochs, "eval.every_epochs", 1)
   _number(e.val_margin, "eval.val_margin", optional=True,
           hint="None uses the current training margin")
@@ -214,18 +229,22 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
       or not all(_is_int(k) and k >= 1 for k in e.ks)):
     raise ConfigError(f"eval.ks={e.ks!r} must be a non-empty tuple of integers >= 1, e.g. "
                       "(1, 5, 10).")
-  if t.best_metric.startswith("recall@") and int(t.best_metric[7:]) not in e.ks:
-    raise ConfigError(f"train.best_metric={t.best_metric!r} is not computed; add "
-                      f"{t.best_metric[7:]} to eval.ks or pick another metric.")
+  if best_metric.startswith("recall@") and int(best_metric[7:]) not in e.ks:
+    raise ConfigError(f"train.best_metric={best_metric!r} is not computed; add "
+                      f"{best_metric[7:]} to eval.ks or pick another metric.")
   _int(e.knn_k, "eval.knn_k", 0, "0 turns k-NN off")
 
-  c = cfg.checkpoint
+
+def _check_checkpoint(c: ml_collections.ConfigDict) -> None:
+  """The ``checkpoint`` section."""
   _int(c.every_steps, "checkpoint.every_steps", 0, "0 checkpoints at epoch ends only")
   _int(c.every_epochs, "checkpoint.every_epochs", 0, "0 checkpoints after the last epoch")
   _int(c.keep, "checkpoint.keep", 1)
   _bool(c.async_save, "checkpoint.async_save")
 
-  d = cfg.distributed
+
+def _check_distributed(d: ml_collections.ConfigDict) -> None:
+  """The ``distributed`` section."""
   _bool(d.initialize, "distributed.initialize")
   if d.coordinator_address is not None and (not isinstance(d.coordinator_address, str)
                                             or ":" not in d.coordinator_address):
