@@ -86,8 +86,8 @@ def _owned(section: str, check: Callable[..., Any], *args: Any) -> None:
     raise _section_error(section, e) from None
 
 
-def _unknown_fields(cfg: ml_collections.ConfigDict) -> None:
-  defaults = default_config()
+def _unknown_fields(cfg: ml_collections.ConfigDict,
+                    defaults: ml_collections.ConfigDict) -> None:
   for key in cfg.keys():
     if key not in defaults:
       raise ConfigError(f"{key} is not a config section; use one of "
@@ -110,14 +110,15 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: one line naming the bad field and the fix.
   """
-  _unknown_fields(cfg)
+  defaults = default_config()
+  _unknown_fields(cfg, defaults)
   _int(cfg.seed, "seed", 0)
   try:
     data_spec(cfg).check()
   except ValueError as e:
     raise _section_error("data", e) from None
   _check_trunk(cfg)
-  _check_loss(cfg.loss)
+  _check_loss(cfg.loss, defaults.loss)
   _check_train(cfg.train, cfg.loss.name)
   _check_margin(cfg.margin, cfg)
   _check_eval(cfg.eval, cfg.train.best_metric)
@@ -125,8 +126,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _check_distributed(cfg.distributed)
 
 
-def _check_loss(loss: ml_collections.ConfigDict) -> None:
-  """The ``loss`` section."""
+def _check_loss(loss: ml_collections.ConfigDict,
+                defaults: ml_collections.ConfigDict) -> None:
+  """The ``loss`` section (``defaults``: the default ``loss`` section)."""
   _choice(loss.name, "loss.name", LOSSES)
   mining_check = (lambda value: None if value == "curriculum" else
                   losses.check_mining(value))
@@ -139,7 +141,6 @@ def _check_loss(loss: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"loss.{field}: {e}") from None
   _number(loss.positive_margin, "loss.positive_margin")
   takes = LOSS_FIELDS[loss.name]
-  defaults = default_config().loss
   curriculum = loss.curriculum
   if loss.mining == "curriculum":
     _owned("loss", losses.check_curriculum, curriculum)
