@@ -4,9 +4,11 @@ Protocol: a loss that changes with the epoch is any object with a method
 ``for_epoch(epoch: int) -> loss_fn`` (0-based epochs, as :func:`tsm.fit.fit` counts
 them), where ``loss_fn`` is a loss of the train step (``(embeddings, labels, margin) ->
 (loss, stats)``) or a :class:`tsm.losses.ParametricLoss`. The fit loop asks for the
-epoch's loss before each epoch and compiles one train step per distinct object it gets
-back, so ``for_epoch`` should return the same object for the same mode (as
-:class:`MiningCurriculum` does) rather than a fresh closure each epoch. A loss without
+epoch's loss for the epoch's train steps and its validation loss, and compiles one step
+per distinct object it gets back, so ``for_epoch`` should return the same object for the
+same mode (as :class:`MiningCurriculum` does) rather than a fresh closure each epoch.
+The training state (the loss's own parameters, if any) is initialised from
+``for_epoch(0)``: every epoch's loss must take the same parameters. A loss without
 ``for_epoch`` is the same at every epoch.
 """
 
