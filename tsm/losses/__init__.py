@@ -57,12 +57,12 @@ from tsm.distances import check_distance
 from tsm.losses._base import (REDUCTIONS, LossVariables, ParametricLoss, as_parametric,
                               check_reduction, common_stats)
 from tsm.losses._contrastive import PairStats, contrastive_loss, contrastive_loss_from_pairs
-from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._activity import ActivityStats
 from tsm.losses._center import center_contrastive, center_contrastive_loss, update_centers
 from tsm.losses._multi_similarity import multi_similarity_loss
 from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_loss
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
+from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
 from tsm.losses._triplet import (MINING, TripletStats, check_mining, curriculum_mining,
                                  triplet_margin_loss, triplet_margin_loss_from_triplets)
