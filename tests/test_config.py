@@ -179,3 +179,37 @@ def test_cli_unknown_override_exits_2(tmp_path):
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.count("\n") == 1 and "epochz" in proc.stderr, proc.stderr
   assert not workdir.exists()
+
+
+def test_train_and_evaluate_checks_once_and_builds_the_sampler_once(tmp_path, monkeypatch):
+  from fit_helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  from tsm.config import run as run_lib  # pylint: disable=import-outside-toplevel
+  calls = {"check_config": 0, "build_sampler": 0}
+
+  def counted(name):
+    original = getattr(run_lib, name)
+
+    def wrapper(*args, **kwargs):
+      calls[name] += 1
+      return original(*args, **kwargs)
+    return wrapper
+
+  for name in calls:
+    monkeypatch.setattr(run_lib, name, counted(name))
+  cfg = tiny_config(epochs=1, steps_per_epoch=2)
+  cfg.eval.every_epochs = 1
+  result = config_lib.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert result.summary and calls == {"check_config": 1, "build_sampler": 1}
+
+
+def test_mining_curriculum_is_an_epoch_loss_in_tsm_losses():
+  from tsm import losses  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.default_config()
+  cfg.loss.mining, cfg.loss.curriculum = "curriculum", (1, 2)
+  loss = config_lib.build_loss(cfg)
+  assert isinstance(loss, losses.MiningCurriculum) and isinstance(loss, losses.EpochLoss)
+  assert [loss.for_epoch(e).keywords["mining"] for e in range(3)] == [
+      "semihard", "all", "hard"]
+  assert loss.for_epoch(0) is loss.for_epoch(0)
+  with pytest.raises(ValueError, match=r"^curriculum=\(2, 1\) must be \(a, b\)"):
+    losses.MiningCurriculum((2, 1))

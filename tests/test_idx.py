@@ -241,7 +241,7 @@ def test_missing_directory_and_file_messages(tmp_path):
   message = str(info.value)
   assert isinstance(info.value, ValueError) and "\n" not in message
   assert "apt-get install dataset-fashion-mnist" in message
-  assert "--config.data.path=DIR" in message and str(tmp_path / "nowhere") in message
+  assert "path=DIR (DataSpec.path)" in message and str(tmp_path / "nowhere") in message
   root, _ = _dataset_dir(tmp_path / "set")
   (root / "t10k-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(idx.IdxFilesMissing,

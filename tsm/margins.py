@@ -174,7 +174,20 @@ def _err(name: str, value: Any, requirement: str, fix: str) -> ValueError:
   return ValueError(f"{name} must be {requirement}, got {value!r}; {fix}.")
 
 
-def _check_margin(name: str, value: Any, *, positive: bool = False) -> float:
+def check_margin(name: str, value: Any, *, positive: bool = False) -> float:
+  """``value`` as a float margin: finite and ``>= 0`` (``> 0`` when ``positive``).
+
+  Args:
+    name: the argument's name, which starts the error message.
+    value: the margin to check.
+    positive: whether 0 is refused too.
+
+  Returns:
+    ``float(value)``.
+
+  Raises:
+    ValueError: one line, ``{name} must be a finite number >= 0, got ...; ...``.
+  """
   try:
     value = float(value)
   except (TypeError, ValueError):
@@ -216,7 +229,7 @@ def constant(margin: float) -> MarginSchedule:
   Returns:
     A :class:`MarginSchedule` whose margin never changes.
   """
-  margin = _check_margin("margin", margin)
+  margin = check_margin("margin", margin)
   return _make(margin, lambda state: state.margin)
 
 
@@ -246,8 +259,8 @@ def linear(initial_margin: float, final_margin: float, num_epochs: int) -> Margi
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (``create_linear_margin`` in ``Loss.py``).
   """
-  initial_margin = _check_margin("initial_margin", initial_margin)
-  final_margin = _check_margin("final_margin", final_margin)
+  initial_margin = check_margin("initial_margin", initial_margin)
+  final_margin = check_margin("final_margin", final_margin)
   num_epochs = _check_num_epochs(num_epochs)
   step = (final_margin - initial_margin) / num_epochs
 
@@ -281,8 +294,8 @@ def exponential(initial_margin: float, final_margin: float,
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (``create_exp_margin`` in ``Loss.py``).
   """
-  initial_margin = _check_margin("initial_margin", initial_margin, positive=True)
-  final_margin = _check_margin("final_margin", final_margin, positive=True)
+  initial_margin = check_margin("initial_margin", initial_margin, positive=True)
+  final_margin = check_margin("final_margin", final_margin, positive=True)
   num_epochs = _check_num_epochs(num_epochs)
   last = max(num_epochs - 1, 1)
   log_ratio = math.log(final_margin / initial_margin)
@@ -322,7 +335,7 @@ def stepwise(initial_margin: float, boundaries: Sequence[int],
     Zhang, Zhong, Zhou, Liu, Feng, "Learning Incremental Triplet Margin for Person
     Re-identification", AAAI 2019, arXiv:1812.06576.
   """
-  initial_margin = _check_margin("initial_margin", initial_margin)
+  initial_margin = check_margin("initial_margin", initial_margin)
   boundaries = tuple(boundaries)
   if (not boundaries
       or any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in boundaries)
@@ -338,7 +351,7 @@ def stepwise(initial_margin: float, boundaries: Sequence[int],
     if len(values) != len(boundaries):
       raise _err("values", values, f"one margin per boundary ({len(boundaries)})",
                  "pass as many values as boundaries")
-    stages = tuple(_check_margin(f"values[{k}]", v) for k, v in enumerate(values))
+    stages = tuple(check_margin(f"values[{k}]", v) for k, v in enumerate(values))
   else:
     try:
       increment = float(increment)
@@ -383,11 +396,11 @@ def dams(initial_margin: float = 0.2, threshold: float = 0.95, increment: float 
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (``AdaptiveTripletMarginLoss.step``).
   """
-  initial_margin = _check_margin("initial_margin", initial_margin)
+  initial_margin = check_margin("initial_margin", initial_margin)
   threshold = _check_unit("threshold", threshold)
-  increment = _check_margin("increment", increment)
+  increment = check_margin("increment", increment)
   if max_margin is not None:
-    max_margin = _check_margin("max_margin", max_margin)
+    max_margin = check_margin("max_margin", max_margin)
     if max_margin < initial_margin:
       raise _err("max_margin", max_margin, f">= initial_margin ({initial_margin})",
                  "raise max_margin or lower initial_margin")
@@ -447,12 +460,12 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (DAMS, the one-sided rule this extends).
   """
-  initial_margin = _check_margin("initial_margin", initial_margin)
+  initial_margin = check_margin("initial_margin", initial_margin)
   target = _check_unit("target", target)
-  gain = _check_margin("gain", gain)
-  min_margin = initial_margin if min_margin is None else _check_margin("min_margin",
+  gain = check_margin("gain", gain)
+  min_margin = initial_margin if min_margin is None else check_margin("min_margin",
                                                                        min_margin)
-  max_margin = _check_margin("max_margin", max_margin)
+  max_margin = check_margin("max_margin", max_margin)
   deadband = _check_unit("deadband", deadband)
   if deadband >= 1.0:
     raise _err("deadband", deadband, "in [0, 1)", "pass a small band such as 0.02")
@@ -474,6 +487,6 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
 
 
 __all__ = [
-    "MarginSchedule", "MarginState", "SCHEDULES", "constant", "controller", "dams",
-    "easy_share", "exponential", "linear", "stepwise",
+    "MarginSchedule", "MarginState", "SCHEDULES", "check_margin", "constant", "controller",
+    "dams", "easy_share", "exponential", "linear", "stepwise",
 ]

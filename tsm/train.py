@@ -14,8 +14,8 @@ optax transform. A loss is either a function ``(embeddings, labels, margin) -> (
 stats)`` or a :class:`tsm.losses.ParametricLoss`; ``stats`` has the common statistics
 shape (``num_total``, ``num_active``, ``num_easy``), so any schedule accumulates from any
 loss. A batch is a dict ``{"inputs": float32 [N, ...], "labels": int32 [N]}``; losses
-over explicit tuples take the batch layouts of :func:`explicit_triplets_loss` and
-:func:`explicit_pairs_loss`.
+over explicit tuples take the batch layouts of :func:`tsm.losses.explicit_triplets_loss`
+and :func:`tsm.losses.explicit_pairs_loss`.
 
 Metrics (float32 scalars, left on the device: the fit loop fetches them in bulk):
 ``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin``
@@ -112,6 +112,17 @@ def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformati
                     margin_state=schedule.init(), rng=rng)
 
 
+def check_optimizer(optimizer: str, lr_schedule: str = "constant") -> None:
+  """Raises a one-line ValueError, naming the argument, for an unknown optimiser or
+  learning-rate schedule name (see :func:`make_optimizer`)."""
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f"optimizer={optimizer!r} is unknown; use one of "
+                     f"{', '.join(OPTIMIZERS)}.")
+  if lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; use one of "
+                     f"{', '.join(LR_SCHEDULES)}.")
+
+
 def make_optimizer(*, optimizer: str = "adam", learning_rate: float = 1e-3,
                    lr_schedule: str = "constant", warmup_steps: int = 0,
                    weight_decay: float = 0.0, momentum: float = 0.9,
@@ -132,12 +143,7 @@ def make_optimizer(*, optimizer: str = "adam", learning_rate: float = 1e-3,
   Returns:
     An ``optax.GradientTransformation``.
   """
-  if optimizer not in OPTIMIZERS:
-    raise ValueError(f"optimizer={optimizer!r} is unknown; use one of "
-                     f"{', '.join(OPTIMIZERS)}.")
-  if lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; use one of "
-                     f"{', '.join(LR_SCHEDULES)}.")
+  check_optimizer(optimizer, lr_schedule)
   lr = float(learning_rate)
   warmup = int(warmup_steps)
   if lr_schedule == "cosine":
@@ -158,48 +164,6 @@ def make_optimizer(*, optimizer: str = "adam", learning_rate: float = 1e-3,
   if grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(float(grad_clip_norm)), tx)
   return tx
-
-
-def explicit_triplets_loss(*, distance: str = "euclidean", reduction: str = "mean"
-                           ) -> LossFn:
-  """The triplet loss over batches ``[anchors; positives; negatives]`` (paper B's).
-
-  Args:
-    distance: see :func:`tsm.losses.triplet_margin_loss_from_triplets`.
-    reduction: see :func:`tsm.losses.triplet_margin_loss_from_triplets`.
-
-  Returns:
-    ``(embeddings [3B, D], labels [3B], margin) -> (loss, TripletStats)``.
-  """
-  def loss_fn(embeddings, labels, margin):
-    del labels
-    anchor, positive, negative = jnp.split(embeddings, 3)
-    return losses_lib.triplet_margin_loss_from_triplets(
-        anchor, positive, negative, margin, distance=distance, reduction=reduction)
-  return loss_fn
-
-
-def explicit_pairs_loss(*, distance: str = "euclidean", reduction: str = "mean",
-                        positive_margin: float = 0.0) -> LossFn:
-  """The contrastive loss over batches ``[first members; second members]`` (paper B's).
-
-  ``same`` comes from the labels of the two halves.
-
-  Args:
-    distance: see :func:`tsm.losses.contrastive_loss_from_pairs`.
-    reduction: see :func:`tsm.losses.contrastive_loss_from_pairs`.
-    positive_margin: see :func:`tsm.losses.contrastive_loss_from_pairs`.
-
-  Returns:
-    ``(embeddings [2B, D], labels [2B], margin) -> (loss, PairStats)``.
-  """
-  def loss_fn(embeddings, labels, margin):
-    x1, x2 = jnp.split(embeddings, 2)
-    l1, l2 = jnp.split(labels, 2)
-    return losses_lib.contrastive_loss_from_pairs(
-        x1, x2, l1 == l2, margin, distance=distance, reduction=reduction,
-        positive_margin=positive_margin)
-  return loss_fn
 
 
 def stats_metrics(stats: Any) -> Metrics:
@@ -419,7 +383,8 @@ def make_loss_on_batches(model: flax.linen.Module, loss_of: Callable[[int], Any]
   return loss_fn
 
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainState", "create_train_state", "data_mesh",
-           "explicit_pairs_loss", "explicit_triplets_loss", "make_end_of_epoch",
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainState", "check_optimizer",
+           "create_train_state", "data_mesh",
+           "make_end_of_epoch",
            "make_eval_step", "make_loss_on_batches", "make_optimizer", "make_train_step",
            "replicate", "stats_metrics"]

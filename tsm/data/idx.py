@@ -63,7 +63,7 @@ IDX_DTYPES = {
 }
 
 _INSTALL_HINT = ("install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
-                 "or pass --config.data.path=DIR, a directory holding "
+                 "or pass path=DIR (DataSpec.path), a directory holding "
                  + ", ".join(f"{n}[.gz]" for n in IDX_FILE_NAMES.values()))
 _CHUNK = 1 << 20
 
@@ -263,7 +263,7 @@ def find_idx_files(directory: PathLike) -> dict[str, pathlib.Path]:
 
   Raises:
     IdxFilesMissing: the directory or a file is missing (one line naming
-      ``apt-get install dataset-fashion-mnist`` and ``--config.data.path=DIR``).
+      ``apt-get install dataset-fashion-mnist`` and ``path=DIR``).
   """
   directory = pathlib.Path(directory)
   if not directory.is_dir():

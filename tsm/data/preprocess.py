@@ -130,7 +130,7 @@ def channel_stats(batches: Iterable[np.ndarray]) -> ChannelStats:
     total_sq += (d * d).sum(axis=0)
   if not count:
     raise ValueError("channel_stats got no pixel; the training split is empty (check "
-                     "data.num_examples and the split).")
+                     "num_examples and the split).")
   mean_d = total / count
   var = np.maximum(total_sq / count - mean_d * mean_d, 0.0)
   std = np.sqrt(var)

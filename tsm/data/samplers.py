@@ -149,7 +149,7 @@ class PKSampler:
     self.classes = index.classes[ok]
     if self.classes.size < p:
       raise ValueError(f"classes_per_batch={p} exceeds the {self.classes.size} classes "
-                       "with >= 2 examples; lower train.classes_per_batch.")
+                       "with >= 2 examples; lower classes_per_batch.")
     self._members = [index.order[s:s + n]
                      for s, n in zip(index.starts[ok], index.counts[ok])]
     self._chunks = np.asarray([-(-m.size // k) for m in self._members])
@@ -309,6 +309,12 @@ class RandomPairSampler:
     return out[:self.steps_per_epoch]
 
 
+def check_sampling(sampling: str) -> None:
+  """Raises a one-line ValueError unless ``sampling`` is one of :data:`SAMPLINGS`."""
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"sampling={sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}.")
+
+
 def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8,
                  samples_per_class: int = 4, batch_size: int = 64,
                  steps_per_epoch: int | None = None,
@@ -334,6 +340,7 @@ def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8
   Returns:
     A :class:`Sampler`.
   """
+  check_sampling(sampling)
   if sampling == "pk":
     p = classes_per_batch if max_classes is None else min(classes_per_batch, max_classes)
     return PKSampler(labels, p, samples_per_class, seed, steps_per_epoch=steps_per_epoch)
@@ -346,8 +353,5 @@ def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8
   if sampling == "triplets":
     return RandomTripletSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch,
                                 **paper_b)
-  if sampling == "pairs":
-    return RandomPairSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch,
-                             **paper_b)
-  raise ValueError(f"sampling={sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}.")
-
+  return RandomPairSampler(labels, batch_size, seed, steps_per_epoch=steps_per_epoch,
+                           **paper_b)

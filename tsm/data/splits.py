@@ -13,7 +13,7 @@ Split rules (``partition``):
   * ``by_image``: all examples pooled and split at random (``test_fraction``).
   Validation is carved from the training part, seeded by the run's seed: by class
   for class-disjoint splits with many classes (CUB, Cars196, LFW), by image otherwise
-  (``val_split`` in the config overrides this).
+  (the ``val_split`` argument overrides this).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def carve_validation(labels: np.ndarray, train: np.ndarray, fraction: float, *,
   num_val = max(1, int(round(fraction * candidates.size)))
   if candidates.size - num_val < 2:
     raise ValueError(f"val_fraction={fraction} leaves {candidates.size - num_val} "
-                     "training classes; lower data.val_fraction (or set it to 0).")
+                     "training classes; lower val_fraction (or set it to 0).")
   val_classes = np.random.default_rng(seed).choice(candidates, num_val, replace=False)
   is_val = np.isin(labels[train], val_classes)
   return train[~is_val], train[is_val]

@@ -231,7 +231,7 @@ def _lfw_test_identities(labels: np.ndarray, fraction: float, seed: int) -> np.n
   multi = classes[counts >= 2]
   if multi.size < 2:
     raise ValueError("lfw has fewer than two identities with two images; check the "
-                     "prepared data (data.data_dir).")
+                     "prepared data (data_dir).")
   num_test = max(1, int(round(fraction * multi.size)))
   return np.random.default_rng(seed).permutation(multi)[:num_test]
 

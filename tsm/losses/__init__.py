@@ -42,8 +42,11 @@ References:
   (contrastive vs triplet, active ratio).
 
 Families live in private modules and are re-exported here (optax's layout):
-``_triplet`` (triplet margin losses), ``_contrastive`` (contrastive losses) and
-``_base`` (reductions, the statistics contract, :class:`ParametricLoss`).
+``_triplet`` (triplet margin losses), ``_contrastive`` (contrastive losses),
+``_explicit`` (the triplet / contrastive losses over explicit tuples in a batch),
+``_schedule`` (losses that change with the epoch: the :class:`EpochLoss` protocol,
+``for_epoch(epoch) -> loss_fn``, and paper A's :class:`MiningCurriculum`) and ``_base``
+(reductions, the statistics contract, :class:`ParametricLoss`).
 
 Statistics contract: every in-batch loss's stats expose ``num_total`` (the terms the loss
 is taken over), ``num_active`` (terms with non-zero loss) and ``num_easy``
@@ -59,6 +62,8 @@ from tsm.losses._center import center_contrastive, center_contrastive_loss, upda
 from tsm.losses._multi_similarity import multi_similarity_loss
 from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_loss
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
+from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
+from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
 from tsm.losses._triplet import (MINING, TripletStats, check_mining, curriculum_mining,
                                  triplet_margin_loss, triplet_margin_loss_from_triplets)
 
@@ -73,4 +78,8 @@ __all__ += [
     "center_contrastive_loss", "multi_similarity_loss", "negative_active_ratio",
     "npair_loss", "ntxent_loss",
     "proxy_anchor", "proxy_anchor_loss", "supcon_loss", "update_centers",
+]
+__all__ += [
+    "EpochLoss", "MiningCurriculum", "check_curriculum", "explicit_pairs_loss",
+    "explicit_triplets_loss",
 ]

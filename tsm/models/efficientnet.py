@@ -14,7 +14,7 @@ pooled features.
   ``stem_{conv,bn}``, ``blocks_{i}/{expand,dw,project}_{conv,bn}`` (i = 0..15),
   ``head_{conv,bn}`` and the optional ImageNet ``classifier``; :func:`tsm.models.convert_efficientnet_lite0` maps the
   efficientnet_pytorch names (``_conv_stem``, ``_blocks.{i}._expand_conv``, ...) to them.
-  It takes images in [0, 1] (``data.normalize="unit"``) and applies the weights' own
+  It takes images in [0, 1] (``DataSpec(normalize="unit")``) and applies the weights' own
   input scaling, ``(255 x - 127) / 128``, itself; one-channel images are repeated to RGB.
 
 References:
