@@ -22,7 +22,7 @@ The measurements the loss studies share:
   gradient norm, paper B's loss-decay epochs (first epoch whose loss is at most 10% of
   the first epoch's; ``-1`` when never; also from the first step's loss), the means of
   the active ratio and gradient norm over epochs, the active ratio of NEGATIVE terms
-  only (:func:`negative_active_ratio`) and the gradient norm per unit of loss (losses
+  only (:func:`tsm.losses.negative_active_ratio`) and the gradient norm per unit of loss (losses
   differ in scale).
 """
 
@@ -44,6 +44,7 @@ from tsm import artifacts
 from tsm import config as config_lib
 from tsm import diagnostics
 from tsm import distances
+from tsm import losses as losses_lib
 from tsm import metrics
 
 CURVES = ("loss", "active_ratio", "grad_norm")
@@ -123,25 +124,6 @@ def measure_embeddings(train_emb: np.ndarray, train_labels: np.ndarray,
   return out, arrays
 
 
-def negative_active_ratio(record: dict[str, Any], loss: str) -> float:
-  """Active share of the negative terms in one epoch record (NaN where not recorded).
-
-  The softmax / proxy / centre losses record it (``neg_active_ratio``,
-  ``tsm.losses._activity``). Under paper B's contrastive ``y d^2`` every positive pair
-  with ``d > 0`` is active, so its overall active ratio is at least the share of
-  positive pairs by construction; the negative terms' share
-  (``num_negative_active / num_negative``) does not follow from the form. Every triplet
-  term holds a negative, so the triplet loss's is its active ratio.
-  """
-  if "neg_active_ratio" in record:
-    return float(record["neg_active_ratio"])
-  if loss == "triplet":
-    return float(record["active_ratio"])
-  if "num_negative_active" in record and record.get("num_negative", 0) > 0:
-    return float(record["num_negative_active"]) / float(record["num_negative"])
-  return math.nan
-
-
 def grad_norm_per_loss(records: list[dict[str, Any]]) -> list[float]:
   """Per epoch, the gradient norm per unit of loss (NaN where the loss is 0)."""
   return [r["grad_norm"] / r["loss"] if r["loss"] > 0 else math.nan for r in records]
@@ -169,7 +151,7 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
     "mean_grad_norm_per_loss", "final_loss", "epochs"}``.
   """
   curves = {k: [float(r[k]) for r in epoch_records] for k in CURVES}
-  neg = [negative_active_ratio(r, loss) for r in epoch_records]
+  neg = [losses_lib.negative_active_ratio(r) for r in epoch_records]
   # Epochs whose loss is 0 have no defined ratio (NaN, left out of the mean).
   per_loss = grad_norm_per_loss(epoch_records)
   losses = np.asarray(curves["loss"], np.float32)

@@ -10,7 +10,7 @@ model with :func:`experiments.common.measure.measure_embeddings` and its curves 
 
 * the inter-class centroid distances of every class pair (claim D4's distribution);
 * the active share of the NEGATIVE terms per epoch
-  (:func:`experiments.common.measure.negative_active_ratio`) as a curve;
+  (:func:`tsm.losses.negative_active_ratio`) as a curve;
 * the scale-free loss fall (:func:`tsm.diagnostics.loss_fall_epochs`): the softmax
   losses have a floor far above 10 % of their first loss, so paper B's loss decay is
   often undefined for them.
@@ -46,6 +46,7 @@ from experiments.common import grid
 from experiments.common import measure as measure_lib
 from experiments.common import runs
 from tsm import config as config_lib
+from tsm import losses as losses_lib
 
 # Claim D2 is about fine-grained retrieval: many visually close classes.
 FINE_GRAINED = ("cars196", "caltech_birds2011")
@@ -218,7 +219,7 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
   loss = config.loss.name
   curves = measure_lib.curve_summary(records, first_step["loss"],
                                      float(study.decay_fraction), loss)
-  curves["curves"]["neg_active_ratio"] = [measure_lib.negative_active_ratio(r, loss)
+  curves["curves"]["neg_active_ratio"] = [losses_lib.negative_active_ratio(r)
                                           for r in records]
   curves["curves"]["grad_norm_per_loss"] = measure_lib.grad_norm_per_loss(records)
   fall = int(diagnostics.loss_fall_epochs(np.asarray(curves["curves"]["loss"], np.float32),
