@@ -186,18 +186,20 @@ def _record(loss, grad, active, **extra):
 
 
 def test_companions_of_the_by_construction_claims_by_hand():
-  triplet = [_record(2.0, 1.0, 0.5), _record(1.0, 0.8, 0.25)]
-  out = analysis.curve_summary(triplet, 4.0, 0.1, "triplet")
+  # Triplet records carry the triplet loss's counts (num_triplets), as fit writes them.
+  triplet = [_record(2.0, 1.0, 0.5, num_triplets=96.0),
+             _record(1.0, 0.8, 0.25, num_triplets=96.0)]
+  out = analysis.curve_summary(triplet, 4.0, 0.1)
   # Every triplet term holds a negative: its negative-term ratio is its active ratio.
   assert out["mean_negative_active_ratio"] == (0.5 + 0.25) / 2
   assert out["mean_grad_norm_per_loss"] == (1.0 / 2.0 + 0.8 / 1.0) / 2
   pairs = [_record(1.0, 0.3, 0.9, num_negative=40.0, num_negative_active=10.0),
            _record(0.0, 0.0, 0.5, num_negative=50.0, num_negative_active=5.0)]
-  out = analysis.curve_summary(pairs, 2.0, 0.1, "contrastive")
+  out = analysis.curve_summary(pairs, 2.0, 0.1)
   assert out["mean_negative_active_ratio"] == (10 / 40 + 5 / 50) / 2
   assert out["mean_grad_norm_per_loss"] == 0.3   # a zero-loss epoch has no ratio
   # Without the stats' negative-active count the companion is NaN, not a guess.
-  out = analysis.curve_summary([_record(1.0, 0.3, 0.9)], 2.0, 0.1, "contrastive")
+  out = analysis.curve_summary([_record(1.0, 0.3, 0.9)], 2.0, 0.1)
   assert math.isnan(out["mean_negative_active_ratio"])
 
 

@@ -130,7 +130,7 @@ def grad_norm_per_loss(records: list[dict[str, Any]]) -> list[float]:
 
 
 def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
-                  decay_fraction: float = 0.1, loss: str = "") -> dict[str, Any]:
+                  decay_fraction: float = 0.1) -> dict[str, Any]:
   """Per-epoch curves and paper B's greediness numbers from fit's epoch records.
 
   Besides paper B's loss-decay (epochs until the epoch loss is at most ``decay_fraction``
@@ -142,7 +142,6 @@ def curve_summary(epoch_records: list[dict[str, Any]], first_step_loss: float,
     epoch_records: the ``{"kind": "epoch"}`` records of ``metrics.jsonl``, in order.
     first_step_loss: the loss of the first optimiser step.
     decay_fraction: loss-decay target share of the first epoch's loss.
-    loss: the loss's name (for the negative-term active ratio).
 
   Returns:
     ``{"curves": {name: [E floats]}, "loss_decay_epochs": int (-1: never),

@@ -180,7 +180,7 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
       "margin": float(config.margin.initial_margin),
       **scalars,
       **measure_lib.curve_summary(records, first_step["loss"],
-                                  float(study.decay_fraction), config.loss.name),
+                                  float(study.decay_fraction)),
       "fit_test": None if summary is None else summary.get("test"),
   }
 

@@ -218,7 +218,7 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
   from tsm import diagnostics  # pylint: disable=import-outside-toplevel
   loss = config.loss.name
   curves = measure_lib.curve_summary(records, first_step["loss"],
-                                     float(study.decay_fraction), loss)
+                                     float(study.decay_fraction))
   curves["curves"]["neg_active_ratio"] = [losses_lib.negative_active_ratio(r)
                                           for r in records]
   curves["curves"]["grad_norm_per_loss"] = measure_lib.grad_norm_per_loss(records)
