@@ -146,3 +146,21 @@ def test_bad_inputs(tmp_path):
   arrays = from_arrays((np.zeros((4, 12, 12, 3), np.float32), np.arange(4) % 2))
   with pytest.raises(features_lib.FeatureCacheError, match="has no example ids"):
     features_lib.cached_features([arrays.train], Projection(12), str(tmp_path))
+
+
+def test_plain_progress_lines_with_rate_eta_and_a_closing_line(tmp_path, capsys):
+  spec, trunk = _spec(), Projection(12)
+  splits = load(spec, seed=0)
+  features_lib.cached_splits(splits, trunk, spec=spec, root=str(tmp_path), progress=True)
+  err = capsys.readouterr().err.splitlines()   # not a terminal: plain lines, no bar
+  train = [l for l in err if l.startswith("projection features of digits/train (12px): ")]
+  assert train and train[-1].startswith(
+      f"projection features of digits/train (12px): {len(splits.train)}/"
+      f"{len(splits.train)} (100%)")
+  assert all("images/s, ETA " in l and l.endswith(" min") for l in train)
+  total = len(splits.train) + len(splits.val) + len(splits.test)
+  assert err[-1].startswith(f"feature cache: {total} images through projection at 12 px in ")
+  assert err[-1].endswith(str(tmp_path / "features" / os.listdir(tmp_path / "features")[0]))
+  assert not any("\r" in l for l in err)
+  features_lib.cached_splits(splits, trunk, spec=spec, root=str(tmp_path), progress=True)
+  assert capsys.readouterr().err == ""   # nothing to compute, nothing printed
