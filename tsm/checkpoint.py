@@ -1,5 +1,9 @@
 """Checkpoints of the training state with orbax: the last k, plus the best one.
 
+Why one module of this length: a checkpoint failure is one line only if the manager,
+the causes read out of orbax's and tensorstore's errors and the filters of their
+background noise sit together; split, each would need the others' internals.
+
 One ``orbax.checkpoint.CheckpointManager`` under ``<workdir>/checkpoints`` holds every
 checkpoint. Each step directory has two items:
 

@@ -1,5 +1,9 @@
 """Embedding-space and training diagnostics of the two source papers.
 
+Why one module of this length: the variance, loss-decay and effective-margin
+diagnostics and the Gaussian mixture fitted to the margins share one seeded
+triplet-sampling helper and one set of input checks.
+
 Paper B (Zeng, arXiv 2510.02161) compares losses by the geometry they leave behind and
 by how greedily they learn:
 

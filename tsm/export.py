@@ -96,7 +96,7 @@ class Loaded:
       if standardize:   # the training split's statistics, as tsm.data.load applied them
         x = preprocess.standardize(x, self.splits.input_stats)
       if self.trunk is not None:   # as the feature cache made the training inputs
-        x = self.trunk.features(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
+        x = self.trunk.features(preprocess.unit_to_uint8(x))
     elif not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"inputs has dtype {x.dtype}; pass float model inputs or uint8 "
                        "images.")

@@ -1,5 +1,9 @@
 """In-batch label masks, exact triplet counting and triplet selection.
 
+Why one module of this length: the dense and the sort paths of exact counting, and
+their band variants, share the slot, key and row-sum helpers; each path is tested
+against the others and against numpy loops.
+
 Helpers shared by the losses in :mod:`tsm.losses`. Everything here works on a
 precomputed ``[B, B]`` distance matrix and boolean label masks, is pure, fixed-shape
 and jit/grad/vmap-safe, and never materialises a ``[B, B, B]`` tensor. Counting

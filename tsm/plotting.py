@@ -1,5 +1,9 @@
 """Matplotlib helpers shared by the study scripts (papers A and B).
 
+Why one module of this length: every figure of tsm-train and of the studies (training
+curves, ROC, triplet shares, PCA, effective margins) shares the axes, legend, label
+and atomic-save helpers here.
+
 Every ``plot_*`` function draws on an ``Axes`` the caller owns and returns it, so a
 script composes figures with ``plt.subplots`` and saves them with :func:`save_figure`
 (atomic: a reader never sees half a PNG). Inputs may be numpy or jax arrays; nothing

@@ -147,6 +147,14 @@ def read_text(workdir: str, name: str) -> str:
     return f.read()
 
 
+def dataset_tables(workdir: str) -> list[str]:
+  """Each dataset's ``<dataset>/table.md`` of a multi-dataset study (the loss studies),
+  in the order of ``study.datasets`` in its ``study.json``."""
+  record = read_json(os.path.join(workdir, "study.json")) or {}
+  datasets = record.get("config", {}).get("study", {}).get("datasets", [])
+  return [read_text(workdir, os.path.join(d, "table.md")) for d in datasets]
+
+
 def recorded_commands(workdir: str) -> list[str]:
   """The command lines in the first code block of ``<workdir>/report.md``, if any."""
   block = re.search(r"^```\n(.*?)^```", read_text(workdir, "report.md"), re.S | re.M)

@@ -422,20 +422,13 @@ ABOUT = (
     "are flagged and tested beside fairer companions.")
 
 
-def _datasets(workdir: str) -> list[str]:
-  """The study's datasets, from its ``study.json``."""
-  record = docs.read_json(os.path.join(workdir, "study.json")) or {}
-  return list(record.get("config", {}).get("study", {}).get("datasets", []))
-
-
 def docs_page(workdir: str, commands: Sequence[str] = ()) -> str:
   """The study's results page (:func:`experiments.common.docs.page`) from a finished
   study's workdir: the settings of its ``report.md``, the verdict bullets and the
   claim x dataset verdicts from ``verdicts.csv``, each dataset's table."""
   return docs.page(
       workdir, title="Loss study: contrastive vs triplet (paper B)", about=ABOUT,
-      tables=[docs.read_text(workdir, os.path.join(d, "table.md"))
-              for d in _datasets(workdir)],
+      tables=docs.dataset_tables(workdir),
       commands=commands, details=False)
 
 

@@ -27,7 +27,7 @@ def _array_splits(name: str, pool: offline.ArrayPool, spec: spec_lib.DataSpec,
     image_size, channels, method = spec.image_size, spec.channels, spec.normalize
     if image_size is not None or channels is not None or method != "unit":
       # Offline images are already in [0, 1]: back to 0..255 for the shared pipeline.
-      x = preprocess.prepare_images(np.round(x * 255.0).astype(np.uint8),
+      x = preprocess.prepare_images(preprocess.unit_to_uint8(x),
                                     image_size=image_size, channels=channels,
                                     method=method)
     augment_fn = preprocess.image_augmenter(name)

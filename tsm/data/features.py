@@ -174,8 +174,8 @@ def _locked(directory: str) -> Iterator[None]:
 
 def _pixels(split: splits_lib.Split, indices: np.ndarray) -> np.ndarray:
   """uint8 pixels of split-local examples prepared with ``normalize="unit"``."""
-  x = split.get(indices)
-  return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+  from tsm.data import preprocess  # pylint: disable=import-outside-toplevel  # PIL
+  return preprocess.unit_to_uint8(split.get(indices))
 
 
 def _extract(split: splits_lib.Split, local: np.ndarray, extractor: FeatureExtractor,

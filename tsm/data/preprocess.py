@@ -84,6 +84,12 @@ def normalize(images: np.ndarray, method: str) -> np.ndarray:
                    "(dataset is applied by tsm.data.load).")
 
 
+def unit_to_uint8(images: np.ndarray) -> np.ndarray:
+  """Images in [0, 1] (``normalize="unit"``) back to the uint8 pixels they came from
+  (exact for ``pixels / 255``; values outside [0, 1] are clipped)."""
+  return np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+
 class ChannelStats(NamedTuple):
   """Per-channel mean and standard deviation of prepared inputs (``[C]`` float32)."""
   mean: np.ndarray
