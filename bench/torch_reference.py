@@ -1,4 +1,4 @@
-"""Benchmark: tsm's compiled train step against PyTorch's CPU step of the same model.
+"""Benchmark: tsm's compiled train step against PyTorch's step of the same model.
 
 Three steps on the same batch, in ONE process, timed in alternation (one repetition of
 each, then the next round; medians over the rounds), so that the load other processes
@@ -12,7 +12,7 @@ put on the shared cores falls on all three alike:
 * ``flax-fastconv``: the same plain Flax step with ``nn.Conv(conv_general_dilated=
   tsm.convolution.conv_general_dilated)`` (the lever on its own, beside XLA's own
   convolution);
-* ``torch``: PyTorch's eager CPU step of the same architecture (NCHW, PyTorch's default
+* ``torch``: PyTorch's eager step (on the GPU when JAX and torch both see one) of the same architecture (NCHW, PyTorch's default
   layout), ``pytorch_metric_learning.losses.TripletMarginLoss(margin=0.2)`` over all
   triplets (its default miner-free form), ``torch.optim.Adam(lr=1e-3)``.
 
@@ -198,18 +198,32 @@ def torch_model(setup: str):
   return tnn.Sequential(*layers)
 
 
+def torch_device() -> str:
+  """Where PyTorch runs: the GPU when JAX runs on one and torch sees one, else the CPU.
+
+  ``float(loss)`` at the end of each step waits for the device, as ``float`` does on
+  JAX's side, so both sides are timed to the end of their step.
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  if jax.devices()[0].platform == "gpu" and torch.cuda.is_available():
+    return "cuda"
+  return "cpu"
+
+
 def torch_step_fn(setup: str, inputs: np.ndarray, labels: np.ndarray):
-  """PyTorch's eager CPU train step (PML triplet loss over all triplets, Adam)."""
+  """PyTorch's eager train step (PML triplet loss over all triplets, Adam), on
+  :func:`torch_device`."""
   import torch  # pylint: disable=import-outside-toplevel
   from pytorch_metric_learning import losses as pml_losses  # pylint: disable=import-outside-toplevel
   from pytorch_metric_learning import reducers as pml_reducers  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  model = torch_model(setup).train()
+  device = torch_device()
+  model = torch_model(setup).to(device).train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   loss_fn = pml_losses.TripletMarginLoss(
       margin=MARGIN, reducer=pml_reducers.MeanReducer())  # tsm's reduction="mean"
-  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, -1, 1)))
-  y = torch.from_numpy(labels.astype(np.int64))
+  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, -1, 1))).to(device)
+  y = torch.from_numpy(labels.astype(np.int64)).to(device)
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -287,6 +301,7 @@ def header() -> dict:
     torch.set_num_interop_threads(1)
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()
+    info["torch_device"] = torch_device()
   return info
 
 
