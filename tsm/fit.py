@@ -145,6 +145,17 @@ class FitResult:
   history: list[dict[str, Any]]
   embed: Callable[[Any], np.ndarray]
 
+  def __repr__(self) -> str:
+    """One line: the epochs, the kept epoch and its rule, the headline test metrics."""
+    s = self.summary or {}
+    test = s.get("test", {})
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("map@r", "recall@1", "auc")
+                      if isinstance(test.get(k), (int, float)))
+    step = None if self.state is None else int(jax.device_get(self.state.step))
+    return (f"FitResult(epochs={s.get('epochs')}, selected epoch {s.get('best_epoch')} by "
+            f"{history.selection_rule(s.get('best_metric'), s.get('best_mode'))}"
+            + (f", test {shown}" if shown else "") + f", step={step})")
+
 
 @contextlib.contextmanager
 def run_directory(workdir: str, config: Mapping[str, Any] | None = None) -> Iterator[str]:
