@@ -180,15 +180,25 @@ def selection_rule(metric: str, mode: str | None) -> str:
   return f"{'lowest' if mode == 'min' else 'highest'} {metric}" if mode else str(metric)
 
 
+def summary_rule(summary: dict[str, Any]) -> str:
+  """The rule that kept a summary's epoch: ``"lowest val_loss"``, or, when no epoch
+  record held the metric (the final state was kept), ``"the last: no epoch record holds
+  val_loss"``."""
+  metric = summary.get("best_metric")
+  if summary.get("best_value") is None:
+    return f"the last: no epoch record holds {metric}"
+  return selection_rule(metric, summary.get("best_mode"))
+
+
 def selection_line(summary: dict[str, Any]) -> str:
   """The kept epoch, the rule that kept it with the metric's value, and the main
   validation metric there and at its own best epoch (from a summary)."""
-  rule = selection_rule(summary.get("best_metric"), summary.get("best_mode"))
   value = summary.get("best_value")
   line = f"selected epoch {summary.get('best_epoch')}"
   if summary.get("epochs"):
     line += f" of {summary['epochs']}"
-  line += f" by {rule}" + (f" ({value:.4f})" if isinstance(value, (int, float)) else "")
+  line += (f" by {summary_rule(summary)} ({value:.4f})" if isinstance(value, (int, float))
+           else f", {summary_rule(summary)}")
   main = summary.get("main_val_metric")
   if main:
     at = main.get("at_best_epoch")

@@ -423,8 +423,8 @@ class Figures(Hook):
     plotting.plot_training(end.epochs, path, title=self.title, val_label=self.val_label,
                            easy_threshold=self.easy_threshold,
                            selected_epoch=summary.get("best_epoch"),
-                           selected_metric=summary.get("best_metric"),
-                           selected_mode=summary.get("best_mode", "min"))
+                           selected_by=history.summary_rule(summary),
+                           selected_metric=summary.get("best_metric"))
     self._to_board("training", path, end.step)
     if roc:
       path = os.path.join(workdir, "roc.png")

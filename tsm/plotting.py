@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tsm import artifacts, diagnostics, history
+from tsm import artifacts, diagnostics
 
 __all__ = ["legend_outside", "pca_2d", "plot_curves", "plot_effective_margins", "plot_pca",
            "plot_roc", "plot_steps", "plot_training", "plot_triplet_shares", "save_figure"]
@@ -489,8 +489,8 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
                   val_label: str = "validation loss",
                   easy_threshold: float | None = None,
                   selected_epoch: int | None = None,
-                  selected_metric: str | None = None,
-                  selected_mode: str = "min") -> None:
+                  selected_by: str | None = None,
+                  selected_metric: str | None = None) -> None:
   """Draws the per-epoch training figure to ``path`` (PNG).
 
   Each panel compares like with like: the training loss (at the margin each epoch
@@ -512,9 +512,10 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
       legend entry.
     easy_threshold: optional horizontal line on the easy-share panel (DAMS's threshold).
     selected_epoch: the kept epoch (1-based), or None for no marker.
-    selected_metric: the epoch-record key that selected it (``"val_loss"``), or None.
-    selected_mode: ``"min"`` or ``"max"``: whether the lowest or the highest value of
-      ``selected_metric`` was kept.
+    selected_by: the rule that selected it, in words (``"lowest val_loss"``,
+      ``tsm.history.selection_rule``).
+    selected_metric: the epoch-record key that selected it (``"val_loss"``): its value
+      at the selected epoch gets a star; None for none.
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -540,9 +541,8 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
   for ax in axes.flat[len(panels):]:
     ax.axis("off")
   axes = dict(zip(panels, axes.flat))
-  selected = (f"selected: epoch {selected_epoch}" + (
-      f" ({history.selection_rule(selected_metric, selected_mode)})" if selected_metric else "")
-      ) if selected_epoch else ""
+  selected = (f"selected: epoch {selected_epoch}" +
+              (f" ({selected_by})" if selected_by else "")) if selected_epoch else ""
 
   def evaluated(keys: Sequence[str]) -> list[int]:
     """The records that hold some of ``keys`` (evaluators may skip epochs)."""
@@ -587,7 +587,8 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
                 colors=[QUANTITY_COLORS["easy_share"]])
     axes["shares"].set_ylim(-0.02, 1.02)
   _mark_selected(axes["shares"], selected_epoch, selected)
-  metric = selected_metric if selected_metric in ("loss", "val_loss", *higher, *lower) else None
+  metric = (selected_metric if selected_metric == "loss" or selected_metric in present
+            and selected_metric in ("val_loss", *higher, *lower) else None)
   if metric is not None and selected_epoch in x:   # the selecting value: a star
     ax = axes["loss" if metric == "loss" else "val_loss" if metric == "val_loss" else
               "higher" if metric in higher else "lower"]

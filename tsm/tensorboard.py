@@ -113,9 +113,12 @@ class TensorBoardWriter:
       raise ValueError(f"logdir={logdir!r} must be a directory name; pass the run's workdir.")
     os.makedirs(logdir, exist_ok=True)
     self.logdir = str(logdir)
+    # A resumed run's file is named for its purge step, so it never replaces an earlier
+    # file started in the same second (the names hold the time in seconds).
     self._writer = tensorboardX.SummaryWriter(
         logdir=self.logdir, flush_secs=flush_secs,
-        purge_step=None if purge_step is None else int(purge_step))
+        purge_step=None if purge_step is None else int(purge_step),
+        filename_suffix="" if purge_step is None else f".from-step-{int(purge_step)}")
 
   def scalars(self, step: int, values: Mapping[str, Any], *, prefix: str = "") -> None:
     """One scalar per real-number entry of ``values`` at ``step``.
