@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from tsm import evaluation, hooks, losses, margins, plotting
+from tsm import evaluation, history, hooks, losses, margins, plotting
 from tsm import fit as fit_lib
 from tsm import workdir as workdir_lib
 from tsm.data import samplers
@@ -239,3 +239,45 @@ def test_the_commands_quiet_interrupts_put_the_handler_back():
   assert signal.getsignal(signal.SIGINT) is before
   if before is signal.default_int_handler:
     assert during is not before
+
+
+def _records(val_loss, map_r):
+  """Epoch records with a validation loss every epoch and MAP@R where given."""
+  out = []
+  for e, loss in enumerate(val_loss):
+    r = {"kind": "epoch", "epoch": e, "step": 3 * (e + 1), "val_loss": loss}
+    if map_r.get(e + 1) is not None:
+      r["val_map@r"] = map_r[e + 1]
+    out.append(r)
+  return out
+
+
+@pytest.mark.parametrize("best_epoch,expected", [
+    (2, "selected epoch 2 of 4 by lowest val_loss (0.4000); val_map@r 0.6000 there, "
+        "highest 0.7000 at epoch 4"),
+    (3, "selected epoch 3 of 4 by lowest val_loss (0.3500); val_map@r not evaluated "
+        "there, highest 0.7000 at epoch 4"),
+    (4, "selected epoch 4 of 4 by lowest val_loss (0.3000); val_map@r there 0.7000, its "
+        "highest"),
+])
+def test_the_summary_line_states_the_rule_and_the_main_metrics_own_best(best_epoch,
+                                                                        expected):
+  losses = {2: [0.5, 0.4, 0.45, 0.6], 3: [0.5, 0.4, 0.35, 0.6], 4: [0.5, 0.4, 0.35, 0.3]}
+  records = _records(losses[best_epoch], {2: 0.6, 4: 0.7})
+  summary = {"epochs": 4, "best_metric": "val_loss", "best_epoch": best_epoch,
+             "best_value": records[best_epoch - 1]["val_loss"]}
+  summary.update(history.selection(records, "val_loss", "min", best_epoch))
+  assert summary["best_mode"] == "min"
+  assert summary["main_val_metric"]["best_epoch"] == 4
+  assert history.selection_line(summary) == expected
+  # Kept by the main metric itself: nothing to add.
+  assert "main_val_metric" not in history.selection(records, "val_map@r", "max", 4)
+  assert history.selection_line({"epochs": 4, "best_metric": "val_map@r", "best_mode": "max",
+                                 "best_epoch": 4, "best_value": 0.7}) == (
+      "selected epoch 4 of 4 by highest val_map@r (0.7000)")
+
+
+@pytest.mark.parametrize("seconds,text", [(0.4, "0s"), (59.6, "1m00s"), (185, "3m05s"),
+                                          (7620, "2h07m")])
+def test_durations_for_log_lines(seconds, text):
+  assert history.format_duration(seconds) == text

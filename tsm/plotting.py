@@ -594,8 +594,13 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
               "higher" if metric in higher else "lower"]
     ax.plot([selected_epoch], [values(metric)[x.index(selected_epoch)]], "*", ms=13,
             color="k", zorder=6)
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   for name in panels:
     legend_outside(axes[name])
+    # One epoch axis for every panel (evaluators may skip epochs), in whole epochs.
+    if x:
+      axes[name].set_xlim(min(x) - 0.5, max(x) + 0.5)
+    axes[name].xaxis.set_major_locator(MaxNLocator(integer=True))
   head = [title] if title else []
   if selected:
     head.append(selected)
