@@ -123,7 +123,7 @@ def test_reprs_are_one_short_line(trained, loaded):
   text = repr(result)
   s = result.summary
   assert "\n" not in text and len(text) < 250 and "Array" not in text
-  assert text == (f"FitResult(epochs=2, selected epoch {s['best_epoch']} by lowest val_loss, "
+  assert text == (f"FitResult(epochs=2, selected epoch {s['best_epoch']} (lowest val_loss), "
                   f"test map@r {s['test']['map@r']:.4f}, recall@1 "
                   f"{s['test']['recall@1']:.4f}, auc {s['test']['auc']:.4f}, step=4)")
 

@@ -152,9 +152,9 @@ class FitResult:
     shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("map@r", "recall@1", "auc")
                       if isinstance(test.get(k), (int, float)))
     step = None if self.state is None else int(jax.device_get(self.state.step))
-    return (f"FitResult(epochs={s.get('epochs')}, selected epoch {s.get('best_epoch')} by "
-            f"{history.selection_rule(s.get('best_metric'), s.get('best_mode'))}"
-            + (f", test {shown}" if shown else "") + f", step={step})")
+    return (f"FitResult(epochs={s.get('epochs')}, selected epoch {s.get('best_epoch')} "
+            f"({history.summary_rule(s)})" + (f", test {shown}" if shown else "")
+            + f", step={step})")
 
 
 @contextlib.contextmanager
