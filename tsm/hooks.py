@@ -72,7 +72,8 @@ from tsm import plotting
 from tsm import tensorboard as tensorboard_lib
 
 __all__ = ["Figures", "Hook", "LogLines", "ProgressBar", "RunEnd", "RunStart",
-           "SummaryFiles", "TensorBoard", "call", "close", "standard"]
+           "SummaryFiles", "TensorBoard", "WORKDIR_CONTENTS", "call", "close", "standard",
+           "workdir_contents"]
 
 
 @dataclasses.dataclass(frozen=True)
