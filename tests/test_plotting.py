@@ -32,6 +32,16 @@ def saved(monkeypatch):
   plt.close("all")
 
 
+@pytest.fixture
+def kept(monkeypatch):
+  """Figures passed to save_figure, kept and neither drawn nor saved (for checks of the
+  artists alone)."""
+  figures = []
+  monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: figures.append(fig))
+  yield figures
+  plt.close("all")
+
+
 def _legend_is_outside(ax):
   legend = ax.get_legend()
   assert legend is not None
@@ -176,10 +186,10 @@ def test_plot_training_panels(tmp_path, saved):
     assert _legend_is_outside(ax)
 
 
-def test_plot_training_colours_do_not_depend_on_the_records_key_order(tmp_path, saved):
+def test_plot_training_colours_do_not_depend_on_the_records_key_order(tmp_path, kept):
   for sort_keys in (False, True):   # records read back from metrics.jsonl are key-sorted
     plotting.plot_training(_epochs(sort_keys=sort_keys), str(tmp_path / "training.png"))
-  first, second = (_panels(fig) for fig in saved)
+  first, second = (_panels(fig) for fig in kept)
   for title in first:
     got = [(l.get_label(), l.get_color()) for l in second[title].lines]
     assert got == [(l.get_label(), l.get_color()) for l in first[title].lines], title
