@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from tsm import cli as cli_lib
 from tsm import config as config_lib
 from tsm import history
 
@@ -171,13 +172,93 @@ def test_ctrl_c_is_one_line_status_130_and_the_run_resumes(tmp_path):
 def test_help_names_the_flags_the_configs_and_the_field_list():
   proc = _cli("--help", timeout=120)
   assert proc.returncode == 0
-  for text in ("--config", "--workdir", "experiments/configs/digits_dams.py",
-               "--list_fields"):
+  for text in ("--config", "--workdir", "experiments/configs/NAME.py", "--list_fields",
+               "  digits_dams  "):
     assert text in proc.stdout, text
   fields = _cli("--list_fields", timeout=120)
   assert fields.returncode == 0
   for key in config_lib.FIELD_HELP:
     assert f"  {key} = " in fields.stdout, key
+  assert "(default: " not in fields.stdout
+
+
+def _study_command(path):
+  """The ``python -m experiments.X.run`` line of a config's docstring, found by hand."""
+  with open(path) as f:
+    text = f.read()
+  doc = text[text.index('"""') + 3:text.index('"""', text.index('"""') + 3)]
+  lines = [l.strip() for l in doc.splitlines() if l.strip().startswith("python -m ")]
+  return lines[0].split()[2] if lines else None
+
+
+def _usage_sections(text):
+  """``{"training": {name: description}, "python -m ...": {name: description}}``."""
+  sections, current = {}, None
+  for line in text.splitlines():
+    if line.startswith("training configs"):
+      current = sections.setdefault("training", {})
+    elif line.startswith("  python -m "):
+      current = sections.setdefault(line.split()[2], {})
+    elif line.startswith("study configs") or not line.startswith("  ") or current is None:
+      if not line.startswith("  "):
+        current = None if not line.startswith("training configs") else current
+      continue
+    else:
+      name, description = line.split(None, 1)
+      current[name] = description
+  return sections
+
+
+def test_help_lists_training_and_study_configs_apart_with_their_commands():
+  cli = cli_lib.ConfigCommand("tsm-train", "digits_dams", "runs/d", study_configs=False)
+  sections = _usage_sections(cli.usage())
+  bundled = cli_lib.bundled_configs()
+  listed = {name for names in sections.values() for name in names}
+  assert listed == set(bundled)
+  for name, path in bundled.items():
+    command = _study_command(path)
+    section = "training" if command is None else command
+    assert name in sections[section], (name, section)
+    with open(path) as f:   # the docstring's first line opens the description
+      first = f.readline().strip().lstrip("r").strip('"')
+    assert sections[section][name].startswith(first), name
+    if command is not None:   # each study's command is a module of the experiments package
+      assert os.path.exists(os.path.join(ROOT, *command.split(".")) + ".py"), command
+  assert "digits_dams" in sections["training"]
+  assert "loss_study_offline" in sections["experiments.loss_comparison.run"]
+  assert "not tsm-train" in cli.usage()
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
+def test_a_study_config_given_to_tsm_train_names_its_command(tmp_path, capsys):
+  cli = cli_lib.ConfigCommand("tsm-train", "digits_dams", "runs/d", study_configs=False)
+  with pytest.raises(SystemExit) as info:
+    cli.parse(["tsm-train", "--config=loss_study_offline", f"--workdir={tmp_path / 'w'}"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("tsm-train: error: --config=loss_study_offline "
+                                                 "is a study config")
+  assert "python -m experiments.loss_comparison.run --config=loss_study_offline" in err
+  assert not (tmp_path / "w").exists()
+  studies = cli_lib.ConfigCommand("loss study", "loss_study_offline", "runs/s")
+  studies.parse(["study", "--config=loss_study_offline", f"--workdir={tmp_path / 'w'}"])
+  assert studies.config.study is not None   # the study commands still take them
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
+def test_list_fields_with_a_config_shows_its_values_beside_the_defaults(capsys, monkeypatch):
+  cli = cli_lib.ConfigCommand("tsm-train", "digits_dams", "runs/d", study_configs=False)
+  argv = ["tsm-train", "--list_fields", f"--config={DIGITS}", "--config.train.epochs=3"]
+  monkeypatch.setattr(sys, "argv", argv)   # config_flags defines overrides from sys.argv
+  with pytest.raises(SystemExit) as info:
+    cli.parse(argv)
+  assert info.value.code == 0
+  out = capsys.readouterr().out
+  defaults = config_lib.default_config()
+  assert f"  train.epochs = 3  (default: {defaults.train.epochs!r})\n" in out
+  assert f"  data.split = 'by_image'  (default: {defaults.data.split!r})\n" in out
+  assert f"  seed = {defaults.seed!r}\n" in out   # the same as the default: the value alone
+  assert all(f"  {key} " in out for key in config_lib.FIELD_HELP)
 
 
 def test_config_file_without_get_config_gets_its_own_line(tmp_path):

@@ -111,6 +111,23 @@ def test_config_and_shapes_come_from_the_run(trained, loaded):
   assert loaded.config.data.name == "digits" and loaded.input_shape == (8, 8, 1)
 
 
+def test_reprs_are_one_short_line(trained, loaded):
+  workdir, result = trained
+  text = repr(loaded)
+  assert "\n" not in text and len(text) < 250 and "Array" not in text
+  sizes = (f"train {len(loaded.splits.train)}, val {len(loaded.splits.val)}, "
+           f"test {len(loaded.splits.test)}")
+  assert text == (f"Loaded(workdir={os.path.realpath(workdir)!r}, step={loaded.step}, "
+                  f"model={type(loaded.model).__name__}, input_shape=(8, 8, 1), "
+                  f"data='digits' ({sizes}))")
+  text = repr(result)
+  s = result.summary
+  assert "\n" not in text and len(text) < 250 and "Array" not in text
+  assert text == (f"FitResult(epochs=2, selected epoch {s['best_epoch']} (lowest val_loss), "
+                  f"test map@r {s['test']['map@r']:.4f}, recall@1 "
+                  f"{s['test']['recall@1']:.4f}, auc {s['test']['auc']:.4f}, step=4)")
+
+
 def test_array_inputs_in_batches_match_the_split(loaded):
   test = loaded.splits.test
   x = np.asarray(test.get(np.arange(len(test.labels))))

@@ -1,55 +1,31 @@
 """tsm.tensorboard: the event file and projector files read back independently.
 
-The event file is read with a TFRecord reader written here (length, masked CRC-32C of the
-length, data, masked CRC-32C of the data; CRC-32C computed bit by bit below), and each
-record parsed as an ``Event`` protobuf.
+The event file is read with the TFRecord reader of ``event_files`` (its own CRC-32C), and
+each record parsed as an ``Event`` protobuf.
 """
 
 import io
 import os
-import struct
 
 import numpy as np
 import pytest
 
 pytest.importorskip("tensorboardX")
 from PIL import Image  # noqa: E402  # pylint: disable=wrong-import-position
-from tensorboardX.proto import event_pb2  # noqa: E402  # pylint: disable=wrong-import-position
+from tensorboardX.proto import plugin_hparams_pb2  # noqa: E402  # pylint: disable=wrong-import-position
 
+from event_files import crc32c, event_files, read_events, shown  # noqa: E402  # pylint: disable=wrong-import-position
 from tsm import tensorboard  # noqa: E402  # pylint: disable=wrong-import-position
 
 
-def _crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc ^= byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked(crc: int) -> int:
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def test_crc32c_known_value():
-  assert _crc32c(b"123456789") == 0xE3069283  # the standard check value of CRC-32C
+  assert crc32c(b"123456789") == 0xE3069283  # the standard check value of CRC-32C
 
 
 def _read_events(logdir):
-  names = [n for n in os.listdir(logdir) if n.startswith("events.out.tfevents")]
-  assert len(names) == 1, names
-  events = []
-  with open(os.path.join(logdir, names[0]), "rb") as f:
-    while header := f.read(12):
-      (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
-      assert _masked(_crc32c(header[:8])) == length_crc
-      data = f.read(length)
-      (data_crc,) = struct.unpack("<I", f.read(4))
-      assert _masked(_crc32c(data)) == data_crc
-      events.append(event_pb2.Event.FromString(data))
-  return events
+  files = event_files(logdir)
+  assert len(files) == 1, files
+  return read_events(files[0])
 
 
 def _values(events):
@@ -125,3 +101,53 @@ def test_bad_inputs(tmp_path, call, match):
   with tensorboard.TensorBoardWriter(str(tmp_path / "run")) as tb:
     with pytest.raises(ValueError, match=match):
       call(tb, tmp_path)
+
+
+def _hparams_data(events):
+  """``{tag: HParamsPluginData}`` of the hparams plugin's summaries."""
+  out = {}
+  for e in events:
+    for v in e.summary.value:
+      if v.metadata.plugin_data.plugin_name == "hparams":
+        out[v.tag] = plugin_hparams_pb2.HParamsPluginData.FromString(
+            v.metadata.plugin_data.content)
+  return out
+
+
+def test_hparams_in_the_runs_own_directory(tmp_path):
+  logdir = tmp_path / "run"
+  with tensorboard.make_writer(str(logdir)) as tb:
+    tb.hparams({"train.lr": 1e-3, "loss.name": "triplet", "model.hidden_sizes": (32, 16),
+                "train.progress": True, "data.image_size": None},
+               {"test/map@r": np.float32(0.75), "test/auc": 0.5, "note": "skipped"}, step=6)
+  assert os.listdir(logdir) == [os.path.basename(event_files(logdir)[0])]  # no subdirectory
+  events = _read_events(str(logdir))
+  data = _hparams_data(events)
+  assert set(data) == {"_hparams_/experiment", "_hparams_/session_start_info",
+                       "_hparams_/session_end_info"}
+  start = data["_hparams_/session_start_info"].session_start_info.hparams
+  assert start["train.lr"].number_value == pytest.approx(1e-3)
+  assert start["loss.name"].string_value == "triplet"
+  assert start["model.hidden_sizes"].string_value == "(32, 16)"
+  assert start["train.progress"].bool_value is True
+  assert "data.image_size" not in start
+  experiment = data["_hparams_/experiment"].experiment
+  assert sorted(m.name.tag for m in experiment.metric_infos) == ["test/auc", "test/map_r"]
+  scalars = {(step, v.tag): v.simple_value for step, v in _values(events)
+             if v.HasField("simple_value")}
+  assert scalars == {(6, "test/map_r"): 0.75, (6, "test/auc"): 0.5}
+
+
+def test_purge_step_hides_the_repeated_steps(tmp_path):
+  logdir = str(tmp_path / "run")
+  with tensorboard.make_writer(logdir) as tb:
+    for step in range(1, 6):
+      tb.scalars(step, {"loss": float(step)})
+  with tensorboard.make_writer(logdir, purge_step=4) as tb:   # resumed after step 3
+    for step in range(4, 8):
+      tb.scalars(step, {"loss": 10.0 + step})
+  raw = [step for path in event_files(logdir) for step, v in _values(read_events(path))]
+  assert sorted(raw) == [1, 2, 3, 4, 4, 5, 5, 6, 7]  # both files hold steps 4 and 5
+  seen = {step: v.simple_value for step, v in _values(shown(logdir))}
+  assert seen == {1: 1.0, 2: 2.0, 3: 3.0, 4: 14.0, 5: 15.0, 6: 16.0, 7: 17.0}
+  assert len([1 for _ in _values(shown(logdir))]) == 7

@@ -5,13 +5,16 @@ Usage::
   tsm-train --config=experiments/configs/digits_dams.py --workdir=runs/digits_dams \\
       [--config.train.epochs=5 --config.margin.schedule=constant ...]
   tsm-train --config=digits_dams --workdir=runs/digits_dams   # a bundled config by name
-  tsm-train --help          # usage, the bundled config files
+  tsm-train --help          # usage, the bundled training and study configs
   tsm-train --list_fields   # every config field with its default and meaning
+  tsm-train --list_fields --config=digits_dams   # its values beside the defaults
 
 ``--config`` is an ml_collections config file with a ``get_config()``, or the NAME of a
 config bundled with tsm (``experiments/configs/NAME.py``, installed with the wheel, so a
 ``pip install`` without a clone has them too); any field can be overridden with
-``--config.<section>.<field>=<value>``. A rerun with the same
+``--config.<section>.<field>=<value>``. The study configs (``margin_study_*``,
+``loss_study_*``, ``loss_zoo_*``) are not for ``tsm-train``: each names its study's
+command (``python -m experiments.<study>.run``). A rerun with the same
 ``--workdir`` resumes the run from its latest checkpoint; a finished run is reported
 again without writing anything.
 
@@ -24,6 +27,7 @@ the same command resumes).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
@@ -67,6 +71,33 @@ def bundled_configs() -> dict[str, str]:
     return {}
   return {n[:-3]: os.path.join(BUNDLED_CONFIG_DIR, n) for n in names
           if n.endswith(".py") and not n.startswith("_")}
+
+
+# A study config's docstring names its command, e.g. "python -m experiments.loss_zoo.run".
+_STUDY_COMMAND = re.compile(r"python -m (experiments\.\w+\.run)\b")
+
+
+def describe_config(path: str) -> tuple[str, str | None]:
+  """A config file's one-line description and, for a study config, its command.
+
+  Read from the file's docstring without importing it: the description is its first
+  paragraph (a sentence); a study config names ``python -m experiments.<study>.run`` there.
+
+  Args:
+    path: a config file.
+
+  Returns:
+    ``(description, command)``: ``command`` is ``"python -m experiments.<study>.run"``
+    for a study config, None for a training config (``tsm-train``'s).
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+  except (OSError, SyntaxError, ValueError):
+    return "", None
+  found = _STUDY_COMMAND.search(doc)
+  description = " ".join(doc.strip().split("\n\n")[0].split())   # the first paragraph
+  return description, found and f"python -m {found.group(1)}"
 
 
 def resolve_config(value: str) -> str:
@@ -120,13 +151,17 @@ class ConfigCommand:
       ``flags.FLAGS`` to keep absl's own logging flags).
     config_help: help text of ``--config``.
     workdir_help: help text of ``--workdir``.
+    study_configs: whether the command runs study configs (False for ``tsm-train``: a
+      study config gets one line naming its own command).
   """
 
   def __init__(self, program: str, example_config: str, example_workdir: str, *,
                flag_values: flags.FlagValues | None = None,
                config_help: str = "Config file (a .py with get_config()).",
-               workdir_help: str = "Output directory (resumed if it exists)."):
+               workdir_help: str = "Output directory (resumed if it exists).",
+               study_configs: bool = True):
     self.program = program
+    self.study_configs = study_configs
     self.config_help, self.workdir_help = config_help, workdir_help
     self.example_config = example_config
     self.example_workdir = example_workdir
@@ -152,11 +187,23 @@ class ConfigCommand:
       try:
         if a.startswith("--config="):
           out[i] = "--config=" + resolve_config(a.split("=", 1)[1])
+          self._check_kind(a.split("=", 1)[1], out[i].split("=", 1)[1])
         elif a == "--config" and i + 1 < len(out):
-          out[i + 1] = resolve_config(out[i + 1])
+          value = out[i + 1]
+          out[i + 1] = resolve_config(value)
+          self._check_kind(value, out[i + 1])
       except ValueError as e:
         self.fail(str(e))
     return out
+
+  def _check_kind(self, given: str, path: str) -> None:
+    """A study config passed to a command that runs single trainings fails with one line
+    naming the study's command."""
+    command = None if self.study_configs else describe_config(path.split(":", 1)[0])[1]
+    if command:
+      self.fail(f"--config={given} is a study config, which {self.program} does not run; "
+                f"run it with {command} --config={given} --workdir=DIR, or pass a "
+                "training config (see --help).")
 
   def _check_get_config(self, args: Sequence[str]) -> None:
     """A config file that exists but defines no ``get_config`` gets its own line."""
@@ -176,21 +223,48 @@ class ConfigCommand:
     sys.exit(USAGE_ERROR)
 
   def usage(self) -> str:
-    """The ``--help`` text: the two flags, the bundled configs, how to list the fields."""
-    configs = bundled_configs()
-    listed = ("\n".join(f"  {name:32s} {CONFIG_DIR}/{name}.py" for name in configs)
-              or f"  (none: {BUNDLED_CONFIG_DIR} is missing)")
-    return (f"usage: {self.program} --config=FILE --workdir=DIR "
+    """The ``--help`` text: the flags, the bundled training configs and the study configs
+    (each with its description; the study configs under their command)."""
+    training: list[str] = []
+    studies: dict[str, list[str]] = {}
+    for name, path in bundled_configs().items():
+      description, command = describe_config(path)
+      if command:
+        studies.setdefault(command, []).append(f"    {name:34s} {description}")
+      else:
+        training.append(f"  {name:36s} {description}")
+    listed = "\n".join(training) or f"  (none: {BUNDLED_CONFIG_DIR} is missing)"
+    text = (f"usage: {self.program} --config=FILE --workdir=DIR "
             "[--config.SECTION.FIELD=VALUE ...]\n\n"
             f"  --config   {self.config_help}\n"
             f"  --workdir  {self.workdir_help}\n"
             "  --config.SECTION.FIELD=VALUE  override one field of the config, e.g. "
             "--config.train.epochs=5\n"
-            "  --list_fields  print every field with its default and meaning, and exit\n\n"
-            f"bundled configs (--config=NAME, or the file's path in a clone; each with its "
-            f"command in its docstring):\n{listed}\n\n"
-            f"example: {self.program} --config={self.example_config} "
-            f"--workdir={self.example_workdir}")
+            "  --list_fields  print every field with its default and meaning (with "
+            "--config=X: X's values beside the defaults), and exit\n\n"
+            f"training configs (--config=NAME, or the file {CONFIG_DIR}/NAME.py; each "
+            f"with its command in its docstring):\n{listed}\n")
+    if studies:
+      text += ("\nstudy configs (many trainings and a report each; "
+               + ("run with their study's command, not tsm-train):\n"
+                  if not self.study_configs else "run with their study's command):\n"))
+      text += "\n".join(f"  {command} --config=NAME --workdir=DIR\n" + "\n".join(lines)
+                         for command, lines in sorted(studies.items()))
+      text += "\n"
+    return text + (f"\nexample: {self.program} --config={self.example_config} "
+                   f"--workdir={self.example_workdir}")
+
+  def _list_fields(self, cfg: Any) -> NoReturn:
+    """Prints every config field with its meaning (``cfg``'s value beside the default
+    where they differ, or the defaults alone) and exits 0."""
+    from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+    if cfg is None:
+      print("config fields (default, meaning); override with --config.SECTION.FIELD=VALUE")
+    else:
+      print("config fields (this config's value, the default where it differs, meaning); "
+            "override with --config.SECTION.FIELD=VALUE")
+    print(config_lib.describe_fields(cfg))
+    sys.exit(0)
 
   def parse(self, argv: Sequence[str]) -> list[str]:
     """absl flag parsing with one-line errors and exit status 2; returns the rest.
@@ -202,11 +276,11 @@ class ConfigCommand:
     if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in args[1:]):
       print(self.usage())
       sys.exit(0)
-    if "--list_fields" in args[1:]:
-      from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-      print("config fields (default, meaning); override with --config.SECTION.FIELD=VALUE")
-      print(config_lib.describe_fields())
-      sys.exit(0)
+    list_fields = "--list_fields" in args[1:]
+    if list_fields:
+      args = [a for a in args if a != "--list_fields"]
+      if not any(a == "--config" or a.startswith("--config=") for a in args[1:]):
+        self._list_fields(None)
     args = self._resolve_config(args)
     self._check_get_config(args)
     try:
@@ -225,6 +299,8 @@ class ConfigCommand:
         self.fail(f"--config could not be loaded "
                   f"({found.group(0) if found else _one_line(e)}); pass an existing "
                   f"config file such as {self.example_config}.")
+    if list_fields and self.config is not None:
+      self._list_fields(self.config)
     if len(rest) > 1:
       self.fail(f"unexpected arguments {rest[1:]}; pass options as --name=value.")
     if self.workdir is None:
@@ -238,7 +314,8 @@ _COMMAND = ConfigCommand(
     "tsm-train", "digits_dams", "runs/digits_dams",
     flag_values=flags.FLAGS,
     config_help="Experiment config file (a .py with get_config()).",
-    workdir_help="Run directory (created; resumed if it holds a run of the same config).")
+    workdir_help="Run directory (created; resumed if it holds a run of the same config).",
+    study_configs=False)
 
 
 def _main(argv: list[str]) -> None:

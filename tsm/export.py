@@ -66,6 +66,15 @@ class Loaded:
   workdir: str
   trunk: Any = None
 
+  def __repr__(self) -> str:
+    """One line: the run, its checkpoint, the model and the data (not the arrays)."""
+    sizes = ", ".join(f"{name} {len(getattr(self.splits, name))}"
+                      for name in ("train", "val", "test"))
+    trunk = "" if self.trunk is None else f", trunk={type(self.trunk).__name__}"
+    return (f"Loaded(workdir={self.workdir!r}, step={self.step}, "
+            f"model={type(self.model).__name__}{trunk}, input_shape={self.input_shape}, "
+            f"data={self.data.name!r} ({sizes}))")
+
   def prepare(self, inputs: Any) -> np.ndarray:
     """Raw inputs as model inputs: integer arrays are images with values 0..255 and get
     the run's preprocessing (``data.image_size``, ``data.channels``,

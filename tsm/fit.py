@@ -145,6 +145,17 @@ class FitResult:
   history: list[dict[str, Any]]
   embed: Callable[[Any], np.ndarray]
 
+  def __repr__(self) -> str:
+    """One line: the epochs, the kept epoch and its rule, the headline test metrics."""
+    s = self.summary or {}
+    test = s.get("test", {})
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("map@r", "recall@1", "auc")
+                      if isinstance(test.get(k), (int, float)))
+    step = None if self.state is None else int(jax.device_get(self.state.step))
+    return (f"FitResult(epochs={s.get('epochs')}, selected epoch {s.get('best_epoch')} "
+            f"({history.summary_rule(s)})" + (f", test {shown}" if shown else "")
+            + f", step={step})")
+
 
 @contextlib.contextmanager
 def run_directory(workdir: str, config: Mapping[str, Any] | None = None) -> Iterator[str]:
@@ -279,7 +290,7 @@ def _best_state(ckpt: checkpoint_lib.Checkpointer, state: Any) -> tuple[Any, int
 
 
 def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric: str,
-             best_step: int | None) -> dict[str, Any]:
+             best_mode: str, best_step: int | None) -> dict[str, Any]:
   """The summary's entries that come from the epoch records (the labels first)."""
   best = next((r for r in epoch_records if r["step"] == best_step),
               epoch_records[-1] if epoch_records else None)
@@ -292,6 +303,8 @@ def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric
       "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
       "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
   })
+  summary.update(history.selection(epoch_records, best_metric, best_mode,
+                                   summary["best_epoch"]))
   return summary
 
 
@@ -432,9 +445,10 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       hooks_lib.call(hooks, "on_epoch_end", record)
 
     best_state, best_step = _best_state(ckpt, state)
+    hooks_lib.call(hooks, "on_final_evaluation", best_step)
     ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
                                  loss_fn=loss_fn)
-    summary = _summary(labels, epoch_records, best_metric, best_step)
+    summary = _summary(labels, epoch_records, best_metric, best_mode, best_step)
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
     hooks_lib.call(hooks, "on_end", hooks_lib.RunEnd(summary, epoch_records, ctx))
   except KeyboardInterrupt:

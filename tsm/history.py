@@ -137,6 +137,91 @@ def epoch_line(r: dict[str, Any], epochs: int | None = None) -> str:
   return "  ".join(parts)
 
 
+# The main validation metric, the first of these an epoch record holds (all higher is
+# better): the summary line states its value at the selected epoch and its own best.
+MAIN_VAL_METRICS = ("val_map@r", "val_recall@1", "val_auc", "val_precision@1")
+
+
+def selection(epoch_records: list[dict[str, Any]], best_metric: str, best_mode: str,
+              best_epoch: int | None) -> dict[str, Any]:
+  """How the kept epoch was chosen, beside the main validation metric's own best.
+
+  Args:
+    epoch_records: the run's epoch records.
+    best_metric: the record key that selected the kept checkpoint.
+    best_mode: ``"min"`` or ``"max"``.
+    best_epoch: the selected epoch (1-based), or None.
+
+  Returns:
+    ``{"best_mode": best_mode}``, plus ``"main_val_metric": {"name", "at_best_epoch",
+    "best_epoch", "best_value"}`` when the records hold a :data:`MAIN_VAL_METRICS` key
+    other than ``best_metric`` (``at_best_epoch`` None when the selected epoch did not
+    evaluate it).
+  """
+  out: dict[str, Any] = {"best_mode": best_mode}
+  name = next((k for k in MAIN_VAL_METRICS if any(k in r for r in epoch_records)), None)
+  if name is None or name == best_metric:
+    return out
+  scored = [(r[name], r["epoch"] + 1) for r in epoch_records
+            if name in r and np.isfinite(r[name])]
+  if not scored:
+    return out
+  value, epoch = max(scored, key=lambda ve: (ve[0], -ve[1]))   # the first of equal bests
+  at_best = next((r[name] for r in epoch_records
+                  if r["epoch"] + 1 == best_epoch and name in r), None)
+  out["main_val_metric"] = {"name": name, "at_best_epoch": at_best, "best_epoch": epoch,
+                            "best_value": value}
+  return out
+
+
+def selection_rule(metric: str, mode: str | None) -> str:
+  """The rule that kept an epoch, in words: ``"lowest val_loss"`` (``metric`` alone
+  without a mode)."""
+  return f"{'lowest' if mode == 'min' else 'highest'} {metric}" if mode else str(metric)
+
+
+def summary_rule(summary: dict[str, Any]) -> str:
+  """The rule that kept a summary's epoch: ``"lowest val_loss"``, or, when no epoch
+  record held the metric (the final state was kept), ``"the last: no epoch record holds
+  val_loss"``."""
+  metric = summary.get("best_metric")
+  if summary.get("best_value") is None:
+    return f"the last: no epoch record holds {metric}"
+  return selection_rule(metric, summary.get("best_mode"))
+
+
+def selection_line(summary: dict[str, Any]) -> str:
+  """The kept epoch, the rule that kept it with the metric's value, and the main
+  validation metric there and at its own best epoch (from a summary)."""
+  value = summary.get("best_value")
+  line = f"selected epoch {summary.get('best_epoch')}"
+  if summary.get("epochs"):
+    line += f" of {summary['epochs']}"
+  line += (f" by {summary_rule(summary)} ({value:.4f})" if isinstance(value, (int, float))
+           else f", {summary_rule(summary)}")
+  main = summary.get("main_val_metric")
+  if main:
+    at = main.get("at_best_epoch")
+    name, best = main["name"], f"{main['best_value']:.4f}"
+    if main["best_epoch"] == summary.get("best_epoch"):
+      line += f"; {name} there {best}, its highest"
+    else:
+      there = (f"{at:.4f} there, " if isinstance(at, (int, float)) else
+               "not evaluated there, ")
+      line += f"; {name} {there}highest {best} at epoch {main['best_epoch']}"
+  return line
+
+
+def format_duration(seconds: float) -> str:
+  """``"42s"``, ``"3m05s"``, ``"2h07m"``: a duration for a log line."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
   """A short human-readable block of a summary's test metrics."""
   head = [f"== {summary.get('dataset', 'data')}"]
@@ -147,12 +232,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                         if k in summary)
   if described:
     head.append(described.replace("margin schedule", "margin"))
-  best = f"best epoch {summary.get('best_epoch')} by {summary.get('best_metric')}"
+  margin = ""
   if summary.get("final_margin") is not None:
-    best += f", last epoch's margin {summary['final_margin']:.4g}"
+    margin = f"last epoch's margin {summary['final_margin']:.4g}"
   if summary.get("next_margin") is not None:
-    best += f" (next {summary['next_margin']:.4g})"
-  lines = [": ".join(head) + "; " + best]
+    margin += f" (next {summary['next_margin']:.4g})"
+  lines = [": ".join(head) + (f"; {margin}" if margin else ""), selection_line(summary)]
 
   def metrics(values: dict[str, Any]) -> str:
     keys = [k for k in values if k.startswith("recall@")] + [

@@ -18,8 +18,9 @@ backend first (``matplotlib.use("Agg")``).
 * :func:`plot_triplet_shares`: easy / semi-hard / hard shares of the triplets per epoch.
 * :func:`plot_pca`: 2-D PCA scatter of embeddings coloured by class (paper B's figure).
 * :func:`plot_roc`: ROC of test pairs (linear and log FPR) to a file.
-* :func:`plot_training`: a run's per-epoch figure (``training.png``) to a file: loss,
-  validation metrics, margin, and the easy / semi-hard / hard shares.
+* :func:`plot_training`: a run's per-epoch figure (``training.png``) to a file: the
+  training and the validation loss, the validation metrics (higher and lower is better
+  apart), the margin, and the easy / semi-hard / hard shares, with the selected epoch.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
                 ylabel: str | None = None, title: str | None = None,
                 logy: bool = False, markers: bool = True,
                 hline: float | None = None,
-                bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None
-                ) -> Any:
+                bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                colors: Sequence[str] | None = None) -> Any:
   """One line per named series against epochs (loss, active ratio, gradient norm...).
 
   Args:
@@ -154,25 +155,30 @@ def plot_curves(ax: Any, epochs: Sequence[float] | None,
     hline: optional horizontal reference line (e.g. a target share).
     bands: optional ``{label: (lower, upper)}``: a shaded band in the series' colour
       (e.g. mean ± std over seeds), one value per epoch each.
+    colors: one matplotlib colour per series (a quantity keeps its colour across
+      figures); default the colour cycle in order.
 
   Returns:
     ``ax``.
   """
   bands = bands or {}
+  if colors is not None and len(colors) != len(series):
+    raise ValueError(f"colors has {len(colors)} entries for {len(series)} series; pass one "
+                     "colour per series.")
   for i, (label, values) in enumerate(series.items()):
+    color = f"C{i}" if colors is None else colors[i]
     y = np.asarray(values, dtype=np.float64).reshape(-1)
     x = np.arange(1, y.size + 1) if epochs is None else np.asarray(epochs).reshape(-1)
     if x.size != y.size:
       raise ValueError(f"series {label!r} has {y.size} values for {x.size} epochs; pass "
                        "one value per epoch.")
-    ax.plot(x, y, marker="o" if markers else None, ms=3, lw=1.5, color=f"C{i}",
-            label=label)
+    ax.plot(x, y, marker="o" if markers else None, ms=3, lw=1.5, color=color, label=label)
     if label in bands:
       lower, upper = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bands[label])
       if lower.size != x.size or upper.size != x.size:
         raise ValueError(f"band of {label!r} has {lower.size}/{upper.size} values for "
                          f"{x.size} epochs; pass one lower and one upper value per epoch.")
-      ax.fill_between(x, lower, upper, color=f"C{i}", alpha=0.2, lw=0)
+      ax.fill_between(x, lower, upper, color=color, alpha=0.2, lw=0)
   if logy:
     ax.set_yscale("log")
   _label_axes(ax, xlabel, ylabel, title, hline)
@@ -390,7 +396,8 @@ def plot_pca(ax: Any, embeddings: Any, labels: Any, *, max_points: int | None = 
   return ax
 
 
-def plot_roc(distances: Any, same: Any, path: str, title: str = "") -> dict[str, float]:
+def plot_roc(distances: Any, same: Any, path: str, title: str = "", *,
+             split: str = "test") -> dict[str, float]:
   """ROC of test pairs (linear and log FPR), with AUC and EER, saved to ``path``.
 
   Numbers from :func:`tsm.metrics.roc_curve` and :func:`tsm.metrics.verification_metrics`
@@ -401,6 +408,7 @@ def plot_roc(distances: Any, same: Any, path: str, title: str = "") -> dict[str,
     same: ``[P]`` booleans, True for same-class pairs (both kinds must occur).
     path: output file (``.png``, ``.pdf``...), written atomically.
     title: figure title.
+    split: the split the pairs come from, named in the title with the pair counts.
 
   Returns:
     The verification metrics drawn (``auc``, ``eer``, ``tar@far=...``).
@@ -437,8 +445,10 @@ def plot_roc(distances: Any, same: Any, path: str, title: str = "") -> dict[str,
   handles, labels = axes[0].get_legend_handles_labels()
   legend_outside(axes[1], handles=handles, labels=labels)
   same = np.asarray(same, dtype=bool)
-  pairs = f"{same.size:,} pairs ({np.count_nonzero(same):,} same)"
-  fig.suptitle(f"{title}: {pairs}" if title else f"test {pairs}")
+  n_same = int(np.count_nonzero(same))
+  pairs = (f"{split} split: {same.size:,} pairs ({n_same:,} same-class, "
+           f"{same.size - n_same:,} different-class)")
+  fig.suptitle(f"{title}\n{pairs}" if title else pairs)
   save_figure(fig, path, dpi=110)
   return numbers
 
@@ -453,24 +463,59 @@ def _numeric_keys(records: Sequence[dict[str, Any]], prefix: str) -> list[str]:
   return list(keys)
 
 
+# The validation metrics training.png draws, by direction (all of them would crowd the
+# panels; metrics.jsonl and TensorBoard have every one), each with its own colour in
+# every run (a quantity keeps its colour whichever metrics a run has, and in whatever
+# order its records hold them).
+# (Precision@1 equals Recall@1, so it is left out.)
+HIGHER_IS_BETTER = ("val_map@r", "val_recall@1", "val_r_precision", "val_auc")
+LOWER_IS_BETTER = ("val_eer",)
+QUANTITY_COLORS = {"loss": "C0", "val_loss": "C1", "val_map@r": "C0", "val_recall@1": "C1",
+                   "val_r_precision": "C5", "val_auc": "C2", "val_eer": "C3",
+                   "margin": "C0", "easy_share": "C2"}
+_LEGEND_NAMES = {"loss": "training loss", "val_loss": "validation loss"}
+# The selected epoch's vertical line (its gid names it for readers of the figure).
+SELECTED_GID = "selected-epoch"
+
+
+def _mark_selected(ax: Any, epoch: int | None, label: str) -> None:
+  """A dashed vertical line at the selected epoch (labelled in the axes' legend)."""
+  if epoch is not None:
+    ax.axvline(epoch, color="k", lw=1.0, ls="--", alpha=0.7, zorder=4, label=label,
+               gid=SELECTED_GID)
+
+
 def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", *,
-                  val_label: str = "validation",
-                  easy_threshold: float | None = None) -> None:
+                  val_label: str = "validation loss",
+                  easy_threshold: float | None = None,
+                  selected_epoch: int | None = None,
+                  selected_by: str | None = None,
+                  selected_metric: str | None = None) -> None:
   """Draws the per-epoch training figure to ``path`` (PNG).
 
-  Panels: loss (train, and ``val_loss`` when present); validation metrics (the headline
-  ``val_*`` keys present: MAP@R, Recall@1, AUC, EER, active ratio; skipped when there is
-  none); the margin, drawn as steps since it holds for a whole epoch; and the easy /
-  semi-hard / hard shares of the triplets when the records carry ``num_easy``,
-  ``num_semihard``, ``num_hard`` and ``num_total`` (or ``num_triplets``), else the easy
-  share alone.
+  Each panel compares like with like: the training loss (at the margin each epoch
+  trained at) and the validation loss (at the validation margin) on their own axes; the
+  validation metrics where higher is better (MAP@R, Recall@1, R-precision, AUC) apart from those where lower is better (EER); the margin, drawn as steps since it
+  holds for a whole epoch; and the easy / semi-hard / hard shares of the triplets when
+  the records carry ``num_easy``, ``num_semihard``, ``num_hard`` and ``num_total`` (or
+  ``num_triplets``), else the easy share alone. Panels without data are left out. Each
+  quantity has a fixed colour (:data:`QUANTITY_COLORS`). The selected epoch (the kept
+  checkpoint) is a dashed vertical line on every panel, named with its rule in the
+  legends and the figure's title; on the panel of the selecting metric its value is a
+  star, and on the higher-is-better panel each metric's own best epoch is a ring.
 
   Args:
     epochs: the ``"epoch"`` records of ``metrics.jsonl``.
     path: output file.
     title: figure title.
-    val_label: legend label of the validation loss (e.g. its margin).
+    val_label: name of the validation loss (e.g. with its margin): its panel's title and
+      legend entry.
     easy_threshold: optional horizontal line on the easy-share panel (DAMS's threshold).
+    selected_epoch: the kept epoch (1-based), or None for no marker.
+    selected_by: the rule that selected it, in words (``"lowest val_loss"``,
+      ``tsm.history.selection_rule``).
+    selected_metric: the epoch-record key that selected it (``"val_loss"``): its value
+      at the selected epoch gets a star; None for none.
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -478,43 +523,89 @@ def plot_training(epochs: Sequence[dict[str, Any]], path: str, title: str = "", 
 
   x = [r["epoch"] + 1 for r in epochs]
   nan = float("nan")
-  losses = {"train": [r["loss"] for r in epochs]}
-  if any("val_loss" in r for r in epochs):
-    losses[val_label] = [r.get("val_loss", nan) for r in epochs]
-  # The headline validation metrics (all of them would crowd the panel; metrics.jsonl and
-  # TensorBoard have every one).
-  shown = ("val_map@r", "val_recall@1", "val_auc", "val_eer", "val_active_ratio")
-  val_keys = [k for k in _numeric_keys(epochs, "val_") if k in shown]
+  present = set(_numeric_keys(epochs, "val_"))
+
+  def values(key: str) -> list[float]:
+    return [r.get(key, nan) for r in epochs]
+
+  higher = [k for k in HIGHER_IS_BETTER if k in present]
+  lower = [k for k in LOWER_IS_BETTER if k in present]
   shares = triplet_shares(epochs)
-  panels = ["loss"] + (["val"] if val_keys else []) + ["margin", "shares"]
-  cols = 2 if len(panels) == 4 else len(panels)
+  panels = (["loss"] + (["val_loss"] if "val_loss" in present else []) +
+            (["higher"] if higher else []) + (["lower"] if lower else []) +
+            ["margin", "shares"])
+  cols = 2
   rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(12.5 if cols == 2 else 4.6 * cols, 3.6 * rows),
+  fig, axes = plt.subplots(rows, cols, figsize=(12.5, 3.4 * rows),
                            constrained_layout=True, squeeze=False)
   for ax in axes.flat[len(panels):]:
     ax.axis("off")
   axes = dict(zip(panels, axes.flat))
-  plot_curves(axes["loss"], x, losses, title="loss (train: at the epoch's margin)")
-  if len(losses) > 1:
-    legend_outside(axes["loss"])
-  if val_keys:
-    plot_curves(axes["val"], x,
-                         {k[len("val_"):]: [r.get(k, nan) for r in epochs] for k in val_keys},
-                         title="validation metrics")
-    legend_outside(axes["val"])
-  plot_steps(axes["margin"], x, {"margin": [r["margin"] for r in epochs]},
-                      title="margin $\\mu$ (held for the whole epoch)", legend=None)
+  selected = (f"selected: epoch {selected_epoch}" +
+              (f" ({selected_by})" if selected_by else "")) if selected_epoch else ""
+
+  def evaluated(keys: Sequence[str]) -> list[int]:
+    """The records that hold some of ``keys`` (evaluators may skip epochs)."""
+    return [i for i, r in enumerate(epochs) if any(k in r for k in keys)]
+
+  def curves(name: str, keys: Sequence[str], panel_title: str, ylabel: str) -> Any:
+    ax = axes[name]
+    rows = evaluated(keys)   # lines join the evaluated epochs, not broken by the others
+    plot_curves(ax, [x[i] for i in rows],
+                {_LEGEND_NAMES.get(k, k[len("val_"):] if k.startswith("val_") else k):
+                 [values(k)[i] for i in rows] for k in keys},
+                title=panel_title, ylabel=ylabel,
+                colors=[QUANTITY_COLORS.get(k, f"C{i + 6}") for i, k in enumerate(keys)])
+    _mark_selected(ax, selected_epoch, selected)
+    return ax
+
+  curves("loss", ["loss"], "training loss (at the epoch's margin $\\mu$)", "loss")
+  if "val_loss" in present:
+    curves("val_loss", ["val_loss"], val_label, "loss")
+    axes["val_loss"].get_lines()[0].set_label(val_label)
+  if higher:
+    ax = curves("higher", higher, "validation metrics, higher is better", "value")
+    for k in higher:   # each metric's own best epoch
+      y = np.asarray(values(k), np.float64)
+      if np.isfinite(y).any():
+        i = int(np.nanargmax(y))
+        ax.plot([x[i]], [y[i]], "o", ms=9, mfc="none", mew=1.5,
+                color=QUANTITY_COLORS.get(k, "k"), zorder=5)
+    ax.plot([], [], "o", ms=9, mfc="none", mew=1.5, color="0.3", label="each one's best")
+  if lower:
+    curves("lower", lower, "validation metrics, lower is better", "value")
+  plot_steps(axes["margin"], x, {"margin": [r["margin"] for r in epochs]}, ylabel="$\\mu$",
+             title="margin $\\mu$ (held for the whole epoch)", legend=None)
+  _mark_selected(axes["margin"], selected_epoch, selected)
   threshold_note = "" if easy_threshold is None else f" (dotted: DAMS threshold {easy_threshold:g})"
   if shares is not None:
     plot_triplet_shares(axes["shares"], x, shares, threshold=easy_threshold,
-                                 title="triplets by kind, at the epoch's margin")
+                        title="triplets by kind, at the epoch's margin")
   else:
-    plot_curves(axes["shares"], x,
-                         {"easy share": [r.get("easy_share", nan) for r in epochs]},
-                         title="easy share" + threshold_note, hline=easy_threshold)
+    plot_curves(axes["shares"], x, {"easy share": values("easy_share")},
+                title="easy share" + threshold_note, hline=easy_threshold,
+                colors=[QUANTITY_COLORS["easy_share"]])
     axes["shares"].set_ylim(-0.02, 1.02)
-  if title:
-    fig.suptitle(title)
+  _mark_selected(axes["shares"], selected_epoch, selected)
+  metric = (selected_metric if selected_metric == "loss" or selected_metric in present
+            and selected_metric in ("val_loss", *higher, *lower) else None)
+  if metric is not None and selected_epoch in x:   # the selecting value: a star
+    ax = axes["loss" if metric == "loss" else "val_loss" if metric == "val_loss" else
+              "higher" if metric in higher else "lower"]
+    ax.plot([selected_epoch], [values(metric)[x.index(selected_epoch)]], "*", ms=13,
+            color="k", zorder=6)
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  for name in panels:
+    legend_outside(axes[name])
+    # One epoch axis for every panel (evaluators may skip epochs), in whole epochs.
+    if x:
+      axes[name].set_xlim(min(x) - 0.5, max(x) + 0.5)
+    axes[name].xaxis.set_major_locator(MaxNLocator(integer=True))
+  head = [title] if title else []
+  if selected:
+    head.append(selected)
+  if head:
+    fig.suptitle("\n".join(head))
   save_figure(fig, path, dpi=100)
 
 

@@ -40,7 +40,8 @@ from tsm.config.checks import ConfigError, check_config, check_config_with_data
 from tsm.config.defaults import (CLASS_LOSSES, FIELD_HELP, LOSS_FIELDS, LOSSES,
                                  MARGIN_UPDATES, MINIMISED_METRICS, NONFINITE,
                                  PAIR_PROTOCOLS, RANKING_METRICS, RUN_CONTROL_FIELDS,
-                                 SAMPLINGS, default_config, describe_fields)
+                                 SAMPLINGS, default_config, describe_fields,
+                                 field_values)
 from tsm.config.run import (check_same_run, prepare, read_run_config, to_json,
                             train_and_evaluate)
 from tsm.losses import MiningCurriculum
@@ -52,7 +53,7 @@ __all__ = [
     "best_metric_key", "build_evaluators", "build_loss", "build_model", "build_optimizer",
     "build_sampler", "build_schedule", "build_trunk", "check_config",
     "check_config_with_data", "check_same_run", "data_spec", "default_config",
-    "describe_fields", "load_data", "load_pixels", "model_label", "prepare",
+    "describe_fields", "field_values", "load_data", "load_pixels", "model_label", "prepare",
     "read_run_config", "schedule_length", "to_json", "train_and_evaluate",
     "uses_feature_cache",
 ]

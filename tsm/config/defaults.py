@@ -236,13 +236,51 @@ def default_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def describe_fields() -> str:
-  """Every config field with its default and meaning, one per line."""
-  cfg = default_config()
-  lines = []
-  for key, meaning in FIELD_HELP.items():
+_ABSENT = object()
+
+
+def field_values(cfg: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """The value of every documented field (:data:`FIELD_HELP`) in ``cfg``.
+
+  Args:
+    cfg: a config; None for :func:`default_config`.
+
+  Returns:
+    ``{"section.field": value}`` in :data:`FIELD_HELP`'s order; a field ``cfg`` lacks is
+    left out.
+  """
+  cfg = default_config() if cfg is None else cfg
+  out = {}
+  for key in FIELD_HELP:
     value = cfg
     for part in key.split("."):
-      value = value[part]
-    lines.append(f"  {key} = {value!r}\n      {meaning}")
+      value = value.get(part, _ABSENT) if hasattr(value, "get") else _ABSENT
+      if value is _ABSENT:
+        break
+    if value is not _ABSENT:
+      out[key] = value
+  return out
+
+
+def describe_fields(cfg: ml_collections.ConfigDict | None = None) -> str:
+  """Every config field with its value and meaning, one per line.
+
+  Args:
+    cfg: a config whose values to show beside the defaults (``(default: ...)`` where a
+      value differs); None for the defaults alone.
+
+  Returns:
+    The lines.
+  """
+  defaults = field_values()
+  values = defaults if cfg is None else field_values(cfg)
+  lines = []
+  for key, meaning in FIELD_HELP.items():
+    if key not in values:
+      line = f"  {key}: not in this config (default: {defaults[key]!r})"
+    elif values[key] != defaults[key]:
+      line = f"  {key} = {values[key]!r}  (default: {defaults[key]!r})"
+    else:
+      line = f"  {key} = {values[key]!r}"
+    lines.append(f"{line}\n      {meaning}")
   return "\n".join(lines)

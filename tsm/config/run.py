@@ -24,7 +24,7 @@ from tsm.config.builders import (best_metric_key, build_evaluators, build_loss,
                                  build_schedule, load_data, model_label)
 from tsm.config.checks import (ConfigError, _section_error, check_config,
                                check_config_with_data)
-from tsm.config.defaults import RUN_CONTROL_FIELDS, default_config
+from tsm.config.defaults import RUN_CONTROL_FIELDS, default_config, field_values
 from tsm.data import spec as spec_lib
 
 
@@ -111,6 +111,13 @@ def _load_checked(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, An
   return splits, sampler
 
 
+def hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config's training fields as TensorBoard hyper-parameters: ``{"section.field":
+  value}`` of every documented field but the :data:`RUN_CONTROL_FIELDS`."""
+  control = {".".join(f) for f in RUN_CONTROL_FIELDS}
+  return {k: v for k, v in field_values(cfg).items() if k not in control}
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                        evaluators: Sequence[Any] = ()) -> Any:
   """Builds every object ``cfg`` describes and trains with ``tsm.fit.fit``.
@@ -152,7 +159,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   figures = hooks_lib.Figures(
       f"{cfg.data.name}: {cfg.loss.name} loss, {cfg.margin.schedule} margin, "
       f"{model_label(cfg)}",
-      val_label="validation" + ("" if val_margin is None else f" (margin {val_margin:g})"),
+      val_label="validation loss" + ("" if val_margin is None else
+                                     f" (at margin {val_margin:g})"),
       easy_threshold=cfg.margin.threshold if cfg.margin.schedule == "dams" else None)
   with fit_lib.run_directory(workdir, config=to_json(cfg)):
     return fit_lib.fit(
@@ -173,4 +181,5 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                                  loss=cfg.loss.name, margin_schedule=cfg.margin.schedule,
                                  model=model_label(cfg)),
         hooks=hooks_lib.standard(progress=t.progress, print_every_steps=t.print_every_steps,
-                                 tensorboard=t.tensorboard, figures=figures))
+                                 tensorboard=t.tensorboard, figures=figures,
+                                 hparams=hparams(cfg)))
