@@ -89,8 +89,8 @@ VERDICTS = (HELD, CONTRADICTED, INCONCLUSIVE)
 
 CONFIDENCE = 0.95
 POWER = 0.8
-# Sign patterns are enumerated exactly up to this many pairs (meet in the middle: two
-# halves of 2^20 sums, about a second at 40); beyond it PERMUTATION_DRAWS random patterns.
+# Sign patterns are counted exactly up to this many pairs (meet in the middle: two halves
+# of at most 2^20 sums); beyond it PERMUTATION_DRAWS random patterns.
 MAX_EXACT_PERMUTATION = 40
 # Two-sample relabellings enumerated exactly up to this many; beyond, that many random.
 MAX_EXACT_SPLITS = 100_000
@@ -282,8 +282,8 @@ def sign_flip_p_value(differences: Iterable[float]) -> float:
 
   Exact for ``n <=`` :data:`MAX_EXACT_PERMUTATION` (40): the sums of each half's
   ``2^(n/2)`` patterns are enumerated, one half sorted, and the patterns of the whole
-  counted by binary search (meet in the middle, ``O(2^(n/2) n)``; a second at ``n =
-  40``, milliseconds at 20), so real-valued differences need no rounding. For more
+  counted by binary search (meet in the middle: ``O(2^(n/2) n)`` time and memory instead
+  of ``O(2^n n)``), so real-valued differences need no rounding. For more
   seeds: :data:`PERMUTATION_DRAWS` random patterns from
   ``default_rng(PERMUTATION_SEED)``, ``p = (1 + hits) / (1 + draws)`` (a valid p-value;
   its Monte Carlo standard error is at most ``0.5 / sqrt(draws)``, 0.0016).
