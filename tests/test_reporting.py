@@ -247,7 +247,7 @@ def test_sign_flip_hand_computed_and_ties():
     reporting.sign_flip_p_value([])
 
 
-@pytest.mark.parametrize("n", [17, 20])
+@pytest.mark.parametrize("n", [17, 18])
 def test_sign_flip_exact_beyond_sixteen_seeds_against_scipy(n):
   # Meet in the middle against scipy's exact enumeration of all 2^n patterns.
   d = np.random.default_rng(n).normal(0.4, 1.0, n)
@@ -257,6 +257,20 @@ def test_sign_flip_exact_beyond_sixteen_seeds_against_scipy(n):
                                  vectorized=True, batch=2 ** 16)
   assert reporting.sign_flip_p_value(d) == pytest.approx(exact.pvalue, rel=1e-12)
   assert not math.isnan(reporting.compare(d, np.zeros(n)).p_permutation)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7])
+def test_sign_flip_twenty_seeds_hand_computed(k):
+  # d = twenty ±1 with k of them -1: a pattern's sum is 20 - 2m for m minus signs, so
+  # p = P(m <= k) with m ~ Binomial(20, 1/2) (ties throughout).
+  d = np.ones(20)
+  d[:k] = -1.0
+  expected = stats.binom.cdf(k, 20, 0.5)
+  assert reporting.sign_flip_p_value(d) == pytest.approx(expected, rel=1e-12)
+  c = reporting.compare(d, np.zeros(20))
+  assert c.p_permutation == pytest.approx(expected, rel=1e-12)
+  assert c.p_permutation_reverse == pytest.approx(stats.binom.sf(k - 1, 20, 0.5),
+                                                  rel=1e-12)
 
 
 def test_sign_flip_beyond_exact_is_seeded_randomisation():
