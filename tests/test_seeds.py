@@ -133,10 +133,15 @@ def test_bad_input_is_one_line_before_compiling():
       (dict(seeds=SEEDS, epochs=1,
             samplers=good[:2] + [samplers.PKSampler(y, 2, 4, 2)]), "steps per epoch"),
   ]
+  cases.append((dict(seeds=SEEDS, epochs=1, samplers=good, margin_update="daily"),
+                "margin_update"))
+  cases.append((dict(seeds=SEEDS, epochs=1, samplers=good,
+                     state=seeds_lib.init_seeds(model, _loss, schedule, tx, (12,), [0, 1])),
+                "2,\\) seeds, not 3"))
   for kwargs, message in cases:
     with pytest.raises(ValueError, match=message) as info:
-      seeds_lib.train_seeds(model, _loss, schedule, tx, x, y, kwargs["samplers"],
-                            seeds=kwargs["seeds"], epochs=kwargs["epochs"])
+      seeds_lib.train_seeds(model, _loss, schedule, tx, x, y, kwargs.pop("samplers"),
+                            **kwargs)
     assert "\n" not in str(info.value)
 
 

@@ -264,12 +264,17 @@ def train_seeds(model: flax.linen.Module, loss: Any, schedule: margins_lib.Margi
   seeds = _check_seeds(seeds)
   if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
     raise ValueError(f"epochs={epochs!r} must be an integer >= 1.")
+  if margin_update not in ("epoch", "step"):
+    raise ValueError(f"margin_update={margin_update!r} is unknown; use 'epoch' or 'step'.")
   x = np.asarray(inputs, np.float32)
   y = np.asarray(labels)
   steps = _check_data(x, y, samplers, seeds)
   loss_of = loss.for_epoch if hasattr(loss, "for_epoch") else (lambda epoch: loss)
   if state is None:
     state = init_seeds(model, loss_of(0), schedule, tx, x.shape[1:], seeds, init_fn)
+  elif np.shape(state.step) != (len(seeds),):
+    raise ValueError(f"state holds {np.shape(state.step)[:1]} seeds, not {len(seeds)}; "
+                     "pass the stacked states of these seeds (init_seeds).")
   compiled: dict[int, Any] = {}
   end_of_epoch = (None if margin_update == "step" else make_seeds_end_of_epoch(schedule))
   x_dev, y_dev = jnp.asarray(x), jnp.asarray(y.astype(np.int32))
