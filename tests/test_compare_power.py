@@ -71,10 +71,16 @@ def test_pairing_adds_power_and_a_spread_rule_has_none():
   rho = 0.7
   a, b = _studies(rng, STUDIES // 2, 5, delta=1.0, seed_sd=np.sqrt(rho),
                   diff_sd=np.sqrt(2 * (1 - rho)))
-  paired = np.mean(_verdicts(a, b) == "held")
+  held = int(np.sum(_verdicts(a, b) == "held"))
+  paired = held / (STUDIES // 2)
   welch = np.mean(_verdicts(a, b, paired=False) == "held")
   spread = np.mean([_spread_rule_held(x, y) for x, y in zip(a, b)])
-  assert paired > 0.65 and paired > welch > spread and spread < 0.2
+  assert paired > 0.5 and paired > welch > spread and spread < 0.2
+  # With 5 seeds the exact sign-flip test reaches 0.05 only when every difference favours
+  # the claim (p = 1/32; one against it gives >= 2/32), so the paired power is at most
+  # P(all five d_k > 0) = Phi(delta / sd_d)^5, about 0.60 here (the t-test alone: 0.70).
+  bound = stats.norm.cdf(1.0 / np.sqrt(2 * (1 - rho))) ** 5
+  assert _interval(held, STUDIES // 2)[0] <= bound
 
 
 def test_holm_family_controls_false_held_and_keeps_power():

@@ -125,17 +125,18 @@ def _fake_runs(values, key, seeds):
 
 
 def test_claims_pair_the_favoured_loss_with_the_others_mean_by_seed():
-  seeds = [0, 1, 2, 3, 4]
+  # 10 seeds, one missing: 9 pairs, enough for the exact sign-flip test under Holm.
+  seeds = list(range(10))
   rng = np.random.default_rng(1)
-  by_loss = {loss: _fake_runs(rng.normal(1.0, 0.01, 5), "intra_var", seeds)
+  by_loss = {loss: _fake_runs(rng.normal(1.0, 0.01, 10), "intra_var", seeds)
              for loss in ("triplet", "supcon", "npair", "arcface")}
-  by_loss["triplet"] = _fake_runs(rng.normal(2.0, 0.01, 5), "intra_var", seeds)
+  by_loss["triplet"] = _fake_runs(rng.normal(2.0, 0.01, 10), "intra_var", seeds)
   del by_loss["triplet"][2]   # a missing seed pairs as None, not shifted
   claims = report.study_claims({"synthetic": by_loss}, seeds)
   d1 = {c.a: c for c in claims if c.metric == "intra_var" and c.claim.startswith("D1")}
   assert set(d1) == {"triplet", "supcon"}
   expected = [np.mean([by_loss[l][i]["intra_var"] for l in ("npair", "arcface")])
-              for i in range(5)]
+              for i in range(10)]
   np.testing.assert_allclose(d1["supcon"].b_values, expected)
   assert d1["triplet"].a_values[2] is None
   assert d1["triplet"].a_values[3] == by_loss["triplet"][2]["intra_var"]

@@ -315,7 +315,8 @@ def test_verdicts_pick_the_constant_on_validation_and_test_paired():
   assert auc[3].startswith("constant_0.1")   # chosen on val.auc, not test.auc
   eer = table[("DAMS beats the best constant margin (chosen on validation)", "EER")]
   assert eer[3].startswith("constant_0.1")   # lowest validation EER
-  # Raw p = scipy's one-sided paired t-test; Holm over the 4 claims.
+  # Raw p = the larger of scipy's one-sided paired t-test and its exact sign-flip
+  # permutation test; Holm over the 4 claims.
   ps = []
   for claim, metric in table:
     b = "constant_0.1" if "constant" in claim else "linear"
@@ -323,7 +324,10 @@ def test_verdicts_pick_the_constant_on_validation_and_test_paired():
     a_vals = [r["summary"]["test"][key] for r in fake["dams"]]
     b_vals = [r["summary"]["test"][key] for r in fake[b]]
     alt = "greater" if metric == "AUC" else "less"
-    p = sps.ttest_rel(a_vals, b_vals, alternative=alt).pvalue
+    p = max(sps.ttest_rel(a_vals, b_vals, alternative=alt).pvalue,
+            sps.permutation_test((np.subtract(a_vals, b_vals),), np.mean,
+                                 permutation_type="samples", alternative=alt,
+                                 n_resamples=np.inf).pvalue)
     ps.append(p)
     row = table[(claim, metric)]
     assert float(row[header.index("p (one-sided)")]) == pytest.approx(p, rel=2e-3,
@@ -344,7 +348,9 @@ def test_verdict_rows_pair_by_seed_when_a_run_is_missing():
   claims = report.claims(fake, list(fake), 4)
   assert claims[0].a_values[1] is None and claims[0].b_values[1] == 0.91
   header, rows, _ = report.verdict_table(fake, list(fake), 4)
-  assert rows[0][header.index("seeds")] == "3"
+  # The test and both arms' cells over the 3 complete pairs; the dropped seed shown.
+  assert rows[0][header.index("seeds")] == "3 of 4"
+  assert rows[0][2].endswith("(n=3)") and rows[0][3].endswith("(n=3)")
 
 
 def test_deviations_cover_the_required_settings():

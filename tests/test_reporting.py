@@ -63,12 +63,23 @@ def test_paired_matches_scipy_ttest_rel(seed, higher):
   ci = stats.ttest_rel(x, y).confidence_interval(0.95)
   assert c.paired and c.n == c.n_a == c.n_b == len(a)
   assert c.mean_diff == pytest.approx(np.mean(x - y), rel=1e-12)
-  assert c.p_value == pytest.approx(greater.pvalue, rel=1e-9)
-  assert c.p_reverse == pytest.approx(less.pvalue, rel=1e-9)
+  assert c.p_t == pytest.approx(greater.pvalue, rel=1e-9)
+  assert c.p_t_reverse == pytest.approx(less.pvalue, rel=1e-9)
   assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
   assert c.df == greater.df and c.se == pytest.approx(np.std(x - y, ddof=1) / np.sqrt(8))
-  expected = ("held" if greater.pvalue <= 0.05 else
-              "contradicted" if less.pvalue <= 0.05 else "inconclusive")
+  # The claim's p-value: the larger of the t-test's and the exact sign-flip test's.
+  flip = stats.permutation_test((x - y,), np.mean, permutation_type="samples",
+                                alternative="greater", n_resamples=np.inf)
+  flip_rev = stats.permutation_test((x - y,), np.mean, permutation_type="samples",
+                                    alternative="less", n_resamples=np.inf)
+  assert c.p_permutation == pytest.approx(flip.pvalue, rel=1e-12)
+  assert c.p_permutation_reverse == pytest.approx(flip_rev.pvalue, rel=1e-12)
+  p = max(greater.pvalue, flip.pvalue)
+  p_rev = max(less.pvalue, flip_rev.pvalue)
+  assert c.p_value == pytest.approx(p, rel=1e-9)
+  assert c.p_reverse == pytest.approx(p_rev, rel=1e-9)
+  expected = ("held" if p <= 0.05 else "contradicted" if p_rev <= 0.05 else
+              "inconclusive")
   assert c.verdict == expected and c.p_adjusted == c.p_value
 
 
@@ -81,11 +92,20 @@ def test_welch_matches_scipy_ttest_ind(seed):
   less = stats.ttest_ind(a, b, equal_var=False, alternative="less")
   ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
   assert not c.paired and (c.n_a, c.n_b, c.n) == (7, 5, 5)
-  assert c.p_value == pytest.approx(greater.pvalue, rel=1e-9)
-  assert c.p_reverse == pytest.approx(less.pvalue, rel=1e-9)
+  assert c.p_t == pytest.approx(greater.pvalue, rel=1e-9)
+  assert c.p_t_reverse == pytest.approx(less.pvalue, rel=1e-9)
   assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
   assert c.df == pytest.approx(greater.df, rel=1e-12)
-  assert np.isnan(c.p_permutation)
+  # Two-sample permutation test, exact (792 relabellings), by brute force.
+  pooled = np.concatenate([a, b])
+  observed = a.mean() - b.mean()
+  splits = [np.array(i) for i in itertools.combinations(range(12), 7)]
+  diffs = np.array([pooled[i].mean() - np.delete(pooled, i).mean() for i in splits])
+  assert c.p_permutation == pytest.approx(np.mean(diffs >= observed - 1e-12), rel=1e-9)
+  assert c.p_permutation_reverse == pytest.approx(np.mean(diffs <= observed + 1e-12),
+                                                  rel=1e-9)
+  assert c.p_value == max(c.p_t, c.p_permutation)
+  assert c.p_reverse == max(c.p_t_reverse, c.p_permutation_reverse)
 
 
 def test_mde_definition_and_scaling():
@@ -106,21 +126,49 @@ def test_mde_definition_and_scaling():
   assert 0.4 < big.mde / small.mde < 0.55
 
 
-def test_zero_spread_is_exact_not_nan():
-  # Differences all 0.1 (up to float rounding: 0.7 - 0.6 != 0.8 - 0.7 in binary).
+def test_zero_spread_is_decided_by_the_exact_sign_flip_test():
+  # Differences all 0.1 (up to float rounding: 0.7 - 0.6 != 0.8 - 0.7 in binary): the
+  # t-test's limit is p = 0, the sign-flip test's p is 2^-n (only the observed pattern
+  # reaches the observed sum), and the larger decides.
   up = reporting.compare([0.7, 0.8, 0.9], [0.6, 0.7, 0.8])
-  assert up.verdict == "held" and up.p_value == 0.0 and up.p_reverse == 1.0
-  assert up.se == 0.0 and up.mde == 0.0
+  assert up.p_t == 0.0 and up.p_permutation == 1 / 8 and up.p_value == 1 / 8
+  assert up.verdict == "inconclusive" and up.p_reverse == 1.0
+  assert up.se == 0.0 and up.mde == math.inf   # 3 seeds: 1/8 > 0.05 whatever the effect
   assert up.ci_low == up.ci_high == up.mean_diff == pytest.approx(0.1, rel=1e-12)
+  five = reporting.compare([0.7, 0.8, 0.9, 1.0, 1.1], [0.6, 0.7, 0.8, 0.9, 1.0])
+  assert five.p_value == 1 / 32 and five.verdict == "held" and five.mde == 0.0
   noise = reporting.compare([0.3, 0.7, 0.9], [0.1 + 0.2, 0.7, 0.9])   # 0.30000000000000004
   assert noise.mean_diff == 0.0 and noise.p_value == noise.p_reverse == 1.0
-  down = reporting.compare([0.7, 0.8, 0.9], [0.6, 0.7, 0.8], higher_is_better=False)
-  assert down.verdict == "contradicted" and down.p_value == 1.0 and down.p_reverse == 0.0
+  down = reporting.compare([0.7, 0.8, 0.9, 1.0, 1.1], [0.6, 0.7, 0.8, 0.9, 1.0],
+                           higher_is_better=False)
+  assert down.verdict == "contradicted" and down.p_value == 1.0
+  assert down.p_reverse == 1 / 32
   same = reporting.compare([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
   assert same.verdict == "inconclusive" and same.p_value == same.p_reverse == 1.0
   assert same.p_permutation == 1.0 and same.format() == "+0.000 [0.000, 0.000]"
+  # Welch with constant arms: the two-sample permutation test, 1 / C(5, 3) = 0.1.
   welch = reporting.compare([2.0, 2.0, 2.0], [1.0, 1.0], paired=False)
-  assert welch.verdict == "held" and welch.p_value == 0.0 and welch.ci_low == 1.0
+  assert welch.p_t == 0.0 and welch.p_value == pytest.approx(0.1)
+  assert welch.verdict == "inconclusive" and welch.ci_low == 1.0
+
+
+def test_identical_differences_never_held_by_the_t_limit_alone():
+  # Two seeds with equal differences against a family of 59 others: the t-test's limit
+  # (p = 0) would read "held" whatever n; the exact sign-flip p of two seeds is 1/4.
+  family = reporting.decide([reporting.compare([1.1, 2.1], [1.0, 2.0])]
+                            + [reporting.compare([1, 2, 3.1], [1, 2, 3])] * 59)
+  assert family[0].verdict == "inconclusive"
+  assert family[0].p_value == 0.25 == reporting.sign_flip_p_value([0.1, 0.1])
+  # Integer metrics (epoch counts): 5 seeds, each 2 epochs earlier: 1/32 alone, never
+  # under Holm over 3 claims (needs 1/32 <= 0.05 / 3).
+  epochs_a, epochs_b = [3, 4, 3, 5, 4], [5, 6, 5, 7, 6]
+  alone = reporting.compare(epochs_a, epochs_b, higher_is_better=False)
+  assert alone.verdict == "held" and alone.p_value == 1 / 32
+  three = reporting.decide([alone] * 3)
+  assert {c.verdict for c in three} == {"inconclusive"}
+  # Near-zero spread: the t-test alone would give 2e-4; the sign-flip test 1/32.
+  near = reporting.compare([2, 2, 2, 2, 3], [0, 0, 0, 0, 0])
+  assert near.p_t < 1e-3 and near.p_value == 1 / 32
 
 
 def test_missing_values_dropped_pairwise():
@@ -128,10 +176,13 @@ def test_missing_values_dropped_pairwise():
   b = [0.7, 0.6, None, 0.5, 0.65, 0.6]
   c = reporting.compare(a, b)
   ref = reporting.compare([0.9, 0.85, 0.7], [0.7, 0.65, 0.6])
-  assert c == ref and c.n == 3
+  assert c == dataclasses.replace(ref, n_given=6) and c.n == 3
+  assert c.seeds_cell() == "3 of 6" and ref.seeds_cell() == "3"
+  xa, xb = reporting.complete_pairs(a, b)
+  assert xa.tolist() == [0.9, 0.85, 0.7] and xb.tolist() == [0.7, 0.65, 0.6]
   w = reporting.compare(a, b, paired=False)
   assert (w.n_a, w.n_b) == (4, 5)
-  assert w.p_value == pytest.approx(stats.ttest_ind(
+  assert w.p_t == pytest.approx(stats.ttest_ind(
       [0.9, 0.8, 0.85, 0.7], [0.7, 0.6, 0.5, 0.65, 0.6], equal_var=False,
       alternative="greater").pvalue)
 
@@ -192,8 +243,45 @@ def test_sign_flip_hand_computed_and_ties():
   # d = (0.3, -0.1, -0.2): observed sum 0; sums 0.6, 0.4, 0.2, 0, -0.3+0.1+0.2 (0 up to
   # rounding: a tie), -0.2, -0.4, -0.6 -> 5/8.
   assert reporting.sign_flip_p_value([0.3, -0.1, -0.2]) == 5 / 8
-  with pytest.raises(ValueError, match="1 to 16"):
-    reporting.sign_flip_p_value(np.ones(17))
+  with pytest.raises(ValueError, match="at least one value"):
+    reporting.sign_flip_p_value([])
+
+
+@pytest.mark.parametrize("n", [17, 18])
+def test_sign_flip_exact_beyond_sixteen_seeds_against_scipy(n):
+  # Meet in the middle against scipy's exact enumeration of all 2^n patterns.
+  d = np.random.default_rng(n).normal(0.4, 1.0, n)
+  d[3] = d[5]   # ties between patterns
+  exact = stats.permutation_test((d,), np.mean, permutation_type="samples",
+                                 alternative="greater", n_resamples=np.inf,
+                                 vectorized=True, batch=2 ** 16)
+  assert reporting.sign_flip_p_value(d) == pytest.approx(exact.pvalue, rel=1e-12)
+  assert not math.isnan(reporting.compare(d, np.zeros(n)).p_permutation)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7])
+def test_sign_flip_twenty_seeds_hand_computed(k):
+  # d = twenty ±1 with k of them -1: a pattern's sum is 20 - 2m for m minus signs, so
+  # p = P(m <= k) with m ~ Binomial(20, 1/2) (ties throughout).
+  d = np.ones(20)
+  d[:k] = -1.0
+  expected = stats.binom.cdf(k, 20, 0.5)
+  assert reporting.sign_flip_p_value(d) == pytest.approx(expected, rel=1e-12)
+  c = reporting.compare(d, np.zeros(20))
+  assert c.p_permutation == pytest.approx(expected, rel=1e-12)
+  assert c.p_permutation_reverse == pytest.approx(stats.binom.sf(k - 1, 20, 0.5),
+                                                  rel=1e-12)
+
+
+def test_sign_flip_beyond_exact_is_seeded_randomisation():
+  n = reporting.MAX_EXACT_PERMUTATION + 2
+  d = np.random.default_rng(1).normal(0.0, 1.0, n)
+  p = reporting.sign_flip_p_value(d)
+  assert p == reporting.sign_flip_p_value(d)   # fixed seed: the same answer
+  # The normal approximation of the sign-flip distribution (variance sum d^2).
+  z = stats.norm.sf(d.sum() / np.sqrt(np.sum(d ** 2)))
+  assert abs(p - z) < 0.02
+  assert (p * (1 + reporting.PERMUTATION_DRAWS)) % 1 == pytest.approx(0.0, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- holm
@@ -270,13 +358,15 @@ def test_decide_applies_holm_in_both_directions():
 
 
 def test_comparison_cells_and_tar_cell():
-  c = reporting.decide([reporting.compare([0.9, 0.92, 0.95], [0.8, 0.85, 0.86]),
+  c = reporting.decide([reporting.compare([0.9, 0.92, 0.95, 0.9, 0.93],
+                                           [0.8, 0.85, 0.86, 0.84, None]),
                         reporting.compare([0.5, 0.6], [0.5, 0.6])])[0]
   cells = c.cells()
   assert len(cells) == len(reporting.COMPARISON_HEADER)
-  assert cells[0] == c.format() and cells[1] == "3" and cells[-1] == c.verdict
+  assert cells[0] == c.format() and cells[1] == "4 of 5" and cells[-1] == c.verdict
   assert cells[2] == f"{c.p_value:.3f}" and cells[3] == f"{c.p_adjusted:.3f}"
-  assert cells[4] == f"{c.mde:.3f}"
+  assert cells[4] == "∞"   # 4 seeds: the sign-flip test cannot go below 1/16
+  assert reporting.compare([1, 2, 3, 4, 5, 6], [0, 2, 2, 3, 4, 4]).cells()[4] != "∞"
   assert reporting.tar_cell([0.5, 0.7], 10_000, 1e-3, digits=2) == "0.60 ± 0.14"
   assert (reporting.tar_cell([float("nan")] * 2, 500, 1e-3)
           == "— (500 different pairs < 10/FAR = 10,000)")

@@ -208,20 +208,9 @@ def _skip_to(index_batches: np.ndarray, start: int) -> list[np.ndarray]:
 def _initial_state(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
                    optimizer: optax.GradientTransformation, input_shape: Sequence[int],
                    seed: int, init_fn: Callable[..., Any] | None, mesh: Any) -> Any:
-  """The fresh train state: the model's variables, the loss's (sized by the embedding
-  the model gives), the optimiser's and the schedule's state, replicated on ``mesh``."""
-  init_rng, state_rng = jax.random.split(jax.random.key(seed))
-  loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
-  shape = tuple(input_shape)
-  zeros = np.zeros((1,) + shape, np.float32)
-  if init_fn is None:
-    variables = model.init({"params": init_rng}, zeros, train=False)
-  else:
-    variables = init_fn(init_rng, shape)
-  probe = jax.eval_shape(lambda v: model.apply(v, zeros, train=False), variables)
-  loss_variables = losses_lib.as_parametric(loss).init(loss_rng, int(probe.shape[-1]))
-  state = train_lib.create_train_state(variables, optimizer, schedule,
-                                       jax.random.key_data(state_rng), loss_variables)
+  """:func:`tsm.train.initial_state`, replicated on ``mesh``."""
+  state = train_lib.initial_state(model, loss, schedule, optimizer, input_shape, seed,
+                                  init_fn=init_fn)
   return train_lib.replicate(state, mesh)
 
 

@@ -9,14 +9,27 @@ tested from the per-seed values of A and B by :func:`compare`:
 
 * **Paired** (the default): runs of both arms that share a seed share the initialisation,
   the split and the batches, so the per-seed differences ``d_k = A_k − B_k`` (sign chosen so
-  that ``d > 0`` favours the claim) remove the seed effect. Test: one-sided paired t-test of
-  ``mean(d) > 0`` (``scipy.stats.t`` with ``n − 1`` degrees of freedom); interval: the
-  two-sided 95 % t interval of ``mean(d)``. Assumes the differences are independent across
-  seeds and roughly normal; the exact sign-flip permutation p-value
-  (``Comparison.p_permutation``, all ``2^n`` sign patterns of ``d`` for ``n <= 16``) needs
-  only symmetry of ``d`` under the null and is reported as a cross-check.
+  that ``d > 0`` favours the claim) remove the seed effect. Only the seeds with a value in
+  both arms count (the complete pairs, :func:`complete_pairs`); the arms' cells of a
+  verdict table summarise the same pairs. Two tests of ``mean(d) > 0``, both one-sided:
+  the paired t-test (``scipy.stats.t`` with ``n − 1`` degrees of freedom;
+  ``Comparison.p_t``), which assumes roughly normal differences, and the exact sign-flip
+  permutation test (``Comparison.p_permutation``, :func:`sign_flip_p_value`), which needs
+  only symmetry of ``d`` about 0 under the null. The claim's p-value is the larger of the
+  two (``p_value = max(p_t, p_permutation)``; a valid p-value, since it is at most
+  ``alpha`` only when both are), so a claim is decided only where the distribution-free
+  test agrees: equal differences (zero spread, where the t statistic is undefined, e.g.
+  integer metrics such as epoch counts) read by the sign-flip test alone, whose p-value
+  is at least ``2^-n`` — two seeds can never show a claim at 0.05, five can (1/32).
+  With 10 seeds and a true difference of one standard deviation the combined test loses
+  about half a percentage point of power against the t-test alone
+  (``tests/test_compare_power.py``). Interval: the two-sided 95 % t interval of
+  ``mean(d)``.
 * **Unpaired** (``paired=False``, arms that do not share seeds): Welch's t-test (unequal
-  variances, Welch–Satterthwaite degrees of freedom) and its 95 % interval.
+  variances, Welch–Satterthwaite degrees of freedom) and its 95 % interval, with the
+  two-sample permutation test of the difference of means (``scipy.stats.permutation_test``,
+  exact up to :data:`MAX_EXACT_SPLITS` relabellings, else that many random ones from a
+  fixed seed) in the role of the sign-flip test.
 * **Verdict**: ``"held"`` when the one-sided test of the claim rejects at ``alpha``;
   ``"contradicted"`` when the one-sided test of the reverse claim rejects at ``alpha``;
   ``"inconclusive"`` otherwise (also with fewer than two values per arm or pair). For the
@@ -30,11 +43,14 @@ tested from the per-seed values of A and B by :func:`compare`:
   difference and ``λ`` solves ``P(T' > t_{1−α, df}) = 0.8`` for ``T'`` noncentral t with
   ``df`` degrees of freedom and noncentrality ``λ`` (``scipy.stats.nct``; exact for the
   paired test under normality, the usual approximation for Welch). A difference below the
-  MDE that reads "inconclusive" says "too few seeds", not "no difference".
+  MDE that reads "inconclusive" says "too few seeds", not "no difference". Where the
+  permutation test cannot reach ``alpha`` at all (``2^-n > alpha`` paired) the MDE is
+  infinite.
 * **Edge cases**: ``None`` and NaN values are dropped (pairwise when paired; ``n`` counts
-  what is left); when every difference is equal (zero spread, e.g. deterministic runs) the
-  result is exact: ``p = 0`` in the direction of a non-zero difference (``1`` against it),
-  ``p = 1`` both ways when all differences are 0, interval and MDE of width 0.
+  what is left); when every difference is equal (zero spread, e.g. deterministic runs)
+  the t-test's limit is taken (``p_t = 0`` in the direction of a non-zero difference,
+  ``1`` against it and both ways when all differences are 0; interval of width 0) and
+  the permutation p-value decides.
 
 With 10 paired seeds a true difference of one standard deviation of the per-seed
 difference reads "held" in about 90 % of studies and a null difference in 5 % (tested by
@@ -73,7 +89,13 @@ VERDICTS = (HELD, CONTRADICTED, INCONCLUSIVE)
 
 CONFIDENCE = 0.95
 POWER = 0.8
-MAX_EXACT_PERMUTATION = 16   # 2^16 sign patterns x n: well under a second
+# Sign patterns are counted exactly up to this many pairs (meet in the middle: two halves
+# of at most 2^20 sums); beyond it PERMUTATION_DRAWS random patterns.
+MAX_EXACT_PERMUTATION = 40
+# Two-sample relabellings enumerated exactly up to this many; beyond, that many random.
+MAX_EXACT_SPLITS = 100_000
+PERMUTATION_DRAWS = 100_000
+PERMUTATION_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +142,10 @@ class Comparison:
       better); paired: mean of the per-seed differences.
     ci_low: lower end of the two-sided 95 % interval of ``mean_diff``.
     ci_high: upper end of that interval.
-    p_value: one-sided p-value of the claim (small: evidence that A is better).
-    p_reverse: one-sided p-value of the reverse claim (small: evidence that B is better).
+    p_value: one-sided p-value of the claim (small: evidence that A is better): the
+      larger of ``p_t`` and ``p_permutation``.
+    p_reverse: one-sided p-value of the reverse claim (small: evidence that B is better):
+      the larger of ``p_t_reverse`` and ``p_permutation_reverse``.
     n: pairs used (paired) or the smaller arm's count (unpaired), after dropping
       missing values.
     n_a: values of A used.
@@ -132,11 +156,16 @@ class Comparison:
     paired: whether the paired t-test (else Welch's) was used.
     se: standard error of ``mean_diff``.
     df: degrees of freedom of the t distribution used.
-    p_permutation: exact sign-flip permutation p-value of the claim (paired, 2 <= n <= 16;
-      NaN otherwise), a distribution-free cross-check of ``p_value``.
+    p_permutation: permutation p-value of the claim: sign-flip (paired,
+      :func:`sign_flip_p_value`) or two-sample (unpaired); NaN under two values.
     alpha: level the verdict was decided at.
     p_adjusted: Holm-adjusted ``p_value`` within the family (``p_value`` when alone).
     p_reverse_adjusted: Holm-adjusted ``p_reverse`` within the family.
+    p_t: the t-test's one-sided p-value of the claim (paired t or Welch).
+    p_t_reverse: the t-test's one-sided p-value of the reverse claim.
+    p_permutation_reverse: the permutation p-value of the reverse claim.
+    n_given: seeds given (paired: the length of each arm, complete or not; unpaired:
+      the values given in both arms together).
   """
   mean_diff: float
   ci_low: float
@@ -155,15 +184,28 @@ class Comparison:
   alpha: float
   p_adjusted: float
   p_reverse_adjusted: float
+  p_t: float = float("nan")
+  p_t_reverse: float = float("nan")
+  p_permutation_reverse: float = float("nan")
+  n_given: int = 0
+
+  def seeds_cell(self) -> str:
+    """``"20"``, or ``"18 of 20"`` when seeds without a value in both arms were dropped
+    (paired)."""
+    if self.paired and self.n_given > self.n:
+      return f"{self.n} of {self.n_given}"
+    return str(self.n)
 
   def cells(self, digits: int = 3) -> list[str]:
-    """The claim's cells under :data:`COMPARISON_HEADER`, for a verdict table."""
+    """The claim's cells under :data:`COMPARISON_HEADER`, for a verdict table (an MDE
+    the permutation test cannot reach with this many seeds reads ``"∞"``)."""
     def num(x: float) -> str:
       return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
     def prob(x: float) -> str:
       return "n/a" if not math.isfinite(x) else f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
-    return [self.format(digits), str(self.n), prob(self.p_value), prob(self.p_adjusted),
-            num(self.mde), self.verdict]
+    return [self.format(digits), self.seeds_cell(), prob(self.p_value),
+            prob(self.p_adjusted),
+            "∞" if self.mde == math.inf else num(self.mde), self.verdict]
 
   def format(self, digits: int = 3) -> str:
     """Table cell: ``"+0.012 [0.004, 0.020]"`` (``"n/a"`` with no data)."""
@@ -201,36 +243,106 @@ def _noncentrality(df: float, alpha: float, power: float = POWER) -> float:
   return float(optimize.brentq(power_at, 0.0, hi, xtol=1e-10))
 
 
+def _signed_sums(d: np.ndarray) -> np.ndarray:
+  """The ``2^n`` sums ``sum(s_k d_k)`` over sign patterns ``s`` (the all-plus one last)."""
+  sums = np.zeros(1)
+  for value in d:
+    sums = np.concatenate([sums - value, sums + value])
+  return sums
+
+
+def complete_pairs(a: Iterable[float | None], b: Iterable[float | None]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """The values of the seeds with a finite value in both arms, as two float64 arrays.
+
+  Args:
+    a: per-seed values of one arm (``None``/NaN/inf: missing).
+    b: per-seed values of the other, in the same seed order and of the same length.
+
+  Returns:
+    ``(a_complete, b_complete)``, each ``[n]``, in seed order: the pairs a paired test
+    uses (and a verdict table's cells summarise).
+  """
+  xa, xb = _finite_or_nan(a, "a"), _finite_or_nan(b, "b")
+  if xa.size != xb.size:
+    raise ValueError(f"a and b have {xa.size} and {xb.size} values; paired=True needs "
+                     "one value per seed in each (same seed order), or pass "
+                     "paired=False.")
+  keep = np.isfinite(xa) & np.isfinite(xb)
+  return xa[keep], xb[keep]
+
+
 def sign_flip_p_value(differences: Iterable[float]) -> float:
-  """Exact one-sided sign-flip permutation p-value of ``mean(differences) > 0``.
+  """One-sided sign-flip permutation p-value of ``mean(differences) > 0``.
 
   Under the null the differences are symmetric about 0, so each of the ``2^n`` sign
   patterns is equally likely; the p-value is the share of patterns whose sum is at least
-  the observed sum (the observed pattern included, so it is never 0).
+  the observed sum (the observed pattern included, so it is never 0; sums within
+  ``1e-12 * sum(|d|)`` of the observed one count as ties).
+
+  Exact for ``n <=`` :data:`MAX_EXACT_PERMUTATION` (40): the sums of each half's
+  ``2^(n/2)`` patterns are enumerated, one half sorted, and the patterns of the whole
+  counted by binary search (meet in the middle: ``O(2^(n/2) n)`` time and memory instead
+  of ``O(2^n n)``), so real-valued differences need no rounding. For more
+  seeds: :data:`PERMUTATION_DRAWS` random patterns from
+  ``default_rng(PERMUTATION_SEED)``, ``p = (1 + hits) / (1 + draws)`` (a valid p-value;
+  its Monte Carlo standard error is at most ``0.5 / sqrt(draws)``, 0.0016).
 
   Args:
-    differences: ``n <= 16`` finite per-seed differences (claim's favour positive).
+    differences: ``n >= 1`` finite per-seed differences (claim's favour positive).
 
   Returns:
     The p-value in ``[2^-n, 1]``.
 
   References:
     Fisher, R. A. (1935). The Design of Experiments, section 21.
+    Horowitz, E., Sahni, S. (1974). Computing partitions with applications to the
+    knapsack problem. Journal of the ACM, 21(2), 277–292 (meet in the middle).
   """
   d = np.asarray(list(differences), dtype=np.float64)
-  if d.ndim != 1 or d.size == 0 or d.size > MAX_EXACT_PERMUTATION:
-    raise ValueError(f"differences must hold 1 to {MAX_EXACT_PERMUTATION} values, got "
-                     f"{d.size}; use the t-test p-value for more seeds.")
+  if d.ndim != 1 or d.size == 0:
+    raise ValueError(f"differences must hold at least one value, got shape {d.shape}; "
+                     "pass one difference per seed.")
   if not np.all(np.isfinite(d)):
     raise ValueError("differences contain NaN or inf; drop missing seeds first.")
-  n = d.size
-  signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
-  sums = signs @ d
-  observed = sums[-1]   # the all-plus pattern, summed the same way as the others
-  # Patterns whose sum equals the observed one mathematically can differ in the last
-  # bits; count them as ties.
   tol = 1e-12 * float(np.sum(np.abs(d)))
-  return float(np.mean(sums >= observed - tol))
+  if d.size > MAX_EXACT_PERMUTATION:
+    rng = np.random.default_rng(PERMUTATION_SEED)
+    hits = 0
+    observed = float(np.sum(d))
+    for start in range(0, PERMUTATION_DRAWS, 10_000):
+      signs = rng.choice((-1.0, 1.0), size=(min(10_000, PERMUTATION_DRAWS - start), d.size))
+      hits += int(np.sum(signs @ d >= observed - tol))
+    return (1 + hits) / (1 + PERMUTATION_DRAWS)
+  half = d.size // 2
+  first, second = _signed_sums(d[:half]), np.sort(_signed_sums(d[half:]))
+  observed = _signed_sums(d[:half])[-1] + _signed_sums(d[half:])[-1]
+  # For each sum of the first half, the second-half sums that reach the observed one.
+  below = np.searchsorted(second, observed - tol - first, side="left")
+  return float(np.sum(second.size - below)) / 2.0 ** d.size
+
+
+def two_sample_p_value(a: np.ndarray, b: np.ndarray) -> float:
+  """One-sided two-sample permutation p-value of ``mean(a) - mean(b) > 0``.
+
+  ``scipy.stats.permutation_test`` over relabellings of the pooled values: all of them
+  when there are at most :data:`MAX_EXACT_SPLITS`, else that many random ones from
+  ``default_rng(PERMUTATION_SEED)``.
+
+  Args:
+    a: finite values of one arm (at least one).
+    b: finite values of the other (at least one).
+
+  Returns:
+    The p-value.
+  """
+  exact = math.comb(a.size + b.size, a.size) <= MAX_EXACT_SPLITS
+  result = sps.permutation_test(
+      (a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+      permutation_type="independent", alternative="greater", vectorized=True,
+      n_resamples=np.inf if exact else MAX_EXACT_SPLITS,
+      rng=np.random.default_rng(PERMUTATION_SEED))
+  return float(result.pvalue)
 
 
 def _rounding_tolerance(xa: np.ndarray, xb: np.ndarray) -> float:
@@ -287,36 +399,33 @@ def compare(a: Iterable[float | None], b: Iterable[float | None], *, paired: boo
   if not 0.0 < alpha < 0.5:
     raise ValueError(f"alpha={alpha} must be in (0, 0.5); it is the one-sided level, "
                      "e.g. 0.05.")
-  xa, xb = _finite_or_nan(a, "a"), _finite_or_nan(b, "b")
+  a, b = _finite_or_nan(a, "a"), _finite_or_nan(b, "b")
   sign = 1.0 if higher_is_better else -1.0
   nan = float("nan")
   if paired:
-    if xa.size != xb.size:
-      raise ValueError(f"a and b have {xa.size} and {xb.size} values; paired=True needs "
-                       "one value per seed in each (same seed order), or pass "
-                       "paired=False.")
+    xa, xb = complete_pairs(a, b)
+    n_given = int(a.size)
     d = sign * (xa - xb)
-    d = d[np.isfinite(d)]
     n = n_a = n_b = int(d.size)
     mean = float(np.mean(d)) if n else nan
     df = float(n - 1)
     if n >= 2:
       tol = _rounding_tolerance(xa, xb)
       if np.ptp(d) <= tol:   # equal differences, up to the rounding of the inputs
-        mean = 0.0 if abs(mean) <= tol else mean
+        if abs(mean) <= tol:
+          mean, d = 0.0, np.zeros_like(d)
+        else:
+          d = np.full_like(d, mean)
         se = 0.0
       else:
         se = float(np.std(d, ddof=1) / math.sqrt(n))
-    if n >= 2 and n <= MAX_EXACT_PERMUTATION:
-      p_perm = sign_flip_p_value(d)
-    else:
-      p_perm = nan
+      p_perm, p_perm_rev = sign_flip_p_value(d), sign_flip_p_value(-d)
+      reachable = 2.0 ** -n <= alpha
   else:
-    xa, xb = xa[np.isfinite(xa)], xb[np.isfinite(xb)]
+    xa, xb = a[np.isfinite(a)], b[np.isfinite(b)]
     n_a, n_b = int(xa.size), int(xb.size)
-    n = min(n_a, n_b)
+    n, n_given = min(n_a, n_b), n_a + n_b
     mean = sign * float(np.mean(xa) - np.mean(xb)) if n else nan
-    p_perm = nan
     if n >= 2:
       tol = _rounding_tolerance(xa, xb)
       va, vb = (0.0 if np.ptp(x) <= tol else float(np.var(x, ddof=1)) / x.size
@@ -326,13 +435,20 @@ def compare(a: Iterable[float | None], b: Iterable[float | None], *, paired: boo
         mean = 0.0
       df = (float((va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)))
             if se > 0.0 else float(n_a + n_b - 2))
+      first, second = (xa, xb) if sign > 0 else (xb, xa)
+      p_perm = two_sample_p_value(first, second)
+      p_perm_rev = two_sample_p_value(second, first)
+      reachable = 1.0 / math.comb(n_a + n_b, n_a) <= alpha
   if n < 2:
     return Comparison(mean, nan, nan, nan, nan, n, n_a, n_b, nan, INCONCLUSIVE, paired,
-                      nan, nan, p_perm, alpha, nan, nan)
-  p, p_rev, lo, hi, mde = _t_result(mean, se, df, alpha)
+                      nan, nan, nan, alpha, nan, nan, nan, nan, nan, n_given)
+  p_t, p_t_rev, lo, hi, mde = _t_result(mean, se, df, alpha)
+  p, p_rev = max(p_t, p_perm), max(p_t_rev, p_perm_rev)
+  if not reachable:   # no data of this size can reach alpha by the permutation test
+    mde = math.inf
   decision = HELD if p <= alpha else CONTRADICTED if p_rev <= alpha else INCONCLUSIVE
   return Comparison(mean, lo, hi, p, p_rev, n, n_a, n_b, mde, decision, paired, se, df,
-                    p_perm, alpha, p, p_rev)
+                    p_perm, alpha, p, p_rev, p_t, p_t_rev, p_perm_rev, n_given)
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ the all-gathers). Multi-host batches are global arrays built from each host's sh
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import chex
 from tsm import _extras
@@ -110,6 +110,42 @@ def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformati
                     loss_params=loss_variables.params, loss_state=loss_variables.state,
                     opt_state=tx.init((params, loss_variables.params)),
                     margin_state=schedule.init(), rng=rng)
+
+
+def initial_state(model: flax.linen.Module, loss: LossFn | losses_lib.ParametricLoss,
+                  schedule: margins_lib.MarginSchedule, tx: optax.GradientTransformation,
+                  input_shape: Sequence[int], seed: int,
+                  init_fn: Callable[..., Any] | None = None) -> TrainState:
+  """The fresh train state of a run with ``seed`` (what :func:`tsm.fit.fit` starts from).
+
+  The model's variables come from ``split(key(seed))[0]``, the state's PRNG key (dropout)
+  from ``split(key(seed))[1]`` and the loss's variables (sized by the model's embedding
+  width) from ``fold_in(key(seed), 1)``.
+
+  Args:
+    model: the embedding model.
+    loss: the loss (see :func:`make_train_step`).
+    schedule: the margin schedule.
+    tx: the optimiser.
+    input_shape: one example's shape (no batch axis).
+    seed: the run's seed.
+    init_fn: ``(rng, input_shape) -> variables``; default ``model.init`` on a zero batch.
+
+  Returns:
+    A :class:`TrainState` at step 0, on the default device.
+  """
+  init_rng, state_rng = jax.random.split(jax.random.key(seed))
+  loss_rng = jax.random.fold_in(jax.random.key(seed), 1)
+  shape = tuple(input_shape)
+  zeros = jnp.zeros((1,) + shape, jnp.float32)
+  if init_fn is None:
+    variables = model.init({"params": init_rng}, zeros, train=False)
+  else:
+    variables = init_fn(init_rng, shape)
+  probe = jax.eval_shape(lambda v: model.apply(v, zeros, train=False), variables)
+  loss_variables = losses_lib.as_parametric(loss).init(loss_rng, int(probe.shape[-1]))
+  return create_train_state(variables, tx, schedule, jax.random.key_data(state_rng),
+                            loss_variables)
 
 
 def check_optimizer(optimizer: str, lr_schedule: str = "constant") -> None:
@@ -204,36 +240,18 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.ParametricLoss,
-                    schedule: margins_lib.MarginSchedule, tx: optax.GradientTransformation,
-                    *, mesh: Mesh | None = None, margin_update: str = "epoch",
-                    skip_nonfinite: bool = False
-                    ) -> Callable[[TrainState, dict[str, jax.Array]],
-                                  tuple[TrainState, Metrics]]:
-  """Builds the jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
+def train_step_fn(model: flax.linen.Module, loss: LossFn | losses_lib.ParametricLoss,
+                  schedule: margins_lib.MarginSchedule, tx: optax.GradientTransformation,
+                  *, margin_update: str = "epoch", skip_nonfinite: bool = False
+                  ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                tuple[TrainState, Metrics]]:
+  """The pure, uncompiled ``train_step(state, batch) -> (state, metrics)``.
 
-  The step embeds the batch in training mode (dropout from ``fold_in(state.rng,
-  state.step)``, BatchNorm statistics updated), takes the loss at
-  ``state.margin_state.margin``, applies ``tx`` to the model's and the loss's
-  parameters, stores the loss's new state, and adds the batch's counts to the margin
-  state (``schedule.accumulate``); with ``margin_update == "step"`` it also applies
-  ``schedule.update`` (otherwise call :func:`make_end_of_epoch`'s function once per
-  epoch).
-
-  Args:
-    model: the embedding model (``model.apply(variables, x, train=...)``).
-    loss: ``(embeddings, labels, margin) -> (loss, stats)`` or a
-      :class:`tsm.losses.ParametricLoss`.
-    schedule: the margin schedule.
-    tx: the optimiser ``state.opt_state`` belongs to.
-    mesh: optional mesh with a ``"data"`` axis: the batch is sharded along it, the state
-      replicated. The global batch must divide evenly over the axis.
-    margin_update: ``"epoch"`` or ``"step"``.
-    skip_nonfinite: when the loss or the gradient is not finite, keep the old state
-      (the step counter still advances) instead of applying the update.
+  :func:`make_train_step` compiles it for one run; :func:`tsm.seeds.make_seeds_step`
+  maps it over a seed axis. Arguments as in :func:`make_train_step`.
 
   Returns:
-    The compiled step function.
+    The step function (jit-, grad- and vmap-safe).
   """
   if margin_update not in ("epoch", "step"):
     raise ValueError(f"margin_update={margin_update!r} is unknown; use 'epoch' or 'step'.")
@@ -286,6 +304,42 @@ def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.Parametr
                                          new_state, kept)
     return new_state, metrics
 
+  return train_step
+
+
+def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.ParametricLoss,
+                    schedule: margins_lib.MarginSchedule, tx: optax.GradientTransformation,
+                    *, mesh: Mesh | None = None, margin_update: str = "epoch",
+                    skip_nonfinite: bool = False
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, Metrics]]:
+  """Builds the jitted ``train_step(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+  The step embeds the batch in training mode (dropout from ``fold_in(state.rng,
+  state.step)``, BatchNorm statistics updated), takes the loss at
+  ``state.margin_state.margin``, applies ``tx`` to the model's and the loss's
+  parameters, stores the loss's new state, and adds the batch's counts to the margin
+  state (``schedule.accumulate``); with ``margin_update == "step"`` it also applies
+  ``schedule.update`` (otherwise call :func:`make_end_of_epoch`'s function once per
+  epoch).
+
+  Args:
+    model: the embedding model (``model.apply(variables, x, train=...)``).
+    loss: ``(embeddings, labels, margin) -> (loss, stats)`` or a
+      :class:`tsm.losses.ParametricLoss`.
+    schedule: the margin schedule.
+    tx: the optimiser ``state.opt_state`` belongs to.
+    mesh: optional mesh with a ``"data"`` axis: the batch is sharded along it, the state
+      replicated. The global batch must divide evenly over the axis.
+    margin_update: ``"epoch"`` or ``"step"``.
+    skip_nonfinite: when the loss or the gradient is not finite, keep the old state
+      (the step counter still advances) instead of applying the update.
+
+  Returns:
+    The compiled step function.
+  """
+  train_step = train_step_fn(model, loss, schedule, tx, margin_update=margin_update,
+                             skip_nonfinite=skip_nonfinite)
   state_sharding, batch_sharding = _shardings(mesh)
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)
@@ -384,7 +438,7 @@ def make_loss_on_batches(model: flax.linen.Module, loss_of: Callable[[int], Any]
 
 
 __all__ = ["LR_SCHEDULES", "OPTIMIZERS", "TrainState", "check_optimizer",
-           "create_train_state", "data_mesh",
+           "create_train_state", "data_mesh", "initial_state",
            "make_end_of_epoch",
            "make_eval_step", "make_loss_on_batches", "make_optimizer", "make_train_step",
-           "replicate", "stats_metrics"]
+           "replicate", "stats_metrics", "train_step_fn"]

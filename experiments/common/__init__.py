@@ -12,9 +12,10 @@
 * :mod:`~experiments.common.tables`: per-seed values, table cells, intervals;
 * :mod:`~experiments.common.verdicts`: claims -> paired tests, Holm, verdict tables,
   stability against a rerun, deviation tables;
-* :mod:`~experiments.common.figures`: figure plumbing;
+* :mod:`~experiments.common.figures`: figure plumbing, the paired dot plot of a claim;
 * :mod:`~experiments.common.command`: the shared command line (``--help``, exit
   statuses, the study's ``main``).
-* :mod:`~experiments.common.docs`: a study's results page (``docs/results/<study>.md``),
-  written from a finished study's workdir.
+* :mod:`~experiments.common.docs`: a study's results page (``docs/results/<study>.md``)
+  and ``summary.md``, written from a finished study's workdir, and the summaries quoted
+  in README.md and BUILD_NOTES.md.
 """

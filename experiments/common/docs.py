@@ -13,6 +13,11 @@ Every study's page has the same sections, in this order:
   ``table.md``), then every claim with its interval, p values and MDE (``verdicts.md``);
 * ``## Deviations``: the study's ``deviations.md``.
 
+A study also writes ``summary.md`` (:func:`write_summary`): one sentence per claim
+(claim, setting, verdict, difference with its interval; :func:`claim_sentences`), which
+README.md and BUILD_NOTES.md quote verbatim between ``<!-- summary:<study> -->`` and
+``<!-- /summary:<study> -->`` lines (:func:`refresh_quotes` checks and refreshes them).
+
 So no sentence about a result is written by hand: the bullets and the verdict table come
 from ``verdicts.csv``, the numbers from the report's tables. Each study's ``report.py``
 has a ``docs_page(workdir, commands=())`` that assembles its page with :func:`page`, and
@@ -35,7 +40,7 @@ import csv
 import json
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from experiments.common import timing as timing_lib
 from experiments.common import verdicts as verdicts_lib
@@ -110,6 +115,155 @@ def verdict_sentences(header: Sequence[str], rows: Sequence[Sequence[str]]) -> l
     out.append(f"* **{verdict}** ({reading}; {total} of {len(claims)}): "
                + "; ".join(items) + ".")
   return out
+
+
+def _column(header: Sequence[str], row: Sequence[str], name: str) -> str:
+  return row[list(header).index(name)] if name in header else ""
+
+
+def _arm_name(cell: str) -> str:
+  """The arm's name in a verdict table's arm cell ``"dams: 0.91 ± 0.01 (n=10)"``."""
+  return cell.partition(": ")[0]
+
+
+def claim_sentences(header: Sequence[str], rows: Sequence[Sequence[str]],
+                    setting: str = "") -> list[str]:
+  """One Markdown bullet per claim of a verdict table, in its order: the verdict, the
+  claim, its metric and setting, and the difference with its interval.
+
+  For example ``* **held**: DAMS beats linear (AUC; digits; 10 epochs): dams better than
+  linear by +0.0123 [0.0040, 0.0206] over 10 seeds (one-sided p 0.003, Holm 0.012).``
+  Written from the table's cells only (:func:`tsm.reporting.Comparison.cells` and
+  :func:`experiments.common.verdicts.arm_cells`), so the numbers are the table's.
+
+  Args:
+    header: the verdict table's header (:data:`experiments.common.verdicts.HEADER`, with
+      ``dataset`` first in a grouped table).
+    rows: its rows (as written to ``verdicts.csv``).
+    setting: what the claims were tested on, in words (``""``: nothing added).
+
+  Returns:
+    The bullets.
+  """
+  out = []
+  for row in rows:
+    claim, metric = _column(header, row, "claim"), _column(header, row, "metric")
+    where = "; ".join(x for x in (metric, _column(header, row, "dataset"), setting) if x)
+    cell = _column(header, row, "verdict")
+    verdict = bucket(cell)
+    shown = f"**{verdict}**" + (f" {cell[len(verdict):].strip()}" if verdict != cell else "")
+    a = _arm_name(row[list(header).index(verdicts_lib.HEADER[2])])
+    b = _arm_name(row[list(header).index(verdicts_lib.HEADER[3])])
+    diff = _column(header, row, reporting.COMPARISON_HEADER[0])
+    seeds = _column(header, row, "seeds")
+    p, holm = (_column(header, row, reporting.COMPARISON_HEADER[i]) for i in (2, 3))
+    if diff == "n/a":
+      evidence = f"no seed with a value for both {a} and {b}"
+    else:
+      evidence = (f"{a} better than {b} by {diff} over {seeds} seeds (one-sided p {p}, "
+                  f"Holm {holm})")
+    note = _column(header, row, "note")
+    out.append(f"* {shown}: {claim} ({where}): {evidence}." + (f" {note}" if note else ""))
+  return out
+
+
+def summary_markdown(header: Sequence[str], rows: Sequence[Sequence[str]],
+                     setting: str = "") -> str:
+  """A study's ``summary.md``: one sentence per claim (:func:`claim_sentences`), then how
+  many claims reached each verdict. Quoted verbatim by README.md and BUILD_NOTES.md
+  (:func:`refresh_quotes`)."""
+  claims = _claims(header, rows)
+  counts = [f"{sum(bucket(c[3]) == v for c in claims)} {v}" for v, _ in ORDER
+            if any(bucket(c[3]) == v for c in claims)]
+  lines = claim_sentences(header, rows, setting)
+  lines += ["", f"{len(claims)} claims: {', '.join(counts)} (paired tests over seeds, "
+            "Holm over the study's claims; tsm.reporting)."]
+  return "\n".join(lines) + "\n"
+
+
+def write_summary(workdir: str, setting: str = "") -> str:
+  """Writes ``<workdir>/summary.md`` (:func:`summary_markdown` of its ``verdicts.csv``,
+  atomically) and returns it."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  header, rows = read_verdicts(workdir)
+  text = summary_markdown(header, rows, setting)
+  artifacts.write_atomic(os.path.join(workdir, "summary.md"), text)
+  return text
+
+
+_QUOTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def summary_markers(name: str) -> tuple[str, str]:
+  """The lines that open and close a quoted summary: ``<!-- summary:<name> -->`` and
+  ``<!-- /summary:<name> -->``."""
+  if not isinstance(name, str) or not _QUOTE_NAME.fullmatch(name):
+    raise ValueError(f"summary name {name!r} must be letters, digits, '_', '.' or '-', "
+                     "e.g. 'margin_study'.")
+  return f"<!-- summary:{name} -->", f"<!-- /summary:{name} -->"
+
+
+def _quote_span(text: str, name: str, where: str) -> tuple[int, int]:
+  """Start and end offsets of the quoted body of ``name`` in ``text`` (between the
+  marker lines)."""
+  start, end = summary_markers(name)
+  pattern = re.compile(rf"^{re.escape(start)}\n(.*?)^{re.escape(end)}$", re.S | re.M)
+  found = list(pattern.finditer(text))
+  if len(found) != 1:
+    how = "has no" if not found else f"has {len(found)}"
+    raise ValueError(f"{where} {how} '{start}' ... '{end}' block; put exactly one pair "
+                     "of these lines, each on its own line, where the summary belongs.")
+  return found[0].start(1), found[0].end(1)
+
+
+def quoted_summary(text: str, name: str, where: str = "the text") -> str:
+  """The summary quoted between ``name``'s markers in ``text`` (:func:`summary_markers`).
+
+  Raises:
+    ValueError: ``text`` does not hold exactly one such block (one line naming
+      ``where``).
+  """
+  start, end = _quote_span(text, name, where)
+  return text[start:end]
+
+
+def requote(text: str, summaries: Mapping[str, str], where: str = "the text") -> str:
+  """``text`` with the block of each name in ``summaries`` replaced by its summary
+  (verbatim, ending in a newline); everything else unchanged."""
+  for name, summary in summaries.items():
+    start, end = _quote_span(text, name, where)
+    body = summary if summary.endswith("\n") else summary + "\n"
+    text = text[:start] + body + text[end:]
+  return text
+
+
+def refresh_quotes(path: str, summaries: Mapping[str, str], *, check: bool = False
+                   ) -> list[str]:
+  """Checks, and unless ``check`` rewrites, the quoted summaries of a Markdown file.
+
+  Args:
+    path: the Markdown file (README.md, BUILD_NOTES.md, a results page).
+    summaries: ``{study name: summary text}``, e.g. ``{"margin_study":
+      summary_markdown(...)}``; each name must have one block in the file.
+    check: only compare; leave the file as it is.
+
+  Returns:
+    The names whose quoted text differed from their summary (rewritten unless
+    ``check``); ``[]`` when the file quotes every summary verbatim.
+
+  Raises:
+    ValueError: a name has no block, or more than one, in the file.
+  """
+  with open(path) as f:
+    text = f.read()
+  where = os.path.basename(path)
+  stale = [name for name, summary in summaries.items()
+           if quoted_summary(text, name, where) != (summary if summary.endswith("\n")
+                                                    else summary + "\n")]
+  if stale and not check:
+    from tsm import artifacts  # pylint: disable=import-outside-toplevel
+    artifacts.write_atomic(path, requote(text, summaries, where))
+  return stale
 
 
 def verdict_matrix(header: Sequence[str], rows: Sequence[Sequence[str]],

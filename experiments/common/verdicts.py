@@ -4,7 +4,8 @@ A study states each paper claim as :class:`Claim` (the arm it favours, the arm i
 compared with, their per-seed values in the same seed order). :func:`verdict_table`
 tests every claim of the study with :func:`tsm.reporting.compare` (paired over seeds)
 and decides them together with :func:`tsm.reporting.decide` (Holm over the study's
-family of claims), one row per claim: mean ± std of each arm, the paired difference in
+family of claims), one row per claim: mean ± std of each arm over the seeds with a value
+in both arms (the pairs the test uses, ``n`` shown), the paired difference in
 the claim's favour with its 95 % interval, raw and Holm-adjusted one-sided p, the
 minimum detectable effect and the verdict. A claim that holds by construction (it
 follows from the loss's form, not from training) keeps its test but is flagged in the
@@ -30,15 +31,18 @@ from tsm import reporting
 UNSTABLE = "unstable"
 HEADER = (("claim", "metric", "A (favoured): mean ± std", "B: mean ± std")
           + tuple(reporting.COMPARISON_HEADER) + ("note",))
-RULE = ("Verdicts: paired one-sided t-test over seeds of the claim (A better than B) and "
-        "of its reverse, Holm-corrected over this study's claims at family-wise alpha = "
-        "0.05 each way (tsm.reporting.compare / decide): 'held' / 'contradicted' when "
-        "the corrected test rejects, else 'inconclusive'. 'A better by' is the mean "
-        "per-seed difference in the claim's favour with its two-sided 95 % t interval; "
-        "MDE is the true difference the test would detect with 80 % power at this "
-        "spread. 'unstable' marks a claim whose verdict differs in the rerun named by "
-        "study.compare_to (another XLA thread count, code version or machine; neither "
-        "verdict is given).")
+RULE = ("Verdicts: paired one-sided tests over seeds of the claim (A better than B) and "
+        "of its reverse, each p the larger of the t-test's and the exact sign-flip "
+        "permutation test's, Holm-corrected over this study's claims at family-wise "
+        "alpha = 0.05 each way (tsm.reporting.compare / decide): 'held' / "
+        "'contradicted' when the corrected test rejects, else 'inconclusive'; n seeds "
+        "can never go below p = 2^-n. Arm cells and tests use the same seeds: those "
+        "with a value in both arms (n). 'A better by' is the mean per-seed difference "
+        "in the claim's favour with its two-sided 95 % t interval; MDE is the true "
+        "difference the test would detect with 80 % power at this spread (∞: "
+        "unreachable with these seeds). 'unstable' marks a claim whose verdict differs "
+        "in the rerun named by study.compare_to (another XLA thread count, code version "
+        "or machine; neither verdict is given).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,15 @@ def decide_claims(claims: Sequence[Claim], alpha: float = 0.05
   return reporting.decide(comparisons, alpha) if comparisons else []
 
 
+def arm_cells(claim: Claim, digits: int = 4) -> tuple[str, str]:
+  """The two arms' cells of a claim's row: ``"name: mean ± std (n=18)"`` of each arm
+  over the seeds with a value in both arms, the pairs the test uses
+  (:func:`tsm.reporting.complete_pairs`)."""
+  xa, xb = reporting.complete_pairs(claim.a_values, claim.b_values)
+  return tuple(f"{name}: {reporting.summarize(x).format(digits)} (n={x.size})"
+               for name, x in ((claim.a, xa), (claim.b, xb)))
+
+
 def verdict_table(claims: Sequence[Claim], *, alpha: float = 0.05, digits: int = 4,
                   grouped: bool = False) -> tuple[list[str], list[list[str]]]:
   """Header and rows of the verdict table (one row per claim, in order).
@@ -96,8 +109,7 @@ def verdict_table(claims: Sequence[Claim], *, alpha: float = 0.05, digits: int =
   header = (["dataset"] if grouped else []) + list(HEADER)
   rows = []
   for c, comp in zip(claims, decide_claims(claims, alpha)):
-    sa, sb = reporting.summarize(c.a_values), reporting.summarize(c.b_values)
-    row = [c.claim, c.metric, f"{c.a}: {sa.format(digits)}", f"{c.b}: {sb.format(digits)}"]
+    row = [c.claim, c.metric, *arm_cells(c, digits)]
     row += comp.cells(digits) + [c.note]
     rows.append(([c.group] if grouped else []) + row)
   return header, rows

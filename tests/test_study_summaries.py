@@ -1,0 +1,184 @@
+"""Study summaries from verdict tables, quoted summaries in Markdown, paired dot plots
+(experiments.common: verdicts, docs, figures)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments.common import docs, figures, verdicts
+from tsm import reporting
+
+SEEDS = [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def _claims():
+  rng = np.random.default_rng(3)
+  base = rng.normal(0.8, 0.02, 8)
+  dams = list(base + 0.03 + rng.normal(0, 0.005, 8))
+  linear = list(base)
+  dams[2] = None             # a seed missing in A
+  linear[5] = float("nan")   # another missing in B
+  eer_dams = list(0.2 - (base - 0.8) + rng.normal(0, 0.01, 8))
+  eer_lin = list(0.2 - (base - 0.8) + rng.normal(0, 0.01, 8))
+  return [verdicts.Claim("DAMS beats linear", "AUC", "dams", "linear", dams, linear,
+                         group="digits"),
+          verdicts.Claim("DAMS beats linear", "EER", "dams", "linear", eer_dams, eer_lin,
+                         higher_is_better=False, note="A companion claim.",
+                         group="digits")]
+
+
+def test_arm_cells_summarise_the_pairs_the_test_uses():
+  claims = _claims()
+  header, rows = verdicts.verdict_table(claims, grouped=True)
+  keep = [i for i in range(8) if i not in (2, 5)]
+  a = np.array([claims[0].a_values[i] for i in keep])
+  b = np.array([claims[0].b_values[i] for i in keep])
+  assert rows[0][3] == f"dams: {a.mean():.4f} ± {a.std(ddof=1):.4f} (n=6)"
+  assert rows[0][4] == f"linear: {b.mean():.4f} ± {b.std(ddof=1):.4f} (n=6)"
+  assert rows[0][header.index("seeds")] == "6 of 8"
+  assert rows[1][header.index("seeds")] == "8"
+  assert rows[1][3].endswith("(n=8)")
+
+
+def test_claim_sentences_carry_the_tables_numbers():
+  claims = _claims()
+  header, rows = verdicts.verdict_table(claims, grouped=True)
+  comps = verdicts.decide_claims(claims)
+  sentences = docs.claim_sentences(header, rows, setting="10 epochs")
+  assert len(sentences) == 2
+  for sentence, comp in zip(sentences, comps):
+    assert sentence.startswith(f"* **{comp.verdict}**: DAMS beats linear (")
+    assert f"dams better than linear by {comp.format(4)} over {comp.seeds_cell()} seeds" \
+        in sentence
+    assert f"Holm {comp.cells(4)[3]})" in sentence
+  assert "(AUC; digits; 10 epochs)" in sentences[0]
+  assert "(EER; digits; 10 epochs)" in sentences[1]
+  assert sentences[1].endswith(" A companion claim.")
+  # An unstable verdict keeps its detail; a claim without pairs says so.
+  unstable = [list(r) for r in rows]
+  col = header.index("verdict")
+  unstable[0][col] = "unstable (held here / inconclusive in the rerun)"
+  unstable[1][header.index(reporting.COMPARISON_HEADER[0])] = "n/a"
+  first, second = docs.claim_sentences(header, unstable)
+  assert first.startswith("* **unstable** (held here / inconclusive in the rerun): ")
+  assert "(AUC; digits)" in first
+  assert "no seed with a value for both dams and linear" in second
+
+
+def test_summary_counts_and_write_summary(tmp_path):
+  claims = _claims()
+  workdir = str(tmp_path)
+  verdicts.write_verdicts(workdir, claims, "Verdicts")
+  text = docs.write_summary(workdir, setting="tiny")
+  with open(os.path.join(workdir, "summary.md")) as f:
+    assert f.read() == text
+  header, rows = docs.read_verdicts(workdir)
+  assert text.startswith("\n".join(docs.claim_sentences(header, rows, "tiny")) + "\n\n")
+  final = [c.verdict for c in verdicts.decide_claims(claims)]
+  counts = ", ".join(f"{final.count(v)} {v}" for v in
+                     ("held", "contradicted", "unstable", "inconclusive")
+                     if final.count(v))
+  assert text.endswith(f"2 claims: {counts} (paired tests over seeds, Holm over the "
+                       "study's claims; tsm.reporting).\n")
+
+
+README = """# Title
+
+Intro.
+
+<!-- summary:margin_study -->
+old text
+<!-- /summary:margin_study -->
+
+Between.
+
+<!-- summary:loss_study -->
+<!-- /summary:loss_study -->
+End.
+"""
+
+
+def test_quoted_summaries_are_checked_and_refreshed(tmp_path):
+  path = tmp_path / "README.md"
+  path.write_text(README)
+  new = {"margin_study": "* **held**: x.\n", "loss_study": "* **inconclusive**: y."}
+  assert docs.quoted_summary(README, "margin_study") == "old text\n"
+  assert docs.quoted_summary(README, "loss_study") == ""
+  # check: reports what is stale, writes nothing.
+  assert docs.refresh_quotes(str(path), new, check=True) == ["margin_study", "loss_study"]
+  assert path.read_text() == README
+  assert docs.refresh_quotes(str(path), new) == ["margin_study", "loss_study"]
+  text = path.read_text()
+  assert docs.quoted_summary(text, "margin_study") == "* **held**: x.\n"
+  assert docs.quoted_summary(text, "loss_study") == "* **inconclusive**: y.\n"
+  # Everything outside the blocks is as it was.
+  assert text.replace("* **held**: x.\n", "old text\n").replace(
+      "* **inconclusive**: y.\n", "") == README
+  assert docs.refresh_quotes(str(path), new, check=True) == []
+  assert docs.refresh_quotes(str(path), new) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no markers\n", "has no"),
+    (README + "<!-- summary:margin_study -->\nx\n<!-- /summary:margin_study -->\n", "has 2"),
+    ("<!-- summary:margin_study -->\nunclosed\n", "has no"),
+])
+def test_quote_blocks_must_be_one_pair(tmp_path, text, message):
+  path = tmp_path / "NOTES.md"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=message) as info:
+    docs.refresh_quotes(str(path), {"margin_study": "x\n"})
+  assert "NOTES.md" in str(info.value) and "\n" not in str(info.value)
+  assert path.read_text() == text
+  with pytest.raises(ValueError, match="letters, digits"):
+    docs.summary_markers("no spaces")
+
+
+def _artists(fig, gid):
+  return [l for ax in fig.axes for l in ax.lines if (l.get_gid() or "") .startswith(gid)]
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_paired_dots_one_line_per_seed_and_the_interval(higher):
+  a = [0.9, 0.8, None, 0.85, 0.7]
+  b = [0.7, 0.75, 0.6, float("nan"), 0.65]
+  seeds = [10, 11, 12, 13, 14]
+  comp = reporting.compare(a, b, higher_is_better=higher)
+  fig = figures.paired_dots_figure(a, b, seeds, ("dams", "linear"),
+                                   (comp.mean_diff, comp.ci_low, comp.ci_high),
+                                   higher_is_better=higher, title="claim", ylabel="AUC")
+  lines = _artists(fig, "seed:")
+  assert sorted(l.get_gid() for l in lines) == ["seed:10", "seed:11", "seed:14"]
+  for line in lines:
+    i = seeds.index(int(line.get_gid().split(":")[1]))
+    assert list(line.get_xdata()) == [0, 1]
+    assert list(line.get_ydata()) == [a[i], b[i]]
+  (interval,) = _artists(fig, "interval")
+  assert list(interval.get_ydata()) == pytest.approx([comp.ci_low, comp.ci_high])
+  (mean,) = _artists(fig, "mean")
+  assert list(mean.get_ydata()) == pytest.approx([comp.mean_diff])
+  (diffs,) = _artists(fig, "differences")
+  sign = 1.0 if higher else -1.0
+  assert list(diffs.get_ydata()) == pytest.approx(
+      [sign * (a[i] - b[i]) for i in (0, 1, 4)])
+  # The drawn differences' mean is the interval's centre.
+  assert np.mean(diffs.get_ydata()) == pytest.approx(comp.mean_diff)
+  assert math.isfinite(comp.ci_low)
+
+
+def test_paired_dots_writes_a_png_and_refuses_bad_input(tmp_path):
+  path = str(tmp_path / "figs" / "claim.png")
+  claim = _claims()[0]
+  comp = verdicts.decide_claims([claim])[0]
+  figures.claim_dots(path, claim, comp, SEEDS)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="one value") as info:
+    figures.paired_dots(path, [1.0, 2.0], [1.0], [0, 1], ("a", "b"), (0, 0, 0))
+  assert "\n" not in str(info.value)
+  with pytest.raises(ValueError, match="interval"):
+    figures.paired_dots(path, [1.0], [1.0], [0], ("a", "b"), (0, 0))
