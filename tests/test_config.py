@@ -46,15 +46,11 @@ def test_required_experiment_files_exist():
 
 def _run_configs(cfg):
   """The tsm run configs of an experiment file; a study config (with a ``study`` section)
-  holds one per dataset section, or is one run config plus ``study``."""
+  holds one per dataset of ``study.datasets``, and nothing else."""
   if "study" not in cfg:
     return [cfg]
-  rest = [cfg[k] for k in cfg.keys() if k != "study"]
-  if rest and all(hasattr(v, "keys") and "data" in v for v in rest):
-    return rest
-  run = config_lib.ml_collections.ConfigDict(cfg.to_dict())
-  del run["study"]
-  return [run]
+  assert sorted(k for k in cfg.keys() if k != "study") == sorted(cfg.study.datasets)
+  return [cfg[name] for name in cfg.study.datasets]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])

@@ -42,6 +42,10 @@ class LossStudy(NamedTuple):
     default_cost: the cost of a dataset not in ``cost``.
     example_config: the config file the command's help names.
     default_workdir: the workdir the command's help suggests.
+    usage: the command's help text (its ``run.py`` docstring).
+
+  A study's ``run.py`` takes its entry points from its spec: ``run_study =
+  SPEC.run_study``, ``main = SPEC.main``.
   """
   label: str
   study: Any
@@ -52,6 +56,17 @@ class LossStudy(NamedTuple):
   default_cost: float
   example_config: str
   default_workdir: str
+  usage: str
+
+  def run_study(self, cfg: Any, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the study (:func:`run_study`): ``{"runs", "wall_seconds",
+    "report"}``; a bad setting raises :class:`~experiments.common.grid.StudyError`
+    before anything runs."""
+    return run_study(cfg, workdir, self)
+
+  def main(self, argv: Sequence[str] | None = None) -> None:
+    """The study's command line (:func:`main`)."""
+    main(argv, self)
 
 
 def check_losses(cfg: Any, known: Sequence[str]) -> list[str]:
@@ -98,9 +113,10 @@ def run_study(cfg: Any, workdir: str, spec: LossStudy) -> dict[str, Any]:
   return runs_lib.run_study(cfg, workdir, study, write_report)
 
 
-def main(argv: Sequence[str] | None, spec: LossStudy, usage: str) -> None:
+def main(argv: Sequence[str] | None, spec: LossStudy) -> None:
   """A loss study's command line (:func:`experiments.common.command.main`)."""
-  command.main(argv, program=spec.label, usage=usage, example_config=spec.example_config,
+  command.main(argv, program=spec.label, usage=spec.usage,
+               example_config=spec.example_config,
                default_workdir=spec.default_workdir,
                run_study=lambda cfg, workdir, _: run_study(cfg, workdir, spec),
                show=command.show_verdicts)

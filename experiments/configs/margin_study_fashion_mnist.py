@@ -11,7 +11,8 @@ Fashion-MNIST is the standard drop-in for paper A's MNIST. Paper A's setup (see
 
 * verification split by image within the same 10 classes: the official 60,000 / 10,000
   split (``standard``), 10 % of train held out (by image) for validation, as paper A's
-  MNIST; ``--config.fashion_mnist.data.split=class_disjoint`` trains on classes 0-4 and tests on 5-9;
+  MNIST; ``--config.fashion_mnist.data.split=class_disjoint`` trains on classes 0-4 and
+  tests on 5-9;
 * paper B's small ConvNet (conv32-conv64-FC128) on 28x28x1 instead of paper A's
   ImageNet EfficientNet-B0 on 224 px RGB, under paper A's head (512-256-128,
   L2-normalised); head dropout off (as the mnist1d study: with 0.5 / 0.3 the easy share

@@ -34,8 +34,6 @@ Bad settings print one line naming the field and exit with status 2 before anyth
 
 from __future__ import annotations
 
-from typing import Any
-
 import ml_collections
 
 from experiments.common import loss_studies
@@ -59,22 +57,11 @@ SPEC = loss_studies.LossStudy(
     # Relative cost of one epoch per dataset, to start the costliest runs first.
     cost={"mnist1d": 4.0, "synthetic": 1.0, "digits": 0.7}, default_cost=10.0,
     example_config=EXAMPLE_CONFIG,
-    default_workdir="runs/loss_study")
+    default_workdir="runs/loss_study", usage=__doc__)
 
-
-def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the study (:func:`experiments.common.loss_studies.run_study`).
-
-  ``cfg`` is a study config (``experiments/configs/loss_study_*.py``); returns ``{"runs",
-  "wall_seconds", "report"}``; raises :class:`~experiments.common.grid.StudyError` for a
-  bad setting, before anything runs.
-  """
-  return loss_studies.run_study(cfg, workdir, SPEC)
-
-
-def main(argv: list[str] | None = None) -> None:
-  """Command-line entry point (see the module docstring)."""
-  loss_studies.main(argv, SPEC, __doc__)
+# run_study(cfg, workdir) -> {"runs", "wall_seconds", "report"}; main(argv=None).
+run_study = SPEC.run_study
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -59,22 +59,11 @@ SPEC = loss_studies.LossStudy(
     # costliest runs first so that parallel workers end together.
     cost={"synthetic": 1.0, "mnist1d": 3.0, "fashion_mnist": 8.0}, default_cost=20.0,
     example_config=EXAMPLE_CONFIG,
-    default_workdir="runs/loss_zoo")
+    default_workdir="runs/loss_zoo", usage=__doc__)
 
-
-def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the study (:func:`experiments.common.loss_studies.run_study`).
-
-  ``cfg`` is a study config (``experiments/configs/loss_zoo_*.py``); returns ``{"runs",
-  "wall_seconds", "report"}``; raises :class:`~experiments.common.grid.StudyError` for a
-  bad setting, before anything runs.
-  """
-  return loss_studies.run_study(cfg, workdir, SPEC)
-
-
-def main(argv: list[str] | None = None) -> None:
-  """Command-line entry point (see the module docstring)."""
-  loss_studies.main(argv, SPEC, __doc__)
+# run_study(cfg, workdir) -> {"runs", "wall_seconds", "report"}; main(argv=None).
+run_study = SPEC.run_study
+main = SPEC.main
 
 
 if __name__ == "__main__":

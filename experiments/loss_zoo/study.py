@@ -179,12 +179,6 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   return run
 
 
-def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Every run of the study, validated before any training
-  (:func:`experiments.common.runs.plan` with :func:`run_config`)."""
-  return runs.plan(cfg, workdir, run_config, check_study(cfg))
-
-
 # ----------------------------------------------------------------------------- one run
 
 
