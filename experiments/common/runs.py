@@ -27,7 +27,7 @@ from experiments.common import grid
 from experiments.common import timing as timing_lib
 
 # build(cfg, dataset, arm, seed) -> the run's tsm config.
-Build = Callable[[Any, str, str, int], Any]
+Build = Callable[[Any, str, Any, int], Any]
 
 
 def grid_fields(*, seeds: int) -> dict[str, Any]:
