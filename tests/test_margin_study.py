@@ -98,6 +98,13 @@ def test_outputs_exist_and_are_finite(tiny_study):
                "margin.png", "easy_share.png", "effective_margins.png", "roc.png",
                "study.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  # One study.json: the study config as run, the runs' summaries, the wall times.
+  with open(os.path.join(workdir, "study.json")) as f:
+    record = json.load(f)
+  assert record["config"] == json.loads(cfg.to_json())
+  assert sorted(record["runs"]) == sorted(SCHEDULES) and record["timing"]["runs"] == len(
+      SCHEDULES) * SEEDS
+  assert not os.path.exists(os.path.join(workdir, "study_config.json"))
   assert "Test metrics" in text and "our controller beats DAMS" in text
   assert "Deviations from paper A" in text and "loss reduction" in text
   for csv_name in ("results.csv", "per_seed.csv", "effective_margins.csv"):
@@ -373,6 +380,37 @@ def test_cli_rejects_a_bad_schedule(capsys, monkeypatch):
   assert "bogus" in err and "Unknown command line flag" not in err
   assert not os.path.exists("/nonexistent/never")
 
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
+def test_cli_overrides_a_run_setting_through_the_dataset_section(capsys, monkeypatch):
+  """The study config's shape: a run setting is ``--config.<dataset>.<section>.<field>``;
+  a bad one fails in one line naming the dataset, the arm and the field."""
+  argv = ["run", "--config=experiments/configs/margin_study_digits.py",
+          "--workdir=/nonexistent/never", f"--config.{DATASET}.margin.threshold=1.5"]
+  monkeypatch.setattr(sys, "argv", argv)
+  with pytest.raises(SystemExit) as e:
+    run_lib.main(argv)
+  assert e.value.code == cli_lib.USAGE_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and f"{DATASET} (" in err and "margin.threshold" in err
+  assert not os.path.exists("/nonexistent/never")
+
+
+def test_study_config_has_every_study_shape():
+  """A study section and one run-config section per dataset, the grid fields shared
+  with the loss studies."""
+  from experiments.common import runs  # pylint: disable=import-outside-toplevel
+  cfg = margin_study_digits.get_config()
+  assert sorted(cfg.keys()) == sorted(("study",) + tuple(cfg.study.datasets))
+  assert tuple(cfg.study.datasets) == (DATASET,)
+  assert set(runs.grid_fields(seeds=1)) <= set(cfg.study.keys())
+  config_lib.check_config(cfg[DATASET])
+  cfg.study.datasets = (DATASET, DATASET + "_copy")
+  with cfg.unlocked():
+    cfg[DATASET + "_copy"] = cfg[DATASET]
+  with pytest.raises(grid.StudyError, match="study.datasets"):
+    study.check_study(cfg)
 
 def test_results_mark_no_best_and_dash_unresolvable_tar():
   def run(seed, auc, tar):
