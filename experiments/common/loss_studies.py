@@ -2,8 +2,8 @@
 loss zoo (:mod:`experiments.loss_zoo`).
 
 Both vary the loss (their arms are loss names, ``study.losses``) over datasets and
-seeds, train and measure each run with
-:func:`experiments.common.measure.train_and_measure` into a result file
+seeds, train and measure each run (:func:`train_and_measure`, on
+:func:`experiments.common.measure.train_and_measure`) into a result file
 (``analysis.json`` / ``zoo.json``) and an arrays file, and report per dataset a table
 and figures plus the verdicts of their paper's claims over the whole study. A study
 describes itself as a :class:`LossStudy`; :func:`run_study` and :func:`main` run it
@@ -30,8 +30,9 @@ class LossStudy(NamedTuple):
 
   Attributes:
     label: the study's name in its log lines and messages (``"loss study"``).
-    study: the study's module: ``check_study(cfg)``, ``run_config(cfg, dataset, loss,
-      seed)``, ``run_one(task, section)``.
+    study: the study's module: ``check_study(cfg)`` (-> the losses), ``run_config(cfg,
+      dataset, loss, seed)``, ``run_one(task, section)``, and for :func:`run_one` its
+      ``RESULT_FILE``, ``ARRAYS_FILE``, ``RECORD_KEYS``, ``measure`` and ``summarize``.
     write_report: ``write_report(workdir, cfg, preamble)`` -> the report's dict
       (``"verdicts"``: its Markdown).
     progress: ``progress(record)`` -> the study's own last item of a run's progress
