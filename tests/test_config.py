@@ -46,15 +46,11 @@ def test_required_experiment_files_exist():
 
 def _run_configs(cfg):
   """The tsm run configs of an experiment file; a study config (with a ``study`` section)
-  holds one per dataset section, or is one run config plus ``study``."""
+  holds one per dataset of ``study.datasets``, and nothing else."""
   if "study" not in cfg:
     return [cfg]
-  rest = [cfg[k] for k in cfg.keys() if k != "study"]
-  if rest and all(hasattr(v, "keys") and "data" in v for v in rest):
-    return rest
-  run = config_lib.ml_collections.ConfigDict(cfg.to_dict())
-  del run["study"]
-  return [run]
+  assert sorted(k for k in cfg.keys() if k != "study") == sorted(cfg.study.datasets)
+  return [cfg[name] for name in cfg.study.datasets]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])
@@ -181,25 +177,40 @@ def test_cli_unknown_override_exits_2(tmp_path):
   assert not workdir.exists()
 
 
-def test_train_and_evaluate_checks_once_and_builds_the_sampler_once(tmp_path, monkeypatch):
+def test_train_and_evaluate_checks_once_and_builds_each_object_once(tmp_path,
+                                                                   monkeypatch):
+  """One train_and_evaluate: the config checked once, the margin section's arguments
+  checked once (without building a schedule), and the schedule, the model and the train
+  sampler each built once (the validation-loss sampler over val is another object)."""
   from fit_helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  from tsm import margins, models  # pylint: disable=import-outside-toplevel
   from tsm.config import run as run_lib  # pylint: disable=import-outside-toplevel
-  calls = {"check_config": 0, "build_sampler": 0}
+  from tsm.data import samplers  # pylint: disable=import-outside-toplevel
+  calls = {"check_config": 0, "check_schedule": 0, "schedule": 0, "create_model": 0,
+           "train_sampler": 0}
 
-  def counted(name):
-    original = getattr(run_lib, name)
+  def counted(module, name, key, when=lambda *args, **kwargs: True):
+    original = getattr(module, name)
 
     def wrapper(*args, **kwargs):
-      calls[name] += 1
+      calls[key] += bool(when(*args, **kwargs))
       return original(*args, **kwargs)
-    return wrapper
+    monkeypatch.setattr(module, name, wrapper)
 
-  for name in calls:
-    monkeypatch.setattr(run_lib, name, counted(name))
+  counted(run_lib, "check_config", "check_config")
+  counted(margins, "check_schedule", "check_schedule")
+  for name in margins.SCHEDULES:
+    counted(margins, name, "schedule")
+  counted(models, "create_model", "create_model")
+  counted(samplers, "make_sampler", "train_sampler",
+          when=lambda *args, **kwargs: kwargs.get("max_classes") is None)
   cfg = tiny_config(epochs=1, steps_per_epoch=2)
   cfg.eval.every_epochs = 1
+  assert cfg.margin.schedule == "dams"
   result = config_lib.train_and_evaluate(cfg, str(tmp_path / "run"))
-  assert result.summary and calls == {"check_config": 1, "build_sampler": 1}
+  assert result.summary and calls == {"check_config": 1, "check_schedule": 1,
+                                      "schedule": 1, "create_model": 1,
+                                      "train_sampler": 1}
 
 
 def test_mining_curriculum_is_an_epoch_loss_in_tsm_losses():

@@ -114,7 +114,7 @@ def test_bad_loss_option_names_the_dataset_and_field():
   cfg = presets.study_config(("synthetic",))
   cfg.study.loss_options.arcface.scale = -1.0
   with pytest.raises(study.StudyError, match=r"synthetic \(arcface\).*loss.scale"):
-    study.plan(cfg, "/nonexistent")
+    runs.plan(cfg, "/nonexistent", study.run_config, study.check_study(cfg))
 
 
 # ----------------------------------------------------------------------------- claims

@@ -30,6 +30,7 @@ from tsm import cli as cli_lib
 from tsm import config as config_lib
 from tsm import reporting
 
+DATASET = "digits"
 SCHEDULES = ("dams", "controller")
 SEEDS = 2
 EPOCHS = 6
@@ -37,20 +38,21 @@ EPOCHS = 6
 
 def _tiny_config():
   cfg = margin_study_digits.get_config()
-  cfg.model.hidden_sizes = (32,)
-  cfg.model.head_hidden = (32, 32)
-  cfg.model.embedding_dim = 16
-  cfg.train.epochs = EPOCHS
-  cfg.train.samples_per_class = 4
-  cfg.train.steps_per_epoch = 8
-  cfg.train.learning_rate = 1e-2
-  cfg.eval.num_pairs = 200
-  cfg.eval.val_batches = 2
-  cfg.margin.threshold = 0.75    # crossed within a few epochs on digits
-  cfg.margin.increment = 0.05
-  cfg.margin.target = 0.75
-  cfg.margin.gain = 0.5
-  cfg.margin.min_margin = 0.1
+  run = cfg[DATASET]
+  run.model.hidden_sizes = (32,)
+  run.model.head_hidden = (32, 32)
+  run.model.embedding_dim = 16
+  run.train.epochs = EPOCHS
+  run.train.samples_per_class = 4
+  run.train.steps_per_epoch = 8
+  run.train.learning_rate = 1e-2
+  run.eval.num_pairs = 200
+  run.eval.val_batches = 2
+  run.margin.threshold = 0.75    # crossed within a few epochs on digits
+  run.margin.increment = 0.05
+  run.margin.target = 0.75
+  run.margin.gain = 0.5
+  run.margin.min_margin = 0.1
   cfg.study.schedules = ",".join(SCHEDULES)
   cfg.study.seeds = SEEDS
   cfg.study.workers = 1
@@ -69,7 +71,7 @@ def tiny_study(tmp_path_factory):
 
 
 def _epochs(workdir, name, seed):
-  path = os.path.join(study.run_dir(workdir, name, seed), "metrics.jsonl")
+  path = os.path.join(study.run_dir(workdir, DATASET, name, seed), "metrics.jsonl")
   with open(path) as f:
     return [r for r in map(json.loads, f) if r["kind"] == "epoch"]
 
@@ -96,6 +98,13 @@ def test_outputs_exist_and_are_finite(tiny_study):
                "margin.png", "easy_share.png", "effective_margins.png", "roc.png",
                "study.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  # One study.json: the study config as run, the runs' summaries, the wall times.
+  with open(os.path.join(workdir, "study.json")) as f:
+    record = json.load(f)
+  assert record["config"] == json.loads(cfg.to_json())
+  assert sorted(record["runs"]) == sorted(SCHEDULES) and record["timing"]["runs"] == len(
+      SCHEDULES) * SEEDS
+  assert not os.path.exists(os.path.join(workdir, "study_config.json"))
   assert "Test metrics" in text and "our controller beats DAMS" in text
   assert "Deviations from paper A" in text and "loss reduction" in text
   for csv_name in ("results.csv", "per_seed.csv", "effective_margins.csv"):
@@ -113,7 +122,7 @@ def test_outputs_exist_and_are_finite(tiny_study):
   hooked = study.hook_epochs(EPOCHS)
   for name in SCHEDULES:
     for seed in range(SEEDS):
-      directory = study.run_dir(workdir, name, seed)
+      directory = study.run_dir(workdir, DATASET, name, seed)
       with open(os.path.join(directory, "summary.json")) as f:
         test = json.load(f)["test"]
       for key in ("auc", "eer", "accuracy", "threshold", "tar@far=1e-2", "recall@1",
@@ -146,7 +155,7 @@ def test_outputs_exist_and_are_finite(tiny_study):
 def test_adaptive_margins_follow_their_rules(tiny_study):
   """Logged margins = each rule applied to the logged easy shares, and the share crosses."""
   cfg, workdir, _ = tiny_study
-  m = cfg.margin
+  m = cfg[DATASET].margin
   crossed = {"dams": set(), "controller": set()}
   for seed in range(SEEDS):
     for name in SCHEDULES:
@@ -190,7 +199,7 @@ def test_rerun_reuses_finished_runs(tiny_study, capsys):
 @pytest.mark.slow
 def test_final_mu_is_the_margin_the_last_epoch_trained_at(tiny_study):
   cfg, workdir, _ = tiny_study
-  runs = report.load_runs(workdir, SCHEDULES, SEEDS)
+  runs = report.load_runs(workdir, DATASET, SCHEDULES, range(SEEDS))
   for name in SCHEDULES:
     for run in runs[name]:
       last = _epochs(workdir, name, run["seed"])[-1]
@@ -213,8 +222,8 @@ def test_compare_to_marks_differing_verdicts_unstable(tiny_study, tmp_path):
   rows[1][rows[0].index("verdict")] = "held" if flipped != "held" else "contradicted"
   with open(other / "verdicts.csv", "w", newline="") as f:
     csv.writer(f).writerows(rows)
-  runs = report.load_runs(workdir, SCHEDULES, SEEDS)
-  header, marked, sentence = report.verdict_table(runs, SCHEDULES, SEEDS,
+  runs = report.load_runs(workdir, DATASET, SCHEDULES, range(SEEDS))
+  header, marked, sentence = report.verdict_table(runs, SCHEDULES, range(SEEDS),
                                                   compare_to=str(other))
   col = header.index("verdict")
   assert marked[0][col].startswith("unstable (" + flipped + " here")
@@ -232,8 +241,8 @@ def test_schedules_and_stepwise_stages():
   boundaries, values = study.stepwise_stages(0.2, 1.0, 3, 4)   # fewer epochs than stages
   assert boundaries == (1, 2) and values == pytest.approx((0.6, 1.0))
   for name in study.schedule_names(cfg):
-    config_lib.check_config(study.run_config(cfg, name, 3))
-  run = study.run_config(cfg, "constant_0.5", 3)
+    config_lib.check_config(study.run_config(cfg, DATASET, name, 3))
+  run = study.run_config(cfg, DATASET, "constant_0.5", 3)
   assert run.margin.schedule == "constant" and run.margin.initial_margin == 0.5
   assert run.seed == 3 and "study" not in run
   cfg.study.schedules = "dams,nope"
@@ -244,11 +253,12 @@ def test_schedules_and_stepwise_stages():
 def test_study_defaults_follow_the_authors_code():
   cfg = margin_study_digits.get_config()
   assert cfg.study.seeds == 10 and cfg.study.vary_data
-  run = study.run_config(cfg, "dams", 4)
+  run = study.run_config(cfg, DATASET, "dams", 4)
   assert run.loss.reduction == "mean_nonzero" and run.loss.mining == "all"
   assert run.data.data_seed == 4   # vary_data: the data follow the seed
   cfg.study.vary_data = False
-  assert study.run_config(cfg, "dams", 4).data.data_seed == cfg.data.data_seed
+  assert (study.run_config(cfg, DATASET, "dams", 4).data.data_seed
+          == cfg[DATASET].data.data_seed)
   images = paper_a.images("lfw")
   assert not images.data.augment   # the authors' code: resize + normalise only
 
@@ -263,13 +273,13 @@ def test_epochs_knob_and_axes():
   assert [a.name for a in arms] == [
       "stepwise", "dams", "stepwise+semihard", "dams+semihard", "stepwise+mean",
       "dams+mean", "stepwise+mean+semihard", "dams+mean+semihard"]
-  run = study.run_config(cfg, arms[-1], 1)
+  run = study.run_config(cfg, DATASET, arms[-1], 1)
   assert (run.train.epochs, run.loss.reduction, run.loss.mining) == (7, "mean", "semihard")
   # The stepwise stages follow study.epochs, not train.epochs.
-  assert study.run_config(cfg, arms[0], 0).margin.boundaries == study.stepwise_stages(
-      0.2, 1.0, 7, cfg.study.stepwise_stages)[0]
-  assert study.run_dir("w", arms[-1], 1) == os.path.join(
-      "w", "runs", "dams+mean+semihard", "seed1")
+  assert study.run_config(cfg, DATASET, arms[0], 0).margin.boundaries == (
+      study.stepwise_stages(0.2, 1.0, 7, cfg.study.stepwise_stages)[0])
+  assert study.run_dir("w", DATASET, arms[-1], 1) == os.path.join(
+      "w", DATASET, "dams+mean+semihard", "seed1")
 
 
 @pytest.mark.parametrize("field,value", [
@@ -308,7 +318,7 @@ def test_verdicts_pick_the_constant_on_validation_and_test_paired():
       "dams": (base, base + 0.02 + rng.normal(0, 0.01, n), base * 0 + 0.2,
                base * 0 + 0.2 + rng.normal(0, 0.01, n)),
   })
-  header, rows, sentence = report.verdict_table(fake, list(fake), n)
+  header, rows, sentence = report.verdict_table(fake, list(fake), range(n))
   assert sentence == ""
   table = {(r[0], r[1]): r for r in rows}
   auc = table[("DAMS beats the best constant margin (chosen on validation)", "AUC")]
@@ -345,9 +355,9 @@ def test_verdict_rows_pair_by_seed_when_a_run_is_missing():
                      "dams": ([0.9] * 4, [0.95, 0.97, 0.96, 0.99], [0.2] * 4,
                               [0.1, 0.11, 0.12, 0.1])})
   del fake["dams"][1]   # seed 1 of dams did not finish
-  claims = report.claims(fake, list(fake), 4)
+  claims = report.claims(fake, list(fake), range(4))
   assert claims[0].a_values[1] is None and claims[0].b_values[1] == 0.91
-  header, rows, _ = report.verdict_table(fake, list(fake), 4)
+  header, rows, _ = report.verdict_table(fake, list(fake), range(4))
   # The test and both arms' cells over the 3 complete pairs; the dropped seed shown.
   assert rows[0][header.index("seeds")] == "3 of 4"
   assert rows[0][2].endswith("(n=3)") and rows[0][3].endswith("(n=3)")
@@ -376,6 +386,37 @@ def test_cli_rejects_a_bad_schedule(capsys, monkeypatch):
   assert "bogus" in err and "Unknown command line flag" not in err
   assert not os.path.exists("/nonexistent/never")
 
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
+def test_cli_overrides_a_run_setting_through_the_dataset_section(capsys, monkeypatch):
+  """The study config's shape: a run setting is ``--config.<dataset>.<section>.<field>``;
+  a bad one fails in one line naming the dataset, the arm and the field."""
+  argv = ["run", "--config=experiments/configs/margin_study_digits.py",
+          "--workdir=/nonexistent/never", f"--config.{DATASET}.margin.threshold=1.5"]
+  monkeypatch.setattr(sys, "argv", argv)
+  with pytest.raises(SystemExit) as e:
+    run_lib.main(argv)
+  assert e.value.code == cli_lib.USAGE_ERROR
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and f"{DATASET} (" in err and "margin.threshold" in err
+  assert not os.path.exists("/nonexistent/never")
+
+
+def test_study_config_has_every_study_shape():
+  """A study section and one run-config section per dataset, the grid fields shared
+  with the loss studies."""
+  from experiments.common import runs  # pylint: disable=import-outside-toplevel
+  cfg = margin_study_digits.get_config()
+  assert sorted(cfg.keys()) == sorted(("study",) + tuple(cfg.study.datasets))
+  assert tuple(cfg.study.datasets) == (DATASET,)
+  assert set(runs.grid_fields(seeds=1)) <= set(cfg.study.keys())
+  config_lib.check_config(cfg[DATASET])
+  cfg.study.datasets = (DATASET, DATASET + "_copy")
+  with cfg.unlocked():
+    cfg[DATASET + "_copy"] = cfg[DATASET]
+  with pytest.raises(grid.StudyError, match="study.datasets"):
+    study.check_study(cfg)
 
 def test_results_mark_no_best_and_dash_unresolvable_tar():
   def run(seed, auc, tar):

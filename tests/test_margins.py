@@ -405,3 +405,34 @@ def test_changing_margin_never_recompiles(name, schedule):
       assert len(compiles) == 2 or persistent_cache
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("schedule,kwargs,argument", [
+    ("dams", {"initial_margin": 0.2, "threshold": 1.5}, "threshold"),
+    ("dams", {"initial_margin": 0.5, "max_margin": 0.4}, "max_margin"),
+    ("linear", {"initial_margin": 0.2, "final_margin": -1.0, "num_epochs": 3},
+     "final_margin"),
+    ("exponential", {"initial_margin": 0.0, "final_margin": 1.0, "num_epochs": 3},
+     "initial_margin"),
+    ("stepwise", {"initial_margin": 0.2, "boundaries": (3, 2), "increment": 0.1},
+     "boundaries"),
+    ("controller", {"initial_margin": 0.1, "min_margin": 0.2}, "initial_margin"),
+    ("constant", {"margin": float("nan")}, "margin"),
+])
+def test_check_schedule_raises_what_the_constructor_raises(schedule, kwargs, argument):
+  """check_schedule checks a schedule's arguments without building it, with the
+  constructor's own one-line message."""
+  with pytest.raises(ValueError) as checked:
+    margins.check_schedule(schedule, **kwargs)
+  with pytest.raises(ValueError) as built:
+    getattr(margins, schedule)(**kwargs)
+  assert str(checked.value) == str(built.value)
+  assert str(checked.value).startswith(argument + " ") and "\n" not in str(checked.value)
+
+
+def test_check_schedule_accepts_valid_arguments_and_names_unknown_schedules():
+  margins.check_schedule("stepwise", initial_margin=0.2, boundaries=(2, 4),
+                         values=(0.4, 0.6))
+  margins.check_schedule("controller")
+  with pytest.raises(ValueError, match="^schedule='cosine' is unknown"):
+    margins.check_schedule("cosine")

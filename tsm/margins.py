@@ -216,6 +216,117 @@ def _check_num_epochs(num_epochs: Any) -> int:
                "per step)")
   return int(num_epochs)
 
+# ----------------------------------------------------------------------------- argument checks
+# Each schedule's arguments are checked by its check_* function (the constructor calls
+# it; a config layer calls it through check_schedule before anything is built).
+
+
+def check_linear(initial_margin: Any, final_margin: Any,
+                 num_epochs: Any) -> tuple[float, float, int]:
+  """:func:`linear`'s arguments, checked (one-line ValueError naming the argument)."""
+  return (check_margin("initial_margin", initial_margin),
+          check_margin("final_margin", final_margin), _check_num_epochs(num_epochs))
+
+
+def check_exponential(initial_margin: Any, final_margin: Any,
+                      num_epochs: Any) -> tuple[float, float, int]:
+  """:func:`exponential`'s arguments, checked (both margins ``> 0``)."""
+  return (check_margin("initial_margin", initial_margin, positive=True),
+          check_margin("final_margin", final_margin, positive=True),
+          _check_num_epochs(num_epochs))
+
+
+def check_stepwise(initial_margin: Any, boundaries: Sequence[int],
+                   values: Sequence[float] | None = None, increment: Any = None
+                   ) -> tuple[float, tuple[int, ...], tuple[float, ...]]:
+  """:func:`stepwise`'s arguments, checked; returns ``(initial_margin, boundaries,
+  stage margins)``."""
+  initial_margin = check_margin("initial_margin", initial_margin)
+  boundaries = tuple(boundaries)
+  if (not boundaries
+      or any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in boundaries)
+      or boundaries[0] < 1
+      or any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:]))):
+    raise _err("boundaries", boundaries, "a non-empty, strictly increasing sequence of "
+               "ints >= 1", "pass the epochs at which the margin changes, e.g. (10, 20)")
+  if (values is None) == (increment is None):
+    raise ValueError("stepwise needs exactly one of values and increment, got "
+                     f"values={values!r}, increment={increment!r}; pass one of them.")
+  if values is not None:
+    values = tuple(values)
+    if len(values) != len(boundaries):
+      raise _err("values", values, f"one margin per boundary ({len(boundaries)})",
+                 "pass as many values as boundaries")
+    stages = tuple(check_margin(f"values[{k}]", v) for k, v in enumerate(values))
+  else:
+    try:
+      increment = float(increment)
+    except (TypeError, ValueError):
+      raise _err("increment", increment, "a number", "pass a float such as 0.1") from None
+    stages = tuple(initial_margin + (k + 1) * increment for k in range(len(boundaries)))
+    if not math.isfinite(increment) or min(stages) < 0:
+      raise _err("increment", increment, "finite and keep every stage's margin >= 0",
+                 "pass a smaller negative or a positive increment")
+  return initial_margin, tuple(int(b) for b in boundaries), stages
+
+
+def check_dams(initial_margin: Any = 0.2, threshold: Any = 0.95, increment: Any = 0.05,
+               max_margin: Any = None) -> tuple[float, float, float, float | None]:
+  """:func:`dams`'s arguments, checked."""
+  initial_margin = check_margin("initial_margin", initial_margin)
+  threshold = _check_unit("threshold", threshold)
+  increment = check_margin("increment", increment)
+  if max_margin is not None:
+    max_margin = check_margin("max_margin", max_margin)
+    if max_margin < initial_margin:
+      raise _err("max_margin", max_margin, f">= initial_margin ({initial_margin})",
+                 "raise max_margin or lower initial_margin")
+  return initial_margin, threshold, increment, max_margin
+
+
+def check_controller(initial_margin: Any = 0.2, target: Any = 0.9, gain: Any = 0.5,
+                     min_margin: Any = None, max_margin: Any = _CONTROLLER_MAX_MARGIN,
+                     deadband: Any = 0.02
+                     ) -> tuple[float, float, float, float, float, float]:
+  """:func:`controller`'s arguments, checked; ``min_margin`` None becomes
+  ``initial_margin``."""
+  initial_margin = check_margin("initial_margin", initial_margin)
+  target = _check_unit("target", target)
+  gain = check_margin("gain", gain)
+  min_margin = initial_margin if min_margin is None else check_margin("min_margin",
+                                                                       min_margin)
+  max_margin = check_margin("max_margin", max_margin)
+  deadband = _check_unit("deadband", deadband)
+  if deadband >= 1.0:
+    raise _err("deadband", deadband, "in [0, 1)", "pass a small band such as 0.02")
+  if max_margin < min_margin:
+    raise _err("max_margin", max_margin, f">= min_margin ({min_margin})",
+               "raise max_margin or lower min_margin")
+  if not min_margin <= initial_margin <= max_margin:
+    raise _err("initial_margin", initial_margin,
+               f"in [min_margin, max_margin] = [{min_margin}, {max_margin}]",
+               "pass a margin inside the bounds")
+  return initial_margin, target, gain, min_margin, max_margin, deadband
+
+
+def check_schedule(schedule: str, **kwargs: Any) -> None:
+  """Checks the arguments of schedule ``schedule``'s constructor without building it.
+
+  Args:
+    schedule: a name from :data:`SCHEDULES`.
+    **kwargs: the constructor's keyword arguments (e.g. ``initial_margin=0.2,
+      threshold=0.95`` for ``"dams"``).
+
+  Raises:
+    ValueError: an unknown schedule, or one line starting with the bad argument's name.
+  """
+  checks = {"constant": lambda margin: check_margin("margin", margin),
+            "linear": check_linear, "exponential": check_exponential,
+            "stepwise": check_stepwise, "dams": check_dams, "controller": check_controller}
+  if schedule not in checks:
+    raise ValueError(f"schedule={schedule!r} is unknown; use one of {', '.join(SCHEDULES)}.")
+  checks[schedule](**kwargs)
+
 
 # ----------------------------------------------------------------------------- schedules
 
@@ -259,9 +370,8 @@ def linear(initial_margin: float, final_margin: float, num_epochs: int) -> Margi
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (``create_linear_margin`` in ``Loss.py``).
   """
-  initial_margin = check_margin("initial_margin", initial_margin)
-  final_margin = check_margin("final_margin", final_margin)
-  num_epochs = _check_num_epochs(num_epochs)
+  initial_margin, final_margin, num_epochs = check_linear(initial_margin, final_margin,
+                                                          num_epochs)
   step = (final_margin - initial_margin) / num_epochs
 
   def rule(state: MarginState) -> chex.Array:
@@ -294,9 +404,8 @@ def exponential(initial_margin: float, final_margin: float,
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (``create_exp_margin`` in ``Loss.py``).
   """
-  initial_margin = check_margin("initial_margin", initial_margin, positive=True)
-  final_margin = check_margin("final_margin", final_margin, positive=True)
-  num_epochs = _check_num_epochs(num_epochs)
+  initial_margin, final_margin, num_epochs = check_exponential(initial_margin, final_margin,
+                                                               num_epochs)
   last = max(num_epochs - 1, 1)
   log_ratio = math.log(final_margin / initial_margin)
 
@@ -335,33 +444,8 @@ def stepwise(initial_margin: float, boundaries: Sequence[int],
     Zhang, Zhong, Zhou, Liu, Feng, "Learning Incremental Triplet Margin for Person
     Re-identification", AAAI 2019, arXiv:1812.06576.
   """
-  initial_margin = check_margin("initial_margin", initial_margin)
-  boundaries = tuple(boundaries)
-  if (not boundaries
-      or any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in boundaries)
-      or boundaries[0] < 1
-      or any(b1 <= b0 for b0, b1 in zip(boundaries, boundaries[1:]))):
-    raise _err("boundaries", boundaries, "a non-empty, strictly increasing sequence of "
-               "ints >= 1", "pass the epochs at which the margin changes, e.g. (10, 20)")
-  if (values is None) == (increment is None):
-    raise ValueError("stepwise needs exactly one of values and increment, got "
-                     f"values={values!r}, increment={increment!r}; pass one of them.")
-  if values is not None:
-    values = tuple(values)
-    if len(values) != len(boundaries):
-      raise _err("values", values, f"one margin per boundary ({len(boundaries)})",
-                 "pass as many values as boundaries")
-    stages = tuple(check_margin(f"values[{k}]", v) for k, v in enumerate(values))
-  else:
-    try:
-      increment = float(increment)
-    except (TypeError, ValueError):
-      raise _err("increment", increment, "a number", "pass a float such as 0.1") from None
-    stages = tuple(initial_margin + (k + 1) * increment for k in range(len(boundaries)))
-    if not math.isfinite(increment) or min(stages) < 0:
-      raise _err("increment", increment, "finite and keep every stage's margin >= 0",
-                 "pass a smaller negative or a positive increment")
-  boundaries = tuple(int(b) for b in boundaries)
+  initial_margin, boundaries, stages = check_stepwise(initial_margin, boundaries,
+                                                      values=values, increment=increment)
   table = np.asarray((initial_margin,) + stages, np.float32)
   bounds = np.asarray(boundaries, np.int32)
 
@@ -396,14 +480,8 @@ def dams(initial_margin: float = 0.2, threshold: float = 0.95, increment: float 
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (``AdaptiveTripletMarginLoss.step``).
   """
-  initial_margin = check_margin("initial_margin", initial_margin)
-  threshold = _check_unit("threshold", threshold)
-  increment = check_margin("increment", increment)
-  if max_margin is not None:
-    max_margin = check_margin("max_margin", max_margin)
-    if max_margin < initial_margin:
-      raise _err("max_margin", max_margin, f">= initial_margin ({initial_margin})",
-                 "raise max_margin or lower initial_margin")
+  initial_margin, threshold, increment, max_margin = check_dams(
+      initial_margin, threshold, increment, max_margin)
 
   def rule(state: MarginState) -> chex.Array:
     raise_it = (state.num_total > 0) & (easy_share(state) >= threshold)
@@ -460,22 +538,8 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
     Tomchak et al., "Maintaining Difficulty: A Margin Scheduler for Triplet Loss in Siamese
     Networks Training", arXiv:2603.26389, 2026 (DAMS, the one-sided rule this extends).
   """
-  initial_margin = check_margin("initial_margin", initial_margin)
-  target = _check_unit("target", target)
-  gain = check_margin("gain", gain)
-  min_margin = initial_margin if min_margin is None else check_margin("min_margin",
-                                                                       min_margin)
-  max_margin = check_margin("max_margin", max_margin)
-  deadband = _check_unit("deadband", deadband)
-  if deadband >= 1.0:
-    raise _err("deadband", deadband, "in [0, 1)", "pass a small band such as 0.02")
-  if max_margin < min_margin:
-    raise _err("max_margin", max_margin, f">= min_margin ({min_margin})",
-               "raise max_margin or lower min_margin")
-  if not min_margin <= initial_margin <= max_margin:
-    raise _err("initial_margin", initial_margin,
-               f"in [min_margin, max_margin] = [{min_margin}, {max_margin}]",
-               "pass a margin inside the bounds")
+  initial_margin, target, gain, min_margin, max_margin, deadband = check_controller(
+      initial_margin, target, gain, min_margin, max_margin, deadband)
 
   def rule(state: MarginState) -> chex.Array:
     error = easy_share(state) - target
@@ -487,6 +551,7 @@ def controller(initial_margin: float = 0.2, target: float = 0.9, gain: float = 0
 
 
 __all__ = [
-    "MarginSchedule", "MarginState", "SCHEDULES", "check_margin", "constant", "controller",
-    "dams", "easy_share", "exponential", "linear", "stepwise",
+    "MarginSchedule", "MarginState", "SCHEDULES", "check_controller", "check_dams",
+    "check_exponential", "check_linear", "check_margin", "check_schedule", "check_stepwise",
+    "constant", "controller", "dams", "easy_share", "exponential", "linear", "stepwise",
 ]

@@ -3,8 +3,12 @@
 * :mod:`~experiments.common.grid`: the grid (jobs in forked workers, the compilation
   cache, Ctrl-C), the finished-run / same-run test, the study lock and the one error
   type, :class:`~experiments.common.grid.StudyError`;
-* :mod:`~experiments.common.runs`: the runs of a (dataset x loss x seed) study: layout,
-  plan, checks before training, the grid with its timing, ``study.json``;
+* :mod:`~experiments.common.runs`: the study config's shape (a ``study`` section and one
+  run-config section per dataset) and the runs of a (dataset x arm x seed) study:
+  layout, plan, checks before training, the grid with its timing, ``run_study``,
+  ``study.json``;
+* :mod:`~experiments.common.loss_studies`: what the two loss studies share (their
+  command, one run, the report's pieces);
 * :mod:`~experiments.common.checks`: checks of the ``study`` fields every study has;
 * :mod:`~experiments.common.measure`: one train-and-measure step and the measurements
   the loss studies share;

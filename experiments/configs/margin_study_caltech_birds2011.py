@@ -3,7 +3,7 @@ r"""Paper A's margin-scheduler study on CUB-200-2011 (TFDS): identity-disjoint, 
   tsm-prepare caltech_birds2011
   python -m experiments.margin_scheduler.run \
       --config=experiments/configs/margin_study_caltech_birds2011.py \
-      --workdir=runs/margin_study_cub --config.model.pretrained_path=efficientnet_b0.npz
+      --workdir=runs/margin_study_cub --config.caltech_birds2011.model.pretrained_path=efficientnet_b0.npz
 
 Class-disjoint (identity-disjoint) split: classes 1-100 for training, 10 % of them held out
 as validation classes, classes 101-200 for the test pairs and retrieval. 224 px RGB
@@ -17,4 +17,4 @@ from experiments.configs.presets import paper_a
 
 
 def get_config():
-  return paper_a.images("caltech_birds2011")
+  return paper_a.study_config(paper_a.images("caltech_birds2011"))

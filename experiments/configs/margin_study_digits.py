@@ -16,20 +16,19 @@ from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = paper_a.base()
-  cfg.data.name = "digits"
-  cfg.data.split = "by_image"
-  cfg.data.test_fraction = 0.2
-  cfg.data.val_fraction = 0.2
-  cfg.model.name = "mlp"
-  cfg.model.hidden_sizes = (128,)
-  cfg.model.head = "paper_a"
-  cfg.model.head_dropout = (0.0, 0.0)
-  cfg.model.embedding_dim = 128
-  cfg.train.epochs = 20
-  cfg.train.classes_per_batch = 10
-  cfg.train.samples_per_class = 4
-  cfg.train.learning_rate = 1e-3
-  cfg.eval.every_epochs = 100
-  cfg.study.workers = 2
-  return cfg
+  run = paper_a.base()
+  run.data.name = "digits"
+  run.data.split = "by_image"
+  run.data.test_fraction = 0.2
+  run.data.val_fraction = 0.2
+  run.model.name = "mlp"
+  run.model.hidden_sizes = (128,)
+  run.model.head = "paper_a"
+  run.model.head_dropout = (0.0, 0.0)
+  run.model.embedding_dim = 128
+  run.train.epochs = 20
+  run.train.classes_per_batch = 10
+  run.train.samples_per_class = 4
+  run.train.learning_rate = 1e-3
+  run.eval.every_epochs = 100
+  return paper_a.study_config(run, workers=2)

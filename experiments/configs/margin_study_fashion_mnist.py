@@ -11,7 +11,8 @@ Fashion-MNIST is the standard drop-in for paper A's MNIST. Paper A's setup (see
 
 * verification split by image within the same 10 classes: the official 60,000 / 10,000
   split (``standard``), 10 % of train held out (by image) for validation, as paper A's
-  MNIST; ``--config.data.split=class_disjoint`` trains on classes 0-4 and tests on 5-9;
+  MNIST; ``--config.fashion_mnist.data.split=class_disjoint`` trains on classes 0-4 and
+  tests on 5-9;
 * paper B's small ConvNet (conv32-conv64-FC128) on 28x28x1 instead of paper A's
   ImageNet EfficientNet-B0 on 224 px RGB, under paper A's head (512-256-128,
   L2-normalised); head dropout off (as the mnist1d study: with 0.5 / 0.3 the easy share
@@ -38,23 +39,23 @@ from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = paper_a.base()
-  cfg.data.name = "fashion_mnist"
-  cfg.data.source = "idx"
-  cfg.data.split = "standard"
-  cfg.data.val_fraction = 0.1
-  cfg.data.num_examples = 5_000
-  cfg.model.name = "convnet"
-  cfg.model.conv_features = (32, 64)
-  cfg.model.hidden_sizes = (128,)
-  cfg.model.head = "paper_a"
-  cfg.model.head_dropout = (0.0, 0.0)
-  cfg.model.embedding_dim = 128
-  cfg.train.epochs = 12
-  cfg.train.classes_per_batch = 10
-  cfg.train.samples_per_class = 6
-  cfg.train.learning_rate = 1e-3
-  cfg.eval.every_epochs = 100   # validation retrieval metrics after the last epoch only
+  run = paper_a.base()
+  run.data.name = "fashion_mnist"
+  run.data.source = "idx"
+  run.data.split = "standard"
+  run.data.val_fraction = 0.1
+  run.data.num_examples = 5_000
+  run.model.name = "convnet"
+  run.model.conv_features = (32, 64)
+  run.model.hidden_sizes = (128,)
+  run.model.head = "paper_a"
+  run.model.head_dropout = (0.0, 0.0)
+  run.model.embedding_dim = 128
+  run.train.epochs = 12
+  run.train.classes_per_batch = 10
+  run.train.samples_per_class = 6
+  run.train.learning_rate = 1e-3
+  run.eval.every_epochs = 100   # validation retrieval metrics after the last epoch only
+  cfg = paper_a.study_config(run, workers=2)
   cfg.study.seeds = 5
-  cfg.study.workers = 2
   return cfg

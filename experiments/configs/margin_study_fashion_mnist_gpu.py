@@ -21,12 +21,13 @@ from experiments.configs import margin_study_fashion_mnist
 
 def get_config():
   cfg = margin_study_fashion_mnist.get_config()
-  cfg.data.num_examples = None
-  cfg.data.normalize = "dataset"
-  cfg.train.epochs = 50
-  cfg.train.learning_rate = 1e-4
-  cfg.eval.every_epochs = 5
-  cfg.eval.batch_size = 1024
+  run = cfg.fashion_mnist
+  run.data.num_examples = None
+  run.data.normalize = "dataset"
+  run.train.epochs = 50
+  run.train.learning_rate = 1e-4
+  run.eval.every_epochs = 5
+  run.eval.batch_size = 1024
   cfg.study.seeds = 10
   cfg.study.workers = 1
   return cfg

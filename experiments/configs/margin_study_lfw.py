@@ -3,7 +3,7 @@ r"""Paper A's margin-scheduler study on LFW (TFDS): identity-disjoint face verif
   tsm-prepare lfw
   python -m experiments.margin_scheduler.run \
       --config=experiments/configs/margin_study_lfw.py --workdir=runs/margin_study_lfw \
-      --config.model.pretrained_path=efficientnet_b0.npz
+      --config.lfw.model.pretrained_path=efficientnet_b0.npz
 
 Identity-disjoint train / validation / test: 20 % of the identities with at least two
 images form the test set, 10 % of the training identities the validation set (by class).
@@ -12,7 +12,7 @@ flip augmentation (both as the authors' code), an ImageNet-pretrained EfficientN
 makes the ``.npz``; without it the trunk starts from scratch) with paper A's head,
 P x K = 32 identities x 2 images, Adam 1e-4, 50 epochs, the model of the lowest
 validation loss; every same-identity test pair and 100,000 different ones (eval.pairs=all;
-``--config.eval.pairs=paper_a`` gives paper A's 1,000), threshold from the validation
+``--config.lfw.eval.pairs=paper_a`` gives paper A's 1,000), threshold from the validation
 pairs. Wants a GPU (one worker).
 """
 
@@ -20,6 +20,6 @@ from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = paper_a.images("lfw")
-  cfg.data.test_fraction = 0.2
-  return cfg
+  run = paper_a.images("lfw")
+  run.data.test_fraction = 0.2
+  return paper_a.study_config(run)

@@ -6,7 +6,7 @@ run the study (wants a GPU; one worker process per accelerator):
   tsm-prepare mnist
   python -m experiments.margin_scheduler.run \
       --config=experiments/configs/margin_study_mnist.py --workdir=runs/margin_study_mnist \
-      --config.model.pretrained_path=efficientnet_b0.npz
+      --config.mnist.model.pretrained_path=efficientnet_b0.npz
 
 Paper A's MNIST setup: grey digits repeated to 3 channels at 224 px, standardised by the
 training split's channel mean / std (as the authors' code), an ImageNet-pretrained EfficientNet-B0 trunk (convert torchvision's
@@ -22,21 +22,20 @@ from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = paper_a.base()
-  cfg.data.name = "mnist"
-  cfg.data.split = "standard"
-  cfg.data.val_fraction = 0.1
-  cfg.data.image_size = 224
-  cfg.data.channels = 3
-  cfg.data.normalize = "dataset"
-  cfg.model.name = "efficientnet_b0"
-  cfg.model.head = "paper_a"
-  cfg.model.embedding_dim = 128
-  cfg.train.epochs = 50
-  cfg.train.classes_per_batch = 10
-  cfg.train.samples_per_class = 6
-  cfg.train.learning_rate = 1e-4
-  cfg.eval.batch_size = 128
-  cfg.eval.every_epochs = 5
-  cfg.study.workers = 1
-  return cfg
+  run = paper_a.base()
+  run.data.name = "mnist"
+  run.data.split = "standard"
+  run.data.val_fraction = 0.1
+  run.data.image_size = 224
+  run.data.channels = 3
+  run.data.normalize = "dataset"
+  run.model.name = "efficientnet_b0"
+  run.model.head = "paper_a"
+  run.model.embedding_dim = 128
+  run.train.epochs = 50
+  run.train.classes_per_batch = 10
+  run.train.samples_per_class = 6
+  run.train.learning_rate = 1e-4
+  run.eval.batch_size = 128
+  run.eval.every_epochs = 5
+  return paper_a.study_config(run, workers=1)

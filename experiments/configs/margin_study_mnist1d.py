@@ -26,19 +26,19 @@ from experiments.configs.presets import paper_a
 
 
 def get_config():
-  cfg = paper_a.base()
-  cfg.data.name = "mnist1d"
-  cfg.data.split = "standard"
-  cfg.data.val_fraction = 0.2
-  cfg.model.name = "conv1d"
-  cfg.model.head = "paper_a"
-  cfg.model.head_dropout = (0.0, 0.0)
-  cfg.model.embedding_dim = 128
-  cfg.train.epochs = 20
-  cfg.train.classes_per_batch = 10
-  cfg.train.samples_per_class = 6
-  cfg.train.learning_rate = 3e-3
-  cfg.eval.every_epochs = 100   # validation retrieval metrics after the last epoch only
+  run = paper_a.base()
+  run.data.name = "mnist1d"
+  run.data.split = "standard"
+  run.data.val_fraction = 0.2
+  run.model.name = "conv1d"
+  run.model.head = "paper_a"
+  run.model.head_dropout = (0.0, 0.0)
+  run.model.embedding_dim = 128
+  run.train.epochs = 20
+  run.train.classes_per_batch = 10
+  run.train.samples_per_class = 6
+  run.train.learning_rate = 3e-3
+  run.eval.every_epochs = 100   # validation retrieval metrics after the last epoch only
+  cfg = paper_a.study_config(run, workers=2)
   cfg.study.seeds = 10
-  cfg.study.workers = 2
   return cfg

@@ -35,11 +35,11 @@ import numpy as np
 
 from experiments.common import docs
 from experiments.common import figures
+from experiments.common import loss_studies
 from experiments.common import runs as runs_lib
 from experiments.common import tables
 from experiments.common import verdicts as verdicts_lib
 from experiments.loss_comparison import study
-from tsm import artifacts
 from tsm import diagnostics
 from tsm import plotting
 from tsm import reporting
@@ -94,13 +94,6 @@ NOT_MEASURED = "n/a (not measured)"
 DECAY_KEYS = ("loss_decay_epochs", "loss_decay_epochs_from_step1")
 
 
-def load_runs(workdir: str, dataset: str, loss: str,
-              seeds: Sequence[int]) -> list[dict[str, Any]]:
-  """The ``analysis.json`` dicts of one (dataset, loss), in seed order (missing
-  skipped)."""
-  return runs_lib.load_results(workdir, dataset, loss, seeds, study.RESULT_FILE)
-
-
 def row_values(runs: Sequence[dict[str, Any]], key: str) -> list[float | None]:
   """Per-seed values of a row. Loss-decay never reached counts as ``epochs + 1``."""
   return [tables.run_value(r, key, DECAY_KEYS) for r in runs]
@@ -115,13 +108,6 @@ def _cell(runs: Sequence[dict[str, Any]], key: str, digits: int) -> str:
   return text
 
 
-def seed_values(runs: Sequence[dict[str, Any]], key: str,
-                seeds: Sequence[int]) -> list[float | None]:
-  """:func:`row_values` indexed by ``seeds`` (None where a run is missing), so that the
-  two losses' lists pair seed by seed."""
-  return tables.seed_values(runs, key, seeds, DECAY_KEYS)
-
-
 def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
                  seeds: Sequence[int]) -> list[verdicts_lib.Claim]:
   """Every measured claim of paper B on every dataset (the study's family)."""
@@ -129,8 +115,8 @@ def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
   out = []
   for dataset, by_loss in by_dataset.items():
     for claim, key, favoured, higher in study.CLAIMS:
-      a = seed_values(by_loss.get(favoured, []), key, seeds)
-      b = seed_values(by_loss.get(other[favoured], []), key, seeds)
+      a = tables.seed_values(by_loss.get(favoured, []), key, seeds, DECAY_KEYS)
+      b = tables.seed_values(by_loss.get(other[favoured], []), key, seeds, DECAY_KEYS)
       if not (reporting.summarize(a).n and reporting.summarize(b).n):
         continue   # not measured here (e.g. k-NN on unseen classes): not in the family
       out.append(verdicts_lib.Claim(claim, key, favoured, other[favoured], a, b,
@@ -182,17 +168,6 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
            + ", ".join(f"{loss} n={n[loss]}" for loss in losses) + ")")
   return reporting.write_table(header, rows, os.path.join(workdir, dataset, "table.md"),
                                os.path.join(workdir, dataset, "table.csv"), title=title)
-
-
-def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
-                  seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
-  """Writes ``verdicts.md`` / ``verdicts.csv``: one row per (dataset, claim).
-
-  Returns:
-    ``(markdown, stability sentence)``.
-  """
-  return verdicts_lib.write_verdicts(workdir, study_claims(by_dataset, seeds),
-                                    "Paper B's claims on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
@@ -322,16 +297,16 @@ def plot_effective_margins(path: str, dataset: str,
   return fits
 
 
-def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
+def report_dataset(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]],
                    seeds: Sequence[int], *, gmm_components: int = 2,
                    verdicts: dict[str, str] | None = None) -> dict[str, Any]:
-  """Table and figures of one dataset.
+  """Table and figures of one dataset (``by_loss``: its runs' records per loss).
 
   Returns:
     ``{"table": markdown, "verdicts": {key: verdict}, "figures": [paths],
     "gmm": pooled fits, "runs": {loss: n}}``.
   """
-  by_loss = {loss: load_runs(workdir, dataset, loss, seeds) for loss in losses}
+  losses = list(by_loss)
   directory = os.path.join(workdir, dataset)
   verdicts = claim_verdicts(by_loss, seeds) if verdicts is None else verdicts
   table = dataset_table(workdir, dataset, by_loss, losses, verdicts)
@@ -378,35 +353,39 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   Returns:
     ``{"datasets": {name: report_dataset(...)}, "verdicts": markdown}``.
   """
-  by_dataset = {d: {loss: load_runs(workdir, d, loss, seeds) for loss in losses}
-                for d in datasets}
+  by_dataset = loss_studies.load_by_dataset(workdir, datasets, losses, seeds,
+                                            study.RESULT_FILE)
   family = decided(by_dataset, seeds)
-  per = {d: report_dataset(workdir, d, losses, seeds, gmm_components=gmm_components,
-                           verdicts=family[d])
+  per = {d: report_dataset(workdir, d, by_dataset[d], seeds,
+                           gmm_components=gmm_components, verdicts=family[d])
          for d in datasets}
-  compare_to = (cfg.study.compare_to or None) if cfg is not None else None
-  verdicts_md, stability = verdict_table(workdir, by_dataset, seeds, compare_to)
-  parts = ["# Loss study: contrastive vs triplet (paper B, arXiv 2510.02161)\n", preamble,
-           verdicts_md, verdicts_lib.RULE + " A verdict speaks for these settings only.\n"]
-  if stability:
-    parts.append(stability + "\n")
-  if cfg is not None:
-    deviation_md = verdicts_lib.write_deviations(
-        workdir, deviations(cfg), "Deviations from paper B and its authors' code")
-    parts.append(deviation_md)
+  verdicts_md, stability = loss_studies.verdict_table(
+      workdir, study_claims(by_dataset, seeds), "Paper B's claims on this study's runs",
+      cfg)
+  parts = {}
   for d in datasets:
-    parts.append(per[d]["table"])
-    if per[d]["gmm"]:
-      parts.append("Gaussian mixture of the pooled effective margins: " + "; ".join(
-          f"{loss}: " + ", ".join(
-              f"w={w:.2f} mean={m:.3f} sd={s:.3f}"
-              for w, m, s in zip(g["weights"], g["means"], g["stds"]))
-          for loss, g in per[d]["gmm"].items()) + "\n")
-    parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
-                                         for p in per[d]["figures"]) + "\n")
-  text = "\n".join(p for p in parts if p)
-  artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
+    gmm = per[d]["gmm"]
+    parts[d] = [per[d]["table"],
+                "Gaussian mixture of the pooled effective margins: " + "; ".join(
+                    f"{loss}: " + ", ".join(
+                        f"w={w:.2f} mean={m:.3f} sd={s:.3f}"
+                        for w, m, s in zip(g["weights"], g["means"], g["stds"]))
+                    for loss, g in gmm.items()) + "\n" if gmm else "",
+                loss_studies.figure_line(workdir, per[d]["figures"])]
+  loss_studies.write_report(
+      workdir, title="# Loss study: contrastive vs triplet (paper B, arXiv 2510.02161)\n",
+      preamble=preamble, verdicts=verdicts_md, stability=stability,
+      deviations="" if cfg is None else verdicts_lib.write_deviations(
+          workdir, deviations(cfg), "Deviations from paper B and its authors' code"),
+      datasets=list(parts.items()))
   return {"datasets": per, "verdicts": verdicts_md}
+
+
+def write_study_report(workdir: str, cfg: Any, preamble: str) -> dict[str, Any]:
+  """:func:`write_report` of a study config's datasets, losses and seeds."""
+  return write_report(workdir, list(cfg.study.datasets), list(cfg.study.losses),
+                      runs_lib.seeds_of(cfg), gmm_components=int(cfg.study.gmm_components),
+                      preamble=preamble, cfg=cfg)
 
 
 # ----------------------------------------------------------------------------- docs page

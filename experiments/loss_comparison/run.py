@@ -6,7 +6,7 @@ r"""Paper B's study: contrastive vs triplet loss under identical settings, over 
 
 Trains every (dataset, loss, seed) of the config's ``study`` section with
 :func:`tsm.fit.fit` (each run in ``<workdir>/<dataset>/<loss>/seed<k>/``), measures the
-final model (:func:`experiments.loss_comparison.study.train_and_measure`) and writes the
+final model (:func:`experiments.common.loss_studies.train_and_measure`) and writes the
 tables, the verdicts of paper B's claims and the figures
 (:mod:`experiments.loss_comparison.report`):
 
@@ -34,53 +34,34 @@ Bad settings print one line naming the field and exit with status 2 before anyth
 
 from __future__ import annotations
 
-from typing import Any
-
 import ml_collections
 
-from experiments.common import command
-from experiments.common import runs
+from experiments.common import loss_studies
 from experiments.loss_comparison import report
 from experiments.loss_comparison import study
 
 EXAMPLE_CONFIG = "experiments/configs/loss_study_offline.py"
-# Relative cost of one epoch per dataset, to start the costliest runs first.
-_COST = {"mnist1d": 4.0, "synthetic": 1.0, "digits": 0.7}
-
-
-def _line(r: dict[str, Any]) -> str:
-  return runs.progress_line(r, f"loss-decay {r['loss_decay_epochs']}")
-
-
-def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the study (:func:`experiments.common.runs.run_study`).
-
-  ``cfg`` is a study config (``experiments/configs/loss_study_*.py``); returns ``{"runs",
-  "wall_seconds", "report"}``; raises :class:`~experiments.common.grid.StudyError` for a
-  bad setting, before anything runs.
-  """
-  return runs.run_study(
-      cfg, workdir, study=study, label="loss study", progress=_line, cost=_COST,
-      default_cost=10.0, settings=lambda: _settings(cfg),
-      write_report=lambda preamble: report.write_report(
-          workdir, list(cfg.study.datasets), list(cfg.study.losses), runs.seeds_of(cfg),
-          gmm_components=int(cfg.study.gmm_components), preamble=preamble, cfg=cfg))
 
 
 def _settings(cfg: ml_collections.ConfigDict) -> str:
   s = cfg.study
   sampling = "paper B random triplets / pairs" if s.sampling == "paper" else s.sampling
-  return (f"losses {', '.join(s.losses)}; sampling {sampling}; seeds {runs.seeds_of(cfg)}"
-          + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
-          + "; margin 1.0, Euclidean distance on L2-normalised embeddings, Adam")
+  losses, seeds = loss_studies.losses_and_seeds(cfg)
+  return (f"{losses}; sampling {sampling}; {seeds}; margin 1.0, Euclidean distance on "
+          "L2-normalised embeddings, Adam")
 
 
-def main(argv: list[str] | None = None) -> None:
-  """Command-line entry point (see the module docstring)."""
-  command.main(argv, program="loss study", usage=__doc__, example_config=EXAMPLE_CONFIG,
-               default_workdir="runs/loss_study",
-               run_study=lambda cfg, workdir, _: run_study(cfg, workdir),
-               show=command.show_verdicts)
+SPEC = loss_studies.LossStudy(
+    label="loss study", study=study, write_report=report.write_study_report,
+    progress=lambda r: f"loss-decay {r['loss_decay_epochs']}", settings=_settings,
+    # Relative cost of one epoch per dataset, to start the costliest runs first.
+    cost={"mnist1d": 4.0, "synthetic": 1.0, "digits": 0.7}, default_cost=10.0,
+    example_config=EXAMPLE_CONFIG,
+    default_workdir="runs/loss_study", usage=__doc__)
+
+# run_study(cfg, workdir) -> {"runs", "wall_seconds", "report"}; main(argv=None).
+run_study = SPEC.run_study
+main = SPEC.main
 
 
 if __name__ == "__main__":

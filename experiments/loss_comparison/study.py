@@ -12,8 +12,9 @@ built from :mod:`experiments.configs.presets.paper_b`) is a ConfigDict with
   ``study``; everything else is taken as written (and overridable:
   ``--config.synthetic.train.epochs=50``).
 
-Each run is trained and measured by :func:`experiments.common.measure.train_and_measure`
-(:func:`measure`, :func:`summarize`): its directory holds fit's files plus
+Each run is trained and measured by
+:func:`experiments.common.loss_studies.train_and_measure` (:func:`measure`,
+:func:`summarize`): its directory holds fit's files plus
 ``analysis.json`` (every number of :func:`experiments.common.measure.measure_embeddings`
 and :func:`experiments.common.measure.curve_summary`, and fit's test metrics) and
 ``analysis.npz`` (per-class variances, effective margins; test embeddings for the first
@@ -22,12 +23,14 @@ seed, for the PCA figure). A run whose ``analysis.json`` exists is not retrained
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import ml_collections
 import numpy as np
 
 from experiments.common import grid
+from experiments.common import loss_studies
 from experiments.common import measure as measure_lib
 from experiments.common import runs
 
@@ -37,6 +40,8 @@ SAMPLINGS = ("paper", "pk", "random")
 _SAMPLING = {"triplet": "triplets", "contrastive": "pairs"}
 RESULT_FILE = "analysis.json"
 ARRAYS_FILE = "analysis.npz"
+# What a run's progress record keeps of its result.
+RECORD_KEYS = ("recall@1", "intra_var", "loss_decay_epochs")
 StudyError = grid.StudyError
 
 # ----------------------------------------------------------------------------- the claims
@@ -106,28 +111,28 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   })
 
 
-def check_study(cfg: ml_collections.ConfigDict) -> None:
-  """Validates the ``study`` section (one-line :class:`StudyError`)."""
+def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Validates the ``study`` section (one-line :class:`StudyError`); returns the arms
+  (the losses)."""
   s = cfg.study
   runs.check_fields(cfg, list(study_section(()).keys()))
-  losses = tuple(s.losses)
-  if not losses or any(loss not in LOSSES for loss in losses):
-    raise StudyError(f"study.losses={losses!r} must be a non-empty subset of {LOSSES}.")
+  losses = loss_studies.check_losses(cfg, LOSSES)
   if s.sampling not in SAMPLINGS:
     raise StudyError(f"study.sampling={s.sampling!r} is unknown; use one of "
                      f"{', '.join(SAMPLINGS)}.")
+  return losses
 
 
 def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
                seed: int) -> ml_collections.ConfigDict:
   """The tsm config of one run: the dataset's section with the study's choices set.
 
-  The shared choices of :func:`experiments.common.runs.dataset_run`; ``train.sampling``
+  The shared choices of :func:`experiments.common.runs.loss_run`; ``train.sampling``
   and ``loss.mining`` from the study's sampling; paper B's sampler options
   (``train.outlier_anchors``, ``train.positive_is_anchor``).
   """
   s = cfg.study
-  run = runs.dataset_run(cfg, dataset, loss, seed)
+  run = runs.loss_run(cfg, dataset, loss, seed)
   if s.sampling == "paper":
     run.train.sampling = _SAMPLING[loss]
     run.loss.mining = "all"
@@ -137,12 +142,6 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   run.train.outlier_anchors = bool(s.outlier_anchors)
   run.train.positive_is_anchor = bool(s.positive_is_anchor)
   return run
-
-
-def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Every run of the study, validated before any training
-  (:func:`experiments.common.runs.plan` with :func:`run_config`)."""
-  return runs.plan(cfg, workdir, run_config)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -171,9 +170,11 @@ def measure(ctx: Any, config: ml_collections.ConfigDict, study: ml_collections.C
 
 def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDict,
               records: list[dict[str, Any]], first_step: dict[str, Any],
-              scalars: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
+              scalars: dict[str, Any], arrays: dict[str, np.ndarray],
+              summary: dict[str, Any] | None) -> dict[str, Any]:
   """A run's ``analysis.json``: the run, the final model's measurements, the curves and
-  fit's test metrics."""
+  fit's test metrics (``arrays``: unused)."""
+  del arrays
   return {
       "dataset": config.data.name, "loss": config.loss.name, "seed": int(config.seed),
       "sampling": config.train.sampling, "model": config.model.name,
@@ -185,26 +186,8 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
   }
 
 
-def train_and_measure(config: ml_collections.ConfigDict, rundir: str, *,
-                      study: ml_collections.ConfigDict,
-                      keep_embeddings: bool = False) -> dict[str, Any]:
-  """Trains (or reuses) one run and returns its ``analysis.json`` record."""
-  return measure_lib.train_and_measure(
-      config, rundir, result_file=RESULT_FILE, arrays_file=ARRAYS_FILE,
-      measure=lambda ctx: measure(ctx, config, study, keep_embeddings),
-      summarize=lambda records, first, scalars, arrays, summary: summarize(
-          config, study, records, first, scalars, summary))
-
-
 def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or reuses) and measures one run; returns a short record.
-
-  Returns:
-    ``{"dataset", "loss", "seed", "seconds", "reused", "recall@1", "intra_var",
-    "loss_decay_epochs"}``.
-  """
-  return runs.run_record(
-      task, RESULT_FILE,
-      lambda: train_and_measure(task["config"], task["rundir"], study=study,
-                                keep_embeddings=task["keep_embeddings"]),
-      ("recall@1", "intra_var", "loss_decay_epochs"))
+  """Trains (or reuses) and measures one run
+  (:func:`experiments.common.loss_studies.run_one`); returns its short record:
+  ``{"dataset", "loss", "seed", "seconds", "reused"}`` and :data:`RECORD_KEYS`."""
+  return loss_studies.run_one(sys.modules[__name__], task, study)

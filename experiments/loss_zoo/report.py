@@ -51,11 +51,11 @@ import numpy as np
 
 from experiments.common import docs
 from experiments.common import figures
+from experiments.common import loss_studies
 from experiments.common import runs as runs_lib
 from experiments.common import tables
 from experiments.common import verdicts as verdicts_lib
 from experiments.loss_zoo import study as zoo_study
-from tsm import artifacts
 from tsm import plotting
 from tsm import reporting
 
@@ -80,23 +80,11 @@ COLUMNS = (
 EPOCH_KEYS = ("loss_fall_epochs", "loss_decay_epochs")
 
 
-def load_runs(workdir: str, dataset: str, loss: str,
-              seeds: Sequence[int]) -> list[dict[str, Any]]:
-  """The ``zoo.json`` dicts of one (dataset, loss), in seed order (missing skipped)."""
-  return runs_lib.load_results(workdir, dataset, loss, seeds, zoo_study.RESULT_FILE)
-
-
-def seed_values(runs: Sequence[dict[str, Any]], key: str,
-                seeds: Sequence[int]) -> list[float | None]:
-  """Per-seed values indexed by ``seeds`` (None where missing); "never" epochs count as
-  ``epochs + 1``."""
-  return tables.seed_values(runs, key, seeds, EPOCH_KEYS)
-
-
 def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str], key: str,
                 seeds: Sequence[int]) -> list[float | None]:
   """Per seed, the mean of ``key`` over the ``others`` losses (None unless all have it)."""
-  columns = [seed_values(by_loss.get(loss, []), key, seeds) for loss in others]
+  columns = [tables.seed_values(by_loss.get(loss, []), key, seeds, EPOCH_KEYS)
+             for loss in others]
   out: list[float | None] = []
   for i in range(len(seeds)):
     values = [c[i] for c in columns]
@@ -118,7 +106,7 @@ def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
       for loss in favoured:
         if loss not in present or not others:
           continue
-        a = seed_values(by_loss[loss], key, seeds)
+        a = tables.seed_values(by_loss[loss], key, seeds, EPOCH_KEYS)
         b = others_mean(by_loss, others, key, seeds)
         if not (reporting.summarize(a).n and reporting.summarize(b).n):
           continue
@@ -137,20 +125,13 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
   rows = []
   for loss, runs in by_loss.items():
     rows.append([loss, str(len(runs))]
-                + [tables.interval_cell(seed_values(runs, key, seeds), digits)
+                + [tables.interval_cell(tables.seed_values(runs, key, seeds, EPOCH_KEYS),
+                                        digits)
                    for key, _, digits in COLUMNS])
   title = (f"{dataset}: mean ± std over seeds [95 % t interval of the mean]; epoch "
            "counts never reached count as epochs + 1")
   return reporting.write_table(header, rows, os.path.join(workdir, dataset, "table.md"),
                                os.path.join(workdir, dataset, "table.csv"), title=title)
-
-
-def verdict_table(workdir: str, by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
-                  seeds: Sequence[int], compare_to: str | None = None) -> tuple[str, str]:
-  """Writes ``verdicts.md`` / ``verdicts.csv``; returns ``(markdown, stability)``."""
-  return verdicts_lib.write_verdicts(
-      workdir, study_claims(by_dataset, seeds),
-      "Claims D1-D4 of the follow-up on this study's runs", compare_to)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
@@ -188,7 +169,7 @@ def deviations(cfg: Any) -> list[list[str]]:
        "per loss family (tsm.losses._activity)",
        "a softmax term is never exactly zero"],
       ["seeds / tests", "not stated", "not released",
-       f"{s.seeds} seeds; paired t-tests against the others' mean, Holm",
+       f"{s.seeds} seeds; paired t and sign-flip tests against the others' mean, Holm",
        "claims are hypotheses on our runs"],
   ]
 
@@ -264,10 +245,10 @@ def plot_distributions(directory: str, dataset: str,
   return paths
 
 
-def report_dataset(workdir: str, dataset: str, losses: Sequence[str],
+def report_dataset(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]],
                    seeds: Sequence[int]) -> dict[str, Any]:
-  """Table and figures of one dataset: ``{"table", "figures", "runs"}``."""
-  by_loss = {loss: load_runs(workdir, dataset, loss, seeds) for loss in losses}
+  """Table and figures of one dataset (``by_loss``: its runs' records per loss):
+  ``{"table", "figures", "runs"}``."""
   directory = os.path.join(workdir, dataset)
   os.makedirs(directory, exist_ok=True)
   table = dataset_table(workdir, dataset, by_loss, seeds)
@@ -300,31 +281,32 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   Returns:
     ``{"datasets": {name: report_dataset(...)}, "verdicts": markdown}``.
   """
-  by_dataset = {d: {loss: load_runs(workdir, d, loss, seeds) for loss in losses}
-                for d in datasets}
-  per = {d: report_dataset(workdir, d, losses, seeds) for d in datasets}
-  compare_to = (cfg.study.compare_to or None) if cfg is not None else None
-  verdicts_md, stability = verdict_table(workdir, by_dataset, seeds, compare_to)
-  parts = ["# Loss zoo: variance and greediness of nine losses (arXiv 2601.21450)\n",
-           preamble, verdicts_md,
-           verdicts_lib.RULE + " A verdict speaks for these settings only.\n"]
+  by_dataset = loss_studies.load_by_dataset(workdir, datasets, losses, seeds,
+                                            zoo_study.RESULT_FILE)
+  per = {d: report_dataset(workdir, d, by_dataset[d], seeds) for d in datasets}
+  verdicts_md, stability = loss_studies.verdict_table(
+      workdir, study_claims(by_dataset, seeds),
+      "Claims D1-D4 of the follow-up on this study's runs", cfg)
+  notes = []
   if not any(d in zoo_study.FINE_GRAINED for d in datasets):
-    parts.append("D2 (fine-grained Recall@1) is not tested: no fine-grained set "
+    notes.append("D2 (fine-grained Recall@1) is not tested: no fine-grained set "
                  f"({', '.join(zoo_study.FINE_GRAINED)}) in this study; Recall@1 of every "
                  "loss is in the tables.\n")
-  if stability:
-    parts.append(stability + "\n")
-  if cfg is not None:
-    deviation_md = verdicts_lib.write_deviations(
-        workdir, deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)")
-    parts.append(deviation_md)
-  for d in datasets:
-    parts.append(per[d]["table"])
-    parts.append("Figures: " + ", ".join(os.path.relpath(p, workdir)
-                                         for p in per[d]["figures"]) + "\n")
-  text = "\n".join(p for p in parts if p)
-  artifacts.write_atomic(os.path.join(workdir, "report.md"), text)
+  loss_studies.write_report(
+      workdir,
+      title="# Loss zoo: variance and greediness of nine losses (arXiv 2601.21450)\n",
+      preamble=preamble, verdicts=verdicts_md, stability=stability, notes=notes,
+      deviations="" if cfg is None else verdicts_lib.write_deviations(
+          workdir, deviations(cfg), "Deviations from the follow-up (arXiv 2601.21450)"),
+      datasets=[(d, [per[d]["table"], loss_studies.figure_line(workdir, per[d]["figures"])])
+                for d in datasets])
   return {"datasets": per, "verdicts": verdicts_md}
+
+
+def write_study_report(workdir: str, cfg: Any, preamble: str) -> dict[str, Any]:
+  """:func:`write_report` of a study config's datasets, losses and seeds."""
+  return write_report(workdir, list(cfg.study.datasets), list(cfg.study.losses),
+                      runs_lib.seeds_of(cfg), preamble=preamble, cfg=cfg)
 
 
 # ----------------------------------------------------------------------------- docs page

@@ -8,7 +8,7 @@ r"""The loss zoo: nine losses under identical settings, over seeds, with D1-D4 v
 Trains every (dataset, loss, seed) of the config's ``study`` section with
 ``tsm.config.train_and_evaluate`` (each run in ``<workdir>/<dataset>/<loss>/seed<k>/``,
 the loss's parameters and state in the checkpointed train state), measures the final
-model (:func:`experiments.loss_zoo.study.train_and_measure`) and writes
+model (:func:`experiments.common.loss_studies.train_and_measure`) and writes
 (:mod:`experiments.loss_zoo.report`):
 
 * ``<workdir>/report.md``: everything, for reading;
@@ -32,52 +32,38 @@ from typing import Any
 
 import ml_collections
 
-from experiments.common import command
-from experiments.common import runs
+from experiments.common import loss_studies
 from experiments.loss_zoo import report
 from experiments.loss_zoo import study
 
 EXAMPLE_CONFIG = "experiments/configs/loss_zoo_offline.py"
-# Relative cost of one epoch per dataset (measured on 2 CPU cores), to start the
-# costliest runs first so that parallel workers end together.
-_COST = {"synthetic": 1.0, "mnist1d": 3.0, "fashion_mnist": 8.0}
 
 
-def _line(r: dict[str, Any]) -> str:
+def _active(r: dict[str, Any]) -> str:
   active = "n/a" if r["mean_active_ratio"] is None else f"{r['mean_active_ratio']:.4f}"
-  return runs.progress_line(r, f"active {active}")
-
-
-def run_study(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the study (:func:`experiments.common.runs.run_study`).
-
-  ``cfg`` is a study config (``experiments/configs/loss_zoo_*.py``); returns ``{"runs",
-  "wall_seconds", "report"}``; raises :class:`~experiments.common.grid.StudyError` for a
-  bad setting, before anything runs.
-  """
-  return runs.run_study(
-      cfg, workdir, study=study, label="loss zoo", progress=_line, cost=_COST,
-      default_cost=20.0, settings=lambda: _settings(cfg),
-      write_report=lambda preamble: report.write_report(
-          workdir, list(cfg.study.datasets), list(cfg.study.losses), runs.seeds_of(cfg),
-          preamble=preamble, cfg=cfg))
+  return f"active {active}"
 
 
 def _settings(cfg: ml_collections.ConfigDict) -> str:
   s = cfg.study
-  return (f"losses {', '.join(s.losses)}; seeds {runs.seeds_of(cfg)}"
-          + (", each drawing its data (data.data_seed = seed)" if s.vary_data else "")
-          + f"; P x K batches, Adam, constant rate, identical for every loss; triplet "
-          f"margin {s.triplet_margin:g}, contrastive margin {s.contrastive_margin:g}, "
-          "other losses at pytorch-metric-learning's defaults")
+  losses, seeds = loss_studies.losses_and_seeds(cfg)
+  return (f"{losses}; {seeds}; P x K batches, Adam, constant rate, identical for every "
+          f"loss; triplet margin {s.triplet_margin:g}, contrastive margin "
+          f"{s.contrastive_margin:g}, other losses at pytorch-metric-learning's defaults")
 
 
-def main(argv: list[str] | None = None) -> None:
-  """Command-line entry point (see the module docstring)."""
-  command.main(argv, program="loss zoo", usage=__doc__, example_config=EXAMPLE_CONFIG,
-               default_workdir="runs/loss_zoo",
-               run_study=lambda cfg, workdir, _: run_study(cfg, workdir),
-               show=command.show_verdicts)
+SPEC = loss_studies.LossStudy(
+    label="loss zoo", study=study, write_report=report.write_study_report,
+    progress=_active, settings=_settings,
+    # Relative cost of one epoch per dataset (measured on 2 CPU cores), to start the
+    # costliest runs first so that parallel workers end together.
+    cost={"synthetic": 1.0, "mnist1d": 3.0, "fashion_mnist": 8.0}, default_cost=20.0,
+    example_config=EXAMPLE_CONFIG,
+    default_workdir="runs/loss_zoo", usage=__doc__)
+
+# run_study(cfg, workdir) -> {"runs", "wall_seconds", "report"}; main(argv=None).
+run_study = SPEC.run_study
+main = SPEC.main
 
 
 if __name__ == "__main__":

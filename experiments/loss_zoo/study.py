@@ -35,6 +35,7 @@ PML's). Each run directory holds fit's files plus ``zoo.json`` (its measurements
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import ml_collections
@@ -43,6 +44,7 @@ import numpy as np
 
 from experiments.common import checks
 from experiments.common import grid
+from experiments.common import loss_studies
 from experiments.common import measure as measure_lib
 from experiments.common import runs
 from tsm import config as config_lib
@@ -56,6 +58,8 @@ _OPTION_TYPES = {"temperature": float, "alpha": float, "beta": float, "base": fl
                  "scale": float, "loss_margin": float, "momentum": float}
 RESULT_FILE = "zoo.json"
 ARRAYS_FILE = "zoo.npz"
+# What a run's progress record keeps of its result.
+RECORD_KEYS = ("recall@1", "intra_var", "mean_active_ratio")
 StudyError = grid.StudyError
 
 
@@ -139,19 +143,17 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
   })
 
 
-def check_study(cfg: ml_collections.ConfigDict) -> None:
-  """Validates the ``study`` section (one-line :class:`StudyError`)."""
+def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
+  """Validates the ``study`` section (one-line :class:`StudyError`); returns the arms
+  (the losses)."""
   s = cfg.study
   runs.check_fields(cfg, list(study_section(()).keys()))
-  losses = tuple(s.losses)
-  if not losses or any(loss not in LOSSES for loss in losses) or len(set(losses)) != len(
-      losses):
-    raise StudyError(f"study.losses={losses!r} must be distinct names from "
-                     f"{', '.join(LOSSES)}.")
+  losses = loss_studies.check_losses(cfg, LOSSES)
   checks.check_fraction(s, "fall_fraction")
   for field in ("triplet_margin", "contrastive_margin"):
     if not float(s[field]) > 0:
       raise StudyError(f"study.{field}={s[field]!r} must be > 0.")
+  return losses
 
 
 def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
@@ -161,10 +163,10 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   Only the loss differs between the runs of a (dataset, seed): ``loss.name``, its
   options from ``study.loss_options``, and the margin the triplet / contrastive loss
   reads from the (constant) schedule; the shared choices are
-  :func:`experiments.common.runs.dataset_run`'s.
+  :func:`experiments.common.runs.loss_run`'s.
   """
   s = cfg.study
-  run = runs.dataset_run(cfg, dataset, loss, seed)
+  run = runs.loss_run(cfg, dataset, loss, seed)
   run.loss.mining = "all"
   for field, value in s.loss_options[loss].items():
     if value is not None:
@@ -177,19 +179,15 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   return run
 
 
-def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Every run of the study, validated before any training
-  (:func:`experiments.common.runs.plan` with :func:`run_config`)."""
-  return runs.plan(cfg, workdir, run_config)
-
-
 # ----------------------------------------------------------------------------- one run
 
 
-def measure(ctx: Any, config: ml_collections.ConfigDict, study: ml_collections.ConfigDict
-            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def measure(ctx: Any, config: ml_collections.ConfigDict, study: ml_collections.ConfigDict,
+            keep_embeddings: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """The final model's measurements (an evaluator's context ``ctx``): paper B's, plus
-  the centroid distance of every class pair."""
+  the centroid distance of every class pair (``keep_embeddings``: unused, the zoo
+  draws no PCA)."""
+  del keep_embeddings
   from tsm import diagnostics  # pylint: disable=import-outside-toplevel
   num_classes = int(ctx.splits.num_classes)
   train_emb = measure_lib.normalised(ctx.embeddings("train"))
@@ -211,10 +209,12 @@ def measure(ctx: Any, config: ml_collections.ConfigDict, study: ml_collections.C
 
 def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDict,
               records: list[dict[str, Any]], first_step: dict[str, Any],
-              scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+              scalars: dict[str, Any], arrays: dict[str, np.ndarray],
+              summary: dict[str, Any] | None) -> dict[str, Any]:
   """A run's ``zoo.json``: paper B's curves and measurements, the negative-term active
   ratio of every loss, the scale-free loss fall, the per-epoch gradient norm per unit
-  of loss and the spread of the centroid distances."""
+  of loss and the spread of the centroid distances (``summary``: unused)."""
+  del summary
   from tsm import diagnostics  # pylint: disable=import-outside-toplevel
   loss = config.loss.name
   curves = measure_lib.curve_summary(records, first_step["loss"],
@@ -237,24 +237,8 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
   }
 
 
-def train_and_measure(config: ml_collections.ConfigDict, rundir: str, *,
-                      study: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or reuses) one run and returns its ``zoo.json`` record (NaN as None)."""
-  return measure_lib.train_and_measure(
-      config, rundir, result_file=RESULT_FILE, arrays_file=ARRAYS_FILE,
-      measure=lambda ctx: measure(ctx, config, study),
-      summarize=lambda records, first, scalars, arrays, _: summarize(
-          config, study, records, first, scalars, arrays))
-
-
 def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or reuses) and measures one run; returns a short record.
-
-  Returns:
-    ``{"dataset", "loss", "seed", "seconds", "reused", "recall@1", "intra_var",
-    "mean_active_ratio"}``.
-  """
-  return runs.run_record(
-      task, RESULT_FILE,
-      lambda: train_and_measure(task["config"], task["rundir"], study=study),
-      ("recall@1", "intra_var", "mean_active_ratio"))
+  """Trains (or reuses) and measures one run
+  (:func:`experiments.common.loss_studies.run_one`); returns its short record:
+  ``{"dataset", "loss", "seed", "seconds", "reused"}`` and :data:`RECORD_KEYS`."""
+  return loss_studies.run_one(sys.modules[__name__], task, study)

@@ -1,7 +1,7 @@
 """Tables, verdicts and figures of the margin study, computed from its run directories.
 
 Everything here reads files only (``summary.json``, ``metrics.jsonl``, ``pairs.npz`` and
-``effective_margins/*.npz`` of each ``runs/<schedule>/seed<k>``), so a finished study's
+``effective_margins/*.npz`` of each ``<dataset>/<arm>/seed<k>``), so a finished study's
 report can be rebuilt at any time. Numbers are summarised with :mod:`tsm.reporting`
 (mean ± sample std over seeds) and :mod:`experiments.common.verdicts` (paired tests,
 Holm).
@@ -22,7 +22,8 @@ Outputs in the study directory:
 * figures: ``margin.png`` (mu per epoch), ``easy_share.png``, ``effective_margins.png``
   (histograms + two-component mixture at the first, middle and last epoch, seed
   ``study.plot_seed``), ``roc.png`` (test pairs, vertically averaged over seeds);
-* ``report.md``: all of the above in one page, ``study.json``: the raw per-run results.
+* ``report.md``: all of the above in one page; the runs' summaries go to ``study.json``
+  (:func:`study_runs`, written by :func:`experiments.common.runs.run_study`).
 
 The study's results page is written from a finished workdir by :func:`docs_page`::
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from experiments.common import docs
 from experiments.common import figures
+from experiments.common import runs as runs_lib
 from experiments.common import tables
 from experiments.common import timing as timing_lib
 from experiments.common import verdicts as verdicts_lib
@@ -66,13 +68,15 @@ TAR_FARS = {"test.tar@far=1e-2": 1e-2, "test.tar@far=1e-3": 1e-3}
 # ----------------------------------------------------------------------------- loading
 
 
-def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[dict]]:
+def load_runs(workdir: str, dataset: str, arms: Sequence[Any],
+              seeds: Sequence[int]) -> dict[str, list[dict]]:
   """Per arm, the finished runs (seed order): summary, epoch records, paths.
 
   Args:
     workdir: the study directory.
+    dataset: the study's dataset.
     arms: the arms (:class:`~experiments.margin_scheduler.study.Arm` or schedule names).
-    seeds: number of seeds.
+    seeds: the seeds.
 
   Returns:
     ``{arm name: [{"seed", "dir", "summary", "epochs"}, ...]}`` (runs without a
@@ -83,8 +87,8 @@ def load_runs(workdir: str, arms: Sequence[Any], seeds: int) -> dict[str, list[d
   for arm in arms:
     name = study.as_arm(arm).name
     runs[name] = []
-    for seed in range(seeds):
-      directory = study.run_dir(workdir, arm, seed)
+    for seed in seeds:
+      directory = study.run_dir(workdir, dataset, arm, seed)
       path = os.path.join(directory, "summary.json")
       if not os.path.exists(path):
         continue
@@ -102,10 +106,10 @@ def _values(runs: list[dict], key: str) -> list[float | None]:
   return reporting.per_seed([r["summary"] for r in runs], key)
 
 
-def seed_values(runs: list[dict], key: str, seeds: int) -> list[float | None]:
-  """Values of ``key`` indexed by seed ``0 .. seeds - 1`` (None where a run is missing),
-  so that two arms' lists pair seed by seed."""
-  return tables.by_seed(runs, range(seeds),
+def seed_values(runs: list[dict], key: str, seeds: Sequence[int]) -> list[float | None]:
+  """Values of ``key`` indexed by ``seeds`` (None where a run is missing), so that two
+  arms' lists pair seed by seed."""
+  return tables.by_seed(runs, seeds,
                         lambda r: reporting.per_seed([r["summary"]], key)[0])
 
 
@@ -171,7 +175,7 @@ def best_constant(runs: dict[str, list[dict]], constants: Sequence[str], key: st
   return None if best is None else present[best]
 
 
-def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
+def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: Sequence[int]
            ) -> list[verdicts_lib.Claim]:
   """Paper A's claims (:data:`~experiments.margin_scheduler.study.CLAIMS`) the runs
   allow, per reduction / mining variant and metric; the best constant margin is chosen on
@@ -201,14 +205,15 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: int
 
 
 def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None,
-                  seeds: int | None = None, *, compare_to: str | None = None
+                  seeds: Sequence[int] | None = None, *,
+                  compare_to: str | None = None
                   ) -> tuple[list[str], list[list[str]], str]:
   """Paper A's claims, tested by :mod:`experiments.common.verdicts` (paired, Holm).
 
   Args:
     runs: from :func:`load_runs`.
     arms: the study's arms (default: every key of ``runs`` as a schedule).
-    seeds: number of seeds (default: the largest seed present + 1).
+    seeds: the seeds (default: every seed present).
     compare_to: a rerun's study directory: claims whose verdict differs are unstable.
 
   Returns:
@@ -216,7 +221,7 @@ def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None
   """
   arms = list(runs) if arms is None else arms
   if seeds is None:
-    seeds = 1 + max((r["seed"] for rs in runs.values() for r in rs), default=-1)
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
   study_claims = claims(runs, arms, seeds)
   grouped = any(c.group for c in study_claims)
   header, rows = verdicts_lib.verdict_table(study_claims, grouped=grouped)
@@ -226,7 +231,8 @@ def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None
 
 def deviations(cfg: Any) -> list[list[str]]:
   """Paper A vs its authors' code vs this study's settings (read from ``cfg``)."""
-  t, d, m, s = cfg.train, cfg.data, cfg.model, cfg.study
+  section = cfg[study.dataset(cfg)]
+  t, d, m, s = section.train, section.data, section.model, cfg.study
   epochs = study.run_epochs(cfg)
   images = d.get("image_size") is not None and (d.get("channels") or 1) == 3
   dropout = tuple(m.get("head_dropout", ()) or ())
@@ -264,8 +270,8 @@ def deviations(cfg: Any) -> list[list[str]]:
        "same" if d.split == "class_disjoint" else
        "a 10-class set leaves too few classes for a class-disjoint split"],
       ["verification pairs", "1,000 test pairs, half same", "1,000",
-       (f"every same-class pair + {cfg.eval.num_negatives:,} different" if
-        cfg.eval.pairs == "all" else f"{cfg.eval.num_pairs:,}, half same"),
+       (f"every same-class pair + {section.eval.num_negatives:,} different" if
+        section.eval.pairs == "all" else f"{section.eval.num_pairs:,}, half same"),
        "1,000 pairs alone give AUC a sampling std of ~0.005, the size of the differences"],
       ["training images", "all", "all",
        (f"{d.num_examples:,} per split" + (", drawn from each seed" if s.vary_data else "")
@@ -402,23 +408,25 @@ def _floor(margin: Any) -> float:
 
 
 def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
-  t, d, m = cfg.train, cfg.data, cfg.model
+  section = cfg[study.dataset(cfg)]
+  t, d, m, margin = section.train, section.data, section.model, section.margin
+  seeds = runs_lib.seeds_of(cfg)
   return [
       f"- data: {d.name}, split {d.split} (validation {d.val_fraction:g} of train, "
       f"{d.get('val_split', 'auto')}), model {m.name} + head {m.head}, "
-      f"{m.embedding_dim}-d L2-normalised, {cfg.loss.distance} distance; "
+      f"{m.embedding_dim}-d L2-normalised, {section.loss.distance} distance; "
       + ("data drawn from each run's seed (data.data_seed = seed)" if cfg.study.vary_data
          else f"data.data_seed fixed at {d.data_seed}"),
       f"- triplet loss, reductions {', '.join(study.axis(cfg, 'reductions'))}, minings "
       f"{', '.join(study.axis(cfg, 'minings'))}, P x K = {t.classes_per_batch} x "
       f"{t.samples_per_class}, {t.optimizer} lr {t.learning_rate:g}, "
       f"{study.run_epochs(cfg)} epochs, model kept at the lowest {t.best_metric} "
-      f"(validation margin {cfg.eval.val_margin})",
-      f"- margins: mu0 {cfg.margin.initial_margin:g}, mu_last {cfg.margin.final_margin:g}, "
-      f"DAMS tau {cfg.margin.threshold:g} delta {cfg.margin.increment:g}; controller "
-      f"target {cfg.margin.target:g} gain {cfg.margin.gain:g} floor "
-      f"{_floor(cfg.margin):g}; stepwise {cfg.study.stepwise_stages} stages",
-      f"- arms: {', '.join(names)}; seeds 0..{cfg.study.seeds - 1}",
+      f"(validation margin {section.eval.val_margin})",
+      f"- margins: mu0 {margin.initial_margin:g}, mu_last {margin.final_margin:g}, "
+      f"DAMS tau {margin.threshold:g} delta {margin.increment:g}; controller "
+      f"target {margin.target:g} gain {margin.gain:g} floor "
+      f"{_floor(margin):g}; stepwise {cfg.study.stepwise_stages} stages",
+      f"- arms: {', '.join(names)}; seeds {seeds[0]}..{seeds[-1]}",
   ]
 
 
@@ -430,10 +438,16 @@ REDUCTION_NOTE = (
     "effect.")
 
 
+def study_runs(runs: dict[str, list[dict]]) -> dict[str, list[dict[str, Any]]]:
+  """What ``study.json`` records of the runs: per arm, each run's seed and summary."""
+  return {n: [{"seed": r["seed"], "summary": r["summary"]} for r in rs]
+          for n, rs in runs.items()}
+
+
 def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                  timing: dict[str, Any] | None = None,
-                 command: str | None = None) -> str:
-  """Writes every table and figure of the study and returns ``report.md``'s text.
+                 command: str | None = None) -> tuple[str, dict[str, list[dict]]]:
+  """Writes every table and figure of the study.
 
   Args:
     workdir: the study directory.
@@ -443,13 +457,13 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
     command: optional command line shown in the report.
 
   Returns:
-    The Markdown of ``report.md``.
+    ``(report.md's Markdown, study_runs(...))``.
   """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
 
-  seeds = int(cfg.study.seeds)
-  runs = load_runs(workdir, arms, seeds)
+  seeds = runs_lib.seeds_of(cfg)
+  runs = load_runs(workdir, study.dataset(cfg), arms, seeds)
   names = list(runs)
   path = lambda name: os.path.join(workdir, name)  # noqa: E731
   results = reporting.write_table(*results_table(runs), path("results.md"),
@@ -466,12 +480,10 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                              title="Effective margins of training triplets (eval mode)")
   reporting.write_table(*per_seed_table(runs), path("per_seed.md"), path("per_seed.csv"))
   plot_margins(path("margin.png"), runs)
-  plot_easy_share(path("easy_share.png"), runs, float(cfg.margin.threshold))
+  plot_easy_share(path("easy_share.png"), runs,
+                  float(cfg[study.dataset(cfg)].margin.threshold))
   plot_effective_margins(path("effective_margins.png"), runs, int(cfg.study.plot_seed))
   plot_roc(path("roc.png"), runs)
-  artifacts.write_json_atomic(path("study.json"), {
-      "timing": timing, "runs": {n: [{"seed": r["seed"], "summary": r["summary"]}
-                                     for r in rs] for n, rs in runs.items()}})
 
   lines = ["# Margin-scheduler study (paper A)", ""]
   if command:
@@ -488,10 +500,10 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
     lines += ["", stability]
   lines += ["", REDUCTION_NOTE, "", deviation_md, "", em, "",
             "Figures: margin.png, easy_share.png, effective_margins.png, roc.png; "
-            "each run's files under runs/<arm>/seed<k>/.", ""]
+            f"each run's files under {study.dataset(cfg)}/<arm>/seed<k>/.", ""]
   text = "\n".join(lines)
   artifacts.write_atomic(path("report.md"), text)
-  return text
+  return text, study_runs(runs)
 
 
 # ----------------------------------------------------------------------------- docs page

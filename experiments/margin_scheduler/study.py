@@ -1,12 +1,15 @@
 """The margin-scheduler study: its config, its arms, one run, the effective-margin evaluator.
 
-A study config is a full tsm config (:func:`tsm.config.default_config`, paper A's setup
-in :mod:`experiments.configs.presets.paper_a`) plus a ``study`` section
-(:func:`study_section`). An arm is a margin schedule under one loss reduction and
-one mining (``study.reductions`` x ``study.minings``; by default only the authors' code's
-``mean_nonzero`` and all triplets). Every run of the study trains the same model with
-the same optimiser and seed list; only ``margin`` (and the arm's reduction and mining)
-differ (:func:`schedule_margin`):
+A study config (``experiments/configs/margin_study_*.py``, built from
+:mod:`experiments.configs.presets.paper_a`) has the shape of every study's
+(:mod:`experiments.common.runs`): a ``study`` section (:func:`study_section`) and one
+full tsm config section per dataset named in ``study.datasets`` (the margin study runs
+on one: ``cfg.digits``, ``cfg.mnist1d``, ...; overridable:
+``--config.mnist1d.train.epochs=5``). An arm is a margin schedule under one loss
+reduction and one mining (``study.reductions`` x ``study.minings``; by default only the
+authors' code's ``mean_nonzero`` and all triplets). Every run of the study trains the
+same model with the same optimiser and seed list; only ``margin`` (and the arm's
+reduction and mining) differ (:func:`schedule_margin`):
 
 * ``constant_<mu>`` for each ``study.constant_margins`` (paper A's baseline);
 * ``linear`` and ``exponential`` increase from ``margin.initial_margin`` to
@@ -18,7 +21,9 @@ differ (:func:`schedule_margin`):
 * ``controller``: tsm's two-sided controller (``margin.target``, ``margin.gain``,
   ``margin.min_margin``, ``margin.max_margin``, ``margin.deadband``).
 
-The evaluator :class:`EffectiveMarginEvaluator` records paper A's effective margins
+Runs are the common ``(dataset, arm, seed)`` tasks (:func:`experiments.common.runs.plan`),
+each in ``<workdir>/<dataset>/<arm>/seed<k>``. The evaluator
+:class:`EffectiveMarginEvaluator` records paper A's effective margins
 ``d(a, n) - d(a, p)`` of a seeded sample of training triplets (eval-mode embeddings of a
 fixed sample of training examples) at the first, middle and last epoch, with a
 two-component Gaussian mixture fitted to them.
@@ -29,15 +34,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from typing import Any, NamedTuple
 
 import ml_collections
-from ml_collections import config_dict
 import numpy as np
 
 from experiments.common import checks
 from experiments.common import grid
+from experiments.common import runs
 from tsm import artifacts
 from tsm import config as config_lib
 from tsm import losses as losses_lib
@@ -81,18 +85,12 @@ class Arm(NamedTuple):
     return f"reduction {self.reduction}, mining {self.mining}"
 
 
-def study_section() -> ml_collections.ConfigDict:
-  """Default ``study`` section.
+def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """The ``study`` section: :func:`experiments.common.runs.grid_fields` (ten seeds by
+  default, so that the paired tests of the verdicts have power) and
 
   Fields:
-    seeds: number of seeds (runs use ``seed = 0 .. seeds - 1``); ten by default, so
-      that the paired tests of the verdicts have power (``tsm.reporting.compare``).
-    epochs: if set, overrides ``train.epochs`` of every run (the same knob as the loss
-      study's).
-    vary_data: draw the data from the run's seed too (``data.data_seed = seed``: the
-      by-image test split, synthetic points, the test verification pairs; the
-      validation split and its pairs follow ``seed`` already), so that the spread over
-      seeds includes the variance of the data.
+    datasets: the dataset the study runs on (one name), with its own config section.
     schedules: ``"all"`` or a comma-separated list of schedule names (see the module
       docstring; e.g. ``"constant_0.2,dams,controller"``).
     reductions: comma-separated loss reductions compared (an axis of the study; a
@@ -101,43 +99,30 @@ def study_section() -> ml_collections.ConfigDict:
       all valid triplets: its gradient shrinks with the easy share, so raising mu then
       also acts as a learning-rate boost).
     minings: comma-separated triplet minings compared (an optional axis: ``all``,
-      ``semihard``,
-      ``hard``).
-    compare_to: a finished run of the same study (another workdir, e.g. the rerun with
-      another ``xla_threads``): claims whose verdict differs there are marked unstable.
+      ``semihard``, ``hard``).
     constant_margins: the constant margins compared.
     stepwise_stages: number of stages of the ``stepwise`` schedule (including the first).
-    workers: processes running the study in parallel (one per CPU core on a CPU machine,
-      1 on a single accelerator); ``<= 1`` runs everything in this process.
-    xla_threads: with ``workers > 1``, 1 makes each worker's XLA CPU runtime
-      single-threaded (``--xla_cpu_multi_thread_eigen=false``); 0 keeps XLA's default
-      threading. Measured on 2 shared cores: 0 is faster (single-threaded XLA compiles
-      about twice as slowly and steps ~20 % slower), so 0 is the default.
-    compilation_cache: JAX persistent compilation cache directory; ``"auto"`` =
-      ``<workdir>/jax_cache``, ``""`` = off. Every run of the study compiles the same
-      train / eval / embed programs (the margin is a traced value; only the tiny
-      end-of-epoch update differs between schedules), so all but the first run of each
-      process load them from the cache.
     em_examples: training examples whose embeddings give the effective margins.
     em_triplets: triplets sampled among them (all when fewer exist).
     plot_seed: the seed whose effective-margin histograms are drawn.
+
+  The grid's ``xla_threads`` default 0 was measured on 2 shared cores: single-threaded
+  XLA compiles about twice as slowly and steps ~20 % slower.
+
+  Args:
+    datasets: the default ``datasets``.
 
   Returns:
     A ConfigDict.
   """
   return ml_collections.ConfigDict({
-      "seeds": 10,
-      "epochs": config_dict.placeholder(int),
-      "vary_data": True,
+      "datasets": tuple(datasets),
+      **runs.grid_fields(seeds=10),
       "schedules": "all",
       "reductions": DEFAULT_REDUCTION,
       "minings": DEFAULT_MINING,
-      "compare_to": "",
       "constant_margins": (0.1, 0.2, 0.5, 1.0),
       "stepwise_stages": 4,
-      "workers": 2,
-      "xla_threads": 0,
-      "compilation_cache": "auto",
       "em_examples": 1000,
       "em_triplets": 20000,
       "plot_seed": 0,
@@ -202,40 +187,42 @@ def stepwise_stages(initial: float, final: float, epochs: int,
   return boundaries, values
 
 
-def schedule_margin(name: str, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The ``margin`` fields of schedule ``name`` (merged over ``cfg.margin``).
+def dataset(cfg: ml_collections.ConfigDict) -> str:
+  """The study's dataset (the one name of ``study.datasets``)."""
+  return cfg.study.datasets[0]
+
+
+def schedule_margin(name: str, cfg: ml_collections.ConfigDict,
+                    dataset_name: str | None = None) -> dict[str, Any]:
+  """The ``margin`` fields of schedule ``name`` (merged over the dataset's ``margin``).
 
   Args:
     name: a name from :func:`all_schedules`.
-    cfg: the study config (its ``margin`` section holds the shared parameters).
+    cfg: the study config (the dataset's ``margin`` section holds the shared
+      parameters).
+    dataset_name: the dataset (default :func:`dataset`).
 
   Returns:
     A dict of margin fields.
   """
-  m = cfg.margin
+  dataset_name = dataset(cfg) if dataset_name is None else dataset_name
+  m = cfg[dataset_name].margin
   if name.startswith(CONSTANT_PREFIX):
     return {"schedule": "constant", "initial_margin": float(name[len(CONSTANT_PREFIX):])}
   if name in ("linear", "exponential", "dams", "controller"):
     return {"schedule": name}
   if name == "stepwise":
     boundaries, values = stepwise_stages(m.initial_margin, m.final_margin,
-                                         run_epochs(cfg), cfg.study.stepwise_stages)
+                                         runs.run_epochs(cfg, dataset_name),
+                                         cfg.study.stepwise_stages)
     return {"schedule": "stepwise", "boundaries": boundaries, "values": values}
   raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(all_schedules(cfg))}.")
 
 
-def split_config(cfg: ml_collections.ConfigDict
-                 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """``(training config without the study section, study section)``, both copies."""
-  full = cfg.to_dict()
-  study = ml_collections.ConfigDict(full.pop("study", study_section().to_dict()))
-  return ml_collections.ConfigDict(full), study
-
-
 def run_epochs(cfg: ml_collections.ConfigDict) -> int:
-  """Epochs of every run: ``study.epochs`` when set, else ``train.epochs``."""
-  epochs = cfg.study.get("epochs")
-  return int(cfg.train.epochs if epochs is None else epochs)
+  """Epochs of every run: ``study.epochs`` when set, else the dataset's
+  ``train.epochs``."""
+  return runs.run_epochs(cfg, dataset(cfg))
 
 
 def arms(cfg: ml_collections.ConfigDict) -> list[Arm]:
@@ -254,41 +241,41 @@ def as_arm(arm: Arm | str) -> Arm:
   return arm if isinstance(arm, Arm) else Arm(arm)
 
 
-def run_config(cfg: ml_collections.ConfigDict, arm: Arm | str,
+def run_config(cfg: ml_collections.ConfigDict, dataset_name: str, arm: Arm | str,
                seed: int) -> ml_collections.ConfigDict:
-  """The tsm config of one run: the arm's schedule, reduction and mining, ``seed``.
+  """The tsm config of one run: the dataset's section with the arm's schedule,
+  reduction and mining, ``seed``.
 
+  The choices every study shares (:func:`experiments.common.runs.dataset_run`:
   ``train.epochs`` is ``study.epochs`` when set; with ``study.vary_data``,
-  ``data.data_seed = seed``. No progress bar.
+  ``data.data_seed = seed``; no progress bar).
 
   Args:
     cfg: the study config.
+    dataset_name: the dataset (a section of ``cfg``).
     arm: the arm (a bare schedule name: the authors' reduction and mining).
     seed: the run's seed.
 
   Returns:
-    A full tsm config (no ``study`` section).
+    A full tsm config.
   """
   arm = as_arm(arm)
-  run, _ = split_config(cfg)
-  run.train.epochs = run_epochs(cfg)
-  run.margin.update(schedule_margin(arm.schedule, cfg))
+  run = runs.dataset_run(cfg, dataset_name, seed)
+  run.margin.update(schedule_margin(arm.schedule, cfg, dataset_name))
   run.loss.reduction = arm.reduction
   run.loss.mining = arm.mining
-  run.seed = int(seed)
-  if cfg.study.vary_data:
-    run.data.data_seed = int(seed)
-  run.train.progress = False
   return run
 
 
-def run_dir(workdir: str, arm: Arm | str, seed: int) -> str:
-  """``<workdir>/runs/<arm name>/seed<k>``."""
-  return os.path.join(workdir, "runs", as_arm(arm).name, f"seed{seed}")
+def run_dir(workdir: str, dataset_name: str, arm: Arm | str, seed: int) -> str:
+  """``<workdir>/<dataset>/<arm name>/seed<k>``
+  (:func:`experiments.common.runs.run_dir`)."""
+  return runs.run_dir(workdir, dataset_name, as_arm(arm), seed)
 
 
 def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
-  """Validates the study section and every run's config (nothing is loaded or compiled).
+  """Validates the study section and the dataset's section (nothing is loaded or
+  compiled; every run's config is checked by :func:`experiments.common.runs.plan`).
 
   Returns:
     The arms.
@@ -297,47 +284,34 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
     StudyError: one line naming the bad field and the fix.
   """
   s = cfg.study
-  checks.check_known(s, list(study_section().keys()))
-  checks.check_integers(s, (("seeds", 1), ("stepwise_stages", 2), ("em_examples", 3),
+  runs.check_grid_fields(cfg, list(study_section(()).keys()))
+  if len(tuple(s.datasets)) != 1:
+    raise StudyError(f"study.datasets={tuple(s.datasets)!r}: the margin study runs on one "
+                     "dataset; name one (one study per dataset).")
+  checks.check_integers(s, (("stepwise_stages", 2), ("em_examples", 3),
                             ("em_triplets", 1)))
-  if not (isinstance(s.plot_seed, int) and 0 <= s.plot_seed < s.seeds):
+  seeds = runs.seeds_of(cfg)
+  if not (isinstance(s.plot_seed, int) and s.plot_seed in seeds):
     raise StudyError(f"study.plot_seed={s.plot_seed!r} must be a seed of the study, in "
-                     f"[0, {s.seeds}).")
-  if not isinstance(s.vary_data, bool):
-    raise StudyError(f"study.vary_data={s.vary_data!r} must be True or False.")
-  checks.check_grid(s)
+                     f"[{seeds[0]}, {seeds[-1] + 1}).")
   for field, known in (("reductions", losses_lib.REDUCTIONS),
                        ("minings", losses_lib.MINING)):
     values = axis(cfg, field) if isinstance(s[field], str) else []
     if not values or any(v not in known for v in values) or len(set(values)) < len(values):
       raise StudyError(f"study.{field}={s[field]!r} must be a comma-separated list of "
                        f"distinct names from {', '.join(known)}.")
-  if cfg.loss.name != "triplet" or cfg.train.sampling != "pk":
-    raise StudyError("the margin study trains the triplet loss on P x K batches; set "
-                     "loss.name=triplet and train.sampling=pk.")
-  if cfg.margin.get("update_every", "epoch") != "epoch":
-    raise StudyError("the margin study updates margins once per epoch (paper A); set "
-                     "margin.update_every=epoch.")
+  name = dataset(cfg)
+  section = cfg[name]
+  if section.loss.name != "triplet" or section.train.sampling != "pk":
+    raise StudyError(f"the margin study trains the triplet loss on P x K batches; set "
+                     f"{name}.loss.name=triplet and {name}.train.sampling=pk.")
+  if section.margin.get("update_every", "epoch") != "epoch":
+    raise StudyError(f"the margin study updates margins once per epoch (paper A); set "
+                     f"{name}.margin.update_every=epoch.")
   try:
-    study_arms = arms(cfg)
+    return arms(cfg)
   except ValueError as e:
     raise StudyError(str(e)) from None
-  for arm in study_arms:
-    try:
-      config_lib.check_config(run_config(cfg, arm, 0))
-    except config_lib.ConfigError as e:
-      raise StudyError(str(e)) from None
-  return study_arms
-
-
-def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """Whether ``workdir`` holds a finished run of ``config``
-  (:func:`experiments.common.grid.finished` with :data:`RUN_FILES`).
-
-  Raises:
-    tsm.config.ConfigError: the directory holds a run of another config.
-  """
-  return grid.finished(workdir, config, RUN_FILES)
 
 
 # ----------------------------------------------------------------------------- the evaluator
@@ -440,48 +414,31 @@ def _absl_to(stream: Any):
     logger.propagate = saved
 
 
-def plan(cfg: ml_collections.ConfigDict, workdir: str,
-         study_arms: list[Arm] | None = None) -> list[dict[str, Any]]:
-  """Every run of the study: one task per (arm, seed), seeds outermost.
+def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or resumes, or reuses) one run of the study; its output goes to
+  ``<run dir>/fit.log``.
 
   Args:
-    cfg: the study config.
-    workdir: the study's directory.
-    study_arms: the arms (default :func:`arms`).
+    task: a task of :func:`experiments.common.runs.plan`.
+    study: the ``study`` section (``em_examples``, ``em_triplets``).
 
   Returns:
-    ``{"arm", "seed", "config", "rundir"}`` per run.
-  """
-  study_arms = arms(cfg) if study_arms is None else study_arms
-  return [{"arm": arm, "seed": seed, "config": run_config(cfg, arm, seed),
-           "rundir": run_dir(workdir, arm, seed)}
-          for seed in range(int(cfg.study.seeds)) for arm in study_arms]
-
-
-def run_one(task: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or reuses) one run of the study; its output goes to ``<run dir>/fit.log``.
-
-  Args:
-    task: a task of :func:`plan`.
-    cfg: the study config.
-
-  Returns:
-    ``{"schedule"`` (the arm's name), ``"seed", "rundir", "seconds", "reused",
+    ``{"dataset", "arm"`` (the arm's name), ``"seed", "seconds", "reused",
     "summary"}``.
   """
-  arm, seed, config, directory = task["arm"], task["seed"], task["config"], task["rundir"]
-  t0 = time.time()
-  reused = finished(directory, config)
-  if not reused:
-    os.makedirs(directory, exist_ok=True)
-    margins_evaluator = EffectiveMarginEvaluator(directory, config,
-                                                 num_examples=cfg.study.em_examples,
-                                                 num_triplets=cfg.study.em_triplets)
-    with open(os.path.join(directory, "fit.log"), "a") as log, \
-        contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-        _absl_to(log):
-      config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
-  with open(os.path.join(directory, "summary.json")) as f:
-    summary = json.load(f)
-  return {"schedule": arm.name, "seed": int(seed), "rundir": directory,
-          "seconds": time.time() - t0, "reused": reused, "summary": summary}
+  config, directory = task["config"], task["rundir"]
+
+  def train() -> dict[str, Any]:
+    if not grid.finished(directory, config, RUN_FILES):
+      os.makedirs(directory, exist_ok=True)
+      margins_evaluator = EffectiveMarginEvaluator(directory, config,
+                                                   num_examples=study.em_examples,
+                                                   num_triplets=study.em_triplets)
+      with open(os.path.join(directory, "fit.log"), "a") as log, \
+          contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+          _absl_to(log):
+        config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
+    with open(os.path.join(directory, "summary.json")) as f:
+      return {"summary": json.load(f)}
+
+  return runs.run_record(task, RUN_FILES, train, ("summary",))

@@ -158,25 +158,37 @@ def schedule_length(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> int
   return int(cfg.train.epochs)
 
 
+def schedule_arguments(cfg: ml_collections.ConfigDict,
+                       num_updates: int) -> tuple[str, dict[str, Any]]:
+  """The ``margin`` section as ``(schedule, keyword arguments of its tsm.margins
+  constructor)``; ``num_updates``: the schedule's ``update`` calls over the run
+  (:func:`schedule_length`)."""
+  m = cfg.margin
+  if m.schedule == "constant":
+    return "constant", {"margin": m.initial_margin}
+  if m.schedule in ("linear", "exponential"):
+    return m.schedule, {"initial_margin": m.initial_margin, "final_margin": m.final_margin,
+                        "num_epochs": num_updates}
+  if m.schedule == "stepwise":
+    given = ({"values": m["values"]} if m["values"] is not None   # item access: a
+             else {"increment": m.increment})                     # ConfigDict method
+    return "stepwise", {"initial_margin": m.initial_margin, "boundaries": m.boundaries,
+                        **given}
+  if m.schedule == "dams":
+    return "dams", {"initial_margin": m.initial_margin, "threshold": m.threshold,
+                    "increment": m.increment, "max_margin": m.max_margin}
+  return "controller", {"initial_margin": m.initial_margin, "target": m.target,
+                        "gain": m.gain, "min_margin": m.min_margin,
+                        "max_margin": 2.0 if m.max_margin is None else m.max_margin,
+                        "deadband": m.deadband}
+
+
 def build_schedule(cfg: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> margins.MarginSchedule:
-  """The margin schedule of the ``margin`` section (its constructors check the values)."""
-  m = cfg.margin
-  length = schedule_length(cfg, steps_per_epoch)
-  if m.schedule == "constant":   # checked under the field's name (constant's arg: margin)
-    return margins.constant(margins.check_margin("initial_margin", m.initial_margin))
-  if m.schedule == "linear":
-    return margins.linear(m.initial_margin, m.final_margin, length)
-  if m.schedule == "exponential":
-    return margins.exponential(m.initial_margin, m.final_margin, length)
-  if m.schedule == "stepwise":
-    if m["values"] is not None:   # item access: ConfigDict has a values() method
-      return margins.stepwise(m.initial_margin, m.boundaries, values=m["values"])
-    return margins.stepwise(m.initial_margin, m.boundaries, increment=m.increment)
-  if m.schedule == "dams":
-    return margins.dams(m.initial_margin, m.threshold, m.increment, m.max_margin)
-  return margins.controller(m.initial_margin, m.target, m.gain, m.min_margin,
-                            2.0 if m.max_margin is None else m.max_margin, m.deadband)
+  """The margin schedule of the ``margin`` section (:func:`schedule_arguments` over the
+  run's :func:`schedule_length`; ``tsm.config.check_config`` has checked them)."""
+  name, kwargs = schedule_arguments(cfg, schedule_length(cfg, steps_per_epoch))
+  return getattr(margins, name)(**kwargs)
 
 
 def build_optimizer(cfg: ml_collections.ConfigDict,

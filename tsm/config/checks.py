@@ -6,7 +6,7 @@ the split sizes, the model against the input shape). A field that a typed object
 is checked by that object's own check (``DataSpec.check``, ``tsm.models.check_model``,
 ``tsm.losses.check_mining`` / ``check_reduction`` / ``check_curriculum``,
 ``tsm.distances.check_distance``, ``tsm.data.samplers.check_sampling``,
-``tsm.train.check_optimizer``, the margin schedules' constructors), whose one-line
+``tsm.train.check_optimizer``, ``tsm.margins.check_schedule``), whose one-line
 message starts with the argument's name; the check here prefixes the section
 (``loss.curriculum=...``). Fields that only the config has (and the rules between
 sections) are checked here. Every error is a :class:`ConfigError`, a ``ValueError`` whose
@@ -23,7 +23,7 @@ import numpy as np
 
 from tsm import distances, losses, margins, models
 from tsm import train as train_lib
-from tsm.config.builders import _model_kwargs, build_schedule, data_spec
+from tsm.config.builders import _model_kwargs, data_spec, schedule_arguments
 from tsm.config.defaults import (LOSS_FIELDS, LOSSES, MARGIN_UPDATES, NONFINITE,
                                  PAIR_PROTOCOLS, RANKING_METRICS, default_config)
 from tsm.data import samplers as samplers_lib
@@ -202,13 +202,20 @@ def _check_train(t: ml_collections.ConfigDict, loss_name: str) -> None:
 
 
 def _check_margin(m: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> None:
-  """The ``margin`` section: its constructor checks its values (over ``train.epochs``)."""
+  """The ``margin`` section: its schedule's own argument checks
+  (``tsm.margins.check_schedule``), without building it. The schedule's length only
+  has to be a positive count here (``train.epochs`` is checked); the run builds the
+  schedule once, over its real steps per epoch."""
   _choice(m.update_every, "margin.update_every", MARGIN_UPDATES)
   if m.schedule not in margins.SCHEDULES:
     raise ConfigError(f"margin.schedule={m.schedule!r} is unknown; use one of "
                       f"{', '.join(margins.SCHEDULES)}.")
+  name, kwargs = schedule_arguments(cfg, num_updates=int(cfg.train.epochs))
   try:
-    build_schedule(cfg, steps_per_epoch=1)
+    if name == "constant":   # constant's one argument is the section's initial_margin
+      margins.check_margin("initial_margin", kwargs["margin"])
+    else:
+      margins.check_schedule(name, **kwargs)
   except ValueError as e:
     message = str(e).strip().splitlines()[0]
     raise ConfigError(message if message.startswith(("num_epochs", "stepwise")) else

@@ -1,8 +1,9 @@
 """Paper A's setup (Tomchak et al., arXiv 2603.26389), the margin study's starting point.
 
-A margin-study config is one full tsm config with a ``study`` section
-(:func:`experiments.margin_scheduler.study.study_section`): :func:`base` is paper A's
-training setup, :func:`images` the same on paper A's 224 px image protocol.
+A margin-study config (:func:`study_config`) has every study's shape: a ``study`` section
+(:func:`experiments.margin_scheduler.study.study_section`) and one full tsm config
+section for its dataset (``cfg.<dataset>``). :func:`base` is paper A's training setup,
+:func:`images` the same on paper A's 224 px image protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tsm import config as config_lib
 
 
 def base() -> ml_collections.ConfigDict:
-  """Paper A's setup, the starting point of every study config file.
+  """Paper A's setup, the starting point of every study config file's dataset section.
 
   L2-normalised 128-d embeddings (paper A's head: Dense 512, ReLU, Dropout 0.5, Dense 256,
   ReLU, Dropout 0.3, Dense 128), plain Euclidean distance, the triplet loss averaged over
@@ -26,7 +27,7 @@ def base() -> ml_collections.ConfigDict:
   (:func:`experiments.margin_scheduler.study.schedule_margin`).
 
   Returns:
-    A full tsm config with a ``study`` section.
+    A full tsm config.
   """
   cfg = config_lib.default_config()
   cfg.model.head = "paper_a"
@@ -53,7 +54,6 @@ def base() -> ml_collections.ConfigDict:
   cfg.eval.val_margin = 1.0
   cfg.eval.num_pairs = 1000
   cfg.eval.every_epochs = 5
-  cfg.study = study.study_section()
   return cfg
 
 
@@ -64,14 +64,13 @@ def images(name: str) -> ml_collections.ConfigDict:
   held out for validation; 224 px RGB, resized, no crop / flip augmentation (as the
   authors' code), standardised by the training split's own channel mean and std (as
   the authors' code; ``data.normalize="dataset"``); an EfficientNet-B0 trunk (ImageNet
-  weights via ``--config.model.pretrained_path``) under paper A's head; one worker (a
-  GPU study).
+  weights via ``--config.<name>.model.pretrained_path``) under paper A's head.
 
   Args:
     name: the dataset (``lfw``, ``caltech_birds2011``).
 
   Returns:
-    A full tsm config with a ``study`` section.
+    A full tsm config.
   """
   cfg = base()
   cfg.data.name = name
@@ -83,5 +82,23 @@ def images(name: str) -> ml_collections.ConfigDict:
   cfg.data.augment = False
   cfg.model.name = "efficientnet_b0"
   cfg.eval.batch_size = 128
-  cfg.study.workers = 1
+  return cfg
+
+
+def study_config(section: ml_collections.ConfigDict, *,
+                 workers: int = 1) -> ml_collections.ConfigDict:
+  """A margin-study config: the ``study`` section over ``section``'s dataset and the
+  section itself, named for its ``data.name``.
+
+  Args:
+    section: a full tsm config (from :func:`base` or :func:`images`).
+    workers: ``study.workers`` (1: a GPU study; one per core on a CPU).
+
+  Returns:
+    A ConfigDict with ``study`` and ``<data.name>``.
+  """
+  cfg = ml_collections.ConfigDict()
+  cfg.study = study.study_section((section.data.name,))
+  cfg.study.workers = int(workers)
+  cfg[section.data.name] = section
   return cfg
