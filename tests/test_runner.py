@@ -146,9 +146,11 @@ def test_every_study_has_the_same_file_roles_and_fields():
   from experiments.loss_comparison import study as loss_study
   from experiments.loss_zoo import study as zoo_study
   from experiments.margin_scheduler import study as margin_study
-  shared = {"seeds", "epochs", "vary_data", "workers", "xla_threads", "compilation_cache",
-            "compare_to", "em_triplets"}
-  assert shared <= set(margin_study.study_section().keys())
+  from experiments.common import runs  # pylint: disable=import-outside-toplevel
+  shared = set(runs.grid_fields(seeds=1)) | {"datasets", "em_triplets"}
+  assert {"seeds", "epochs", "vary_data", "workers", "xla_threads", "compilation_cache",
+          "compare_to"} <= shared
+  assert shared <= set(margin_study.study_section(("digits",)).keys())
   assert shared <= set(loss_study.study_section(()).keys())
   assert shared <= set(zoo_study.study_section(()).keys())
   for module in (margin_study, loss_study, zoo_study):
