@@ -211,7 +211,10 @@ def batch_easy_hard(x, labels, r=None, ref_labels=None, pos_strategy="easy",
     if pos_strategy == "all":
       out[0].extend(a for a in a1 if a == i)
       out[1].extend(pp for a, pp in zip(a1, p) if a == i)
-      if nj is not None:
+      if neg_strategy == "all":
+        out[2].extend(a for a in a2 if a == i)
+        out[3].extend(nn for a, nn in zip(a2, n) if a == i)
+      elif nj is not None:
         out[2].append(i)
         out[3].append(nj)
     elif neg_strategy == "all":
