@@ -87,7 +87,7 @@ def _pair_setup(embeddings, labels, valid, ref_embeddings, ref_labels, distance,
     positive, negative = mining_lib.label_masks(labels, rows)
     return dist, positive, negative, (x,)
   r = ref_embeddings.astype(dtype)
-  dist = pairwise_distances(x, jax.lax.stop_gradient(r), distance=distance)
+  dist = pairwise_distances(x, r, distance=distance)
   same = labels[:, None] == ref_labels[None, :]
   positive = same & rows[:, None]
   negative = ~same & rows[:, None]
