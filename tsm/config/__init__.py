@@ -5,6 +5,8 @@ Config files under ``experiments/configs/`` (big_vision / Flax-examples style
 this package nothing takes a config. It is split by job, one module each, each importing
 only the ones before it:
 
+* :mod:`tsm.config.loss_table`: the table of losses (``loss.name`` -> function, kind,
+  fields with help); adding a loss to the configs is one entry there.
 * :mod:`tsm.config.defaults`: every section and field with its default
   (:func:`default_config`), what each field means (:data:`FIELD_HELP`,
   :func:`describe_fields`) and the config's vocabulary (:data:`LOSSES`,
@@ -39,7 +41,8 @@ from tsm.config.builders import (best_metric_key, build_evaluators, build_loss,
 from tsm.config.checks import ConfigError, check_config, check_config_with_data
 from tsm.config.defaults import (CLASS_LOSSES, FIELD_HELP, LOSS_FIELDS, LOSSES,
                                  MARGIN_UPDATES, MINIMISED_METRICS, NONFINITE,
-                                 PAIR_PROTOCOLS, RANKING_METRICS, RUN_CONTROL_FIELDS,
+                                 PAIR_PROTOCOLS, RANKING_METRICS, REFERENCE_LOSSES,
+                                 RUN_CONTROL_FIELDS,
                                  SAMPLINGS, default_config, describe_fields)
 from tsm.config.run import (check_same_run, prepare, read_run_config, to_json,
                             train_and_evaluate)
@@ -48,7 +51,8 @@ from tsm.losses import MiningCurriculum
 __all__ = [
     "CLASS_LOSSES", "ConfigError", "FIELD_HELP", "LOSS_FIELDS", "LOSSES",
     "MARGIN_UPDATES", "MINIMISED_METRICS", "MiningCurriculum", "NONFINITE",
-    "PAIR_PROTOCOLS", "RANKING_METRICS", "RUN_CONTROL_FIELDS", "SAMPLINGS",
+    "PAIR_PROTOCOLS", "RANKING_METRICS", "REFERENCE_LOSSES", "RUN_CONTROL_FIELDS",
+    "SAMPLINGS",
     "best_metric_key", "build_evaluators", "build_loss", "build_model", "build_optimizer",
     "build_sampler", "build_schedule", "build_trunk", "check_config",
     "check_config_with_data", "check_same_run", "data_spec", "default_config",

@@ -67,7 +67,7 @@ from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
 from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
-from tsm.losses._wrappers import multiple_losses, self_supervised_loss
+from tsm.losses._wrappers import multiple_losses, self_supervised_loss, with_miner
 from tsm.losses._xbm import MemoryState, cross_batch_memory, enqueue, init_memory
 from tsm.losses._triplet import (MINING, TripletStats, check_mining, curriculum_mining,
                                  triplet_margin_loss, triplet_margin_loss_from_triplets)
@@ -85,7 +85,7 @@ __all__ += [
     "proxy_anchor", "proxy_anchor_loss", "supcon_loss", "update_centers",
 ]
 __all__ += ["MemoryState", "cross_batch_memory", "enqueue", "init_memory",
-            "multiple_losses", "self_supervised_loss"]
+            "multiple_losses", "self_supervised_loss", "with_miner"]
 __all__ += [
     "EpochLoss", "MiningCurriculum", "check_curriculum", "explicit_pairs_loss",
     "explicit_triplets_loss",

@@ -26,8 +26,19 @@ def _named(items: Sequence[Any] | Mapping[str, Any], what: str) -> dict[str, Any
   return {f"{what}{i}": item for i, item in enumerate(items)}
 
 
-def _with_miner(loss_fn, miner):
-  """``loss_fn`` taking the miner's weights (PML: the miner's indices_tuple)."""
+def with_miner(loss_fn: Callable[..., tuple[chex.Array, Any]],
+               miner: Callable[..., chex.Array]) -> Callable[..., tuple[chex.Array, Any]]:
+  """``loss_fn`` over the pairs / triplets ``miner`` selects in each batch (PML's
+  ``indices_tuple = miner(embeddings, labels); loss(embeddings, labels,
+  indices_tuple)``).
+
+  Args:
+    loss_fn: a loss taking ``pair_weights`` / ``triplet_weights``.
+    miner: ``(embeddings, labels) -> weights``, a miner of :mod:`tsm.miners`.
+
+  Returns:
+    ``(embeddings, labels, margin) -> (loss, stats)``.
+  """
   def mined(embeddings, labels, margin):
     weights = jax.lax.stop_gradient(miner(embeddings, labels))
     key = "triplet_weights" if weights.ndim == 3 else "pair_weights"
@@ -77,7 +88,7 @@ def multiple_losses(losses: Sequence[Any] | Mapping[str, Any], *,
     unknown = sorted(set(mined) - set(named))
     if unknown:
       raise ValueError(f"miners names {unknown}, not losses; use names of {sorted(named)}.")
-    named = {k: (_with_miner(v, mined[k]) if k in mined else v) for k, v in named.items()}
+    named = {k: (with_miner(v, mined[k]) if k in mined else v) for k, v in named.items()}
   first = next(iter(named))
   stats_from = first if stats_from is None else stats_from
   if stats_from not in named:
