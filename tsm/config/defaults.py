@@ -98,7 +98,7 @@ FIELD_HELP: dict[str, str] = {
     "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
     "loss.reduction": f"reduction: {', '.join(losses.REDUCTIONS)}",
     **{f"loss.{field}": loss_table.field_help(field) for field in loss_table.LOSS_OPTIONS
-       if field not in ("mining", "curriculum", "reduction")},
+       if field not in loss_table.GENERAL_HELP_FIELDS},
     **{f"loss.{field}": help_line
        for field, (_, help_line) in loss_table.WRAPPER_FIELDS.items()},
     "margin.schedule": f"margin schedule: {', '.join(margins.SCHEDULES)}",

@@ -89,6 +89,9 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "margin_from_schedule": LossField(False, bool),
 }
 
+# Options whose help line is written once in tsm.config.defaults (not per loss).
+GENERAL_HELP_FIELDS = ("mining", "curriculum", "reduction")
+
 # Wrappers every pair / triplet loss (``references=True``) takes (tsm.losses, tsm.miners).
 MINERS: dict[str, Callable[..., Any]] = {
     "multi_similarity": miners.multi_similarity_miner,
