@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tsm import config as config_lib
-from tsm import losses, miners
+from tsm import losses, miners, regularizers
 from tsm.config import loss_table
 
 
@@ -93,4 +93,26 @@ def test_bad_wrapper_fields_are_one_line_config_errors(changes, message):
   cfg = config_lib.default_config()
   cfg.loss.update(changes)
   with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.check_config(cfg)
+
+
+def test_regularizer_fields_add_the_regularizers():
+  cfg = config_lib.default_config()
+  cfg.loss.update(name="arcface", embedding_regularizer="lp", embedding_reg_weight=0.5,
+                  weight_regularizer="regular_face", weight_reg_weight=2.0)
+  config_lib.check_config(cfg)
+  built = config_lib.build_loss(cfg, num_classes=3)
+  base = losses.arcface(3)
+  v = built.init(jax.random.key(0), 4)
+  x, y = _batch(classes=3, seed=4)
+  value, stats, _ = built.apply(v.params, v.state, x, y, 0.2)
+  (w,) = jax.tree_util.tree_leaves(v.params)
+  want = (base.apply(v.params, v.state, x, y, 0.2)[0]
+          + 0.5 * regularizers.lp_regularizer(x)
+          + 2.0 * regularizers.regular_face_regularizer(w))
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  assert {"embedding_reg", "weight_reg"} <= set(stats)
+  cfg.loss.name = "triplet"
+  cfg.loss.margin_from_schedule = False
+  with pytest.raises(config_lib.ConfigError, match="applies to arcface, proxy_anchor"):
     config_lib.check_config(cfg)

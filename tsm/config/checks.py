@@ -170,7 +170,8 @@ def _check_loss(loss: ml_collections.ConfigDict,
 
 def _check_loss_wrappers(loss: ml_collections.ConfigDict,
                          t: ml_collections.ConfigDict) -> None:
-  """``loss.miner`` and ``loss.xbm_size``: pair / triplet losses, in-batch sampling."""
+  """``loss.miner`` and ``loss.xbm_size`` (pair / triplet losses, in-batch sampling),
+  and the regularizer fields."""
   _choice(loss.miner, "loss.miner", ("none",) + tuple(loss_table.MINERS))
   _int(loss.xbm_size, "loss.xbm_size", 0, "0 turns the cross-batch memory off")
   for field, on in (("miner", loss.miner != "none"), ("xbm_size", loss.xbm_size != 0)):
@@ -185,6 +186,19 @@ def _check_loss_wrappers(loss: ml_collections.ConfigDict,
     if t.sampling in ("triplets", "pairs"):
       raise ConfigError(f"loss.{field}={loss[field]!r} needs in-batch sampling (pk or "
                         f"random); train.sampling={t.sampling!r} gives explicit tuples.")
+  _choice(loss.embedding_regularizer, "loss.embedding_regularizer",
+          ("none",) + tuple(loss_table.EMBEDDING_REGULARIZERS))
+  _choice(loss.weight_regularizer, "loss.weight_regularizer",
+          ("none",) + tuple(loss_table.WEIGHT_REGULARIZERS))
+  for field in ("embedding_reg_weight", "weight_reg_weight"):
+    _number(loss[field], f"loss.{field}")
+  if "none" != loss.embedding_regularizer and loss.mining == "curriculum":
+    raise ConfigError("loss.embedding_regularizer does not apply to loss.mining="
+                      "curriculum (a loss per epoch); use a fixed loss.mining.")
+  with_weights = [n for n, e in loss_table.LOSS_TABLE.items() if e.class_weights]
+  if loss.weight_regularizer != "none" and loss.name not in with_weights:
+    raise ConfigError(f"loss.weight_regularizer={loss.weight_regularizer!r} applies to "
+                      f"{', '.join(with_weights)} only (loss.name={loss.name}).")
   batch = (t.classes_per_batch * t.samples_per_class if t.sampling == "pk"
            else t.batch_size)
   if loss.xbm_size and loss.xbm_size < batch:

@@ -28,7 +28,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
-from tsm import losses, miners
+from tsm import losses, miners, regularizers
 
 KINDS = ("margin", "plain", "class")
 
@@ -62,6 +62,8 @@ class LossEntry:
       the kind's generic builder (the triplet loss's curriculum and explicit tuples).
     references: ``fn`` takes ``ref_embeddings`` / ``pair_weights`` (PML's pair and
       triplet losses): ``loss.xbm_size`` and ``loss.miner`` apply.
+    class_weights: the built loss has one class matrix as its parameters:
+      ``loss.weight_regularizer`` applies.
   """
   name: str
   fn: Callable[..., Any]
@@ -70,6 +72,7 @@ class LossEntry:
   takes_distance: bool = False
   build: Callable[..., Any] | None = None
   references: bool = False
+  class_weights: bool = False
 
 
 # Options of the ``loss`` section besides ``name`` and ``distance``; None defaults take
@@ -102,11 +105,27 @@ MINERS: dict[str, Callable[..., Any]] = {
     "triplet_margin": miners.triplet_margin_miner,
     "angular": miners.angular_miner,
 }
+EMBEDDING_REGULARIZERS: dict[str, Callable[..., Any]] = {
+    "lp": regularizers.lp_regularizer,
+    "zero_mean": regularizers.zero_mean_regularizer,
+}
+WEIGHT_REGULARIZERS: dict[str, Callable[..., Any]] = {
+    "regular_face": regularizers.regular_face_regularizer,
+    "center_invariant": regularizers.center_invariant_regularizer,
+}
 WRAPPER_FIELDS: dict[str, tuple[Any, str]] = {
     "miner": ("none", "pair / triplet losses: a tsm.miners miner with PML's defaults: "
                       f"none, {', '.join(MINERS)} (needs loss.mining=all)"),
     "xbm_size": (0, "pair / triplet losses: cross-batch memory slots (PML's "
                     "CrossBatchMemory; 0: off; at least the batch size)"),
+    "embedding_regularizer": ("none", "every loss: regularizer of the embeddings added "
+                                      "to the loss (PML's): none, "
+                                      f"{', '.join(EMBEDDING_REGULARIZERS)}"),
+    "embedding_reg_weight": (1.0, "weight of loss.embedding_regularizer"),
+    "weight_regularizer": ("none", "losses with class weights (arcface, proxy_anchor): "
+                                   "regularizer of the class matrix (PML's): none, "
+                                   f"{', '.join(WEIGHT_REGULARIZERS)}"),
+    "weight_reg_weight": (1.0, "weight of loss.weight_regularizer"),
 }
 
 
@@ -149,10 +168,11 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
                "base": "similarity offset (None: 0.5)"}),
     LossEntry("arcface", losses.arcface, "class",
               {"loss_margin": "angular margin in radians (None: 28.6 degrees)",
-               "scale": "logit scale (None: 64)", "margin_from_schedule": _FROM_SCHEDULE}),
+               "scale": "logit scale (None: 64)", "margin_from_schedule": _FROM_SCHEDULE},
+              class_weights=True),
     LossEntry("proxy_anchor", losses.proxy_anchor, "class",
               {"loss_margin": "delta (None: 0.1)", "alpha": "alpha (None: 32)",
-               "margin_from_schedule": _FROM_SCHEDULE}),
+               "margin_from_schedule": _FROM_SCHEDULE}, class_weights=True),
     LossEntry("center_contrastive", losses.center_contrastive, "class",
               {"loss_margin": "cosine margin (None: 0)", "scale": "scale (None: 16)",
                "momentum": "momentum of the centre bank's moving average (None: 0.9)",
@@ -201,6 +221,12 @@ def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
       fn = _without_margin(fn)
   if entry.references and sampling not in ("triplets", "pairs"):
     fn = _wrapped(fn, loss)
+  if loss.embedding_regularizer != "none" or loss.weight_regularizer != "none":
+    fn = regularizers.regularized(
+        fn, embedding_regularizer=EMBEDDING_REGULARIZERS.get(loss.embedding_regularizer),
+        embedding_reg_weight=float(loss.embedding_reg_weight),
+        weight_regularizer=WEIGHT_REGULARIZERS.get(loss.weight_regularizer),
+        weight_reg_weight=float(loss.weight_reg_weight))
   return fn
 
 
