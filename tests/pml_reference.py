@@ -328,3 +328,17 @@ class CrossBatchMemory:
       return tuple([t[k] for k in keep] for t in tuples)
     return ([tuples[0][k] for k in keep], [tuples[1][k] for k in keep],
             list(tuples[2]), list(tuples[3]))
+
+
+def histogram_bins(values, num_bins):
+  """PML's ``UniformHistogramMiner`` bin of each value (``s <= v < e``, last bin closed)."""
+  values = np.asarray(values, np.float64)
+  edges = np.linspace(values.min(), values.max(), num_bins + 1)
+  out = np.empty(len(values), int)
+  for k, v in enumerate(values):
+    for i in range(num_bins):
+      last = i == num_bins - 1
+      if edges[i] <= v and (v <= edges[i + 1] if last else v < edges[i + 1]):
+        out[k] = i
+        break
+  return out

@@ -167,3 +167,21 @@ def test_weight_keywords_reject_bad_shapes():
     losses.triplet_margin_loss(x, y, 0.1, mining="hard", pair_weights=jnp.ones((5, 5)))
   with pytest.raises(ValueError, match="give both or neither"):
     losses.triplet_margin_loss(x, y, 0.1, ref_embeddings=x)
+
+
+def test_uniform_histogram_miner_draws_per_bin_as_pml():
+  x, y, _, _ = _data(b=12, seed=12)
+  d = ref.distances(x)
+  a1, p, a2, n = ref.all_pairs(y)
+  w = np.asarray(miners.uniform_histogram_miner(jax.random.key(3), x, y, num_bins=5,
+                                                pos_per_bin=4, neg_per_bin=6))
+  for a, o, per_bin in ((a1, p, 4), (a2, n, 6)):
+    bins = ref.histogram_bins([d[i, j] for i, j in zip(a, o)], 5)
+    drawn = np.array([w[i, j] for i, j in zip(a, o)])
+    for b in range(5):
+      # Each non-empty bin gives exactly per_bin draws, all among its own pairs.
+      assert drawn[bins == b].sum() == (per_bin if np.any(bins == b) else 0)
+  pairs = np.zeros((12, 12), bool)
+  pairs[a1, p] = True
+  pairs[a2, n] = True
+  assert np.all(w[~pairs] == 0)

@@ -377,3 +377,51 @@ def distance_weighted_miner(key: chex.PRNGKey, embeddings, labels, ref_embedding
   rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, m))
   return jnp.zeros((b, m, m), jnp.float32).at[rows, p_draw, n_draw].add(
       used.astype(jnp.float32))
+
+
+def _uniform_per_bin(key, dist, mask, num_bins, per_bin):
+  """``[B, M]`` counts: ``per_bin`` uniform draws (with replacement) among the ``mask``
+  pairs of each non-empty distance bin (PML's ``filter_by_bin``)."""
+  flat_d = dist.ravel()
+  flat_m = mask.ravel()
+  n = flat_d.size
+  lo = jnp.min(jnp.where(flat_m, flat_d, jnp.inf))
+  hi = jnp.max(jnp.where(flat_m, flat_d, -jnp.inf))
+  edges = jnp.linspace(lo, hi, num_bins + 1)
+  # Bin i holds edges[i] <= d < edges[i + 1]; the last bin also holds d == edges[-1].
+  bins = jnp.clip(jnp.searchsorted(edges, flat_d, side="right") - 1, 0, num_bins - 1)
+  bins = jnp.where(flat_m, bins, num_bins)                     # outside: after the bins
+  order = jnp.argsort(bins * n + jnp.arange(n), stable=True)
+  counts = jnp.bincount(bins, length=num_bins + 1)[:num_bins]
+  starts = jnp.cumsum(counts) - counts
+  r = jax.random.randint(key, (num_bins, per_bin), 0, jnp.maximum(counts, 1)[:, None])
+  picks = order[starts[:, None] + r]
+  used = jnp.broadcast_to((counts > 0)[:, None], picks.shape)
+  out = jnp.zeros((n,), jnp.float32).at[picks.ravel()].add(used.ravel().astype(jnp.float32))
+  return out.reshape(dist.shape)
+
+
+def uniform_histogram_miner(key: chex.PRNGKey, embeddings, labels, ref_embeddings=None,
+                            ref_labels=None, ref_valid=None, *, num_bins: int = 100,
+                            pos_per_bin: int = 10, neg_per_bin: int = 10,
+                            distance: str = "euclidean") -> chex.Array:
+  """PML's ``UniformHistogramMiner``: pairs spread evenly over the range of distances.
+
+  Positive and negative pairs separately: their distances' range ``[min, max]`` is cut
+  into ``num_bins`` equal bins and each non-empty bin gives ``pos_per_bin`` (or
+  ``neg_per_bin``) pairs drawn uniformly with replacement among its pairs.
+
+  Args:
+    key: PRNG key.
+
+  Returns:
+    ``[B, M]`` pair weights (counts of each drawn pair).
+  """
+  if num_bins < 1 or pos_per_bin < 0 or neg_per_bin < 0:
+    raise ValueError(f"num_bins must be >= 1 and the per-bin counts >= 0; got "
+                     f"{num_bins}, {pos_per_bin}, {neg_per_bin}.")
+  dist, pos, neg = _setup(embeddings, labels, ref_embeddings, ref_labels, distance,
+                          ref_valid)
+  kp, kn = jax.random.split(key)
+  return (_uniform_per_bin(kp, dist, pos, num_bins, pos_per_bin)
+          + _uniform_per_bin(kn, dist, neg, num_bins, neg_per_bin))
