@@ -1,7 +1,6 @@
 """Regularizers, reducers and the SNR / dot-product distances against numpy loops of
 PML's rules."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

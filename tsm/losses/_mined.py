@@ -71,6 +71,7 @@ def check_general_inputs(embeddings: Any, ref_embeddings: Any, ref_labels: Any,
                          ("triplet_weights", triplet_weights, (b, m, m))):
     if w is None:
       continue
+    _check_weights_dtype(name, w)
     if tuple(getattr(w, "shape", ())) != shape:
       raise ValueError(f"{name} must have shape {shape} ([queries, references"
                        f"{', references' if len(shape) == 3 else ''}]); got "
@@ -79,7 +80,8 @@ def check_general_inputs(embeddings: Any, ref_embeddings: Any, ref_labels: Any,
 
 
 def _pair_setup(embeddings, labels, valid, ref_embeddings, ref_labels, distance, dtype):
-  """``(x, r, dist, positive, negative, inputs)`` of the general path."""
+  """``(dist, positive, negative, inputs)`` of the general path; ``inputs`` are the
+  embedding arrays (padding rows zeroed) whose non-finite rows poison the loss."""
   rows = jnp.ones(labels.shape, bool) if valid is None else valid.astype(bool)
   x = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
   if ref_embeddings is None:
@@ -194,8 +196,8 @@ def contrastive_general(embeddings, labels, margin, *, distance, reduction,
                       weights=w)
 
 
-def check_weights_dtype(name: str, w: chex.Array | None) -> None:
+def _check_weights_dtype(name: str, w: chex.Array) -> None:
   """Weights must be numbers (bool masks count as 0/1)."""
-  if w is not None and not (jnp.issubdtype(w.dtype, jnp.floating)
+  if not (jnp.issubdtype(w.dtype, jnp.floating)
                             or jnp.issubdtype(w.dtype, jnp.integer) or w.dtype == bool):
     raise ValueError(f"{name} must be a float, integer or bool array; got {w.dtype}.")
