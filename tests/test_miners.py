@@ -185,3 +185,16 @@ def test_uniform_histogram_miner_draws_per_bin_as_pml():
   pairs[a1, p] = True
   pairs[a2, n] = True
   assert np.all(w[~pairs] == 0)
+
+
+def test_without_weights_the_exact_paths_run(monkeypatch):
+  from tsm.losses import _mined  # pylint: disable=import-outside-toplevel
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("the general path ran without weights or references")
+  monkeypatch.setattr(_mined, "triplet_general", refuse)
+  monkeypatch.setattr(_mined, "contrastive_general", refuse)
+  x, y, _, _ = _data(b=6)
+  for mining in ("all", "semihard", "batch_hard"):
+    losses.triplet_margin_loss(x, y, 0.2, mining=mining)
+  losses.contrastive_loss(x, y, 0.2)

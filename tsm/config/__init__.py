@@ -23,8 +23,8 @@ only the ones before it:
 
 A package rather than sibling ``tsm/config_*.py`` modules: ``from tsm import config``
 stays the one entry point (configs, the CLI and the studies use ``config.X``), and this
-module re-exports every public name of the four, so a caller never needs to know which
-job a name belongs to.
+module re-exports every public name of the last four (and ``loss_table`` itself), so a
+caller never needs to know which job a name belongs to.
 """
 
 from tsm import _extras
@@ -38,6 +38,7 @@ from tsm.config.builders import (best_metric_key, build_evaluators, build_loss,
                                  build_schedule, build_trunk, data_spec, load_data,
                                  load_pixels, model_label, schedule_length,
                                  uses_feature_cache)
+from tsm.config import loss_table
 from tsm.config.checks import ConfigError, check_config, check_config_with_data
 from tsm.config.defaults import (CLASS_LOSSES, FIELD_HELP, LOSS_FIELDS, LOSSES,
                                  MARGIN_UPDATES, MINIMISED_METRICS, NONFINITE,
@@ -56,7 +57,7 @@ __all__ = [
     "best_metric_key", "build_evaluators", "build_loss", "build_model", "build_optimizer",
     "build_sampler", "build_schedule", "build_trunk", "check_config",
     "check_config_with_data", "check_same_run", "data_spec", "default_config",
-    "describe_fields", "load_data", "load_pixels", "model_label", "prepare",
+    "describe_fields", "load_data", "load_pixels", "loss_table", "model_label", "prepare",
     "read_run_config", "schedule_length", "to_json", "train_and_evaluate",
     "uses_feature_cache",
 ]
