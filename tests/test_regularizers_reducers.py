@@ -95,7 +95,8 @@ def test_reducers_match_pml():
   assert float(reducers.threshold_reduce(l, m, low=5.0)) == 0.0
   labels = np.arange(5)[:, None] % 3
   cw = np.array([0.5, 2.0, 1.0], np.float32)
-  want = np.mean([l[i, j] * cw[labels[i, 0]] for i in range(5) for j in range(6) if m[i, j]])
+  want = np.mean([l[i, j] * cw[labels[i, 0]] for i in range(5) for j in range(6)
+                  if m[i, j]])
   np.testing.assert_allclose(reducers.class_weighted_reduce(l, labels, cw, m), want,
                              rtol=1e-6)
   rows = [l[i][m[i]].mean() if m[i].any() else 0.0 for i in range(5)]

@@ -45,9 +45,9 @@ Families live in private modules and are re-exported here (optax's layout):
 ``_triplet`` (triplet margin losses), ``_contrastive`` (contrastive losses),
 ``_explicit`` (the triplet / contrastive losses over explicit tuples in a batch),
 ``_mined`` (the triplet / contrastive losses over a reference set and mined pair /
-triplet weights, :mod:`tsm.miners`), ``_xbm`` (the cross-batch memory wrapper), ``_wrappers`` (weighted sums of losses, the
-self-supervised two-view form),
-``_schedule`` (losses that change with the epoch: the :class:`EpochLoss` protocol,
+triplet weights, :mod:`tsm.miners`), ``_xbm`` (the cross-batch memory wrapper),
+``_wrappers`` (weighted sums of losses, the self-supervised two-view form, a loss with a
+miner), ``_schedule`` (losses that change with the epoch: the :class:`EpochLoss` protocol,
 ``for_epoch(epoch) -> loss_fn``, and paper A's :class:`MiningCurriculum`) and ``_base``
 (reductions, the statistics contract, :class:`ParametricLoss`).
 

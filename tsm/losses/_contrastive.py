@@ -135,8 +135,9 @@ def contrastive_loss(
       loss, or ``"sum"``.
     positive_margin: scalar ``m_pos``: positive pairs closer than this cost nothing.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
-    ref_embeddings: optional ``[M, D]`` reference set (a second view, or a cross-batch
-      memory, whose rows carry no gradient): the pairs are (batch row, reference row), all ordered pairs.
+    ref_embeddings: optional ``[M, D]`` reference set (a second view, differentiated
+      like the batch; a cross-batch memory's rows hold no gradient):
+      the pairs are (batch row, reference row), all ordered pairs.
     ref_labels: ``[M]`` labels of ``ref_embeddings``.
     pair_weights: optional ``[B, M]`` mined pairs (multiplicities; :mod:`tsm.miners`).
     triplet_weights: optional ``[B, M, M]`` mined triplets, taken as their pairs.

@@ -234,8 +234,9 @@ def triplet_margin_loss(
     mining: one of :data:`MINING`.
     reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
-    ref_embeddings: optional ``[M, D]`` reference set (a second view, or a cross-batch
-      memory, whose rows carry no gradient): anchors are the batch rows, positives and negatives the reference rows.
+    ref_embeddings: optional ``[M, D]`` reference set (a second view, differentiated
+      like the batch; a cross-batch memory's rows hold no gradient):
+      anchors are the batch rows, positives and negatives the reference rows.
     ref_labels: ``[M]`` labels of ``ref_embeddings``.
     pair_weights: optional ``[B, M]`` mined pairs (a miner of :mod:`tsm.miners`); the
       triplets are those with both pairs mined (PML's ``convert_to_triplets``).
