@@ -166,6 +166,36 @@ _PAIRWISE: dict[str, Callable[..., chex.Array]] = {
 }
 
 
+def pairwise_dot_product(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
+  """PML's ``DotProductSimilarity`` as a distance: ``-x.y`` (smaller is closer).
+
+  A similarity, not a metric (negative, no zero diagonal): a function for miners and
+  custom losses, not a ``distance=`` name of tsm's losses, whose exact paths assume a
+  non-negative distance with a zero diagonal.
+  """
+  y = _check_pair(x, y)
+  return -(x @ y.T)
+
+
+def pairwise_snr(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
+  """PML's ``SNRDistance``: ``var(x_i - y_j) / var(x_i)`` (variances over the
+  features, unbiased as ``torch.var``).
+
+  Not symmetric, and infinite for a constant query row (zero variance), as PML's: a
+  function for miners and custom losses, not a ``distance=`` name of tsm's losses.
+  """
+  y = _check_pair(x, y)
+  d = x.shape[-1]
+  xc = x - jnp.mean(x, axis=1, keepdims=True)
+  yc = y - jnp.mean(y, axis=1, keepdims=True)
+  # var(x - y) * (d - 1) = |xc|^2 + |yc|^2 - 2 xc.yc (centred rows), from Gram matrices.
+  sq = (jnp.sum(xc * xc, axis=1)[:, None] + jnp.sum(yc * yc, axis=1)[None, :]
+        - 2 * xc @ yc.T)
+  var_diff = jnp.maximum(sq, 0.0) / (d - 1)
+  var_x = jnp.sum(xc * xc, axis=1) / (d - 1)
+  return var_diff / var_x[:, None]
+
+
 def check_distance(distance: str) -> None:
   """Raises a one-line ValueError unless ``distance`` is a known distance name."""
   if distance not in _PAIRWISE:

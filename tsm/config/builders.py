@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 
-from tsm import evaluation, losses, margins, models
+from tsm import evaluation, margins, models
 from tsm import train as train_lib
-from tsm.config.defaults import CLASS_LOSSES, LOSS_FIELDS, MINIMISED_METRICS
+from tsm.config import loss_table
+from tsm.config.defaults import MINIMISED_METRICS
 from tsm.data import datasets as datasets_lib
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
@@ -110,45 +111,11 @@ def build_loss(cfg: ml_collections.ConfigDict, num_classes: int | None = None) -
   """The loss of the ``loss`` section: ``(embeddings, labels, margin) -> (loss, stats)``
   in the batch layout of ``train.sampling`` (explicit triplets / pairs for paper B's
   samplers), or a ``tsm.losses.ParametricLoss`` for the losses with class vectors or a
-  centre bank (they need ``num_classes``). Losses without a margin ignore the schedule's.
+  centre bank (they need ``num_classes``), or a cross-batch memory (``loss.xbm_size``).
+  Losses without a margin ignore the schedule's. Built from the entry of ``loss.name``
+  in :data:`tsm.config.loss_table.LOSS_TABLE`.
   """
-  loss, sampling = cfg.loss, cfg.train.sampling
-  given = {f: loss[f] for f in LOSS_FIELDS[loss.name] if loss[f] is not None}
-  if "loss_margin" in given:
-    given["margin"] = given.pop("loss_margin")
-  if loss.name == "triplet":
-    if sampling == "triplets":
-      return losses.explicit_triplets_loss(distance=loss.distance,
-                                           reduction=loss.reduction)
-    if loss.mining == "curriculum":
-      return losses.MiningCurriculum(tuple(loss.curriculum), loss.distance,
-                                     loss.reduction)
-    return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
-                             mining=loss.mining, reduction=loss.reduction)
-  if loss.name == "contrastive":
-    if sampling == "pairs":
-      return losses.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
-                                        positive_margin=loss.positive_margin)
-    return functools.partial(losses.contrastive_loss, distance=loss.distance,
-                             reduction=loss.reduction, positive_margin=loss.positive_margin)
-  if loss.name in CLASS_LOSSES:
-    if num_classes is None:
-      raise ValueError(f"loss.name={loss.name} needs the number of classes.")
-    constructor = {"arcface": losses.arcface, "proxy_anchor": losses.proxy_anchor,
-                   "center_contrastive": losses.center_contrastive}[loss.name]
-    return constructor(int(num_classes), **given)
-  fn = {"npair": losses.npair_loss, "ntxent": losses.ntxent_loss,
-        "supcon": losses.supcon_loss,
-        "multi_similarity": losses.multi_similarity_loss}[loss.name]
-  return _without_margin(functools.partial(fn, **given))
-
-
-def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """``fn(embeddings, labels)`` as a loss of the train step (the margin is unused)."""
-  def loss_fn(embeddings, labels, margin):
-    del margin
-    return fn(embeddings, labels)
-  return loss_fn
+  return loss_table.build(cfg.loss, cfg.train.sampling, num_classes)
 
 
 def schedule_length(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

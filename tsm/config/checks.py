@@ -23,9 +23,11 @@ import numpy as np
 
 from tsm import distances, losses, margins, models
 from tsm import train as train_lib
+from tsm.config import loss_table
 from tsm.config.builders import _model_kwargs, data_spec, schedule_arguments
 from tsm.config.defaults import (LOSS_FIELDS, LOSSES, MARGIN_UPDATES, NONFINITE,
-                                 PAIR_PROTOCOLS, RANKING_METRICS, default_config)
+                                 PAIR_PROTOCOLS, RANKING_METRICS, REFERENCE_LOSSES,
+                                 default_config)
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
 
@@ -120,6 +122,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _check_trunk(cfg)
   _check_loss(cfg.loss, defaults.loss)
   _check_train(cfg.train, cfg.loss.name)
+  _check_loss_wrappers(cfg.loss, cfg.train)
   _check_margin(cfg.margin, cfg)
   _check_eval(cfg.eval, cfg.train.best_metric)
   _check_checkpoint(cfg.checkpoint)
@@ -147,8 +150,9 @@ def _check_loss(loss: ml_collections.ConfigDict,
   elif curriculum:
     raise ConfigError(f"loss.curriculum={curriculum!r} applies to loss.mining=curriculum "
                       "only; leave it ().")
-  for field in ("mining", "reduction", "positive_margin", "temperature", "alpha", "beta",
-                "base", "scale", "loss_margin", "momentum", "margin_from_schedule"):
+  for field in loss_table.LOSS_OPTIONS:
+    if field == "curriculum":   # checked with loss.mining above
+      continue
     if field not in takes and loss[field] != defaults[field]:
       users = [name for name, fields in LOSS_FIELDS.items() if field in fields]
       raise ConfigError(f"loss.{field}={loss[field]!r} does not apply to loss.name="
@@ -162,6 +166,44 @@ def _check_loss(loss: ml_collections.ConfigDict,
                                         and 0.0 <= loss.momentum < 1.0):
     raise ConfigError(f"loss.momentum={loss.momentum!r} must be in [0, 1); e.g. 0.9.")
   _bool(loss.margin_from_schedule, "loss.margin_from_schedule")
+
+
+def _check_loss_wrappers(loss: ml_collections.ConfigDict,
+                         t: ml_collections.ConfigDict) -> None:
+  """``loss.miner`` and ``loss.xbm_size`` (pair / triplet losses, in-batch sampling),
+  and the regularizer fields."""
+  _choice(loss.miner, "loss.miner", ("none",) + tuple(loss_table.MINERS))
+  _int(loss.xbm_size, "loss.xbm_size", 0, "0 turns the cross-batch memory off")
+  for field, on in (("miner", loss.miner != "none"), ("xbm_size", loss.xbm_size != 0)):
+    if not on:
+      continue
+    if loss.name not in REFERENCE_LOSSES:
+      raise ConfigError(f"loss.{field}={loss[field]!r} applies to "
+                        f"{', '.join(REFERENCE_LOSSES)} only (loss.name={loss.name}).")
+    if loss.mining != "all":
+      raise ConfigError(f"loss.{field}={loss[field]!r} needs loss.mining=all (got "
+                        f"{loss.mining!r}); the miner does the mining.")
+    if t.sampling in ("triplets", "pairs"):
+      raise ConfigError(f"loss.{field}={loss[field]!r} needs in-batch sampling (pk or "
+                        f"random); train.sampling={t.sampling!r} gives explicit tuples.")
+  _choice(loss.embedding_regularizer, "loss.embedding_regularizer",
+          ("none",) + tuple(loss_table.EMBEDDING_REGULARIZERS))
+  _choice(loss.weight_regularizer, "loss.weight_regularizer",
+          ("none",) + tuple(loss_table.WEIGHT_REGULARIZERS))
+  for field in ("embedding_reg_weight", "weight_reg_weight"):
+    _number(loss[field], f"loss.{field}")
+  if "none" != loss.embedding_regularizer and loss.mining == "curriculum":
+    raise ConfigError("loss.embedding_regularizer does not apply to loss.mining="
+                      "curriculum (a loss per epoch); use a fixed loss.mining.")
+  with_weights = [n for n, e in loss_table.LOSS_TABLE.items() if e.class_weights]
+  if loss.weight_regularizer != "none" and loss.name not in with_weights:
+    raise ConfigError(f"loss.weight_regularizer={loss.weight_regularizer!r} applies to "
+                      f"{', '.join(with_weights)} only (loss.name={loss.name}).")
+  batch = (t.classes_per_batch * t.samples_per_class if t.sampling == "pk"
+           else t.batch_size)
+  if loss.xbm_size and loss.xbm_size < batch:
+    raise ConfigError(f"loss.xbm_size={loss.xbm_size} is below the batch size {batch}; "
+                      f"use loss.xbm_size >= {batch}.")
 
 
 def _check_train(t: ml_collections.ConfigDict, loss_name: str) -> None:

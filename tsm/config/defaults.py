@@ -19,27 +19,20 @@ from ml_collections import config_dict
 
 from tsm import distances, losses, margins, models
 from tsm import train as train_lib
+from tsm.config import loss_table
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
 
 
-LOSSES = ("triplet", "contrastive", "npair", "ntxent", "supcon", "multi_similarity",
-          "arcface", "proxy_anchor", "center_contrastive")
-# The ``loss`` fields each loss takes (besides ``name`` and ``distance``); a field left
-# None takes the loss's own default (pytorch-metric-learning's, see tsm.losses).
-LOSS_FIELDS = {
-    "triplet": ("mining", "curriculum", "reduction"),
-    "contrastive": ("reduction", "positive_margin"),
-    "npair": (),
-    "ntxent": ("temperature",),
-    "supcon": ("temperature",),
-    "multi_similarity": ("alpha", "beta", "base"),
-    "arcface": ("loss_margin", "scale", "margin_from_schedule"),
-    "proxy_anchor": ("loss_margin", "alpha", "margin_from_schedule"),
-    "center_contrastive": ("loss_margin", "scale", "momentum", "margin_from_schedule"),
-}
+# The losses a config can name and the ``loss`` fields each takes (besides ``name`` and
+# ``distance``), from the table of losses (tsm.config.loss_table: adding a loss is one
+# entry there); a field left None takes the loss's own default.
+LOSSES = tuple(loss_table.LOSS_TABLE)
+LOSS_FIELDS = {name: tuple(e.fields) for name, e in loss_table.LOSS_TABLE.items()}
 # Losses with trainable class vectors or a centre bank: built with the number of classes.
-CLASS_LOSSES = ("arcface", "proxy_anchor", "center_contrastive")
+CLASS_LOSSES = tuple(n for n, e in loss_table.LOSS_TABLE.items() if e.kind == "class")
+# Losses that take a reference set and mined weights: loss.miner and loss.xbm_size apply.
+REFERENCE_LOSSES = tuple(n for n, e in loss_table.LOSS_TABLE.items() if e.references)
 SAMPLINGS = samplers_lib.SAMPLINGS
 MARGIN_UPDATES = ("epoch", "step")
 NONFINITE = ("stop", "skip")
@@ -104,20 +97,10 @@ FIELD_HELP: dict[str, str] = {
                        "epochs < a, all triplets for epochs < b, hard after (0-based)",
     "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
     "loss.reduction": f"reduction: {', '.join(losses.REDUCTIONS)}",
-    "loss.positive_margin": "contrastive: positive margin (0: paper B's y d^2)",
-    "loss.temperature": "ntxent / supcon: softmax temperature (None: 0.07 / 0.1)",
-    "loss.alpha": "multi_similarity: positive scale (None: 2); proxy_anchor: alpha "
-                  "(None: 32)",
-    "loss.beta": "multi_similarity: negative scale (None: 50)",
-    "loss.base": "multi_similarity: similarity offset (None: 0.5)",
-    "loss.scale": "arcface: logit scale (None: 64); center_contrastive: scale (None: 16)",
-    "loss.loss_margin": "arcface: angular margin in radians (None: 28.6 degrees); "
-                        "proxy_anchor: delta (None: 0.1); center_contrastive: cosine "
-                        "margin (None: 0)",
-    "loss.momentum": "center_contrastive: momentum of the centre bank's moving average "
-                     "(None: 0.9)",
-    "loss.margin_from_schedule": "arcface / proxy_anchor / center_contrastive: use the "
-                                 "margin schedule's margin as the loss's margin",
+    **{f"loss.{field}": loss_table.field_help(field) for field in loss_table.LOSS_OPTIONS
+       if field not in loss_table.GENERAL_HELP_FIELDS},
+    **{f"loss.{field}": help_line
+       for field, (_, help_line) in loss_table.WRAPPER_FIELDS.items()},
     "margin.schedule": f"margin schedule: {', '.join(margins.SCHEDULES)}",
     "margin.initial_margin": "margin of the first epoch",
     "margin.final_margin": "linear / exponential: margin of the last epoch",
@@ -196,17 +179,10 @@ def default_config() -> ml_collections.ConfigDict:
            cache_dir=None),
       {"hidden_sizes": tuple, "conv_features": tuple, "pretrained_path": str,
        "cache_dir": str})
-  cfg.loss = {"name": "triplet", "mining": "all", "curriculum": (),
-              "distance": "euclidean",
-              "reduction": "mean", "positive_margin": 0.0,
-              "temperature": config_dict.placeholder(float),
-              "alpha": config_dict.placeholder(float),
-              "beta": config_dict.placeholder(float),
-              "base": config_dict.placeholder(float),
-              "scale": config_dict.placeholder(float),
-              "loss_margin": config_dict.placeholder(float),
-              "momentum": config_dict.placeholder(float),
-              "margin_from_schedule": False}
+  cfg.loss = {"name": "triplet", "distance": "euclidean",
+              **{k: config_dict.placeholder(f.type) if f.default is None else f.default
+                 for k, f in loss_table.LOSS_OPTIONS.items()},
+              **{k: default for k, (default, _) in loss_table.WRAPPER_FIELDS.items()}}
   cfg.margin = {
       "schedule": "constant", "initial_margin": 0.2, "final_margin": 1.0,
       "threshold": 0.95, "increment": 0.05,

@@ -44,7 +44,10 @@ References:
 Families live in private modules and are re-exported here (optax's layout):
 ``_triplet`` (triplet margin losses), ``_contrastive`` (contrastive losses),
 ``_explicit`` (the triplet / contrastive losses over explicit tuples in a batch),
-``_schedule`` (losses that change with the epoch: the :class:`EpochLoss` protocol,
+``_mined`` (the triplet / contrastive losses over a reference set and mined pair /
+triplet weights, :mod:`tsm.miners`), ``_xbm`` (the cross-batch memory wrapper),
+``_wrappers`` (weighted sums of losses, the self-supervised two-view form, a loss with a
+miner), ``_schedule`` (losses that change with the epoch: the :class:`EpochLoss` protocol,
 ``for_epoch(epoch) -> loss_fn``, and paper A's :class:`MiningCurriculum`) and ``_base``
 (reductions, the statistics contract, :class:`ParametricLoss`).
 
@@ -64,6 +67,8 @@ from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
 from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
+from tsm.losses._wrappers import multiple_losses, self_supervised_loss, with_miner
+from tsm.losses._xbm import MemoryState, cross_batch_memory, enqueue, init_memory
 from tsm.losses._triplet import (MINING, TripletStats, check_mining, curriculum_mining,
                                  triplet_margin_loss, triplet_margin_loss_from_triplets)
 
@@ -79,6 +84,8 @@ __all__ += [
     "npair_loss", "ntxent_loss",
     "proxy_anchor", "proxy_anchor_loss", "supcon_loss", "update_centers",
 ]
+__all__ += ["MemoryState", "cross_batch_memory", "enqueue", "init_memory",
+            "multiple_losses", "self_supervised_loss", "with_miner"]
 __all__ += [
     "EpochLoss", "MiningCurriculum", "check_curriculum", "explicit_pairs_loss",
     "explicit_triplets_loss",

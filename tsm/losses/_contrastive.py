@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from tsm import mining as mining_lib
+from tsm.losses import _mined
 from tsm.distances import check_distance, paired_distances, pairwise_distances
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
                               check_inputs, check_pair_labels, check_reduction,
@@ -55,11 +56,14 @@ class PairStats(NamedTuple):
     return self.num_pairs - self.num_active
 
 
-def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs):
+def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs,
+                 weights=None):
   """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``.
 
   ``inputs``: the embedding arrays ``dist`` was computed from, with padding rows zeroed
-  (for NaN in, NaN out).
+  (for NaN in, NaN out). ``weights``: optional multiplicity of each pair (mined pairs,
+  :mod:`tsm.losses._mined`); the reduction weighs each term by it, the counts in the
+  stats count the pairs once.
   """
   margin = jnp.asarray(margin, dist.dtype)
   positive_margin = jnp.asarray(positive_margin, dist.dtype)
@@ -80,8 +84,14 @@ def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs):
       num_negative_active=mining_lib.count_sum(
           mask & ~same & (jax.lax.stop_gradient(losses) > 0)),
   )
-  total = jnp.sum(jnp.where(mask, losses, 0.0))
-  loss = _reduce(total, num_pairs, num_active, reduction)
+  if weights is None:
+    total = jnp.sum(jnp.where(mask, losses, 0.0))
+    loss = _reduce(total, num_pairs, num_active, reduction)
+  else:
+    w = jnp.where(mask, weights, 0.0)
+    total = jnp.sum(w * losses)
+    loss = _reduce(total, jnp.sum(w), jnp.sum(jnp.where(
+        jax.lax.stop_gradient(losses) > 0, w, 0.0)), reduction)
   bad = (jnp.any(jnp.stack([jnp.any(_nonfinite_rows(x)) for x in inputs]))
          | jnp.any(~jnp.isfinite(sdist) & mask)
          | ~jnp.isfinite(margin) | ~jnp.isfinite(positive_margin))
@@ -98,6 +108,10 @@ def contrastive_loss(
     reduction: str = "mean",
     positive_margin: chex.Numeric = 0.0,
     valid: chex.Array | None = None,
+    ref_embeddings: chex.Array | None = None,
+    ref_labels: chex.Array | None = None,
+    pair_weights: chex.Array | None = None,
+    triplet_weights: chex.Array | None = None,
 ) -> tuple[chex.Array, PairStats]:
   """Contrastive loss over all pairs ``i < j`` of a labelled batch.
 
@@ -121,6 +135,16 @@ def contrastive_loss(
       loss, or ``"sum"``.
     positive_margin: scalar ``m_pos``: positive pairs closer than this cost nothing.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+    ref_embeddings: optional ``[M, D]`` reference set (a second view, differentiated
+      like the batch; a cross-batch memory's rows hold no gradient):
+      the pairs are (batch row, reference row), all ordered pairs.
+    ref_labels: ``[M]`` labels of ``ref_embeddings``.
+    pair_weights: optional ``[B, M]`` mined pairs (multiplicities; :mod:`tsm.miners`).
+    triplet_weights: optional ``[B, M, M]`` mined triplets, taken as their pairs.
+
+  With any of the last four the pairs are the ordered (query, reference) pairs of
+  :mod:`tsm.losses._mined` (with neither reference set nor weights: all pairs ``i < j``);
+  the mean over ordered pairs equals the mean over ``i < j``.
 
   Returns:
     ``(loss, stats)`` with :class:`PairStats`.
@@ -137,6 +161,13 @@ def contrastive_loss(
   check_inputs(embeddings, margin=positive_margin, margin_name="positive_margin")
   check_valid(valid, embeddings.shape[0])
   chex.assert_rank([embeddings, labels], [2, 1])
+  if _mined.uses_general_path(ref_embeddings, ref_labels, pair_weights, triplet_weights):
+    _mined.check_general_inputs(embeddings, ref_embeddings, ref_labels, pair_weights,
+                                triplet_weights)
+    return _mined.contrastive_general(
+        embeddings, labels, margin, distance=distance, reduction=reduction,
+        positive_margin=positive_margin, valid=valid, ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels, pair_weights=pair_weights, triplet_weights=triplet_weights)
   dtype = _float_dtype(embeddings)
   b = labels.shape[0]
   rows = jnp.ones((b,), bool) if valid is None else valid.astype(bool)

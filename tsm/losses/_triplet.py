@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from tsm import mining as mining_lib
+from tsm.losses import _mined
 from tsm.distances import check_distance, paired_distances, pairwise_distances
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
                               check_inputs, check_reduction, check_tuple_inputs,
@@ -191,6 +192,10 @@ def triplet_margin_loss(
     mining: str = "all",
     reduction: str = "mean",
     valid: chex.Array | None = None,
+    ref_embeddings: chex.Array | None = None,
+    ref_labels: chex.Array | None = None,
+    pair_weights: chex.Array | None = None,
+    triplet_weights: chex.Array | None = None,
 ) -> tuple[chex.Array, TripletStats]:
   """Triplet margin loss ``max(0, d(a,p) - d(a,n) + margin)`` over a labelled batch.
 
@@ -229,10 +234,22 @@ def triplet_margin_loss(
     mining: one of :data:`MINING`.
     reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+    ref_embeddings: optional ``[M, D]`` reference set (a second view, differentiated
+      like the batch; a cross-batch memory's rows hold no gradient):
+      anchors are the batch rows, positives and negatives the reference rows.
+    ref_labels: ``[M]`` labels of ``ref_embeddings``.
+    pair_weights: optional ``[B, M]`` mined pairs (a miner of :mod:`tsm.miners`); the
+      triplets are those with both pairs mined (PML's ``convert_to_triplets``).
+    triplet_weights: optional ``[B, M, M]`` mined triplets (a triplet miner).
+
+  With any of the last four the loss is the general path of
+  :mod:`tsm.losses._mined` (dense over the mined triplets, ``mining="all"`` only: the
+  miner does the mining); without them, the exact in-batch paths above.
 
   Returns:
     ``(loss, stats)``: scalar loss and :class:`TripletStats` (type counts over all valid
-    triplets at this margin, whatever the mining mode).
+    triplets at this margin, whatever the mining mode; on the general path, over the
+    mined triplets).
 
   Raises:
     ValueError: (before tracing) on an unknown name or malformed input.
@@ -250,6 +267,17 @@ def triplet_margin_loss(
   chex.assert_rank([embeddings, labels], [2, 1])
   if valid is not None:
     valid = valid.astype(bool)
+  if _mined.uses_general_path(ref_embeddings, ref_labels, pair_weights, triplet_weights):
+    _mined.check_general_inputs(embeddings, ref_embeddings, ref_labels, pair_weights,
+                                triplet_weights)
+    if mining != "all":
+      raise ValueError(f"mining={mining!r} is an in-batch mode; with ref_embeddings / "
+                       "pair_weights / triplet_weights use mining='all' and mine with a "
+                       "tsm.miners function.")
+    return _mined.triplet_general(
+        embeddings, labels, margin, distance=distance, reduction=reduction, valid=valid,
+        ref_embeddings=ref_embeddings, ref_labels=ref_labels, pair_weights=pair_weights,
+        triplet_weights=triplet_weights)
 
   dtype = _float_dtype(embeddings)
   rows = jnp.ones(labels.shape, bool) if valid is None else valid

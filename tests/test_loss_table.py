@@ -1,0 +1,118 @@
+"""The config's table of losses: every entry builds and runs; miner / XBM fields."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tsm import config as config_lib
+from tsm import losses, miners, regularizers
+from tsm.config import loss_table
+
+
+def _batch(b=8, d=4, classes=2, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(b, d)).astype(np.float32)
+  return (jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True)),
+          jnp.asarray(np.arange(b) % classes, jnp.int32))
+
+
+@pytest.mark.parametrize("name", config_lib.LOSSES)
+def test_every_registered_loss_builds_checks_and_runs(name):
+  cfg = config_lib.default_config()
+  cfg.loss.name = name
+  config_lib.check_config(cfg)
+  loss = losses.as_parametric(config_lib.build_loss(cfg, num_classes=2))
+  x, y = _batch()
+  v = loss.init(jax.random.key(0), 4)
+  value, stats, _ = loss.apply(v.params, v.state, x, y, 0.2)
+  assert np.isfinite(float(value))
+  assert set(losses.common_stats(stats)) == {"num_total", "num_active", "num_easy"}
+  entry = loss_table.LOSS_TABLE[name]
+  for field, meaning in entry.fields.items():
+    if field in loss_table.GENERAL_HELP_FIELDS:
+      continue
+    assert f"{name}: {meaning}" in config_lib.FIELD_HELP[f"loss.{field}"]
+
+
+def test_table_kinds_and_fields_are_checked():
+  bad = {"x": loss_table.LossEntry("x", losses.npair_loss, "weird")}
+  with pytest.raises(ValueError, match="kind='weird'"):
+    loss_table.check_table(bad)
+  bad = {"x": loss_table.LossEntry("x", losses.npair_loss, "plain", {"gamma": "?"})}
+  with pytest.raises(ValueError, match="not in LOSS_OPTIONS"):
+    loss_table.check_table(bad)
+
+
+def test_a_plain_entry_passes_its_fields_and_drops_the_margin():
+  cfg = config_lib.default_config()
+  cfg.loss.name, cfg.loss.temperature = "ntxent", 0.5
+  x, y = _batch(seed=1)
+  got = config_lib.build_loss(cfg)(x, y, 123.0)[0]
+  np.testing.assert_allclose(got, losses.ntxent_loss(x, y, temperature=0.5)[0])
+
+
+@pytest.mark.parametrize("loss_name", ["triplet", "contrastive"])
+def test_miner_field_applies_the_miner(loss_name):
+  cfg = config_lib.default_config()
+  cfg.loss.name, cfg.loss.miner = loss_name, "multi_similarity"
+  config_lib.check_config(cfg)
+  x, y = _batch(seed=2)
+  fn = losses.triplet_margin_loss if loss_name == "triplet" else losses.contrastive_loss
+  want = fn(x, y, 0.3, pair_weights=miners.multi_similarity_miner(x, y))[0]
+  np.testing.assert_allclose(config_lib.build_loss(cfg)(x, y, 0.3)[0], want, rtol=1e-6)
+
+
+def test_xbm_field_is_the_cross_batch_memory():
+  cfg = config_lib.default_config()
+  cfg.loss.xbm_size, cfg.train.classes_per_batch, cfg.train.samples_per_class = 12, 2, 4
+  config_lib.check_config(cfg)
+  built = config_lib.build_loss(cfg)
+  direct = losses.cross_batch_memory(
+      functools.partial(losses.triplet_margin_loss, distance="euclidean", mining="all",
+                        reduction="mean"), 12)
+  s1 = built.init(jax.random.key(0), 4).state
+  s2 = direct.init(jax.random.key(0), 4).state
+  for seed in range(3):
+    x, y = _batch(seed=seed)
+    a, _, s1 = built.apply({}, s1, x, y, 0.2)
+    b, _, s2 = direct.apply({}, s2, x, y, 0.2)
+    assert float(a) == float(b)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"name": "ntxent", "miner": "hdc"}, "applies to triplet, contrastive only"),
+    ({"xbm_size": 4}, "below the batch size 32"),
+    ({"mining": "semihard", "miner": "hdc"}, "needs loss.mining=all"),
+    ({"miner": "hardest"}, "loss.miner='hardest' is unknown"),
+    ({"xbm_size": -1}, "loss.xbm_size=-1 must be an integer >= 0"),
+])
+def test_bad_wrapper_fields_are_one_line_config_errors(changes, message):
+  cfg = config_lib.default_config()
+  cfg.loss.update(changes)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.check_config(cfg)
+
+
+def test_regularizer_fields_add_the_regularizers():
+  cfg = config_lib.default_config()
+  cfg.loss.update(name="arcface", embedding_regularizer="lp", embedding_reg_weight=0.5,
+                  weight_regularizer="regular_face", weight_reg_weight=2.0)
+  config_lib.check_config(cfg)
+  built = config_lib.build_loss(cfg, num_classes=3)
+  base = losses.arcface(3)
+  v = built.init(jax.random.key(0), 4)
+  x, y = _batch(classes=3, seed=4)
+  value, stats, _ = built.apply(v.params, v.state, x, y, 0.2)
+  (w,) = jax.tree_util.tree_leaves(v.params)
+  want = (base.apply(v.params, v.state, x, y, 0.2)[0]
+          + 0.5 * regularizers.lp_regularizer(x)
+          + 2.0 * regularizers.regular_face_regularizer(w))
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  assert {"embedding_reg", "weight_reg"} <= set(stats)
+  cfg.loss.name = "triplet"
+  cfg.loss.margin_from_schedule = False
+  with pytest.raises(config_lib.ConfigError, match="applies to arcface, proxy_anchor"):
+    config_lib.check_config(cfg)

@@ -1,0 +1,246 @@
+"""The config's table of losses: one entry per ``loss.name``, and the ``loss`` fields.
+
+Adding a loss to the command line and the studies is one :class:`LossEntry` in
+:data:`LOSS_TABLE` (and, for a new option, one :class:`LossField` in
+:data:`LOSS_OPTIONS`); :mod:`tsm.config.defaults` derives ``LOSSES``, ``LOSS_FIELDS``,
+the defaults and the help lines from it, :func:`tsm.config.builders.build_loss` builds
+from it, and the loss zoo runs any registered name. For example::
+
+    LossEntry("ntxent", losses.ntxent_loss, kind="plain",
+              fields={"temperature": "softmax temperature (None: 0.07)"})
+
+Kinds (how the train step's margin and ``num_classes`` reach the loss):
+  * ``"margin"``: ``fn(embeddings, labels, margin, **options)``, the margin schedule's
+    margin is the loss's margin: every schedule applies (triplet, contrastive);
+  * ``"plain"``: ``fn(embeddings, labels, **options)``; the schedule's margin is not
+    used (the schedules still read the loss's counts; only ``constant`` is meaningful);
+  * ``"class"``: ``fn(num_classes, **options)`` gives a ``ParametricLoss`` (class
+    vectors or a centre bank); the schedule's margin is used with
+    ``loss.margin_from_schedule=True`` (then every schedule applies).
+
+The table holds config vocabulary only (field names, defaults, help): the losses
+themselves stay in :mod:`tsm.losses`, which knows nothing of configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+from tsm import losses, miners, regularizers
+
+KINDS = ("margin", "plain", "class")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossField:
+  """A ``loss`` option shared by the losses that take it.
+
+  Attributes:
+    default: the config default (None: the loss's own default, a typed placeholder).
+    type: the field's type (for the placeholder).
+    argument: the loss function's keyword (default: the field's name).
+  """
+  default: Any
+  type: type
+  argument: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LossEntry:
+  """One ``loss.name``.
+
+  Attributes:
+    name: the ``loss.name`` value.
+    fn: the loss function (``"margin"`` / ``"plain"``) or constructor (``"class"``).
+    kind: one of :data:`KINDS`.
+    fields: option field -> what it means for this loss (with its default), in the
+      order of the help line; every field must be in :data:`LOSS_OPTIONS`.
+    takes_distance: passes ``loss.distance`` to ``fn``.
+    build: optional ``(given, loss_section, sampling, num_classes) -> loss``, replacing
+      the kind's generic builder (the triplet loss's curriculum and explicit tuples).
+    references: ``fn`` takes ``ref_embeddings`` / ``pair_weights`` (PML's pair and
+      triplet losses): ``loss.xbm_size`` and ``loss.miner`` apply.
+    class_weights: the built loss has one class matrix as its parameters:
+      ``loss.weight_regularizer`` applies.
+  """
+  name: str
+  fn: Callable[..., Any]
+  kind: str
+  fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  takes_distance: bool = False
+  build: Callable[..., Any] | None = None
+  references: bool = False
+  class_weights: bool = False
+
+
+# Options of the ``loss`` section besides ``name`` and ``distance``; None defaults take
+# each loss's own default (pytorch-metric-learning's where it has one).
+LOSS_OPTIONS: dict[str, LossField] = {
+    "mining": LossField("all", str),
+    "curriculum": LossField((), tuple),
+    "reduction": LossField("mean", str),
+    "positive_margin": LossField(0.0, float),
+    "temperature": LossField(None, float),
+    "alpha": LossField(None, float),
+    "beta": LossField(None, float),
+    "base": LossField(None, float),
+    "scale": LossField(None, float),
+    "loss_margin": LossField(None, float, argument="margin"),
+    "momentum": LossField(None, float),
+    "margin_from_schedule": LossField(False, bool),
+}
+
+# Options whose help line is written once in tsm.config.defaults (not per loss).
+GENERAL_HELP_FIELDS = ("mining", "curriculum", "reduction")
+
+# Wrappers every pair / triplet loss (``references=True``) takes (tsm.losses, tsm.miners).
+MINERS: dict[str, Callable[..., Any]] = {
+    "multi_similarity": miners.multi_similarity_miner,
+    "pair_margin": miners.pair_margin_miner,
+    "hdc": miners.hdc_miner,
+    "batch_easy_hard": miners.batch_easy_hard_miner,
+    "batch_hard": miners.batch_hard_miner,
+    "triplet_margin": miners.triplet_margin_miner,
+    "angular": miners.angular_miner,
+}
+EMBEDDING_REGULARIZERS: dict[str, Callable[..., Any]] = {
+    "lp": regularizers.lp_regularizer,
+    "zero_mean": regularizers.zero_mean_regularizer,
+}
+WEIGHT_REGULARIZERS: dict[str, Callable[..., Any]] = {
+    "regular_face": regularizers.regular_face_regularizer,
+    "center_invariant": regularizers.center_invariant_regularizer,
+}
+WRAPPER_FIELDS: dict[str, tuple[Any, str]] = {
+    "miner": ("none", "pair / triplet losses: a tsm.miners miner with PML's defaults: "
+                      f"none, {', '.join(MINERS)} (needs loss.mining=all)"),
+    "xbm_size": (0, "pair / triplet losses: cross-batch memory slots (PML's "
+                    "CrossBatchMemory; 0: off; at least the batch size)"),
+    "embedding_regularizer": ("none", "every loss: regularizer of the embeddings added "
+                                      "to the loss (PML's): none, "
+                                      f"{', '.join(EMBEDDING_REGULARIZERS)}"),
+    "embedding_reg_weight": (1.0, "weight of loss.embedding_regularizer"),
+    "weight_regularizer": ("none", "losses with class weights (arcface, proxy_anchor): "
+                                   "regularizer of the class matrix (PML's): none, "
+                                   f"{', '.join(WEIGHT_REGULARIZERS)}"),
+    "weight_reg_weight": (1.0, "weight of loss.weight_regularizer"),
+}
+
+
+def _triplet(given, loss, sampling, num_classes):
+  del given, num_classes
+  if sampling == "triplets":
+    return losses.explicit_triplets_loss(distance=loss.distance, reduction=loss.reduction)
+  if loss.mining == "curriculum":
+    return losses.MiningCurriculum(tuple(loss.curriculum), loss.distance, loss.reduction)
+  return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
+                           mining=loss.mining, reduction=loss.reduction)
+
+
+def _contrastive(given, loss, sampling, num_classes):
+  del given, num_classes
+  if sampling == "pairs":
+    return losses.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
+                                      positive_margin=loss.positive_margin)
+  return functools.partial(losses.contrastive_loss, distance=loss.distance,
+                           reduction=loss.reduction, positive_margin=loss.positive_margin)
+
+
+_FROM_SCHEDULE = "use the margin schedule's margin as the loss margin"
+LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
+    LossEntry("triplet", losses.triplet_margin_loss, "margin",
+              {"mining": "mining over the batch's triplets",
+               "curriculum": "paper A's schedule", "reduction": "reduction"},
+              takes_distance=True, build=_triplet, references=True),
+    LossEntry("contrastive", losses.contrastive_loss, "margin",
+              {"reduction": "reduction",
+               "positive_margin": "positive margin (0: paper B's y d^2)"},
+              takes_distance=True, build=_contrastive, references=True),
+    LossEntry("npair", losses.npair_loss, "plain"),
+    LossEntry("ntxent", losses.ntxent_loss, "plain",
+              {"temperature": "softmax temperature (None: 0.07)"}),
+    LossEntry("supcon", losses.supcon_loss, "plain",
+              {"temperature": "softmax temperature (None: 0.1)"}),
+    LossEntry("multi_similarity", losses.multi_similarity_loss, "plain",
+              {"alpha": "positive scale (None: 2)", "beta": "negative scale (None: 50)",
+               "base": "similarity offset (None: 0.5)"}),
+    LossEntry("arcface", losses.arcface, "class",
+              {"loss_margin": "angular margin in radians (None: 28.6 degrees)",
+               "scale": "logit scale (None: 64)", "margin_from_schedule": _FROM_SCHEDULE},
+              class_weights=True),
+    LossEntry("proxy_anchor", losses.proxy_anchor, "class",
+              {"loss_margin": "delta (None: 0.1)", "alpha": "alpha (None: 32)",
+               "margin_from_schedule": _FROM_SCHEDULE}, class_weights=True),
+    LossEntry("center_contrastive", losses.center_contrastive, "class",
+              {"loss_margin": "cosine margin (None: 0)", "scale": "scale (None: 16)",
+               "momentum": "momentum of the centre bank's moving average (None: 0.9)",
+               "margin_from_schedule": _FROM_SCHEDULE}),
+)}
+
+
+def check_table(table: Mapping[str, LossEntry] = LOSS_TABLE) -> None:
+  """Every entry's kind and fields are known (one-line ValueError otherwise)."""
+  for entry in table.values():
+    if entry.kind not in KINDS:
+      raise ValueError(f"loss {entry.name!r}: kind={entry.kind!r} is unknown; use one of "
+                       f"{', '.join(KINDS)}.")
+    unknown = [f for f in entry.fields if f not in LOSS_OPTIONS]
+    if unknown:
+      raise ValueError(f"loss {entry.name!r}: fields {unknown} are not in LOSS_OPTIONS; "
+                       "add a LossField for each.")
+
+
+check_table()
+
+
+def field_help(field: str, general: str | None = None) -> str:
+  """The help line of ``loss.<field>``: what it means for each loss that takes it."""
+  parts = [f"{e.name}: {e.fields[field]}" for e in LOSS_TABLE.values()
+           if field in e.fields]
+  return "; ".join(([general] if general else []) + parts)
+
+
+def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
+  """The loss of a checked ``loss`` section (see :func:`tsm.config.build_loss`)."""
+  entry = LOSS_TABLE[loss.name]
+  given = {(LOSS_OPTIONS[f].argument or f): loss[f] for f in entry.fields
+           if loss[f] is not None}
+  if entry.build is not None:
+    fn = entry.build(given, loss, sampling, num_classes)
+  elif entry.kind == "class":
+    if num_classes is None:
+      raise ValueError(f"loss.name={loss.name} needs the number of classes.")
+    fn = entry.fn(int(num_classes), **given)
+  else:
+    if entry.takes_distance:
+      given["distance"] = loss.distance
+    fn = functools.partial(entry.fn, **given)
+    if entry.kind == "plain":
+      fn = _without_margin(fn)
+  if entry.references and sampling not in ("triplets", "pairs"):
+    fn = _wrapped(fn, loss)
+  if loss.embedding_regularizer != "none" or loss.weight_regularizer != "none":
+    fn = regularizers.regularized(
+        fn, embedding_regularizer=EMBEDDING_REGULARIZERS.get(loss.embedding_regularizer),
+        embedding_reg_weight=float(loss.embedding_reg_weight),
+        weight_regularizer=WEIGHT_REGULARIZERS.get(loss.weight_regularizer),
+        weight_reg_weight=float(loss.weight_reg_weight))
+  return fn
+
+
+def _wrapped(fn: Any, loss: Any) -> Any:
+  """``fn`` with ``loss.miner`` and ``loss.xbm_size`` applied."""
+  miner = None if loss.miner == "none" else MINERS[loss.miner]
+  if loss.xbm_size:
+    return losses.cross_batch_memory(fn, int(loss.xbm_size), miner=miner)
+  return fn if miner is None else losses.with_miner(fn, miner)
+
+
+def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn(embeddings, labels)`` as a loss of the train step (the margin is unused)."""
+  def loss_fn(embeddings, labels, margin):
+    del margin
+    return fn(embeddings, labels)
+  return loss_fn
