@@ -91,7 +91,12 @@ def arcface_loss(
                      "degrees: use math.radians).")
   x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
   chex.assert_rank(margin, 0)
-  cos = cosine_similarity(x, w)
+  return _arcface_from_cosine(cosine_similarity(x, w), onehot, v, margin, scale, x, labels)
+
+
+def _arcface_from_cosine(cos, onehot, v, margin, scale, x, labels):
+  """ArcFace's loss and stats from the ``[B, C]`` sample-class cosines (see
+  :func:`arcface_loss`; also the core of the sub-centre variant)."""
   m = jnp.asarray(margin, cos.dtype)
   c = jnp.clip(jnp.sum(jnp.where(onehot, cos, 0.0), axis=1), -1.0, 1.0)
   sin = _safe_sqrt(1.0 - jnp.square(c))

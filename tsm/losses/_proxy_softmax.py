@@ -1,0 +1,205 @@
+"""Softmax over trainable class vectors: ProxyNCA (proxies) and Normalized Softmax.
+
+Both are a cross-entropy of each sample over one logit per class vector, with no margin:
+ProxyNCA's logits are minus the squared Euclidean distances between unit vectors,
+Normalized Softmax's are cosines over a temperature. Each comes as a pure function of
+``(embeddings, labels, class vectors)`` and as a :class:`tsm.losses.ParametricLoss`
+constructor whose ``init`` draws the class vectors as PML does; neither has a margin, so
+``apply`` ignores the schedule's margin. Labels must lie in ``[0, num_classes)``; a label
+outside (not checkable before tracing) has no target and is no term of the loss.
+
+Statistics (:class:`tsm.losses.ActivityStats`), as ``arcface_loss``: the terms are the
+valid samples with a target; a sample is active when a wrong class's logit is within
+one logit unit of its own (``max_{k != y} z_k > z_y - 1``).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from tsm.distances import l2_normalize, pairwise_squared_euclidean
+from tsm.losses._activity import (ActivityStats, cosine_similarity, masked_logsumexp,
+                                  nan_guard)
+from tsm.losses._base import LossVariables, ParametricLoss
+from tsm.losses._proxy import _check_num_classes, _class_softmax_stats, _prologue
+
+
+def _check_positive(value, name: str) -> None:
+  if not value > 0:
+    raise ValueError(f"{name} must be > 0; got {value}.")
+
+
+def zero_padding(x: chex.Array, v: chex.Array) -> chex.Array:
+  """``x`` with its padding rows (``v`` false) zeroed: junk or NaN there reaches no
+  value and no gradient."""
+  return jnp.where(v[:, None], x, 0.0)
+
+
+def class_cross_entropy(z: chex.Array, onehot: chex.Array, v: chex.Array, x: chex.Array,
+                        labels: chex.Array) -> tuple[chex.Array, ActivityStats]:
+  """Mean cross-entropy of ``[B, C]`` logits ``z`` over the valid samples with a target.
+
+  Args:
+    z: ``[B, C]`` logits (the target's already holding any margin).
+    onehot: ``[B, C]`` bool, the sample's own class.
+    v: ``[B]`` bool, the valid rows.
+    x: ``[B, D]`` embeddings as given (statistics, NaN in NaN out).
+    labels: ``[B]`` labels.
+
+  Returns:
+    ``(loss, stats)``: ``mean_{used i} (logsumexp_k z_ik - z_iy)`` (0 when no sample has
+    a target) and the class-softmax :class:`ActivityStats`.
+  """
+  used = v & jnp.any(onehot, axis=1)
+  z_target = jnp.sum(jnp.where(onehot, z, 0.0), axis=1)
+  lse = masked_logsumexp(z, jnp.ones_like(onehot), axis=1)
+  sample_loss = jnp.where(used, lse - z_target, 0.0)
+  loss = jnp.sum(sample_loss) / jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0).astype(
+      sample_loss.dtype)
+  return nan_guard(loss, x, v), _class_softmax_stats(z, z_target, onehot, used, x, labels,
+                                                     v)
+
+
+def proxy_nca_loss(
+    embeddings: chex.Array,
+    labels: chex.Array,
+    proxies: chex.Array,
+    *,
+    softmax_scale: float = 1.0,
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, ActivityStats]:
+  """ProxyNCA: each sample's softmax over the proxies, by negative squared distance.
+
+  With ``d_k = |x/|x| - p_k/|p_k||^2`` (PML's default ``LpDistance(power=2)``, which
+  normalises both sides) and ``z_k = -softmax_scale * d_k``:
+  ``l_i = -log(exp(z_y) / sum_k exp(z_k))``; the loss is the mean over valid samples
+  (PML ``ProxyNCALoss``, ``MeanReducer``).
+
+  As PML, the softmax runs over every proxy, the sample's own included; the paper's
+  NCA form leaves the own proxy out of the denominator (``exp(-d_y) / sum_{k != y}
+  exp(-d_k)``, a loss that can go negative). tsm follows PML.
+
+  Differences from PML: PML drops the samples whose softmax probability underflows to
+  exactly 0 (``-log 0``); tsm's log-softmax is exact, so they keep their (finite, large)
+  loss. With ``softmax_scale <= 10`` (distances in ``[0, 4]``) no probability
+  underflows and the two agree. ``proxies`` is ``[C, D]`` as PML's.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings (normalised here).
+    labels: ``[B]`` integer labels in ``[0, C)``.
+    proxies: ``[C, D]`` proxies (normalised here).
+    softmax_scale: multiplies the negative distances (PML default 1).
+    valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+
+  Returns:
+    ``(loss, stats)`` with :class:`ActivityStats` over valid samples (see the module).
+
+  References:
+    Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies", ICCV
+    2017; PML ``ProxyNCALoss``.
+  """
+  _check_positive(softmax_scale, "softmax_scale")
+  x, p, onehot, v = _prologue(embeddings, labels, proxies, "proxies", valid)
+  x = zero_padding(x, v)
+  d = pairwise_squared_euclidean(l2_normalize(x), l2_normalize(p))
+  return class_cross_entropy(-softmax_scale * d, onehot, v, x, labels)
+
+
+def normalized_softmax_loss(
+    embeddings: chex.Array,
+    labels: chex.Array,
+    class_weights: chex.Array,
+    *,
+    temperature: float = 0.05,
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, ActivityStats]:
+  """Normalized Softmax: cross-entropy over class cosines divided by a temperature.
+
+  ``z_k = cos(x, W_k) / temperature``, ``l_i = -log softmax(z)_y``; the loss is the mean
+  over valid samples (PML ``NormalizedSoftmaxLoss``: ``DotProductSimilarity`` of
+  normalised embeddings against the normalised class weights, ``MeanReducer``).
+
+  Differences from PML: ``class_weights`` is ``[C, D]`` (PML stores ``W`` as ``[D, C]``).
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings (normalised here).
+    labels: ``[B]`` integer labels in ``[0, C)``.
+    class_weights: ``[C, D]`` class weights (normalised here).
+    temperature: softmax temperature (PML default 0.05).
+    valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+
+  Returns:
+    ``(loss, stats)`` with :class:`ActivityStats` over valid samples (see the module).
+
+  References:
+    Zhai, Wu, "Classification is a Strong Baseline for Deep Metric Learning", BMVC 2019;
+    PML ``NormalizedSoftmaxLoss``.
+  """
+  _check_positive(temperature, "temperature")
+  x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
+  x = zero_padding(x, v)
+  return class_cross_entropy(cosine_similarity(x, w) / temperature, onehot, v, x, labels)
+
+
+def _normal_class_vectors(key: str, num_classes: int):
+  """``init`` drawing ``params = {key: [C, D]}`` from a standard normal (PML's
+  ``torch.nn.init.normal_``)."""
+
+  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+    w = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
+    return LossVariables(params={key: w}, state={})
+
+  return init
+
+
+def proxy_nca(num_classes: int, *, softmax_scale: float = 1.0) -> ParametricLoss:
+  """:func:`proxy_nca_loss` as a :class:`ParametricLoss` with trainable proxies.
+
+  ``init`` draws ``params = {"proxies": [C, D]}`` from a standard normal (PML's
+  ``normal_``); ``state`` is empty; ``apply`` ignores the schedule's margin.
+
+  Args:
+    num_classes: number of classes ``C``.
+    softmax_scale: see :func:`proxy_nca_loss`.
+
+  Returns:
+    The :class:`ParametricLoss`.
+  """
+  _check_num_classes(num_classes)
+  _check_positive(softmax_scale, "softmax_scale")
+
+  def apply(params, state, embeddings, labels, sched_margin):
+    del sched_margin
+    loss, stats = proxy_nca_loss(embeddings, labels, params["proxies"],
+                                 softmax_scale=softmax_scale)
+    return loss, stats, state
+
+  return ParametricLoss(init=_normal_class_vectors("proxies", num_classes), apply=apply)
+
+
+def normalized_softmax(num_classes: int, *, temperature: float = 0.05) -> ParametricLoss:
+  """:func:`normalized_softmax_loss` as a :class:`ParametricLoss` with class weights.
+
+  ``init`` draws ``params = {"class_weights": [C, D]}`` from a standard normal (PML's
+  ``normal_``); ``state`` is empty; ``apply`` ignores the schedule's margin.
+
+  Args:
+    num_classes: number of classes ``C``.
+    temperature: see :func:`normalized_softmax_loss`.
+
+  Returns:
+    The :class:`ParametricLoss`.
+  """
+  _check_num_classes(num_classes)
+  _check_positive(temperature, "temperature")
+
+  def apply(params, state, embeddings, labels, sched_margin):
+    del sched_margin
+    loss, stats = normalized_softmax_loss(embeddings, labels, params["class_weights"],
+                                          temperature=temperature)
+    return loss, stats, state
+
+  return ParametricLoss(init=_normal_class_vectors("class_weights", num_classes),
+                        apply=apply)
