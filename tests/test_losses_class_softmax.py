@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_loss_zoo import B, C, D, KINDS, cos, fd_grad, lse, make_batch, unit
+from test_loss_zoo import B, C, D, KINDS, fd_grad, lse, make_batch, unit
 from tsm import losses
 
 K = 3  # centres per class (SoftTriple, Sub-center ArcFace)
@@ -32,6 +32,16 @@ def x64():
 
 
 # ------------------------------------------------------------------- references
+
+
+def dot(u, v):
+  return sum(a * b for a, b in zip(u, v))
+
+
+def cosines(x, w):
+  """``[[cos(x_i, w_k)]]`` by loops, each row normalised once."""
+  xs, ws = [unit(r) for r in x], [unit(r) for r in w]
+  return [[dot(a, b) for b in ws] for a in xs]
 
 
 def softmax_ce(logits, target):
@@ -66,16 +76,18 @@ def ref_proxy_nca(x, y, p, softmax_scale=1.0):
 
 
 def ref_normalized_softmax(x, y, w, temperature=0.05):
-  return mean_ce([([cos(x[i], wk) / temperature for wk in w], y[i])
-                  for i in range(len(y))])
+  c = cosines(x, w)
+  return mean_ce([([t / temperature for t in c[i]], y[i]) for i in range(len(y))])
 
 
 def ref_soft_triple(x, y, centers, margin=0.01, la=20.0, gamma=0.1):
   rows = []
+  per_class = len(centers[0])
+  cs = cosines(x, [centers[c][k] for c in range(len(centers)) for k in range(per_class)])
   for i in range(len(y)):
     logits = []
     for c in range(len(centers)):
-      s = [cos(x[i], centers[c][k]) for k in range(len(centers[c]))]
+      s = cs[i][c * per_class:(c + 1) * per_class]
       top = max(s)
       e = [math.exp((t - top) / gamma) for t in s]
       sim = sum(ek * t for ek, t in zip(e, s)) / sum(e)
@@ -86,9 +98,10 @@ def ref_soft_triple(x, y, centers, margin=0.01, la=20.0, gamma=0.1):
 
 def ref_sphereface(x, y, w, margin=4, scale=1.0):
   rows = []
+  cs = cosines(x, w)
   for i in range(len(y)):
     norm = math.sqrt(sum(t * t for t in x[i]))
-    c = [cos(x[i], wk) for wk in w]
+    c = cs[i]
     theta = math.acos(min(1.0, max(-1.0, c[y[i]])))
     k = math.floor(theta / (math.pi / margin))
     psi = (-1) ** k * math.cos(margin * theta) - 2 * k
@@ -106,8 +119,10 @@ def arcface_target(c, margin):
 
 def ref_subcenter_arcface(x, y, w, margin=math.radians(28.6), scale=64.0):
   rows = []
+  per_class = len(w[0])
+  cs = cosines(x, [w[j][k] for j in range(len(w)) for k in range(per_class)])
   for i in range(len(y)):
-    c = [max(cos(x[i], wk) for wk in w[j]) for j in range(len(w))]
+    c = [max(cs[i][j * per_class:(j + 1) * per_class]) for j in range(len(w))]
     rows.append(([scale * (arcface_target(c[j], margin) if j == y[i] else c[j])
                   for j in range(len(w))], y[i]))
   return mean_ce(rows)
@@ -162,8 +177,13 @@ def run(name, x, y, w=None, valid=ALL, dtype=jnp.float32):
                        jnp.asarray(valid))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", list(CASES))
+VARIANTS = ("proxy_nca_scale", "soft_triple_margin", "sphereface_m3")
+BASE = [name for name in CASES if name not in VARIANTS]  # the other tests: defaults only
+SWEEP = ([(name, kind) for name in CASES if name not in VARIANTS for kind in KINDS] +
+         [(name, kind) for name in VARIANTS for kind in ("random", "ties")])
+
+
+@pytest.mark.parametrize("name,kind", SWEEP)
 def test_value_stats_and_gradient_match_brute_force(name, kind, x64):
   _, ref, shape, _, _ = CASES[name]
   x, y = make_batch(kind)
@@ -177,11 +197,12 @@ def test_value_stats_and_gradient_match_brute_force(name, kind, x64):
   assert float(stats.num_easy) == want_stats["num_total"] - want_stats["num_active"]
   np.testing.assert_allclose(np.asarray(gx), fd_grad(lambda a: ref(a, y, w)[0], x),
                              rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(np.asarray(gw), fd_grad(lambda a: ref(x, y, a)[0], w),
-                             rtol=1e-5, atol=1e-7)
+  if kind in ("random", "absent"):  # the class vectors' gradient: two batches suffice
+    np.testing.assert_allclose(np.asarray(gw), fd_grad(lambda a: ref(x, y, a)[0], w),
+                               rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BASE)
 def test_float32_matches_reference(name):
   _, ref, shape, _, _ = CASES[name]
   x, y = make_batch("random", seed=3)
@@ -195,7 +216,7 @@ def test_float32_matches_reference(name):
                              atol=1e-5 * np.max(np.abs(want_gx)))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BASE)
 def test_finite_on_every_batch_kind_with_a_zero_row_and_a_zero_class_vector(name):
   for kind in KINDS:
     x, y = make_batch(kind)
@@ -207,7 +228,7 @@ def test_finite_on_every_batch_kind_with_a_zero_row_and_a_zero_class_vector(name
       assert np.all(np.isfinite(np.asarray(value))), kind
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BASE)
 def test_labels_outside_the_classes_are_no_term(name, x64):
   # Labels C and C + 3 have no class vector: those samples are left out of the mean.
   _, ref, shape, _, _ = CASES[name]
@@ -225,7 +246,7 @@ def test_labels_outside_the_classes_are_no_term(name, x64):
 
 
 @pytest.mark.parametrize("kind", ["random", "singletons"])
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BASE)
 def test_nan_in_gives_nan_out(name, kind):
   x, y = make_batch(kind)
   x[2, 1] = np.nan
@@ -233,7 +254,7 @@ def test_nan_in_gives_nan_out(name, kind):
   assert np.isnan(float(loss))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BASE)
 def test_padding_rows_are_ignored(name):
   _, ref, shape, _, _ = CASES[name]
   x, y = make_batch("random", seed=7)
@@ -248,7 +269,7 @@ def test_padding_rows_are_ignored(name):
   assert np.all(np.isfinite(np.asarray(gw)))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", BASE)
 def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
   fn, _, shape, _, _ = CASES[name]
   batches = [make_batch(k, seed=s) for s, k in enumerate(("random", "ties", "absent"))]
@@ -320,10 +341,11 @@ def test_soft_triple_init_follows_pml_kaiming_uniform():
 def test_sphereface_psi_by_hand_across_the_branches():
   # One sample at angle theta to its class weight (2-D), m = 4: psi = (-1)^k cos(4 theta)
   # - 2k with k = floor(4 theta / pi); the other class weight is orthogonal (cos = 0).
+  fn = jax.jit(lambda a, b: losses.sphereface_loss(a, jnp.array([0]), b)[0])
   for theta in (0.0, 0.3, 1.0, 2.0, 3.0, math.pi):
     x = jnp.array([[2.0 * math.cos(theta), 2.0 * math.sin(theta)]])
     w = jnp.array([[1.0, 0.0], [0.0, -1.0 if theta < 1.6 else 1.0]])
-    loss, _ = losses.sphereface_loss(x, jnp.array([0]), w)
+    loss = fn(x, w)
     k = math.floor(4 * theta / math.pi)
     psi = (-1) ** k * math.cos(4 * theta) - 2 * k
     other = 2.0 * (-math.sin(theta) if theta < 1.6 else math.sin(theta))
@@ -334,10 +356,9 @@ def test_sphereface_psi_by_hand_across_the_branches():
 def test_subcenter_arcface_with_one_sub_centre_is_arcface():
   x, y = make_batch("random", seed=10)
   w = class_vectors((C, D))
-  a, sa = losses.arcface_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y),
-                              jnp.asarray(w, jnp.float32))
-  b, sb = losses.subcenter_arcface_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y),
-                                        jnp.asarray(w[:, None], jnp.float32))
+  args = jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.asarray(w, jnp.float32)
+  a, sa = jax.jit(losses.arcface_loss)(*args)
+  b, sb = jax.jit(lambda e, l, v: losses.subcenter_arcface_loss(e, l, v[:, None]))(*args)
   np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
   assert sa == sb
 
