@@ -30,6 +30,9 @@ CASES = {
                           (C, 3, D), B * B),
     "tuplet_margin": (lambda x, w: losses.tuplet_margin_loss(x, Y_)[0], None, B * B),
     "snr_contrastive": (lambda x, w: losses.snr_contrastive_loss(x, Y_)[0], None, B * B),
+    "smooth_ap": (lambda x, w: losses.smooth_ap_loss(x, Y_)[0], None, B * B),
+    "ranked_list": (lambda x, w: losses.ranked_list_loss(x, Y_, 0.4, tn=10.0)[0], None,
+                    B * B),
     "vicreg": (lambda x, w: losses.vicreg_loss(x, x[::-1])[0], None, B * D),
 }
 Y_ = jnp.zeros((B,), jnp.int32)  # traced values do not matter: only the shapes

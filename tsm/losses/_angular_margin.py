@@ -23,8 +23,9 @@ from tsm.losses._activity import ActivityStats, cosine_similarity
 from tsm.losses._base import LossVariables, ParametricLoss
 from tsm.losses._proxy import (ARCFACE_MARGIN, _arcface_from_cosine, _check_num_classes,
                                _prologue)
-from tsm.losses._proxy_softmax import (_check_positive, _normal_class_vectors,
-                                       class_cross_entropy, zero_padding)
+from tsm.losses._proxy_softmax import (_normal_class_vectors, class_cross_entropy,
+                                       zero_padding)
+from tsm.losses._softmax import _check_positive
 from tsm.losses._soft_triple import sub_centre_prologue
 
 

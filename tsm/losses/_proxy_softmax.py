@@ -24,11 +24,7 @@ from tsm.losses._activity import (ActivityStats, cosine_similarity, masked_logsu
                                   nan_guard)
 from tsm.losses._base import LossVariables, ParametricLoss
 from tsm.losses._proxy import _check_num_classes, _class_softmax_stats, _prologue
-
-
-def _check_positive(value, name: str) -> None:
-  if not value > 0:
-    raise ValueError(f"{name} must be > 0; got {value}.")
+from tsm.losses._softmax import _check_positive
 
 
 def zero_padding(x: chex.Array, v: chex.Array) -> chex.Array:

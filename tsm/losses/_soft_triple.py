@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from tsm.losses._activity import ActivityStats, cosine_similarity, valid_rows
 from tsm.losses._base import LossVariables, ParametricLoss, _float_dtype, check_inputs
 from tsm.losses._proxy import _check_num_classes
-from tsm.losses._proxy_softmax import (_check_positive, class_cross_entropy,
-                                       zero_padding)
+from tsm.losses._proxy_softmax import class_cross_entropy, zero_padding
+from tsm.losses._softmax import _check_positive
 
 
 def check_sub_centres(vectors, embeddings, name: str) -> None:
