@@ -1,5 +1,5 @@
-"""ProxyNCA, Normalized Softmax, SoftTriple, SphereFace and Sub-center ArcFace against
-brute-force numpy loops.
+"""ProxyNCA, Normalized Softmax, SoftTriple, SphereFace, Sub-center ArcFace and P2SGrad
+against brute-force numpy loops.
 
 Each reference is written from the loss's definition (PML's, see the docstrings): plain
 Python loops over samples and class vectors in float64, with ``math.acos`` /
@@ -128,6 +128,14 @@ def ref_subcenter_arcface(x, y, w, margin=math.radians(28.6), scale=64.0):
   return mean_ce(rows)
 
 
+def ref_p2sgrad(x, y, w):
+  c = cosines(x, w)
+  total = sum((min(1.0, max(-1.0, c[i][k])) - (k == y[i])) ** 2 for i in range(len(y))
+              for k in range(len(w)))
+  _, stats = mean_ce([(c[i], y[i]) for i in range(len(y))])  # the cosines as logits
+  return total / (len(y) * len(w)), stats
+
+
 # ------------------------------------------------------- the cases under test
 
 # name -> (tsm fn (x, y, w, valid), reference (x, y, w), shape of w, constructor,
@@ -156,6 +164,8 @@ CASES = {
     "subcenter_arcface": (
         lambda x, y, w, v: losses.subcenter_arcface_loss(x, y, w, valid=v),
         ref_subcenter_arcface, (C, K, D), None, None),
+    "p2sgrad": (lambda x, y, w, v: losses.p2sgrad_loss(x, y, w, valid=v), ref_p2sgrad,
+                (C, D), None, None),
 }
 ALL = np.ones(B, bool)
 
@@ -291,6 +301,7 @@ PARAMETRIC = [
     (losses.sphereface, "class_weights", (C, D), ref_sphereface),
     (lambda n, **kw: losses.subcenter_arcface(n, sub_centers=K, **kw), "class_weights",
      (C, K, D), ref_subcenter_arcface),
+    (losses.p2sgrad, "class_weights", (C, D), ref_p2sgrad),
 ]
 
 
@@ -324,6 +335,11 @@ def test_margin_from_schedule_replaces_the_margin():
     np.testing.assert_allclose(
         float(loss), ref(x, y, np.asarray(params[key], np.float64), margin=0.2)[0],
         rtol=1e-5)
+
+
+def test_p2sgrad_init_has_unit_rows():
+  w = losses.p2sgrad(7).init(jax.random.PRNGKey(3), 16).params["class_weights"]
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(w), axis=1), 1.0, rtol=1e-6)
 
 
 def test_soft_triple_init_follows_pml_kaiming_uniform():

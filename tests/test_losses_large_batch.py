@@ -31,6 +31,7 @@ CASES = {
     "tuplet_margin": (lambda x, w: losses.tuplet_margin_loss(x, Y_)[0], None, B * B),
     "snr_contrastive": (lambda x, w: losses.snr_contrastive_loss(x, Y_)[0], None, B * B),
     "smooth_ap": (lambda x, w: losses.smooth_ap_loss(x, Y_)[0], None, B * B),
+    "p2sgrad": (lambda x, w: losses.p2sgrad_loss(x, Y_, w)[0], (C, D), B * B),
     "ranked_list": (lambda x, w: losses.ranked_list_loss(x, Y_, 0.4, tn=10.0)[0], None,
                     B * B),
     "vicreg": (lambda x, w: losses.vicreg_loss(x, x[::-1])[0], None, B * D),

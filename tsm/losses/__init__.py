@@ -68,7 +68,7 @@ from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
 from tsm.losses._angular_margin import (sphereface, sphereface_loss, subcenter_arcface,
                                         subcenter_arcface_loss, subcenter_arcface_outliers)
 from tsm.losses._proxy_softmax import (normalized_softmax, normalized_softmax_loss,
-                                       proxy_nca, proxy_nca_loss)
+                                       p2sgrad, p2sgrad_loss, proxy_nca, proxy_nca_loss)
 from tsm.losses._ranked_list import ranked_list_loss
 from tsm.losses._smooth_ap import smooth_ap_loss
 from tsm.losses._snr import snr_contrastive_loss, snr_distances
@@ -99,5 +99,6 @@ __all__ += [
     "soft_triple", "soft_triple_loss", "sphereface", "sphereface_loss",
     "subcenter_arcface", "subcenter_arcface_loss", "subcenter_arcface_outliers",
     "snr_contrastive_loss", "snr_distances", "TUPLET_MARGIN", "tuplet_margin_loss",
-    "VICRegStats", "vicreg_loss", "ranked_list_loss", "smooth_ap_loss",
+    "VICRegStats", "vicreg_loss", "ranked_list_loss", "smooth_ap_loss", "p2sgrad",
+    "p2sgrad_loss",
 ]

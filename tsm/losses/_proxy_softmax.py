@@ -1,16 +1,18 @@
-"""Softmax over trainable class vectors: ProxyNCA (proxies) and Normalized Softmax.
+"""Losses over trainable class vectors: ProxyNCA, Normalized Softmax, P2SGrad.
 
-Both are a cross-entropy of each sample over one logit per class vector, with no margin:
-ProxyNCA's logits are minus the squared Euclidean distances between unit vectors,
-Normalized Softmax's are cosines over a temperature. Each comes as a pure function of
-``(embeddings, labels, class vectors)`` and as a :class:`tsm.losses.ParametricLoss`
-constructor whose ``init`` draws the class vectors as PML does; neither has a margin, so
-``apply`` ignores the schedule's margin. Labels must lie in ``[0, num_classes)``; a label
-outside (not checkable before tracing) has no target and is no term of the loss.
+ProxyNCA and Normalized Softmax are a cross-entropy of each sample over one logit per
+class vector, with no margin: ProxyNCA's logits are minus the squared Euclidean
+distances between unit vectors, Normalized Softmax's are cosines over a temperature.
+P2SGrad is a squared error of the cosines against the one-hot target. Each comes as a
+pure function of ``(embeddings, labels, class vectors)`` and as a
+:class:`tsm.losses.ParametricLoss` constructor whose ``init`` draws the class vectors as
+PML does; none has a margin, so ``apply`` ignores the schedule's margin. Labels must lie
+in ``[0, num_classes)``; a label outside (not checkable before tracing) has no target
+and is no term of the loss.
 
 Statistics (:class:`tsm.losses.ActivityStats`), as ``arcface_loss``: the terms are the
 valid samples with a target; a sample is active when a wrong class's logit is within
-one logit unit of its own (``max_{k != y} z_k > z_y - 1``).
+one logit unit of its own (``max_{k != y} z_k > z_y - 1``; P2SGrad: the cosines).
 """
 
 from __future__ import annotations
@@ -199,3 +201,81 @@ def normalized_softmax(num_classes: int, *, temperature: float = 0.05) -> Parame
 
   return ParametricLoss(init=_normal_class_vectors("class_weights", num_classes),
                         apply=apply)
+
+
+def p2sgrad_loss(
+    embeddings: chex.Array,
+    labels: chex.Array,
+    class_weights: chex.Array,
+    *,
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, ActivityStats]:
+  """P2SGrad: the mean squared error between the class cosines and the one-hot target.
+
+  ``L = mean_{i, k} (cos(x_i, W_k) - [k = y_i])^2`` over valid samples and every class
+  (PML ``P2SGradLoss``: ``MSELoss`` of the cosines, clipped to ``[-1, 1]``). Its
+  gradient is the paper's P2SGrad (Eq. 11): the cosine's gradient weighted by
+  ``cos - [k = y]``, with no scale or margin to tune.
+
+  Differences from PML: PML renormalises its stored weights in place before each step
+  (a projection outside the graph) and differentiates ``x . W / |x|``; tsm normalises
+  ``W`` inside the graph (as every tsm class loss), which gives the same value and the
+  paper's gradient (the cosine's, tangent to the sphere) rather than PML's. Weights are
+  ``[C, D]`` (PML: ``[D, C]``). A label outside ``[0, C)`` (PML: an index error) makes
+  the sample no term.
+
+  Statistics (:class:`ActivityStats`, as the module's rule with the cosines as logits):
+  the terms are the valid samples with a target; a sample is active while a wrong
+  class's cosine is less than the target gap 1 below its own (``max_{k != y} cos_k >
+  cos_y - 1``), the geometry the loss drives to (``cos_y = 1``, ``cos_k = 0``).
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings (normalised here).
+    labels: ``[B]`` integer labels in ``[0, C)``.
+    class_weights: ``[C, D]`` class weights (normalised here).
+    valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+
+  Returns:
+    ``(loss, stats)`` with :class:`ActivityStats` over valid samples.
+
+  References:
+    Zhang et al., "P2SGrad: Refined Gradients for Optimizing Deep Face Models", CVPR
+    2019; PML ``P2SGradLoss``.
+  """
+  x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
+  x = zero_padding(x, v)
+  cos = jnp.clip(cosine_similarity(x, w), -1.0, 1.0)
+  used = v & jnp.any(onehot, axis=1)
+  sq = jnp.where(used[:, None], jnp.square(cos - onehot.astype(cos.dtype)), 0.0)
+  denom = jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0) * onehot.shape[1]
+  loss = jnp.sum(sq) / denom.astype(cos.dtype)
+  z_target = jnp.sum(jnp.where(onehot, cos, 0.0), axis=1)
+  return nan_guard(loss, x, v), _class_softmax_stats(cos, z_target, onehot, used, x,
+                                                     labels, v)
+
+
+def p2sgrad(num_classes: int) -> ParametricLoss:
+  """:func:`p2sgrad_loss` as a :class:`ParametricLoss` with trainable class weights.
+
+  ``init`` draws ``params = {"class_weights": [C, D]}`` as PML (uniform in ``[-1, 1]``,
+  rows scaled to unit norm); ``state`` is empty; ``apply`` ignores the schedule's
+  margin (P2SGrad has none).
+
+  Args:
+    num_classes: number of classes ``C``.
+
+  Returns:
+    The :class:`ParametricLoss`.
+  """
+  _check_num_classes(num_classes)
+
+  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+    w = jax.random.uniform(rng, (num_classes, embedding_dim), jnp.float32, -1.0, 1.0)
+    return LossVariables(params={"class_weights": l2_normalize(w)}, state={})
+
+  def apply(params, state, embeddings, labels, sched_margin):
+    del sched_margin
+    loss, stats = p2sgrad_loss(embeddings, labels, params["class_weights"])
+    return loss, stats, state
+
+  return ParametricLoss(init=init, apply=apply)
