@@ -32,6 +32,8 @@ CASES = {
     "snr_contrastive": (lambda x, w: losses.snr_contrastive_loss(x, Y_)[0], None, B * B),
     "smooth_ap": (lambda x, w: losses.smooth_ap_loss(x, Y_)[0], None, B * B),
     "p2sgrad": (lambda x, w: losses.p2sgrad_loss(x, Y_, w)[0], (C, D), B * B),
+    "pnp": (lambda x, w: losses.pnp_loss(x, Y_)[0], None, B * B),
+    "tcm": (lambda x, w: losses.tcm_loss(x, Y_)[0], None, B * B),
     "ranked_list": (lambda x, w: losses.ranked_list_loss(x, Y_, 0.4, tn=10.0)[0], None,
                     B * B),
     "vicreg": (lambda x, w: losses.vicreg_loss(x, x[::-1])[0], None, B * D),

@@ -1,4 +1,4 @@
-"""Smooth-AP and the ranked list loss against brute-force numpy loops.
+"""Smooth-AP, PNP and the ranked list loss against brute-force numpy loops.
 
 Each reference is written from the loss's definition (PML's, see the docstrings): plain
 Python loops over anchors, ranked items and pairs in float64, distances from explicit
@@ -53,6 +53,32 @@ def ref_smooth_ap(x, y, temperature=0.01):
   return total / n, stats
 
 
+def ref_pnp(x, y, variant="O", temperature=0.01, b=2.0, alpha=1.0):
+  n = len(y)
+  s = [[cos(x[i], x[j]) for j in range(n)] for i in range(n)]
+  f = {"O": lambda r: r, "Ds": lambda r: math.log(1 + r),
+       "Dq": lambda r: 1 / (1 + r) ** alpha, "Iu": lambda r: (1 + r) * math.log(1 + r),
+       "Ib": lambda r: (b * r - math.log(1 + b * r)) / b ** 2}[variant]
+  stats = dict(num_total=0, num_active=0, num_neg_total=0, num_neg_active=0)
+  per_anchor = []
+  for a in range(n):
+    pos = [k for k in range(n) if y[k] == y[a]]  # the anchor itself included
+    if len(pos) < 2:
+      continue
+    negs = [j for j in range(n) if y[j] != y[a]]
+    ranks = [sum(sigmoid((s[a][j] - s[a][k]) / temperature) for j in negs) for k in pos]
+    per_anchor.append(sum(f(r) for r in ranks) / len(pos))
+    hard = [j for j in negs if s[a][j] > min(s[a][p] for p in pos) - temperature]
+    stats["num_total"] += 1
+    stats["num_active"] += bool(hard)
+    stats["num_neg_total"] += len(negs)
+    stats["num_neg_active"] += len(hard)
+  if not per_anchor:
+    return 0.0, stats
+  mean = sum(per_anchor) / len(per_anchor)
+  return (1 - mean if variant == "Dq" else mean), stats
+
+
 def unit_dist(u, v):
   return math.sqrt(sum((a - b) ** 2 for a, b in zip(unit(u), unit(v))))
 
@@ -96,6 +122,12 @@ CASES = {
     "smooth_ap_warm": (lambda x, y, v: losses.smooth_ap_loss(x, y, temperature=0.37,
                                                              valid=v),
                        lambda x, y: ref_smooth_ap(x, y, temperature=0.37)),
+    "pnp": (lambda x, y, v: losses.pnp_loss(x, y, valid=v), ref_pnp),
+    **{f"pnp_{var}": (
+        lambda x, y, v, var=var: losses.pnp_loss(x, y, variant=var, temperature=0.173, b=3.0,
+                                                 alpha=1.5, valid=v),
+        lambda x, y, var=var: ref_pnp(x, y, var, temperature=0.173, b=3.0, alpha=1.5))
+       for var in ("Ds", "Dq", "Iu", "Ib")},
     "ranked_list": (lambda x, y, v: losses.ranked_list_loss(x, y, 0.4, tn=10.0, valid=v),
                     ref_ranked_list),
     "ranked_list_full": (
@@ -104,7 +136,7 @@ CASES = {
         lambda x, y: ref_ranked_list(x, y, 0.6, tn=3.0, tp=2.0, imbalance=0.3,
                                      alpha=1.1)),
 }
-BASE = ["smooth_ap", "ranked_list"]  # the tests after the brute-force one: defaults only
+BASE = ["smooth_ap", "pnp", "ranked_list"]  # the tests after the brute-force one: defaults only
 ALL = np.ones(B, bool)
 _JITTED = {}
 
@@ -163,7 +195,7 @@ def test_finite_on_every_batch_kind_and_a_zero_row(name):
       assert np.all(np.isfinite(np.asarray(value))), kind
 
 
-@pytest.mark.parametrize("name", BASE)
+@pytest.mark.parametrize("name", ["smooth_ap", "ranked_list"])
 def test_one_class_learns_nothing(name):
   # Smooth-AP: every item is a positive, AP = 1. RLL: no negative, and the positives of
   # a random batch are beyond alpha - margin only where the loss still pulls (checked by
@@ -177,6 +209,13 @@ def test_one_class_learns_nothing(name):
     (loss, _), gx = run(name, make_batch("one_class")[0], y)
     assert float(loss) == 0.0
     np.testing.assert_allclose(np.asarray(gx), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["singletons", "one_class"])
+def test_pnp_learns_nothing_without_a_positive_or_a_negative(kind):
+  (loss, stats), gx = run("pnp", *make_batch(kind))
+  assert float(loss) == 0.0 and float(stats.num_active) == 0.0
+  np.testing.assert_array_equal(np.asarray(gx), 0.0)
 
 
 def test_smooth_ap_agrees_with_pmls_block_layout():
@@ -238,6 +277,8 @@ def test_ranked_list_margin_is_traced():
      "temperature"),
     (lambda: losses.ranked_list_loss(jnp.ones((4, 2)), jnp.zeros(4, int), 0.4, tn=1.0,
                                      imbalance=2.0), "imbalance"),
+    (lambda: losses.pnp_loss(jnp.ones((4, 2)), jnp.zeros(4, int), variant="X"), "variant"),
+    (lambda: losses.pnp_loss(jnp.ones((4, 2)), jnp.zeros(4, int), b=0.0), "b must"),
     (lambda: losses.ranked_list_loss(jnp.ones((4, 2)), jnp.zeros(3, int), 0.4, tn=1.0),
      "labels"),
     (lambda: losses.ranked_list_loss(jnp.ones((4, 2)), jnp.zeros(4, int), jnp.ones(2),
