@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_loss_zoo import B, KINDS, cos, fd_grad, make_batch, unit
+import labelled_loss_checks as checks
+from labelled_loss_checks import Runner
+from test_loss_zoo import B, KINDS, cos, make_batch, unit
 from tsm import losses
 
 
@@ -145,36 +147,18 @@ CASES = {
                     lambda x, y: ref_tcm(x, y, 0.3, 2.0, 0.71, 0.13)),
 }
 BASE = ["tuplet", "snr", "tcm"]  # the tests after the brute-force one: defaults only
-ALL = np.ones(B, bool)
-_JITTED = {}
-
-
-def run(name, x, y, valid=ALL, dtype=jnp.float32):
-  if name not in _JITTED:
-    _JITTED[name] = jax.jit(jax.value_and_grad(CASES[name][0], has_aux=True))
-  return _JITTED[name](jnp.asarray(x, dtype), jnp.asarray(y), jnp.asarray(valid))
+run = Runner(CASES)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind, x64):
-  ref = CASES[name][1]
+def test_value_stats_and_gradient_match_brute_force(name, kind):
   x, y = make_batch(kind)
   if name == "tcm" and tcm_on_threshold(x, y):
     # The ties batch has pairs at cosine 0.9 / 0.5 exactly: which side rounding puts
     # them on decides the selection (and the loss jumps there). "tcm_weights" checks it.
     pytest.skip("pairs at the TCM thresholds exactly")
-  want, want_stats = ref(x, y)
-  (loss, stats), gx = run(name, x, y, dtype=jnp.float64)
-  assert loss.dtype == jnp.float64
-  np.testing.assert_allclose(float(loss), want, rtol=1e-9, atol=1e-12)
-  for field, value in want_stats.items():
-    np.testing.assert_allclose(float(getattr(stats, field)), value, rtol=1e-6,
-                               err_msg=field)
-  total = want_stats.get("num_total", want_stats.get("num_pairs"))
-  assert float(stats.num_total) == total
-  assert float(stats.num_easy) == total - want_stats["num_active"]
-  assert np.all(np.isfinite(np.asarray(gx)))
+  gx = checks.value_and_stats_match(run, name, x, y)
   if name in ("snr", "snr_sum") and snr_on_margin(x, y, 1.0):
     # A negative pair exactly at the margin (the ties batch has two): the hinge's kink,
     # where the mean over non-zero terms also jumps; no derivative to compare with. The
@@ -185,34 +169,36 @@ def test_value_stats_and_gradient_match_brute_force(name, kind, x64):
   # All rows identical: every cosine stays 1 under a common move, the gradient is 0.
   # One duplicated pair among others (ties): a smaller step suffices.
   if name.startswith("tuplet") and kind == "identical":
-    np.testing.assert_allclose(np.asarray(gx), 0.0, atol=1e-12)
+    np.testing.assert_allclose(gx, 0.0, atol=1e-12)
     return
   h = 1e-8 if name.startswith("tuplet") and kind == "ties" else 1e-6
-  np.testing.assert_allclose(np.asarray(gx), fd_grad(lambda a: ref(a, y)[0], x, h=h),
-                             rtol=1e-5, atol=1e-7)
+  checks.gradient_matches(run, name, x, y, gx, h=h)
 
 
 @pytest.mark.parametrize("name", BASE)
 def test_float32_matches_reference(name):
-  ref = CASES[name][1]
-  x, y = make_batch("random", seed=3)
-  want, _ = ref(x, y)
-  (loss, _), gx = run(name, x, y)
-  assert loss.dtype == jnp.float32
-  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-  want_gx = fd_grad(lambda a: ref(a, y)[0], x)
-  np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-3,
-                             atol=1e-5 * np.max(np.abs(want_gx)))
+  checks.float32_matches(run, name)
 
 
 @pytest.mark.parametrize("name", BASE)
 def test_finite_on_every_batch_kind_and_a_zero_row(name):
-  for kind in KINDS:
-    x, y = make_batch(kind)
-    x[4] = 0.0
-    (loss, stats), gx = run(name, x, y)
-    for value in (loss, gx, *stats):
-      assert np.all(np.isfinite(np.asarray(value))), kind
+  checks.finite_with_a_zero_row(run, name)
+
+
+@pytest.mark.parametrize("kind", ["random", "singletons"])
+@pytest.mark.parametrize("name", BASE)
+def test_nan_in_gives_nan_out(name, kind):
+  checks.nan_in_gives_nan_out(run, name, kind)
+
+
+@pytest.mark.parametrize("name", BASE)
+def test_padding_rows_are_ignored(name):
+  checks.padding_rows_are_ignored(run, name)
+
+
+@pytest.mark.parametrize("name", BASE)
+def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
+  checks.vmap_agrees_with_one_batch_at_a_time(run, name)
 
 
 @pytest.mark.parametrize("kind", ["singletons", "one_class"])
@@ -239,39 +225,6 @@ def test_snr_distance_is_pmls_variance_ratio_and_not_symmetric(x64):
   np.testing.assert_allclose(np.asarray(dist), want, rtol=1e-10, atol=1e-14)
   assert np.all(np.asarray(has_signal))
   assert not np.allclose(want, want.T)
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-@pytest.mark.parametrize("name", BASE)
-def test_nan_in_gives_nan_out(name, kind):
-  x, y = make_batch(kind)
-  x[2, 1] = np.nan
-  (loss, _), _ = run(name, x, y)
-  assert np.isnan(float(loss))
-
-
-@pytest.mark.parametrize("name", BASE)
-def test_padding_rows_are_ignored(name):
-  ref = CASES[name][1]
-  x, y = make_batch("random", seed=7)
-  keep = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1, 1], bool)
-  want, _ = ref(x[keep], y[keep])
-  xp = x.copy()
-  xp[~keep] = np.nan
-  (loss, _), gx = run(name, xp, y, valid=keep)
-  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-  np.testing.assert_array_equal(np.asarray(gx)[~keep], 0.0)
-
-
-@pytest.mark.parametrize("name", BASE)
-def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
-  fn = CASES[name][0]
-  batches = [make_batch(k, seed=s) for s, k in enumerate(("random", "ties", "absent"))]
-  xs = jnp.asarray(np.stack([b[0] for b in batches]), jnp.float32)
-  ys = jnp.asarray(np.stack([b[1] for b in batches]))
-  batched = jax.jit(jax.vmap(lambda a, b: fn(a, b, None)[0]))(xs, ys)
-  one = [float(run(name, xs[i], ys[i])[0][0]) for i in range(len(batches))]
-  np.testing.assert_allclose(np.asarray(batched), one, rtol=1e-5)
 
 
 def test_snr_margin_is_traced():

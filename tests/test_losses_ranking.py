@@ -16,14 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_loss_zoo import B, KINDS, cos, fd_grad, make_batch, unit
+import labelled_loss_checks as checks
+from labelled_loss_checks import Runner
+from test_loss_zoo import KINDS, cos, make_batch, unit
 from tsm import losses
-
-
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
 
 
 # ------------------------------------------------------------------- references
@@ -124,8 +120,8 @@ CASES = {
                        lambda x, y: ref_smooth_ap(x, y, temperature=0.37)),
     "pnp": (lambda x, y, v: losses.pnp_loss(x, y, valid=v), ref_pnp),
     **{f"pnp_{var}": (
-        lambda x, y, v, var=var: losses.pnp_loss(x, y, variant=var, temperature=0.173, b=3.0,
-                                                 alpha=1.5, valid=v),
+        lambda x, y, v, var=var: losses.pnp_loss(x, y, variant=var, temperature=0.173,
+                                                 b=3.0, alpha=1.5, valid=v),
         lambda x, y, var=var: ref_pnp(x, y, var, temperature=0.173, b=3.0, alpha=1.5))
        for var in ("Ds", "Dq", "Iu", "Ib")},
     "ranked_list": (lambda x, y, v: losses.ranked_list_loss(x, y, 0.4, tn=10.0, valid=v),
@@ -136,63 +132,46 @@ CASES = {
         lambda x, y: ref_ranked_list(x, y, 0.6, tn=3.0, tp=2.0, imbalance=0.3,
                                      alpha=1.1)),
 }
-BASE = ["smooth_ap", "pnp", "ranked_list"]  # the tests after the brute-force one: defaults only
-ALL = np.ones(B, bool)
-_JITTED = {}
-
-
-def run(name, x, y, valid=ALL, dtype=jnp.float32):
-  if name not in _JITTED:
-    _JITTED[name] = jax.jit(jax.value_and_grad(CASES[name][0], has_aux=True))
-  return _JITTED[name](jnp.asarray(x, dtype), jnp.asarray(y), jnp.asarray(valid))
+BASE = ["smooth_ap", "pnp", "ranked_list"]  # the later tests: defaults only
+run = Runner(CASES)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind, x64):
-  ref = CASES[name][1]
+def test_value_stats_and_gradient_match_brute_force(name, kind):
   x, y = make_batch(kind)
-  want, want_stats = ref(x, y)
-  (loss, stats), gx = run(name, x, y, dtype=jnp.float64)
-  assert loss.dtype == jnp.float64
-  np.testing.assert_allclose(float(loss), want, rtol=1e-9, atol=1e-12)
-  for field, value in want_stats.items():
-    # Counts exact; mean distances are float32 statistics.
-    np.testing.assert_allclose(float(getattr(stats, field)), value, rtol=1e-6,
-                               err_msg=field)
-  total = want_stats.get("num_total", want_stats.get("num_pairs"))
-  assert float(stats.num_total) == total
-  assert float(stats.num_easy) == total - want_stats["num_active"]
-  assert np.all(np.isfinite(np.asarray(gx)))
+  gx = checks.value_and_stats_match(run, name, x, y)
   if name.startswith("ranked_list") and negatives_at_zero(x, y):
     # Two classes on one direction (ties, identical): any move puts the pair in the
     # negative list, a jump in PML's loss; no derivative to compare with.
     return
-  np.testing.assert_allclose(np.asarray(gx), fd_grad(lambda a: ref(a, y)[0], x),
-                             rtol=1e-5, atol=1e-7)
+  checks.gradient_matches(run, name, x, y, gx)
 
 
 @pytest.mark.parametrize("name", BASE)
 def test_float32_matches_reference(name):
-  ref = CASES[name][1]
-  x, y = make_batch("random", seed=3)
-  want, _ = ref(x, y)
-  (loss, _), gx = run(name, x, y)
-  assert loss.dtype == jnp.float32
-  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-  want_gx = fd_grad(lambda a: ref(a, y)[0], x)
-  np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-3,
-                             atol=1e-5 * np.max(np.abs(want_gx)))
+  checks.float32_matches(run, name)
 
 
 @pytest.mark.parametrize("name", BASE)
 def test_finite_on_every_batch_kind_and_a_zero_row(name):
-  for kind in KINDS:
-    x, y = make_batch(kind)
-    x[4] = 0.0
-    (loss, stats), gx = run(name, x, y)
-    for value in (loss, gx, *stats):
-      assert np.all(np.isfinite(np.asarray(value))), kind
+  checks.finite_with_a_zero_row(run, name)
+
+
+@pytest.mark.parametrize("kind", ["random", "singletons"])
+@pytest.mark.parametrize("name", BASE)
+def test_nan_in_gives_nan_out(name, kind):
+  checks.nan_in_gives_nan_out(run, name, kind)
+
+
+@pytest.mark.parametrize("name", BASE)
+def test_padding_rows_are_ignored(name):
+  checks.padding_rows_are_ignored(run, name)
+
+
+@pytest.mark.parametrize("name", BASE)
+def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
+  checks.vmap_agrees_with_one_batch_at_a_time(run, name)
 
 
 @pytest.mark.parametrize("name", ["smooth_ap", "ranked_list"])
@@ -227,39 +206,6 @@ def test_smooth_ap_agrees_with_pmls_block_layout():
   loss, _ = jax.jit(lambda a: losses.smooth_ap_loss(a, jnp.asarray(y)))(
       jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(float(loss), ref_smooth_ap(x, y)[0], rtol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-@pytest.mark.parametrize("name", BASE)
-def test_nan_in_gives_nan_out(name, kind):
-  x, y = make_batch(kind)
-  x[2, 1] = np.nan
-  (loss, _), _ = run(name, x, y)
-  assert np.isnan(float(loss))
-
-
-@pytest.mark.parametrize("name", BASE)
-def test_padding_rows_are_ignored(name):
-  ref = CASES[name][1]
-  x, y = make_batch("random", seed=7)
-  keep = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1, 1], bool)
-  want, _ = ref(x[keep], y[keep])
-  xp = x.copy()
-  xp[~keep] = np.nan
-  (loss, _), gx = run(name, xp, y, valid=keep)
-  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-  np.testing.assert_array_equal(np.asarray(gx)[~keep], 0.0)
-
-
-@pytest.mark.parametrize("name", BASE)
-def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
-  fn = CASES[name][0]
-  batches = [make_batch(k, seed=s) for s, k in enumerate(("random", "ties", "absent"))]
-  xs = jnp.asarray(np.stack([b[0] for b in batches]), jnp.float32)
-  ys = jnp.asarray(np.stack([b[1] for b in batches]))
-  batched = jax.jit(jax.vmap(lambda a, b: fn(a, b, None)[0]))(xs, ys)
-  one = [float(run(name, xs[i], ys[i])[0][0]) for i in range(len(batches))]
-  np.testing.assert_allclose(np.asarray(batched), one, rtol=1e-5)
 
 
 def test_ranked_list_margin_is_traced():

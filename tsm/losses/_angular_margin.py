@@ -22,9 +22,8 @@ from tsm.distances import safe_norm
 from tsm.losses._activity import ActivityStats, cosine_similarity
 from tsm.losses._base import LossVariables, ParametricLoss
 from tsm.losses._proxy import (ARCFACE_MARGIN, _arcface_from_cosine, _check_num_classes,
-                               _prologue)
-from tsm.losses._proxy_softmax import (_normal_class_vectors, class_cross_entropy,
-                                       zero_padding)
+                               _prologue, check_angle)
+from tsm.losses._proxy_softmax import _constructor, class_cross_entropy, zero_padding
 from tsm.losses._softmax import _check_positive
 from tsm.losses._soft_triple import sub_centre_prologue
 
@@ -138,9 +137,7 @@ def subcenter_arcface_loss(
     Faces", ECCV 2020; PML ``SubCenterArcFaceLoss``.
   """
   _check_positive(scale, "scale")
-  if isinstance(margin, (int, float)) and not 0.0 <= margin < math.pi:
-    raise ValueError(f"margin is an angle in radians in [0, pi); got {margin} (PML's "
-                     "degrees: use math.radians).")
+  check_angle(margin)
   x, cos, onehot, v = sub_centre_prologue(embeddings, labels, class_weights,
                                           "class_weights", valid)
   chex.assert_rank(margin, 0)
@@ -214,18 +211,10 @@ def sphereface(num_classes: int, *, margin: int = 4, scale: float = 1.0) -> Para
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
   _check_int_margin(margin)
   _check_positive(scale, "scale")
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    del sched_margin
-    loss, stats = sphereface_loss(embeddings, labels, params["class_weights"],
-                                  margin=margin, scale=scale)
-    return loss, stats, state
-
-  return ParametricLoss(init=_normal_class_vectors("class_weights", num_classes),
-                        apply=apply)
+  return _constructor(sphereface_loss, "class_weights", num_classes, margin=margin,
+                      scale=scale)
 
 
 def subcenter_arcface(num_classes: int, *, sub_centers: int = 3,

@@ -46,7 +46,8 @@ def smooth_ap_loss(
   of samples, in consecutive blocks, and then reads the classes as consecutive blocks
   of (number of classes) rows, which are the classes only when the number of classes
   equals the samples per class; tsm takes the classes from ``labels``, for any batch.
-  On the batches PML reads right the two agree.
+  On the batches PML reads right the two agree (PML stores the APs in float32 whatever
+  the input's dtype: its float64 loss is rounded to ~1e-7).
 
   Statistics (:class:`ActivityStats`, see the module): the terms are the valid
   anchors.

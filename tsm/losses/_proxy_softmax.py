@@ -141,15 +141,24 @@ def normalized_softmax_loss(
   return class_cross_entropy(cosine_similarity(x, w) / temperature, onehot, v, x, labels)
 
 
-def _normal_class_vectors(key: str, num_classes: int):
-  """``init`` drawing ``params = {key: [C, D]}`` from a standard normal (PML's
-  ``torch.nn.init.normal_``)."""
+def _constructor(loss_fn, key: str, num_classes: int, init=None, **kwargs
+                 ) -> ParametricLoss:
+  """``loss_fn(embeddings, labels, params[key], **kwargs)`` as a :class:`ParametricLoss`
+  without state whose ``apply`` ignores the schedule's margin; ``init`` draws
+  ``params = {key: [C, D]}`` from a standard normal (PML's ``normal_``) unless given."""
+  _check_num_classes(num_classes)
+  if init is None:
 
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
-    w = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
-    return LossVariables(params={key: w}, state={})
+    def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+      w = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
+      return LossVariables(params={key: w}, state={})
 
-  return init
+  def apply(params, state, embeddings, labels, sched_margin):
+    del sched_margin
+    loss, stats = loss_fn(embeddings, labels, params[key], **kwargs)
+    return loss, stats, state
+
+  return ParametricLoss(init=init, apply=apply)
 
 
 def proxy_nca(num_classes: int, *, softmax_scale: float = 1.0) -> ParametricLoss:
@@ -165,16 +174,9 @@ def proxy_nca(num_classes: int, *, softmax_scale: float = 1.0) -> ParametricLoss
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
   _check_positive(softmax_scale, "softmax_scale")
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    del sched_margin
-    loss, stats = proxy_nca_loss(embeddings, labels, params["proxies"],
-                                 softmax_scale=softmax_scale)
-    return loss, stats, state
-
-  return ParametricLoss(init=_normal_class_vectors("proxies", num_classes), apply=apply)
+  return _constructor(proxy_nca_loss, "proxies", num_classes,
+                      softmax_scale=softmax_scale)
 
 
 def normalized_softmax(num_classes: int, *, temperature: float = 0.05) -> ParametricLoss:
@@ -190,17 +192,9 @@ def normalized_softmax(num_classes: int, *, temperature: float = 0.05) -> Parame
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
   _check_positive(temperature, "temperature")
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    del sched_margin
-    loss, stats = normalized_softmax_loss(embeddings, labels, params["class_weights"],
-                                          temperature=temperature)
-    return loss, stats, state
-
-  return ParametricLoss(init=_normal_class_vectors("class_weights", num_classes),
-                        apply=apply)
+  return _constructor(normalized_softmax_loss, "class_weights", num_classes,
+                      temperature=temperature)
 
 
 def p2sgrad_loss(
@@ -220,7 +214,9 @@ def p2sgrad_loss(
   Differences from PML: PML renormalises its stored weights in place before each step
   (a projection outside the graph) and differentiates ``x . W / |x|``; tsm normalises
   ``W`` inside the graph (as every tsm class loss), which gives the same value and the
-  paper's gradient (the cosine's, tangent to the sphere) rather than PML's. Weights are
+  paper's gradient (the cosine's, tangent to the sphere) rather than PML's; PML's
+  ``renorm`` leaves its weights at norm ``1 / (1 + 1e-7)`` (``torch.renorm``'s epsilon),
+  so its cosines, and its loss, differ from the exact ones by ~1e-7. Weights are
   ``[C, D]`` (PML: ``[D, C]``). A label outside ``[0, C)`` (PML: an index error) makes
   the sample no term.
 
@@ -267,15 +263,9 @@ def p2sgrad(num_classes: int) -> ParametricLoss:
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
 
   def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
     w = jax.random.uniform(rng, (num_classes, embedding_dim), jnp.float32, -1.0, 1.0)
     return LossVariables(params={"class_weights": l2_normalize(w)}, state={})
 
-  def apply(params, state, embeddings, labels, sched_margin):
-    del sched_margin
-    loss, stats = p2sgrad_loss(embeddings, labels, params["class_weights"])
-    return loss, stats, state
-
-  return ParametricLoss(init=init, apply=apply)
+  return _constructor(p2sgrad_loss, "class_weights", num_classes, init=init)

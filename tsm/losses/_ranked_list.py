@@ -6,12 +6,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsm import mining as mining_lib
 from tsm.distances import l2_normalize, pairwise_squared_euclidean
 from tsm.losses._activity import pair_masks, valid_rows
-from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows,
-                              check_inputs, check_valid)
+from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, check_inputs,
+                              check_valid)
 from tsm.losses._contrastive import PairStats
+from tsm.losses._pair_stats import ordered_pair_stats
 from tsm.losses._proxy import _safe_sqrt
 
 
@@ -97,15 +97,6 @@ def ranked_list_loss(
   anchor_loss = jnp.where(v, (1.0 - imbalance) * loss_p + imbalance * loss_n, 0.0)
   loss = jnp.sum(anchor_loss) / jnp.maximum(jnp.sum(v, dtype=jnp.float32), 1.0).astype(
       d.dtype)
-  pairs = pos | neg
-  num_pairs = mining_lib.count_sum(pairs)
-  num_active = mining_lib.count_sum(p_star | n_star)
-  stats = PairStats(
-      num_pairs=num_pairs, num_positive=mining_lib.count_sum(pos),
-      num_negative=mining_lib.count_sum(neg), num_active=num_active,
-      active_ratio=num_active / jnp.maximum(num_pairs, 1.0),
-      mean_pos_dist=mining_lib.masked_mean(sd, pos).astype(jnp.float32),
-      mean_neg_dist=mining_lib.masked_mean(sd, neg).astype(jnp.float32),
-      num_negative_active=mining_lib.count_sum(n_star))
+  stats = ordered_pair_stats(pos, neg, p_star, n_star, d)
   bad = jnp.any(_nonfinite_rows(x)) | ~jnp.isfinite(m) | ~jnp.isfinite(a)
-  return _nan_out(loss, _no_grad(stats), bad, jnp.sum(x) + m + a)
+  return _nan_out(loss, stats, bad, jnp.sum(x) + m + a)

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 from tsm import mining as mining_lib
 from tsm.distances import l2_normalize, pairwise_squared_euclidean
 from tsm.losses._activity import pair_masks, valid_rows
-from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
+from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, _reduce,
                               check_inputs, check_reduction, check_valid)
 from tsm.losses._contrastive import PairStats
+from tsm.losses._pair_stats import ordered_pair_stats
 
 
 def snr_distances(embeddings: chex.Array) -> tuple[chex.Array, chex.Array]:
@@ -99,7 +100,6 @@ def snr_contrastive_loss(
   m_pos = jnp.asarray(positive_margin, dist.dtype)
   pull = jax.nn.relu(dist - m_pos)
   push = jax.nn.relu(m - dist)
-  sdist = jax.lax.stop_gradient(dist)
   pos_active = pos & (jax.lax.stop_gradient(pull) > 0)
   neg_active = neg & (jax.lax.stop_gradient(push) > 0)
   num_pos, num_neg = mining_lib.count_sum(pos), mining_lib.count_sum(neg)
@@ -108,13 +108,6 @@ def snr_contrastive_loss(
   loss = (_reduce(jnp.sum(jnp.where(pos, pull, 0.0)), num_pos, num_pos_active, reduction)
           + _reduce(jnp.sum(jnp.where(neg, push, 0.0)), num_neg, num_neg_active,
                     reduction))
-  num_pairs = num_pos + num_neg
-  num_active = num_pos_active + num_neg_active
-  stats = PairStats(
-      num_pairs=num_pairs, num_positive=num_pos, num_negative=num_neg,
-      num_active=num_active, active_ratio=num_active / jnp.maximum(num_pairs, 1.0),
-      mean_pos_dist=mining_lib.masked_mean(sdist, pos).astype(jnp.float32),
-      mean_neg_dist=mining_lib.masked_mean(sdist, neg).astype(jnp.float32),
-      num_negative_active=num_neg_active)
+  stats = ordered_pair_stats(pos, neg, pos_active, neg_active, dist)
   bad = jnp.any(_nonfinite_rows(x)) | ~jnp.isfinite(m) | ~jnp.isfinite(m_pos)
-  return _nan_out(loss, _no_grad(stats), bad, jnp.sum(x) + m + m_pos)
+  return _nan_out(loss, stats, bad, jnp.sum(x) + m + m_pos)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from tsm import mining as mining_lib
 from tsm.losses._activity import cosine_similarity, nan_guard, pair_masks
 from tsm.losses._contrastive import PairStats
+from tsm.losses._pair_stats import ordered_pair_stats
 from tsm.losses._softmax import _prologue
 
 
@@ -67,13 +68,5 @@ def tcm_loss(
   neg_part = jnp.sum(jnp.where(neg_sel, s - margin_minus, 0.0)) / jnp.maximum(
       num_neg_sel, 1.0).astype(s.dtype)
   loss = lambda_plus * pos_part + lambda_minus * neg_part
-  num_pairs = mining_lib.count_sum(pos | neg)
-  num_active = num_pos_sel + num_neg_sel
-  stats = PairStats(
-      num_pairs=num_pairs, num_positive=mining_lib.count_sum(pos),
-      num_negative=mining_lib.count_sum(neg), num_active=num_active,
-      active_ratio=num_active / jnp.maximum(num_pairs, 1.0),
-      mean_pos_dist=mining_lib.masked_mean(ss, pos).astype(jnp.float32),
-      mean_neg_dist=mining_lib.masked_mean(ss, neg).astype(jnp.float32),
-      num_negative_active=num_neg_sel)
+  stats = ordered_pair_stats(pos, neg, pos_sel, neg_sel, s)
   return nan_guard(loss, x, v), stats

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, cosine_similarity, masked_logsumexp,
                                   nan_guard, pair_masks)
-from tsm.losses._proxy import _safe_sqrt
-from tsm.losses._softmax import _pair_softmax_stats, _prologue
+from tsm.losses._proxy import _safe_sqrt, check_angle
+from tsm.losses._softmax import _check_positive, _pair_softmax_stats, _prologue
 
 TUPLET_MARGIN = math.radians(5.73)  # PML's default, 5.73 degrees, in radians.
 
@@ -64,11 +64,8 @@ def tuplet_margin_loss(
     Yu, Tao, "Deep Metric Learning with Tuplet Margin Loss", ICCV 2019; PML
     ``TupletMarginLoss``.
   """
-  if not scale > 0:
-    raise ValueError(f"scale must be > 0; got {scale}.")
-  if isinstance(margin, (int, float)) and not 0.0 <= margin < math.pi:
-    raise ValueError(f"margin is an angle in radians in [0, pi); got {margin} (PML's "
-                     "degrees: use math.radians).")
+  _check_positive(scale, "scale")
+  check_angle(margin)
   x, v = _prologue(embeddings, labels, valid)
   chex.assert_rank(margin, 0)
   x = jnp.where(v[:, None], x, 0.0)
