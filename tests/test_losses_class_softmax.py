@@ -190,7 +190,8 @@ def run(name, x, y, w=None, valid=ALL, dtype=jnp.float32):
 VARIANTS = ("proxy_nca_scale", "soft_triple_margin", "sphereface_m3")
 BASE = [name for name in CASES if name not in VARIANTS]  # the other tests: defaults only
 SWEEP = ([(name, kind) for name in CASES if name not in VARIANTS for kind in KINDS] +
-         [(name, kind) for name in VARIANTS for kind in ("random", "ties")])
+         [pytest.param(name, kind, marks=pytest.mark.slow)  # one more compilation each
+          for name in VARIANTS for kind in ("random", "ties")])
 
 
 @pytest.mark.parametrize("name,kind", SWEEP)

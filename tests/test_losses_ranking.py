@@ -137,7 +137,9 @@ run = Runner(CASES)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [
+    name if name in BASE else pytest.param(name, marks=pytest.mark.slow)
+    for name in CASES])  # non-default parameters: one more compilation each, slow
 def test_value_stats_and_gradient_match_brute_force(name, kind):
   x, y = make_batch(kind)
   gx = checks.value_and_stats_match(run, name, x, y)
