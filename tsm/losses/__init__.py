@@ -69,6 +69,18 @@ from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
 from tsm.losses._wrappers import multiple_losses, self_supervised_loss, with_miner
 from tsm.losses._xbm import MemoryState, cross_batch_memory, enqueue, init_memory
+# PML losses, second half: class-vector softmaxes, pair and self-supervised losses.
+from tsm.losses._ap_surrogates import PNP_VARIANTS, pnp_loss, smooth_ap_loss
+from tsm.losses._angular_margin import (sphereface, sphereface_loss, subcenter_arcface,
+                                        subcenter_arcface_loss, subcenter_arcface_outliers)
+from tsm.losses._proxy_softmax import (normalized_softmax, normalized_softmax_loss,
+                                       p2sgrad, p2sgrad_loss, proxy_nca, proxy_nca_loss)
+from tsm.losses._ranked_list import ranked_list_loss
+from tsm.losses._snr import snr_contrastive_loss, snr_distances
+from tsm.losses._soft_triple import soft_triple, soft_triple_loss
+from tsm.losses._tcm import tcm_loss
+from tsm.losses._tuplet import TUPLET_MARGIN, tuplet_margin_loss
+from tsm.losses._vicreg import VICRegStats, vicreg_loss
 from tsm.losses._triplet import (MINING, TripletStats, check_mining, curriculum_mining,
                                  triplet_margin_loss, triplet_margin_loss_from_triplets)
 
@@ -89,4 +101,12 @@ __all__ += ["MemoryState", "cross_batch_memory", "enqueue", "init_memory",
 __all__ += [
     "EpochLoss", "MiningCurriculum", "check_curriculum", "explicit_pairs_loss",
     "explicit_triplets_loss",
+]
+__all__ += [
+    "normalized_softmax", "normalized_softmax_loss", "proxy_nca", "proxy_nca_loss",
+    "soft_triple", "soft_triple_loss", "sphereface", "sphereface_loss",
+    "subcenter_arcface", "subcenter_arcface_loss", "subcenter_arcface_outliers",
+    "snr_contrastive_loss", "snr_distances", "TUPLET_MARGIN", "tuplet_margin_loss",
+    "VICRegStats", "vicreg_loss", "ranked_list_loss", "smooth_ap_loss", "p2sgrad",
+    "p2sgrad_loss", "PNP_VARIANTS", "pnp_loss", "tcm_loss",
 ]

@@ -23,6 +23,14 @@ from tsm.losses._base import LossVariables, ParametricLoss, _float_dtype, check_
 ARCFACE_MARGIN = math.radians(28.6)  # PML's default, 28.6 degrees, in radians.
 
 
+def check_angle(margin, name: str = "margin") -> None:
+  """One-line ValueError unless a Python-number ``margin`` is an angle in ``[0, pi)``
+  radians (traced margins are not checkable before tracing)."""
+  if isinstance(margin, (int, float)) and not 0.0 <= margin < math.pi:
+    raise ValueError(f"{name} is an angle in radians in [0, pi); got {margin} (PML's "
+                     "degrees: use math.radians).")
+
+
 def _check_class_vectors(vectors, embeddings, name: str) -> None:
   shape = getattr(vectors, "shape", None)
   if shape is None or len(shape) != 2 or shape[1] != embeddings.shape[1]:
@@ -86,12 +94,15 @@ def arcface_loss(
   """
   if not scale > 0:
     raise ValueError(f"scale must be > 0; got {scale}.")
-  if isinstance(margin, (int, float)) and not 0.0 <= margin < math.pi:
-    raise ValueError(f"margin is an angle in radians in [0, pi); got {margin} (PML's "
-                     "degrees: use math.radians).")
+  check_angle(margin)
   x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
   chex.assert_rank(margin, 0)
-  cos = cosine_similarity(x, w)
+  return _arcface_from_cosine(cosine_similarity(x, w), onehot, v, margin, scale, x, labels)
+
+
+def _arcface_from_cosine(cos, onehot, v, margin, scale, x, labels):
+  """ArcFace's loss and stats from the ``[B, C]`` sample-class cosines (see
+  :func:`arcface_loss`; also the core of the sub-centre variant)."""
   m = jnp.asarray(margin, cos.dtype)
   c = jnp.clip(jnp.sum(jnp.where(onehot, cos, 0.0), axis=1), -1.0, 1.0)
   sin = _safe_sqrt(1.0 - jnp.square(c))

@@ -1,0 +1,113 @@
+"""Signal-to-noise-ratio contrastive loss: the contrastive hinge on the SNR distance."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from tsm import mining as mining_lib
+from tsm.distances import l2_normalize, pairwise_squared_euclidean
+from tsm.losses._activity import pair_masks, valid_rows
+from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, _reduce,
+                              check_inputs, check_reduction, check_valid)
+from tsm.losses._contrastive import PairStats
+from tsm.losses._pair_stats import ordered_pair_stats
+
+
+def snr_distances(embeddings: chex.Array) -> tuple[chex.Array, chex.Array]:
+  """``[B, B]`` SNR distances ``var(x_j - x_i) / var(x_i)`` of L2-normalised rows.
+
+  With ``c_i`` row ``i`` minus its mean (over the embedding dimensions), the variances'
+  ``1 / (D - 1)`` cancels: ``d_ij = |c_i - c_j|^2 / |c_i|^2``, from the Gram matrix of the
+  centred rows (``O(B^2)`` memory, where PML builds the ``[B, B, D]`` differences). The
+  distance is not symmetric: the anchor ``i``'s variance is the noise's reference.
+
+  Args:
+    embeddings: ``[B, D]`` embeddings (normalised here, as PML's ``SNRDistance``).
+
+  Returns:
+    ``(dist, has_signal)``: the distances (row ``i`` is 0 where ``var(x_i) = 0``) and the
+    ``[B]`` bool rows with non-zero variance, the only ones with a defined distance.
+  """
+  x = l2_normalize(embeddings)
+  centred = x - jnp.mean(x, axis=1, keepdims=True)
+  signal = jnp.sum(jnp.square(centred), axis=1)
+  has_signal = signal > 0
+  noise = pairwise_squared_euclidean(centred)
+  dist = noise / jnp.where(has_signal, signal, 1.0)[:, None]
+  return jnp.where(has_signal[:, None], dist, 0.0), has_signal
+
+
+def snr_contrastive_loss(
+    embeddings: chex.Array,
+    labels: chex.Array,
+    margin: chex.Numeric = 1.0,
+    *,
+    positive_margin: chex.Numeric = 0.0,
+    reduction: str = "mean_nonzero",
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, PairStats]:
+  """Contrastive loss on the signal-to-noise-ratio distance (PML's SNR contrastive loss).
+
+  With ``d`` the SNR distance (:func:`snr_distances`) over ordered pairs ``(i, j)``,
+  ``i != j`` (PML's pairs: both orders, the distance is not symmetric): positive pairs
+  cost ``max(0, d - positive_margin)``, negative pairs ``max(0, margin - d)`` (no square,
+  unlike :func:`tsm.losses.contrastive_loss`); the loss is the positive part's reduction
+  plus the negative part's (PML ``SignalToNoiseRatioContrastiveLoss``: a
+  ``ContrastiveLoss`` with ``SNRDistance`` and ``AvgNonZeroReducer`` per part, i.e.
+  ``reduction="mean_nonzero"``).
+
+  The paper adds a regulariser pulling each embedding's mean to zero; PML leaves it to
+  its generic ``embedding_regularizer`` and tsm leaves it out.
+
+  Differences from PML: rows with zero variance after normalisation (a zero row, or
+  all components equal) have no SNR distance (PML divides by 0: inf or NaN); here they
+  are the anchor of no pair (they still serve as the other end of pairs).
+
+  Statistics (:class:`tsm.losses.PairStats`): the terms are the ordered pairs with a
+  defined distance; a pair is active when its hinge is non-zero; the mean distances are
+  SNR distances.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings (normalised here).
+    labels: ``[B]`` integer labels.
+    margin: negative margin (PML ``neg_margin``, default 1; may be traced).
+    positive_margin: positive margin (PML ``pos_margin``, default 0; may be traced).
+    reduction: per part, ``"mean_nonzero"`` (PML), ``"mean"`` over the part's pairs or
+      ``"sum"``.
+    valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+
+  Returns:
+    ``(loss, stats)`` with :class:`tsm.losses.PairStats`.
+
+  References:
+    Yuan et al., "Signal-to-Noise Ratio: A Robust Distance Metric for Deep Metric
+    Learning", CVPR 2019; PML ``SignalToNoiseRatioContrastiveLoss``.
+  """
+  check_reduction(reduction)
+  check_inputs(embeddings, labels, margin)
+  check_inputs(embeddings, margin=positive_margin, margin_name="positive_margin")
+  check_valid(valid, embeddings.shape[0])
+  chex.assert_type(labels, int)
+  v = valid_rows(labels, valid)
+  x = jnp.where(v[:, None], embeddings.astype(_float_dtype(embeddings)), 0.0)
+  dist, has_signal = snr_distances(x)
+  pos, neg = pair_masks(labels, v)
+  # The anchor needs a signal; the other end need not have one.
+  pos, neg = pos & has_signal[:, None], neg & has_signal[:, None]
+  m = jnp.asarray(margin, dist.dtype)
+  m_pos = jnp.asarray(positive_margin, dist.dtype)
+  pull = jax.nn.relu(dist - m_pos)
+  push = jax.nn.relu(m - dist)
+  pos_active = pos & (jax.lax.stop_gradient(pull) > 0)
+  neg_active = neg & (jax.lax.stop_gradient(push) > 0)
+  num_pos, num_neg = mining_lib.count_sum(pos), mining_lib.count_sum(neg)
+  num_pos_active = mining_lib.count_sum(pos_active)
+  num_neg_active = mining_lib.count_sum(neg_active)
+  loss = (_reduce(jnp.sum(jnp.where(pos, pull, 0.0)), num_pos, num_pos_active, reduction)
+          + _reduce(jnp.sum(jnp.where(neg, push, 0.0)), num_neg, num_neg_active,
+                    reduction))
+  stats = ordered_pair_stats(pos, neg, pos_active, neg_active, dist)
+  bad = jnp.any(_nonfinite_rows(x)) | ~jnp.isfinite(m) | ~jnp.isfinite(m_pos)
+  return _nan_out(loss, stats, bad, jnp.sum(x) + m + m_pos)

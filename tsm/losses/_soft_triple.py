@@ -1,0 +1,142 @@
+"""SoftTriple loss: a softmax over classes that each hold several trainable centres.
+
+Statistics (:class:`tsm.losses.ActivityStats`), as ``arcface_loss``: the terms are the
+valid samples with a target; a sample is active when a wrong class's logit is within one
+logit unit of its own margin-penalised logit (``max_{k != y} z_k > z_y - 1``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from tsm.losses._activity import ActivityStats, cosine_similarity, valid_rows
+from tsm.losses._base import LossVariables, ParametricLoss, _float_dtype, check_inputs
+from tsm.losses._proxy import _check_num_classes
+from tsm.losses._proxy_softmax import class_cross_entropy, zero_padding
+from tsm.losses._softmax import _check_positive
+
+
+def check_sub_centres(vectors, embeddings, name: str) -> None:
+  """One-line ValueError unless ``vectors`` is ``[num_classes, per_class, D]``."""
+  shape = getattr(vectors, "shape", None)
+  if shape is None or len(shape) != 3 or shape[2] != embeddings.shape[1]:
+    raise ValueError(f"{name} must be [num_classes, per_class, {embeddings.shape[1]}] "
+                     f"(the centres of each class, the embedding size); got shape {shape}.")
+
+
+def sub_centre_prologue(embeddings, labels, vectors, name, valid):
+  """Checked inputs of a loss against ``[C, K, D]`` class centres.
+
+  Returns:
+    ``(x, cos, onehot, v)``: the embeddings in the working dtype, the ``[B, C, K]``
+    cosines to every centre, the ``[B, C]`` own-class mask and the ``[B]`` valid rows.
+  """
+  check_inputs(embeddings, labels)
+  check_sub_centres(vectors, embeddings, name)
+  chex.assert_type(labels, int)
+  dtype = _float_dtype(embeddings)
+  v = valid_rows(labels, valid)
+  x = zero_padding(embeddings.astype(dtype), v)
+  c, k, d = vectors.shape
+  cos = cosine_similarity(x, vectors.astype(dtype).reshape(c * k, d)).reshape(-1, c, k)
+  onehot = labels[:, None] == jnp.arange(c)[None, :]
+  return x, cos, onehot, v
+
+
+def soft_triple_loss(
+    embeddings: chex.Array,
+    labels: chex.Array,
+    centers: chex.Array,
+    *,
+    margin: chex.Numeric = 0.01,
+    la: float = 20.0,
+    gamma: float = 0.1,
+    valid: chex.Array | None = None,
+) -> tuple[chex.Array, ActivityStats]:
+  """SoftTriple: cross-entropy over soft class similarities to several centres per class.
+
+  With ``s_ck`` the cosine between a sample and centre ``k`` of class ``c``, the class
+  similarity is ``S_c = sum_k softmax_k(s_ck / gamma) s_ck``; the logits are
+  ``la (S_c - margin [c = y])`` and the loss is the mean cross-entropy over valid
+  samples (PML ``SoftTripleLoss``, ``MeanReducer``).
+
+  The paper adds a regulariser that merges similar centres of a class
+  (``tau sum ||w_k - w_l||``, its adaptive number of centres); PML leaves it out by
+  default (only its generic ``weight_regularizer``) and so does tsm.
+
+  Differences from PML: ``centers`` is ``[C, K, D]`` (PML stores ``[D, C * K]``, class
+  ``c``'s centres in columns ``c K .. c K + K - 1``: ``centers.reshape(C * K, D).T``).
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings (normalised here).
+    labels: ``[B]`` integer labels in ``[0, C)``.
+    centers: ``[C, K, D]`` class centres (normalised here).
+    margin: ``delta``, subtracted from the own class's similarity (PML default 0.01;
+      may be traced).
+    la: logit scale ``lambda`` (PML default 20).
+    gamma: temperature of the softmax over a class's centres (PML default 0.1; the
+      similarities are multiplied by ``1 / gamma``).
+    valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
+
+  Returns:
+    ``(loss, stats)`` with :class:`ActivityStats` over valid samples (see the module).
+
+  References:
+    Qian et al., "SoftTriple Loss: Deep Metric Learning Without Triplet Sampling", ICCV
+    2019; PML ``SoftTripleLoss``.
+  """
+  _check_positive(la, "la")
+  _check_positive(gamma, "gamma")
+  x, cos, onehot, v = sub_centre_prologue(embeddings, labels, centers, "centers", valid)
+  chex.assert_rank(margin, 0)
+  prob = jax.nn.softmax(cos * (1.0 / gamma), axis=2)
+  sim = jnp.sum(prob * cos, axis=2)
+  z = la * (sim - jnp.asarray(margin, sim.dtype) * onehot)
+  return class_cross_entropy(z, onehot, v, x, labels)
+
+
+def soft_triple(num_classes: int, *, centers_per_class: int = 10, margin: float = 0.01,
+                la: float = 20.0, gamma: float = 0.1,
+                margin_from_schedule: bool = False) -> ParametricLoss:
+  """:func:`soft_triple_loss` as a :class:`ParametricLoss` with trainable centres.
+
+  ``init`` draws ``params = {"centers": [C, K, D]}`` as PML (``kaiming_uniform_`` with
+  ``a = sqrt(5)`` on its ``[D, C K]`` tensor: uniform in ``+-1 / sqrt(C K)``); ``state``
+  is empty. ``apply``'s scheduled margin replaces ``margin`` only with
+  ``margin_from_schedule=True``; by default it is ignored.
+
+  Args:
+    num_classes: number of classes ``C``.
+    centers_per_class: ``K`` (PML default 10).
+    margin: see :func:`soft_triple_loss`.
+    la: see :func:`soft_triple_loss`.
+    gamma: see :func:`soft_triple_loss`.
+    margin_from_schedule: use the schedule's margin as ``margin``.
+
+  Returns:
+    The :class:`ParametricLoss`.
+  """
+  _check_num_classes(num_classes)
+  if not isinstance(centers_per_class, int) or centers_per_class < 1:
+    raise ValueError(f"centers_per_class must be a positive int; got "
+                     f"{centers_per_class!r}.")
+  _check_positive(la, "la")
+  _check_positive(gamma, "gamma")
+  bound = 1.0 / math.sqrt(num_classes * centers_per_class)
+
+  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+    w = jax.random.uniform(rng, (num_classes, centers_per_class, embedding_dim),
+                           jnp.float32, -bound, bound)
+    return LossVariables(params={"centers": w}, state={})
+
+  def apply(params, state, embeddings, labels, sched_margin):
+    m = sched_margin if margin_from_schedule else margin
+    loss, stats = soft_triple_loss(embeddings, labels, params["centers"], margin=m, la=la,
+                                   gamma=gamma)
+    return loss, stats, state
+
+  return ParametricLoss(init=init, apply=apply)
