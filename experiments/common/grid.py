@@ -135,8 +135,9 @@ def check_runs(runs: Sequence[tuple[str, Any]]) -> None:
 _RUN_ONE: Callable[[Any], Any] | None = None
 
 
-def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
-  """Pool initializer: Ctrl-C goes to the parent only; XLA threads; the cache."""
+def init_worker(cache_dir: str | None, xla_threads: int) -> None:
+  """A worker's setup (the pool's initializer; a SLURM job's first step): Ctrl-C goes to
+  the parent only; XLA threads; quiet orbax and absl; the compilation cache."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the pool
   if xla_threads == 1:
     current = os.environ.get("XLA_FLAGS", "")
@@ -216,7 +217,7 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     else:
       _RUN_ONE = run_one
       ctx = multiprocessing.get_context("fork")
-      pool = ctx.Pool(workers, initializer=_init_worker,
+      pool = ctx.Pool(workers, initializer=init_worker,
                       initargs=(compilation_cache, int(xla_threads)))
       indexed = pool.imap_unordered(_call_indexed, list(enumerate(jobs)), chunksize=1)
       for done, (i, result) in enumerate(indexed, 1):

@@ -4,7 +4,8 @@ The loss studies' runs are ``(dataset, loss, seed)`` tasks, each in
 ``<workdir>/<dataset>/<loss>/seed<seed>`` (:func:`run_dir`); :func:`plan` builds and
 validates every run's config before anything trains, :func:`check_tasks` fails before
 any training when a run directory holds another run or a run's data do not load, and
-:func:`run_tasks` runs the grid (:func:`experiments.common.grid.run_grid`) and records
+:func:`run_tasks` runs the grid where ``study.launcher`` says
+(:func:`experiments.common.launch.run_jobs`) and records
 the study's timing (:mod:`experiments.common.timing`).
 """
 
@@ -18,6 +19,7 @@ from ml_collections import config_dict
 
 from experiments.common import checks
 from experiments.common import grid
+from experiments.common import launch
 from experiments.common import timing as timing_lib
 
 # build(cfg, dataset, loss, seed) -> the run's tsm config.
@@ -53,6 +55,7 @@ def study_fields(*, seeds: int, em_triplets: int) -> dict[str, Any]:
     em_triplets: effective margins: every valid training triplet up to this many,
       else a uniform sample of this size.
     gmm_components: components of the Gaussian mixture fitted to effective margins.
+    launcher, slurm: where the runs train (:func:`experiments.common.launch.launcher_fields`).
 
   Args:
     seeds: the default ``seeds``.
@@ -75,6 +78,7 @@ def study_fields(*, seeds: int, em_triplets: int) -> dict[str, Any]:
       "decay_fraction": 0.1,
       "em_triplets": em_triplets,
       "gmm_components": 2,
+      **launch.launcher_fields(),
   }
 
 
@@ -239,7 +243,8 @@ def run_tasks(label: str, section: Any, jobs: Sequence[Any], workdir: str, *,
   Args:
     label: the study's name in the log line.
     section: the config's ``study`` section (``workers``, ``xla_threads``,
-      ``compilation_cache``; ``datasets``, ``losses``, ``seeds`` for the default shape).
+      ``compilation_cache``, ``launcher``, ``slurm``; ``datasets``, ``losses``,
+      ``seeds`` for the default shape).
     jobs: the jobs, in the order they start.
     workdir: the study directory.
     run_one: ``run_one(job)`` -> the run's record (a dict with ``"reused"``).
@@ -255,12 +260,10 @@ def run_tasks(label: str, section: Any, jobs: Sequence[Any], workdir: str, *,
   workers = max(1, min(int(s.workers), len(jobs)))
   if shape is None:
     shape = f"{len(s.datasets)} dataset(s) x {len(s.losses)} losses x {s.seeds} seeds"
-  grid.log(f"{label}: {shape} = {len(jobs)} runs, {workers} process(es), workdir "
+  grid.log(f"{label}: {shape} = {len(jobs)} runs, {launch.describe(s, workers)}, workdir "
            f"{workdir}")
-  records = grid.run_grid(
-      jobs, run_one, workers=workers, xla_threads=int(s.xla_threads),
-      compilation_cache=grid.cache_directory(s.compilation_cache, workdir),
-      log=grid.log, progress=progress)
+  records = launch.run_jobs(s, jobs, run_one, workdir, workers=workers, log=grid.log,
+                            progress=progress)
   timing = timing_lib.study_timing(
       workdir, seconds=time.time() - start, runs=len(records),
       trained=sum(not r["reused"] for r in records), workers=workers,

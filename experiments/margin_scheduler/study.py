@@ -38,6 +38,7 @@ import numpy as np
 
 from experiments.common import checks
 from experiments.common import grid
+from experiments.common import launch
 from tsm import artifacts
 from tsm import config as config_lib
 from tsm import losses as losses_lib
@@ -121,6 +122,7 @@ def study_section() -> ml_collections.ConfigDict:
     em_examples: training examples whose embeddings give the effective margins.
     em_triplets: triplets sampled among them (all when fewer exist).
     plot_seed: the seed whose effective-margin histograms are drawn.
+    launcher, slurm: where the runs train (:func:`experiments.common.launch.launcher_fields`).
 
   Returns:
     A ConfigDict.
@@ -141,6 +143,7 @@ def study_section() -> ml_collections.ConfigDict:
       "em_examples": 1000,
       "em_triplets": 20000,
       "plot_seed": 0,
+      **launch.launcher_fields(),
   })
 
 
