@@ -147,7 +147,7 @@ def test_every_study_has_the_same_file_roles_and_fields():
   from experiments.loss_zoo import study as zoo_study
   from experiments.margin_scheduler import study as margin_study
   shared = {"seeds", "epochs", "vary_data", "workers", "xla_threads", "compilation_cache",
-            "compare_to", "em_triplets"}
+            "compare_to", "em_triplets", "launcher", "slurm"}
   assert shared <= set(margin_study.study_section().keys())
   assert shared <= set(loss_study.study_section(()).keys())
   assert shared <= set(zoo_study.study_section(()).keys())

@@ -66,9 +66,27 @@ def cluster(tmp_path_factory):
       os.environ["SLURM_CONF"] = saved
 
 
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+  """One compilation cache for every study of this file, local and SLURM: the jobs load
+  the programs the local runs compiled."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
 def _slurm_study(**fields):
   cfg = tiny_study(launcher="slurm", **fields)
   cfg.study.slurm.update(SLURM)
+  return cfg
+
+
+EPOCHS = 100
+
+
+def preemptible_study(cache):
+  """One run of ``EPOCHS`` epochs with a checkpoint after each (the loss studies' configs
+  save one after the last epoch only: ``checkpoint.every_epochs=0``)."""
+  cfg = _slurm_study(losses=("triplet",), seeds=1, epochs=EPOCHS, compilation_cache=cache)
+  cfg.synthetic.checkpoint.every_epochs = 1
   return cfg
 
 
@@ -86,10 +104,10 @@ def _comparable(workdir, drop=("seconds",)):
 
 
 def test_a_slurm_study_writes_the_local_study_json_and_resubmits_only_what_is_missing(
-    cluster, tmp_path, capsys):  # pylint: disable=redefined-outer-name,unused-argument
+    cluster, jax_cache, tmp_path, capsys):  # pylint: disable=redefined-outer-name,unused-argument
   local, remote = str(tmp_path / "local"), str(tmp_path / "slurm")
-  zoo_run.run_study(tiny_study(), local)
-  zoo_run.run_study(_slurm_study(), remote)
+  zoo_run.run_study(tiny_study(compilation_cache=jax_cache), local)
+  zoo_run.run_study(_slurm_study(compilation_cache=jax_cache), remote)
   log = capsys.readouterr().out
   assert "submitted 4 job(s)" in log
   assert _comparable(remote) == _comparable(local)
@@ -97,7 +115,7 @@ def test_a_slurm_study_writes_the_local_study_json_and_resubmits_only_what_is_mi
     assert len(json.load(f)) == 4   # run directory -> array job id
   # One run lost: the same command submits that run only and reuses the three others.
   shutil.rmtree(runs.run_dir(remote, "synthetic", "ntxent", 1))
-  again = zoo_run.run_study(_slurm_study(), remote)
+  again = zoo_run.run_study(_slurm_study(compilation_cache=jax_cache), remote)
   log = capsys.readouterr().out
   assert "submitted 1 job(s)" in log
   assert sorted((r["loss"], r["seed"]) for r in again["runs"] if not r["reused"]) == [
@@ -113,18 +131,17 @@ def _wait(predicate, timeout, what):
     time.sleep(0.2)
 
 
-def test_a_killed_study_and_a_preempted_job_resume_from_the_checkpoint(cluster, tmp_path,
-                                                                       capsys):  # pylint: disable=redefined-outer-name,unused-argument
+def test_a_killed_study_and_a_preempted_job_resume_from_the_checkpoint(
+    cluster, jax_cache, tmp_path, capsys):  # pylint: disable=redefined-outer-name,unused-argument
   workdir = str(tmp_path / "study")
-  fields = dict(losses=("triplet",), seeds=1, epochs=150)
   rundir = runs.run_dir(workdir, "synthetic", "triplet", 0)
   study = subprocess.Popen(
       [sys.executable, "-c", textwrap.dedent(f"""
           import sys
           sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-          from test_slurm import _slurm_study
+          from test_slurm import preemptible_study
           from experiments.loss_zoo import run
-          run.run_study(_slurm_study(**{fields!r}), {workdir!r})
+          run.run_study(preemptible_study({jax_cache!r}), {workdir!r})
       """)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -146,7 +163,7 @@ def test_a_killed_study_and_a_preempted_job_resume_from_the_checkpoint(cluster, 
   # A requeued job waits ~2 minutes before it may start again: start it now.
   subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True,
                  timeout=60)
-  out = zoo_run.run_study(_slurm_study(**fields), workdir)   # the same command again
+  out = zoo_run.run_study(preemptible_study(jax_cache), workdir)   # the same command again
   log = capsys.readouterr().out
   assert "waiting for 1 job(s) already in SLURM's queue" in log
   assert "submitted" not in log
@@ -159,5 +176,5 @@ def test_a_killed_study_and_a_preempted_job_resume_from_the_checkpoint(cluster, 
                                                  "at step "), lines
   resumed_at = int(lines[1].rsplit(" ", 1)[1])
   epochs = [r for r in read_lines(rundir) if r["kind"] == "epoch"]
-  assert [r["epoch"] for r in epochs] == list(range(150))   # every epoch once
+  assert [r["epoch"] for r in epochs] == list(range(EPOCHS))   # every epoch once
   assert 0 < resumed_at < epochs[-1]["step"]

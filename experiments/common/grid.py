@@ -192,7 +192,6 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
                      "1 (single-threaded XLA CPU runtime).")
   jobs = list(jobs)
   fmt = progress or str
-  width = len(str(len(jobs)))
   results: list[Any] = [None] * len(jobs)
   start = time.time()
   workers = min(int(workers), len(jobs))
@@ -201,8 +200,7 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     workers = 1
 
   def report(done: int, result: Any) -> None:
-    log(f"[{done:>{width}}/{len(jobs)}] {fmt(result)}  (elapsed "
-        f"{time.time() - start:.0f} s)")
+    log(progress_line(done, len(jobs), fmt(result), start))
 
   pool = None
   try:
@@ -239,6 +237,11 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
       pool.join()
     _RUN_ONE = None
   return results
+
+
+def progress_line(done: int, total: int, text: str, start: float) -> str:
+  """A grid's progress line: ``[done/total] text  (elapsed N s)`` since ``start``."""
+  return f"[{done:>{len(str(total))}}/{total}] {text}  (elapsed {time.time() - start:.0f} s)"
 
 
 def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:

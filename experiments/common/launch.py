@@ -13,9 +13,9 @@ Both reuse the same finished runs (:func:`experiments.common.grid.finished`) and
 same checks first. With SLURM:
 
 * each job's stdout / stderr and submitit's pickles are in ``<workdir>/slurm/``
-  (``<array id>_<index>_0_log.out`` / ``.err``); ``<workdir>/slurm/jobs.json`` maps each
-  run directory to its job id (array index ``i`` = the ``i``-th unfinished run, in the
-  study's order);
+  (``<job id>_0_log.out`` / ``.err``, the job id ``<array id>_<index>``);
+  ``<workdir>/slurm/jobs.json`` maps each run directory to its job id (array index ``i``
+  = the ``i``-th unfinished run, in the study's order);
 * a study command that is stopped (Ctrl-C, a closed session) leaves its jobs running; the
   same command again waits for those still queued or running, submits only the runs that
   are neither finished nor in the queue, and reuses the finished ones;
@@ -289,7 +289,6 @@ def run_slurm(jobs: Sequence[Any], run_one: Callable[[Any], Any], folder: str,
   import submitit  # pylint: disable=import-outside-toplevel
   jobs = list(jobs)
   fmt = progress or str
-  width = len(str(len(jobs)))
   start = time.time()
   results: list[Any] = [None] * len(jobs)
   done = 0
@@ -297,8 +296,7 @@ def run_slurm(jobs: Sequence[Any], run_one: Callable[[Any], Any], folder: str,
   def report(result: Any) -> None:
     nonlocal done
     done += 1
-    log(f"[{done:>{width}}/{len(jobs)}] {fmt(result)}  (elapsed "
-        f"{time.time() - start:.0f} s)")
+    log(grid.progress_line(done, len(jobs), fmt(result), start))
 
   os.makedirs(folder, exist_ok=True)
   jobs_path = os.path.join(folder, JOBS_FILE)
@@ -343,8 +341,7 @@ def run_slurm(jobs: Sequence[Any], run_one: Callable[[Any], Any], folder: str,
 
   def fail(i: int, sjob: Any, error: str) -> None:
     failed.append((i, error))
-    log(f"[{'!':>{width}}/{len(jobs)}] job {sjob.job_id} ({jobs[i]['rundir']}) failed; "
-        f"log {sjob.paths.stderr}")
+    log(f"job {sjob.job_id} ({jobs[i]['rundir']}) failed; log {sjob.paths.stderr}")
 
   try:
     gone: dict[int, float] = {}   # job index -> when it was first seen out of the queue
