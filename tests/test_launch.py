@@ -139,3 +139,18 @@ def test_describe_names_the_launcher():
 def test_presets_take_the_launcher_from_the_command_line():
   cfg = presets.study_config(("synthetic",))
   assert cfg.study.launcher == "local" and cfg.study.slurm.partition == ""
+
+
+@pytest.mark.parametrize("squeue,expected", [
+    ('echo 7_0; echo 7_2', {"7_0", "7_2"}),                       # 7_1 has left the queue
+    ('echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1', set()),
+    ('echo "Unable to contact slurm controller" >&2; exit 1', {"7_0", "7_1", "7_2"}),
+])
+def test_queued_jobs_come_from_squeue_and_an_unreachable_one_loses_none(
+    tmp_path, monkeypatch, squeue, expected):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "squeue").write_text(f"#!/bin/sh\n{squeue}\n")
+  (bin_dir / "squeue").chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+  assert launch._queued(["7_0", "7_1", "7_2"]) == expected  # pylint: disable=protected-access

@@ -3,7 +3,9 @@
 Every study has the same ``study.launcher`` field (:func:`launcher_fields`):
 
 * ``"local"``: :func:`experiments.common.grid.run_grid`'s forked workers on this
-  machine (``study.workers``);
+  machine (``study.workers``). Not submitit's local executor: that starts a fresh
+  interpreter per run, which loads the data and imports JAX again, where the forked
+  workers share what the parent loaded;
 * ``"slurm"``: one SLURM job per run, submitted as job arrays through submitit_
   (``study.slurm.*``: partition, GPUs and CPUs per task, memory, time limit, array
   parallelism). The study command waits for the jobs and writes the same report and
@@ -38,7 +40,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from typing import Any, Callable, Sequence
 
