@@ -135,9 +135,8 @@ def check_runs(runs: Sequence[tuple[str, Any]]) -> None:
 _RUN_ONE: Callable[[Any], Any] | None = None
 
 
-def init_worker(cache_dir: str | None, xla_threads: int) -> None:
-  """A worker's setup (the pool's initializer; a SLURM job's first step): Ctrl-C goes to
-  the parent only; XLA threads; quiet orbax and absl; the compilation cache."""
+def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
+  """Pool initializer: Ctrl-C goes to the parent only; XLA threads; the cache."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the pool
   if xla_threads == 1:
     current = os.environ.get("XLA_FLAGS", "")
@@ -192,6 +191,7 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
                      "1 (single-threaded XLA CPU runtime).")
   jobs = list(jobs)
   fmt = progress or str
+  width = len(str(len(jobs)))
   results: list[Any] = [None] * len(jobs)
   start = time.time()
   workers = min(int(workers), len(jobs))
@@ -200,7 +200,8 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     workers = 1
 
   def report(done: int, result: Any) -> None:
-    log(progress_line(done, len(jobs), fmt(result), start))
+    log(f"[{done:>{width}}/{len(jobs)}] {fmt(result)}  (elapsed "
+        f"{time.time() - start:.0f} s)")
 
   pool = None
   try:
@@ -215,7 +216,7 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     else:
       _RUN_ONE = run_one
       ctx = multiprocessing.get_context("fork")
-      pool = ctx.Pool(workers, initializer=init_worker,
+      pool = ctx.Pool(workers, initializer=_init_worker,
                       initargs=(compilation_cache, int(xla_threads)))
       indexed = pool.imap_unordered(_call_indexed, list(enumerate(jobs)), chunksize=1)
       for done, (i, result) in enumerate(indexed, 1):
@@ -237,11 +238,6 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
       pool.join()
     _RUN_ONE = None
   return results
-
-
-def progress_line(done: int, total: int, text: str, start: float) -> str:
-  """A grid's progress line: ``[done/total] text  (elapsed N s)`` since ``start``."""
-  return f"[{done:>{len(str(total))}}/{total}] {text}  (elapsed {time.time() - start:.0f} s)"
 
 
 def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:

@@ -202,7 +202,7 @@ def run_jobs(section: Any, jobs: Sequence[Any], run_one: Callable[[Any], Any],
 
 class SlurmRun:
   """The callable a SLURM job runs: ``run_one(task)`` in a fresh process set up as a
-  grid worker is (:func:`experiments.common.grid.init_worker`).
+  grid worker is (the pool's initializer, ``experiments.common.grid._init_worker``).
 
   Its :meth:`checkpoint` is submitit's preemption / time-out hook: called on
   ``USR2``, it returns the same call, which submitit requeues; the requeued job's
@@ -216,7 +216,7 @@ class SlurmRun:
     self.xla_threads = xla_threads
 
   def __call__(self, task: Any) -> Any:
-    grid.init_worker(self.cache_dir, self.xla_threads)
+    grid._init_worker(self.cache_dir, self.xla_threads)  # pylint: disable=protected-access
     steps = checkpoint_steps(task["rundir"])
     grid.log(f"{task['rundir']}: " + (f"resuming from its checkpoint at step {steps[-1]}"
                                       if steps else "starting"))
@@ -297,7 +297,8 @@ def run_slurm(jobs: Sequence[Any], run_one: Callable[[Any], Any], folder: str,
   def report(result: Any) -> None:
     nonlocal done
     done += 1
-    log(grid.progress_line(done, len(jobs), fmt(result), start))
+    log(f"[{done:>{len(str(len(jobs)))}}/{len(jobs)}] {fmt(result)}  (elapsed "
+        f"{time.time() - start:.0f} s)")   # run_grid's progress line
 
   os.makedirs(folder, exist_ok=True)
   jobs_path = os.path.join(folder, JOBS_FILE)
