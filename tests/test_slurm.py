@@ -178,3 +178,19 @@ def test_a_killed_study_and_a_preempted_job_resume_from_the_checkpoint(
   epochs = [r for r in read_lines(rundir) if r["kind"] == "epoch"]
   assert [r["epoch"] for r in epochs] == list(range(EPOCHS))   # every epoch once
   assert 0 < resumed_at < epochs[-1]["step"]
+
+
+def test_a_job_that_dies_without_a_result_is_one_line_and_status_1(cluster, tmp_path,
+                                                                   capsys):  # pylint: disable=redefined-outer-name,unused-argument
+  workdir = str(tmp_path / "study")
+  cfg = _slurm_study(losses=("triplet",), seeds=1)
+  cfg.study.slurm.setup = ("exit 3",)   # the job script ends before the run starts
+  with pytest.raises(SystemExit) as e:
+    zoo_run.run_study(cfg, workdir)
+  assert e.value.code == 1
+  lines = capsys.readouterr().out.strip().splitlines()
+  rundir = runs.run_dir(workdir, "synthetic", "triplet", 0)
+  assert lines[-1] == (f"error: 1 of 1 SLURM job(s) failed; the first ({rundir}): the job "
+                       "left SLURM's queue without a result (cancelled or killed); the same "
+                       "command resubmits them")
+  assert lines[-2].endswith("_0_log.err") and f"({rundir}) failed; log " in lines[-2]
