@@ -252,6 +252,14 @@ def _queued(job_ids: Sequence[str]) -> set[str]:
   return {line.strip() for line in out.stdout.splitlines()} & set(job_ids)
 
 
+def _last_error_line(error: Exception) -> str:
+  """The exception line of a failed job's traceback (submitit's ``FailedJobError``
+  message: the job's traceback, then where the full logs are)."""
+  text = str(error).split("You can check full logs", 1)[0]
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
 def _read_jobs(path: str) -> dict[str, str]:
   try:
     with open(path) as f:
@@ -348,22 +356,24 @@ def run_slurm(jobs: Sequence[Any], run_one: Callable[[Any], Any], folder: str,
   try:
     gone: dict[int, float] = {}   # job index -> when it was first seen out of the queue
     while pending:
-      # A job is over when its result file exists (submitit writes it for a success and
-      # for an exception), or when it has left the queue without one (killed). Read from
-      # the files and squeue: submitit's own watcher needs sacct (SLURM accounting).
-      for i in [i for i, sjob in pending.items() if sjob.paths.result_pickle.exists()]:
-        sjob = pending.pop(i)
-        try:
-          results[i] = sjob.result()
-        except Exception as e:  # pylint: disable=broad-except  # reported below, in one line
-          lines = [line for line in str(e).strip().splitlines() if line.strip()]
-          fail(i, sjob, lines[-1] if lines else type(e).__name__)
-        else:
-          report(results[i])
+      # A job is over when it has left the queue (squeue): then its result file holds
+      # its record or its exception (submitit writes both), or, when none comes, it was
+      # killed. Not before: a preempted job's first attempt may leave an exception
+      # there while its requeued attempt waits in the queue. (submitit's own watcher
+      # asks sacct, which needs SLURM's accounting database.)
       queued = _queued([sjob.job_id for sjob in pending.values()])
       now = time.time()
       for i in [i for i, sjob in pending.items() if sjob.job_id not in queued]:
-        if now - gone.setdefault(i, now) > _GONE_GRACE_S:   # no result file came
+        sjob = pending[i]
+        if sjob.paths.result_pickle.exists():
+          del pending[i]
+          try:
+            results[i] = sjob.result()
+          except Exception as e:  # pylint: disable=broad-except  # reported below, in one line
+            fail(i, sjob, _last_error_line(e))
+          else:
+            report(results[i])
+        elif now - gone.setdefault(i, now) > _GONE_GRACE_S:   # no result file came
           fail(i, pending.pop(i), "the job left SLURM's queue without a result "
                "(cancelled or killed)")
       if pending:
