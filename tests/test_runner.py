@@ -149,7 +149,7 @@ def test_every_study_has_the_same_file_roles_and_fields():
   from experiments.common import runs  # pylint: disable=import-outside-toplevel
   shared = set(runs.grid_fields(seeds=1)) | {"datasets", "em_triplets"}
   assert {"seeds", "epochs", "vary_data", "workers", "xla_threads", "compilation_cache",
-          "compare_to"} <= shared
+          "compare_to", "launcher", "slurm"} <= shared
   assert shared <= set(margin_study.study_section(("digits",)).keys())
   assert shared <= set(loss_study.study_section(()).keys())
   assert shared <= set(zoo_study.study_section(()).keys())

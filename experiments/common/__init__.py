@@ -3,6 +3,8 @@
 * :mod:`~experiments.common.grid`: the grid (jobs in forked workers, the compilation
   cache, Ctrl-C), the finished-run / same-run test, the study lock and the one error
   type, :class:`~experiments.common.grid.StudyError`;
+* :mod:`~experiments.common.launch`: where the runs train (``study.launcher``: this
+  machine's worker pool or SLURM job arrays through submitit);
 * :mod:`~experiments.common.runs`: the study config's shape (a ``study`` section and one
   run-config section per dataset) and the runs of a (dataset x arm x seed) study:
   layout, plan, checks before training, the grid with its timing, ``run_study``,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Sequence
 
+from experiments.common import launch
 from experiments.common.grid import StudyError
 
 
@@ -32,7 +33,8 @@ def check_integers(section: Any, minimums: Iterable[tuple[str, int]]) -> None:
 
 def check_grid(section: Any) -> None:
   """The grid's fields: ``xla_threads`` 0 or 1, ``workers`` an integer, ``epochs`` None
-  or an integer >= 1, ``compare_to`` '' or a finished study with a ``verdicts.csv``."""
+  or an integer >= 1, ``compare_to`` '' or a finished study with a ``verdicts.csv``,
+  ``launcher`` and ``slurm`` (:func:`experiments.common.launch.check_launcher`)."""
   check_integers(section, (("xla_threads", 0),))
   if section.xla_threads > 1:
     raise StudyError(f"study.xla_threads={section.xla_threads} must be 0 (XLA's default) "
@@ -44,6 +46,7 @@ def check_grid(section: Any) -> None:
   if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
                              or epochs < 1):
     raise StudyError(f"study.epochs={epochs!r} must be an integer >= 1 or None.")
+  launch.check_launcher(section)
   if not isinstance(section.compare_to, str):
     raise StudyError(f"study.compare_to={section.compare_to!r} must be a study directory "
                      "or ''.")

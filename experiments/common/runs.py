@@ -9,9 +9,10 @@ datasets and seeds; its runs are ``(dataset, arm, seed)`` tasks (:func:`plan`), 
 ``<workdir>/<dataset>/<arm>/seed<seed>`` (:func:`run_dir`). :func:`plan` builds and
 validates every run's config before anything trains, :func:`check_tasks` fails before
 any training when a run directory holds another run or a run's data do not load,
-:func:`run_tasks` runs the grid (:func:`experiments.common.grid.run_grid`) and records
-the study's timing (:mod:`experiments.common.timing`), and :func:`run_study` does all of
-it and writes ``study.json`` (:func:`write_study_json`).
+:func:`run_tasks` runs the grid where ``study.launcher`` says
+(:func:`experiments.common.launch.run_jobs`) and records the study's timing
+(:mod:`experiments.common.timing`), and :func:`run_study` does all of it and writes
+``study.json`` (:func:`write_study_json`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ml_collections import config_dict
 
 from experiments.common import checks
 from experiments.common import grid
+from experiments.common import launch
 from experiments.common import timing as timing_lib
 
 # build(cfg, dataset, arm, seed) -> the run's tsm config.
@@ -56,6 +58,8 @@ def grid_fields(*, seeds: int) -> dict[str, Any]:
       the first run of each process load them from the cache.
     compare_to: a finished run of the same study (another workdir, e.g. the rerun with
       another ``xla_threads``): claims whose verdict differs there are marked unstable.
+    launcher, slurm: where the runs train: this machine's worker pool or SLURM job
+      arrays (:func:`experiments.common.launch.launcher_fields`).
 
   Args:
     seeds: the default ``seeds``.
@@ -72,6 +76,7 @@ def grid_fields(*, seeds: int) -> dict[str, Any]:
       "xla_threads": 0,
       "compilation_cache": "auto",
       "compare_to": "",
+      **launch.launcher_fields(),
   }
 
 
@@ -304,7 +309,7 @@ def run_tasks(label: str, section: Any, jobs: Sequence[Any], workdir: str, *,
   Args:
     label: the study's name in the log line.
     section: the config's ``study`` section (``workers``, ``xla_threads``,
-      ``compilation_cache``).
+      ``compilation_cache``, ``launcher``, ``slurm``).
     jobs: the jobs, in the order they start.
     workdir: the study directory.
     run_one: ``run_one(job)`` -> the run's record (a dict with ``"reused"``).
@@ -318,12 +323,10 @@ def run_tasks(label: str, section: Any, jobs: Sequence[Any], workdir: str, *,
   """
   s = section
   workers = max(1, min(int(s.workers), len(jobs)))
-  grid.log(f"{label}: {shape} = {len(jobs)} runs, {workers} process(es), workdir "
+  grid.log(f"{label}: {shape} = {len(jobs)} runs, {launch.describe(s, workers)}, workdir "
            f"{workdir}")
-  records = grid.run_grid(
-      jobs, run_one, workers=workers, xla_threads=int(s.xla_threads),
-      compilation_cache=grid.cache_directory(s.compilation_cache, workdir),
-      log=grid.log, progress=progress)
+  records = launch.run_jobs(s, jobs, run_one, workdir, workers=workers, log=grid.log,
+                            progress=progress)
   timing = timing_lib.study_timing(
       workdir, seconds=time.time() - start, runs=len(records),
       trained=sum(not r["reused"] for r in records), workers=workers,
