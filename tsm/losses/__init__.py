@@ -58,10 +58,16 @@ from tsm.losses._base import (REDUCTIONS, LossVariables, ParametricLoss, as_para
                               check_reduction, common_stats)
 from tsm.losses._contrastive import PairStats, contrastive_loss, contrastive_loss_from_pairs
 from tsm.losses._activity import ActivityStats, negative_active_ratio
+from tsm.losses._circle import circle_loss
 from tsm.losses._center import center_contrastive, center_contrastive_loss, update_centers
+from tsm.losses._lifted import generalized_lifted_structure_loss, lifted_structure_loss
+from tsm.losses._margin_loss import margin_beta, margin_loss
 from tsm.losses._multi_similarity import multi_similarity_loss
+from tsm.losses._nca import nca_loss
 from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_loss
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
+from tsm.losses._softmax_margin import (cosface, cosface_loss, large_margin_softmax,
+                                        large_margin_softmax_loss)
 from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
 from tsm.losses._triplet import (MINING, TripletStats, check_mining, curriculum_mining,
@@ -82,4 +88,9 @@ __all__ += [
 __all__ += [
     "EpochLoss", "MiningCurriculum", "check_curriculum", "explicit_pairs_loss",
     "explicit_triplets_loss",
+]
+__all__ += [
+    "circle_loss", "cosface", "cosface_loss", "generalized_lifted_structure_loss",
+    "large_margin_softmax", "large_margin_softmax_loss", "lifted_structure_loss",
+    "margin_beta", "margin_loss", "nca_loss",
 ]

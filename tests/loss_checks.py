@@ -1,0 +1,172 @@
+"""Shared checks for the loss-family tests (``test_losses_*.py``) against brute-force
+references.
+
+A family's test module writes its references (plain Python loops over anchors, pairs,
+triplets or classes, in float64, from the loss's definition) and a dict of
+:class:`Case`; these functions run the same checks on every case: value, statistics and
+gradient against the reference under ``jax_enable_x64``, float32 precision, finiteness,
+NaN in / NaN out, padding, ``jit`` + ``vmap`` and the ``O(B^2)`` memory bound. The
+batches are :func:`test_loss_zoo.make_batch`'s (random, ties, one class, singletons,
+identical rows, absent classes).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.extend  # noqa: F401  (jax.extend.core.jaxprs_in_params)
+import jax.numpy as jnp
+import numpy as np
+
+from test_loss_zoo import B, C, D, KINDS, class_vectors, fd_grad, make_batch
+
+__all__ = ["B", "C", "D", "KINDS", "Case", "class_vectors", "make_batch", "run"]
+
+
+class Case(NamedTuple):
+  """A loss under test.
+
+  Attributes:
+    fn: ``(x, y, w, valid) -> (loss, stats)``; ``w`` is a ``[C, D]`` array (class
+      weights) that losses without class vectors ignore.
+    ref: ``(x, y, w) -> (loss, stats dict)``, the brute-force reference.
+    with_w: the loss takes ``w`` (its gradient is checked).
+    grad_ref: optional ``(x, y, w, at) -> loss``: the reference with the parts the loss
+      holds constant for the gradient (``stop_gradient``) evaluated at the batch ``at``;
+      the gradient is checked against its finite differences in ``x`` at ``at = x``.
+  """
+  fn: Callable
+  ref: Callable
+  with_w: bool = False
+  grad_ref: Callable | None = None
+
+
+_JITTED = {}
+
+
+def run(name, case, x, y, w=None, valid=None, dtype=jnp.float32):
+  """``((loss, stats), (d/dx, d/dw))`` of a case, from one jitted function per case."""
+  if name not in _JITTED:
+    _JITTED[name] = jax.jit(jax.value_and_grad(case.fn, argnums=(0, 2), has_aux=True))
+  w = class_vectors() if w is None else w
+  valid = np.ones(len(y), bool) if valid is None else valid
+  return _JITTED[name](jnp.asarray(x, dtype), jnp.asarray(y), jnp.asarray(w, dtype),
+                       jnp.asarray(valid))
+
+
+def _x_grad_ref(case, y, w, at):
+  if case.grad_ref is not None:
+    return lambda a: case.grad_ref(a, y, w, at)
+  return lambda a: case.ref(a, y, w)[0]
+
+
+def check_against_reference(name, case, kind):
+  """float64 value, every statistic the reference gives, and gradients."""
+  x, y = make_batch(kind)
+  w = class_vectors()
+  want, want_stats = case.ref(x, y, w)
+  with jax.enable_x64(True):
+    (loss, stats), (gx, gw) = run(name, case, x, y, w, dtype=jnp.float64)
+  assert loss.dtype == jnp.float64
+  np.testing.assert_allclose(float(loss), want, rtol=1e-9, atol=1e-12)
+  for field, value in want_stats.items():
+    assert float(getattr(stats, field)) == value, field
+  assert float(stats.num_easy) == want_stats["num_total"] - want_stats["num_active"]
+  np.testing.assert_allclose(
+      float(stats.active_ratio), want_stats["num_active"] / max(want_stats["num_total"], 1))
+  want_gx = fd_grad(_x_grad_ref(case, y, w, x), x)
+  assert np.all(np.isfinite(np.asarray(gx)))
+  np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-5, atol=1e-7)
+  if case.with_w:
+    want_gw = fd_grad(lambda a: case.ref(x, y, a)[0], w)
+    np.testing.assert_allclose(np.asarray(gw), want_gw, rtol=1e-5, atol=1e-7)
+  else:
+    np.testing.assert_array_equal(np.asarray(gw), 0.0)
+
+
+def check_float32(name, case):
+  x, y = make_batch("random", seed=3)
+  w = class_vectors()
+  want, _ = case.ref(x, y, w)
+  (loss, _), (gx, _) = run(name, case, x, y, w)
+  assert loss.dtype == jnp.float32
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  want_gx = fd_grad(_x_grad_ref(case, y, w, x), x)
+  scale = np.max(np.abs(want_gx))
+  np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-3, atol=1e-5 * scale)
+
+
+def check_finite_with_zero_row(name, case):
+  for kind in KINDS:
+    x, y = make_batch(kind)
+    x[4] = 0.0  # no direction: finite loss and gradients all the same
+    (loss, stats), (gx, gw) = run(name, case, x, y)
+    for value in (loss, gx, gw, *stats):
+      assert np.all(np.isfinite(np.asarray(value))), kind
+
+
+def check_learns_nothing(name, case, kind):
+  """Zero loss, zero gradient and no active term."""
+  (loss, stats), (gx, _) = run(name, case, *make_batch(kind))
+  assert float(loss) == 0.0
+  np.testing.assert_array_equal(np.asarray(gx), 0.0)
+  assert float(stats.num_active) == 0.0
+
+
+def check_nan_out(name, case, kind):
+  x, y = make_batch(kind)
+  x[2, 1] = np.nan
+  (loss, _), _ = run(name, case, x, y)
+  assert np.isnan(float(loss))
+
+
+def check_padding(name, case):
+  """Rows with ``valid`` false change nothing and get no gradient."""
+  x, y = make_batch("random", seed=7)
+  keep = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1, 1], bool)
+  want, want_stats = case.ref(x[keep], y[keep], class_vectors())
+  xp = x.copy()
+  xp[~keep] = 1e3  # junk in the padding rows
+  (loss, stats), (gx, _) = run(name, case, xp, y, valid=keep)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(gx)[~keep], 0.0)
+  assert float(stats.num_total) == want_stats["num_total"]
+
+
+def check_vmap(name, case):
+  batches = [make_batch(k, seed=s) for s, k in enumerate(("random", "ties", "absent"))]
+  xs = jnp.asarray(np.stack([b[0] for b in batches]), jnp.float32)
+  ys = jnp.asarray(np.stack([b[1] for b in batches]))
+  w = jnp.asarray(class_vectors(), jnp.float32)
+  batched = jax.jit(jax.vmap(lambda a, b: case.fn(a, b, w, None)[0]))(xs, ys)
+  one = [float(run(name, case, xs[i], ys[i])[0][0]) for i in range(len(batches))]
+  np.testing.assert_allclose(np.asarray(batched), one, rtol=1e-5)
+
+
+def largest_intermediate(fn: Callable, *args) -> int:
+  """Elements of the largest array in the jaxpr of ``value_and_grad(fn)`` (traced only)."""
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(fn))(*args)
+  sizes = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      for var in eqn.outvars:
+        sizes.append(int(np.prod(getattr(var.aval, "shape", ()))))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jaxpr.jaxpr)
+  return max(sizes)
+
+
+def check_large_batch(case, b=1024, d=128, c=100):
+  """B = 1024, D = 128: nothing above ``O(B^2)`` / ``O(B C)``, and finite values."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, c, size=b), jnp.int32)
+  w = jnp.asarray(rng.normal(size=(c, d)), jnp.float32)
+  fn = lambda a: case.fn(a, y, w, None)[0]
+  assert largest_intermediate(fn, x) <= max(b * b, b * d, b * c)
+  loss, g = jax.jit(jax.value_and_grad(fn))(x)
+  assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(g)))
