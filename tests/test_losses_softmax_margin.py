@@ -111,23 +111,22 @@ def test_lsoftmax_psi_by_hand_across_the_angle_bands():
   # One class weight at angle 0, the sample at theta: psi(theta) for m = 2 is cos(2t) on
   # [0, pi/2) and -cos(2t) - 2 on [pi/2, pi]; a second class at pi/2 gives cos = sin t.
   w = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  fn = jax.jit(jax.value_and_grad(
+      lambda a: losses.large_margin_softmax_loss(a, jnp.array([0]), w, margin=2)[0]))
   for theta in (0.3, 1.2, 2.0, 3.0, math.pi):
-    x = jnp.array([[2.0 * math.cos(theta), 2.0 * math.sin(theta)]])
-    loss, _ = losses.large_margin_softmax_loss(x, jnp.array([0]), w, margin=2)
+    loss, g = fn(jnp.array([[2.0 * math.cos(theta), 2.0 * math.sin(theta)]]))
     psi = math.cos(2 * theta) if theta < math.pi / 2 else -math.cos(2 * theta) - 2
     target, other = 2.0 * psi, 2.0 * math.sin(theta)
     np.testing.assert_allclose(float(loss), math.log1p(math.exp(other - target)),
                                rtol=1e-5, atol=1e-6)
-    g = jax.grad(lambda a: losses.large_margin_softmax_loss(a, jnp.array([0]), w,
-                                                            margin=2)[0])(x)
     assert np.all(np.isfinite(g))
 
 
 def test_lsoftmax_margin_one_is_the_plain_softmax():
   x, y = lc.make_batch("random", seed=4)
   w = lc.class_vectors()
-  loss, _ = losses.large_margin_softmax_loss(jnp.asarray(x, jnp.float32), jnp.asarray(y),
-                                             jnp.asarray(w, jnp.float32), margin=1)
+  loss, _ = jax.jit(lambda a, b, c: losses.large_margin_softmax_loss(a, b, c, margin=1))(
+      jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.asarray(w, jnp.float32))
   z = x @ w.T
   want = np.mean([lse(list(z[i])) - z[i, y[i]] for i in range(len(y))])
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
