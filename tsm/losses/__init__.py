@@ -58,8 +58,10 @@ from tsm.losses._base import (REDUCTIONS, LossVariables, ParametricLoss, as_para
                               check_reduction, common_stats)
 from tsm.losses._contrastive import PairStats, contrastive_loss, contrastive_loss_from_pairs
 from tsm.losses._activity import ActivityStats, negative_active_ratio
+from tsm.losses._angular import ANGULAR_ALPHA, angular_loss
 from tsm.losses._circle import circle_loss
 from tsm.losses._center import center_contrastive, center_contrastive_loss, update_centers
+from tsm.losses._intra_pair_variance import intra_pair_variance_loss
 from tsm.losses._lifted import generalized_lifted_structure_loss, lifted_structure_loss
 from tsm.losses._margin_loss import margin_beta, margin_loss
 from tsm.losses._multi_similarity import multi_similarity_loss
@@ -90,7 +92,8 @@ __all__ += [
     "explicit_triplets_loss",
 ]
 __all__ += [
-    "circle_loss", "cosface", "cosface_loss", "generalized_lifted_structure_loss",
+    "ANGULAR_ALPHA", "angular_loss", "circle_loss", "cosface", "cosface_loss",
+    "generalized_lifted_structure_loss", "intra_pair_variance_loss",
     "large_margin_softmax", "large_margin_softmax_loss", "lifted_structure_loss",
     "margin_beta", "margin_loss", "nca_loss",
 ]
