@@ -35,11 +35,18 @@ class Case(NamedTuple):
     grad_ref: optional ``(x, y, w, at) -> loss``: the reference with the parts the loss
       holds constant for the gradient (``stop_gradient``) evaluated at the batch ``at``;
       the gradient is checked against its finite differences in ``x`` at ``at = x``.
+    kinks: the loss is piecewise linear in the distances (histogram bins). On the "ties"
+      batch distances sit exactly on bin edges: finite differences average the two
+      one-sided slopes where autodiff takes one, and whether a pulse reaches a bin is
+      decided by the last bit (the reference's ``sum (u - v)^2`` and tsm's Gram form
+      round differently). There the gradient is only checked finite and only the term
+      counts of the statistics are compared; the value still to 1e-9.
   """
   fn: Callable
   ref: Callable
   with_w: bool = False
   grad_ref: Callable | None = None
+  kinks: bool = False
 
 
 _JITTED = {}
@@ -70,13 +77,19 @@ def check_against_reference(name, case, kind):
     (loss, stats), (gx, gw) = run(name, case, x, y, w, dtype=jnp.float64)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), want, rtol=1e-9, atol=1e-12)
+  on_edges = case.kinks and kind == "ties"
   for field, value in want_stats.items():
+    if on_edges and field not in ("num_total", "num_neg_total"):
+      continue
     assert float(getattr(stats, field)) == value, field
+  if on_edges:
+    assert np.all(np.isfinite(np.asarray(gx)))
+    return
   assert float(stats.num_easy) == want_stats["num_total"] - want_stats["num_active"]
   np.testing.assert_allclose(
       float(stats.active_ratio), want_stats["num_active"] / max(want_stats["num_total"], 1))
-  want_gx = fd_grad(_x_grad_ref(case, y, w, x), x)
   assert np.all(np.isfinite(np.asarray(gx)))
+  want_gx = fd_grad(_x_grad_ref(case, y, w, x), x)
   np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-5, atol=1e-7)
   if case.with_w:
     want_gw = fd_grad(lambda a: case.ref(x, y, a)[0], w)
