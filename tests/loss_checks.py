@@ -35,18 +35,19 @@ class Case(NamedTuple):
     grad_ref: optional ``(x, y, w, at) -> loss``: the reference with the parts the loss
       holds constant for the gradient (``stop_gradient``) evaluated at the batch ``at``;
       the gradient is checked against its finite differences in ``x`` at ``at = x``.
-    kinks: the loss is piecewise linear in the distances (histogram bins). On the "ties"
-      batch distances sit exactly on bin edges: finite differences average the two
-      one-sided slopes where autodiff takes one, and whether a pulse reaches a bin is
-      decided by the last bit (the reference's ``sum (u - v)^2`` and tsm's Gram form
-      round differently). There the gradient is only checked finite and only the term
-      counts of the statistics are compared; the value still to 1e-9.
+    edge_kinds: batch kinds on which distances sit exactly on the bin edges of a loss
+      that is piecewise in them (histograms): "ties", and for the dynamic soft margin
+      "identical" (every margin 0, an edge). There finite differences straddle the
+      edge where autodiff takes one side, and whether a value reaches a bin is decided
+      by the last bit (the reference's ``sum (u - v)^2`` and tsm's Gram form round
+      differently): the gradient is only checked finite and only the term counts of the
+      statistics are compared; the value still to 1e-9.
   """
   fn: Callable
   ref: Callable
   with_w: bool = False
   grad_ref: Callable | None = None
-  kinks: bool = False
+  edge_kinds: tuple[str, ...] = ()
 
 
 _JITTED = {}
@@ -77,7 +78,7 @@ def check_against_reference(name, case, kind):
     (loss, stats), (gx, gw) = run(name, case, x, y, w, dtype=jnp.float64)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), want, rtol=1e-9, atol=1e-12)
-  on_edges = case.kinks and kind == "ties"
+  on_edges = kind in case.edge_kinds
   for field, value in want_stats.items():
     if on_edges and field not in ("num_total", "num_neg_total"):
       continue

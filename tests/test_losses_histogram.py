@@ -89,15 +89,15 @@ def ref_histogram(x, y, num_bins=100):
 
 CASES = {
     "fast_ap": lc.Case(lambda x, y, w, v: losses.fast_ap_loss(x, y, valid=v),
-                       lambda x, y, w: ref_fast_ap(x, y), kinks=True),
+                       lambda x, y, w: ref_fast_ap(x, y), edge_kinds=("ties",)),
     "fast_ap_coarse_sum": lc.Case(
         lambda x, y, w, v: losses.fast_ap_loss(x, y, num_bins=3, reduction="sum", valid=v),
-        lambda x, y, w: ref_fast_ap(x, y, 3, "sum"), kinks=True),
+        lambda x, y, w: ref_fast_ap(x, y, 3, "sum"), edge_kinds=("ties",)),
     "histogram": lc.Case(lambda x, y, w, v: losses.histogram_loss(x, y, valid=v),
-                         lambda x, y, w: ref_histogram(x, y), kinks=True),
+                         lambda x, y, w: ref_histogram(x, y), edge_kinds=("ties",)),
     "histogram_coarse": lc.Case(
         lambda x, y, w, v: losses.histogram_loss(x, y, num_bins=7, valid=v),
-        lambda x, y, w: ref_histogram(x, y, 7), kinks=True),
+        lambda x, y, w: ref_histogram(x, y, 7), edge_kinds=("ties",)),
 }
 NAMES = ["fast_ap", "histogram"]
 

@@ -69,6 +69,8 @@ from tsm.losses._margin_loss import margin_beta, margin_loss
 from tsm.losses._multi_similarity import multi_similarity_loss
 from tsm.losses._nca import nca_loss
 from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_loss
+from tsm.losses._soft_margin import (dynamic_soft_margin, dynamic_soft_margin_loss,
+                                     update_soft_margin_histogram)
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
 from tsm.losses._softmax_margin import (cosface, cosface_loss, large_margin_softmax,
                                         large_margin_softmax_loss)
@@ -95,7 +97,7 @@ __all__ += [
 ]
 __all__ += [
     "ANGULAR_ALPHA", "angular_loss", "circle_loss", "cosface", "cosface_loss",
-    "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss", "intra_pair_variance_loss",
+    "dynamic_soft_margin", "dynamic_soft_margin_loss", "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss", "intra_pair_variance_loss",
     "large_margin_softmax", "large_margin_softmax_loss", "lifted_structure_loss",
-    "margin_beta", "margin_loss", "nca_loss",
+    "margin_beta", "margin_loss", "nca_loss", "update_soft_margin_histogram",
 ]
