@@ -63,6 +63,7 @@ from tsm.losses._angular import ANGULAR_ALPHA, angular_loss
 from tsm.losses._circle import circle_loss
 from tsm.losses._center import center_contrastive, center_contrastive_loss, update_centers
 from tsm.losses._histogram import histogram_loss
+from tsm.losses._instance import instance_loss
 from tsm.losses._intra_pair_variance import intra_pair_variance_loss
 from tsm.losses._lifted import generalized_lifted_structure_loss, lifted_structure_loss
 from tsm.losses._margin_loss import margin_beta, margin_loss
@@ -97,7 +98,7 @@ __all__ += [
 ]
 __all__ += [
     "ANGULAR_ALPHA", "angular_loss", "circle_loss", "cosface", "cosface_loss",
-    "dynamic_soft_margin", "dynamic_soft_margin_loss", "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss", "intra_pair_variance_loss",
+    "dynamic_soft_margin", "dynamic_soft_margin_loss", "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss", "instance_loss", "intra_pair_variance_loss",
     "large_margin_softmax", "large_margin_softmax_loss", "lifted_structure_loss",
     "margin_beta", "margin_loss", "nca_loss", "update_soft_margin_histogram",
 ]
