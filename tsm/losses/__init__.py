@@ -66,6 +66,7 @@ from tsm.losses._histogram import histogram_loss
 from tsm.losses._instance import instance_loss
 from tsm.losses._intra_pair_variance import intra_pair_variance_loss
 from tsm.losses._lifted import generalized_lifted_structure_loss, lifted_structure_loss
+from tsm.losses._manifold import draw_meta_classes, manifold, manifold_loss
 from tsm.losses._margin_loss import margin_beta, margin_loss
 from tsm.losses._multi_similarity import multi_similarity_loss
 from tsm.losses._nca import nca_loss
@@ -98,7 +99,9 @@ __all__ += [
 ]
 __all__ += [
     "ANGULAR_ALPHA", "angular_loss", "circle_loss", "cosface", "cosface_loss",
-    "dynamic_soft_margin", "dynamic_soft_margin_loss", "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss", "instance_loss", "intra_pair_variance_loss",
-    "large_margin_softmax", "large_margin_softmax_loss", "lifted_structure_loss",
+    "draw_meta_classes", "dynamic_soft_margin", "dynamic_soft_margin_loss",
+    "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss",
+    "instance_loss", "intra_pair_variance_loss", "large_margin_softmax",
+    "large_margin_softmax_loss", "lifted_structure_loss", "manifold", "manifold_loss",
     "margin_beta", "margin_loss", "nca_loss", "update_soft_margin_histogram",
 ]
