@@ -108,16 +108,19 @@ def test_parametric_draws_meta_classes_from_its_key_and_trains_the_proxies():
   assert proxies.shape == (lc.C, lc.D)
   x, y = lc.make_batch("random", seed=3)
   xj = jnp.asarray(x, jnp.float32)
-  apply = jax.jit(pl.apply)
-  loss, _, state = apply(variables.params, variables.state, xj, jnp.asarray(y), 0.0)
+
+  def loss_fn(params):
+    loss, _, state = pl.apply(params, variables.state, xj, jnp.asarray(y), 0.0)
+    return loss, state
+
+  (loss, state), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables.params)
   _, draw = jax.random.split(variables.state["key"])
-  meta = np.asarray(losses.draw_meta_classes(draw, lc.B, lc.C))
+  meta = np.asarray(jax.jit(losses.draw_meta_classes, static_argnums=(1, 2))(
+      draw, lc.B, lc.C))
   np.testing.assert_allclose(float(loss), ref_manifold(x, meta, np.asarray(proxies,
                                                                           np.float64))[0],
                              rtol=1e-4)
   assert not np.array_equal(state["key"], variables.state["key"])
-  g = jax.grad(lambda p: pl.apply(p, variables.state, xj, jnp.asarray(y), 0.0)[0])(
-      variables.params)
   assert np.all(np.isfinite(g["proxies"])) and np.any(g["proxies"] != 0)
 
 
