@@ -3,11 +3,12 @@ references.
 
 A family's test module writes its references (plain Python loops over anchors, pairs,
 triplets or classes, in float64, from the loss's definition) and a dict of
-:class:`Case`; these functions run the same checks on every case: value, statistics and
-gradient against the reference under ``jax_enable_x64``, float32 precision, finiteness,
-NaN in / NaN out, padding, ``jit`` + ``vmap`` and the ``O(B^2)`` memory bound. The
-batches are :func:`test_loss_zoo.make_batch`'s (random, ties, one class, singletons,
-identical rows, absent classes).
+:class:`Case`, and takes the shared tests with
+``globals().update(loss_checks.standard_tests(CASES, ...))``: value, statistics and
+gradient against the reference under ``jax_enable_x64`` on every batch kind, float32
+precision, finiteness, NaN in / NaN out, padding, ``jit`` + ``vmap`` and the ``O(B^2)``
+memory bound. The batches are :func:`test_loss_zoo.make_batch`'s (random, ties, one
+class, singletons, identical rows, absent classes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.extend  # noqa: F401  (jax.extend.core.jaxprs_in_params)
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from test_loss_zoo import B, C, D, KINDS, class_vectors, fd_grad, make_batch
 
@@ -53,13 +55,13 @@ class Case(NamedTuple):
 _JITTED = {}
 
 
-def run(name, case, x, y, w=None, valid=None, dtype=jnp.float32):
+def run(case, x, y, w=None, valid=None, dtype=jnp.float32):
   """``((loss, stats), (d/dx, d/dw))`` of a case, from one jitted function per case."""
-  if name not in _JITTED:
-    _JITTED[name] = jax.jit(jax.value_and_grad(case.fn, argnums=(0, 2), has_aux=True))
+  if case not in _JITTED:
+    _JITTED[case] = jax.jit(jax.value_and_grad(case.fn, argnums=(0, 2), has_aux=True))
   w = class_vectors() if w is None else w
   valid = np.ones(len(y), bool) if valid is None else valid
-  return _JITTED[name](jnp.asarray(x, dtype), jnp.asarray(y), jnp.asarray(w, dtype),
+  return _JITTED[case](jnp.asarray(x, dtype), jnp.asarray(y), jnp.asarray(w, dtype),
                        jnp.asarray(valid))
 
 
@@ -69,13 +71,13 @@ def _x_grad_ref(case, y, w, at):
   return lambda a: case.ref(a, y, w)[0]
 
 
-def check_against_reference(name, case, kind):
+def check_against_reference(case, kind):
   """float64 value, every statistic the reference gives, and gradients."""
   x, y = make_batch(kind)
   w = class_vectors()
   want, want_stats = case.ref(x, y, w)
   with jax.enable_x64(True):
-    (loss, stats), (gx, gw) = run(name, case, x, y, w, dtype=jnp.float64)
+    (loss, stats), (gx, gw) = run(case, x, y, w, dtype=jnp.float64)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), want, rtol=1e-9, atol=1e-12)
   on_edges = kind in case.edge_kinds
@@ -99,11 +101,11 @@ def check_against_reference(name, case, kind):
     np.testing.assert_array_equal(np.asarray(gw), 0.0)
 
 
-def check_float32(name, case):
+def check_float32(case):
   x, y = make_batch("random", seed=3)
   w = class_vectors()
   want, _ = case.ref(x, y, w)
-  (loss, _), (gx, _) = run(name, case, x, y, w)
+  (loss, _), (gx, _) = run(case, x, y, w)
   assert loss.dtype == jnp.float32
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
   want_gx = fd_grad(_x_grad_ref(case, y, w, x), x)
@@ -111,50 +113,50 @@ def check_float32(name, case):
   np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-3, atol=1e-5 * scale)
 
 
-def check_finite_with_zero_row(name, case):
+def check_finite_with_zero_row(case):
   for kind in KINDS:
     x, y = make_batch(kind)
     x[4] = 0.0  # no direction: finite loss and gradients all the same
-    (loss, stats), (gx, gw) = run(name, case, x, y)
+    (loss, stats), (gx, gw) = run(case, x, y)
     for value in (loss, gx, gw, *stats):
       assert np.all(np.isfinite(np.asarray(value))), kind
 
 
-def check_learns_nothing(name, case, kind):
+def check_learns_nothing(case, kind):
   """Zero loss, zero gradient and no active term."""
-  (loss, stats), (gx, _) = run(name, case, *make_batch(kind))
+  (loss, stats), (gx, _) = run(case, *make_batch(kind))
   assert float(loss) == 0.0
   np.testing.assert_array_equal(np.asarray(gx), 0.0)
   assert float(stats.num_active) == 0.0
 
 
-def check_nan_out(name, case, kind):
+def check_nan_out(case, kind):
   x, y = make_batch(kind)
   x[2, 1] = np.nan
-  (loss, _), _ = run(name, case, x, y)
+  (loss, _), _ = run(case, x, y)
   assert np.isnan(float(loss))
 
 
-def check_padding(name, case):
+def check_padding(case):
   """Rows with ``valid`` false change nothing and get no gradient."""
   x, y = make_batch("random", seed=7)
   keep = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1, 1], bool)
   want, want_stats = case.ref(x[keep], y[keep], class_vectors())
   xp = x.copy()
   xp[~keep] = 1e3  # junk in the padding rows
-  (loss, stats), (gx, _) = run(name, case, xp, y, valid=keep)
+  (loss, stats), (gx, _) = run(case, xp, y, valid=keep)
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(gx)[~keep], 0.0)
   assert float(stats.num_total) == want_stats["num_total"]
 
 
-def check_vmap(name, case):
+def check_vmap(case):
   batches = [make_batch(k, seed=s) for s, k in enumerate(("random", "ties", "absent"))]
   xs = jnp.asarray(np.stack([b[0] for b in batches]), jnp.float32)
   ys = jnp.asarray(np.stack([b[1] for b in batches]))
   w = jnp.asarray(class_vectors(), jnp.float32)
   batched = jax.jit(jax.vmap(lambda a, b: case.fn(a, b, w, None)[0]))(xs, ys)
-  one = [float(run(name, case, xs[i], ys[i])[0][0]) for i in range(len(batches))]
+  one = [float(run(case, xs[i], ys[i])[0][0]) for i in range(len(batches))]
   np.testing.assert_allclose(np.asarray(batched), one, rtol=1e-5)
 
 
@@ -185,3 +187,69 @@ def check_large_batch(case, b=1024, d=128, c=100, bound=None):
   assert largest_intermediate(fn, x) <= (bound or max(b * b, b * d, b * c))
   loss, g = jax.jit(jax.value_and_grad(fn))(x)
   assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(g)))
+
+
+def standard_tests(cases: dict[str, Case], checked: list[str] | None = None,
+                   learns_nothing: tuple[str, ...] = (),
+                   large_batch: dict | None = None) -> dict[str, Callable]:
+  """The shared tests of a family, to add to its module: ``globals().update(...)``.
+
+  Args:
+    cases: name -> :class:`Case`; every case is checked against its reference on every
+      batch kind.
+    checked: the cases that also get the float32, finiteness, NaN, padding, vmap and
+      large-batch checks (default: the first case).
+    learns_nothing: cases with zero loss, zero gradient and no active term on the
+      one-class and singleton batches (no negative / no positive).
+    large_batch: keyword arguments of :func:`check_large_batch`.
+
+  Returns:
+    The test functions by name.
+  """
+  checked = list(checked or [next(iter(cases))])
+  each = pytest.mark.parametrize("name", checked)
+
+  @pytest.mark.parametrize("kind", KINDS)
+  @pytest.mark.parametrize("name", list(cases))
+  def test_value_stats_and_gradient_match_brute_force(name, kind):
+    check_against_reference(cases[name], kind)
+
+  @each
+  def test_float32_matches_reference(name):
+    check_float32(cases[name])
+
+  @each
+  def test_float32_finite_on_every_batch_kind_and_a_zero_row(name):
+    check_finite_with_zero_row(cases[name])
+
+  @pytest.mark.parametrize("kind", ["random", "singletons"])
+  @each
+  def test_nan_in_gives_nan_out(name, kind):
+    check_nan_out(cases[name], kind)
+
+  @each
+  def test_padding_rows_are_ignored(name):
+    check_padding(cases[name])
+
+  @each
+  def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
+    check_vmap(cases[name])
+
+  @each
+  def test_large_batch_stays_quadratic(name):
+    check_large_batch(cases[name], **(large_batch or {}))
+
+  tests = [test_value_stats_and_gradient_match_brute_force,
+           test_float32_matches_reference,
+           test_float32_finite_on_every_batch_kind_and_a_zero_row,
+           test_nan_in_gives_nan_out, test_padding_rows_are_ignored,
+           test_jit_and_vmap_agree_with_one_batch_at_a_time,
+           test_large_batch_stays_quadratic]
+  if learns_nothing:
+    @pytest.mark.parametrize("kind", ["one_class", "singletons"])
+    @pytest.mark.parametrize("name", list(learns_nothing))
+    def test_no_positive_or_no_negative_learns_nothing(name, kind):
+      check_learns_nothing(cases[name], kind)
+
+    tests.append(test_no_positive_or_no_negative_learns_nothing)
+  return {t.__name__: t for t in tests}

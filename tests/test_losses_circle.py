@@ -65,41 +65,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_float32_matches_reference(name):
-  lc.check_float32(name, CASES[name])
-
-
-def test_float32_finite_on_every_batch_kind_and_a_zero_row():
-  lc.check_finite_with_zero_row("circle", CASES["circle"])
-
-
-@pytest.mark.parametrize("kind", ["one_class", "singletons"])
-def test_no_negative_or_no_positive_learns_nothing(kind):
-  lc.check_learns_nothing("circle", CASES["circle"], kind)
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-def test_nan_in_gives_nan_out(kind):
-  lc.check_nan_out("circle", CASES["circle"], kind)
-
-
-def test_padding_rows_are_ignored():
-  lc.check_padding("circle", CASES["circle"])
-
-
-def test_jit_and_vmap_agree_with_one_batch_at_a_time():
-  lc.check_vmap("circle", CASES["circle"])
-
-
-def test_large_batch_stays_quadratic():
-  lc.check_large_batch(CASES["circle"])
+globals().update(lc.standard_tests(
+    CASES, checked=["circle"], learns_nothing=("circle",)))
 
 
 def test_by_hand():

@@ -102,47 +102,7 @@ CASES = {
 NAMES = ["fast_ap", "histogram"]
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_float32_matches_reference(name):
-  lc.check_float32(name, CASES[name])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_float32_finite_on_every_batch_kind_and_a_zero_row(name):
-  lc.check_finite_with_zero_row(name, CASES[name])
-
-
-@pytest.mark.parametrize("kind", ["one_class", "singletons"])
-@pytest.mark.parametrize("name", NAMES)
-def test_no_positive_or_no_negative_learns_nothing(name, kind):
-  lc.check_learns_nothing(name, CASES[name], kind)
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-@pytest.mark.parametrize("name", NAMES)
-def test_nan_in_gives_nan_out(name, kind):
-  lc.check_nan_out(name, CASES[name], kind)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_padding_rows_are_ignored(name):
-  lc.check_padding(name, CASES[name])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
-  lc.check_vmap(name, CASES[name])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_large_batch_stays_quadratic(name):
-  lc.check_large_batch(CASES[name])
+globals().update(lc.standard_tests(CASES, checked=NAMES, learns_nothing=tuple(NAMES)))
 
 
 def test_separated_classes_cost_nothing():

@@ -40,35 +40,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-def test_float32_matches_reference():
-  lc.check_float32("instance", CASES["instance"])
-
-
-def test_float32_finite_on_every_batch_kind_and_a_zero_row():
-  lc.check_finite_with_zero_row("instance", CASES["instance"])
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-def test_nan_in_gives_nan_out(kind):
-  lc.check_nan_out("instance", CASES["instance"], kind)
-
-
-def test_padding_rows_are_ignored():
-  lc.check_padding("instance", CASES["instance"])
-
-
-def test_jit_and_vmap_agree_with_one_batch_at_a_time():
-  lc.check_vmap("instance", CASES["instance"])
-
-
-def test_large_batch_stays_quadratic():
-  lc.check_large_batch(CASES["instance"])
+globals().update(lc.standard_tests(CASES, checked=["instance"]))
 
 
 def test_each_sample_its_own_class_targets_itself():

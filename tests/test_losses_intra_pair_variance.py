@@ -51,40 +51,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-def test_float32_matches_reference():
-  lc.check_float32("ipv", CASES["ipv"])
-
-
-def test_float32_finite_on_every_batch_kind_and_a_zero_row():
-  lc.check_finite_with_zero_row("ipv", CASES["ipv"])
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-def test_nan_in_gives_nan_out(kind):
-  lc.check_nan_out("ipv", CASES["ipv"], kind)
-
-
-def test_padding_rows_are_ignored():
-  lc.check_padding("ipv", CASES["ipv"])
-
-
-def test_jit_and_vmap_agree_with_one_batch_at_a_time():
-  lc.check_vmap("ipv", CASES["ipv"])
-
-
-def test_large_batch_stays_quadratic():
-  lc.check_large_batch(CASES["ipv"])
+globals().update(lc.standard_tests(CASES, checked=["ipv"]))
 
 
 def test_identical_embeddings_learn_nothing():
   # Every similarity is 1: no spread, no loss (1 - eps < 1 and 1 < 1 + eps).
-  (loss, stats), (gx, _) = lc.run("ipv", CASES["ipv"], *lc.make_batch("identical"))
+  (loss, stats), (gx, _) = lc.run(CASES["ipv"], *lc.make_batch("identical"))
   assert float(loss) == 0.0 and float(stats.num_active) == 0.0
   np.testing.assert_array_equal(np.asarray(gx), 0.0)
 

@@ -84,54 +84,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-@pytest.mark.parametrize("name", ["lifted", "generalized"])
-def test_float32_matches_reference(name):
-  lc.check_float32(name, CASES[name])
-
-
-@pytest.mark.parametrize("name", ["lifted", "generalized"])
-def test_float32_finite_on_every_batch_kind_and_a_zero_row(name):
-  lc.check_finite_with_zero_row(name, CASES[name])
-
-
-@pytest.mark.parametrize("kind", ["one_class", "singletons"])
-def test_lifted_without_pairs_of_both_kinds_learns_nothing(kind):
-  lc.check_learns_nothing("lifted", CASES["lifted"], kind)
+globals().update(lc.standard_tests(
+    CASES, checked=["lifted", "generalized"], learns_nothing=("lifted",)))
 
 
 def test_generalized_identical_rows_have_zero_gradient():
   # One class, every distance 0: log(B - 1) from the positives, nothing to move.
-  (loss, _), (gx, _) = lc.run("generalized", CASES["generalized"],
+  (loss, _), (gx, _) = lc.run(CASES["generalized"],
                               np.ones((lc.B, lc.D)), np.zeros(lc.B, np.int32))
   np.testing.assert_allclose(float(loss), math.log(lc.B - 1), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(gx), 0.0)
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-@pytest.mark.parametrize("name", ["lifted", "generalized"])
-def test_nan_in_gives_nan_out(name, kind):
-  lc.check_nan_out(name, CASES[name], kind)
-
-
-@pytest.mark.parametrize("name", ["lifted", "generalized"])
-def test_padding_rows_are_ignored(name):
-  lc.check_padding(name, CASES[name])
-
-
-@pytest.mark.parametrize("name", ["lifted", "generalized"])
-def test_jit_and_vmap_agree_with_one_batch_at_a_time(name):
-  lc.check_vmap(name, CASES[name])
-
-
-@pytest.mark.parametrize("name", ["lifted", "generalized"])
-def test_large_batch_stays_quadratic(name):
-  lc.check_large_batch(CASES[name])
 
 
 def test_traced_margins_reuse_one_compilation():

@@ -62,35 +62,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-def test_float32_matches_reference():
-  lc.check_float32("manifold", CASES["manifold"])
-
-
-def test_float32_finite_on_every_batch_kind_and_a_zero_row():
-  lc.check_finite_with_zero_row("manifold", CASES["manifold"])
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-def test_nan_in_gives_nan_out(kind):
-  lc.check_nan_out("manifold", CASES["manifold"], kind)
-
-
-def test_padding_rows_are_left_out_of_the_graph():
-  lc.check_padding("manifold", CASES["manifold"])
-
-
-def test_jit_and_vmap_agree_with_one_batch_at_a_time():
-  lc.check_vmap("manifold", CASES["manifold"])
-
-
-def test_large_batch_stays_quadratic_in_samples_and_proxies():
-  lc.check_large_batch(CASES["manifold"], c=50, bound=(1024 + 50) ** 2)
+globals().update(lc.standard_tests(
+    CASES, checked=["manifold"], large_batch=dict(c=50, bound=(1024 + 50) ** 2)))
 
 
 def test_meta_classes_use_every_proxy_once_the_batch_allows():

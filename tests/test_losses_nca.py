@@ -48,40 +48,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", lc.KINDS)
-@pytest.mark.parametrize("name", list(CASES))
-def test_value_stats_and_gradient_match_brute_force(name, kind):
-  lc.check_against_reference(name, CASES[name], kind)
-
-
-def test_float32_matches_reference():
-  lc.check_float32("nca", CASES["nca"])
-
-
-def test_float32_finite_on_every_batch_kind_and_a_zero_row():
-  lc.check_finite_with_zero_row("nca", CASES["nca"])
-
-
-@pytest.mark.parametrize("kind", ["one_class", "singletons"])
-def test_no_positive_or_no_negative_learns_nothing(kind):
-  lc.check_learns_nothing("nca", CASES["nca"], kind)
-
-
-@pytest.mark.parametrize("kind", ["random", "singletons"])
-def test_nan_in_gives_nan_out(kind):
-  lc.check_nan_out("nca", CASES["nca"], kind)
-
-
-def test_padding_rows_are_ignored():
-  lc.check_padding("nca", CASES["nca"])
-
-
-def test_jit_and_vmap_agree_with_one_batch_at_a_time():
-  lc.check_vmap("nca", CASES["nca"])
-
-
-def test_large_batch_stays_quadratic():
-  lc.check_large_batch(CASES["nca"])
+globals().update(lc.standard_tests(CASES, checked=["nca"], learns_nothing=("nca",)))
 
 
 def test_far_positive_keeps_a_finite_loss_where_pml_drops_the_sample():
