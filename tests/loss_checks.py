@@ -176,15 +176,25 @@ def largest_intermediate(fn: Callable, *args) -> int:
   return max(sizes)
 
 
-def check_large_batch(case, b=1024, d=128, c=100, bound=None):
-  """B = 1024, D = 128: nothing above ``O(B^2)`` / ``O(B C)`` (or ``bound`` elements),
-  and finite values."""
+def _large_batch(case, b, d, c):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
   y = jnp.asarray(rng.integers(0, c, size=b), jnp.int32)
   w = jnp.asarray(rng.normal(size=(c, d)), jnp.float32)
-  fn = lambda a: case.fn(a, y, w, None)[0]
+  return (lambda a: case.fn(a, y, w, None)[0]), x
+
+
+def check_large_batch(case, b=1024, d=128, c=100, bound=None):
+  """B = 1024, D = 128: no array of loss + gradient above ``O(B^2)`` / ``O(B C)`` (or
+  ``bound`` elements); traced only."""
+  fn, x = _large_batch(case, b, d, c)
   assert largest_intermediate(fn, x) <= (bound or max(b * b, b * d, b * c))
+
+
+def check_large_batch_runs(case, b=1024, d=128, c=100, bound=None):
+  """B = 1024, D = 128: finite loss and gradient (compiled and run)."""
+  del bound
+  fn, x = _large_batch(case, b, d, c)
   loss, g = jax.jit(jax.value_and_grad(fn))(x)
   assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(g)))
 
@@ -195,10 +205,10 @@ def standard_tests(cases: dict[str, Case], checked: list[str] | None = None,
   """The shared tests of a family, to add to its module: ``globals().update(...)``.
 
   Args:
-    cases: name -> :class:`Case`; every case is checked against its reference on every
-      batch kind.
-    checked: the cases that also get the float32, finiteness, NaN, padding, vmap and
-      large-batch checks (default: the first case).
+    cases: name -> :class:`Case`; each is checked against its reference on the random
+      batch, the ``checked`` ones on every batch kind.
+    checked: the main cases: every batch kind, and the float32, finiteness, NaN,
+      padding, vmap and large-batch checks (default: the first case).
     learns_nothing: cases with zero loss, zero gradient and no active term on the
       one-class and singleton batches (no negative / no positive).
     large_batch: keyword arguments of :func:`check_large_batch`.
@@ -209,8 +219,8 @@ def standard_tests(cases: dict[str, Case], checked: list[str] | None = None,
   checked = list(checked or [next(iter(cases))])
   each = pytest.mark.parametrize("name", checked)
 
-  @pytest.mark.parametrize("kind", KINDS)
-  @pytest.mark.parametrize("name", list(cases))
+  @pytest.mark.parametrize("name,kind", [(name, kind) for name in cases for kind in (
+      KINDS if name in checked else ("random",))])
   def test_value_stats_and_gradient_match_brute_force(name, kind):
     check_against_reference(cases[name], kind)
 
@@ -239,12 +249,17 @@ def standard_tests(cases: dict[str, Case], checked: list[str] | None = None,
   def test_large_batch_stays_quadratic(name):
     check_large_batch(cases[name], **(large_batch or {}))
 
+  @pytest.mark.slow
+  @each
+  def test_large_batch_runs_finite(name):
+    check_large_batch_runs(cases[name], **(large_batch or {}))
+
   tests = [test_value_stats_and_gradient_match_brute_force,
            test_float32_matches_reference,
            test_float32_finite_on_every_batch_kind_and_a_zero_row,
            test_nan_in_gives_nan_out, test_padding_rows_are_ignored,
            test_jit_and_vmap_agree_with_one_batch_at_a_time,
-           test_large_batch_stays_quadratic]
+           test_large_batch_stays_quadratic, test_large_batch_runs_finite]
   if learns_nothing:
     @pytest.mark.parametrize("kind", ["one_class", "singletons"])
     @pytest.mark.parametrize("name", list(learns_nothing))

@@ -130,8 +130,8 @@ def test_parametric_updates_the_histogram_then_scores_and_never_trains_it():
     np.testing.assert_allclose(float(loss), ref_dsm(x, y, want_hist)[0], rtol=1e-4,
                                atol=1e-6)
   x, y = lc.make_batch("random")
-  g = jax.grad(lambda s: pl.apply({}, s, jnp.asarray(x, jnp.float32), jnp.asarray(y),
-                                  0.0)[0])(state)
+  g = jax.jit(jax.grad(lambda s: pl.apply({}, s, jnp.asarray(x, jnp.float32),
+                                          jnp.asarray(y), 0.0)[0]))(state)
   np.testing.assert_array_equal(g["histogram"], 0.0)
 
 
