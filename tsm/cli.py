@@ -250,7 +250,7 @@ def _main(argv: list[str]) -> None:
                                                               _COMMAND.workdir))
 
 
-def _silence_background_threads() -> None:
+def silence_background_threads() -> None:
   """Drops the log lines and thread tracebacks of libraries' background threads."""
   import logging as std_logging  # pylint: disable=import-outside-toplevel
   for name in ("absl", "orbax", "jax", "asyncio"):
@@ -260,30 +260,25 @@ def _silence_background_threads() -> None:
 
 @contextlib.contextmanager
 def quiet_interrupts() -> Iterator[None]:
-  """While the block runs, Ctrl-C first silences the background threads, then raises
-  KeyboardInterrupt as usual.
+  """While the block runs, Ctrl-C, SIGTERM and SIGUSR1 stop the run as
+  :mod:`tsm.stopping` says (a checkpoint of the current step inside the fit loop, else
+  KeyboardInterrupt at once), and the first of them silences the background threads.
 
-  After Ctrl-C the process is stopping: orbax's background save threads may fail as it
-  winds down, and their log lines and thread tracebacks would bury the one line the
-  command prints (the checkpoints stay intact). Only the main thread's default SIGINT
-  handler is replaced, and it is put back when the block ends; an ignored SIGINT (a
-  shell's background job) stays ignored.
+  After a stop signal the process is stopping: orbax's background save threads may fail
+  as it winds down, and their log lines and thread tracebacks would bury the one line
+  the command prints (the checkpoints stay intact). Only default handlers are replaced,
+  and they are put back when the block ends; an ignored SIGINT (a shell's background
+  job) stays ignored.
   """
-  if (threading.current_thread() is not threading.main_thread()
-      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+  from tsm import stopping  # pylint: disable=import-outside-toplevel
+  with stopping.handle_signals(on_first=silence_background_threads):
     yield
-    return
 
-  def on_interrupt(signum: int, frame: Any) -> None:
-    del signum, frame
-    _silence_background_threads()
-    raise KeyboardInterrupt
 
-  previous = signal.signal(signal.SIGINT, on_interrupt)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGINT, previous)
+def stopped_word(error: BaseException) -> str:
+  """``"terminated"`` for a stop by SIGTERM or SIGUSR1, ``"interrupted"`` otherwise."""
+  return ("terminated" if getattr(error, "signum", signal.SIGINT) != signal.SIGINT
+          else "interrupted")
 
 
 def run_command(command: ConfigCommand, job: Any) -> Any:
@@ -315,7 +310,7 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
     if isinstance(e, history.Interrupted):
       message = str(e)
     elif isinstance(e, KeyboardInterrupt):
-      message = "interrupted; the same command resumes."
+      message = f"{stopped_word(e)}; the same command resumes."
     elif isinstance(e, OSError) and not isinstance(e, workdir_lib.WorkdirIOError):
       # A write outside the checkpointer (a full disk, a lost mount).
       where = f": {e.filename}" if e.filename else ""

@@ -11,6 +11,8 @@
 3     the loss or the gradient became non-finite; the last good checkpoint stays the
       resume point (:data:`NONFINITE_ERROR`)
 130   interrupted (Ctrl-C); the same command resumes (:data:`INTERRUPTED`)
+143   terminated (SIGTERM, or SIGUSR1: a scheduler's stop or preemption notice); the
+      same command resumes (:data:`TERMINATED`, :mod:`tsm.stopping`)
 ====  ======================================================================
 
 :func:`exit_code_map` says which exception types mean which status; :func:`exit_code`
@@ -28,6 +30,7 @@ IO_ERROR = 1
 USAGE_ERROR = 2
 NONFINITE_ERROR = 3
 INTERRUPTED = 130
+TERMINATED = 143
 
 
 @functools.cache
@@ -53,5 +56,8 @@ def exit_code(error: BaseException) -> int | None:
   error (which should end with its traceback)."""
   for types, status in exit_code_map():
     if isinstance(error, types):
+      if status == INTERRUPTED and getattr(error, "signum", None) is not None:
+        from tsm import stopping  # pylint: disable=import-outside-toplevel
+        return stopping.exit_status(error.signum)   # 143 for SIGTERM / SIGUSR1
       return status
   return None

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -53,6 +54,7 @@ from tsm import history
 from tsm import hooks as hooks_lib
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
+from tsm import stopping
 from tsm import train as train_lib
 from tsm import workdir as workdir_lib
 from tsm.data import datasets as datasets_lib
@@ -342,7 +344,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
 
   Raises:
     tsm.history.NonFiniteError: a non-finite loss or gradient under ``nonfinite="stop"``.
-    tsm.history.Interrupted: Ctrl-C (the checkpoints stay a valid resume point).
+    tsm.history.Interrupted: Ctrl-C, SIGTERM or SIGUSR1. Under a command's handler
+      (:func:`tsm.stopping.handle_signals`) the loop stops at the end of the current
+      step and checkpoints it; otherwise the last checkpoint is the resume point.
   """
   options.check()
   splits = datasets_lib.as_splits(data)
@@ -379,11 +383,28 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
 
   state, start_epoch, start_pos, epoch_records = _resume(ckpt, state, run)
   last_step = start_epoch * steps_per_epoch + start_pos   # the last step applied
+  saved_step = last_step   # the step of the newest checkpoint (the resume point)
+
+  def stop_if_asked(epoch: int, pos: int, metrics: dict[str, float] | None = None) -> None:
+    """After a stop signal (tsm.stopping): a checkpoint of this step, then Interrupted."""
+    nonlocal saved_step
+    signum = stopping.requested()
+    if signum is None:
+      return
+    stopping.clear()
+    flush()
+    if saved_step != last_step:
+      ckpt.save(last_step, state, meta(epoch, pos, last_step), metrics=metrics)
+      saved_step = last_step
+    raise history.Interrupted(last_step, signum)
+
+  deferring = contextlib.ExitStack()
   try:
     hooks_lib.call(hooks, "on_start", hooks_lib.RunStart(
         workdir=workdir, epochs=epochs, steps_per_epoch=steps_per_epoch,
         initial_step=last_step, primary=primary, labels=labels.entries()))
     steps_this_run = 0
+    deferring.enter_context(stopping.deferred())   # a signal stops at a step's end
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
       pos0 = start_pos if epoch == start_epoch else 0
@@ -405,9 +426,12 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
             and pos + 1 < steps_per_epoch):
           flush()
           ckpt.save(last_step, state, meta(epoch, pos + 1, last_step))
+          saved_step = last_step
         if options.stop_after_steps and steps_this_run >= options.stop_after_steps:
           flush()
           return None
+        if pos + 1 < steps_per_epoch:   # at an epoch's last step: after its record
+          stop_if_asked(epoch, pos + 1)
       flush()
 
       step = (epoch + 1) * steps_per_epoch
@@ -425,11 +449,14 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       run.log.append([record])
       epoch_records.append(record)
       run.start_epoch()
+      ranked = ({best_metric: record[best_metric]} if best_metric in record else None)
       if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
-        ckpt.save(step, state, meta(epoch + 1, 0, step),
-                  metrics={best_metric: record[best_metric]} if best_metric in record
-                  else None)
+        ckpt.save(step, state, meta(epoch + 1, 0, step), metrics=ranked)
+        saved_step = step
       hooks_lib.call(hooks, "on_epoch_end", record)
+      stop_if_asked(epoch + 1, 0, ranked)
+    deferring.close()
+    stop_if_asked(epochs, 0)   # a signal in the last moments of the deferred block
 
     best_state, best_step = _best_state(ckpt, state)
     ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
@@ -437,9 +464,14 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     summary = _summary(labels, epoch_records, best_metric, best_step)
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
     hooks_lib.call(hooks, "on_end", hooks_lib.RunEnd(summary, epoch_records, ctx))
-  except KeyboardInterrupt:
-    raise history.Interrupted(last_step) from None
+  except history.Interrupted:
+    raise
+  except KeyboardInterrupt as e:   # outside the steps (tsm.stopping.Stop), or no handler
+    raise history.Interrupted(last_step, getattr(e, "signum", signal.SIGINT),
+                              saved=saved_step == last_step) from None
   finally:
+    deferring.close()
+    stopping.clear()
     try:
       hooks_lib.close(hooks)
     finally:

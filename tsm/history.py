@@ -9,6 +9,7 @@ resumed run computes exactly the record an uninterrupted one does.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import jax
@@ -42,11 +43,22 @@ class NonFiniteError(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-  """Ctrl-C during training; the message is one line naming the step."""
+  """Training stopped by a signal; the message is one line naming the step.
 
-  def __init__(self, step: int):
-    self.step = step
-    super().__init__(f"interrupted at step {step}; the same command resumes.")
+  Args:
+    step: the last step applied (the checkpoint the same command resumes from, when
+      ``saved``).
+    signum: the signal: SIGINT (Ctrl-C, "interrupted"), SIGTERM or SIGUSR1 (a
+      scheduler's stop or preemption notice, "terminated"); see :mod:`tsm.stopping`.
+    saved: whether a checkpoint of ``step`` was written.
+  """
+
+  def __init__(self, step: int, signum: int = signal.SIGINT, saved: bool = True):
+    self.step, self.signum, self.saved = step, int(signum), saved
+    word = "interrupted" if self.signum == signal.SIGINT else "terminated"
+    how = ("the same command resumes." if saved else
+           "the same command resumes from the last checkpoint.")
+    super().__init__(f"{word} at step {step}; {how}")
 
 
 class StepLog:

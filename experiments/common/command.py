@@ -35,7 +35,8 @@ def parse_command(cli: Any, argv: Sequence[str], usage: str) -> None:
 
 def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   """Runs a study command's body with every foreseeable fault as one line: status 2 for a
-  workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C outside the grid."""
+  workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C (143 for SIGTERM,
+  SIGUSR1) outside the grid."""
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
     from tsm import checkpoint  # pylint: disable=import-outside-toplevel
@@ -49,9 +50,8 @@ def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   except workdir_lib.WorkdirIOError as e:
     print(f"{program}: error: {e}", file=sys.stderr)
     raise SystemExit(cli_lib.IO_ERROR) from None
-  except KeyboardInterrupt:
-    grid.log(grid.INTERRUPTED)
-    raise SystemExit(grid.INTERRUPTED_STATUS) from None
+  except KeyboardInterrupt as e:
+    raise grid.stopped(e) from None
 
 
 def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config: str,
