@@ -13,13 +13,17 @@ config bundled with tsm (``experiments/configs/NAME.py``, installed with the whe
 ``pip install`` without a clone has them too); any field can be overridden with
 ``--config.<section>.<field>=<value>``. A rerun with the same
 ``--workdir`` resumes the run from its latest checkpoint; a finished run is reported
-again without writing anything.
+again without writing anything (its missing or damaged final files are written again;
+``--rebuild_outputs`` writes them all again). ``--resume_with_changes`` continues a run
+with its optimiser settings or its epochs changed (``tsm.config.RESUMABLE_FIELDS``; each
+continuation is recorded in the workdir's ``changes.jsonl`` and ``metrics.jsonl``).
 
 Exit status (:mod:`tsm.exit_codes`): 0 done; 2 a bad config value, flag, path or a workdir
 in use (one line naming the field or the path and the fix; nothing created); 1 an I/O
 fault (a full disk, an unreadable checkpoint); 3 the loss or the gradient became
 non-finite (the last good checkpoint stays the resume point); 130 interrupted (Ctrl-C;
-the same command resumes).
+the same command resumes); 143 terminated (SIGTERM or SIGUSR1: the current step is
+checkpointed and the same command resumes).
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ from tsm.exit_codes import (  # noqa: F401  # pylint: disable=unused-import
 
 CONFIG_DIR = "experiments/configs"
 # The end of a diverged run's message, in the config's words.
-NONFINITE_FIX = ("lower the learning rate or add train.grad_clip_norm, then rerun: it "
-                 "resumes from the last good checkpoint (train.nonfinite=skip skips such "
-                 "steps instead).")
+NONFINITE_FIX = ("lower train.learning_rate or set train.grad_clip_norm, then rerun with "
+                 "--resume_with_changes: it continues from the last good checkpoint "
+                 "(train.nonfinite=skip skips such steps instead).")
 # The bundled configs: beside the tsm package both in a clone and in an installed wheel
 # (pyproject.toml ships the ``experiments`` package). Found by path, not by import, so a
 # user's own ``experiments`` directory on sys.path cannot stand in for it.
@@ -186,7 +190,10 @@ class ConfigCommand:
             f"  --workdir  {self.workdir_help}\n"
             "  --config.SECTION.FIELD=VALUE  override one field of the config, e.g. "
             "--config.train.epochs=5\n"
-            "  --list_fields  print every field with its default and meaning, and exit\n\n"
+            "  --list_fields  print every field with its default and meaning, and exit\n"
+            + "".join(f"  --{name}  {self.flag_values[name].help}\n"
+                      for name in ("resume_with_changes", "rebuild_outputs")
+                      if name in self.flag_values) + "\n"
             f"bundled configs (--config=NAME, or the file's path in a clone; each with its "
             f"command in its docstring):\n{listed}\n\n"
             f"example: {self.program} --config={self.example_config} "
@@ -241,13 +248,24 @@ _COMMAND = ConfigCommand(
     workdir_help="Run directory (created; resumed if it holds a run of the same config).")
 
 
+_RESUME_WITH_CHANGES = flags.DEFINE_bool(
+    "resume_with_changes", False,
+    "Continue the run in --workdir with its optimiser settings or epochs changed "
+    "(train.learning_rate, train.epochs, ...; recorded in changes.jsonl).")
+_REBUILD_OUTPUTS = flags.DEFINE_bool(
+    "rebuild_outputs", False,
+    "Write a finished run's summary, figures and TensorBoard files again from its "
+    "checkpoint and metrics.jsonl.")
+
+
 def _main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-  run_command(_COMMAND, lambda: config_lib.train_and_evaluate(_COMMAND.config,
-                                                              _COMMAND.workdir))
+  run_command(_COMMAND, lambda: config_lib.train_and_evaluate(
+      _COMMAND.config, _COMMAND.workdir, resume_with_changes=_RESUME_WITH_CHANGES.value,
+      rebuild_outputs=_REBUILD_OUTPUTS.value))
 
 
 def silence_background_threads() -> None:

@@ -43,7 +43,8 @@ def exit_code_map() -> tuple[tuple[tuple[type[BaseException], ...], int], ...]:
   # pylint: disable=import-outside-toplevel
   from tsm import checkpoint, config, history, workdir
   return (
-      ((config.ConfigError, workdir.BadWorkdir, workdir.WorkdirBusy), USAGE_ERROR),
+      ((config.ConfigError, workdir.BadWorkdir, workdir.WorkdirBusy, workdir.DamagedRun),
+       USAGE_ERROR),
       ((workdir.WorkdirIOError, checkpoint.CheckpointError), IO_ERROR),
       ((history.NonFiniteError,), NONFINITE_ERROR),
       ((KeyboardInterrupt,), INTERRUPTED),   # history.Interrupted included

@@ -307,7 +307,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         options: LoopOptions = LoopOptions(), mesh: Any = None,
         init_fn: Callable[[Any, tuple[int, ...]], Any] | None = None,
         labels: RunLabels = RunLabels(),
-        hooks: Sequence[hooks_lib.Hook] | None = None) -> FitResult | None:
+        hooks: Sequence[hooks_lib.Hook] | None = None,
+        changes: Mapping[str, Any] | None = None) -> FitResult | None:
   """Trains ``model`` with ``loss`` and ``schedule``, evaluating and checkpointing.
 
   Args:
@@ -337,6 +338,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     hooks: what the loop calls as it runs (:mod:`tsm.hooks`); None for
       :func:`tsm.hooks.standard` (progress bar, log lines, TensorBoard, figures,
       summary files), ``[]`` for none.
+    changes: what the caller changed in the run since its last checkpoint (e.g.
+      ``{"train.learning_rate": [1e-2, 1e-3]}``): logged in ``metrics.jsonl`` as a
+      ``{"kind": "change", "step", "epoch", "changes"}`` record at the resume point.
 
   Returns:
     A :class:`FitResult`, or None when ``options.stop_after_steps`` stopped the process
@@ -384,6 +388,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
   state, start_epoch, start_pos, epoch_records = _resume(ckpt, state, run)
   last_step = start_epoch * steps_per_epoch + start_pos   # the last step applied
   saved_step = last_step   # the step of the newest checkpoint (the resume point)
+  if changes:
+    run.log.append([{"kind": "change", "step": last_step, "epoch": start_epoch,
+                     "changes": dict(changes)}])
 
   def stop_if_asked(epoch: int, pos: int, metrics: dict[str, float] | None = None) -> None:
     """After a stop signal (tsm.stopping): a checkpoint of this step, then Interrupted."""

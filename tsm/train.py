@@ -162,8 +162,23 @@ def make_optimizer(*, optimizer: str = "adam", learning_rate: float = 1e-3,
     tx = optax.chain(optax.add_decayed_weights(float(weight_decay)),
                      optax.sgd(schedule, momentum=float(momentum) or None))
   if grad_clip_norm is not None:
-    tx = optax.chain(optax.clip_by_global_norm(float(grad_clip_norm)), tx)
+    tx = _clipped(tx, float(grad_clip_norm))
   return tx
+
+
+def _clipped(tx: optax.GradientTransformation, max_norm: float
+             ) -> optax.GradientTransformation:
+  """``tx`` applied to gradients clipped to global norm ``max_norm``, with ``tx``'s own
+  state: ``optax.chain(optax.clip_by_global_norm(max_norm), tx)`` computes the same
+  updates but nests the state in a tuple, so adding or removing clipping would change
+  the state's structure and a run could not resume with it changed."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    clipped, _ = clip.update(updates, clip.init(params))
+    return tx.update(clipped, state, params)
+
+  return optax.GradientTransformation(tx.init, update)
 
 
 def stats_metrics(stats: Any) -> Metrics:

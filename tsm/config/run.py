@@ -17,15 +17,18 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from tsm import distributed, models
+from tsm import artifacts, distributed, models
 from tsm import train as train_lib
 from tsm.config.builders import (best_metric_key, build_evaluators, build_loss,
                                  build_model, build_optimizer, build_sampler,
                                  build_schedule, load_data, model_label)
 from tsm.config.checks import (ConfigError, _section_error, check_config,
                                check_config_with_data)
-from tsm.config.defaults import RUN_CONTROL_FIELDS, default_config
+from tsm.config.defaults import RESUMABLE_FIELDS, RUN_CONTROL_FIELDS, default_config
 from tsm.data import spec as spec_lib
+
+
+CHANGES_NAME = "changes.jsonl"   # a run's accepted --resume_with_changes, one line each
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -33,14 +36,94 @@ def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(cfg.to_json())
 
 
-def check_same_run(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError when ``workdir`` holds a run whose config differs in a training
-  field (the :data:`RUN_CONTROL_FIELDS` may differ)."""
+def _optimizer_state_structure(train: dict[str, Any]) -> Any:
+  """The structure (and leaf shapes) of the optimiser state of a ``train`` section, on
+  a stand-in parameter tree: what a checkpoint's optimiser state must match."""
+  tx = train_lib.make_optimizer(
+      optimizer=train["optimizer"], learning_rate=train["learning_rate"],
+      lr_schedule=train["lr_schedule"], warmup_steps=train["warmup_steps"],
+      weight_decay=train["weight_decay"], momentum=train["momentum"],
+      grad_clip_norm=train["grad_clip_norm"], total_steps=max(int(train["epochs"]), 1))
+  state = jax.eval_shape(tx.init, (jax.ShapeDtypeStruct((2,), "float32"), {}))
+  return jax.tree.structure(state), [x.shape for x in jax.tree.leaves(state)]
+
+
+def _epochs_done(workdir: str) -> int:
+  """Epoch records in the run's ``metrics.jsonl`` (0 without one)."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  try:
+    records = artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl")).read()
+  except (OSError, ValueError):
+    return 0
+  return sum(r.get("kind") == "epoch" for r in records)
+
+
+def check_same_run(workdir: str, cfg: ml_collections.ConfigDict, *,
+                   resume_with_changes: bool = False) -> dict[str, list[Any]]:
+  """Refuses a ``workdir`` that holds a run of another config.
+
+  The :data:`RUN_CONTROL_FIELDS` may always differ. With ``resume_with_changes`` the
+  :data:`RESUMABLE_FIELDS` (the optimiser's settings, the epochs) may differ too, as
+  long as the optimiser's state keeps its structure and the epochs do not fall below
+  those already trained.
+
+  Returns:
+    The changed resumable fields, ``{"train.learning_rate": [there, now], ...}``
+    (empty when nothing changed).
+
+  Raises:
+    ConfigError: one line naming the first field that may not differ (and, where it
+      may with ``--resume_with_changes``, saying so).
+    tsm.workdir.DamagedRun: the saved ``config.json`` is not a JSON object.
+  """
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  diff = workdir_lib.run_difference(workdir, to_json(cfg), ignore=RUN_CONTROL_FIELDS)
-  if diff:
-    raise ConfigError(f"workdir {workdir} holds a run with a different config ({diff}); "
-                      "use a new --workdir, or the same config to resume it.")
+  saved = workdir_lib.read_config(workdir)
+  if saved is None:
+    return {}
+  current = to_json(cfg)
+  found = workdir_lib.differences(saved, current, ignore=RUN_CONTROL_FIELDS)
+  resumable = {".".join(k) for k in RESUMABLE_FIELDS}
+
+  def shown(path: str, there: Any, now: Any) -> str:
+    return f"{path} ({there!r} there, {now!r} now)"
+
+  fixed = [d for d in found if d[0] not in resumable]
+  if fixed:
+    raise ConfigError(f"workdir {workdir} holds a run with a different config "
+                      f"({shown(*fixed[0])}); that field cannot change in a run: use a new "
+                      "--workdir, or the same config to resume it.")
+  if found and not resume_with_changes:
+    raise ConfigError(f"workdir {workdir} holds a run with a different config "
+                      f"({shown(*found[0])}); rerun with --resume_with_changes to continue "
+                      "it with the new value, use a new --workdir, or the same config to "
+                      "resume it.")
+  if not found:
+    return {}
+  saved_train = dict(default_config().train.to_dict(), **saved.get("train", {}))
+  if _optimizer_state_structure(saved_train) != _optimizer_state_structure(current["train"]):
+    names = ", ".join(shown(*d) for d in found if d[0] != "train.epochs")
+    raise ConfigError(f"workdir {workdir}: {names} would change the structure of the "
+                      "optimiser's state in its checkpoints, so the run cannot continue "
+                      "with it; use a new --workdir.")
+  done = _epochs_done(workdir)
+  if int(cfg.train.epochs) < done:
+    raise ConfigError(f"train.epochs={cfg.train.epochs} is below the {done} epochs the run "
+                      f"in {workdir} has trained; pass train.epochs >= {done}.")
+  return {path: [there, now] for path, there, now in found}
+
+
+def record_changes(workdir: str, changes: dict[str, list[Any]]) -> None:
+  """Appends a continuation's changes to the run's ``changes.jsonl`` (one line each:
+  the time and ``{"field": [there, now]}``), before ``config.json`` is rewritten."""
+  if not changes:
+    return
+  import time  # pylint: disable=import-outside-toplevel
+  line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changes": changes},
+                    sort_keys=True)
+  with open(os.path.join(workdir, CHANGES_NAME), "a", encoding="utf-8") as f:
+    f.write(line + "\n")
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -74,16 +157,18 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
     ConfigError: one line naming the bad field (or the missing dataset) and the fix.
   """
   check_config(cfg)
-  splits, _ = _load_checked(cfg, workdir)
+  splits, _, _ = _load_checked(cfg, workdir)
   return splits
 
 
-def _load_checked(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
+def _load_checked(cfg: ml_collections.ConfigDict, workdir: str, *,
+                  resume_with_changes: bool = False) -> tuple[Any, Any, dict[str, Any]]:
   """:func:`prepare` for a config that passed :func:`check_config`.
 
   Returns:
-    ``(splits, sampler)``: the ``tsm.data.DatasetSplits`` and the run's train sampler
-    (built here once: the data-parallel check needs its batch shape).
+    ``(splits, sampler, changes)``: the ``tsm.data.DatasetSplits``, the run's train
+    sampler (built here once: the data-parallel check needs its batch shape) and the
+    resumable fields changed since the run in ``workdir`` (:func:`check_same_run`).
   """
   d = cfg.distributed
   if d.initialize:   # multi-host start-up, before anything touches a device
@@ -107,18 +192,24 @@ def _load_checked(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, An
           f"a train batch of {rows} rows does not split over {jax.device_count()} "
           "devices; make it a multiple of the device count (train.classes_per_batch x "
           "train.samples_per_class or train.batch_size) or set train.data_parallel=False.")
-  check_same_run(workdir, cfg)
-  return splits, sampler
+  changes = check_same_run(workdir, cfg, resume_with_changes=resume_with_changes)
+  return splits, sampler, changes
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
-                       evaluators: Sequence[Any] = ()) -> Any:
+                       evaluators: Sequence[Any] = (), resume_with_changes: bool = False,
+                       rebuild_outputs: bool = False) -> Any:
   """Builds every object ``cfg`` describes and trains with ``tsm.fit.fit``.
 
   Args:
     cfg: a full config (see :func:`default_config`).
     workdir: the run directory (resumed when it holds a run of the same config).
     evaluators: extra epoch evaluators (a study's analyses), run after the built-in ones.
+    resume_with_changes: continue the run in ``workdir`` with the
+      :data:`RESUMABLE_FIELDS` changed (:func:`check_same_run`; recorded in its
+      ``changes.jsonl`` and ``metrics.jsonl``).
+    rebuild_outputs: write a finished run's final files again (summary, figures,
+      TensorBoard) from its checkpoint and ``metrics.jsonl``.
 
   Returns:
     The ``tsm.fit.FitResult`` (None when ``train.stop_after_steps`` stopped it early). For
@@ -140,7 +231,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
     print(history.format_summary(summary), flush=True)
     return fit_lib.FitResult(state=None, best_state=None, summary=summary, history=[],
                              embed=None)
-  splits, sampler = _load_checked(cfg, workdir)
+  splits, sampler, changes = _load_checked(cfg, workdir,
+                                           resume_with_changes=resume_with_changes)
   seed = int(cfg.seed)
   model = build_model(cfg, splits.input_shape)
   schedule = build_schedule(cfg, sampler.steps_per_epoch)
@@ -154,7 +246,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
       f"{model_label(cfg)}",
       val_label="validation" + ("" if val_margin is None else f" (margin {val_margin:g})"),
       easy_threshold=cfg.margin.threshold if cfg.margin.schedule == "dams" else None)
-  with fit_lib.run_directory(workdir, config=to_json(cfg)):
+  with fit_lib.run_directory(workdir):
+    if distributed.is_primary():
+      record_changes(workdir, changes)   # the run's history, then its new config
+      artifacts.write_json_atomic(os.path.join(workdir, workdir_lib.CONFIG_NAME),
+                                  to_json(cfg))
+      if changes:
+        print(f"continuing the run in {workdir} with " + ", ".join(
+            f"{k} {there!r} -> {now!r}" for k, (there, now) in changes.items()), flush=True)
     return fit_lib.fit(
         model, build_loss(cfg, splits.num_classes), schedule, optimizer, splits,
         workdir=workdir,
@@ -173,4 +272,5 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                                  loss=cfg.loss.name, margin_schedule=cfg.margin.schedule,
                                  model=model_label(cfg)),
         hooks=hooks_lib.standard(progress=t.progress, print_every_steps=t.print_every_steps,
-                                 tensorboard=t.tensorboard, figures=figures))
+                                 tensorboard=t.tensorboard, figures=figures),
+        changes=changes)
