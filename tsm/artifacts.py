@@ -1,5 +1,8 @@
 """Files a training run writes: the metrics log and atomic writes.
 
+Every JSON file is strict JSON: a NaN or infinite number is written as ``null``
+(:func:`dumps`).
+
 * ``metrics.jsonl``: one JSON object a line, ``{"kind": "step" | "epoch", ...}``,
   appended in blocks (one host transfer per block, never inside the jitted step). On
   resume the file is cut back to its length at the restored checkpoint, so a resumed run
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 from typing import Any, Iterable, Iterator
@@ -78,9 +82,28 @@ def write_atomic(path: str, data: str | bytes) -> None:
       os.fsync(f.fileno())  # the rename must not land before the data on a crash
 
 
+def strict_json(obj: Any) -> Any:
+  """``obj`` with every NaN or infinite float (numpy's too) replaced by None, so that it
+  is strict JSON (``null``; Python's ``json`` would write the non-standard ``NaN``)."""
+  if isinstance(obj, dict):
+    return {k: strict_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json(v) for v in obj]
+  if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0
+                                and obj.dtype.kind == "f"):
+    return float(obj) if math.isfinite(float(obj)) else None
+  return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+  """``json.dumps`` of :func:`strict_json` ``(obj)``, refusing anything else non-standard."""
+  return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  """Writes ``obj`` as indented, key-sorted strict JSON (:func:`dumps`) to ``path``
+  atomically."""
+  write_atomic(path, dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class MetricsLog:
@@ -115,7 +138,7 @@ class MetricsLog:
 
   def append(self, records: Iterable[dict[str, Any]]) -> None:
     """Appends one line per record and flushes."""
-    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    lines = "".join(dumps(r, sort_keys=True) + "\n" for r in records)
     self._size += len(lines.encode())
     if lines and self.write:
       with open(self.path, "a") as f:

@@ -324,7 +324,7 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
     if status == USAGE_ERROR:
       command.fail(str(e))
     if isinstance(e, history.NonFiniteError):
-      e = history.NonFiniteError(e.step, e.quantity, fix=NONFINITE_FIX)
+      e = history.NonFiniteError(e.step, e.quantity, fix=NONFINITE_FIX, skipped=e.skipped)
     if isinstance(e, history.Interrupted):
       message = str(e)
     elif isinstance(e, KeyboardInterrupt):

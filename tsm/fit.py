@@ -60,6 +60,7 @@ from tsm import workdir as workdir_lib
 from tsm.data import datasets as datasets_lib
 from tsm.data import loader
 from tsm.data import samplers as samplers_lib
+from tsm.metrics import neighbors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,11 @@ class LoopOptions:
     margin_update: ``"epoch"`` (the schedule updates at the end of each epoch) or
       ``"step"``.
     nonfinite: ``"stop"`` (raise :class:`tsm.history.NonFiniteError` at the first
-      non-finite loss or gradient) or ``"skip"`` (skip such updates and count them).
+      non-finite loss or gradient) or ``"skip"`` (skip such updates, and those that
+      would make the parameters non-finite, and count them: ``num_skipped`` of each
+      epoch record, ``skipped_steps`` of the summary).
+    max_skipped_steps: under ``"skip"``, raise :class:`tsm.history.NonFiniteError`
+      after that many skipped steps in a row (0: never).
     log_every: steps between host transfers of step metrics.
     embed_batch_size: batch size for embedding splits.
     stop_after_steps: stop this process after that many steps, as a kill would (tests;
@@ -96,6 +101,7 @@ class LoopOptions:
   augment: bool = False
   margin_update: str = "epoch"
   nonfinite: str = "stop"
+  max_skipped_steps: int = 100
   log_every: int = 20
   embed_batch_size: int = 256
   stop_after_steps: int = 0
@@ -104,6 +110,9 @@ class LoopOptions:
     """Raises ValueError (one line naming the field) for a value the loop cannot use."""
     if self.nonfinite not in ("stop", "skip"):
       raise ValueError(f"nonfinite={self.nonfinite!r} is unknown; use 'stop' or 'skip'.")
+    if int(self.max_skipped_steps) < 0:
+      raise ValueError(f"max_skipped_steps={self.max_skipped_steps!r} must be >= 0 "
+                       "(0: never stop for skipped steps).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +190,39 @@ def run_directory(workdir: str, config: Mapping[str, Any] | None = None) -> Iter
       artifacts.write_json_atomic(os.path.join(workdir, workdir_lib.CONFIG_NAME),
                                   dict(config))
     yield workdir
+
+
+def check_inputs(data: Any, nonfinite: str = "stop") -> None:
+  """Refuses in-memory inputs with NaN or inf rows (one line naming the split, the count
+  and the first row), before anything is compiled: a train step that draws one would be
+  reported as a divergence, an evaluated split cannot be ranked. Under
+  ``nonfinite="skip"`` train rows only get a warning (the steps that draw them are
+  skipped and counted). ``DatasetSplits`` (read lazily) are not checked here.
+
+  Raises:
+    ValueError: a split's inputs hold NaN or inf.
+  """
+  if not isinstance(data, Mapping):
+    return
+  for name in ("train", "val", "test"):
+    pair = data.get(name)
+    if pair is None:
+      continue
+    x = np.asarray(pair[0])
+    if x.dtype.kind not in "fc" or x.ndim < 1 or not len(x):
+      continue
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if not bad.size:
+      continue
+    where = (f"data: the {name} inputs hold NaN or inf in {bad.size} row(s) (first: row "
+             f"{bad[0]})")
+    if name == "train" and nonfinite == "skip":
+      print(f"warning: {where}; the steps that draw them are skipped and counted.",
+            file=sys.stderr, flush=True)
+      continue
+    raise ValueError(f"{where}; remove or fix those rows" + (
+        " (or pass nonfinite='skip' to skip the steps that draw them)."
+        if name == "train" else "."))
 
 
 def default_sampler(labels: np.ndarray, seed: int) -> samplers_lib.Sampler:
@@ -293,6 +335,7 @@ def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric
       # The margin the last epoch trained at, and the one the schedule would use next.
       "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
       "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
+      "skipped_steps": int(sum(r.get("num_skipped", 0) for r in epoch_records)),
   })
   return summary
 
@@ -353,6 +396,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       step and checkpoints it; otherwise the last checkpoint is the resume point.
   """
   options.check()
+  check_inputs(data, options.nonfinite)
   splits = datasets_lib.as_splits(data)
   loss_of = loss.for_epoch if hasattr(loss, "for_epoch") else (lambda epoch: loss)
   if sampler is None:
@@ -369,7 +413,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       best_mode=best_mode, async_save=checkpoint.async_save)
   run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
                                              write=primary),
-                        stop_on_nonfinite=options.nonfinite == "stop")
+                        stop_on_nonfinite=options.nonfinite == "stop",
+                        max_skipped=options.max_skipped_steps)
   train_step_of = _train_steps(model, loss_of, schedule, optimizer, mesh, options)
   end_of_epoch = (None if options.margin_update == "step"
                   else train_lib.make_end_of_epoch(schedule, mesh))
@@ -451,7 +496,11 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
              ((epoch + 1) % e.every_epochs == 0 or last)]
       ctx = evaluation.EvalContext(state=state, splits=splits, embed_fn=embed_fn,
                                    epoch=epoch, record=record, loss_fn=loss_fn)
-      record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
+      try:
+        record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
+      except neighbors.NonFiniteEmbeddings:   # finite steps, but the model diverged
+        raise history.NonFiniteError(last_step, "embedding of the evaluated splits"
+                                     ) from None
       record["time_s"] = round(time.time() - t0, 3)
       run.log.append([record])
       epoch_records.append(record)

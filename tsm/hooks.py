@@ -291,7 +291,8 @@ class Figures(Hook):
       return
     workdir = self._run.workdir
     path = os.path.join(workdir, "training.png")
-    plotting.plot_training(end.epochs, path, title=self.title, val_label=self.val_label,
+    epochs = [{k: np.nan if v is None else v for k, v in r.items()} for r in end.epochs]
+    plotting.plot_training(epochs, path, title=self.title, val_label=self.val_label,
                            easy_threshold=self.easy_threshold)
     self._to_board("training", path, end.step)
     found = end.context.artifacts

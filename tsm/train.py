@@ -20,7 +20,8 @@ and :func:`tsm.losses.explicit_pairs_loss`.
 Metrics (float32 scalars, left on the device: the fit loop fetches them in bulk):
 ``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin``
 (the margin this step used), ``easy_share`` (``num_easy / num_total``), ``nonfinite``
-(1.0 when the loss or the gradient is not finite), and every scalar field of the loss's
+(1.0 when the loss or the gradient is not finite, or, when such steps are skipped, the
+updated parameters), and every scalar field of the loss's
 stats (``num_total``, ``num_active``, ``num_easy``, ``active_ratio``, ``mean_pos_dist``,
 ``mean_neg_dist``, and the loss's own counts such as ``num_triplets``, ``num_semihard``,
 ``num_hard`` or ``num_pairs``, ``num_positive``, ``num_negative``).
@@ -244,8 +245,9 @@ def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.Parametr
     mesh: optional mesh with a ``"data"`` axis: the batch is sharded along it, the state
       replicated. The global batch must divide evenly over the axis.
     margin_update: ``"epoch"`` or ``"step"``.
-    skip_nonfinite: when the loss or the gradient is not finite, keep the old state
-      (the step counter still advances) instead of applying the update.
+    skip_nonfinite: when the loss, the gradient or the updated parameters are not
+      finite, keep the old state (the step counter still advances) instead of applying
+      the update; the step's ``nonfinite`` metric is 1.
 
   Returns:
     The compiled step function.
@@ -290,6 +292,8 @@ def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.Parametr
     if per_step_update:
       margin_state = schedule.update(margin_state)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:   # an update can overflow finite parameters: skip it too
+      finite = finite & _all_finite((params, loss_params, batch_stats, loss_state))
     metrics = dict(stats_metrics(stats), loss=value, margin=margin, grad_norm=grad_norm,
                    nonfinite=(~finite).astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
