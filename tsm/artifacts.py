@@ -146,9 +146,20 @@ class MetricsLog:
         f.flush()
 
   def read(self) -> list[dict[str, Any]]:
-    """Every record, in order."""
+    """Every record, in order.
+
+    Raises:
+      ValueError: a line is not JSON (the message names it).
+    """
     if not os.path.exists(self.path):
       return []
     with open(self.path, "rb") as f:
       data = f.read() if self.write else f.read(self._size)
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except ValueError as e:
+          raise ValueError(f"line {number}: {e}") from None
+    return records

@@ -287,13 +287,30 @@ def _resume(ckpt: checkpoint_lib.Checkpointer, state: Any, run: history.StepLog
   """
   epoch, pos = 0, 0
   restored = ckpt.restore_latest(state)
+  path = run.log.path
+  fix = ("restore it from a copy, or train the run again (remove the workdir's "
+         "checkpoints/ and metrics.jsonl, or use another workdir)")
   if restored is not None:
-    state, saved, _ = restored
+    state, saved, step = restored
     epoch, pos = int(saved["epoch"]), int(saved["step_in_epoch"])
-    run.log.truncate(int(saved["metrics_bytes"]))
+    wanted, found = int(saved["metrics_bytes"]), run.log.size()
+    if found < wanted:
+      raise workdir_lib.DamagedRun(
+          f"{path} is damaged: {found} bytes where checkpoint {step} recorded {wanted} "
+          f"(cut short or deleted); {fix}.")
+    run.log.truncate(wanted)
   else:
     run.log.truncate(0)   # lines of a run killed before its first checkpoint
-  records = run.log.read()
+  try:
+    records = run.log.read()
+  except ValueError as e:
+    raise workdir_lib.DamagedRun(f"{path} is damaged (a line is not JSON: {e}); "
+                                 f"{fix}.") from None
+  logged = sum(r.get("kind") == "epoch" for r in records)
+  if restored is not None and logged != epoch:
+    raise workdir_lib.DamagedRun(
+        f"{path} is damaged: {logged} epoch records where checkpoint {step} has trained "
+        f"{epoch} epochs; {fix}.")
   run.start_epoch([r for r in records if r["kind"] == "step" and r["epoch"] == epoch])
   return state, epoch, pos, [r for r in records if r["kind"] == "epoch"]
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from tsm import artifacts, distributed, models
+from tsm import artifacts, distributed, models, outputs
 from tsm import train as train_lib
 from tsm.config.builders import (best_metric_key, build_evaluators, build_loss,
                                  build_model, build_optimizer, build_sampler,
@@ -224,13 +224,18 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   from tsm import hooks as hooks_lib  # pylint: disable=import-outside-toplevel
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   check_config(cfg)
+  rebuild = []   # final files of a finished run to write again
   if workdir_lib.is_finished(workdir, to_json(cfg), ignore=RUN_CONTROL_FIELDS):
-    # A finished run: report it again and write nothing (a read-only workdir is fine).
-    with open(os.path.join(workdir, "summary.json")) as f:
-      summary = json.load(f)
-    print(history.format_summary(summary), flush=True)
-    return fit_lib.FitResult(state=None, best_state=None, summary=summary, history=[],
-                             embed=None)
+    rebuild = (["its final files"] if rebuild_outputs else [
+        f"{name} (missing or damaged)"
+        for name in outputs.damaged(workdir, tensorboard=bool(cfg.train.tensorboard))])
+    if not rebuild:
+      # A finished run: report it again and write nothing (a read-only workdir is fine).
+      with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+      print(history.format_summary(summary), flush=True)
+      return fit_lib.FitResult(state=None, best_state=None, summary=summary, history=[],
+                               embed=None)
   splits, sampler, changes = _load_checked(cfg, workdir,
                                            resume_with_changes=resume_with_changes)
   seed = int(cfg.seed)
@@ -251,6 +256,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
       record_changes(workdir, changes)   # the run's history, then its new config
       artifacts.write_json_atomic(os.path.join(workdir, workdir_lib.CONFIG_NAME),
                                   to_json(cfg))
+      if rebuild:
+        print(f"the run in {workdir} is finished; writing {', '.join(rebuild)} again "
+              "from its checkpoint and metrics.jsonl", flush=True)
+        if cfg.train.tensorboard:
+          outputs.clear_projector(workdir)
       if changes:
         print(f"continuing the run in {workdir} with " + ", ".join(
             f"{k} {there!r} -> {now!r}" for k, (there, now) in changes.items()), flush=True)
