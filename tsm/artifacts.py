@@ -106,6 +106,27 @@ def write_json_atomic(path: str, obj: Any) -> None:
   write_atomic(path, dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_npz(path: str) -> dict[str, Any]:
+  """Every array of the ``.npz`` file ``path``, read now (numpy reads an ``.npz`` lazily,
+  so a damaged member would fail at first use, far from here).
+
+  Raises:
+    ValueError: ``path`` is not a whole ``.npz`` file (one line with the cause).
+  """
+  import zipfile  # pylint: disable=import-outside-toplevel
+  import zlib  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {name: data[name] for name in data.files}
+  except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as e:
+    # numpy takes a file that is neither a zip nor an .npy for a pickle.
+    cause = ("not a zip archive" if "pickled data" in str(e) else
+             str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    raise ValueError(f"{path} is not a readable .npz file ({cause}); write it again or "
+                     "pass another file.") from None
+
+
 class MetricsLog:
   """Append-only JSON-lines log that can be cut back to a saved length.
 
