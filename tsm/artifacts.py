@@ -121,7 +121,7 @@ def read_npz(path: str) -> dict[str, Any]:
       return {name: data[name] for name in data.files}
   except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as e:
     # numpy takes a file that is neither a zip nor an .npy for a pickle.
-    cause = ("not a zip archive" if "pickled data" in str(e) else
+    cause = ("not a zip archive" if "pickled" in str(e) else
              str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     raise ValueError(f"{path} is not a readable .npz file ({cause}); write it again or "
                      "pass another file.") from None

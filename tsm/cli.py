@@ -107,6 +107,20 @@ def _one_line(error: BaseException) -> str:
   return " ".join(lines) or type(error).__name__
 
 
+def _flag_error(text: str) -> str:
+  """One line of an absl flag error; for a config file that raised while it loaded,
+  the raising line of the file and the exception (config_flags puts the whole traceback
+  in the message, after "Error whilst parsing config file:")."""
+  lines = [line for line in text.strip().splitlines() if line.strip()]
+  if "Error whilst parsing config file" not in lines[0] or len(lines) < 2:
+    return lines[0]
+  head = lines[0].split(": Error whilst parsing config file")[0]
+  frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)
+  mine = [f for f in frames if f"{os.sep}site-packages{os.sep}" not in f[0]]
+  where = f" at {mine[-1][0]} line {mine[-1][1]}" if mine else ""
+  return f"{head}: the config file raised{where}: {lines[-1].strip()}"
+
+
 class ConfigCommand:
   """``--config=FILE --workdir=DIR [--config.a.b=value ...]`` parsing, shared by
   ``tsm-train`` and the study scripts under ``experiments/``.
@@ -219,7 +233,7 @@ class ConfigCommand:
     try:
       rest = self.flag_values(args)
     except flags.Error as e:
-      self.fail(str(e).strip().splitlines()[0])
+      self.fail(_flag_error(str(e)))
     except (AttributeError, KeyError) as e:
       self.fail(f"a --config.* override names no config field: {_one_line(e)}")
     except Exception as e:  # pylint: disable=broad-except  # raised by the config file

@@ -252,6 +252,11 @@ def _initial_state(model: nn.Module, loss: Any, schedule: margins_lib.MarginSche
   else:
     variables = init_fn(init_rng, shape)
   probe = jax.eval_shape(lambda v: model.apply(v, zeros, train=False), variables)
+  if getattr(probe, "ndim", None) != 2 or probe.shape[0] != 1:
+    got = getattr(probe, "shape", type(probe).__name__)
+    raise ValueError(f"the model returns {got} for a batch of one input of shape "
+                     f"{shape}; a model must return [batch, D] embeddings (add a Dense "
+                     "head or reshape its output).")
   loss_variables = losses_lib.as_parametric(loss).init(loss_rng, int(probe.shape[-1]))
   state = train_lib.create_train_state(variables, optimizer, schedule,
                                        jax.random.key_data(state_rng), loss_variables)
@@ -355,6 +360,26 @@ def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric
       "skipped_steps": int(sum(r.get("num_skipped", 0) for r in epoch_records)),
   })
   return summary
+
+
+def _warn_of_meaningless_results(epoch_records: list[dict[str, Any]], best_metric: str,
+                                 splits: Any, ctx: Any) -> None:
+  """One warning line each (stderr) for a finished run whose numbers mislead: no epoch
+  record holds ``best_metric`` (the summary is of the last epoch), or the test
+  embeddings collapsed to one point (the metrics are chance's)."""
+  if epoch_records and not any(best_metric in r for r in epoch_records):
+    held = sorted(k for k in epoch_records[-1] if k.startswith("val_"))
+    print(f"warning: no epoch record holds best_metric={best_metric!r} ("
+          + (f"the records hold {', '.join(held)}" if held else "no validation split or "
+             "no epoch evaluator") + "); the summary is of the last epoch's state.",
+          file=sys.stderr, flush=True)
+  if len(splits.test) > 1:
+    embeddings = np.asarray(ctx.embeddings("test"), np.float64)
+    spread = float(np.max(np.ptp(embeddings, axis=0))) if embeddings.size else 0.0
+    if np.isfinite(spread) and spread <= 1e-5 * max(float(np.max(np.abs(embeddings))), 1e-12):
+      print("warning: the test embeddings are all the same point (the model collapsed, "
+            "e.g. a learning rate too high); the test metrics are those of chance.",
+            file=sys.stderr, flush=True)
 
 
 def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
@@ -536,6 +561,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
                                  loss_fn=loss_fn)
     summary = _summary(labels, epoch_records, best_metric, best_step)
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
+    if primary:
+      _warn_of_meaningless_results(epoch_records, best_metric, splits, ctx)
     hooks_lib.call(hooks, "on_end", hooks_lib.RunEnd(summary, epoch_records, ctx))
   except history.Interrupted:
     raise

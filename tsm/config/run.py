@@ -185,6 +185,7 @@ def _load_checked(cfg: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"data: {str(e).strip().splitlines()[0]}") from None
   check_config_with_data(cfg, splits)
   sampler = build_sampler(cfg, splits.train.labels, int(cfg.seed))
+  _check_against_the_run(cfg, splits, sampler)
   if distributed.use_mesh(cfg.train.data_parallel):
     rows = sampler.epoch(0).shape[1]
     if rows % jax.device_count():
@@ -194,6 +195,50 @@ def _load_checked(cfg: ml_collections.ConfigDict, workdir: str, *,
           "train.samples_per_class or train.batch_size) or set train.data_parallel=False.")
   changes = check_same_run(workdir, cfg, resume_with_changes=resume_with_changes)
   return splits, sampler, changes
+
+
+def check_shape(cfg: Any) -> None:
+  """Refuses a config that is not a full run config (a dict, or a ConfigDict lacking
+  sections or fields), one line naming what is missing, before any field is read.
+
+  Raises:
+    ConfigError: the config is not an ``ml_collections.ConfigDict`` with every section
+      and field of :func:`default_config`.
+  """
+  fix = ("have get_config() start from tsm.config.default_config() and set the fields "
+         "it changes.")
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"the config is a {type(cfg).__name__}, not an "
+                      f"ml_collections.ConfigDict; {fix}")
+  defaults = default_config()
+  missing = [k for k in defaults.keys() if k not in cfg]
+  if not missing:
+    missing = [f"{k}.{f}" for k in defaults.keys()
+               if isinstance(defaults[k], ml_collections.ConfigDict)
+               and isinstance(cfg[k], ml_collections.ConfigDict)
+               for f in defaults[k].keys() if f not in cfg[k]]
+  if missing:
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                      else "")
+    raise ConfigError(f"the config lacks {shown}; {fix}")
+
+
+def _check_against_the_run(cfg: ml_collections.ConfigDict, splits: Any,
+                           sampler: Any) -> None:
+  """Settings that only the data and the run's length show to be wrong: an error where
+  the numbers would be meaningless, a warning line where the run is still useful."""
+  import sys  # pylint: disable=import-outside-toplevel
+  e, t = cfg.eval, cfg.train
+  references = len(splits.train.labels)
+  if e.knn_k and cfg.data.split != "class_disjoint" and e.knn_k > references - 1:
+    raise ConfigError(f"eval.knn_k={e.knn_k} exceeds the {references} train examples the "
+                      f"k-NN vote searches; set eval.knn_k<={max(references - 1, 1)} (0 "
+                      "turns k-NN off).")
+  total = int(t.epochs) * int(sampler.steps_per_epoch)
+  if int(t.warmup_steps) > total:
+    print(f"warning: train.warmup_steps={t.warmup_steps} exceeds the run's {total} steps: "
+          f"the learning rate never reaches train.learning_rate={t.learning_rate:g}.",
+          file=sys.stderr, flush=True)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
@@ -223,6 +268,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   from tsm import history  # pylint: disable=import-outside-toplevel
   from tsm import hooks as hooks_lib  # pylint: disable=import-outside-toplevel
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  check_shape(cfg)
   check_config(cfg)
   rebuild = []   # final files of a finished run to write again
   if workdir_lib.is_finished(workdir, to_json(cfg), ignore=RUN_CONTROL_FIELDS):
