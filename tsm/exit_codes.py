@@ -41,10 +41,10 @@ def exit_code_map() -> tuple[tuple[tuple[type[BaseException], ...], int], ...]:
   ``OSError``, ``history.Interrupted`` a ``KeyboardInterrupt``.
   """
   # pylint: disable=import-outside-toplevel
-  from tsm import checkpoint, config, history, workdir
+  from tsm import checkpoint, config, history, identity, workdir
   return (
-      ((config.ConfigError, workdir.BadWorkdir, workdir.WorkdirBusy, workdir.DamagedRun),
-       USAGE_ERROR),
+      ((config.ConfigError, workdir.BadWorkdir, workdir.WorkdirBusy, workdir.DamagedRun,
+        identity.OtherRun), USAGE_ERROR),
       ((workdir.WorkdirIOError, checkpoint.CheckpointError), IO_ERROR),
       ((history.NonFiniteError,), NONFINITE_ERROR),
       ((KeyboardInterrupt,), INTERRUPTED),   # history.Interrupted included

@@ -52,6 +52,7 @@ from tsm import distributed
 from tsm import evaluation
 from tsm import history
 from tsm import hooks as hooks_lib
+from tsm import identity
 from tsm import losses as losses_lib
 from tsm import margins as margins_lib
 from tsm import stopping
@@ -393,7 +394,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         init_fn: Callable[[Any, tuple[int, ...]], Any] | None = None,
         labels: RunLabels = RunLabels(),
         hooks: Sequence[hooks_lib.Hook] | None = None,
-        changes: Mapping[str, Any] | None = None) -> FitResult | None:
+        changes: Mapping[str, Any] | None = None,
+        resume_with_changes: bool = False) -> FitResult | None:
   """Trains ``model`` with ``loss`` and ``schedule``, evaluating and checkpointing.
 
   Args:
@@ -426,6 +428,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     changes: what the caller changed in the run since its last checkpoint (e.g.
       ``{"train.learning_rate": [1e-2, 1e-3]}``): logged in ``metrics.jsonl`` as a
       ``{"kind": "change", "step", "epoch", "changes"}`` record at the resume point.
+    resume_with_changes: continue the run in ``workdir`` with another optimiser or
+      more epochs (:mod:`tsm.identity`); without it a rerun on the same workdir must be
+      the same run: same data, model, loss, optimiser, seed and epochs.
 
   Returns:
     A :class:`FitResult`, or None when ``options.stop_after_steps`` stopped the process
@@ -472,7 +477,17 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     if records:
       hooks_lib.call(hooks, "on_steps", records)
 
+  record = identity.describe(
+      model=model, loss=loss, optimizer=optimizer, splits=splits, params=state.params,
+      epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch)
+  changed = identity.check(workdir, record, resume_with_changes=resume_with_changes)
+  changes = dict(changes) if changes else changed   # the caller's names, else fit's
   state, start_epoch, start_pos, epoch_records = _resume(ckpt, state, run)
+  if start_epoch > epochs:
+    raise ValueError(f"epochs={epochs} is below the {start_epoch} epochs the run in "
+                     f"{workdir} has trained; pass epochs >= {start_epoch}.")
+  if primary:
+    identity.save(workdir, record)
   last_step = start_epoch * steps_per_epoch + start_pos   # the last step applied
   saved_step = last_step   # the step of the newest checkpoint (the resume point)
   if changes:

@@ -330,4 +330,4 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
                                  model=model_label(cfg)),
         hooks=hooks_lib.standard(progress=t.progress, print_every_steps=t.print_every_steps,
                                  tensorboard=t.tensorboard, figures=figures),
-        changes=changes)
+        changes=changes, resume_with_changes=bool(changes))
