@@ -41,8 +41,8 @@ def _fit(workdir, data, loss=losses.triplet_margin_loss, hook_list=None, **optio
   sampler = samplers.PKSampler(data["train"][1], 2, 3, seed=0, steps_per_epoch=6)
   return fit_lib.fit(_Net(), loss, margins.constant(0.2), optax.adam(1e-2), data,
                      workdir=str(workdir), epochs=2, sampler=sampler,
-                     evaluators=[evaluation.Retrieval("val")],
-                     final_evaluators=[evaluation.Retrieval("test")],
+                     evaluators=[evaluation.Retrieval("val")], best_metric="val_map@r",
+                     best_mode="max", final_evaluators=[evaluation.Retrieval("test")],
                      checkpoint=fit_lib.CheckpointOptions(async_save=False),
                      options=fit_lib.LoopOptions(log_every=1, **options),
                      hooks=hook_list if hook_list is not None else hooks.standard(

@@ -10,8 +10,9 @@ lines, TensorBoard, figures, the summary files). ``tsm.config.train_and_evaluate
 those objects from a config and calls it; so can your own script.
 
 The loop itself writes, in ``workdir``: ``metrics.jsonl`` (a line per step and per epoch,
-see :mod:`tsm.history`) and ``checkpoints/`` (orbax: the last ``keep`` plus the best by
-``best_metric``). The standard hooks (:func:`tsm.hooks.standard`, the default) add
+see :mod:`tsm.history`), ``checkpoints/`` (orbax: the last ``keep`` plus the best by
+``best_metric``) and ``run.json`` (what identifies the run, :mod:`tsm.identity`: a rerun
+of other data, model, loss or optimiser on the same workdir is refused). The standard hooks (:func:`tsm.hooks.standard`, the default) add
 ``summary.json`` (the final evaluators on the best state), ``pairs.npz`` (arrays the
 evaluators left, e.g. verification pair distances), ``training.png``, ``roc.png`` and
 ``tensorboard/``. One run per workdir and its ``config.json`` are the caller's:
@@ -20,7 +21,9 @@ evaluators left, e.g. verification pair distances), ``training.png``, ``roc.png`
 Resumption: a rerun with the same ``workdir`` restores the latest checkpoint, including
 its position within the epoch, cuts ``metrics.jsonl`` back to its length at that
 checkpoint and goes on; samplers and augmentation are pure functions of ``(seed, epoch,
-step)``, so the resumed run computes exactly what an uninterrupted one does.
+step)``, so the resumed run computes exactly what an uninterrupted one does. Under a
+command's signal handler (:mod:`tsm.stopping`) SIGTERM, SIGUSR1 and Ctrl-C stop the loop
+at the end of the current step with a checkpoint of it.
 
 Scale: pass ``mesh`` (``tsm.train.data_mesh()``) to shard each batch over a ``"data"``
 axis with the state replicated; on several hosts each host decodes only its share and
