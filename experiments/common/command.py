@@ -9,6 +9,7 @@ path, 1 for an I/O fault, 130 for Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -78,7 +79,9 @@ def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config
       config_help=f"Study config file (a .py with get_config()), e.g. {example_config}.",
       workdir_help="Study directory (created; finished runs in it are reused).")
   parse_command(cli, argv, usage)
-  cfg, workdir = cli.config, cli.workdir
+  # "--workdir=~/..." reaches the program unexpanded (the shell expands ~ only at a
+  # word's start): the home directory is meant, never a directory named "~".
+  cfg, workdir = cli.config, os.path.expanduser(cli.workdir)
   logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   try:
     out = cli_main(lambda: run_study(cfg, workdir, argv), program)

@@ -157,7 +157,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> Any:
     ConfigError: one line naming the bad field (or the missing dataset) and the fix.
   """
   check_config(cfg)
-  splits, _, _ = _load_checked(cfg, workdir)
+  splits, _, _ = _load_checked(cfg, os.path.expanduser(os.fspath(workdir)))
   return splits
 
 
@@ -268,6 +268,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *,
   from tsm import history  # pylint: disable=import-outside-toplevel
   from tsm import hooks as hooks_lib  # pylint: disable=import-outside-toplevel
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  workdir = os.path.expanduser(os.fspath(workdir))   # a quoted or "--workdir=~/..." ~
   check_shape(cfg)
   check_config(cfg)
   rebuild = []   # final files of a finished run to write again
