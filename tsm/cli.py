@@ -338,7 +338,9 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
     if status == USAGE_ERROR:
       command.fail(str(e))
     if isinstance(e, history.NonFiniteError):
-      e = history.NonFiniteError(e.step, e.quantity, fix=NONFINITE_FIX, skipped=e.skipped)
+      fix = (NONFINITE_FIX.split(" (train.nonfinite")[0] + "." if e.skipped
+             else NONFINITE_FIX)   # already skipping: only the first advice applies
+      e = history.NonFiniteError(e.step, e.quantity, fix=fix, skipped=e.skipped)
     if isinstance(e, history.Interrupted):
       message = str(e)
     elif isinstance(e, KeyboardInterrupt):
