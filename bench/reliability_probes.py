@@ -144,7 +144,7 @@ def main(scratch):
       print("skipped_steps", r.summary["skipped_steps"])
   """), "skipped steps in summary.json, no NaN in the epoch lines")
   # 5. fit reruns that differ.
-  row("fit rerun with other arrays / lr", python(cwd, """
+  row("fit rerun with other arrays", python(cwd, """
       import numpy as np, optax, flax.linen as nn
       from tsm import fit, losses, margins
       class Net(nn.Module):
@@ -153,10 +153,29 @@ def main(scratch):
       def data(n):
         rng = np.random.default_rng(0); y = np.repeat(np.arange(4), n // 4).astype(np.int32)
         return {"train": (rng.normal(size=(n, 3)).astype(np.float32), y)}
+      import sys
       kw = dict(workdir="mixed", epochs=1, hooks=[])
       fit.fit(Net(), losses.triplet_margin_loss, margins.constant(0.2), optax.adam(1e-2), data(40), **kw)
-      fit.fit(Net(), losses.triplet_margin_loss, margins.constant(0.2), optax.adam(1e-2), data(48), **kw)
+      try:
+        fit.fit(Net(), losses.triplet_margin_loss, margins.constant(0.2), optax.adam(1e-2), data(48), **kw)
+      except ValueError as e:
+        print(e, file=sys.stderr); sys.exit(2)
   """), "first run's files unchanged")
+  row("fit rerun with a new learning rate", python(cwd, """
+      import numpy as np, optax, flax.linen as nn
+      from tsm import fit, losses, margins
+      class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False): return nn.Dense(4)(x)
+      rng = np.random.default_rng(0); y = np.repeat(np.arange(4), 10).astype(np.int32)
+      import sys
+      try:
+        fit.fit(Net(), losses.triplet_margin_loss, margins.constant(0.2), optax.adam(1e-3),
+                {"train": (rng.normal(size=(40, 3)).astype(np.float32), y)},
+                workdir="mixed", epochs=1, hooks=[])
+      except ValueError as e:
+        print(e, file=sys.stderr); sys.exit(2)
+  """), "")
   # 6. Lost and damaged files.
   train(cwd, "--workdir=lost")
   for name in ("training.png", "roc.png"):
