@@ -274,3 +274,36 @@ def test_every_field_has_help_and_every_help_a_field():
   cfg = config_lib.default_config()
   fields = {f"{s}.{k}" for s in cfg.keys() if s != "seed" for k in cfg[s].keys()}
   assert fields | {"seed"} == set(config_lib.FIELD_HELP)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_the_step_and_the_rerun_is_bit_exact(tmp_path):
+  args = [f"--config={DIGITS}", "--config.train.epochs=2",
+          "--config.train.steps_per_epoch=300", "--config.train.log_every=1",
+          "--config.train.tensorboard=False", "--config.eval.every_epochs=1",
+          "--config.train.progress=False"]
+  whole = _cli(*args, f"--workdir={tmp_path / 'whole'}")
+  assert whole.returncode == 0, whole.stderr[-2000:]
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-m", "tsm.cli", *args, f"--workdir={workdir}"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 240
+  log = workdir / "metrics.jsonl"
+  while time.time() < deadline and not (log.exists() and log.read_text().count("\n") > 5):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err[-3000:]
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("tsm-train: terminated at step "), err
+  step = int(lines[0].split("terminated at step ")[1].split(";")[0])
+  assert lines[0].endswith("; the same command resumes.")
+  assert 0 < step < 600
+  assert max(r["step"] for r in read_lines(workdir)) == step
+  assert str(step) in os.listdir(workdir / "checkpoints")
+  again = _cli(*args, f"--workdir={workdir}")
+  assert again.returncode == 0, again.stderr[-2000:]
+  for name in ("summary.json",):
+    assert (workdir / name).read_text() == (tmp_path / "whole" / name).read_text()
+  assert read_lines(workdir) == read_lines(tmp_path / "whole")

@@ -84,7 +84,7 @@ def test_a_hook_is_called_in_the_documented_order(tmp_path):
 
 def test_without_hooks_the_loop_writes_only_its_records(tmp_path):
   _fit(tmp_path, hooks=[])
-  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "metrics.jsonl"]
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "metrics.jsonl", "run.json"]
 
 
 def test_the_standard_hooks_write_the_run_files_and_figures(tmp_path, capsys,

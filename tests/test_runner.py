@@ -119,6 +119,32 @@ def test_ctrl_c_terminates_the_workers_and_exits_130(tmp_path):
       os.kill(pid, 0)
 
 
+def test_sigterm_terminates_the_workers_quietly_and_exits_143(tmp_path):
+  pids = tmp_path / "pids"
+  pids.mkdir()
+  proc = _python(f"""
+      import os, time
+      from experiments.common import grid as runner
+      def job(j):
+        open(os.path.join({str(pids)!r}, str(os.getpid())), "w").close()
+        time.sleep(60)
+      runner.run_grid(list(range(4)), job, workers=2)
+  """)
+  deadline = time.time() + 60
+  while len(os.listdir(pids)) < 2 and time.time() < deadline:
+    time.sleep(0.1)
+  workers = [int(p) for p in os.listdir(pids)]
+  assert len(workers) == 2
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 143, err
+  assert out.strip().splitlines()[-1] == "terminated; the same command resumes"
+  assert err == ""   # the workers ended quietly (no "Process ForkPoolWorker" tracebacks)
+  for pid in workers:   # terminated and reaped: no orphan left
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
 @pytest.mark.parametrize("main,command", [
     (margin_run.main, "python -m experiments.margin_scheduler.run"),

@@ -53,11 +53,11 @@ def test_scalars_image_and_projector_read_back(tmp_path):
 
   values = _values(_read_events(logdir))
   scalars = {(step, v.tag): v.simple_value for step, v in values if v.HasField("simple_value")}
+  # NaN (a skipped step's loss) is left out: tensorboardX would warn on each one.
   assert scalars.keys() == {(1, "train/loss"), (1, "train/margin"), (1, "train/num_easy"),
-                            (2, "train/loss"), (1, "epoch/val_map_r")}  # @ is cleaned
+                            (1, "epoch/val_map_r")}  # @ is cleaned
   assert scalars[(1, "train/loss")] == 0.5 and scalars[(1, "train/margin")] == 0.25
   assert scalars[(1, "train/num_easy")] == 3 and scalars[(1, "epoch/val_map_r")] == 0.75
-  assert np.isnan(scalars[(2, "train/loss")])
 
   images = {v.tag: (step, v.image) for step, v in values if v.HasField("image")}
   assert set(images) == {"training", "gray"}

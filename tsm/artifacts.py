@@ -1,5 +1,8 @@
 """Files a training run writes: the metrics log and atomic writes.
 
+Every JSON file is strict JSON: a NaN or infinite number is written as ``null``
+(:func:`dumps`).
+
 * ``metrics.jsonl``: one JSON object a line, ``{"kind": "step" | "epoch", ...}``,
   appended in blocks (one host transfer per block, never inside the jitted step). On
   resume the file is cut back to its length at the restored checkpoint, so a resumed run
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 from typing import Any, Iterable, Iterator
@@ -78,9 +82,49 @@ def write_atomic(path: str, data: str | bytes) -> None:
       os.fsync(f.fileno())  # the rename must not land before the data on a crash
 
 
+def strict_json(obj: Any) -> Any:
+  """``obj`` with every NaN or infinite float (numpy's too) replaced by None, so that it
+  is strict JSON (``null``; Python's ``json`` would write the non-standard ``NaN``)."""
+  if isinstance(obj, dict):
+    return {k: strict_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json(v) for v in obj]
+  if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0
+                                and obj.dtype.kind == "f"):
+    return float(obj) if math.isfinite(float(obj)) else None
+  return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+  """``json.dumps`` of :func:`strict_json` ``(obj)``, refusing anything else non-standard."""
+  return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  """Writes ``obj`` as indented, key-sorted strict JSON (:func:`dumps`) to ``path``
+  atomically."""
+  write_atomic(path, dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_npz(path: str) -> dict[str, Any]:
+  """Every array of the ``.npz`` file ``path``, read now (numpy reads an ``.npz`` lazily,
+  so a damaged member would fail at first use, far from here).
+
+  Raises:
+    ValueError: ``path`` is not a whole ``.npz`` file (one line with the cause).
+  """
+  import zipfile  # pylint: disable=import-outside-toplevel
+  import zlib  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {name: data[name] for name in data.files}
+  except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as e:
+    # numpy takes a file that is neither a zip nor an .npy for a pickle.
+    cause = ("not a zip archive" if "pickled" in str(e) else
+             str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    raise ValueError(f"{path} is not a readable .npz file ({cause}); write it again or "
+                     "pass another file.") from None
 
 
 class MetricsLog:
@@ -115,7 +159,7 @@ class MetricsLog:
 
   def append(self, records: Iterable[dict[str, Any]]) -> None:
     """Appends one line per record and flushes."""
-    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    lines = "".join(dumps(r, sort_keys=True) + "\n" for r in records)
     self._size += len(lines.encode())
     if lines and self.write:
       with open(self.path, "a") as f:
@@ -123,9 +167,20 @@ class MetricsLog:
         f.flush()
 
   def read(self) -> list[dict[str, Any]]:
-    """Every record, in order."""
+    """Every record, in order.
+
+    Raises:
+      ValueError: a line is not JSON (the message names it).
+    """
     if not os.path.exists(self.path):
       return []
     with open(self.path, "rb") as f:
       data = f.read() if self.write else f.read(self._size)
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except ValueError as e:
+          raise ValueError(f"line {number}: {e}") from None
+    return records

@@ -16,13 +16,17 @@ config bundled with tsm (``experiments/configs/NAME.py``, installed with the whe
 ``loss_study_*``, ``loss_zoo_*``) are not for ``tsm-train``: each names its study's
 command (``python -m experiments.<study>.run``). A rerun with the same
 ``--workdir`` resumes the run from its latest checkpoint; a finished run is reported
-again without writing anything.
+again without writing anything (its missing or damaged final files are written again;
+``--rebuild_outputs`` writes them all again). ``--resume_with_changes`` continues a run
+with its optimiser settings or its epochs changed (``tsm.config.RESUMABLE_FIELDS``; each
+continuation is recorded in the workdir's ``changes.jsonl`` and ``metrics.jsonl``).
 
 Exit status (:mod:`tsm.exit_codes`): 0 done; 2 a bad config value, flag, path or a workdir
 in use (one line naming the field or the path and the fix; nothing created); 1 an I/O
 fault (a full disk, an unreadable checkpoint); 3 the loss or the gradient became
 non-finite (the last good checkpoint stays the resume point); 130 interrupted (Ctrl-C;
-the same command resumes).
+the same command resumes); 143 terminated (SIGTERM or SIGUSR1: the current step is
+checkpointed and the same command resumes).
 """
 
 from __future__ import annotations
@@ -53,9 +57,9 @@ from tsm.exit_codes import (  # noqa: F401  # pylint: disable=unused-import
 
 CONFIG_DIR = "experiments/configs"
 # The end of a diverged run's message, in the config's words.
-NONFINITE_FIX = ("lower the learning rate or add train.grad_clip_norm, then rerun: it "
-                 "resumes from the last good checkpoint (train.nonfinite=skip skips such "
-                 "steps instead).")
+NONFINITE_FIX = ("lower train.learning_rate or set train.grad_clip_norm, then rerun with "
+                 "--resume_with_changes: it continues from the last good checkpoint "
+                 "(train.nonfinite=skip skips such steps instead).")
 # The bundled configs: beside the tsm package both in a clone and in an installed wheel
 # (pyproject.toml ships the ``experiments`` package). Found by path, not by import, so a
 # user's own ``experiments`` directory on sys.path cannot stand in for it.
@@ -132,6 +136,20 @@ def _one_line(error: BaseException) -> str:
   text = str(error).replace("\\n", "\n").replace("\\'", "'")
   lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
   return " ".join(lines) or type(error).__name__
+
+
+def _flag_error(text: str) -> str:
+  """One line of an absl flag error; for a config file that raised while it loaded,
+  the raising line of the file and the exception (config_flags puts the whole traceback
+  in the message, after "Error whilst parsing config file:")."""
+  lines = [line for line in text.strip().splitlines() if line.strip()]
+  if "Error whilst parsing config file" not in lines[0] or len(lines) < 2:
+    return lines[0]
+  head = lines[0].split(": Error whilst parsing config file")[0]
+  frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)
+  mine = [f for f in frames if f"{os.sep}site-packages{os.sep}" not in f[0]]
+  where = f" at {mine[-1][0]} line {mine[-1][1]}" if mine else ""
+  return f"{head}: the config file raised{where}: {lines[-1].strip()}"
 
 
 class ConfigCommand:
@@ -241,7 +259,10 @@ class ConfigCommand:
             "  --config.SECTION.FIELD=VALUE  override one field of the config, e.g. "
             "--config.train.epochs=5\n"
             "  --list_fields  print every field with its default and meaning (with "
-            "--config=X: X's values beside the defaults), and exit\n\n"
+            "--config=X: X's values beside the defaults), and exit\n"
+            + "".join(f"  --{name}  {self.flag_values[name].help}\n"
+                      for name in ("resume_with_changes", "rebuild_outputs")
+                      if name in self.flag_values) + "\n"
             f"training configs (--config=NAME, or the file {CONFIG_DIR}/NAME.py; each "
             f"with its command in its docstring):\n{listed}\n")
     if studies:
@@ -286,7 +307,7 @@ class ConfigCommand:
     try:
       rest = self.flag_values(args)
     except flags.Error as e:
-      self.fail(str(e).strip().splitlines()[0])
+      self.fail(_flag_error(str(e)))
     except (AttributeError, KeyError) as e:
       self.fail(f"a --config.* override names no config field: {_one_line(e)}")
     except Exception as e:  # pylint: disable=broad-except  # raised by the config file
@@ -318,16 +339,27 @@ _COMMAND = ConfigCommand(
     study_configs=False)
 
 
+_RESUME_WITH_CHANGES = flags.DEFINE_bool(
+    "resume_with_changes", False,
+    "Continue the run in --workdir with its optimiser settings or epochs changed "
+    "(train.learning_rate, train.epochs, ...; recorded in changes.jsonl).")
+_REBUILD_OUTPUTS = flags.DEFINE_bool(
+    "rebuild_outputs", False,
+    "Write a finished run's summary, figures and TensorBoard files again from its "
+    "checkpoint and metrics.jsonl.")
+
+
 def _main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
-  run_command(_COMMAND, lambda: config_lib.train_and_evaluate(_COMMAND.config,
-                                                              _COMMAND.workdir))
+  run_command(_COMMAND, lambda: config_lib.train_and_evaluate(
+      _COMMAND.config, _COMMAND.workdir, resume_with_changes=_RESUME_WITH_CHANGES.value,
+      rebuild_outputs=_REBUILD_OUTPUTS.value))
 
 
-def _silence_background_threads() -> None:
+def silence_background_threads() -> None:
   """Drops the log lines and thread tracebacks of libraries' background threads."""
   import logging as std_logging  # pylint: disable=import-outside-toplevel
   for name in ("absl", "orbax", "jax", "asyncio"):
@@ -337,30 +369,25 @@ def _silence_background_threads() -> None:
 
 @contextlib.contextmanager
 def quiet_interrupts() -> Iterator[None]:
-  """While the block runs, Ctrl-C first silences the background threads, then raises
-  KeyboardInterrupt as usual.
+  """While the block runs, Ctrl-C, SIGTERM and SIGUSR1 stop the run as
+  :mod:`tsm.stopping` says (a checkpoint of the current step inside the fit loop, else
+  KeyboardInterrupt at once), and the first of them silences the background threads.
 
-  After Ctrl-C the process is stopping: orbax's background save threads may fail as it
-  winds down, and their log lines and thread tracebacks would bury the one line the
-  command prints (the checkpoints stay intact). Only the main thread's default SIGINT
-  handler is replaced, and it is put back when the block ends; an ignored SIGINT (a
-  shell's background job) stays ignored.
+  After a stop signal the process is stopping: orbax's background save threads may fail
+  as it winds down, and their log lines and thread tracebacks would bury the one line
+  the command prints (the checkpoints stay intact). Only default handlers are replaced,
+  and they are put back when the block ends; an ignored SIGINT (a shell's background
+  job) stays ignored.
   """
-  if (threading.current_thread() is not threading.main_thread()
-      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+  from tsm import stopping  # pylint: disable=import-outside-toplevel
+  with stopping.handle_signals(on_first=silence_background_threads):
     yield
-    return
 
-  def on_interrupt(signum: int, frame: Any) -> None:
-    del signum, frame
-    _silence_background_threads()
-    raise KeyboardInterrupt
 
-  previous = signal.signal(signal.SIGINT, on_interrupt)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGINT, previous)
+def stopped_word(error: BaseException) -> str:
+  """``"terminated"`` for a stop by SIGTERM or SIGUSR1, ``"interrupted"`` otherwise."""
+  return ("terminated" if getattr(error, "signum", signal.SIGINT) != signal.SIGINT
+          else "interrupted")
 
 
 def run_command(command: ConfigCommand, job: Any) -> Any:
@@ -388,11 +415,13 @@ def run_command(command: ConfigCommand, job: Any) -> Any:
     if status == USAGE_ERROR:
       command.fail(str(e))
     if isinstance(e, history.NonFiniteError):
-      e = history.NonFiniteError(e.step, e.quantity, fix=NONFINITE_FIX)
+      fix = (NONFINITE_FIX.split(" (train.nonfinite")[0] + "." if e.skipped
+             else NONFINITE_FIX)   # already skipping: only the first advice applies
+      e = history.NonFiniteError(e.step, e.quantity, fix=fix, skipped=e.skipped)
     if isinstance(e, history.Interrupted):
       message = str(e)
     elif isinstance(e, KeyboardInterrupt):
-      message = "interrupted; the same command resumes."
+      message = f"{stopped_word(e)}; the same command resumes."
     elif isinstance(e, OSError) and not isinstance(e, workdir_lib.WorkdirIOError):
       # A write outside the checkpointer (a full disk, a lost mount).
       where = f": {e.filename}" if e.filename else ""

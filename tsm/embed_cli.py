@@ -88,7 +88,8 @@ def read_input(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     ValueError: the path is missing or holds no usable array (one line).
   """
   # pylint: disable=import-outside-toplevel
-  from tsm.data import idx as idx_lib
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  from tsm.data import idx as idx_lib  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     raise ValueError(f"--input={path} does not exist; pass a .npy, .npz, IDX file or IDX "
                      "directory.")
@@ -98,17 +99,22 @@ def read_input(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     inputs = idx_lib.read_idx(files["test_images"])
     labels = idx_lib.read_idx(files["test_labels"])
   elif path.endswith(".npy"):
-    inputs = np.load(path, allow_pickle=False)
+    try:
+      inputs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(f"--input={path} is not a readable .npy file ({type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                       "write it again with numpy.save.") from None
   elif path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as z:
-      keys = list(z.keys())
-      key = next((k for k in _INPUT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-      if key is None:
-        raise ValueError(f"--input={path} holds {keys}; name the inputs array one of "
-                         f"{', '.join(_INPUT_KEYS)}.")
-      inputs = z[key]
-      label_key = next((k for k in _LABEL_KEYS if k in keys), None)
-      labels = None if label_key is None else z[label_key]
+    z = artifacts.read_npz(path)
+    keys = list(z)
+    key = next((k for k in _INPUT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+    if key is None:
+      raise ValueError(f"--input={path} holds {keys}; name the inputs array one of "
+                       f"{', '.join(_INPUT_KEYS)}.")
+    inputs = z[key]
+    label_key = next((k for k in _LABEL_KEYS if k in keys), None)
+    labels = None if label_key is None else z[label_key]
   else:
     inputs = idx_lib.read_idx(path)
   if inputs.ndim < 2 or inputs.shape[0] == 0:
@@ -121,6 +127,22 @@ def read_input(path: str) -> tuple[np.ndarray, np.ndarray | None]:
                        f"{labels.dtype} do not fit {inputs.shape[0]} examples; store "
                        "[N] integer labels.")
   return inputs, labels
+
+
+def _warn_unfinished(workdir: str, config) -> None:
+  """One warning line when the run in ``workdir`` has not finished its epochs."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    return
+  try:
+    records = artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl")).read()
+  except (OSError, ValueError):
+    records = []
+  steps = max((r.get("step", 0) for r in records), default=0)
+  epochs = sum(r.get("kind") == "epoch" for r in records)
+  print(f"{PROGRAM}: warning: the run in {workdir} has not finished ({epochs} of "
+        f"{int(config.train.epochs)} epochs, step {steps}); its checkpoint of that point "
+        "is used (rerun tsm-train on it to finish it).", file=sys.stderr)
 
 
 def run(argv: Sequence[str]) -> str:
@@ -151,6 +173,12 @@ def run(argv: Sequence[str]) -> str:
       if len(labels) == 0:
         _fail(f"--split={args.split} of workdir {args.workdir} is empty; pick another "
               "split.")
+    _warn_unfinished(args.workdir, loaded.config)
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind == "f":
+      bad = int(np.count_nonzero(~np.isfinite(inputs.reshape(len(inputs), -1)).all(axis=1)))
+      if bad:
+        print(f"{PROGRAM}: warning: {bad} of the {len(inputs)} input rows hold NaN or inf; "
+              "their embeddings are NaN.", file=sys.stderr)
     embeddings = loaded.embed(inputs, batch_size=batch_size)
   except ValueError as e:
     _fail(str(e).strip().splitlines()[0])

@@ -11,6 +11,8 @@
 3     the loss or the gradient became non-finite; the last good checkpoint stays the
       resume point (:data:`NONFINITE_ERROR`)
 130   interrupted (Ctrl-C); the same command resumes (:data:`INTERRUPTED`)
+143   terminated (SIGTERM, or SIGUSR1: a scheduler's stop or preemption notice); the
+      same command resumes (:data:`TERMINATED`, :mod:`tsm.stopping`)
 ====  ======================================================================
 
 :func:`exit_code_map` says which exception types mean which status; :func:`exit_code`
@@ -28,6 +30,7 @@ IO_ERROR = 1
 USAGE_ERROR = 2
 NONFINITE_ERROR = 3
 INTERRUPTED = 130
+TERMINATED = 143
 
 
 @functools.cache
@@ -38,9 +41,10 @@ def exit_code_map() -> tuple[tuple[tuple[type[BaseException], ...], int], ...]:
   ``OSError``, ``history.Interrupted`` a ``KeyboardInterrupt``.
   """
   # pylint: disable=import-outside-toplevel
-  from tsm import checkpoint, config, history, workdir
+  from tsm import checkpoint, config, history, identity, workdir
   return (
-      ((config.ConfigError, workdir.BadWorkdir, workdir.WorkdirBusy), USAGE_ERROR),
+      ((config.ConfigError, workdir.BadWorkdir, workdir.WorkdirBusy, workdir.DamagedRun,
+        identity.OtherRun), USAGE_ERROR),
       ((workdir.WorkdirIOError, checkpoint.CheckpointError), IO_ERROR),
       ((history.NonFiniteError,), NONFINITE_ERROR),
       ((KeyboardInterrupt,), INTERRUPTED),   # history.Interrupted included
@@ -53,5 +57,8 @@ def exit_code(error: BaseException) -> int | None:
   error (which should end with its traceback)."""
   for types, status in exit_code_map():
     if isinstance(error, types):
+      if status == INTERRUPTED and getattr(error, "signum", None) is not None:
+        from tsm import stopping  # pylint: disable=import-outside-toplevel
+        return stopping.exit_status(error.signum)   # 143 for SIGTERM / SIGUSR1
       return status
   return None

@@ -10,8 +10,9 @@ lines, TensorBoard, figures, the summary files). ``tsm.config.train_and_evaluate
 those objects from a config and calls it; so can your own script.
 
 The loop itself writes, in ``workdir``: ``metrics.jsonl`` (a line per step and per epoch,
-see :mod:`tsm.history`) and ``checkpoints/`` (orbax: the last ``keep`` plus the best by
-``best_metric``). The standard hooks (:func:`tsm.hooks.standard`, the default) add
+see :mod:`tsm.history`), ``checkpoints/`` (orbax: the last ``keep`` plus the best by
+``best_metric``) and ``run.json`` (what identifies the run, :mod:`tsm.identity`: a rerun
+of other data, model, loss or optimiser on the same workdir is refused). The standard hooks (:func:`tsm.hooks.standard`, the default) add
 ``summary.json`` (the final evaluators on the best state), ``pairs.npz`` (arrays the
 evaluators left, e.g. verification pair distances), ``training.png``, ``roc.png`` and
 ``tensorboard/``. One run per workdir and its ``config.json`` are the caller's:
@@ -20,7 +21,9 @@ evaluators left, e.g. verification pair distances), ``training.png``, ``roc.png`
 Resumption: a rerun with the same ``workdir`` restores the latest checkpoint, including
 its position within the epoch, cuts ``metrics.jsonl`` back to its length at that
 checkpoint and goes on; samplers and augmentation are pure functions of ``(seed, epoch,
-step)``, so the resumed run computes exactly what an uninterrupted one does.
+step)``, so the resumed run computes exactly what an uninterrupted one does. Under a
+command's signal handler (:mod:`tsm.stopping`) SIGTERM, SIGUSR1 and Ctrl-C stop the loop
+at the end of the current step with a checkpoint of it.
 
 Scale: pass ``mesh`` (``tsm.train.data_mesh()``) to shard each batch over a ``"data"``
 axis with the state replicated; on several hosts each host decodes only its share and
@@ -32,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -51,13 +55,15 @@ from tsm import distributed
 from tsm import evaluation
 from tsm import history
 from tsm import hooks as hooks_lib
-from tsm import losses as losses_lib
+from tsm import identity
 from tsm import margins as margins_lib
+from tsm import stopping
 from tsm import train as train_lib
 from tsm import workdir as workdir_lib
 from tsm.data import datasets as datasets_lib
 from tsm.data import loader
 from tsm.data import samplers as samplers_lib
+from tsm.metrics import neighbors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +91,11 @@ class LoopOptions:
     margin_update: ``"epoch"`` (the schedule updates at the end of each epoch) or
       ``"step"``.
     nonfinite: ``"stop"`` (raise :class:`tsm.history.NonFiniteError` at the first
-      non-finite loss or gradient) or ``"skip"`` (skip such updates and count them).
+      non-finite loss or gradient) or ``"skip"`` (skip such updates, and those that
+      would make the parameters non-finite, and count them: ``num_skipped`` of each
+      epoch record, ``skipped_steps`` of the summary).
+    max_skipped_steps: under ``"skip"``, raise :class:`tsm.history.NonFiniteError`
+      after that many skipped steps in a row (0: never).
     log_every: steps between host transfers of step metrics.
     embed_batch_size: batch size for embedding splits.
     stop_after_steps: stop this process after that many steps, as a kill would (tests;
@@ -94,6 +104,7 @@ class LoopOptions:
   augment: bool = False
   margin_update: str = "epoch"
   nonfinite: str = "stop"
+  max_skipped_steps: int = 100
   log_every: int = 20
   embed_batch_size: int = 256
   stop_after_steps: int = 0
@@ -102,6 +113,9 @@ class LoopOptions:
     """Raises ValueError (one line naming the field) for a value the loop cannot use."""
     if self.nonfinite not in ("stop", "skip"):
       raise ValueError(f"nonfinite={self.nonfinite!r} is unknown; use 'stop' or 'skip'.")
+    if int(self.max_skipped_steps) < 0:
+      raise ValueError(f"max_skipped_steps={self.max_skipped_steps!r} must be >= 0 "
+                       "(0: never stop for skipped steps).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +206,39 @@ def run_directory(workdir: str, config: Mapping[str, Any] | None = None) -> Iter
     yield workdir
 
 
+def check_inputs(data: Any, nonfinite: str = "stop") -> None:
+  """Refuses in-memory inputs with NaN or inf rows (one line naming the split, the count
+  and the first row), before anything is compiled: a train step that draws one would be
+  reported as a divergence, an evaluated split cannot be ranked. Under
+  ``nonfinite="skip"`` train rows only get a warning (the steps that draw them are
+  skipped and counted). ``DatasetSplits`` (read lazily) are not checked here.
+
+  Raises:
+    ValueError: a split's inputs hold NaN or inf.
+  """
+  if not isinstance(data, Mapping):
+    return
+  for name in ("train", "val", "test"):
+    pair = data.get(name)
+    if pair is None:
+      continue
+    x = np.asarray(pair[0])
+    if x.dtype.kind not in "fc" or x.ndim < 1 or not len(x):
+      continue
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if not bad.size:
+      continue
+    where = (f"data: the {name} inputs hold NaN or inf in {bad.size} row(s) (first: row "
+             f"{bad[0]})")
+    if name == "train" and nonfinite == "skip":
+      print(f"warning: {where}; the steps that draw them are skipped and counted.",
+            file=sys.stderr, flush=True)
+      continue
+    raise ValueError(f"{where}; remove or fix those rows" + (
+        " (or pass nonfinite='skip' to skip the steps that draw them)."
+        if name == "train" else "."))
+
+
 def default_sampler(labels: np.ndarray, seed: int) -> samplers_lib.Sampler:
   """``fit``'s sampler when given none: P x K with P = min(8, classes), K = 4."""
   classes = np.unique(labels[labels >= 0]).size
@@ -243,13 +290,30 @@ def _resume(ckpt: checkpoint_lib.Checkpointer, state: Any, run: history.StepLog
   """
   epoch, pos = 0, 0
   restored = ckpt.restore_latest(state)
+  path = run.log.path
+  fix = ("restore it from a copy, or train the run again (remove the workdir's "
+         "checkpoints/ and metrics.jsonl, or use another workdir)")
   if restored is not None:
-    state, saved, _ = restored
+    state, saved, step = restored
     epoch, pos = int(saved["epoch"]), int(saved["step_in_epoch"])
-    run.log.truncate(int(saved["metrics_bytes"]))
+    wanted, found = int(saved["metrics_bytes"]), run.log.size()
+    if found < wanted:
+      raise workdir_lib.DamagedRun(
+          f"{path} is damaged: {found} bytes where checkpoint {step} recorded {wanted} "
+          f"(cut short or deleted); {fix}.")
+    run.log.truncate(wanted)
   else:
     run.log.truncate(0)   # lines of a run killed before its first checkpoint
-  records = run.log.read()
+  try:
+    records = run.log.read()
+  except ValueError as e:
+    raise workdir_lib.DamagedRun(f"{path} is damaged (a line is not JSON: {e}); "
+                                 f"{fix}.") from None
+  logged = sum(r.get("kind") == "epoch" for r in records)
+  if restored is not None and logged != epoch:
+    raise workdir_lib.DamagedRun(
+        f"{path} is damaged: {logged} epoch records where checkpoint {step} has trained "
+        f"{epoch} epochs; {fix}.")
   run.start_epoch([r for r in records if r["kind"] == "step" and r["epoch"] == epoch])
   return state, epoch, pos, [r for r in records if r["kind"] == "epoch"]
 
@@ -291,10 +355,31 @@ def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric
       # The margin the last epoch trained at, and the one the schedule would use next.
       "final_margin": epoch_records[-1]["margin"] if epoch_records else None,
       "next_margin": epoch_records[-1]["margin_next"] if epoch_records else None,
+      "skipped_steps": int(sum(r.get("num_skipped", 0) for r in epoch_records)),
   })
   summary.update(history.selection(epoch_records, best_metric, best_mode,
                                    summary["best_epoch"]))
   return summary
+
+
+def _warn_of_meaningless_results(epoch_records: list[dict[str, Any]], best_metric: str,
+                                 splits: Any, ctx: Any) -> None:
+  """One warning line each (stderr) for a finished run whose numbers mislead: no epoch
+  record holds ``best_metric`` (the summary is of the last epoch), or the test
+  embeddings collapsed to one point (the metrics are chance's)."""
+  if epoch_records and not any(best_metric in r for r in epoch_records):
+    held = sorted(k for k in epoch_records[-1] if k.startswith("val_"))
+    print(f"warning: no epoch record holds best_metric={best_metric!r} ("
+          + (f"the records hold {', '.join(held)}" if held else "no validation split or "
+             "no epoch evaluator") + "); the summary is of the last epoch's state.",
+          file=sys.stderr, flush=True)
+  if len(splits.test) > 1:
+    embeddings = np.asarray(ctx.embeddings("test"), np.float64)
+    spread = float(np.max(np.ptp(embeddings, axis=0))) if embeddings.size else 0.0
+    if np.isfinite(spread) and spread <= 1e-5 * max(float(np.max(np.abs(embeddings))), 1e-12):
+      print("warning: the test embeddings are all the same point (the model collapsed, "
+            "e.g. a learning rate too high); the test metrics are those of chance.",
+            file=sys.stderr, flush=True)
 
 
 def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
@@ -307,7 +392,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
         options: LoopOptions = LoopOptions(), mesh: Any = None,
         init_fn: Callable[[Any, tuple[int, ...]], Any] | None = None,
         labels: RunLabels = RunLabels(),
-        hooks: Sequence[hooks_lib.Hook] | None = None) -> FitResult | None:
+        hooks: Sequence[hooks_lib.Hook] | None = None,
+        changes: Mapping[str, Any] | None = None,
+        resume_with_changes: bool = False) -> FitResult | None:
   """Trains ``model`` with ``loss`` and ``schedule``, evaluating and checkpointing.
 
   Args:
@@ -337,6 +424,12 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     hooks: what the loop calls as it runs (:mod:`tsm.hooks`); None for
       :func:`tsm.hooks.standard` (progress bar, log lines, TensorBoard, figures,
       summary files), ``[]`` for none.
+    changes: what the caller changed in the run since its last checkpoint (e.g.
+      ``{"train.learning_rate": [1e-2, 1e-3]}``): logged in ``metrics.jsonl`` as a
+      ``{"kind": "change", "step", "epoch", "changes"}`` record at the resume point.
+    resume_with_changes: continue the run in ``workdir`` with another optimiser or
+      more epochs (:mod:`tsm.identity`); without it a rerun on the same workdir must be
+      the same run: same data, model, loss, optimiser, seed and epochs.
 
   Returns:
     A :class:`FitResult`, or None when ``options.stop_after_steps`` stopped the process
@@ -344,9 +437,12 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
 
   Raises:
     tsm.history.NonFiniteError: a non-finite loss or gradient under ``nonfinite="stop"``.
-    tsm.history.Interrupted: Ctrl-C (the checkpoints stay a valid resume point).
+    tsm.history.Interrupted: Ctrl-C, SIGTERM or SIGUSR1. Under a command's handler
+      (:func:`tsm.stopping.handle_signals`) the loop stops at the end of the current
+      step and checkpoints it; otherwise the last checkpoint is the resume point.
   """
   options.check()
+  check_inputs(data, options.nonfinite)
   splits = datasets_lib.as_splits(data)
   loss_of = loss.for_epoch if hasattr(loss, "for_epoch") else (lambda epoch: loss)
   if sampler is None:
@@ -363,7 +459,8 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
       best_mode=best_mode, async_save=checkpoint.async_save)
   run = history.StepLog(artifacts.MetricsLog(os.path.join(workdir, "metrics.jsonl"),
                                              write=primary),
-                        stop_on_nonfinite=options.nonfinite == "stop")
+                        stop_on_nonfinite=options.nonfinite == "stop",
+                        max_skipped=options.max_skipped_steps)
   train_step_of = _train_steps(model, loss_of, schedule, optimizer, mesh, options)
   end_of_epoch = (None if options.margin_update == "step"
                   else train_lib.make_end_of_epoch(schedule, mesh))
@@ -379,13 +476,43 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     if records:
       hooks_lib.call(hooks, "on_steps", records)
 
+  record = identity.describe(
+      model=model, loss=loss, optimizer=optimizer, splits=splits, params=state.params,
+      epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch)
+  changed = identity.check(workdir, record, resume_with_changes=resume_with_changes)
+  changes = dict(changes) if changes else changed   # the caller's names, else fit's
   state, start_epoch, start_pos, epoch_records = _resume(ckpt, state, run)
+  if start_epoch > epochs:
+    raise ValueError(f"epochs={epochs} is below the {start_epoch} epochs the run in "
+                     f"{workdir} has trained; pass epochs >= {start_epoch}.")
+  if primary:
+    identity.save(workdir, record)
   last_step = start_epoch * steps_per_epoch + start_pos   # the last step applied
+  saved_step = last_step   # the step of the newest checkpoint (the resume point)
+  if changes:
+    run.log.append([{"kind": "change", "step": last_step, "epoch": start_epoch,
+                     "changes": dict(changes)}])
+
+  def stop_if_asked(epoch: int, pos: int, metrics: dict[str, float] | None = None) -> None:
+    """After a stop signal (tsm.stopping): a checkpoint of this step, then Interrupted."""
+    nonlocal saved_step
+    signum = stopping.requested()
+    if signum is None:
+      return
+    stopping.clear()
+    flush()
+    if saved_step != last_step:
+      ckpt.save(last_step, state, meta(epoch, pos, last_step), metrics=metrics)
+      saved_step = last_step
+    raise history.Interrupted(last_step, signum)
+
+  deferring = contextlib.ExitStack()
   try:
     hooks_lib.call(hooks, "on_start", hooks_lib.RunStart(
         workdir=workdir, epochs=epochs, steps_per_epoch=steps_per_epoch,
         initial_step=last_step, primary=primary, labels=labels.entries()))
     steps_this_run = 0
+    deferring.enter_context(stopping.deferred())   # a signal stops at a step's end
     for epoch in range(start_epoch, epochs):
       t0 = time.time()
       pos0 = start_pos if epoch == start_epoch else 0
@@ -407,9 +534,12 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
             and pos + 1 < steps_per_epoch):
           flush()
           ckpt.save(last_step, state, meta(epoch, pos + 1, last_step))
+          saved_step = last_step
         if options.stop_after_steps and steps_this_run >= options.stop_after_steps:
           flush()
           return None
+        if pos + 1 < steps_per_epoch:   # at an epoch's last step: after its record
+          stop_if_asked(epoch, pos + 1)
       flush()
 
       step = (epoch + 1) * steps_per_epoch
@@ -422,16 +552,23 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
              ((epoch + 1) % e.every_epochs == 0 or last)]
       ctx = evaluation.EvalContext(state=state, splits=splits, embed_fn=embed_fn,
                                    epoch=epoch, record=record, loss_fn=loss_fn)
-      record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
+      try:
+        record.update(evaluation.flatten(evaluation.run_evaluators(due, ctx)))
+      except neighbors.NonFiniteEmbeddings:   # finite steps, but the model diverged
+        raise history.NonFiniteError(last_step, "embedding of the evaluated splits"
+                                     ) from None
       record["time_s"] = round(time.time() - t0, 3)
       run.log.append([record])
       epoch_records.append(record)
       run.start_epoch()
+      ranked = ({best_metric: record[best_metric]} if best_metric in record else None)
       if last or (checkpoint.every_epochs and (epoch + 1) % checkpoint.every_epochs == 0):
-        ckpt.save(step, state, meta(epoch + 1, 0, step),
-                  metrics={best_metric: record[best_metric]} if best_metric in record
-                  else None)
+        ckpt.save(step, state, meta(epoch + 1, 0, step), metrics=ranked)
+        saved_step = step
       hooks_lib.call(hooks, "on_epoch_end", record)
+      stop_if_asked(epoch + 1, 0, ranked)
+    deferring.close()
+    stop_if_asked(epochs, 0)   # a signal in the last moments of the deferred block
 
     best_state, best_step = _best_state(ckpt, state)
     hooks_lib.call(hooks, "on_final_evaluation", best_step)
@@ -439,10 +576,17 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
                                  loss_fn=loss_fn)
     summary = _summary(labels, epoch_records, best_metric, best_mode, best_step)
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
+    if primary:
+      _warn_of_meaningless_results(epoch_records, best_metric, splits, ctx)
     hooks_lib.call(hooks, "on_end", hooks_lib.RunEnd(summary, epoch_records, ctx))
-  except KeyboardInterrupt:
-    raise history.Interrupted(last_step) from None
+  except history.Interrupted:
+    raise
+  except KeyboardInterrupt as e:   # outside the steps (tsm.stopping.Stop), or no handler
+    raise history.Interrupted(last_step, getattr(e, "signum", signal.SIGINT),
+                              saved=saved_step == last_step) from None
   finally:
+    deferring.close()
+    stopping.clear()
     try:
       hooks_lib.close(hooks)
     finally:

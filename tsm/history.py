@@ -9,6 +9,7 @@ resumed run computes exactly the record an uninterrupted one does.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import jax
@@ -32,21 +33,35 @@ class NonFiniteError(RuntimeError):
       own settings); by default in terms of :func:`tsm.fit.fit`'s arguments.
   """
 
-  def __init__(self, step: int, quantity: str, fix: str | None = None):
-    self.step, self.quantity = step, quantity
+  def __init__(self, step: int, quantity: str, fix: str | None = None,
+               skipped: int = 0):
+    self.step, self.quantity, self.skipped = step, quantity, skipped
+    what = (f"{skipped} steps in a row were skipped, their {quantity} not finite "
+            "(diverged)" if skipped else f"the {quantity} is not finite (diverged)")
     super().__init__(
-        f"step {step}: the {quantity} is not finite (diverged); " + (fix or (
-            "lower the learning rate or clip the gradient norm, then rerun: it resumes "
-            "from the last good checkpoint (fit's nonfinite='skip' skips such steps "
-            "instead).")))
+        f"step {step}: {what}; " + (fix or (
+            "lower the learning rate or clip the gradient norm, then rerun with "
+            "resume_with_changes=True: it continues from the last good checkpoint "
+            "(nonfinite='skip' skips such steps instead).")))
 
 
 class Interrupted(KeyboardInterrupt):
-  """Ctrl-C during training; the message is one line naming the step."""
+  """Training stopped by a signal; the message is one line naming the step.
 
-  def __init__(self, step: int):
-    self.step = step
-    super().__init__(f"interrupted at step {step}; the same command resumes.")
+  Args:
+    step: the last step applied (the checkpoint the same command resumes from, when
+      ``saved``).
+    signum: the signal: SIGINT (Ctrl-C, "interrupted"), SIGTERM or SIGUSR1 (a
+      scheduler's stop or preemption notice, "terminated"); see :mod:`tsm.stopping`.
+    saved: whether a checkpoint of ``step`` was written.
+  """
+
+  def __init__(self, step: int, signum: int = signal.SIGINT, saved: bool = True):
+    self.step, self.signum, self.saved = step, int(signum), saved
+    word = "interrupted" if self.signum == signal.SIGINT else "terminated"
+    how = ("the same command resumes." if saved else
+           "the same command resumes from the last checkpoint.")
+    super().__init__(f"{word} at step {step}; {how}")
 
 
 class StepLog:
@@ -56,11 +71,16 @@ class StepLog:
     log: the run's ``metrics.jsonl``.
     stop_on_nonfinite: raise :class:`NonFiniteError` when a fetched step reports a
       non-finite loss or gradient (its ``nonfinite`` metric).
+    max_skipped: without ``stop_on_nonfinite``, raise :class:`NonFiniteError` once that
+      many fetched steps in a row were skipped (0: never).
   """
 
-  def __init__(self, log: artifacts.MetricsLog, *, stop_on_nonfinite: bool = True):
+  def __init__(self, log: artifacts.MetricsLog, *, stop_on_nonfinite: bool = True,
+               max_skipped: int = 0):
     self.log = log
     self.stop_on_nonfinite = stop_on_nonfinite
+    self.max_skipped = int(max_skipped)
+    self.skipped_in_a_row = 0
     self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []
     self.epoch_steps: list[dict[str, Any]] = []
 
@@ -86,11 +106,17 @@ class StepLog:
                     step=step)
                for (epoch, step, _), m in zip(self.pending, fetched)]
     self.pending = []
-    if self.stop_on_nonfinite:
-      for r in records:
-        if r.get("nonfinite", 0.0) > 0:
-          quantity = "loss" if not np.isfinite(r["loss"]) else "gradient"
+    for r in records:
+      if r.get("nonfinite", 0.0) > 0:
+        quantity = ("loss" if not np.isfinite(r["loss"]) else "gradient"
+                    if not np.isfinite(r.get("grad_norm", 0.0)) else "update")
+        if self.stop_on_nonfinite:
           raise NonFiniteError(r["step"], quantity)
+        self.skipped_in_a_row += 1
+        if self.max_skipped and self.skipped_in_a_row >= self.max_skipped:
+          raise NonFiniteError(r["step"], quantity, skipped=self.skipped_in_a_row)
+      else:
+        self.skipped_in_a_row = 0
     self.log.append(records)
     self.epoch_steps.extend(records)
     return records
@@ -107,29 +133,44 @@ def epoch_record(epoch: int, step: int, steps: list[dict[str, Any]]) -> dict[str
   Returns:
     ``{"kind": "epoch", "epoch", "step", "margin"`` (the margin the epoch's first step
     trained at), ``"easy_share"`` (summed easy terms over summed terms), the means of
-    ``loss``, ``grad_norm``, ``active_ratio``, ... and the sums of the ``num_*`` counts;
-    ``num_skipped``: steps with a non-finite loss or gradient}.
+    ``loss``, ``grad_norm``, ``active_ratio``, ... and the sums of the ``num_*`` counts
+    over the applied steps (None for a mean where every step was skipped);
+    ``num_skipped``: steps skipped for a non-finite loss, gradient or update}.
   """
   record: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": step,
                             "margin": steps[0]["margin"]}
+  # The steps that were applied: a skipped step's metrics (NaN) and counts stay out,
+  # as its update stayed out of the state.
+  kept = [r for r in steps if not r.get("nonfinite", 0.0)]
   keys = [k for k in steps[0] if k not in ("kind", "epoch", "step") + _NOT_AVERAGED]
   for key in keys:
-    values = [r[key] for r in steps]
-    record[key] = float(sum(values)) if key.startswith(_COUNT_PREFIX) else float(
-        np.mean(values))
-  record["easy_share"] = record["num_easy"] / max(record["num_total"], 1.0)
-  record["num_skipped"] = float(sum(r.get("nonfinite", 0.0) for r in steps))
+    values = [r[key] for r in kept]
+    if not values:
+      record[key] = 0.0 if key.startswith(_COUNT_PREFIX) else None
+    else:
+      record[key] = float(sum(values)) if key.startswith(_COUNT_PREFIX) else float(
+          np.mean(values))
+  record["easy_share"] = (record["num_easy"] / max(record["num_total"], 1.0)
+                          if kept else None)
+  record["num_skipped"] = float(len(steps) - len(kept))
   return record
+
+
+def _number(value: Any, digits: int) -> str:
+  """A number with ``digits`` decimals; "—" for a missing or non-finite one."""
+  if value is None or not np.isfinite(value):
+    return "—"
+  return f"{value:.{digits}f}"
 
 
 def epoch_line(r: dict[str, Any], epochs: int | None = None) -> str:
   """One plain line of an epoch record (for logs and batch jobs)."""
   of = f"/{epochs}" if epochs else ""
-  parts = [f"epoch {r['epoch'] + 1}{of}", f"loss {r['loss']:.4f}", f"mu {r['margin']:.3f}",
-           f"easy {r['easy_share']:.3f}"]
+  parts = [f"epoch {r['epoch'] + 1}{of}", f"loss {_number(r['loss'], 4)}",
+           f"mu {_number(r['margin'], 3)}", f"easy {_number(r['easy_share'], 3)}"]
   for key in ("val_loss", "val_map@r", "val_auc"):
     if key in r:
-      parts.append(f"{key} {r[key]:.4f}")
+      parts.append(f"{key} {_number(r[key], 4)}")
   if r.get("num_skipped"):
     parts.append(f"skipped {int(r['num_skipped'])}")
   if "time_s" in r:
@@ -237,6 +278,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     margin = f"last epoch's margin {summary['final_margin']:.4g}"
   if summary.get("next_margin") is not None:
     margin += f" (next {summary['next_margin']:.4g})"
+  if summary.get("skipped_steps"):
+    margin += (("; " if margin else "")
+               + f"{int(summary['skipped_steps'])} steps skipped (not finite)")
   lines = [": ".join(head) + (f"; {margin}" if margin else ""), selection_line(summary)]
 
   def metrics(values: dict[str, Any]) -> str:
@@ -244,7 +288,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         k for k in ("precision@1", "r_precision", "map@r", "auc", "eer", "tar@far=1e-3",
                     "tar@far=1e-2", "accuracy", "threshold") if k in values] + [
         k for k in values if k.startswith("knn@")]
-    return "  ".join(f"{k} {values[k]:.4f}" for k in keys)
+    return "  ".join(f"{k} {_number(values[k], 4)}" for k in keys)
 
   test = metrics(summary.get("test", {}))
   if test:

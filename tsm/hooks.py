@@ -421,7 +421,9 @@ class Figures(Hook):
     self.write(f"drawing training.png{' and roc.png' if roc else ''} in {workdir}")
     path = os.path.join(workdir, "training.png")
     summary = end.summary
-    plotting.plot_training(end.epochs, path, title=self.title, val_label=self.val_label,
+    # A missing value (a skipped epoch's loss) is a gap in its line.
+    epochs = [{k: np.nan if v is None else v for k, v in r.items()} for r in end.epochs]
+    plotting.plot_training(epochs, path, title=self.title, val_label=self.val_label,
                            easy_threshold=self.easy_threshold,
                            selected_epoch=summary.get("best_epoch"),
                            selected_by=history.summary_rule(summary),

@@ -137,18 +137,21 @@ class Index:
 
     Returns:
       The index.
+
+    Raises:
+      ValueError: the file is missing, damaged or not an index (one line).
     """
     if not os.path.exists(path):
       raise ValueError(f"path={path!r} does not exist; pass a file written by Index.save.")
-    with np.load(path, allow_pickle=False) as data:
-      missing = {"embeddings", "ids", "distance", "version"} - set(data.files)
-      if missing:
-        raise ValueError(f"{path} lacks {sorted(missing)}; pass a file written by "
-                         "Index.save.")
-      if int(data["version"]) != _FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {int(data['version'])}, this tsm "
-                         f"reads {_FORMAT_VERSION}; rebuild the index.")
-      return cls(data["embeddings"], data["ids"], str(data["distance"]))
+    data = artifacts.read_npz(path)   # a damaged file: one line
+    missing = {"embeddings", "ids", "distance", "version"} - set(data)
+    if missing:
+      raise ValueError(f"{path} lacks {sorted(missing)}; pass a file written by "
+                       "Index.save.")
+    if int(data["version"]) != _FORMAT_VERSION:
+      raise ValueError(f"{path} has format version {int(data['version'])}, this tsm "
+                       f"reads {_FORMAT_VERSION}; rebuild the index.")
+    return cls(data["embeddings"], data["ids"], str(data["distance"]))
 
   def search(self, queries: Any, k: int, *, batch_size: int = 1024,
              chunk_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import re
@@ -123,8 +124,9 @@ class TensorBoardWriter:
   def scalars(self, step: int, values: Mapping[str, Any], *, prefix: str = "") -> None:
     """One scalar per real-number entry of ``values`` at ``step``.
 
-    Entries that are not numbers (``"kind": "epoch"``, lists) are skipped, so a
-    ``metrics.jsonl`` record can be passed as is. NaN is written as NaN.
+    Entries that are not numbers (``"kind": "epoch"``, lists, None) are skipped, so a
+    ``metrics.jsonl`` record can be passed as is; so are NaN and infinities (a skipped
+    step's loss), which tensorboardX would warn about one by one.
 
     Args:
       step: global step (x axis).
@@ -135,7 +137,7 @@ class TensorBoardWriter:
     """
     for name, value in values.items():
       number = _scalar(value)
-      if number is not None:
+      if number is not None and math.isfinite(number):
         self._writer.add_scalar(f"{prefix}{name}", number, global_step=int(step))
 
   def image(self, tag: str, image: Any, step: int) -> None:

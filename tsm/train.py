@@ -20,7 +20,8 @@ and :func:`tsm.losses.explicit_pairs_loss`.
 Metrics (float32 scalars, left on the device: the fit loop fetches them in bulk):
 ``loss``, ``grad_norm`` (global L2 norm of the gradient, ``optax.tree.norm``), ``margin``
 (the margin this step used), ``easy_share`` (``num_easy / num_total``), ``nonfinite``
-(1.0 when the loss or the gradient is not finite), and every scalar field of the loss's
+(1.0 when the loss or the gradient is not finite, or, when such steps are skipped, the
+updated parameters), and every scalar field of the loss's
 stats (``num_total``, ``num_active``, ``num_easy``, ``active_ratio``, ``mean_pos_dist``,
 ``mean_neg_dist``, and the loss's own counts such as ``num_triplets``, ``num_semihard``,
 ``num_hard`` or ``num_pairs``, ``num_positive``, ``num_negative``).
@@ -143,6 +144,11 @@ def initial_state(model: flax.linen.Module, loss: LossFn | losses_lib.Parametric
   else:
     variables = init_fn(init_rng, shape)
   probe = jax.eval_shape(lambda v: model.apply(v, zeros, train=False), variables)
+  if getattr(probe, "ndim", None) != 2 or probe.shape[0] != 1:
+    got = getattr(probe, "shape", type(probe).__name__)
+    raise ValueError(f"the model returns {got} for a batch of one input of shape "
+                     f"{shape}; a model must return [batch, D] embeddings (add a Dense "
+                     "head or reshape its output).")
   loss_variables = losses_lib.as_parametric(loss).init(loss_rng, int(probe.shape[-1]))
   return create_train_state(variables, tx, schedule, jax.random.key_data(state_rng),
                             loss_variables)
@@ -198,8 +204,23 @@ def make_optimizer(*, optimizer: str = "adam", learning_rate: float = 1e-3,
     tx = optax.chain(optax.add_decayed_weights(float(weight_decay)),
                      optax.sgd(schedule, momentum=float(momentum) or None))
   if grad_clip_norm is not None:
-    tx = optax.chain(optax.clip_by_global_norm(float(grad_clip_norm)), tx)
+    tx = _clipped(tx, float(grad_clip_norm))
   return tx
+
+
+def _clipped(tx: optax.GradientTransformation, max_norm: float
+             ) -> optax.GradientTransformation:
+  """``tx`` applied to gradients clipped to global norm ``max_norm``, with ``tx``'s own
+  state: ``optax.chain(optax.clip_by_global_norm(max_norm), tx)`` computes the same
+  updates but nests the state in a tuple, so adding or removing clipping would change
+  the state's structure and a run could not resume with it changed."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    clipped, _ = clip.update(updates, clip.init(params))
+    return tx.update(clipped, state, params)
+
+  return optax.GradientTransformation(tx.init, update)
 
 
 def stats_metrics(stats: Any) -> Metrics:
@@ -293,6 +314,8 @@ def train_step_fn(model: flax.linen.Module, loss: LossFn | losses_lib.Parametric
     if per_step_update:
       margin_state = schedule.update(margin_state)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:   # an update can overflow finite parameters: skip it too
+      finite = finite & _all_finite((params, loss_params, batch_stats, loss_state))
     metrics = dict(stats_metrics(stats), loss=value, margin=margin, grad_norm=grad_norm,
                    nonfinite=(~finite).astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -332,8 +355,9 @@ def make_train_step(model: flax.linen.Module, loss: LossFn | losses_lib.Parametr
     mesh: optional mesh with a ``"data"`` axis: the batch is sharded along it, the state
       replicated. The global batch must divide evenly over the axis.
     margin_update: ``"epoch"`` or ``"step"``.
-    skip_nonfinite: when the loss or the gradient is not finite, keep the old state
-      (the step counter still advances) instead of applying the update.
+    skip_nonfinite: when the loss, the gradient or the updated parameters are not
+      finite, keep the old state (the step counter still advances) instead of applying
+      the update; the step's ``nonfinite`` metric is 1.
 
   Returns:
     The compiled step function.

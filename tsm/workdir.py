@@ -76,6 +76,11 @@ class WorkdirBusy(RuntimeError):
   """Another live process holds the workdir's lock; exit 2."""
 
 
+class DamagedRun(ValueError):
+  """A file of the run in the workdir is damaged (``config.json``, ``metrics.jsonl``);
+  the message is one line saying which and what to do; exit 2."""
+
+
 def _io_error(number: int | None, message: str) -> WorkdirIOError:
   error = WorkdirIOError(message)   # one argument: str() is the message alone
   error.errno = number
@@ -190,19 +195,63 @@ def first_difference(saved: Mapping[str, Any], current: Mapping[str, Any], *,
   return walk(_without(saved, ignore), _without(current, ignore), "")
 
 
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                ignore: Iterable[KeyPath] = ()) -> list[tuple[str, Any, Any]]:
+  """Every place two JSON objects differ, in sorted key order (see
+  :func:`first_difference`, which formats the first).
+
+  Returns:
+    ``[(dotted key path, saved value, current value), ...]``; empty where they agree.
+  """
+  found: list[tuple[str, Any, Any]] = []
+
+  def walk(a: Any, b: Any, prefix: str) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        walk(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+      found.append((prefix[:-1], a, b))
+
+  walk(_without(saved, ignore), _without(current, ignore), "")
+  return found
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+  """The ``config.json`` of the run in ``path``, or None where there is none.
+
+  Raises:
+    DamagedRun: it is not a JSON object (one line naming the file and what to do).
+    OSError: it cannot be read.
+  """
+  saved = os.path.join(os.fspath(path), CONFIG_NAME)
+  if not os.path.exists(saved):
+    return None
+  try:
+    config = _read_json(saved)
+  except ValueError as e:
+    raise DamagedRun(
+        f"{saved} is damaged (not JSON: {e}); restore it, or remove it to let the same "
+        "command write it again (the run there is then taken to be this config's).") from None
+  if not isinstance(config, dict):
+    raise DamagedRun(
+        f"{saved} is damaged (a JSON {type(config).__name__}, not an object); restore "
+        "it, or remove it to let the same command write it again.")
+  return config
+
+
 def run_difference(path: str | os.PathLike[str], config: Mapping[str, Any], *,
                    ignore: Iterable[KeyPath] = ()) -> str | None:
   """How the run in ``path`` differs from ``config`` (:func:`first_difference` of its
   ``config.json``); None when they agree or ``path`` holds no ``config.json``.
 
   Raises:
-    ValueError: ``config.json`` is not JSON.
+    DamagedRun: ``config.json`` is not a JSON object.
     OSError: it cannot be read.
   """
-  saved = os.path.join(os.fspath(path), CONFIG_NAME)
-  if not os.path.exists(saved):
+  saved = read_config(path)
+  if saved is None:
     return None
-  return first_difference(_read_json(saved), config, ignore=ignore)
+  return first_difference(saved, config, ignore=ignore)
 
 
 def is_finished(path: str | os.PathLike[str], config: Mapping[str, Any], *,

@@ -9,6 +9,7 @@ path, 1 for an I/O fault, 130 for Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -35,7 +36,8 @@ def parse_command(cli: Any, argv: Sequence[str], usage: str) -> None:
 
 def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   """Runs a study command's body with every foreseeable fault as one line: status 2 for a
-  workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C outside the grid."""
+  workdir in use or a bad path, 1 for an I/O fault, 130 for Ctrl-C (143 for SIGTERM,
+  SIGUSR1) outside the grid."""
   from tsm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
     from tsm import checkpoint  # pylint: disable=import-outside-toplevel
@@ -49,9 +51,8 @@ def cli_main(run: Callable[[], Any], program: str = "study") -> Any:
   except workdir_lib.WorkdirIOError as e:
     print(f"{program}: error: {e}", file=sys.stderr)
     raise SystemExit(cli_lib.IO_ERROR) from None
-  except KeyboardInterrupt:
-    grid.log(grid.INTERRUPTED)
-    raise SystemExit(grid.INTERRUPTED_STATUS) from None
+  except KeyboardInterrupt as e:
+    raise grid.stopped(e) from None
 
 
 def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config: str,
@@ -78,7 +79,9 @@ def main(argv: Sequence[str] | None, *, program: str, usage: str, example_config
       config_help=f"Study config file (a .py with get_config()), e.g. {example_config}.",
       workdir_help="Study directory (created; finished runs in it are reused).")
   parse_command(cli, argv, usage)
-  cfg, workdir = cli.config, cli.workdir
+  # "--workdir=~/..." reaches the program unexpanded (the shell expands ~ only at a
+  # word's start): the home directory is meant, never a directory named "~".
+  cfg, workdir = cli.config, os.path.expanduser(cli.workdir)
   logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
   try:
     out = cli_main(lambda: run_study(cfg, workdir, argv), program)

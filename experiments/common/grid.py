@@ -11,9 +11,10 @@ one job's run and returns a small, picklable record. :func:`run_grid` runs them:
 * with ``xla_threads=1`` each worker's XLA CPU runtime is single-threaded (the knob the
   stability check of the studies turns: see BUILD_NOTES.md);
 * printing one progress line per finished job;
-* on Ctrl-C: the pool is terminated (no orphan workers), one line
-  ``interrupted; the same command resumes`` is printed, and the process exits with
-  status 130. Finished runs are kept: :func:`finished` tells a study's ``run_one`` to
+* on Ctrl-C, SIGTERM or SIGUSR1 (:mod:`tsm.stopping`): the pool is terminated, each
+  worker checkpointing its current step before it ends (no orphan workers), one line
+  ``interrupted; the same command resumes`` (``terminated; ...`` after SIGTERM or
+  SIGUSR1) is printed, and the process exits with status 130 (143). Finished runs are kept: :func:`finished` tells a study's ``run_one`` to
   reuse a run directory whose ``config.json`` is the same run
   (:func:`tsm.config.check_same_run`) and whose result files exist;
   :func:`check_runs` fails before any training when a run directory holds another run.
@@ -131,13 +132,33 @@ def check_runs(runs: Sequence[tuple[str, Any]]) -> None:
       raise StudyError(str(e)) from None
 
 
+def stopped(error: BaseException, log: Callable[[str], None] = log  # pylint: disable=redefined-outer-name
+            ) -> SystemExit:
+  """Logs a study's one stop line for a signal's ``KeyboardInterrupt`` (``interrupted;
+  the same command resumes``, or ``terminated; ...`` after SIGTERM / SIGUSR1) and
+  returns the ``SystemExit`` of its status (130, or 143)."""
+  from tsm import exit_codes  # pylint: disable=import-outside-toplevel
+  log(f"{cli_lib.stopped_word(error)}; the same command resumes")
+  return SystemExit(exit_codes.exit_code(error) or INTERRUPTED_STATUS)
+
+
 # The forked workers' job function (set in the parent just before the fork).
 _RUN_ONE: Callable[[Any], Any] | None = None
 
 
+def _exit_worker(signum: int) -> None:
+  """A worker's stop outside the fit loop's steps: a quiet exit (the parent reports)."""
+  from tsm import stopping  # pylint: disable=import-outside-toplevel
+  raise SystemExit(stopping.exit_status(signum))
+
+
 def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
-  """Pool initializer: Ctrl-C goes to the parent only; XLA threads; the cache."""
+  """Pool initializer: Ctrl-C goes to the parent only; SIGTERM (the parent's
+  ``pool.terminate``, or a scheduler's) and SIGUSR1 checkpoint the current step
+  (:mod:`tsm.stopping`) and end the worker quietly; XLA threads; the cache."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the pool
+  from tsm import stopping  # pylint: disable=import-outside-toplevel
+  stopping.install(on_first=cli_lib.silence_background_threads, outside=_exit_worker)
   if xla_threads == 1:
     current = os.environ.get("XLA_FLAGS", "")
     if _SINGLE_THREAD_FLAG not in current:
@@ -182,17 +203,15 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     ``[run_one(job) for job in jobs]``.
 
   Raises:
-    SystemExit: status 130 after Ctrl-C (the pool terminated, :data:`INTERRUPTED`
-      logged).
+    SystemExit: status 130 after Ctrl-C, 143 after SIGTERM or SIGUSR1 (the pool
+      terminated, :func:`stopped`'s line logged).
   """
-  global _RUN_ONE
   if xla_threads not in (0, 1):
     raise ValueError(f"xla_threads={xla_threads!r} must be 0 (XLA's default threads) or "
                      "1 (single-threaded XLA CPU runtime).")
   jobs = list(jobs)
   fmt = progress or str
   width = len(str(len(jobs)))
-  results: list[Any] = [None] * len(jobs)
   start = time.time()
   workers = min(int(workers), len(jobs))
   if workers > 1 and _jax_started():
@@ -203,6 +222,21 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     log(f"[{done:>{width}}/{len(jobs)}] {fmt(result)}  (elapsed "
         f"{time.time() - start:.0f} s)")
 
+  from tsm import stopping  # pylint: disable=import-outside-toplevel
+  try:
+    with stopping.handle_signals(on_first=cli_lib.silence_background_threads):
+      return _run_jobs(jobs, run_one, workers, xla_threads, compilation_cache, report)
+  except KeyboardInterrupt as e:
+    raise stopped(e, log) from None
+
+
+def _run_jobs(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
+              xla_threads: int, compilation_cache: str | None,
+              report: Callable[[int, Any], None]) -> list[Any]:
+  """:func:`run_grid`'s work: in this process or in a pool of forked workers, which is
+  terminated (each worker checkpointing its step) on a stop signal or an error."""
+  global _RUN_ONE
+  results: list[Any] = [None] * len(jobs)
   pool = None
   try:
     if workers <= 1:
@@ -225,16 +259,9 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
       pool.close()
       pool.join()
       pool = None
-  except KeyboardInterrupt:
-    if pool is not None:
-      pool.terminate()
-      pool.join()
-      pool = None
-    log(INTERRUPTED)
-    raise SystemExit(INTERRUPTED_STATUS) from None
   finally:
-    if pool is not None:   # an error in a job: no orphan workers either
-      pool.terminate()
+    if pool is not None:   # a stop signal or an error: each worker checkpoints its
+      pool.terminate()     # step and ends (SIGTERM, tsm.stopping); no orphans
       pool.join()
     _RUN_ONE = None
   return results
@@ -242,7 +269,10 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
 
 def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:
   i, job = item
-  return i, _RUN_ONE(job)
+  try:
+    return i, _RUN_ONE(job)
+  except KeyboardInterrupt as e:   # stopped by a signal, its step checkpointed
+    _exit_worker(getattr(e, "signum", signal.SIGTERM))
 
 
 @contextlib.contextmanager

@@ -43,8 +43,8 @@ from tsm.config.checks import ConfigError, check_config, check_config_with_data
 from tsm.config.defaults import (CLASS_LOSSES, FIELD_HELP, LOSS_FIELDS, LOSSES,
                                  MARGIN_UPDATES, MINIMISED_METRICS, NONFINITE,
                                  PAIR_PROTOCOLS, RANKING_METRICS, REFERENCE_LOSSES,
-                                 RUN_CONTROL_FIELDS, SAMPLINGS, default_config,
-                                 describe_fields, field_values)
+                                 RESUMABLE_FIELDS, RUN_CONTROL_FIELDS, SAMPLINGS,
+                                 default_config, describe_fields, field_values)
 from tsm.config.run import (check_same_run, prepare, read_run_config, to_json,
                             train_and_evaluate)
 from tsm.losses import MiningCurriculum
@@ -52,7 +52,8 @@ from tsm.losses import MiningCurriculum
 __all__ = [
     "CLASS_LOSSES", "ConfigError", "FIELD_HELP", "LOSS_FIELDS", "LOSSES",
     "MARGIN_UPDATES", "MINIMISED_METRICS", "MiningCurriculum", "NONFINITE",
-    "PAIR_PROTOCOLS", "RANKING_METRICS", "REFERENCE_LOSSES", "RUN_CONTROL_FIELDS",
+    "PAIR_PROTOCOLS", "RANKING_METRICS", "REFERENCE_LOSSES", "RESUMABLE_FIELDS",
+    "RUN_CONTROL_FIELDS",
     "SAMPLINGS",
     "best_metric_key", "build_evaluators", "build_loss", "build_model", "build_optimizer",
     "build_sampler", "build_schedule", "build_trunk", "check_config",

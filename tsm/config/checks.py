@@ -238,6 +238,7 @@ def _check_train(t: ml_collections.ConfigDict, loss_name: str) -> None:
   _int(t.stop_after_steps, "train.stop_after_steps", 0, "0 turns it off")
   _int(t.print_every_steps, "train.print_every_steps", 0, "0 turns it off")
   _choice(t.nonfinite, "train.nonfinite", NONFINITE)
+  _int(t.max_skipped_steps, "train.max_skipped_steps", 1)
   for field in ("data_parallel", "progress", "tensorboard", "outlier_anchors",
                 "positive_is_anchor"):
     _bool(t[field], f"train.{field}")

@@ -47,6 +47,15 @@ RUN_CONTROL_FIELDS = (("train", "stop_after_steps"), ("train", "progress"),
                       ("distributed", "coordinator_address"),
                       ("distributed", "num_processes"), ("distributed", "process_id"))
 
+# Config fields a run may change when it is continued with ``tsm-train
+# --resume_with_changes`` (its optimiser settings and its length), as long as the
+# optimiser's state keeps its structure (tsm.config.check_same_run).
+RESUMABLE_FIELDS = (("train", "epochs"), ("train", "learning_rate"),
+                    ("train", "lr_schedule"), ("train", "warmup_steps"),
+                    ("train", "weight_decay"), ("train", "momentum"),
+                    ("train", "grad_clip_norm"), ("train", "nonfinite"),
+                    ("train", "max_skipped_steps"))
+
 
 FIELD_HELP: dict[str, str] = {
     "seed": "seed of the model initialisation, the sampler, dropout, augmentation and "
@@ -134,6 +143,8 @@ FIELD_HELP: dict[str, str] = {
     "train.progress": "progress bar (shown only when stderr is a terminal)",
     "train.print_every_steps": "also print a plain line every that many steps (0: off)",
     "train.nonfinite": "stop (default) or skip steps whose loss or gradient is not finite",
+    "train.max_skipped_steps": "nonfinite=skip: stop (exit 3) after that many skipped "
+                               "steps in a row",
     "train.tensorboard": "write TensorBoard event files to <workdir>/tensorboard",
     "train.outlier_anchors": "triplets / pairs sampling: unlabelled points (label -1) may "
                              "be anchors, as one class (paper B's code)",
@@ -197,7 +208,8 @@ def default_config() -> ml_collections.ConfigDict:
       "warmup_steps": 0, "weight_decay": 0.0, "momentum": 0.9,
       "grad_clip_norm": config_dict.placeholder(float), "log_every": 20,
       "best_metric": "val_loss", "stop_after_steps": 0, "data_parallel": True,
-      "progress": True, "print_every_steps": 0, "nonfinite": "stop", "tensorboard": True,
+      "progress": True, "print_every_steps": 0, "nonfinite": "stop",
+      "max_skipped_steps": 100, "tensorboard": True,
       "outlier_anchors": False, "positive_is_anchor": False}
   cfg.eval = {
       "every_epochs": 1, "val_margin": config_dict.FieldReference(1.0, field_type=float),

@@ -86,6 +86,11 @@ def check_method(method: str) -> None:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}.")
 
 
+class NonFiniteEmbeddings(ValueError):
+  """Embeddings (or the distances between them) hold NaN or inf: the model that made
+  them diverged or was fed NaN; the message is one line."""
+
+
 def check_embeddings(x, name: str) -> np.ndarray:
   """Returns ``x`` as a finite float32 ``[N, D]`` numpy array or raises a ValueError."""
   x = np.asarray(x)
@@ -96,7 +101,8 @@ def check_embeddings(x, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be real numbers, got dtype {x.dtype}; pass float embeddings.")
   x = x.astype(np.float32, copy=False)
   if not np.all(np.isfinite(x)):
-    raise ValueError(f"{name} contains NaN or inf; check the model that produced them.")
+    raise NonFiniteEmbeddings(f"{name} contains NaN or inf; check the model that produced "
+                              "them.")
   return x
 
 

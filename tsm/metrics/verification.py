@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tsm import distances as distances_lib
+from tsm.metrics import neighbors
 
 FARS = (1e-3, 1e-2)
 NEGATIVES_PER_FAR = 10   # false accepts expected at the threshold, at the least
@@ -153,7 +154,8 @@ def _check_pairs(distances, same) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError("same must be booleans or 0/1; pass True for same-class pairs.")
     same = same.astype(bool)
   if not np.all(np.isfinite(distances)):
-    raise ValueError("distances contain NaN or inf; check the embeddings.")
+    raise neighbors.NonFiniteEmbeddings("distances contain NaN or inf; check the "
+                                        "embeddings.")
   return distances, same
 
 
