@@ -264,7 +264,9 @@ def write_evidence(workdir: str, record: Mapping[str, Any]) -> str:
   artifacts.write_atomic(os.path.join(workdir, "summary.md"), summary)
   claims = verdicts_lib.claims_from_record(record["claims"])
   names = claim_figure_names(claims)
-  os.makedirs(os.path.join(workdir, CLAIM_FIGURES), exist_ok=True)
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(os.path.join(workdir, CLAIM_FIGURES), ignore_errors=True)  # old claims'
+  os.makedirs(os.path.join(workdir, CLAIM_FIGURES))
   for claim, comp, name in zip(claims, verdicts_lib.decide_claims(claims), names):
     figures.claim_dots(os.path.join(workdir, name), claim, comp,
                        record["claims"]["seeds"])
