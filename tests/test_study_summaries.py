@@ -290,3 +290,18 @@ def test_pages_say_which_rule_decided_their_verdicts():
   current = "Verdicts: paired one-sided " + verdicts.RULE[len("Verdicts: paired one-sided "):]
   assert docs.rule_notes(current) == [docs.CURRENT_RULE_NOTE]
   assert docs.mark_rules(current) == current + " " + docs.CURRENT_RULE_NOTE
+
+
+def test_readme_and_build_notes_quote_the_generated_summaries():
+  from experiments.common import quotes
+  texts = quotes.summaries()   # from docs/results/tiny/<study>/study.json
+  assert set(texts) == {"margin_study", "loss_study", "loss_zoo"}
+  for name in quotes.QUOTING:
+    with open(os.path.join(quotes.ROOT, name)) as f:
+      text = f.read()
+    for study, summary in texts.items():
+      assert docs.quoted_summary(text, study, name) == summary, (
+          f"{name}'s {study} quote is stale: python -m experiments.common.quotes")
+      assert summary.startswith(f"Setting: {quotes.label(study)}: ")
+      assert "not a paper-scale result" in summary.splitlines()[0]
+  assert quotes.main(["--check"]) == 0
