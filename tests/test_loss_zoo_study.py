@@ -395,3 +395,26 @@ def test_command_line_bad_setting_exits_2_before_running(tmp_path, capsys):
   assert e.value.code == 2
   assert "study.losses" in capsys.readouterr().err
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("change, setting, before, after", [
+    (lambda c: setattr(c.mnist1d.train, "learning_rate", 3e-4), "learning rate",
+     "adam 0.001", "synthetic: adam 0.001, mnist1d: adam 0.0003"),
+    (lambda c: setattr(c.study, "epochs", 3), "epochs", "synthetic: 30, mnist1d: 20", "3"),
+    (lambda c: (setattr(c.mnist1d.model, "head", "paper_a"),
+                setattr(c.mnist1d.model, "head_dropout", (0.5, 0.3))), "dropout",
+     "none", "synthetic: none, mnist1d: 0.5 / 0.3"),
+    (lambda c: setattr(c.synthetic.model, "pretrained_path", "/w/mlp.npz"), "trunk",
+     "synthetic: mlp, trained end to end, mnist1d: conv1d, trained end to end",
+     "synthetic: mlp (frozen, /w/mlp.npz), mnist1d: conv1d, trained end to end"),
+    (lambda c: setattr(c.study, "losses", ("triplet", "contrastive")), "losses",
+     "9: " + ", ".join(study.LOSSES), "2: triplet, contrastive"),
+])
+def test_deviations_follow_the_config(change, setting, before, after):
+  cfg = presets.study_config(("synthetic", "mnist1d"))
+  row = lambda c: next(r for r in report.deviations(c) if r[0] == setting)  # noqa: E731
+  assert row(cfg)[3] == before
+  change(cfg)
+  assert row(cfg)[3] == after
+  if setting == "losses":
+    assert "beside" not in row(cfg)[4]

@@ -193,6 +193,42 @@ def stability_rows(header: Sequence[str], rows: Sequence[Sequence[str]],
 DEVIATION_HEADER = ("setting", "paper", "authors' code", "tsm (this study)", "why")
 
 
+def per_dataset(cfg: Any, build: Any, cell: Any) -> str:
+  """A deviations cell read from each dataset's run: ``cell(run)`` of
+  ``build(cfg, dataset, first arm, first seed)`` per dataset of ``study.datasets``, as
+  ``"synthetic: x, digits: y"``, or ``x`` when every dataset agrees."""
+  s = cfg.study
+  arm = s.losses[0] if "losses" in s else None
+  cells = {d: str(cell(build(cfg, d, arm, s.first_seed))) for d in s.datasets}
+  if len(set(cells.values())) == 1:
+    return next(iter(cells.values()))
+  return ", ".join(f"{d}: {c}" for d, c in cells.items())
+
+
+def trunk_cell(run: Any) -> str:
+  """A run's trunk: its model, and with a pretrained trunk whether it is frozen or
+  fine-tuned."""
+  m = run.model
+  if not m.get("pretrained_path"):
+    return f"{m.name}, trained end to end"
+  return f"{m.name} ({'frozen' if m.freeze_trunk else 'fine-tuned'}, {m.pretrained_path})"
+
+
+def resolution_cell(run: Any) -> str:
+  """A run's input resolution: ``data.image_size`` px and channels, or native."""
+  d = run.data
+  if d.get("image_size"):
+    return f"{d.image_size} px, {d.get('channels') or 'native'} channel(s)"
+  return "native"
+
+
+def dropout_cell(run: Any) -> str:
+  """A run's dropout rates (only paper A's head has dropout layers)."""
+  rates = (tuple(run.model.get("head_dropout", ()) or ())
+           if run.model.get("head") == "paper_a" else ())
+  return "none" if not any(rates) else " / ".join(f"{x:g}" for x in rates)
+
+
 def deviations_markdown(rows: Sequence[Sequence[Any]], title: str) -> str:
   """A study's deviations table as Markdown under ``title``."""
   return f"## {title}\n\n" + reporting.markdown_table(DEVIATION_HEADER, rows)

@@ -189,35 +189,11 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
 
 
 def _per_dataset(cfg: Any, cell: Any) -> str:
-  """``"synthetic: x, digits: y"`` of ``cell(run)`` over the study's datasets (each
-  dataset's run of the first loss at the first seed), or ``x`` when all agree."""
-  s = cfg.study
-  cells = {d: str(cell(study.run_config(cfg, d, s.losses[0], s.first_seed)))
-           for d in s.datasets}
-  if len(set(cells.values())) == 1:
-    return next(iter(cells.values()))
-  return ", ".join(f"{d}: {c}" for d, c in cells.items())
+  return verdicts_lib.per_dataset(cfg, study.run_config, cell)
 
 
-def _trunk(run: Any) -> str:
-  m = run.model
-  if not m.get("pretrained_path"):
-    return f"{m.name}, trained end to end"
-  return f"{m.name} ({'frozen' if m.freeze_trunk else 'fine-tuned'}, {m.pretrained_path})"
-
-
-def _resolution(run: Any) -> str:
-  d = run.data
-  if d.get("image_size"):
-    return f"{d.image_size} px, {d.get('channels') or 'native'} channel(s)"
-  return "native"
-
-
-def _dropout(run: Any) -> str:
-  """The head's dropout rates (only paper A's head has dropout layers)."""
-  rates = tuple(run.model.get("head_dropout", ()) or ()) if run.model.head == "paper_a" \
-      else ()
-  return "none" if not any(rates) else " / ".join(f"{x:g}" for x in rates)
+_trunk, _resolution, _dropout = (verdicts_lib.trunk_cell, verdicts_lib.resolution_cell,
+                                 verdicts_lib.dropout_cell)
 
 
 def deviations(cfg: Any) -> list[list[str]]:
