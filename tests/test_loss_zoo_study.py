@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from experiments.common import docs
 from experiments.common import runs
 from experiments.common import tables
+from experiments.common import verdicts
 from experiments.configs.presets import loss_zoo as presets
 from experiments.loss_zoo import report
 from experiments.loss_zoo import run as zoo_run
@@ -287,6 +289,17 @@ def test_tiny_study_writes_table_figures_and_verdicts(zoo_dir):
   with open(os.path.join(workdir, "report.md")) as f:
     text = f.read()
   assert "D2 (fine-grained Recall@1) is not tested" in text and "Deviations" in text
+  # After the verdict table: the summary and a paired dot plot per claim, linked.
+  with open(os.path.join(workdir, "study.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "summary.md")) as f:
+    assert f.read() == docs.study_summary(record)
+  names = docs.claim_figure_names(
+      verdicts.claims_from_record(record["claims"]))
+  assert len(names) == len(verdict_rows) - 1
+  for name in names:
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000
+    assert f"[Per seed]({name})" in text
 
 
 @pytest.mark.slow
