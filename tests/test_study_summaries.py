@@ -305,3 +305,24 @@ def test_readme_and_build_notes_quote_the_generated_summaries():
       assert summary.startswith(f"Setting: {quotes.label(study)}: ")
       assert "not a paper-scale result" in summary.splitlines()[0]
   assert quotes.main(["--check"]) == 0
+
+
+def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):
+  import re
+  workdir = str(tmp_path / "work")
+  os.makedirs(workdir)
+  record = _study_record(workdir)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("# Study\n\nSettings.\n")
+  docs.write_evidence(workdir, record)
+  out = str(tmp_path / "pages" / "study.md")
+  render = lambda w, commands=(): docs.page(w, title="Study", about="About.",  # noqa: E731
+                                            tables=[], commands=commands)
+  text = docs.main(render, [workdir, out, "--label=tiny run"])
+  assert docs.CURRENT_RULE_NOTE in text
+  links = re.findall(r"\[Per seed\]\(([^)]+)\)", text)
+  assert len(links) == 2
+  for link in links:
+    assert link.startswith("study/tiny_run/claims/")
+    with open(os.path.join(os.path.dirname(out), link), "rb") as f:
+      assert f.read(4) == b"\x89PNG"
