@@ -326,3 +326,11 @@ def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):
     assert link.startswith("study/tiny_run/claims/")
     with open(os.path.join(os.path.dirname(out), link), "rb") as f:
       assert f.read(4) == b"\x89PNG"
+
+
+def test_quotes_command_one_line_exit_2_without_a_tiny_run(tmp_path, monkeypatch, capsys):
+  from experiments.common import quotes
+  monkeypatch.setattr(quotes, "ROOT", str(tmp_path))
+  assert quotes.main(["--check"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "margin_study/study.json is missing" in err
