@@ -31,8 +31,10 @@ def label(study: str) -> str:
   return (f"tiny pipeline run ({TINY}/{study}/study.json), not a paper-scale result")
 
 
-def summaries(root: str = ROOT) -> dict[str, str]:
-  """``{study: summary}`` of each committed tiny run."""
+def summaries(root: str | None = None) -> dict[str, str]:
+  """``{study: summary}`` of each committed tiny run (under ``root``, default the
+  repository)."""
+  root = ROOT if root is None else root
   out = {}
   for study in STUDIES:
     path = os.path.join(root, TINY, study, "study.json")
