@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 
@@ -230,3 +231,53 @@ def test_deviations_cover_paper_b_settings():
                  "augmentation / normalisation"):
     assert needed in settings
   assert all(all(cell for cell in r) for r in rows)
+
+
+@pytest.mark.parametrize("change, setting, before, after", [
+    (lambda c: setattr(c.digits.train, "learning_rate", 3e-4), "learning rate",
+     "adam 0.001", "synthetic: adam 0.001, digits: adam 0.0003"),
+    (lambda c: setattr(c.study, "epochs", 3), "epochs",
+     "100", "3"),
+    (lambda c: (setattr(c.digits.model, "head", "paper_a"),
+                setattr(c.digits.model, "head_dropout", (0.5, 0.3))), "dropout",
+     "none", "synthetic: none, digits: 0.5 / 0.3"),
+    (lambda c: setattr(c.digits.loss, "positive_margin", 0.2),
+     "contrastive margins (positive / negative)", "0 / 1",
+     "synthetic: 0 / 1, digits: 0.2 / 1"),
+    (lambda c: setattr(c.study, "datasets", ("digits",)), "datasets",
+     "synthetic, digits", "digits"),
+])
+def test_deviations_follow_the_config(change, setting, before, after):
+  cfg = study_config.study_config(("synthetic", "digits"))
+  row = lambda c: next(r for r in report.deviations(c) if r[0] == setting)  # noqa: E731
+  assert row(cfg)[3] == before
+  change(cfg)
+  assert row(cfg)[3] == after
+  if setting in ("learning rate", "dropout"):
+    assert row(cfg)[4] != "same"
+
+
+def test_by_construction_claims_are_flagged_beside_companions():
+  seeds = list(range(6))
+  def runs(var, dist, **extra):
+    return [{"seed": s, "epochs": 5, "intra_var": var + 0.01 * s, "inter_dist": dist,
+             "inter_dist_sq": dist ** 2, **extra} for s in seeds]
+  by_dataset = {"digits": {"triplet": runs(0.2, 1.4),
+                           "contrastive": runs(0.05, 1.2, margin=1.0,
+                                               positive_margin=0.0)}}
+  claims = {c.metric: c for c in report.study_claims(by_dataset, seeds)}
+  assert "positive margin 0" in claims["intra_var"].note
+  assert "margin 1 < √2" in claims["inter_dist"].note
+  for companion in ("intra_var_ratio", "inter_dist_per_spread"):
+    assert claims[companion].note == ""
+  np.testing.assert_allclose(claims["intra_var_ratio"].a_values,
+                             [(0.2 + 0.01 * s) / 1.4 ** 2 for s in seeds])
+  np.testing.assert_allclose(claims["inter_dist_per_spread"].b_values,
+                             [1.2 / math.sqrt(0.05 + 0.01 * s) for s in seeds])
+  # A non-zero positive margin and a margin >= √2: nothing holds by construction there.
+  for r in by_dataset["digits"]["contrastive"]:
+    r.update(margin=1.5, positive_margin=0.1)
+  claims = {c.metric: c for c in report.study_claims(by_dataset, seeds)}
+  assert claims["intra_var"].note == claims["inter_dist"].note == ""
+  assert "raw gradient norms" in study.GRAD_NOTE and "step size" not in study.GRAD_NOTE
+  assert all("step size" not in c[0] for c in study.CLAIMS)

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from experiments.common import docs
 from experiments.common import runs
 from experiments.common import tables
+from experiments.common import verdicts
 from experiments.configs.presets import loss_zoo as presets
 from experiments.loss_zoo import report
 from experiments.loss_zoo import run as zoo_run
@@ -124,29 +126,88 @@ def _fake_runs(values, key, seeds):
   return [{"seed": s, "epochs": 10, key: v} for s, v in zip(seeds, values)]
 
 
-def test_claims_pair_the_favoured_loss_with_the_others_mean_by_seed():
+def test_claims_pair_the_favoured_loss_with_each_of_the_seven_by_seed():
   # 10 seeds, one missing: 9 pairs, enough for the exact sign-flip test under Holm.
   seeds = list(range(10))
   rng = np.random.default_rng(1)
   by_loss = {loss: _fake_runs(rng.normal(1.0, 0.01, 10), "intra_var", seeds)
-             for loss in ("triplet", "supcon", "npair", "arcface")}
+             for loss in ("triplet", "supcon", "npair", "arcface", "multi_similarity",
+                          "proxy_anchor")}
   by_loss["triplet"] = _fake_runs(rng.normal(2.0, 0.01, 10), "intra_var", seeds)
   del by_loss["triplet"][2]   # a missing seed pairs as None, not shifted
   claims = report.study_claims({"synthetic": by_loss}, seeds)
-  d1 = {c.a: c for c in claims if c.metric == "intra_var" and c.claim.startswith("D1")}
-  assert set(d1) == {"triplet", "supcon"}
-  expected = [np.mean([by_loss[l][i]["intra_var"] for l in ("npair", "arcface")])
-              for i in range(10)]
-  np.testing.assert_allclose(d1["supcon"].b_values, expected)
-  assert d1["triplet"].a_values[2] is None
-  assert d1["triplet"].a_values[3] == by_loss["triplet"][2]["intra_var"]
+  d1 = {(c.a, c.b): c for c in claims
+        if c.metric == "intra_var" and c.claim.startswith("D1")}
+  # Each favoured loss against each of the paper's seven present outside its group;
+  # MultiSimilarity and ProxyAnchor are not in the family.
+  assert set(d1) == {(a, b) for a in ("triplet", "supcon") for b in ("npair", "arcface")}
+  for (a, b), c in d1.items():
+    assert c.claim.endswith(f"(vs {b})")
+    want = [next((r["intra_var"] for r in by_loss[b] if r["seed"] == s), None)
+            for s in seeds]
+    assert list(c.b_values) == want
+  assert d1[("triplet", "npair")].a_values[2] is None
+  assert d1[("triplet", "npair")].a_values[3] == by_loss["triplet"][2]["intra_var"]
   # D3's group is absent (no contrastive / ntxent run): no D3 claim; D2 is fine-grained
   # only, so not on synthetic.
   assert not [c for c in claims if c.claim.startswith(("D2", "D3"))]
   comps = report.verdicts_lib.decide_claims(claims)
-  verdict = {c.a: comp.verdict for c, comp in zip(claims, comps) if c.metric == "intra_var"}
-  assert verdict["triplet"] == "held"   # 2.0 vs 1.0 with spread 0.01
-  assert verdict["supcon"] != "held"    # the same distribution as the others
+  # One Holm family over every pairwise claim: the adjusted p of the smallest raw p is
+  # the raw p times the family's size.
+  raw = np.array([c.p_value for c in comps])
+  first = int(np.argmin(raw))
+  assert comps[first].p_adjusted == pytest.approx(min(1.0, raw[first] * len(comps)))
+  verdict = {(c.a, c.b): comp.verdict for c, comp in zip(claims, comps)
+             if c.metric == "intra_var"}
+  assert verdict[("triplet", "npair")] == verdict[("triplet", "arcface")] == "held"
+  assert verdict[("supcon", "npair")] != "held"    # the same distribution
+  # Beside the claims: the favoured losses against MultiSimilarity and ProxyAnchor,
+  # unadjusted, no verdict column.
+  header, rows = report.beside_table({"synthetic": by_loss}, seeds)
+  assert "verdict" not in header
+  assert {row[4].partition(":")[0] for row in rows} == {"multi_similarity",
+                                                         "proxy_anchor"}
+  row = next(r for r in rows if r[1] == "D1: triplet keeps more intra-class variance "
+             "(vs proxy_anchor)")
+  comp = reporting.compare(d1[("triplet", "npair")].a_values,
+                           [by_loss["proxy_anchor"][s]["intra_var"] for s in seeds],
+                           paired=True)
+  assert row[5] == comp.format(4)
+  assert row[-1] == comp.cells(4)[2]
+
+
+def test_by_construction_comparisons_are_flagged_beside_their_companions():
+  seeds = list(range(6))
+  runs = {loss: [{"seed": s, "epochs": 10, "intra_var": 0.1 + 0.01 * s,
+                  "inter_dist": 1.2, "inter_dist_sq": 1.5} for s in seeds]
+          for loss in ("contrastive", "ntxent", "npair", "triplet")}
+  claims = report.study_claims({"synthetic": runs}, seeds, contrastive_margin=1.0)
+  by = {(c.claim, c.a, c.b): c for c in claims}
+  var = by[("D3: contrastive ends with lower intra-class variance (vs npair)",
+            "contrastive", "npair")]
+  assert "holds by construction" in var.note and "positive margin 0" in var.note
+  assert "ratio companion" in var.note
+  companion = by[("D3: companion: contrastive ends with lower intra-class variance per "
+                  "squared class distance (vs npair)", "contrastive", "npair")]
+  assert "by construction" not in companion.note
+  np.testing.assert_allclose(companion.a_values, [r["intra_var"] / 1.5
+                                                  for r in runs["contrastive"]])
+  assert "by construction" not in by[(
+      "D3: ntxent ends with lower intra-class variance (vs npair)", "ntxent", "npair")
+                                     ].note
+  d4 = by[("D4: npair has a larger mean class separation (vs contrastive)", "npair",
+           "contrastive")]
+  assert "margin 1 < √2" in d4.note
+  assert "by construction" not in by[(
+      "D4: npair has a larger mean class separation (vs triplet)", "npair", "triplet")
+                                     ].note
+  wide = report.study_claims({"synthetic": runs}, seeds, contrastive_margin=1.5)
+  assert "by construction" not in next(
+      c.note for c in wide if c.claim.startswith("D4: npair has a larger mean class "
+                                                 "separation (vs contrastive)"))
+  # Raw gradient norms are never called step sizes.
+  assert all("step size" not in c[1] for c in study.CLAIMS)
+  assert any("raw gradient norms" in c[1] for c in study.CLAIMS)
 
 
 def test_d2_only_on_fine_grained_sets_and_never_epochs_count_as_e_plus_1():
@@ -228,6 +289,17 @@ def test_tiny_study_writes_table_figures_and_verdicts(zoo_dir):
   with open(os.path.join(workdir, "report.md")) as f:
     text = f.read()
   assert "D2 (fine-grained Recall@1) is not tested" in text and "Deviations" in text
+  # After the verdict table: the summary and a paired dot plot per claim, linked.
+  with open(os.path.join(workdir, "study.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "summary.md")) as f:
+    assert f.read() == docs.study_summary(record)
+  names = docs.claim_figure_names(
+      verdicts.claims_from_record(record["claims"]))
+  assert len(names) == len(verdict_rows) - 1
+  for name in names:
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000
+    assert f"[Per seed]({name})" in text
 
 
 @pytest.mark.slow
@@ -336,3 +408,26 @@ def test_command_line_bad_setting_exits_2_before_running(tmp_path, capsys):
   assert e.value.code == 2
   assert "study.losses" in capsys.readouterr().err
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("change, setting, before, after", [
+    (lambda c: setattr(c.mnist1d.train, "learning_rate", 3e-4), "learning rate",
+     "adam 0.001", "synthetic: adam 0.001, mnist1d: adam 0.0003"),
+    (lambda c: setattr(c.study, "epochs", 3), "epochs", "synthetic: 30, mnist1d: 20", "3"),
+    (lambda c: (setattr(c.mnist1d.model, "head", "paper_a"),
+                setattr(c.mnist1d.model, "head_dropout", (0.5, 0.3))), "dropout",
+     "none", "synthetic: none, mnist1d: 0.5 / 0.3"),
+    (lambda c: setattr(c.synthetic.model, "pretrained_path", "/w/mlp.npz"), "trunk",
+     "synthetic: mlp, trained end to end, mnist1d: conv1d, trained end to end",
+     "synthetic: mlp (frozen, /w/mlp.npz), mnist1d: conv1d, trained end to end"),
+    (lambda c: setattr(c.study, "losses", ("triplet", "contrastive")), "losses",
+     "9: " + ", ".join(study.LOSSES), "2: triplet, contrastive"),
+])
+def test_deviations_follow_the_config(change, setting, before, after):
+  cfg = presets.study_config(("synthetic", "mnist1d"))
+  row = lambda c: next(r for r in report.deviations(c) if r[0] == setting)  # noqa: E731
+  assert row(cfg)[3] == before
+  change(cfg)
+  assert row(cfg)[3] == after
+  if setting == "losses":
+    assert "beside" not in row(cfg)[4]

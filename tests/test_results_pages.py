@@ -115,7 +115,13 @@ def test_margin_study_page_comes_from_its_workdir(margin_dir, tmp_path):
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   text = out.read_text()
-  assert text == margin_report.docs_page(margin_dir)
+  # The page, its links pointing at each claim's plot copied beside it.
+  label = os.path.basename(os.path.normpath(margin_dir))
+  assert text == docs.page_figures(margin_report.docs_page(margin_dir), margin_dir,
+                                   str(out), label)
+  assert "[Per seed](claims/" not in text and "[Per seed](margin_study/" in text
+  for link in re.findall(r"\[Per seed\]\(([^)]+)\)", text):
+    assert (out.parent / link).is_file(), link
   assert text.startswith("# Margin-scheduler study (paper A)\n")
   # The command recorded in report.md, unless the caller names one.
   assert "```bash\npython -m experiments.margin_scheduler.run --tiny\n```" in text

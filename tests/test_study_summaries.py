@@ -182,3 +182,155 @@ def test_paired_dots_writes_a_png_and_refuses_bad_input(tmp_path):
   assert "\n" not in str(info.value)
   with pytest.raises(ValueError, match="interval"):
     figures.paired_dots(path, [1.0], [1.0], [0], ("a", "b"), (0, 0))
+
+
+# ------------------------------------------------------- what every study writes
+
+
+def _study_record(workdir, compare_to=None):
+  """A study.json as runs.write_study_json writes it after write_verdicts."""
+  import json
+  claims = _claims()
+  verdicts.write_verdicts(workdir, claims, "Verdicts", compare_to, SEEDS)
+  with open(os.path.join(workdir, verdicts.CLAIMS_FILE)) as f:
+    recorded = json.load(f)   # through JSON, as study.json holds it
+  config = {"study": {"datasets": ["digits"], "seeds": 8, "epochs": None},
+            "digits": {"train": {"epochs": 3}}}
+  return {"config": config, "runs": [], "claims": recorded}
+
+
+def test_recorded_claims_decide_the_same_verdict_table(tmp_path):
+  record = _study_record(str(tmp_path))
+  claims = _claims()
+  assert record["claims"]["seeds"] == SEEDS
+  assert record["claims"]["claims"][0]["a_values"][2] is None      # missing stays None
+  assert record["claims"]["claims"][0]["b_values"][5] is None      # NaN -> None
+  header, rows = verdicts.recorded_verdicts(record["claims"])
+  assert (header, rows) == docs.read_verdicts(str(tmp_path))
+  assert (header, rows) == verdicts.verdict_table(claims, grouped=True)
+  # A rerun's verdicts are kept with the claims and mark the same rows unstable.
+  rerun = tmp_path / "rerun"
+  rerun.mkdir()
+  with open(rerun / "verdicts.csv", "w", newline="") as f:
+    import csv
+    w = csv.writer(f)
+    w.writerow(header)
+    for row in rows:
+      row = list(row)
+      row[header.index("verdict")] = ("contradicted" if row[2] == "AUC" else
+                                      row[header.index("verdict")])
+      w.writerow(row)
+  marked = _study_record(str(tmp_path), compare_to=str(rerun))
+  _, again = verdicts.recorded_verdicts(marked["claims"])
+  assert again == docs.read_verdicts(str(tmp_path))[1]
+  assert again[0][header.index("verdict")].startswith("unstable (")
+
+
+def test_study_summary_names_the_run_and_quotes_the_table(tmp_path):
+  record = _study_record(str(tmp_path))
+  header, rows = docs.read_verdicts(str(tmp_path))
+  assert docs.study_setting(record["config"]) == "digits, 3 epochs; 8 seeds"
+  text = docs.study_summary(record, "tiny run")
+  assert text == docs.summary_markdown(
+      header, rows, heading="Setting: tiny run: digits, 3 epochs; 8 seeds.")
+  assert text.startswith("Setting: tiny run: digits, 3 epochs; 8 seeds.\n\n* **")
+  with pytest.raises(ValueError, match="records no claims"):
+    docs.study_summary({"config": record["config"], "claims": None})
+
+
+def test_write_evidence_writes_summary_dots_and_links(tmp_path):
+  workdir = str(tmp_path)
+  record = _study_record(workdir)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("# Study\n\nSettings.\n")
+  summary = docs.write_evidence(workdir, record)
+  with open(os.path.join(workdir, "summary.md")) as f:
+    assert f.read() == summary == docs.study_summary(record)
+  names = docs.claim_figure_names(_claims())
+  assert names == ["claims/01_digits_auc_dams_beats_linear.png",
+                   "claims/02_digits_eer_dams_beats_linear.png"]
+  for name in names:
+    with open(os.path.join(workdir, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  evidence = docs.read_text(workdir, "claims.md")
+  header, rows = docs.read_verdicts(workdir)
+  for sentence, name in zip(docs.claim_sentences(header, rows), names):
+    assert f"{sentence} [Per seed]({name})." in evidence
+  report = docs.read_text(workdir, "report.md")
+  assert report.startswith("# Study\n\nSettings.\n\n## Each claim, per seed\n")
+  os.makedirs(os.path.join(workdir, "claims", "stale.png"))   # from an earlier report
+  docs.write_evidence(workdir, record)   # a resumed study: the section once
+  assert sorted(os.listdir(os.path.join(workdir, "claims"))) == [os.path.basename(n) for n in names]
+  assert docs.read_text(workdir, "report.md") == report
+
+
+def test_pages_say_which_rule_decided_their_verdicts():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in ("margin_study", "loss_study", "loss_zoo"):
+    with open(os.path.join(root, "docs", "results", f"{name}.md")) as f:
+      text = f.read()
+    notes = docs.rule_notes(text)
+    assert notes, name
+    assert docs.mark_rules(text) == text, f"{name}: run docs.mark_rules on it"
+    for note in notes:
+      assert note.startswith((docs.CURRENT_RULE_NOTE, docs.EARLIER_RULE_NOTE))
+  # The floor of the sign-flip test, by hand: 11 claims over 5 seeds and 3 over 10.
+  table = ("| claim | seeds | verdict |\n|---|---|---|\n"
+           + "".join(f"| c{i} | 5 | held |\n" for i in range(11)))
+  text = "Verdicts: paired one-sided t-test only.\n\n" + table
+  assert docs.rule_notes(text) == [docs.EARLIER_RULE_NOTE + (
+      " Here 11 claims with at most 5 seeds: under the current rule every Holm-adjusted "
+      "p is at least min(1, 11 x 2^-5) = 0.344, so none of them could be held or "
+      "contradicted under it.")]
+  table = ("| claim | seeds | verdict |\n|---|---|---|\n"
+           + "".join(f"| c{i} | 9 of 10 | held |\n" for i in range(3)))
+  note = docs.rule_notes("Verdicts: paired one-sided t-test only.\n" + table)[0]
+  assert "3 x 2^-9) = 0.00586, so the current rule can still reach" in note
+  # A page under the current rule says so.
+  current = "Verdicts: paired one-sided " + verdicts.RULE[len("Verdicts: paired one-sided "):]
+  assert docs.rule_notes(current) == [docs.CURRENT_RULE_NOTE]
+  assert docs.mark_rules(current) == current + " " + docs.CURRENT_RULE_NOTE
+
+
+def test_readme_and_build_notes_quote_the_generated_summaries():
+  from experiments.common import quotes
+  texts = quotes.summaries()   # from docs/results/tiny/<study>/study.json
+  assert set(texts) == {"margin_study", "loss_study", "loss_zoo"}
+  for name in quotes.QUOTING:
+    with open(os.path.join(quotes.ROOT, name)) as f:
+      text = f.read()
+    for study, summary in texts.items():
+      assert docs.quoted_summary(text, study, name) == summary, (
+          f"{name}'s {study} quote is stale: python -m experiments.common.quotes")
+      assert summary.startswith(f"Setting: {quotes.label(study)}: ")
+      assert "not a paper-scale result" in summary.splitlines()[0]
+  assert quotes.main(["--check"]) == 0
+
+
+def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):
+  import re
+  workdir = str(tmp_path / "work")
+  os.makedirs(workdir)
+  record = _study_record(workdir)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("# Study\n\nSettings.\n")
+  docs.write_evidence(workdir, record)
+  out = str(tmp_path / "pages" / "study.md")
+  render = lambda w, commands=(): docs.page(w, title="Study", about="About.",  # noqa: E731
+                                            tables=[], commands=commands)
+  text = docs.main(render, [workdir, out, "--label=tiny run"])
+  assert docs.CURRENT_RULE_NOTE in text
+  links = re.findall(r"\[Per seed\]\(([^)]+)\)", text)
+  assert len(links) == 2
+  for link in links:
+    assert link.startswith("study/tiny_run/claims/")
+    with open(os.path.join(os.path.dirname(out), link), "rb") as f:
+      assert f.read(4) == b"\x89PNG"
+
+
+def test_quotes_command_one_line_exit_2_without_a_tiny_run(tmp_path, monkeypatch, capsys):
+  from experiments.common import quotes
+  monkeypatch.setattr(quotes, "ROOT", str(tmp_path))
+  assert quotes.main(["--check"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "margin_study/study.json is missing" in err

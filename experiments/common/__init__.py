@@ -17,11 +17,13 @@
 * :mod:`~experiments.common.timing`: a study's wall time over its invocations;
 * :mod:`~experiments.common.tables`: per-seed values, table cells, intervals;
 * :mod:`~experiments.common.verdicts`: claims -> paired tests, Holm, verdict tables,
-  stability against a rerun, deviation tables;
+  the claims with their per-seed values (``claims.json``), stability against a rerun,
+  deviation tables and their cells;
 * :mod:`~experiments.common.figures`: figure plumbing, the paired dot plot of a claim;
 * :mod:`~experiments.common.command`: the shared command line (``--help``, exit
   statuses, the study's ``main``).
-* :mod:`~experiments.common.docs`: a study's results page (``docs/results/<study>.md``)
-  and ``summary.md``, written from a finished study's workdir, and the summaries quoted
-  in README.md and BUILD_NOTES.md.
+* :mod:`~experiments.common.docs`: a study's results page (``docs/results/<study>.md``),
+  and its ``summary.md`` and per-claim plots written from its ``study.json``;
+* :mod:`~experiments.common.quotes`: the study summaries README.md and BUILD_NOTES.md
+  quote, generated from the tiny runs in ``docs/results/tiny/``.
 """

@@ -8,15 +8,23 @@ Every study's page has the same sections, in this order:
 * ``## Verdicts``: one bullet per verdict (held, contradicted, unstable, inconclusive)
   naming the claims that reached it, written by :func:`verdict_sentences` from the
   study's ``verdicts.csv``; for a study over several datasets, a claim x dataset table
-  of verdicts (:func:`verdict_matrix`); then the rule the verdicts follow;
+  of verdicts (:func:`verdict_matrix`); then the rule the verdicts follow, and which
+  rule they were decided under (:func:`rule_notes`); then each claim's sentence with a
+  link to its paired dot plot (the workdir's ``claims.md``; the figures are copied
+  beside the page, :func:`page_figures`);
 * ``## Tables``: the tables the study's report wrote (``results.md``, or each dataset's
   ``table.md``), then every claim with its interval, p values and MDE (``verdicts.md``);
 * ``## Deviations``: the study's ``deviations.md``.
 
-A study also writes ``summary.md`` (:func:`write_summary`): one sentence per claim
-(claim, setting, verdict, difference with its interval; :func:`claim_sentences`), which
-README.md and BUILD_NOTES.md quote verbatim between ``<!-- summary:<study> -->`` and
-``<!-- /summary:<study> -->`` lines (:func:`refresh_quotes` checks and refreshes them).
+After its verdict table every study writes, from its ``study.json`` (which records its
+claims with their per-seed values), ``summary.md`` (:func:`study_summary`: what was run,
+then one sentence per claim: claim, setting, verdict, difference with its interval;
+:func:`claim_sentences`) and beside each claim a paired dot plot (``claims/``, linked
+from ``claims.md`` and ``report.md``; :func:`write_evidence`, called by
+:func:`experiments.common.runs.run_study`). README.md and BUILD_NOTES.md quote the
+summaries of the small committed runs ``docs/results/tiny/<study>/study.json`` verbatim
+between ``<!-- summary:<study> -->`` and ``<!-- /summary:<study> -->`` lines
+(:func:`refresh_quotes`; ``python -m experiments.common.quotes`` refreshes them).
 
 So no sentence about a result is written by hand: the bullets and the verdict table come
 from ``verdicts.csv``, the numbers from the report's tables. Each study's ``report.py``
@@ -168,14 +176,14 @@ def claim_sentences(header: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def summary_markdown(header: Sequence[str], rows: Sequence[Sequence[str]],
-                     setting: str = "") -> str:
-  """A study's ``summary.md``: one sentence per claim (:func:`claim_sentences`), then how
-  many claims reached each verdict. Quoted verbatim by README.md and BUILD_NOTES.md
-  (:func:`refresh_quotes`)."""
+                     setting: str = "", heading: str = "") -> str:
+  """A study's ``summary.md``: ``heading`` (a line saying what was run, if given), one
+  sentence per claim (:func:`claim_sentences`), then how many claims reached each
+  verdict. Quoted verbatim by README.md and BUILD_NOTES.md (:func:`refresh_quotes`)."""
   claims = _claims(header, rows)
   counts = [f"{sum(bucket(c[3]) == v for c in claims)} {v}" for v, _ in ORDER
             if any(bucket(c[3]) == v for c in claims)]
-  lines = claim_sentences(header, rows, setting)
+  lines = ([heading, ""] if heading else []) + claim_sentences(header, rows, setting)
   lines += ["", f"{len(claims)} claims: {', '.join(counts)} (paired tests over seeds, "
             "Holm over the study's claims; tsm.reporting)."]
   return "\n".join(lines) + "\n"
@@ -189,6 +197,91 @@ def write_summary(workdir: str, setting: str = "") -> str:
   text = summary_markdown(header, rows, setting)
   artifacts.write_atomic(os.path.join(workdir, "summary.md"), text)
   return text
+
+
+def study_setting(config: Mapping[str, Any]) -> str:
+  """What a study ran, in words, from its config (as ``study.json`` records it): the
+  datasets, the epochs of each and the seeds, e.g. ``"digits, 3 epochs; 6 seeds"``."""
+  s = config["study"]
+  epochs = [s.get("epochs") or config[d]["train"]["epochs"] for d in s["datasets"]]
+  if len(set(epochs)) == 1:
+    where = f"{', '.join(s['datasets'])}, {epochs[0]} epochs"
+  else:
+    where = ", ".join(f"{d} {e} epochs" for d, e in zip(s["datasets"], epochs))
+  return f"{where}; {s['seeds']} seeds"
+
+
+def study_summary(record: Mapping[str, Any], label: str = "") -> str:
+  """A study's ``summary.md`` from its ``study.json`` (``record``): the verdict table
+  decided again from the recorded claims' per-seed values
+  (:func:`experiments.common.verdicts.recorded_verdicts`), under a heading naming what
+  was run (:func:`study_setting`, after ``label`` when given).
+
+  Raises:
+    ValueError: the record holds no claims (a study written before claims were
+      recorded).
+  """
+  if not record.get("claims"):
+    raise ValueError("this study.json records no claims; rerun the study's report "
+                     "(the runs are reused) to record them.")
+  header, rows = verdicts_lib.recorded_verdicts(record["claims"])
+  heading = "Setting: " + (f"{label}: " if label else "") + study_setting(
+      record["config"]) + "."
+  return summary_markdown(header, rows, heading=heading)
+
+
+CLAIM_FIGURES = "claims"
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:60] or "claim"
+
+
+def claim_figure_names(claims: Sequence[Any]) -> list[str]:
+  """Each claim's paired dot plot, relative to the workdir:
+  ``claims/<nn>_<dataset>_<metric>_<claim>.png``."""
+  return [os.path.join(CLAIM_FIGURES, f"{i + 1:02d}_" + _slug(
+      "_".join(x for x in (c.group, c.metric, c.claim) if x)) + ".png")
+          for i, c in enumerate(claims)]
+
+
+def claim_lines(header: Sequence[str], rows: Sequence[Sequence[str]],
+                figures: Sequence[str]) -> list[str]:
+  """:func:`claim_sentences` with a link to each claim's paired dot plot."""
+  return [f"{line} [Per seed]({path})."
+          for line, path in zip(claim_sentences(header, rows), figures)]
+
+
+def write_evidence(workdir: str, record: Mapping[str, Any]) -> str:
+  """Writes what a finished study shows of each claim, from its ``study.json``
+  (``record``): ``summary.md`` (:func:`study_summary`), each claim's paired dot plot
+  (:func:`experiments.common.figures.claim_dots`, :func:`claim_figure_names`) and
+  ``claims.md`` (each claim's sentence with a link to its plot), which is appended to
+  ``report.md`` and shown on the results page. Returns the summary."""
+  from experiments.common import figures  # pylint: disable=import-outside-toplevel
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  summary = study_summary(record)
+  artifacts.write_atomic(os.path.join(workdir, "summary.md"), summary)
+  claims = verdicts_lib.claims_from_record(record["claims"])
+  names = claim_figure_names(claims)
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(os.path.join(workdir, CLAIM_FIGURES), ignore_errors=True)  # old claims'
+  os.makedirs(os.path.join(workdir, CLAIM_FIGURES))
+  for claim, comp, name in zip(claims, verdicts_lib.decide_claims(claims), names):
+    figures.claim_dots(os.path.join(workdir, name), claim, comp,
+                       record["claims"]["seeds"])
+  header, rows = verdicts_lib.recorded_verdicts(record["claims"])
+  text = ("## Each claim, per seed\n\nEach claim's per-seed values of both arms joined "
+          "by seed, and the paired differences with the mean difference's 95 % "
+          "interval.\n\n" + "\n".join(claim_lines(header, rows, names)) + "\n")
+  artifacts.write_atomic(os.path.join(workdir, "claims.md"), text)
+  report = read_text(workdir, "report.md")
+  marker = "\n## Each claim, per seed\n"
+  if marker in report:
+    report = report[:report.index(marker)]
+  artifacts.write_atomic(os.path.join(workdir, "report.md"),
+                         report.rstrip("\n") + "\n\n" + text)
+  return summary
 
 
 _QUOTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -376,8 +469,12 @@ def page(workdir: str, *, title: str, about: str, tables: Sequence[str],
   matrix = verdict_matrix(header, rows)
   if matrix:
     lines += [matrix]
-  lines += [verdicts_lib.RULE + " A verdict speaks for these settings only.", "",
-            "## Tables", ""]
+  lines += [verdicts_lib.RULE + " A verdict speaks for these settings only. "
+            + CURRENT_RULE_NOTE, ""]
+  evidence = read_text(workdir, "claims.md").rstrip()
+  if evidence:
+    lines += [evidence, ""]
+  lines += ["## Tables", ""]
   for table in tables:
     if table:
       lines += [demote(table).rstrip(), ""]
@@ -392,6 +489,90 @@ def page(workdir: str, *, title: str, about: str, tables: Sequence[str],
   if deviations:
     lines += [re.sub(r"^## .*", "## Deviations", deviations, count=1), ""]
   return "\n".join(lines)
+
+
+# Which rule a page's verdicts were decided under, stated after the page's rule.
+CURRENT_RULE_NOTE = ("These verdicts were decided under this rule (the t-test and the "
+                     "exact sign-flip test both).")
+EARLIER_RULE_NOTE = ("These verdicts were decided under an earlier rule, the paired "
+                     "t-test alone (as stated here); the current rule also requires the "
+                     "exact sign-flip test, whose one-sided p cannot go below 2^-n with "
+                     "n seeds, so regenerating this page from its workdirs can only "
+                     "turn some held or contradicted verdicts into inconclusive ones.")
+_RULE_PARAGRAPH = re.compile(r"^Verdicts: paired one-sided .*$", re.M)
+# What the current rule's paragraph (verdicts_lib.RULE) says and the earlier one's did not.
+_CURRENT_MARK = "larger of the t-test's and the exact sign-flip"
+
+
+def _seed_bound(section: str) -> str:
+  """What the sign-flip test's floor allows in a page section decided under the earlier
+  rule: from its verdict table (the rows under a header with a ``seeds`` column), the m
+  claims and the most seeds n of any claim: every Holm-adjusted p of the current rule is
+  at least min(1, m x 2^-n), the Holm factor m times the smallest p the exact sign-flip
+  test can give with n seeds ("" when the section has no such table)."""
+  lines = section.splitlines()
+  for i, line in enumerate(lines):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if line.startswith("|") and "seeds" in cells and "verdict" in cells:
+      col = cells.index("seeds")
+      rows = [l for l in lines[i + 2:] if l.startswith("|")]
+      end = next((j for j, l in enumerate(lines[i + 2:]) if not l.startswith("|")),
+                 len(rows))
+      rows = lines[i + 2:i + 2 + end]
+      seeds = [int(m.group(0)) for r in rows
+               if (m := re.search(r"\d+", r.strip().strip("|").split("|")[col]))]
+      if not seeds:
+        return ""
+      m, n = len(rows), max(seeds)
+      bound = m * 2.0 ** -n
+      reach = ("so none of them could be held or contradicted under it" if bound > 0.05
+               else "so the current rule can still reach held or contradicted here")
+      return (f" Here {m} claims with at most {n} seeds: under the current rule every "
+              f"Holm-adjusted p is at least min(1, {m} x 2^-{n}) = {min(bound, 1.0):.3g}"
+              f", {reach}.")
+  return ""
+
+
+def rule_notes(text: str) -> list[str]:
+  """Per rule paragraph of a results page, the note that says which rule its verdicts
+  were decided under: :data:`CURRENT_RULE_NOTE` where the paragraph names the exact
+  sign-flip test, else :data:`EARLIER_RULE_NOTE` (a page from before that rule) with
+  what the sign-flip test's floor allows for the claims of that paragraph's section
+  (:func:`_seed_bound`)."""
+  found = list(_RULE_PARAGRAPH.finditer(text))
+  notes = []
+  for i, m in enumerate(found):
+    if _CURRENT_MARK in m.group(0):
+      notes.append(CURRENT_RULE_NOTE)
+      continue
+    end = found[i + 1].start() if i + 1 < len(found) else len(text)
+    notes.append(EARLIER_RULE_NOTE + _seed_bound(text[m.end():end]))
+  return notes
+
+
+def mark_rules(text: str) -> str:
+  """A results page with each rule paragraph followed by its :func:`rule_notes` note
+  (unchanged where the paragraph already ends with it)."""
+  notes = iter(rule_notes(text))
+  def note(m: re.Match) -> str:
+    line, wanted = m.group(0), next(notes)
+    return line if line.endswith(wanted) else f"{line} {wanted}"
+  return _RULE_PARAGRAPH.sub(note, text)
+
+
+def page_figures(text: str, workdir: str, out: str, label: str) -> str:
+  """Copies a workdir's per-claim figures (``claims/``) beside the page ``out``, into
+  ``<out without .md>/<label>/claims/``, and points the page's links there."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  source = os.path.join(workdir, CLAIM_FIGURES)
+  if not os.path.isdir(source):
+    return text
+  base = os.path.splitext(out)[0]
+  target = os.path.join(base, _slug(label) or "study", CLAIM_FIGURES)
+  shutil.rmtree(target, ignore_errors=True)
+  shutil.copytree(source, target)
+  rel = os.path.relpath(target, os.path.dirname(os.path.abspath(out)))
+  return text.replace(f"]({CLAIM_FIGURES}/", f"]({rel}/")
 
 
 def merge(pages: Sequence[str], labels: Sequence[str]) -> str:
@@ -444,8 +625,9 @@ def main(render: Callable[..., str], argv: Sequence[str] | None = None,
   if len(labels) != len(workdirs):
     parser.error(f"{len(workdirs)} workdirs need {len(workdirs)} --label values")
   try:
-    text = merge([render(w, commands=args.command if i == 0 else ())
-                  for i, w in enumerate(workdirs)], labels)
+    text = merge([page_figures(render(w, commands=args.command if i == 0 else ()), w,
+                               args.out, label)
+                  for i, (w, label) in enumerate(zip(workdirs, labels))], labels)
   except FileNotFoundError as e:
     parser.exit(2, f"{program}: {e}\n")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

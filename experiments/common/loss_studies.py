@@ -162,12 +162,14 @@ def load_by_dataset(workdir: str, datasets: Sequence[str], losses: Sequence[str]
 
 
 def verdict_table(workdir: str, claims: Sequence[verdicts_lib.Claim], title: str,
-                  cfg: Any = None) -> tuple[str, str]:
-  """Writes ``verdicts.md`` / ``verdicts.csv`` (:func:`verdicts_lib.write_verdicts`,
-  unstable against ``study.compare_to`` when ``cfg`` names one); returns ``(markdown,
+                  cfg: Any = None, seeds: Sequence[int] | None = None
+                  ) -> tuple[str, str]:
+  """Writes ``verdicts.md`` / ``verdicts.csv`` and ``claims.json``
+  (:func:`verdicts_lib.write_verdicts`, unstable against ``study.compare_to`` when
+  ``cfg`` names one; ``seeds``: the seeds of the claims' values); returns ``(markdown,
   stability sentence)``."""
   compare_to = (cfg.study.compare_to or None) if cfg is not None else None
-  return verdicts_lib.write_verdicts(workdir, list(claims), title, compare_to)
+  return verdicts_lib.write_verdicts(workdir, list(claims), title, compare_to, seeds)
 
 
 def write_report(workdir: str, *, title: str, preamble: str, verdicts: str,

@@ -250,3 +250,22 @@ def train_and_measure(config: Any, rundir: str, *, result_file: str, arrays_file
     np.savez_compressed(tmp, **final.found["arrays"])
   artifacts.write_json_atomic(path, record)
   return record
+
+
+def with_companions(record: dict[str, Any]) -> dict[str, Any]:
+  """A run's record with the measures of the by-construction claims' companions added
+  where it lacks them (None when an input is missing): ``intra_var_ratio`` = intra-class
+  variance / mean squared centroid distance, ``inter_dist_per_spread`` = mean centroid
+  distance / RMS intra-class radius (√intra_var). The two pull against each other: a
+  larger ratio is a smaller distance per unit of spread."""
+  out = dict(record)
+  var, dist, dist_sq = (record.get(k) for k in ("intra_var", "inter_dist",
+                                                 "inter_dist_sq"))
+  ok = lambda *v: all(x is not None and np.isfinite(x) for x in v)  # noqa: E731
+  if out.get("intra_var_ratio") is None:
+    out["intra_var_ratio"] = (var / dist_sq if ok(var, dist_sq) and dist_sq > 0
+                              else None)
+  if out.get("inter_dist_per_spread") is None:
+    out["inter_dist_per_spread"] = (dist / np.sqrt(var) if ok(var, dist) and var > 0
+                                    else None)
+  return out

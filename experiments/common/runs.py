@@ -12,7 +12,9 @@ any training when a run directory holds another run or a run's data do not load,
 :func:`run_tasks` runs the grid where ``study.launcher`` says
 (:func:`experiments.common.launch.run_jobs`) and records the study's timing
 (:mod:`experiments.common.timing`), and :func:`run_study` does all of it and writes
-``study.json`` (:func:`write_study_json`).
+``study.json`` (:func:`write_study_json`), then from it each claim's summary sentence
+(``summary.md``) and paired dot plot (``claims/``, linked from ``claims.md`` and
+``report.md``; :func:`experiments.common.docs.write_evidence`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from ml_collections import config_dict
 
 from experiments.common import checks
+from experiments.common import docs
 from experiments.common import grid
 from experiments.common import launch
 from experiments.common import timing as timing_lib
+from experiments.common import verdicts
 
 # build(cfg, dataset, arm, seed) -> the run's tsm config.
 Build = Callable[[Any, str, Any, int], Any]
@@ -434,21 +438,26 @@ def run_study(cfg: Any, workdir: str, study: Study,
     grid.log(f"all runs done in {time.time() - t0:.0f} s; writing the report")
     report, runs = write_report(arms, records, timing)
     wall = time.time() - t0
-    write_study_json(workdir, cfg, runs, timing, wall_seconds=wall)
+    record = write_study_json(workdir, cfg, runs, timing, wall_seconds=wall)
+    if record.get("claims"):
+      docs.write_evidence(workdir, record)
     grid.log(f"report: {os.path.join(workdir, 'report.md')}")
     return {"runs": records, "wall_seconds": wall, "report": report}
 
 
 def write_study_json(workdir: str, cfg: Any, runs: Any, timing: dict[str, Any], *,
-                     wall_seconds: float) -> None:
+                     wall_seconds: float) -> dict[str, Any]:
   """``<workdir>/study.json`` (atomic): the study config, the runs (as the study
-  records them), this invocation's wall time and the study's timing over its
-  invocations."""
+  records them), this invocation's wall time, the study's timing over its invocations
+  and the claims its report tested (``claims.json``, with their per-seed values:
+  :func:`experiments.common.verdicts.write_claims`); returns what it wrote."""
   import json  # pylint: disable=import-outside-toplevel
   from tsm import artifacts  # pylint: disable=import-outside-toplevel
-  artifacts.write_json_atomic(os.path.join(workdir, "study.json"), {
-      "config": json.loads(cfg.to_json()), "runs": runs,
-      "wall_seconds": round(wall_seconds, 1), "timing": timing})
+  record = {"config": json.loads(cfg.to_json()), "runs": runs,
+            "wall_seconds": round(wall_seconds, 1), "timing": timing,
+            "claims": docs.read_json(os.path.join(workdir, verdicts.CLAIMS_FILE))}
+  artifacts.write_json_atomic(os.path.join(workdir, "study.json"), record)
+  return record
 
 
 def sorted_records(records: Sequence[dict[str, Any]], arm_key: str = "loss"

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 from typing import Any, Sequence
 
 from tsm import reporting
 
 UNSTABLE = "unstable"
+# The claims of a study with their per-seed values (:func:`write_claims`): what its
+# summary and per-claim figures are generated from, kept in ``study.json`` too.
+CLAIMS_FILE = "claims.json"
 HEADER = (("claim", "metric", "A (favoured): mean ± std", "B: mean ± std")
           + tuple(reporting.COMPARISON_HEADER) + ("note",))
 RULE = ("Verdicts: paired one-sided tests over seeds of the claim (A better than B) and "
@@ -189,6 +193,42 @@ def stability_rows(header: Sequence[str], rows: Sequence[Sequence[str]],
 DEVIATION_HEADER = ("setting", "paper", "authors' code", "tsm (this study)", "why")
 
 
+def per_dataset(cfg: Any, build: Any, cell: Any) -> str:
+  """A deviations cell read from each dataset's run: ``cell(run)`` of
+  ``build(cfg, dataset, first arm, first seed)`` per dataset of ``study.datasets``, as
+  ``"synthetic: x, digits: y"``, or ``x`` when every dataset agrees."""
+  s = cfg.study
+  arm = s.losses[0] if "losses" in s else None
+  cells = {d: str(cell(build(cfg, d, arm, s.first_seed))) for d in s.datasets}
+  if len(set(cells.values())) == 1:
+    return next(iter(cells.values()))
+  return ", ".join(f"{d}: {c}" for d, c in cells.items())
+
+
+def trunk_cell(run: Any) -> str:
+  """A run's trunk: its model, and with a pretrained trunk whether it is frozen or
+  fine-tuned."""
+  m = run.model
+  if not m.get("pretrained_path"):
+    return f"{m.name}, trained end to end"
+  return f"{m.name} ({'frozen' if m.freeze_trunk else 'fine-tuned'}, {m.pretrained_path})"
+
+
+def resolution_cell(run: Any) -> str:
+  """A run's input resolution: ``data.image_size`` px and channels, or native."""
+  d = run.data
+  if d.get("image_size"):
+    return f"{d.image_size} px, {d.get('channels') or 'native'} channel(s)"
+  return "native"
+
+
+def dropout_cell(run: Any) -> str:
+  """A run's dropout rates (only paper A's head has dropout layers)."""
+  rates = (tuple(run.model.get("head_dropout", ()) or ())
+           if run.model.get("head") == "paper_a" else ())
+  return "none" if not any(rates) else " / ".join(f"{x:g}" for x in rates)
+
+
 def deviations_markdown(rows: Sequence[Sequence[Any]], title: str) -> str:
   """A study's deviations table as Markdown under ``title``."""
   return f"## {title}\n\n" + reporting.markdown_table(DEVIATION_HEADER, rows)
@@ -203,9 +243,11 @@ def write_deviations(workdir: str, rows: Sequence[Sequence[Any]], title: str) ->
 
 
 def write_verdicts(workdir: str, claims: Sequence[Claim], title: str,
-                   compare_to: str | None = None) -> tuple[str, str]:
+                   compare_to: str | None = None,
+                   seeds: Sequence[int] | None = None) -> tuple[str, str]:
   """Writes ``verdicts.md`` / ``verdicts.csv`` of a study whose claims are grouped by
-  dataset (:func:`verdict_table`, then :func:`stability_rows` against ``compare_to``).
+  dataset (:func:`verdict_table`, then :func:`stability_rows` against ``compare_to``)
+  and ``claims.json`` (:func:`write_claims`; ``seeds``: the seeds of the values).
 
   Returns:
     ``(markdown, stability sentence)``.
@@ -214,4 +256,58 @@ def write_verdicts(workdir: str, claims: Sequence[Claim], title: str,
   rows, sentence = stability_rows(header, rows, compare_to)
   md = reporting.write_table(header, rows, os.path.join(workdir, "verdicts.md"),
                              os.path.join(workdir, "verdicts.csv"), title=title)
+  write_claims(workdir, claims, seeds, grouped=True, compare_to=compare_to)
   return md, sentence
+
+
+def _number(v: Any) -> float | None:
+  """A per-seed value as JSON keeps it: None for missing or non-finite."""
+  if v is None:
+    return None
+  v = float(v)
+  return v if math.isfinite(v) else None
+
+
+def claims_record(claims: Sequence[Claim], seeds: Sequence[int] | None, *,
+                  grouped: bool, rerun: dict[tuple[str, str, str], str] | None = None
+                  ) -> dict[str, Any]:
+  """What :data:`CLAIMS_FILE` holds: the seeds, whether the verdict table has a dataset
+  column, every claim (its fields, per-seed values in seed order, None where missing)
+  and the rerun's verdicts it was compared with (``[group, claim, metric, verdict]``)."""
+  n = max((len(c.a_values) for c in claims), default=0)
+  return {
+      "seeds": list(range(n)) if seeds is None else [int(s) for s in seeds],
+      "grouped": bool(grouped),
+      "claims": [{**dataclasses.asdict(c),
+                  "a_values": [_number(v) for v in c.a_values],
+                  "b_values": [_number(v) for v in c.b_values]} for c in claims],
+      "rerun": [list(k) + [v] for k, v in (rerun or {}).items()],
+  }
+
+
+def claims_from_record(record: dict[str, Any]) -> list[Claim]:
+  """The claims of a :func:`claims_record` (as read back from JSON)."""
+  return [Claim(**c) for c in record["claims"]]
+
+
+def recorded_verdicts(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+  """The verdict table of a :func:`claims_record`, decided again from its per-seed
+  values (:func:`verdict_table`) and marked unstable against its rerun's verdicts."""
+  header, rows = verdict_table(claims_from_record(record), grouped=record["grouped"])
+  rerun = {_key(g, c, m): v for g, c, m, v in record.get("rerun", [])}
+  if rerun:
+    rows, _ = mark_unstable(header, rows, rerun, "the rerun")
+  return header, rows
+
+
+def write_claims(workdir: str, claims: Sequence[Claim], seeds: Sequence[int] | None, *,
+                 grouped: bool, compare_to: str | None = None) -> dict[str, Any]:
+  """Writes ``<workdir>/claims.json`` (:func:`claims_record`; the rerun's verdicts read
+  from ``<compare_to>/verdicts.csv`` when given) and returns it."""
+  from tsm import artifacts  # pylint: disable=import-outside-toplevel
+  rerun = None
+  if compare_to and os.path.exists(os.path.join(compare_to, "verdicts.csv")):
+    rerun = read_verdicts(os.path.join(compare_to, "verdicts.csv"))
+  record = claims_record(claims, seeds, grouped=grouped, rerun=rerun)
+  artifacts.write_json_atomic(os.path.join(workdir, CLAIMS_FILE), record)
+  return record

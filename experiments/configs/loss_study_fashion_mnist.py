@@ -17,10 +17,8 @@ seeds): every run sees a 6,000-image subsample of each split (train from the 60,
 training images, test from the 10,000 test images; ``data.num_examples``), drawn from
 the run's seed (``study.vary_data``; both losses of a seed see the same images), for
 paper B's 20 epochs of 23 batches (460 steps); 2 losses x 5 seeds = 10 runs on 2 worker
-processes. Measured (1 seed, 10,000-image subsample, machine load 14-20 on 2 cores):
-one epoch costs about 33 CPU-s (contrastive, 256 pairs a batch) and 49 CPU-s (triplet,
-256 triplets) of 39 batches, so at 6,000 images a seed costs about 1,000 CPU-s and the
-5 seeds about 45 minutes on 2 unloaded cores (extrapolated, not run). Quick look:
+processes. The study's measured wall time (2 shared cores) is on its results page,
+``docs/results/loss_study.md``. Quick look:
 ``--config.study.seeds=1 --config.study.epochs=1 --config.study.workers=1``.
 
 The full-size version (all 60,000 training images, 20 epochs, 10 seeds) is the GPU

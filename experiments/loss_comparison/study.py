@@ -46,16 +46,16 @@ StudyError = grid.StudyError
 
 # ----------------------------------------------------------------------------- the claims
 
-# Claims that hold by construction (they follow from the losses' forms, not from
-# training); each has a fairer companion claim.
-BY_CONSTRUCTION = {
-    "mean_active_ratio": "holds by construction under y·d²: every positive pair with "
-                         "d > 0 is active and half the pairs are positive; see the "
-                         "negative-term companion",
-    "mean_grad_norm": "losses of different scale: raw norms are not comparable; see the "
-                      "per-unit-loss companion",
-}
-# Paper B's claims: (claim, key, the loss the claim favours, higher_is_better).
+# Claims that hold by construction (they follow from the losses' forms or scales, not
+# from training); each is flagged in the verdict table beside a companion that does not.
+ROOT2 = 2 ** 0.5
+ACTIVE_NOTE = ("holds by construction under y·d²: every positive pair with d > 0 is "
+               "active and half the pairs are positive; see the negative-term companion")
+GRAD_NOTE = ("losses of different scale: raw gradient norms are not comparable, and "
+             "under Adam they do not set the size of the update; see the per-unit-loss "
+             "companion")
+# (claim, key, the loss the claim favours, higher_is_better); the companions' keys are
+# derived from the measurements (:func:`experiments.common.measure.with_companions`).
 CLAIMS = (
     ("triplet keeps more intra-class variance", "intra_var", "triplet", True),
     ("triplet keeps larger inter-class distances", "inter_dist", "triplet", True),
@@ -65,8 +65,11 @@ CLAIMS = (
      "loss_decay_epochs_from_step1", "contrastive", False),
     ("contrastive has a higher active ratio (many small updates)", "mean_active_ratio",
      "contrastive", True),
-    ("triplet has larger gradient norms (fewer, stronger updates)", "mean_grad_norm",
-     "triplet", True),
+    ("triplet has larger raw gradient norms", "mean_grad_norm", "triplet", True),
+    ("companion: triplet keeps more intra-class variance per squared class distance",
+     "intra_var_ratio", "triplet", True),
+    ("companion: triplet keeps larger inter-class distances per unit of spread",
+     "inter_dist_per_spread", "triplet", True),
     ("companion: contrastive has a higher active ratio of negative terms",
      "mean_negative_active_ratio", "contrastive", True),
     ("companion: triplet has a larger gradient norm per unit of loss",
@@ -75,6 +78,30 @@ CLAIMS = (
     ("triplet wins Recall@1", "recall@1", "triplet", True),
     ("triplet wins retrieval (MAP@R)", "map@r", "triplet", True),
 )
+
+
+def construction_notes(positive_margin: float, margin: float) -> dict[str, str]:
+  """``{key: note}`` of paper B's claims that hold by construction under contrastive's
+  ``positive_margin`` and (negative) ``margin``, on L2-normalised embeddings.
+
+  * intra-class variance, with a positive margin of 0: contrastive pulls every positive
+    pair to d = 0, so its classes shrink whatever training does;
+  * inter-class distance, with a margin below √2 (the distance of orthogonal unit
+    vectors): contrastive stops pushing a negative pair at d = margin, triplet does not;
+  * the active ratio (:data:`ACTIVE_NOTE`) and raw gradient norms (:data:`GRAD_NOTE`).
+  """
+  notes = {"mean_active_ratio": ACTIVE_NOTE, "mean_grad_norm": GRAD_NOTE}
+  if positive_margin == 0:
+    notes["intra_var"] = ("holds by construction with contrastive's positive margin 0: "
+                          "positive pairs are pulled to d = 0; see the ratio companion")
+  if margin < ROOT2:
+    notes["inter_dist"] = (f"holds by construction with contrastive's margin {margin:g} "
+                           "< √2: it stops pushing negatives there; see the "
+                           "per-unit-of-spread companion")
+  return notes
+
+
+with_companions = measure_lib.with_companions
 
 
 def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
@@ -179,6 +206,7 @@ def summarize(config: ml_collections.ConfigDict, study: ml_collections.ConfigDic
       "dataset": config.data.name, "loss": config.loss.name, "seed": int(config.seed),
       "sampling": config.train.sampling, "model": config.model.name,
       "margin": float(config.margin.initial_margin),
+      "positive_margin": float(config.loss.get("positive_margin", 0.0)),
       **scalars,
       **measure_lib.curve_summary(records, first_step["loss"],
                                   float(study.decay_fraction)),

@@ -13,13 +13,15 @@ Per dataset (``<workdir>/<dataset>/``):
   of every loss (every class pair of every seed), one violin per loss.
 
 Over all datasets: ``verdicts.md`` / ``.csv`` (claims D1-D4 of the follow-up, each a
-paired test over seeds of the favoured loss against the per-seed mean of the other
-losses, Holm over the study's family: :mod:`experiments.common.verdicts`),
-``deviations.md``
-and ``report.md`` (everything, for reading).
+paired test over seeds of a favoured loss against each of the paper's seven losses
+outside the claim's group, Holm over the study's family:
+:mod:`experiments.common.verdicts`), ``beside.md`` / ``.csv`` (the favoured losses
+against MultiSimilarity and ProxyAnchor, which are not among the paper's seven: paired
+differences and unadjusted p, outside the claims, no verdict), ``deviations.md`` and
+``report.md`` (everything, for reading).
 
-The claims (PAPERS.md section D) as tested; "the others" is the per-seed mean of the
-study's losses outside the claim's group:
+The claims (PAPERS.md section D) as tested, each favoured loss against each other loss
+of the seven:
 
 * D1: triplet and SupCon (each) keep more intra-class variance than the others, and a
   clearer separation (centroid distance / RMS class radius, ``separation``);
@@ -27,9 +29,16 @@ study's losses outside the claim's group:
   (cars196, caltech_birds2011; elsewhere not tested);
 * D3: contrastive and NT-Xent (each) converge faster (scale-free loss fall and paper B's
   loss decay), end with lower intra-class variance, have a higher active ratio (and
-  negative-term active ratio) and smaller gradients (raw and per unit of loss);
+  negative-term active ratio) and smaller gradient norms (raw and per unit of loss);
 * D4: N-pair has a larger mean inter-class centroid distance AND a larger spread (std
   over class pairs) of them.
+
+Comparisons that hold by construction are flagged in the note column beside a companion
+that does not: contrastive's intra-class variance (positive margin 0 pulls positive
+pairs to d = 0; companion: the variance per squared class distance), its centroid
+distance when its margin is below √2 (companion: distance per unit of spread), and raw
+gradient norms of losses of different scale (companion: per unit of loss). D1's two
+parts pull against each other as defined (separation = centroid distance / RMS radius).
 
 The active ratio's terms are defined per loss (``tsm.losses._activity``): a hinge term
 is active when its loss is non-zero, a softmax / proxy / centre term when a competitor
@@ -52,6 +61,7 @@ import numpy as np
 from experiments.common import docs
 from experiments.common import figures
 from experiments.common import loss_studies
+from experiments.common import measure as measure_lib
 from experiments.common import runs as runs_lib
 from experiments.common import tables
 from experiments.common import verdicts as verdicts_lib
@@ -80,42 +90,71 @@ COLUMNS = (
 EPOCH_KEYS = ("loss_fall_epochs", "loss_decay_epochs")
 
 
-def others_mean(by_loss: dict[str, list[dict[str, Any]]], others: Sequence[str], key: str,
-                seeds: Sequence[int]) -> list[float | None]:
-  """Per seed, the mean of ``key`` over the ``others`` losses (None unless all have it)."""
-  columns = [tables.seed_values(by_loss.get(loss, []), key, seeds, EPOCH_KEYS)
-             for loss in others]
-  out: list[float | None] = []
-  for i in range(len(seeds)):
-    values = [c[i] for c in columns]
-    ok = values and all(v is not None and math.isfinite(v) for v in values)
-    out.append(float(np.mean(values)) if ok else None)
-  return out
+def _runs(by_loss: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+  """Each loss's records with the companions' measures
+  (:func:`experiments.common.measure.with_companions`)."""
+  return {loss: [measure_lib.with_companions(r) for r in runs]
+          for loss, runs in by_loss.items()}
 
 
-def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
-                 seeds: Sequence[int]) -> list[verdicts_lib.Claim]:
-  """Every testable claim D1-D4 on every dataset (the study's family)."""
+def comparisons(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                seeds: Sequence[int], comparators: Sequence[str],
+                contrastive_margin: float = 1.0) -> list[verdicts_lib.Claim]:
+  """Every testable claim D1-D4 on every dataset, each favoured loss against each loss
+  of ``comparators`` outside the claim's group, paired by seed."""
   out = []
   for dataset, by_loss in by_dataset.items():
+    by_loss = _runs(by_loss)
     present = [loss for loss, runs in by_loss.items() if runs]
     for cid, text, key, favoured, group, higher, note, fine in zoo_study.CLAIMS:
       if fine and dataset not in zoo_study.FINE_GRAINED:
         continue
-      others = [loss for loss in present if loss not in group]
       for loss in favoured:
-        if loss not in present or not others:
+        if loss not in present:
           continue
         a = tables.seed_values(by_loss[loss], key, seeds, EPOCH_KEYS)
-        b = others_mean(by_loss, others, key, seeds)
-        if not (reporting.summarize(a).n and reporting.summarize(b).n):
-          continue
-        out.append(verdicts_lib.Claim(
-            f"{cid}: " + text.format(a=loss), key, loss,
-            f"others' mean ({len(others)})", a, b, higher_is_better=higher,
-            note="; ".join(p for p in (note, "others: " + ", ".join(others)) if p),
-            group=dataset))
+        for other in comparators:
+          if other not in present or other in group:
+            continue
+          b = tables.seed_values(by_loss[other], key, seeds, EPOCH_KEYS)
+          if not (reporting.summarize(a).n and reporting.summarize(b).n):
+            continue
+          built = zoo_study.construction_note(key, loss, other, contrastive_margin)
+          out.append(verdicts_lib.Claim(
+              f"{cid}: " + text.format(a=loss) + f" (vs {other})", key, loss, other, a, b,
+              higher_is_better=higher, note="; ".join(p for p in (built, note) if p),
+              group=dataset))
   return out
+
+
+def study_claims(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                 seeds: Sequence[int], contrastive_margin: float = 1.0
+                 ) -> list[verdicts_lib.Claim]:
+  """The study's family: every claim D1-D4 on every dataset, each favoured loss against
+  each of the paper's seven losses (:data:`~experiments.loss_zoo.study.PAPER_LOSSES`)
+  outside the claim's group, paired by seed; Holm over all of them."""
+  return comparisons(by_dataset, seeds, zoo_study.PAPER_LOSSES, contrastive_margin)
+
+
+BESIDE_HEADER = ("dataset", "claim", "metric", "A (favoured): mean ± std", "B: mean ± std",
+                 reporting.COMPARISON_HEADER[0], "seeds", "p (one-sided, unadjusted)")
+
+
+def beside_table(by_dataset: dict[str, dict[str, list[dict[str, Any]]]],
+                 seeds: Sequence[int], contrastive_margin: float = 1.0
+                 ) -> tuple[list[str], list[list[str]]]:
+  """The claims' favoured losses against MultiSimilarity and ProxyAnchor
+  (:data:`~experiments.loss_zoo.study.BESIDE`), reported beside the claims: paired
+  differences with their intervals and unadjusted one-sided p, no verdict (they are
+  not in the paper's seven, nor in the Holm family)."""
+  rows = []
+  for c in comparisons(by_dataset, seeds, zoo_study.BESIDE, contrastive_margin):
+    comp = reporting.compare(c.a_values, c.b_values, paired=True,
+                             higher_is_better=c.higher_is_better)
+    cells = comp.cells(4)
+    rows.append([c.group, c.claim, c.metric, *verdicts_lib.arm_cells(c), cells[0],
+                 cells[1], cells[2]])
+  return list(BESIDE_HEADER), rows
 
 
 def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, Any]]],
@@ -135,24 +174,48 @@ def dataset_table(workdir: str, dataset: str, by_loss: dict[str, list[dict[str, 
 
 
 def deviations(cfg: Any) -> list[list[str]]:
-  """The follow-up vs this study (no code of the follow-up is known)."""
+  """The follow-up vs this study (no code of the follow-up is known): every tsm cell is
+  read from ``cfg`` (each dataset's run of the first loss at the first seed)."""
   s = cfg.study
+  cell = lambda f: verdicts_lib.per_dataset(cfg, zoo_study.run_config, f)  # noqa: E731
+  paper = set(zoo_study.PAPER_LOSSES)
+  beside = [loss for loss in s.losses if loss not in paper]
   return [
-      ["backbone", "frozen ViT-B/32 + 128-d L2-normalised projection head",
-       "not released",
-       "offline: small MLP / conv1d / ConvNet trained end to end, 32-d; TFDS sets: "
-       "ResNet-18 / -50 + 128-d linear head, frozen when model.pretrained_path is set",
-       "tsm has no ViT; CPU budget"],
-      ["optimiser", "Adam 1e-4, 100 epochs, batch 512", "not released",
-       "Adam 1e-3 (offline; 1e-4 with a head), P x K batches of 64 (offline) / 128-160, "
-       "tens of epochs", "models trained from scratch need the larger rate; CPU budget"],
+      ["datasets", "CIFAR-10, Cars196, CUB-200 and others", "not released",
+       ", ".join(s.datasets), "the sets this config names"],
+      ["trunk", "frozen ViT-B/32", "not released", cell(verdicts_lib.trunk_cell),
+       "a ViT-B/32 trunk is not among tsm's models; a pretrained trunk is frozen with "
+       "study.freeze_pretrained"],
+      ["head and embedding", "128-d L2-normalised projection head", "not released",
+       cell(lambda r: f"head {r.model.head}, {r.model.embedding_dim}-d"),
+       "the dataset's model section"],
+      ["input resolution", "224 px (ViT)", "not released",
+       cell(verdicts_lib.resolution_cell), "the dataset's data.image_size"],
+      ["dropout", "not stated", "not released", cell(verdicts_lib.dropout_cell),
+       "the dataset's model.head_dropout"],
+      ["learning rate", "Adam 1e-4", "not released",
+       cell(lambda r: f"{r.train.optimizer} {r.train.learning_rate:g}"),
+       "the dataset's train.learning_rate"],
+      ["epochs", "100", "not released", cell(lambda r: r.train.epochs),
+       "study.epochs overrides all" if s.epochs is not None else
+       "each dataset's train.epochs"],
+      ["batch", "512", "not released",
+       cell(lambda r: f"{r.train.classes_per_batch} x {r.train.samples_per_class}"
+            if r.train.sampling == "pk" else f"{r.train.batch_size}"),
+       "P x K batches so that every in-batch loss has positives"],
+      ["training images", "all", "not released",
+       cell(lambda r: r.data.get("num_examples") or "all"),
+       "CPU budget where capped (data.num_examples per split)"],
       ["losses", "seven", "not released",
        f"{len(s.losses)}: " + ", ".join(s.losses),
-       "MultiSimilarity and ProxyAnchor as strong baselines"],
+       ("the claims compare with the paper's seven; " + ", ".join(beside)
+        + " are compared beside, outside the claims") if beside else "the paper's seven"],
       ["loss parameters", "not stated", "not released",
        f"pytorch-metric-learning defaults; triplet margin {s.triplet_margin:g} "
        f"(PML 0.05), contrastive margins 0 / {s.contrastive_margin:g}",
-       "the incumbent library's defaults are the reproducible choice"],
+       "the incumbent library's defaults are the reproducible choice"
+       + ("; contrastive's margin < √2 makes its class distances short by construction "
+          "(flagged)" if s.contrastive_margin < zoo_study.ROOT2 else "")],
       ["proxy / class-weight learning rate", "not stated", "not released",
        "the model's rate (PML recipes often use x100 for proxies)",
        "identical optimiser for every loss"],
@@ -169,8 +232,8 @@ def deviations(cfg: Any) -> list[list[str]]:
        "per loss family (tsm.losses._activity)",
        "a softmax term is never exactly zero"],
       ["seeds / tests", "not stated", "not released",
-       f"{s.seeds} seeds; paired t and sign-flip tests against the others' mean, Holm",
-       "claims are hypotheses on our runs"],
+       f"{s.seeds} seeds; paired t and sign-flip tests of each claim against each of the "
+       "seven, Holm", "claims are hypotheses on our runs"],
   ]
 
 
@@ -284,10 +347,15 @@ def write_report(workdir: str, datasets: Sequence[str], losses: Sequence[str],
   by_dataset = loss_studies.load_by_dataset(workdir, datasets, losses, seeds,
                                             zoo_study.RESULT_FILE)
   per = {d: report_dataset(workdir, d, by_dataset[d], seeds) for d in datasets}
+  margin = 1.0 if cfg is None else float(cfg.study.contrastive_margin)
   verdicts_md, stability = loss_studies.verdict_table(
-      workdir, study_claims(by_dataset, seeds),
-      "Claims D1-D4 of the follow-up on this study's runs", cfg)
-  notes = []
+      workdir, study_claims(by_dataset, seeds, margin),
+      "Claims D1-D4 of the follow-up on this study's runs", cfg, seeds)
+  header, rows = beside_table(by_dataset, seeds, margin)
+  notes = [reporting.write_table(
+      header, rows, os.path.join(workdir, "beside.md"), os.path.join(workdir, "beside.csv"),
+      title="Beside the claims: the favoured losses against MultiSimilarity and "
+      "ProxyAnchor (not among the paper's seven; unadjusted p, no verdict)")] if rows else []
   if not any(d in zoo_study.FINE_GRAINED for d in datasets):
     notes.append("D2 (fine-grained Recall@1) is not tested: no fine-grained set "
                  f"({', '.join(zoo_study.FINE_GRAINED)}) in this study; Recall@1 of every "
@@ -318,8 +386,9 @@ ABOUT = (
     "variance and clear margins (D1), win fine-grained retrieval (D2), compact fast "
     "through many small updates (D3), and separate classes widely but unevenly (D4). The "
     "study trains every loss under identical settings over the same seeds and tests each "
-    "claim as the favoured loss against the per-seed mean of the others, Holm over the "
-    "study.")
+    "claim as the favoured loss against each of the paper's seven losses, paired over "
+    "seeds, Holm over the study; MultiSimilarity and ProxyAnchor are compared beside, "
+    "outside the claims.")
 
 
 def docs_page(workdir: str, commands: Sequence[str] = ()) -> str:
@@ -328,7 +397,7 @@ def docs_page(workdir: str, commands: Sequence[str] = ()) -> str:
   claim x dataset verdicts from ``verdicts.csv``, each dataset's table."""
   return docs.page(
       workdir, title="Loss zoo: variance and greediness of nine losses", about=ABOUT,
-      tables=docs.dataset_tables(workdir),
+      tables=docs.dataset_tables(workdir) + [docs.read_text(workdir, "beside.md")],
       commands=commands, details=True)
 
 

@@ -473,6 +473,9 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                                           compare_to=cfg.study.compare_to or None)
   verdicts = reporting.write_table(header, rows, path("verdicts.md"), path("verdicts.csv"),
                                    title="Paper A's claims")
+  verdicts_lib.write_claims(workdir, claims(runs, arms, seeds), seeds,
+                            grouped=header[0] == "dataset",
+                            compare_to=cfg.study.compare_to or None)
   deviation_md = verdicts_lib.write_deviations(
       workdir, deviations(cfg), "Deviations from paper A and its authors' code")
   em = reporting.write_table(*effective_margin_table(runs), path("effective_margins.md"),
