@@ -299,12 +299,29 @@ def test_readme_and_build_notes_quote_the_generated_summaries():
   for name in quotes.QUOTING:
     with open(os.path.join(quotes.ROOT, name)) as f:
       text = f.read()
-    for study, summary in texts.items():
+    for study, summary in quotes.quoted_texts(name, texts).items():
       assert docs.quoted_summary(text, study, name) == summary, (
           f"{name}'s {study} quote is stale: python -m experiments.common.quotes")
       assert summary.startswith(f"Setting: {quotes.label(study)}: ")
       assert "not a paper-scale result" in summary.splitlines()[0]
   assert quotes.main(["--check"]) == 0
+
+
+def test_the_headline_keeps_the_decided_claims_and_the_counts():
+  summary = ("Setting: tiny: digits, 3 epochs; 6 seeds.\n\n"
+             "* **held**: A beats B (AUC; digits): +0.1 [0.05, 0.15] over 6 seeds.\n"
+             "* **inconclusive**: A beats C (AUC; digits): +0.0 [-0.1, 0.1] over 6 seeds.\n"
+             "* **contradicted**: C beats B (EER; digits): -0.2 [-0.3, -0.1] over 6 seeds.\n"
+             "\n3 claims: 1 held, 1 contradicted, 1 inconclusive (paired tests).\n")
+  head = docs.summary_headline(summary, "the page")
+  assert head.splitlines() == [
+      "Setting: tiny: digits, 3 epochs; 6 seeds.", "",
+      "* **held**: A beats B (AUC; digits): +0.1 [0.05, 0.15] over 6 seeds.",
+      "* **contradicted**: C beats B (EER; digits): -0.2 [-0.3, -0.1] over 6 seeds.", "",
+      "3 claims: 1 held, 1 contradicted, 1 inconclusive (paired tests).", "",
+      "Every claim's sentence: the page."]
+  # Every line of the headline but its last is a line of the summary.
+  assert all(l in summary.splitlines() for l in head.splitlines()[:-1])
 
 
 def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):

@@ -5,7 +5,10 @@ Each study's quoted summary is generated (:func:`experiments.common.docs.study_s
 from a small real run of it committed as ``docs/results/tiny/<study>/study.json`` (its
 config, runs and claims with their per-seed values), so the quoted text is what the
 report code writes for that run. Its first line names the run as a tiny pipeline run:
-the paper-scale results are the pages under ``docs/results/``.
+the paper-scale results are the pages under ``docs/results/``. BUILD_NOTES.md quotes
+each summary whole; README.md its headline (:func:`experiments.common.docs.
+summary_headline`: the claims that reached a verdict and the counts), so that it stays
+short.
 
   python -m experiments.common.quotes           # rewrite stale quotes
   python -m experiments.common.quotes --check   # exit 1 naming any stale quote
@@ -24,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = os.path.join("docs", "results", "tiny")
 STUDIES = ("margin_study", "loss_study", "loss_zoo")
 QUOTING = ("README.md", "BUILD_NOTES.md")
+HEADLINE = ("README.md",)   # these quote the headline, the others the whole summary
 
 
 def label(study: str) -> str:
@@ -46,6 +50,16 @@ def summaries(root: str | None = None) -> dict[str, str]:
   return out
 
 
+def quoted_texts(name: str, texts: dict[str, str]) -> dict[str, str]:
+  """What file ``name`` quotes of each summary: its headline for :data:`HEADLINE`, else
+  the whole summary."""
+  if name not in HEADLINE:
+    return dict(texts)
+  return {study: docs.summary_headline(
+      text, f"BUILD_NOTES.md, or summary.md beside {TINY}/{study}/study.json")
+          for study, text in texts.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Checks (``--check``) or refreshes the quoted summaries; returns the exit code."""
   parser = argparse.ArgumentParser(
@@ -57,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     texts = summaries()
-    stale = {name: docs.refresh_quotes(os.path.join(ROOT, name), texts, check=args.check)
+    stale = {name: docs.refresh_quotes(os.path.join(ROOT, name), quoted_texts(name, texts),
+                                       check=args.check)
              for name in QUOTING}
   except (FileNotFoundError, ValueError) as e:
     print(f"quotes: {e}", file=sys.stderr)
