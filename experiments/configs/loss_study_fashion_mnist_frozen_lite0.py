@@ -20,12 +20,15 @@ own run (the loss studies' run path), on 2 worker processes.
 The budget forces the epochs and the images: 30 epochs (the follow-up: 100) over a
 6,000-image subsample of each split drawn from each seed (``data.num_examples``; train
 6,000 of the 60,000, test 6,000 of the 10,000; both losses of a seed see the same
-images), 12 batches an epoch. Measured (``python bench/seeds_step.py
---config=experiments/configs/loss_study_fashion_mnist_frozen_lite0.py --seeds=1``, see
-BUILD_NOTES.md "The studies"): see there for the step time and load; the study's 2
-losses x 20 seeds x 30 epochs x 12 steps = 14,400 steps. The full-size version: all
-images (``--config.fashion_mnist.data.num_examples=None``), 100 epochs, at 224 px
-(``--config.fashion_mnist.data.image_size=224``, its own cache).
+images), 12 batches an epoch: 2 losses x 20 seeds x 30 epochs x 12 steps = 14,400
+steps. Measured with ``python bench/seeds_step.py
+--config=experiments/configs/loss_study_fashion_mnist_frozen_lite0.py --seeds=1
+--examples=6000``: a step of the triplet loss (512 triplets) took 0.13 s on 2 cores at
+load average 10, so training takes at most about 32 minutes at that load (the
+contrastive loss's steps are cheaper), plus each run's compilation and measurements (not
+measured). An upper bound: the machine was shared with other engineers. The full-size
+version: all images (``--config.fashion_mnist.data.num_examples=None``), 100 epochs, at
+224 px (``--config.fashion_mnist.data.image_size=224``, its own cache).
 """
 
 from experiments.configs.presets import frozen

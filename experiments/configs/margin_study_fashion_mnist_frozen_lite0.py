@@ -27,19 +27,22 @@ validation, as the constant margin is), DAMS, tsm's controller: 15 arms. Claim A
 epoch, per constant arm, above ``study.a1_threshold`` = 0.5) is tested with the others.
 
 20 seeds per arm, trained together (``study.seeds_together``: one compiled step per
-arm, :mod:`tsm.seeds`), on 2 worker processes. The budget forces the images: each seed
-draws 1,000 images of each split (``data.num_examples``; train 900 after the 10 %
-validation hold-out, test 1,000; ``study.vary_data``), and every epoch has 15 batches
-(``train.steps_per_epoch``, equal for every seed, as training seeds together needs; a
-larger subsample needs it raised with it: about 0.9 x num_examples / 60).
+arm, :mod:`tsm.seeds`), on 2 worker processes: 15 jobs of 20 runs. The budget forces
+the images: each seed draws 500 images of each split (``data.num_examples``; train 450
+after the 10 % validation hold-out, test 500; ``study.vary_data``), and every epoch has
+8 batches (``train.steps_per_epoch``, equal for every seed, as training seeds together
+needs; a larger subsample needs it raised with it: about 0.9 x num_examples / 60).
 
-Measured (bench: ``/tmp``-free, see BUILD_NOTES.md "The studies"): one step of the 20
-seeds of an arm together took 0.74 s on 2 cores at load 12 (37 ms per seed-step; 0.13 s
-for a single seed alone); so the 15 arms x 50 epochs x 15 steps = 11,250 steps take at
-most about 2.3 hours at that load, plus evaluation (not measured; per seed and epoch, the
-validation loss on 100 images), in one process. That is an upper bound: the machine was
-shared by other engineers; on 2 quiet cores the study was not run. Quick look:
-``--config.study.seeds=2 --config.study.epochs=2 --config.study.schedules=dams``.
+Measured with ``python bench/seeds_step.py
+--config=experiments/configs/margin_study_fashion_mnist_frozen_lite0.py --seeds=20``
+(random features, no cache needed): one step of an arm's 20 seeds together took 0.74 s
+on 2 cores at load average 12 (37 ms a seed-step; a single seed alone 0.13 s a step),
+so the 15 arms x 50 epochs x 8 steps = 6,000 steps take at most about 75 minutes at
+that load, plus the evaluation (per seed and epoch the validation loss on 50 images,
+effective margins at 3 epochs, the final test; not measured). An upper bound: the
+machine was shared with other engineers, and the study was not run on quiet cores.
+Quick look: ``--config.study.seeds=2 --config.study.epochs=2
+--config.study.schedules=dams``.
 
 The full-size version (224 px, all images): ``margin_study_fashion_mnist_frozen_lite0_gpu.py``.
 """
@@ -47,8 +50,8 @@ The full-size version (224 px, all images): ``margin_study_fashion_mnist_frozen_
 from experiments.configs.presets import frozen
 from experiments.configs.presets import paper_a
 
-NUM_EXAMPLES = 1_000
-STEPS_PER_EPOCH = 15
+NUM_EXAMPLES = 500
+STEPS_PER_EPOCH = 8
 
 
 def get_config():
