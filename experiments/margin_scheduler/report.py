@@ -288,6 +288,7 @@ def deviations(cfg: Any) -> list[list[str]]:
   t, d, m, s = section.train, section.data, section.model, cfg.study
   epochs = study.run_epochs(cfg)
   images = d.get("image_size") is not None and (d.get("channels") or 1) == 3
+  trunk = m.get("trunk", "none") != "none"
   dropout = tuple(m.get("head_dropout", ()) or ())
   return [
       ["loss reduction", "not stated", "mean over violating triplets",
@@ -300,8 +301,10 @@ def deviations(cfg: Any) -> list[list[str]]:
        "(loss.mining=curriculum, loss.curriculum=(a, b)) but is not a study arm"],
       ["augmentation", "not stated", "resize only", "on" if d.augment else "none",
        "as the authors' code"],
-      ["normalisation", "not stated", "dataset mean / std", d.normalize,
-       ("same as the authors' code" if d.normalize == "dataset" else
+      ["normalisation", "not stated", "dataset mean / std",
+       "the trunk's own scaling, (x - 127) / 128" if trunk else d.normalize,
+       ("as the pretrained weights were trained" if trunk else
+        "same as the authors' code" if d.normalize == "dataset" else
         "data.normalize=dataset gives the authors' training-split mean / std" if images
         else "offline signals are used as provided")],
       ["learning rate", "Adam 1e-4", "Adam 1e-4", f"{t.optimizer} {t.learning_rate:g}",
@@ -313,8 +316,10 @@ def deviations(cfg: Any) -> list[list[str]]:
        "same" if dropout == (0.5, 0.3) else
        "with 0.5 / 0.3 the easy share reaches DAMS's tau only after the study's epochs"],
       ["trunk", "EfficientNet-B0, ImageNet weights", "EfficientNet-B0, ImageNet weights",
-       m.name + (f" ({m.pretrained_path})" if m.get("pretrained_path") else ""),
-       "same" if m.name == "efficientnet_b0" else "an offline CPU set needs a small trunk"],
+       _trunk(m),
+       "same" if m.name == "efficientnet_b0" else
+       "the closest ImageNet trunk tsm has offline; frozen, its features cached"
+       if m.get("trunk", "none") != "none" else "an offline CPU set needs a small trunk"],
       ["batch", "P x K = 32 x 2", "32 x 2", f"{t.classes_per_batch} x {t.samples_per_class}",
        "same" if (t.classes_per_batch, t.samples_per_class) == (32, 2) else
        "P is capped by the training classes; K keeps the batch near 64"],
@@ -331,9 +336,11 @@ def deviations(cfg: Any) -> list[list[str]]:
         if d.get("num_examples") else "all"),
        "same" if not d.get("num_examples") else "CPU budget: 60 minutes on 2 cores"],
       ["input", "224 px RGB", "224 px RGB",
-       (f"{d.get('image_size') or 'native'} px, {d.get('channels') or 'native'} channel(s)"
+       (f"{d.get('image_size')} px, grey repeated to RGB for the trunk" if trunk else
+        f"{d.get('image_size') or 'native'} px, {d.get('channels') or 'native'} channel(s)"
         if d.name not in ("mnist1d", "synthetic") else "1-D signals"),
        "same" if d.get("image_size") == 224 else
+       "CPU budget of the feature cache (224 px: the _gpu config)" if trunk else
        "the small trunk runs on the native resolution"],
       ["best constant margin", "not stated", "not stated", "chosen on validation",
        "choosing on test would favour the baseline by the selection's noise"],
@@ -349,6 +356,14 @@ def deviations(cfg: Any) -> list[list[str]]:
        f"{s.seeds} seeds" + (", data drawn from each seed" if s.vary_data else ""),
        "paired tests over seeds; the spread includes the data's variance"],
   ]
+
+
+def _trunk(m: Any) -> str:
+  """The trunk in words: a pretrained ``model.trunk`` (frozen or not), else the model."""
+  if m.get("trunk", "none") != "none":
+    return (f"{m.trunk}, ImageNet weights"
+            + (", frozen (a head on its cached features)" if m.freeze_trunk else ""))
+  return m.name + (f" ({m.pretrained_path})" if m.get("pretrained_path") else "")
 
 
 def effective_margin_table(runs: dict[str, list[dict]]
@@ -497,7 +512,7 @@ def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
   finals = tuple(cfg.study.get("final_margins", ()) or ())
   return [
       f"- data: {d.name}, split {d.split} (validation {d.val_fraction:g} of train, "
-      f"{d.get('val_split', 'auto')}), model {m.name} + head {m.head}, "
+      f"{d.get('val_split', 'auto')}), model {_trunk(m)} + head {m.head}, "
       f"{m.embedding_dim}-d L2-normalised, {section.loss.distance} distance; "
       + ("data drawn from each run's seed (data.data_seed = seed)" if cfg.study.vary_data
          else f"data.data_seed fixed at {d.data_seed}"),

@@ -551,7 +551,7 @@ def run_seeds(tasks: list[dict[str, Any]],
   (:func:`experiments.common.together.fit_runs`); the records are :func:`run_one`'s.
 
   Runs that cannot train together (:func:`experiments.common.together.reason`) train
-  one by one with :func:`run_one`; the reason goes to the first one's ``fit.log``.
+  one by one with :func:`run_one` (a log line says why).
 
   Args:
     tasks: the tasks of one (dataset, arm), one per seed.
