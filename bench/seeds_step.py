@@ -11,7 +11,7 @@ evaluation; measured on a shared machine it is an upper bound.
 
 Usage:
   python bench/seeds_step.py --config=experiments/configs/margin_study_fashion_mnist_frozen_lite0.py \
-      [--seeds 20] [--epochs 2] [--examples 3000] [--loss triplet] [--features 1280]
+      [--seeds 20] [--epochs 2] [--examples 3000] [--study loss_zoo --arm triplet] [--features 1280]
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, default=20)
   parser.add_argument("--epochs", type=int, default=2, help="timed epochs")
   parser.add_argument("--examples", type=int, default=3000, help="training rows")
-  parser.add_argument("--loss", default=None, help="loss.name (default: the config's)")
+  parser.add_argument("--arm", default=None,
+                      help="the arm (a loss of a loss study, a schedule of the margin "
+                      "study) whose run is built by the study's run_config; default: the "
+                      "dataset section as it is")
+  parser.add_argument("--study", default="margin_scheduler",
+                      choices=("margin_scheduler", "loss_comparison", "loss_zoo"),
+                      help="the study whose run_config builds --arm's run")
   parser.add_argument("--features", type=int, default=1280, help="feature size")
   args = parser.parse_args()
 
@@ -49,9 +55,11 @@ def main() -> None:
   from tsm import config as config_lib, models, seeds as seeds_lib  # noqa: E401
 
   cfg = _study_config(args.config)
-  run = runs.dataset_run(cfg, cfg.study.datasets[0], 0)
-  if args.loss:
-    run.loss.name = args.loss
+  dataset = cfg.study.datasets[0]
+  run = runs.dataset_run(cfg, dataset, 0)
+  if args.arm:
+    study = importlib.import_module(f"experiments.{args.study}.study")
+    run = study.run_config(cfg, dataset, args.arm, 0)
   run.train.steps_per_epoch = None   # one pass over the random rows
   rng = np.random.default_rng(0)
   x = rng.normal(size=(args.examples, args.features)).astype(np.float32)

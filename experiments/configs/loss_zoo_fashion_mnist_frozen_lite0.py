@@ -17,16 +17,18 @@ frozen trunk's 1280-d features, a linear projection head to 128-d, L2-normalised
 official 60,000 / 10,000 split, no validation split. 20 seeds per loss, each trained as
 its own run (the loss studies' run path), on 2 worker processes.
 
-The budget forces the epochs and the images: 10 epochs (the follow-up: 100) over a
-1,600-image subsample of each split drawn from each seed (``data.num_examples``; every
-loss of a seed sees the same images), 4 batches an epoch: 9 losses x 20 seeds x 10
-epochs x 4 steps = 7,200 steps. Measured with ``python bench/seeds_step.py
---config=experiments/configs/loss_zoo_fashion_mnist_frozen_lite0.py --seeds=1``: a step
-of the triplet loss (all 512^3 in-batch triplets, the costliest loss of the zoo) took
-0.49 s on 2 cores at load average 10, so training takes at most about 60 minutes at that
-load, plus each run's compilation (shared through the study's compilation cache) and
-measurements (not measured). An upper bound: the machine was shared with other
-engineers. The full-size version: ``--config.fashion_mnist.data.num_examples=None
+The budget forces the epochs and the images: 20 epochs (the follow-up: 100) over a
+2,400-image subsample of each split drawn from each seed (``data.num_examples``; every
+loss of a seed sees the same images), 5 batches an epoch: 9 losses x 20 seeds x 20
+epochs x 5 steps = 18,000 steps. Measured with ``python bench/seeds_step.py
+--config=experiments/configs/loss_zoo_fashion_mnist_frozen_lite0.py --study=loss_zoo
+--arm=<loss> --seeds=1`` (2026-12-07, 2 cores at load average 9-10): a step of 512 rows
+took 118 ms (triplet, all in-batch triplets: the zoo's costliest), 28 ms (ntxent), 17 ms
+(multi_similarity), the first epoch's compilation 9-13 s; so training takes at most
+about 35 minutes at that load (every loss at the triplet's cost), plus each run's
+compilation (shared through the study's compilation cache) and measurements (not
+measured). An upper bound: the machine was shared with other engineers, and the study
+was not run. The full-size version: ``--config.fashion_mnist.data.num_examples=None
 --config.fashion_mnist.train.epochs=100 --config.fashion_mnist.data.image_size=224``
 (its own cache).
 """
@@ -37,7 +39,7 @@ from experiments.configs.presets import frozen
 from experiments.configs.presets import loss_zoo
 from experiments.loss_zoo import study as zoo_study
 
-NUM_EXAMPLES = 1_600
+NUM_EXAMPLES = 2_400
 
 
 def get_config():
@@ -47,7 +49,7 @@ def get_config():
       loss_zoo.base(), num_examples=NUM_EXAMPLES))
   run.train.classes_per_batch = 8
   run.train.samples_per_class = 64
-  run.train.epochs = 10
+  run.train.epochs = 20
   cfg[frozen.DATASET] = run
   cfg.study.seeds = 20
   cfg.study.workers = 2

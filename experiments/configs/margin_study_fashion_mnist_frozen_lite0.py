@@ -34,13 +34,16 @@ after the 10 % validation hold-out, test 500; ``study.vary_data``), and every ep
 needs; a larger subsample needs it raised with it: about 0.9 x num_examples / 60).
 
 Measured with ``python bench/seeds_step.py
---config=experiments/configs/margin_study_fashion_mnist_frozen_lite0.py --seeds=20``
-(random features, no cache needed): one step of an arm's 20 seeds together took 0.74 s
-on 2 cores at load average 12 (37 ms a seed-step; a single seed alone 0.13 s a step),
-so the 15 arms x 50 epochs x 8 steps = 6,000 steps take at most about 75 minutes at
-that load, plus the evaluation (per seed and epoch the validation loss on 50 images,
-effective margins at 3 epochs, the final test; not measured). An upper bound: the
-machine was shared with other engineers, and the study was not run on quiet cores.
+--config=experiments/configs/margin_study_fashion_mnist_frozen_lite0.py --seeds=20
+--examples=1200`` (random features, no cache needed; 2026-12-07): one step of an arm's
+20 seeds together took 0.51 s on 2 cores at load average 9 (26 ms a seed-step; one seed
+alone 19 ms a step: on 2 CPU cores the batched step is not cheaper per seed, what
+training together saves is each run's compilation, start-up and data loading), and the
+first epoch's compilation 36 s; so the 15 arms x 50 epochs x 8 steps = 6,000 steps take
+at most about 52 minutes at that load, plus 15 compilations (about 9 minutes) and the
+evaluation (per seed and epoch the validation loss on 50 images, effective margins at 3
+epochs, the final test; not measured). An upper bound: the machine was shared with other
+engineers, and the study was not run.
 Quick look: ``--config.study.seeds=2 --config.study.epochs=2
 --config.study.schedules=dams``.
 
