@@ -647,6 +647,7 @@ def docs_page(workdir: str, commands: Sequence[str] = ()) -> str:
   return docs.page(
       workdir, title="Margin-scheduler study (paper A)", about=ABOUT,
       tables=[docs.read_text(workdir, "results.md"),
+              docs.read_text(workdir, "selection.md"),
               docs.read_text(workdir, "effective_margins.md")],
       commands=commands)
 
