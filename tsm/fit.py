@@ -342,9 +342,11 @@ def _best_state(ckpt: checkpoint_lib.Checkpointer, state: Any) -> tuple[Any, int
     return state, None
 
 
-def _summary(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric: str,
+def summarize_run(labels: RunLabels, epoch_records: list[dict[str, Any]], best_metric: str,
              best_mode: str, best_step: int | None) -> dict[str, Any]:
-  """The summary's entries that come from the epoch records (the labels first)."""
+  """The summary's entries that come from the epoch records (the labels first); the
+  final evaluators' results complete it (also used by the seeds-together path of the
+  studies, ``experiments/common/together.py``)."""
   best = next((r for r in epoch_records if r["step"] == best_step),
               epoch_records[-1] if epoch_records else None)
   summary = labels.entries()
@@ -574,7 +576,7 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     hooks_lib.call(hooks, "on_final_evaluation", best_step)
     ctx = evaluation.EvalContext(state=best_state, splits=splits, embed_fn=embed_fn,
                                  loss_fn=loss_fn)
-    summary = _summary(labels, epoch_records, best_metric, best_mode, best_step)
+    summary = summarize_run(labels, epoch_records, best_metric, best_mode, best_step)
     summary.update(evaluation.run_evaluators(final_evaluators, ctx))
     if primary:
       _warn_of_meaningless_results(epoch_records, best_metric, splits, ctx)

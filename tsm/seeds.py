@@ -53,8 +53,9 @@ from tsm import margins as margins_lib
 from tsm import train as train_lib
 from tsm.data import samplers as samplers_lib
 
-__all__ = ["SeedsResult", "init_seeds", "make_seeds_embed", "make_seeds_end_of_epoch",
-           "make_seeds_step", "stack", "take", "train_seeds"]
+__all__ = ["SeedsResult", "epoch_record", "init_seeds", "make_seeds_embed",
+           "make_seeds_end_of_epoch", "make_seeds_step", "stack", "step_records", "take",
+           "train_seeds"]
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -173,15 +174,32 @@ class SeedsResult:
   def epoch_records(self, index: int) -> list[dict[str, Any]]:
     """Seed ``index``'s epoch records, as :func:`tsm.history.epoch_record` makes them
     for a run of :func:`tsm.fit.fit` (plus ``margin_next``)."""
-    epochs, steps, _ = next(iter(self.step_metrics.values())).shape
+    epochs = next(iter(self.step_metrics.values())).shape[0]
     out = []
     for e in range(epochs):
-      records = [{k: float(v[e, j, index]) for k, v in self.step_metrics.items()}
-                 for j in range(steps)]
-      record = history.epoch_record(e, (e + 1) * steps, records)
+      record = epoch_record({k: v[e] for k, v in self.step_metrics.items()}, index, e)
       record["margin_next"] = float(self.margins[e + 1, index])
       out.append(record)
     return out
+
+
+def step_records(metrics: dict[str, np.ndarray], index: int, epoch: int
+                 ) -> list[dict[str, Any]]:
+  """Seed ``index``'s step records of ``epoch`` from the epoch's stacked step metrics
+  (``{name: [steps, S]}``), as :class:`tsm.history.StepLog` logs them for a run of
+  :func:`tsm.fit.fit`."""
+  steps = next(iter(metrics.values())).shape[0]
+  return [dict({k: float(v[j, index]) for k, v in metrics.items()}, kind="step",
+               epoch=epoch, step=epoch * steps + j + 1) for j in range(steps)]
+
+
+def epoch_record(metrics: dict[str, np.ndarray], index: int, epoch: int
+                 ) -> dict[str, Any]:
+  """Seed ``index``'s record of ``epoch`` (:func:`tsm.history.epoch_record`) from the
+  epoch's stacked step metrics ``{name: [steps, S]}`` (without ``margin_next``)."""
+  steps = next(iter(metrics.values())).shape[0]
+  return history.epoch_record(epoch, (epoch + 1) * steps,
+                              step_records(metrics, index, epoch))
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -233,7 +251,9 @@ def train_seeds(model: flax.linen.Module, loss: Any, schedule: margins_lib.Margi
                 samplers: Sequence[samplers_lib.Sampler], *, seeds: Sequence[int],
                 epochs: int, margin_update: str = "epoch", skip_nonfinite: bool = False,
                 init_fn: Callable[..., Any] | None = None,
-                state: train_lib.TrainState | None = None) -> SeedsResult:
+                state: train_lib.TrainState | None = None,
+                on_epoch: Callable[[int, train_lib.TrainState, dict[str, np.ndarray]],
+                                   None] | None = None) -> SeedsResult:
   """Trains ``len(seeds)`` seeds of one arm on in-memory arrays, all in one step.
 
   Each epoch, seed ``i`` takes the batches ``samplers[i].epoch(epoch)`` (so each seed its
@@ -257,6 +277,10 @@ def train_seeds(model: flax.linen.Module, loss: Any, schedule: margins_lib.Margi
       counted in the ``nonfinite`` metric).
     init_fn: passed to :func:`init_seeds`.
     state: stacked states to start from instead of :func:`init_seeds` (e.g. to go on).
+    on_epoch: ``on_epoch(epoch, states, metrics)`` after each epoch's margin update, with
+      the stacked states and the epoch's step metrics (``{name: [steps, S]}``): a
+      study's per-seed evaluation (:func:`take` gives a seed's state). It must be done
+      with ``states`` when it returns (the next step donates them): copy what it keeps.
 
   Returns:
     A :class:`SeedsResult`.
@@ -297,6 +321,8 @@ def train_seeds(model: flax.linen.Module, loss: Any, schedule: margins_lib.Margi
     fetched = jax.device_get(outputs)
     metrics.append({k: np.stack([o[k] for o in fetched]) for k in fetched[0]})
     margins.append(np.asarray(state.margin_state.margin))
+    if on_epoch is not None:
+      on_epoch(epoch, state, metrics[-1])
   step_metrics = {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
   return SeedsResult(seeds=tuple(seeds), state=state, step_metrics=step_metrics,
                      margins=np.stack(margins).astype(np.float32))

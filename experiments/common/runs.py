@@ -327,10 +327,17 @@ def run_tasks(label: str, section: Any, jobs: Sequence[Any], workdir: str, *,
   """
   s = section
   workers = max(1, min(int(s.workers), len(jobs)))
-  grid.log(f"{label}: {shape} = {len(jobs)} runs, {launch.describe(s, workers)}, workdir "
-           f"{workdir}")
+  total = sum(len(job) if isinstance(job, list) else 1 for job in jobs)
+  if total != len(jobs) and s.launcher != "local":
+    raise grid.StudyError(f"study.launcher={s.launcher!r} runs one run a job; the seeds "
+                          "of an arm trained together (study.seeds_together) run on "
+                          "study.launcher='local'.")
+  grid.log(f"{label}: {shape} = {total} runs in {len(jobs)} jobs, "
+           f"{launch.describe(s, workers)}, workdir {workdir}")
   records = launch.run_jobs(s, jobs, run_one, workdir, workers=workers, log=grid.log,
                             progress=progress)
+  # A job of several runs (the seeds of an arm trained together) gives a list.
+  records = [r for job in records for r in (job if isinstance(job, list) else [job])]
   timing = timing_lib.study_timing(
       workdir, seconds=time.time() - start, runs=len(records),
       trained=sum(not r["reused"] for r in records), workers=workers,
@@ -390,6 +397,9 @@ class Study(NamedTuple):
     cost: relative cost of one epoch per dataset (:func:`costliest_first`); None runs
       the tasks in :func:`plan`'s order.
     default_cost: the cost of a dataset not in ``cost``.
+    run_seeds: ``run_seeds(tasks, study section)`` -> their records: trains (or reuses)
+      every seed of one (dataset, arm) together; used with ``study.seeds_together``
+      (one job per arm, :func:`by_arm`).
   """
   label: str
   noun: str
@@ -399,6 +409,26 @@ class Study(NamedTuple):
   progress: Callable[[Any], str]
   cost: Mapping[str, float] | None = None
   default_cost: float = 1.0
+  run_seeds: Callable[[list[dict[str, Any]], Any], list[dict[str, Any]]] | None = None
+
+
+def by_arm(tasks: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+  """The tasks grouped by (dataset, arm), in the order of each group's first task; each
+  group in seed order."""
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for task in tasks:
+    groups.setdefault((task["dataset"], arm_name(task["arm"])), []).append(task)
+  return [sorted(g, key=lambda t: t["seed"]) for g in groups.values()]
+
+
+class _GroupProgress:
+  """A progress line per record of a group's records (picklable)."""
+
+  def __init__(self, progress: Callable[[Any], str]):
+    self.progress = progress
+
+  def __call__(self, records: list[dict[str, Any]]) -> str:
+    return "\n  ".join(self.progress(r) for r in records)
 
 
 def run_study(cfg: Any, workdir: str, study: Study,
@@ -430,10 +460,14 @@ def run_study(cfg: Any, workdir: str, study: Study,
   check_tasks(tasks)
   jobs = (tasks if study.cost is None else
           costliest_first(tasks, study.cost, study.default_cost))
+  run_one, progress = grid.BoundRunOne(study.run_one, cfg.study), study.progress
+  if study.run_seeds is not None and cfg.study.get("seeds_together", False):
+    jobs = by_arm(jobs)
+    run_one = grid.BoundRunOne(study.run_seeds, cfg.study)
+    progress = _GroupProgress(study.progress)
   with grid.study_lock(workdir):   # one study per workdir, after validation
     records, timing = run_tasks(
-        study.label, cfg.study, jobs, workdir,
-        run_one=grid.BoundRunOne(study.run_one, cfg.study), progress=study.progress,
+        study.label, cfg.study, jobs, workdir, run_one=run_one, progress=progress,
         start=t0, shape=shape_line(cfg, arms, study.noun))
     grid.log(f"all runs done in {time.time() - t0:.0f} s; writing the report")
     report, runs = write_report(arms, records, timing)

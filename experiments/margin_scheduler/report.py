@@ -81,7 +81,10 @@ def load_runs(workdir: str, dataset: str, arms: Sequence[Any],
   Returns:
     ``{arm name: [{"seed", "dir", "summary", "epochs"}, ...]}`` (runs without a
     ``summary.json`` are left out). Each summary gains ``final_mu`` (the margin the
-    last epoch trained at) and ``next_mu`` (the margin after the last update).
+    last epoch trained at), ``next_mu`` (the margin after the last update), ``last``
+    (the last epoch's model's test metrics, :class:`~experiments.margin_scheduler.study.LastEpochTest`)
+    and ``em_last.share_above_margin`` (claim A1's statistic: the share of sampled
+    training triplets whose effective margin exceeds mu at the last epoch).
   """
   runs: dict[str, list[dict]] = {}
   for arm in arms:
@@ -97,6 +100,11 @@ def load_runs(workdir: str, dataset: str, arms: Sequence[Any],
       epochs = tables.epoch_records(os.path.join(directory, "metrics.jsonl"))
       summary["final_mu"] = epochs[-1]["margin"] if epochs else None
       summary["next_mu"] = epochs[-1].get("margin_next") if epochs else None
+      last = epochs[-1] if epochs else {}
+      prefix = study.LAST_SPLIT + "_"
+      summary["last"] = {k[len(prefix):]: v for k, v in last.items()
+                         if k.startswith(prefix)}
+      summary["em_last"] = {"share_above_margin": last.get("em_share_above_margin")}
       runs[name].append({"seed": seed, "dir": directory, "summary": summary,
                          "epochs": epochs})
   return runs
@@ -113,33 +121,42 @@ def seed_values(runs: list[dict], key: str, seeds: Sequence[int]) -> list[float 
                         lambda r: reporting.per_seed([r["summary"]], key)[0])
 
 
-def _num_different(runs: list[dict]) -> int:
+def _num_different(runs: list[dict], model: str = "test") -> int:
   """The fewest test different-class pairs over the runs (what TAR@FAR can resolve)."""
-  counts = [c for c in _values(runs, "test.num_different") if c is not None]
+  counts = [c for c in _values(runs, f"{model}.num_different") if c is not None]
   return int(min(counts)) if counts else 0
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def results_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+def results_table(runs: dict[str, list[dict]], model: str = "test"
+                  ) -> tuple[list[str], list[list[str]]]:
   """Arm x metric cells ``mean ± std`` (TAR@FAR: "—" where the pairs cannot resolve it).
 
   No cell is marked "best": which arm is better is a claim, and the verdict table tests
   it with its interval and p-value.
+
+  Args:
+    runs: from :func:`load_runs`.
+    model: ``"test"``: the model the selection rule kept (with the margins and the
+      kept epoch); ``"last"``: the last epoch's model.
   """
   names = list(runs)
+  extras = EXTRAS if model == "test" else ()
   header = ["schedule", "seeds"] + [label for _, label, _ in METRICS] + [
-      label for _, label in EXTRAS]
+      label for _, label in extras]
   columns = []
   for key, _, _ in METRICS:
+    mine = model + key[len("test"):]
     if key in TAR_FARS:
-      columns.append([reporting.tar_cell(_values(runs[n], key), _num_different(runs[n]),
+      columns.append([reporting.tar_cell(_values(runs[n], mine),
+                                         _num_different(runs[n], model),
                                          TAR_FARS[key]) if runs[n] else "n/a"
                       for n in names])
     else:
-      columns.append([reporting.summarize(_values(runs[n], key)).format() for n in names])
-  for key, _ in EXTRAS:
+      columns.append([reporting.summarize(_values(runs[n], mine)).format() for n in names])
+  for key, _ in extras:
     columns.append([reporting.summarize(_values(runs[n], key)).format(
         2 if key == "best_epoch" else 3) for n in names])
   rows = [[n, str(len(runs[n]))] + [col[i] for col in columns]
@@ -163,7 +180,8 @@ def per_seed_table(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[An
 
 def best_constant(runs: dict[str, list[dict]], constants: Sequence[str], key: str,
                   higher: bool) -> str | None:
-  """The constant-margin arm with the best mean of ``key``'s VALIDATION twin.
+  """The arm of ``constants`` (constant margins, or one monotone schedule's end
+  margins) with the best mean of ``key``'s VALIDATION twin.
 
   ``test.auc`` is chosen on ``val.auc``: picking the baseline on the test numbers would
   favour it by the selection's own noise.
@@ -175,11 +193,13 @@ def best_constant(runs: dict[str, list[dict]], constants: Sequence[str], key: st
   return None if best is None else present[best]
 
 
-def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: Sequence[int]
-           ) -> list[verdicts_lib.Claim]:
+def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: Sequence[int],
+           threshold: float = 0.5) -> list[verdicts_lib.Claim]:
   """Paper A's claims (:data:`~experiments.margin_scheduler.study.CLAIMS`) the runs
   allow, per reduction / mining variant and metric; the best constant margin is chosen on
-  validation, per metric."""
+  validation, per metric, and so is a monotone schedule's end margin when the study ran
+  a grid of them (``study.final_margins``); then claim A1 (:func:`a1_claims`, at
+  ``threshold``)."""
   arms = [study.as_arm(a) for a in arms]
   variants = list(dict.fromkeys((a.reduction, a.mining) for a in arms))
   grouped = len(variants) > 1
@@ -188,25 +208,57 @@ def claims(runs: dict[str, list[dict]], arms: Sequence[Any], seeds: Sequence[int
     mine = {a.schedule: a.name for a in arms if (a.reduction, a.mining) == (reduction,
                                                                             mining)}
     have = {s for s, n in mine.items() if runs.get(n)}
-    constants = [mine[s] for s in mine if s.startswith(study.CONSTANT_PREFIX)]
+    families = {study.family(s) for s in have}
+    candidates = lambda fam: [mine[s] for s in mine if study.family(s) == fam]  # noqa
+    constants = candidates("constant")
     group = study.Arm("x", reduction, mining).variant if grouped else ""
     pairs = [(text, a, b) for text, a, b in study.CLAIMS
-             if a in have and (b is None or b in have)]
+             if a in have and (b is None or b in families)]
     for text, a, b in pairs:
+      chosen = candidates(b) if b is not None and b not in have else None
+      if chosen is not None and len(chosen) > 1:
+        text += " (mu_last chosen on validation)"
       for key, label, higher in study.CLAIM_METRICS:
-        b_name = best_constant(runs, constants, key, higher) if b is None else mine[b]
+        b_name = (best_constant(runs, constants, key, higher) if b is None else
+                  mine[b] if chosen is None else best_constant(runs, chosen, key, higher))
         if b_name is None:
           continue
         out.append(verdicts_lib.Claim(
             text, label, mine[a], b_name, seed_values(runs[mine[a]], key, seeds),
             seed_values(runs[b_name], key, seeds), higher_is_better=higher,
             group=group))
+    out += a1_claims(runs, constants, seeds, threshold, group)
+  return out
+
+
+def a1_claims(runs: dict[str, list[dict]], constants: Sequence[str],
+              seeds: Sequence[int], threshold: float, group: str = ""
+              ) -> list[verdicts_lib.Claim]:
+  """Claim A1 (paper A's first finding, "the effective margin of many triplets grows
+  past mu") for each constant-margin arm with the statistic recorded.
+
+  Statistic, per seed: the share of the sampled training triplets (eval-mode
+  embeddings of ``study.em_examples`` training examples, ``study.em_triplets`` valid
+  triplets among them) whose effective margin ``d(a, n) - d(a, p)`` exceeds the arm's
+  margin mu at the last epoch. The claim holds when it is above ``threshold``: the
+  same paired tests as the other claims, on ``share - threshold`` (a one-sample t-test
+  and exact sign-flip test), Holm within the study's family.
+  """
+  out = []
+  for name in constants:
+    values = seed_values(runs.get(name, []), study.A1_KEY, seeds)
+    if all(v is None for v in values):
+      continue
+    out.append(verdicts_lib.Claim(
+        study.A1_CLAIM.format(threshold), "share above mu", name,
+        f"threshold {threshold:g}", values,
+        [None if v is None else float(threshold) for v in values], group=group))
   return out
 
 
 def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None,
                   seeds: Sequence[int] | None = None, *,
-                  compare_to: str | None = None
+                  compare_to: str | None = None, threshold: float = 0.5
                   ) -> tuple[list[str], list[list[str]], str]:
   """Paper A's claims, tested by :mod:`experiments.common.verdicts` (paired, Holm).
 
@@ -215,6 +267,7 @@ def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None
     arms: the study's arms (default: every key of ``runs`` as a schedule).
     seeds: the seeds (default: every seed present).
     compare_to: a rerun's study directory: claims whose verdict differs are unstable.
+    threshold: claim A1's threshold (``study.a1_threshold``).
 
   Returns:
     ``(header, rows, stability sentence)``.
@@ -222,7 +275,7 @@ def verdict_table(runs: dict[str, list[dict]], arms: Sequence[Any] | None = None
   arms = list(runs) if arms is None else arms
   if seeds is None:
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
-  study_claims = claims(runs, arms, seeds)
+  study_claims = claims(runs, arms, seeds, threshold)
   grouped = any(c.group for c in study_claims)
   header, rows = verdicts_lib.verdict_table(study_claims, grouped=grouped)
   rows, sentence = verdicts_lib.stability_rows(header, rows, compare_to)
@@ -235,6 +288,7 @@ def deviations(cfg: Any) -> list[list[str]]:
   t, d, m, s = section.train, section.data, section.model, cfg.study
   epochs = study.run_epochs(cfg)
   images = d.get("image_size") is not None and (d.get("channels") or 1) == 3
+  trunk = m.get("trunk", "none") != "none"
   dropout = tuple(m.get("head_dropout", ()) or ())
   return [
       ["loss reduction", "not stated", "mean over violating triplets",
@@ -247,8 +301,10 @@ def deviations(cfg: Any) -> list[list[str]]:
        "(loss.mining=curriculum, loss.curriculum=(a, b)) but is not a study arm"],
       ["augmentation", "not stated", "resize only", "on" if d.augment else "none",
        "as the authors' code"],
-      ["normalisation", "not stated", "dataset mean / std", d.normalize,
-       ("same as the authors' code" if d.normalize == "dataset" else
+      ["normalisation", "not stated", "dataset mean / std",
+       "the trunk's own scaling, (x - 127) / 128" if trunk else d.normalize,
+       ("as the pretrained weights were trained" if trunk else
+        "same as the authors' code" if d.normalize == "dataset" else
         "data.normalize=dataset gives the authors' training-split mean / std" if images
         else "offline signals are used as provided")],
       ["learning rate", "Adam 1e-4", "Adam 1e-4", f"{t.optimizer} {t.learning_rate:g}",
@@ -260,8 +316,10 @@ def deviations(cfg: Any) -> list[list[str]]:
        "same" if dropout == (0.5, 0.3) else
        "with 0.5 / 0.3 the easy share reaches DAMS's tau only after the study's epochs"],
       ["trunk", "EfficientNet-B0, ImageNet weights", "EfficientNet-B0, ImageNet weights",
-       m.name + (f" ({m.pretrained_path})" if m.get("pretrained_path") else ""),
-       "same" if m.name == "efficientnet_b0" else "an offline CPU set needs a small trunk"],
+       _trunk(m),
+       "same" if m.name == "efficientnet_b0" else
+       "the closest ImageNet trunk tsm has offline; frozen, its features cached"
+       if m.get("trunk", "none") != "none" else "an offline CPU set needs a small trunk"],
       ["batch", "P x K = 32 x 2", "32 x 2", f"{t.classes_per_batch} x {t.samples_per_class}",
        "same" if (t.classes_per_batch, t.samples_per_class) == (32, 2) else
        "P is capped by the training classes; K keeps the batch near 64"],
@@ -278,16 +336,34 @@ def deviations(cfg: Any) -> list[list[str]]:
         if d.get("num_examples") else "all"),
        "same" if not d.get("num_examples") else "CPU budget: 60 minutes on 2 cores"],
       ["input", "224 px RGB", "224 px RGB",
-       (f"{d.get('image_size') or 'native'} px, {d.get('channels') or 'native'} channel(s)"
+       (f"{d.get('image_size')} px, grey repeated to RGB for the trunk" if trunk else
+        f"{d.get('image_size') or 'native'} px, {d.get('channels') or 'native'} channel(s)"
         if d.name not in ("mnist1d", "synthetic") else "1-D signals"),
        "same" if d.get("image_size") == 224 else
+       "CPU budget of the feature cache (224 px: the _gpu config)" if trunk else
        "the small trunk runs on the native resolution"],
       ["best constant margin", "not stated", "not stated", "chosen on validation",
        "choosing on test would favour the baseline by the selection's noise"],
+      ["end margin of linear / exponential / stepwise", "1.0", "1.0",
+       (f"chosen on validation from {', '.join(f'{v:g}' for v in s.final_margins)}"
+        if tuple(s.get("final_margins", ()) or ()) else f"{section.margin.final_margin:g}"),
+       "tuned like the constant margin, so that DAMS is not compared with an untuned end "
+       "margin" if tuple(s.get("final_margins", ()) or ()) else "as the paper"],
+      ["model kept", "lowest validation loss", "lowest validation loss (mu = 1.0)",
+       f"lowest {t.best_metric} (validation margin {section.eval.val_margin}); the last "
+       "epoch's model reported beside it", "fixed before the run, in the config"],
       ["seeds and data", "one run", "one run",
        f"{s.seeds} seeds" + (", data drawn from each seed" if s.vary_data else ""),
        "paired tests over seeds; the spread includes the data's variance"],
   ]
+
+
+def _trunk(m: Any) -> str:
+  """The trunk in words: a pretrained ``model.trunk`` (frozen or not), else the model."""
+  if m.get("trunk", "none") != "none":
+    return (f"{m.trunk}, ImageNet weights"
+            + (", frozen (a head on its cached features)" if m.freeze_trunk else ""))
+  return m.name + (f" ({m.pretrained_path})" if m.get("pretrained_path") else "")
 
 
 def effective_margin_table(runs: dict[str, list[dict]]
@@ -309,6 +385,28 @@ def effective_margin_table(runs: dict[str, list[dict]]
       cell = lambda key: reporting.summarize([r[key] for r in recs]).format(3)  # noqa
       rows.append([name, str(epoch + 1), cell("em_margin"), cell("em_share_above_margin"),
                    cell("em_mean"), cell("em_gmm_mean_high"), cell("em_gmm_weight_high")])
+  return header, rows
+
+
+def selection_table(runs: dict[str, list[dict]], arms: Sequence[Any]
+                    ) -> tuple[list[str], list[list[str]]]:
+  """Per schedule family with several arms (the constant margins, a monotone
+  schedule's end margins) and claim metric: the arm chosen on validation and every
+  candidate's validation mean (what the claims compare DAMS with)."""
+  header = ["schedule", "metric", "chosen on validation", "validation mean per candidate"]
+  rows = []
+  names = [study.as_arm(a).name for a in arms]
+  families = list(dict.fromkeys(study.family(n) for n in names))
+  for fam in families:
+    candidates = [n for n in names if study.family(n) == fam and runs.get(n)]
+    if len(candidates) < 2:
+      continue
+    for key, label, higher in study.CLAIM_METRICS:
+      val_key = "val." + key.split(".", 1)[1]
+      chosen = best_constant(runs, candidates, key, higher)
+      cells = ", ".join(f"{n} {reporting.summarize(_values(runs[n], val_key)).format(4)}"
+                        for n in candidates)
+      rows.append([fam, label, chosen or "n/a", cells])
   return header, rows
 
 
@@ -411,9 +509,10 @@ def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
   section = cfg[study.dataset(cfg)]
   t, d, m, margin = section.train, section.data, section.model, section.margin
   seeds = runs_lib.seeds_of(cfg)
+  finals = tuple(cfg.study.get("final_margins", ()) or ())
   return [
       f"- data: {d.name}, split {d.split} (validation {d.val_fraction:g} of train, "
-      f"{d.get('val_split', 'auto')}), model {m.name} + head {m.head}, "
+      f"{d.get('val_split', 'auto')}), model {_trunk(m)} + head {m.head}, "
       f"{m.embedding_dim}-d L2-normalised, {section.loss.distance} distance; "
       + ("data drawn from each run's seed (data.data_seed = seed)" if cfg.study.vary_data
          else f"data.data_seed fixed at {d.data_seed}"),
@@ -421,14 +520,25 @@ def _setup_lines(cfg: Any, names: Sequence[str]) -> list[str]:
       f"{', '.join(study.axis(cfg, 'minings'))}, P x K = {t.classes_per_batch} x "
       f"{t.samples_per_class}, {t.optimizer} lr {t.learning_rate:g}, "
       f"{study.run_epochs(cfg)} epochs, model kept at the lowest {t.best_metric} "
-      f"(validation margin {section.eval.val_margin})",
-      f"- margins: mu0 {margin.initial_margin:g}, mu_last {margin.final_margin:g}, "
+      f"(validation margin {section.eval.val_margin}; the rule is fixed in the config), "
+      "the last epoch's model reported beside it"
+      + ("; every seed of an arm trained in one compiled step (tsm.seeds)"
+         if cfg.study.get("seeds_together") else ""),
+      f"- margins: mu0 {margin.initial_margin:g}, mu_last "
+      + (f"chosen on validation from {', '.join(f'{v:g}' for v in finals)}"
+         if finals else f"{margin.final_margin:g}") + ", "
       f"DAMS tau {margin.threshold:g} delta {margin.increment:g}; controller "
       f"target {margin.target:g} gain {margin.gain:g} floor "
       f"{_floor(margin):g}; stepwise {cfg.study.stepwise_stages} stages",
       f"- arms: {', '.join(names)}; seeds {seeds[0]}..{seeds[-1]}",
   ]
 
+
+A1_NOTE = (
+    "Claim A1 (paper A's first finding): per constant-margin arm and seed, the share of "
+    "sampled training triplets (eval-mode embeddings) whose effective margin "
+    "d(a, n) - d(a, p) exceeds mu at the last epoch, tested against {:g} (\"many\" "
+    "read as \"most\") with the same tests, in the same Holm family.")
 
 REDUCTION_NOTE = (
     "Reduction: under 'mean_nonzero' (the authors' code) the loss is averaged over the "
@@ -469,8 +579,10 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
   results = reporting.write_table(*results_table(runs), path("results.md"),
                                   path("results.csv"),
                                   title="Test metrics (mean ± std over seeds)")
+  threshold = float(cfg.study.get("a1_threshold", 0.5))
   header, rows, stability = verdict_table(runs, arms, seeds,
-                                          compare_to=cfg.study.compare_to or None)
+                                          compare_to=cfg.study.compare_to or None,
+                                          threshold=threshold)
   verdicts = reporting.write_table(header, rows, path("verdicts.md"), path("verdicts.csv"),
                                    title="Paper A's claims")
   verdicts_lib.write_claims(workdir, claims(runs, arms, seeds), seeds,
@@ -478,6 +590,14 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
                             compare_to=cfg.study.compare_to or None)
   deviation_md = verdicts_lib.write_deviations(
       workdir, deviations(cfg), "Deviations from paper A and its authors' code")
+  last = reporting.write_table(
+      *results_table(runs, "last"), path("results_last_epoch.md"),
+      path("results_last_epoch.csv"),
+      title="Test metrics of the last epoch's model (mean ± std over seeds; reported "
+      "beside the selected model, not tested)")
+  selection = reporting.write_table(
+      *selection_table(runs, arms), path("selection.md"), path("selection.csv"),
+      title="Baselines chosen on validation")
   em = reporting.write_table(*effective_margin_table(runs), path("effective_margins.md"),
                              path("effective_margins.csv"),
                              title="Effective margins of training triplets (eval mode)")
@@ -496,9 +616,12 @@ def write_report(workdir: str, cfg: Any, arms: Sequence[Any], *,
     lines.append(f"- {timing_lib.timing_line(timing)}")
   lines += ["", results, "",
             "final mu: the margin the last epoch trained at; next mu: the margin after "
-            "the last update (never trained with).", "", verdicts, "",
-            verdicts_lib.RULE + " The best constant is chosen per metric on the "
-            "validation split; a verdict speaks for these settings only."]
+            "the last update (never trained with).", "", last, "", selection, "",
+            verdicts, "",
+            verdicts_lib.RULE + " The best constant (and, with a grid of end margins, "
+            "each monotone schedule's mu_last) is chosen per metric on the validation "
+            "split; a verdict speaks for these settings only. " + A1_NOTE.format(
+                threshold)]
   if stability:
     lines += ["", stability]
   lines += ["", REDUCTION_NOTE, "", deviation_md, "", em, "",
@@ -527,6 +650,7 @@ def docs_page(workdir: str, commands: Sequence[str] = ()) -> str:
   return docs.page(
       workdir, title="Margin-scheduler study (paper A)", about=ABOUT,
       tables=[docs.read_text(workdir, "results.md"),
+              docs.read_text(workdir, "selection.md"),
               docs.read_text(workdir, "effective_margins.md")],
       commands=commands)
 

@@ -53,7 +53,8 @@ def _progress(result: dict[str, Any]) -> str:
 
 
 STUDY = runs.Study(label="margin study", noun="arms", check=study.check_study,
-                   build=study.run_config, run_one=study.run_one, progress=_progress)
+                   build=study.run_config, run_one=study.run_one, progress=_progress,
+                   run_seeds=study.run_seeds)
 
 
 def run_study(cfg: Any, workdir: str, *, command: str | None = None) -> str:

@@ -17,6 +17,9 @@ reduction and mining) differ (:func:`schedule_margin`):
 * ``stepwise``: LITM-style stages (Zhang et al., AAAI 2019): ``study.stepwise_stages``
   equal stretches of the run whose margins go in equal steps from ``initial_margin`` to
   ``final_margin``;
+* with a grid ``study.final_margins``, each monotone schedule runs once per end margin
+  instead, ``linear_to_<mu>`` etc. (:func:`monotone_name`), and the report compares DAMS
+  with the end margin chosen on validation, as it does the constant margin;
 * ``dams``: paper A's scheduler (``margin.threshold``, ``margin.increment``);
 * ``controller``: tsm's two-sided controller (``margin.target``, ``margin.gain``,
   ``margin.min_margin``, ``margin.max_margin``, ``margin.deadband``).
@@ -26,7 +29,12 @@ each in ``<workdir>/<dataset>/<arm>/seed<k>``. The evaluator
 :class:`EffectiveMarginEvaluator` records paper A's effective margins
 ``d(a, n) - d(a, p)`` of a seeded sample of training triplets (eval-mode embeddings of a
 fixed sample of training examples) at the first, middle and last epoch, with a
-two-component Gaussian mixture fitted to them.
+two-component Gaussian mixture fitted to them; :class:`LastEpochTest` records the test
+metrics of the last epoch's model beside those of the model the selection rule keeps.
+
+With ``study.seeds_together``, every seed of an arm trains in one compiled step
+(:func:`run_seeds`, :mod:`experiments.common.together`): the run directories hold what a
+separate run writes (no checkpoints), so ``study.json`` and the report read them alike.
 """
 
 from __future__ import annotations
@@ -53,6 +61,13 @@ ADAPTIVE = ("dams", "controller")
 DEFAULT_REDUCTION = "mean_nonzero"
 DEFAULT_MINING = "all"
 RUN_FILES = ("summary.json", "pairs.npz")   # a finished run has written these
+FINAL_PREFIX = "_to_"   # linear_to_0.5: a monotone schedule ending at 0.5
+# Paper A's first finding, claim A1: the share of sampled training triplets whose
+# effective margin exceeds the fixed margin mu at the last epoch, per constant arm.
+A1_CLAIM = "A1: effective margins pass mu (share of triplets above mu > {:g})"
+A1_KEY = "em_last.share_above_margin"
+# The last epoch's model: its test metrics go into the epoch record under this split.
+LAST_SPLIT = "last_test"
 # Paper A's claims, each on every metric of CLAIM_METRICS: (claim, the favoured
 # schedule, the schedule it is compared with; None: the best constant margin).
 CLAIMS = (("DAMS beats the best constant margin (chosen on validation)", "dams", None),
@@ -105,6 +120,17 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
     em_examples: training examples whose embeddings give the effective margins.
     em_triplets: triplets sampled among them (all when fewer exist).
     plot_seed: the seed whose effective-margin histograms are drawn.
+    final_margins: a grid of end margins mu_last for linear / exponential / stepwise
+      (each schedule runs once per value, the report keeps the one chosen on validation
+      as it does the constant margin); ``()``: each runs once, to the dataset's
+      ``margin.final_margin``.
+    a1_threshold: claim A1 holds when the share of sampled training triplets whose
+      effective margin exceeds mu at the last epoch is above this, per constant arm
+      (0.5: "many" read as "most").
+    seeds_together: train every seed of an arm in one compiled step
+      (:mod:`tsm.seeds`); for heads on in-memory inputs without augmentation (cached
+      features of a frozen trunk). Runs that cannot (:func:`experiments.common.together.reason`)
+      train one by one.
 
   The grid's ``xla_threads`` default 0 was measured on 2 shared cores: single-threaded
   XLA compiles about twice as slowly and steps ~20 % slower.
@@ -126,6 +152,9 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
       "em_examples": 1000,
       "em_triplets": 20000,
       "plot_seed": 0,
+      "final_margins": (),
+      "a1_threshold": 0.5,
+      "seeds_together": False,
   })
 
 
@@ -136,10 +165,25 @@ def _constant_name(margin: float) -> str:
   return f"{CONSTANT_PREFIX}{float(margin)}"
 
 
+def monotone_name(schedule: str, final: float) -> str:
+  """``linear_to_0.5``: a monotone schedule of the ``study.final_margins`` grid."""
+  return f"{schedule}{FINAL_PREFIX}{float(final)}"
+
+
+def family(name: str) -> str:
+  """The schedule a name belongs to: ``constant`` for ``constant_0.2``, ``linear`` for
+  ``linear_to_0.5``, else the name itself."""
+  if name.startswith(CONSTANT_PREFIX):
+    return "constant"
+  return name.split(FINAL_PREFIX, 1)[0]
+
+
 def all_schedules(cfg: ml_collections.ConfigDict) -> list[str]:
   """Every schedule name of the study, constants first."""
-  return ([_constant_name(m) for m in cfg.study.constant_margins] + list(MONOTONIC)
-          + list(ADAPTIVE))
+  finals = tuple(cfg.study.get("final_margins", ()) or ())
+  monotone = ([monotone_name(n, mu) for n in MONOTONIC for mu in finals] if finals
+              else list(MONOTONIC))
+  return [_constant_name(m) for m in cfg.study.constant_margins] + monotone + list(ADAPTIVE)
 
 
 def schedule_names(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -209,10 +253,15 @@ def schedule_margin(name: str, cfg: ml_collections.ConfigDict,
   m = cfg[dataset_name].margin
   if name.startswith(CONSTANT_PREFIX):
     return {"schedule": "constant", "initial_margin": float(name[len(CONSTANT_PREFIX):])}
-  if name in ("linear", "exponential", "dams", "controller"):
+  if name in ("dams", "controller"):
     return {"schedule": name}
-  if name == "stepwise":
-    boundaries, values = stepwise_stages(m.initial_margin, m.final_margin,
+  schedule = family(name)
+  if schedule in MONOTONIC:
+    final = (float(name.split(FINAL_PREFIX, 1)[1]) if FINAL_PREFIX in name
+             else float(m.final_margin))
+    if schedule != "stepwise":
+      return {"schedule": schedule, "final_margin": final}
+    boundaries, values = stepwise_stages(m.initial_margin, final,
                                          runs.run_epochs(cfg, dataset_name),
                                          cfg.study.stepwise_stages)
     return {"schedule": "stepwise", "boundaries": boundaries, "values": values}
@@ -290,6 +339,16 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[Arm]:
                      "dataset; name one (one study per dataset).")
   checks.check_integers(s, (("stepwise_stages", 2), ("em_examples", 3),
                             ("em_triplets", 1)))
+  finals = s.final_margins
+  if (not isinstance(finals, (tuple, list))
+      or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+             for v in finals) or len(set(finals)) < len(finals)):
+    raise StudyError(f"study.final_margins={finals!r} must be a tuple of distinct "
+                     "positive margins, e.g. (0.2, 0.5, 1.0), or () for the dataset's "
+                     "margin.final_margin.")
+  checks.check_fraction(s, "a1_threshold")
+  if not isinstance(s.seeds_together, bool):
+    raise StudyError(f"study.seeds_together={s.seeds_together!r} must be True or False.")
   seeds = runs.seeds_of(cfg)
   if not (isinstance(s.plot_seed, int) and s.plot_seed in seeds):
     raise StudyError(f"study.plot_seed={s.plot_seed!r} must be a seed of the study, in "
@@ -394,6 +453,46 @@ class EffectiveMarginEvaluator:
     }}
 
 
+class LastEpochTest:
+  """Evaluator at the last epoch: the test metrics of the last epoch's model.
+
+  The run keeps the model its selection rule picks (``train.best_metric``: paper A's
+  lowest validation loss); this reports the last epoch's model beside it, with the same
+  test evaluators (:func:`tsm.config.build_evaluators`' final test retrieval and
+  verification), under ``last_test_<metric>`` in the last epoch's record.
+
+  Args:
+    config: the run's config.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.every_epochs = int(config.train.epochs)
+
+  def __call__(self, ctx: Any) -> dict[str, dict[str, float]]:
+    # pylint: disable=import-outside-toplevel
+    from tsm import evaluation
+    if ctx.epoch + 1 != self.every_epochs:
+      return {}
+    final = [e for e in config_lib.build_evaluators(self.config, ctx.splits)[1]
+             if type(e) in (evaluation.Retrieval, evaluation.Verification)
+             and e.split == "test"]
+    last = evaluation.EvalContext(state=ctx.state, splits=ctx.splits,
+                                  embed_fn=ctx.embed_fn, loss_fn=ctx.loss_fn)
+    out: dict[str, float] = {}
+    for result in evaluation.run_evaluators(final, last).values():
+      out.update(result)
+    return {LAST_SPLIT: out}
+
+
+def evaluators(config: ml_collections.ConfigDict, directory: str,
+               study: ml_collections.ConfigDict) -> list[Any]:
+  """The study's evaluators of one run: effective margins, the last epoch's test."""
+  return [EffectiveMarginEvaluator(directory, config, num_examples=study.em_examples,
+                                   num_triplets=study.em_triplets),
+          LastEpochTest(config)]
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -431,14 +530,52 @@ def run_one(task: dict[str, Any], study: ml_collections.ConfigDict) -> dict[str,
   def train() -> dict[str, Any]:
     if not grid.finished(directory, config, RUN_FILES):
       os.makedirs(directory, exist_ok=True)
-      margins_evaluator = EffectiveMarginEvaluator(directory, config,
-                                                   num_examples=study.em_examples,
-                                                   num_triplets=study.em_triplets)
       with open(os.path.join(directory, "fit.log"), "a") as log, \
           contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
           _absl_to(log):
-        config_lib.train_and_evaluate(config, directory, evaluators=[margins_evaluator])
-    with open(os.path.join(directory, "summary.json")) as f:
-      return {"summary": json.load(f)}
+        config_lib.train_and_evaluate(config, directory,
+                                      evaluators=evaluators(config, directory, study))
+    return {"summary": _read_summary(directory)}
 
   return runs.run_record(task, RUN_FILES, train, ("summary",))
+
+
+def _read_summary(directory: str) -> dict[str, Any]:
+  with open(os.path.join(directory, "summary.json")) as f:
+    return json.load(f)
+
+
+def run_seeds(tasks: list[dict[str, Any]],
+              study: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Trains (or reuses) every seed of one arm together
+  (:func:`experiments.common.together.fit_runs`); the records are :func:`run_one`'s.
+
+  Runs that cannot train together (:func:`experiments.common.together.reason`) train
+  one by one with :func:`run_one` (a log line says why).
+
+  Args:
+    tasks: the tasks of one (dataset, arm), one per seed.
+    study: the ``study`` section.
+
+  Returns:
+    One record per task, in order.
+  """
+  # pylint: disable=import-outside-toplevel
+  import time
+  from experiments.common import together
+  todo = [t for t in tasks if not grid.finished(t["rundir"], t["config"], RUN_FILES)]
+  why = together.reason([t["config"] for t in todo]) if todo else None
+  if why is not None:
+    grid.log(f"{tasks[0]['dataset']}/{runs.arm_name(tasks[0]['arm'])}: the seeds train "
+             f"one by one ({why})")
+    return [run_one(task, study) for task in tasks]
+  trained = {id(t) for t in todo}
+  t0 = time.time()
+  if todo:
+    together.fit_runs([t["config"] for t in todo], [t["rundir"] for t in todo],
+                      [evaluators(t["config"], t["rundir"], study) for t in todo])
+  seconds = round((time.time() - t0) / max(len(todo), 1), 2)
+  return [{"dataset": t["dataset"], "arm": runs.arm_name(t["arm"]), "seed": t["seed"],
+           "seconds": seconds if id(t) in trained else 0.0,
+           "reused": id(t) not in trained,
+           "summary": _read_summary(t["rundir"])} for t in tasks]

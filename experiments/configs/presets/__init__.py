@@ -7,5 +7,7 @@ An experiment file in ``experiments/configs/`` is a whole experiment built from 
 * :mod:`.loss_zoo`: the follow-up's shared settings and dataset sections (the loss zoo);
 * :mod:`.last_model`: the run both loss studies make (no validation split, the last
   model measured);
-* :mod:`.datasets`: the data and model sections of the sets both loss studies run on.
+* :mod:`.datasets`: the data and model sections of the sets both loss studies run on;
+* :mod:`.frozen`: Fashion-MNIST on a frozen Lite0's cached features, and the follow-up's
+  projection head (the frozen-trunk versions of the three studies).
 """
