@@ -332,8 +332,9 @@ def run_tasks(label: str, section: Any, jobs: Sequence[Any], workdir: str, *,
     raise grid.StudyError(f"study.launcher={s.launcher!r} runs one run a job; the seeds "
                           "of an arm trained together (study.seeds_together) run on "
                           "study.launcher='local'.")
-  grid.log(f"{label}: {shape} = {total} runs in {len(jobs)} jobs, "
-           f"{launch.describe(s, workers)}, workdir {workdir}")
+  grouped = f" in {len(jobs)} jobs" if total != len(jobs) else ""
+  grid.log(f"{label}: {shape} = {total} runs{grouped}, {launch.describe(s, workers)}, "
+           f"workdir {workdir}")
   records = launch.run_jobs(s, jobs, run_one, workdir, workers=workers, log=grid.log,
                             progress=progress)
   # A job of several runs (the seeds of an arm trained together) gives a list.
