@@ -56,7 +56,7 @@ def quoted_texts(name: str, texts: dict[str, str]) -> dict[str, str]:
   if name not in HEADLINE:
     return dict(texts)
   return {study: docs.summary_headline(
-      text, f"BUILD_NOTES.md, or summary.md beside {TINY}/{study}/study.json")
+      text, "BUILD_NOTES.md, \"The studies\"")
           for study, text in texts.items()}
 
 
