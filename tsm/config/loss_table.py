@@ -62,8 +62,9 @@ class LossEntry:
       the kind's generic builder (the triplet loss's curriculum and explicit tuples).
     references: ``fn`` takes ``ref_embeddings`` / ``pair_weights`` (PML's pair and
       triplet losses): ``loss.xbm_size`` and ``loss.miner`` apply.
-    class_weights: the built loss has one class matrix as its parameters:
+    class_weights: the built loss has one ``[C, D]`` class matrix as its parameters:
       ``loss.weight_regularizer`` applies.
+    required: fields the loss has no default for (as in PML): the config must set them.
   """
   name: str
   fn: Callable[..., Any]
@@ -73,6 +74,7 @@ class LossEntry:
   build: Callable[..., Any] | None = None
   references: bool = False
   class_weights: bool = False
+  required: tuple[str, ...] = ()
 
 
 # Options of the ``loss`` section besides ``name`` and ``distance``; None defaults take
@@ -90,6 +92,21 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "loss_margin": LossField(None, float, argument="margin"),
     "momentum": LossField(None, float),
     "margin_from_schedule": LossField(False, bool),
+    "softmax_scale": LossField(None, float),
+    "la": LossField(None, float),
+    "gamma": LossField(None, float),
+    "centers_per_class": LossField(None, int),
+    "sub_centers": LossField(None, int),
+    "multiplier": LossField(None, int, argument="margin"),
+    "variant": LossField(None, str),
+    "b": LossField(None, float),
+    "tn": LossField(None, float),
+    "tp": LossField(None, float),
+    "imbalance": LossField(None, float),
+    "lambda_plus": LossField(None, float),
+    "lambda_minus": LossField(None, float),
+    "margin_plus": LossField(None, float),
+    "margin_minus": LossField(None, float),
 }
 
 # Options whose help line is written once in tsm.config.defaults (not per loss).
@@ -122,8 +139,8 @@ WRAPPER_FIELDS: dict[str, tuple[Any, str]] = {
                                       "to the loss (PML's): none, "
                                       f"{', '.join(EMBEDDING_REGULARIZERS)}"),
     "embedding_reg_weight": (1.0, "weight of loss.embedding_regularizer"),
-    "weight_regularizer": ("none", "losses with class weights (arcface, proxy_anchor): "
-                                   "regularizer of the class matrix (PML's): none, "
+    "weight_regularizer": ("none", "losses with one class matrix ({}): regularizer of "
+                                   "the class matrix (PML's): none, "
                                    f"{', '.join(WEIGHT_REGULARIZERS)}"),
     "weight_reg_weight": (1.0, "weight of loss.weight_regularizer"),
 }
@@ -177,7 +194,58 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
               {"loss_margin": "cosine margin (None: 0)", "scale": "scale (None: 16)",
                "momentum": "momentum of the centre bank's moving average (None: 0.9)",
                "margin_from_schedule": _FROM_SCHEDULE}),
+    # PML's further losses (docs/pml.md). Class losses with a margin take the schedule's
+    # with loss.margin_from_schedule; the others have none to schedule.
+    LossEntry("proxy_nca", losses.proxy_nca, "class",
+              {"softmax_scale": "scale of the negative squared distances (None: 1)"},
+              class_weights=True),
+    LossEntry("normalized_softmax", losses.normalized_softmax, "class",
+              {"temperature": "softmax temperature (None: 0.05)"}, class_weights=True),
+    LossEntry("p2sgrad", losses.p2sgrad, "class", class_weights=True),
+    LossEntry("soft_triple", losses.soft_triple, "class",
+              {"loss_margin": "delta, subtracted from the own class's similarity "
+                              "(None: 0.01)",
+               "la": "logit scale lambda (None: 20)",
+               "gamma": "temperature over a class's centres (None: 0.1)",
+               "centers_per_class": "centres per class (None: 10)",
+               "margin_from_schedule": _FROM_SCHEDULE}),
+    LossEntry("sphereface", losses.sphereface, "class",
+              {"multiplier": "the integer angle multiplier m (None: 4)",
+               "scale": "extra logit scale (None: 1)"}, class_weights=True),
+    LossEntry("subcenter_arcface", losses.subcenter_arcface, "class",
+              {"loss_margin": "angular margin in radians (None: 28.6 degrees)",
+               "scale": "logit scale (None: 64)",
+               "sub_centers": "sub-centres per class (None: 3)",
+               "margin_from_schedule": _FROM_SCHEDULE}),
+    LossEntry("tuplet_margin", losses.tuplet_margin_loss, "margin",
+              {"scale": "logit scale (None: 64)"}),
+    LossEntry("snr_contrastive", losses.snr_contrastive_loss, "margin",
+              {"positive_margin": "positive margin on the SNR distance (PML's 0)"}),
+    LossEntry("ranked_list", losses.ranked_list_loss, "margin",
+              {"tn": "negatives' weighting temperature (required, as in PML)",
+               "imbalance": "weight of the negative part (None: 0.5)",
+               "alpha": "negatives' boundary (None: 1 + margin / 2)",
+               "tp": "positives' weighting temperature (None: 0)"},
+              required=("tn",)),
+    LossEntry("smooth_ap", losses.smooth_ap_loss, "plain",
+              {"temperature": "sigmoid temperature (None: 0.01)"}),
+    LossEntry("pnp", losses.pnp_loss, "plain",
+              {"variant": f"variant: {', '.join(losses.PNP_VARIANTS)} (None: O)",
+               "temperature": "sigmoid temperature, PML's anneal (None: 0.01)",
+               "b": "the Ib variant's constant (None: 2)",
+               "alpha": "the Dq variant's exponent (None: 1)"}),
+    LossEntry("tcm", losses.tcm_loss, "plain",
+              {"lambda_plus": "weight of the positive part (None: 1)",
+               "lambda_minus": "weight of the negative part (None: 1)",
+               "margin_plus": "positive pairs below this cosine are pulled (None: 0.9)",
+               "margin_minus": "negative pairs above this cosine are pushed (None: 0.5)"}),
 )}
+
+
+_default, _help = WRAPPER_FIELDS["weight_regularizer"]
+WRAPPER_FIELDS["weight_regularizer"] = (_default, _help.format(", ".join(
+    e.name for e in LOSS_TABLE.values() if e.class_weights)))
+del _default, _help
 
 
 def check_table(table: Mapping[str, LossEntry] = LOSS_TABLE) -> None:
@@ -186,7 +254,7 @@ def check_table(table: Mapping[str, LossEntry] = LOSS_TABLE) -> None:
     if entry.kind not in KINDS:
       raise ValueError(f"loss {entry.name!r}: kind={entry.kind!r} is unknown; use one of "
                        f"{', '.join(KINDS)}.")
-    unknown = [f for f in entry.fields if f not in LOSS_OPTIONS]
+    unknown = [f for f in (*entry.fields, *entry.required) if f not in LOSS_OPTIONS]
     if unknown:
       raise ValueError(f"loss {entry.name!r}: fields {unknown} are not in LOSS_OPTIONS; "
                        "add a LossField for each.")
@@ -217,8 +285,7 @@ def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
     if entry.takes_distance:
       given["distance"] = loss.distance
     fn = functools.partial(entry.fn, **given)
-    if entry.kind == "plain":
-      fn = _without_margin(fn)
+    fn = _without_margin(fn) if entry.kind == "plain" else _margin_keyword(fn)
   if entry.references and sampling not in ("triplets", "pairs"):
     fn = _wrapped(fn, loss)
   if loss.embedding_regularizer != "none" or loss.weight_regularizer != "none":
@@ -236,6 +303,14 @@ def _wrapped(fn: Any, loss: Any) -> Any:
   if loss.xbm_size:
     return losses.cross_batch_memory(fn, int(loss.xbm_size), miner=miner)
   return fn if miner is None else losses.with_miner(fn, miner)
+
+
+def _margin_keyword(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn(embeddings, labels, margin=margin)`` as a loss of the train step (a margin loss
+  may take its margin by keyword only)."""
+  def loss_fn(embeddings, labels, margin):
+    return fn(embeddings, labels, margin=margin)
+  return loss_fn
 
 
 def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:
