@@ -61,10 +61,24 @@ from tsm.losses._base import (REDUCTIONS, LossVariables, ParametricLoss, as_para
                               check_reduction, common_stats)
 from tsm.losses._contrastive import PairStats, contrastive_loss, contrastive_loss_from_pairs
 from tsm.losses._activity import ActivityStats, negative_active_ratio
+from tsm.losses._ap import fast_ap_loss
+from tsm.losses._angular import ANGULAR_ALPHA, angular_loss
+from tsm.losses._circle import circle_loss
 from tsm.losses._center import center_contrastive, center_contrastive_loss, update_centers
+from tsm.losses._histogram import histogram_loss
+from tsm.losses._instance import instance_loss
+from tsm.losses._intra_pair_variance import intra_pair_variance_loss
+from tsm.losses._lifted import generalized_lifted_structure_loss, lifted_structure_loss
+from tsm.losses._manifold import draw_meta_classes, manifold, manifold_loss
+from tsm.losses._margin_loss import margin_beta, margin_loss
 from tsm.losses._multi_similarity import multi_similarity_loss
+from tsm.losses._nca import nca_loss
 from tsm.losses._proxy import arcface, arcface_loss, proxy_anchor, proxy_anchor_loss
+from tsm.losses._soft_margin import (dynamic_soft_margin, dynamic_soft_margin_loss,
+                                     update_soft_margin_histogram)
 from tsm.losses._softmax import npair_loss, ntxent_loss, supcon_loss
+from tsm.losses._softmax_margin import (cosface, cosface_loss, large_margin_softmax,
+                                        large_margin_softmax_loss)
 from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
 from tsm.losses._wrappers import multiple_losses, self_supervised_loss, with_miner
@@ -109,4 +123,10 @@ __all__ += [
     "snr_contrastive_loss", "snr_distances", "TUPLET_MARGIN", "tuplet_margin_loss",
     "VICRegStats", "vicreg_loss", "ranked_list_loss", "smooth_ap_loss", "p2sgrad",
     "p2sgrad_loss", "PNP_VARIANTS", "pnp_loss", "tcm_loss",
+    "ANGULAR_ALPHA", "angular_loss", "circle_loss", "cosface", "cosface_loss",
+    "draw_meta_classes", "dynamic_soft_margin", "dynamic_soft_margin_loss",
+    "fast_ap_loss", "generalized_lifted_structure_loss", "histogram_loss",
+    "instance_loss", "intra_pair_variance_loss", "large_margin_softmax",
+    "large_margin_softmax_loss", "lifted_structure_loss", "manifold", "manifold_loss",
+    "margin_beta", "margin_loss", "nca_loss", "update_soft_margin_histogram",
 ]

@@ -141,8 +141,10 @@ def masked_log1p_sum_exp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Arr
   """
   top = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
   shift = jax.lax.stop_gradient(jnp.maximum(top, 0.0))
-  total = jnp.exp(-shift) + jnp.sum(jnp.where(mask, jnp.exp(x - shift), 0.0), axis=axis,
-                                    keepdims=True)
+  # Masked entries go to exp(-inf) = 0 before the exp: an overflowing exp there
+  # would make the (zero) gradient 0 * inf = NaN.
+  total = jnp.exp(-shift) + jnp.sum(jnp.exp(jnp.where(mask, x - shift, -jnp.inf)),
+                                    axis=axis, keepdims=True)
   return jnp.squeeze(shift + jnp.log(total), axis)
 
 
@@ -153,7 +155,8 @@ def masked_logsumexp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Array:
   """
   top = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
   shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
-  total = jnp.sum(jnp.where(mask, jnp.exp(x - shift), 0.0), axis=axis, keepdims=True)
+  # exp(-inf) = 0 on masked entries (an overflowing exp there: NaN gradients).
+  total = jnp.sum(jnp.exp(jnp.where(mask, x - shift, -jnp.inf)), axis=axis, keepdims=True)
   nonempty = jnp.any(mask, axis=axis, keepdims=True)
   out = jnp.where(nonempty, shift + jnp.log(jnp.where(nonempty, total, 1.0)), -jnp.inf)
   # A NaN anywhere in the row must not be hidden behind the max.
