@@ -65,6 +65,8 @@ class LossEntry:
     class_weights: the built loss has one ``[C, D]`` class matrix as its parameters:
       ``loss.weight_regularizer`` applies.
     required: fields the loss has no default for (as in PML): the config must set them.
+    margin_argument: the keyword a ``"margin"`` loss takes the schedule's margin by.
+    arguments: field -> ``fn``'s keyword where it differs from the field's own.
   """
   name: str
   fn: Callable[..., Any]
@@ -75,6 +77,8 @@ class LossEntry:
   references: bool = False
   class_weights: bool = False
   required: tuple[str, ...] = ()
+  margin_argument: str = "margin"
+  arguments: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 # Options of the ``loss`` section besides ``name`` and ``distance``; None defaults take
@@ -107,6 +111,13 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "lambda_minus": LossField(None, float),
     "margin_plus": LossField(None, float),
     "margin_minus": LossField(None, float),
+    "nu": LossField(None, float),
+    "pos_eps": LossField(None, float),
+    "neg_eps": LossField(None, float),
+    "num_bins": LossField(None, int),
+    "min_val": LossField(None, float),
+    "num_proxies": LossField(None, int),
+    "lambda_c": LossField(None, float),
 }
 
 # Options whose help line is written once in tsm.config.defaults (not per loss).
@@ -163,6 +174,13 @@ def _contrastive(given, loss, sampling, num_classes):
                                       positive_margin=loss.positive_margin)
   return functools.partial(losses.contrastive_loss, distance=loss.distance,
                            reduction=loss.reduction, positive_margin=loss.positive_margin)
+
+
+def _without_classes(given, loss, sampling, num_classes):
+  """A ``"class"`` loss whose constructor takes no number of classes (its state is a
+  histogram, or its proxies are not classes)."""
+  del sampling, num_classes
+  return LOSS_TABLE[loss.name].fn(**given)
 
 
 _FROM_SCHEDULE = "use the margin schedule's margin as the loss margin"
@@ -239,6 +257,51 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
                "lambda_minus": "weight of the negative part (None: 1)",
                "margin_plus": "positive pairs below this cosine are pulled (None: 0.9)",
                "margin_minus": "negative pairs above this cosine are pushed (None: 0.5)"}),
+    LossEntry("circle", losses.circle_loss, "margin",
+              {"gamma": "scale (None: 80)"}, margin_argument="m"),
+    LossEntry("lifted_structure", losses.lifted_structure_loss, "margin",
+              {"positive_margin": "margin of the positive pair (PML's 0)",
+               "reduction": "reduction"},
+              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"}),
+    LossEntry("generalized_lifted_structure", losses.generalized_lifted_structure_loss,
+              "margin", {"positive_margin": "margin of the positives (PML's 0)",
+                         "reduction": "reduction"},
+              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"}),
+    LossEntry("margin", losses.margin_loss, "margin",
+              {"beta": "the boundary beta, fixed (None: 1.2)",
+               "nu": "weight of the beta regulariser (None: 0)"}),
+    LossEntry("intra_pair_variance", losses.intra_pair_variance_loss, "plain",
+              {"pos_eps": "relative slack of the positives (None: 0.01)",
+               "neg_eps": "relative slack of the negatives (None: 0.01)",
+               "reduction": "reduction"}),
+    LossEntry("nca", losses.nca_loss, "plain",
+              {"softmax_scale": "scale of the negative squared distances (None: 1)",
+               "reduction": "reduction"}),
+    LossEntry("angular", losses.angular_loss, "plain",
+              {"alpha": "angle alpha in radians (None: 40 degrees)",
+               "reduction": "reduction"}),
+    LossEntry("instance", losses.instance_loss, "plain",
+              {"gamma": "logit scale (None: 64)", "reduction": "reduction"}),
+    LossEntry("fast_ap", losses.fast_ap_loss, "plain",
+              {"num_bins": "histogram bins (None: 10)", "reduction": "reduction"}),
+    LossEntry("histogram", losses.histogram_loss, "plain",
+              {"num_bins": "bins (None: 100)"}),
+    LossEntry("cosface", losses.cosface, "class",
+              {"loss_margin": "cosine margin (None: 0.35)", "scale": "logit scale (None: 64)",
+               "margin_from_schedule": _FROM_SCHEDULE}, class_weights=True),
+    LossEntry("large_margin_softmax", losses.large_margin_softmax, "class",
+              {"multiplier": "the integer angle multiplier m (None: 4)",
+               "scale": "extra logit scale (None: 1)"}, class_weights=True),
+    LossEntry("dynamic_soft_margin", losses.dynamic_soft_margin, "class",
+              {"min_val": "lowest margin of the histogram (None: -2)",
+               "num_bins": "histogram bins (None: 10)",
+               "momentum": "weight of each batch in the histogram (None: 0.01)"},
+              build=_without_classes),
+    LossEntry("manifold", losses.manifold, "class",
+              {"num_proxies": "proxies (None: 50)",
+               "lambda_c": "weight of the context loss (None: 1)",
+               "alpha": "the random walk's propagation (None: 0.8)",
+               "loss_margin": "margin (None: 5e-4)"}, build=_without_classes),
 )}
 
 
@@ -273,8 +336,8 @@ def field_help(field: str, general: str | None = None) -> str:
 def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
   """The loss of a checked ``loss`` section (see :func:`tsm.config.build_loss`)."""
   entry = LOSS_TABLE[loss.name]
-  given = {(LOSS_OPTIONS[f].argument or f): loss[f] for f in entry.fields
-           if loss[f] is not None}
+  given = {(entry.arguments.get(f) or LOSS_OPTIONS[f].argument or f): loss[f]
+           for f in entry.fields if loss[f] is not None}
   if entry.build is not None:
     fn = entry.build(given, loss, sampling, num_classes)
   elif entry.kind == "class":
@@ -285,7 +348,8 @@ def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
     if entry.takes_distance:
       given["distance"] = loss.distance
     fn = functools.partial(entry.fn, **given)
-    fn = _without_margin(fn) if entry.kind == "plain" else _margin_keyword(fn)
+    fn = (_without_margin(fn) if entry.kind == "plain"
+          else _margin_keyword(fn, entry.margin_argument))
   if entry.references and sampling not in ("triplets", "pairs"):
     fn = _wrapped(fn, loss)
   if loss.embedding_regularizer != "none" or loss.weight_regularizer != "none":
@@ -305,11 +369,11 @@ def _wrapped(fn: Any, loss: Any) -> Any:
   return fn if miner is None else losses.with_miner(fn, miner)
 
 
-def _margin_keyword(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """``fn(embeddings, labels, margin=margin)`` as a loss of the train step (a margin loss
-  may take its margin by keyword only)."""
+def _margin_keyword(fn: Callable[..., Any], keyword: str) -> Callable[..., Any]:
+  """``fn(embeddings, labels, <keyword>=margin)`` as a loss of the train step (a margin
+  loss may take its margin by keyword only, under its own name)."""
   def loss_fn(embeddings, labels, margin):
-    return fn(embeddings, labels, margin=margin)
+    return fn(embeddings, labels, **{keyword: margin})
   return loss_fn
 
 
