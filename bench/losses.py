@@ -252,7 +252,13 @@ ZOO_LOSSES = ("ntxent", "supcon", "npair", "multi_similarity", "arcface", "proxy
 # PML's further losses (tsm.config's loss table, and VICReg).
 PML_LOSSES = ("proxy_nca", "normalized_softmax", "p2sgrad", "soft_triple", "sphereface",
               "subcenter_arcface", "tuplet_margin", "snr_contrastive", "ranked_list",
-              "smooth_ap", "pnp", "tcm", "vicreg")
+              "smooth_ap", "pnp", "tcm", "vicreg", "circle", "lifted_structure",
+              "generalized_lifted_structure", "margin", "intra_pair_variance", "nca",
+              "angular", "instance", "fast_ap", "histogram", "cosface",
+              "large_margin_softmax")
+# Not timed: dynamic_soft_margin (its histogram is state carried between steps) and
+# manifold (random meta-classes drawn from a key), whose straightforward versions would
+# need that state too.
 # Sub-centres per class of the multi-centre losses (PML's defaults).
 _CENTRES = {"soft_triple": 10, "subcenter_arcface": 3}
 
@@ -487,6 +493,141 @@ def _zoo_cases(b: int, d: int):
     (v1, c1), (v2, c2) = var_cov(z1), var_cov(z2)
     return lam * jnp.mean(jnp.square(z1 - z2)) + mu * (v1 + v2) + nu * (c1 + c2), v1
 
+  def dist(xn):
+    """Euclidean distances of unit rows (0 on the diagonal, finite gradient)."""
+    sq = jnp.maximum(2.0 - 2.0 * xn @ xn.T, 1e-12)
+    return jnp.where(jnp.eye(xn.shape[0], dtype=bool), 0.0, jnp.sqrt(sq))
+
+  def masks(y):
+    n = y.shape[0]
+    pos = (y[:, None] == y[None, :]) & ~jnp.eye(n, dtype=bool)
+    return pos, y[:, None] != y[None, :]
+
+  def brute_circle(x, y, w, m=0.4, gamma=80.0):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      s = xn @ xn[a]
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      zp = -gamma * jax.lax.stop_gradient(jax.nn.relu(1.0 + m - s)) * (s - (1.0 - m))
+      zn = gamma * jax.lax.stop_gradient(jax.nn.relu(s + m)) * (s - m)
+      z = jnp.where(pos[:, None] & neg[None, :], zn[None, :] + zp[:, None], -jnp.inf)
+      return jax.nn.softplus(jax.nn.logsumexp(z))   # log(1 + sum exp): exp overflows
+    la = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(la) / jnp.maximum(jnp.sum(la > 0), 1), la
+
+  def brute_lifted(x, y, w, neg_margin=1.0, pos_margin=0.0):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    def anchor(a):   # J_ap over the negatives of both ends: [p, 2 B]
+      both = jnp.concatenate([jnp.broadcast_to(neg_margin - d[a], d.shape),
+                              neg_margin - d], axis=1)
+      keep = jnp.broadcast_to(jnp.concatenate([neg[a], neg[a]]), both.shape)  # N(p) = N(a)
+      lse = jax.nn.logsumexp(jnp.where(keep, both, -jnp.inf), axis=1)
+      j = lse + d[a] - pos_margin
+      return jnp.sum(jnp.where(pos[a], jnp.square(jax.nn.relu(j)) / 2.0, 0.0))
+    tot = jax.lax.map(jax.checkpoint(anchor), jnp.arange(x.shape[0]))
+    return jnp.sum(tot) / jnp.sum(pos), tot
+
+  def brute_generalized_lifted(x, y, w, neg_margin=1.0, pos_margin=0.0):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    lp = jax.nn.logsumexp(jnp.where(pos, d - pos_margin, -jnp.inf), axis=1)
+    ln = jax.nn.logsumexp(jnp.where(neg, neg_margin - d, -jnp.inf), axis=1)
+    la = jax.nn.relu(lp + ln)
+    return jnp.mean(la), la
+
+  def brute_margin(x, y, w, m=0.2, beta=1.2):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    def anchor(a):   # every triplet (a, p, n): [p, n]
+      hp = jax.nn.relu(d[a] - beta + m)[:, None]
+      hn = jax.nn.relu(beta - d[a] + m)[None, :]
+      t = pos[a][:, None] & neg[a][None, :]
+      return (jnp.sum(jnp.where(t, hp + hn, 0.0)),
+              jnp.sum(t & (hp > 0)) + jnp.sum(t & (hn > 0)))
+    tot, cnt = jax.lax.map(jax.checkpoint(anchor), jnp.arange(x.shape[0]))
+    return jnp.sum(tot) / jnp.maximum(jnp.sum(cnt), 1), cnt
+
+  def brute_ipv(x, y, w, pos_eps=0.01, neg_eps=0.01):
+    xn = unit(x)
+    s = xn @ xn.T
+    pos, neg = masks(y)
+    mu_p = jnp.sum(jnp.where(pos, s, 0.0)) / jnp.sum(pos)
+    mu_n = jnp.sum(jnp.where(neg, s, 0.0)) / jnp.sum(neg)
+    lp = jnp.where(pos, jnp.square(jax.nn.relu((1.0 - pos_eps) * mu_p - s)), 0.0)
+    ln = jnp.where(neg, jnp.square(jax.nn.relu(s - (1.0 + neg_eps) * mu_n)), 0.0)
+    return jnp.sum(lp) / jnp.sum(pos) + jnp.sum(ln) / jnp.sum(neg), s
+
+  def brute_nca(x, y, w, scale=1.0):
+    xn = unit(x)
+    z = -scale * jnp.sum(jnp.square(xn[:, None, :] - xn[None, :, :]), axis=-1)
+    pos, _ = masks(y)
+    others = ~jnp.eye(x.shape[0], dtype=bool)
+    li = (jax.nn.logsumexp(jnp.where(others, z, -jnp.inf), axis=1)
+          - jax.nn.logsumexp(jnp.where(pos, z, -jnp.inf), axis=1))
+    return jnp.mean(li), li
+
+  def brute_angular(x, y, w, alpha=_math.radians(40.0)):
+    xn = unit(x)
+    n = x.shape[0]
+    t = _math.tan(alpha) ** 2
+    sim = xn @ xn.T
+    def anchor(a):   # f_apn = 4 t (x_a + x_p) . x_n - 2 (1 + t) x_a . x_p over [p, n]
+      f = 4.0 * t * (sim[a][None, :] + sim) - 2.0 * (1.0 + t) * sim[a][:, None]
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      per = jnp.log1p(jnp.sum(jnp.where(neg[None, :], jnp.exp(f), 0.0), axis=1))
+      return jnp.sum(jnp.where(pos, per, 0.0)), jnp.sum(pos)
+    tot, cnt = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(tot) / jnp.sum(cnt), cnt
+
+  def brute_instance(x, y, w, gamma=64.0):
+    xn = unit(x)
+    z = gamma * xn @ xn.T
+    target = jnp.searchsorted(jnp.unique(y, size=x.shape[0], fill_value=y.max() + 1), y)
+    return ce(z, target), z
+
+  def brute_fast_ap(x, y, w, num_bins=10):
+    xn = unit(x)
+    d = jnp.sum(jnp.square(xn[:, None, :] - xn[None, :, :]), axis=-1)
+    pos, neg = masks(y)
+    delta = 4.0 / num_bins
+    centres = jnp.arange(num_bins + 1) * delta
+    pulse = jax.nn.relu(1.0 - jnp.abs(d[:, :, None] - centres) / delta)   # [B, B, L + 1]
+    hp = jnp.sum(jnp.where(pos[:, :, None], pulse, 0.0), axis=1)
+    hn = jnp.sum(jnp.where(neg[:, :, None], pulse, 0.0), axis=1)
+    cp, cn = jnp.cumsum(hp, axis=1), jnp.cumsum(hn, axis=1)
+    ap = jnp.sum(hp * cp / jnp.maximum(cp + cn, 1e-12), axis=1) / jnp.sum(pos, axis=1)
+    return jnp.mean(1.0 - ap), ap
+
+  def brute_histogram(x, y, w, num_bins=100):
+    xn = unit(x)
+    s = jnp.clip(xn @ xn.T, -1.0, 1.0)
+    pos, neg = masks(y)
+    upper = jnp.triu(jnp.ones(pos.shape, bool), 1)
+    nodes = -1.0 + jnp.arange(num_bins + 1) * (2.0 / num_bins)
+    wgt = jax.nn.relu(1.0 - jnp.abs(s[:, :, None] - nodes) / (2.0 / num_bins))
+    hp = jnp.sum(jnp.where((pos & upper)[:, :, None], wgt, 0.0), axis=(0, 1))
+    hn = jnp.sum(jnp.where((neg & upper)[:, :, None], wgt, 0.0), axis=(0, 1))
+    p_pos, p_neg = hp / jnp.sum(pos & upper), hn / jnp.sum(neg & upper)
+    return jnp.sum(p_neg * jnp.cumsum(p_pos)), hp
+
+  def brute_cosface(x, y, w, m=0.35, scale=64.0):
+    cos = unit(x) @ unit(w).T
+    return ce(scale * (cos - m * jax.nn.one_hot(y, w.shape[0])), y), cos
+
+  def brute_large_margin(x, y, w, m=4, scale=1.0):
+    norms = jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.linalg.norm(w, axis=1)
+    cos = (x @ w.T) / norms
+    c = jnp.take_along_axis(cos, y[:, None], 1)[:, 0]
+    theta = jnp.arccos(jnp.clip(c, -1.0 + 1e-7, 1.0 - 1e-7))
+    k = jax.lax.stop_gradient(jnp.floor(theta * m / _math.pi))
+    psi = (-1.0) ** k * jnp.cos(m * theta) - 2.0 * k
+    z = jnp.where(jax.nn.one_hot(y, w.shape[0]) > 0, psi[:, None], cos)
+    return ce(scale * norms * z, y), z
+
   sg = jax.lax.stop_gradient
   pml = {
       "proxy_nca": (lambda x, y, w: losses.proxy_nca_loss(x, y, w), brute_proxy_nca,
@@ -511,6 +652,23 @@ def _zoo_cases(b: int, d: int):
       "tcm": (lambda x, y, w: losses.tcm_loss(x, y), brute_tcm, False),
       "vicreg": (lambda x, y, w: losses.vicreg_loss(x, jnp.roll(x, 1, axis=1)),
                  brute_vicreg, False),
+      "circle": (lambda x, y, w: losses.circle_loss(x, y), brute_circle, False),
+      "lifted_structure": (lambda x, y, w: losses.lifted_structure_loss(x, y),
+                           brute_lifted, False),
+      "generalized_lifted_structure": (
+          lambda x, y, w: losses.generalized_lifted_structure_loss(x, y),
+          brute_generalized_lifted, False),
+      "margin": (lambda x, y, w: losses.margin_loss(x, y), brute_margin, False),
+      "intra_pair_variance": (lambda x, y, w: losses.intra_pair_variance_loss(x, y),
+                              brute_ipv, False),
+      "nca": (lambda x, y, w: losses.nca_loss(x, y), brute_nca, False),
+      "angular": (lambda x, y, w: losses.angular_loss(x, y), brute_angular, False),
+      "instance": (lambda x, y, w: losses.instance_loss(x, y), brute_instance, False),
+      "fast_ap": (lambda x, y, w: losses.fast_ap_loss(x, y), brute_fast_ap, False),
+      "histogram": (lambda x, y, w: losses.histogram_loss(x, y), brute_histogram, False),
+      "cosface": (lambda x, y, w: losses.cosface_loss(x, y, w), brute_cosface, True),
+      "large_margin_softmax": (lambda x, y, w: losses.large_margin_softmax_loss(x, y, w),
+                               brute_large_margin, True),
   }
   return {**pml,
       "ntxent": (lambda x, y, w: losses.ntxent_loss(x, y), brute_ntxent, False),
