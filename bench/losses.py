@@ -234,7 +234,7 @@ if __name__ == "__main__":
 #
 # Usage (this section has its own entry point; the triplet section keeps its own CLI):
 #   PYTHONPATH=$PWD python -c "from bench import losses; losses.zoo_main()" [--sizes 1024]
-#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute]
+#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute] [--loss-only]
 #   ... losses.zoo_main(['--losses', 'pml'])   # PML's further losses (PML_LOSSES)
 #
 # Every case is jitted ``value_and_grad`` (with respect to the embeddings and, where the
@@ -733,6 +733,8 @@ def zoo_main(argv: list[str] | None = None) -> None:
                       choices=ZOO_LOSSES + PML_LOSSES + ("pml",),
                       help="loss names; 'pml': PML's further losses (PML_LOSSES)")
   parser.add_argument("--no-brute", action="store_true")
+  parser.add_argument("--loss-only", action="store_true",
+                      help="drop tsm's statistics (XLA then skips computing them)")
   args = parser.parse_args(argv)
 
   import jax
@@ -754,6 +756,8 @@ def zoo_main(argv: list[str] | None = None) -> None:
              for n in (PML_LOSSES if name == "pml" else (name,))]
     for name in names:
       tsm_fn, brute_fn, with_w = cases[name]
+      if args.loss_only:
+        tsm_fn = (lambda f: lambda x_, y_, w_: (f(x_, y_, w_)[0], 0.0))(tsm_fn)
       shape = ((b // 4, _CENTRES[name], args.dim) if name in _CENTRES
                else (b // 4, args.dim))
       w = jax.random.normal(kw, shape, jnp.float32)
