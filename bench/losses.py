@@ -234,11 +234,13 @@ if __name__ == "__main__":
 #
 # Usage (this section has its own entry point; the triplet section keeps its own CLI):
 #   PYTHONPATH=$PWD python -c "from bench import losses; losses.zoo_main()" [--sizes 1024]
-#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute]
+#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute] [--loss-only]
+#   ... losses.zoo_main(['--losses', 'pml'])   # PML's further losses (PML_LOSSES)
 #
 # Every case is jitted ``value_and_grad`` (with respect to the embeddings and, where the
 # loss has them, the class weights / proxies), the stats returned as in training; the
-# time is the median steady-state wall time over ``--repeats`` runs after one warm-up.
+# time is the median steady-state wall time over ``--repeats`` runs after one warm-up,
+# the tsm and the brute-force runs alternating in one process.
 # Labels are P x K with K = 4 (B / 4 classes; the class-vector losses get C = B / 4).
 # "brute" is the textbook transcription: ``lax.map`` over anchors (or proxies) of the
 # definition's per-pair terms, e.g. NT-Xent builds, per anchor, the [positives x negatives]
@@ -247,6 +249,18 @@ if __name__ == "__main__":
 
 ZOO_LOSSES = ("ntxent", "supcon", "npair", "multi_similarity", "arcface", "proxy_anchor",
               "center_contrastive")
+# PML's further losses (tsm.config's loss table, and VICReg).
+PML_LOSSES = ("proxy_nca", "normalized_softmax", "p2sgrad", "soft_triple", "sphereface",
+              "subcenter_arcface", "tuplet_margin", "snr_contrastive", "ranked_list",
+              "smooth_ap", "pnp", "tcm", "vicreg", "circle", "lifted_structure",
+              "generalized_lifted_structure", "margin", "intra_pair_variance", "nca",
+              "angular", "instance", "fast_ap", "histogram", "cosface",
+              "large_margin_softmax")
+# Not timed: dynamic_soft_margin (its histogram is state carried between steps) and
+# manifold (random meta-classes drawn from a key), whose straightforward versions would
+# need that state too.
+# Sub-centres per class of the multi-centre losses (PML's defaults).
+_CENTRES = {"soft_triple": 10, "subcenter_arcface": 3}
 
 
 def _zoo_cases(b: int, d: int):
@@ -349,8 +363,314 @@ def _zoo_cases(b: int, d: int):
     li = jax.lax.map(sample, jnp.arange(x.shape[0]))
     return jnp.mean(li), li
 
+  def ce(z, y):
+    """Mean cross-entropy of logits ``z`` [B, C] against labels."""
+    return jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, y[:, None], 1)[:, 0])
+
+  def brute_proxy_nca(x, y, w, scale=1.0):
+    d = jnp.sum(jnp.square(unit(x)[:, None, :] - unit(w)[None, :, :]), axis=-1)  # [B, C]
+    return ce(-scale * d, y), d
+
+  def brute_normalized_softmax(x, y, w, t=0.05):
+    z = unit(x) @ unit(w).T / t
+    return ce(z, y), z
+
+  def brute_p2sgrad(x, y, w):
+    cos = jnp.clip(unit(x) @ unit(w).T, -1.0, 1.0)
+    return jnp.mean(jnp.square(cos - jax.nn.one_hot(y, w.shape[0]))), cos
+
+  def brute_soft_triple(x, y, w, m=0.01, la=20.0, gamma=0.1):
+    cos = jnp.einsum("bd,ckd->bck", unit(x), unit(w))
+    sim = jnp.sum(jax.nn.softmax(cos / gamma, axis=2) * cos, axis=2)
+    return ce(la * (sim - m * jax.nn.one_hot(y, w.shape[0])), y), sim
+
+  def brute_sphereface(x, y, w, m=4, scale=1.0):
+    cos = unit(x) @ unit(w).T
+    c = jnp.take_along_axis(cos, y[:, None], 1)[:, 0]
+    theta = jnp.arccos(jnp.clip(c, -1.0 + 1e-7, 1.0 - 1e-7))
+    k = jax.lax.stop_gradient(jnp.floor(theta * m / _math.pi))
+    psi = (-1.0) ** k * jnp.cos(m * theta) - 2.0 * k
+    z = jnp.where(jax.nn.one_hot(y, w.shape[0]) > 0, psi[:, None], cos)
+    return ce(scale * jnp.linalg.norm(x, axis=1, keepdims=True) * z, y), z
+
+  def brute_subcenter_arcface(x, y, w, m=_math.radians(28.6), scale=64.0):
+    cos = jnp.max(jnp.einsum("bd,ckd->bck", unit(x), unit(w)), axis=2)
+    c = jnp.take_along_axis(cos, y[:, None], 1)[:, 0]
+    theta = jnp.arccos(jnp.clip(c, -1.0 + 1e-7, 1.0 - 1e-7))
+    target = jnp.where(theta <= _math.pi - m, jnp.cos(theta + m),
+                       jnp.cos(theta) - m * _math.sin(m))
+    z = jnp.where(jax.nn.one_hot(y, w.shape[0]) > 0, target[:, None], cos)
+    return ce(scale * z, y), z
+
+  def brute_tuplet(x, y, w, m=_math.radians(5.73), s=64.0):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      c = xn @ xn[a]
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      theta = jnp.arccos(jnp.clip(c, -1.0 + 1e-7, 1.0 - 1e-7))
+      diff = s * (c[None, :] - jnp.cos(theta - m)[:, None])   # [p, n]
+      per_pos = jnp.log1p(jnp.sum(jnp.where(neg[None, :], jnp.exp(diff), 0.0), axis=1))
+      return jnp.sum(jnp.where(pos, per_pos, 0.0)), jnp.sum(pos)
+    tot, cnt = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(tot) / jnp.sum(cnt), cnt
+
+  def brute_snr(x, y, w, m=1.0):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):   # PML's SNRDistance: var(x_j - x_a) / var(x_a)
+      d = jnp.var(xn - xn[a], axis=1) / jnp.var(xn[a])
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      return jnp.where(pos, jax.nn.relu(d), 0.0), jnp.where(neg, jax.nn.relu(m - d), 0.0)
+    lp, ln = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    def mean_nonzero(v):
+      return jnp.sum(v) / jnp.maximum(jnp.sum(v > 0), 1)
+    return mean_nonzero(lp) + mean_nonzero(ln), lp
+
+  def brute_ranked_list(x, y, w, m=0.2, tn=1.0, imbalance=0.5, tp=0.0):
+    xn = unit(x)
+    n = x.shape[0]
+    a_ = 1.0 + m / 2.0
+    sq = jnp.maximum(2.0 - 2.0 * xn @ xn.T, 0.0)
+    apart = sq > 1e-6
+    d = jnp.sqrt(jnp.where(apart, sq, 1.0))
+    pos = (y[:, None] == y[None, :]) & ~jnp.eye(n, dtype=bool)
+    neg = y[:, None] != y[None, :]
+    sd = jax.lax.stop_gradient(d)
+    p_star = pos & apart & (sd > a_ - m)
+    n_star = neg & apart & (sd < a_)
+    w_p = jnp.where(p_star, jnp.exp(tp * (d - (a_ - m))), 0.0)
+    w_n = jnp.where(n_star, jnp.exp(tn * (a_ - d)), 0.0)
+    l_p = jnp.sum(w_p * (d - (a_ - m)), 1) / (jnp.sum(w_p, 1) + 1e-5 * n)
+    l_n = jnp.sum(w_n * (a_ - d), 1) / (jnp.sum(w_n, 1) + 1e-5 * n)
+    return jnp.mean((1.0 - imbalance) * l_p + imbalance * l_n), l_p
+
+  def brute_smooth_ap(x, y, w, t=0.01):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      s_a = xn @ xn[a]
+      p_a = y == y[a]
+      sig = jax.nn.sigmoid((s_a[None, :] - s_a[:, None]) / t) * (1.0 - jnp.eye(n))
+      r_all = 1.0 + jnp.sum(sig, axis=1)
+      r_pos = 1.0 + jnp.sum(jnp.where(p_a[None, :], sig, 0.0), axis=1)
+      return jnp.sum(jnp.where(p_a, r_pos / r_all, 0.0)) / jnp.sum(p_a)
+    ap = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.mean(1.0 - ap), ap
+
+  def brute_pnp(x, y, w, t=0.01):   # variant "O"
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      s_a = xn @ xn[a]
+      p_a = y == y[a]
+      sig = jax.nn.sigmoid((s_a[None, :] - s_a[:, None]) / t)
+      r = jnp.sum(jnp.where(~p_a[None, :], sig, 0.0), axis=1)
+      return jnp.sum(jnp.where(p_a, r, 0.0)) / jnp.sum(p_a)
+    la = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.mean(la), la
+
+  def brute_tcm(x, y, w, m_plus=0.9, m_minus=0.5):
+    xn = unit(x)
+    s = xn @ xn.T
+    pos = (y[:, None] == y[None, :]) & ~jnp.eye(x.shape[0], dtype=bool)
+    neg = y[:, None] != y[None, :]
+    sel_p, sel_n = pos & (s <= m_plus), neg & (s >= m_minus)
+    lp = jnp.sum(jnp.where(sel_p, m_plus - s, 0.0)) / jnp.maximum(jnp.sum(sel_p), 1)
+    ln = jnp.sum(jnp.where(sel_n, s - m_minus, 0.0)) / jnp.maximum(jnp.sum(sel_n), 1)
+    return lp + ln, s
+
+  def brute_vicreg(x, y, w, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
+    z1, z2 = x, jnp.roll(x, 1, axis=1)   # two "views" of the batch
+    def var_cov(z):
+      std = jnp.sqrt(jnp.var(z, axis=0, ddof=1) + eps)
+      zc = z - jnp.mean(z, axis=0)
+      cov = zc.T @ zc / (z.shape[0] - 1)
+      off = cov - jnp.diag(jnp.diag(cov))
+      return jnp.mean(jax.nn.relu(1.0 - std)) / 2.0, jnp.sum(jnp.square(off)) / z.shape[1]
+    (v1, c1), (v2, c2) = var_cov(z1), var_cov(z2)
+    return lam * jnp.mean(jnp.square(z1 - z2)) + mu * (v1 + v2) + nu * (c1 + c2), v1
+
+  def dist(xn):
+    """Euclidean distances of unit rows (0 on the diagonal, finite gradient)."""
+    sq = jnp.maximum(2.0 - 2.0 * xn @ xn.T, 1e-12)
+    return jnp.where(jnp.eye(xn.shape[0], dtype=bool), 0.0, jnp.sqrt(sq))
+
+  def masks(y):
+    n = y.shape[0]
+    pos = (y[:, None] == y[None, :]) & ~jnp.eye(n, dtype=bool)
+    return pos, y[:, None] != y[None, :]
+
+  def brute_circle(x, y, w, m=0.4, gamma=80.0):
+    xn = unit(x)
+    n = x.shape[0]
+    def anchor(a):
+      s = xn @ xn[a]
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      zp = -gamma * jax.lax.stop_gradient(jax.nn.relu(1.0 + m - s)) * (s - (1.0 - m))
+      zn = gamma * jax.lax.stop_gradient(jax.nn.relu(s + m)) * (s - m)
+      z = jnp.where(pos[:, None] & neg[None, :], zn[None, :] + zp[:, None], -jnp.inf)
+      return jax.nn.softplus(jax.nn.logsumexp(z))   # log(1 + sum exp): exp overflows
+    la = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(la) / jnp.maximum(jnp.sum(la > 0), 1), la
+
+  def brute_lifted(x, y, w, neg_margin=1.0, pos_margin=0.0):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    def anchor(a):   # J_ap over the negatives of both ends: [p, 2 B]
+      both = jnp.concatenate([jnp.broadcast_to(neg_margin - d[a], d.shape),
+                              neg_margin - d], axis=1)
+      keep = jnp.broadcast_to(jnp.concatenate([neg[a], neg[a]]), both.shape)  # N(p) = N(a)
+      lse = jax.nn.logsumexp(jnp.where(keep, both, -jnp.inf), axis=1)
+      j = lse + d[a] - pos_margin
+      return jnp.sum(jnp.where(pos[a], jnp.square(jax.nn.relu(j)) / 2.0, 0.0))
+    tot = jax.lax.map(jax.checkpoint(anchor), jnp.arange(x.shape[0]))
+    return jnp.sum(tot) / jnp.sum(pos), tot
+
+  def brute_generalized_lifted(x, y, w, neg_margin=1.0, pos_margin=0.0):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    lp = jax.nn.logsumexp(jnp.where(pos, d - pos_margin, -jnp.inf), axis=1)
+    ln = jax.nn.logsumexp(jnp.where(neg, neg_margin - d, -jnp.inf), axis=1)
+    la = jax.nn.relu(lp + ln)
+    return jnp.mean(la), la
+
+  def brute_margin(x, y, w, m=0.2, beta=1.2):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    def anchor(a):   # every triplet (a, p, n): [p, n]
+      hp = jax.nn.relu(d[a] - beta + m)[:, None]
+      hn = jax.nn.relu(beta - d[a] + m)[None, :]
+      t = pos[a][:, None] & neg[a][None, :]
+      return (jnp.sum(jnp.where(t, hp + hn, 0.0)),
+              jnp.sum(t & (hp > 0)) + jnp.sum(t & (hn > 0)))
+    tot, cnt = jax.lax.map(jax.checkpoint(anchor), jnp.arange(x.shape[0]))
+    return jnp.sum(tot) / jnp.maximum(jnp.sum(cnt), 1), cnt
+
+  def brute_ipv(x, y, w, pos_eps=0.01, neg_eps=0.01):
+    xn = unit(x)
+    s = xn @ xn.T
+    pos, neg = masks(y)
+    mu_p = jnp.sum(jnp.where(pos, s, 0.0)) / jnp.sum(pos)
+    mu_n = jnp.sum(jnp.where(neg, s, 0.0)) / jnp.sum(neg)
+    lp = jnp.where(pos, jnp.square(jax.nn.relu((1.0 - pos_eps) * mu_p - s)), 0.0)
+    ln = jnp.where(neg, jnp.square(jax.nn.relu(s - (1.0 + neg_eps) * mu_n)), 0.0)
+    return jnp.sum(lp) / jnp.sum(pos) + jnp.sum(ln) / jnp.sum(neg), s
+
+  def brute_nca(x, y, w, scale=1.0):
+    xn = unit(x)
+    z = -scale * jnp.sum(jnp.square(xn[:, None, :] - xn[None, :, :]), axis=-1)
+    pos, _ = masks(y)
+    others = ~jnp.eye(x.shape[0], dtype=bool)
+    li = (jax.nn.logsumexp(jnp.where(others, z, -jnp.inf), axis=1)
+          - jax.nn.logsumexp(jnp.where(pos, z, -jnp.inf), axis=1))
+    return jnp.mean(li), li
+
+  def brute_angular(x, y, w, alpha=_math.radians(40.0)):
+    xn = unit(x)
+    n = x.shape[0]
+    t = _math.tan(alpha) ** 2
+    sim = xn @ xn.T
+    def anchor(a):   # f_apn = 4 t (x_a + x_p) . x_n - 2 (1 + t) x_a . x_p over [p, n]
+      f = 4.0 * t * (sim[a][None, :] + sim) - 2.0 * (1.0 + t) * sim[a][:, None]
+      pos = (y == y[a]) & (jnp.arange(n) != a)
+      neg = y != y[a]
+      per = jnp.log1p(jnp.sum(jnp.where(neg[None, :], jnp.exp(f), 0.0), axis=1))
+      return jnp.sum(jnp.where(pos, per, 0.0)), jnp.sum(pos)
+    tot, cnt = jax.lax.map(jax.checkpoint(anchor), jnp.arange(n))
+    return jnp.sum(tot) / jnp.sum(cnt), cnt
+
+  def brute_instance(x, y, w, gamma=64.0):
+    xn = unit(x)
+    z = gamma * xn @ xn.T
+    target = jnp.searchsorted(jnp.unique(y, size=x.shape[0], fill_value=y.max() + 1), y)
+    return ce(z, target), z
+
+  def brute_fast_ap(x, y, w, num_bins=10):
+    xn = unit(x)
+    d = jnp.sum(jnp.square(xn[:, None, :] - xn[None, :, :]), axis=-1)
+    pos, neg = masks(y)
+    delta = 4.0 / num_bins
+    centres = jnp.arange(num_bins + 1) * delta
+    pulse = jax.nn.relu(1.0 - jnp.abs(d[:, :, None] - centres) / delta)   # [B, B, L + 1]
+    hp = jnp.sum(jnp.where(pos[:, :, None], pulse, 0.0), axis=1)
+    hn = jnp.sum(jnp.where(neg[:, :, None], pulse, 0.0), axis=1)
+    cp, cn = jnp.cumsum(hp, axis=1), jnp.cumsum(hn, axis=1)
+    ap = jnp.sum(hp * cp / jnp.maximum(cp + cn, 1e-12), axis=1) / jnp.sum(pos, axis=1)
+    return jnp.mean(1.0 - ap), ap
+
+  def brute_histogram(x, y, w, num_bins=100):
+    xn = unit(x)
+    s = jnp.clip(xn @ xn.T, -1.0, 1.0)
+    pos, neg = masks(y)
+    upper = jnp.triu(jnp.ones(pos.shape, bool), 1)
+    nodes = -1.0 + jnp.arange(num_bins + 1) * (2.0 / num_bins)
+    wgt = jax.nn.relu(1.0 - jnp.abs(s[:, :, None] - nodes) / (2.0 / num_bins))
+    hp = jnp.sum(jnp.where((pos & upper)[:, :, None], wgt, 0.0), axis=(0, 1))
+    hn = jnp.sum(jnp.where((neg & upper)[:, :, None], wgt, 0.0), axis=(0, 1))
+    p_pos, p_neg = hp / jnp.sum(pos & upper), hn / jnp.sum(neg & upper)
+    return jnp.sum(p_neg * jnp.cumsum(p_pos)), hp
+
+  def brute_cosface(x, y, w, m=0.35, scale=64.0):
+    cos = unit(x) @ unit(w).T
+    return ce(scale * (cos - m * jax.nn.one_hot(y, w.shape[0])), y), cos
+
+  def brute_large_margin(x, y, w, m=4, scale=1.0):
+    norms = jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.linalg.norm(w, axis=1)
+    cos = (x @ w.T) / norms
+    c = jnp.take_along_axis(cos, y[:, None], 1)[:, 0]
+    theta = jnp.arccos(jnp.clip(c, -1.0 + 1e-7, 1.0 - 1e-7))
+    k = jax.lax.stop_gradient(jnp.floor(theta * m / _math.pi))
+    psi = (-1.0) ** k * jnp.cos(m * theta) - 2.0 * k
+    z = jnp.where(jax.nn.one_hot(y, w.shape[0]) > 0, psi[:, None], cos)
+    return ce(scale * norms * z, y), z
+
   sg = jax.lax.stop_gradient
-  return {
+  pml = {
+      "proxy_nca": (lambda x, y, w: losses.proxy_nca_loss(x, y, w), brute_proxy_nca,
+                    True),
+      "normalized_softmax": (lambda x, y, w: losses.normalized_softmax_loss(x, y, w),
+                             brute_normalized_softmax, True),
+      "p2sgrad": (lambda x, y, w: losses.p2sgrad_loss(x, y, w), brute_p2sgrad, True),
+      "soft_triple": (lambda x, y, w: losses.soft_triple_loss(x, y, w), brute_soft_triple,
+                      True),
+      "sphereface": (lambda x, y, w: losses.sphereface_loss(x, y, w), brute_sphereface,
+                     True),
+      "subcenter_arcface": (lambda x, y, w: losses.subcenter_arcface_loss(x, y, w),
+                            brute_subcenter_arcface, True),
+      "tuplet_margin": (lambda x, y, w: losses.tuplet_margin_loss(x, y), brute_tuplet,
+                        False),
+      "snr_contrastive": (lambda x, y, w: losses.snr_contrastive_loss(x, y), brute_snr,
+                          False),
+      "ranked_list": (lambda x, y, w: losses.ranked_list_loss(x, y, 0.2, tn=1.0),
+                      brute_ranked_list, False),
+      "smooth_ap": (lambda x, y, w: losses.smooth_ap_loss(x, y), brute_smooth_ap, False),
+      "pnp": (lambda x, y, w: losses.pnp_loss(x, y), brute_pnp, False),
+      "tcm": (lambda x, y, w: losses.tcm_loss(x, y), brute_tcm, False),
+      "vicreg": (lambda x, y, w: losses.vicreg_loss(x, jnp.roll(x, 1, axis=1)),
+                 brute_vicreg, False),
+      "circle": (lambda x, y, w: losses.circle_loss(x, y), brute_circle, False),
+      "lifted_structure": (lambda x, y, w: losses.lifted_structure_loss(x, y),
+                           brute_lifted, False),
+      "generalized_lifted_structure": (
+          lambda x, y, w: losses.generalized_lifted_structure_loss(x, y),
+          brute_generalized_lifted, False),
+      "margin": (lambda x, y, w: losses.margin_loss(x, y), brute_margin, False),
+      "intra_pair_variance": (lambda x, y, w: losses.intra_pair_variance_loss(x, y),
+                              brute_ipv, False),
+      "nca": (lambda x, y, w: losses.nca_loss(x, y), brute_nca, False),
+      "angular": (lambda x, y, w: losses.angular_loss(x, y), brute_angular, False),
+      "instance": (lambda x, y, w: losses.instance_loss(x, y), brute_instance, False),
+      "fast_ap": (lambda x, y, w: losses.fast_ap_loss(x, y), brute_fast_ap, False),
+      "histogram": (lambda x, y, w: losses.histogram_loss(x, y), brute_histogram, False),
+      "cosface": (lambda x, y, w: losses.cosface_loss(x, y, w), brute_cosface, True),
+      "large_margin_softmax": (lambda x, y, w: losses.large_margin_softmax_loss(x, y, w),
+                               brute_large_margin, True),
+  }
+  return {**pml,
       "ntxent": (lambda x, y, w: losses.ntxent_loss(x, y), brute_ntxent, False),
       "supcon": (lambda x, y, w: losses.supcon_loss(x, y), brute_supcon, False),
       "npair": (lambda x, y, w: losses.npair_loss(x, y), brute_npair, False),
@@ -381,14 +701,40 @@ def _zoo_time(fn, args, repeats: int) -> tuple[float, float, float]:
   return compile_s, statistics.median(times), float(value)
 
 
+def _zoo_time_pair(fast, slow, args, repeats: int):
+  """Compiles both, warms both up, then alternates their runs (so that a change of the
+  machine's load hits both); returns (compile s of ``fast``, median s and loss of each)."""
+  import jax
+  start = time.perf_counter()
+  fast_c = fast.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  slow_c = slow.lower(*args).compile()
+  jax.block_until_ready(fast_c(*args))
+  jax.block_until_ready(slow_c(*args))
+  times = {0: [], 1: []}
+  values = {}
+  for _ in range(repeats):
+    for i, fn in enumerate((fast_c, slow_c)):
+      start = time.perf_counter()
+      (value, _), _ = jax.block_until_ready(fn(*args))
+      times[i].append(time.perf_counter() - start)
+      values[i] = float(value)
+  return (compile_s, statistics.median(times[0]), values[0], statistics.median(times[1]),
+          values[1])
+
+
 def zoo_main(argv: list[str] | None = None) -> None:
   """Times each study loss + gradient (B x D) and its brute-force version."""
   parser = argparse.ArgumentParser(description=zoo_main.__doc__)
   parser.add_argument("--sizes", type=int, nargs="+", default=[1024])
   parser.add_argument("--dim", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--losses", nargs="+", default=list(ZOO_LOSSES), choices=ZOO_LOSSES)
+  parser.add_argument("--losses", nargs="+", default=list(ZOO_LOSSES),
+                      choices=ZOO_LOSSES + PML_LOSSES + ("pml",),
+                      help="loss names; 'pml': PML's further losses (PML_LOSSES)")
   parser.add_argument("--no-brute", action="store_true")
+  parser.add_argument("--loss-only", action="store_true",
+                      help="drop tsm's statistics (XLA then skips computing them)")
   args = parser.parse_args(argv)
 
   import jax
@@ -406,16 +752,24 @@ def zoo_main(argv: list[str] | None = None) -> None:
     kx, kw = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.normal(kx, (b, args.dim), jnp.float32)
     y = jnp.arange(b, dtype=jnp.int32) % (b // 4)
-    w = jax.random.normal(kw, (b // 4, args.dim), jnp.float32)
-    for name in args.losses:
+    names = [n for name in args.losses
+             for n in (PML_LOSSES if name == "pml" else (name,))]
+    for name in names:
       tsm_fn, brute_fn, with_w = cases[name]
+      if args.loss_only:
+        tsm_fn = (lambda f: lambda x_, y_, w_: (f(x_, y_, w_)[0], 0.0))(tsm_fn)
+      shape = ((b // 4, _CENTRES[name], args.dim) if name in _CENTRES
+               else (b // 4, args.dim))
+      w = jax.random.normal(kw, shape, jnp.float32)
       argnums = (0, 2) if with_w else 0
       fast = jax.jit(jax.value_and_grad(tsm_fn, argnums=argnums, has_aux=True))
-      compile_s, tsm_s, tsm_loss = _zoo_time(fast, (x, y, w), args.repeats)
-      brute_s, brute_loss = float("nan"), float("nan")
-      if not args.no_brute:
-        slow = jax.jit(jax.value_and_grad(brute_fn, argnums=argnums, has_aux=True))
-        _, brute_s, brute_loss = _zoo_time(slow, (x, y, w), args.repeats)
+      slow = jax.jit(jax.value_and_grad(brute_fn, argnums=argnums, has_aux=True))
+      if args.no_brute:
+        compile_s, tsm_s, tsm_loss = _zoo_time(fast, (x, y, w), args.repeats)
+        brute_s, brute_loss = float("nan"), float("nan")
+      else:
+        compile_s, tsm_s, tsm_loss, brute_s, brute_loss = _zoo_time_pair(
+            fast, slow, (x, y, w), args.repeats)
       print(f"{name:18} {b:5d} {tsm_s:9.4f} {brute_s:9.4f} {brute_s / tsm_s:7.1f} "
             f"{compile_s:9.2f} {tsm_loss:10.5f} {brute_loss:10.5f}", flush=True)
   uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

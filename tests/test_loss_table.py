@@ -9,7 +9,11 @@ import pytest
 
 from tsm import config as config_lib
 from tsm import losses, miners, regularizers
+from tsm import train as train_lib
 from tsm.config import loss_table
+
+# The fields a loss has no default for (LossEntry.required), set for the tests.
+REQUIRED = {"ranked_list": {"tn": 1.0}}
 
 
 def _batch(b=8, d=4, classes=2, seed=0):
@@ -20,16 +24,27 @@ def _batch(b=8, d=4, classes=2, seed=0):
 
 
 @pytest.mark.parametrize("name", config_lib.LOSSES)
-def test_every_registered_loss_builds_checks_and_runs(name):
+def test_every_registered_loss_builds_checks_and_trains_two_steps(name):
   cfg = config_lib.default_config()
   cfg.loss.name = name
+  cfg.loss.update(REQUIRED.get(name, {}))
+  cfg.model.update(name="mlp", hidden_sizes=(8,), embedding_dim=4)
+  cfg.train.update(classes_per_batch=3, samples_per_class=4)
   config_lib.check_config(cfg)
-  loss = losses.as_parametric(config_lib.build_loss(cfg, num_classes=2))
-  x, y = _batch()
-  v = loss.init(jax.random.key(0), 4)
-  value, stats, _ = loss.apply(v.params, v.state, x, y, 0.2)
-  assert np.isfinite(float(value))
-  assert set(losses.common_stats(stats)) == {"num_total", "num_active", "num_easy"}
+  model = config_lib.build_model(cfg, (6,))
+  loss = config_lib.build_loss(cfg, num_classes=3)
+  schedule = config_lib.build_schedule(cfg, steps_per_epoch=1)
+  tx = config_lib.build_optimizer(cfg, 100)
+  state = train_lib.initial_state(model, loss, schedule, tx, (6,), seed=0)
+  step = train_lib.make_train_step(model, loss, schedule, tx)
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.normal(size=(12, 6)).astype(np.float32),
+           "labels": np.repeat(np.arange(3), 4).astype(np.int32)}
+  for expected_step in (1, 2):
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"])), name
+    assert int(state.step) == expected_step
+  assert {"num_total", "num_active", "num_easy"} <= set(metrics)
   entry = loss_table.LOSS_TABLE[name]
   for field, meaning in entry.fields.items():
     if field in loss_table.GENERAL_HELP_FIELDS:
@@ -37,11 +52,48 @@ def test_every_registered_loss_builds_checks_and_runs(name):
     assert f"{name}: {meaning}" in config_lib.FIELD_HELP[f"loss.{field}"]
 
 
+def test_unknown_loss_name_lists_every_registered_name():
+  cfg = config_lib.default_config()
+  cfg.loss.name = "circle_typo"
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_config(cfg)
+  message = str(e.value)
+  assert "\n" not in message and message.startswith("loss.name='circle_typo' is unknown")
+  assert message.endswith(", ".join(loss_table.LOSS_TABLE) + ".")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"name": "ranked_list"}, "loss.tn is required by loss.name=ranked_list"),
+    ({"name": "pnp", "variant": "X"}, "loss.variant='X' is unknown"),
+    ({"name": "soft_triple", "centers_per_class": 0}, "loss.centers_per_class=0"),
+    ({"name": "sphereface", "multiplier": 0}, "loss.multiplier=0 must be an integer >= 1"),
+    ({"name": "ranked_list", "tn": 1.0, "imbalance": 1.5}, "loss.imbalance=1.5"),
+    ({"name": "proxy_nca", "softmax_scale": 0.0}, "loss.softmax_scale=0.0"),
+    ({"name": "tcm", "lambda_plus": -1.0}, "loss.lambda_plus=-1.0"),
+    ({"name": "tcm", "la": 5.0}, "loss.la=5.0 does not apply to loss.name=tcm"),
+])
+def test_bad_new_loss_fields_are_one_line_config_errors(changes, message):
+  cfg = config_lib.default_config()
+  cfg.loss.update(changes)
+  with pytest.raises(config_lib.ConfigError, match=message) as e:
+    config_lib.check_config(cfg)
+  assert "\n" not in str(e.value)
+
+
+def test_a_margin_entry_takes_the_schedule_margin_by_keyword():
+  cfg = config_lib.default_config()
+  cfg.loss.name, cfg.loss.scale = "tuplet_margin", 32.0
+  x, y = _batch(seed=5)
+  got = config_lib.build_loss(cfg)(x, y, 0.15)[0]
+  np.testing.assert_allclose(got, losses.tuplet_margin_loss(x, y, margin=0.15,
+                                                            scale=32.0)[0])
+
+
 def test_table_kinds_and_fields_are_checked():
   bad = {"x": loss_table.LossEntry("x", losses.npair_loss, "weird")}
   with pytest.raises(ValueError, match="kind='weird'"):
     loss_table.check_table(bad)
-  bad = {"x": loss_table.LossEntry("x", losses.npair_loss, "plain", {"gamma": "?"})}
+  bad = {"x": loss_table.LossEntry("x", losses.npair_loss, "plain", {"zeta": "?"})}
   with pytest.raises(ValueError, match="not in LOSS_OPTIONS"):
     loss_table.check_table(bad)
 

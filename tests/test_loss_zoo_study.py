@@ -96,6 +96,21 @@ def test_runs_differ_only_in_the_loss():
     assert runs["contrastive"].margin.initial_margin == cfg.study.contrastive_margin
 
 
+def test_default_losses_are_the_papers_nine_and_any_registered_loss_runs_by_name():
+  cfg = presets.study_config(("synthetic",))
+  assert tuple(cfg.study.losses) == study.LOSSES == (
+      "triplet", "contrastive", "npair", "ntxent", "supcon", "multi_similarity",
+      "arcface", "proxy_anchor", "center_contrastive")
+  assert len(config_lib.LOSSES) > len(study.LOSSES)   # registering more changes nothing
+  cfg.study.losses = ("triplet", "soft_triple")
+  cfg.study.loss_options.soft_triple.la = 10.0
+  assert study.check_study(cfg) == ["triplet", "soft_triple"]
+  run = study.run_config(cfg, "synthetic", "soft_triple", 0)
+  config_lib.check_config(run)
+  assert run.loss.name == "soft_triple" and run.loss.la == 10.0
+  assert run.loss.centers_per_class is None   # the loss's own default
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("losses", ("triplet", "softmax"), "study.losses"),
     ("losses", ("triplet", "triplet"), "study.losses"),

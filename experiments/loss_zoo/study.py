@@ -2,9 +2,10 @@
 
 The follow-up paper (Zeng, Niu, Li, Taya, arXiv 2601.21450) compares seven losses under
 identical settings and reads their VARIANCE (intra- / inter-class, as paper B) and
-GREEDINESS (active ratio, gradient norm, loss decay). This study runs all nine losses of
-``tsm.config.LOSSES`` (the paper's seven, :data:`PAPER_LOSSES`, plus MultiSimilarity and
-ProxyAnchor, compared beside the claims, not in them) with the same
+GREEDINESS (active ratio, gradient norm, loss decay). This study runs nine losses by
+default (:data:`LOSSES`: the paper's seven, :data:`PAPER_LOSSES`, plus MultiSimilarity and
+ProxyAnchor, compared beside the claims, not in them; ``study.losses`` takes any
+registered ``loss.name``) with the same
 model, optimiser, sampler, epochs and seeds on each dataset, and measures every final
 model with :func:`experiments.common.measure.measure_embeddings` and its curves with
 :func:`experiments.common.measure.curve_summary`, plus what this study adds:
@@ -53,10 +54,14 @@ from tsm import losses as losses_lib
 
 # Claim D2 is about fine-grained retrieval: many visually close classes.
 FINE_GRAINED = ("cars196", "caltech_birds2011")
-LOSSES = tuple(config_lib.LOSSES)
-# The options a loss takes from ``study.loss_options.<loss>`` (None: the loss's default).
-_OPTION_TYPES = {"temperature": float, "alpha": float, "beta": float, "base": float,
-                 "scale": float, "loss_margin": float, "momentum": float}
+# The default ``study.losses``: the follow-up paper's seven plus MultiSimilarity and
+# ProxyAnchor. ``study.losses`` may name any registered loss (``tsm.config.LOSSES``).
+LOSSES = ("triplet", "contrastive", "npair", "ntxent", "supcon", "multi_similarity",
+          "arcface", "proxy_anchor", "center_contrastive")
+# The options a loss takes from ``study.loss_options.<loss>`` (None: the loss's default):
+# the ``loss`` fields whose config default is the loss's own.
+_OPTION_TYPES = {k: f.type for k, f in config_lib.loss_table.LOSS_OPTIONS.items()
+                 if f.default is None}
 RESULT_FILE = "zoo.json"
 ARRAYS_FILE = "zoo.npz"
 # What a run's progress record keeps of its result.
@@ -71,7 +76,7 @@ def loss_options() -> ml_collections.ConfigDict:
   ``tsm.losses``); e.g. ``--config.study.loss_options.ntxent.temperature=0.1``.
   """
   out = {}
-  for name in LOSSES:
+  for name in config_lib.LOSSES:
     fields = [f for f in config_lib.LOSS_FIELDS[name] if f in _OPTION_TYPES]
     out[name] = {f: config_dict.placeholder(_OPTION_TYPES[f]) for f in fields}
   return ml_collections.ConfigDict(out)
@@ -158,7 +163,8 @@ def study_section(datasets: tuple[str, ...]) -> ml_collections.ConfigDict:
 
   Fields:
     datasets: datasets to run, each with its own config section.
-    losses: losses compared (default: all nine of ``tsm.config.LOSSES``).
+    losses: losses compared, any registered ``loss.name`` (default: the nine of
+      :data:`LOSSES`).
     triplet_margin: the triplet loss's margin (``margin.initial_margin``, constant).
     contrastive_margin: the contrastive loss's negative margin (positive margin 0).
     loss_options: per loss, its own parameters (:func:`loss_options`).
@@ -187,7 +193,7 @@ def check_study(cfg: ml_collections.ConfigDict) -> list[str]:
   (the losses)."""
   s = cfg.study
   runs.check_fields(cfg, list(study_section(()).keys()))
-  losses = loss_studies.check_losses(cfg, LOSSES)
+  losses = loss_studies.check_losses(cfg, config_lib.LOSSES)
   checks.check_fraction(s, "fall_fraction")
   for field in ("triplet_margin", "contrastive_margin"):
     if not float(s[field]) > 0:

@@ -166,6 +166,24 @@ def _check_loss(loss: ml_collections.ConfigDict,
                                         and 0.0 <= loss.momentum < 1.0):
     raise ConfigError(f"loss.momentum={loss.momentum!r} must be in [0, 1); e.g. 0.9.")
   _bool(loss.margin_from_schedule, "loss.margin_from_schedule")
+  for field in ("softmax_scale", "la", "gamma", "b"):
+    _number(loss[field], f"loss.{field}", strict=True, optional=True)
+  for field in ("lambda_plus", "lambda_minus", "nu", "pos_eps", "neg_eps", "lambda_c"):
+    _number(loss[field], f"loss.{field}", optional=True)
+  for field in ("tn", "tp", "margin_plus", "margin_minus", "min_val"):
+    _number(loss[field], f"loss.{field}", minimum=-math.inf, optional=True)
+  _number(loss.imbalance, "loss.imbalance", optional=True)
+  if loss.imbalance is not None and loss.imbalance > 1.0:
+    raise ConfigError(f"loss.imbalance={loss.imbalance!r} must be in [0, 1]; e.g. 0.5.")
+  for field in ("centers_per_class", "sub_centers", "multiplier", "num_bins",
+                "num_proxies"):
+    _int(loss[field], f"loss.{field}", 1, optional=True)
+  if loss.variant is not None:
+    _choice(loss.variant, "loss.variant", losses.PNP_VARIANTS)
+  for field in loss_table.LOSS_TABLE[loss.name].required:
+    if loss[field] is None:
+      raise ConfigError(f"loss.{field} is required by loss.name={loss.name} (it has no "
+                        f"default); set --config.loss.{field}=<value>.")
 
 
 def _check_loss_wrappers(loss: ml_collections.ConfigDict,

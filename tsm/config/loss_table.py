@@ -62,8 +62,11 @@ class LossEntry:
       the kind's generic builder (the triplet loss's curriculum and explicit tuples).
     references: ``fn`` takes ``ref_embeddings`` / ``pair_weights`` (PML's pair and
       triplet losses): ``loss.xbm_size`` and ``loss.miner`` apply.
-    class_weights: the built loss has one class matrix as its parameters:
+    class_weights: the built loss has one ``[C, D]`` class matrix as its parameters:
       ``loss.weight_regularizer`` applies.
+    required: fields the loss has no default for (as in PML): the config must set them.
+    margin_argument: the keyword a ``"margin"`` loss takes the schedule's margin by.
+    arguments: field -> ``fn``'s keyword where it differs from the field's own.
   """
   name: str
   fn: Callable[..., Any]
@@ -73,6 +76,9 @@ class LossEntry:
   build: Callable[..., Any] | None = None
   references: bool = False
   class_weights: bool = False
+  required: tuple[str, ...] = ()
+  margin_argument: str = "margin"
+  arguments: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 # Options of the ``loss`` section besides ``name`` and ``distance``; None defaults take
@@ -90,6 +96,28 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "loss_margin": LossField(None, float, argument="margin"),
     "momentum": LossField(None, float),
     "margin_from_schedule": LossField(False, bool),
+    "softmax_scale": LossField(None, float),
+    "la": LossField(None, float),
+    "gamma": LossField(None, float),
+    "centers_per_class": LossField(None, int),
+    "sub_centers": LossField(None, int),
+    "multiplier": LossField(None, int, argument="margin"),
+    "variant": LossField(None, str),
+    "b": LossField(None, float),
+    "tn": LossField(None, float),
+    "tp": LossField(None, float),
+    "imbalance": LossField(None, float),
+    "lambda_plus": LossField(None, float),
+    "lambda_minus": LossField(None, float),
+    "margin_plus": LossField(None, float),
+    "margin_minus": LossField(None, float),
+    "nu": LossField(None, float),
+    "pos_eps": LossField(None, float),
+    "neg_eps": LossField(None, float),
+    "num_bins": LossField(None, int),
+    "min_val": LossField(None, float),
+    "num_proxies": LossField(None, int),
+    "lambda_c": LossField(None, float),
 }
 
 # Options whose help line is written once in tsm.config.defaults (not per loss).
@@ -122,8 +150,8 @@ WRAPPER_FIELDS: dict[str, tuple[Any, str]] = {
                                       "to the loss (PML's): none, "
                                       f"{', '.join(EMBEDDING_REGULARIZERS)}"),
     "embedding_reg_weight": (1.0, "weight of loss.embedding_regularizer"),
-    "weight_regularizer": ("none", "losses with class weights (arcface, proxy_anchor): "
-                                   "regularizer of the class matrix (PML's): none, "
+    "weight_regularizer": ("none", "losses with one class matrix ({}): regularizer of "
+                                   "the class matrix (PML's): none, "
                                    f"{', '.join(WEIGHT_REGULARIZERS)}"),
     "weight_reg_weight": (1.0, "weight of loss.weight_regularizer"),
 }
@@ -146,6 +174,13 @@ def _contrastive(given, loss, sampling, num_classes):
                                       positive_margin=loss.positive_margin)
   return functools.partial(losses.contrastive_loss, distance=loss.distance,
                            reduction=loss.reduction, positive_margin=loss.positive_margin)
+
+
+def _without_classes(given, loss, sampling, num_classes):
+  """A ``"class"`` loss whose constructor takes no number of classes (its state is a
+  histogram, or its proxies are not classes)."""
+  del sampling, num_classes
+  return LOSS_TABLE[loss.name].fn(**given)
 
 
 _FROM_SCHEDULE = "use the margin schedule's margin as the loss margin"
@@ -177,7 +212,103 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
               {"loss_margin": "cosine margin (None: 0)", "scale": "scale (None: 16)",
                "momentum": "momentum of the centre bank's moving average (None: 0.9)",
                "margin_from_schedule": _FROM_SCHEDULE}),
+    # PML's further losses (docs/pml.md). Class losses with a margin take the schedule's
+    # with loss.margin_from_schedule; the others have none to schedule.
+    LossEntry("proxy_nca", losses.proxy_nca, "class",
+              {"softmax_scale": "scale of the negative squared distances (None: 1)"},
+              class_weights=True),
+    LossEntry("normalized_softmax", losses.normalized_softmax, "class",
+              {"temperature": "softmax temperature (None: 0.05)"}, class_weights=True),
+    LossEntry("p2sgrad", losses.p2sgrad, "class", class_weights=True),
+    LossEntry("soft_triple", losses.soft_triple, "class",
+              {"loss_margin": "delta, subtracted from the own class's similarity "
+                              "(None: 0.01)",
+               "la": "logit scale lambda (None: 20)",
+               "gamma": "temperature over a class's centres (None: 0.1)",
+               "centers_per_class": "centres per class (None: 10)",
+               "margin_from_schedule": _FROM_SCHEDULE}),
+    LossEntry("sphereface", losses.sphereface, "class",
+              {"multiplier": "the integer angle multiplier m (None: 4)",
+               "scale": "extra logit scale (None: 1)"}, class_weights=True),
+    LossEntry("subcenter_arcface", losses.subcenter_arcface, "class",
+              {"loss_margin": "angular margin in radians (None: 28.6 degrees)",
+               "scale": "logit scale (None: 64)",
+               "sub_centers": "sub-centres per class (None: 3)",
+               "margin_from_schedule": _FROM_SCHEDULE}),
+    LossEntry("tuplet_margin", losses.tuplet_margin_loss, "margin",
+              {"scale": "logit scale (None: 64)"}),
+    LossEntry("snr_contrastive", losses.snr_contrastive_loss, "margin",
+              {"positive_margin": "positive margin on the SNR distance (PML's 0)"}),
+    LossEntry("ranked_list", losses.ranked_list_loss, "margin",
+              {"tn": "negatives' weighting temperature (required, as in PML)",
+               "imbalance": "weight of the negative part (None: 0.5)",
+               "alpha": "negatives' boundary (None: 1 + margin / 2)",
+               "tp": "positives' weighting temperature (None: 0)"},
+              required=("tn",)),
+    LossEntry("smooth_ap", losses.smooth_ap_loss, "plain",
+              {"temperature": "sigmoid temperature (None: 0.01)"}),
+    LossEntry("pnp", losses.pnp_loss, "plain",
+              {"variant": f"variant: {', '.join(losses.PNP_VARIANTS)} (None: O)",
+               "temperature": "sigmoid temperature, PML's anneal (None: 0.01)",
+               "b": "the Ib variant's constant (None: 2)",
+               "alpha": "the Dq variant's exponent (None: 1)"}),
+    LossEntry("tcm", losses.tcm_loss, "plain",
+              {"lambda_plus": "weight of the positive part (None: 1)",
+               "lambda_minus": "weight of the negative part (None: 1)",
+               "margin_plus": "positive pairs below this cosine are pulled (None: 0.9)",
+               "margin_minus": "negative pairs above this cosine are pushed (None: 0.5)"}),
+    LossEntry("circle", losses.circle_loss, "margin",
+              {"gamma": "scale (None: 80)"}, margin_argument="m"),
+    LossEntry("lifted_structure", losses.lifted_structure_loss, "margin",
+              {"positive_margin": "margin of the positive pair (PML's 0)",
+               "reduction": "reduction"},
+              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"}),
+    LossEntry("generalized_lifted_structure", losses.generalized_lifted_structure_loss,
+              "margin", {"positive_margin": "margin of the positives (PML's 0)",
+                         "reduction": "reduction"},
+              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"}),
+    LossEntry("margin", losses.margin_loss, "margin",
+              {"beta": "the boundary beta, fixed (None: 1.2)",
+               "nu": "weight of the beta regulariser (None: 0)"}),
+    LossEntry("intra_pair_variance", losses.intra_pair_variance_loss, "plain",
+              {"pos_eps": "relative slack of the positives (None: 0.01)",
+               "neg_eps": "relative slack of the negatives (None: 0.01)",
+               "reduction": "reduction"}),
+    LossEntry("nca", losses.nca_loss, "plain",
+              {"softmax_scale": "scale of the negative squared distances (None: 1)",
+               "reduction": "reduction"}),
+    LossEntry("angular", losses.angular_loss, "plain",
+              {"alpha": "angle alpha in radians (None: 40 degrees)",
+               "reduction": "reduction"}),
+    LossEntry("instance", losses.instance_loss, "plain",
+              {"gamma": "logit scale (None: 64)", "reduction": "reduction"}),
+    LossEntry("fast_ap", losses.fast_ap_loss, "plain",
+              {"num_bins": "histogram bins (None: 10)", "reduction": "reduction"}),
+    LossEntry("histogram", losses.histogram_loss, "plain",
+              {"num_bins": "bins (None: 100)"}),
+    LossEntry("cosface", losses.cosface, "class",
+              {"loss_margin": "cosine margin (None: 0.35)", "scale": "logit scale (None: 64)",
+               "margin_from_schedule": _FROM_SCHEDULE}, class_weights=True),
+    LossEntry("large_margin_softmax", losses.large_margin_softmax, "class",
+              {"multiplier": "the integer angle multiplier m (None: 4)",
+               "scale": "extra logit scale (None: 1)"}, class_weights=True),
+    LossEntry("dynamic_soft_margin", losses.dynamic_soft_margin, "class",
+              {"min_val": "lowest margin of the histogram (None: -2)",
+               "num_bins": "histogram bins (None: 10)",
+               "momentum": "weight of each batch in the histogram (None: 0.01)"},
+              build=_without_classes),
+    LossEntry("manifold", losses.manifold, "class",
+              {"num_proxies": "proxies (None: 50)",
+               "lambda_c": "weight of the context loss (None: 1)",
+               "alpha": "the random walk's propagation (None: 0.8)",
+               "loss_margin": "margin (None: 5e-4)"}, build=_without_classes),
 )}
+
+
+_default, _help = WRAPPER_FIELDS["weight_regularizer"]
+WRAPPER_FIELDS["weight_regularizer"] = (_default, _help.format(", ".join(
+    e.name for e in LOSS_TABLE.values() if e.class_weights)))
+del _default, _help
 
 
 def check_table(table: Mapping[str, LossEntry] = LOSS_TABLE) -> None:
@@ -186,7 +317,7 @@ def check_table(table: Mapping[str, LossEntry] = LOSS_TABLE) -> None:
     if entry.kind not in KINDS:
       raise ValueError(f"loss {entry.name!r}: kind={entry.kind!r} is unknown; use one of "
                        f"{', '.join(KINDS)}.")
-    unknown = [f for f in entry.fields if f not in LOSS_OPTIONS]
+    unknown = [f for f in (*entry.fields, *entry.required) if f not in LOSS_OPTIONS]
     if unknown:
       raise ValueError(f"loss {entry.name!r}: fields {unknown} are not in LOSS_OPTIONS; "
                        "add a LossField for each.")
@@ -205,8 +336,8 @@ def field_help(field: str, general: str | None = None) -> str:
 def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
   """The loss of a checked ``loss`` section (see :func:`tsm.config.build_loss`)."""
   entry = LOSS_TABLE[loss.name]
-  given = {(LOSS_OPTIONS[f].argument or f): loss[f] for f in entry.fields
-           if loss[f] is not None}
+  given = {(entry.arguments.get(f) or LOSS_OPTIONS[f].argument or f): loss[f]
+           for f in entry.fields if loss[f] is not None}
   if entry.build is not None:
     fn = entry.build(given, loss, sampling, num_classes)
   elif entry.kind == "class":
@@ -217,8 +348,8 @@ def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
     if entry.takes_distance:
       given["distance"] = loss.distance
     fn = functools.partial(entry.fn, **given)
-    if entry.kind == "plain":
-      fn = _without_margin(fn)
+    fn = (_without_margin(fn) if entry.kind == "plain"
+          else _margin_keyword(fn, entry.margin_argument))
   if entry.references and sampling not in ("triplets", "pairs"):
     fn = _wrapped(fn, loss)
   if loss.embedding_regularizer != "none" or loss.weight_regularizer != "none":
@@ -236,6 +367,14 @@ def _wrapped(fn: Any, loss: Any) -> Any:
   if loss.xbm_size:
     return losses.cross_batch_memory(fn, int(loss.xbm_size), miner=miner)
   return fn if miner is None else losses.with_miner(fn, miner)
+
+
+def _margin_keyword(fn: Callable[..., Any], keyword: str) -> Callable[..., Any]:
+  """``fn(embeddings, labels, <keyword>=margin)`` as a loss of the train step (a margin
+  loss may take its margin by keyword only, under its own name)."""
+  def loss_fn(embeddings, labels, margin):
+    return fn(embeddings, labels, **{keyword: margin})
+  return loss_fn
 
 
 def _without_margin(fn: Callable[..., Any]) -> Callable[..., Any]:
