@@ -238,8 +238,31 @@ def torch_step_fn(setup: str, inputs: np.ndarray, labels: np.ndarray):
 # ------------------------------------------------------------------ the comparison
 
 
-def compare(setup: str, batch: int, rounds: int) -> dict:
-  """Times tsm, plain Flax and PyTorch steps in alternation; medians in seconds."""
+def _library_ops(hlo: str) -> dict[str, int]:
+  """How many of a compiled program's convolutions and dots went to which library.
+
+  Counts the instructions and library-fusion kinds of XLA:CPU's optimised HLO text
+  (XNNPACK / YNNPACK / oneDNN fusions and custom calls, plain convolutions and dots), so
+  that the effect of an ``XLA_FLAGS`` setting on the program can be seen.
+  """
+  import re  # pylint: disable=import-outside-toplevel
+  keys = {"convolution": r"= \S+ convolution\(", "dot": r"= \S+ dot\(",
+          "xnn": r"__xnn_fusion|kind=kCustom.*xnn", "ynn": r"__ynn_fusion",
+          "onednn": r"onednn|__onednn"}
+  return {k: len(re.findall(v, hlo)) for k, v in keys.items()}
+
+
+
+IMPLS = ("tsm", "tsm-bf16", "flax", "flax-fastconv", "torch")
+
+
+def compare(setup: str, batch: int, rounds: int,
+            impls: tuple[str, ...] = ("tsm", "flax", "flax-fastconv", "torch")) -> dict:
+  """Times the steps named in ``impls`` (of :data:`IMPLS`) in alternation; medians in s.
+
+  ``tsm-bf16`` is tsm's step with ``model.dtype = "bfloat16"`` (bf16 compute, float32
+  parameters, optimiser state and loss) on the same batch.
+  """
   cfg = bench_train.make_config(setup, batch, data_parallel=False)
   state, step_fn, splits, sampler, _ = bench_train.build_step(cfg)
   from tsm.data import loader  # pylint: disable=import-outside-toplevel
@@ -250,6 +273,7 @@ def compare(setup: str, batch: int, rounds: int) -> dict:
   labels = np.asarray(host["labels"], np.int32)
   dev_batch = jax.device_put(host)
   compiled = step_fn.lower(state, dev_batch).compile()
+  library_ops = _library_ops(compiled.as_text())
 
   x_dev, y_dev = jax.device_put(inputs), jax.device_put(labels)
   box = {"tsm": state}
@@ -258,8 +282,20 @@ def compare(setup: str, batch: int, rounds: int) -> dict:
     box["tsm"], m = compiled(box["tsm"], dev_batch)
     return float(m["loss"])
 
-  runners = {"tsm": run_tsm}
-  convs = {"flax": None, "flax-fastconv": fast_conv}
+  runners = {}
+  if "tsm" in impls:
+    runners["tsm"] = run_tsm
+  if "tsm-bf16" in impls:
+    cfg16 = bench_train.make_config(setup, batch, data_parallel=False)
+    cfg16.model.dtype = "bfloat16"
+    box["tsm-bf16"], step16, _, _, _ = bench_train.build_step(cfg16)
+    compiled16 = step16.lower(box["tsm-bf16"], dev_batch).compile()
+
+    def run_tsm16():
+      box["tsm-bf16"], m = compiled16(box["tsm-bf16"], dev_batch)
+      return float(m["loss"])
+    runners["tsm-bf16"] = run_tsm16
+  convs = {k: v for k, v in {"flax": None, "flax-fastconv": fast_conv}.items() if k in impls}
   for name, conv in convs.items():
     flax_model = FlaxConvNet(conv) if setup == "convnet" else FlaxResNet18(conv)
     variables = flax_model.init(jax.random.key(0), jnp.asarray(inputs[:1]), train=False)
@@ -270,7 +306,7 @@ def compare(setup: str, batch: int, rounds: int) -> dict:
       box[name], loss = flax_compiled(box[name], x_dev, y_dev)
       return float(loss)
     runners[name] = run_flax
-  if _have_torch():
+  if _have_torch() and "torch" in impls:
     runners["torch"] = torch_step_fn(setup, inputs, labels)
   times = {k: [] for k in runners}
   losses = {k: f() for k, f in runners.items()}   # warm-up (and first-step losses)
@@ -282,11 +318,13 @@ def compare(setup: str, batch: int, rounds: int) -> dict:
   med = {k: statistics.median(v) for k, v in times.items()}
   out = {"setup": setup, "batch": batch, "rounds": rounds, "input_shape": list(inputs.shape[1:]),
          "median_s": med, "examples_per_s": {k: batch / v for k, v in med.items()},
-         "first_loss": losses, "times_s": times}
-  if "torch" in med:
-    out["tsm_over_torch"] = med["torch"] / med["tsm"]      # > 1: tsm faster
-    out["flax_over_torch"] = med["torch"] / med["flax"]
-  out["tsm_over_flax"] = med["flax"] / med["tsm"]
+         "first_loss": losses, "times_s": times, "tsm_library_ops": library_ops}
+  if "torch" in med:                                       # > 1: faster than PyTorch
+    out["over_torch"] = {k: med["torch"] / v for k, v in med.items()}
+    if "tsm" in med:
+      out["tsm_over_torch"] = med["torch"] / med["tsm"]
+  if "flax" in med and "tsm" in med:
+    out["tsm_over_flax"] = med["flax"] / med["tsm"]
   return out
 
 
@@ -311,21 +349,28 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--resnet-rounds", type=int, default=3)
+  parser.add_argument("--impls", default="tsm,flax,flax-fastconv,torch",
+                      help=f"comma-separated steps to time, of {','.join(IMPLS)}")
   parser.add_argument("--json", default=None)
   args = parser.parse_args()
+  impls = tuple(args.impls.split(","))
+  unknown = sorted(set(impls) - set(IMPLS))
+  if unknown:
+    parser.error(f"--impls: unknown {unknown}; choose from {','.join(IMPLS)}")
   info = header()
   print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
   if "torch" not in info:
     print("PyTorch / pytorch-metric-learning not installed: timing tsm and plain Flax only.")
-  print(f"{'setup':9s} {'impl':6s} {'median ms':>10s} {'ex/s':>8s} {'vs torch':>9s}", flush=True)
+  print("XLA_FLAGS=" + os.environ.get("XLA_FLAGS", ""), flush=True)
+  print(f"{'setup':9s} {'impl':13s} {'median ms':>10s} {'ex/s':>8s} {'vs torch':>9s}", flush=True)
   results = []
   for setup in args.setups.split(","):
     rounds = args.resnet_rounds if setup == "resnet18" else args.rounds
-    r = compare(setup, args.batch, rounds)
+    r = compare(setup, args.batch, rounds, impls)
     results.append(r)
     for name, s in r["median_s"].items():
       ratio = r["median_s"]["torch"] / s if "torch" in r["median_s"] else float("nan")
-      print(f"{setup:9s} {name:6s} {1e3 * s:10.1f} {args.batch / s:8.1f} {ratio:8.2f}x",
+      print(f"{setup:9s} {name:13s} {1e3 * s:10.1f} {args.batch / s:8.1f} {ratio:8.2f}x",
             flush=True)
   print("load average at end:", [round(x, 2) for x in os.getloadavg()])
   if args.json:
