@@ -23,7 +23,21 @@ import pytest
 
 from test_loss_zoo import B, C, D, KINDS, class_vectors, fd_grad, make_batch
 
-__all__ = ["B", "C", "D", "KINDS", "Case", "class_vectors", "make_batch", "run"]
+__all__ = ["B", "C", "D", "DEFAULT_KINDS", "KINDS", "Case", "class_vectors", "kinds",
+           "make_batch", "run"]
+
+# The batch kinds of the brute-force checks in the default run: a plain batch, one with
+# ties and a degenerate one (every row the same: zero distances). The other kinds run in
+# the slow suite; they reuse the same compiled function, so the time they cost is the
+# references' finite differences.
+DEFAULT_KINDS = ("random", "ties", "identical")
+
+
+def kinds(names=KINDS, *before):
+  """``(*before, kind)`` pytest parameters for the kinds in ``names``, those outside
+  :data:`DEFAULT_KINDS` marked slow."""
+  return [pytest.param(*before, k, marks=[] if k in DEFAULT_KINDS else [pytest.mark.slow])
+          for k in names]
 
 
 class Case(NamedTuple):
@@ -219,8 +233,8 @@ def standard_tests(cases: dict[str, Case], checked: list[str] | None = None,
   checked = list(checked or [next(iter(cases))])
   each = pytest.mark.parametrize("name", checked)
 
-  @pytest.mark.parametrize("name,kind", [(name, kind) for name in cases for kind in (
-      KINDS if name in checked else ("random",))])
+  @pytest.mark.parametrize("name,kind", [
+      p for name in cases for p in kinds(KINDS if name in checked else ("random",), name)])
   def test_value_stats_and_gradient_match_brute_force(name, kind):
     check_against_reference(cases[name], kind)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loss_checks as lc
 from test_loss_zoo import B, C, D, KINDS, fd_grad, lse, make_batch, unit
 from tsm import losses
 
@@ -189,7 +190,7 @@ def run(name, x, y, w=None, valid=ALL, dtype=jnp.float32):
 
 VARIANTS = ("proxy_nca_scale", "soft_triple_margin", "sphereface_m3")
 BASE = [name for name in CASES if name not in VARIANTS]  # the other tests: defaults only
-SWEEP = ([(name, kind) for name in CASES if name not in VARIANTS for kind in KINDS] +
+SWEEP = ([p for name in CASES if name not in VARIANTS for p in lc.kinds(KINDS, name)] +
          [pytest.param(name, kind, marks=pytest.mark.slow)  # one more compilation each
           for name in VARIANTS for kind in ("random", "ties")])
 

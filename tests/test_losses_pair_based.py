@@ -19,7 +19,8 @@ import pytest
 
 import labelled_loss_checks as checks
 from labelled_loss_checks import Runner
-from test_loss_zoo import B, KINDS, cos, make_batch, unit
+import loss_checks as lc
+from test_loss_zoo import B, cos, make_batch, unit
 from tsm import losses
 
 
@@ -150,7 +151,7 @@ BASE = ["tuplet", "snr", "tcm"]  # the tests after the brute-force one: defaults
 run = Runner(CASES)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", lc.kinds())
 @pytest.mark.parametrize("name", [
     name if name in BASE else pytest.param(name, marks=pytest.mark.slow)
     for name in CASES])  # non-default parameters: one more compilation each, slow

@@ -18,7 +18,8 @@ import pytest
 
 import labelled_loss_checks as checks
 from labelled_loss_checks import Runner
-from test_loss_zoo import KINDS, cos, make_batch, unit
+import loss_checks as lc
+from test_loss_zoo import cos, make_batch, unit
 from tsm import losses
 
 
@@ -136,7 +137,7 @@ BASE = ["smooth_ap", "pnp", "ranked_list"]  # the later tests: defaults only
 run = Runner(CASES)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", lc.kinds())
 @pytest.mark.parametrize("name", [
     name if name in BASE else pytest.param(name, marks=pytest.mark.slow)
     for name in CASES])  # non-default parameters: one more compilation each, slow

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similarity,
                                   nan_guard, pair_masks)
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _prologue
 
 ANGULAR_ALPHA = math.radians(40.0)  # PML's default, 40 degrees, in radians.
@@ -86,9 +86,7 @@ def angular_loss(
   log_sum = m[:, None] + m[None, :] + _safe_log(q) - k * s  # logsumexp_n f_apn
   log_sum = jnp.where(terms, log_sum, 0.0)
   pair_loss = jnp.where(terms, jax.nn.softplus(log_sum), 0.0)
-  nonzero = terms & (jax.lax.stop_gradient(pair_loss) > 0)
-  loss = _reduce(jnp.sum(pair_loss), jnp.sum(terms, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss, _ = reduce_terms(pair_loss, terms, reduction)
   # Negatives: logsumexp_{p in P(a)} f_apn = c s_an + log sum_p exp(m_p - k s_ap) e_pn.
   ss, es = jax.lax.stop_gradient(s), jax.lax.stop_gradient(e)
   w, h = _shifted_exp(m[None, :] - k * ss, pos)

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 
 from tsm.distances import safe_norm
 from tsm.losses._activity import ActivityStats, cosine_similarity
-from tsm.losses._base import LossVariables, ParametricLoss
+from tsm.losses._base import ParametricLoss
 from tsm.losses._proxy import (ARCFACE_MARGIN, _arcface_from_cosine, _check_num_classes,
-                               _prologue, check_angle)
-from tsm.losses._proxy_softmax import _constructor, class_cross_entropy, zero_padding
+                               _prologue, check_angle, class_vector_loss)
+from tsm.losses._proxy_softmax import class_cross_entropy, zero_padding
 from tsm.losses._softmax import _check_positive
 from tsm.losses._soft_triple import sub_centre_prologue
 
@@ -213,8 +213,8 @@ def sphereface(num_classes: int, *, margin: int = 4, scale: float = 1.0) -> Para
   """
   _check_int_margin(margin)
   _check_positive(scale, "scale")
-  return _constructor(sphereface_loss, "class_weights", num_classes, margin=margin,
-                      scale=scale)
+  return class_vector_loss(sphereface_loss, "class_weights", num_classes, margin=margin,
+                           scale=scale)
 
 
 def subcenter_arcface(num_classes: int, *, sub_centers: int = 3,
@@ -241,14 +241,9 @@ def subcenter_arcface(num_classes: int, *, sub_centers: int = 3,
     raise ValueError(f"sub_centers must be a positive int; got {sub_centers!r}.")
   _check_positive(scale, "scale")
 
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
-    w = jax.random.normal(rng, (num_classes, sub_centers, embedding_dim), jnp.float32)
-    return LossVariables(params={"class_weights": w}, state={})
+  def draw(rng, embedding_dim):
+    return jax.random.normal(rng, (num_classes, sub_centers, embedding_dim), jnp.float32)
 
-  def apply(params, state, embeddings, labels, sched_margin):
-    m = sched_margin if margin_from_schedule else margin
-    loss, stats = subcenter_arcface_loss(embeddings, labels, params["class_weights"],
-                                         margin=m, scale=scale)
-    return loss, stats, state
-
-  return ParametricLoss(init=init, apply=apply)
+  return class_vector_loss(subcenter_arcface_loss, "class_weights", num_classes,
+                           draw=draw, margin=margin, scale=scale,
+                           margin_from_schedule=margin_from_schedule)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from tsm.losses._activity import ActivityStats, activity_stats, nan_guard, pair_masks
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._lp import lp_distances
 from tsm.losses._softmax import _prologue
 
@@ -76,9 +76,7 @@ def fast_ap_loss(
   num_pos = jnp.sum(pos, axis=1)
   terms = num_pos > 0
   sample_loss = jnp.where(terms, missed / jnp.maximum(num_pos, 1).astype(d.dtype), 0.0)
-  nonzero = terms & (jax.lax.stop_gradient(sample_loss) > 0)
-  loss = _reduce(jnp.sum(sample_loss), jnp.sum(terms, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss, nonzero = reduce_terms(sample_loss, terms, reduction)
   bins = jnp.arange(num_bins + 1)
   last_pos_bin = jnp.max(jnp.where(jax.lax.stop_gradient(hp) > 0, bins, -1), axis=1)
   stats = activity_stats(terms=terms, active=nonzero, neg_terms=neg & terms[:, None],

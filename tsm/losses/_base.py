@@ -32,6 +32,26 @@ def _reduce(total: chex.Array, num_mined: chex.Array, num_active: chex.Array,
   return total / jnp.maximum(denominator, 1.0).astype(total.dtype)
 
 
+def reduce_terms(term_loss: chex.Array, terms: chex.Array,
+                 reduction: str) -> tuple[chex.Array, chex.Array]:
+  """Reduces per-term losses over their terms.
+
+  Args:
+    term_loss: the loss of each term (zero outside ``terms``).
+    terms: bool mask of the same shape: the terms the loss is taken over.
+    reduction: ``"mean"`` over ``terms``, ``"mean_nonzero"`` over the terms with a
+      non-zero loss, or ``"sum"``.
+
+  Returns:
+    ``(loss, nonzero)``: the reduced loss and the bool mask of the terms with a
+    non-zero loss.
+  """
+  nonzero = terms & (jax.lax.stop_gradient(term_loss) > 0)
+  loss = _reduce(jnp.sum(term_loss), jnp.sum(terms, dtype=jnp.float32),
+                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  return loss, nonzero
+
+
 def _no_grad(tree):
   return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
 

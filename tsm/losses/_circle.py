@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similarity,
                                   masked_logsumexp, nan_guard, pair_masks)
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _check_positive, _prologue
 
 
@@ -70,9 +70,7 @@ def circle_loss(
   terms = jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
   anchor_loss = jnp.where(terms, jax.nn.softplus(jnp.where(terms, lse_p + lse_n, 0.0)),
                           0.0)
-  nonzero = terms & (jax.lax.stop_gradient(anchor_loss) > 0)
-  loss = _reduce(jnp.sum(anchor_loss), jnp.sum(terms, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss, _ = reduce_terms(anchor_loss, terms, reduction)
   zs = jax.lax.stop_gradient(z)
   max_p = jnp.max(jnp.where(pos, zs, -jnp.inf), axis=1)
   max_n = jnp.max(jnp.where(neg, zs, -jnp.inf), axis=1)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similarity,
                                   masked_logsumexp, nan_guard)
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _check_positive, _prologue
 
 
@@ -71,9 +71,7 @@ def instance_loss(
   lse = masked_logsumexp(z, cols, axis=1)
   z_target = jnp.sum(jnp.where(target, z, 0.0), axis=1)
   sample_loss = jnp.where(v, jnp.where(v, lse, 0.0) - z_target, 0.0)
-  nonzero = v & (jax.lax.stop_gradient(sample_loss) > 0)
-  loss = _reduce(jnp.sum(sample_loss), jnp.sum(v, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss, _ = reduce_terms(sample_loss, v, reduction)
   zs, zt = jax.lax.stop_gradient(z), jax.lax.stop_gradient(z_target)
   others = cols & ~target & v[:, None]
   max_other = jnp.max(jnp.where(others, zs, -jnp.inf), axis=1)

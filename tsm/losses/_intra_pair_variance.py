@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similarity,
                                   nan_guard, pair_masks)
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _prologue
 
 
@@ -61,9 +61,8 @@ def intra_pair_variance_loss(
     count = jnp.sum(mask, dtype=jnp.float32)
     mean = jnp.sum(jnp.where(mask, s, 0.0)) / jnp.maximum(count, 1.0).astype(s.dtype)
     pair_loss = jnp.where(mask, jnp.square(jax.nn.relu(sign * (s - scale * mean))), 0.0)
-    on = mask & (jax.lax.stop_gradient(pair_loss) > 0)
-    parts.append(_reduce(jnp.sum(pair_loss), count, jnp.sum(on, dtype=jnp.float32),
-                         reduction))
+    part, on = reduce_terms(pair_loss, mask, reduction)
+    parts.append(part)
     active.append(on)
   stats = activity_stats(terms=pos | neg, active=active[0] | active[1], neg_terms=neg,
                          neg_active=active[1], embeddings=x, labels=labels, valid=v)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, masked_logsumexp,
                                   nan_guard, pair_masks)
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import _reduce, check_reduction, reduce_terms
 from tsm.losses._lp import lp_distances
 from tsm.losses._softmax import _prologue
 
@@ -139,9 +139,7 @@ def generalized_lifted_structure_loss(
   lse_p = jnp.where(jnp.any(pos, axis=1), lse_p, 0.0)
   lse_n = jnp.where(jnp.any(neg, axis=1), lse_n, 0.0)
   anchor_loss = jnp.where(v, jax.nn.relu(lse_p + lse_n), 0.0)
-  active = v & (jax.lax.stop_gradient(anchor_loss) > 0)
-  loss = _reduce(jnp.sum(anchor_loss), jnp.sum(v, dtype=jnp.float32),
-                 jnp.sum(active, dtype=jnp.float32), reduction)
+  loss, active = reduce_terms(anchor_loss, v, reduction)
   ds = jax.lax.stop_gradient(d)
   neg_active = jax.lax.stop_gradient(lse_p)[:, None] + mn - ds > 0
   stats = activity_stats(terms=v, active=active, neg_terms=neg, neg_active=neg_active,

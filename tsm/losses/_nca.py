@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, masked_logsumexp,
                                   nan_guard, pair_masks)
-from tsm.losses._base import _reduce, check_reduction
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._lp import lp_distances
 from tsm.losses._softmax import _check_positive, _prologue
 
@@ -66,9 +66,7 @@ def nca_loss(
   lse_all = masked_logsumexp(z, pos | neg, axis=1)
   lse_pos = masked_logsumexp(z, pos, axis=1)
   sample_loss = jnp.where(terms, jnp.where(terms, lse_all - lse_pos, 0.0), 0.0)
-  nonzero = terms & (jax.lax.stop_gradient(sample_loss) > 0)
-  loss = _reduce(jnp.sum(sample_loss), jnp.sum(terms, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss, _ = reduce_terms(sample_loss, terms, reduction)
   zs = jax.lax.stop_gradient(z)
   max_p = jnp.max(jnp.where(pos, zs, -jnp.inf), axis=1)
   max_n = jnp.max(jnp.where(neg, zs, -jnp.inf), axis=1)

@@ -31,17 +31,28 @@ def check_angle(margin, name: str = "margin") -> None:
                      "degrees: use math.radians).")
 
 
-def _check_class_vectors(vectors, embeddings, name: str) -> None:
+def _check_class_vectors(vectors, embeddings, name: str, *,
+                         sub_centres: bool = False) -> None:
+  """One-line ValueError unless ``vectors`` is ``[num_classes, D]`` (with ``sub_centres``:
+  ``[num_classes, per_class, D]``), ``D`` the embedding size."""
+  layout, what = (("num_classes, per_class", "the centres of each class") if sub_centres
+                  else ("num_classes", "one row per class"))
   shape = getattr(vectors, "shape", None)
-  if shape is None or len(shape) != 2 or shape[1] != embeddings.shape[1]:
-    raise ValueError(f"{name} must be [num_classes, {embeddings.shape[1]}] (one row per "
-                     f"class, the embedding size); got shape {shape}.")
+  if (shape is None or len(shape) != 2 + sub_centres
+      or shape[-1] != embeddings.shape[1]):
+    raise ValueError(f"{name} must be [{layout}, {embeddings.shape[1]}] ({what}, the "
+                     f"embedding size); got shape {shape}.")
 
 
-def _prologue(embeddings, labels, vectors, name, valid):
+def _prologue(embeddings, labels, vectors, name, valid, *, sub_centres: bool = False):
+  """Checked inputs of a loss against class vectors (see :func:`_check_class_vectors`).
+
+  Returns:
+    ``(x, w, onehot, v)``: the embeddings and class vectors in the working dtype, the
+    ``[B, C]`` own-class mask and the ``[B]`` valid rows.
+  """
   check_inputs(embeddings, labels)
-  _check_class_vectors(vectors, embeddings, name)
-  chex.assert_rank([embeddings, labels, vectors], [2, 1, 2])
+  _check_class_vectors(vectors, embeddings, name, sub_centres=sub_centres)
   chex.assert_type(labels, int)
   dtype = _float_dtype(embeddings)
   onehot = labels[:, None] == jnp.arange(vectors.shape[0])[None, :]
@@ -194,6 +205,41 @@ def _check_num_classes(num_classes) -> None:
     raise ValueError(f"num_classes must be a positive int; got {num_classes!r}.")
 
 
+def class_vector_loss(loss_fn, key: str, num_classes: int, *, draw=None,
+                      margin_from_schedule: bool = False, **kwargs) -> ParametricLoss:
+  """``loss_fn(embeddings, labels, params[key], **kwargs)`` as a :class:`ParametricLoss`
+  with trainable class vectors and no state.
+
+  Args:
+    loss_fn: ``(embeddings, labels, class_vectors, **kwargs) -> (loss, stats)``.
+    key: the name of the class vectors in ``params``.
+    num_classes: number of classes ``C`` (checked here).
+    draw: ``(rng, embedding_dim) -> array``, the initial class vectors; by default
+      ``[C, D]`` from a standard normal (PML's ``normal_``).
+    margin_from_schedule: pass ``apply``'s scheduled margin as ``margin=`` (replacing
+      ``kwargs["margin"]``); otherwise ``apply`` ignores it.
+    **kwargs: fixed keyword arguments of ``loss_fn``.
+
+  Returns:
+    The :class:`ParametricLoss`.
+  """
+  _check_num_classes(num_classes)
+  if draw is None:
+
+    def draw(rng, embedding_dim):
+      return jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
+
+  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+    return LossVariables(params={key: draw(rng, embedding_dim)}, state={})
+
+  def apply(params, state, embeddings, labels, sched_margin):
+    kw = dict(kwargs, margin=sched_margin) if margin_from_schedule else kwargs
+    loss, stats = loss_fn(embeddings, labels, params[key], **kw)
+    return loss, stats, state
+
+  return ParametricLoss(init=init, apply=apply)
+
+
 def arcface(num_classes: int, *, margin: float = ARCFACE_MARGIN, scale: float = 64.0,
             margin_from_schedule: bool = False) -> ParametricLoss:
   """:func:`arcface_loss` as a :class:`ParametricLoss` with trainable class weights.
@@ -213,19 +259,8 @@ def arcface(num_classes: int, *, margin: float = ARCFACE_MARGIN, scale: float = 
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
-
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
-    w = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
-    return LossVariables(params={"class_weights": w}, state={})
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    m = sched_margin if margin_from_schedule else margin
-    loss, stats = arcface_loss(embeddings, labels, params["class_weights"], margin=m,
-                               scale=scale)
-    return loss, stats, state
-
-  return ParametricLoss(init=init, apply=apply)
+  return class_vector_loss(arcface_loss, "class_weights", num_classes, margin=margin,
+                           scale=scale, margin_from_schedule=margin_from_schedule)
 
 
 def proxy_anchor(num_classes: int, *, margin: float = 0.1, alpha: float = 32.0,
@@ -246,16 +281,10 @@ def proxy_anchor(num_classes: int, *, margin: float = 0.1, alpha: float = 32.0,
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
 
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+  def draw(rng, embedding_dim):
     p = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
-    return LossVariables(params={"proxies": p * math.sqrt(2.0 / num_classes)}, state={})
+    return p * math.sqrt(2.0 / num_classes)
 
-  def apply(params, state, embeddings, labels, sched_margin):
-    m = sched_margin if margin_from_schedule else margin
-    loss, stats = proxy_anchor_loss(embeddings, labels, params["proxies"], margin=m,
-                                    alpha=alpha)
-    return loss, stats, state
-
-  return ParametricLoss(init=init, apply=apply)
+  return class_vector_loss(proxy_anchor_loss, "proxies", num_classes, draw=draw, margin=margin,
+                           alpha=alpha, margin_from_schedule=margin_from_schedule)

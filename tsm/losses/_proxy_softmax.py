@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from tsm.distances import l2_normalize, pairwise_squared_euclidean
 from tsm.losses._activity import (ActivityStats, cosine_similarity, masked_logsumexp,
                                   nan_guard)
-from tsm.losses._base import LossVariables, ParametricLoss
-from tsm.losses._proxy import _check_num_classes, _class_softmax_stats, _prologue
+from tsm.losses._base import ParametricLoss
+from tsm.losses._proxy import _class_softmax_stats, _prologue, class_vector_loss
 from tsm.losses._softmax import _check_positive
 
 
@@ -141,26 +141,6 @@ def normalized_softmax_loss(
   return class_cross_entropy(cosine_similarity(x, w) / temperature, onehot, v, x, labels)
 
 
-def _constructor(loss_fn, key: str, num_classes: int, init=None, **kwargs
-                 ) -> ParametricLoss:
-  """``loss_fn(embeddings, labels, params[key], **kwargs)`` as a :class:`ParametricLoss`
-  without state whose ``apply`` ignores the schedule's margin; ``init`` draws
-  ``params = {key: [C, D]}`` from a standard normal (PML's ``normal_``) unless given."""
-  _check_num_classes(num_classes)
-  if init is None:
-
-    def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
-      w = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
-      return LossVariables(params={key: w}, state={})
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    del sched_margin
-    loss, stats = loss_fn(embeddings, labels, params[key], **kwargs)
-    return loss, stats, state
-
-  return ParametricLoss(init=init, apply=apply)
-
-
 def proxy_nca(num_classes: int, *, softmax_scale: float = 1.0) -> ParametricLoss:
   """:func:`proxy_nca_loss` as a :class:`ParametricLoss` with trainable proxies.
 
@@ -175,8 +155,8 @@ def proxy_nca(num_classes: int, *, softmax_scale: float = 1.0) -> ParametricLoss
     The :class:`ParametricLoss`.
   """
   _check_positive(softmax_scale, "softmax_scale")
-  return _constructor(proxy_nca_loss, "proxies", num_classes,
-                      softmax_scale=softmax_scale)
+  return class_vector_loss(proxy_nca_loss, "proxies", num_classes,
+                           softmax_scale=softmax_scale)
 
 
 def normalized_softmax(num_classes: int, *, temperature: float = 0.05) -> ParametricLoss:
@@ -193,8 +173,8 @@ def normalized_softmax(num_classes: int, *, temperature: float = 0.05) -> Parame
     The :class:`ParametricLoss`.
   """
   _check_positive(temperature, "temperature")
-  return _constructor(normalized_softmax_loss, "class_weights", num_classes,
-                      temperature=temperature)
+  return class_vector_loss(normalized_softmax_loss, "class_weights", num_classes,
+                           temperature=temperature)
 
 
 def p2sgrad_loss(
@@ -264,8 +244,8 @@ def p2sgrad(num_classes: int) -> ParametricLoss:
     The :class:`ParametricLoss`.
   """
 
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
+  def draw(rng, embedding_dim):
     w = jax.random.uniform(rng, (num_classes, embedding_dim), jnp.float32, -1.0, 1.0)
-    return LossVariables(params={"class_weights": l2_normalize(w)}, state={})
+    return l2_normalize(w)
 
-  return _constructor(p2sgrad_loss, "class_weights", num_classes, init=init)
+  return class_vector_loss(p2sgrad_loss, "class_weights", num_classes, draw=draw)

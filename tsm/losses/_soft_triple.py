@@ -13,37 +13,25 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsm.losses._activity import ActivityStats, cosine_similarity, valid_rows
-from tsm.losses._base import LossVariables, ParametricLoss, _float_dtype, check_inputs
-from tsm.losses._proxy import _check_num_classes
+from tsm.losses._activity import ActivityStats, cosine_similarity
+from tsm.losses._base import ParametricLoss
+from tsm.losses._proxy import _check_num_classes, _prologue, class_vector_loss
 from tsm.losses._proxy_softmax import class_cross_entropy, zero_padding
 from tsm.losses._softmax import _check_positive
-
-
-def check_sub_centres(vectors, embeddings, name: str) -> None:
-  """One-line ValueError unless ``vectors`` is ``[num_classes, per_class, D]``."""
-  shape = getattr(vectors, "shape", None)
-  if shape is None or len(shape) != 3 or shape[2] != embeddings.shape[1]:
-    raise ValueError(f"{name} must be [num_classes, per_class, {embeddings.shape[1]}] "
-                     f"(the centres of each class, the embedding size); got shape {shape}.")
 
 
 def sub_centre_prologue(embeddings, labels, vectors, name, valid):
   """Checked inputs of a loss against ``[C, K, D]`` class centres.
 
   Returns:
-    ``(x, cos, onehot, v)``: the embeddings in the working dtype, the ``[B, C, K]``
-    cosines to every centre, the ``[B, C]`` own-class mask and the ``[B]`` valid rows.
+    ``(x, cos, onehot, v)``: the embeddings in the working dtype (padding rows zeroed),
+    the ``[B, C, K]`` cosines to every centre, the ``[B, C]`` own-class mask and the
+    ``[B]`` valid rows.
   """
-  check_inputs(embeddings, labels)
-  check_sub_centres(vectors, embeddings, name)
-  chex.assert_type(labels, int)
-  dtype = _float_dtype(embeddings)
-  v = valid_rows(labels, valid)
-  x = zero_padding(embeddings.astype(dtype), v)
-  c, k, d = vectors.shape
-  cos = cosine_similarity(x, vectors.astype(dtype).reshape(c * k, d)).reshape(-1, c, k)
-  onehot = labels[:, None] == jnp.arange(c)[None, :]
+  x, w, onehot, v = _prologue(embeddings, labels, vectors, name, valid, sub_centres=True)
+  x = zero_padding(x, v)
+  c, k, d = w.shape
+  cos = cosine_similarity(x, w.reshape(c * k, d)).reshape(-1, c, k)
   return x, cos, onehot, v
 
 
@@ -126,17 +114,12 @@ def soft_triple(num_classes: int, *, centers_per_class: int = 10, margin: float 
                      f"{centers_per_class!r}.")
   _check_positive(la, "la")
   _check_positive(gamma, "gamma")
-  bound = 1.0 / math.sqrt(num_classes * centers_per_class)
 
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
-    w = jax.random.uniform(rng, (num_classes, centers_per_class, embedding_dim),
-                           jnp.float32, -bound, bound)
-    return LossVariables(params={"centers": w}, state={})
+  def draw(rng, embedding_dim):
+    bound = 1.0 / math.sqrt(num_classes * centers_per_class)
+    return jax.random.uniform(rng, (num_classes, centers_per_class, embedding_dim),
+                              jnp.float32, -bound, bound)
 
-  def apply(params, state, embeddings, labels, sched_margin):
-    m = sched_margin if margin_from_schedule else margin
-    loss, stats = soft_triple_loss(embeddings, labels, params["centers"], margin=m, la=la,
-                                   gamma=gamma)
-    return loss, stats, state
-
-  return ParametricLoss(init=init, apply=apply)
+  return class_vector_loss(soft_triple_loss, "centers", num_classes, draw=draw,
+                           margin=margin, la=la, gamma=gamma,
+                           margin_from_schedule=margin_from_schedule)

@@ -18,17 +18,16 @@ import jax.numpy as jnp
 
 from tsm.distances import safe_norm
 from tsm.losses._activity import ActivityStats, cosine_similarity, masked_logsumexp, nan_guard
-from tsm.losses._base import LossVariables, ParametricLoss, _reduce, check_reduction
-from tsm.losses._proxy import _check_num_classes, _class_softmax_stats, _prologue
+from tsm.losses._base import ParametricLoss, check_reduction, reduce_terms
+from tsm.losses._proxy import (_check_num_classes, _class_softmax_stats, _prologue,
+                               class_vector_loss)
 
 
 def _cross_entropy(z, z_target, onehot, used, reduction, x, labels, v):
   """Per-sample ``logsumexp_k z_k - z_y`` over ``used`` samples, reduced, and stats."""
   lse = masked_logsumexp(z, jnp.ones_like(onehot), axis=1)
   sample_loss = jnp.where(used, lse - z_target, 0.0)
-  nonzero = used & (jax.lax.stop_gradient(sample_loss) > 0)
-  loss = _reduce(jnp.sum(sample_loss), jnp.sum(used, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss, _ = reduce_terms(sample_loss, used, reduction)
   stats = _class_softmax_stats(z, z_target, onehot, used, x, labels, v)
   return nan_guard(loss, x, v), stats
 
@@ -167,13 +166,6 @@ def large_margin_softmax_loss(
   return _cross_entropy(z, z_target, onehot, used, reduction, x, labels, v)
 
 
-def _class_weights_init(num_classes):
-  def init(rng: chex.PRNGKey, embedding_dim: int) -> LossVariables:
-    w = jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)
-    return LossVariables(params={"class_weights": w}, state={})
-  return init
-
-
 def cosface(num_classes: int, *, margin: float = 0.35, scale: float = 64.0,
             margin_from_schedule: bool = False) -> ParametricLoss:
   """:func:`cosface_loss` as a :class:`ParametricLoss` with trainable class weights.
@@ -192,15 +184,8 @@ def cosface(num_classes: int, *, margin: float = 0.35, scale: float = 64.0,
   Returns:
     The :class:`ParametricLoss`.
   """
-  _check_num_classes(num_classes)
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    m = sched_margin if margin_from_schedule else margin
-    loss, stats = cosface_loss(embeddings, labels, params["class_weights"], margin=m,
-                               scale=scale)
-    return loss, stats, state
-
-  return ParametricLoss(init=_class_weights_init(num_classes), apply=apply)
+  return class_vector_loss(cosface_loss, "class_weights", num_classes, margin=margin,
+                           scale=scale, margin_from_schedule=margin_from_schedule)
 
 
 def large_margin_softmax(num_classes: int, *, margin: int = 4,
@@ -221,11 +206,5 @@ def large_margin_softmax(num_classes: int, *, margin: int = 4,
   """
   _check_num_classes(num_classes)
   _check_lsoftmax(margin, scale)
-
-  def apply(params, state, embeddings, labels, sched_margin):
-    del sched_margin
-    loss, stats = large_margin_softmax_loss(embeddings, labels, params["class_weights"],
-                                            margin=margin, scale=scale)
-    return loss, stats, state
-
-  return ParametricLoss(init=_class_weights_init(num_classes), apply=apply)
+  return class_vector_loss(large_margin_softmax_loss, "class_weights", num_classes,
+                           margin=margin, scale=scale)
