@@ -164,7 +164,11 @@ def test_restore_latest_of_all_corrupt_checkpoints_is_one_line(tmp_path, caplog)
                             "restored (step 2: ")
   assert "remove that directory" in message
   assert sorted(os.listdir(tmp_path)) == before   # nothing renamed or removed
-  assert not caplog.records
+  # Nothing logged but, at times, asyncio's "exception was never retrieved" for the failed
+  # restore's orphaned reads (when they are collected is up to the event loop): exactly
+  # what the commands' checkpoint.quiet_orbax() filter drops, so a user sees one line.
+  assert all(r.name == "asyncio" and not checkpoint_lib._ORPHANED_READS.filter(r)
+             for r in caplog.records), [r.getMessage()[:200] for r in caplog.records]
 
 
 def test_restore_of_a_template_that_does_not_fit_is_one_line(tmp_path):
