@@ -1,5 +1,9 @@
 """The training loop: ``fit(model, loss, schedule, optimizer, data, workdir=...)``.
 
+Why one module of this length: the loop, its resume (checkpoints, history, run identity)
+and its stopping rules share one state and one order of events; the periodic work around
+it (progress, logs, TensorBoard, figures, summary files) is in :mod:`tsm.hooks`.
+
 ``fit`` takes built objects — any Flax module, any loss ``(embeddings, labels, margin)
 -> (loss, stats)`` with the common statistics shape (or a ``tsm.losses.ParametricLoss``),
 any margin schedule, an optax transform, data as in-memory arrays or

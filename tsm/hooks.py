@@ -1,5 +1,8 @@
 """What the fit loop calls as it runs: progress, log lines, TensorBoard, figures, summary.
 
+Why one module of this length: the hook protocol and its five built-in hooks, each small,
+sit together so that one file shows everything the loop can call and in which order.
+
 :func:`tsm.fit.fit` runs the steps, epochs, evaluators and checkpoints and knows nothing
 of how a run is shown or what files it leaves besides ``metrics.jsonl`` and
 ``checkpoints/``. At fixed points it calls each of its hooks (the periodic actions of

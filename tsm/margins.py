@@ -1,5 +1,8 @@
 """Margin schedules for margin-based metric-learning losses.
 
+Why one module of this length: seven schedules built on one :class:`MarginSchedule`
+shape, one state and one ``_make``, each beside the argument check it owns.
+
 Each schedule is a :class:`MarginSchedule`, a triple of pure functions in the style of
 optax's ``GradientTransformation``, acting on a :class:`MarginState` pytree::
 

@@ -1,5 +1,8 @@
 """Tables and claim tests over seeds, shared by the studies under ``experiments/``.
 
+Why one module of this length: the paired and Welch comparisons, the exact sign-flip
+test, Holm and the verdict rule are one statistical engine whose parts decide together.
+
 A study trains each variant (a loss, a margin schedule, ...) under several seeds; this
 module turns the per-seed numbers into mean ± std cells, writes them as Markdown and CSV,
 and decides paper claims from the numbers with a significance test.
