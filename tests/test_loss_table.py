@@ -168,3 +168,40 @@ def test_regularizer_fields_add_the_regularizers():
   cfg.loss.margin_from_schedule = False
   with pytest.raises(config_lib.ConfigError, match="applies to arcface, proxy_anchor"):
     config_lib.check_config(cfg)
+
+
+@pytest.mark.parametrize("per_class,shape", [(False, ()), (True, (3,))])
+def test_margin_beta_learns_its_beta_from_the_command_line(per_class, shape):
+  cfg = config_lib.default_config()
+  cfg.loss.name = "margin_beta"
+  cfg.loss.update(beta=1.1, loss_margin=0.3, beta_per_class=per_class)
+  cfg.model.update(name="mlp", hidden_sizes=(8,), embedding_dim=4)
+  cfg.train.update(classes_per_batch=3, samples_per_class=4, learning_rate=0.05)
+  config_lib.check_config(cfg)
+  model = config_lib.build_model(cfg, (6,))
+  loss = config_lib.build_loss(cfg, num_classes=3)
+  schedule = config_lib.build_schedule(cfg, steps_per_epoch=1)
+  state = train_lib.initial_state(model, loss, schedule, config_lib.build_optimizer(cfg, 10),
+                                  (6,), seed=0)
+  np.testing.assert_array_equal(np.asarray(state.loss_params["beta"]),
+                                np.full(shape, 1.1, np.float32))
+  # At its initial beta the loss is the fixed-beta margin loss at alpha = 0.3.
+  x, y = _batch(b=12, classes=3)
+  value, _, _ = loss.apply(state.loss_params, state.loss_state, x, y, 1.0)
+  fixed, _ = losses.margin_loss(x, y, margin=0.3, beta=1.1)
+  np.testing.assert_allclose(float(value), float(fixed), rtol=1e-6)
+  step = train_lib.make_train_step(model, loss, schedule, config_lib.build_optimizer(cfg, 10))
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.normal(size=(12, 6)).astype(np.float32),
+           "labels": np.repeat(np.arange(3), 4).astype(np.int32)}
+  state, _ = step(state, batch)
+  assert np.asarray(state.loss_params["beta"]).shape == shape
+  assert np.all(np.asarray(state.loss_params["beta"]) != 1.1)   # learnt
+
+
+def test_beta_per_class_without_classes_is_one_line():
+  cfg = config_lib.default_config()
+  cfg.loss.name = "margin_beta"
+  cfg.loss.beta_per_class = True
+  with pytest.raises(ValueError, match="beta_per_class=True needs the number of classes"):
+    config_lib.build_loss(cfg, num_classes=None)

@@ -118,6 +118,7 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "min_val": LossField(None, float),
     "num_proxies": LossField(None, int),
     "lambda_c": LossField(None, float),
+    "beta_per_class": LossField(False, bool),
 }
 
 # Options whose help line is written once in tsm.config.defaults (not per loss).
@@ -181,6 +182,16 @@ def _without_classes(given, loss, sampling, num_classes):
   histogram, or its proxies are not classes)."""
   del sampling, num_classes
   return LOSS_TABLE[loss.name].fn(**given)
+
+
+def _margin_beta(given, loss, sampling, num_classes):
+  """Margin loss with a learnt beta: one beta, or one per class (PML's
+  ``num_classes``) with ``loss.beta_per_class``."""
+  del loss, sampling
+  per_class = given.pop("beta_per_class", False)
+  if per_class and num_classes is None:
+    raise ValueError("loss.beta_per_class=True needs the number of classes.")
+  return losses.margin_beta(int(num_classes) if per_class else None, **given)
 
 
 _FROM_SCHEDULE = "use the margin schedule's margin as the loss margin"
@@ -270,6 +281,13 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
     LossEntry("margin", losses.margin_loss, "margin",
               {"beta": "the boundary beta, fixed (None: 1.2)",
                "nu": "weight of the beta regulariser (None: 0)"}),
+    LossEntry("margin_beta", losses.margin_beta, "class",
+              {"loss_margin": "alpha (None: 0.2)",
+               "beta": "the boundary beta's initial value, learnt (None: 1.2)",
+               "nu": "weight of the beta regulariser (None: 0)",
+               "beta_per_class": "one learnt beta per class (PML's num_classes)",
+               "margin_from_schedule": _FROM_SCHEDULE},
+              build=_margin_beta),
     LossEntry("intra_pair_variance", losses.intra_pair_variance_loss, "plain",
               {"pos_eps": "relative slack of the positives (None: 0.01)",
                "neg_eps": "relative slack of the negatives (None: 0.01)",
