@@ -266,7 +266,8 @@ def test_write_evidence_writes_summary_dots_and_links(tmp_path):
 
 def test_pages_say_which_rule_decided_their_verdicts():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for name in ("margin_study", "loss_study", "loss_zoo"):
+  for name in ("margin_study", "loss_study", "loss_zoo",
+               *(f"from_scratch/{n}" for n in ("margin_study", "loss_study", "loss_zoo"))):
     with open(os.path.join(root, "docs", "results", f"{name}.md")) as f:
       text = f.read()
     notes = docs.rule_notes(text)
@@ -294,7 +295,7 @@ def test_pages_say_which_rule_decided_their_verdicts():
 
 def test_readme_and_build_notes_quote_the_generated_summaries():
   from experiments.common import quotes
-  texts = quotes.summaries()   # from docs/results/tiny/<study>/study.json
+  texts = quotes.summaries()   # from docs/results/frozen_lite0/<study>/study.json
   assert set(texts) == {"margin_study", "loss_study", "loss_zoo"}
   for name in quotes.QUOTING:
     with open(os.path.join(quotes.ROOT, name)) as f:
@@ -303,7 +304,7 @@ def test_readme_and_build_notes_quote_the_generated_summaries():
       assert docs.quoted_summary(text, study, name) == summary, (
           f"{name}'s {study} quote is stale: python -m experiments.common.quotes")
       assert summary.startswith(f"Setting: {quotes.label(study)}: ")
-      assert "not a paper-scale result" in summary.splitlines()[0]
+      assert summary.splitlines()[0].endswith("; 20 seeds."), summary.splitlines()[0]
   assert quotes.main(["--check"]) == 0
 
 
@@ -345,7 +346,7 @@ def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):
       assert f.read(4) == b"\x89PNG"
 
 
-def test_quotes_command_one_line_exit_2_without_a_tiny_run(tmp_path, monkeypatch, capsys):
+def test_quotes_command_one_line_exit_2_without_a_committed_run(tmp_path, monkeypatch, capsys):
   from experiments.common import quotes
   monkeypatch.setattr(quotes, "ROOT", str(tmp_path))
   assert quotes.main(["--check"]) == 2

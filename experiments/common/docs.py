@@ -22,7 +22,7 @@ then one sentence per claim: claim, setting, verdict, difference with its interv
 :func:`claim_sentences`) and beside each claim a paired dot plot (``claims/``, linked
 from ``claims.md`` and ``report.md``; :func:`write_evidence`, called by
 :func:`experiments.common.runs.run_study`). README.md and BUILD_NOTES.md quote the
-summaries of the small committed runs ``docs/results/tiny/<study>/study.json`` verbatim
+summaries of the committed runs ``docs/results/frozen_lite0/<study>/study.json`` verbatim
 between ``<!-- summary:<study> -->`` and ``<!-- /summary:<study> -->`` lines
 (:func:`refresh_quotes`; ``python -m experiments.common.quotes`` refreshes them).
 
