@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -352,3 +353,21 @@ def test_quotes_command_one_line_exit_2_without_a_committed_run(tmp_path, monkey
   assert quotes.main(["--check"]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "margin_study/study.json is missing" in err
+
+
+def test_the_page_names_the_rerun_and_its_wall_time(tmp_path):
+  first, rerun = tmp_path / "first", tmp_path / "rerun"
+  first.mkdir()
+  rerun.mkdir()
+  timing = {"wall_s": 1918.4, "runs": 300, "trained": 300, "workers": 2,
+            "xla_threads": 0, "load": 8.84, "invocations": 1}
+  (rerun / "study.json").write_text(json.dumps({"timing": timing}))
+  (first / "study.json").write_text(json.dumps(
+      {"config": {"study": {"compare_to": str(rerun)}}}))
+  assert docs.rerun_line(str(first)) == (
+      f"- rerun compared with (the stability check), {rerun}: wall time 1918 s for 300 "
+      "runs (300 trained) with 2 worker process(es), xla_threads 0, load 8.8")
+  (rerun / "study.json").unlink()
+  assert docs.rerun_line(str(first)).endswith(": its timing is not recorded")
+  (first / "study.json").write_text(json.dumps({"config": {"study": {"compare_to": ""}}}))
+  assert docs.rerun_line(str(first)) == ""
