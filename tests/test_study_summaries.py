@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -266,7 +267,8 @@ def test_write_evidence_writes_summary_dots_and_links(tmp_path):
 
 def test_pages_say_which_rule_decided_their_verdicts():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for name in ("margin_study", "loss_study", "loss_zoo"):
+  for name in ("margin_study", "loss_study", "loss_zoo",
+               *(f"from_scratch/{n}" for n in ("margin_study", "loss_study", "loss_zoo"))):
     with open(os.path.join(root, "docs", "results", f"{name}.md")) as f:
       text = f.read()
     notes = docs.rule_notes(text)
@@ -294,7 +296,7 @@ def test_pages_say_which_rule_decided_their_verdicts():
 
 def test_readme_and_build_notes_quote_the_generated_summaries():
   from experiments.common import quotes
-  texts = quotes.summaries()   # from docs/results/tiny/<study>/study.json
+  texts = quotes.summaries()   # from docs/results/frozen_lite0/<study>/study.json
   assert set(texts) == {"margin_study", "loss_study", "loss_zoo"}
   for name in quotes.QUOTING:
     with open(os.path.join(quotes.ROOT, name)) as f:
@@ -303,7 +305,7 @@ def test_readme_and_build_notes_quote_the_generated_summaries():
       assert docs.quoted_summary(text, study, name) == summary, (
           f"{name}'s {study} quote is stale: python -m experiments.common.quotes")
       assert summary.startswith(f"Setting: {quotes.label(study)}: ")
-      assert "not a paper-scale result" in summary.splitlines()[0]
+      assert summary.splitlines()[0].endswith("; 20 seeds."), summary.splitlines()[0]
   assert quotes.main(["--check"]) == 0
 
 
@@ -345,9 +347,27 @@ def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):
       assert f.read(4) == b"\x89PNG"
 
 
-def test_quotes_command_one_line_exit_2_without_a_tiny_run(tmp_path, monkeypatch, capsys):
+def test_quotes_command_one_line_exit_2_without_a_committed_run(tmp_path, monkeypatch, capsys):
   from experiments.common import quotes
   monkeypatch.setattr(quotes, "ROOT", str(tmp_path))
   assert quotes.main(["--check"]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "margin_study/study.json is missing" in err
+
+
+def test_the_page_names_the_rerun_and_its_wall_time(tmp_path):
+  first, rerun = tmp_path / "first", tmp_path / "rerun"
+  first.mkdir()
+  rerun.mkdir()
+  timing = {"wall_s": 1918.4, "runs": 300, "trained": 300, "workers": 2,
+            "xla_threads": 0, "load": 8.84, "invocations": 1}
+  (rerun / "study.json").write_text(json.dumps({"timing": timing}))
+  (first / "study.json").write_text(json.dumps(
+      {"config": {"study": {"compare_to": str(rerun)}}}))
+  assert docs.rerun_line(str(first)) == (
+      f"- rerun compared with (the stability check), {rerun}: wall time 1918 s for 300 "
+      "runs (300 trained) with 2 worker process(es), xla_threads 0, load 8.8")
+  (rerun / "study.json").unlink()
+  assert docs.rerun_line(str(first)).endswith(": its timing is not recorded")
+  (first / "study.json").write_text(json.dumps({"config": {"study": {"compare_to": ""}}}))
+  assert docs.rerun_line(str(first)) == ""

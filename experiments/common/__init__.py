@@ -25,5 +25,5 @@
 * :mod:`~experiments.common.docs`: a study's results page (``docs/results/<study>.md``),
   and its ``summary.md`` and per-claim plots written from its ``study.json``;
 * :mod:`~experiments.common.quotes`: the study summaries README.md and BUILD_NOTES.md
-  quote, generated from the tiny runs in ``docs/results/tiny/``.
+  quote, generated from the committed runs in ``docs/results/frozen_lite0/``.
 """

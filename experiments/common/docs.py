@@ -22,7 +22,7 @@ then one sentence per claim: claim, setting, verdict, difference with its interv
 :func:`claim_sentences`) and beside each claim a paired dot plot (``claims/``, linked
 from ``claims.md`` and ``report.md``; :func:`write_evidence`, called by
 :func:`experiments.common.runs.run_study`). README.md and BUILD_NOTES.md quote the
-summaries of the small committed runs ``docs/results/tiny/<study>/study.json`` verbatim
+summaries of the committed runs ``docs/results/frozen_lite0/<study>/study.json`` verbatim
 between ``<!-- summary:<study> -->`` and ``<!-- /summary:<study> -->`` lines
 (:func:`refresh_quotes`; ``python -m experiments.common.quotes`` refreshes them).
 
@@ -442,13 +442,30 @@ def report_preamble(workdir: str) -> list[str]:
   return out
 
 
-def timing_sentence(workdir: str) -> str:
-  """The study's wall time in words (``study.json``'s timing, else ``timing.json``)."""
+def _timing(workdir: str) -> dict[str, Any] | None:
+  """The study's timing record (``study.json``'s, else ``timing.json``), or None."""
   record = read_json(os.path.join(workdir, "study.json")) or {}
   timing = record.get("timing") or read_json(os.path.join(workdir, "timing.json"))
-  if not timing or "wall_s" not in timing:
+  return timing if timing and "wall_s" in timing else None
+
+
+def timing_sentence(workdir: str) -> str:
+  """The study's wall time in words (``study.json``'s timing, else ``timing.json``)."""
+  timing = _timing(workdir)
+  return "" if timing is None else timing_lib.timing_line(timing).capitalize() + "."
+
+
+def rerun_line(workdir: str) -> str:
+  """The settings line of the rerun the study was compared with (its
+  ``study.compare_to``): where it is and its wall time, or ``""`` without one."""
+  record = read_json(os.path.join(workdir, "study.json")) or {}
+  other = ((record.get("config") or {}).get("study") or {}).get("compare_to") or ""
+  if not other:
     return ""
-  return timing_lib.timing_line(timing).capitalize() + "."
+  timing = _timing(other)
+  return (f"- rerun compared with (the stability check), {other}: "
+          + ("its timing is not recorded" if timing is None
+             else timing_lib.timing_line(timing)))
 
 
 def page(workdir: str, *, title: str, about: str, tables: Sequence[str],
@@ -477,6 +494,9 @@ def page(workdir: str, *, title: str, about: str, tables: Sequence[str],
     lines += ["```bash", *commands, "```", ""]
   settings = report_preamble(workdir) if settings is None else list(settings)
   lines += settings
+  rerun = rerun_line(workdir)
+  if rerun:
+    lines += [rerun]
   timing = timing_sentence(workdir)
   if timing and not any("wall time" in line for line in settings):
     lines += ["", timing]

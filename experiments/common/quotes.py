@@ -2,13 +2,13 @@
 checks or refreshes them.
 
 Each study's quoted summary is generated (:func:`experiments.common.docs.study_summary`)
-from a small real run of it committed as ``docs/results/tiny/<study>/study.json`` (its
-config, runs and claims with their per-seed values), so the quoted text is what the
-report code writes for that run. Its first line names the run as a tiny pipeline run:
-the paper-scale results are the pages under ``docs/results/``. BUILD_NOTES.md quotes
-each summary whole; README.md its headline (:func:`experiments.common.docs.
-summary_headline`: the claims that reached a verdict and the counts), so that it stays
-short.
+from its run in the papers' protocol (20 seeds, a head on the frozen EfficientNet-Lite0's
+cached Fashion-MNIST features), committed as ``docs/results/frozen_lite0/<study>/
+study.json`` (its config, runs, and claims with their per-seed values and the rerun's
+verdicts), so the quoted text is what the report code writes for that run, unstable
+claims marked. Its first line names the run. BUILD_NOTES.md quotes each summary whole;
+README.md its headline (:func:`experiments.common.docs.summary_headline`: the claims
+that reached a verdict and the counts), so that it stays short.
 
   python -m experiments.common.quotes           # rewrite stale quotes
   python -m experiments.common.quotes --check   # exit 1 naming any stale quote
@@ -24,7 +24,7 @@ from typing import Sequence
 from experiments.common import docs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join("docs", "results", "tiny")
+RUNS = os.path.join("docs", "results", "frozen_lite0")
 STUDIES = ("margin_study", "loss_study", "loss_zoo")
 QUOTING = ("README.md", "BUILD_NOTES.md")
 HEADLINE = ("README.md",)   # these quote the headline, the others the whole summary
@@ -32,20 +32,21 @@ HEADLINE = ("README.md",)   # these quote the headline, the others the whole sum
 
 def label(study: str) -> str:
   """The run's name in its summary's first line."""
-  return (f"tiny pipeline run ({TINY}/{study}/study.json), not a paper-scale result")
+  return (f"the papers' protocol on frozen EfficientNet-Lite0 features, checked against "
+          f"a rerun with other XLA threads ({RUNS}/{study}/study.json)")
 
 
 def summaries(root: str | None = None) -> dict[str, str]:
-  """``{study: summary}`` of each committed tiny run (under ``root``, default the
+  """``{study: summary}`` of each committed run (under ``root``, default the
   repository)."""
   root = ROOT if root is None else root
   out = {}
   for study in STUDIES:
-    path = os.path.join(root, TINY, study, "study.json")
+    path = os.path.join(root, RUNS, study, "study.json")
     record = docs.read_json(path)
     if record is None:
-      raise FileNotFoundError(f"{path} is missing; run the study's tiny run and copy its "
-                              "study.json there (see BUILD_NOTES.md).")
+      raise FileNotFoundError(f"{path} is missing; run the study and copy its "
+                              f"study.json there ({RUNS}/README.md).")
     out[study] = docs.study_summary(record, label(study))
   return out
 
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m experiments.common.quotes",
       description="Checks or refreshes the study summaries quoted in README.md and "
-      "BUILD_NOTES.md from docs/results/tiny/<study>/study.json.")
+      f"BUILD_NOTES.md from {RUNS}/<study>/study.json.")
   parser.add_argument("--check", action="store_true",
                       help="only compare; exit 1 naming the stale quotes")
   args = parser.parse_args(argv)

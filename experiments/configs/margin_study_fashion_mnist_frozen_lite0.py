@@ -33,17 +33,16 @@ after the 10 % validation hold-out, test 500; ``study.vary_data``), and every ep
 8 batches (``train.steps_per_epoch``, equal for every seed, as training seeds together
 needs; a larger subsample needs it raised with it: about 0.9 x num_examples / 60).
 
-Measured with ``python bench/seeds_step.py
+Run on 2 cores of an AMD EPYC (2026-12-07), twice at once: with single-threaded XLA in
+each worker (``study.xla_threads=1``) 3,131 s, and with XLA's default threads
+(``study.xla_threads=0``) 1,918 s, at load average 8.8-10.4 (the two runs and other
+jobs shared the cores); no verdict differs between the two
+(``docs/results/margin_study.md``). The step's cost, from ``python bench/seeds_step.py
 --config=experiments/configs/margin_study_fashion_mnist_frozen_lite0.py --seeds=20
---examples=1200`` (random features, no cache needed; 2026-12-07): one step of an arm's
-20 seeds together took 0.51 s on 2 cores at load average 9 (26 ms a seed-step; one seed
-alone 19 ms a step: on 2 CPU cores the batched step is not cheaper per seed, what
-training together saves is each run's compilation, start-up and data loading), and the
-first epoch's compilation 36 s; so the 15 arms x 50 epochs x 8 steps = 6,000 steps take
-at most about 52 minutes at that load, plus 15 compilations (about 9 minutes) and the
-evaluation (per seed and epoch the validation loss on 50 images, effective margins at 3
-epochs, the final test; not measured). An upper bound: the machine was shared with other
-engineers, and the study was not run.
+--examples=1200`` (random features, no cache needed): one step of an arm's 20 seeds
+together 0.51 s at load 9 (26 ms a seed-step; one seed alone 19 ms: on 2 CPU cores the
+batched step is not cheaper per seed, what training together saves is each run's
+compilation, start-up and data loading).
 Quick look: ``--config.study.seeds=2 --config.study.epochs=2
 --config.study.schedules=dams``.
 
