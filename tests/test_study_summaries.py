@@ -371,3 +371,18 @@ def test_the_page_names_the_rerun_and_its_wall_time(tmp_path):
   assert docs.rerun_line(str(first)).endswith(": its timing is not recorded")
   (first / "study.json").write_text(json.dumps({"config": {"study": {"compare_to": ""}}}))
   assert docs.rerun_line(str(first)) == ""
+
+
+def test_a_run_on_a_pretrained_trunk_is_described_by_its_trunk():
+  from experiments.common import runs
+  from tsm import config as config_lib
+  cfg = config_lib.default_config()
+  cfg.model.update(trunk="efficientnet_lite0", freeze_trunk=True, head="linear",
+                   embedding_dim=128)
+  assert runs.describe(cfg).startswith(
+      "ImageNet efficientnet_lite0 (frozen: a head on its cached features) + linear "
+      "head, 128-d, ")
+  cfg.model.freeze_trunk = False
+  assert runs.describe(cfg).startswith("ImageNet efficientnet_lite0 + linear head, 128-d")
+  cfg.model.trunk = "none"
+  assert runs.describe(cfg).startswith(f"model {cfg.model.name} + linear head, 128-d")

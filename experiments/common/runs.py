@@ -355,7 +355,13 @@ def shape_line(cfg: Any, arms: Sequence[Any], noun: str) -> str:
 def describe(run: Any) -> str:
   """A run's model, epochs, batch, learning rate and split in words (a report line)."""
   m, t = run.model, run.train
-  parts = [f"model {m.name}" + (f" + {m.head} head" if m.head != "none" else "")
+  trunk = m.get("trunk", "none")
+  if trunk != "none":   # model.name is then unused: the trunk feeds the head
+    model = (f"ImageNet {trunk}" + (" (frozen: a head on its cached features)"
+                                    if m.freeze_trunk else ""))
+  else:
+    model = f"model {m.name}"
+  parts = [model + (f" + {m.head} head" if m.head != "none" else "")
            + f", {m.embedding_dim}-d",
            f"{t.epochs} epochs", f"batch {t.batch_size}" if t.sampling != "pk" else
            f"batch {t.classes_per_batch} x {t.samples_per_class}",
