@@ -108,3 +108,22 @@ def test_more_epochs_continue_the_run_exactly_and_are_recorded(tmp_path):
   with open(workdir / "config.json") as f:
     assert json.load(f)["train"]["epochs"] == 3   # the plain command now resumes it
   assert os.path.exists(workdir / "summary.json")
+
+
+def test_a_run_saved_before_a_field_existed_is_the_same_run_at_that_fields_default(tmp_path):
+  saved = config_lib.to_json(tiny_config())
+  del saved["loss"]["beta_per_class"]   # a field tsm added after this run was saved
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert config_lib.check_same_run(str(tmp_path), tiny_config()) == {}
+  # Away from its default the new field is a change like any other.
+  changed = tiny_config()
+  changed.loss.beta_per_class = True
+  with pytest.raises(config_lib.ConfigError, match=r"loss\.beta_per_class \(None there, "
+                     r"True now\)\); that field cannot change"):
+    config_lib.check_same_run(str(tmp_path), changed)
+  # A field present in the saved config keeps its saved value, default or not.
+  saved["loss"]["beta_per_class"] = True
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_lib.ConfigError, match="beta_per_class"):
+    config_lib.check_same_run(str(tmp_path), tiny_config())

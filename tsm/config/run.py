@@ -59,6 +59,25 @@ def _epochs_done(workdir: str) -> int:
   return sum(r.get("kind") == "epoch" for r in records)
 
 
+def _newer_field_at_default(saved: dict[str, Any], path: str, now: Any) -> bool:
+  """Whether ``path`` is a field the saved config predates (its key is absent there)
+  whose value now is tsm's default: a field added to tsm keeps the old behaviour at its
+  default, so the run is the same run."""
+  node: Any = saved
+  for key in path.split("."):
+    if not isinstance(node, dict):
+      return False
+    if key not in node:
+      default: Any = to_json(default_config())
+      for k in path.split("."):
+        if not isinstance(default, dict) or k not in default:
+          return False
+        default = default[k]
+      return default == now
+    node = node[key]
+  return False
+
+
 def check_same_run(workdir: str, cfg: ml_collections.ConfigDict, *,
                    resume_with_changes: bool = False) -> dict[str, list[Any]]:
   """Refuses a ``workdir`` that holds a run of another config.
@@ -82,7 +101,8 @@ def check_same_run(workdir: str, cfg: ml_collections.ConfigDict, *,
   if saved is None:
     return {}
   current = to_json(cfg)
-  found = workdir_lib.differences(saved, current, ignore=RUN_CONTROL_FIELDS)
+  found = [d for d in workdir_lib.differences(saved, current, ignore=RUN_CONTROL_FIELDS)
+           if not _newer_field_at_default(saved, d[0], d[2])]
   resumable = {".".join(k) for k in RESUMABLE_FIELDS}
 
   def shown(path: str, there: Any, now: Any) -> str:
