@@ -193,6 +193,17 @@ def test_reference_columns_are_the_transposed_rows_bit_for_bit(distance):
   np.testing.assert_array_equal(got[:, 103:], 0.0)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_neighbors_device_key_path_matches_full_sort(method, monkeypatch):
+  # The accelerator path (keys from one jitted program), run on the CPU device.
+  monkeypatch.setattr(neighbors.jax, "default_backend", lambda: "gpu")
+  rng = np.random.default_rng(14)
+  x, _ = integer_data(rng, 61, 3, 4)
+  order = brute_order(brute_distances(x, x, "euclidean"), True)
+  idx, _ = metrics.nearest_neighbors(x, k=9, chunk_size=16, method=method)
+  np.testing.assert_array_equal(idx, order[:, :9])
+
+
 def test_block_minima_are_minima_of_strided_blocks():
   key = np.random.default_rng(13).standard_normal((3, 48)).astype(np.float32)
   got = neighbors._block_minima(key, 16)  # pylint: disable=protected-access
