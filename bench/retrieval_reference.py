@@ -237,25 +237,25 @@ def main() -> None:
       runs[name].append(time.perf_counter() - t)
       print(f"  round {r} {name:8s} {runs[name][-1]:7.2f} s  load "
             f"{os.getloadavg()[0]:.1f}", flush=True)
-  results.pop("tsm_cold")
   med = {k: statistics.median(v) for k, v in runs.items()}
-  diff = max(abs(results["tsm"][k] - results[args.baseline][k]) for k in NAMES)
+  diff = max(abs(results[t][k] - results[args.baseline][k])
+             for t in ("tsm_cold", "tsm") for k in NAMES)
   # Per round, each tsm call against the mean of the two baseline calls of its round.
   base_round = [statistics.mean(runs[args.baseline][2 * r:2 * r + 2])
                 for r in range(args.rounds)]
   spread = {k: [t / b for t, b in zip(runs[k], base_round)] for k in ("tsm_cold", "tsm")}
   for name in ("tsm_cold", "tsm", args.baseline):
-    shown = results["tsm" if name == "tsm_cold" else name]
     print(f"{name:8s} median {med[name]:7.2f} s  (" +
           ", ".join(f"{t:.1f}" for t in runs[name]) + ")  " +
-          "  ".join(f"{k}={shown[k]:.6f}" for k in NAMES), flush=True)
+          "  ".join(f"{k}={results[name][k]:.6f}" for k in NAMES), flush=True)
   cold, warm = med["tsm_cold"] / med[args.baseline], med["tsm"] / med[args.baseline]
   print(f"tsm cold / {args.baseline} = {cold:.3f} (rounds "
         f"{', '.join(f'{v:.2f}' for v in spread['tsm_cold'])}; first call in the process "
         f"{runs['tsm_cold'][0]:.1f} s)\n"
         f"tsm warm / {args.baseline} = {warm:.3f} (rounds "
         f"{', '.join(f'{v:.2f}' for v in spread['tsm'])})\n"
-        f"largest metric difference {diff:.2e}; load average at end "
+        f"largest metric difference (cold and warm tsm against {args.baseline}) {diff:.2e}; "
+        f"load average at end "
         f"{[round(v, 2) for v in os.getloadavg()]}")
   if args.json:
     with open(args.json, "w") as f:
