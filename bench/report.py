@@ -98,9 +98,13 @@ def rows(folder: str) -> list[tuple[str, str, str, str, str]]:
   if ret:
     h = ret["header"]
     b = h["baseline"]
-    out.append((f"retrieval N={h['n']} (s)", f"{ret['median_s']['tsm']:.1f}",
+    out.append((f"retrieval N={h['n']} warm (s)", f"{ret['median_s']['tsm']:.1f}",
                 f"{b} {ret['median_s'][b]:.1f}", f"{ret['time_ratio']:.2f} of the time",
-                f"<= 0.6, |diff| {ret['max_abs_diff']:.1e}"))
+                f"<= 0.5, |diff| {ret['max_abs_diff']:.1e}"))
+    if "cold_ratio" in ret:
+      out.append((f"retrieval N={h['n']} cold (s)", f"{ret['median_s']['tsm_cold']:.1f}",
+                  f"{b} {ret['median_s'][b]:.1f}", f"{ret['cold_ratio']:.2f} of the time",
+                  "<= 0.6, compilation included"))
   big = _load(os.path.join(folder, "retrieval1m.json"))
   if big:
     runs = big["runs"]

@@ -180,6 +180,37 @@ def test_reference_rows_chunked_equal_augment_bit_for_bit(distance):
   np.testing.assert_array_equal(got[103:], 0.0)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_reference_columns_are_the_transposed_rows_bit_for_bit(distance):
+  # The CPU path keeps the gallery transposed for the BLAS product.
+  rng = np.random.default_rng(12)
+  r = rng.standard_normal((103, 5)).astype(np.float32)
+  order = rng.permutation(103)
+  want = neighbors._augment(r[order], queries=False, distance=distance)
+  got = neighbors._reference_columns(r, order, 112, distance=distance, chunk_rows=40)
+  assert got.shape == (6, 112)
+  np.testing.assert_array_equal(got[:, :103], want.T)
+  np.testing.assert_array_equal(got[:, 103:], 0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_neighbors_device_key_path_matches_full_sort(method, monkeypatch):
+  # The accelerator path (keys from one jitted program), run on the CPU device.
+  monkeypatch.setattr(neighbors.jax, "default_backend", lambda: "gpu")
+  rng = np.random.default_rng(14)
+  x, _ = integer_data(rng, 61, 3, 4)
+  order = brute_order(brute_distances(x, x, "euclidean"), True)
+  idx, _ = metrics.nearest_neighbors(x, k=9, chunk_size=16, method=method)
+  np.testing.assert_array_equal(idx, order[:, :9])
+
+
+def test_block_minima_are_minima_of_strided_blocks():
+  key = np.random.default_rng(13).standard_normal((3, 48)).astype(np.float32)
+  got = neighbors._block_minima(key, 16)  # pylint: disable=protected-access
+  want = [[min(key[i, j::3]) for j in range(3)] for i in range(3)]
+  np.testing.assert_array_equal(got, want)
+
+
 def test_retrieval_memory_mapped_gallery_matches_in_memory(tmp_path):
   rng = np.random.default_rng(11)
   r = rng.integers(-2, 3, size=(3000, 4)).astype(np.float32)  # many exact ties

@@ -1,14 +1,19 @@
 """Exact k-nearest-neighbour search over a reference set, in chunks of queries.
 
 Memory is O(chunk_size x N) for N references, never N x N: each chunk of queries is
-padded to a fixed shape, so one compiled function serves every chunk, and its block of
-ranking keys against the whole reference set is reduced to the chunk's k nearest
-neighbours. The next chunk is dispatched before the current one is reduced, so the
-device and the host work at the same time and at most two blocks exist at once (on CPU
-the host reads the device arrays without a copy). The reference set (it may be a
-memory-mapped ``.npy``) is read once, in chunks, into one ``[N, D + 1]`` device array of
-ranking rows (no full-size host copy): memory is one O(N x D) copy of the gallery plus
+padded to a fixed shape, and its block of ranking keys against the whole reference set
+is reduced to the chunk's k nearest neighbours. The next chunk's block is computed while
+the current one is reduced, so at most two blocks exist at once. The reference set (it
+may be a memory-mapped ``.npy``) is read once, in chunks, into one array of ranking rows
+(no full-size host copy): memory is one O(N x D) copy of the gallery plus
 O(chunk_size x N) for the blocks, whatever the number of queries.
+
+Where the blocks are computed: with JAX's CPU backend, by numpy's BLAS (a ``[c, D + 1]``
+by ``[D + 1, N]`` float32 product in a worker thread, the reference rows held transposed):
+on a 2-core AMD EPYC that product runs at about twice the speed of XLA:CPU's dot of the
+same shapes, and it needs no compilation, so a first call costs what later calls cost.
+On an accelerator, by one jitted function on the device (one compiled program serves
+every chunk), dispatched before the current chunk is reduced.
 
 Ranking key: one matrix product of augmented rows, no elementwise pass over the block.
 For ``"euclidean"`` and ``"squared_euclidean"`` the key of (q, r) is
@@ -29,26 +34,33 @@ indices).
 
 Two selection methods give identical results:
 
-* ``"top_k"``: ``jax.lax.top_k`` over the key block inside the jitted chunk function
-  (``lax.top_k`` puts the lower index first among equal values). The default on GPU/TPU.
-  On CPU, XLA's ``TopK`` partially sorts each row with an indirect comparator at ~10 ns
-  per element (and ``jnp.sort`` is slower still): ~2 minutes of a 2-core CPU for the
-  10^10 keys of 10^5 queries x 10^5 references.
-* ``"blocks"`` (the CPU default): the jitted chunk function returns the key block and
-  the minimum of every block of b = 16 consecutive references. On the host, a bound tau
-  with at least k block minima <= tau (the k-th smallest block minimum, or a checked
+* ``"top_k"``: ``jax.lax.top_k`` over the key block, jitted (``lax.top_k`` puts the
+  lower index first among equal values). The default on GPU/TPU. On CPU, XLA's ``TopK``
+  partially sorts each row with an indirect comparator at ~10 ns per element (and
+  ``jnp.sort`` is slower still): ~2 minutes of a 2-core CPU for the 10^10 keys of 10^5
+  queries x 10^5 references.
+* ``"blocks"`` (the CPU default): on the host, the minimum of every block of b = 16
+  references of the key block (block j: the columns j, j + M/b, j + 2M/b, ... of the M
+  columns, so that the minima are b - 1 elementwise passes over contiguous rows). A bound
+  tau with at least k block minima <= tau (the k-th smallest block minimum, or a checked
   quantile of a sample of them) bounds the k-th nearest key from above, since k distinct
-  blocks hold an element <= tau. So the k nearest are among the elements <= tau of the
-  blocks whose minimum is <= tau: ~1.1-1.3 k candidates per query instead of N. The
+  blocks hold an element <= tau. So the k nearest are among the elements <= tau: ~1.1-1.3
+  k candidates per query instead of N, found in one comparison pass over the block. The
   candidates are sorted by the 64-bit code ``(order-preserving uint32 of the float32 key)
   << 32 | reference index``, which is the tie rule above, exactly. The references are put
   in a fixed random order first, so that neighbours spread over blocks even when the data
   is sorted by class; the code carries the original index, so results do not depend on
   that order.
+
+Both methods take their keys from the same computation (numpy's BLAS on the CPU backend,
+XLA on an accelerator), so on one backend they give the same neighbours. Between backends
+the keys may differ in the last float32 bit, and so may the order of references whose
+distances are that close.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from typing import Iterator, NamedTuple
 
@@ -129,25 +141,47 @@ def _set_rows(rows, part, start):
   return jax.lax.dynamic_update_slice_in_dim(rows, part, start, axis=0)
 
 
+def _augmented_parts(references: np.ndarray, order: np.ndarray | None, *, distance: str,
+                     chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+  """``(start, _augment(references[order][start:stop]))`` for consecutive row chunks.
+
+  The references (possibly a memory-mapped file) are read once, ~16 MiB at a time; each
+  row is computed exactly as ``_augment`` computes it (a row's sums do not depend on the
+  other rows).
+  """
+  num_r, dim = references.shape
+  step = chunk_rows or max(1, (1 << 22) // max(dim, 1))
+  for start in range(0, num_r, step):
+    stop = min(start + step, num_r)
+    part = references[order[start:stop]] if order is not None else references[start:stop]
+    yield start, _augment(np.asarray(part, np.float32), queries=False, distance=distance)
+
+
 def _reference_rows(references: np.ndarray, order: np.ndarray | None, padded: int, *,
                     distance: str, chunk_rows: int | None = None) -> jax.Array:
   """``_augment(references[order])`` padded with zero rows to ``padded``, on the device.
 
-  Filled chunk by chunk into one donated ``[padded, D + 1]`` device array: the
-  references (possibly a memory-mapped file) are read once and no full-size host copy
-  exists (``_augment`` followed by ``[order]``, padding and the device copy held four).
-  Each row is computed exactly as ``_augment`` computes it (a row's sums do not depend
-  on the other rows).
+  Filled chunk by chunk into one donated ``[padded, D + 1]`` device array: no full-size
+  host copy exists.
   """
-  num_r, dim = references.shape
-  rows = jnp.zeros((padded, dim + 1), jnp.float32)
-  step = chunk_rows or max(1, (1 << 22) // max(dim, 1))   # ~16 MiB of references a time
-  for start in range(0, num_r, step):
-    stop = min(start + step, num_r)
-    part = references[order[start:stop]] if order is not None else references[start:stop]
-    rows = _set_rows(rows, jnp.asarray(_augment(np.asarray(part, np.float32), queries=False,
-                                                distance=distance)), start)
+  rows = jnp.zeros((padded, references.shape[1] + 1), jnp.float32)
+  for start, part in _augmented_parts(references, order, distance=distance,
+                                      chunk_rows=chunk_rows):
+    rows = _set_rows(rows, jnp.asarray(part), start)
   return rows
+
+
+def _reference_columns(references: np.ndarray, order: np.ndarray | None, padded: int, *,
+                       distance: str, chunk_rows: int | None = None) -> np.ndarray:
+  """The transpose of ``_reference_rows``'s array, ``[D + 1, padded]``, in host memory.
+
+  The layout of the right operand of ``_host_key``'s BLAS product (contiguous columns).
+  """
+  columns = np.zeros((references.shape[1] + 1, padded), np.float32)
+  for start, part in _augmented_parts(references, order, distance=distance,
+                                      chunk_rows=chunk_rows):
+    columns[:, start:start + part.shape[0]] = part.T
+  return columns
 
 
 def _ranking_key(queries, references, *, num_references):
@@ -164,18 +198,26 @@ def _ranking_key(queries, references, *, num_references):
   return key
 
 
-@functools.partial(jax.jit, static_argnames=("num_references", "k"))
-def _top_k_chunk(queries, references, *, num_references, k):
-  key = _ranking_key(queries, references, num_references=num_references)
+_device_key = jax.jit(_ranking_key, static_argnames=("num_references",))
+
+
+def _host_key(queries: np.ndarray, columns: np.ndarray, *, num_references: int) -> np.ndarray:
+  """``_ranking_key`` on the host: numpy's float32 BLAS product with ``_reference_columns``."""
+  key = queries @ columns
+  key[:, num_references:] = np.inf
+  return key
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_k(key, *, k):
   key = jnp.where(key == 0.0, 0.0, key)  # -0.0 would sort before +0.0 in lax.top_k
   neg, idx = jax.lax.top_k(-key, k)
   return -neg, idx
 
 
-@functools.partial(jax.jit, static_argnames=("num_references", "block"))
-def _blocks_chunk(queries, references, *, num_references, block):
-  key = _ranking_key(queries, references, num_references=num_references)
-  return key, jnp.min(key.reshape(key.shape[0], -1, block), axis=2)
+def _block_minima(key: np.ndarray, block: int) -> np.ndarray:
+  """``[n, M // block]`` minima of the blocks ``{j, j + M/block, ...}`` of each row."""
+  return np.minimum.reduce(key.reshape(key.shape[0], block, -1), axis=1)
 
 
 def _sortable(values: np.ndarray) -> np.ndarray:
@@ -209,32 +251,27 @@ def _kth_smallest_bound(mins: np.ndarray, k: int) -> np.ndarray:
   return tau
 
 
-def _select_from_blocks(key: np.ndarray, mins: np.ndarray, k: int, block: int,
+def _select_from_blocks(key: np.ndarray, mins: np.ndarray, k: int,
                         original: np.ndarray,
                         with_keys: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
   """Exact k smallest of each row of ``key`` by (value, original index); see module doc.
 
   Args:
-    key: ``[n, M]`` float32 ranking keys (+inf allowed, no NaN), M a multiple of ``block``.
-    mins: ``[n, M // block]`` minima of consecutive blocks of ``key``.
+    key: ``[n, M]`` float32 ranking keys (+inf allowed, no NaN).
+    mins: ``[n, B]`` minima of B disjoint blocks of the columns of ``key``.
     k: number of neighbours, at most the number of finite entries of each row.
-    block: block size.
     original: ``[M]`` uint64 original index of each column.
     with_keys: also decode the keys of the k selected (else None).
 
   Returns:
     ``(indices [n, k] int64, keys [n, k] float32)``, sorted by (key, index).
   """
-  n, num_blocks = mins.shape
+  n, num_cols = key.shape
   tau = _kth_smallest_bound(mins, k)
-  flat_blocks = np.flatnonzero(mins <= tau[:, None])  # row-major: grouped by row
-  rows = flat_blocks // num_blocks
-  vals = np.take(key.reshape(-1, block), flat_blocks, axis=0)  # [candidate blocks, block]
-  keep = np.flatnonzero(vals <= tau[rows][:, None])
-  blk = keep // block
-  cand_rows = rows[blk]
-  cols = (flat_blocks[blk] - cand_rows * num_blocks) * block + keep % block
-  cand = vals.reshape(-1)[keep] + np.float32(0.0)  # -0.0 -> +0.0
+  flat = np.flatnonzero(key <= tau[:, None])  # row-major: grouped by row
+  cand_rows = flat // num_cols
+  cols = flat - cand_rows * num_cols
+  cand = key.reshape(-1)[flat] + np.float32(0.0)  # -0.0 -> +0.0
   codes = _sortable(cand).astype(np.uint64) << np.uint64(32)
   codes |= original[cols]
   counts = np.bincount(cand_rows, minlength=n)
@@ -307,42 +344,52 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
   k_search = k + 1 if self_mode else k
   query_rows = _augment(queries, queries=True, distance=distance)
 
+  on_host = jax.default_backend() == "cpu"
   if method == "blocks":
     block = int(min(_MAX_BLOCK, max(1, num_r // k_search)))
     padded = -(-num_r // block) * block
     order = np.random.default_rng(0).permutation(num_r)
     original = np.arange(padded, dtype=np.uint64)
     original[:num_r] = order
-    ref_dev = _reference_rows(references, order, padded, distance=distance)
-    chunk_fn = functools.partial(_blocks_chunk, num_references=num_r, block=block)
   else:
-    ref_dev = _reference_rows(references, None, num_r, distance=distance)
-    chunk_fn = functools.partial(_top_k_chunk, num_references=num_r, k=k_search)
+    padded, order = num_r, None
+  if on_host:
+    refs = _reference_columns(references, order, padded, distance=distance)
+    key_fn = functools.partial(_host_key, num_references=num_r)
+  else:
+    refs = _reference_rows(references, order, padded, distance=distance)
+    key_fn = functools.partial(_device_key, num_references=num_r)
 
-  def dispatch(start):
+  def rows_of(start):
     stop = min(start + chunk_size, num_q)
     rows = np.zeros((chunk_size, query_rows.shape[1]), np.float32)
     rows[:stop - start] = query_rows[start:stop]
-    return start, stop, chunk_fn(jnp.asarray(rows), ref_dev)
+    return rows
 
   starts = list(range(0, num_q, chunk_size))
-  pending = dispatch(starts[0]) if starts else None
-  for i in range(len(starts)):
-    start, stop, out = pending
-    pending = dispatch(starts[i + 1]) if i + 1 < len(starts) else None
-    n = stop - start
-    if method == "blocks":
-      key, mins = (np.asarray(a)[:n] for a in out)
-      indices, keys = _select_from_blocks(key, mins, k_search, block, original,
-                                          with_keys=with_distances)
-    else:
-      keys, indices = (np.asarray(a)[:n] for a in out)
-      indices = indices.astype(np.int64)
-    if self_mode:
-      indices, keys = _drop_self(indices, keys, np.arange(start, stop))
-    values = (_key_to_distance(keys, queries[start:stop], distance)
-              if with_distances else None)
-    yield NeighborChunk(start, indices, values)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    if on_host:  # numpy's BLAS releases the GIL: the next block is computed meanwhile
+      dispatch = lambda start: pool.submit(key_fn, rows_of(start), refs)
+    else:  # device work is asynchronous
+      dispatch = lambda start: key_fn(jnp.asarray(rows_of(start)), refs)
+    pending = dispatch(starts[0]) if starts else None
+    for i, start in enumerate(starts):
+      key = pending.result() if on_host else pending
+      pending = dispatch(starts[i + 1]) if i + 1 < len(starts) else None
+      n = min(start + chunk_size, num_q) - start
+      if method == "blocks":
+        key = np.asarray(key)[:n]
+        indices, keys = _select_from_blocks(key, _block_minima(key, block), k_search,
+                                            original, with_keys=with_distances)
+      else:
+        keys, indices = (np.asarray(a)[:n] for a in _top_k(key, k=k_search))
+        indices = indices.astype(np.int64)
+      del key
+      if self_mode:
+        indices, keys = _drop_self(indices, keys, np.arange(start, start + n))
+      values = (_key_to_distance(keys, queries[start:start + n], distance)
+                if with_distances else None)
+      yield NeighborChunk(start, indices, values)
 
 
 def nearest_neighbors(queries, references=None, *, k: int, distance: str = "euclidean",
