@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 
 from tsm import mining as mining_lib
-from tsm.distances import l2_normalize, pairwise_euclidean
+from tsm.distances import l2_normalize, pairwise_euclidean, self_gram
 from tsm.losses._base import _no_grad
 
 
@@ -129,8 +129,9 @@ def cosine_similarity(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
   gradients (:func:`tsm.distances.l2_normalize`).
   """
   xn = l2_normalize(x)
-  yn = xn if y is None else l2_normalize(y)
-  return jnp.matmul(xn, yn.T, precision=jax.lax.Precision.HIGHEST)
+  if y is None:
+    return self_gram(xn)
+  return jnp.matmul(xn, l2_normalize(y).T, precision=jax.lax.Precision.HIGHEST)
 
 
 def masked_log1p_sum_exp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Array:
