@@ -76,7 +76,10 @@ def pairwise_squared_euclidean(x: chex.Array, y: chex.Array | None = None) -> ch
   y = _check_pair(x, y)
   x_sq = jnp.sum(jnp.square(x), axis=-1)
   y_sq = jnp.sum(jnp.square(y), axis=-1)
-  gram = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+  if self_distances:
+    gram = self_gram(x)
+  else:
+    gram = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
   sq = jnp.maximum(x_sq[:, None] + y_sq[None, :] - 2.0 * gram, 0.0)
   if self_distances:
     sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, sq)
