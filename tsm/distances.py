@@ -76,7 +76,10 @@ def pairwise_squared_euclidean(x: chex.Array, y: chex.Array | None = None) -> ch
   y = _check_pair(x, y)
   x_sq = jnp.sum(jnp.square(x), axis=-1)
   y_sq = jnp.sum(jnp.square(y), axis=-1)
-  gram = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+  if self_distances:
+    gram = self_gram(x)
+  else:
+    gram = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
   sq = jnp.maximum(x_sq[:, None] + y_sq[None, :] - 2.0 * gram, 0.0)
   if self_distances:
     sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, sq)
@@ -124,13 +127,45 @@ def _self_euclidean_bwd(residuals, cotangent):
   positive = dist > 0
   g_sq = jnp.where(positive, cotangent / jnp.where(positive, 2.0 * dist, 1.0), 0.0)
   # sq_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j.
-  hi = jax.lax.Precision.HIGHEST
   weight = jnp.sum(g_sq, axis=1) + jnp.sum(g_sq, axis=0)
-  mixed = jnp.matmul(g_sq, x, precision=hi) + jnp.matmul(g_sq.T, x, precision=hi)
-  return (2.0 * (x * weight[:, None] - mixed)).astype(x.dtype),
+  return (2.0 * (x * weight[:, None] - _symmetric_product(g_sq, x))).astype(x.dtype),
 
 
 _self_euclidean.defvjp(_self_euclidean_fwd, _self_euclidean_bwd)
+
+
+def _symmetric_product(g: chex.Array, x: chex.Array) -> chex.Array:
+  """``g x + g^T x`` as one ``[N, N] x [N, D]`` product, ``(g + g^T) x``."""
+  return jnp.matmul(g + g.T, x, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_vjp
+def self_gram(x: chex.Array) -> chex.Array:
+  """The ``[N, N]`` Gram matrix ``x x^T`` of the rows of ``x [N, D]``.
+
+  Its gradient is written in closed form, ``(g + g^T) x`` for the cotangent ``g``: one
+  ``[N, N] x [N, D]`` product where autodiff of ``x @ x.T`` takes two (``g x`` and
+  ``g^T x``), a third of the matrix products of a loss over in-batch similarities and
+  their gradient. (Reverse mode only, like every custom_vjp.)
+
+  Args:
+    x: ``[N, D]`` float array.
+
+  Returns:
+    ``[N, N]`` inner products (``Precision.HIGHEST``).
+  """
+  return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _self_gram_fwd(x):
+  return self_gram(x), x
+
+
+def _self_gram_bwd(x, cotangent):
+  return _symmetric_product(cotangent, x).astype(x.dtype),
+
+
+self_gram.defvjp(_self_gram_fwd, _self_gram_bwd)
 
 
 def pairwise_cosine(x: chex.Array, y: chex.Array | None = None) -> chex.Array:

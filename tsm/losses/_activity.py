@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 
 from tsm import mining as mining_lib
-from tsm.distances import l2_normalize, pairwise_euclidean
+from tsm.distances import l2_normalize, pairwise_euclidean, safe_norm, self_gram
 from tsm.losses._base import _no_grad
 
 
@@ -129,8 +129,9 @@ def cosine_similarity(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
   gradients (:func:`tsm.distances.l2_normalize`).
   """
   xn = l2_normalize(x)
-  yn = xn if y is None else l2_normalize(y)
-  return jnp.matmul(xn, yn.T, precision=jax.lax.Precision.HIGHEST)
+  if y is None:
+    return self_gram(xn)
+  return jnp.matmul(xn, l2_normalize(y).T, precision=jax.lax.Precision.HIGHEST)
 
 
 def masked_log1p_sum_exp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Array:
@@ -174,9 +175,23 @@ def nan_guard(loss: chex.Array, embeddings: chex.Array, valid: chex.Array) -> ch
   return jnp.where(has_nan, jnp.nan, loss)
 
 
+def _pair_distances(x: chex.Array, cosines: chex.Array | None) -> chex.Array:
+  """``[B, B]`` Euclidean distances of the rows of ``x`` (no gradient needed), from
+  their :func:`cosine_similarity` when given: ``x_i . x_j = cos_ij r_i r_j`` with ``r``
+  the divisors of :func:`tsm.distances.l2_normalize` (the norm, 1 for a zero row)."""
+  if cosines is None:
+    return pairwise_euclidean(x)
+  cosines = jax.lax.stop_gradient(cosines)
+  sq_norm = jnp.sum(jnp.square(x), axis=-1)
+  norm = safe_norm(x, axis=-1)
+  r = jnp.where(norm > 0, norm, 1.0)
+  sq = sq_norm[:, None] + sq_norm[None, :] - 2.0 * (r[:, None] * cosines * r[None, :])
+  return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+
 def activity_stats(*, terms: chex.Array, active: chex.Array, neg_terms: chex.Array,
                    neg_active: chex.Array, embeddings: chex.Array, labels: chex.Array,
-                   valid: chex.Array) -> ActivityStats:
+                   valid: chex.Array, cosines: chex.Array | None = None) -> ActivityStats:
   """:class:`ActivityStats` from boolean term masks (any shapes) and the batch.
 
   Args:
@@ -187,6 +202,9 @@ def activity_stats(*, terms: chex.Array, active: chex.Array, neg_terms: chex.Arr
     embeddings: ``[B, D]`` embeddings as given (for the pair distances).
     labels: ``[B]`` labels.
     valid: ``[B]`` bool mask of used rows.
+    cosines: optional ``[B, B]`` :func:`cosine_similarity` of ``embeddings``, where the
+      loss has it: the pair distances are then taken from it rather than from a second
+      ``[B, D] x [D, B]`` product (the same distances to rounding).
 
   Returns:
     The statistics, without gradient.
@@ -195,7 +213,7 @@ def activity_stats(*, terms: chex.Array, active: chex.Array, neg_terms: chex.Arr
   num_active = mining_lib.count_sum(terms & active)
   num_neg_total = mining_lib.count_sum(neg_terms)
   num_neg_active = mining_lib.count_sum(neg_terms & neg_active)
-  dist = pairwise_euclidean(jax.lax.stop_gradient(embeddings))
+  dist = _pair_distances(jax.lax.stop_gradient(embeddings), cosines)
   pos, neg = pair_masks(labels, valid)
   upper = jnp.triu(jnp.ones(pos.shape, bool), k=1)
   return _no_grad(ActivityStats(

@@ -94,5 +94,5 @@ def angular_loss(
   neg_terms = neg & jnp.any(pos, axis=1)[:, None]
   stats = activity_stats(terms=terms, active=jax.lax.stop_gradient(log_sum) >= -1.0,
                          neg_terms=neg_terms, neg_active=per_neg >= -1.0, embeddings=x,
-                         labels=labels, valid=v)
+                         labels=labels, valid=v, cosines=s)
   return nan_guard(loss, x, v), stats

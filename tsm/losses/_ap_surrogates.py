@@ -98,7 +98,7 @@ def _rank_stats(s, same, labels, v, x, temperature, terms):
   neg_active = neg & (ss > min_pos[:, None] - temperature)
   return activity_stats(terms=terms, active=jnp.any(neg_active, axis=1),
                         neg_terms=neg & terms[:, None], neg_active=neg_active,
-                        embeddings=x, labels=labels, valid=v)
+                        embeddings=x, labels=labels, valid=v, cosines=s)
 
 
 def _similarity_rows(x):

@@ -77,5 +77,5 @@ def circle_loss(
   neg_terms = neg & terms[:, None]
   stats = activity_stats(terms=terms, active=max_p + max_n >= -1.0, neg_terms=neg_terms,
                          neg_active=zs + max_p[:, None] >= -1.0, embeddings=x,
-                         labels=labels, valid=v)
+                         labels=labels, valid=v, cosines=s)
   return nan_guard(loss, x, v), stats

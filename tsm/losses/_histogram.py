@@ -98,5 +98,5 @@ def histogram_loss(
   pos_active = pos_pairs & (lo * tail_neg[r] + up * tail_neg[r + 1] > 0)
   stats = activity_stats(terms=pos_pairs | neg_pairs, active=pos_active | neg_active,
                          neg_terms=neg_pairs, neg_active=neg_active, embeddings=x,
-                         labels=labels, valid=v)
+                         labels=labels, valid=v, cosines=s)
   return nan_guard(loss, x, v), stats

@@ -64,7 +64,8 @@ def instance_loss(
   _check_positive(gamma, "gamma")
   check_reduction(reduction)
   x, v = _prologue(embeddings, labels, valid)
-  z = gamma * cosine_similarity(x)
+  s = cosine_similarity(x)
+  z = gamma * s
   column = jnp.cumsum(v) - 1  # each valid row's position among the valid rows
   target = v[None, :] & (column[None, :] == _label_ranks(labels, v)[:, None])
   cols = jnp.broadcast_to(v[None, :], z.shape)
@@ -77,5 +78,5 @@ def instance_loss(
   max_other = jnp.max(jnp.where(others, zs, -jnp.inf), axis=1)
   stats = activity_stats(terms=v, active=max_other > zt - 1.0, neg_terms=others,
                          neg_active=zs > zt[:, None] - 1.0, embeddings=x, labels=labels,
-                         valid=v)
+                         valid=v, cosines=s)
   return nan_guard(loss, x, v), stats

@@ -65,5 +65,6 @@ def intra_pair_variance_loss(
     parts.append(part)
     active.append(on)
   stats = activity_stats(terms=pos | neg, active=active[0] | active[1], neg_terms=neg,
-                         neg_active=active[1], embeddings=x, labels=labels, valid=v)
+                         neg_active=active[1], embeddings=x, labels=labels, valid=v,
+                         cosines=s)
   return nan_guard(parts[0] + parts[1], x, v), stats

@@ -73,5 +73,5 @@ def multi_similarity_loss(
   hard_pos = pos & (ss < max_neg[:, None] + epsilon)
   active = jnp.any(hard_neg | hard_pos, axis=1)
   stats = activity_stats(terms=v, active=active, neg_terms=neg, neg_active=hard_neg,
-                         embeddings=x, labels=labels, valid=v)
+                         embeddings=x, labels=labels, valid=v, cosines=s)
   return nan_guard(loss, x, v), stats

@@ -66,7 +66,8 @@ def ntxent_loss(
   _check_positive(temperature, "temperature")
   x, v = _prologue(embeddings, labels, valid)
   pos, neg = pair_masks(labels, v)
-  z = cosine_similarity(x) / temperature
+  s = cosine_similarity(x)
+  z = s / temperature
   neg_lse = masked_logsumexp(z, neg, axis=1)  # [B], -inf without negatives
   has_neg = jnp.any(neg, axis=1)
   safe_lse = jnp.where(has_neg, neg_lse, 0.0)
@@ -75,12 +76,13 @@ def ntxent_loss(
                         jax.nn.softplus(safe_lse[:, None] - z), 0.0)
   num_pairs = jnp.sum(pos, dtype=jnp.float32)
   loss = jnp.sum(pair_loss) / jnp.maximum(num_pairs, 1.0).astype(pair_loss.dtype)
-  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v)
+  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v, s)
   return nan_guard(loss, x, v), stats
 
 
-def _pair_softmax_stats(z, pos, neg, x, labels, v, per_anchor=False):
-  """Activity of positive pairs (or anchors) and negatives in logit units of ``z``."""
+def _pair_softmax_stats(z, pos, neg, x, labels, v, cosines, per_anchor=False):
+  """Activity of positive pairs (or anchors) and negatives in logit units of ``z``;
+  ``cosines``: the cosine similarities of ``x``, for the pair distances."""
   max_neg = jnp.max(jnp.where(neg, z, -jnp.inf), axis=1)
   min_pos = jnp.min(jnp.where(pos, z, jnp.inf), axis=1)
   pair_active = pos & (max_neg[:, None] > z - 1.0)
@@ -92,7 +94,8 @@ def _pair_softmax_stats(z, pos, neg, x, labels, v, per_anchor=False):
     terms, active = pos, pair_active
   neg_terms = neg & jnp.any(pos, axis=1)[:, None]  # negatives of anchors with a positive
   return activity_stats(terms=terms, active=active, neg_terms=neg_terms,
-                        neg_active=neg_active, embeddings=x, labels=labels, valid=v)
+                        neg_active=neg_active, embeddings=x, labels=labels, valid=v,
+                        cosines=cosines)
 
 
 def supcon_loss(
@@ -128,7 +131,8 @@ def supcon_loss(
   _check_positive(temperature, "temperature")
   x, v = _prologue(embeddings, labels, valid)
   pos, neg = pair_masks(labels, v)
-  z = cosine_similarity(x) / temperature
+  s = cosine_similarity(x)
+  z = s / temperature
   lse = masked_logsumexp(z, pos | neg, axis=1)
   num_pos = jnp.sum(pos, axis=1)
   has_pos = num_pos > 0
@@ -139,7 +143,7 @@ def supcon_loss(
   nonzero = has_pos & (jax.lax.stop_gradient(anchor_loss) > 0) & learnable
   total = jnp.sum(jnp.where(nonzero, anchor_loss, 0.0))
   loss = total / jnp.maximum(jnp.sum(nonzero, dtype=jnp.float32), 1.0).astype(total.dtype)
-  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v,
+  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v, s,
                               per_anchor=True)
   return nan_guard(loss, x, v), stats
 
@@ -212,5 +216,5 @@ def npair_loss(
   s_t = jax.lax.stop_gradient(s_target)
   stats = activity_stats(terms=anchor, active=max_neg > s_t - 1.0, neg_terms=neg_cols,
                          neg_active=ss > s_t[:, None] - 1.0, embeddings=x, labels=labels,
-                         valid=v)
+                         valid=v, cosines=s if normalize else None)
   return nan_guard(loss, x, v), stats

@@ -82,5 +82,5 @@ def tuplet_margin_loss(
   num_pairs = jnp.sum(pos, dtype=jnp.float32)
   loss = jnp.sum(pair_loss) / jnp.maximum(num_pairs, 1.0).astype(pair_loss.dtype)
   z = jax.lax.stop_gradient(jnp.where(pos, z_pos, z_neg))
-  stats = _pair_softmax_stats(z, pos, neg, x, labels, v)
+  stats = _pair_softmax_stats(z, pos, neg, x, labels, v, cos)
   return nan_guard(loss, x, v), stats
