@@ -24,11 +24,12 @@ epochs x 5 steps = 18,000 steps. Measured with ``python bench/seeds_step.py
 --config=experiments/configs/loss_zoo_fashion_mnist_frozen_lite0.py --study=loss_zoo
 --arm=<loss> --seeds=1`` (2026-12-07, 2 cores at load average 9-10): a step of 512 rows
 took 118 ms (triplet, all in-batch triplets: the zoo's costliest), 28 ms (ntxent), 17 ms
-(multi_similarity), the first epoch's compilation 9-13 s; so training takes at most
-about 35 minutes at that load (every loss at the triplet's cost), plus each run's
-compilation (shared through the study's compilation cache) and measurements (not
-measured). An upper bound: the machine was shared with other engineers, and the study
-was not run. The full-size version: ``--config.fashion_mnist.data.num_examples=None
+(multi_similarity), the first epoch's compilation 9-13 s. Run on 2 cores of an AMD EPYC
+(2026-12-07), twice at once: 18.7 min with single-threaded XLA in each worker
+(``study.xla_threads=1``), 19.0 min with XLA's default threads, at load average 9.9-11.6
+(the two runs and other jobs shared the cores); no verdict differs between the two
+(``docs/results/loss_zoo.md``). A larger subsample fits the 60-minute budget on a quiet
+machine. The full-size version: ``--config.fashion_mnist.data.num_examples=None
 --config.fashion_mnist.train.epochs=100 --config.fashion_mnist.data.image_size=224``
 (its own cache).
 """
