@@ -324,6 +324,11 @@ def test_the_headline_keeps_the_decided_claims_and_the_counts():
       "Every claim's sentence: the page."]
   # Every line of the headline but its last is a line of the summary.
   assert all(l in summary.splitlines() for l in head.splitlines()[:-1])
+  # More decided claims than the limit: none is listed (no chosen few), the counts stay.
+  assert docs.summary_headline(summary, "the page", limit=1).splitlines() == [
+      "Setting: tiny: digits, 3 epochs; 6 seeds.", "",
+      "3 claims: 1 held, 1 contradicted, 1 inconclusive (paired tests).", "",
+      "Every claim's sentence: the page."]
 
 
 def test_results_page_links_each_claims_plot_copied_beside_it(tmp_path):

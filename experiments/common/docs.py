@@ -230,17 +230,24 @@ def study_summary(record: Mapping[str, Any], label: str = "") -> str:
   return summary_markdown(header, rows, heading=heading)
 
 
-def summary_headline(summary: str, full: str) -> str:
+HEADLINE_CLAIMS = 12   # a headline lists the decided claims when there are no more
+
+
+def summary_headline(summary: str, full: str, limit: int = HEADLINE_CLAIMS) -> str:
   """The short form of a study's ``summary.md`` that README.md quotes: its setting line,
   the claims that reached a verdict (held, contradicted or unstable; each sentence as in
-  the summary), the count line, and where the full summary is (``full``).
+  the summary) when there are at most ``limit`` of them, the count line, and where the
+  full summary is (``full``).
 
-  Generated from the summary's own lines, so it says nothing the summary does not.
+  Generated from the summary's own lines, so it says nothing the summary does not; with
+  more than ``limit`` decided claims it lists none rather than a chosen few.
   """
   lines = summary.rstrip("\n").split("\n")
   heading = lines[0] if lines and lines[0].startswith("Setting:") else ""
   decided = [l for l in lines if l.startswith("* **")
              and not l.startswith(f"* **{reporting.INCONCLUSIVE}**")]
+  if len(decided) > limit:
+    decided = []
   out = ([heading, ""] if heading else []) + decided + ([""] if decided else [])
   return "\n".join(out + [lines[-1], "", f"Every claim's sentence: {full}."]) + "\n"
 
