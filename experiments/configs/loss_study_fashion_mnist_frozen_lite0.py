@@ -28,8 +28,10 @@ with ``python bench/seeds_step.py
 (contrastive, 512 pairs) on 2 cores at load average 10, the first epoch's compilation
 7-9 s; so training takes at most about 18 minutes at that load, plus each run's
 compilation (shared through the study's compilation cache) and measurements (not
-measured). An upper bound: the machine was shared with other engineers, and the study
-was not run. The full-size version: all images
+measured). Run on 2 cores of an AMD EPYC (2026-12-07): 27.8 min with XLA's default
+threads at load 7.5, about 41 min with single-threaded XLA in each worker at load 6-8
+(other studies shared the cores); no verdict differs between the two
+(``docs/results/loss_study.md``). The full-size version: all images
 (``--config.fashion_mnist.data.num_examples=None``), 100 epochs, at 224 px
 (``--config.fashion_mnist.data.image_size=224``, its own cache).
 """
