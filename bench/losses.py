@@ -234,13 +234,16 @@ if __name__ == "__main__":
 #
 # Usage (this section has its own entry point; the triplet section keeps its own CLI):
 #   PYTHONPATH=$PWD python -c "from bench import losses; losses.zoo_main()" [--sizes 1024]
-#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute] [--loss-only]
+#       [--dim 128] [--repeats 5] [--losses ntxent supcon ...] [--no-brute]
 #   ... losses.zoo_main(['--losses', 'pml'])   # PML's further losses (PML_LOSSES)
 #
 # Every case is jitted ``value_and_grad`` (with respect to the embeddings and, where the
-# loss has them, the class weights / proxies), the stats returned as in training; the
-# time is the median steady-state wall time over ``--repeats`` runs after one warm-up,
-# the tsm and the brute-force runs alternating in one process.
+# loss has them, the class weights / proxies), four ways: tsm's loss alone (its
+# statistics unused, so XLA drops them: what ``jax.grad`` of the loss costs), the
+# straightforward version's, tsm's with its statistics returned as in training, and the
+# straightforward version's with the two mean pair distances of the statistics
+# (``_straightforward_pair_stats``); the time is the median steady-state wall time over
+# ``--repeats`` runs after one warm-up, the four runs alternating in one process.
 # Labels are P x K with K = 4 (B / 4 classes; the class-vector losses get C = B / 4).
 # "brute" is the textbook transcription: ``lax.map`` over anchors (or proxies) of the
 # definition's per-pair terms, e.g. NT-Xent builds, per anchor, the [positives x negatives]
@@ -255,10 +258,11 @@ PML_LOSSES = ("proxy_nca", "normalized_softmax", "p2sgrad", "soft_triple", "sphe
               "smooth_ap", "pnp", "tcm", "vicreg", "circle", "lifted_structure",
               "generalized_lifted_structure", "margin", "intra_pair_variance", "nca",
               "angular", "instance", "fast_ap", "histogram", "cosface",
-              "large_margin_softmax")
-# Not timed: dynamic_soft_margin (its histogram is state carried between steps) and
-# manifold (random meta-classes drawn from a key), whose straightforward versions would
-# need that state too.
+              "large_margin_softmax", "dynamic_soft_margin", "manifold")
+# dynamic_soft_margin's histogram (its state between steps) is a fixed one here, given to
+# both versions; manifold's meta-classes (drawn per step by ``tsm.losses.manifold``) are
+# the batch's P x K labels, each of the C = B / 4 proxies the meta-class of K samples.
+_SOFT_MARGIN_HISTOGRAM = tuple(float(v) for v in range(1, 11))
 # Sub-centres per class of the multi-centre losses (PML's defaults).
 _CENTRES = {"soft_triple": 10, "subcenter_arcface": 3}
 
@@ -628,6 +632,40 @@ def _zoo_cases(b: int, d: int):
     z = jnp.where(jax.nn.one_hot(y, w.shape[0]) > 0, psi[:, None], cos)
     return ce(scale * norms * z, y), z
 
+  def soft_margin_histogram():
+    h = jnp.asarray(_SOFT_MARGIN_HISTOGRAM, jnp.float32)
+    return h / jnp.sum(h)
+
+  def brute_dynamic_soft_margin(x, y, w, min_val=-2.0, num_bins=10):
+    d = dist(unit(x))
+    pos, neg = masks(y)
+    cdf = jnp.cumsum(soft_margin_histogram())
+    delta = 2.0 * abs(min_val) / num_bins
+    def anchor(a):   # every triplet (a, p, n): t = d_ap - d_an, [p, n]
+      t = d[a][:, None] - d[a][None, :]
+      k = jnp.clip(jnp.floor((jax.lax.stop_gradient(t) - min_val) / delta), 0,
+                   num_bins - 1).astype(jnp.int32)
+      used = pos[a][:, None] & neg[a][None, :]
+      return (jnp.sum(jnp.where(used, cdf[k] * t, 0.0)),
+              jnp.sum(used, dtype=jnp.float32))
+    total, count = jax.lax.map(anchor, jnp.arange(x.shape[0]))
+    return jnp.sum(total) / jnp.maximum(jnp.sum(count), 1.0), total
+
+  def brute_manifold(x, y, w, lambda_c=1.0, alpha=0.8, margin=5e-4):
+    n, k = x.shape[0], w.shape[0]
+    pn = unit(jnp.concatenate([x, w]))
+    s = jnp.exp(jnp.maximum(pn @ pn.T, 0.0) / 0.5) * (1.0 - jnp.eye(n + k))
+    r = 1.0 / jnp.sqrt(jnp.sum(s, axis=1))
+    f = (1.0 - alpha) * jnp.linalg.inv(jnp.eye(n + k) - alpha * r[:, None] * s * r[None, :])
+    own = jax.nn.one_hot(y, k) > 0
+    def part(fm):   # log(1 + sum exp(v)) over the other proxies with v >= 0
+      v = fm - jnp.sum(jnp.where(own, fm, 0.0), axis=1, keepdims=True) + margin
+      kept = (jax.lax.stop_gradient(v) >= 0) & ~own
+      return jnp.log1p(jnp.sum(jnp.where(kept, jnp.exp(v), 0.0), axis=1))
+    intrinsic = part(f[:n, n:])
+    context = part(unit(f[:n]) @ unit(f[n:]).T)
+    return jnp.mean(intrinsic) + lambda_c * jnp.mean(context), intrinsic
+
   sg = jax.lax.stop_gradient
   pml = {
       "proxy_nca": (lambda x, y, w: losses.proxy_nca_loss(x, y, w), brute_proxy_nca,
@@ -669,6 +707,10 @@ def _zoo_cases(b: int, d: int):
       "cosface": (lambda x, y, w: losses.cosface_loss(x, y, w), brute_cosface, True),
       "large_margin_softmax": (lambda x, y, w: losses.large_margin_softmax_loss(x, y, w),
                                brute_large_margin, True),
+      "dynamic_soft_margin": (
+          lambda x, y, w: losses.dynamic_soft_margin_loss(x, y, soft_margin_histogram()),
+          brute_dynamic_soft_margin, False),
+      "manifold": (lambda x, y, w: losses.manifold_loss(x, y, w), brute_manifold, True),
   }
   return {**pml,
       "ntxent": (lambda x, y, w: losses.ntxent_loss(x, y), brute_ntxent, False),
@@ -686,41 +728,43 @@ def _zoo_cases(b: int, d: int):
   }
 
 
-def _zoo_time(fn, args, repeats: int) -> tuple[float, float, float]:
-  """(compile s, median s, loss) of a jitted value_and_grad over ``args``."""
+def _straightforward_pair_stats(x, y):
+  """The statistics a straightforward version would add to match tsm's: the mean
+  Euclidean distance over the positive and over the negative pairs ``i < j`` of the
+  batch (the costly part of ``ActivityStats`` / ``PairStats``: a ``[B, B]`` Gram
+  product; tsm's counts of active terms, cheap, are left out), without gradient."""
   import jax
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    (value, _), _ = jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return compile_s, statistics.median(times), float(value)
+  import jax.numpy as jnp
+  x = jax.lax.stop_gradient(x)
+  sq = jnp.sum(x * x, axis=1)
+  d = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
+  upper = jnp.triu(jnp.ones(d.shape, bool), k=1)
+  same = y[:, None] == y[None, :]
+  def mean(mask):
+    return jnp.sum(jnp.where(mask, d, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+  return mean(same & upper), mean(~same & upper)
 
 
-def _zoo_time_pair(fast, slow, args, repeats: int):
-  """Compiles both, warms both up, then alternates their runs (so that a change of the
-  machine's load hits both); returns (compile s of ``fast``, median s and loss of each)."""
+def _zoo_time_alternating(fns, args, repeats: int):
+  """Compiles each of ``fns``, warms each up, then alternates their runs (so that a
+  change of the machine's load hits all alike); returns (compile s of the first, then
+  (median s, loss) of each)."""
   import jax
   start = time.perf_counter()
-  fast_c = fast.lower(*args).compile()
+  compiled = [fns[0].lower(*args).compile()]
   compile_s = time.perf_counter() - start
-  slow_c = slow.lower(*args).compile()
-  jax.block_until_ready(fast_c(*args))
-  jax.block_until_ready(slow_c(*args))
-  times = {0: [], 1: []}
-  values = {}
+  compiled += [fn.lower(*args).compile() for fn in fns[1:]]
+  for fn in compiled:
+    jax.block_until_ready(fn(*args))
+  times = [[] for _ in compiled]
+  values = [float("nan")] * len(compiled)
   for _ in range(repeats):
-    for i, fn in enumerate((fast_c, slow_c)):
+    for i, fn in enumerate(compiled):
       start = time.perf_counter()
       (value, _), _ = jax.block_until_ready(fn(*args))
       times[i].append(time.perf_counter() - start)
       values[i] = float(value)
-  return (compile_s, statistics.median(times[0]), values[0], statistics.median(times[1]),
-          values[1])
+  return compile_s, [(statistics.median(t), v) for t, v in zip(times, values)]
 
 
 def zoo_main(argv: list[str] | None = None) -> None:
@@ -733,8 +777,6 @@ def zoo_main(argv: list[str] | None = None) -> None:
                       choices=ZOO_LOSSES + PML_LOSSES + ("pml",),
                       help="loss names; 'pml': PML's further losses (PML_LOSSES)")
   parser.add_argument("--no-brute", action="store_true")
-  parser.add_argument("--loss-only", action="store_true",
-                      help="drop tsm's statistics (XLA then skips computing them)")
   args = parser.parse_args(argv)
 
   import jax
@@ -743,8 +785,13 @@ def zoo_main(argv: list[str] | None = None) -> None:
   uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
   print(f"loss + grad (jit), D={args.dim}, {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs; uptime: {uptime}")
-  header = (f"{'loss':18} {'B':>5} {'tsm s':>9} {'brute s':>9} {'ratio':>7} "
-            f"{'compile s':>9} {'tsm loss':>10} {'brute loss':>10}")
+  print("tsm s: loss + gradient (the statistics unused, so XLA drops them); brute s: the "
+        "straightforward version's; +stats: both also return statistics, tsm its own, "
+        "the straightforward version the two mean pair distances of the batch "
+        "(_straightforward_pair_stats); ratio: brute s / tsm s")
+  header = (f"{'loss':28} {'B':>5} {'tsm s':>8} {'brute s':>8} {'ratio':>6} "
+            f"{'+stats s':>8} {'brute+st':>8} {'ratio+st':>8} {'compile s':>9} "
+            f"{'tsm loss':>10} {'brute loss':>10}")
   print(header)
   print("-" * len(header))
   for b in args.sizes:
@@ -755,22 +802,24 @@ def zoo_main(argv: list[str] | None = None) -> None:
     names = [n for name in args.losses
              for n in (PML_LOSSES if name == "pml" else (name,))]
     for name in names:
-      tsm_fn, brute_fn, with_w = cases[name]
-      if args.loss_only:
-        tsm_fn = (lambda f: lambda x_, y_, w_: (f(x_, y_, w_)[0], 0.0))(tsm_fn)
+      with_stats, brute_fn, with_w = cases[name]
+      loss_only = (lambda f: lambda x_, y_, w_: (f(x_, y_, w_)[0], 0.0))(with_stats)
       shape = ((b // 4, _CENTRES[name], args.dim) if name in _CENTRES
                else (b // 4, args.dim))
       w = jax.random.normal(kw, shape, jnp.float32)
       argnums = (0, 2) if with_w else 0
-      fast = jax.jit(jax.value_and_grad(tsm_fn, argnums=argnums, has_aux=True))
-      slow = jax.jit(jax.value_and_grad(brute_fn, argnums=argnums, has_aux=True))
-      if args.no_brute:
-        compile_s, tsm_s, tsm_loss = _zoo_time(fast, (x, y, w), args.repeats)
-        brute_s, brute_loss = float("nan"), float("nan")
-      else:
-        compile_s, tsm_s, tsm_loss, brute_s, brute_loss = _zoo_time_pair(
-            fast, slow, (x, y, w), args.repeats)
-      print(f"{name:18} {b:5d} {tsm_s:9.4f} {brute_s:9.4f} {brute_s / tsm_s:7.1f} "
+      brute_stats = (lambda f: lambda x_, y_, w_: (f(x_, y_, w_)[0],
+                                                   _straightforward_pair_stats(x_, y_)))(
+                                                       brute_fn)
+      fns = [jax.jit(jax.value_and_grad(f, argnums=argnums, has_aux=True))
+             for f in (loss_only, with_stats)
+             + (() if args.no_brute else (brute_fn, brute_stats))]
+      compile_s, timed = _zoo_time_alternating(fns, (x, y, w), args.repeats)
+      (tsm_s, tsm_loss), (stats_s, _) = timed[:2]
+      nan = (float("nan"), float("nan"))
+      (brute_s, brute_loss), (brute_st_s, _) = timed[2:] if len(timed) > 2 else (nan, nan)
+      print(f"{name:28} {b:5d} {tsm_s:8.4f} {brute_s:8.4f} {brute_s / tsm_s:6.2f} "
+            f"{stats_s:8.4f} {brute_st_s:8.4f} {brute_st_s / stats_s:8.2f} "
             f"{compile_s:9.2f} {tsm_loss:10.5f} {brute_loss:10.5f}", flush=True)
   uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
   print(f"uptime after: {uptime}")

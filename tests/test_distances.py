@@ -121,31 +121,6 @@ def test_self_euclidean_closed_form_gradient_matches_autodiff_of_the_safe_form()
   assert np.isnan(np.asarray(g)).any()
 
 
-def test_self_gram_matches_numpy_and_autodiff_of_the_plain_product():
-  """The closed-form backward pass of x x^T against autodiff of ``x @ x.T``."""
-  x = _batch(6, n=9)
-  x[4] = 0.0  # a zero row
-  weights = np.random.default_rng(6).normal(size=(9, 9))
-  np.testing.assert_allclose(distances.self_gram(jnp.asarray(x)), x @ x.T, rtol=1e-5,
-                             atol=1e-6)
-  x = jnp.asarray(x)
-  plain = lambda x: jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
-  for fn in (lambda g: jnp.sum(g * weights), lambda g: jnp.sum(jnp.sin(g) ** 2)):
-    got = jax.grad(lambda x: fn(distances.self_gram(x)))(x)
-    want = jax.grad(lambda x: fn(plain(x)))(x)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  # Reverse over reverse, vmap, NaN in NaN out.
-  second = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(
-      lambda x: jnp.sum(jnp.sin(f(x)) * weights))(x) ** 2))(x)
-  np.testing.assert_allclose(second(distances.self_gram), second(plain), rtol=1e-4,
-                             atol=1e-4)
-  stack = jnp.stack([x, 2 * x])
-  np.testing.assert_allclose(jax.vmap(distances.self_gram)(stack), jax.vmap(plain)(stack),
-                             rtol=1e-6)
-  g = jax.grad(lambda x: jnp.sum(distances.self_gram(x)))(x.at[2, 0].set(jnp.nan))
-  assert np.isnan(np.asarray(g)).any()
-
-
 def test_euclidean_gradient_matches_numpy_away_from_zero():
   x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
   g = jax.grad(lambda x: jnp.sum(distances.pairwise_distances(x)))(jnp.asarray(x))

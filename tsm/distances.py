@@ -76,10 +76,7 @@ def pairwise_squared_euclidean(x: chex.Array, y: chex.Array | None = None) -> ch
   y = _check_pair(x, y)
   x_sq = jnp.sum(jnp.square(x), axis=-1)
   y_sq = jnp.sum(jnp.square(y), axis=-1)
-  if self_distances:
-    gram = self_gram(x)
-  else:
-    gram = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+  gram = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
   sq = jnp.maximum(x_sq[:, None] + y_sq[None, :] - 2.0 * gram, 0.0)
   if self_distances:
     sq = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, sq)
@@ -135,37 +132,15 @@ _self_euclidean.defvjp(_self_euclidean_fwd, _self_euclidean_bwd)
 
 
 def _symmetric_product(g: chex.Array, x: chex.Array) -> chex.Array:
-  """``g x + g^T x`` as one ``[N, N] x [N, D]`` product, ``(g + g^T) x``."""
-  return jnp.matmul(g + g.T, x, precision=jax.lax.Precision.HIGHEST)
+  """``g x + g^T x`` as two products, as autodiff of ``x @ x.T`` gives it.
 
-
-@jax.custom_vjp
-def self_gram(x: chex.Array) -> chex.Array:
-  """The ``[N, N]`` Gram matrix ``x x^T`` of the rows of ``x [N, D]``.
-
-  Its gradient is written in closed form, ``(g + g^T) x`` for the cotangent ``g``: one
-  ``[N, N] x [N, D]`` product where autodiff of ``x @ x.T`` takes two (``g x`` and
-  ``g^T x``), a third of the matrix products of a loss over in-batch similarities and
-  their gradient. (Reverse mode only, like every custom_vjp.)
-
-  Args:
-    x: ``[N, D]`` float array.
-
-  Returns:
-    ``[N, N]`` inner products (``Precision.HIGHEST``).
+  Not ``(g + g^T) x``: one product fewer, but on XLA:CPU (jaxlib 0.10) the fused
+  ``g + g^T`` of a ``[1024, 1024]`` cotangent reads ``g`` column-wise and costs more
+  than the product it saves (``bench/losses.py``, BUILD_NOTES "Losses").
   """
-  return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
-
-
-def _self_gram_fwd(x):
-  return self_gram(x), x
-
-
-def _self_gram_bwd(x, cotangent):
-  return _symmetric_product(cotangent, x).astype(x.dtype),
-
-
-self_gram.defvjp(_self_gram_fwd, _self_gram_bwd)
+  hi = jax.lax.Precision.HIGHEST
+  return (jnp.matmul(g, x, precision=hi)
+          + jax.lax.dot_general(g, x, (((0,), (0,)), ((), ())), precision=hi))
 
 
 def pairwise_cosine(x: chex.Array, y: chex.Array | None = None) -> chex.Array:

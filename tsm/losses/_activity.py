@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 
 from tsm import mining as mining_lib
-from tsm.distances import l2_normalize, pairwise_euclidean, safe_norm, self_gram
+from tsm.distances import l2_normalize, pairwise_euclidean, safe_norm
 from tsm.losses._base import _no_grad
 
 
@@ -129,9 +129,8 @@ def cosine_similarity(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
   gradients (:func:`tsm.distances.l2_normalize`).
   """
   xn = l2_normalize(x)
-  if y is None:
-    return self_gram(xn)
-  return jnp.matmul(xn, l2_normalize(y).T, precision=jax.lax.Precision.HIGHEST)
+  yn = xn if y is None else l2_normalize(y)
+  return jnp.matmul(xn, yn.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def masked_log1p_sum_exp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Array:
@@ -149,17 +148,23 @@ def masked_log1p_sum_exp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Arr
   return jnp.squeeze(shift + jnp.log(total), axis)
 
 
-def masked_logsumexp(x: chex.Array, mask: chex.Array, axis: int) -> chex.Array:
+def masked_logsumexp(x: chex.Array, mask: chex.Array | None, axis: int) -> chex.Array:
   """``log sum_{mask} exp(x)`` along ``axis``; ``-inf`` where the mask is empty.
 
   Gradients stay finite (zero) on empty rows: the log only ever sees a positive sum.
+  ``mask=None`` takes every entry (``jax.nn.logsumexp``: no mask passes, which the class
+  losses' ``[B, C]`` cross-entropies notice at a few ms a step).
   """
+  if mask is None:
+    return jax.nn.logsumexp(x, axis=axis)
   top = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
   shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
   # exp(-inf) = 0 on masked entries (an overflowing exp there: NaN gradients).
   total = jnp.sum(jnp.exp(jnp.where(mask, x - shift, -jnp.inf)), axis=axis, keepdims=True)
-  nonempty = jnp.any(mask, axis=axis, keepdims=True)
-  out = jnp.where(nonempty, shift + jnp.log(jnp.where(nonempty, total, 1.0)), -jnp.inf)
+  # total >= 1 (the top's own term) on a row with a finite entry; 0 on an empty row or
+  # one of -inf entries, whose log-sum-exp is -inf: no second pass over the mask.
+  some = total > 0
+  out = jnp.where(some, shift + jnp.log(jnp.where(some, total, 1.0)), -jnp.inf)
   # A NaN anywhere in the row must not be hidden behind the max.
   out = jnp.where(jnp.isnan(top), jnp.nan, out)
   return jnp.squeeze(out, axis)

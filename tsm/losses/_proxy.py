@@ -122,7 +122,7 @@ def _arcface_from_cosine(cos, onehot, v, margin, scale, x, labels):
   z = scale * jnp.where(onehot, target[:, None], cos)
   has_target = jnp.any(onehot, axis=1)
   used = v & has_target
-  lse = masked_logsumexp(z, jnp.ones_like(onehot), axis=1)
+  lse = masked_logsumexp(z, None, axis=1)
   sample_loss = jnp.where(used, lse - scale * target, 0.0)
   loss = jnp.sum(sample_loss) / jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0).astype(
       sample_loss.dtype)

@@ -52,7 +52,7 @@ def class_cross_entropy(z: chex.Array, onehot: chex.Array, v: chex.Array, x: che
   """
   used = v & jnp.any(onehot, axis=1)
   z_target = jnp.sum(jnp.where(onehot, z, 0.0), axis=1)
-  lse = masked_logsumexp(z, jnp.ones_like(onehot), axis=1)
+  lse = masked_logsumexp(z, None, axis=1)
   sample_loss = jnp.where(used, lse - z_target, 0.0)
   loss = jnp.sum(sample_loss) / jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0).astype(
       sample_loss.dtype)

@@ -25,7 +25,7 @@ from tsm.losses._proxy import (_check_num_classes, _class_softmax_stats, _prolog
 
 def _cross_entropy(z, z_target, onehot, used, reduction, x, labels, v):
   """Per-sample ``logsumexp_k z_k - z_y`` over ``used`` samples, reduced, and stats."""
-  lse = masked_logsumexp(z, jnp.ones_like(onehot), axis=1)
+  lse = masked_logsumexp(z, None, axis=1)
   sample_loss = jnp.where(used, lse - z_target, 0.0)
   loss, _ = reduce_terms(sample_loss, used, reduction)
   stats = _class_softmax_stats(z, z_target, onehot, used, x, labels, v)
