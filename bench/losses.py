@@ -250,8 +250,8 @@ if __name__ == "__main__":
 # matrix of ``exp(z_an - z_ap)``: O(B^3) time, O(B^2) memory, no log-sum-exp sharing.
 # ---------------------------------------------------------------------------------------
 
-ZOO_LOSSES = ("ntxent", "supcon", "npair", "multi_similarity", "arcface", "proxy_anchor",
-              "center_contrastive")
+ZOO_LOSSES = ("contrastive", "ntxent", "supcon", "npair", "multi_similarity", "arcface",
+              "proxy_anchor", "center_contrastive")
 # PML's further losses (tsm.config's loss table, and VICReg).
 PML_LOSSES = ("proxy_nca", "normalized_softmax", "p2sgrad", "soft_triple", "sphereface",
               "subcenter_arcface", "tuplet_margin", "snr_contrastive", "ranked_list",
@@ -632,6 +632,14 @@ def _zoo_cases(b: int, d: int):
     z = jnp.where(jax.nn.one_hot(y, w.shape[0]) > 0, psi[:, None], cos)
     return ce(scale * norms * z, y), z
 
+  def brute_contrastive(x, y, w, m=1.0):   # Hadsell et al.: y d^2 + (1 - y) relu(m - d)^2
+    sq = jnp.sum(x * x, axis=1)
+    d = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 1e-12))
+    pairs = jnp.triu(jnp.ones(d.shape, bool), k=1)
+    same = y[:, None] == y[None, :]
+    terms = jnp.where(same, jnp.square(d), jnp.square(jax.nn.relu(m - d)))
+    return jnp.sum(jnp.where(pairs, terms, 0.0)) / jnp.sum(pairs), d
+
   def soft_margin_histogram():
     h = jnp.asarray(_SOFT_MARGIN_HISTOGRAM, jnp.float32)
     return h / jnp.sum(h)
@@ -713,6 +721,8 @@ def _zoo_cases(b: int, d: int):
       "manifold": (lambda x, y, w: losses.manifold_loss(x, y, w), brute_manifold, True),
   }
   return {**pml,
+      "contrastive": (lambda x, y, w: losses.contrastive_loss(x, y, 1.0),
+                      brute_contrastive, False),
       "ntxent": (lambda x, y, w: losses.ntxent_loss(x, y), brute_ntxent, False),
       "supcon": (lambda x, y, w: losses.supcon_loss(x, y), brute_supcon, False),
       "npair": (lambda x, y, w: losses.npair_loss(x, y), brute_npair, False),
