@@ -149,7 +149,7 @@ def test_sigterm_terminates_the_workers_quietly_and_exits_143(tmp_path):
 # until stopped (checkpointing its step as the fit loop does), "kill" dies by SIGKILL
 # (as by the out-of-memory killer) once "long" runs; a rerun resumes or reuses each.
 _JOBS = """
-    import os, signal, sys, time
+    import os, signal, time
     from experiments.common import grid as runner
     from tsm import stopping
     W = {work!r}
@@ -159,11 +159,10 @@ _JOBS = """
       if os.path.exists(path(name + ".done")):
         return name + " reused"
       if name == "long":
-        open(path("long.pid"), "w").write(str(os.getpid()))
-        step = int(open(path("long.ckpt")).read()) if os.path.exists(path("long.ckpt")) else 0
-        if step:
-          return f"long resumed at step {{step}}"
-        with stopping.deferred():
+        if os.path.exists(path("long.ckpt")):
+          return f"long resumed at step {{open(path('long.ckpt')).read()}}"
+        with stopping.deferred():   # a signal is only recorded, as in the fit loop
+          open(path("long.pid"), "w").write(str(os.getpid()))
           for step in range(1, 1200):
             time.sleep(0.05)
             if stopping.requested():
