@@ -178,10 +178,10 @@ def _exit_worker(signum: int) -> None:
 
 
 def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
-  """Pool initializer: Ctrl-C goes to the parent only; SIGTERM (the parent's
-  ``pool.terminate``, or a scheduler's) and SIGUSR1 checkpoint the current step
+  """A worker's set-up (:func:`_serve`; a SLURM job's too): Ctrl-C goes to the parent
+  only; SIGTERM (the parent's, or a scheduler's) and SIGUSR1 checkpoint the current step
   (:mod:`tsm.stopping`) and end the worker quietly; XLA threads; the cache."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the pool
+  signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the workers
   from tsm import stopping  # pylint: disable=import-outside-toplevel
   stopping.install(on_first=cli_lib.silence_background_threads, outside=_exit_worker)
   if xla_threads == 1:
@@ -293,7 +293,7 @@ def _run_forked(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
   results: list[Any] = [None] * len(jobs)
   todo = collections.deque(range(len(jobs)))
   running: dict[int, int] = {}   # worker -> the job it runs
-  procs: list[Any] = []
+  procs: list[multiprocessing.process.BaseProcess] = []
   conns: list[mp_connection.Connection] = []
 
   def give(w: int) -> None:
@@ -321,11 +321,13 @@ def _run_forked(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
     while done < len(jobs):
       ready = mp_connection.wait([conns[w] for w in running]
                                  + [proc.sentinel for proc in procs])
+      dead = [w for w, proc in enumerate(procs) if proc.sentinel in ready]
       for w in [w for w in running if conns[w] in ready]:
         try:
           i, ok, value = conns[w].recv()
-        except EOFError:
-          continue   # it died: its sentinel says how
+        except EOFError:   # it died (its process may not have ended yet)
+          dead.append(w)
+          continue
         del running[w]
         if not ok:
           raise value   # run_one's error, its worker's traceback as its cause
@@ -333,7 +335,6 @@ def _run_forked(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
         done += 1
         report(done, value)
         give(w)
-      dead = [w for w, proc in enumerate(procs) if proc.sentinel in ready]
       if dead and done < len(jobs):
         w = dead[0]
         procs[w].join()
