@@ -145,6 +145,118 @@ def test_sigterm_terminates_the_workers_quietly_and_exits_143(tmp_path):
       os.kill(pid, 0)
 
 
+# A job function of the dead-worker checks: "a" and "b" train at once, "long" trains
+# until stopped (checkpointing its step as the fit loop does), "kill" dies by SIGKILL
+# (as by the out-of-memory killer) once "long" runs; a rerun resumes or reuses each.
+_JOBS = """
+    import os, signal, time
+    from experiments.common import grid as runner
+    from tsm import stopping
+    W = {work!r}
+    def path(name):
+      return os.path.join(W, name)
+    def job(name):
+      if os.path.exists(path(name + ".done")):
+        return name + " reused"
+      if name == "long":
+        if os.path.exists(path("long.ckpt")):
+          return f"long resumed at step {{open(path('long.ckpt')).read()}}"
+        with stopping.deferred():   # a signal is only recorded, as in the fit loop
+          open(path("long.pid"), "w").write(str(os.getpid()))
+          for step in range(1, 1200):
+            time.sleep(0.05)
+            if stopping.requested():
+              open(path("long.ckpt"), "w").write(str(step))
+              raise stopping.Stop(stopping.requested())
+      if name == "kill" and {kill!r}:
+        while not os.path.exists(path("long.pid")):
+          time.sleep(0.05)
+        open(path("kill.pid"), "w").write(f"{{os.getpid()}} {{time.time()}}")
+        os.kill(os.getpid(), signal.SIGKILL)
+      open(path(name + ".done"), "w").close()
+      return name + " trained"
+    try:
+      print(runner.run_grid(["a", "long", "kill", "b"], job, workers=2))
+    finally:
+      open(path("end"), "w").write(str(time.time()))
+"""
+
+
+def _run_jobs(work, kill: bool) -> tuple[int, str, str]:
+  proc = _python(_JOBS.format(work=str(work), kill=kill))
+  try:
+    out, err = proc.communicate(timeout=180)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.communicate()
+    pytest.fail("run_grid did not end after its worker was killed")
+  return proc.returncode, out, err
+
+
+def test_a_killed_worker_stops_the_grid_at_once_and_the_rerun_resumes_the_rest(tmp_path):
+  code, out, err = _run_jobs(tmp_path, kill=True)
+  assert code == runner.WORKER_DIED_STATUS == 1, err
+  lines = [line.split("  (elapsed")[0] for line in out.strip().splitlines()]
+  assert lines == [
+      "[1/4] a trained",
+      "error: a study worker was killed by signal 9 (SIGKILL, often the out-of-memory "
+      "killer: lower study.workers) while running job 3 of 4; the finished runs are kept "
+      "and the same command resumes the rest"]
+  assert err == ""   # the other worker ended quietly
+  pid, killed_at = open(tmp_path / "kill.pid").read().split()
+  assert float(open(tmp_path / "end").read()) - float(killed_at) < 30
+  assert int(open(tmp_path / "long.ckpt").read()) >= 1   # "long" checkpointed its step
+  assert sorted(p.name for p in tmp_path.glob("*.done")) == ["a.done"]   # "b" never began
+  for worker in (int(pid), int(open(tmp_path / "long.pid").read())):
+    with pytest.raises(ProcessLookupError):   # both ended and reaped: no orphan
+      os.kill(worker, 0)
+  code, out, err = _run_jobs(tmp_path, kill=False)   # the same command again
+  assert code == 0, err
+  step = int(open(tmp_path / "long.ckpt").read())
+  assert out.strip().splitlines()[-1] == str(
+      ["a reused", f"long resumed at step {step}", "kill trained", "b trained"])
+
+
+def test_an_error_in_a_job_reaches_the_caller_and_ends_the_other_worker(tmp_path):
+  proc = _python(f"""
+      import os, time
+      from experiments.common import grid as runner
+      def job(j):
+        if j == 1:
+          while not os.path.exists(os.path.join({str(tmp_path)!r}, "0")):
+            time.sleep(0.05)
+          raise ValueError("job 1 is bad")
+        open(os.path.join({str(tmp_path)!r}, str(j)), "w").write(str(os.getpid()))
+        time.sleep(60)
+      try:
+        runner.run_grid(list(range(4)), job, workers=2, log=print)
+      except ValueError as e:
+        print(repr(e), "job 1 is bad" in str(e.__cause__), ", in job" in str(e.__cause__))
+  """)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert out.strip().splitlines() == ["ValueError('job 1 is bad') True True"]
+  assert os.listdir(tmp_path) == ["0"]   # jobs 2 and 3 never began
+  with pytest.raises(ProcessLookupError):   # the worker of job 0 ended: no orphan
+    os.kill(int(open(tmp_path / "0").read()), 0)
+
+
+def test_a_dead_workers_line_says_how_it_ended_and_in_which_run():
+  tasks = [{"rundir": "w/a"}, [{"rundir": "w/b0"}, {"rundir": "w/b1"}, {"rundir": "w/b2"}],
+           ("c", 1)]
+  rest = "; the finished runs are kept and the same command resumes the rest"
+  assert runner._died_line(-9, 0, tasks) == (  # pylint: disable=protected-access
+      "a study worker was killed by signal 9 (SIGKILL, often the out-of-memory killer: "
+      "lower study.workers) while running job 1 of 3 (w/a)" + rest)
+  assert runner._died_line(-11, 1, tasks) == (  # pylint: disable=protected-access
+      "a study worker was killed by signal 11 (SIGSEGV) while running job 2 of 3 (w/b0 and "
+      "2 more)" + rest)
+  assert runner._died_line(3, 2, tasks) == (  # pylint: disable=protected-access
+      "a study worker exited with status 3 while running job 3 of 3" + rest)
+  assert runner._died_line(143, None, tasks) == (  # pylint: disable=protected-access
+      "a study worker exited with status 143 between jobs" + rest)
+
+
 @pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
 @pytest.mark.parametrize("main,command", [
     (margin_run.main, "python -m experiments.margin_scheduler.run"),

@@ -5,7 +5,8 @@
 ====  ======================================================================
 0     done
 1     an I/O fault of the machine: a full disk, a failing mount, an unreadable
-      checkpoint (:data:`IO_ERROR`)
+      checkpoint; a study's worker process killed (the out-of-memory killer) or its
+      SLURM job failed, the same command resuming the rest (:data:`IO_ERROR`)
 2     a bad config value, flag or path, or a workdir in use: nothing was created
       (:data:`USAGE_ERROR`)
 3     the loss or the gradient became non-finite; the last good checkpoint stays the

@@ -11,13 +11,28 @@ one job's run and returns a small, picklable record. :func:`run_grid` runs them:
 * with ``xla_threads=1`` each worker's XLA CPU runtime is single-threaded (the knob the
   stability check of the studies turns: see BUILD_NOTES.md);
 * printing one progress line per finished job;
-* on Ctrl-C, SIGTERM or SIGUSR1 (:mod:`tsm.stopping`): the pool is terminated, each
-  worker checkpointing its current step before it ends (no orphan workers), one line
+* on Ctrl-C, SIGTERM or SIGUSR1 (:mod:`tsm.stopping`): the workers are terminated, each
+  checkpointing its current step before it ends (no orphan workers), one line
   ``interrupted; the same command resumes`` (``terminated; ...`` after SIGTERM or
-  SIGUSR1) is printed, and the process exits with status 130 (143). Finished runs are kept: :func:`finished` tells a study's ``run_one`` to
-  reuse a run directory whose ``config.json`` is the same run
-  (:func:`tsm.config.check_same_run`) and whose result files exist;
-  :func:`check_runs` fails before any training when a run directory holds another run.
+  SIGUSR1) is printed, and the process exits with status 130 (143);
+* when a worker dies (killed by the out-of-memory killer, a crash): the other workers
+  are terminated the same way, one line ``error: a study worker was killed by signal 9
+  (SIGKILL, ...) while running job k of n (...); the finished runs are kept and the same
+  command resumes the rest`` is printed, and the process exits with status 1
+  (:data:`WORKER_DIED_STATUS`, :data:`tsm.exit_codes.IO_ERROR`: a fault of the machine).
+
+Finished runs are kept: :func:`finished` tells a study's ``run_one`` to reuse a run
+directory whose ``config.json`` is the same run (:func:`tsm.config.check_same_run`) and
+whose result files exist; :func:`check_runs` fails before any training when a run
+directory holds another run.
+
+The workers are this module's own small pool (:func:`_serve`): one pipe per worker, one
+job at a time, each worker's end watched. ``multiprocessing.Pool`` silently replaces a
+worker that dies and loses its job, so the study waits forever (CPython gh-66587), and
+its ``terminate`` can block after such a death (a worker killed while it waited for a job
+holds the task queue's lock); ``concurrent.futures.ProcessPoolExecutor`` reports a death
+but does not say which worker died or how, and its worker loop catches the
+``SystemExit`` of a worker stopped by SIGTERM and starts the next queued job.
 
 Every bad study setting raises :class:`StudyError` (one line naming the field and the
 fix). Everything here takes plain arguments; the studies' ``run.py`` read them from
@@ -27,6 +42,7 @@ their ``study`` sections (``study.workers``, ``study.xla_threads``,
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import os
@@ -34,12 +50,16 @@ import signal
 import sys
 import time
 import warnings
+from multiprocessing import connection as mp_connection
+from multiprocessing import pool as mp_pool
 from typing import Any, Callable, Iterator, Sequence
 
 from tsm import cli as cli_lib
 
 INTERRUPTED = "interrupted; the same command resumes"
 INTERRUPTED_STATUS = cli_lib.INTERRUPTED
+WORKER_DIED_STATUS = cli_lib.IO_ERROR
+RESUMES_THE_REST = "the finished runs are kept and the same command resumes the rest"
 CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
                  "jax_persistent_cache_min_entry_size_bytes")
 _SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -47,6 +67,11 @@ _SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 class StudyError(ValueError):
   """A bad study setting; the message is one line naming the field and the fix."""
+
+
+class WorkerDied(RuntimeError):
+  """A grid worker process ended before the grid was done; the message is one line
+  saying how, in which job, and what to do."""
 
 
 def log(message: str) -> None:
@@ -153,10 +178,10 @@ def _exit_worker(signum: int) -> None:
 
 
 def _init_worker(cache_dir: str | None, xla_threads: int) -> None:
-  """Pool initializer: Ctrl-C goes to the parent only; SIGTERM (the parent's
-  ``pool.terminate``, or a scheduler's) and SIGUSR1 checkpoint the current step
+  """A worker's set-up (:func:`_serve`; a SLURM job's too): Ctrl-C goes to the parent
+  only; SIGTERM (the parent's, or a scheduler's) and SIGUSR1 checkpoint the current step
   (:mod:`tsm.stopping`) and end the worker quietly; XLA threads; the cache."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the pool
+  signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent terminates the workers
   from tsm import stopping  # pylint: disable=import-outside-toplevel
   stopping.install(on_first=cli_lib.silence_background_threads, outside=_exit_worker)
   if xla_threads == 1:
@@ -203,8 +228,11 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
     ``[run_one(job) for job in jobs]``.
 
   Raises:
-    SystemExit: status 130 after Ctrl-C, 143 after SIGTERM or SIGUSR1 (the pool
-      terminated, :func:`stopped`'s line logged).
+    SystemExit: status 130 after Ctrl-C, 143 after SIGTERM or SIGUSR1 (the workers
+      terminated, :func:`stopped`'s line logged); status 1 (:data:`WORKER_DIED_STATUS`)
+      when a worker died (the other workers terminated, the :class:`WorkerDied` line
+      logged with ``error: `` before it).
+    Exception: whatever ``run_one`` raised (the workers terminated).
   """
   if xla_threads not in (0, 1):
     raise ValueError(f"xla_threads={xla_threads!r} must be 0 (XLA's default threads) or "
@@ -225,54 +253,159 @@ def run_grid(jobs: Sequence[Any], run_one: Callable[[Any], Any], *, workers: int
   from tsm import stopping  # pylint: disable=import-outside-toplevel
   try:
     with stopping.handle_signals(on_first=cli_lib.silence_background_threads):
-      return _run_jobs(jobs, run_one, workers, xla_threads, compilation_cache, report)
+      if workers <= 1:
+        return _run_here(jobs, run_one, compilation_cache, report)
+      return _run_forked(jobs, run_one, workers, xla_threads, compilation_cache, report)
   except KeyboardInterrupt as e:
     raise stopped(e, log) from None
+  except WorkerDied as e:
+    log(f"error: {e}")
+    raise SystemExit(WORKER_DIED_STATUS) from None
 
 
-def _run_jobs(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
-              xla_threads: int, compilation_cache: str | None,
+def _run_here(jobs: list[Any], run_one: Callable[[Any], Any], compilation_cache: str | None,
               report: Callable[[int, Any], None]) -> list[Any]:
-  """:func:`run_grid`'s work: in this process or in a pool of forked workers, which is
-  terminated (each worker checkpointing its step) on a stop signal or an error."""
-  global _RUN_ONE
-  results: list[Any] = [None] * len(jobs)
-  pool = None
+  """:func:`run_grid`'s work in this process."""
+  results: list[Any] = []
+  saved = use_compilation_cache(compilation_cache)
   try:
-    if workers <= 1:
-      saved = use_compilation_cache(compilation_cache)
-      try:
-        for i, job in enumerate(jobs):
-          results[i] = run_one(job)
-          report(i + 1, results[i])
-      finally:
-        restore_compilation_cache(saved)
-    else:
-      _RUN_ONE = run_one
-      ctx = multiprocessing.get_context("fork")
-      pool = ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(compilation_cache, int(xla_threads)))
-      indexed = pool.imap_unordered(_call_indexed, list(enumerate(jobs)), chunksize=1)
-      for done, (i, result) in enumerate(indexed, 1):
-        results[i] = result
-        report(done, result)
-      pool.close()
-      pool.join()
-      pool = None
+    for job in jobs:
+      results.append(run_one(job))
+      report(len(results), results[-1])
   finally:
-    if pool is not None:   # a stop signal or an error: each worker checkpoints its
-      pool.terminate()     # step and ends (SIGTERM, tsm.stopping); no orphans
-      pool.join()
+    restore_compilation_cache(saved)
+  return results
+
+
+def _run_forked(jobs: list[Any], run_one: Callable[[Any], Any], workers: int,
+                xla_threads: int, compilation_cache: str | None,
+                report: Callable[[int, Any], None]) -> list[Any]:
+  """:func:`run_grid`'s work in ``workers`` forked processes (:func:`_serve`), one job
+  at a time each, in the jobs' order. On a stop signal, an error of a job or a dead
+  worker, the living workers are terminated (SIGTERM: each checkpoints its step and
+  ends, :mod:`tsm.stopping`) and joined before the exception goes on.
+
+  Raises:
+    WorkerDied: a worker ended before the grid was done.
+  """
+  global _RUN_ONE
+  ctx = multiprocessing.get_context("fork")
+  results: list[Any] = [None] * len(jobs)
+  todo = collections.deque(range(len(jobs)))
+  running: dict[int, int] = {}   # worker -> the job it runs
+  procs: list[multiprocessing.process.BaseProcess] = []
+  conns: list[mp_connection.Connection] = []
+
+  def give(w: int) -> None:
+    if todo:
+      running[w] = todo.popleft()
+      try:
+        conns[w].send((running[w], jobs[running[w]]))
+      except (BrokenPipeError, ConnectionResetError):
+        pass   # it has just died: its sentinel says how
+
+  _RUN_ONE = run_one
+  try:
+    for _ in range(workers):
+      conn, child_end = ctx.Pipe()
+      # The child closes the parent's ends it inherits: it sees EOF if the parent dies.
+      proc = ctx.Process(target=_serve, daemon=True, args=(
+          child_end, [*conns, conn], compilation_cache, int(xla_threads)))
+      proc.start()
+      child_end.close()
+      procs.append(proc)
+      conns.append(conn)
+    for w in range(workers):
+      give(w)
+    done = 0
+    while done < len(jobs):
+      ready = mp_connection.wait([conns[w] for w in running]
+                                 + [proc.sentinel for proc in procs])
+      dead = [w for w, proc in enumerate(procs) if proc.sentinel in ready]
+      for w in [w for w in running if conns[w] in ready]:
+        try:
+          i, ok, value = conns[w].recv()
+        except EOFError:   # it died (its process may not have ended yet)
+          dead.append(w)
+          continue
+        del running[w]
+        if not ok:
+          raise value   # run_one's error, its worker's traceback as its cause
+        results[i] = value
+        done += 1
+        report(done, value)
+        give(w)
+      if dead and done < len(jobs):
+        w = dead[0]
+        procs[w].join()
+        raise WorkerDied(_died_line(procs[w].exitcode, running.get(w), jobs))
+    for conn in conns:
+      with contextlib.suppress(OSError):   # a worker that died after its last job
+        conn.send(None)
+    for proc in procs:
+      proc.join()
+  finally:
+    for proc in procs:   # a stop signal, an error or a dead worker: each living worker
+      if proc.exitcode is None:   # checkpoints its step and ends (SIGTERM,
+        proc.terminate()          # tsm.stopping); no orphans
+    for proc in procs:
+      proc.join()
+    for conn in conns:
+      conn.close()
     _RUN_ONE = None
   return results
 
 
-def _call_indexed(item: tuple[int, Any]) -> tuple[int, Any]:
-  i, job = item
-  try:
-    return i, _RUN_ONE(job)
-  except KeyboardInterrupt as e:   # stopped by a signal, its step checkpointed
-    _exit_worker(getattr(e, "signum", signal.SIGTERM))
+def _serve(conn: mp_connection.Connection, inherited: list[mp_connection.Connection],
+           cache_dir: str | None, xla_threads: int) -> None:
+  """A forked worker's life: :func:`_init_worker`, then each ``(index, job)`` the parent
+  sends answered with ``(index, True, record)`` or ``(index, False, exception)``,
+  until ``None`` (or the parent's end closes). A stop signal ends it with
+  ``SystemExit`` (quietly; a running job checkpoints its step first)."""
+  for other in inherited:   # the parent's ends of the pipes: only the parent keeps them
+    other.close()
+  _init_worker(cache_dir, xla_threads)
+  while True:
+    try:
+      item = conn.recv()
+    except EOFError:   # the parent is gone
+      return
+    if item is None:
+      return
+    i, job = item
+    try:
+      answer = (i, True, _RUN_ONE(job))
+    except KeyboardInterrupt as e:   # stopped by a signal, its step checkpointed
+      _exit_worker(getattr(e, "signum", signal.SIGTERM))
+    except Exception as e:  # pylint: disable=broad-except  # raised again in the parent
+      answer = (i, False, mp_pool.ExceptionWithTraceback(e, e.__traceback__))
+    try:
+      conn.send(answer)
+    except BrokenPipeError:   # the parent is gone
+      return
+    except Exception as e:  # pylint: disable=broad-except  # a record pickle cannot send
+      conn.send((i, False, mp_pool.MaybeEncodingError(e, answer[2])))
+
+
+def _died_line(exitcode: int, job: int | None, jobs: Sequence[Any]) -> str:
+  """:class:`WorkerDied`'s line: how a worker ended (its process's exit code), in which
+  job (and run directory, for a study's task dicts), and what to do."""
+  if exitcode < 0:
+    signum = -exitcode
+    hint = ", often the out-of-memory killer: lower study.workers"
+    how = (f"was killed by signal {signum} ({signal.Signals(signum).name}"
+           f"{hint if signum == signal.SIGKILL else ''})")
+  else:
+    how = f"exited with status {exitcode}"
+  if job is None:
+    return f"a study worker {how} between jobs; {RESUMES_THE_REST}"
+  tasks = jobs[job] if isinstance(jobs[job], list) else [jobs[job]]
+  rundirs = [t["rundir"] for t in tasks if isinstance(t, dict) and "rundir" in t]
+  where = f"job {job + 1} of {len(jobs)}"
+  if rundirs:
+    more = f" and {len(rundirs) - 1} more" if len(rundirs) > 1 else ""
+    where += f" ({rundirs[0]}{more})"
+  return f"a study worker {how} while running {where}; {RESUMES_THE_REST}"
 
 
 @contextlib.contextmanager

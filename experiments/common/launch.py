@@ -202,7 +202,7 @@ def run_jobs(section: Any, jobs: Sequence[Any], run_one: Callable[[Any], Any],
 
 class SlurmRun:
   """The callable a SLURM job runs: ``run_one(task)`` in a fresh process set up as a
-  grid worker is (the pool's initializer, ``experiments.common.grid._init_worker``).
+  grid worker is (``experiments.common.grid._init_worker``).
 
   Its :meth:`checkpoint` is submitit's preemption / time-out hook: called on
   ``USR2``, it returns the same call, which submitit requeues; the requeued job's

@@ -52,7 +52,9 @@ def grid_fields(*, seeds: int) -> dict[str, Any]:
     epochs: if set, overrides ``train.epochs`` of every dataset.
     workers: processes running the study in parallel (forked after the data are
       loaded; :func:`experiments.common.grid.run_grid`; one per CPU core on a CPU
-      machine, 1 on a single accelerator); ``<= 1`` runs in this process.
+      machine, 1 on a single accelerator, and only as many as fit in memory: each
+      holds one run, see BUILD_NOTES.md, "How many workers"); ``<= 1`` runs in this
+      process.
     xla_threads: with ``workers > 1``, 1 makes each worker's XLA CPU runtime
       single-threaded (``--xla_cpu_multi_thread_eigen=false``); 0 keeps XLA's default
       (the stability rerun changes it).
