@@ -149,6 +149,7 @@ def test_the_train_step_takes_vicreg_of_the_embedded_halves():
   np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-4)
   assert float(metrics["num_total"]) == 10
   assert float(metrics["num_active"]) == want_stats["num_active"]
+  assert float(metrics["active_ratio"]) == pytest.approx(want_stats["active_ratio"])
   assert float(metrics["easy_share"]) == pytest.approx(
       (10 - want_stats["num_active"]) / 10)
 
