@@ -206,6 +206,19 @@ def test_two_view_config_errors_are_one_line(changes, message):
   assert "\n" not in str(e.value)
 
 
+def test_the_loss_zoo_runs_vicreg_on_two_augmented_views_of_images():
+  from experiments.configs.presets import loss_zoo as presets  # pylint: disable=import-outside-toplevel
+  from experiments.loss_zoo import study  # pylint: disable=import-outside-toplevel
+  cfg = presets.study_config(("fashion_mnist", "synthetic"))
+  run = study.run_config(cfg, "fashion_mnist", "vicreg", 0)
+  assert run.data.views == 2 and run.data.augment
+  config_lib.check_config(run)
+  assert study.run_config(cfg, "fashion_mnist", "triplet", 0).data.views == 1
+  with pytest.raises(config_lib.ConfigError, match=r"^data.views=2 does not apply to "
+                                                   r"synthetic \(not images"):
+    config_lib.check_config(study.run_config(cfg, "synthetic", "vicreg", 0))
+
+
 def test_help_lines_name_the_two_view_fields():
   help_ = config_lib.FIELD_HELP
   assert "needs data.augment" in help_["data.views"]
@@ -250,3 +263,48 @@ def test_cli_trains_a_two_view_loss_on_the_default_data(tmp_path, loss):
   if "vicreg" in loss[0]:   # the variance hinges: one per dimension and view
     assert all(r["num_total"] == 2 * embedding_dim for r in steps)
   assert "val_loss" in [r for r in records if r["kind"] == "epoch"][0]
+
+
+def _two_view_fit_config():
+  from fit_helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  cfg = tiny_config("digits", epochs=1, steps_per_epoch=3)
+  cfg.data.update(views=2, augment=True)
+  cfg.loss.name = "vicreg"
+  cfg.margin.schedule = "constant"
+  cfg.train.tensorboard = False
+  return cfg
+
+
+_FOUR_DEVICES = """
+import sys
+import jax
+from fit_helpers import run_config
+from test_views import _two_view_fit_config
+assert jax.device_count() == 4, jax.devices()
+run_config(_two_view_fit_config(), sys.argv[1])   # data_parallel: the 4-device mesh
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_two_view_fit_on_four_devices_matches_one_device(tmp_path):
+  """The [A; B] batch sharded over 4 devices trains as on one (the loss splits the
+  global batch, not each device's rows)."""
+  from fit_helpers import read_lines, run_config  # pylint: disable=import-outside-toplevel
+  run_config(_two_view_fit_config(), str(tmp_path / "one"))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+  proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES, str(tmp_path / "four")],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+  one, four = read_lines(tmp_path / "one"), read_lines(tmp_path / "four")
+  assert len(one) == len(four) == 4   # 3 steps and the epoch
+  for a, b in zip(one, four):
+    assert set(a) == set(b)
+    for key, value in a.items():
+      if isinstance(value, float):
+        np.testing.assert_allclose(b[key], value, rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{a['kind']} {a['step']} {key}")
+      else:
+        assert value == b[key], key
