@@ -74,6 +74,12 @@ def host_share(batches: np.ndarray, process_index: int, process_count: int) -> n
   return batches[..., process_index * per_host:(process_index + 1) * per_host]
 
 
+def _check_views(views: int) -> int:
+  if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+    raise ValueError(f"views={views!r} must be an integer >= 1.")
+  return int(views)
+
+
 def repeat_views(batches: np.ndarray, views: int) -> np.ndarray:
   """Each batch's indices ``views`` times, view after view.
 
@@ -85,10 +91,7 @@ def repeat_views(batches: np.ndarray, views: int) -> np.ndarray:
     ``[steps, views * B]``: columns ``[v B, (v + 1) B)`` are view ``v`` (the same
     indices as columns ``[0, B)``).
   """
-  if isinstance(views, bool) or int(views) != views or views < 1:
-    raise ValueError(f"views={views!r} must be an integer >= 1.")
-  batches = np.asarray(batches)
-  return np.concatenate([batches] * int(views), axis=-1)
+  return np.concatenate([np.asarray(batches)] * _check_views(views), axis=-1)
 
 
 class MultiViewSampler:
@@ -108,8 +111,7 @@ class MultiViewSampler:
   """
 
   def __init__(self, sampler: Sampler, views: int = 2):
-    repeat_views(np.zeros((1, 1), np.int64), views)   # checks views
-    self.sampler, self.views = sampler, int(views)
+    self.sampler, self.views = sampler, _check_views(views)
     self.steps_per_epoch = int(sampler.steps_per_epoch)
 
   def epoch(self, epoch: int) -> np.ndarray:
