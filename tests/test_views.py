@@ -308,3 +308,24 @@ def test_two_view_fit_on_four_devices_matches_one_device(tmp_path):
                                    err_msg=f"{a['kind']} {a['step']} {key}")
       else:
         assert value == b[key], key
+
+
+@pytest.mark.slow
+def test_a_killed_two_view_run_resumes_to_the_same_records(tmp_path):
+  """The views are drawn from (seed, epoch, step): a run killed mid-epoch and resumed
+  logs what an uninterrupted one does."""
+  from fit_helpers import read_lines, run_config  # pylint: disable=import-outside-toplevel
+
+  def config():
+    cfg = _two_view_fit_config()
+    cfg.train.update(epochs=2, steps_per_epoch=4)
+    cfg.checkpoint.every_steps = 2
+    return cfg
+
+  whole, broken = tmp_path / "whole", tmp_path / "broken"
+  summary = run_config(config(), str(whole))
+  killed = config()
+  killed.train.stop_after_steps = 7        # epoch 1, step 3 of 4: after the checkpoint at 6
+  assert run_config(killed, str(broken)) is None
+  assert run_config(config(), str(broken)) == summary
+  assert read_lines(broken) == read_lines(whole)
