@@ -14,6 +14,8 @@ from tsm.config import loss_table
 
 # The fields a loss has no default for (LossEntry.required), set for the tests.
 REQUIRED = {"ranked_list": {"tn": 1.0}}
+# The data fields a loss needs (LossEntry.views: two views of each input).
+DATA = {"vicreg": {"views": 2, "augment": True}}
 
 
 def _batch(b=8, d=4, classes=2, seed=0):
@@ -28,6 +30,7 @@ def test_every_registered_loss_builds_checks_and_trains_two_steps(name):
   cfg = config_lib.default_config()
   cfg.loss.name = name
   cfg.loss.update(REQUIRED.get(name, {}))
+  cfg.data.update(DATA.get(name, {}))
   cfg.model.update(name="mlp", hidden_sizes=(8,), embedding_dim=4)
   cfg.train.update(classes_per_batch=3, samples_per_class=4)
   config_lib.check_config(cfg)

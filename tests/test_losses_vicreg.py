@@ -36,8 +36,9 @@ def ref_vicreg(z1, z2, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
   h1, c1 = parts(z1)
   h2, c2 = parts(z2)
   var = sum(h1) / d + sum(h2) / d
-  stats = dict(num_total=2 * d, num_active=sum(h > 0 for h in h1 + h2), invariance=inv,
-               variance=var, covariance=c1 + c2)
+  active = sum(h > 0 for h in h1 + h2)
+  stats = dict(num_total=2 * d, num_active=active, active_ratio=active / (2 * d),
+               invariance=inv, variance=var, covariance=c1 + c2)
   return lam * inv + mu * var + nu * (c1 + c2), stats
 
 

@@ -389,7 +389,8 @@ class ValidationLoss:
 
   Attributes:
     index_batches: int ``[steps, rows]`` index batches of the split (e.g. epoch 0 of a
-      sampler over its labels), fixed for the run so epochs compare.
+      sampler over its labels), fixed for the run so epochs compare; for a two-view
+      loss, in the training batches' layout (``tsm.data.repeat_views``).
     margin: the margin of the loss; None = the margin the epoch trained at (paper A's
       code uses a fixed 1.0, so that losses of epochs with different margins compare).
     split: the split (``"val"``).

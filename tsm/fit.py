@@ -414,7 +414,9 @@ def fit(model: nn.Module, loss: Any, schedule: margins_lib.MarginSchedule,
     data: ``tsm.data.DatasetSplits``, or ``{"train": (x, y), "val": ..., "test": ...}``.
     workdir: run directory (created; resumed when it holds a checkpoint).
     epochs: number of epochs.
-    sampler: index batches of the train split; default :func:`default_sampler`.
+    sampler: index batches of the train split; default :func:`default_sampler`
+      (``tsm.data.MultiViewSampler`` for two-view losses: each input twice, augmented
+      on its own with ``options.augment``).
     seed: seed of the model initialisation, dropout and augmentation.
     evaluators: run after epochs (each by its ``every_epochs``); results go into the epoch
       records as ``<split>_<metric>``.

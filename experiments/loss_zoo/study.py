@@ -206,8 +206,10 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   """The tsm config of one run: the dataset's section with the study's choices set.
 
   Only the loss differs between the runs of a (dataset, seed): ``loss.name``, its
-  options from ``study.loss_options``, and the margin the triplet / contrastive loss
-  reads from the (constant) schedule; the shared choices are
+  options from ``study.loss_options``, the margin the triplet / contrastive loss
+  reads from the (constant) schedule, and for a two-view loss (VICReg) two augmented
+  views of each input (``data.views``, ``data.augment``; refused on a frozen trunk's
+  cached features); the shared choices are
   :func:`experiments.common.runs.loss_run`'s.
   """
   s = cfg.study
@@ -216,6 +218,9 @@ def run_config(cfg: ml_collections.ConfigDict, dataset: str, loss: str,
   for field, value in s.loss_options[loss].items():
     if value is not None:
       run.loss[field] = value
+  views = config_lib.loss_table.LOSS_TABLE[loss].views
+  if views > 1:   # a two-view loss (VICReg): each input twice, independently augmented
+    run.data.update(views=views, augment=True)
   if loss == "triplet":
     run.margin.initial_margin = float(s.triplet_margin)
   elif loss == "contrastive":

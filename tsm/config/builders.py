@@ -181,17 +181,22 @@ def build_optimizer(cfg: ml_collections.ConfigDict,
 
 def build_sampler(cfg: ml_collections.ConfigDict, labels: np.ndarray, seed: int, *,
                   max_classes: int | None = None) -> samplers_lib.Sampler:
-  """The sampler of the ``train`` section over ``labels``."""
+  """The sampler of the ``train`` section over ``labels`` (a
+  :class:`tsm.data.MultiViewSampler` with ``data.views`` > 1: its batch size and P x K
+  count inputs per view)."""
   t = cfg.train
   return samplers_lib.make_sampler(
       t.sampling, labels, seed=seed, classes_per_batch=t.classes_per_batch,
       samples_per_class=t.samples_per_class, batch_size=t.batch_size,
       steps_per_epoch=t.steps_per_epoch, max_classes=max_classes,
-      outlier_anchors=t.outlier_anchors, positive_is_anchor=t.positive_is_anchor)
+      outlier_anchors=t.outlier_anchors, positive_is_anchor=t.positive_is_anchor,
+      views=int(cfg.data.views))
 
 
 def _val_loss_batches(cfg: ml_collections.ConfigDict, splits: Any) -> np.ndarray | None:
-  """Fixed validation-loss index batches (epoch 0 of a sampler over val), or None."""
+  """Fixed validation-loss index batches (epoch 0 of a sampler over val), or None; with
+  ``data.views`` > 1 the views are the same unaugmented inputs (the loss sees the
+  training batch's layout)."""
   labels = np.asarray(splits.val.labels)
   counts = np.bincount(labels[labels >= 0]) if labels.size else np.zeros(0, int)
   with_pairs = int(np.count_nonzero(counts >= 2))

@@ -24,7 +24,8 @@ import numpy as np
 from tsm import distances, losses, margins, models
 from tsm import train as train_lib
 from tsm.config import loss_table
-from tsm.config.builders import _model_kwargs, data_spec, schedule_arguments
+from tsm.config.builders import (_model_kwargs, data_spec, schedule_arguments,
+                                 uses_feature_cache)
 from tsm.config.defaults import (LOSS_FIELDS, LOSSES, MARGIN_UPDATES, NONFINITE,
                                  PAIR_PROTOCOLS, RANKING_METRICS, REFERENCE_LOSSES,
                                  default_config)
@@ -115,6 +116,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   defaults = default_config()
   _unknown_fields(cfg, defaults)
   _int(cfg.seed, "seed", 0)
+  views = cfg.data.views
+  if (uses_feature_cache(cfg) and isinstance(views, int) and not isinstance(views, bool)
+      and views > 1):   # before the data section's own rule (views need augment)
+    raise ConfigError(f"data.views={views} does not apply to a frozen model.trunk (it "
+                      "trains on cached features of the unaugmented images: no second "
+                      "view); set data.views=1.")
   try:
     data_spec(cfg).check()
   except ValueError as e:
@@ -122,7 +129,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _check_trunk(cfg)
   _check_loss(cfg.loss, defaults.loss)
   _check_train(cfg.train, cfg.loss.name)
-  _check_loss_wrappers(cfg.loss, cfg.train)
+  _check_loss_wrappers(cfg.loss, cfg.train, int(cfg.data.views))
+  _check_views(cfg)
   _check_margin(cfg.margin, cfg)
   _check_eval(cfg.eval, cfg.train.best_metric)
   _check_checkpoint(cfg.checkpoint)
@@ -170,6 +178,9 @@ def _check_loss(loss: ml_collections.ConfigDict,
     _number(loss[field], f"loss.{field}", strict=True, optional=True)
   for field in ("lambda_plus", "lambda_minus", "nu", "pos_eps", "neg_eps", "lambda_c"):
     _number(loss[field], f"loss.{field}", optional=True)
+  for field in ("invariance_lambda", "variance_mu", "covariance_v"):
+    _number(loss[field], f"loss.{field}", optional=True)
+  _number(loss.eps, "loss.eps", strict=True, optional=True)
   for field in ("tn", "tp", "margin_plus", "margin_minus", "min_val"):
     _number(loss[field], f"loss.{field}", minimum=-math.inf, optional=True)
   _number(loss.imbalance, "loss.imbalance", optional=True)
@@ -187,9 +198,9 @@ def _check_loss(loss: ml_collections.ConfigDict,
 
 
 def _check_loss_wrappers(loss: ml_collections.ConfigDict,
-                         t: ml_collections.ConfigDict) -> None:
+                         t: ml_collections.ConfigDict, views: int = 1) -> None:
   """``loss.miner`` and ``loss.xbm_size`` (pair / triplet losses, in-batch sampling),
-  and the regularizer fields."""
+  and the regularizer fields (``views``: ``data.views``, rows per input)."""
   _choice(loss.miner, "loss.miner", ("none",) + tuple(loss_table.MINERS))
   _int(loss.xbm_size, "loss.xbm_size", 0, "0 turns the cross-batch memory off")
   for field, on in (("miner", loss.miner != "none"), ("xbm_size", loss.xbm_size != 0)):
@@ -217,11 +228,40 @@ def _check_loss_wrappers(loss: ml_collections.ConfigDict,
   if loss.weight_regularizer != "none" and loss.name not in with_weights:
     raise ConfigError(f"loss.weight_regularizer={loss.weight_regularizer!r} applies to "
                       f"{', '.join(with_weights)} only (loss.name={loss.name}).")
-  batch = (t.classes_per_batch * t.samples_per_class if t.sampling == "pk"
-           else t.batch_size)
+  batch = views * (t.classes_per_batch * t.samples_per_class if t.sampling == "pk"
+                   else t.batch_size)
   if loss.xbm_size and loss.xbm_size < batch:
     raise ConfigError(f"loss.xbm_size={loss.xbm_size} is below the batch size {batch}; "
                       f"use loss.xbm_size >= {batch}.")
+
+
+def _check_views(cfg: ml_collections.ConfigDict) -> None:
+  """``data.views`` against the loss and the sampling, and ``loss.self_supervised``
+  (``DataSpec.check`` has checked ``data.views`` against ``data.augment``)."""
+  views, loss, t = int(cfg.data.views), cfg.loss, cfg.train
+  _bool(loss.self_supervised, "loss.self_supervised")
+  wanted = loss_table.LOSS_TABLE[loss.name].views
+  if wanted != 1 and views != wanted:
+    raise ConfigError(f"loss.name={loss.name} takes {wanted} views of each input; set "
+                      f"data.views={wanted} (with data.augment=True).")
+  if loss.self_supervised:
+    if loss.name not in loss_table.SELF_SUPERVISED_LOSSES:
+      raise ConfigError(f"loss.self_supervised=True applies to "
+                        f"{', '.join(loss_table.SELF_SUPERVISED_LOSSES)} (PML's "
+                        f"SelfSupervisedLoss), not loss.name={loss.name}.")
+    if views != 2:
+      raise ConfigError(f"loss.self_supervised=True takes two views of each input; set "
+                        f"data.views=2 (with data.augment=True), not {views}.")
+    if loss.xbm_size:
+      raise ConfigError(f"loss.xbm_size={loss.xbm_size} does not apply with "
+                        "loss.self_supervised=True (its labels are positions in the "
+                        "batch, which a memory of past batches would confuse); set 0.")
+    if loss.mining == "curriculum":
+      raise ConfigError("loss.self_supervised=True does not apply to loss.mining="
+                        "curriculum (a loss per epoch); use a fixed loss.mining.")
+  if views > 1 and t.sampling in ("triplets", "pairs"):
+    raise ConfigError(f"data.views={views} takes in-batch sampling (train.sampling=pk or "
+                      f"random); train.sampling={t.sampling!r} draws explicit tuples.")
 
 
 def _check_train(t: ml_collections.ConfigDict, loss_name: str) -> None:

@@ -74,6 +74,10 @@ FIELD_HELP: dict[str, str] = {
     "data.normalize": "unit ([0, 1]), symmetric ([-1, 1]), imagenet, or dataset (the "
                       "training split's channel mean / std)",
     "data.augment": "random crop and (natural images) flip on training batches",
+    "data.views": "views of each training input: 1, or V >= 2 (every input V times, each "
+                  "copy augmented on its own: batches of V x B rows, view after view, "
+                  "labels repeated; train.batch_size and P x K count inputs per view; "
+                  "loss.name=vicreg and loss.self_supervised take 2); needs data.augment",
     "data.data_dir": "TFDS data directory (None: ~/tensorflow_datasets)",
     "data.cache_dir": "where TFDS label caches go (None: next to the data)",
     "data.num_examples": "cap on the examples of each split (None: all)",

@@ -67,6 +67,8 @@ class LossEntry:
     required: fields the loss has no default for (as in PML): the config must set them.
     margin_argument: the keyword a ``"margin"`` loss takes the schedule's margin by.
     arguments: field -> ``fn``'s keyword where it differs from the field's own.
+    views: the views of each input the built loss takes (2: VICReg; the config then
+      needs ``data.views=2``).
   """
   name: str
   fn: Callable[..., Any]
@@ -79,6 +81,7 @@ class LossEntry:
   required: tuple[str, ...] = ()
   margin_argument: str = "margin"
   arguments: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  views: int = 1
 
 
 # Options of the ``loss`` section besides ``name`` and ``distance``; None defaults take
@@ -119,6 +122,10 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "num_proxies": LossField(None, int),
     "lambda_c": LossField(None, float),
     "beta_per_class": LossField(False, bool),
+    "invariance_lambda": LossField(None, float),
+    "variance_mu": LossField(None, float),
+    "covariance_v": LossField(None, float),
+    "eps": LossField(None, float),
 }
 
 # Options whose help line is written once in tsm.config.defaults (not per loss).
@@ -155,6 +162,9 @@ WRAPPER_FIELDS: dict[str, tuple[Any, str]] = {
                                    "the class matrix (PML's): none, "
                                    f"{', '.join(WEIGHT_REGULARIZERS)}"),
     "weight_reg_weight": (1.0, "weight of loss.weight_regularizer"),
+    "self_supervised": (False, "PML's SelfSupervisedLoss: the loss of the two views of "
+                               "each input, rows paired by position, labels unused "
+                               "(needs data.views=2); for {}"),
 }
 
 
@@ -182,6 +192,14 @@ def _without_classes(given, loss, sampling, num_classes):
   histogram, or its proxies are not classes)."""
   del sampling, num_classes
   return LOSS_TABLE[loss.name].fn(**given)
+
+
+def _vicreg(given, loss, sampling, num_classes):
+  """VICReg of the two halves of a two-view batch (no margin, no labels)."""
+  del loss, sampling, num_classes
+  vicreg = functools.partial(losses.vicreg_loss, **given)
+  return losses.stacked_views(lambda embeddings, ref_embeddings, margin: vicreg(
+      embeddings, ref_embeddings))
 
 
 def _margin_beta(given, loss, sampling, num_classes):
@@ -320,9 +338,26 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
                "lambda_c": "weight of the context loss (None: 1)",
                "alpha": "the random walk's propagation (None: 0.8)",
                "loss_margin": "margin (None: 5e-4)"}, build=_without_classes),
+    # Two views of each input (data.views=2), split from the [2B, D] batch; no margin.
+    LossEntry("vicreg", losses.vicreg_loss, "plain",
+              {"invariance_lambda": "weight of the views' mean squared difference "
+                                    "(None: 25)",
+               "variance_mu": "weight of the variance hinge (None: 25)",
+               "covariance_v": "weight of the covariance part, PML's nu (None: 1)",
+               "eps": "added to the variance under the square root (None: 1e-4)"},
+              build=_vicreg, views=2),
 )}
 
 
+# The losses PML's SelfSupervisedLoss wraps (its supported_losses) that loss.self_supervised
+# applies to.
+SELF_SUPERVISED_LOSSES = ("angular", "circle", "contrastive", "generalized_lifted_structure",
+                          "intra_pair_variance", "lifted_structure", "multi_similarity",
+                          "nca", "ntxent", "snr_contrastive", "supcon", "triplet",
+                          "tuplet_margin")
+_default, _help = WRAPPER_FIELDS["self_supervised"]
+WRAPPER_FIELDS["self_supervised"] = (_default, _help.format(", ".join(
+    SELF_SUPERVISED_LOSSES)))
 _default, _help = WRAPPER_FIELDS["weight_regularizer"]
 WRAPPER_FIELDS["weight_regularizer"] = (_default, _help.format(", ".join(
     e.name for e in LOSS_TABLE.values() if e.class_weights)))
@@ -370,6 +405,8 @@ def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
           else _margin_keyword(fn, entry.margin_argument))
   if entry.references and sampling not in ("triplets", "pairs"):
     fn = _wrapped(fn, loss)
+  if loss.self_supervised:
+    fn = losses.stacked_views(losses.self_supervised_loss(fn))
   if loss.embedding_regularizer != "none" or loss.weight_regularizer != "none":
     fn = regularizers.regularized(
         fn, embedding_regularizer=EMBEDDING_REGULARIZERS.get(loss.embedding_regularizer),

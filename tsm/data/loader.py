@@ -4,6 +4,10 @@
 order of ``index_batches``, while a small thread pool decodes the next ``prefetch``
 batches. numpy, PIL and ArrayRecord reads release the GIL for most of their work, so
 threads are enough here (no process pool, no grain dependency).
+
+A batch whose indices repeat (the views of ``tsm.data.MultiViewSampler``) decodes each
+input once; augmentation draws for every row on its own, so repeated inputs come out
+differently augmented.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ def _seed_sequence(seed: int | Sequence[int]) -> list[int]:
 
 def load_batch(split, indices: np.ndarray, *, augment: bool = False,
                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-  """One batch: ``{"inputs": float32 [B, ...], "labels": int32 [B]}``."""
+  """One batch: ``{"inputs": float32 [B, ...], "labels": int32 [B]}`` (an index that
+  repeats is decoded once)."""
   indices = np.asarray(indices, dtype=np.int64)
-  inputs = split.get(indices)
+  distinct, inverse = np.unique(indices, return_inverse=True)
+  if distinct.size < indices.size:
+    inputs = split.get(distinct)[inverse.reshape(-1)]
+  else:
+    inputs = split.get(indices)
   if augment:
     inputs = split.augment(inputs, rng if rng is not None else np.random.default_rng(0))
   return {"inputs": inputs, "labels": split.labels[indices]}

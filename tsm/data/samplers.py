@@ -8,6 +8,11 @@ rows]`` of indices into a split, a pure function of the constructor arguments an
 The batches are *global*; on several hosts each host loads its share with
 ``host_share(batches, process_index, process_count)``.
 
+Two-view (or ``V``-view) training, as self-supervised losses need it:
+:class:`MultiViewSampler` repeats each batch's indices (``[steps, V x rows]``, view after
+view), and the loader augments every row with its own draws, so the views are the same
+inputs independently augmented.
+
 Negative labels mark unlabelled points (the synthetic set's outliers): they are never
 anchors or positives; the random triplet / pair samplers may draw them as negatives,
 the P x K sampler never draws them.
@@ -67,6 +72,51 @@ def host_share(batches: np.ndarray, process_index: int, process_count: int) -> n
     raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
   per_host = size // process_count
   return batches[..., process_index * per_host:(process_index + 1) * per_host]
+
+
+def _check_views(views: int) -> int:
+  if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+    raise ValueError(f"views={views!r} must be an integer >= 1.")
+  return int(views)
+
+
+def repeat_views(batches: np.ndarray, views: int) -> np.ndarray:
+  """Each batch's indices ``views`` times, view after view.
+
+  Args:
+    batches: ``[steps, B]`` index batches (or ``[B]``).
+    views: number of views, >= 1.
+
+  Returns:
+    ``[steps, views * B]``: columns ``[v B, (v + 1) B)`` are view ``v`` (the same
+    indices as columns ``[0, B)``).
+  """
+  return np.concatenate([np.asarray(batches)] * _check_views(views), axis=-1)
+
+
+class MultiViewSampler:
+  """A sampler whose batches hold every input ``views`` times (two-view training).
+
+  Batch ``s`` of epoch ``e`` is ``repeat_views(sampler.epoch(e)[s], views)``: rows
+  ``[0, B)`` are view A, rows ``[B, 2B)`` view B of the same inputs, with the same
+  labels. The loader augments each row with its own random draws (seeded by the run's
+  seed, the epoch and the step), so the views differ exactly by their augmentation;
+  the train step embeds all ``views x B`` rows at once (one compiled step of fixed
+  shape) and a two-view loss splits them (``tsm.losses.stacked_views``).
+
+  Attributes:
+    sampler: the sampler of the inputs (its batch size counts inputs per view).
+    views: number of views.
+    steps_per_epoch: the sampler's.
+  """
+
+  def __init__(self, sampler: Sampler, views: int = 2):
+    self.sampler, self.views = sampler, _check_views(views)
+    self.steps_per_epoch = int(sampler.steps_per_epoch)
+
+  def epoch(self, epoch: int) -> np.ndarray:
+    """int64 ``[steps_per_epoch, views * rows]``."""
+    return repeat_views(self.sampler.epoch(epoch), self.views)
 
 
 class _ClassIndex:
@@ -319,7 +369,7 @@ def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8
                  samples_per_class: int = 4, batch_size: int = 64,
                  steps_per_epoch: int | None = None,
                  max_classes: int | None = None, outlier_anchors: bool = False,
-                 positive_is_anchor: bool = False) -> Sampler:
+                 positive_is_anchor: bool = False, views: int = 1) -> Sampler:
   """The sampler named ``sampling`` over ``labels``.
 
   Args:
@@ -336,11 +386,22 @@ def make_sampler(sampling: str, labels, *, seed: int, classes_per_batch: int = 8
     outlier_anchors: ``"triplets"`` / ``"pairs"``: label -1 may anchor (paper B's code).
     positive_is_anchor: ``"triplets"`` / ``"pairs"``: the positive may be the anchor
       itself (paper B's code).
+    views: ``"pk"`` / ``"random"``: each input that many times (a
+      :class:`MultiViewSampler` when > 1; ``batch_size`` and P x K count inputs per
+      view).
 
   Returns:
     A :class:`Sampler`.
   """
   check_sampling(sampling)
+  if views != 1:
+    if sampling in ("triplets", "pairs"):
+      raise ValueError(f"views={views!r} takes in-batch sampling (pk or random); "
+                       f"sampling={sampling!r} draws explicit tuples.")
+    return MultiViewSampler(
+        make_sampler(sampling, labels, seed=seed, classes_per_batch=classes_per_batch,
+                     samples_per_class=samples_per_class, batch_size=batch_size,
+                     steps_per_epoch=steps_per_epoch, max_classes=max_classes), views)
   if sampling == "pk":
     p = classes_per_batch if max_classes is None else min(classes_per_batch, max_classes)
     return PKSampler(labels, p, samples_per_class, seed, steps_per_epoch=steps_per_epoch)

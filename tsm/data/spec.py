@@ -81,6 +81,11 @@ class DataSpec:
       images only.
     augment: random crop (pad by size / 8) and, for natural images, horizontal flip
       on training batches.
+    views: inputs of each training batch: 1, or ``V >= 2``: every input ``V`` times,
+      each independently augmented (for self-supervised and two-view losses:
+      ``tsm.data.MultiViewSampler``); the batch then has ``V x`` the sampler's rows
+      (its batch size counts inputs per view). Needs ``augment`` (without it the views
+      would be the same image). Evaluation takes one view.
     data_dir: TFDS data directory (None = TFDS default, ``~/tensorflow_datasets``).
     cache_dir: where the label cache (.npy) goes (None = next to the prepared data,
       or ``~/.cache/tsm`` when that is not writable).
@@ -104,6 +109,7 @@ class DataSpec:
   channels: int | None = None
   normalize: str = "unit"
   augment: bool = False
+  views: int = 1
   data_dir: str | None = None
   cache_dir: str | None = None
   num_examples: int | None = None
@@ -142,6 +148,16 @@ class DataSpec:
     augment = self.augment
     if not isinstance(augment, bool):
       raise ValueError(f"augment={augment!r} must be True or False.")
+    views = self.views
+    if not isinstance(views, int) or isinstance(views, bool) or views < 1:
+      raise ValueError(f"views={views!r} must be an integer >= 1 (2: two views of each "
+                       "input).")
+    if views > 1 and name not in IMAGE_DATASETS:
+      raise ValueError(f"views={views} does not apply to {name} (not images, nothing to "
+                       "augment); set views=1.")
+    if views > 1 and not augment:
+      raise ValueError(f"views={views} needs augment=True (without augmentation the "
+                       "views are the same image); set augment=True or views=1.")
     if not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool) or (
         self.data_seed < 0):
       raise ValueError(f"data_seed={self.data_seed!r} must be an integer >= 0.")

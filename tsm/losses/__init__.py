@@ -81,7 +81,8 @@ from tsm.losses._softmax_margin import (cosface, cosface_loss, large_margin_soft
                                         large_margin_softmax_loss)
 from tsm.losses._explicit import explicit_pairs_loss, explicit_triplets_loss
 from tsm.losses._schedule import EpochLoss, MiningCurriculum, check_curriculum
-from tsm.losses._wrappers import multiple_losses, self_supervised_loss, with_miner
+from tsm.losses._wrappers import (multiple_losses, self_supervised_loss, stacked_views,
+                                   with_miner)
 from tsm.losses._xbm import MemoryState, cross_batch_memory, enqueue, init_memory
 # PML losses, second half: class-vector softmaxes, pair and self-supervised losses.
 from tsm.losses._ap_surrogates import PNP_VARIANTS, pnp_loss, smooth_ap_loss
@@ -111,7 +112,7 @@ __all__ += [
     "proxy_anchor", "proxy_anchor_loss", "supcon_loss", "update_centers",
 ]
 __all__ += ["MemoryState", "cross_batch_memory", "enqueue", "init_memory",
-            "multiple_losses", "self_supervised_loss", "with_miner"]
+            "multiple_losses", "self_supervised_loss", "stacked_views", "with_miner"]
 __all__ += [
     "EpochLoss", "MiningCurriculum", "check_curriculum", "explicit_pairs_loss",
     "explicit_triplets_loss",

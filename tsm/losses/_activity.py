@@ -42,6 +42,8 @@ proxy_anchor_loss        (sample, proxy) pairs          exponent ``alpha (delta 
                                                         ``log(1 + sum exp)``
 center_contrastive_loss  valid samples of a class with  as arcface, over the classes that
                          a centre                       have a centre
+vicreg_loss              variance hinges, one per       the dimension's standard deviation
+                         dimension and view (``2 D``)   below 1 (hinge > 0)
 =======================  ============================  ==================================
 
 Negative terms only (``num_neg_total``, ``num_neg_active``, ``neg_active_ratio``: a

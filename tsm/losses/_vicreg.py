@@ -18,12 +18,14 @@ class VICRegStats(NamedTuple):
   Attributes:
     num_total: the variance hinge terms, one per embedding dimension and view (``2 D``).
     num_active: those with non-zero loss (the dimension's standard deviation below 1).
+    active_ratio: ``num_active / num_total``.
     invariance: the mean squared difference between the views (unweighted).
     variance: the variance part, both views (unweighted).
     covariance: the covariance part, both views (unweighted).
   """
   num_total: chex.Array
   num_active: chex.Array
+  active_ratio: chex.Array
   invariance: chex.Array
   variance: chex.Array
   covariance: chex.Array
@@ -109,9 +111,10 @@ def vicreg_loss(
   loss = (invariance_lambda * invariance + variance_mu * variance +
           covariance_v * covariance)
   hinges = jax.lax.stop_gradient(jnp.stack([hinge1, hinge2]))
+  num_active = mining_lib.count_sum(hinges > 0)
   stats = VICRegStats(
       num_total=jnp.asarray(hinges.size, jnp.float32),
-      num_active=mining_lib.count_sum(hinges > 0),
+      num_active=num_active, active_ratio=num_active / hinges.size,
       invariance=invariance.astype(jnp.float32),
       variance=variance.astype(jnp.float32),
       covariance=covariance.astype(jnp.float32))

@@ -1,7 +1,9 @@
 """Loss wrappers: a weighted sum of losses, and the self-supervised (two views) form.
 
 pytorch-metric-learning's ``MultipleLosses`` and ``SelfSupervisedLoss``; the cross-batch
-memory is :mod:`tsm.losses._xbm`.
+memory is :mod:`tsm.losses._xbm`. ``stacked_views`` makes a loss of two views (VICReg,
+the self-supervised form) a loss of the train step's two-view batches
+(``tsm.data.MultiViewSampler``).
 
 References:
   pytorch-metric-learning 2.9 ``losses/multiple_losses.py``,
@@ -149,4 +151,37 @@ def self_supervised_loss(loss_fn: Callable[..., tuple[chex.Array, Any]], *,
                      jnp.concatenate([labels, labels]), margin)
     return loss_fn(embeddings, labels, margin, ref_embeddings=ref_embeddings,
                    ref_labels=labels)
+  return loss
+
+
+def stacked_views(view_loss: Callable[..., tuple[chex.Array, Any]]
+                  ) -> Callable[..., tuple[chex.Array, Any]]:
+  """A loss of two views as a loss of one batch holding both, view A rows then view B.
+
+  The train step's two-view batches (``tsm.data.MultiViewSampler`` with 2 views) embed
+  to ``[2B, D]``: rows ``[0, B)`` are view A of ``B`` inputs, rows ``[B, 2B)`` view B
+  of the same inputs (labels repeated). The returned loss passes the halves to
+  ``view_loss`` as ``(embeddings, ref_embeddings)``; the labels are not used (a
+  self-supervised loss pairs rows by position).
+
+  Args:
+    view_loss: ``(embeddings, ref_embeddings, margin) -> (loss, stats)``, e.g.
+      :func:`self_supervised_loss` of a pair loss.
+
+  Returns:
+    ``(embeddings [2B, D], labels [2B], margin) -> (loss, stats)``.
+
+  Raises:
+    ValueError: (at trace time) the batch has an odd number of rows.
+  """
+  def loss(embeddings, labels, margin):
+    del labels
+    check_inputs(embeddings)
+    rows = embeddings.shape[0]
+    if rows % 2:
+      raise ValueError(f"a two-view loss takes a batch of 2B rows (view A, then view B of "
+                       f"the same inputs); got {rows} rows. Train with two views "
+                       "(tsm.data.MultiViewSampler, data.views=2).")
+    half = rows // 2
+    return view_loss(embeddings[:half], embeddings[half:], margin)
   return loss
