@@ -15,6 +15,7 @@ from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows,
                               check_anchor_labels, check_inputs, check_pair_labels,
                               check_reduction, check_tuple_inputs, check_valid, is_named,
                               reduce_terms)
+from tsm.reducers import Reduction
 
 
 class PairStats(NamedTuple):
@@ -101,7 +102,7 @@ def contrastive_loss(
     margin: chex.Numeric,
     *,
     distance: str = "euclidean",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     positive_margin: chex.Numeric = 0.0,
     valid: chex.Array | None = None,
     ref_embeddings: chex.Array | None = None,
@@ -188,7 +189,7 @@ def contrastive_loss_from_pairs(
     margin: chex.Numeric,
     *,
     distance: str = "euclidean",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     positive_margin: chex.Numeric = 0.0,
     valid: chex.Array | None = None,
     labels: chex.Array | None = None,

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 
 from tsm.losses._contrastive import contrastive_loss_from_pairs
 from tsm.losses._triplet import triplet_margin_loss_from_triplets
+from tsm.reducers import Reduction
 
 
-def explicit_triplets_loss(*, distance: str = "euclidean", reduction: Any = "mean"
+def explicit_triplets_loss(*, distance: str = "euclidean", reduction: Reduction = "mean"
                            ) -> Callable[..., Any]:
   """The triplet loss over batches ``[anchors; positives; negatives]`` (paper B's).
 
@@ -36,7 +37,7 @@ def explicit_triplets_loss(*, distance: str = "euclidean", reduction: Any = "mea
   return loss_fn
 
 
-def explicit_pairs_loss(*, distance: str = "euclidean", reduction: Any = "mean",
+def explicit_pairs_loss(*, distance: str = "euclidean", reduction: Reduction = "mean",
                         positive_margin: float = 0.0) -> Callable[..., Any]:
   """The contrastive loss over batches ``[first members; second members]`` (paper B's).
 

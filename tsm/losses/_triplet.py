@@ -22,7 +22,7 @@ pytorch-metric-learning differ only on exact ties and by the rounding of ``t`` v
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax
@@ -34,6 +34,7 @@ from tsm.distances import check_distance, paired_distances, pairwise_distances
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
                               check_anchor_labels, check_inputs, check_reduction,
                               check_tuple_inputs, check_valid, is_named, reduce_terms)
+from tsm.reducers import Reduction
 
 # Band modes over every valid triplet (pytorch-metric-learning's TripletMarginMiner
 # names), then the batch-level selections.
@@ -190,7 +191,7 @@ def triplet_margin_loss(
     *,
     distance: str = "euclidean",
     mining: str = "all",
-    reduction: Any = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
     ref_embeddings: chex.Array | None = None,
     ref_labels: chex.Array | None = None,
@@ -362,7 +363,7 @@ def triplet_margin_loss_from_triplets(
     margin: chex.Numeric,
     *,
     distance: str = "euclidean",
-    reduction: Any = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
     labels: chex.Array | None = None,
 ) -> tuple[chex.Array, TripletStats]:
