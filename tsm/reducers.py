@@ -46,6 +46,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple, Sequence, Union
 
 import chex
@@ -102,7 +103,13 @@ def threshold(low: float | None = None, high: float | None = None) -> Threshold:
     ValueError: one line, when neither bound is given or they are not numbers with
       ``low < high``.
   """
-  value = Threshold(low, high)
+  def number(name, bound):
+    if bound is None:
+      return None
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+      raise ValueError(f"threshold {name}={bound!r} must be a number or None.")
+    return float(bound)
+  value = Threshold(number("low", low), number("high", high))
   check(value)
   return value
 
@@ -174,8 +181,8 @@ def check(reduction: Any) -> None:
       raise ValueError("a threshold reduction needs low or high (or both), e.g. "
                        "tsm.reducers.threshold(low=0.1).")
     for name, bound in (("low", low), ("high", high)):
-      if bound is not None and not (isinstance(bound, (int, float))
-                                    and not isinstance(bound, bool) and not math.isnan(bound)):
+      if bound is not None and (isinstance(bound, bool)
+                                or not isinstance(bound, numbers.Real) or math.isnan(bound)):
         raise ValueError(f"threshold {name}={bound!r} must be a number or None.")
     if low is not None and high is not None and not low < high:
       raise ValueError(f"threshold low={low!r} must be below high={high!r} (no term "
@@ -183,7 +190,7 @@ def check(reduction: Any) -> None:
   elif isinstance(reduction, ClassWeighted):
     w = reduction.weights
     if (not isinstance(w, tuple) or not w
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                    and math.isfinite(v) for v in w)):
       raise ValueError(f"class weights must be a non-empty tuple of finite numbers, one "
                        f"per class; got {w!r} (use tsm.reducers.class_weighted).")
