@@ -181,8 +181,8 @@ def check(reduction: Any) -> None:
       raise ValueError("a threshold reduction needs low or high (or both), e.g. "
                        "tsm.reducers.threshold(low=0.1).")
     for name, bound in (("low", low), ("high", high)):
-      if bound is not None and (isinstance(bound, bool)
-                                or not isinstance(bound, numbers.Real) or math.isnan(bound)):
+      if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+                                or math.isnan(bound)):
         raise ValueError(f"threshold {name}={bound!r} must be a number or None.")
     if low is not None and high is not None and not low < high:
       raise ValueError(f"threshold low={low!r} must be below high={high!r} (no term "
@@ -251,8 +251,10 @@ def term_sums(term_loss: chex.Array, weights: chex.Array, reduction: Reduction,
     axis = tuple(range(1, term_loss.ndim))
   weights = weights.astype(term_loss.dtype)
   kept = _kept(term_loss, weights, reduction)
-  guard = 0.0 * jnp.sum(jnp.where(weights > 0, term_loss, 0.0), axis=axis)
-  sums = jnp.sum(jnp.where(kept > 0, kept * term_loss, 0.0), axis=axis) + guard
+  sums = jnp.sum(jnp.where(kept > 0, kept * term_loss, 0.0), axis=axis)
+  if reduction == "mean_nonzero" or isinstance(reduction, Threshold):
+    # These drop terms by value, a NaN term too; adding 0 * the terms keeps it.
+    sums = sums + 0.0 * jnp.sum(jnp.where(weights > 0, term_loss, 0.0), axis=axis)
   return sums, jnp.sum(kept, axis=axis)
 
 

@@ -6,7 +6,6 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsm import mining as mining_lib
 from tsm.distances import l2_normalize, pairwise_squared_euclidean
 from tsm.losses._activity import pair_masks, valid_rows
 from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, check_inputs,
