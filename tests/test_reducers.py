@@ -18,6 +18,7 @@ import pytest
 from test_loss_zoo import cos, lse, unit
 from tsm import config as config_lib
 from tsm import losses
+from fit_helpers import tiny_config
 from test_loss_table import train_steps
 from tsm import reducers as R
 
@@ -260,7 +261,7 @@ def test_nothing_passing_the_threshold_gives_zero_with_zero_gradients():
   x, y = _batch("random")
   fn = lambda e: losses.triplet_margin_loss(e, jnp.asarray(y), MARGIN,
                                             reduction=R.threshold(low=1e6))[0]
-  value, g = jax.value_and_grad(fn)(jnp.asarray(x))
+  value, g = jax.jit(jax.value_and_grad(fn))(jnp.asarray(x))
   assert float(value) == 0.0
   np.testing.assert_array_equal(np.asarray(g), 0.0)
 
@@ -273,12 +274,12 @@ def test_names_on_the_dense_path_equal_the_exact_band_path():
   # Equal "mean_nonzero" losses and equal counts (its and "mean"'s denominators) make
   # every named reduction equal.
   for mining in ("all", "semihard", "hard", "easy"):
-    exact, s1 = losses.triplet_margin_loss(x, jnp.asarray(y), MARGIN, mining=mining,
-                                           reduction="mean_nonzero")
-    dense, s2 = _mined.triplet_general(
-        jnp.asarray(x), jnp.asarray(y), MARGIN, distance="euclidean",
-        reduction="mean_nonzero", valid=None, ref_embeddings=None, ref_labels=None,
-        pair_weights=None, triplet_weights=None, band=mining)
+    exact, s1 = jax.jit(lambda e, l, m=mining: losses.triplet_margin_loss(
+        e, l, MARGIN, mining=m, reduction="mean_nonzero"))(jnp.asarray(x), jnp.asarray(y))
+    dense, s2 = jax.jit(lambda e, l, m=mining: _mined.triplet_general(
+        e, l, MARGIN, distance="euclidean", reduction="mean_nonzero", valid=None,
+        ref_embeddings=None, ref_labels=None, pair_weights=None, triplet_weights=None,
+        band=m))(jnp.asarray(x), jnp.asarray(y))
     np.testing.assert_allclose(float(dense), float(exact), rtol=1e-5, atol=1e-6)
     for field in ("num_mined", "num_mined_active", "num_triplets", "num_easy"):
       assert float(getattr(s1, field)) == float(getattr(s2, field)), (mining, field)
@@ -298,8 +299,10 @@ def test_padding_rows_are_not_anchors():
                                                                   reduction=r, valid=v)),
       (R.per_anchor(), lambda e, l, r, v: losses.angular_loss(e, l, reduction=r,
                                                               valid=v))):
-    got, _ = fn(jnp.asarray(padded), jnp.asarray(y), reduction, jnp.asarray(valid))
-    want, _ = fn(jnp.asarray(x[keep]), jnp.asarray(y[keep]), reduction, None)
+    got, _ = jax.jit(lambda e, l, v, f=fn, r=reduction: f(e, l, r, v))(
+        jnp.asarray(padded), jnp.asarray(y), jnp.asarray(valid))
+    want, _ = jax.jit(lambda e, l, f=fn, r=reduction: f(e, l, r, None))(
+        jnp.asarray(x[keep]), jnp.asarray(y[keep]))
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
 
 
@@ -344,7 +347,7 @@ def test_nan_in_gives_nan_out_for_reducer_values():
              lambda e: losses.nca_loss(e, jnp.asarray(y), reduction=R.threshold(low=1e6)),
              lambda e: losses.contrastive_loss(e, jnp.asarray(y), MARGIN,
                                                reduction=R.per_anchor())):
-    value, g = jax.value_and_grad(lambda e, f=fn: f(e)[0])(jnp.asarray(x))
+    value, g = jax.jit(jax.value_and_grad(lambda e, f=fn: f(e)[0]))(jnp.asarray(x))
     assert np.isnan(float(value)) and np.isnan(np.asarray(g)).any()
 
 
@@ -406,3 +409,13 @@ def test_bad_config_reductions_are_one_line_config_errors(changes, message):
   with pytest.raises(config_lib.ConfigError, match=message) as e:
     config_lib.check_config(cfg)
   assert "\n" not in str(e.value)
+
+
+def test_class_weights_that_miss_a_train_class_are_refused_before_training(tmp_path):
+  cfg = tiny_config()
+  cfg.loss.update(reduction="class_weighted", reduction_class_weights=(1.0, 2.0))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^loss.reduction_class_weights has 2 weights but the train "
+                           r"split's labels go up to (\d+); give one weight per class"):
+    config_lib.prepare(cfg, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
