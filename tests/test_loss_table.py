@@ -25,12 +25,12 @@ def _batch(b=8, d=4, classes=2, seed=0):
           jnp.asarray(np.arange(b) % classes, jnp.int32))
 
 
-@pytest.mark.parametrize("name", config_lib.LOSSES)
-def test_every_registered_loss_builds_checks_and_trains_two_steps(name):
+def train_steps(loss_changes, steps=2):
+  """Checks a config with ``loss_changes`` (an MLP, 3 classes x 4 per batch), builds it
+  and trains ``steps`` steps; asserts finite losses; returns the last metrics."""
   cfg = config_lib.default_config()
-  cfg.loss.name = name
-  cfg.loss.update(REQUIRED.get(name, {}))
-  cfg.data.update(DATA.get(name, {}))
+  cfg.loss.update(loss_changes)
+  cfg.data.update(DATA.get(loss_changes.get("name"), {}))
   cfg.model.update(name="mlp", hidden_sizes=(8,), embedding_dim=4)
   cfg.train.update(classes_per_batch=3, samples_per_class=4)
   config_lib.check_config(cfg)
@@ -43,10 +43,16 @@ def test_every_registered_loss_builds_checks_and_trains_two_steps(name):
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.normal(size=(12, 6)).astype(np.float32),
            "labels": np.repeat(np.arange(3), 4).astype(np.int32)}
-  for expected_step in (1, 2):
+  for expected_step in range(1, steps + 1):
     state, metrics = step(state, batch)
-    assert np.isfinite(float(metrics["loss"])), name
+    assert np.isfinite(float(metrics["loss"])), loss_changes
     assert int(state.step) == expected_step
+  return metrics
+
+
+@pytest.mark.parametrize("name", config_lib.LOSSES)
+def test_every_registered_loss_builds_checks_and_trains_two_steps(name):
+  metrics = train_steps({"name": name, **REQUIRED.get(name, {})})
   assert {"num_total", "num_active", "num_easy"} <= set(metrics)
   entry = loss_table.LOSS_TABLE[name]
   for field, meaning in entry.fields.items():

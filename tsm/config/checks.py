@@ -144,12 +144,12 @@ def _check_loss(loss: ml_collections.ConfigDict,
   mining_check = (lambda value: None if value == "curriculum" else
                   losses.check_mining(value))
   for field, check in (("mining", mining_check),
-                       ("reduction", losses.check_reduction),
                        ("distance", distances.check_distance)):
     try:
       check(loss[field])
     except ValueError as e:
       raise ConfigError(f"loss.{field}: {e}") from None
+  _check_reduction(loss)
   _number(loss.positive_margin, "loss.positive_margin")
   takes = LOSS_FIELDS[loss.name]
   curriculum = loss.curriculum
@@ -159,7 +159,7 @@ def _check_loss(loss: ml_collections.ConfigDict,
     raise ConfigError(f"loss.curriculum={curriculum!r} applies to loss.mining=curriculum "
                       "only; leave it ().")
   for field in loss_table.LOSS_OPTIONS:
-    if field == "curriculum":   # checked with loss.mining above
+    if field == "curriculum" or field in loss_table.REDUCER_FIELDS:   # checked above
       continue
     if field not in takes and loss[field] != defaults[field]:
       users = [name for name, fields in LOSS_FIELDS.items() if field in fields]
@@ -195,6 +195,36 @@ def _check_loss(loss: ml_collections.ConfigDict,
     if loss[field] is None:
       raise ConfigError(f"loss.{field} is required by loss.name={loss.name} (it has no "
                         f"default); set --config.loss.{field}=<value>.")
+
+
+def _check_reduction(loss: ml_collections.ConfigDict) -> None:
+  """``loss.reduction`` and its ``loss.reduction_*`` parameters (PML's reducers)."""
+  _choice(loss.reduction, "loss.reduction", loss_table.REDUCTION_CHOICES)
+  for field, owner in loss_table.REDUCER_FIELDS.items():
+    if loss.reduction != owner and loss[field] not in (None, ()):
+      raise ConfigError(f"loss.{field}={loss[field]!r} applies to loss.reduction={owner} "
+                        f"only (loss.reduction={loss.reduction}); leave it unset.")
+  for field in ("reduction_low", "reduction_high"):
+    _number(loss[field], f"loss.{field}", minimum=-math.inf, optional=True)
+  if loss.reduction == "threshold" and loss.reduction_low is None is loss.reduction_high:
+    raise ConfigError("loss.reduction=threshold needs loss.reduction_low and/or "
+                      "loss.reduction_high (the band low < term loss < high).")
+  weights = loss.reduction_class_weights
+  if loss.reduction == "class_weighted" and not (
+      isinstance(weights, (tuple, list)) and weights
+      and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+              for w in weights)):
+    raise ConfigError(f"loss.reduction=class_weighted needs loss.reduction_class_weights, "
+                      f"one finite number per class (e.g. (1.0, 2.0, 0.5)); got "
+                      f"{weights!r}.")
+  low, high = loss.reduction_low, loss.reduction_high
+  if low is not None and high is not None and not low < high:
+    raise ConfigError(f"loss.reduction_low={low!r} must be below loss.reduction_high="
+                      f"{high!r} (no term could pass the threshold).")
+  try:
+    loss_table.reduction_value(loss)
+  except ValueError as e:
+    raise ConfigError(f"loss.reduction={loss.reduction}: {e}") from None
 
 
 def _check_loss_wrappers(loss: ml_collections.ConfigDict,
@@ -434,6 +464,11 @@ def check_config_with_data(cfg: ml_collections.ConfigDict, splits: Any) -> None:
   elif t.batch_size > len(labels):
     raise ConfigError(f"train.batch_size={t.batch_size} exceeds the {len(labels)} "
                       f"examples of the train split; set train.batch_size<={len(labels)}.")
+  weights = cfg.loss.reduction_class_weights
+  if cfg.loss.reduction == "class_weighted" and labels.size and labels.max() >= len(weights):
+    raise ConfigError(f"loss.reduction_class_weights has {len(weights)} weights but the "
+                      f"train split's labels go up to {labels.max()}; give one weight per "
+                      f"class ({labels.max() + 1}).")
   if num_classes < 2:
     raise ConfigError(f"the train split of data.name={cfg.data.name!r} has {num_classes} "
                       "class; a metric-learning run needs at least 2 (check data.split).")

@@ -109,7 +109,16 @@ FIELD_HELP: dict[str, str] = {
     "loss.curriculum": "mining=curriculum: (a, b), paper A's schedule: semihard for "
                        "epochs < a, all triplets for epochs < b, hard after (0-based)",
     "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
-    "loss.reduction": f"reduction: {', '.join(losses.REDUCTIONS)}",
+    "loss.reduction": ("reduction of the losses that take one: "
+                       f"{', '.join(loss_table.REDUCTION_CHOICES)} (the last three: PML's "
+                       "ThresholdReducer, ClassWeightedReducer, PerAnchorReducer with its "
+                       "MeanReducer; tsm.reducers)"),
+    "loss.reduction_low": ("reduction=threshold: only terms with a loss above this count "
+                           "(exclusive; None: no lower bound)"),
+    "loss.reduction_high": ("reduction=threshold: only terms with a loss below this count "
+                            "(exclusive; None: no upper bound)"),
+    "loss.reduction_class_weights": ("reduction=class_weighted: one weight per class, "
+                                     "multiplying each term by its anchor's class weight"),
     **{f"loss.{field}": loss_table.field_help(field) for field in loss_table.LOSS_OPTIONS
        if field not in loss_table.GENERAL_HELP_FIELDS},
     **{f"loss.{field}": help_line

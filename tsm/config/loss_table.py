@@ -28,7 +28,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
-from tsm import losses, miners, regularizers
+from tsm import losses, miners, reducers, regularizers
 
 KINDS = ("margin", "plain", "class")
 
@@ -90,6 +90,9 @@ LOSS_OPTIONS: dict[str, LossField] = {
     "mining": LossField("all", str),
     "curriculum": LossField((), tuple),
     "reduction": LossField("mean", str),
+    "reduction_low": LossField(None, float),
+    "reduction_high": LossField(None, float),
+    "reduction_class_weights": LossField((), tuple),
     "positive_margin": LossField(0.0, float),
     "temperature": LossField(None, float),
     "alpha": LossField(None, float),
@@ -129,7 +132,26 @@ LOSS_OPTIONS: dict[str, LossField] = {
 }
 
 # Options whose help line is written once in tsm.config.defaults (not per loss).
-GENERAL_HELP_FIELDS = ("mining", "curriculum", "reduction")
+GENERAL_HELP_FIELDS = ("mining", "curriculum", "reduction", "reduction_low",
+                       "reduction_high", "reduction_class_weights")
+# ``loss.reduction`` values: the losses' names and PML's reducers (tsm.reducers), whose
+# parameters are the fields of REDUCER_FIELDS; they apply to every loss taking
+# ``reduction`` (the fields are checked with it, not listed per loss).
+REDUCTION_CHOICES = (*losses.REDUCTIONS, "threshold", "class_weighted", "per_anchor")
+REDUCER_FIELDS = {"reduction_low": "threshold", "reduction_high": "threshold",
+                  "reduction_class_weights": "class_weighted"}
+
+
+def reduction_value(loss: Any) -> Any:
+  """``loss.reduction`` of a checked ``loss`` section as the losses' ``reduction``: a
+  name, or a :mod:`tsm.reducers` value built from the ``loss.reduction_*`` fields."""
+  if loss.reduction == "threshold":
+    return reducers.threshold(loss.reduction_low, loss.reduction_high)
+  if loss.reduction == "class_weighted":
+    return reducers.class_weighted(tuple(loss.reduction_class_weights))
+  if loss.reduction == "per_anchor":
+    return reducers.per_anchor()
+  return loss.reduction
 
 # Wrappers every pair / triplet loss (``references=True``) takes (tsm.losses, tsm.miners).
 MINERS: dict[str, Callable[..., Any]] = {
@@ -170,21 +192,23 @@ WRAPPER_FIELDS: dict[str, tuple[Any, str]] = {
 
 def _triplet(given, loss, sampling, num_classes):
   del given, num_classes
+  reduction = reduction_value(loss)
   if sampling == "triplets":
-    return losses.explicit_triplets_loss(distance=loss.distance, reduction=loss.reduction)
+    return losses.explicit_triplets_loss(distance=loss.distance, reduction=reduction)
   if loss.mining == "curriculum":
-    return losses.MiningCurriculum(tuple(loss.curriculum), loss.distance, loss.reduction)
+    return losses.MiningCurriculum(tuple(loss.curriculum), loss.distance, reduction)
   return functools.partial(losses.triplet_margin_loss, distance=loss.distance,
-                           mining=loss.mining, reduction=loss.reduction)
+                           mining=loss.mining, reduction=reduction)
 
 
 def _contrastive(given, loss, sampling, num_classes):
   del given, num_classes
+  reduction = reduction_value(loss)
   if sampling == "pairs":
-    return losses.explicit_pairs_loss(distance=loss.distance, reduction=loss.reduction,
+    return losses.explicit_pairs_loss(distance=loss.distance, reduction=reduction,
                                       positive_margin=loss.positive_margin)
   return functools.partial(losses.contrastive_loss, distance=loss.distance,
-                           reduction=loss.reduction, positive_margin=loss.positive_margin)
+                           reduction=reduction, positive_margin=loss.positive_margin)
 
 
 def _without_classes(given, loss, sampling, num_classes):
@@ -391,6 +415,8 @@ def build(loss: Any, sampling: str, num_classes: int | None) -> Any:
   entry = LOSS_TABLE[loss.name]
   given = {(entry.arguments.get(f) or LOSS_OPTIONS[f].argument or f): loss[f]
            for f in entry.fields if loss[f] is not None}
+  if "reduction" in given:
+    given["reduction"] = reduction_value(loss)
   if entry.build is not None:
     fn = entry.build(given, loss, sampling, num_classes)
   elif entry.kind == "class":

@@ -12,6 +12,7 @@ from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similari
                                   nan_guard, pair_masks)
 from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _prologue
+from tsm.reducers import Reduction
 
 ANGULAR_ALPHA = math.radians(40.0)  # PML's default, 40 degrees, in radians.
 
@@ -34,7 +35,7 @@ def angular_loss(
     labels: chex.Array,
     *,
     alpha: float = ANGULAR_ALPHA,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Angular loss (N-pair form) over every positive pair (PML ``AngularLoss``).
@@ -60,7 +61,8 @@ def angular_loss(
     embeddings: ``[B, D]`` float embeddings (normalised here).
     labels: ``[B]`` integer labels.
     alpha: the angle bound in radians, in ``(0, pi / 2)`` (PML default 40 degrees).
-    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"``, ``"sum"``, or a
+      :mod:`tsm.reducers` value (the terms are (anchor, positive) pairs).
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -86,7 +88,7 @@ def angular_loss(
   log_sum = m[:, None] + m[None, :] + _safe_log(q) - k * s  # logsumexp_n f_apn
   log_sum = jnp.where(terms, log_sum, 0.0)
   pair_loss = jnp.where(terms, jax.nn.softplus(log_sum), 0.0)
-  loss, _ = reduce_terms(pair_loss, terms, reduction)
+  loss, _ = reduce_terms(pair_loss, terms, reduction, labels=labels, rows=v)
   # Negatives: logsumexp_{p in P(a)} f_apn = c s_an + log sum_p exp(m_p - k s_ap) e_pn.
   ss, es = jax.lax.stop_gradient(s), jax.lax.stop_gradient(e)
   w, h = _shifted_exp(m[None, :] - k * ss, pos)

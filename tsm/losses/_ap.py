@@ -10,6 +10,7 @@ from tsm.losses._activity import ActivityStats, activity_stats, nan_guard, pair_
 from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._lp import lp_distances
 from tsm.losses._softmax import _prologue
+from tsm.reducers import Reduction
 
 
 def fast_ap_loss(
@@ -17,7 +18,7 @@ def fast_ap_loss(
     labels: chex.Array,
     *,
     num_bins: int = 10,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """FastAP: one minus a histogram estimate of each anchor's average precision (PML
@@ -42,7 +43,8 @@ def fast_ap_loss(
     embeddings: ``[B, D]`` float embeddings (normalised here).
     labels: ``[B]`` integer labels.
     num_bins: number of histogram bins (PML default 10).
-    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"``, ``"sum"``, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -76,7 +78,7 @@ def fast_ap_loss(
   num_pos = jnp.sum(pos, axis=1)
   terms = num_pos > 0
   sample_loss = jnp.where(terms, missed / jnp.maximum(num_pos, 1).astype(d.dtype), 0.0)
-  loss, nonzero = reduce_terms(sample_loss, terms, reduction)
+  loss, nonzero = reduce_terms(sample_loss, terms, reduction, labels=labels)
   bins = jnp.arange(num_bins + 1)
   last_pos_bin = jnp.max(jnp.where(jax.lax.stop_gradient(hp) > 0, bins, -1), axis=1)
   stats = activity_stats(terms=terms, active=nonzero, neg_terms=neg & terms[:, None],

@@ -9,14 +9,46 @@ import chex
 import jax
 import jax.numpy as jnp
 
-REDUCTIONS = ("mean", "mean_nonzero", "sum")
+from tsm import reducers
+
+REDUCTIONS = reducers.NAMES
 
 
-def check_reduction(reduction: str) -> None:
-  """Raises a one-line ValueError unless ``reduction`` is a known reduction name."""
-  if reduction not in REDUCTIONS:
-    raise ValueError(
-        f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}.")
+def check_reduction(reduction: Any, *, names_only: str | None = None) -> None:
+  """Raises a one-line ValueError unless ``reduction`` is a known reduction.
+
+  Args:
+    reduction: a name of :data:`REDUCTIONS` or a :mod:`tsm.reducers` value.
+    names_only: the loss's name, for a loss that takes names only (its terms are not
+      exposed one by one); a reducer value is then refused.
+  """
+  reducers.check(reduction)
+  if names_only and not isinstance(reduction, str):
+    raise ValueError(f"{names_only} takes a reduction name ({', '.join(REDUCTIONS)}); "
+                     f"got {reduction!r}: reducer values apply to losses that expose "
+                     "their terms (docs/pml.md, Reducers).")
+
+
+def check_anchor_labels(labels: Any, reduction: Any, num_rows: int,
+                        rows_name: str) -> None:
+  """The optional anchor labels of explicit tuples (one-line ValueError): required by a
+  class-weighted reduction, else optional; one integer per row of ``rows_name``."""
+  if labels is None:
+    if reducers.needs_labels(reduction):
+      raise ValueError("a class-weighted reduction needs the anchors' labels; pass "
+                       f"labels=<[N] int array> (one per {rows_name} row).")
+    return
+  lshape, ldtype = getattr(labels, "shape", None), getattr(labels, "dtype", None)
+  if lshape is None or len(lshape) != 1 or lshape[0] != num_rows:
+    raise ValueError(f"labels must be a [{num_rows}] array, one per {rows_name} row; got "
+                     f"shape {lshape}.")
+  if not jnp.issubdtype(ldtype, jnp.integer):
+    raise ValueError(f"labels must be integer class ids; got {ldtype}.")
+
+
+def is_named(reduction: Any) -> bool:
+  """Whether ``reduction`` is one of the three names (the losses' exact fast paths)."""
+  return isinstance(reduction, str)
 
 
 def _float_dtype(x: chex.Array) -> jnp.dtype:
@@ -26,29 +58,38 @@ def _float_dtype(x: chex.Array) -> jnp.dtype:
 
 def _reduce(total: chex.Array, num_mined: chex.Array, num_active: chex.Array,
             reduction: str) -> chex.Array:
+  """A named reduction from the total and the two counts (paths that never build their
+  terms; :func:`tsm.reducers.combine` is the same rule)."""
   if reduction == "sum":
     return total
   denominator = num_mined if reduction == "mean" else num_active
   return total / jnp.maximum(denominator, 1.0).astype(total.dtype)
 
 
-def reduce_terms(term_loss: chex.Array, terms: chex.Array,
-                 reduction: str) -> tuple[chex.Array, chex.Array]:
-  """Reduces per-term losses over their terms.
+def reduce_terms(term_loss: chex.Array, terms: chex.Array, reduction: Any, *,
+                 labels: chex.Array | None = None, weights: chex.Array | None = None,
+                 rows: chex.Array | None = None) -> tuple[chex.Array, chex.Array]:
+  """Reduces per-term losses over their terms (:func:`tsm.reducers.reduce`).
 
   Args:
-    term_loss: the loss of each term (zero outside ``terms``).
+    term_loss: the loss of each term (zero outside ``terms``), the anchor on the leading
+      axis: ``[B]`` elements, ``[B, M]`` pairs.
     terms: bool mask of the same shape: the terms the loss is taken over.
     reduction: ``"mean"`` over ``terms``, ``"mean_nonzero"`` over the terms with a
-      non-zero loss, or ``"sum"``.
+      non-zero loss, ``"sum"``, or a :mod:`tsm.reducers` value.
+    labels: ``[B]`` labels of the anchors (read by class-weighted reductions).
+    weights: optional multiplicities of the terms (mined pairs).
+    rows: ``[B]`` bool, the anchors a per-anchor reduction averages over (default: for
+      ``[B]`` elements the terms, otherwise every row).
 
   Returns:
     ``(loss, nonzero)``: the reduced loss and the bool mask of the terms with a
     non-zero loss.
   """
+  terms = terms.astype(bool)
   nonzero = terms & (jax.lax.stop_gradient(term_loss) > 0)
-  loss = _reduce(jnp.sum(term_loss), jnp.sum(terms, dtype=jnp.float32),
-                 jnp.sum(nonzero, dtype=jnp.float32), reduction)
+  loss = reducers.reduce(term_loss, terms, reduction, weights=weights, labels=labels,
+                         rows=rows)
   return loss, nonzero
 
 

@@ -10,6 +10,7 @@ from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similari
                                   masked_logsumexp, nan_guard, pair_masks)
 from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _check_positive, _prologue
+from tsm.reducers import Reduction
 
 
 def circle_loss(
@@ -18,7 +19,7 @@ def circle_loss(
     *,
     m: chex.Numeric = 0.4,
     gamma: float = 80.0,
-    reduction: str = "mean_nonzero",
+    reduction: Reduction = "mean_nonzero",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Circle loss with pair labels, one term per anchor (PML ``CircleLoss``).
@@ -44,7 +45,8 @@ def circle_loss(
     labels: ``[B]`` integer labels.
     m: relaxation margin (PML default 0.4; may be traced).
     gamma: scale (PML default 80).
-    reduction: ``"mean_nonzero"`` (PML), ``"mean"`` over the terms, or ``"sum"``.
+    reduction: ``"mean_nonzero"`` (PML), ``"mean"`` over the terms, ``"sum"``, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -70,7 +72,7 @@ def circle_loss(
   terms = jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
   anchor_loss = jnp.where(terms, jax.nn.softplus(jnp.where(terms, lse_p + lse_n, 0.0)),
                           0.0)
-  loss, _ = reduce_terms(anchor_loss, terms, reduction)
+  loss, _ = reduce_terms(anchor_loss, terms, reduction, labels=labels)
   zs = jax.lax.stop_gradient(z)
   max_p = jnp.max(jnp.where(pos, zs, -jnp.inf), axis=1)
   max_n = jnp.max(jnp.where(neg, zs, -jnp.inf), axis=1)

@@ -11,9 +11,11 @@ import jax.numpy as jnp
 from tsm import mining as mining_lib
 from tsm.losses import _mined
 from tsm.distances import check_distance, paired_distances, pairwise_distances
-from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
-                              check_inputs, check_pair_labels, check_reduction,
-                              check_tuple_inputs, check_valid)
+from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows,
+                              check_anchor_labels, check_inputs, check_pair_labels,
+                              check_reduction, check_tuple_inputs, check_valid, is_named,
+                              reduce_terms)
+from tsm.reducers import Reduction
 
 
 class PairStats(NamedTuple):
@@ -57,13 +59,14 @@ class PairStats(NamedTuple):
 
 
 def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs,
-                 weights=None):
+                 weights=None, labels=None, rows=None):
   """Contrastive loss and :class:`PairStats` over the pairs ``mask`` of ``dist``.
 
   ``inputs``: the embedding arrays ``dist`` was computed from, with padding rows zeroed
   (for NaN in, NaN out). ``weights``: optional multiplicity of each pair (mined pairs,
   :mod:`tsm.losses._mined`); the reduction weighs each term by it, the counts in the
-  stats count the pairs once.
+  stats count the pairs once. ``labels`` / ``rows``: the anchors' labels and the valid
+  anchors, for :mod:`tsm.reducers` values (``dist``'s leading axis is the anchor).
   """
   margin = jnp.asarray(margin, dist.dtype)
   positive_margin = jnp.asarray(positive_margin, dist.dtype)
@@ -84,14 +87,8 @@ def _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs,
       num_negative_active=mining_lib.count_sum(
           mask & ~same & (jax.lax.stop_gradient(losses) > 0)),
   )
-  if weights is None:
-    total = jnp.sum(jnp.where(mask, losses, 0.0))
-    loss = _reduce(total, num_pairs, num_active, reduction)
-  else:
-    w = jnp.where(mask, weights, 0.0)
-    total = jnp.sum(w * losses)
-    loss = _reduce(total, jnp.sum(w), jnp.sum(jnp.where(
-        jax.lax.stop_gradient(losses) > 0, w, 0.0)), reduction)
+  loss, _ = reduce_terms(jnp.where(mask, losses, 0.0), mask, reduction, weights=weights,
+                         labels=labels, rows=rows)
   bad = (jnp.any(jnp.stack([jnp.any(_nonfinite_rows(x)) for x in inputs]))
          | jnp.any(~jnp.isfinite(sdist) & mask)
          | ~jnp.isfinite(margin) | ~jnp.isfinite(positive_margin))
@@ -105,7 +102,7 @@ def contrastive_loss(
     margin: chex.Numeric,
     *,
     distance: str = "euclidean",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     positive_margin: chex.Numeric = 0.0,
     valid: chex.Array | None = None,
     ref_embeddings: chex.Array | None = None,
@@ -132,7 +129,10 @@ def contrastive_loss(
     margin: scalar negative margin ``m`` (may be traced).
     distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
     reduction: ``"mean"`` over pairs, ``"mean_nonzero"`` over pairs with non-zero
-      loss, or ``"sum"``.
+      loss, ``"sum"``, or a :mod:`tsm.reducers` value (threshold, class weights by the
+      first member's label, per-anchor means), which takes the ordered pairs of the
+      general path below (``O(B^2)`` as the exact path); positive and negative pairs
+      are reduced together (PML: as two sub-losses).
     positive_margin: scalar ``m_pos``: positive pairs closer than this cost nothing.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
     ref_embeddings: optional ``[M, D]`` reference set (a second view, differentiated
@@ -161,7 +161,8 @@ def contrastive_loss(
   check_inputs(embeddings, margin=positive_margin, margin_name="positive_margin")
   check_valid(valid, embeddings.shape[0])
   chex.assert_rank([embeddings, labels], [2, 1])
-  if _mined.uses_general_path(ref_embeddings, ref_labels, pair_weights, triplet_weights):
+  if (_mined.uses_general_path(ref_embeddings, ref_labels, pair_weights, triplet_weights)
+      or not is_named(reduction)):
     _mined.check_general_inputs(embeddings, ref_embeddings, ref_labels, pair_weights,
                                 triplet_weights)
     return _mined.contrastive_general(
@@ -188,9 +189,10 @@ def contrastive_loss_from_pairs(
     margin: chex.Numeric,
     *,
     distance: str = "euclidean",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     positive_margin: chex.Numeric = 0.0,
     valid: chex.Array | None = None,
+    labels: chex.Array | None = None,
 ) -> tuple[chex.Array, PairStats]:
   """Contrastive loss over explicit pairs ``(x1[i], x2[i])`` with ``same[i]`` labels.
 
@@ -203,9 +205,13 @@ def contrastive_loss_from_pairs(
     same: ``[N]`` bool (or 0/1), true for same-class pairs.
     margin: scalar negative margin (may be traced).
     distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-    reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or a :mod:`tsm.reducers`
+      value; each pair is its own anchor (a per-anchor reduction is its inner one over
+      the pairs).
     positive_margin: scalar positive margin (default 0).
     valid: optional ``[N]`` bool mask of rows to use.
+    labels: optional ``[N]`` labels of ``x1`` (the anchors), needed by a
+      class-weighted reduction.
 
   Returns:
     ``(loss, stats)`` with :class:`PairStats` (NaN in, NaN out as
@@ -221,6 +227,7 @@ def contrastive_loss_from_pairs(
                margin_name="positive_margin")
   check_pair_labels(same, x1.shape[0])
   check_valid(valid, x1.shape[0], rows_name="x1")
+  check_anchor_labels(labels, reduction, x1.shape[0], "x1")
   chex.assert_equal_shape([x1, x2])
   dtype = _float_dtype(x1)
   if valid is None:
@@ -229,4 +236,5 @@ def contrastive_loss_from_pairs(
   same = same.astype(bool)
   x1, x2 = (jnp.where(valid[:, None], x.astype(dtype), 0) for x in (x1, x2))
   dist = paired_distances(x1, x2, distance=distance)
-  return _contrastive(dist, same, valid, margin, positive_margin, reduction, (x1, x2))
+  return _contrastive(dist, same, valid, margin, positive_margin, reduction, (x1, x2),
+                      labels=labels)

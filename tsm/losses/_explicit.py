@@ -15,9 +15,10 @@ import jax.numpy as jnp
 
 from tsm.losses._contrastive import contrastive_loss_from_pairs
 from tsm.losses._triplet import triplet_margin_loss_from_triplets
+from tsm.reducers import Reduction
 
 
-def explicit_triplets_loss(*, distance: str = "euclidean", reduction: str = "mean"
+def explicit_triplets_loss(*, distance: str = "euclidean", reduction: Reduction = "mean"
                            ) -> Callable[..., Any]:
   """The triplet loss over batches ``[anchors; positives; negatives]`` (paper B's).
 
@@ -29,14 +30,14 @@ def explicit_triplets_loss(*, distance: str = "euclidean", reduction: str = "mea
     ``(embeddings [3B, D], labels [3B], margin) -> (loss, TripletStats)``.
   """
   def loss_fn(embeddings, labels, margin):
-    del labels
     anchor, positive, negative = jnp.split(embeddings, 3)
     return triplet_margin_loss_from_triplets(
-        anchor, positive, negative, margin, distance=distance, reduction=reduction)
+        anchor, positive, negative, margin, distance=distance, reduction=reduction,
+        labels=jnp.split(labels, 3)[0])
   return loss_fn
 
 
-def explicit_pairs_loss(*, distance: str = "euclidean", reduction: str = "mean",
+def explicit_pairs_loss(*, distance: str = "euclidean", reduction: Reduction = "mean",
                         positive_margin: float = 0.0) -> Callable[..., Any]:
   """The contrastive loss over batches ``[first members; second members]`` (paper B's).
 
@@ -55,7 +56,7 @@ def explicit_pairs_loss(*, distance: str = "euclidean", reduction: str = "mean",
     l1, l2 = jnp.split(labels, 2)
     return contrastive_loss_from_pairs(
         x1, x2, l1 == l2, margin, distance=distance, reduction=reduction,
-        positive_margin=positive_margin)
+        positive_margin=positive_margin, labels=l1)
   return loss_fn
 
 

@@ -10,6 +10,7 @@ from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similari
                                   masked_logsumexp, nan_guard)
 from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _check_positive, _prologue
+from tsm.reducers import Reduction
 
 
 def _label_ranks(labels, v):
@@ -26,7 +27,7 @@ def instance_loss(
     labels: chex.Array,
     *,
     gamma: float = 64.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Instance loss as PML ``InstanceLoss`` (and the authors' code).
@@ -51,7 +52,8 @@ def instance_loss(
     embeddings: ``[B, D]`` float embeddings (normalised here: cosine similarity).
     labels: ``[B]`` integer labels (``arange(B)`` for the paper's instance classes).
     gamma: logit scale (PML default 64).
-    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"`` over the samples.
+    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"`` over the samples, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -72,7 +74,7 @@ def instance_loss(
   lse = masked_logsumexp(z, cols, axis=1)
   z_target = jnp.sum(jnp.where(target, z, 0.0), axis=1)
   sample_loss = jnp.where(v, jnp.where(v, lse, 0.0) - z_target, 0.0)
-  loss, _ = reduce_terms(sample_loss, v, reduction)
+  loss, _ = reduce_terms(sample_loss, v, reduction, labels=labels)
   zs, zt = jax.lax.stop_gradient(z), jax.lax.stop_gradient(z_target)
   others = cols & ~target & v[:, None]
   max_other = jnp.max(jnp.where(others, zs, -jnp.inf), axis=1)

@@ -10,6 +10,7 @@ from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similari
                                   nan_guard, pair_masks)
 from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._softmax import _prologue
+from tsm.reducers import Reduction
 
 
 def intra_pair_variance_loss(
@@ -18,7 +19,7 @@ def intra_pair_variance_loss(
     *,
     pos_eps: chex.Numeric = 0.01,
     neg_eps: chex.Numeric = 0.01,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Intra-pair variance loss (PML ``IntraPairVarianceLoss``).
@@ -40,7 +41,8 @@ def intra_pair_variance_loss(
     labels: ``[B]`` integer labels.
     pos_eps: relative slack of the positives (PML default 0.01; may be traced).
     neg_eps: relative slack of the negatives (PML default 0.01; may be traced).
-    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"``, per part.
+    reduction: ``"mean"`` (PML), ``"mean_nonzero"``, ``"sum"`` or a
+      :mod:`tsm.reducers` value, per part (PML's two sub-losses).
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -61,7 +63,7 @@ def intra_pair_variance_loss(
     count = jnp.sum(mask, dtype=jnp.float32)
     mean = jnp.sum(jnp.where(mask, s, 0.0)) / jnp.maximum(count, 1.0).astype(s.dtype)
     pair_loss = jnp.where(mask, jnp.square(jax.nn.relu(sign * (s - scale * mean))), 0.0)
-    part, on = reduce_terms(pair_loss, mask, reduction)
+    part, on = reduce_terms(pair_loss, mask, reduction, labels=labels, rows=v)
     parts.append(part)
     active.append(on)
   stats = activity_stats(terms=pos | neg, active=active[0] | active[1], neg_terms=neg,

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import (ActivityStats, activity_stats, masked_logsumexp,
                                   nan_guard, pair_masks)
-from tsm.losses._base import _reduce, check_reduction, reduce_terms
+from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._lp import lp_distances
 from tsm.losses._softmax import _prologue
+from tsm.reducers import Reduction
 
 
 def _margins(pos_margin, neg_margin, dtype):
@@ -25,7 +26,7 @@ def lifted_structure_loss(
     neg_margin: chex.Numeric = 1.0,
     pos_margin: chex.Numeric = 0.0,
     normalize: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Lifted structure loss over every positive pair (PML ``LiftedStructureLoss``).
@@ -52,7 +53,8 @@ def lifted_structure_loss(
     neg_margin: margin of the negatives (PML default 1; may be traced).
     pos_margin: margin of the positive pair (PML default 0; may be traced).
     normalize: L2-normalise before the distances (PML's ``LpDistance`` default).
-    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"``, ``"sum"``, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -77,8 +79,7 @@ def lifted_structure_loss(
   pair_loss = jnp.square(jax.nn.relu(j)) / 2.0
   js = jax.lax.stop_gradient(j)
   active = terms & (js > 0)
-  loss = _reduce(jnp.sum(pair_loss), jnp.sum(terms, dtype=jnp.float32),
-                 jnp.sum(active, dtype=jnp.float32), reduction)
+  loss, _ = reduce_terms(pair_loss, terms, reduction, labels=labels, rows=v)
   ds = jax.lax.stop_gradient(d)
   max_p = jnp.max(jnp.where(pos, ds, -jnp.inf), axis=1)
   neg_terms = neg & jnp.any(pos, axis=1)[:, None]
@@ -95,7 +96,7 @@ def generalized_lifted_structure_loss(
     neg_margin: chex.Numeric = 1.0,
     pos_margin: chex.Numeric = 0.0,
     normalize: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Generalised lifted structure loss, one term per anchor (PML
@@ -119,7 +120,8 @@ def generalized_lifted_structure_loss(
     neg_margin: margin of the negatives (PML default 1; may be traced).
     pos_margin: margin of the positives (PML default 0; may be traced).
     normalize: L2-normalise before the distances (PML's ``LpDistance`` default).
-    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"``, ``"sum"``, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -139,7 +141,7 @@ def generalized_lifted_structure_loss(
   lse_p = jnp.where(jnp.any(pos, axis=1), lse_p, 0.0)
   lse_n = jnp.where(jnp.any(neg, axis=1), lse_n, 0.0)
   anchor_loss = jnp.where(v, jax.nn.relu(lse_p + lse_n), 0.0)
-  loss, active = reduce_terms(anchor_loss, v, reduction)
+  loss, active = reduce_terms(anchor_loss, v, reduction, labels=labels)
   ds = jax.lax.stop_gradient(d)
   neg_active = jax.lax.stop_gradient(lse_p)[:, None] + mn - ds > 0
   stats = activity_stats(terms=v, active=active, neg_terms=neg, neg_active=neg_active,

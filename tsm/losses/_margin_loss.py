@@ -74,7 +74,7 @@ def margin_loss(
     ``MarginLoss``.
   """
   _check_beta(beta)
-  check_reduction(reduction)
+  check_reduction(reduction, names_only="margin_loss")
   chex.assert_rank(margin, 0)
   x, v = _prologue(embeddings, labels, valid)
   pos, neg = pair_masks(labels, v)

@@ -17,10 +17,18 @@ Weights follow pytorch-metric-learning's index tuples, as fixed-shape arrays:
     ``w[a, n] = sum_p w[a, p, n]`` times (PML's ``convert_to_pairs`` keeps duplicates).
 Reductions weigh each term by its multiplicity: ``mean`` divides the weighted sum by the
 summed weights, ``mean_nonzero`` by the summed weights of the non-zero terms (PML's
-``AvgNonZeroReducer`` over the repeated index lists).
+``AvgNonZeroReducer`` over the repeated index lists), and so do :func:`tsm.reducers`
+thresholds and class weights; a per-anchor reduction counts each distinct pair or
+triplet once (PML's ``PerAnchorReducer`` writes pairs into a ``[B, B]`` array).
+
+The triplet loss's in-batch modes ``"all"`` / ``"semihard"`` / ``"hard"`` / ``"easy"``
+come here too when their reduction is a :mod:`tsm.reducers` value (a threshold, class
+weights or per-anchor means need each triplet's loss, which the exact band path never
+forms): ``band`` then selects the mode's triplets.
 
 Cost: triplets are summed densely, ``O(B M^2)`` time; memory is ``O(M^2)`` per anchor
-chunk (a ``lax.map`` over anchors), PML's own cost for the same triplets.
+chunk (a ``lax.map`` over anchors, about 4M ``[M, M]`` entries at once), PML's own cost
+for the same triplets, which PML holds as ``[B M^2]`` index lists.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ import jax.numpy as jnp
 
 from tsm import mining as mining_lib
 from tsm.distances import pairwise_distances
-from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
-                              check_inputs)
+from tsm import reducers
+from tsm.losses._base import _float_dtype, _nan_out, _no_grad, _nonfinite_rows, check_inputs
 
 # Triplet terms summed per chunk of anchors: about this many [M, M] entries at once.
 _CHUNK_ENTRIES = 1 << 22
@@ -102,7 +110,7 @@ def _pair_weights_of_triplets(triplet_weights, dtype):
   return jnp.sum(w, axis=2) + jnp.sum(w, axis=1)
 
 
-def _triplet_chunk(margin):
+def _triplet_chunk(margin, reduction, band):
   def per_anchor(args):
     d, pos, neg, wp, wn, wt = args           # [M], [M], [M], [M], [M], [M, M] or None
     t = d[:, None] + margin                  # [p, 1]
@@ -115,20 +123,27 @@ def _triplet_chunk(margin):
     active = counted & (dn < t)
     sd = jax.lax.stop_gradient(d)
     st = jax.lax.stop_gradient(t)
+    sdn = sd[None, :]
+    easy = sdn >= st
+    hard = sdn < sd[:, None]
+    mined = {"all": counted, "semihard": counted & (sd[:, None] < sdn) & ~easy,
+             "hard": counted & hard, "easy": counted & easy}[band]
+    wm = jax.lax.stop_gradient(jnp.where(mined, w, 0.0))
+    s, c = reducers.term_sums(hinge, wm, reduction, axis=(0, 1))
     f32 = lambda c: jnp.sum(c, dtype=jnp.float32)
-    return (jnp.sum(w * hinge),
-            f32(counted), f32(counted & (sd[None, :] >= st)),
-            f32(counted & (sd[:, None] < sd[None, :]) & (sd[None, :] < st)),
-            f32(counted & (sd[None, :] <= sd[:, None])), f32(active),
-            jnp.sum(jax.lax.stop_gradient(w)), jnp.sum(jnp.where(active,
-                                                                 jax.lax.stop_gradient(w),
-                                                                 0.0)))
+    return (s, c,
+            f32(counted), f32(counted & easy),
+            f32(counted & (sd[:, None] < sdn) & (sdn < st)),
+            f32(counted & (sdn <= sd[:, None])), f32(active),
+            jnp.sum(wm), jnp.sum(jnp.where(mined & (dn < t), wm, 0.0)))
   return per_anchor
 
 
 def triplet_general(embeddings, labels, margin, *, distance, reduction, valid,
-                    ref_embeddings, ref_labels, pair_weights, triplet_weights):
-  """The triplet margin loss over mined triplets of a reference set (see the module)."""
+                    ref_embeddings, ref_labels, pair_weights, triplet_weights,
+                    band="all"):
+  """The triplet margin loss over mined triplets of a reference set (see the module);
+  ``band``: the in-batch mining mode whose triplets are taken (``"all"``: every one)."""
   from tsm.losses._triplet import TripletStats  # pylint: disable=import-outside-toplevel
   dtype = _float_dtype(embeddings)
   dist, positive, negative, inputs = _pair_setup(embeddings, labels, valid,
@@ -150,15 +165,17 @@ def triplet_general(embeddings, labels, margin, *, distance, reduction, valid,
     pos_pairs = positive & (pw > 0)
     neg_pairs = negative & (pw > 0)
   chunk = max(1, min(b, _CHUNK_ENTRIES // max(m * m, 1)))
-  per_anchor = _triplet_chunk(margin)
+  per_anchor = _triplet_chunk(margin, reduction, band)
   if xs[5] is None:
     fn = lambda a: per_anchor((*a, None))
     out = jax.lax.map(fn, xs[:5], batch_size=chunk)
   else:
     out = jax.lax.map(per_anchor, xs, batch_size=chunk)
-  (total, n_trip, n_easy, n_semi, n_hard, n_active, n_mined,
-   n_mined_active) = (jnp.sum(o) for o in out)
-  loss = _reduce(total, n_mined, n_mined_active, reduction)
+  sums, counts = out[:2]
+  (n_trip, n_easy, n_semi, n_hard, n_active, n_mined,
+   n_mined_active) = (jnp.sum(o).astype(jnp.float32) for o in out[2:])
+  rows = jnp.ones(labels.shape, bool) if valid is None else valid.astype(bool)
+  loss = reducers.combine(sums, counts, reduction, labels=labels, rows=rows)
   sdist = jax.lax.stop_gradient(dist)
   stats = TripletStats(
       num_triplets=n_trip, num_easy=n_easy, num_semihard=n_semi, num_hard=n_hard,
@@ -193,7 +210,8 @@ def contrastive_general(embeddings, labels, margin, *, distance, reduction,
   same = labels[:, None] == (labels if ref_labels is None else ref_labels)[None, :]
   mask = (positive | negative) & (w > 0)
   return _contrastive(dist, same, mask, margin, positive_margin, reduction, inputs,
-                      weights=w)
+                      weights=w, labels=labels,
+                      rows=None if valid is None else valid.astype(bool))
 
 
 def _check_weights_dtype(name: str, w: chex.Array) -> None:

@@ -11,6 +11,7 @@ from tsm.losses._activity import (ActivityStats, activity_stats, masked_logsumex
 from tsm.losses._base import check_reduction, reduce_terms
 from tsm.losses._lp import lp_distances
 from tsm.losses._softmax import _check_positive, _prologue
+from tsm.reducers import Reduction
 
 
 def nca_loss(
@@ -19,7 +20,7 @@ def nca_loss(
     *,
     softmax_scale: float = 1.0,
     normalize: bool = True,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """NCA: minus the log-probability that a sample's stochastic neighbour shares its class.
@@ -46,7 +47,8 @@ def nca_loss(
     labels: ``[B]`` integer labels.
     softmax_scale: scale of the negative squared distances (PML default 1).
     normalize: L2-normalise before the distances (PML's ``LpDistance`` default).
-    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"``, ``"sum"``, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -66,7 +68,7 @@ def nca_loss(
   lse_all = masked_logsumexp(z, pos | neg, axis=1)
   lse_pos = masked_logsumexp(z, pos, axis=1)
   sample_loss = jnp.where(terms, jnp.where(terms, lse_all - lse_pos, 0.0), 0.0)
-  loss, _ = reduce_terms(sample_loss, terms, reduction)
+  loss, _ = reduce_terms(sample_loss, terms, reduction, labels=labels)
   zs = jax.lax.stop_gradient(z)
   max_p = jnp.max(jnp.where(pos, zs, -jnp.inf), axis=1)
   max_n = jnp.max(jnp.where(neg, zs, -jnp.inf), axis=1)

@@ -18,6 +18,7 @@ import functools
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from tsm.losses._triplet import curriculum_mining, triplet_margin_loss
+from tsm.reducers import Reduction
 
 
 @runtime_checkable
@@ -45,7 +46,7 @@ class MiningCurriculum:
   """
 
   def __init__(self, curriculum: tuple[int, int], distance: str = "euclidean",
-               reduction: str = "mean"):
+               reduction: Reduction = "mean"):
     self.until = check_curriculum(curriculum)
     self.distance, self.reduction = distance, reduction
     self._losses: dict[str, Any] = {}

@@ -6,13 +6,13 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsm import mining as mining_lib
 from tsm.distances import l2_normalize, pairwise_squared_euclidean
 from tsm.losses._activity import pair_masks, valid_rows
-from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, _reduce,
-                              check_inputs, check_reduction, check_valid)
+from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, check_inputs,
+                              check_reduction, check_valid, reduce_terms)
 from tsm.losses._contrastive import PairStats
 from tsm.losses._pair_stats import ordered_pair_stats
+from tsm.reducers import Reduction
 
 
 def snr_distances(embeddings: chex.Array) -> tuple[chex.Array, chex.Array]:
@@ -45,7 +45,7 @@ def snr_contrastive_loss(
     margin: chex.Numeric = 1.0,
     *,
     positive_margin: chex.Numeric = 0.0,
-    reduction: str = "mean_nonzero",
+    reduction: Reduction = "mean_nonzero",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, PairStats]:
   """Contrastive loss on the signal-to-noise-ratio distance (PML's SNR contrastive loss).
@@ -74,8 +74,8 @@ def snr_contrastive_loss(
     labels: ``[B]`` integer labels.
     margin: negative margin (PML ``neg_margin``, default 1; may be traced).
     positive_margin: positive margin (PML ``pos_margin``, default 0; may be traced).
-    reduction: per part, ``"mean_nonzero"`` (PML), ``"mean"`` over the part's pairs or
-      ``"sum"``.
+    reduction: per part, ``"mean_nonzero"`` (PML), ``"mean"`` over the part's pairs,
+      ``"sum"``, or a :mod:`tsm.reducers` value (PML's two sub-losses).
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -102,12 +102,10 @@ def snr_contrastive_loss(
   push = jax.nn.relu(m - dist)
   pos_active = pos & (jax.lax.stop_gradient(pull) > 0)
   neg_active = neg & (jax.lax.stop_gradient(push) > 0)
-  num_pos, num_neg = mining_lib.count_sum(pos), mining_lib.count_sum(neg)
-  num_pos_active = mining_lib.count_sum(pos_active)
-  num_neg_active = mining_lib.count_sum(neg_active)
-  loss = (_reduce(jnp.sum(jnp.where(pos, pull, 0.0)), num_pos, num_pos_active, reduction)
-          + _reduce(jnp.sum(jnp.where(neg, push, 0.0)), num_neg, num_neg_active,
-                    reduction))
+  loss = (reduce_terms(jnp.where(pos, pull, 0.0), pos, reduction, labels=labels,
+                       rows=v)[0]
+          + reduce_terms(jnp.where(neg, push, 0.0), neg, reduction, labels=labels,
+                         rows=v)[0])
   stats = ordered_pair_stats(pos, neg, pos_active, neg_active, dist)
   bad = jnp.any(_nonfinite_rows(x)) | ~jnp.isfinite(m) | ~jnp.isfinite(m_pos)
   return _nan_out(loss, stats, bad, jnp.sum(x) + m + m_pos)

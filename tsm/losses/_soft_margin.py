@@ -184,7 +184,7 @@ def dynamic_soft_margin_loss(
     Margin", ICCV 2019; PML ``DynamicSoftMarginLoss``.
   """
   _check(min_val, num_bins)
-  check_reduction(reduction)
+  check_reduction(reduction, names_only="dynamic_soft_margin_loss")
   check_inputs(embeddings, labels)
   _check_histogram(histogram, num_bins)
   x, v, pos, neg, d, num_p, num_n, num_triplets = _batch(embeddings, labels, valid)

@@ -21,13 +21,14 @@ from tsm.losses._activity import ActivityStats, cosine_similarity, masked_logsum
 from tsm.losses._base import ParametricLoss, check_reduction, reduce_terms
 from tsm.losses._proxy import (_check_num_classes, _class_softmax_stats, _prologue,
                                class_vector_loss)
+from tsm.reducers import Reduction
 
 
 def _cross_entropy(z, z_target, onehot, used, reduction, x, labels, v):
   """Per-sample ``logsumexp_k z_k - z_y`` over ``used`` samples, reduced, and stats."""
   lse = masked_logsumexp(z, None, axis=1)
   sample_loss = jnp.where(used, lse - z_target, 0.0)
-  loss, _ = reduce_terms(sample_loss, used, reduction)
+  loss, _ = reduce_terms(sample_loss, used, reduction, labels=labels)
   stats = _class_softmax_stats(z, z_target, onehot, used, x, labels, v)
   return nan_guard(loss, x, v), stats
 
@@ -39,7 +40,7 @@ def cosface_loss(
     *,
     margin: chex.Numeric = 0.35,
     scale: float = 64.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """CosFace (large margin cosine loss): softmax over ``scale (cos_k - m [k = y])``.
@@ -62,7 +63,8 @@ def cosface_loss(
     class_weights: ``[C, D]`` class weights (normalised here).
     margin: additive cosine margin ``m`` (PML default 0.35; may be traced).
     scale: logit scale ``s`` (PML default 64).
-    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"`` over the samples.
+    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"`` over the samples, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -111,7 +113,7 @@ def large_margin_softmax_loss(
     *,
     margin: int = 4,
     scale: float = 1.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """L-Softmax: a multiplicative angular margin on the target logit (PML
@@ -140,7 +142,8 @@ def large_margin_softmax_loss(
     margin: integer angular multiplier ``m >= 1`` (PML default 4; ``m = 1`` is the
       plain softmax over ``W x``).
     scale: logit scale (PML default 1).
-    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"`` over the samples.
+    reduction: ``"mean"`` (PML), ``"mean_nonzero"`` or ``"sum"`` over the samples, or a
+      :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:

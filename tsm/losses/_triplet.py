@@ -32,8 +32,9 @@ from tsm import mining as mining_lib
 from tsm.losses import _mined
 from tsm.distances import check_distance, paired_distances, pairwise_distances
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
-                              check_inputs, check_reduction, check_tuple_inputs,
-                              check_valid)
+                              check_anchor_labels, check_inputs, check_reduction,
+                              check_tuple_inputs, check_valid, is_named, reduce_terms)
+from tsm.reducers import Reduction
 
 # Band modes over every valid triplet (pytorch-metric-learning's TripletMarginMiner
 # names), then the batch-level selections.
@@ -190,7 +191,7 @@ def triplet_margin_loss(
     *,
     distance: str = "euclidean",
     mining: str = "all",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
     ref_embeddings: chex.Array | None = None,
     ref_labels: chex.Array | None = None,
@@ -217,8 +218,15 @@ def triplet_margin_loss(
       Pairs whose anchor has no negative are left out.
 
   Reductions: ``"mean"`` over the mined triplets, ``"mean_nonzero"`` over the mined
-  triplets with non-zero loss, ``"sum"``. A batch with nothing to mine gives loss 0
-  with zero (finite) gradients.
+  triplets with non-zero loss, ``"sum"``, or a :mod:`tsm.reducers` value (a threshold
+  on each triplet's loss, class weights by the anchor's label, per-anchor means over
+  the anchor's triplets). A batch with nothing to mine gives loss 0 with zero (finite)
+  gradients. The three names keep the exact band path above; a reducer value needs
+  each triplet's loss, so ``"all"`` / ``"semihard"`` / ``"hard"`` / ``"easy"`` then
+  take the dense path of :mod:`tsm.losses._mined`: ``O(B^3)`` time, ``O(B^2)`` memory
+  per chunk of anchors (about 4M ``[B, B]`` entries at once), never ``[B, B, B]``;
+  ``"batch_hard"`` / ``"batch_semihard"`` have their ``[B]`` / ``[B, B]`` terms and
+  stay ``O(B^2)``.
 
   NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf, or is so large
   that its squared norm overflows (``|x| > ~1.8e19`` in float32), or a distance between
@@ -232,7 +240,8 @@ def triplet_margin_loss(
     margin: scalar margin (may be traced; differentiable).
     distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
     mining: one of :data:`MINING`.
-    reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or a :mod:`tsm.reducers`
+      value (see above).
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
     ref_embeddings: optional ``[M, D]`` reference set (a second view, differentiated
       like the batch; a cross-batch memory's rows hold no gradient):
@@ -278,6 +287,11 @@ def triplet_margin_loss(
         embeddings, labels, margin, distance=distance, reduction=reduction, valid=valid,
         ref_embeddings=ref_embeddings, ref_labels=ref_labels, pair_weights=pair_weights,
         triplet_weights=triplet_weights)
+  if not is_named(reduction) and mining in ("all", "semihard", "hard", "easy"):
+    return _mined.triplet_general(
+        embeddings, labels, margin, distance=distance, reduction=reduction, valid=valid,
+        ref_embeddings=None, ref_labels=None, pair_weights=None, triplet_weights=None,
+        band=mining)
 
   dtype = _float_dtype(embeddings)
   rows = jnp.ones(labels.shape, bool) if valid is None else valid
@@ -314,6 +328,9 @@ def triplet_margin_loss(
     total = jnp.sum(losses)
     num_mined = mining_lib.count_sum(mask)
     num_mined_active = mining_lib.count_sum(mask & (losses > 0))
+    if not is_named(reduction):  # [B] or [B, B] terms, the anchor first
+      total, _ = reduce_terms(losses, mask, reduction, labels=labels, rows=rows)
+      reduction = "sum"
 
   loss = _reduce(total, num_mined, num_mined_active, reduction)
   num_active = counts.num_triplets - counts.num_easy
@@ -346,8 +363,9 @@ def triplet_margin_loss_from_triplets(
     margin: chex.Numeric,
     *,
     distance: str = "euclidean",
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     valid: chex.Array | None = None,
+    labels: chex.Array | None = None,
 ) -> tuple[chex.Array, TripletStats]:
   """Triplet margin loss over explicit triplets ``(anchor[i], positive[i], negative[i])``.
 
@@ -363,8 +381,12 @@ def triplet_margin_loss_from_triplets(
     negative: ``[N, D]`` negatives (another class).
     margin: scalar margin (may be traced).
     distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-    reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
+    reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or a :mod:`tsm.reducers`
+      value; each triplet is its own anchor (a per-anchor reduction is its inner one
+      over the triplets).
     valid: optional ``[N]`` bool mask of rows to use.
+    labels: optional ``[N]`` labels of the anchors, needed by a class-weighted
+      reduction.
 
   Returns:
     ``(loss, stats)`` with :class:`TripletStats`.
@@ -377,6 +399,7 @@ def triplet_margin_loss_from_triplets(
   check_tuple_inputs({"anchor": anchor, "positive": positive, "negative": negative},
                      margin)
   check_valid(valid, anchor.shape[0], rows_name="anchor")
+  check_anchor_labels(labels, reduction, anchor.shape[0], "anchor")
   chex.assert_equal_shape([anchor, positive, negative])
   dtype = _float_dtype(anchor)
   if valid is None:
@@ -405,7 +428,10 @@ def triplet_margin_loss_from_triplets(
       mean_pos_dist=mining_lib.masked_mean(s_ap, valid).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(s_an, valid).astype(jnp.float32),
   )
-  loss = _reduce(total, num, num_active, reduction)
+  if is_named(reduction):
+    loss = _reduce(total, num, num_active, reduction)
+  else:
+    loss, _ = reduce_terms(losses, valid, reduction, labels=labels)
   rows_bad = (_nonfinite_rows(anchor) | _nonfinite_rows(positive)
               | _nonfinite_rows(negative) | ~jnp.isfinite(s_ap) | ~jnp.isfinite(s_an))
   bad = jnp.any(rows_bad & valid) | ~jnp.isfinite(margin)
