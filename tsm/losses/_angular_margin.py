@@ -22,7 +22,7 @@ from tsm.distances import safe_norm
 from tsm.losses._activity import ActivityStats, cosine_similarity
 from tsm.losses._base import ParametricLoss
 from tsm.losses._proxy import (ARCFACE_MARGIN, _arcface_from_cosine, _check_num_classes,
-                               _prologue, check_angle, class_vector_loss)
+                               _prologue, check_angle, class_vector_loss, own_class)
 from tsm.losses._proxy_softmax import class_cross_entropy, zero_padding
 from tsm.losses._softmax import _check_positive
 from tsm.losses._soft_triple import sub_centre_prologue
@@ -91,7 +91,7 @@ def sphereface_loss(
   x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
   x = zero_padding(x, v)
   cos = cosine_similarity(x, w)
-  c = jnp.sum(jnp.where(onehot, cos, 0.0), axis=1)
+  c = own_class(cos, labels)
   theta = jnp.arccos(jnp.clip(jax.lax.stop_gradient(c), -1.0, 1.0))
   k = jnp.floor(theta / (math.pi / margin))
   sign = jnp.where(jnp.mod(k, 2.0) == 0, 1.0, -1.0).astype(c.dtype)

@@ -59,6 +59,20 @@ def _prologue(embeddings, labels, vectors, name, valid, *, sub_centres: bool = F
   return embeddings.astype(dtype), vectors.astype(dtype), onehot, valid_rows(labels, valid)
 
 
+def own_class(values: chex.Array, labels: chex.Array) -> chex.Array:
+  """``[B]``: each row's entry at its label, ``values[i, labels[i]]`` of a ``[B, C]``
+  array, by gather (a masked sum over the ``[B, C]`` one-hot mask costs a pass more,
+  forward and backward). A label outside ``[0, C)`` reads a clipped column: such a row
+  is no term of the losses (:func:`has_class`)."""
+  c = values.shape[1]
+  return jnp.take_along_axis(values, jnp.clip(labels, 0, c - 1)[:, None], axis=1)[:, 0]
+
+
+def has_class(labels: chex.Array, num_classes: int) -> chex.Array:
+  """``[B]`` bool: the label is a class in ``[0, num_classes)`` (the row has a target)."""
+  return (labels >= 0) & (labels < num_classes)
+
+
 def _safe_sqrt(x):
   positive = x > 0
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
@@ -115,13 +129,12 @@ def _arcface_from_cosine(cos, onehot, v, margin, scale, x, labels):
   """ArcFace's loss and stats from the ``[B, C]`` sample-class cosines (see
   :func:`arcface_loss`; also the core of the sub-centre variant)."""
   m = jnp.asarray(margin, cos.dtype)
-  c = jnp.clip(jnp.sum(jnp.where(onehot, cos, 0.0), axis=1), -1.0, 1.0)
+  c = jnp.clip(own_class(cos, labels), -1.0, 1.0)
   sin = _safe_sqrt(1.0 - jnp.square(c))
   target = jnp.where(c >= -jnp.cos(m), c * jnp.cos(m) - sin * jnp.sin(m),
                      c - m * jnp.sin(m))
   z = scale * jnp.where(onehot, target[:, None], cos)
-  has_target = jnp.any(onehot, axis=1)
-  used = v & has_target
+  used = v & has_class(labels, cos.shape[1])
   lse = masked_logsumexp(z, None, axis=1)
   sample_loss = jnp.where(used, lse - scale * target, 0.0)
   loss = jnp.sum(sample_loss) / jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0).astype(

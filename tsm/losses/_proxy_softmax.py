@@ -25,7 +25,8 @@ from tsm.distances import l2_normalize, pairwise_squared_euclidean
 from tsm.losses._activity import (ActivityStats, cosine_similarity, masked_logsumexp,
                                   nan_guard)
 from tsm.losses._base import ParametricLoss
-from tsm.losses._proxy import _class_softmax_stats, _prologue, class_vector_loss
+from tsm.losses._proxy import (_class_softmax_stats, _prologue, class_vector_loss, has_class,
+                               own_class)
 from tsm.losses._softmax import _check_positive
 
 
@@ -50,8 +51,8 @@ def class_cross_entropy(z: chex.Array, onehot: chex.Array, v: chex.Array, x: che
     ``(loss, stats)``: ``mean_{used i} (logsumexp_k z_ik - z_iy)`` (0 when no sample has
     a target) and the class-softmax :class:`ActivityStats`.
   """
-  used = v & jnp.any(onehot, axis=1)
-  z_target = jnp.sum(jnp.where(onehot, z, 0.0), axis=1)
+  used = v & has_class(labels, z.shape[1])
+  z_target = own_class(z, labels)
   lse = masked_logsumexp(z, None, axis=1)
   sample_loss = jnp.where(used, lse - z_target, 0.0)
   loss = jnp.sum(sample_loss) / jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0).astype(
@@ -221,11 +222,11 @@ def p2sgrad_loss(
   x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
   x = zero_padding(x, v)
   cos = jnp.clip(cosine_similarity(x, w), -1.0, 1.0)
-  used = v & jnp.any(onehot, axis=1)
+  used = v & has_class(labels, cos.shape[1])
   sq = jnp.where(used[:, None], jnp.square(cos - onehot.astype(cos.dtype)), 0.0)
   denom = jnp.maximum(jnp.sum(used, dtype=jnp.float32), 1.0) * onehot.shape[1]
   loss = jnp.sum(sq) / denom.astype(cos.dtype)
-  z_target = jnp.sum(jnp.where(onehot, cos, 0.0), axis=1)
+  z_target = own_class(cos, labels)
   return nan_guard(loss, x, v), _class_softmax_stats(cos, z_target, onehot, used, x,
                                                      labels, v)
 

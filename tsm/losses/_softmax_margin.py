@@ -20,7 +20,7 @@ from tsm.distances import safe_norm
 from tsm.losses._activity import ActivityStats, cosine_similarity, masked_logsumexp, nan_guard
 from tsm.losses._base import ParametricLoss, check_reduction, reduce_terms
 from tsm.losses._proxy import (_check_num_classes, _class_softmax_stats, _prologue,
-                               class_vector_loss)
+                               class_vector_loss, has_class, own_class)
 from tsm.reducers import Reduction
 
 
@@ -82,8 +82,8 @@ def cosface_loss(
   cos = cosine_similarity(x, w)
   m = jnp.asarray(margin, cos.dtype)
   z = scale * (cos - jnp.where(onehot, m, 0.0))
-  z_target = jnp.sum(jnp.where(onehot, z, 0.0), axis=1)
-  used = v & jnp.any(onehot, axis=1)
+  z_target = own_class(z, labels)
+  used = v & has_class(labels, z.shape[1])
   return _cross_entropy(z, z_target, onehot, used, reduction, x, labels, v)
 
 
@@ -157,15 +157,15 @@ def large_margin_softmax_loss(
   check_reduction(reduction)
   x, w, onehot, v = _prologue(embeddings, labels, class_weights, "class_weights", valid)
   cos = cosine_similarity(x, w)
-  c = jnp.sum(jnp.where(onehot, cos, 0.0), axis=1)
+  c = own_class(cos, labels)
   theta = jnp.arccos(jnp.clip(jax.lax.stop_gradient(c), -1.0, 1.0))
   k = jnp.floor(theta / (math.pi / margin))
   sign = 1.0 - 2.0 * jnp.mod(k, 2.0)  # (-1)^k
   psi = sign * _multiple_angle_cosine(c, margin) - 2.0 * k
   magnitudes = safe_norm(x, axis=1)[:, None] * safe_norm(w, axis=1)[None, :]
   z = scale * magnitudes * jnp.where(onehot, psi[:, None], cos)
-  z_target = jnp.sum(jnp.where(onehot, z, 0.0), axis=1)
-  used = v & jnp.any(onehot, axis=1)
+  z_target = own_class(z, labels)
+  used = v & has_class(labels, z.shape[1])
   return _cross_entropy(z, z_target, onehot, used, reduction, x, labels, v)
 
 
