@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from tsm import mining as mining_lib
 from tsm.losses import _mined
-from tsm.distances import check_distance, paired_distances, pairwise_distances
+from tsm.distances import (LOSS_DISTANCES, check_distance, paired_query_distances,
+                           query_distances)
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
                               check_inputs, check_reduction, check_tuple_inputs,
                               check_valid)
@@ -220,6 +221,14 @@ def triplet_margin_loss(
   triplets with non-zero loss, ``"sum"``. A batch with nothing to mine gives loss 0
   with zero (finite) gradients.
 
+  Distances (:data:`tsm.distances.LOSS_DISTANCES`), on the embeddings as given:
+  ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` (``1 - cos``), PML's
+  ``DotProductSimilarity`` as ``"dot_product"`` (``d = -x.y``: the hinge
+  ``d_ap - d_an + margin`` is PML's ``s_an - s_ap + margin``, the same margin) and
+  ``SNRDistance`` as ``"snr"`` (``d_ax = var(x - a) / var(a)``, the anchor's row; an
+  anchor of zero variance, where PML's distance is infinite, anchors no triplet but
+  still serves as a positive or negative). The margin is in the distance's units.
+
   NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf, or is so large
   that its squared norm overflows (``|x| > ~1.8e19`` in float32), or a distance between
   valid rows is not finite (overflow), or ``margin`` is not finite, then the loss, its
@@ -230,7 +239,7 @@ def triplet_margin_loss(
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
     margin: scalar margin (may be traced; differentiable).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (see "Distances" above).
     mining: one of :data:`MINING`.
     reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
@@ -259,7 +268,7 @@ def triplet_margin_loss(
     2603.26389 and github.com/robertotomchak/maintaining-difficulty (``run.py``,
     ``getFilteredTriplets``); pytorch-metric-learning ``TripletMarginMiner``.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   check_mining(mining)
   check_reduction(reduction)
   check_inputs(embeddings, labels, margin)
@@ -284,10 +293,16 @@ def triplet_margin_loss(
   # Padding rows take part in no term; zeroing them keeps a NaN there out of the
   # gradient (the distance matrix's backward pass would multiply it by zero).
   embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
-  dist = pairwise_distances(embeddings, distance=distance)
+  dist, defined = query_distances(embeddings, distance=distance)
   margin = jnp.asarray(margin, dtype)
   positive, negative = mining_lib.label_masks(labels, valid)
-  groups = mining_lib.label_groups(labels, valid)
+  if distance == "snr":
+    # A row of zero variance has no SNR distance as an anchor (PML: inf): it anchors no
+    # triplet, and the label groups (which assume every row anchors) are not used.
+    positive, negative = positive & defined[:, None], negative & defined[:, None]
+    groups = None
+  else:
+    groups = mining_lib.label_groups(labels, valid)
 
   if mining in ("all", "semihard", "hard"):
     total, counts, num_mined, num_mined_active = _no_grad_counts(
@@ -362,7 +377,9 @@ def triplet_margin_loss_from_triplets(
     positive: ``[N, D]`` positives (same class as the anchor).
     negative: ``[N, D]`` negatives (another class).
     margin: scalar margin (may be traced).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES`, as
+      :func:`triplet_margin_loss` (``"snr"``: a triplet whose anchor has zero variance
+      is left out).
     reduction: ``"mean"``, ``"mean_nonzero"`` or ``"sum"``.
     valid: optional ``[N]`` bool mask of rows to use.
 
@@ -372,7 +389,7 @@ def triplet_margin_loss_from_triplets(
   Raises:
     ValueError: (before tracing) on an unknown name or malformed input.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   check_reduction(reduction)
   check_tuple_inputs({"anchor": anchor, "positive": positive, "negative": negative},
                      margin)
@@ -385,8 +402,9 @@ def triplet_margin_loss_from_triplets(
   anchor, positive, negative = (jnp.where(valid[:, None], x.astype(dtype), 0)
                                 for x in (anchor, positive, negative))
   margin = jnp.asarray(margin, dtype)
-  d_ap = paired_distances(anchor, positive, distance=distance)
-  d_an = paired_distances(anchor, negative, distance=distance)
+  d_ap, defined = paired_query_distances(anchor, positive, distance=distance)
+  d_an, _ = paired_query_distances(anchor, negative, distance=distance)
+  valid = valid & defined  # "snr": an anchor of zero variance has no distance (PML: inf)
   thresholds = d_ap + margin
   losses = jnp.where(valid, jax.nn.relu(thresholds - d_an), 0.0)
   total = jnp.sum(losses)
