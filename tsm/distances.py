@@ -221,16 +221,23 @@ def pairwise_dot_product(x: chex.Array, y: chex.Array | None = None) -> chex.Arr
   return -jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
 
 
+def _centred(x: chex.Array) -> chex.Array:
+  """Rows minus their means, after shifting each by its first component: a constant
+  row is then exactly zero (its mean, rounded, need not equal its entries), and the
+  variance, which does not depend on the shift, has no signal at all."""
+  x = x - x[:, :1]
+  return x - jnp.mean(x, axis=1, keepdims=True)
+
+
 def _snr_parts(x: chex.Array, y: chex.Array | None) -> tuple[chex.Array, chex.Array]:
   """``(dist, has_signal)``: the SNR distances, 0 in the rows of queries without
   variance, and the ``[N]`` bool queries with non-zero variance."""
   self_distances = y is None
   y = _check_pair(x, y)
-  xc = x - jnp.mean(x, axis=1, keepdims=True)
+  xc = _centred(x)
   # var(y_j - x_i) / var(x_i) = |c(y_j) - c(x_i)|^2 / |c(x_i)|^2 with c() a row minus its
   # mean: the variances' 1 / (D - 1) cancels.
-  noise = pairwise_squared_euclidean(
-      xc, None if self_distances else y - jnp.mean(y, axis=1, keepdims=True))
+  noise = pairwise_squared_euclidean(xc, None if self_distances else _centred(y))
   signal = jnp.sum(jnp.square(xc), axis=1)
   has_signal = signal > 0
   dist = noise / jnp.where(has_signal, signal, 1.0)[:, None]
@@ -349,8 +356,7 @@ def paired_query_distances(x: chex.Array, y: chex.Array, *,
   if distance == "dot_product":
     return -jnp.sum(x * y, axis=-1), defined
   if distance == "snr":
-    xc = x - jnp.mean(x, axis=1, keepdims=True)
-    yc = y - jnp.mean(y, axis=1, keepdims=True)
+    xc, yc = _centred(x), _centred(y)
     signal = jnp.sum(jnp.square(xc), axis=-1)
     has_signal = signal > 0
     noise = jnp.sum(jnp.square(yc - xc), axis=-1)

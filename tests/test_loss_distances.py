@@ -1,0 +1,322 @@
+"""Every loss's ``distance=`` options against brute-force loops of PML's rules.
+
+The references are written the way pytorch-metric-learning 2.9 computes its losses: a
+distance object's matrix (``mat[query, ref]``; a similarity for ``CosineSimilarity`` and
+``DotProductSimilarity``, ``is_inverted``), its ``margin(x, y)`` (``y - x`` when inverted),
+the index lists of all pairs / triplets, then the reducer. The margins are given in
+PML's units and mapped to tsm's (distance units: ``-m`` for a dot-product similarity,
+``1 - m`` for a cosine similarity), so the tests check the mapping docs/pml.md states.
+A row of zero variance has no SNR distance as a query (PML: inf or NaN); tsm and the
+references leave its anchor terms out.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tsm import distances, losses
+
+INVERTED = ("cosine", "dot_product")
+LOSS_DISTANCES = distances.LOSS_DISTANCES
+
+
+# --- PML's distance objects and rules, in numpy. ---
+
+
+def pml_mat(x, kind, normalize):
+  """PML's ``distance(x)``: ``[B, B]``, row = query."""
+  x = np.asarray(x, np.float64)
+  if normalize or kind == "cosine":
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.maximum(norm, 1e-12)  # torch.nn.functional.normalize
+  if kind in INVERTED:
+    return x @ x.T
+  b = len(x)
+  out = np.zeros((b, b))
+  for i in range(b):
+    for j in range(b):
+      if kind == "snr":
+        signal = np.var(x[i], ddof=1)
+        out[i, j] = np.var(x[j] - x[i], ddof=1) / signal if signal > 0 else np.nan
+      else:
+        sq = np.sum((x[i] - x[j]) ** 2)
+        out[i, j] = sq if kind == "squared_euclidean" else np.sqrt(sq)
+  return out
+
+
+def pml_margin(kind, x, y):
+  return y - x if kind in INVERTED else x - y
+
+
+def tsm_margin(kind, m):
+  """A PML margin that is a position on the distance's scale, in tsm's units."""
+  return {"dot_product": -m, "cosine": 1.0 - m}.get(kind, m)
+
+
+def anchors_of(x, kind):
+  """Rows that may be a query (an anchor): all but SNR's rows of zero variance."""
+  if kind != "snr":
+    return np.ones(len(x), bool)
+  return np.var(np.asarray(x, np.float64), axis=1) > 0
+
+
+def all_pairs(labels, anchors):
+  b = len(labels)
+  pos = [(i, j) for i in range(b) for j in range(b)
+         if i != j and labels[i] == labels[j] and anchors[i]]
+  neg = [(i, j) for i in range(b) for j in range(b)
+         if labels[i] != labels[j] and anchors[i]]
+  return pos, neg
+
+
+def all_triplets(labels, anchors):
+  b = len(labels)
+  return [(a, p, n) for a in range(b) for p in range(b) for n in range(b)
+          if anchors[a] and a != p and labels[a] == labels[p] and labels[n] != labels[a]]
+
+
+def logsumexp(values):
+  values = np.asarray(values, np.float64)
+  if values.size == 0:
+    return 0.0  # PML's lmu.logsumexp fills an empty row with 0
+  top = values.max()
+  return top + np.log(np.sum(np.exp(values - top)))
+
+
+def avg_nonzero(values):
+  values = np.asarray(values, np.float64)
+  nonzero = values[values > 0]
+  return float(nonzero.mean()) if nonzero.size else 0.0
+
+
+def mean(values):
+  return float(np.mean(values)) if len(values) else 0.0
+
+
+def ref_triplet(x, labels, kind, margin, normalize=False):
+  mat = pml_mat(x, kind, normalize)
+  terms = [max(0.0, pml_margin(kind, mat[a, p], mat[a, n]) + margin)
+           for a, p, n in all_triplets(labels, anchors_of(x, kind))]
+  return avg_nonzero(terms)
+
+
+def ref_contrastive(x, labels, kind, pos_margin, neg_margin, normalize=False):
+  """PML's per-pair hinges, squared and averaged over all pairs as tsm's rule."""
+  mat = pml_mat(x, kind, normalize)
+  pos, neg = all_pairs(labels, anchors_of(x, kind))
+  terms = ([max(0.0, pml_margin(kind, mat[i, j], pos_margin)) ** 2 for i, j in pos]
+           + [max(0.0, pml_margin(kind, neg_margin, mat[i, j])) ** 2 for i, j in neg])
+  return mean(terms)
+
+
+def ref_lifted(x, labels, kind, pos_margin, neg_margin, normalize=True):
+  mat = pml_mat(x, kind, normalize)
+  pos, neg = all_pairs(labels, anchors_of(x, kind))
+  if not pos or not neg:
+    return 0.0
+  out = []
+  for a, p in pos:
+    rest = [pml_margin(kind, neg_margin, mat[i, n]) for i, n in neg if i in (a, p)]
+    j = logsumexp(rest) + pml_margin(kind, mat[a, p], pos_margin)
+    out.append(max(0.0, j) ** 2 / 2)
+  return mean(out)
+
+
+def ref_generalized_lifted(x, labels, kind, pos_margin, neg_margin, normalize=True):
+  mat = pml_mat(x, kind, normalize)
+  anchors = anchors_of(x, kind)
+  pos, neg = all_pairs(labels, anchors)
+  out = []
+  for a in np.flatnonzero(anchors):
+    lp = logsumexp([pml_margin(kind, mat[i, j], pos_margin) for i, j in pos if i == a])
+    ln = logsumexp([pml_margin(kind, neg_margin, mat[i, j]) for i, j in neg if i == a])
+    out.append(max(0.0, lp + ln))
+  return mean(out)
+
+
+def ref_margin(x, labels, kind, alpha, beta, normalize=True):
+  mat = pml_mat(x, kind, normalize)
+  pos_l, neg_l = [], []
+  for a, p, n in all_triplets(labels, anchors_of(x, kind)):
+    pos_l.append(max(0.0, pml_margin(kind, mat[a, p], beta) + alpha))
+    neg_l.append(max(0.0, pml_margin(kind, beta, mat[a, n]) + alpha))
+  divisor = sum(v > 0 for v in pos_l) + sum(v > 0 for v in neg_l)
+  return (sum(pos_l) + sum(neg_l)) / divisor if divisor else 0.0
+
+
+def ref_nca(x, labels, kind, scale, normalize=True):
+  mat = pml_mat(x, kind, normalize)
+  if kind not in INVERTED:
+    mat = -mat
+  anchors = anchors_of(x, kind)
+  out = []
+  for i in np.flatnonzero(anchors):
+    z = scale * np.delete(mat[i], i)
+    same = np.delete(labels == labels[i], i)
+    if not same.any():
+      continue
+    lse = logsumexp(z)
+    out.append(lse - logsumexp(z[same]))
+  return mean(out)
+
+
+def ref_ntxent(x, labels, kind, temperature, normalize=True):
+  mat = pml_mat(x, kind, normalize)
+  if kind not in INVERTED:
+    mat = -mat
+  pos, neg = all_pairs(labels, anchors_of(x, kind))
+  if not pos or not neg:
+    return 0.0
+  out = []
+  for a, p in pos:
+    z_ap = mat[a, p] / temperature
+    z_an = [mat[i, n] / temperature for i, n in neg if i == a]
+    out.append(logsumexp([z_ap] + z_an) - z_ap)
+  return mean(out)
+
+
+def ref_supcon(x, labels, kind, temperature, normalize=True):
+  mat = pml_mat(x, kind, normalize)
+  if kind not in INVERTED:
+    mat = -mat
+  pos, neg = all_pairs(labels, anchors_of(x, kind))
+  if not pos or not neg:
+    return 0.0
+  out = []
+  for a in range(len(labels)):
+    p_a = [j for i, j in pos if i == a]
+    others = p_a + [j for i, j in neg if i == a]
+    if not p_a:
+      out.append(0.0)
+      continue
+    lse = logsumexp([mat[a, j] / temperature for j in others])
+    out.append(-np.mean([mat[a, j] / temperature - lse for j in p_a]))
+  return avg_nonzero(out)
+
+
+# --- batches (one shape: the loss's operations are compiled once): random with ties,
+# and the degenerate ones. ---
+
+
+def _ties(seed=0):
+  """Small integer components: many exactly equal distances; two duplicate rows."""
+  rng = np.random.default_rng(seed)
+  x = rng.integers(-2, 3, size=(9, 5)).astype(np.float32)
+  x[np.all(x == 0, axis=1)] = 1.0
+  x[4] = x[1]
+  labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 0])
+  return x, labels
+
+
+def _random(seed=1):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(9, 5)).astype(np.float32),
+          np.array([0, 1, 1, 2, 0, 2, 1, 0, 2]))
+
+
+def _one_class():
+  x, _ = _random(2)
+  return x, np.zeros(9, np.int64)
+
+
+def _identical():
+  x = np.tile(np.array([[0.3, -0.5, 0.2, 0.9, -0.1]], np.float32), (9, 1))
+  return x, np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+
+
+def _degenerate_rows():
+  """A zero row and a constant row (zero variance: no SNR distance as a query)."""
+  x, labels = _random(3)
+  x[2] = 0.0
+  x[5] = 0.25
+  return x, labels
+
+
+BATCHES = {"ties": _ties, "random": _random, "one_class": _one_class,
+           "identical": _identical, "degenerate_rows": _degenerate_rows}
+
+
+# --- (tsm call, reference) per loss, margins in PML units. ---
+
+
+# Each gives ``(loss of the embeddings, PML's value)`` (``reference=False``: no value,
+# for tracing). Margins are not round numbers:
+# the integer batch's distances are rationals, and a hinge exactly at 0 is a rounding tie
+# for the reducers that count non-zero terms.
+
+
+def _triplet(x, labels, kind, reference=True):
+  m = 0.37
+  return (lambda e: losses.triplet_margin_loss(e, labels, m, distance=kind,
+                                               reduction="mean_nonzero"),
+          reference and ref_triplet(x, labels, kind, m))
+
+
+def _contrastive(x, labels, kind, reference=True):
+  pm, nm = {"dot_product": (0.6, 0.2), "cosine": (0.8, 0.3)}.get(kind, (0.1, 1.2))
+  return (lambda e: losses.contrastive_loss(e, labels, tsm_margin(kind, nm),
+                                            distance=kind,
+                                            positive_margin=tsm_margin(kind, pm)),
+          reference and ref_contrastive(x, labels, kind, pm, nm))
+
+
+def _lifted(x, labels, kind, reference=True):
+  pm, nm = {"dot_product": (0.9, 0.1), "cosine": (0.9, 0.1)}.get(kind, (0.1, 1.0))
+  return (lambda e: losses.lifted_structure_loss(e, labels, neg_margin=tsm_margin(kind, nm),
+                                                 pos_margin=tsm_margin(kind, pm),
+                                                 distance=kind),
+          reference and ref_lifted(x, labels, kind, pm, nm))
+
+
+def _generalized_lifted(x, labels, kind, reference=True):
+  pm, nm = {"dot_product": (0.9, 0.1), "cosine": (0.9, 0.1)}.get(kind, (0.1, 1.0))
+  return (lambda e: losses.generalized_lifted_structure_loss(
+      e, labels, neg_margin=tsm_margin(kind, nm), pos_margin=tsm_margin(kind, pm),
+      distance=kind), reference and ref_generalized_lifted(x, labels, kind, pm, nm))
+
+
+def _margin(x, labels, kind, reference=True):
+  # beta +- alpha != 1: a zero row is at Euclidean distance 1 from every unit row.
+  alpha, beta = 0.137, {"dot_product": 0.411, "cosine": 0.411}.get(kind, 1.171)
+  return (lambda e: losses.margin_loss(e, labels, margin=alpha,
+                                       beta=tsm_margin(kind, beta), distance=kind),
+          reference and ref_margin(x, labels, kind, alpha, beta))
+
+
+def _nca(x, labels, kind, reference=True):
+  return (lambda e: losses.nca_loss(e, labels, softmax_scale=2.0, distance=kind),
+          reference and ref_nca(x, labels, kind, 2.0))
+
+
+def _ntxent(x, labels, kind, reference=True):
+  return (lambda e: losses.ntxent_loss(e, labels, temperature=0.5, distance=kind),
+          reference and ref_ntxent(x, labels, kind, 0.5))
+
+
+def _supcon(x, labels, kind, reference=True):
+  return (lambda e: losses.supcon_loss(e, labels, temperature=0.5, distance=kind),
+          reference and ref_supcon(x, labels, kind, 0.5))
+
+
+LOSSES = {"triplet": _triplet, "contrastive": _contrastive, "lifted": _lifted,
+          "generalized_lifted": _generalized_lifted, "margin": _margin, "nca": _nca,
+          "ntxent": _ntxent, "supcon": _supcon}
+
+
+@pytest.mark.parametrize("kind", LOSS_DISTANCES)
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_loss_matches_pml_rule_with_finite_gradients(loss, kind):
+  def value_and_grad(x, labels):
+    fn, _ = LOSSES[loss](x, labels, kind, reference=False)
+    return jax.value_and_grad(lambda e: fn(e)[0])(x)
+
+  compiled = jax.jit(value_and_grad)  # One compilation: the batches share a shape.
+  for batch, make in BATCHES.items():
+    x, labels = make()
+    _, want = LOSSES[loss](x, labels, kind)
+    value, grad = compiled(jnp.asarray(x), jnp.asarray(labels))
+    np.testing.assert_allclose(float(value), want, rtol=2e-5, atol=2e-6, err_msg=batch)
+    assert np.all(np.isfinite(np.asarray(grad))), batch
