@@ -320,3 +320,189 @@ def test_loss_matches_pml_rule_with_finite_gradients(loss, kind):
     value, grad = compiled(jnp.asarray(x), jnp.asarray(labels))
     np.testing.assert_allclose(float(value), want, rtol=2e-5, atol=2e-6, err_msg=batch)
     assert np.all(np.isfinite(np.asarray(grad))), batch
+
+
+# --- the paths with explicit tuples, a reference set and the mining modes. ---
+
+
+def _pml_cross(x, r, kind):
+  """PML's ``distance(query=x, ref=r)`` for embeddings taken as given."""
+  x, r = np.asarray(x, np.float64), np.asarray(r, np.float64)
+  if kind == "dot_product":
+    return x @ r.T
+  # A query of zero variance: inf, as PML's.
+  return np.array([[np.var(b - a, ddof=1) / np.var(a, ddof=1) if np.var(a) > 0 else np.inf
+                    for b in r] for a in x])
+
+
+@pytest.mark.parametrize("kind", ("dot_product", "snr"))
+def test_reference_set_and_explicit_tuples_follow_the_query_orientation(kind):
+  x, labels = _random(4)
+  r, ref_labels = _random(5)
+  mat, m = _pml_cross(x, r, kind), 0.37
+  terms = [max(0.0, pml_margin(kind, mat[a, p], mat[a, n]) + m)
+           for a in range(9) for p in range(9) for n in range(9)
+           if labels[a] == ref_labels[p] and labels[a] != ref_labels[n]]
+  got, _ = losses.triplet_margin_loss(x, labels, m, distance=kind, ref_embeddings=r,
+                                      ref_labels=ref_labels, reduction="mean_nonzero")
+  np.testing.assert_allclose(float(got), avg_nonzero(terms), rtol=2e-5)
+  # Explicit triplets (anchor, positive, negative) = rows of x, r and r reversed.
+  anchor, positive, negative = x, r, r[::-1]
+  d_ap = np.diag(_pml_cross(anchor, positive, kind))
+  d_an = np.diag(_pml_cross(anchor, negative, kind))
+  want = np.mean(np.maximum(pml_margin(kind, d_ap, d_an) + m, 0.0))
+  got, _ = losses.triplet_margin_loss_from_triplets(anchor, positive, negative, m,
+                                                    distance=kind)
+  np.testing.assert_allclose(float(got), want, rtol=2e-5)
+  same = labels == ref_labels
+  nm = 0.2 if kind == "dot_product" else 1.2
+  hinge = np.where(same, np.maximum(pml_margin(kind, d_ap, 0.0), 0.0),
+                   np.maximum(pml_margin(kind, nm, d_ap), 0.0))
+  got, _ = losses.contrastive_loss_from_pairs(anchor, positive, same,
+                                              tsm_margin(kind, nm), distance=kind,
+                                              positive_margin=tsm_margin(kind, 0.0))
+  np.testing.assert_allclose(float(got), np.mean(hinge ** 2), rtol=2e-5)
+
+
+def _band_reference(dist, labels, margin, mining):
+  """tsm's triplet modes (module docstring of tsm.losses._triplet), brute force."""
+  b = len(labels)
+  terms = []
+  for a in range(b):
+    pos = [p for p in range(b) if p != a and labels[p] == labels[a]]
+    neg = [n for n in range(b) if labels[n] != labels[a]]
+    if mining == "batch_hard":
+      if pos and neg:
+        p = max(pos, key=lambda j: dist[a, j])
+        n = min(neg, key=lambda j: dist[a, j])
+        terms.append(max(0.0, dist[a, p] + margin - dist[a, n]))
+      continue
+    for p in pos:
+      for n in neg:
+        t = dist[a, p] + margin
+        if mining == "semihard" and not dist[a, p] < dist[a, n] < t:
+          continue
+        if mining == "hard" and not dist[a, n] < dist[a, p]:
+          continue
+        terms.append(max(0.0, t - dist[a, n]))
+  return mean(terms)
+
+
+@pytest.mark.parametrize("kind", ("dot_product", "snr"))
+def test_triplet_mining_modes_with_the_new_distances(kind):
+  x, labels = _random(6)
+  dist = -pml_mat(x, kind, False) if kind == "dot_product" else pml_mat(x, kind, False)
+  for mining in ("semihard", "hard", "batch_hard"):
+    got, _ = losses.triplet_margin_loss(x, labels, 0.37, distance=kind, mining=mining)
+    np.testing.assert_allclose(float(got), _band_reference(dist, labels, 0.37, mining),
+                               rtol=2e-5, atol=2e-6, err_msg=mining)
+
+
+# --- tsm.distances and evaluation by the dot product. ---
+
+
+def test_pairwise_and_paired_new_distances_match_numpy():
+  x, _ = _degenerate_rows()
+  y, _ = _random(7)
+  np.testing.assert_allclose(distances.pairwise_distances(x, y, distance="dot_product"),
+                             -(x.astype(np.float64) @ y.T), rtol=1e-5, atol=1e-6)
+  want = _pml_cross(x, y, "snr")       # rows 2 and 5 have no variance: inf, as PML
+  got = np.asarray(distances.pairwise_distances(x, y, distance="snr"))
+  assert np.all(np.isinf(got[[2, 5]])) and np.all(np.isinf(want[[2, 5]]))
+  keep = [i for i in range(9) if i not in (2, 5)]
+  np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(distances.paired_distances(x, y, distance="snr"))[keep],
+                             np.diag(want)[keep], rtol=1e-5)
+  self_snr = np.asarray(distances.pairwise_snr(x))
+  assert np.all(np.diag(self_snr)[keep] == 0.0)
+  g = jax.grad(lambda e: jnp.sum(jnp.where(jnp.isfinite(distances.pairwise_snr(e)),
+                                           distances.pairwise_snr(e), 0.0)))(x)
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_evaluation_and_search_take_dot_product_not_snr():
+  from tsm import search  # pylint: disable=import-outside-toplevel
+  from tsm.metrics import neighbors  # pylint: disable=import-outside-toplevel
+  x, _ = _random(8)
+  r, _ = _random(9)
+  idx, dist = neighbors.nearest_neighbors(x, r, k=4, distance="dot_product")
+  keys = -(x.astype(np.float64) @ r.T)
+  want = np.argsort(keys, axis=1, kind="stable")[:, :4]
+  np.testing.assert_array_equal(idx, want)
+  np.testing.assert_allclose(dist, np.take_along_axis(keys, want, 1), rtol=1e-5)
+  ids, _ = search.Index.build(r, distance="dot_product").search(x, k=4)
+  np.testing.assert_array_equal(ids, want)
+  with pytest.raises(ValueError, match="snr is a loss distance") as info:
+    neighbors.nearest_neighbors(x, r, k=4, distance="snr")
+  assert "\n" not in str(info.value)
+
+
+# --- the config: loss.distance, eval.distance. ---
+
+
+def _config(**loss):
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.default_config()
+  cfg.data.name = "digits"
+  cfg.loss.update(loss)
+  return cfg
+
+
+@pytest.mark.parametrize("loss, match", [
+    (dict(name="ntxent", distance="cosine"),
+     "loss.distance='cosine' does not apply to loss.name=ntxent"),
+    (dict(distance="snr"), "loss.distance='snr' is not a distance evaluation can rank"),
+    (dict(distance="hamming"), "loss.distance: unknown distance 'hamming'"),
+])
+def test_config_distance_errors_are_one_line(loss, match):
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  with pytest.raises(config_lib.ConfigError, match=match) as info:
+    config_lib.check_config(_config(**loss))
+  assert "\n" not in str(info.value)
+  cfg = _config(**loss)
+  cfg.eval.distance = "snr"
+  with pytest.raises(config_lib.ConfigError):
+    config_lib.check_config(cfg)
+
+
+@pytest.mark.parametrize("name", ("lifted_structure", "generalized_lifted_structure",
+                                  "margin", "contrastive", "triplet"))
+def test_config_passes_loss_distance(name):
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  cfg = _config(name=name, distance="snr")
+  cfg.eval.distance = "euclidean"
+  config_lib.check_config(cfg)
+  fn = config_lib.build_loss(cfg)
+  x, labels = _random(10)
+  direct = {"lifted_structure": losses.lifted_structure_loss,
+            "generalized_lifted_structure": losses.generalized_lifted_structure_loss,
+            "margin": losses.margin_loss}
+  margin = 0.37
+  if name in direct:
+    keyword = "margin" if name == "margin" else "neg_margin"
+    want, _ = direct[name](x, labels, distance="snr", **{keyword: margin})
+  elif name == "triplet":
+    want, _ = losses.triplet_margin_loss(x, labels, margin, distance="snr")
+  else:
+    want, _ = losses.contrastive_loss(x, labels, margin, distance="snr")
+  got, _ = fn(jnp.asarray(x), jnp.asarray(labels), margin)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+def test_config_trains_one_step_with_dot_product(tmp_path):
+  from fit_helpers import run_config  # pylint: disable=import-outside-toplevel
+  cfg = _config(distance="dot_product")
+  cfg.model.hidden_sizes = (16,)
+  cfg.model.embedding_dim = 8
+  cfg.train.epochs = 1
+  cfg.train.classes_per_batch = 4
+  cfg.train.steps_per_epoch = 1
+  cfg.train.progress = False
+  cfg.train.tensorboard = False
+  cfg.eval.num_negatives = 200
+  cfg.eval.max_positives = 1000
+  cfg.eval.knn_k = 0
+  summary = run_config(cfg, tmp_path / "run")
+  assert np.isfinite(summary["test"]["recall@1"]), summary
+  # Evaluation ranked by the loss's distance, -x.y: a Euclidean threshold is never < 0.
+  assert summary["test"]["threshold"] < 0, summary["test"]

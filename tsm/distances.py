@@ -27,6 +27,9 @@ DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 # whose rule holds for any distance take them (docs/pml.md); a similarity margin ``m``
 # of PML is ``-m`` in dot-product distance units (``1 - m`` for ``"cosine"``).
 LOSS_DISTANCES = DISTANCES + ("dot_product", "snr")
+# What an exact nearest-neighbour search ranks by (evaluation, tsm.search): the metric
+# distances and the dot product (maximum inner product); SNR has no such search.
+RANKING_DISTANCES = DISTANCES + ("dot_product",)
 
 
 def _check_pair(x: chex.Array, y: chex.Array | None) -> chex.Array:
@@ -280,11 +283,11 @@ def check_distance(distance: str, names: tuple[str, ...] = DISTANCES) -> None:
   Args:
     distance: the name to check.
     names: the names allowed where it is used: :data:`DISTANCES` (the metric distances:
-      evaluation, search, miners; the default) or :data:`LOSS_DISTANCES` (the losses
-      that take every distance).
+      miners, diagnostics; the default), :data:`RANKING_DISTANCES` (evaluation, search)
+      or :data:`LOSS_DISTANCES` (the losses that take every distance).
   """
   if distance not in names:
-    unsupported = (f" ({distance} is a loss distance, not a metric)"
+    unsupported = (f" ({distance} is a loss distance, not one here)"
                    if distance in LOSS_DISTANCES else "")
     raise ValueError(f"unknown distance {distance!r}{unsupported}; use one of "
                      f"{', '.join(names)}.")
