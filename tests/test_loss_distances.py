@@ -444,6 +444,7 @@ def _config(**loss):
   from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
   cfg = config_lib.default_config()
   cfg.data.name = "digits"
+  cfg.train.classes_per_batch = 4      # digits' class-disjoint train split has 5 classes
   cfg.loss.update(loss)
   return cfg
 
@@ -495,7 +496,6 @@ def test_config_trains_one_step_with_dot_product(tmp_path):
   cfg.model.hidden_sizes = (16,)
   cfg.model.embedding_dim = 8
   cfg.train.epochs = 1
-  cfg.train.classes_per_batch = 4
   cfg.train.steps_per_epoch = 1
   cfg.train.progress = False
   cfg.train.tensorboard = False
@@ -506,3 +506,16 @@ def test_config_trains_one_step_with_dot_product(tmp_path):
   assert np.isfinite(summary["test"]["recall@1"]), summary
   # Evaluation ranked by the loss's distance, -x.y: a Euclidean threshold is never < 0.
   assert summary["test"]["threshold"] < 0, summary["test"]
+
+
+def test_run_directory_without_eval_distance_resumes(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from tsm import config as config_lib  # pylint: disable=import-outside-toplevel
+  cfg = _config()
+  saved = json.loads(cfg.to_json())
+  del saved["eval"]["distance"]        # a run written before the field existed
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config_lib.prepare(cfg, str(tmp_path))   # no ConfigError: the field is at its default
+  cfg.eval.distance = "cosine"
+  with pytest.raises(config_lib.ConfigError, match="eval.distance"):
+    config_lib.prepare(cfg, str(tmp_path))
