@@ -56,6 +56,12 @@ def tsm_margin(kind, m):
   return {"dot_product": -m, "cosine": 1.0 - m}.get(kind, m)
 
 
+def pml_logits(x, kind, normalize):
+  """The softmax losses' matrix: ``if not self.distance.is_inverted: mat = -mat``."""
+  mat = pml_mat(x, kind, normalize)
+  return mat if kind in INVERTED else -mat
+
+
 def anchors_of(x, kind):
   """Rows that may be a query (an anchor): all but SNR's rows of zero variance."""
   if kind != "snr":
@@ -148,9 +154,7 @@ def ref_margin(x, labels, kind, alpha, beta, normalize=True):
 
 
 def ref_nca(x, labels, kind, scale, normalize=True):
-  mat = pml_mat(x, kind, normalize)
-  if kind not in INVERTED:
-    mat = -mat
+  mat = pml_logits(x, kind, normalize)
   anchors = anchors_of(x, kind)
   out = []
   for i in np.flatnonzero(anchors):
@@ -164,9 +168,7 @@ def ref_nca(x, labels, kind, scale, normalize=True):
 
 
 def ref_ntxent(x, labels, kind, temperature, normalize=True):
-  mat = pml_mat(x, kind, normalize)
-  if kind not in INVERTED:
-    mat = -mat
+  mat = pml_logits(x, kind, normalize)
   pos, neg = all_pairs(labels, anchors_of(x, kind))
   if not pos or not neg:
     return 0.0
@@ -179,9 +181,7 @@ def ref_ntxent(x, labels, kind, temperature, normalize=True):
 
 
 def ref_supcon(x, labels, kind, temperature, normalize=True):
-  mat = pml_mat(x, kind, normalize)
-  if kind not in INVERTED:
-    mat = -mat
+  mat = pml_logits(x, kind, normalize)
   pos, neg = all_pairs(labels, anchors_of(x, kind))
   if not pos or not neg:
     return 0.0

@@ -9,6 +9,12 @@ exactly where identical points, duplicates in a batch and the diagonal of a
 self-distance matrix sit. ``euclidean`` therefore routes zero entries through a branch
 whose derivative is zero (the subgradient a practitioner expects: a pair at zero distance
 gets no push from the distance itself), so ``jax.grad`` never sees ``0 * inf``.
+
+Besides the three metric distances (:data:`DISTANCES`), PML's dot-product similarity
+and SNR distance are distances here too (:data:`LOSS_DISTANCES`): ``"dot_product"``
+is ``-x.y`` and ``"snr"`` ``var(y - x) / var(x)`` with the row ``x`` the query. The losses
+whose rule holds for any distance take all five; evaluation and :mod:`tsm.search` rank
+by :data:`RANKING_DISTANCES`.
 """
 
 from __future__ import annotations
