@@ -345,9 +345,9 @@ def triplet_margin_loss(
       mean_pos_dist=mining_lib.masked_mean(sdist, positive).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(sdist, negative).astype(jnp.float32),
   )
-  # A valid pair is positive, negative or on the diagonal (an exact 0), and a mean of
-  # finite distances is finite (each is below ~1.8e19), so the two means are not
-  # finite exactly when a distance between valid rows is not.
+  # A valid pair is positive, negative or on the diagonal (finite for finite rows), and
+  # a mean of finite distances is finite (each is below ~1.8e19), so the two means are
+  # not finite exactly when a distance between valid rows is not.
   bad = (jnp.any(_nonfinite_rows(embeddings)) | ~jnp.isfinite(margin)
          | ~jnp.isfinite(stats.mean_pos_dist) | ~jnp.isfinite(stats.mean_neg_dist))
   dependents = jnp.sum(embeddings) + margin
