@@ -4,7 +4,6 @@ the losses that use them."""
 from __future__ import annotations
 
 import chex
-import jax.numpy as jnp
 
 from tsm.distances import (LOSS_DISTANCES, check_distance, l2_normalize,
                            pairwise_euclidean, pairwise_squared_euclidean,
