@@ -9,6 +9,12 @@ exactly where identical points, duplicates in a batch and the diagonal of a
 self-distance matrix sit. ``euclidean`` therefore routes zero entries through a branch
 whose derivative is zero (the subgradient a practitioner expects: a pair at zero distance
 gets no push from the distance itself), so ``jax.grad`` never sees ``0 * inf``.
+
+Besides the three metric distances (:data:`DISTANCES`), PML's dot-product similarity
+and SNR distance are distances here too (:data:`LOSS_DISTANCES`): ``"dot_product"``
+is ``-x.y`` and ``"snr"`` ``var(y - x) / var(x)`` with the row ``x`` the query. The losses
+whose rule holds for any distance take all five; evaluation and :mod:`tsm.search` rank
+by :data:`RANKING_DISTANCES`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,17 @@ import chex
 import jax
 import jax.numpy as jnp
 
+# The metric distances: non-negative, symmetric, zero from a point to itself. Every
+# function of tsm that takes a distance takes these (evaluation, search, miners, losses).
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+# PML's two other distances, as distances (smaller is closer): ``"dot_product"`` is
+# ``-x.y`` (DotProductSimilarity), ``"snr"`` SNRDistance (not symmetric). The losses
+# whose rule holds for any distance take them (docs/pml.md); a similarity margin ``m``
+# of PML is ``-m`` in dot-product distance units (``1 - m`` for ``"cosine"``).
+LOSS_DISTANCES = DISTANCES + ("dot_product", "snr")
+# What an exact nearest-neighbour search ranks by (evaluation, tsm.search): the metric
+# distances and the dot product (maximum inner product); SNR has no such search.
+RANKING_DISTANCES = DISTANCES + ("dot_product",)
 
 
 def _check_pair(x: chex.Array, y: chex.Array | None) -> chex.Array:
@@ -169,48 +185,114 @@ def pairwise_cosine(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
   return dist
 
 
+def pairwise_dot_product(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
+  """PML's ``DotProductSimilarity`` as a distance: ``-x_i.y_j`` (smaller is closer).
+
+  A similarity, not a metric: negative values, and a diagonal ``-|x_i|^2`` that is not
+  zero. The embeddings are taken as given (PML's ``DotProductSimilarity()`` normalises
+  them first by default, which makes it the cosine similarity).
+
+  Args:
+    x: ``[N, D]`` float array.
+    y: optional ``[M, D]`` float array; defaults to ``x``.
+
+  Returns:
+    ``[N, M]`` array of negated inner products.
+  """
+  y = _check_pair(x, y)
+  return -jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _centred(x: chex.Array) -> chex.Array:
+  """Rows minus their means, after shifting each by its first component: a constant
+  row is then exactly zero (its mean, rounded, need not equal its entries), and the
+  variance, which does not depend on the shift, has no signal at all."""
+  x = x - x[:, :1]
+  return x - jnp.mean(x, axis=1, keepdims=True)
+
+
+def _snr_parts(x: chex.Array, y: chex.Array | None) -> tuple[chex.Array, chex.Array]:
+  """``(dist, has_signal)``: the SNR distances, 0 in the rows of queries without
+  variance, and the ``[N]`` bool queries with non-zero variance."""
+  self_distances = y is None
+  y = _check_pair(x, y)
+  xc = _centred(x)
+  # var(y_j - x_i) / var(x_i) = |c(y_j) - c(x_i)|^2 / |c(x_i)|^2 with c() a row minus its
+  # mean: the variances' 1 / (D - 1) cancels.
+  noise = pairwise_squared_euclidean(xc, None if self_distances else _centred(y))
+  signal = jnp.sum(jnp.square(xc), axis=1)
+  has_signal = signal > 0
+  dist = noise / jnp.where(has_signal, signal, 1.0)[:, None]
+  return jnp.where(has_signal[:, None], dist, 0.0), has_signal
+
+
+def pairwise_snr(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
+  """PML's ``SNRDistance``: ``d_ij = var(y_j - x_i) / var(x_i)`` (variances over the
+  features), the query ``x_i``'s variance the signal.
+
+  Not symmetric: row ``i`` is the query (PML's ``distance(query, ref)`` orientation, so
+  in a loss the anchor is the row). Infinite for a query row of zero variance (a zero
+  or constant row), as PML's, with zero (not NaN) gradients there. The embeddings are
+  taken as given (PML's ``SNRDistance()`` normalises them first by default).
+
+  Args:
+    x: ``[N, D]`` float array (the queries).
+    y: optional ``[M, D]`` float array; defaults to ``x`` (exact zero diagonal where
+      ``x_i`` has a variance).
+
+  Returns:
+    ``[N, M]`` array of distances.
+  """
+  dist, has_signal = _snr_parts(x, y)
+  return jnp.where(has_signal[:, None], dist, jnp.inf)
+
+
 _PAIRWISE: dict[str, Callable[..., chex.Array]] = {
     "euclidean": pairwise_euclidean,
     "squared_euclidean": pairwise_squared_euclidean,
     "cosine": pairwise_cosine,
+    "dot_product": pairwise_dot_product,
+    "snr": pairwise_snr,
 }
 
 
-def pairwise_dot_product(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
-  """PML's ``DotProductSimilarity`` as a distance: ``-x.y`` (smaller is closer).
+def check_distance(distance: str, names: tuple[str, ...] = DISTANCES) -> None:
+  """Raises a one-line ValueError unless ``distance`` is one of ``names``.
 
-  A similarity, not a metric (negative, no zero diagonal): a function for miners and
-  custom losses, not a ``distance=`` name of tsm's losses, whose exact paths assume a
-  non-negative distance with a zero diagonal.
+  Args:
+    distance: the name to check.
+    names: the names allowed where it is used: :data:`DISTANCES` (the metric distances:
+      miners, diagnostics; the default), :data:`RANKING_DISTANCES` (evaluation, search)
+      or :data:`LOSS_DISTANCES` (the losses that take every distance).
   """
-  y = _check_pair(x, y)
-  return -(x @ y.T)
+  if distance not in names:
+    unsupported = (f" ({distance} is a loss distance, not one here)"
+                   if distance in LOSS_DISTANCES else "")
+    raise ValueError(f"unknown distance {distance!r}{unsupported}; use one of "
+                     f"{', '.join(names)}.")
 
 
-def pairwise_snr(x: chex.Array, y: chex.Array | None = None) -> chex.Array:
-  """PML's ``SNRDistance``: ``var(x_i - y_j) / var(x_i)`` (variances over the
-  features, unbiased as ``torch.var``).
+def query_distances(x: chex.Array, y: chex.Array | None = None, *,
+                    distance: str = "euclidean") -> tuple[chex.Array, chex.Array]:
+  """Pairwise distances for a loss, and the query rows that have them.
 
-  Not symmetric, and infinite for a constant query row (zero variance), as PML's: a
-  function for miners and custom losses, not a ``distance=`` name of tsm's losses.
+  The same matrix as :func:`pairwise_distances` except that a row without a distance
+  (``"snr"``: a query of zero variance, which PML's ``SNRDistance`` makes infinite) is
+  0 and marked: the losses leave such a row out, like padding, so no infinity reaches
+  their sums or gradients.
+
+  Args:
+    x: ``[N, D]`` float array (the queries: a loss's anchors).
+    y: optional ``[M, D]`` float array; defaults to ``x``.
+    distance: one of :data:`LOSS_DISTANCES`.
+
+  Returns:
+    ``(dist [N, M], defined [N] bool)``.
   """
-  y = _check_pair(x, y)
-  d = x.shape[-1]
-  xc = x - jnp.mean(x, axis=1, keepdims=True)
-  yc = y - jnp.mean(y, axis=1, keepdims=True)
-  # var(x - y) * (d - 1) = |xc|^2 + |yc|^2 - 2 xc.yc (centred rows), from Gram matrices.
-  sq = (jnp.sum(xc * xc, axis=1)[:, None] + jnp.sum(yc * yc, axis=1)[None, :]
-        - 2 * xc @ yc.T)
-  var_diff = jnp.maximum(sq, 0.0) / (d - 1)
-  var_x = jnp.sum(xc * xc, axis=1) / (d - 1)
-  return var_diff / var_x[:, None]
-
-
-def check_distance(distance: str) -> None:
-  """Raises a one-line ValueError unless ``distance`` is a known distance name."""
-  if distance not in _PAIRWISE:
-    raise ValueError(
-        f"unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
+  check_distance(distance, LOSS_DISTANCES)
+  if distance == "snr":
+    return _snr_parts(x, y)
+  return _PAIRWISE[distance](x, y), jnp.ones(x.shape[:1], bool)
 
 
 def pairwise_distances(x: chex.Array, y: chex.Array | None = None, *,
@@ -218,29 +300,60 @@ def pairwise_distances(x: chex.Array, y: chex.Array | None = None, *,
   """Pairwise distance matrix by name.
 
   Args:
-    x: ``[N, D]`` float array.
-    y: optional ``[M, D]`` float array; defaults to ``x`` (exact zero diagonal).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    x: ``[N, D]`` float array (the queries: rows).
+    y: optional ``[M, D]`` float array; defaults to ``x`` (exact zero diagonal for the
+      metric distances).
+    distance: one of :data:`LOSS_DISTANCES` (``"euclidean"``, ``"squared_euclidean"``,
+      ``"cosine"``, ``"dot_product"``, ``"snr"``).
 
   Returns:
     ``[N, M]`` distance matrix.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   return _PAIRWISE[distance](x, y)
+
+
+def paired_query_distances(x: chex.Array, y: chex.Array, *,
+                           distance: str = "euclidean") -> tuple[chex.Array, chex.Array]:
+  """Row-wise ``d(x_i, y_i)`` for a loss over explicit tuples, and the rows that have one.
+
+  As :func:`query_distances` for explicit pairs: ``x_i`` is the query (the anchor); a
+  row without a distance (``"snr"``: ``x_i`` of zero variance) is 0 and marked.
+
+  Args:
+    x: ``[N, D]`` float array (the queries).
+    y: ``[N, D]`` float array.
+    distance: one of :data:`LOSS_DISTANCES`.
+
+  Returns:
+    ``(dist [N], defined [N] bool)``.
+  """
+  check_distance(distance, LOSS_DISTANCES)
+  chex.assert_rank([x, y], 2)
+  chex.assert_equal_shape([x, y])
+  defined = jnp.ones(x.shape[:1], bool)
+  if distance == "cosine":
+    sim = jnp.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
+    return 1.0 - jnp.clip(sim, -1.0, 1.0), defined
+  if distance == "dot_product":
+    return -jnp.sum(x * y, axis=-1), defined
+  if distance == "snr":
+    xc, yc = _centred(x), _centred(y)
+    signal = jnp.sum(jnp.square(xc), axis=-1)
+    has_signal = signal > 0
+    noise = jnp.sum(jnp.square(yc - xc), axis=-1)
+    return jnp.where(has_signal, noise / jnp.where(has_signal, signal, 1.0), 0.0), has_signal
+  sq = jnp.sum(jnp.square(x - y), axis=-1)
+  if distance == "squared_euclidean":
+    return sq, defined
+  positive = sq > 0.0
+  # `sq * 0` (not 0) keeps NaN in -> NaN out; its gradient is 0, as the constant's.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq * 0.0), defined
 
 
 def paired_distances(x: chex.Array, y: chex.Array, *,
                      distance: str = "euclidean") -> chex.Array:
-  """Row-wise distances ``d(x_i, y_i)`` ``[N]`` for explicit pairs, same conventions."""
-  check_distance(distance)
-  chex.assert_rank([x, y], 2)
-  chex.assert_equal_shape([x, y])
-  if distance == "cosine":
-    sim = jnp.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
-    return 1.0 - jnp.clip(sim, -1.0, 1.0)
-  sq = jnp.sum(jnp.square(x - y), axis=-1)
-  if distance == "squared_euclidean":
-    return sq
-  positive = sq > 0.0
-  # `sq * 0` (not 0) keeps NaN in -> NaN out; its gradient is 0, as the constant's.
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq * 0.0)
+  """Row-wise distances ``d(x_i, y_i)`` ``[N]`` for explicit pairs, same conventions as
+  :func:`pairwise_distances` (``"snr"``: infinite where ``x_i`` has no variance)."""
+  dist, defined = paired_query_distances(x, y, distance=distance)
+  return jnp.where(defined, dist, jnp.inf)

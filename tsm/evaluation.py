@@ -205,7 +205,7 @@ class Retrieval:
   Attributes:
     split: the split (``"val"`` or ``"test"``).
     ks: the K of Recall@K.
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``.
     every_epochs: see :class:`Evaluator`.
   """
   split: str = "val"

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tsm import artifacts
-from tsm.distances import check_distance
+from tsm.distances import RANKING_DISTANCES, check_distance
 from tsm.metrics.neighbors import check_embeddings, nearest_neighbors
 
 __all__ = ["Index"]
@@ -69,11 +69,12 @@ class Index:
   Attributes:
     embeddings: ``[N, D]`` reference embeddings (numpy array or memmap, as given).
     ids: ``[N]`` id of each reference row (``arange(N)`` by default).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``
+      (``-q.r``: a maximum-inner-product search).
   """
 
   def __init__(self, embeddings: Any, ids: Any = None, distance: str = "euclidean"):
-    check_distance(distance)
+    check_distance(distance, RANKING_DISTANCES)
     embeddings = _check_reference_rows(embeddings)
     n = embeddings.shape[0]
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
@@ -96,7 +97,8 @@ class Index:
         ``np.load("emb.npy", mmap_mode="r")``) is kept as is and read chunk by chunk.
       ids: optional ``[N]`` ids (integers or strings) returned by :meth:`search`;
         default ``arange(N)``.
-      distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+      distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``
+      (``-q.r``: a maximum-inner-product search).
 
     Returns:
       The index.

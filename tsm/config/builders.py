@@ -206,6 +206,12 @@ def _val_loss_batches(cfg: ml_collections.ConfigDict, splits: Any) -> np.ndarray
   return indices[:cfg.eval.val_batches] if cfg.eval.val_batches else indices
 
 
+def evaluation_distance(cfg: ml_collections.ConfigDict) -> str:
+  """The distance retrieval, verification and k-NN rank by: ``eval.distance``, or
+  ``loss.distance`` when it is None."""
+  return cfg.eval.distance if cfg.eval.distance is not None else cfg.loss.distance
+
+
 def build_evaluators(cfg: ml_collections.ConfigDict, splits: Any
                      ) -> tuple[list[Any], list[Any]]:
   """``(epoch evaluators, final evaluators)`` of the ``eval`` section.
@@ -216,7 +222,7 @@ def build_evaluators(cfg: ml_collections.ConfigDict, splits: Any
   chosen on validation pairs seeded by ``seed``), validation retrieval and verification,
   and the test k-NN accuracy on splits whose test classes are training classes.
   """
-  e, distance, seed = cfg.eval, cfg.loss.distance, int(cfg.seed)
+  e, distance, seed = cfg.eval, evaluation_distance(cfg), int(cfg.seed)
   pairs = dict(num_pairs=e.num_pairs, distance=distance, protocol=e.pairs,
                num_negatives=e.num_negatives, max_positives=e.max_positives)
   epoch: list[Any] = []

@@ -24,11 +24,11 @@ import numpy as np
 from tsm import distances, losses, margins, models
 from tsm import train as train_lib
 from tsm.config import loss_table
-from tsm.config.builders import (_model_kwargs, data_spec, schedule_arguments,
-                                 uses_feature_cache)
-from tsm.config.defaults import (LOSS_FIELDS, LOSSES, MARGIN_UPDATES, NONFINITE,
-                                 PAIR_PROTOCOLS, RANKING_METRICS, REFERENCE_LOSSES,
-                                 default_config)
+from tsm.config.builders import (_model_kwargs, data_spec, evaluation_distance,
+                                 schedule_arguments, uses_feature_cache)
+from tsm.config.defaults import (DISTANCE_LOSSES, LOSS_FIELDS, LOSSES, MARGIN_UPDATES,
+                                 NONFINITE, PAIR_PROTOCOLS, RANKING_METRICS,
+                                 REFERENCE_LOSSES, default_config)
 from tsm.data import samplers as samplers_lib
 from tsm.data import spec as spec_lib
 
@@ -133,6 +133,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   _check_views(cfg)
   _check_margin(cfg.margin, cfg)
   _check_eval(cfg.eval, cfg.train.best_metric)
+  _check_evaluation_distance(cfg)
   _check_checkpoint(cfg.checkpoint)
   _check_distributed(cfg.distributed)
 
@@ -143,13 +144,19 @@ def _check_loss(loss: ml_collections.ConfigDict,
   _choice(loss.name, "loss.name", LOSSES)
   mining_check = (lambda value: None if value == "curriculum" else
                   losses.check_mining(value))
+  distance_check = lambda value: distances.check_distance(value, distances.LOSS_DISTANCES)
   for field, check in (("mining", mining_check),
-                       ("distance", distances.check_distance)):
+                       ("distance", distance_check)):
     try:
       check(loss[field])
     except ValueError as e:
       raise ConfigError(f"loss.{field}: {e}") from None
   _check_reduction(loss)
+  if loss.name not in DISTANCE_LOSSES and loss.distance != defaults.distance:
+    raise ConfigError(f"loss.distance={loss.distance!r} does not apply to loss.name="
+                      f"{loss.name}, which keeps its own distance (only "
+                      f"{', '.join(DISTANCE_LOSSES)} take one); leave it at "
+                      f"{defaults.distance!r} (eval.distance sets evaluation's).")
   _number(loss.positive_margin, "loss.positive_margin")
   takes = LOSS_FIELDS[loss.name]
   curriculum = loss.curriculum
@@ -372,6 +379,19 @@ def _check_eval(e: ml_collections.ConfigDict, best_metric: str) -> None:
     raise ConfigError(f"train.best_metric={best_metric!r} is not computed; add "
                       f"{best_metric[7:]} to eval.ks or pick another metric.")
   _int(e.knn_k, "eval.knn_k", 0, "0 turns k-NN off")
+
+
+def _check_evaluation_distance(cfg: ml_collections.ConfigDict) -> None:
+  """``eval.distance``, or ``loss.distance`` in its place: a distance evaluation ranks
+  by (the SNR distance is a loss distance only)."""
+  field = "eval.distance" if cfg.eval.distance is not None else "loss.distance"
+  distance = evaluation_distance(cfg)
+  if distance not in distances.RANKING_DISTANCES:
+    how = ("use one of" if field == "eval.distance" else
+           "set --config.eval.distance to one of")
+    raise ConfigError(f"{field}={distance!r} is not a distance evaluation can rank by "
+                      f"(no nearest-neighbour search); {how} "
+                      f"{', '.join(distances.RANKING_DISTANCES)}.")
 
 
 def _check_checkpoint(c: ml_collections.ConfigDict) -> None:

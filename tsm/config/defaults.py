@@ -31,6 +31,8 @@ LOSSES = tuple(loss_table.LOSS_TABLE)
 LOSS_FIELDS = {name: tuple(e.fields) for name, e in loss_table.LOSS_TABLE.items()}
 # Losses with trainable class vectors or a centre bank: built with the number of classes.
 CLASS_LOSSES = tuple(n for n, e in loss_table.LOSS_TABLE.items() if e.kind == "class")
+# Losses that take loss.distance; the others keep their own (PML's default) distance.
+DISTANCE_LOSSES = tuple(n for n, e in loss_table.LOSS_TABLE.items() if e.takes_distance)
 # Losses that take a reference set and mined weights: loss.miner and loss.xbm_size apply.
 REFERENCE_LOSSES = tuple(n for n, e in loss_table.LOSS_TABLE.items() if e.references)
 SAMPLINGS = samplers_lib.SAMPLINGS
@@ -108,7 +110,10 @@ FIELD_HELP: dict[str, str] = {
                    "batch_semihard: one negative per anchor / pair), or curriculum",
     "loss.curriculum": "mining=curriculum: (a, b), paper A's schedule: semihard for "
                        "epochs < a, all triplets for epochs < b, hard after (0-based)",
-    "loss.distance": f"distance: {', '.join(distances.DISTANCES)}",
+    "loss.distance": f"distance of {', '.join(DISTANCE_LOSSES)}: "
+                     f"{', '.join(distances.LOSS_DISTANCES)} (the other losses keep "
+                     "their own: leave euclidean); evaluation's too unless eval.distance "
+                     "is set",
     "loss.reduction": ("reduction of the losses that take one: "
                        f"{', '.join(loss_table.REDUCTION_CHOICES)} (the last three: PML's "
                        "ThresholdReducer, ClassWeightedReducer, PerAnchorReducer with its "
@@ -174,6 +179,9 @@ FIELD_HELP: dict[str, str] = {
     "eval.max_positives": "cap on the same-class verification pairs under eval.pairs=all",
     "eval.ks": "the K of Recall@K",
     "eval.knn_k": "k of the test k-NN accuracy on standard / by_image splits (0: off)",
+    "eval.distance": "distance of retrieval, verification and k-NN: "
+                     f"{', '.join(distances.RANKING_DISTANCES)} (None: loss.distance, "
+                     "which must then be one of them)",
     "checkpoint.every_steps": "also checkpoint every that many steps (0: epoch ends)",
     "checkpoint.every_epochs": "checkpoint every that many epochs (0: the last only)",
     "checkpoint.keep": "most recent checkpoints kept (the best one besides)",
@@ -228,7 +236,7 @@ def default_config() -> ml_collections.ConfigDict:
       "every_epochs": 1, "val_margin": config_dict.FieldReference(1.0, field_type=float),
       "val_batches": config_dict.placeholder(int), "batch_size": 256, "num_pairs": 1000,
       "ks": (1, 5, 10), "knn_k": 5, "pairs": "all", "num_negatives": 100_000,
-      "max_positives": 10_000_000}
+      "max_positives": 10_000_000, "distance": config_dict.placeholder(str)}
   cfg.checkpoint = {"every_steps": 0, "every_epochs": 1, "keep": 2, "async_save": True}
   cfg.distributed = {"initialize": False,
                      "coordinator_address": config_dict.placeholder(str),

@@ -57,7 +57,8 @@ class LossEntry:
     kind: one of :data:`KINDS`.
     fields: option field -> what it means for this loss (with its default), in the
       order of the help line; every field must be in :data:`LOSS_OPTIONS`.
-    takes_distance: passes ``loss.distance`` to ``fn``.
+    takes_distance: passes ``loss.distance`` to ``fn`` (the losses whose default distance
+      is ``"euclidean"``, the field's default; the others reject another value).
     build: optional ``(given, loss_section, sampling, num_classes) -> loss``, replacing
       the kind's generic builder (the triplet loss's curriculum and explicit tuples).
     references: ``fn`` takes ``ref_embeddings`` / ``pair_weights`` (PML's pair and
@@ -229,11 +230,12 @@ def _vicreg(given, loss, sampling, num_classes):
 def _margin_beta(given, loss, sampling, num_classes):
   """Margin loss with a learnt beta: one beta, or one per class (PML's
   ``num_classes``) with ``loss.beta_per_class``."""
-  del loss, sampling
+  del sampling
   per_class = given.pop("beta_per_class", False)
   if per_class and num_classes is None:
     raise ValueError("loss.beta_per_class=True needs the number of classes.")
-  return losses.margin_beta(int(num_classes) if per_class else None, **given)
+  return losses.margin_beta(int(num_classes) if per_class else None,
+                            distance=loss.distance, **given)
 
 
 _FROM_SCHEDULE = "use the margin schedule's margin as the loss margin"
@@ -315,21 +317,23 @@ LOSS_TABLE: dict[str, LossEntry] = {e.name: e for e in (
     LossEntry("lifted_structure", losses.lifted_structure_loss, "margin",
               {"positive_margin": "margin of the positive pair (PML's 0)",
                "reduction": "reduction"},
-              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"}),
+              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"},
+              takes_distance=True),
     LossEntry("generalized_lifted_structure", losses.generalized_lifted_structure_loss,
               "margin", {"positive_margin": "margin of the positives (PML's 0)",
                          "reduction": "reduction"},
-              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"}),
+              margin_argument="neg_margin", arguments={"positive_margin": "pos_margin"},
+              takes_distance=True),
     LossEntry("margin", losses.margin_loss, "margin",
               {"beta": "the boundary beta, fixed (None: 1.2)",
-               "nu": "weight of the beta regulariser (None: 0)"}),
+               "nu": "weight of the beta regulariser (None: 0)"}, takes_distance=True),
     LossEntry("margin_beta", losses.margin_beta, "class",
               {"loss_margin": "alpha (None: 0.2)",
                "beta": "the boundary beta's initial value, learnt (None: 1.2)",
                "nu": "weight of the beta regulariser (None: 0)",
                "beta_per_class": "one learnt beta per class (PML's num_classes)",
                "margin_from_schedule": _FROM_SCHEDULE},
-              build=_margin_beta),
+              build=_margin_beta, takes_distance=True),
     LossEntry("intra_pair_variance", losses.intra_pair_variance_loss, "plain",
               {"pos_eps": "relative slack of the positives (None: 0.01)",
                "neg_eps": "relative slack of the negatives (None: 0.01)",

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from tsm import mining as mining_lib
 from tsm.losses import _mined
-from tsm.distances import check_distance, paired_distances, pairwise_distances
+from tsm.distances import (LOSS_DISTANCES, check_distance, paired_query_distances,
+                           query_distances)
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows,
                               check_anchor_labels, check_inputs, check_pair_labels,
                               check_reduction, check_tuple_inputs, check_valid, is_named,
@@ -117,6 +118,16 @@ def contrastive_loss(
   ``y d^2 + (1 - y) max(0, m - d)^2``. ``d`` is the chosen distance (for
   ``"squared_euclidean"`` the squared distance is squared again).
 
+  Distances (:data:`tsm.distances.LOSS_DISTANCES`), on the embeddings as given:
+  ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` (``1 - cos``), PML's
+  ``DotProductSimilarity`` as ``"dot_product"`` (``d = -x.y``) and ``SNRDistance`` as
+  ``"snr"`` (``d_ij = var(x_j - x_i) / var(x_i)``; not symmetric, so the pairs are all
+  ordered pairs ``i != j``, as PML's, and a row of zero variance, where PML's distance
+  is infinite, anchors no pair). Margins are in the distance's units: PML's margins on
+  a similarity map as ``neg_margin = n`` -> ``margin = -n`` and ``pos_margin = p`` ->
+  ``positive_margin = -p`` for ``"dot_product"`` (``1 - n``, ``1 - p`` for
+  ``CosineSimilarity`` and ``"cosine"``).
+
   NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf or overflows
   (squared norm above the float32 range, ``|x| > ~1.8e19``), a distance between valid
   rows is not finite, or a margin is not finite, the loss, its gradients and every
@@ -127,7 +138,7 @@ def contrastive_loss(
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
     margin: scalar negative margin ``m`` (may be traced).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (see "Distances" above).
     reduction: ``"mean"`` over pairs, ``"mean_nonzero"`` over pairs with non-zero
       loss, ``"sum"``, or a :mod:`tsm.reducers` value (threshold, class weights by the
       first member's label, per-anchor means), which takes the ordered pairs of the
@@ -155,7 +166,7 @@ def contrastive_loss(
   References:
     Hadsell, Chopra, LeCun, CVPR 2006; Zeng, arXiv 2510.02161.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   check_reduction(reduction)
   check_inputs(embeddings, labels, margin)
   check_inputs(embeddings, margin=positive_margin, margin_name="positive_margin")
@@ -175,9 +186,14 @@ def contrastive_loss(
   # Padding rows take part in no pair; zeroing them keeps a NaN there out of the
   # gradient (the distance matrix's backward pass would multiply it by zero).
   embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
-  dist = pairwise_distances(embeddings, distance=distance)
+  dist, defined = query_distances(embeddings, distance=distance)
   same = labels[:, None] == labels[None, :]
-  mask = jnp.triu(jnp.ones((b, b), bool), k=1) & rows[:, None] & rows[None, :]
+  if distance == "snr":
+    # Not symmetric: every ordered pair (PML's), anchored at a row with a variance.
+    pairs = ~jnp.eye(b, dtype=bool) & defined[:, None]
+  else:
+    pairs = jnp.triu(jnp.ones((b, b), bool), k=1)
+  mask = pairs & rows[:, None] & rows[None, :]
   return _contrastive(dist, same, mask, margin, positive_margin, reduction,
                       (embeddings,))
 
@@ -204,7 +220,9 @@ def contrastive_loss_from_pairs(
     x2: ``[N, D]`` second elements.
     same: ``[N]`` bool (or 0/1), true for same-class pairs.
     margin: scalar negative margin (may be traced).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES`, as :func:`contrastive_loss`
+      (``"snr"``: ``x1`` is the anchor; a pair whose anchor has zero variance is left
+      out).
     reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or a :mod:`tsm.reducers`
       value; each pair is its own anchor (a per-anchor reduction is its inner one over
       the pairs).
@@ -220,7 +238,7 @@ def contrastive_loss_from_pairs(
   Raises:
     ValueError: (before tracing) on an unknown name or malformed input.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   check_reduction(reduction)
   check_tuple_inputs({"x1": x1, "x2": x2}, margin)
   check_inputs(x1, margin=positive_margin, embeddings_name="x1",
@@ -235,6 +253,6 @@ def contrastive_loss_from_pairs(
   valid = valid.astype(bool)
   same = same.astype(bool)
   x1, x2 = (jnp.where(valid[:, None], x.astype(dtype), 0) for x in (x1, x2))
-  dist = paired_distances(x1, x2, distance=distance)
-  return _contrastive(dist, same, valid, margin, positive_margin, reduction, (x1, x2),
-                      labels=labels)
+  dist, defined = paired_query_distances(x1, x2, distance=distance)
+  return _contrastive(dist, same, valid & defined, margin, positive_margin, reduction,
+                      (x1, x2), labels=labels)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from tsm.losses._activity import ActivityStats, activity_stats, nan_guard, pair_masks
 from tsm.losses._base import LossVariables, ParametricLoss, _reduce, check_reduction
-from tsm.losses._lp import lp_distances
+from tsm.losses._lp import batch_distances, check_loss_distance
 from tsm.losses._softmax import _prologue
 
 
@@ -26,14 +26,15 @@ def margin_loss(
     margin: chex.Numeric = 0.2,
     beta: chex.Numeric | chex.Array = 1.2,
     nu: float = 0.0,
+    distance: str = "euclidean",
     normalize: bool = True,
     reduction: str = "mean_nonzero",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Margin loss over all triplets (PML ``MarginLoss``, ``triplets_per_anchor="all"``).
 
-  Each valid triplet ``(a, p, n)`` with Euclidean distances ``d`` (of L2-normalised
-  embeddings: PML's ``LpDistance``) costs
+  Each valid triplet ``(a, p, n)`` with distances ``d`` (row = anchor; by default
+  Euclidean of L2-normalised embeddings: PML's ``LpDistance``) costs
   ``relu(d_ap - beta_a + margin) + relu(beta_a - d_an + margin)``, ``beta_a`` the
   scalar ``beta`` or ``beta[label_a]``. Triplets are never built: a pair ``(a, p)``
   appears in ``|N(a)|`` triplets and ``(a, n)`` in ``|P(a)|``, so every sum is over
@@ -61,7 +62,12 @@ def margin_loss(
     beta: the boundary: a scalar or a ``[C]`` vector (PML default 1.2; may be traced
       and differentiated).
     nu: weight of the ``beta`` regulariser (PML default 0).
-    normalize: L2-normalise before the distances (PML's ``LpDistance`` default).
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (PML's default
+      ``LpDistance``: ``"euclidean"``); ``margin`` and ``beta`` are in its units (PML's
+      ``beta`` on a similarity is ``-beta`` for ``"dot_product"``, ``1 - beta`` for
+      ``"cosine"``; ``margin`` is the same).
+    normalize: L2-normalise before the distances (PML's ``normalize_embeddings=True``
+      default of every distance object).
     reduction: ``"mean_nonzero"`` (PML's divisor), ``"mean"`` over triplets, or
       ``"sum"``.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
@@ -74,11 +80,12 @@ def margin_loss(
     ``MarginLoss``.
   """
   _check_beta(beta)
+  check_loss_distance(distance)
   check_reduction(reduction, names_only="margin_loss")
   chex.assert_rank(margin, 0)
   x, v = _prologue(embeddings, labels, valid)
-  pos, neg = pair_masks(labels, v)
-  d = lp_distances(x, normalize=normalize)
+  d, pos, neg, _ = batch_distances(x, *pair_masks(labels, v), distance=distance,
+                                   normalize=normalize)
   alpha = jnp.asarray(margin, d.dtype)
   beta = jnp.asarray(beta, d.dtype)
   beta_a = beta if beta.ndim == 0 else beta[labels]
@@ -112,7 +119,7 @@ def margin_loss(
 
 
 def margin_beta(num_classes: int | None = None, *, margin: float = 0.2,
-                beta: float = 1.2, nu: float = 0.0,
+                beta: float = 1.2, nu: float = 0.0, distance: str = "euclidean",
                 margin_from_schedule: bool = False) -> ParametricLoss:
   """:func:`margin_loss` with a learnt ``beta`` (PML ``learn_beta=True``), as a
   :class:`ParametricLoss`.
@@ -127,11 +134,13 @@ def margin_beta(num_classes: int | None = None, *, margin: float = 0.2,
     margin: ``alpha`` (PML default 0.2).
     beta: initial boundary (PML default 1.2).
     nu: weight of the ``beta`` regulariser (PML default 0).
+    distance: as :func:`margin_loss` (default ``"euclidean"``).
     margin_from_schedule: use the schedule's margin as ``alpha``.
 
   Returns:
     The :class:`ParametricLoss`.
   """
+  check_loss_distance(distance)
   if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
     raise ValueError(f"num_classes must be None or a positive int; got {num_classes!r}.")
 
@@ -142,7 +151,8 @@ def margin_beta(num_classes: int | None = None, *, margin: float = 0.2,
 
   def apply(params, state, embeddings, labels, sched_margin):
     m = sched_margin if margin_from_schedule else margin
-    loss, stats = margin_loss(embeddings, labels, margin=m, beta=params["beta"], nu=nu)
+    loss, stats = margin_loss(embeddings, labels, margin=m, beta=params["beta"], nu=nu,
+                              distance=distance)
     return loss, stats, state
 
   return ParametricLoss(init=init, apply=apply)

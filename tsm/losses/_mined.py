@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from tsm import mining as mining_lib
-from tsm.distances import pairwise_distances
 from tsm import reducers
+from tsm.distances import query_distances
 from tsm.losses._base import _float_dtype, _nan_out, _no_grad, _nonfinite_rows, check_inputs
 
 # Triplet terms summed per chunk of anchors: about this many [M, M] entries at once.
@@ -89,18 +89,19 @@ def check_general_inputs(embeddings: Any, ref_embeddings: Any, ref_labels: Any,
 
 def _pair_setup(embeddings, labels, valid, ref_embeddings, ref_labels, distance, dtype):
   """``(dist, positive, negative, inputs)`` of the general path; ``inputs`` are the
-  embedding arrays (padding rows zeroed) whose non-finite rows poison the loss."""
+  embedding arrays (padding rows zeroed) whose non-finite rows poison the loss. A query
+  without a distance (``"snr"``: zero variance) is the anchor of no pair."""
   rows = jnp.ones(labels.shape, bool) if valid is None else valid.astype(bool)
   x = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
   if ref_embeddings is None:
-    dist = pairwise_distances(x, distance=distance)
+    dist, defined = query_distances(x, distance=distance)
     positive, negative = mining_lib.label_masks(labels, rows)
-    return dist, positive, negative, (x,)
+    return dist, positive & defined[:, None], negative & defined[:, None], (x,)
   r = ref_embeddings.astype(dtype)
-  dist = pairwise_distances(x, r, distance=distance)
+  dist, defined = query_distances(x, r, distance=distance)
   same = labels[:, None] == ref_labels[None, :]
-  positive = same & rows[:, None]
-  negative = ~same & rows[:, None]
+  positive = same & (rows & defined)[:, None]
+  negative = ~same & (rows & defined)[:, None]
   return dist, positive, negative, (x, r)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from tsm.losses._activity import (ActivityStats, activity_stats, masked_logsumexp,
                                   nan_guard, pair_masks)
 from tsm.losses._base import check_reduction, reduce_terms
-from tsm.losses._lp import lp_distances
+from tsm.losses._lp import batch_distances, check_loss_distance
 from tsm.losses._softmax import _check_positive, _prologue
 from tsm.reducers import Reduction
 
@@ -19,14 +19,17 @@ def nca_loss(
     labels: chex.Array,
     *,
     softmax_scale: float = 1.0,
+    distance: str = "squared_euclidean",
     normalize: bool = True,
     reduction: Reduction = "mean",
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """NCA: minus the log-probability that a sample's stochastic neighbour shares its class.
 
-  With ``z_ij = -softmax_scale d_ij^2`` (squared Euclidean distances of the
-  L2-normalised embeddings: PML's ``LpDistance(power=2)``) over ``j != i``,
+  With ``z_ij = -softmax_scale d_ij`` over ``j != i``, ``d`` the distance (row = the
+  sample; by default squared Euclidean distances of the L2-normalised embeddings:
+  PML's ``LpDistance(power=2)``; for a similarity PML's rule ``z = softmax_scale s`` is
+  ``d = -s``, ``"dot_product"``),
   ``l_i = -log sum_{p in P(i)} softmax_j(z_ij)_p
   = logsumexp_{j != i} z_ij - logsumexp_{p in P(i)} z_ip``; the default reduction is the
   mean over samples with a positive (PML ``NCALoss``, ``MeanReducer``).
@@ -45,8 +48,11 @@ def nca_loss(
   Args:
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
-    softmax_scale: scale of the negative squared distances (PML default 1).
-    normalize: L2-normalise before the distances (PML's ``LpDistance`` default).
+    softmax_scale: scale of the negative distances (PML default 1).
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (PML's default
+      ``LpDistance(power=2)``: ``"squared_euclidean"``).
+    normalize: L2-normalise before the distances (PML's ``normalize_embeddings=True``
+      default of every distance object).
     reduction: ``"mean"`` (PML) over the terms, ``"mean_nonzero"``, ``"sum"``, or a
       :mod:`tsm.reducers` value.
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
@@ -60,10 +66,12 @@ def nca_loss(
     ``NCALoss``.
   """
   _check_positive(softmax_scale, "softmax_scale")
+  check_loss_distance(distance)
   check_reduction(reduction)
   x, v = _prologue(embeddings, labels, valid)
-  pos, neg = pair_masks(labels, v)
-  z = -softmax_scale * lp_distances(x, normalize=normalize, squared=True)
+  d, pos, neg, _ = batch_distances(x, *pair_masks(labels, v), distance=distance,
+                                   normalize=normalize)
+  z = -softmax_scale * d
   terms = jnp.any(pos, axis=1)
   lse_all = masked_logsumexp(z, pos | neg, axis=1)
   lse_pos = masked_logsumexp(z, pos, axis=1)

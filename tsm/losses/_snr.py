@@ -6,7 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsm.distances import l2_normalize, pairwise_squared_euclidean
+from tsm.distances import l2_normalize, query_distances
 from tsm.losses._activity import pair_masks, valid_rows
 from tsm.losses._base import (_float_dtype, _nan_out, _nonfinite_rows, check_inputs,
                               check_reduction, check_valid, reduce_terms)
@@ -18,10 +18,9 @@ from tsm.reducers import Reduction
 def snr_distances(embeddings: chex.Array) -> tuple[chex.Array, chex.Array]:
   """``[B, B]`` SNR distances ``var(x_j - x_i) / var(x_i)`` of L2-normalised rows.
 
-  With ``c_i`` row ``i`` minus its mean (over the embedding dimensions), the variances'
-  ``1 / (D - 1)`` cancels: ``d_ij = |c_i - c_j|^2 / |c_i|^2``, from the Gram matrix of the
-  centred rows (``O(B^2)`` memory, where PML builds the ``[B, B, D]`` differences). The
-  distance is not symmetric: the anchor ``i``'s variance is the noise's reference.
+  :func:`tsm.distances.query_distances` with ``"snr"`` (``O(B^2)`` memory, where PML
+  builds the ``[B, B, D]`` differences). The distance is not symmetric: the anchor
+  ``i``'s variance is the noise's reference.
 
   Args:
     embeddings: ``[B, D]`` embeddings (normalised here, as PML's ``SNRDistance``).
@@ -30,13 +29,7 @@ def snr_distances(embeddings: chex.Array) -> tuple[chex.Array, chex.Array]:
     ``(dist, has_signal)``: the distances (row ``i`` is 0 where ``var(x_i) = 0``) and the
     ``[B]`` bool rows with non-zero variance, the only ones with a defined distance.
   """
-  x = l2_normalize(embeddings)
-  centred = x - jnp.mean(x, axis=1, keepdims=True)
-  signal = jnp.sum(jnp.square(centred), axis=1)
-  has_signal = signal > 0
-  noise = pairwise_squared_euclidean(centred)
-  dist = noise / jnp.where(has_signal, signal, 1.0)[:, None]
-  return jnp.where(has_signal[:, None], dist, 0.0), has_signal
+  return query_distances(l2_normalize(embeddings), distance="snr")
 
 
 def snr_contrastive_loss(

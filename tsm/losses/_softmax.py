@@ -16,11 +16,24 @@ import jax.numpy as jnp
 from tsm.losses._activity import (ActivityStats, activity_stats, cosine_similarity,
                                   masked_logsumexp, nan_guard, pair_masks, valid_rows)
 from tsm.losses._base import _float_dtype, check_inputs
+from tsm.losses._lp import batch_distances, check_loss_distance
 
 
 def _check_positive(value, name: str) -> None:
   if not value > 0:
     raise ValueError(f"{name} must be > 0; got {value}.")
+
+
+def _similarities(x, pos, neg, distance, normalize):
+  """``(s, pos, neg, cosines)``: PML's rule for a softmax over a distance
+  object, ``s = -d`` for a distance (``s`` itself for a similarity; for ``"cosine"``
+  the cosine similarity, ``1 - d``: a softmax is the same after a constant shift), and
+  the cosines for the statistics where ``s`` is them."""
+  if distance == "cosine":
+    s = cosine_similarity(x)
+    return s, pos, neg, s
+  d, pos, neg, _ = batch_distances(x, pos, neg, distance=distance, normalize=normalize)
+  return -d, pos, neg, None
 
 
 def _prologue(embeddings, labels, valid):
@@ -37,6 +50,8 @@ def ntxent_loss(
     labels: chex.Array,
     *,
     temperature: float = 0.07,
+    distance: str = "cosine",
+    normalize: bool = True,
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """NT-Xent / InfoNCE with labels: one softmax per positive pair over its negatives.
@@ -50,9 +65,14 @@ def ntxent_loss(
   exact (the two differ by at most ``tiny`` relative).
 
   Args:
-    embeddings: ``[B, D]`` float embeddings (normalised here: cosine similarity).
+    embeddings: ``[B, D]`` float embeddings (normalised here by default).
     labels: ``[B]`` integer labels.
     temperature: softmax temperature (PML default 0.07).
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (PML's default
+      ``CosineSimilarity``: ``"cosine"``); PML's rule ``z = -d / temperature`` for a
+      distance, ``s / temperature`` for a similarity (``"dot_product"``: ``d = -s``).
+    normalize: L2-normalise before a distance other than ``"cosine"`` (PML's
+      ``normalize_embeddings=True`` default of every distance object).
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -64,9 +84,9 @@ def ntxent_loss(
     Contrastive Predictive Coding", arXiv 1807.03748; PML ``NTXentLoss``.
   """
   _check_positive(temperature, "temperature")
+  check_loss_distance(distance)
   x, v = _prologue(embeddings, labels, valid)
-  pos, neg = pair_masks(labels, v)
-  s = cosine_similarity(x)
+  s, pos, neg, cosines = _similarities(x, *pair_masks(labels, v), distance, normalize)
   z = s / temperature
   neg_lse = masked_logsumexp(z, neg, axis=1)  # [B], -inf without negatives
   has_neg = jnp.any(neg, axis=1)
@@ -76,7 +96,7 @@ def ntxent_loss(
                         jax.nn.softplus(safe_lse[:, None] - z), 0.0)
   num_pairs = jnp.sum(pos, dtype=jnp.float32)
   loss = jnp.sum(pair_loss) / jnp.maximum(num_pairs, 1.0).astype(pair_loss.dtype)
-  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v, s)
+  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v, cosines)
   return nan_guard(loss, x, v), stats
 
 
@@ -103,6 +123,8 @@ def supcon_loss(
     labels: chex.Array,
     *,
     temperature: float = 0.1,
+    distance: str = "cosine",
+    normalize: bool = True,
     valid: chex.Array | None = None,
 ) -> tuple[chex.Array, ActivityStats]:
   """Supervised contrastive loss (``L_out``): per anchor, mean over its positives.
@@ -116,9 +138,14 @@ def supcon_loss(
   other, which teaches nothing about classes.
 
   Args:
-    embeddings: ``[B, D]`` float embeddings (normalised here: cosine similarity).
+    embeddings: ``[B, D]`` float embeddings (normalised here by default).
     labels: ``[B]`` integer labels.
     temperature: softmax temperature (PML default 0.1).
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (PML's default
+      ``CosineSimilarity``: ``"cosine"``); PML's rule ``z = -d / temperature`` for a
+      distance, ``s / temperature`` for a similarity (``"dot_product"``: ``d = -s``).
+    normalize: L2-normalise before a distance other than ``"cosine"`` (PML's
+      ``normalize_embeddings=True`` default of every distance object).
     valid: optional ``[B]`` bool mask; ``False`` rows (padding) are ignored.
 
   Returns:
@@ -129,9 +156,9 @@ def supcon_loss(
     ``SupConLoss``.
   """
   _check_positive(temperature, "temperature")
+  check_loss_distance(distance)
   x, v = _prologue(embeddings, labels, valid)
-  pos, neg = pair_masks(labels, v)
-  s = cosine_similarity(x)
+  s, pos, neg, cosines = _similarities(x, *pair_masks(labels, v), distance, normalize)
   z = s / temperature
   lse = masked_logsumexp(z, pos | neg, axis=1)
   num_pos = jnp.sum(pos, axis=1)
@@ -143,7 +170,7 @@ def supcon_loss(
   nonzero = has_pos & (jax.lax.stop_gradient(anchor_loss) > 0) & learnable
   total = jnp.sum(jnp.where(nonzero, anchor_loss, 0.0))
   loss = total / jnp.maximum(jnp.sum(nonzero, dtype=jnp.float32), 1.0).astype(total.dtype)
-  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v, s,
+  stats = _pair_softmax_stats(jax.lax.stop_gradient(z), pos, neg, x, labels, v, cosines,
                               per_anchor=True)
   return nan_guard(loss, x, v), stats
 

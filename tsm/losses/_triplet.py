@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from tsm import mining as mining_lib
 from tsm.losses import _mined
-from tsm.distances import check_distance, paired_distances, pairwise_distances
+from tsm.distances import (LOSS_DISTANCES, check_distance, paired_query_distances,
+                           query_distances)
 from tsm.losses._base import (_float_dtype, _nan_out, _no_grad, _nonfinite_rows, _reduce,
                               check_anchor_labels, check_inputs, check_reduction,
                               check_tuple_inputs, check_valid, is_named, reduce_terms)
@@ -228,6 +229,14 @@ def triplet_margin_loss(
   ``"batch_hard"`` / ``"batch_semihard"`` have their ``[B]`` / ``[B, B]`` terms and
   stay ``O(B^2)``.
 
+  Distances (:data:`tsm.distances.LOSS_DISTANCES`), on the embeddings as given:
+  ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` (``1 - cos``), PML's
+  ``DotProductSimilarity`` as ``"dot_product"`` (``d = -x.y``: the hinge
+  ``d_ap - d_an + margin`` is PML's ``s_an - s_ap + margin``, the same margin) and
+  ``SNRDistance`` as ``"snr"`` (``d_ax = var(x - a) / var(a)``, the anchor's row; an
+  anchor of zero variance, where PML's distance is infinite, anchors no triplet but
+  still serves as a positive or negative). The margin is in the distance's units.
+
   NaN in, NaN out: if a valid row of ``embeddings`` holds a NaN or inf, or is so large
   that its squared norm overflows (``|x| > ~1.8e19`` in float32), or a distance between
   valid rows is not finite (overflow), or ``margin`` is not finite, then the loss, its
@@ -238,7 +247,7 @@ def triplet_margin_loss(
     embeddings: ``[B, D]`` float embeddings.
     labels: ``[B]`` integer labels.
     margin: scalar margin (may be traced; differentiable).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES` (see "Distances" above).
     mining: one of :data:`MINING`.
     reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or a :mod:`tsm.reducers`
       value (see above).
@@ -268,7 +277,7 @@ def triplet_margin_loss(
     2603.26389 and github.com/robertotomchak/maintaining-difficulty (``run.py``,
     ``getFilteredTriplets``); pytorch-metric-learning ``TripletMarginMiner``.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   check_mining(mining)
   check_reduction(reduction)
   check_inputs(embeddings, labels, margin)
@@ -298,10 +307,16 @@ def triplet_margin_loss(
   # Padding rows take part in no term; zeroing them keeps a NaN there out of the
   # gradient (the distance matrix's backward pass would multiply it by zero).
   embeddings = jnp.where(rows[:, None], embeddings.astype(dtype), 0)
-  dist = pairwise_distances(embeddings, distance=distance)
+  dist, defined = query_distances(embeddings, distance=distance)
   margin = jnp.asarray(margin, dtype)
   positive, negative = mining_lib.label_masks(labels, valid)
-  groups = mining_lib.label_groups(labels, valid)
+  if distance == "snr":
+    # A row of zero variance has no SNR distance as an anchor (PML: inf): it anchors no
+    # triplet, and the label groups (which assume every row anchors) are not used.
+    positive, negative = positive & defined[:, None], negative & defined[:, None]
+    groups = None
+  else:
+    groups = mining_lib.label_groups(labels, valid)
 
   if mining in ("all", "semihard", "hard"):
     total, counts, num_mined, num_mined_active = _no_grad_counts(
@@ -347,9 +362,9 @@ def triplet_margin_loss(
       mean_pos_dist=mining_lib.masked_mean(sdist, positive).astype(jnp.float32),
       mean_neg_dist=mining_lib.masked_mean(sdist, negative).astype(jnp.float32),
   )
-  # A valid pair is positive, negative or on the diagonal (an exact 0), and a mean of
-  # finite distances is finite (each is below ~1.8e19), so the two means are not
-  # finite exactly when a distance between valid rows is not.
+  # A valid pair is positive, negative or on the diagonal (finite for finite rows), and
+  # a mean of finite distances is finite (each is below ~1.8e19), so the two means are
+  # not finite exactly when a distance between valid rows is not.
   bad = (jnp.any(_nonfinite_rows(embeddings)) | ~jnp.isfinite(margin)
          | ~jnp.isfinite(stats.mean_pos_dist) | ~jnp.isfinite(stats.mean_neg_dist))
   dependents = jnp.sum(embeddings) + margin
@@ -380,7 +395,9 @@ def triplet_margin_loss_from_triplets(
     positive: ``[N, D]`` positives (same class as the anchor).
     negative: ``[N, D]`` negatives (another class).
     margin: scalar margin (may be traced).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: one of :data:`tsm.distances.LOSS_DISTANCES`, as
+      :func:`triplet_margin_loss` (``"snr"``: a triplet whose anchor has zero variance
+      is left out).
     reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or a :mod:`tsm.reducers`
       value; each triplet is its own anchor (a per-anchor reduction is its inner one
       over the triplets).
@@ -394,7 +411,7 @@ def triplet_margin_loss_from_triplets(
   Raises:
     ValueError: (before tracing) on an unknown name or malformed input.
   """
-  check_distance(distance)
+  check_distance(distance, LOSS_DISTANCES)
   check_reduction(reduction)
   check_tuple_inputs({"anchor": anchor, "positive": positive, "negative": negative},
                      margin)
@@ -408,8 +425,9 @@ def triplet_margin_loss_from_triplets(
   anchor, positive, negative = (jnp.where(valid[:, None], x.astype(dtype), 0)
                                 for x in (anchor, positive, negative))
   margin = jnp.asarray(margin, dtype)
-  d_ap = paired_distances(anchor, positive, distance=distance)
-  d_an = paired_distances(anchor, negative, distance=distance)
+  d_ap, defined = paired_query_distances(anchor, positive, distance=distance)
+  d_an, _ = paired_query_distances(anchor, negative, distance=distance)
+  valid = valid & defined  # "snr": an anchor of zero variance has no distance (PML: inf)
   thresholds = d_ap + margin
   losses = jnp.where(valid, jax.nn.relu(thresholds - d_an), 0.0)
   total = jnp.sum(losses)

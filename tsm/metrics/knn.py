@@ -35,7 +35,7 @@ def knn_predict(train_embeddings, train_labels, test_embeddings, k: int = 5, *,
     train_labels: ``[N]`` integer labels.
     test_embeddings: ``[Q, D]`` query embeddings.
     k: neighbours voting (capped at N).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``.
     chunk_size: queries per chunk; None for the default.
     method: neighbour selection method, see ``tsm.metrics.neighbors``.
 
@@ -69,7 +69,7 @@ def knn_accuracy(train_embeddings, train_labels, test_embeddings, test_labels,
     test_embeddings: ``[Q, D]`` query embeddings.
     test_labels: ``[Q]`` integer labels.
     k: neighbours voting (paper B: 5), capped at N.
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``.
     chunk_size: queries per chunk; None for the default.
     method: neighbour selection method, see ``tsm.metrics.neighbors``.
 

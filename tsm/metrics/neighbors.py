@@ -19,7 +19,8 @@ Ranking key: one matrix product of augmented rows, no elementwise pass over the 
 For ``"euclidean"`` and ``"squared_euclidean"`` the key of (q, r) is
 ``|r|^2 - 2 q.r = |q - r|^2 - |q|^2`` (rows ``[-2q, 1]`` times ``[r, |r|^2]``); for
 ``"cosine"`` it is ``-cos(q, r)`` (unit rows via ``tsm.distances.l2_normalize``; a zero
-vector is at cosine distance 1 from everything, as in ``tsm.distances``). Along a query's
+vector is at cosine distance 1 from everything, as in ``tsm.distances``), and for
+``"dot_product"`` ``-q.r`` itself (the distance; a maximum-inner-product search). Along a query's
 row the key orders references exactly like the distance. Distances of the k returned
 neighbours are recovered from their keys (``sqrt(max(key + |q|^2, 0))`` etc.).
 
@@ -68,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tsm.distances import check_distance, l2_normalize
+from tsm.distances import RANKING_DISTANCES, check_distance, l2_normalize
 
 METHODS = ("auto", "top_k", "blocks")
 
@@ -127,8 +128,9 @@ def default_chunk_size(num_queries: int, num_references: int) -> int:
 
 def _augment(x: np.ndarray, *, queries: bool, distance: str) -> np.ndarray:
   """Rows whose dot products are the ranking keys (see ``_ranking_key``)."""
-  if distance == "cosine":
-    x = np.asarray(l2_normalize(jnp.asarray(x)))
+  if distance in ("cosine", "dot_product"):
+    if distance == "cosine":
+      x = np.asarray(l2_normalize(jnp.asarray(x)))
     extra = np.ones if queries else np.zeros
     return np.concatenate([-x if queries else x, extra((x.shape[0], 1), np.float32)], 1)
   if queries:
@@ -296,6 +298,8 @@ def _drop_self(indices: np.ndarray, keys: np.ndarray | None,
 def _key_to_distance(keys: np.ndarray, queries: np.ndarray, distance: str) -> np.ndarray:
   if distance == "cosine":
     return np.clip(1.0 + keys, 0.0, 2.0).astype(np.float32)
+  if distance == "dot_product":
+    return keys.astype(np.float32)
   sq = np.maximum(keys + np.sum(np.square(queries), axis=1, keepdims=True), 0.0)
   return (sq if distance == "squared_euclidean" else np.sqrt(sq)).astype(np.float32)
 
@@ -311,7 +315,8 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
     references: ``[N, D]`` float embeddings, or None to search the queries themselves,
       each query excluded from its own neighbours (self mode).
     k: neighbours per query, 1 <= k <= N (N - 1 in self mode).
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``
+      (``-q.r``).
     chunk_size: queries per chunk (memory O(chunk_size x N)); None picks
       ``default_chunk_size`` (key blocks of ~128 MiB).
     method: ``"top_k"``, ``"blocks"`` or ``"auto"`` (``"blocks"`` on CPU, else
@@ -321,7 +326,7 @@ def iter_nearest_neighbors(queries, references=None, *, k: int,
   Yields:
     ``NeighborChunk(start, indices [n, k], distances [n, k])`` per chunk.
   """
-  check_distance(distance)
+  check_distance(distance, RANKING_DISTANCES)
   check_method(method)
   queries = check_embeddings(queries, "queries")
   self_mode = references is None
@@ -402,7 +407,8 @@ def nearest_neighbors(queries, references=None, *, k: int, distance: str = "eucl
     references: ``[N, D]`` float embeddings, or None for self mode (queries are the
       references, each query excluded from its own neighbours).
     k: neighbours per query.
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``
+      (``-q.r``).
     chunk_size: queries per chunk; None for the default.
     method: ``"auto"``, ``"top_k"`` or ``"blocks"``.
 

@@ -69,8 +69,8 @@ def retrieval_metrics(query_embeddings, query_labels, reference_embeddings=None,
       with each query excluded from its own results (paper B, Musgrave et al.).
     reference_labels: ``[N]`` labels; given exactly when ``reference_embeddings`` is.
     ks: the K of ``recall@K``.
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"`` (for L2-normalised
-      embeddings all three, and paper B's dot product, rank identically).
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``
+      (``-q.r``; for L2-normalised embeddings all four rank identically).
     chunk_size: queries per chunk (memory O(chunk_size x N)); None for the default.
     max_r: optional cap on R (see the module docstring); None for the exact definition.
     method: nearest-neighbour selection, see ``tsm.metrics.neighbors``.

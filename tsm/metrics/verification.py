@@ -102,13 +102,14 @@ def pair_distances(embeddings, i, j, *, distance: str = "euclidean",
     embeddings: ``[N, D]`` float embeddings of the split.
     i: ``[P]`` int indices of the first members of the pairs.
     j: ``[P]`` int indices of the second members.
-    distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    distance: ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"`` or ``"dot_product"``
+      (``-x.y``; the thresholds are then negated inner products).
     chunk: pairs per device call (memory ``2 * chunk * D`` floats).
 
   Returns:
     ``[P]`` float numpy distances (NaN for a pair with a NaN or inf embedding).
   """
-  distances_lib.check_distance(distance)
+  distances_lib.check_distance(distance, distances_lib.RANKING_DISTANCES)
   i, j = np.asarray(i), np.asarray(j)
   if np.ndim(embeddings) != 2:
     raise ValueError(f"embeddings must be [N, D], got shape {np.shape(embeddings)}.")
