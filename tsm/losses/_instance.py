@@ -68,11 +68,17 @@ def instance_loss(
   x, v = _prologue(embeddings, labels, valid)
   s = cosine_similarity(x)
   z = gamma * s
-  column = jnp.cumsum(v) - 1  # each valid row's position among the valid rows
-  target = v[None, :] & (column[None, :] == _label_ranks(labels, v)[:, None])
+  position = jnp.cumsum(v)   # 1 + each valid row's position among the valid rows
+  ranks = _label_ranks(labels, v)
+  target = v[None, :] & (position[None, :] - 1 == ranks[:, None])
   cols = jnp.broadcast_to(v[None, :], z.shape)
-  lse = masked_logsumexp(z, cols, axis=1)
-  z_target = jnp.sum(jnp.where(target, z, 0.0), axis=1)
+  lse = masked_logsumexp(z, None if valid is None else cols, axis=1)
+  # The target column by gather (a masked sum over [B, B] is a pass more each way): the
+  # first column whose position reaches the rank; a valid row's rank is below the count
+  # of valid rows, so the column exists (padding rows' values are masked out below).
+  column = jnp.searchsorted(position, ranks + 1, side="left")
+  z_target = jnp.take_along_axis(z, jnp.minimum(column, z.shape[1] - 1)[:, None],
+                                 axis=1)[:, 0]
   sample_loss = jnp.where(v, jnp.where(v, lse, 0.0) - z_target, 0.0)
   loss, _ = reduce_terms(sample_loss, v, reduction, labels=labels)
   zs, zt = jax.lax.stop_gradient(z), jax.lax.stop_gradient(z_target)
