@@ -13,7 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsm.losses._activity import ActivityStats, cosine_similarity
+from tsm.distances import l2_normalize
+from tsm.losses._activity import ActivityStats
 from tsm.losses._base import ParametricLoss
 from tsm.losses._proxy import _check_num_classes, _prologue, class_vector_loss
 from tsm.losses._proxy_softmax import class_cross_entropy, zero_padding
@@ -30,8 +31,10 @@ def sub_centre_prologue(embeddings, labels, vectors, name, valid):
   """
   x, w, onehot, v = _prologue(embeddings, labels, vectors, name, valid, sub_centres=True)
   x = zero_padding(x, v)
-  c, k, d = w.shape
-  cos = cosine_similarity(x, w.reshape(c * k, d)).reshape(-1, c, k)
+  # One [B, D] x [D, C K] product as an einsum over the [C, K, D] centres: XLA:CPU
+  # runs it faster than the same product on the centres reshaped to [C K, D].
+  cos = jnp.einsum("bd,ckd->bck", l2_normalize(x), l2_normalize(w),
+                   precision=jax.lax.Precision.HIGHEST)
   return x, cos, onehot, v
 
 
