@@ -758,7 +758,7 @@ def _straightforward_pair_stats(x, y):
 def _zoo_time_alternating(fns, args, repeats: int):
   """Compiles each of ``fns``, warms each up, then alternates their runs (so that a
   change of the machine's load hits all alike); returns (compile s of the first, then
-  (median s, loss) of each)."""
+  (median s, loss) of each, then each one's run times in round order)."""
   import jax
   start = time.perf_counter()
   compiled = [fns[0].lower(*args).compile()]
@@ -774,7 +774,15 @@ def _zoo_time_alternating(fns, args, repeats: int):
       (value, _), _ = jax.block_until_ready(fn(*args))
       times[i].append(time.perf_counter() - start)
       values[i] = float(value)
-  return compile_s, [(statistics.median(t), v) for t, v in zip(times, values)]
+  return compile_s, [(statistics.median(t), v) for t, v in zip(times, values)], times
+
+
+def _paired_ratio(reference: list[float], timed: list[float]) -> str:
+  """``reference / timed`` per round (the two ran back to back), as its median and
+  quartiles: steadier than the ratio of two medians when the load drifts."""
+  r = sorted(a / b for a, b in zip(reference, timed))
+  q = lambda f: r[round(f * (len(r) - 1))]
+  return f"{q(0.5):.2f} [{q(0.25):.2f}, {q(0.75):.2f}]"
 
 
 def zoo_main(argv: list[str] | None = None) -> None:
@@ -798,10 +806,11 @@ def zoo_main(argv: list[str] | None = None) -> None:
   print("tsm s: loss + gradient (the statistics unused, so XLA drops them); brute s: the "
         "straightforward version's; +stats: both also return statistics, tsm its own, "
         "the straightforward version the two mean pair distances of the batch "
-        "(_straightforward_pair_stats); ratio: brute s / tsm s")
+        "(_straightforward_pair_stats); ratio: brute s / tsm s; paired: the median and "
+        "quartiles of brute / tsm (loss + gradient) over the rounds")
   header = (f"{'loss':28} {'B':>5} {'tsm s':>8} {'brute s':>8} {'ratio':>6} "
             f"{'+stats s':>8} {'brute+st':>8} {'ratio+st':>8} {'compile s':>9} "
-            f"{'tsm loss':>10} {'brute loss':>10}")
+            f"{'tsm loss':>10} {'brute loss':>10}  {'paired [IQR]':>17}")
   print(header)
   print("-" * len(header))
   for b in args.sizes:
@@ -824,12 +833,13 @@ def zoo_main(argv: list[str] | None = None) -> None:
       fns = [jax.jit(jax.value_and_grad(f, argnums=argnums, has_aux=True))
              for f in (loss_only, with_stats)
              + (() if args.no_brute else (brute_fn, brute_stats))]
-      compile_s, timed = _zoo_time_alternating(fns, (x, y, w), args.repeats)
+      compile_s, timed, runs = _zoo_time_alternating(fns, (x, y, w), args.repeats)
       (tsm_s, tsm_loss), (stats_s, _) = timed[:2]
       nan = (float("nan"), float("nan"))
       (brute_s, brute_loss), (brute_st_s, _) = timed[2:] if len(timed) > 2 else (nan, nan)
       print(f"{name:28} {b:5d} {tsm_s:8.4f} {brute_s:8.4f} {brute_s / tsm_s:6.2f} "
             f"{stats_s:8.4f} {brute_st_s:8.4f} {brute_st_s / stats_s:8.2f} "
-            f"{compile_s:9.2f} {tsm_loss:10.5f} {brute_loss:10.5f}", flush=True)
+            f"{compile_s:9.2f} {tsm_loss:10.5f} {brute_loss:10.5f}  "
+            f"{_paired_ratio(runs[2], runs[0]) if len(runs) > 2 else '':>17}", flush=True)
   uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
   print(f"uptime after: {uptime}")
