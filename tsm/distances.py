@@ -152,7 +152,8 @@ def _symmetric_product(g: chex.Array, x: chex.Array) -> chex.Array:
 
   Not ``(g + g^T) x``: one product fewer, but on XLA:CPU (jaxlib 0.10) the fused
   ``g + g^T`` of a ``[1024, 1024]`` cotangent reads ``g`` column-wise and costs more
-  than the product it saves (``bench/losses.py``, BUILD_NOTES "Losses").
+  than the product it saves (``bench/losses.py``; BUILD_NOTES, "Loss speed and
+  memory").
   """
   hi = jax.lax.Precision.HIGHEST
   return (jnp.matmul(g, x, precision=hi)

@@ -39,6 +39,10 @@ a command line (:func:`main`)::
 without it the page shows the command recorded in the workdir's ``report.md``, if any.
 Several workdirs before ``OUT.md`` (the study on other datasets, with ``--label`` for
 each) give one page with a section per workdir (:func:`merge`).
+
+Why one module of this length: a results page is one document whose sections share
+the study's records and wording; the verdict statistics and plots live in their own
+modules.
 """
 
 from __future__ import annotations

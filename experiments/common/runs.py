@@ -15,6 +15,10 @@ any training when a run directory holds another run or a run's data do not load,
 ``study.json`` (:func:`write_study_json`), then from it each claim's summary sentence
 (``summary.md``) and paired dot plot (``claims/``, linked from ``claims.md`` and
 ``report.md``; :func:`experiments.common.docs.write_evidence`).
+
+Why one module of this length: a run's directory, its planned config, its checks and
+its record in ``study.json`` must agree, so they change together; the grid and the
+launchers that execute the plan live in their own modules.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ Outputs in the study directory:
 The study's results page is written from a finished workdir by :func:`docs_page`::
 
   python -m experiments.margin_scheduler.report runs/margin_study docs/results/margin_study.md
+
+Why one module of this length: every table, verdict and figure of the study reads the
+same run files and claim definitions; splitting them would repeat that reading.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ metrics of the last epoch's model beside those of the model the selection rule k
 With ``study.seeds_together``, every seed of an arm trains in one compiled step
 (:func:`run_seeds`, :mod:`experiments.common.together`): the run directories hold what a
 separate run writes (no checkpoints), so ``study.json`` and the report read them alike.
+
+Why one module of this length: the study's config, arms, one run and its evaluator
+share the arm's naming and the run's layout; the report reads their files from its own
+module.
 """
 
 from __future__ import annotations

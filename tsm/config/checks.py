@@ -11,6 +11,10 @@ message starts with the argument's name; the check here prefixes the section
 (``loss.curriculum=...``). Fields that only the config has (and the rules between
 sections) are checked here. Every error is a :class:`ConfigError`, a ``ValueError`` whose
 message is one line naming the field and the fix.
+
+Why one module of this length: the rules between sections (a loss against the data's
+views, a reduction against the train split's labels, the distances of the loss and of
+evaluation) need every section at hand, and one place keeps each field checked once.
 """
 
 from __future__ import annotations
